@@ -1,0 +1,554 @@
+//! The OAuth 2.0 refresh exchange as data (RFC 6749 §6, RFC 7009), with no I/O.
+//!
+//! [`refresh_request`] and [`revocation_request`] build form requests;
+//! [`classify`] turns whatever came back — status, headers and body bytes — into
+//! one [`Classified`] outcome that the session machine acts on. Classification
+//! never panics, reads at most [`MAX_BODY_BYTES`], and keeps a rotated refresh
+//! token even when the rest of a success response is unusable.
+//!
+//! # The `expires_in` rule
+//!
+//! * A positive integer, a positive finite number (rounded down) or a string
+//!   holding one (`"3600"`, as some servers send) is the lifetime in seconds,
+//!   capped at [`Policy::max_lifetime`].
+//! * Absent, `null`, zero, negative, below one second, not finite, or any other
+//!   type means the lifetime is *unknown*: the session then does not refresh
+//!   ahead of time and relies on a resource's 401 instead. Guessing a lifetime
+//!   would either refresh in a loop (too short) or send expired tokens (too long).
+//!
+//! # Server deviations
+//!
+//! | response | classified as |
+//! |---|---|
+//! | 400/401/403 `invalid_grant` (with or without description) | [`Classified::Terminal`] |
+//! | 200 with an `error` field | as the error it names |
+//! | 400 `invalid_request` asking to retry (concurrent refresh) | [`Classified::Transient`] |
+//! | 401 `invalid_client` (with `WWW-Authenticate`) | [`Classified::Rejected`]: client misconfigured, session kept |
+//! | 5xx, any body (HTML included) | [`Classified::Transient`] |
+//! | 429 / 503 with `Retry-After` | [`Classified::Transient`] with the delay |
+//! | 2xx that is not a usable token response | [`Classified::Malformed`], rotated refresh token salvaged |
+
+use core::fmt;
+use core::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+use crate::time::UnixTime;
+use crate::token::{AccessToken, RefreshToken, TokenType};
+
+/// The largest response body [`classify`] reads; transports should stop reading
+/// here too. Real token responses are a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest token accepted from a server.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The longest error code or description kept from an error response.
+const MAX_ERROR_TEXT: usize = 256;
+
+/// The longest `Retry-After` honoured; a larger value is capped, not ignored.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// A public client: `client_id` in the form body, no secret.
+    None,
+    /// `Authorization: Basic` with the form-encoded id and secret.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// The client identity presented to the token and revocation endpoints.
+#[derive(Clone)]
+pub struct Client {
+    client_id: String,
+    secret: Option<SecretString>,
+    auth: ClientAuth,
+}
+
+impl Client {
+    /// A public client (native app, CLI, SPA): no secret.
+    pub fn public(client_id: impl Into<String>) -> Self {
+        Self { client_id: client_id.into(), secret: None, auth: ClientAuth::None }
+    }
+
+    /// A confidential client authenticating with `auth` ([`ClientAuth::Basic`]
+    /// or [`ClientAuth::Post`]; [`ClientAuth::None`] drops the secret).
+    pub fn confidential(client_id: impl Into<String>, secret: SecretString, auth: ClientAuth) -> Self {
+        let secret = (auth != ClientAuth::None).then_some(secret);
+        Self { client_id: client_id.into(), secret, auth }
+    }
+
+    /// The client identifier.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// How this client authenticates.
+    pub fn auth(&self) -> ClientAuth {
+        self.auth
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field("secret", &self.secret.as_ref().map(|_| "[REDACTED]"))
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// An `application/x-www-form-urlencoded` POST, ready for a transport. The body
+/// and the `Authorization` value hold secrets, so they are `secrecy` strings.
+#[derive(Clone)]
+pub struct FormRequest {
+    body: SecretString,
+    authorization: Option<SecretString>,
+}
+
+impl FormRequest {
+    /// The `Content-Type` to send with [`FormRequest::expose_body`].
+    pub const CONTENT_TYPE: &'static str = "application/x-www-form-urlencoded";
+
+    /// The form body. It contains a token: send it, never log it.
+    pub fn expose_body(&self) -> &str {
+        self.body.expose_secret()
+    }
+
+    /// The `Authorization` header value, for [`ClientAuth::Basic`].
+    pub fn expose_authorization(&self) -> Option<&str> {
+        self.authorization.as_ref().map(ExposeSecret::expose_secret)
+    }
+}
+
+impl fmt::Debug for FormRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FormRequest")
+            .field("body", &"[REDACTED]")
+            .field("authorization", &self.authorization.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+/// Builds the RFC 6749 §6 refresh request.
+///
+/// ```
+/// use freshen_core::oauth::{refresh_request, Client};
+/// use freshen_core::token::RefreshToken;
+///
+/// let request = refresh_request(&Client::public("cli"), &RefreshToken::new("r1"), None);
+/// assert_eq!(request.expose_body(), "grant_type=refresh_token&refresh_token=r1&client_id=cli");
+/// assert!(request.expose_authorization().is_none());
+/// ```
+pub fn refresh_request(client: &Client, refresh_token: &RefreshToken, scope: Option<&str>) -> FormRequest {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair("refresh_token", refresh_token.expose_secret());
+    if let Some(scope) = scope {
+        form.append_pair("scope", scope);
+    }
+    authenticated(client, form)
+}
+
+/// Builds the RFC 7009 revocation request for a refresh token. Revoking the
+/// refresh token lets the server drop the whole grant, access tokens included.
+pub fn revocation_request(client: &Client, refresh_token: &RefreshToken) -> FormRequest {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("token", refresh_token.expose_secret());
+    form.append_pair("token_type_hint", "refresh_token");
+    authenticated(client, form)
+}
+
+fn authenticated(client: &Client, mut form: form_urlencoded::Serializer<'_, String>) -> FormRequest {
+    let mut authorization = None;
+    match (client.auth, &client.secret) {
+        (ClientAuth::Basic, Some(secret)) => {
+            // RFC 6749 §2.3.1: both parts are form-encoded before base64.
+            let user: String = form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
+            let pass: String = form_urlencoded::byte_serialize(secret.expose_secret().as_bytes()).collect();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            authorization = Some(SecretString::from(format!("Basic {encoded}")));
+        }
+        (ClientAuth::Post, Some(secret)) => {
+            form.append_pair("client_id", &client.client_id);
+            form.append_pair("client_secret", secret.expose_secret());
+        }
+        _ => {
+            form.append_pair("client_id", &client.client_id);
+        }
+    }
+    FormRequest { body: SecretString::from(form.finish()), authorization }
+}
+
+/// What the classifier must know about this deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// OAuth error codes that prove the refresh token is dead, whatever the
+    /// status they come with. Default: `invalid_grant`.
+    pub terminal_errors: Vec<String>,
+    /// Token types the caller can present. Default: bearer only.
+    pub accepted_token_types: Vec<TokenType>,
+    /// The longest lifetime believed from `expires_in`; larger values are capped.
+    pub max_lifetime: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            terminal_errors: vec!["invalid_grant".to_owned()],
+            accepted_token_types: vec![TokenType::Bearer],
+            max_lifetime: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// An HTTP response to a token request, as a transport received it.
+#[derive(Clone, Copy, Debug)]
+pub struct Response<'a> {
+    /// The status code.
+    pub status: u16,
+    /// Header names (any case) and raw values, in received order.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// The body, ideally already cut at [`MAX_BODY_BYTES`] by the transport.
+    pub body: &'a [u8],
+}
+
+impl Response<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+    }
+}
+
+/// What a token response means for the session.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Classified {
+    /// New tokens.
+    Success(TokenResponse),
+    /// The refresh token is dead (by default `invalid_grant`): log out.
+    Terminal(OAuthError),
+    /// Worth retrying later with the same refresh token.
+    Transient(Transient),
+    /// The server refused for a reason retrying will not fix and that does not
+    /// prove the refresh token dead (client misconfigured, bad scope, ...).
+    Rejected(Rejected),
+    /// A success status without a usable token response. The server may have
+    /// rotated the refresh token, so the outcome is uncertain, like a lost response.
+    Malformed(Malformed),
+}
+
+/// A parsed successful token response (RFC 6749 §5.1).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TokenResponse {
+    /// The new access token.
+    pub access_token: AccessToken,
+    /// How to present it.
+    pub token_type: TokenType,
+    /// Its lifetime by the rule in the module docs; `None` when unknown.
+    pub lifetime: Option<Duration>,
+    /// A rotated refresh token; `None` means keep the current one.
+    pub refresh_token: Option<RefreshToken>,
+    /// The granted scope, when the server states it.
+    pub scope: Option<String>,
+}
+
+impl TokenResponse {
+    /// A bearer token response, for logins and tests.
+    pub fn bearer(access_token: AccessToken, lifetime: Option<Duration>, refresh_token: Option<RefreshToken>) -> Self {
+        Self { access_token, token_type: TokenType::Bearer, lifetime, refresh_token, scope: None }
+    }
+}
+
+/// An RFC 6749 §5.2 error response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthError {
+    /// The HTTP status it came with.
+    pub status: u16,
+    /// The `error` code, at most 256 printable ASCII characters.
+    pub code: String,
+    /// The `error_description`, if any, cut to 256 printable characters.
+    pub description: Option<String>,
+}
+
+/// A failure worth retrying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transient {
+    /// Why.
+    pub cause: TransientCause,
+    /// The server's `Retry-After`, capped at [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+}
+
+/// Why a failure is worth retrying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransientCause {
+    /// A 5xx status.
+    ServerError(u16),
+    /// 429 Too Many Requests.
+    RateLimited,
+    /// 408 Request Timeout.
+    RequestTimeout,
+    /// An OAuth error that asks for a retry: `temporarily_unavailable`, `slow_down`,
+    /// or `invalid_request` whose description says to retry (concurrent refresh).
+    RetryRequested(OAuthError),
+}
+
+/// A refusal that neither retrying nor logging out fixes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejected {
+    /// An OAuth error not declared terminal (`invalid_client`, `invalid_scope`, ...).
+    Error(OAuthError),
+    /// A status with no OAuth error body (e.g. 401 with only `WWW-Authenticate`, a 3xx).
+    Status(u16),
+}
+
+/// A success-status response that could not be used.
+#[derive(Clone, Debug)]
+pub struct Malformed {
+    /// The status it came with.
+    pub status: u16,
+    /// What was wrong.
+    pub reason: MalformedReason,
+    /// A well-formed `refresh_token` found in it. The server issued it, so the
+    /// session must keep it even though the rest is unusable.
+    pub salvaged_refresh_token: Option<RefreshToken>,
+}
+
+/// What made a success response unusable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MalformedReason {
+    /// Longer than [`MAX_BODY_BYTES`].
+    BodyTooLarge,
+    /// Not a JSON object (HTML, truncated, not UTF-8, ...).
+    NotJsonObject,
+    /// No `access_token`.
+    MissingAccessToken,
+    /// `access_token` empty, too long, or not a string.
+    InvalidAccessToken,
+    /// `refresh_token` present but empty, too long, or not a string.
+    InvalidRefreshToken,
+    /// A `token_type` the policy does not accept.
+    UnsupportedTokenType(TokenType),
+    /// An informational (1xx) or otherwise unusable status.
+    UnexpectedStatus(u16),
+}
+
+/// Classifies a token-endpoint response. Never panics; see the module docs for
+/// the rules. `unix_now` lets an HTTP-date `Retry-After` be read; without it
+/// only delta-seconds are honoured.
+///
+/// ```
+/// use freshen_core::oauth::{classify, Classified, Policy, Response};
+///
+/// let body = br#"{"error":"invalid_grant"}"#;
+/// let response = Response { status: 403, headers: &[], body };
+/// assert!(matches!(classify(&Policy::default(), &response, None), Classified::Terminal(_)));
+/// ```
+pub fn classify(policy: &Policy, response: &Response<'_>, unix_now: Option<UnixTime>) -> Classified {
+    let status = response.status;
+    let retry_after = response.header("retry-after").and_then(|value| parse_retry_after(value, unix_now));
+    let transient = |cause| Classified::Transient(Transient { cause, retry_after });
+
+    // Status first: a 5xx or 429 body is often a proxy's HTML page and is never parsed.
+    match status {
+        500..=599 => return transient(TransientCause::ServerError(status)),
+        429 => return transient(TransientCause::RateLimited),
+        408 => return transient(TransientCause::RequestTimeout),
+        _ => {}
+    }
+    let object = if response.body.len() > MAX_BODY_BYTES {
+        None
+    } else {
+        serde_json::from_slice::<Map<String, Value>>(response.body).ok()
+    };
+
+    if let Some(error) = object.as_ref().and_then(|o| oauth_error(status, o)) {
+        return classify_error(policy, error, retry_after);
+    }
+    match status {
+        200..=299 => {}
+        300..=499 => return Classified::Rejected(Rejected::Status(status)),
+        _ => return malformed(status, MalformedReason::UnexpectedStatus(status), None),
+    }
+    let Some(object) = object else {
+        let reason = if response.body.len() > MAX_BODY_BYTES {
+            MalformedReason::BodyTooLarge
+        } else {
+            MalformedReason::NotJsonObject
+        };
+        return malformed(status, reason, None);
+    };
+    token_response(policy, status, &object)
+}
+
+fn malformed(status: u16, reason: MalformedReason, salvaged_refresh_token: Option<RefreshToken>) -> Classified {
+    Classified::Malformed(Malformed { status, reason, salvaged_refresh_token })
+}
+
+fn classify_error(policy: &Policy, error: OAuthError, retry_after: Option<Duration>) -> Classified {
+    if policy.terminal_errors.contains(&error.code) {
+        return Classified::Terminal(error);
+    }
+    let asks_to_retry = match error.code.as_str() {
+        "temporarily_unavailable" | "slow_down" => true,
+        "invalid_request" => error.description.as_deref().is_some_and(describes_retry),
+        _ => false,
+    };
+    if asks_to_retry {
+        Classified::Transient(Transient { cause: TransientCause::RetryRequested(error), retry_after })
+    } else {
+        Classified::Rejected(Rejected::Error(error))
+    }
+}
+
+/// Servers that refuse a concurrent refresh say so in prose; these are the
+/// phrasings seen in the wild.
+fn describes_retry(description: &str) -> bool {
+    let lower = description.to_ascii_lowercase();
+    ["retry", "try again", "concurrent", "in progress", "already being refreshed"]
+        .iter()
+        .any(|phrase| lower.contains(phrase))
+}
+
+fn oauth_error(status: u16, object: &Map<String, Value>) -> Option<OAuthError> {
+    let code = object.get("error")?.as_str()?;
+    let code = printable(code, false);
+    if code.is_empty() {
+        return None;
+    }
+    let description = object.get("error_description").and_then(Value::as_str).map(|d| printable(d, true));
+    Some(OAuthError { status, code, description })
+}
+
+/// Keeps at most [`MAX_ERROR_TEXT`] characters, and only printable ASCII (plus
+/// spaces when `spaces` is set), so server text cannot forge log lines.
+fn printable(text: &str, spaces: bool) -> String {
+    text.chars().filter(|c| c.is_ascii_graphic() || (spaces && *c == ' ')).take(MAX_ERROR_TEXT).collect()
+}
+
+fn token_response(policy: &Policy, status: u16, object: &Map<String, Value>) -> Classified {
+    // The refresh token is read first: whatever else is wrong, a rotated refresh
+    // token the server issued must not be lost.
+    let refresh_token = match object.get("refresh_token") {
+        None | Some(Value::Null) => None,
+        Some(value) => match token_text(value) {
+            Some(token) => Some(RefreshToken::new(token)),
+            None => return malformed(status, MalformedReason::InvalidRefreshToken, None),
+        },
+    };
+    let Some(access) = object.get("access_token") else {
+        return malformed(status, MalformedReason::MissingAccessToken, refresh_token);
+    };
+    let Some(access) = token_text(access) else {
+        return malformed(status, MalformedReason::InvalidAccessToken, refresh_token);
+    };
+    let token_type = match object.get("token_type").and_then(Value::as_str) {
+        Some(text) => TokenType::parse(text),
+        // RFC 6749 requires token_type, yet some servers omit it; bearer is what they mean.
+        None => TokenType::Bearer,
+    };
+    if !policy.accepted_token_types.contains(&token_type) {
+        return malformed(status, MalformedReason::UnsupportedTokenType(token_type), refresh_token);
+    }
+    Classified::Success(TokenResponse {
+        access_token: AccessToken::new(access),
+        token_type,
+        lifetime: lifetime(object.get("expires_in"), policy.max_lifetime),
+        refresh_token,
+        scope: object.get("scope").and_then(Value::as_str).map(|s| printable(s, true)),
+    })
+}
+
+fn token_text(value: &Value) -> Option<&str> {
+    let text = value.as_str()?;
+    (!text.is_empty() && text.len() <= MAX_TOKEN_BYTES).then_some(text)
+}
+
+/// Applies the `expires_in` rule from the module docs.
+fn lifetime(value: Option<&Value>, max: Duration) -> Option<Duration> {
+    let seconds = match value? {
+        Value::Number(number) => match number.as_u64() {
+            Some(whole) => Some(whole),
+            None => number.as_f64().and_then(whole_seconds),
+        },
+        Value::String(text) => {
+            let text = text.trim();
+            match text.parse::<u64>() {
+                Ok(whole) => Some(whole),
+                Err(_) => text.parse::<f64>().ok().and_then(whole_seconds),
+            }
+        }
+        _ => None,
+    }?;
+    (seconds >= 1).then(|| Duration::from_secs(seconds).min(max))
+}
+
+fn whole_seconds(value: f64) -> Option<u64> {
+    // `as` saturates for finite values beyond u64, which the cap then trims.
+    (value.is_finite() && value >= 1.0).then(|| value.floor() as u64)
+}
+
+/// Reads `Retry-After` (RFC 9110 §10.2.3): delta-seconds, or an IMF-fixdate
+/// when the current wall time is known. Capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &[u8], unix_now: Option<UnixTime>) -> Option<Duration> {
+    let text = core::str::from_utf8(value).ok()?.trim();
+    let delay = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // A run of digits too long for u64 is still "very long": cap it.
+        Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = parse_imf_fixdate(text)?;
+        at.saturating_duration_since(unix_now?)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Parses `Sun, 06 Nov 1994 08:49:37 GMT`, the only HTTP-date form senders may
+/// generate (RFC 9110 §5.6.7).
+pub fn parse_imf_fixdate(text: &str) -> Option<UnixTime> {
+    let mut parts = text.split(' ');
+    let _weekday = parts.next().filter(|w| w.len() == 4 && w.ends_with(','))?;
+    let day: u64 = parts.next().filter(|d| d.len() == 2)?.parse().ok()?;
+    let month = parts.next()?;
+    let year: i64 = parts.next().filter(|y| y.len() == 4)?.parse().ok()?;
+    let clock = parts.next()?;
+    if parts.next() != Some("GMT") || parts.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let mut hms = clock.split(':').map(|p| if p.len() == 2 { p.parse::<u64>().ok() } else { None });
+    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some() || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day as i64);
+    let secs = u64::try_from(days).ok()? * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(UnixTime::from_secs(secs))
+}
+
+/// Howard Hinnant's days-from-civil: days since 1970-01-01 of a proleptic
+/// Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests;
