@@ -4,6 +4,7 @@
 pub mod ids;
 pub mod oauth;
 pub mod rng;
+pub mod session;
 pub mod stored;
 pub mod time;
 pub mod token;

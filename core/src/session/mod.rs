@@ -1,0 +1,1033 @@
+//! The sans-IO session machine.
+//!
+//! A [`Session`] holds one OAuth session and decides everything about it: when
+//! to refresh, which token to send, when to retry, when to write the store,
+//! whom to answer, when to log out. It never performs I/O, never reads a clock
+//! and never spawns anything. A driver feeds it inputs and carries out its outputs:
+//!
+//! * inputs: [`Session::handle`] (an [`Event`]) and [`Session::handle_timeout`];
+//! * outputs: [`Session::poll_command`] (a [`Command`]) and [`Session::poll_timeout`].
+//!
+//! After every input, drain every command, then re-arm the timer. See the
+//! [crate docs](crate) for the run loop.
+//!
+//! # Rules
+//!
+//! * One refresh at a time (C1). Callers that find no usable token wait for it.
+//! * A token is handed out only once the store holds it (C3); a failed write is
+//!   retried, and the new refresh token stays in memory meanwhile.
+//! * An answer to a superseded attempt is ignored, except a success for the
+//!   refresh token the session still holds: that carries a token the server
+//!   issued, and dropping it would lose the session.
+//! * A 401 for an older generation retries with the current token; a 401 for
+//!   the current generation starts a refresh.
+//! * Transient failures back off; `invalid_grant` (by default) re-reads the
+//!   store once, in case another process rotated the token, then logs out.
+
+mod config;
+mod types;
+
+use core::mem;
+use core::time::Duration;
+use std::collections::VecDeque;
+
+pub use config::{Backoff, ConfigError, SessionConfig};
+pub use types::{
+    AccessGrant, AttemptFailure, Command, Event, FailReason, LogoutCause, NewSession, StateView, StoreError,
+    TransportFailure,
+};
+
+use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use crate::oauth::{Classified, Malformed, OAuthError, TokenResponse, Transient, TransientCause};
+use crate::rng::SplitMix64;
+use crate::stored::StoredSession;
+use crate::time::{MonoTime, UnixTime};
+use crate::token::{AccessToken, RefreshToken, TokenType};
+
+/// A deliberately broken variant of the machine. Each one breaks one invariant,
+/// so the checkers can prove they catch it. Has no effect unless the `testing`
+/// feature sets [`SessionConfig::plant`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Plant {
+    /// Every caller that finds no usable token starts its own refresh (breaks C1).
+    NoSingleFlight,
+    /// Hands out tokens before the store holds them (breaks C3).
+    GrantBeforePersist,
+    /// Logs out without clearing the store (breaks C4).
+    LogoutKeepsStorage,
+    /// A retry that succeeds keeps the old refresh token (breaks C2).
+    RetryForgetsRotation,
+}
+
+impl Plant {
+    /// Every plant, for campaigns.
+    pub const ALL: [Plant; 4] =
+        [Plant::NoSingleFlight, Plant::GrantBeforePersist, Plant::LogoutKeepsStorage, Plant::RetryForgetsRotation];
+
+    /// The name used on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::NoSingleFlight => "no-single-flight",
+            Plant::GrantBeforePersist => "grant-before-persist",
+            Plant::LogoutKeepsStorage => "logout-keeps-storage",
+            Plant::RetryForgetsRotation => "retry-forgets-rotation",
+        }
+    }
+
+    /// The plant with this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// The session machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    rng: SplitMix64,
+    /// The latest time seen; input time never moves it back.
+    now: MonoTime,
+    /// A point known on both clocks, to turn wall-clock expiries into monotonic ones.
+    wall_anchor: (MonoTime, UnixTime),
+    state: State,
+    /// Callers waiting, oldest first. Deadlines are arrival + a constant, so
+    /// they are in order too.
+    waiters: VecDeque<Waiter>,
+    store: StoreSync,
+    outbox: Outbox,
+    /// The highest generation this machine has seen or made.
+    last_generation: Generation,
+    /// An attempt abandoned in flight when an earlier attempt's late success
+    /// ended its cycle: it counts as in flight until answered or past its
+    /// deadline, so no new refresh starts alongside it (C1).
+    straggler: Option<(RefreshId, MonoTime)>,
+    /// What the last [`Command::Publish`] offered.
+    published: Option<Generation>,
+    view: StateView,
+}
+
+#[derive(Debug)]
+struct Outbox {
+    commands: VecDeque<Command>,
+    next_refresh: RefreshId,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    caller: CallerId,
+    deadline: MonoTime,
+}
+
+#[derive(Debug)]
+enum State {
+    /// The store has not been read yet.
+    Loading,
+    /// The access token is usable (or its lifetime unknown).
+    Valid(TokenSet),
+    /// The access token is unusable and no refresh runs.
+    Expired(TokenSet),
+    /// A refresh cycle runs.
+    Refreshing(TokenSet, Cycle),
+    /// Terminal until a login.
+    LoggedOut(LogoutCause),
+}
+
+/// The tokens a session holds, and what the machine knows about them.
+#[derive(Clone, Debug)]
+struct TokenSet {
+    generation: Generation,
+    access: AccessToken,
+    token_type: TokenType,
+    scope: Option<String>,
+    refresh: RefreshToken,
+    /// `None` when the lifetime is unknown.
+    expiry: Option<Expiry>,
+    /// A resource refused the access token with a 401.
+    access_rejected: bool,
+    /// Every refresh from this id on presented `refresh`: a success for any of
+    /// them answers for this set.
+    presented_since: RefreshId,
+    /// When the first of them was sent; what they return expires counting from here.
+    first_presented_at: Option<MonoTime>,
+    /// No refresh starts before this, after a cycle that failed.
+    cooldown: Option<Cooldown>,
+    /// An attempt presenting `refresh` got no answer: the server may have
+    /// rotated it, which is what a later rejection would then mean.
+    answer_lost: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Expiry {
+    expires_at: MonoTime,
+    usable_until: MonoTime,
+    refresh_at: MonoTime,
+}
+
+#[derive(Clone, Debug)]
+struct Cooldown {
+    until: MonoTime,
+    reason: FailReason,
+}
+
+/// One refresh cycle: up to `backoff.attempts` attempts with the same token.
+#[derive(Debug)]
+struct Cycle {
+    attempt: u32,
+    phase: Phase,
+    /// The store was re-read after a terminal answer (at most once per cycle).
+    reread: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    InFlight {
+        id: RefreshId,
+        deadline: MonoTime,
+    },
+    Backoff {
+        until: MonoTime,
+    },
+    /// A terminal answer came; the store is re-read before logging out.
+    Rereading {
+        error: OAuthError,
+    },
+}
+
+/// Keeps the store in step with the session, one operation at a time, so a
+/// late write can never land after a later one.
+#[derive(Debug)]
+struct StoreSync {
+    next_op: StoreOpId,
+    in_flight: Option<(StoreOpId, StoreOp)>,
+    holds: Holds,
+    load_wanted: bool,
+    failures: u32,
+    retry_at: Option<MonoTime>,
+    gave_up: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreOp {
+    Load,
+    Persist(Generation),
+    Clear,
+}
+
+/// What the store is known to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holds {
+    Unknown,
+    Empty,
+    Session(Generation),
+}
+
+impl Session {
+    /// A session that starts by reading the store ([`Command::LoadStore`]).
+    ///
+    /// `seed` drives every random choice (jitter), so the same seed and inputs
+    /// give the same commands (C8). `now` and `unix_now` are the same moment on
+    /// the monotonic and the wall clock.
+    pub fn new(config: SessionConfig, seed: u64, now: MonoTime, unix_now: UnixTime) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut session = Self {
+            config,
+            rng: SplitMix64::new(seed),
+            now,
+            wall_anchor: (now, unix_now),
+            state: State::Loading,
+            waiters: VecDeque::new(),
+            store: StoreSync {
+                next_op: StoreOpId(1),
+                in_flight: None,
+                holds: Holds::Unknown,
+                load_wanted: true,
+                failures: 0,
+                retry_at: None,
+                gave_up: false,
+            },
+            outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1) },
+            last_generation: Generation(0),
+            straggler: None,
+            published: None,
+            view: StateView::Loading,
+        };
+        session.settle();
+        Ok(session)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The observable state.
+    pub fn state(&self) -> &StateView {
+        &self.view
+    }
+
+    /// How many callers wait.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Feeds one input. Infallible: input that makes no sense now (an unknown
+    /// id, a duplicate, an answer after logout) is ignored.
+    pub fn handle(&mut self, now: MonoTime, event: Event) {
+        self.advance(now);
+        if let Event::RefreshCompleted { id, .. } | Event::RefreshFailed { id, .. } = &event {
+            if self.straggler.is_some_and(|(straggler, _)| straggler == *id) {
+                self.straggler = None;
+            }
+        }
+        match event {
+            Event::TokenWanted { caller } => self.on_token_wanted(caller),
+            Event::Unauthorized { caller, generation } => self.on_unauthorized(caller, generation),
+            Event::RefreshCompleted { id, outcome } => self.on_refresh_completed(id, outcome),
+            Event::RefreshFailed { id, failure } => {
+                if self.in_flight(id) {
+                    self.attempt_failed(AttemptFailure::Transport(failure), failure.outcome_unknown(), None);
+                }
+            }
+            Event::StoreLoaded { op, stored, unix_now } => self.on_store_loaded(op, stored, unix_now),
+            Event::StoreWritten { op } => self.on_store_written(op),
+            Event::StoreFailed { op, error } => self.on_store_failed(op, error),
+            Event::LogoutRequested => self.log_out(LogoutCause::Requested),
+            Event::LoggedIn(new) => self.on_logged_in(new),
+        }
+        self.settle();
+    }
+
+    /// Fires whatever timers are due at `now`. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: MonoTime) {
+        self.advance(now);
+        let now = self.now;
+        let mut expired = Vec::new();
+        while let Some(waiter) = self.waiters.front().filter(|w| w.deadline <= now) {
+            expired.push(waiter.caller);
+            self.waiters.pop_front();
+        }
+        self.outbox.fail(expired, FailReason::TimedOut);
+        let due = match &self.state {
+            State::Refreshing(_, cycle) => match cycle.phase {
+                Phase::InFlight { deadline, .. } => (deadline <= now).then_some(true),
+                Phase::Backoff { until } => (until <= now).then_some(false),
+                Phase::Rereading { .. } => None,
+            },
+            _ => None,
+        };
+        match due {
+            Some(true) => self.attempt_failed(AttemptFailure::Transport(TransportFailure::Timeout), true, None),
+            Some(false) => self.send_next_attempt(),
+            None => {}
+        }
+        if self.store.retry_at.is_some_and(|at| at <= now) {
+            self.store.retry_at = None;
+        }
+        if self.straggler.is_some_and(|(_, deadline)| deadline <= now) {
+            self.straggler = None;
+        }
+        self.settle();
+    }
+
+    /// The next output, if any. Drain until `None` after every input.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.outbox.commands.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must next be called, if ever. Always
+    /// later than the last time seen, so a driver cannot spin on it.
+    pub fn poll_timeout(&self) -> Option<MonoTime> {
+        let mut next: Option<MonoTime> = None;
+        let mut consider = |at: Option<MonoTime>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
+        consider(self.waiters.front().map(|w| w.deadline));
+        consider(self.straggler.map(|(_, deadline)| deadline));
+        match &self.state {
+            State::Refreshing(_, cycle) => match cycle.phase {
+                Phase::InFlight { deadline, .. } => consider(Some(deadline)),
+                Phase::Backoff { until } => consider(Some(until)),
+                Phase::Rereading { .. } => {}
+            },
+            State::Valid(tokens) => {
+                consider(tokens.refresh_due_at());
+                consider(tokens.expiry.map(|e| e.usable_until));
+            }
+            State::Loading | State::Expired(_) | State::LoggedOut(_) => {}
+        }
+        if self.store.in_flight.is_none() && !self.store.gave_up {
+            consider(self.store.retry_at);
+        }
+        // Every timer above is consumed or moved by `handle_timeout`; clamping
+        // to just after now keeps a driver from busy-looping even if one is not.
+        next.map(|at| at.max(self.now.saturating_add(Duration::from_millis(1))))
+    }
+
+    fn advance(&mut self, now: MonoTime) {
+        // Time never goes back: a clock that does is ignored until it catches up.
+        self.now = self.now.max(now);
+    }
+
+    fn planted(&self, plant: Plant) -> bool {
+        #[cfg(feature = "testing")]
+        {
+            self.config.plant == Some(plant)
+        }
+        #[cfg(not(feature = "testing"))]
+        {
+            let _ = plant;
+            false
+        }
+    }
+
+    fn tokens(&self) -> Option<&TokenSet> {
+        match &self.state {
+            State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Some(t),
+            State::Loading | State::LoggedOut(_) => None,
+        }
+    }
+
+    fn tokens_mut(&mut self) -> Option<&mut TokenSet> {
+        match &mut self.state {
+            State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Some(t),
+            State::Loading | State::LoggedOut(_) => None,
+        }
+    }
+
+    fn in_flight(&self, id: RefreshId) -> bool {
+        matches!(&self.state, State::Refreshing(_, Cycle { phase: Phase::InFlight { id: current, .. }, .. }) if *current == id)
+    }
+
+    fn next_generation(&mut self) -> Generation {
+        self.last_generation = self.last_generation.next();
+        self.last_generation
+    }
+
+    fn add_waiter(&mut self, caller: CallerId) {
+        if self.waiters.len() >= self.config.max_waiters {
+            self.outbox.fail(vec![caller], FailReason::TooManyWaiters);
+            return;
+        }
+        // Demand revives a store that gave up: it may work again now.
+        self.store.revive();
+        let deadline = self.now.saturating_add(self.config.wait_bound());
+        self.waiters.push_back(Waiter { caller, deadline });
+    }
+
+    fn on_token_wanted(&mut self, caller: CallerId) {
+        self.add_waiter(caller);
+        if self.planted(Plant::NoSingleFlight)
+            && matches!(&self.state, State::Refreshing(t, Cycle { phase: Phase::InFlight { .. }, .. }) if !t.usable_at(self.now))
+        {
+            self.send_next_attempt();
+        }
+    }
+
+    fn on_unauthorized(&mut self, caller: CallerId, generation: Generation) {
+        if let Some(tokens) = self.tokens_mut() {
+            // Only the current token can be proven bad; a 401 for an older one
+            // just means the caller retries with the current one.
+            if tokens.generation == generation {
+                tokens.access_rejected = true;
+            }
+        }
+        self.add_waiter(caller);
+    }
+
+    fn on_refresh_completed(&mut self, id: RefreshId, outcome: Classified) {
+        if let Classified::Success(response) = outcome {
+            if self.answers_current_tokens(id) {
+                self.adopt_response(id, response);
+            } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
+                // Tokens issued after logout: revoke what the user no longer wants.
+                self.outbox.commands.push_back(Command::Revoke { refresh_token: rotated });
+            }
+            return;
+        }
+        if let Classified::Terminal(error) = outcome {
+            // A rejection of the token we hold is news whichever attempt it
+            // answers: the server has declared that token dead.
+            if self.answers_current_tokens(id) {
+                self.on_terminal(error);
+            }
+            return;
+        }
+        if !self.in_flight(id) {
+            return;
+        }
+        match outcome {
+            Classified::Success(_) | Classified::Terminal(_) => {}
+            Classified::Transient(Transient { cause, retry_after }) => {
+                // A 5xx may come after the server committed; a 429 or a retry request did not.
+                let unknown = matches!(cause, TransientCause::ServerError(_));
+                self.attempt_failed(AttemptFailure::Server(cause), unknown, retry_after);
+            }
+            Classified::Rejected(rejected) => self.end_cycle(FailReason::Rejected(rejected), None),
+            Classified::Malformed(malformed) => self.on_malformed(malformed),
+        }
+    }
+
+    fn answers_current_tokens(&self, id: RefreshId) -> bool {
+        self.tokens().is_some_and(|t| t.presented_since <= id && id < self.outbox.next_refresh)
+    }
+
+    fn adopt_response(&mut self, id: RefreshId, response: TokenResponse) {
+        let generation = self.next_generation();
+        let next_refresh = self.outbox.next_refresh;
+        let now = self.now;
+        let retry = match &self.state {
+            State::Refreshing(_, cycle) => cycle.attempt > 1 || !self.in_flight(id),
+            _ => true,
+        };
+        if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id: newer, deadline }, .. }) = &self.state {
+            if *newer != id {
+                self.straggler = Some((*newer, *deadline));
+            }
+        }
+        let forget_rotation = retry && self.planted(Plant::RetryForgetsRotation);
+        let Some(old) = self.take_tokens() else { return };
+        let refresh = match response.refresh_token {
+            Some(rotated) if !forget_rotation => rotated,
+            _ => old.refresh,
+        };
+        let base = old.first_presented_at.unwrap_or(now);
+        let expiry = Expiry::plan(base, response.lifetime, &self.config, &mut self.rng);
+        self.state = State::Valid(TokenSet {
+            generation,
+            access: response.access_token,
+            token_type: response.token_type,
+            scope: response.scope.or(old.scope),
+            refresh,
+            expiry,
+            access_rejected: false,
+            presented_since: next_refresh,
+            first_presented_at: None,
+            cooldown: None,
+            answer_lost: false,
+        });
+        self.store.revive();
+    }
+
+    fn on_malformed(&mut self, malformed: Malformed) {
+        let rotated = malformed
+            .salvaged_refresh_token
+            .filter(|rotated| self.tokens().is_some_and(|t| !rotated.same_as(&t.refresh)));
+        let salvaged = rotated.is_some();
+        if let Some(rotated) = rotated {
+            // The server rotated; the new token is all we got. Keep it (and
+            // write it) before anything else, then retry with it.
+            let generation = self.next_generation();
+            let next_refresh = self.outbox.next_refresh;
+            if let Some(tokens) = self.tokens_mut() {
+                tokens.generation = generation;
+                tokens.refresh = rotated;
+                tokens.presented_since = next_refresh;
+                tokens.first_presented_at = None;
+                tokens.answer_lost = false;
+            }
+            self.store.revive();
+        }
+        self.attempt_failed(AttemptFailure::Malformed(malformed.reason), !salvaged, None);
+    }
+
+    fn on_terminal(&mut self, error: OAuthError) {
+        let after_lost_response = self.tokens().is_some_and(|t| t.answer_lost);
+        match &mut self.state {
+            State::Refreshing(_, cycle) if cycle.reread => {
+                self.log_out(LogoutCause::RefreshTokenRejected { error, after_lost_response });
+                return;
+            }
+            State::Refreshing(_, cycle) => {
+                cycle.reread = true;
+                cycle.phase = Phase::Rereading { error };
+            }
+            State::Valid(_) | State::Expired(_) => {
+                // The rejection outlived its cycle; the attempts are spent, so
+                // only a token found in the store may be tried, once.
+                let Some(tokens) = self.take_tokens() else { return };
+                let cycle =
+                    Cycle { attempt: self.config.backoff.attempts, phase: Phase::Rereading { error }, reread: true };
+                self.state = State::Refreshing(tokens, cycle);
+            }
+            State::Loading | State::LoggedOut(_) => return,
+        }
+        // Another process sharing the store may have rotated the token: look
+        // once before giving the session up.
+        self.store.load_wanted = true;
+        self.store.revive();
+    }
+
+    /// Attempt failed without proving the token dead: back off and retry, or
+    /// end the cycle when attempts run out or the server asks for too long a pause.
+    fn attempt_failed(&mut self, failure: AttemptFailure, outcome_unknown: bool, retry_after: Option<Duration>) {
+        let now = self.now;
+        let config = &self.config;
+        let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        tokens.answer_lost |= outcome_unknown;
+        if let Some(wait) = retry_after.filter(|wait| *wait > config.max_retry_after) {
+            self.end_cycle(FailReason::RefreshUnavailable(AttemptFailure::RetryAfter(wait)), Some(wait));
+            return;
+        }
+        if cycle.attempt >= config.backoff.attempts {
+            self.end_cycle(FailReason::RefreshUnavailable(failure), retry_after);
+            return;
+        }
+        let delay = jittered(&mut self.rng, config.backoff, cycle.attempt).max(retry_after.unwrap_or_default());
+        cycle.phase = Phase::Backoff { until: now.saturating_add(delay) };
+    }
+
+    /// Ends a cycle that did not succeed. No new cycle starts for a pause (the
+    /// longest backoff, or the server's `Retry-After` if longer); waiters that
+    /// cannot be served get `reason`.
+    fn end_cycle(&mut self, reason: FailReason, retry_after: Option<Duration>) {
+        let pause = self.config.backoff.max.max(retry_after.unwrap_or_default());
+        let until = self.now.saturating_add(pause);
+        if let Some(mut tokens) = self.take_tokens() {
+            tokens.cooldown = Some(Cooldown { until, reason });
+            self.state = State::Valid(tokens);
+        }
+    }
+
+    /// Sends the next attempt of the running cycle (or, for the no-single-flight
+    /// plant, a second one alongside it).
+    fn send_next_attempt(&mut self) {
+        let now = self.now;
+        let timeout = self.config.request_timeout;
+        let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        cycle.attempt += 1;
+        let id = self.outbox.send_refresh(now, tokens, cycle.attempt);
+        cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
+    }
+
+    fn start_cycle(&mut self) {
+        let now = self.now;
+        let timeout = self.config.request_timeout;
+        let Some(mut tokens) = self.take_tokens() else { return };
+        let id = self.outbox.send_refresh(now, &mut tokens, 1);
+        let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
+        self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
+    }
+
+    fn log_out(&mut self, cause: LogoutCause) {
+        let previous = mem::replace(&mut self.state, State::LoggedOut(cause.clone()));
+        if let (LogoutCause::Requested, State::Valid(t) | State::Expired(t) | State::Refreshing(t, _)) =
+            (&cause, previous)
+        {
+            self.outbox.commands.push_back(Command::Revoke { refresh_token: t.refresh });
+        }
+        self.store.load_wanted = false;
+        self.store.revive();
+    }
+
+    fn on_logged_in(&mut self, new: NewSession) {
+        let generation = self.next_generation();
+        let expiry = Expiry::plan(new.requested_at.min(self.now), new.lifetime, &self.config, &mut self.rng);
+        let tokens = TokenSet {
+            generation,
+            access: new.access_token,
+            token_type: new.token_type,
+            scope: new.scope,
+            refresh: new.refresh_token,
+            expiry,
+            access_rejected: false,
+            presented_since: self.outbox.next_refresh,
+            first_presented_at: None,
+            cooldown: None,
+            answer_lost: false,
+        };
+        if let Some(old) = self.take_tokens().filter(|old| !old.refresh.same_as(&tokens.refresh)) {
+            // A new login replaces the old grant: let the server drop it.
+            self.outbox.commands.push_back(Command::Revoke { refresh_token: old.refresh });
+        }
+        self.state = State::Valid(tokens);
+        self.store.load_wanted = false;
+        self.store.revive();
+    }
+
+    fn on_store_loaded(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
+        if self.store.in_flight != Some((op, StoreOp::Load)) {
+            return;
+        }
+        self.store.succeeded();
+        self.store.load_wanted = false;
+        self.wall_anchor = (self.now, unix_now);
+        match &self.state {
+            State::Loading => match stored {
+                None => self.state = State::LoggedOut(LogoutCause::NoSession),
+                Some(stored) => {
+                    self.store.holds = Holds::Session(stored.generation);
+                    self.last_generation = self.last_generation.max(stored.generation);
+                    let tokens = self.tokens_from_store(stored, |generation| generation);
+                    self.state = State::Valid(tokens);
+                }
+            },
+            State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error }, .. }) => {
+                let newer = stored.filter(|s| !s.refresh_token.same_as(&tokens.refresh));
+                let cause =
+                    LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
+                match newer {
+                    Some(stored) => self.adopt_stored(stored),
+                    None => self.log_out(cause),
+                }
+            }
+            // A login or logout overtook the load: what it read is stale.
+            _ => {}
+        }
+    }
+
+    /// Takes over a session another process wrote while ours was being rejected.
+    fn adopt_stored(&mut self, stored: StoredSession) {
+        let durable = stored.generation > self.last_generation;
+        let generation = if durable { stored.generation } else { self.next_generation() };
+        self.last_generation = self.last_generation.max(generation);
+        if durable {
+            self.store.holds = Holds::Session(generation);
+        }
+        let mut tokens = self.tokens_from_store(stored, |_| generation);
+        let State::Refreshing(_, cycle) = mem::replace(&mut self.state, State::Loading) else { return };
+        if tokens.usable_at(self.now) {
+            self.state = State::Valid(tokens);
+        } else {
+            // Its access token is spent too: one more attempt, with its refresh token.
+            let now = self.now;
+            let attempt = cycle.attempt + 1;
+            let id = self.outbox.send_refresh(now, &mut tokens, attempt);
+            let phase = Phase::InFlight { id, deadline: now.saturating_add(self.config.request_timeout) };
+            self.state = State::Refreshing(tokens, Cycle { attempt, phase, ..cycle });
+        }
+        self.store.revive();
+    }
+
+    fn tokens_from_store(
+        &mut self,
+        stored: StoredSession,
+        generation: impl FnOnce(Generation) -> Generation,
+    ) -> TokenSet {
+        let (anchor_mono, anchor_unix) = self.wall_anchor;
+        let expiry = stored.access_expires_at.map(|at| {
+            // Remaining lifetime on the wall clock, measured from the anchor;
+            // a stored blob is untrusted, so the same cap applies as on the wire.
+            let remaining = at.saturating_duration_since(anchor_unix).min(self.config.policy.max_lifetime);
+            let base = anchor_mono.min(self.now);
+            Expiry::plan_known(base, remaining, &self.config, &mut self.rng)
+        });
+        TokenSet {
+            generation: generation(stored.generation),
+            access: stored.access_token,
+            token_type: stored.token_type,
+            scope: stored.scope,
+            refresh: stored.refresh_token,
+            expiry,
+            access_rejected: false,
+            presented_since: self.outbox.next_refresh,
+            first_presented_at: None,
+            cooldown: None,
+            answer_lost: false,
+        }
+    }
+
+    fn on_store_written(&mut self, op: StoreOpId) {
+        let Some((current, kind)) = self.store.in_flight else { return };
+        if current != op {
+            return;
+        }
+        self.store.holds = match kind {
+            StoreOp::Persist(generation) => Holds::Session(generation),
+            StoreOp::Clear => Holds::Empty,
+            // A load answered as a write: nothing was written.
+            StoreOp::Load => self.store.holds,
+        };
+        if kind == StoreOp::Load {
+            self.store.in_flight = None;
+            return;
+        }
+        self.store.succeeded();
+    }
+
+    fn on_store_failed(&mut self, op: StoreOpId, error: StoreError) {
+        let Some((current, kind)) = self.store.in_flight else { return };
+        if current != op {
+            return;
+        }
+        self.store.in_flight = None;
+        if kind != StoreOp::Load {
+            // A failed write may or may not have happened.
+            self.store.holds = Holds::Unknown;
+        }
+        let gave_up = match error {
+            StoreError::Corrupt(decode) if kind == StoreOp::Load => {
+                self.store.load_wanted = false;
+                if matches!(self.state, State::Loading) {
+                    self.state = State::LoggedOut(LogoutCause::StoredSessionUnreadable(decode));
+                    return;
+                }
+                true
+            }
+            _ => self.store.failed(self.now, &self.config.store_backoff, &mut self.rng),
+        };
+        if gave_up && kind == StoreOp::Load {
+            if let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error }, .. }) = &self.state {
+                // The store cannot tell us better: the token stays rejected.
+                let cause =
+                    LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
+                self.log_out(cause);
+            }
+        }
+    }
+
+    fn take_tokens(&mut self) -> Option<TokenSet> {
+        match mem::replace(&mut self.state, State::Loading) {
+            State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Some(t),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
+    /// Derives every consequence of the current facts: answers waiters, starts
+    /// a refresh when one is needed, moves the store toward what the session
+    /// holds, and reports what changed. Runs after every input.
+    fn settle(&mut self) {
+        let now = self.now;
+        if let State::Valid(tokens) = &self.state {
+            if !tokens.usable_at(now) {
+                let Some(tokens) = self.take_tokens() else { return };
+                self.state = State::Expired(tokens);
+            }
+        }
+        let refresh_needed = match &self.state {
+            State::Valid(tokens) | State::Expired(tokens) => {
+                let wanted = tokens.refresh_due_at().is_some_and(|at| at <= now)
+                    || (!self.waiters.is_empty() && !tokens.usable_at(now));
+                wanted && tokens.cooldown.as_ref().is_none_or(|c| c.until <= now) && self.straggler.is_none()
+            }
+            _ => false,
+        };
+        if refresh_needed {
+            self.start_cycle();
+        }
+        self.answer_waiters();
+        self.settle_store();
+        self.publish();
+        let view = self.view_now();
+        if view != self.view {
+            self.view = view.clone();
+            self.outbox.commands.push_back(Command::StateChanged(view));
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let grant_before_persist = self.planted(Plant::GrantBeforePersist);
+        let failure = match &self.state {
+            State::LoggedOut(cause) => Some(FailReason::LoggedOut(cause.clone())),
+            State::Loading => self.store.gave_up.then_some(FailReason::StoreUnavailable),
+            State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => {
+                if tokens.usable_at(now) {
+                    if grant_before_persist || self.store.holds == Holds::Session(tokens.generation) {
+                        let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+                        self.outbox.commands.push_back(Command::Grant { callers, grant: tokens.grant() });
+                        return;
+                    }
+                    self.store.gave_up.then_some(FailReason::StoreUnavailable)
+                } else if matches!(self.state, State::Refreshing(..)) {
+                    None
+                } else {
+                    // No refresh runs for an unusable token: only a cooldown stops one.
+                    tokens.cooldown.as_ref().map(|c| c.reason.clone())
+                }
+            }
+        };
+        if let Some(reason) = failure {
+            let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+            self.outbox.fail(callers, reason);
+        }
+    }
+
+    fn settle_store(&mut self) {
+        let store = &self.store;
+        if store.in_flight.is_some() || store.gave_up || store.retry_at.is_some() {
+            return;
+        }
+        let op = if store.load_wanted {
+            StoreOp::Load
+        } else {
+            let goal = match &self.state {
+                State::Loading => return,
+                State::LoggedOut(cause) => {
+                    if !cause.clears_store() || self.planted(Plant::LogoutKeepsStorage) {
+                        return;
+                    }
+                    Holds::Empty
+                }
+                State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Holds::Session(t.generation),
+            };
+            if goal == self.store.holds {
+                return;
+            }
+            match goal {
+                Holds::Session(generation) => StoreOp::Persist(generation),
+                _ => StoreOp::Clear,
+            }
+        };
+        let id = self.store.next_op;
+        self.store.next_op = id.next();
+        self.store.in_flight = Some((id, op));
+        let command = match op {
+            StoreOp::Load => Command::LoadStore { op: id },
+            StoreOp::Clear => Command::ClearStore { op: id },
+            StoreOp::Persist(_) => match self.tokens() {
+                Some(tokens) => Command::Persist { op: id, session: self.to_stored(tokens) },
+                None => return,
+            },
+        };
+        self.outbox.commands.push_back(command);
+    }
+
+    fn to_stored(&self, tokens: &TokenSet) -> StoredSession {
+        let (anchor_mono, anchor_unix) = self.wall_anchor;
+        StoredSession {
+            generation: tokens.generation,
+            access_token: tokens.access.clone(),
+            token_type: tokens.token_type.clone(),
+            access_expires_at: tokens
+                .expiry
+                .map(|e| anchor_unix.saturating_add(e.expires_at.saturating_duration_since(anchor_mono))),
+            refresh_token: tokens.refresh.clone(),
+            scope: tokens.scope.clone(),
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = self.now;
+        let grant_before_persist = self.planted(Plant::GrantBeforePersist);
+        let offer = self
+            .tokens()
+            .filter(|t| t.usable_at(now) && (grant_before_persist || self.store.holds == Holds::Session(t.generation)));
+        let generation = offer.map(|t| t.generation);
+        if generation != self.published {
+            let grant = offer.map(TokenSet::grant);
+            self.published = generation;
+            self.outbox.commands.push_back(Command::Publish(grant));
+        }
+    }
+
+    fn view_now(&self) -> StateView {
+        match &self.state {
+            State::Loading => StateView::Loading,
+            State::Valid(t) => StateView::Valid { generation: t.generation },
+            State::Expired(t) => StateView::Expired { generation: t.generation },
+            State::Refreshing(t, _) => StateView::Refreshing { generation: t.generation },
+            State::LoggedOut(cause) => StateView::LoggedOut { cause: cause.clone() },
+        }
+    }
+}
+
+/// Equal jitter: between half and all of the backoff ceiling.
+fn jittered(rng: &mut SplitMix64, backoff: Backoff, attempt: u32) -> Duration {
+    let ceiling = backoff.ceiling(attempt);
+    let half = ceiling / 2;
+    let spread = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(rng.below(spread.saturating_add(1)))
+}
+
+impl Outbox {
+    fn send_refresh(&mut self, now: MonoTime, tokens: &mut TokenSet, attempt: u32) -> RefreshId {
+        let id = self.next_refresh;
+        self.next_refresh = id.next();
+        tokens.first_presented_at.get_or_insert(now);
+        self.commands.push_back(Command::SendRefresh { id, refresh_token: tokens.refresh.clone(), attempt });
+        id
+    }
+
+    fn fail(&mut self, callers: Vec<CallerId>, reason: FailReason) {
+        if !callers.is_empty() {
+            self.commands.push_back(Command::Fail { callers, reason });
+        }
+    }
+}
+
+impl StoreSync {
+    fn revive(&mut self) {
+        if self.gave_up {
+            self.gave_up = false;
+            self.failures = 0;
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.in_flight = None;
+        self.failures = 0;
+        self.retry_at = None;
+        self.gave_up = false;
+    }
+
+    /// Counts a failure; returns whether the retries are used up.
+    fn failed(&mut self, now: MonoTime, backoff: &Backoff, rng: &mut SplitMix64) -> bool {
+        self.failures += 1;
+        if self.failures >= backoff.attempts {
+            self.gave_up = true;
+            self.retry_at = None;
+            return true;
+        }
+        self.retry_at = Some(now.saturating_add(jittered(rng, *backoff, self.failures)));
+        false
+    }
+}
+
+impl TokenSet {
+    fn usable_at(&self, now: MonoTime) -> bool {
+        !self.access_rejected && self.expiry.is_none_or(|e| now < e.usable_until)
+    }
+
+    /// When a proactive refresh is due, respecting a cooldown.
+    fn refresh_due_at(&self) -> Option<MonoTime> {
+        let due = self.expiry?.refresh_at;
+        Some(self.cooldown.as_ref().map_or(due, |c| due.max(c.until)))
+    }
+
+    fn grant(&self) -> AccessGrant {
+        AccessGrant {
+            generation: self.generation,
+            access_token: self.access.clone(),
+            token_type: self.token_type.clone(),
+            usable_until: self.expiry.map(|e| e.usable_until),
+        }
+    }
+}
+
+impl Expiry {
+    /// Plans a token's life from `base`, the moment its request was sent.
+    /// Unknown lifetime: no expiry, no proactive refresh.
+    fn plan(base: MonoTime, lifetime: Option<Duration>, config: &SessionConfig, rng: &mut SplitMix64) -> Option<Self> {
+        lifetime.map(|lifetime| Self::plan_known(base, lifetime, config, rng))
+    }
+
+    /// Short lifetimes shrink the margins: the safety margin to at most a
+    /// quarter of the lifetime, the refresh margin to at most half, so a short
+    /// token is still used before it is refreshed and refreshes cannot loop.
+    fn plan_known(base: MonoTime, lifetime: Duration, config: &SessionConfig, rng: &mut SplitMix64) -> Self {
+        let jitter_nanos = u64::try_from(config.refresh_jitter.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(rng.below(jitter_nanos.saturating_add(1)));
+        let expires_at = base.saturating_add(lifetime);
+        let safety = config.expiry_safety.min(lifetime / 4);
+        let margin = config.refresh_margin.saturating_add(jitter).min(lifetime / 2);
+        Self {
+            expires_at,
+            usable_until: expires_at.saturating_sub(safety),
+            refresh_at: expires_at.saturating_sub(margin),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

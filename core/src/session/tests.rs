@@ -1,0 +1,612 @@
+//! Direct tests of the machine's rules: events in, commands out, no world.
+//! End-to-end tests against the authority live with the harness.
+
+use super::*;
+use crate::oauth::{Malformed, MalformedReason, Rejected, Transient};
+use crate::stored::DecodeError;
+
+const UNIX_ZERO: u64 = 1_800_000_000;
+
+fn at(ms: u64) -> MonoTime {
+    MonoTime::from_millis(ms)
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        refresh_margin: Duration::from_secs(60),
+        refresh_jitter: Duration::ZERO,
+        expiry_safety: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(8), 3),
+        ..SessionConfig::default()
+    }
+}
+
+/// Drives a session by hand and keeps what it said.
+struct Harness {
+    session: Session,
+    now: MonoTime,
+    log: Vec<Command>,
+}
+
+impl Harness {
+    fn new(config: SessionConfig) -> Self {
+        let session = Session::new(config, 7, MonoTime::ZERO, UnixTime::from_secs(UNIX_ZERO)).unwrap();
+        let mut h = Self { session, now: MonoTime::ZERO, log: Vec::new() };
+        h.drain();
+        h
+    }
+
+    /// A session loaded from a store holding generation 1 whose access token
+    /// expires `lifetime` from now (`None`: unknown).
+    fn loaded(config: SessionConfig, lifetime: Option<Duration>) -> Self {
+        let mut h = Self::new(config);
+        let op = h.load_op();
+        let stored = stored(1, "r1", lifetime.map(|l| UnixTime::from_secs(UNIX_ZERO).saturating_add(l)));
+        h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+        h
+    }
+
+    fn drain(&mut self) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Some(c) = self.session.poll_command() {
+            out.push(c);
+        }
+        self.log.extend(out.iter().cloned());
+        if let Some(next) = self.session.poll_timeout() {
+            assert!(next > self.now, "poll_timeout {next} is not after now {}", self.now);
+        }
+        out
+    }
+
+    fn handle(&mut self, event: Event) -> Vec<Command> {
+        self.session.handle(self.now, event);
+        self.drain()
+    }
+
+    fn advance_to(&mut self, to: MonoTime) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Some(next) = self.session.poll_timeout().filter(|t| *t <= to) {
+            self.now = next;
+            self.session.handle_timeout(next);
+            out.extend(self.drain());
+        }
+        self.now = self.now.max(to);
+        out
+    }
+
+    fn want(&mut self, caller: u64) -> Vec<Command> {
+        self.handle(Event::TokenWanted { caller: CallerId(caller) })
+    }
+
+    fn load_op(&self) -> StoreOpId {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::LoadStore { op } => Some(*op),
+                _ => None,
+            })
+            .expect("a load was issued")
+    }
+
+    fn last_refresh(&self) -> (RefreshId, String, u32) {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::SendRefresh { id, refresh_token, attempt } => {
+                    Some((*id, refresh_token.expose_secret().to_owned(), *attempt))
+                }
+                _ => None,
+            })
+            .expect("a refresh was sent")
+    }
+
+    fn last_persist(&self) -> (StoreOpId, StoredSession) {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::Persist { op, session } => Some((*op, session.clone())),
+                _ => None,
+            })
+            .expect("a persist was issued")
+    }
+
+    fn answer(&mut self, id: RefreshId, outcome: Classified) -> Vec<Command> {
+        self.handle(Event::RefreshCompleted { id, outcome })
+    }
+}
+
+fn stored(generation: u64, refresh: &str, access_expires_at: Option<UnixTime>) -> StoredSession {
+    StoredSession {
+        generation: Generation(generation),
+        access_token: AccessToken::new(format!("a{generation}")),
+        token_type: TokenType::Bearer,
+        access_expires_at,
+        refresh_token: RefreshToken::new(refresh),
+        scope: None,
+    }
+}
+
+fn success(access: &str, refresh: Option<&str>, lifetime_secs: u64) -> Classified {
+    Classified::Success(TokenResponse::bearer(
+        AccessToken::new(access),
+        Some(Duration::from_secs(lifetime_secs)),
+        refresh.map(RefreshToken::new),
+    ))
+}
+
+fn invalid_grant() -> Classified {
+    Classified::Terminal(OAuthError { status: 400, code: "invalid_grant".into(), description: None })
+}
+
+fn server_error(retry_after: Option<u64>) -> Classified {
+    Classified::Transient(Transient {
+        cause: TransientCause::ServerError(503),
+        retry_after: retry_after.map(Duration::from_secs),
+    })
+}
+
+fn sends(commands: &[Command]) -> usize {
+    commands.iter().filter(|c| matches!(c, Command::SendRefresh { .. })).count()
+}
+
+fn granted(commands: &[Command]) -> Vec<(CallerId, Generation)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Grant { callers, grant } => {
+                Some(callers.iter().map(|c| (*c, grant.generation)).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn failed(commands: &[Command]) -> Vec<(CallerId, FailReason)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Fail { callers, reason } => Some(callers.iter().map(|c| (*c, reason.clone())).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Acknowledges the last persist and returns what followed.
+fn persisted(h: &mut Harness) -> Vec<Command> {
+    let (op, _) = h.last_persist();
+    h.handle(Event::StoreWritten { op })
+}
+
+#[test]
+fn starts_by_loading_and_an_empty_store_means_logged_out() {
+    let mut h = Harness::new(config());
+    assert!(matches!(h.log.as_slice(), [Command::LoadStore { .. }]));
+    assert_eq!(h.session.state(), &StateView::Loading);
+    // A caller before the load waits for it.
+    assert!(h.want(1).is_empty());
+    let op = h.load_op();
+    let out = h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(LogoutCause::NoSession))]);
+    assert_eq!(h.session.state(), &StateView::LoggedOut { cause: LogoutCause::NoSession });
+    // Nothing to clear: the store is empty.
+    assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+}
+
+#[test]
+fn a_loaded_session_is_published_and_granted_at_once() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1) });
+    let published = h.log.iter().find_map(|c| match c {
+        Command::Publish(Some(grant)) => Some(grant.clone()),
+        _ => None,
+    });
+    let grant = published.expect("published");
+    // usable until expiry minus the safety margin
+    assert_eq!(grant.usable_until, Some(MonoTime::from_secs(295)));
+    assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(1))]);
+}
+
+#[test]
+fn many_callers_on_an_expired_token_cause_exactly_one_refresh() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let mut out = Vec::new();
+    for caller in 2..=100 {
+        out.extend(h.want(caller));
+    }
+    assert_eq!(sends(&h.log), 1);
+    assert!(granted(&out).is_empty(), "nobody gets the rejected token");
+    let (id, token, attempt) = h.last_refresh();
+    assert_eq!((token.as_str(), attempt), ("r1", 1));
+    h.answer(id, success("a2", Some("r2"), 300));
+    let out = persisted(&mut h);
+    let callers: Vec<_> = granted(&out).into_iter().map(|(c, g)| (c.0, g)).collect();
+    assert_eq!(callers.len(), 100);
+    assert!(callers.iter().all(|(_, g)| *g == Generation(2)));
+}
+
+#[test]
+fn tokens_are_written_before_anyone_gets_them() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    let out = h.answer(id, success("a2", Some("r2"), 300));
+    assert!(granted(&out).is_empty());
+    assert!(!out.iter().any(|c| matches!(c, Command::Publish(Some(_)))));
+    let (op, session) = h.last_persist();
+    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    assert_eq!(session.generation, Generation(2));
+    let out = h.handle(Event::StoreWritten { op });
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
+}
+
+#[test]
+fn a_failing_store_is_retried_and_never_drops_the_rotated_token() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 300));
+    let attempts = h.session.config().store_backoff.attempts;
+    let mut out = Vec::new();
+    for _ in 0..attempts {
+        let (op, session) = h.last_persist();
+        assert_eq!(session.refresh_token.expose_secret(), "r2");
+        out = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
+        out.extend(h.advance_to(h.now.saturating_add(Duration::from_secs(2))));
+    }
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::StoreUnavailable)]);
+    // The next caller revives the store; the rotated token is still what is written and sent.
+    h.want(2);
+    let (op, session) = h.last_persist();
+    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    assert_eq!(granted(&h.handle(Event::StoreWritten { op })), vec![(CallerId(2), Generation(2))]);
+    h.handle(Event::Unauthorized { caller: CallerId(3), generation: Generation(2) });
+    assert_eq!(h.last_refresh().1, "r2");
+}
+
+#[test]
+fn a_401_for_an_older_generation_retries_with_the_current_token() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 300));
+    persisted(&mut h);
+    let out = h.handle(Event::Unauthorized { caller: CallerId(2), generation: Generation(1) });
+    assert_eq!(granted(&out), vec![(CallerId(2), Generation(2))]);
+    assert_eq!(sends(&h.log), 1, "no refresh for a stale 401");
+}
+
+#[test]
+fn refreshes_ahead_of_expiry_and_keeps_serving_meanwhile() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    // margin 60 s, no jitter: refresh at 240 s.
+    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(240)));
+    let out = h.advance_to(MonoTime::from_secs(240));
+    assert_eq!(sends(&out), 1);
+    assert_eq!(h.session.state(), &StateView::Refreshing { generation: Generation(1) });
+    // The old token is still good: a caller during the refresh does not wait.
+    assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(1))]);
+}
+
+#[test]
+fn short_lifetimes_shrink_the_margins() {
+    // 20 s lifetime: safety min(5, 20/4) = 5 s, margin min(60, 20/2) = 10 s.
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(20)));
+    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(10)));
+    h.advance_to(MonoTime::from_secs(10));
+    let (id, ..) = h.last_refresh();
+    h.now = MonoTime::from_secs(11);
+    h.answer(id, success("a2", Some("r2"), 2));
+    let out = persisted(&mut h);
+    // 2 s lifetime counted from the send at 10 s: safety 0.5 s, margin 1 s.
+    let grant = out.iter().find_map(|c| match c {
+        Command::Publish(Some(grant)) => Some(grant.clone()),
+        _ => None,
+    });
+    assert_eq!(grant.and_then(|g| g.usable_until), Some(at(11_500)));
+    // It arrived already inside its refresh margin (refresh at 11 s): the next
+    // refresh starts at once, with the rotated token.
+    assert_eq!(h.last_refresh().1, "r2");
+    assert_eq!(sends(&h.log), 2);
+}
+
+#[test]
+fn transient_failures_back_off_with_jitter_then_end_the_cycle() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let backoff = h.session.config().backoff;
+    for attempt in 1..backoff.attempts {
+        let (id, token, sent_attempt) = h.last_refresh();
+        assert_eq!((token.as_str(), sent_attempt), ("r1", attempt));
+        let failed_at = h.now;
+        h.answer(id, server_error(None));
+        let retry_at = h.session.poll_timeout().unwrap();
+        let delay = retry_at.saturating_duration_since(failed_at);
+        assert!(delay >= backoff.floor(attempt) && delay <= backoff.ceiling(attempt), "{delay:?}");
+        h.advance_to(retry_at);
+    }
+    let (id, ..) = h.last_refresh();
+    let out = h.answer(id, server_error(None));
+    assert_eq!(
+        failed(&out),
+        vec![(CallerId(1), FailReason::RefreshUnavailable(AttemptFailure::Server(TransientCause::ServerError(503))))]
+    );
+    assert_eq!(h.session.state(), &StateView::Expired { generation: Generation(1) });
+    // Cooling down: a caller fails fast instead of starting a new cycle at once...
+    assert!(matches!(failed(&h.want(2)).as_slice(), [(_, FailReason::RefreshUnavailable(_))]));
+    assert_eq!(sends(&h.log), backoff.attempts as usize);
+    // ...and after the pause a caller starts a new one.
+    h.advance_to(h.now.saturating_add(backoff.max));
+    h.want(3);
+    assert_eq!(sends(&h.log), backoff.attempts as usize + 1);
+}
+
+#[test]
+fn retry_after_is_honoured_and_a_long_one_ends_the_cycle() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    h.answer(id, server_error(Some(20)));
+    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(20)));
+    h.advance_to(MonoTime::from_secs(20));
+    let (id, _, attempt) = h.last_refresh();
+    assert_eq!(attempt, 2);
+    let out = h.answer(id, server_error(Some(3600)));
+    assert_eq!(
+        failed(&out),
+        vec![(CallerId(1), FailReason::RefreshUnavailable(AttemptFailure::RetryAfter(Duration::from_secs(3600))))]
+    );
+    h.want(2);
+    h.advance_to(MonoTime::from_secs(3000));
+    assert_eq!(sends(&h.log), 2, "nothing before the server's Retry-After");
+}
+
+#[test]
+fn a_lost_answer_is_retried_with_the_same_token() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    h.advance_to(MonoTime::from_secs(30));
+    let tokens: Vec<_> = h
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendRefresh { refresh_token, .. } => Some(refresh_token.expose_secret().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(tokens.len() >= 2);
+    assert!(tokens.iter().all(|t| t == "r1"));
+}
+
+#[test]
+fn a_rejection_rereads_the_store_once_then_logs_out_and_clears() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    // Attempt 1 times out at 10 s (an answer was lost); attempt 2 follows the backoff.
+    h.advance_to(MonoTime::from_secs(12));
+    let (id2, token, _) = h.last_refresh();
+    assert_ne!(id, id2);
+    assert_eq!(token, "r1");
+    let out = h.answer(id2, invalid_grant());
+    let op = match out.as_slice() {
+        [Command::LoadStore { op }, ..] => *op,
+        other => panic!("expected a re-read, got {other:?}"),
+    };
+    let out = h.handle(Event::StoreLoaded { op, stored: Some(stored(1, "r1", None)), unix_now: UnixTime::EPOCH });
+    let cause = LogoutCause::RefreshTokenRejected {
+        error: OAuthError { status: 400, code: "invalid_grant".into(), description: None },
+        after_lost_response: true,
+    };
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(cause.clone()))]);
+    assert!(out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+    assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })), "a dead token is not revoked");
+    assert_eq!(h.session.state(), &StateView::LoggedOut { cause: cause.clone() });
+    // Terminal until a login.
+    assert_eq!(failed(&h.want(2)), vec![(CallerId(2), FailReason::LoggedOut(cause))]);
+}
+
+#[test]
+fn a_rejection_adopts_a_token_another_process_stored() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    h.answer(id, invalid_grant());
+    let op = h.load_op();
+    let fresh = stored(5, "r-other", Some(UnixTime::from_secs(UNIX_ZERO + 600)));
+    let out = h.handle(Event::StoreLoaded { op, stored: Some(fresh), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(5))]);
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(5) });
+}
+
+#[test]
+fn a_late_success_for_an_earlier_attempt_is_adopted_and_its_straggler_waited_for() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (first, ..) = h.last_refresh();
+    h.advance_to(MonoTime::from_secs(11));
+    let (second, ..) = h.last_refresh();
+    assert_ne!(first, second);
+    h.answer(first, success("a2", Some("r2"), 300));
+    persisted(&mut h);
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(2) });
+    // The new token is rejected while the second attempt may still be in flight:
+    // no new refresh until it is answered or its deadline passes.
+    h.handle(Event::Unauthorized { caller: CallerId(2), generation: Generation(2) });
+    assert_eq!(sends(&h.log), 2);
+    h.answer(second, invalid_grant());
+    assert_eq!(sends(&h.log), 3);
+    assert_eq!(h.last_refresh().1, "r2");
+}
+
+#[test]
+fn logout_revokes_clears_and_fails_everyone() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    let out = h.handle(Event::LogoutRequested);
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r1"))
+    );
+    assert!(out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(LogoutCause::Requested))]);
+    // The refresh answered after logout: its tokens are revoked, not used.
+    let out = h.answer(id, success("a2", Some("r2"), 300));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r2"))
+    );
+    assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. } | Command::Publish(Some(_)))));
+}
+
+#[test]
+fn a_login_starts_a_session_and_replaces_the_old_grant() {
+    let mut h = Harness::loaded(config(), None);
+    let new = NewSession {
+        access_token: AccessToken::new("a-login"),
+        token_type: TokenType::Bearer,
+        lifetime: Some(Duration::from_secs(300)),
+        refresh_token: RefreshToken::new("r-login"),
+        scope: Some("read".into()),
+        requested_at: MonoTime::ZERO,
+    };
+    let out = h.handle(Event::LoggedIn(new));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r1"))
+    );
+    let (op, session) = h.last_persist();
+    assert_eq!(session.generation, Generation(2));
+    assert_eq!(session.scope.as_deref(), Some("read"));
+    assert_eq!(session.access_expires_at, Some(UnixTime::from_secs(UNIX_ZERO + 300)));
+    h.handle(Event::StoreWritten { op });
+    assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(2))]);
+}
+
+#[test]
+fn an_unreadable_store_logs_out_without_clearing() {
+    let mut h = Harness::new(config());
+    h.want(1);
+    let op = h.load_op();
+    let error = StoreError::Corrupt(DecodeError::UnsupportedVersion(9));
+    let out = h.handle(Event::StoreFailed { op, error });
+    let cause = LogoutCause::StoredSessionUnreadable(DecodeError::UnsupportedVersion(9));
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(cause))]);
+    assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+}
+
+#[test]
+fn an_unavailable_store_is_retried_then_fails_callers_and_recovers_on_demand() {
+    let mut h = Harness::new(config());
+    h.want(1);
+    let attempts = h.session.config().store_backoff.attempts;
+    let mut out = Vec::new();
+    for _ in 0..attempts {
+        let op = h.load_op();
+        out = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
+        out.extend(h.advance_to(h.now.saturating_add(Duration::from_secs(2))));
+    }
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::StoreUnavailable)]);
+    assert_eq!(h.session.state(), &StateView::Loading);
+    h.want(2);
+    let op = h.load_op();
+    let out = h.handle(Event::StoreLoaded { op, stored: Some(stored(1, "r1", None)), unix_now: UnixTime::EPOCH });
+    assert_eq!(granted(&out), vec![(CallerId(2), Generation(1))]);
+}
+
+#[test]
+fn a_salvaged_refresh_token_is_kept_written_and_used() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    let malformed = Malformed {
+        status: 200,
+        reason: MalformedReason::MissingAccessToken,
+        salvaged_refresh_token: Some(RefreshToken::new("r2")),
+    };
+    h.answer(id, Classified::Malformed(malformed));
+    let (_, session) = h.last_persist();
+    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    persisted(&mut h);
+    h.advance_to(h.session.poll_timeout().unwrap());
+    let (_, token, attempt) = h.last_refresh();
+    assert_eq!((token.as_str(), attempt), ("r2", 2));
+}
+
+#[test]
+fn a_rejected_refresh_fails_callers_but_keeps_the_session() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    let error = OAuthError { status: 401, code: "invalid_client".into(), description: None };
+    let out = h.answer(id, Classified::Rejected(Rejected::Error(error.clone())));
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::Rejected(Rejected::Error(error)))]);
+    assert!(!matches!(h.session.state(), StateView::LoggedOut { .. }));
+    assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+}
+
+#[test]
+fn nonsense_input_is_ignored() {
+    let mut h = Harness::loaded(config(), None);
+    let before = h.log.len();
+    h.answer(RefreshId(99), success("x", Some("y"), 1));
+    h.handle(Event::RefreshFailed { id: RefreshId(0), failure: TransportFailure::Timeout });
+    h.handle(Event::StoreWritten { op: StoreOpId(77) });
+    h.handle(Event::StoreFailed { op: StoreOpId(78), error: StoreError::Unavailable });
+    h.handle(Event::StoreLoaded { op: StoreOpId(79), stored: None, unix_now: UnixTime::EPOCH });
+    assert_eq!(h.log.len(), before);
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1) });
+}
+
+#[test]
+fn time_going_backwards_is_ignored() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    h.advance_to(MonoTime::from_secs(100));
+    h.session.handle(MonoTime::from_secs(3), Event::TokenWanted { caller: CallerId(1) });
+    h.drain();
+    h.session.handle_timeout(MonoTime::ZERO);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(240)));
+}
+
+#[test]
+fn too_many_waiters_are_refused() {
+    let mut h = Harness::loaded(SessionConfig { max_waiters: 2, ..config() }, None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    h.want(2);
+    assert_eq!(failed(&h.want(3)), vec![(CallerId(3), FailReason::TooManyWaiters)]);
+}
+
+#[test]
+fn a_waiter_is_never_held_past_the_bound() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    // The token endpoint answers nothing and the store never completes a write.
+    let out = h.advance_to(MonoTime::ZERO.saturating_add(h.session.config().wait_bound()));
+    assert_eq!(failed(&out).len(), 1);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_commands() {
+    let run = || {
+        let mut h = Harness::loaded(
+            SessionConfig { refresh_jitter: Duration::from_secs(30), ..config() },
+            Some(Duration::from_secs(900)),
+        );
+        h.advance_to(MonoTime::from_secs(3600));
+        h.log.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let error =
+        Session::new(SessionConfig { request_timeout: Duration::ZERO, ..config() }, 0, MonoTime::ZERO, UnixTime::EPOCH)
+            .unwrap_err();
+    assert_eq!(error, ConfigError::ZeroTimeout);
+}

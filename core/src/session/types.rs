@@ -1,0 +1,321 @@
+//! The machine's inputs and outputs.
+
+use core::fmt;
+use core::time::Duration;
+
+use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use crate::oauth::{Classified, MalformedReason, OAuthError, Rejected, TokenResponse, TransientCause};
+use crate::stored::{DecodeError, StoredSession};
+use crate::time::{MonoTime, UnixTime};
+use crate::token::{AccessToken, RefreshToken, TokenType};
+
+/// An input to [`Session::handle`](super::Session::handle).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A caller needs an access token. Answered by exactly one
+    /// [`Command::Grant`] or [`Command::Fail`] naming `caller`.
+    TokenWanted {
+        /// Unique among callers waiting at the same time.
+        caller: CallerId,
+    },
+    /// A resource answered 401 to a request that carried `generation`; the
+    /// caller wants one retry. Answered like [`Event::TokenWanted`]. A caller
+    /// sends this at most once per request: that is what rules out 401 loops.
+    Unauthorized {
+        /// The caller whose request was refused.
+        caller: CallerId,
+        /// The generation of the token it carried.
+        generation: Generation,
+    },
+    /// The token endpoint answered refresh `id`; see [`oauth::classify`](crate::oauth::classify).
+    RefreshCompleted {
+        /// The refresh answered.
+        id: RefreshId,
+        /// What the answer means.
+        outcome: Classified,
+    },
+    /// Refresh `id` got no answer.
+    RefreshFailed {
+        /// The refresh that failed.
+        id: RefreshId,
+        /// How.
+        failure: TransportFailure,
+    },
+    /// [`Command::LoadStore`] `op` finished.
+    StoreLoaded {
+        /// The load answered.
+        op: StoreOpId,
+        /// What the store holds; `None` when it is empty.
+        stored: Option<StoredSession>,
+        /// The wall clock now, to turn a stored expiry back into monotonic time.
+        unix_now: UnixTime,
+    },
+    /// [`Command::Persist`] or [`Command::ClearStore`] `op` is durable.
+    StoreWritten {
+        /// The write that finished.
+        op: StoreOpId,
+    },
+    /// Store operation `op` failed.
+    StoreFailed {
+        /// The operation that failed.
+        op: StoreOpId,
+        /// How.
+        error: StoreError,
+    },
+    /// The user logs out: revoke, clear the store, fail every waiter.
+    LogoutRequested,
+    /// The user logged in (or the app obtained tokens some other way).
+    LoggedIn(NewSession),
+}
+
+/// How a refresh request went unanswered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportFailure {
+    /// Certainly never reached the server (connection refused, DNS failure).
+    NotSent,
+    /// No answer in time; the server may have acted on it.
+    Timeout,
+    /// The connection broke after the request was written; the server may have acted on it.
+    Interrupted,
+}
+
+impl TransportFailure {
+    /// Whether the server may have acted on the request.
+    pub fn outcome_unknown(self) -> bool {
+        !matches!(self, Self::NotSent)
+    }
+}
+
+/// How a store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or refused (locked keyring, I/O error);
+    /// worth retrying.
+    Unavailable,
+    /// A load found a blob it cannot decode. It is left in place: a newer
+    /// version of the app may have written it, and a login overwrites it.
+    Corrupt(DecodeError),
+}
+
+/// Tokens from a login, to start a session.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NewSession {
+    /// The access token.
+    pub access_token: AccessToken,
+    /// How to present it.
+    pub token_type: TokenType,
+    /// Its lifetime; `None` when unknown.
+    pub lifetime: Option<Duration>,
+    /// The refresh token that keeps the session alive.
+    pub refresh_token: RefreshToken,
+    /// The granted scope.
+    pub scope: Option<String>,
+    /// When the login request was sent: the lifetime counts from here.
+    pub requested_at: MonoTime,
+}
+
+impl NewSession {
+    /// A session from a token response to a login sent at `requested_at`.
+    /// `None` when the response carries no refresh token: such a session cannot be kept alive.
+    pub fn from_response(response: TokenResponse, requested_at: MonoTime) -> Option<Self> {
+        Some(Self {
+            refresh_token: response.refresh_token?,
+            access_token: response.access_token,
+            token_type: response.token_type,
+            lifetime: response.lifetime,
+            scope: response.scope,
+            requested_at,
+        })
+    }
+}
+
+/// An output of [`Session::poll_command`](super::Session::poll_command), to be
+/// carried out by the driver in the order given.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+#[must_use]
+pub enum Command {
+    /// Read the store; answer with [`Event::StoreLoaded`] or [`Event::StoreFailed`].
+    LoadStore {
+        /// Names this operation.
+        op: StoreOpId,
+    },
+    /// Write the whole session as one entry; answer with [`Event::StoreWritten`]
+    /// or [`Event::StoreFailed`]. Store operations are issued one at a time.
+    Persist {
+        /// Names this operation.
+        op: StoreOpId,
+        /// What to write.
+        session: StoredSession,
+    },
+    /// Delete the stored session; answer like [`Command::Persist`].
+    ClearStore {
+        /// Names this operation.
+        op: StoreOpId,
+    },
+    /// Send a refresh request with this token
+    /// ([`oauth::refresh_request`](crate::oauth::refresh_request)); answer with
+    /// [`Event::RefreshCompleted`] or [`Event::RefreshFailed`].
+    SendRefresh {
+        /// Names this attempt.
+        id: RefreshId,
+        /// The token to present.
+        refresh_token: RefreshToken,
+        /// 1 for the first attempt of a cycle.
+        attempt: u32,
+    },
+    /// Revoke this token at the server (RFC 7009), best effort: nothing waits
+    /// for it and its outcome is not reported back.
+    Revoke {
+        /// The token to revoke.
+        refresh_token: RefreshToken,
+    },
+    /// What a caller may be handed without asking the machine, until
+    /// `usable_until`: the driver's fast path. `None` withdraws it.
+    Publish(Option<AccessGrant>),
+    /// Hand `grant` to these callers.
+    Grant {
+        /// The callers answered.
+        callers: Vec<CallerId>,
+        /// Their token.
+        grant: AccessGrant,
+    },
+    /// Fail these callers.
+    Fail {
+        /// The callers answered.
+        callers: Vec<CallerId>,
+        /// Why.
+        reason: FailReason,
+    },
+    /// The observable state changed.
+    StateChanged(StateView),
+}
+
+/// An access token a caller may use.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AccessGrant {
+    /// Its generation, to report with a 401.
+    pub generation: Generation,
+    /// The token.
+    pub access_token: AccessToken,
+    /// How to present it.
+    pub token_type: TokenType,
+    /// Do not hand it out from this time on; `None` when the lifetime is unknown.
+    pub usable_until: Option<MonoTime>,
+}
+
+impl AccessGrant {
+    /// Whether it may still be handed out at `now`.
+    pub fn usable_at(&self, now: MonoTime) -> bool {
+        self.usable_until.is_none_or(|until| now < until)
+    }
+}
+
+/// Why a caller gets no token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailReason {
+    /// The session is logged out; the user must log in again.
+    LoggedOut(LogoutCause),
+    /// The refresh failed for now (network, server, rate limit); a later call may succeed.
+    RefreshUnavailable(AttemptFailure),
+    /// The server refused the refresh for a reason that neither retrying nor
+    /// logging out fixes (e.g. `invalid_client`): the app is misconfigured.
+    Rejected(Rejected),
+    /// The store could not be read or written, so no token can be handed out
+    /// (tokens are written before they are used). They are kept in memory.
+    StoreUnavailable,
+    /// The caller waited longer than [`SessionConfig::wait_bound`](super::SessionConfig::wait_bound).
+    TimedOut,
+    /// Too many callers were waiting already.
+    TooManyWaiters,
+}
+
+/// How the last attempt of a refresh cycle failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptFailure {
+    /// No answer.
+    Transport(TransportFailure),
+    /// The server answered with a transient error.
+    Server(TransientCause),
+    /// The server answered with something unusable.
+    Malformed(MalformedReason),
+    /// The server asked to wait longer than a cycle may.
+    RetryAfter(Duration),
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogoutCause {
+    /// The store held no session at start.
+    NoSession,
+    /// The user asked.
+    Requested,
+    /// The server declared the refresh token dead. `after_lost_response` says an
+    /// earlier answer for the same token was lost, so a server without a grace
+    /// window may have rotated it: that is why the session ended.
+    RefreshTokenRejected {
+        /// The server's error.
+        error: OAuthError,
+        /// An answer for this token was lost before.
+        after_lost_response: bool,
+    },
+    /// The stored session could not be decoded; it is left in place.
+    StoredSessionUnreadable(DecodeError),
+}
+
+impl LogoutCause {
+    /// Whether entering this state clears the store. Only a session the machine
+    /// held is cleared: an empty store needs nothing, and an unreadable blob is
+    /// left for the version of the app that wrote it (a login overwrites it).
+    pub fn clears_store(&self) -> bool {
+        matches!(self, Self::Requested | Self::RefreshTokenRejected { .. })
+    }
+}
+
+/// The state an app observes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateView {
+    /// The store is being read.
+    Loading,
+    /// An access token is usable.
+    Valid {
+        /// Its generation.
+        generation: Generation,
+    },
+    /// The access token is unusable and no refresh is running; the next caller starts one.
+    Expired {
+        /// Its generation.
+        generation: Generation,
+    },
+    /// A refresh is running (or waiting out a backoff).
+    Refreshing {
+        /// The generation being replaced.
+        generation: Generation,
+    },
+    /// Terminal until [`Event::LoggedIn`]: send the user to the login screen.
+    LoggedOut {
+        /// Why.
+        cause: LogoutCause,
+    },
+}
+
+impl fmt::Display for StateView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Loading => f.write_str("Loading"),
+            Self::Valid { generation } => write!(f, "Valid({generation})"),
+            Self::Expired { generation } => write!(f, "Expired({generation})"),
+            Self::Refreshing { generation } => write!(f, "Refreshing({generation})"),
+            Self::LoggedOut { cause } => write!(f, "LoggedOut({cause:?})"),
+        }
+    }
+}
