@@ -1,6 +1,83 @@
-//! freshen-core: the pure heart of freshen.
+//! The pure, deterministic heart of [freshen](https://docs.rs/freshen): an
+//! OAuth session machine that never performs I/O, never reads a clock and
+//! never spawns anything, so it can be model-checked, simulated, property-tested
+//! and fuzzed, and it behaves the same under tokio, a test or a simulation.
+//!
+//! * [`session`]: the session machine (Valid, Expired, Refreshing, LoggedOut).
+//! * [`oauth`]: RFC 6749 §6 refresh requests as data, and response classification.
+//! * [`stored`]: the session as one versioned blob for a store.
+//! * [`authority`]: a reference authorization server (rotation, grace, reuse detection).
+//! * `check` and `harness` (feature `testing`): the invariant checker (C1–C9,
+//!   A1–A6) and a deterministic world that couples session and authority.
+//!
+//! # The run loop
+//!
+//! A driver owns a [`Session`](session::Session) and repeats three steps:
+//! feed one input (an [`Event`](session::Event), or
+//! [`handle_timeout`](session::Session::handle_timeout) when the timer fires),
+//! carry out every [`Command`](session::Command) it queued, then re-arm its
+//! timer from [`poll_timeout`](session::Session::poll_timeout). Time is an
+//! input: the driver reads its clock and passes it in.
+//!
+//! ```
+//! use std::time::Duration;
+//! use freshen_core::ids::{CallerId, Generation};
+//! use freshen_core::session::{Command, Event, Session, SessionConfig, StateView};
+//! use freshen_core::stored::StoredSession;
+//! use freshen_core::time::{MonoTime, UnixTime};
+//!
+//! // What the store holds (a real driver reads its keyring).
+//! let blob = br#"{"v":1,"generation":1,"access_token":"a1","refresh_token":"r1"}"#;
+//! let stored = StoredSession::decode(blob)?;
+//!
+//! let unix_now = UnixTime::from_secs(1_800_000_000);
+//! let mut now = MonoTime::ZERO;
+//! let mut session = Session::new(SessionConfig::default(), 42, now, unix_now)?;
+//! let mut inputs = vec![Event::TokenWanted { caller: CallerId(1) }];
+//! let mut granted = Vec::new();
+//!
+//! for _ in 0..10 {
+//!     // 1. Carry out every command, in order; answers become inputs.
+//!     while let Some(command) = session.poll_command() {
+//!         match command {
+//!             Command::LoadStore { op } => {
+//!                 inputs.push(Event::StoreLoaded { op, stored: Some(stored.clone()), unix_now });
+//!             }
+//!             Command::Persist { op, .. } | Command::ClearStore { op } => {
+//!                 inputs.push(Event::StoreWritten { op });
+//!             }
+//!             Command::Grant { callers, grant } => granted.extend(callers.iter().map(|c| (*c, grant.generation))),
+//!             // SendRefresh, Revoke, Fail, Publish, StateChanged: a real driver acts on these too.
+//!             _ => {}
+//!         }
+//!     }
+//!     // 2. Feed the next input, or 3. sleep until the timer and fire it.
+//!     match inputs.pop() {
+//!         Some(event) => session.handle(now, event),
+//!         None => match session.poll_timeout() {
+//!             Some(deadline) => {
+//!                 now = deadline;
+//!                 session.handle_timeout(now);
+//!             }
+//!             None => break,
+//!         },
+//!     }
+//! }
+//! assert_eq!(granted, [(CallerId(1), Generation(1))]);
+//! assert_eq!(session.state(), &StateView::Valid { generation: Generation(1) });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! `cargo tree -p freshen-core -e normal` shows no runtime, network, keyring
+//! or OS-randomness crate: that is how anyone can check the core is sans-IO.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod authority;
+#[cfg(feature = "testing")]
+pub mod check;
+#[cfg(feature = "testing")]
+pub mod harness;
 pub mod ids;
 pub mod oauth;
 pub mod rng;

@@ -1,0 +1,625 @@
+//! A pure model of an authorization server's refresh-token rules: the
+//! reference the simulation runs against, and a specification a backend can
+//! reuse.
+//!
+//! Tokens belong to *families* (one per login). With rotation on, redeeming a
+//! refresh token consumes it and issues a successor; presenting a consumed token
+//! again inside the grace window replays (the same pair, or a fresh one), and
+//! outside it is treated as theft: with reuse detection on, the whole family is
+//! revoked, access tokens included. Revocation follows RFC 7009: an unknown
+//! token is not an error, and revoking a refresh token ends its family.
+//!
+//! Invariants (checked by [`check::AuthorityMonitor`](crate::check::AuthorityMonitor)):
+//! A1 a consumed token outside grace is never accepted again, and with reuse
+//! detection its presentation revokes the family; A2 a replay inside grace is
+//! accepted within its count; A3 revocation is terminal for the family; A4
+//! without grace at most one redemption of a token succeeds; A5 tokens are
+//! accepted only from their client (and device) and never past expiry; A6 a
+//! rejected request changes nothing.
+
+use core::fmt;
+use core::time::Duration;
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::rng::SplitMix64;
+use crate::time::MonoTime;
+use crate::token::{AccessToken, Fingerprint, RefreshToken};
+
+/// What a grace replay returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GraceReplay {
+    /// The pair issued on the first redemption (Okta-style).
+    SamePair,
+    /// A new pair; the earlier successor stays valid (Auth0-style).
+    FreshPair,
+}
+
+/// The authority's knobs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct AuthorityConfig {
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// Refresh-token lifetime, renewed on every use (sliding).
+    pub refresh_ttl: Duration,
+    /// Absolute lifetime of a family, from its login.
+    pub family_lifetime: Duration,
+    /// Issue a new refresh token on every redemption.
+    pub rotation: bool,
+    /// How long after its redemption a consumed refresh token is still accepted.
+    pub grace: Duration,
+    /// How many replays the grace window accepts per token.
+    pub grace_reuses: u32,
+    /// What a replay returns.
+    pub grace_replay: GraceReplay,
+    /// Revoke the family when a consumed token is presented outside grace.
+    pub reuse_detection: bool,
+    /// Prefix of every token issued, so tests can scan output for them.
+    pub token_prefix: String,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        Self {
+            access_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(24 * 60 * 60),
+            family_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
+            rotation: true,
+            grace: Duration::from_secs(30),
+            grace_reuses: 2,
+            grace_replay: GraceReplay::SamePair,
+            reuse_detection: true,
+            token_prefix: "frsh".to_owned(),
+        }
+    }
+}
+
+/// Names a token family (one login).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct FamilyId(pub u64);
+
+impl fmt::Display for FamilyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "f{}", self.0)
+    }
+}
+
+/// Tokens issued by a login or a refresh.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The family they belong to.
+    pub family: FamilyId,
+    /// The access token.
+    pub access_token: AccessToken,
+    /// The refresh token to use next (the presented one when rotation is off).
+    pub refresh_token: RefreshToken,
+    /// The access token's lifetime.
+    pub expires_in: Duration,
+}
+
+impl Issued {
+    /// The RFC 6749 §5.1 response body.
+    pub fn to_json(&self) -> SecretString {
+        SecretString::from(
+            json!({
+                "access_token": self.access_token.expose_secret(),
+                "token_type": "Bearer",
+                "expires_in": self.expires_in.as_secs(),
+                "refresh_token": self.refresh_token.expose_secret(),
+            })
+            .to_string(),
+        )
+    }
+}
+
+/// Why a refresh was refused. Every reason is `invalid_grant` on the wire
+/// (RFC 6749 §5.2); the detail is for the audit and the checkers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Never issued, or already dropped.
+    Unknown,
+    /// Issued to another client or device.
+    WrongClient,
+    /// Past its sliding lifetime, or its family's absolute lifetime.
+    Expired,
+    /// Its family was revoked.
+    Revoked,
+    /// Consumed and outside grace, with reuse detection off.
+    AlreadyUsed,
+    /// Consumed and outside grace: the family is now revoked.
+    ReuseDetected,
+}
+
+impl Refusal {
+    /// The RFC 6749 §5.2 error body (status 400).
+    pub fn to_json(self) -> String {
+        json!({ "error": "invalid_grant" }).to_string()
+    }
+}
+
+/// Why an access token was refused by [`Authority::validate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InvalidToken {
+    /// Never issued.
+    Unknown,
+    /// Past its lifetime.
+    Expired,
+    /// Its family (or the token itself) was revoked.
+    Revoked,
+}
+
+/// Why a revocation was refused (RFC 7009 §2.1: the token belongs to another client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RevokeError {
+    /// The token was issued to another client.
+    WrongClient,
+}
+
+/// Running totals, for summaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct AuthorityStats {
+    /// Logins served.
+    pub logins: u64,
+    /// Refreshes that issued tokens (grace replays included).
+    pub refreshes: u64,
+    /// Refreshes accepted as grace replays.
+    pub grace_replays: u64,
+    /// Refreshes refused.
+    pub refusals: u64,
+    /// Families revoked by reuse detection.
+    pub reuse_detections: u64,
+    /// Families revoked by request.
+    pub revocations: u64,
+}
+
+/// One operation as the monitor sees it: tokens by fingerprint only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Audit {
+    /// When it happened.
+    pub at: MonoTime,
+    /// What was asked.
+    pub op: AuditOp,
+    /// What the authority answered.
+    pub outcome: AuditOutcome,
+    /// Whether the authority's state differs afterwards.
+    pub state_changed: bool,
+}
+
+/// An operation on the authority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditOp {
+    /// A login.
+    Login {
+        /// The client.
+        client: String,
+        /// The device, if bound.
+        device: Option<String>,
+    },
+    /// A refresh.
+    Refresh {
+        /// The client.
+        client: String,
+        /// The device presented.
+        device: Option<String>,
+        /// The token presented.
+        token: Fingerprint,
+    },
+    /// A revocation.
+    Revoke {
+        /// The client.
+        client: String,
+        /// The token presented.
+        token: Fingerprint,
+    },
+    /// A resource checking an access token.
+    Validate {
+        /// The token presented.
+        token: Fingerprint,
+    },
+}
+
+/// The authority's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditOutcome {
+    /// Tokens issued.
+    Issued {
+        /// Their family.
+        family: FamilyId,
+        /// The access token.
+        access: Fingerprint,
+        /// The refresh token handed out.
+        refresh: Fingerprint,
+    },
+    /// A refresh refused.
+    Refused(Refusal),
+    /// A revocation accepted (whether or not the token was known).
+    Revoked,
+    /// A revocation refused.
+    RevokeRefused(RevokeError),
+    /// An access token accepted.
+    Valid {
+        /// Its family.
+        family: FamilyId,
+    },
+    /// An access token refused.
+    Invalid(InvalidToken),
+}
+
+/// A deliberately broken authority, for proving the monitor catches it.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthorityPlant {
+    /// Accepts a consumed token outside grace (breaks A1).
+    AcceptsReuse,
+    /// A revoked family's access tokens stay valid (breaks A3).
+    DetectionSparesAccess,
+    /// Ignores the client binding (breaks A5).
+    IgnoresClient,
+    /// A refused refresh still renews the token's sliding lifetime (breaks A6).
+    RefusalRenews,
+}
+
+#[derive(Clone, Debug, Hash)]
+struct Family {
+    client: String,
+    device: Option<String>,
+    created_at: MonoTime,
+    revoked: bool,
+}
+
+#[derive(Clone, Debug, Hash)]
+struct RefreshRecord {
+    family: FamilyId,
+    expires_at: MonoTime,
+    consumed: Option<Consumed>,
+}
+
+#[derive(Clone, Debug, Hash)]
+struct Consumed {
+    at: MonoTime,
+    replays: u32,
+    /// The pair issued on redemption, for same-pair replays.
+    access: String,
+    refresh: String,
+    access_expires_at: MonoTime,
+}
+
+#[derive(Clone, Debug, Hash)]
+struct AccessRecord {
+    family: FamilyId,
+    expires_at: MonoTime,
+    revoked: bool,
+}
+
+/// The reference authorization server. Deterministic: token bytes come from the seed.
+#[derive(Clone)]
+pub struct Authority {
+    config: AuthorityConfig,
+    rng: SplitMix64,
+    families: BTreeMap<FamilyId, Family>,
+    refresh_tokens: BTreeMap<String, RefreshRecord>,
+    access_tokens: BTreeMap<String, AccessRecord>,
+    issued: u64,
+    stats: AuthorityStats,
+    audit: Option<Vec<Audit>>,
+    plant: Option<AuthorityPlant>,
+}
+
+impl fmt::Debug for Authority {
+    /// Counts only: the maps are keyed by token bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("config", &self.config)
+            .field("families", &self.families.len())
+            .field("refresh_tokens", &self.refresh_tokens.len())
+            .field("access_tokens", &self.access_tokens.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// An authority with no families.
+    pub fn new(config: AuthorityConfig, seed: u64) -> Self {
+        Self {
+            config,
+            rng: SplitMix64::new(seed),
+            families: BTreeMap::new(),
+            refresh_tokens: BTreeMap::new(),
+            access_tokens: BTreeMap::new(),
+            issued: 0,
+            stats: AuthorityStats::default(),
+            audit: None,
+            plant: None,
+        }
+    }
+
+    /// Records every operation for [`Authority::take_audit`]. Costs a hash of
+    /// the whole state per operation: for tests and simulations.
+    #[must_use]
+    pub fn with_audit(mut self) -> Self {
+        self.audit = Some(Vec::new());
+        self
+    }
+
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_plant(mut self, plant: Option<AuthorityPlant>) -> Self {
+        self.plant = plant;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    /// Running totals.
+    pub fn stats(&self) -> AuthorityStats {
+        self.stats
+    }
+
+    /// The operations recorded since the last call.
+    pub fn take_audit(&mut self) -> Vec<Audit> {
+        self.audit.as_mut().map(core::mem::take).unwrap_or_default()
+    }
+
+    /// Starts a family for `client` (a login or any grant that begins a session).
+    pub fn login(&mut self, now: MonoTime, client: &str, device: Option<&str>) -> Issued {
+        let op = AuditOp::Login { client: client.to_owned(), device: device.map(str::to_owned) };
+        self.audited(now, op, |this| {
+            let family = FamilyId(this.families.len() as u64 + 1);
+            this.families.insert(
+                family,
+                Family {
+                    client: client.to_owned(),
+                    device: device.map(str::to_owned),
+                    created_at: now,
+                    revoked: false,
+                },
+            );
+            this.stats.logins += 1;
+            let issued = this.issue_pair(now, family);
+            (AuditOutcome::issued(&issued), issued)
+        })
+    }
+
+    /// Redeems a refresh token (RFC 6749 §6) under the rules in the module docs.
+    pub fn refresh(
+        &mut self,
+        now: MonoTime,
+        client: &str,
+        device: Option<&str>,
+        token: &str,
+    ) -> Result<Issued, Refusal> {
+        let op = AuditOp::Refresh {
+            client: client.to_owned(),
+            device: device.map(str::to_owned),
+            token: Fingerprint::of(token),
+        };
+        self.audited(now, op, |this| {
+            let result = this.redeem(now, client, device, token);
+            let outcome = match &result {
+                Ok(issued) => {
+                    this.stats.refreshes += 1;
+                    AuditOutcome::issued(issued)
+                }
+                Err(refusal) => {
+                    this.stats.refusals += 1;
+                    AuditOutcome::Refused(*refusal)
+                }
+            };
+            (outcome, result)
+        })
+    }
+
+    fn redeem(&mut self, now: MonoTime, client: &str, device: Option<&str>, token: &str) -> Result<Issued, Refusal> {
+        let Some(record) = self.refresh_tokens.get(token) else { return Err(Refusal::Unknown) };
+        let family_id = record.family;
+        let family = self.families.get(&family_id).ok_or(Refusal::Unknown)?;
+        let client_ok = family.client == client && family.device.as_deref() == device;
+        if !client_ok && self.plant != Some(AuthorityPlant::IgnoresClient) {
+            return Err(Refusal::WrongClient);
+        }
+        if family.revoked {
+            return Err(Refusal::Revoked);
+        }
+        let family_end = family.created_at.saturating_add(self.config.family_lifetime);
+        if now >= record.expires_at || now >= family_end {
+            if self.plant == Some(AuthorityPlant::RefusalRenews) {
+                if let Some(record) = self.refresh_tokens.get_mut(token) {
+                    record.expires_at = now.saturating_add(self.config.refresh_ttl);
+                }
+            }
+            return Err(Refusal::Expired);
+        }
+        if !self.config.rotation {
+            // The same refresh token stays; its lifetime slides.
+            let expires_at = now.saturating_add(self.config.refresh_ttl).min(family_end);
+            if let Some(record) = self.refresh_tokens.get_mut(token) {
+                record.expires_at = expires_at;
+            }
+            let (access, expires_in) = self.issue_access(now, family_id);
+            return Ok(Issued {
+                family: family_id,
+                access_token: access,
+                refresh_token: RefreshToken::new(token),
+                expires_in,
+            });
+        }
+        let Some(consumed) = &record.consumed else {
+            let issued = self.issue_pair(now, family_id);
+            let access_expires_at = now.saturating_add(issued.expires_in);
+            if let Some(record) = self.refresh_tokens.get_mut(token) {
+                record.consumed = Some(Consumed {
+                    at: now,
+                    replays: 0,
+                    access: issued.access_token.expose_secret().to_owned(),
+                    refresh: issued.refresh_token.expose_secret().to_owned(),
+                    access_expires_at,
+                });
+            }
+            return Ok(issued);
+        };
+        let in_grace =
+            now <= consumed.at.saturating_add(self.config.grace) && consumed.replays < self.config.grace_reuses;
+        if in_grace || self.plant == Some(AuthorityPlant::AcceptsReuse) {
+            self.stats.grace_replays += 1;
+            let issued = match self.config.grace_replay {
+                GraceReplay::SamePair => Issued {
+                    family: family_id,
+                    access_token: AccessToken::new(consumed.access.clone()),
+                    refresh_token: RefreshToken::new(consumed.refresh.clone()),
+                    expires_in: consumed.access_expires_at.saturating_duration_since(now),
+                },
+                GraceReplay::FreshPair => self.issue_pair(now, family_id),
+            };
+            if let Some(Some(consumed)) = self.refresh_tokens.get_mut(token).map(|r| r.consumed.as_mut()) {
+                consumed.replays += 1;
+            }
+            return Ok(issued);
+        }
+        if !self.config.reuse_detection {
+            return Err(Refusal::AlreadyUsed);
+        }
+        self.stats.reuse_detections += 1;
+        self.revoke_family(family_id);
+        Err(Refusal::ReuseDetected)
+    }
+
+    /// RFC 7009 revocation. Revoking a refresh token ends its family; revoking
+    /// an access token ends that token. An unknown token is not an error.
+    pub fn revoke(&mut self, now: MonoTime, client: &str, token: &str) -> Result<(), RevokeError> {
+        let op = AuditOp::Revoke { client: client.to_owned(), token: Fingerprint::of(token) };
+        self.audited(now, op, |this| {
+            let result = this.revoke_token(client, token);
+            let outcome = match result {
+                Ok(()) => AuditOutcome::Revoked,
+                Err(error) => AuditOutcome::RevokeRefused(error),
+            };
+            (outcome, result)
+        })
+    }
+
+    fn revoke_token(&mut self, client: &str, token: &str) -> Result<(), RevokeError> {
+        let family = if let Some(record) = self.refresh_tokens.get(token) {
+            Some((record.family, true))
+        } else {
+            self.access_tokens.get(token).map(|record| (record.family, false))
+        };
+        let Some((family, is_refresh)) = family else { return Ok(()) };
+        if self.families.get(&family).is_some_and(|f| f.client != client) {
+            return Err(RevokeError::WrongClient);
+        }
+        if is_refresh {
+            if self.families.get(&family).is_some_and(|f| !f.revoked) {
+                self.stats.revocations += 1;
+            }
+            self.revoke_family(family);
+        } else if let Some(record) = self.access_tokens.get_mut(token) {
+            record.revoked = true;
+        }
+        Ok(())
+    }
+
+    /// A resource server's check of an access token.
+    pub fn validate(&mut self, now: MonoTime, token: &str) -> Result<FamilyId, InvalidToken> {
+        let op = AuditOp::Validate { token: Fingerprint::of(token) };
+        self.audited(now, op, |this| {
+            let spares_access = this.plant == Some(AuthorityPlant::DetectionSparesAccess);
+            let family_revoked = |family| !spares_access && this.families.get(&family).is_none_or(|f| f.revoked);
+            let result = match this.access_tokens.get(token) {
+                None => Err(InvalidToken::Unknown),
+                Some(record) if record.revoked || family_revoked(record.family) => Err(InvalidToken::Revoked),
+                Some(record) if now >= record.expires_at => Err(InvalidToken::Expired),
+                Some(record) => Ok(record.family),
+            };
+            let outcome = match result {
+                Ok(family) => AuditOutcome::Valid { family },
+                Err(invalid) => AuditOutcome::Invalid(invalid),
+            };
+            (outcome, result)
+        })
+    }
+
+    /// Whether a family has been revoked (by request or by reuse detection).
+    pub fn is_revoked(&self, family: FamilyId) -> bool {
+        self.families.get(&family).is_some_and(|f| f.revoked)
+    }
+
+    fn revoke_family(&mut self, family: FamilyId) {
+        if let Some(f) = self.families.get_mut(&family) {
+            f.revoked = true;
+        }
+        if self.plant != Some(AuthorityPlant::DetectionSparesAccess) {
+            for record in self.access_tokens.values_mut().filter(|r| r.family == family) {
+                record.revoked = true;
+            }
+        }
+    }
+
+    fn issue_pair(&mut self, now: MonoTime, family: FamilyId) -> Issued {
+        let (access_token, expires_in) = self.issue_access(now, family);
+        let refresh = self.mint("rt");
+        let family_end =
+            self.families.get(&family).map_or(now, |f| f.created_at.saturating_add(self.config.family_lifetime));
+        let expires_at = now.saturating_add(self.config.refresh_ttl).min(family_end);
+        self.refresh_tokens.insert(refresh.clone(), RefreshRecord { family, expires_at, consumed: None });
+        Issued { family, access_token, refresh_token: RefreshToken::new(refresh), expires_in }
+    }
+
+    fn issue_access(&mut self, now: MonoTime, family: FamilyId) -> (AccessToken, Duration) {
+        let access = self.mint("at");
+        let expires_at = now.saturating_add(self.config.access_ttl);
+        self.access_tokens.insert(access.clone(), AccessRecord { family, expires_at, revoked: false });
+        (AccessToken::new(access), self.config.access_ttl)
+    }
+
+    fn mint(&mut self, kind: &str) -> String {
+        self.issued += 1;
+        format!("{}_{kind}_{}_{:016x}", self.config.token_prefix, self.issued, self.rng.next_u64())
+    }
+
+    fn digest(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        (&self.families, &self.refresh_tokens, &self.access_tokens, self.issued).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn audited<T>(&mut self, now: MonoTime, op: AuditOp, body: impl FnOnce(&mut Self) -> (AuditOutcome, T)) -> T {
+        let before = self.audit.is_some().then(|| self.digest());
+        let (outcome, result) = body(self);
+        if let Some(before) = before {
+            let state_changed = self.digest() != before;
+            if let Some(audit) = &mut self.audit {
+                audit.push(Audit { at: now, op, outcome, state_changed });
+            }
+        }
+        result
+    }
+}
+
+impl AuditOutcome {
+    fn issued(issued: &Issued) -> Self {
+        Self::Issued {
+            family: issued.family,
+            access: issued.access_token.fingerprint(),
+            refresh: issued.refresh_token.fingerprint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,644 @@
+//! The invariant checker: named properties over a recorded run.
+//!
+//! [`ClientMonitor`] watches one session's inputs and outputs and checks C1–C9;
+//! [`AuthorityMonitor`] watches the authority's audit and checks A1–A6. Each
+//! keeps its own small model of what must be true (which tokens were superseded,
+//! which generations are durable, who waits) rather than trusting the code it
+//! checks. The proptest suites, the simulation and the fuzzers all use these,
+//! and each check has a test proving it reports a planted violation.
+
+use core::fmt;
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use crate::authority::AuthorityPlant;
+use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, Refusal};
+use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use crate::oauth::{Classified, Transient};
+pub use crate::session::Plant;
+use crate::session::{Command, Event, LogoutCause, SessionConfig, StateView};
+use crate::time::MonoTime;
+use crate::token::Fingerprint;
+
+/// A named invariant from DESIGN.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// At most one refresh in flight per session.
+    C1,
+    /// A refresh token is never sent again once its successor was received.
+    C2,
+    /// Tokens are durable before they are handed out; a rotated token is never dropped.
+    C3,
+    /// Logged out is terminal until a login: nothing granted, nothing sent, store cleared.
+    C4,
+    /// Every waiter is answered within the configured bound.
+    C5,
+    /// Transient failures back off within bounded attempts; terminal ones log out.
+    C6,
+    /// No token is handed out past its usable time (and none used past expiry).
+    C7,
+    /// The same seed and inputs give the same trace.
+    C8,
+    /// No panic and no busy loop, whatever the input.
+    C9,
+    /// A consumed refresh token outside grace is never accepted; its presentation revokes the family.
+    A1,
+    /// A replay inside grace is accepted within its count.
+    A2,
+    /// Revocation is terminal for the family.
+    A3,
+    /// Without grace, at most one redemption of a token succeeds.
+    A4,
+    /// Tokens are accepted only from their client and device, never past expiry.
+    A5,
+    /// A rejected request changes nothing.
+    A6,
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A broken invariant: which, when, and a description without token bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant.
+    pub invariant: Invariant,
+    /// When it was observed.
+    pub at: MonoTime,
+    /// What happened.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} violated at {}: {}", self.invariant, self.at, self.detail)
+    }
+}
+
+/// Where a store is known to be, for C3 and C4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreModel {
+    Unknown,
+    Empty,
+    Holds(Generation),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum PendingStore {
+    Load,
+    Persist(Generation),
+    Clear,
+}
+
+#[derive(Clone, Debug)]
+struct Sent {
+    token: Fingerprint,
+    at: MonoTime,
+    attempt: u32,
+    /// When its answer came, and whether that answer asked for a pause.
+    answered: Option<(MonoTime, Answer)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Transient { retry_after: Option<Duration> },
+    Terminal,
+    Other,
+}
+
+/// Checks C1–C7 and C9 over one session's events and commands. Feed it every
+/// event with [`ClientMonitor::event`], every command with
+/// [`ClientMonitor::command`], close each step with [`ClientMonitor::step_end`]
+/// and the run with [`ClientMonitor::finish`]. C8 is checked by replaying a run
+/// ([`same_trace`]).
+#[derive(Debug)]
+pub struct ClientMonitor {
+    config: SessionConfig,
+    sent: BTreeMap<RefreshId, Sent>,
+    superseded: BTreeSet<Fingerprint>,
+    /// Superseded tokens whose successor reached the store: they stay
+    /// superseded across a crash.
+    durably_superseded: BTreeSet<Fingerprint>,
+    /// Successors received per token, to mark durability when they are written.
+    successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
+    dead: BTreeSet<Fingerprint>,
+    awaiting_logout: Option<MonoTime>,
+    durable: BTreeSet<Generation>,
+    pending_store: BTreeMap<StoreOpId, (PendingStore, Option<Fingerprint>)>,
+    store: StoreModel,
+    /// Store operations failed in a row, and when the last one failed.
+    store_failures: (u32, MonoTime),
+    waiting: BTreeMap<CallerId, MonoTime>,
+    logged_out: Option<LogoutCause>,
+    violations: Vec<Violation>,
+}
+
+impl ClientMonitor {
+    /// A monitor for a session with `config`.
+    pub fn new(config: &SessionConfig) -> Self {
+        Self {
+            config: config.clone(),
+            sent: BTreeMap::new(),
+            superseded: BTreeSet::new(),
+            durably_superseded: BTreeSet::new(),
+            successor_of: BTreeMap::new(),
+            dead: BTreeSet::new(),
+            awaiting_logout: None,
+            durable: BTreeSet::new(),
+            pending_store: BTreeMap::new(),
+            store: StoreModel::Unknown,
+            store_failures: (0, MonoTime::ZERO),
+            waiting: BTreeMap::new(),
+            logged_out: None,
+            violations: Vec::new(),
+        }
+    }
+
+    /// Violations found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    fn violate(&mut self, invariant: Invariant, at: MonoTime, detail: String) {
+        self.violations.push(Violation { invariant, at, detail });
+    }
+
+    /// The process crashed: what it held in memory is gone; the store and the
+    /// tokens it made durable remain. Its successor starts a fresh session.
+    pub fn crash(&mut self) {
+        self.sent.clear();
+        self.superseded = self.durably_superseded.clone();
+        self.pending_store.clear();
+        self.waiting.clear();
+        self.logged_out = None;
+        self.awaiting_logout = None;
+        self.successor_of.clear();
+        // What the old process learned of dead tokens died with it; its
+        // successor may present the stored token once more.
+        self.dead.clear();
+        self.store = StoreModel::Unknown;
+    }
+
+    /// An input the session is about to handle at `now`.
+    pub fn event(&mut self, now: MonoTime, event: &Event) {
+        match event {
+            Event::TokenWanted { caller } | Event::Unauthorized { caller, .. } => {
+                self.waiting.entry(*caller).or_insert(now);
+            }
+            Event::RefreshCompleted { id, outcome } => self.refresh_answered(now, *id, outcome),
+            Event::RefreshFailed { id, .. } => {
+                if let Some(sent) = self.sent.get_mut(id) {
+                    sent.answered.get_or_insert((now, Answer::Transient { retry_after: None }));
+                }
+            }
+            Event::StoreLoaded { op, stored, .. } => {
+                if self.pending_store.remove(op).is_some() {
+                    self.store_failures = (0, now);
+                    self.store = match stored {
+                        Some(stored) => {
+                            self.durable.insert(stored.generation);
+                            StoreModel::Holds(stored.generation)
+                        }
+                        None => StoreModel::Empty,
+                    };
+                }
+            }
+            Event::StoreWritten { op } => match self.pending_store.remove(op) {
+                Some((PendingStore::Persist(generation), refresh)) => {
+                    self.store_failures = (0, now);
+                    self.durable.insert(generation);
+                    self.store = StoreModel::Holds(generation);
+                    if let Some(refresh) = refresh {
+                        let predecessors: Vec<_> = self
+                            .successor_of
+                            .iter()
+                            .filter(|(_, successors)| successors.contains(&refresh))
+                            .map(|(old, _)| *old)
+                            .collect();
+                        self.durably_superseded.extend(predecessors);
+                    }
+                }
+                Some((PendingStore::Clear, _)) => {
+                    self.store_failures = (0, now);
+                    self.store = StoreModel::Empty;
+                }
+                Some((PendingStore::Load, _)) | None => {}
+            },
+            Event::StoreFailed { op, .. } => {
+                if let Some((kind, _)) = self.pending_store.remove(op) {
+                    self.store_failures = (self.store_failures.0 + 1, now);
+                    if !matches!(kind, PendingStore::Load) {
+                        self.store = StoreModel::Unknown;
+                    }
+                }
+            }
+            Event::LoggedIn(_) => {
+                self.logged_out = None;
+                self.awaiting_logout = None;
+            }
+            Event::LogoutRequested => {}
+        }
+    }
+
+    fn refresh_answered(&mut self, now: MonoTime, id: RefreshId, outcome: &Classified) {
+        let Some(sent) = self.sent.get_mut(&id) else { return };
+        let token = sent.token;
+        let answer = match outcome {
+            Classified::Transient(Transient { retry_after, .. }) => Answer::Transient { retry_after: *retry_after },
+            Classified::Malformed(_) => Answer::Transient { retry_after: None },
+            Classified::Terminal(_) => Answer::Terminal,
+            _ => Answer::Other,
+        };
+        let first_answer = sent.answered.is_none();
+        sent.answered.get_or_insert((now, answer));
+        let successor = match outcome {
+            Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
+            Classified::Malformed(malformed) => malformed.salvaged_refresh_token.as_ref().map(|r| r.fingerprint()),
+            _ => None,
+        };
+        if let Some(successor) = successor.filter(|s| *s != token) {
+            self.superseded.insert(token);
+            self.successor_of.entry(token).or_default().insert(successor);
+        }
+        if answer == Answer::Terminal {
+            self.dead.insert(token);
+            // The session must act on it if the rejected token is still the one it holds.
+            if first_answer && self.latest_token() == Some(token) && !self.superseded.contains(&token) {
+                self.awaiting_logout.get_or_insert(now);
+            }
+        }
+        if matches!(outcome, Classified::Success(_)) {
+            self.awaiting_logout = None;
+        }
+    }
+
+    fn latest_token(&self) -> Option<Fingerprint> {
+        self.sent.values().next_back().map(|s| s.token)
+    }
+
+    /// An output the session produced while handling an input at `now`.
+    pub fn command(&mut self, now: MonoTime, command: &Command) {
+        match command {
+            Command::SendRefresh { id, refresh_token, attempt } => {
+                self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
+            }
+            Command::Persist { op, session } => {
+                let token = session.refresh_token.fingerprint();
+                if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) {
+                    self.violate(Invariant::C4, now, format!("persisted {} after logout", session.generation));
+                }
+                if self.superseded.contains(&token) {
+                    self.violate(Invariant::C3, now, format!("persisted superseded refresh token {token}"));
+                }
+                self.pending_store.insert(*op, (PendingStore::Persist(session.generation), Some(token)));
+            }
+            Command::ClearStore { op } => {
+                self.pending_store.insert(*op, (PendingStore::Clear, None));
+            }
+            Command::LoadStore { op } => {
+                self.pending_store.insert(*op, (PendingStore::Load, None));
+            }
+            Command::Publish(Some(grant)) | Command::Grant { grant, .. } => {
+                if !self.durable.contains(&grant.generation) {
+                    self.violate(
+                        Invariant::C3,
+                        now,
+                        format!("handed out {} before the store held it", grant.generation),
+                    );
+                }
+                if self.logged_out.is_some() {
+                    self.violate(Invariant::C4, now, format!("handed out {} while logged out", grant.generation));
+                }
+                if matches!(command, Command::Grant { .. }) && !grant.usable_at(now) {
+                    self.violate(Invariant::C7, now, format!("granted {} past its usable time", grant.generation));
+                }
+                if let Command::Grant { callers, .. } = command {
+                    self.resolve(now, callers, "granted");
+                }
+            }
+            Command::Fail { callers, .. } => self.resolve(now, callers, "failed"),
+            Command::StateChanged(StateView::LoggedOut { cause }) => {
+                self.logged_out = Some(cause.clone());
+                self.awaiting_logout = None;
+            }
+            Command::Publish(None) | Command::Revoke { .. } | Command::StateChanged(_) => {}
+        }
+    }
+
+    fn refresh_sent(&mut self, now: MonoTime, id: RefreshId, token: Fingerprint, attempt: u32) {
+        let timeout = self.config.request_timeout;
+        if let Some((other, _)) =
+            self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout))
+        {
+            let other = *other;
+            self.violate(Invariant::C1, now, format!("sent {id} while {other} was in flight"));
+        }
+        if self.superseded.contains(&token) {
+            self.violate(Invariant::C2, now, format!("{id} presented {token}, whose successor was received"));
+        }
+        if self.dead.contains(&token) {
+            self.violate(Invariant::C6, now, format!("{id} presented {token}, which was declared dead"));
+        }
+        if self.logged_out.is_some() {
+            self.violate(Invariant::C4, now, format!("sent {id} while logged out"));
+        }
+        // One extra attempt is allowed after a token is salvaged or adopted from the store.
+        if attempt > self.config.backoff.attempts + 1 {
+            self.violate(Invariant::C6, now, format!("{id} is attempt {attempt}, above the bound"));
+        }
+        if let Some(previous) = self.sent.values().next_back().filter(|_| attempt > 1) {
+            // An attempt fails at its answer or at its deadline, whichever comes first.
+            let deadline = previous.at.saturating_add(timeout);
+            let failed_at = match previous.answered {
+                Some((at, Answer::Transient { retry_after })) if at < deadline => Some((at, retry_after)),
+                Some((_, Answer::Transient { .. })) | None => Some((deadline, None)),
+                Some(_) => None,
+            };
+            if let Some((failed_at, retry_after)) = failed_at.filter(|_| previous.token == token) {
+                let floor = self.config.backoff.floor(previous.attempt);
+                let pause = retry_after.filter(|r| *r <= self.config.max_retry_after).unwrap_or_default();
+                let earliest = failed_at.saturating_add(floor.max(pause));
+                if now < earliest {
+                    self.violate(Invariant::C6, now, format!("{id} retried before {earliest} (backoff)"));
+                }
+            }
+        }
+        self.sent.insert(id, Sent { token, at: now, attempt, answered: None });
+    }
+
+    fn resolve(&mut self, now: MonoTime, callers: &[CallerId], how: &str) {
+        for caller in callers {
+            if self.waiting.remove(caller).is_none() {
+                self.violate(Invariant::C5, now, format!("{how} {caller}, which was not waiting"));
+            }
+        }
+    }
+
+    /// Closes the step that handled an input at `now`; `next_timeout` is what
+    /// `poll_timeout` returned after it.
+    pub fn step_end(&mut self, now: MonoTime, next_timeout: Option<MonoTime>) {
+        if next_timeout.is_some_and(|at| at <= now) {
+            self.violate(Invariant::C9, now, "poll_timeout returned a time not after now".into());
+        }
+        if self.logged_out.is_some() && !self.waiting.is_empty() {
+            let count = self.waiting.len();
+            self.violate(Invariant::C4, now, format!("{count} callers still wait after logout"));
+            self.waiting.clear();
+        }
+        self.check_clearing(now);
+        let bound = self.config.wait_bound();
+        let late: Vec<_> =
+            self.waiting.iter().filter(|(_, since)| since.saturating_add(bound) < now).map(|(c, _)| *c).collect();
+        for caller in late {
+            self.waiting.remove(&caller);
+            self.violate(Invariant::C5, now, format!("{caller} waited longer than {bound:?}"));
+        }
+    }
+
+    /// C4: a session logged out for a cause that clears the store must be
+    /// clearing it: a clear is pending, or the store is known empty, or the
+    /// last store operation failed and its backoff (or its retry budget) excuses the wait.
+    fn check_clearing(&mut self, now: MonoTime) {
+        let clearing = self.logged_out.as_ref().is_some_and(LogoutCause::clears_store);
+        if !clearing || !self.pending_store.is_empty() || self.store == StoreModel::Empty {
+            return;
+        }
+        let (failures, failed_at) = self.store_failures;
+        let backoff = self.config.store_backoff;
+        let excused = failures >= backoff.attempts
+            || (failures > 0 && now <= failed_at.saturating_add(backoff.ceiling(failures)));
+        if !excused {
+            self.violate(
+                Invariant::C4,
+                now,
+                format!("logged out but the store is {:?} and no clear is under way", self.store),
+            );
+            // Report once per logout.
+            self.store = StoreModel::Empty;
+        }
+    }
+
+    /// Ends the run at `now`. `settled` says inputs stopped long enough ago for
+    /// every bound to have passed, so liveness can be judged.
+    pub fn finish(&mut self, now: MonoTime, settled: bool) {
+        if !settled {
+            return;
+        }
+        if !self.waiting.is_empty() {
+            let count = self.waiting.len();
+            self.violate(Invariant::C5, now, format!("{count} callers never answered"));
+        }
+        if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) && self.store != StoreModel::Empty {
+            self.violate(Invariant::C4, now, format!("logged out but the store is {:?}", self.store));
+        }
+        if let Some(since) = self.awaiting_logout {
+            self.violate(Invariant::C6, now, format!("a terminal answer at {since} never led to a logout"));
+        }
+    }
+}
+
+/// C8: whether two renderings of the same run are identical, and where they
+/// first differ.
+pub fn same_trace(first: &[String], second: &[String]) -> Result<(), Violation> {
+    let detail = match first.iter().zip(second).enumerate().find(|(_, (a, b))| a != b) {
+        None if first.len() == second.len() => return Ok(()),
+        None => format!("traces differ in length: {} and {}", first.len(), second.len()),
+        Some((line, (a, b))) => format!("traces differ at line {line}: {a:?} vs {b:?}"),
+    };
+    Err(Violation { invariant: Invariant::C8, at: MonoTime::ZERO, detail })
+}
+
+#[derive(Clone, Debug)]
+struct IssuedRefresh {
+    family: FamilyId,
+    expires_at: MonoTime,
+    /// First successful redemption (with rotation), and replays since.
+    consumed: Option<(MonoTime, u32)>,
+    successes: u32,
+}
+
+#[derive(Clone, Debug)]
+struct IssuedFamily {
+    client: String,
+    device: Option<String>,
+    ends_at: MonoTime,
+    revoked_at: Option<MonoTime>,
+}
+
+/// Checks A1–A6 over an authority's [audit](crate::authority::Authority::take_audit),
+/// from the configuration alone.
+#[derive(Debug)]
+pub struct AuthorityMonitor {
+    config: AuthorityConfig,
+    families: BTreeMap<FamilyId, IssuedFamily>,
+    refresh: BTreeMap<Fingerprint, IssuedRefresh>,
+    access: BTreeMap<Fingerprint, (FamilyId, MonoTime)>,
+    violations: Vec<Violation>,
+}
+
+impl AuthorityMonitor {
+    /// A monitor for an authority configured with `config`.
+    pub fn new(config: &AuthorityConfig) -> Self {
+        Self {
+            config: config.clone(),
+            families: BTreeMap::new(),
+            refresh: BTreeMap::new(),
+            access: BTreeMap::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Violations found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    fn violate(&mut self, invariant: Invariant, at: MonoTime, detail: String) {
+        self.violations.push(Violation { invariant, at, detail });
+    }
+
+    /// Checks one audited operation.
+    pub fn observe(&mut self, entry: &Audit) {
+        let at = entry.at;
+        let refused = matches!(
+            entry.outcome,
+            AuditOutcome::Refused(_) | AuditOutcome::RevokeRefused(_) | AuditOutcome::Invalid(_)
+        );
+        let detection = entry.outcome == AuditOutcome::Refused(Refusal::ReuseDetected);
+        if refused && !detection && entry.state_changed {
+            self.violate(Invariant::A6, at, format!("{:?} changed the authority's state", entry.outcome));
+        }
+        match (&entry.op, &entry.outcome) {
+            (AuditOp::Login { client, device }, AuditOutcome::Issued { family, access, refresh }) => {
+                let ends_at = at.saturating_add(self.config.family_lifetime);
+                self.families.insert(
+                    *family,
+                    IssuedFamily { client: client.clone(), device: device.clone(), ends_at, revoked_at: None },
+                );
+                self.issue(at, *family, *access, Some(*refresh));
+            }
+            (AuditOp::Refresh { client, device, token }, outcome) => {
+                self.refresh(at, client, device.as_deref(), *token, outcome)
+            }
+            (AuditOp::Revoke { token, client }, AuditOutcome::Revoked) => {
+                let family = self.refresh.get(token).map(|r| r.family);
+                if let Some(family) = family {
+                    if self.families.get(&family).is_some_and(|f| f.client != *client) {
+                        self.violate(Invariant::A5, at, format!("{client} revoked a token of another client"));
+                    }
+                    self.revoke(at, family);
+                }
+            }
+            (AuditOp::Validate { token }, AuditOutcome::Valid { family }) => {
+                match self.access.get(token).copied() {
+                    None => self.violate(Invariant::A5, at, format!("accepted unknown access token {token}")),
+                    Some((_, expires_at)) if at >= expires_at => {
+                        self.violate(Invariant::A5, at, format!("accepted access token {token} past expiry"));
+                    }
+                    Some(_) => {}
+                }
+                if self.families.get(family).is_some_and(|f| f.revoked_at.is_some()) {
+                    self.violate(Invariant::A3, at, format!("accepted an access token of revoked {family}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn issue(&mut self, at: MonoTime, family: FamilyId, access: Fingerprint, refresh: Option<Fingerprint>) {
+        let ends_at = self.families.get(&family).map_or(at, |f| f.ends_at);
+        self.access.insert(access, (family, at.saturating_add(self.config.access_ttl)));
+        if let Some(refresh) = refresh {
+            let expires_at = at.saturating_add(self.config.refresh_ttl).min(ends_at);
+            self.refresh.entry(refresh).or_insert(IssuedRefresh { family, expires_at, consumed: None, successes: 0 });
+        }
+    }
+
+    fn revoke(&mut self, at: MonoTime, family: FamilyId) {
+        if let Some(f) = self.families.get_mut(&family) {
+            f.revoked_at.get_or_insert(at);
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        at: MonoTime,
+        client: &str,
+        device: Option<&str>,
+        token: Fingerprint,
+        outcome: &AuditOutcome,
+    ) {
+        let Some(record) = self.refresh.get(&token).cloned() else {
+            if matches!(outcome, AuditOutcome::Issued { .. }) {
+                self.violate(Invariant::A5, at, format!("accepted unknown refresh token {token}"));
+            }
+            return;
+        };
+        let Some(family) = self.families.get(&record.family).cloned() else { return };
+        let bound = family.client == client && family.device.as_deref() == device;
+        let live = family.revoked_at.is_none() && at < record.expires_at && at < family.ends_at;
+        let grace = self.config.grace;
+        let in_grace = record
+            .consumed
+            .is_some_and(|(used, replays)| at <= used.saturating_add(grace) && replays < self.config.grace_reuses);
+        let consumed_outside_grace = self.config.rotation && record.consumed.is_some() && !in_grace;
+        match outcome {
+            AuditOutcome::Issued { family: issued_family, access, refresh } => {
+                if !bound {
+                    self.violate(Invariant::A5, at, format!("{token} accepted from the wrong client or device"));
+                }
+                if !live {
+                    let invariant = if family.revoked_at.is_some() { Invariant::A3 } else { Invariant::A5 };
+                    self.violate(invariant, at, format!("{token} accepted after its family was revoked or it expired"));
+                }
+                if consumed_outside_grace {
+                    self.violate(Invariant::A1, at, format!("consumed {token} accepted outside grace"));
+                }
+                if self.config.rotation && grace.is_zero() && record.successes >= 1 {
+                    self.violate(Invariant::A4, at, format!("{token} redeemed twice without grace"));
+                }
+                let issued_family = *issued_family;
+                let (access, refresh) = (*access, *refresh);
+                if let Some(r) = self.refresh.get_mut(&token) {
+                    r.successes += 1;
+                    if self.config.rotation {
+                        r.consumed = Some(match r.consumed {
+                            None => (at, 0),
+                            Some((used, replays)) => (used, replays + 1),
+                        });
+                    } else {
+                        r.expires_at = at.saturating_add(self.config.refresh_ttl).min(family.ends_at);
+                    }
+                }
+                self.issue(at, issued_family, access, (refresh != token).then_some(refresh));
+            }
+            AuditOutcome::Refused(refusal) => {
+                if bound && live && in_grace && self.config.rotation {
+                    self.violate(Invariant::A2, at, format!("replay of {token} inside grace refused ({refusal:?})"));
+                }
+                if bound
+                    && live
+                    && consumed_outside_grace
+                    && self.config.reuse_detection
+                    && *refusal != Refusal::ReuseDetected
+                {
+                    self.violate(
+                        Invariant::A1,
+                        at,
+                        format!("reuse of {token} outside grace did not revoke the family"),
+                    );
+                }
+                if *refusal == Refusal::ReuseDetected {
+                    self.revoke(at, record.family);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

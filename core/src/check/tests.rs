@@ -1,0 +1,324 @@
+//! Every check proven live: each test feeds a deliberately wrong trace (or
+//! runs a planted authority) and asserts the monitor names the invariant.
+
+use super::*;
+use crate::authority::Authority;
+use crate::oauth::{OAuthError, TokenResponse};
+use crate::session::{AccessGrant, FailReason};
+use crate::stored::StoredSession;
+use crate::token::{AccessToken, RefreshToken, TokenType};
+
+fn t(ms: u64) -> MonoTime {
+    MonoTime::from_millis(ms)
+}
+
+fn monitor() -> ClientMonitor {
+    ClientMonitor::new(&SessionConfig::default())
+}
+
+fn send(m: &mut ClientMonitor, at: u64, id: u64, token: &str, attempt: u32) {
+    let command = Command::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new(token), attempt };
+    m.command(t(at), &command);
+}
+
+fn answer(m: &mut ClientMonitor, at: u64, id: u64, outcome: Classified) {
+    m.event(t(at), &Event::RefreshCompleted { id: RefreshId(id), outcome });
+}
+
+fn rotated(refresh: &str) -> Classified {
+    Classified::Success(TokenResponse::bearer(
+        AccessToken::new("a"),
+        Some(Duration::from_secs(300)),
+        Some(RefreshToken::new(refresh)),
+    ))
+}
+
+fn grant(generation: u64, usable_until_ms: Option<u64>) -> AccessGrant {
+    AccessGrant {
+        generation: Generation(generation),
+        access_token: AccessToken::new("a"),
+        token_type: TokenType::Bearer,
+        usable_until: usable_until_ms.map(t),
+    }
+}
+
+fn stored(generation: u64, refresh: &str) -> StoredSession {
+    StoredSession {
+        generation: Generation(generation),
+        access_token: AccessToken::new("a"),
+        token_type: TokenType::Bearer,
+        access_expires_at: None,
+        refresh_token: RefreshToken::new(refresh),
+        scope: None,
+    }
+}
+
+fn load(m: &mut ClientMonitor, generation: u64) {
+    m.command(t(0), &Command::LoadStore { op: StoreOpId(1) });
+    let event = Event::StoreLoaded {
+        op: StoreOpId(1),
+        stored: Some(stored(generation, "r1")),
+        unix_now: crate::time::UnixTime::EPOCH,
+    };
+    m.event(t(0), &event);
+}
+
+fn found(violations: &[Violation]) -> Vec<Invariant> {
+    violations.iter().map(|v| v.invariant).collect()
+}
+
+#[test]
+fn c1_catches_two_refreshes_in_flight() {
+    let mut m = monitor();
+    send(&mut m, 0, 1, "r1", 1);
+    send(&mut m, 100, 2, "r1", 1);
+    assert_eq!(found(m.violations()), vec![Invariant::C1]);
+}
+
+#[test]
+fn c1_allows_a_retry_after_the_deadline() {
+    let mut m = monitor();
+    send(&mut m, 0, 1, "r1", 1);
+    send(&mut m, 11_000, 2, "r1", 2);
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+#[test]
+fn c2_catches_a_superseded_token_sent_again() {
+    let mut m = monitor();
+    send(&mut m, 0, 1, "r1", 1);
+    answer(&mut m, 50, 1, rotated("r2"));
+    send(&mut m, 100, 2, "r1", 1);
+    assert_eq!(found(m.violations()), vec![Invariant::C2]);
+}
+
+#[test]
+fn c3_catches_a_grant_before_the_store_held_it() {
+    let mut m = monitor();
+    m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
+    m.command(t(0), &Command::Persist { op: StoreOpId(1), session: stored(1, "r1") });
+    m.command(t(0), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
+    assert_eq!(found(m.violations()), vec![Invariant::C3]);
+}
+
+#[test]
+fn c3_catches_a_superseded_token_persisted() {
+    let mut m = monitor();
+    send(&mut m, 0, 1, "r1", 1);
+    answer(&mut m, 50, 1, rotated("r2"));
+    m.command(t(60), &Command::Persist { op: StoreOpId(1), session: stored(2, "r1") });
+    assert_eq!(found(m.violations()), vec![Invariant::C3]);
+}
+
+#[test]
+fn c4_catches_activity_after_logout() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.command(t(0), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
+    m.command(t(0), &Command::ClearStore { op: StoreOpId(2) });
+    send(&mut m, 10, 1, "r1", 1);
+    m.command(t(10), &Command::Publish(Some(grant(1, None))));
+    assert_eq!(found(m.violations()), vec![Invariant::C4, Invariant::C4]);
+}
+
+#[test]
+fn c4_catches_a_logout_that_keeps_the_store() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.command(t(0), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
+    m.step_end(t(0), None);
+    assert_eq!(found(m.violations()), vec![Invariant::C4]);
+}
+
+#[test]
+fn c4_catches_waiters_left_after_logout() {
+    let mut m = monitor();
+    m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
+    m.command(t(0), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::NoSession }));
+    m.step_end(t(0), None);
+    assert_eq!(found(m.violations()), vec![Invariant::C4]);
+}
+
+#[test]
+fn c5_catches_a_waiter_held_too_long_and_a_double_answer() {
+    let mut m = monitor();
+    m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
+    let late = MonoTime::ZERO.saturating_add(SessionConfig::default().wait_bound() + Duration::from_millis(1));
+    m.step_end(late, None);
+    m.command(late, &Command::Fail { callers: vec![CallerId(1)], reason: FailReason::TimedOut });
+    assert_eq!(found(m.violations()), vec![Invariant::C5, Invariant::C5]);
+}
+
+#[test]
+fn c5_catches_a_caller_never_answered() {
+    let mut m = monitor();
+    m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
+    m.finish(t(1), true);
+    assert_eq!(found(m.violations()), vec![Invariant::C5]);
+}
+
+#[test]
+fn c6_catches_a_retry_inside_the_backoff() {
+    let mut m = monitor();
+    send(&mut m, 0, 1, "r1", 1);
+    let failure = Classified::Transient(crate::oauth::Transient {
+        cause: crate::oauth::TransientCause::ServerError(503),
+        retry_after: None,
+    });
+    answer(&mut m, 100, 1, failure);
+    // backoff floor after attempt 1 is 250 ms by default
+    send(&mut m, 200, 2, "r1", 2);
+    assert_eq!(found(m.violations()), vec![Invariant::C6]);
+}
+
+#[test]
+fn c6_catches_too_many_attempts() {
+    let mut m = monitor();
+    let attempts = SessionConfig::default().backoff.attempts;
+    send(&mut m, 0, 1, "r1", attempts + 2);
+    assert_eq!(found(m.violations()), vec![Invariant::C6]);
+}
+
+#[test]
+fn c6_catches_a_dead_token_retried_and_a_rejection_never_acted_on() {
+    let mut m = monitor();
+    send(&mut m, 0, 1, "r1", 1);
+    let terminal = Classified::Terminal(OAuthError { status: 400, code: "invalid_grant".into(), description: None });
+    answer(&mut m, 50, 1, terminal);
+    send(&mut m, 20_000, 2, "r1", 1);
+    m.finish(t(30_000), true);
+    assert_eq!(found(m.violations()), vec![Invariant::C6, Invariant::C6]);
+}
+
+#[test]
+fn c7_catches_a_grant_past_its_usable_time() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.event(t(1000), &Event::TokenWanted { caller: CallerId(1) });
+    m.command(t(1000), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, Some(1000)) });
+    assert_eq!(found(m.violations()), vec![Invariant::C7]);
+}
+
+#[test]
+fn c8_catches_traces_that_differ() {
+    let one = vec!["a".to_owned(), "b".to_owned()];
+    let two = vec!["a".to_owned(), "c".to_owned()];
+    assert_eq!(same_trace(&one, &two).unwrap_err().invariant, Invariant::C8);
+    assert_eq!(same_trace(&one, &one[..1]).unwrap_err().invariant, Invariant::C8);
+    assert!(same_trace(&one, &one).is_ok());
+}
+
+#[test]
+fn c9_catches_a_timer_that_would_spin() {
+    let mut m = monitor();
+    m.step_end(t(500), Some(t(500)));
+    assert_eq!(found(m.violations()), vec![Invariant::C9]);
+}
+
+/// Runs `ops` against a (possibly planted) authority and returns what the monitor found.
+fn audit(config: AuthorityConfig, plant: Option<AuthorityPlant>, ops: impl FnOnce(&mut Authority)) -> Vec<Invariant> {
+    let mut authority = Authority::new(config.clone(), 1).with_audit().with_plant(plant);
+    ops(&mut authority);
+    let mut monitor = AuthorityMonitor::new(&config);
+    for entry in authority.take_audit() {
+        monitor.observe(&entry);
+    }
+    found(monitor.violations())
+}
+
+fn reuse_outside_grace(a: &mut Authority) {
+    let login = a.login(t(0), "app", None);
+    let token = login.refresh_token.expose_secret().to_owned();
+    let _ = a.refresh(t(1000), "app", None, &token);
+    let _ = a.refresh(t(60_000), "app", None, &token);
+}
+
+#[test]
+fn the_correct_authority_passes_every_check() {
+    let config = AuthorityConfig { grace: Duration::from_secs(10), ..AuthorityConfig::default() };
+    assert!(audit(config, None, reuse_outside_grace).is_empty());
+}
+
+#[test]
+fn a1_catches_reuse_accepted_outside_grace() {
+    let config = AuthorityConfig { grace: Duration::from_secs(10), ..AuthorityConfig::default() };
+    assert_eq!(audit(config, Some(AuthorityPlant::AcceptsReuse), reuse_outside_grace), vec![Invariant::A1]);
+}
+
+#[test]
+fn a1_catches_reuse_that_does_not_revoke() {
+    // A log where the reuse was refused without detection, though detection is on.
+    let config = AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() };
+    let mut authority = Authority::new(config.clone(), 1).with_audit();
+    reuse_outside_grace(&mut authority);
+    let mut log = authority.take_audit();
+    if let Some(last) = log.last_mut() {
+        last.outcome = AuditOutcome::Refused(Refusal::AlreadyUsed);
+        last.state_changed = false;
+    }
+    let mut monitor = AuthorityMonitor::new(&config);
+    log.iter().for_each(|e| monitor.observe(e));
+    assert_eq!(found(monitor.violations()), vec![Invariant::A1]);
+}
+
+#[test]
+fn a2_catches_a_replay_refused_inside_grace() {
+    let config = AuthorityConfig { grace: Duration::from_secs(30), ..AuthorityConfig::default() };
+    let mut authority = Authority::new(config.clone(), 1).with_audit();
+    let login = authority.login(t(0), "app", None);
+    let token = login.refresh_token.expose_secret().to_owned();
+    authority.refresh(t(1000), "app", None, &token).unwrap();
+    authority.refresh(t(2000), "app", None, &token).unwrap();
+    let mut log = authority.take_audit();
+    if let Some(last) = log.last_mut() {
+        last.outcome = AuditOutcome::Refused(Refusal::AlreadyUsed);
+        last.state_changed = false;
+    }
+    let mut monitor = AuthorityMonitor::new(&config);
+    log.iter().for_each(|e| monitor.observe(e));
+    assert_eq!(found(monitor.violations()), vec![Invariant::A2]);
+}
+
+#[test]
+fn a3_catches_access_tokens_surviving_a_revoked_family() {
+    let config = AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() };
+    let found = audit(config, Some(AuthorityPlant::DetectionSparesAccess), |a| {
+        let login = a.login(t(0), "app", None);
+        let token = login.refresh_token.expose_secret().to_owned();
+        let next = a.refresh(t(1000), "app", None, &token).unwrap();
+        let _ = a.refresh(t(2000), "app", None, &token);
+        let _ = a.validate(t(3000), next.access_token.expose_secret());
+    });
+    assert_eq!(found, vec![Invariant::A3]);
+}
+
+#[test]
+fn a4_catches_two_redemptions_without_grace() {
+    let config = AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() };
+    let found = audit(config, Some(AuthorityPlant::AcceptsReuse), |a| {
+        let login = a.login(t(0), "app", None);
+        let token = login.refresh_token.expose_secret().to_owned();
+        let _ = a.refresh(t(1000), "app", None, &token);
+        let _ = a.refresh(t(1000), "app", None, &token);
+    });
+    assert!(found.contains(&Invariant::A4), "{found:?}");
+}
+
+#[test]
+fn a5_catches_a_token_accepted_from_another_client() {
+    let found = audit(AuthorityConfig::default(), Some(AuthorityPlant::IgnoresClient), |a| {
+        let login = a.login(t(0), "app", None);
+        let _ = a.refresh(t(1000), "intruder", None, login.refresh_token.expose_secret());
+    });
+    assert_eq!(found, vec![Invariant::A5]);
+}
+
+#[test]
+fn a6_catches_a_refusal_that_changes_state() {
+    let config = AuthorityConfig { refresh_ttl: Duration::from_secs(10), ..AuthorityConfig::default() };
+    let found = audit(config, Some(AuthorityPlant::RefusalRenews), |a| {
+        let login = a.login(t(0), "app", None);
+        let _ = a.refresh(t(20_000), "app", None, login.refresh_token.expose_secret());
+    });
+    assert_eq!(found, vec![Invariant::A6]);
+}

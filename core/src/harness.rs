@@ -1,0 +1,959 @@
+//! A deterministic world: the session machine and the reference authority,
+//! joined by a simulated network and store on a virtual clock, with the
+//! invariant checkers watching every step.
+//!
+//! Everything that happens is drawn from one seed, so a seed replays the same
+//! run byte for byte. Tests script single fates ([`World::script`]); campaigns
+//! sample [`Faults`] per seed. The loop is bounded by time and by a step count.
+//! This is tier 1 of the simulation: no threads, no runtime, no sockets.
+
+use core::fmt::Write as _;
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, Refusal};
+use crate::check::{AuthorityMonitor, ClientMonitor, Invariant, Violation};
+use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use crate::oauth::{self, Classified};
+use crate::rng::SplitMix64;
+use crate::session::{
+    AccessGrant, Command, Event, FailReason, LogoutCause, NewSession, Session, SessionConfig, StateView, StoreError,
+    TransportFailure,
+};
+use crate::stored::StoredSession;
+use crate::time::{MonoTime, UnixTime};
+use crate::token::RefreshToken;
+
+/// The client id the world's session uses.
+pub const CLIENT_ID: &str = "freshen-sim";
+
+/// What happens to one refresh request on the network and at the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fate {
+    /// Delivered both ways after the normal latency.
+    Deliver,
+    /// Lost before the server saw it.
+    DropRequest,
+    /// The server acted on it; the answer was lost.
+    DropResponse,
+    /// The server acted on it; the answer arrived mangled (a proxy's page).
+    MangleResponse,
+    /// The answer arrives twice.
+    DuplicateResponse,
+    /// The answer is held up by this much more than the normal latency.
+    Delay(Duration),
+    /// The server answered 503 without acting on it.
+    ServerError,
+    /// The server answered 429 with this `Retry-After`, without acting on it.
+    RateLimited(Duration),
+    /// The connection was refused (the client learns at once).
+    Refused,
+}
+
+/// What happens to one store write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreFate {
+    /// It lands and is acknowledged.
+    Write,
+    /// It fails before anything lands.
+    FailBefore,
+    /// It lands, but the store reports a failure.
+    FailAfter,
+}
+
+/// Fault probabilities, in parts per thousand, sampled per message or per step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Faults {
+    /// A refresh request is lost.
+    pub drop_request: u16,
+    /// A refresh answer is lost after the server committed.
+    pub drop_response: u16,
+    /// A refresh answer is mangled after the server committed.
+    pub mangle_response: u16,
+    /// A refresh answer arrives twice.
+    pub duplicate_response: u16,
+    /// A message is delayed by up to `max_delay` (which reorders messages).
+    pub delay: u16,
+    /// The server answers 503.
+    pub server_error: u16,
+    /// The server answers 429.
+    pub rate_limit: u16,
+    /// The connection is refused.
+    pub refused: u16,
+    /// A store write fails (before or after it landed).
+    pub store_write_fail: u16,
+    /// A store load fails.
+    pub store_load_fail: u16,
+    /// The client crashes at a command boundary and restarts from the store.
+    pub crash: u16,
+    /// The client is suspended for a while (its clock jumps on resume).
+    pub clock_jump: u16,
+    /// A caller logs the user out (a new login follows).
+    pub logout: u16,
+    /// The longest extra delay.
+    pub max_delay: Duration,
+}
+
+impl Faults {
+    /// No faults at all.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Faults drawn for a campaign seed: each kind on or off, at a drawn rate.
+    pub fn sample(rng: &mut SplitMix64) -> Self {
+        let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
+        Self {
+            drop_request: rate(150),
+            drop_response: rate(150),
+            mangle_response: rate(60),
+            duplicate_response: rate(100),
+            delay: rate(200),
+            server_error: rate(150),
+            rate_limit: rate(80),
+            refused: rate(100),
+            store_write_fail: rate(150),
+            store_load_fail: rate(150),
+            crash: rate(8),
+            clock_jump: rate(4),
+            logout: rate(10),
+            max_delay: Duration::from_millis(rng.below(15_000)),
+        }
+    }
+}
+
+/// How callers arrive during the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Demand {
+    /// Mean time between two callers.
+    pub mean_interval: Duration,
+}
+
+/// Everything that defines a world, besides its seed.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorldConfig {
+    /// The session's configuration.
+    pub session: SessionConfig,
+    /// The authority's configuration.
+    pub authority: AuthorityConfig,
+    /// A broken authority, to prove the authority checks.
+    pub authority_plant: Option<AuthorityPlant>,
+    /// Faults during the safety phase.
+    pub faults: Faults,
+    /// One-way network latency.
+    pub latency: Duration,
+    /// Time a store operation takes.
+    pub store_latency: Duration,
+    /// Random callers, if any.
+    pub demand: Option<Demand>,
+    /// How long faults are injected.
+    pub safety_phase: Duration,
+    /// How long the healed world then runs; long enough for every bound.
+    pub liveness_phase: Duration,
+    /// Whether the store holds a session when the world starts.
+    pub start_logged_in: bool,
+    /// Keep a printable trace.
+    pub trace: bool,
+    /// The most steps a run may take.
+    pub max_steps: u64,
+}
+
+impl WorldConfig {
+    /// A quiet world: no faults, no random callers, logged in, 50 ms latency.
+    pub fn quiet() -> Self {
+        let session = SessionConfig::default();
+        let liveness_phase = session.wait_bound() + Duration::from_secs(60);
+        Self {
+            session,
+            authority: AuthorityConfig::default(),
+            authority_plant: None,
+            faults: Faults::none(),
+            latency: Duration::from_millis(50),
+            store_latency: Duration::from_millis(5),
+            demand: None,
+            safety_phase: Duration::from_secs(3600),
+            liveness_phase,
+            start_logged_in: true,
+            trace: false,
+            max_steps: 1_000_000,
+        }
+    }
+
+    /// A campaign world for `seed`: authority knobs, faults and demand all
+    /// drawn from it.
+    pub fn sampled(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x5EED_F00D_CAFE_0001);
+        let mut config = Self::quiet();
+        let access_ttl = Duration::from_secs(30 + rng.below(600));
+        config.authority = AuthorityConfig {
+            access_ttl,
+            refresh_ttl: Duration::from_secs(600 + rng.below(4 * 3600)),
+            family_lifetime: Duration::from_secs(3600 + rng.below(48 * 3600)),
+            rotation: !rng.chance(1, 5),
+            grace: if rng.chance(1, 3) { Duration::ZERO } else { Duration::from_secs(rng.below(120)) },
+            grace_reuses: 1 + rng.below(3) as u32,
+            grace_replay: if rng.chance(1, 2) {
+                crate::authority::GraceReplay::SamePair
+            } else {
+                crate::authority::GraceReplay::FreshPair
+            },
+            reuse_detection: !rng.chance(1, 4),
+            ..AuthorityConfig::default()
+        };
+        config.faults = Faults::sample(&mut rng);
+        config.latency = Duration::from_millis(1 + rng.below(300));
+        config.demand = Some(Demand { mean_interval: Duration::from_millis(200 + rng.below(20_000)) });
+        config.safety_phase = Duration::from_secs(600 + rng.below(3 * 3600));
+        config.start_logged_in = !rng.chance(1, 10);
+        config
+    }
+}
+
+/// How a caller's request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallerOutcome {
+    /// It got a token of this generation (and used it).
+    Granted(Generation),
+    /// It got no token.
+    Failed(FailReason),
+}
+
+/// Counts over one run, for summaries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorldStats {
+    /// Refresh requests the session sent.
+    pub refreshes_sent: u64,
+    /// Callers answered with a token.
+    pub granted: u64,
+    /// Callers failed.
+    pub failed: u64,
+    /// Resource requests refused with 401.
+    pub unauthorized: u64,
+    /// Logouts, by cause (Debug name).
+    pub logouts: BTreeMap<String, u64>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Client crashes.
+    pub crashes: u64,
+    /// Steps taken.
+    pub steps: u64,
+}
+
+#[derive(Debug)]
+enum Pending {
+    CallerArrives,
+    RefreshArrives { incarnation: u32, id: RefreshId, token: RefreshToken, fate: Fate },
+    RefreshAnswered { incarnation: u32, id: RefreshId, outcome: Classified },
+    RefreshFailed { incarnation: u32, id: RefreshId, failure: TransportFailure },
+    StoreDone { incarnation: u32, op: StoreOpId, outcome: StoreOutcome },
+    RevokeArrives { token: RefreshToken },
+    ResourceArrives { incarnation: u32, caller: CallerId, grant: AccessGrant, healthy: bool },
+    ResourceAnswered { incarnation: u32, caller: CallerId, generation: Generation, ok: bool },
+    Login,
+    Resume,
+}
+
+#[derive(Debug)]
+enum StoreOutcome {
+    Loaded(Option<SecretString>),
+    Written { write: StoreWrite },
+    Failed { landed: Option<StoreWrite> },
+}
+
+#[derive(Clone, Debug)]
+enum StoreWrite {
+    Put(SecretString),
+    Delete,
+}
+
+/// The world. See the [module docs](self).
+#[derive(Debug)]
+pub struct World {
+    config: WorldConfig,
+    seed: u64,
+    rng: SplitMix64,
+    now: MonoTime,
+    incarnation: u32,
+    session: Session,
+    authority: Authority,
+    /// The store's one entry: the encoded session blob.
+    blob: Option<SecretString>,
+    in_flight_write: Option<StoreWrite>,
+    queue: BTreeMap<(MonoTime, u64), Pending>,
+    sequence: u64,
+    next_caller: u64,
+    retried: BTreeMap<CallerId, bool>,
+    outcomes: BTreeMap<CallerId, CallerOutcome>,
+    scripted: VecDeque<Fate>,
+    scripted_store: VecDeque<StoreFate>,
+    /// Commands carried out so far, and the count at which to crash.
+    commands_seen: u64,
+    crash_at_command: Option<u64>,
+    /// While suspended, the client does nothing until this time.
+    suspended_until: Option<MonoTime>,
+    clock_jumped: bool,
+    client_monitor: ClientMonitor,
+    authority_monitor: AuthorityMonitor,
+    extra: Vec<Violation>,
+    trace: Vec<String>,
+    stats: WorldStats,
+}
+
+const UNIX_START: u64 = 1_800_000_000;
+
+/// Appends a trace line, formatting it only when tracing is on.
+macro_rules! note {
+    ($world:expr, $($arg:tt)*) => {
+        if $world.config.trace {
+            let line = format!($($arg)*);
+            $world.trace.push(line);
+        }
+    };
+}
+
+impl World {
+    /// A world for `seed`.
+    pub fn new(config: WorldConfig, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let authority_seed = rng.next_u64();
+        let session_seed = rng.next_u64();
+        let mut authority =
+            Authority::new(config.authority.clone(), authority_seed).with_audit().with_plant(config.authority_plant);
+        let now = MonoTime::ZERO;
+        let blob = config.start_logged_in.then(|| {
+            let issued = authority.login(now, CLIENT_ID, None);
+            StoredSession {
+                generation: Generation(1),
+                access_token: issued.access_token,
+                token_type: crate::token::TokenType::Bearer,
+                access_expires_at: Some(UnixTime::from_secs(UNIX_START).saturating_add(issued.expires_in)),
+                refresh_token: issued.refresh_token,
+                scope: None,
+            }
+            .encode()
+        });
+        let session = Self::boot(&config.session, session_seed, now);
+        let mut world = Self {
+            client_monitor: ClientMonitor::new(&config.session),
+            authority_monitor: AuthorityMonitor::new(&config.authority),
+            config,
+            seed,
+            rng,
+            now,
+            incarnation: 0,
+            session,
+            authority,
+            blob,
+            in_flight_write: None,
+            queue: BTreeMap::new(),
+            sequence: 0,
+            next_caller: 1,
+            retried: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            scripted: VecDeque::new(),
+            scripted_store: VecDeque::new(),
+            commands_seen: 0,
+            crash_at_command: None,
+            suspended_until: None,
+            clock_jumped: false,
+            extra: Vec::new(),
+            trace: Vec::new(),
+            stats: WorldStats::default(),
+        };
+        if world.config.demand.is_some() {
+            let first = world.next_arrival();
+            world.schedule(first, Pending::CallerArrives);
+        }
+        world.drain();
+        world
+    }
+
+    fn boot(config: &SessionConfig, seed: u64, now: MonoTime) -> Session {
+        let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(now.elapsed());
+        match Session::new(config.clone(), seed, now, unix_now) {
+            Ok(session) => session,
+            // The world is built from validated configurations only.
+            Err(error) => unreachable_config(error),
+        }
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The authority.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> MonoTime {
+        self.now
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> &WorldStats {
+        &self.stats
+    }
+
+    /// The printable trace (empty unless [`WorldConfig::trace`]).
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    /// How caller `caller` ended, if it has.
+    pub fn outcome(&self, caller: CallerId) -> Option<&CallerOutcome> {
+        self.outcomes.get(&caller)
+    }
+
+    /// Every violation found so far, client and authority.
+    pub fn violations(&self) -> Vec<Violation> {
+        let mut all = self.client_monitor.violations().to_vec();
+        all.extend_from_slice(self.authority_monitor.violations());
+        all.extend_from_slice(&self.extra);
+        all
+    }
+
+    /// The next refresh requests meet these fates, in order, before any sampled fault.
+    pub fn script(&mut self, fates: impl IntoIterator<Item = Fate>) {
+        self.scripted.extend(fates);
+    }
+
+    /// The next store writes meet these fates, in order, before any sampled fault.
+    pub fn script_store(&mut self, fates: impl IntoIterator<Item = StoreFate>) {
+        self.scripted_store.extend(fates);
+    }
+
+    /// What the store holds now, decoded.
+    pub fn stored(&self) -> Option<StoredSession> {
+        self.blob.as_ref().and_then(|b| StoredSession::decode(b.expose_secret().as_bytes()).ok())
+    }
+
+    /// The user revokes this app's access from their account page: the
+    /// stored session's family is revoked at the authority.
+    pub fn revoke_stored_session(&mut self) {
+        if let Some(stored) = self.stored() {
+            let _ = self.authority.revoke(self.now, CLIENT_ID, stored.refresh_token.expose_secret());
+            self.observe_authority();
+        }
+    }
+
+    /// Runs for `duration` more.
+    pub fn run_for(&mut self, duration: Duration) {
+        self.run_until(self.now.saturating_add(duration));
+    }
+
+    /// A caller wants a token now. Returns its id, for [`World::outcome`].
+    pub fn want_token(&mut self) -> CallerId {
+        let caller = CallerId(self.next_caller);
+        self.next_caller += 1;
+        self.input(Event::TokenWanted { caller });
+        caller
+    }
+
+    /// The user logs out now.
+    pub fn log_out(&mut self) {
+        self.input(Event::LogoutRequested);
+    }
+
+    /// The user logs in now (the login itself is instantaneous).
+    pub fn log_in(&mut self) {
+        let issued = self.authority.login(self.now, CLIENT_ID, None);
+        self.observe_authority();
+        let new = NewSession {
+            access_token: issued.access_token,
+            token_type: crate::token::TokenType::Bearer,
+            lifetime: Some(issued.expires_in),
+            refresh_token: issued.refresh_token,
+            scope: None,
+            requested_at: self.now,
+        };
+        self.input(Event::LoggedIn(new));
+    }
+
+    /// The client crashes now and restarts from the store; a store write
+    /// under way lands or not, as the world's seed decides.
+    pub fn crash(&mut self) {
+        let landed = self.rng.chance(1, 2);
+        self.crash_with(landed);
+    }
+
+    /// The client crashes now; a store write under way lands if `write_lands`.
+    pub fn crash_with(&mut self, write_lands: bool) {
+        self.stats.crashes += 1;
+        if let Some(write) = self.in_flight_write.take().filter(|_| write_lands) {
+            self.apply(write);
+        }
+        self.incarnation += 1;
+        self.client_monitor.crash();
+        self.retried.clear();
+        note!(self, "{} crash: incarnation {} starts", self.now, self.incarnation);
+        let seed = self.rng.next_u64();
+        self.session = Self::boot(&self.config.session, seed, self.now);
+        self.drain();
+    }
+
+    /// The client crashes right after carrying out its `count`-th command from now.
+    pub fn crash_at_command(&mut self, count: u64) {
+        self.crash_at_command = Some(self.commands_seen + count);
+    }
+
+    /// The client is suspended for `pause` (a laptop asleep): it handles
+    /// nothing meanwhile, while the server's clock runs on.
+    pub fn suspend(&mut self, pause: Duration) {
+        let resume = self.now.saturating_add(pause);
+        self.clock_jumped = true;
+        self.suspended_until = Some(resume);
+        note!(self, "{} suspend until {resume}", self.now);
+        self.schedule(resume, Pending::Resume);
+    }
+
+    /// Runs until `until` (or the step bound), delivering whatever is due.
+    pub fn run_until(&mut self, until: MonoTime) {
+        while self.stats.steps < self.config.max_steps {
+            let next_message = self.queue.keys().next().map(|(at, _)| *at);
+            let next_timer = if self.suspended_until.is_some() { None } else { self.session.poll_timeout() };
+            let next = match (next_message, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(at) => at,
+                    None => break,
+                },
+            };
+            if next > until {
+                break;
+            }
+            self.stats.steps += 1;
+            self.now = self.now.max(next);
+            if next_message == Some(next) {
+                if let Some((_, pending)) = self.queue.pop_first() {
+                    self.deliver(pending);
+                }
+            } else {
+                note!(self, "{} timeout", self.now);
+                self.session.handle_timeout(self.now);
+                self.drain();
+            }
+        }
+        if self.stats.steps >= self.config.max_steps {
+            self.extra.push(Violation {
+                invariant: Invariant::C9,
+                at: self.now,
+                detail: format!("the run exceeded {} steps", self.config.max_steps),
+            });
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs the whole campaign schedule: the safety phase with faults, then
+    /// the healed liveness phase; then checks that the session settled.
+    pub fn run(&mut self) {
+        let safety_end = MonoTime::ZERO.saturating_add(self.config.safety_phase);
+        self.run_until(safety_end);
+        self.config.faults = Faults::none();
+        self.scripted.clear();
+        // Healed: a suspended client wakes first, then one last caller must be
+        // answered and the session must settle within the bounds.
+        if let Some(resume) = self.suspended_until {
+            self.run_until(resume);
+        }
+        let wait_bound = self.config.session.wait_bound();
+        let end = safety_end.saturating_add(self.config.liveness_phase).max(self.now.saturating_add(wait_bound * 2));
+        let last_call_at = end.saturating_sub(wait_bound + Duration::from_secs(5));
+        self.run_until(last_call_at);
+        if matches!(self.session.state(), StateView::LoggedOut { .. }) {
+            self.log_in();
+        }
+        let last = self.want_token();
+        self.run_until(end);
+        self.finish();
+        if !matches!(self.outcome(last), Some(CallerOutcome::Granted(_))) {
+            let detail = format!(
+                "after healing, the last caller got {:?} in state {}",
+                self.outcome(last),
+                self.session.state()
+            );
+            self.extra.push(Violation { invariant: Invariant::C5, at: self.now, detail });
+        }
+    }
+
+    /// Ends the run: liveness checks that need the whole run.
+    pub fn finish(&mut self) {
+        let now = self.now;
+        self.client_monitor.finish(now, true);
+    }
+
+    fn next_arrival(&mut self) -> MonoTime {
+        let mean = self.config.demand.map_or(Duration::from_secs(1), |d| d.mean_interval);
+        let millis = u64::try_from(mean.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.now.saturating_add(Duration::from_millis(1 + self.rng.below(2 * millis)))
+    }
+
+    fn schedule(&mut self, at: MonoTime, pending: Pending) {
+        self.sequence += 1;
+        self.queue.insert((at, self.sequence), pending);
+    }
+
+    fn chance(&mut self, per_mille: u16, kind: &'static str) -> bool {
+        let hit = per_mille > 0 && self.rng.chance(u64::from(per_mille), 1000);
+        if hit {
+            *self.stats.faults.entry(kind).or_default() += 1;
+        }
+        hit
+    }
+
+    fn latency(&mut self) -> (Duration, bool) {
+        let extra = if self.chance(self.config.faults.delay, "delay") {
+            let max = u64::try_from(self.config.faults.max_delay.as_millis()).unwrap_or(0);
+            Duration::from_millis(self.rng.below(max + 1))
+        } else {
+            Duration::ZERO
+        };
+        (self.config.latency + extra, extra.is_zero())
+    }
+
+    fn input(&mut self, event: Event) {
+        note!(self, "{} {event:?}", self.now);
+        self.client_monitor.event(self.now, &event);
+        self.session.handle(self.now, event);
+        self.drain();
+    }
+
+    /// Carries out every command the session queued.
+    fn drain(&mut self) {
+        while let Some(command) = self.session.poll_command() {
+            note!(self, "{}   -> {command:?}", self.now);
+            self.client_monitor.command(self.now, &command);
+            self.execute(command);
+            self.commands_seen += 1;
+            if self.crash_at_command == Some(self.commands_seen) {
+                // The commands still queued die with the process.
+                self.client_monitor.step_end(self.now, None);
+                self.crash();
+                return;
+            }
+        }
+        self.client_monitor.step_end(self.now, self.session.poll_timeout());
+        // Faults at command boundaries.
+        if self.suspended_until.is_none() {
+            if self.chance(self.config.faults.crash, "crash") {
+                self.crash();
+            } else if self.chance(self.config.faults.clock_jump, "clock_jump") {
+                let pause =
+                    Duration::from_secs(1 + self.rng.below(2 * self.config.authority.access_ttl.as_secs().max(1)));
+                self.suspend(pause);
+            }
+        }
+    }
+
+    fn execute(&mut self, command: Command) {
+        let incarnation = self.incarnation;
+        match command {
+            Command::LoadStore { op } => {
+                let outcome = if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
+                    StoreOutcome::Failed { landed: None }
+                } else {
+                    StoreOutcome::Loaded(self.blob.clone())
+                };
+                let at = self.now.saturating_add(self.config.store_latency);
+                self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+            }
+            Command::Persist { op, session } => self.write(op, StoreWrite::Put(session.encode())),
+            Command::ClearStore { op } => self.write(op, StoreWrite::Delete),
+            Command::SendRefresh { id, refresh_token, .. } => {
+                self.stats.refreshes_sent += 1;
+                let fate = self.fate();
+                let (latency, _) = self.latency();
+                match fate {
+                    Fate::DropRequest => {}
+                    Fate::Refused => {
+                        let failure = TransportFailure::NotSent;
+                        self.schedule(
+                            self.now.saturating_add(latency),
+                            Pending::RefreshFailed { incarnation, id, failure },
+                        );
+                    }
+                    _ => {
+                        let at = self.now.saturating_add(latency);
+                        self.schedule(at, Pending::RefreshArrives { incarnation, id, token: refresh_token, fate });
+                    }
+                }
+            }
+            Command::Revoke { refresh_token } => {
+                let (latency, _) = self.latency();
+                self.schedule(self.now.saturating_add(latency), Pending::RevokeArrives { token: refresh_token });
+            }
+            Command::Grant { callers, grant } => {
+                for caller in callers {
+                    self.stats.granted += 1;
+                    self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
+                    let (latency, healthy) = self.latency();
+                    // C7 speaks of a healthy network and a known expiry.
+                    let healthy = healthy && !self.clock_jumped && grant.usable_until.is_some();
+                    let pending = Pending::ResourceArrives { incarnation, caller, grant: grant.clone(), healthy };
+                    self.schedule(self.now.saturating_add(latency), pending);
+                }
+            }
+            Command::Fail { callers, reason } => {
+                for caller in callers {
+                    self.stats.failed += 1;
+                    self.outcomes.insert(caller, CallerOutcome::Failed(reason.clone()));
+                }
+            }
+            Command::StateChanged(StateView::LoggedOut { cause }) => {
+                *self.stats.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+                // The user logs in again a while later, so the run goes on.
+                if self.config.demand.is_some() {
+                    let at = self.now.saturating_add(Duration::from_secs(30));
+                    self.schedule(at, Pending::Login);
+                }
+            }
+            Command::Publish(_) | Command::StateChanged(_) => {}
+        }
+    }
+
+    fn fate(&mut self) -> Fate {
+        if let Some(fate) = self.scripted.pop_front() {
+            return fate;
+        }
+        let f = self.config.faults;
+        if self.chance(f.drop_request, "drop_request") {
+            Fate::DropRequest
+        } else if self.chance(f.refused, "refused") {
+            Fate::Refused
+        } else if self.chance(f.server_error, "server_error") {
+            Fate::ServerError
+        } else if self.chance(f.rate_limit, "rate_limit") {
+            Fate::RateLimited(Duration::from_secs(1 + self.rng.below(60)))
+        } else if self.chance(f.drop_response, "drop_response") {
+            Fate::DropResponse
+        } else if self.chance(f.mangle_response, "mangle_response") {
+            Fate::MangleResponse
+        } else if self.chance(f.duplicate_response, "duplicate_response") {
+            Fate::DuplicateResponse
+        } else {
+            Fate::Deliver
+        }
+    }
+
+    fn write(&mut self, op: StoreOpId, write: StoreWrite) {
+        let incarnation = self.incarnation;
+        let fate = match self.scripted_store.pop_front() {
+            Some(fate) => fate,
+            None if self.chance(self.config.faults.store_write_fail, "store_write_fail") => {
+                // Half the failures happen after the bytes landed.
+                if self.rng.chance(1, 2) { StoreFate::FailAfter } else { StoreFate::FailBefore }
+            }
+            None => StoreFate::Write,
+        };
+        let outcome = match fate {
+            StoreFate::Write => StoreOutcome::Written { write: write.clone() },
+            StoreFate::FailBefore => StoreOutcome::Failed { landed: None },
+            StoreFate::FailAfter => StoreOutcome::Failed { landed: Some(write.clone()) },
+        };
+        self.in_flight_write = Some(write);
+        let at = self.now.saturating_add(self.config.store_latency);
+        self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+    }
+
+    fn apply(&mut self, write: StoreWrite) {
+        self.blob = match write {
+            StoreWrite::Put(blob) => Some(blob),
+            StoreWrite::Delete => None,
+        };
+    }
+
+    fn client_frozen(&mut self, pending: Pending) -> Option<Pending> {
+        match self.suspended_until {
+            Some(until) if self.now < until => {
+                // The client sleeps: its inputs wait until it resumes.
+                self.schedule(until, pending);
+                None
+            }
+            _ => Some(pending),
+        }
+    }
+
+    fn deliver(&mut self, pending: Pending) {
+        // Server-side arrivals happen whatever the client does.
+        let pending = match pending {
+            Pending::RefreshArrives { incarnation, id, token, fate } => {
+                return self.serve_refresh(incarnation, id, &token, fate);
+            }
+            Pending::RevokeArrives { token } => {
+                let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
+                self.observe_authority();
+                return;
+            }
+            Pending::ResourceArrives { incarnation, caller, grant, healthy } => {
+                let result = self.authority.validate(self.now, grant.access_token.expose_secret());
+                self.observe_authority();
+                if result == Err(crate::authority::InvalidToken::Expired) && healthy {
+                    let detail = format!("{caller} used {} after it expired", grant.generation);
+                    self.extra.push(Violation { invariant: Invariant::C7, at: self.now, detail });
+                }
+                let (latency, _) = self.latency();
+                let answer =
+                    Pending::ResourceAnswered { incarnation, caller, generation: grant.generation, ok: result.is_ok() };
+                self.schedule(self.now.saturating_add(latency), answer);
+                return;
+            }
+            other => other,
+        };
+        let Some(pending) = self.client_frozen(pending) else { return };
+        let current = self.incarnation;
+        match pending {
+            Pending::CallerArrives => {
+                if self.chance(self.config.faults.logout, "logout") {
+                    self.log_out();
+                } else {
+                    self.want_token();
+                }
+                let next = self.next_arrival();
+                self.schedule(next, Pending::CallerArrives);
+            }
+            Pending::RefreshAnswered { incarnation, id, outcome } if incarnation == current => {
+                self.input(Event::RefreshCompleted { id, outcome });
+            }
+            Pending::RefreshFailed { incarnation, id, failure } if incarnation == current => {
+                self.input(Event::RefreshFailed { id, failure });
+            }
+            Pending::StoreDone { incarnation, op, outcome } if incarnation == current => self.store_done(op, outcome),
+            Pending::ResourceAnswered { incarnation, caller, generation, ok: false } if incarnation == current => {
+                self.stats.unauthorized += 1;
+                // One retry per request, never more: no 401 loop.
+                let retried = self.retried.entry(caller).or_insert(false);
+                if !*retried {
+                    *retried = true;
+                    self.input(Event::Unauthorized { caller, generation });
+                }
+            }
+            Pending::Login => {
+                if matches!(self.session.state(), StateView::LoggedOut { .. }) {
+                    self.log_in();
+                }
+            }
+            Pending::Resume => {
+                self.suspended_until = None;
+                note!(self, "{} resume", self.now);
+                self.session.handle_timeout(self.now);
+                self.drain();
+            }
+            // Addressed to an incarnation that crashed.
+            _ => {}
+        }
+    }
+
+    fn store_done(&mut self, op: StoreOpId, outcome: StoreOutcome) {
+        self.in_flight_write = None;
+        let event = match outcome {
+            StoreOutcome::Loaded(blob) => {
+                let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(self.now.elapsed());
+                match blob.map(|b| StoredSession::decode(b.expose_secret().as_bytes())) {
+                    None => Event::StoreLoaded { op, stored: None, unix_now },
+                    Some(Ok(stored)) => Event::StoreLoaded { op, stored: Some(stored), unix_now },
+                    Some(Err(error)) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
+                }
+            }
+            StoreOutcome::Written { write } => {
+                self.apply(write);
+                Event::StoreWritten { op }
+            }
+            StoreOutcome::Failed { landed } => {
+                if let Some(write) = landed {
+                    self.apply(write);
+                }
+                Event::StoreFailed { op, error: StoreError::Unavailable }
+            }
+        };
+        self.input(event);
+    }
+
+    fn serve_refresh(&mut self, incarnation: u32, id: RefreshId, token: &RefreshToken, fate: Fate) {
+        let (status, headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
+            Fate::ServerError => (503, vec![], SecretString::from("<html>503 Service Unavailable</html>")),
+            Fate::RateLimited(wait) => {
+                (429, vec![("Retry-After", wait.as_secs().to_string().into_bytes())], SecretString::from(""))
+            }
+            _ => {
+                let result = self.authority.refresh(self.now, CLIENT_ID, None, token.expose_secret());
+                self.observe_authority();
+                match result {
+                    Ok(issued) => (200, vec![], issued.to_json()),
+                    Err(refusal) => (400, vec![], SecretString::from(Refusal::to_json(refusal))),
+                }
+            }
+        };
+        let (latency, _) = self.latency();
+        let at = self.now.saturating_add(latency);
+        let body = match fate {
+            Fate::DropResponse => return,
+            Fate::MangleResponse => SecretString::from("<html>gateway error</html>"),
+            _ => body,
+        };
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let response = oauth::Response { status, headers: &headers, body: body.expose_secret().as_bytes() };
+        let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(self.now.elapsed());
+        let outcome = oauth::classify(&self.config.session.policy, &response, Some(unix_now));
+        let at = match fate {
+            Fate::Delay(extra) => at.saturating_add(extra),
+            _ => at,
+        };
+        if fate == Fate::DuplicateResponse {
+            let again = Pending::RefreshAnswered { incarnation, id, outcome: outcome.clone() };
+            self.schedule(at.saturating_add(self.config.latency), again);
+        }
+        self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome });
+    }
+
+    fn observe_authority(&mut self) {
+        for entry in self.authority.take_audit() {
+            self.authority_monitor.observe(&entry);
+        }
+    }
+
+    /// A one-line summary of the run, for campaign output.
+    pub fn summary(&self) -> String {
+        let mut line = String::new();
+        let _ = write!(
+            line,
+            "seed {} state {} refreshes {} granted {} failed {} crashes {} violations {}",
+            self.seed,
+            self.session.state(),
+            self.stats.refreshes_sent,
+            self.stats.granted,
+            self.stats.failed,
+            self.stats.crashes,
+            self.violations().len()
+        );
+        line
+    }
+}
+
+/// The short name of a logout cause, for counting.
+pub fn logout_name(cause: &LogoutCause) -> &'static str {
+    match cause {
+        LogoutCause::NoSession => "no_session",
+        LogoutCause::Requested => "requested",
+        LogoutCause::RefreshTokenRejected { after_lost_response: true, .. } => "rejected_after_lost_response",
+        LogoutCause::RefreshTokenRejected { .. } => "rejected",
+        LogoutCause::StoredSessionUnreadable(_) => "stored_session_unreadable",
+    }
+}
+
+fn unreachable_config(error: crate::session::ConfigError) -> Session {
+    // Configurations reach the world through `validate`d constructors; a bad
+    // one here is a bug in the caller, reported loudly.
+    panic!("invalid session configuration in the world: {error}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,341 @@
+//! Every session rule, end to end: the machine against the reference
+//! authority, through the real wire classifier and the real store blob, with
+//! scripted delivery. The monitors watch every step of every test.
+
+use super::*;
+use crate::authority::GraceReplay;
+use crate::check::same_trace;
+
+fn world(configure: impl FnOnce(&mut WorldConfig)) -> World {
+    let mut config = WorldConfig::quiet();
+    configure(&mut config);
+    World::new(config, 11)
+}
+
+fn assert_clean(w: &World) {
+    let violations = w.violations();
+    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+}
+
+fn granted(w: &World, caller: CallerId) -> Generation {
+    match w.outcome(caller) {
+        Some(CallerOutcome::Granted(generation)) => *generation,
+        other => panic!("{caller} got {other:?} in state {}", w.session().state()),
+    }
+}
+
+/// Callers every `every` for `total`; returns them.
+fn callers(w: &mut World, every: Duration, total: Duration) -> Vec<CallerId> {
+    let end = w.now().saturating_add(total);
+    let mut all = Vec::new();
+    while w.now() < end {
+        all.push(w.want_token());
+        w.run_for(every);
+    }
+    all
+}
+
+/// Runs to the moment the session sends its next (proactive) refresh.
+fn until_refresh(w: &mut World) {
+    let sent = w.stats().refreshes_sent;
+    for _ in 0..1000 {
+        // Messages (the initial load) may be due before any timer is armed.
+        let next = w.session().poll_timeout().unwrap_or(w.now().saturating_add(Duration::from_millis(10)));
+        w.run_until(next);
+        if w.stats().refreshes_sent > sent {
+            return;
+        }
+    }
+    panic!("no refresh within 1000 steps");
+}
+
+#[test]
+fn a_quiet_hour_refreshes_ahead_of_every_expiry() {
+    let mut w = world(|_| {});
+    let all = callers(&mut w, Duration::from_secs(10), Duration::from_secs(3600));
+    w.finish();
+    assert_clean(&w);
+    assert!(all.iter().all(|c| matches!(w.outcome(*c), Some(CallerOutcome::Granted(_)))));
+    // 300 s tokens refreshed 60-75 s early: 14 or 15 refreshes in an hour, each served once.
+    let served = w.authority().stats().refreshes;
+    assert!((14..=16).contains(&served), "{served}");
+    assert_eq!(served, w.stats().refreshes_sent);
+    assert_eq!(w.stats().unauthorized, 0, "no caller ever used an expired token");
+}
+
+#[test]
+fn a_herd_at_expiry_causes_one_refresh() {
+    let mut w = world(|c| {
+        c.session.refresh_margin = Duration::ZERO;
+        c.session.refresh_jitter = Duration::ZERO;
+        c.session.expiry_safety = Duration::ZERO;
+    });
+    w.run_until(MonoTime::from_secs(300));
+    let herd: Vec<_> = (0..200).map(|_| w.want_token()).collect();
+    w.run_for(Duration::from_secs(5));
+    assert_clean(&w);
+    assert_eq!(w.authority().stats().refreshes, 1);
+    assert!(herd.iter().all(|c| granted(&w, *c) == Generation(2)));
+}
+
+#[test]
+fn a_lost_answer_is_saved_by_the_grace_window() {
+    let mut w = world(|_| {});
+    w.script([Fate::DropResponse]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(30));
+    let caller = w.want_token();
+    w.run_for(Duration::from_secs(1));
+    assert_clean(&w);
+    assert_eq!(granted(&w, caller), Generation(2));
+    assert_eq!(w.authority().stats().grace_replays, 1);
+    assert_eq!(w.authority().stats().reuse_detections, 0);
+}
+
+#[test]
+fn a_lost_answer_without_grace_logs_out_and_says_why() {
+    let mut w = world(|c| c.authority.grace = Duration::ZERO);
+    w.script([Fate::DropResponse]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(30));
+    assert_clean(&w);
+    match w.session().state() {
+        StateView::LoggedOut { cause: LogoutCause::RefreshTokenRejected { after_lost_response, .. } } => {
+            assert!(after_lost_response);
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(w.authority().stats().reuse_detections, 1);
+    assert!(w.stored().is_none(), "the store was cleared");
+}
+
+#[test]
+fn a_lost_request_is_retried_with_the_same_token() {
+    let mut w = world(|c| c.authority.grace = Duration::ZERO);
+    w.script([Fate::DropRequest, Fate::Refused]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(40));
+    assert_clean(&w);
+    assert_eq!(w.stats().refreshes_sent, 3);
+    assert_eq!(w.authority().stats().refreshes, 1);
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+}
+
+#[test]
+fn a_duplicated_answer_is_used_once() {
+    let mut w = world(|_| {});
+    w.script([Fate::DuplicateResponse]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(5));
+    assert_clean(&w);
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+}
+
+#[test]
+fn a_late_answer_after_a_retry_is_adopted() {
+    for replay in [GraceReplay::SamePair, GraceReplay::FreshPair] {
+        let mut w = world(|c| c.authority.grace_replay = replay);
+        w.script([Fate::Delay(Duration::from_secs(12))]);
+        until_refresh(&mut w);
+        let all = callers(&mut w, Duration::from_secs(2), Duration::from_secs(600));
+        w.finish();
+        assert_clean(&w);
+        assert!(all.iter().all(|c| matches!(w.outcome(*c), Some(CallerOutcome::Granted(_)))));
+        assert_eq!(w.authority().stats().reuse_detections, 0);
+    }
+}
+
+#[test]
+fn server_errors_and_rate_limits_back_off_then_succeed() {
+    let mut w = world(|_| {});
+    w.script([Fate::ServerError, Fate::RateLimited(Duration::from_secs(3)), Fate::ServerError]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(30));
+    assert_clean(&w);
+    assert_eq!(w.stats().refreshes_sent, 4);
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+}
+
+#[test]
+fn a_mangled_answer_after_the_server_committed_is_saved_by_grace() {
+    let mut w = world(|_| {});
+    w.script([Fate::MangleResponse]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(10));
+    assert_clean(&w);
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+    assert_eq!(w.authority().stats().grace_replays, 1);
+}
+
+#[test]
+fn failed_store_writes_are_retried_before_anyone_gets_the_token() {
+    let mut w = world(|c| {
+        c.session.refresh_margin = Duration::ZERO;
+        c.session.refresh_jitter = Duration::ZERO;
+        c.session.expiry_safety = Duration::ZERO;
+    });
+    w.run_until(MonoTime::from_secs(300));
+    w.script_store([StoreFate::FailBefore, StoreFate::FailAfter]);
+    let caller = w.want_token();
+    w.run_for(Duration::from_secs(5));
+    assert_clean(&w);
+    assert_eq!(granted(&w, caller), Generation(2));
+    assert_eq!(w.stored().map(|s| s.generation), Some(Generation(2)));
+}
+
+#[test]
+fn a_crash_before_the_rotation_was_stored_is_saved_by_grace() {
+    // The restarted process refreshes about half the remaining lifetime later
+    // (here ~35 s): a grace window longer than that saves the session.
+    let mut w = world(|c| {
+        c.store_latency = Duration::from_secs(1);
+        c.authority.grace = Duration::from_secs(120);
+    });
+    until_refresh(&mut w);
+    // The answer arrives after 100 ms; the write takes a second: crash in between.
+    w.run_for(Duration::from_millis(500));
+    w.crash_with(false);
+    assert_eq!(w.stored().map(|s| s.generation), Some(Generation(1)));
+    let all = callers(&mut w, Duration::from_secs(5), Duration::from_secs(600));
+    w.finish();
+    assert_clean(&w);
+    assert!(all.iter().all(|c| matches!(w.outcome(*c), Some(CallerOutcome::Granted(_)))));
+    assert_eq!(w.authority().stats().grace_replays, 1);
+}
+
+#[test]
+fn a_crash_at_any_command_boundary_keeps_every_invariant() {
+    // Grace longer than the token's lifetime covers any restart's refresh: the
+    // session must survive. Without grace a crash may cost it, for a stated cause.
+    for grace in [Duration::ZERO, Duration::from_secs(300)] {
+        for count in 1..=40 {
+            let mut config = WorldConfig::quiet();
+            config.authority.access_ttl = Duration::from_secs(120);
+            config.authority.grace = grace;
+            config.demand = Some(Demand { mean_interval: Duration::from_secs(3) });
+            config.safety_phase = Duration::from_secs(900);
+            let mut w = World::new(config, count);
+            w.crash_at_command(count);
+            w.run();
+            assert_clean(&w);
+            assert_eq!(w.stats().crashes, 1, "count {count}");
+            let logouts = &w.stats().logouts;
+            if grace.is_zero() {
+                assert!(logouts.keys().all(|cause| cause.starts_with("rejected")), "count {count}: {logouts:?}");
+            } else {
+                assert!(logouts.is_empty(), "count {count}: {logouts:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn logout_revokes_at_the_server_and_clears_the_store() {
+    let mut w = world(|_| {});
+    let caller = w.want_token();
+    w.run_for(Duration::from_secs(1));
+    let access = w.stored().map(|s| s.access_token).expect("stored");
+    w.log_out();
+    w.run_for(Duration::from_secs(1));
+    assert_clean(&w);
+    assert_eq!(granted(&w, caller), Generation(1));
+    assert!(w.stored().is_none());
+    assert_eq!(w.authority().stats().revocations, 1);
+    let mut authority = w.authority().clone();
+    assert!(authority.validate(w.now(), access.expose_secret()).is_err());
+    let after = w.want_token();
+    assert_eq!(w.outcome(after), Some(&CallerOutcome::Failed(FailReason::LoggedOut(LogoutCause::Requested))));
+}
+
+#[test]
+fn a_revoked_grant_ends_the_session_without_a_401_loop() {
+    let mut w = world(|_| {});
+    w.run_for(Duration::from_secs(1));
+    w.revoke_stored_session();
+    let all = callers(&mut w, Duration::from_millis(10), Duration::from_secs(2));
+    w.run_for(Duration::from_secs(5));
+    w.finish();
+    assert_clean(&w);
+    assert!(matches!(w.session().state(), StateView::LoggedOut { cause: LogoutCause::RefreshTokenRejected { .. } }));
+    // Each request is retried at most once.
+    assert!(w.stats().unauthorized <= all.len() as u64, "{} 401s for {} callers", w.stats().unauthorized, all.len());
+    assert_eq!(w.stats().refreshes_sent, 1);
+}
+
+#[test]
+fn a_laptop_asleep_past_expiry_refreshes_before_granting() {
+    let mut w = world(|_| {});
+    w.run_for(Duration::from_secs(10));
+    w.suspend(Duration::from_secs(900));
+    w.run_for(Duration::from_secs(901));
+    let caller = w.want_token();
+    w.run_for(Duration::from_secs(2));
+    assert_clean(&w);
+    assert!(granted(&w, caller) > Generation(1));
+    assert_eq!(w.stats().unauthorized, 0);
+}
+
+#[test]
+fn a_login_after_logout_starts_a_new_family() {
+    let mut w = world(|c| c.start_logged_in = false);
+    let before = w.want_token();
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.outcome(before), Some(&CallerOutcome::Failed(FailReason::LoggedOut(LogoutCause::NoSession))));
+    w.log_in();
+    let after = w.want_token();
+    w.run_for(Duration::from_secs(1));
+    assert_clean(&w);
+    assert_eq!(granted(&w, after), Generation(1));
+}
+
+#[test]
+fn sampled_campaign_worlds_keep_every_invariant() {
+    for seed in 0..64 {
+        let mut w = World::new(WorldConfig::sampled(seed), seed);
+        w.run();
+        assert!(w.violations().is_empty(), "seed {seed}: {:?}", w.violations());
+    }
+}
+
+#[test]
+fn every_planted_bug_is_caught() {
+    for plant in crate::session::Plant::ALL {
+        let caught = (0..100).find(|seed| {
+            let mut config = WorldConfig::sampled(*seed);
+            config.session.plant = Some(plant);
+            let mut w = World::new(config, *seed);
+            w.run();
+            !w.violations().is_empty()
+        });
+        assert!(caught.is_some(), "{} was never caught", plant.name());
+    }
+}
+
+#[test]
+fn a_seed_replays_the_same_trace() {
+    let trace = |seed| {
+        let mut config = WorldConfig::sampled(seed);
+        config.trace = true;
+        let mut w = World::new(config, seed);
+        w.run();
+        w.trace().to_vec()
+    };
+    let first = trace(3);
+    assert!(first.len() > 100);
+    assert_eq!(same_trace(&first, &trace(3)), Ok(()));
+    assert!(same_trace(&first, &trace(4)).is_err());
+}
+
+#[test]
+fn traces_never_contain_token_bytes() {
+    for seed in 0..8 {
+        let mut config = WorldConfig::sampled(seed);
+        config.authority.token_prefix = "CANARY".into();
+        config.trace = true;
+        let mut w = World::new(config, seed);
+        w.run();
+        let everything = format!("{}\n{:?}\n{}", w.trace().join("\n"), w, w.summary());
+        // Minted tokens look like CANARY_at_… and CANARY_rt_….
+        assert!(!everything.contains("CANARY_"), "seed {seed} leaked a token");
+    }
+}
