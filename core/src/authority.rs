@@ -50,7 +50,8 @@ pub struct AuthorityConfig {
     pub family_lifetime: Duration,
     /// Issue a new refresh token on every redemption.
     pub rotation: bool,
-    /// How long after its redemption a consumed refresh token is still accepted.
+    /// How long after its redemption a consumed refresh token is still
+    /// accepted: the window `[redeemed, redeemed + grace)`, empty when zero.
     pub grace: Duration,
     /// How many replays the grace window accepts per token.
     pub grace_reuses: u32,
@@ -474,7 +475,7 @@ impl Authority {
             return Ok(issued);
         };
         let in_grace =
-            now <= consumed.at.saturating_add(self.config.grace) && consumed.replays < self.config.grace_reuses;
+            now < consumed.at.saturating_add(self.config.grace) && consumed.replays < self.config.grace_reuses;
         if in_grace || self.plant == Some(AuthorityPlant::AcceptsReuse) {
             self.stats.grace_replays += 1;
             let issued = match self.config.grace_replay {

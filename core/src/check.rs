@@ -236,6 +236,8 @@ impl ClientMonitor {
                 }
             }
             Event::LoggedIn(_) => {
+                // A new session: refreshes of the one it replaces are not its own (C1 is per session).
+                self.sent.clear();
                 self.logged_out = None;
                 self.awaiting_logout = None;
             }
@@ -252,8 +254,12 @@ impl ClientMonitor {
             Classified::Terminal(_) => Answer::Terminal,
             _ => Answer::Other,
         };
-        let first_answer = sent.answered.is_none();
-        sent.answered.get_or_insert((now, answer));
+        // One request gets one answer: a second one for the same id is a
+        // duplicate (or nonsense), and says nothing new.
+        if sent.answered.is_some() {
+            return;
+        }
+        sent.answered = Some((now, answer));
         let successor = match outcome {
             Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
             Classified::Malformed(malformed) => malformed.salvaged_refresh_token.as_ref().map(|r| r.fingerprint()),
@@ -266,7 +272,8 @@ impl ClientMonitor {
         if answer == Answer::Terminal {
             self.dead.insert(token);
             // The session must act on it if the rejected token is still the one it holds.
-            if first_answer && self.latest_token() == Some(token) && !self.superseded.contains(&token) {
+            let held = self.latest_token() == Some(token) && !self.superseded.contains(&token);
+            if held && self.logged_out.is_none() {
                 self.awaiting_logout.get_or_insert(now);
             }
         }
@@ -400,16 +407,15 @@ impl ClientMonitor {
 
     /// C4: a session logged out for a cause that clears the store must be
     /// clearing it: a clear is pending, or the store is known empty, or the
-    /// last store operation failed and its backoff (or its retry budget) excuses the wait.
+    /// last store operation failed and its backoff excuses the wait.
     fn check_clearing(&mut self, now: MonoTime) {
         let clearing = self.logged_out.as_ref().is_some_and(LogoutCause::clears_store);
         if !clearing || !self.pending_store.is_empty() || self.store == StoreModel::Empty {
             return;
         }
+        // After a failure the next try waits out its backoff (capped at the slowest).
         let (failures, failed_at) = self.store_failures;
-        let backoff = self.config.store_backoff;
-        let excused = failures >= backoff.attempts
-            || (failures > 0 && now <= failed_at.saturating_add(backoff.ceiling(failures)));
+        let excused = failures > 0 && now <= failed_at.saturating_add(self.config.store_backoff.ceiling(failures));
         if !excused {
             self.violate(
                 Invariant::C4,
@@ -583,7 +589,7 @@ impl AuthorityMonitor {
         let grace = self.config.grace;
         let in_grace = record
             .consumed
-            .is_some_and(|(used, replays)| at <= used.saturating_add(grace) && replays < self.config.grace_reuses);
+            .is_some_and(|(used, replays)| at < used.saturating_add(grace) && replays < self.config.grace_reuses);
         let consumed_outside_grace = self.config.rotation && record.consumed.is_some() && !in_grace;
         match outcome {
             AuditOutcome::Issued { family: issued_family, access, refresh } => {

@@ -16,9 +16,10 @@
 //! * One refresh at a time (C1). Callers that find no usable token wait for it.
 //! * A token is handed out only once the store holds it (C3); a failed write is
 //!   retried, and the new refresh token stays in memory meanwhile.
-//! * An answer to a superseded attempt is ignored, except a success for the
-//!   refresh token the session still holds: that carries a token the server
-//!   issued, and dropping it would lose the session.
+//! * One request gets one answer: a duplicate is ignored. An answer to a
+//!   superseded attempt is ignored too, except news about the refresh token
+//!   the session still holds (a success, a salvaged rotation, a rejection):
+//!   that carries what the server did, and dropping it would lose the session.
 //! * A 401 for an older generation retries with the current token; a 401 for
 //!   the current generation starts a refresh.
 //! * Transient failures back off; `invalid_grant` (by default) re-reads the
@@ -38,7 +39,7 @@ pub use types::{
 };
 
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use crate::oauth::{Classified, Malformed, OAuthError, TokenResponse, Transient, TransientCause};
+use crate::oauth::{Classified, OAuthError, TokenResponse, Transient, TransientCause};
 use crate::rng::SplitMix64;
 use crate::stored::StoredSession;
 use crate::time::{MonoTime, UnixTime};
@@ -112,7 +113,21 @@ pub struct Session {
 struct Outbox {
     commands: VecDeque<Command>,
     next_refresh: RefreshId,
+    /// The latest refreshes sent, newest last, at most [`RECENT_SENDS`]: when
+    /// each went out (its answer's lifetime counts from there) and whether it
+    /// was answered (one request gets one answer; a second is a duplicate).
+    recent_sends: VecDeque<SentRefresh>,
 }
+
+#[derive(Debug)]
+struct SentRefresh {
+    id: RefreshId,
+    at: MonoTime,
+    answered: bool,
+}
+
+/// How many send times are remembered for answers that arrive late.
+const RECENT_SENDS: usize = 32;
 
 #[derive(Debug)]
 struct Waiter {
@@ -146,11 +161,10 @@ struct TokenSet {
     expiry: Option<Expiry>,
     /// A resource refused the access token with a 401.
     access_rejected: bool,
-    /// Every refresh from this id on presented `refresh`: a success for any of
-    /// them answers for this set.
+    /// Every refresh from this id on presented the bytes of `refresh` (which
+    /// may outlive a generation when the server does not rotate): an answer
+    /// to any of them is news about the token held.
     presented_since: RefreshId,
-    /// When the first of them was sent; what they return expires counting from here.
-    first_presented_at: Option<MonoTime>,
     /// No refresh starts before this, after a cycle that failed.
     cooldown: Option<Cooldown>,
     /// An attempt presenting `refresh` got no answer: the server may have
@@ -189,9 +203,12 @@ enum Phase {
     Backoff {
         until: MonoTime,
     },
-    /// A terminal answer came; the store is re-read before logging out.
+    /// A terminal answer came; the store is re-read before logging out. Only
+    /// a load issued from `after` on counts: an older one may predate the
+    /// other process's write.
     Rereading {
         error: OAuthError,
+        after: StoreOpId,
     },
 }
 
@@ -202,10 +219,10 @@ struct StoreSync {
     next_op: StoreOpId,
     in_flight: Option<(StoreOpId, StoreOp)>,
     holds: Holds,
-    load_wanted: bool,
     failures: u32,
     retry_at: Option<MonoTime>,
-    gave_up: bool,
+    /// The most failures in a row before waiters are failed.
+    attempts: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +248,7 @@ impl Session {
     /// the monotonic and the wall clock.
     pub fn new(config: SessionConfig, seed: u64, now: MonoTime, unix_now: UnixTime) -> Result<Self, ConfigError> {
         config.validate()?;
+        let store_attempts = config.store_backoff.attempts;
         let mut session = Self {
             config,
             rng: SplitMix64::new(seed),
@@ -242,12 +260,11 @@ impl Session {
                 next_op: StoreOpId(1),
                 in_flight: None,
                 holds: Holds::Unknown,
-                load_wanted: true,
                 failures: 0,
                 retry_at: None,
-                gave_up: false,
+                attempts: store_attempts,
             },
-            outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1) },
+            outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1), recent_sends: VecDeque::new() },
             last_generation: Generation(0),
             straggler: None,
             published: None,
@@ -277,6 +294,10 @@ impl Session {
     pub fn handle(&mut self, now: MonoTime, event: Event) {
         self.advance(now);
         if let Event::RefreshCompleted { id, .. } | Event::RefreshFailed { id, .. } = &event {
+            if !self.outbox.first_answer(*id) {
+                self.settle();
+                return;
+            }
             if self.straggler.is_some_and(|(straggler, _)| straggler == *id) {
                 self.straggler = None;
             }
@@ -309,6 +330,9 @@ impl Session {
             self.waiters.pop_front();
         }
         self.outbox.fail(expired, FailReason::TimedOut);
+        if self.straggler.is_some_and(|(_, deadline)| deadline <= now) {
+            self.straggler = None;
+        }
         let due = match &self.state {
             State::Refreshing(_, cycle) => match cycle.phase {
                 Phase::InFlight { deadline, .. } => (deadline <= now).then_some(true),
@@ -324,9 +348,6 @@ impl Session {
         }
         if self.store.retry_at.is_some_and(|at| at <= now) {
             self.store.retry_at = None;
-        }
-        if self.straggler.is_some_and(|(_, deadline)| deadline <= now) {
-            self.straggler = None;
         }
         self.settle();
     }
@@ -360,7 +381,7 @@ impl Session {
             }
             State::Loading | State::Expired(_) | State::LoggedOut(_) => {}
         }
-        if self.store.in_flight.is_none() && !self.store.gave_up {
+        if self.store.in_flight.is_none() {
             consider(self.store.retry_at);
         }
         // Every timer above is consumed or moved by `handle_timeout`; clamping
@@ -439,36 +460,50 @@ impl Session {
         self.add_waiter(caller);
     }
 
+    /// Answers that carry news about the token the session holds (a success, a
+    /// salvaged rotation, a rejection) count whichever attempt they answer;
+    /// answers that only say "not now" count for the attempt in flight.
     fn on_refresh_completed(&mut self, id: RefreshId, outcome: Classified) {
-        if let Classified::Success(response) = outcome {
-            if self.answers_current_tokens(id) {
-                self.adopt_response(id, response);
-            } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
-                // Tokens issued after logout: revoke what the user no longer wants.
-                self.outbox.commands.push_back(Command::Revoke { refresh_token: rotated });
-            }
-            return;
-        }
-        if let Classified::Terminal(error) = outcome {
-            // A rejection of the token we hold is news whichever attempt it
-            // answers: the server has declared that token dead.
-            if self.answers_current_tokens(id) {
-                self.on_terminal(error);
-            }
-            return;
-        }
-        if !self.in_flight(id) {
-            return;
-        }
+        let current = self.answers_current_tokens(id);
         match outcome {
-            Classified::Success(_) | Classified::Terminal(_) => {}
-            Classified::Transient(Transient { cause, retry_after }) => {
-                // A 5xx may come after the server committed; a 429 or a retry request did not.
-                let unknown = matches!(cause, TransientCause::ServerError(_));
-                self.attempt_failed(AttemptFailure::Server(cause), unknown, retry_after);
+            Classified::Success(response) => {
+                // A rejection of the held token is newer news than a delayed
+                // success that keeps it: the token stays dead.
+                let revives_dead_token = matches!(
+                    &self.state,
+                    State::Refreshing(held, Cycle { phase: Phase::Rereading { .. }, .. })
+                        if response.refresh_token.as_ref().is_none_or(|r| r.same_as(&held.refresh))
+                );
+                if current && !revives_dead_token {
+                    self.adopt_response(id, response);
+                } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
+                    // Tokens issued after logout: revoke what the user no longer wants.
+                    self.outbox.commands.push_back(Command::Revoke { refresh_token: rotated });
+                }
             }
-            Classified::Rejected(rejected) => self.end_cycle(FailReason::Rejected(rejected), None),
-            Classified::Malformed(malformed) => self.on_malformed(malformed),
+            Classified::Terminal(error) => {
+                if current {
+                    self.on_terminal(id, error);
+                }
+            }
+            Classified::Malformed(malformed) => {
+                let salvaged = current && self.salvage(malformed.salvaged_refresh_token);
+                if self.in_flight(id) {
+                    self.attempt_failed(AttemptFailure::Malformed(malformed.reason), !salvaged, None);
+                }
+            }
+            Classified::Transient(Transient { cause, retry_after }) => {
+                if self.in_flight(id) {
+                    // A 5xx may come after the server committed; a 429 or a retry request did not.
+                    let unknown = matches!(cause, TransientCause::ServerError(_));
+                    self.attempt_failed(AttemptFailure::Server(cause), unknown, retry_after);
+                }
+            }
+            Classified::Rejected(rejected) => {
+                if self.in_flight(id) {
+                    self.end_cycle(FailReason::Rejected(rejected), None);
+                }
+            }
         }
     }
 
@@ -484,18 +519,17 @@ impl Session {
             State::Refreshing(_, cycle) => cycle.attempt > 1 || !self.in_flight(id),
             _ => true,
         };
-        if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id: newer, deadline }, .. }) = &self.state {
-            if *newer != id {
-                self.straggler = Some((*newer, *deadline));
-            }
-        }
+        self.abandon_in_flight(id);
         let forget_rotation = retry && self.planted(Plant::RetryForgetsRotation);
         let Some(old) = self.take_tokens() else { return };
         let refresh = match response.refresh_token {
             Some(rotated) if !forget_rotation => rotated,
-            _ => old.refresh,
+            _ => old.refresh.clone(),
         };
-        let base = old.first_presented_at.unwrap_or(now);
+        let kept = refresh.same_as(&old.refresh);
+        // The lifetime counts from when this attempt was sent; an attempt too
+        // old to be remembered counts from the origin, which is conservative.
+        let base = self.outbox.sent_at(id).unwrap_or(MonoTime::ZERO).min(now);
         let expiry = Expiry::plan(base, response.lifetime, &self.config, &mut self.rng);
         self.state = State::Valid(TokenSet {
             generation,
@@ -505,38 +539,36 @@ impl Session {
             refresh,
             expiry,
             access_rejected: false,
-            presented_since: next_refresh,
-            first_presented_at: None,
+            presented_since: if kept { old.presented_since } else { next_refresh },
             cooldown: None,
-            answer_lost: false,
+            answer_lost: kept && old.answer_lost,
         });
         self.store.revive();
     }
 
-    fn on_malformed(&mut self, malformed: Malformed) {
-        let rotated = malformed
-            .salvaged_refresh_token
-            .filter(|rotated| self.tokens().is_some_and(|t| !rotated.same_as(&t.refresh)));
-        let salvaged = rotated.is_some();
-        if let Some(rotated) = rotated {
-            // The server rotated; the new token is all we got. Keep it (and
-            // write it) before anything else, then retry with it.
-            let generation = self.next_generation();
-            let next_refresh = self.outbox.next_refresh;
-            if let Some(tokens) = self.tokens_mut() {
-                tokens.generation = generation;
-                tokens.refresh = rotated;
-                tokens.presented_since = next_refresh;
-                tokens.first_presented_at = None;
-                tokens.answer_lost = false;
-            }
-            self.store.revive();
+    /// Keeps a rotated refresh token found in an unusable answer: the server
+    /// issued it, so it replaces the one held, and is written before anything
+    /// else. Returns whether it did.
+    fn salvage(&mut self, rotated: Option<RefreshToken>) -> bool {
+        let Some(rotated) = rotated.filter(|r| self.tokens().is_some_and(|t| !r.same_as(&t.refresh))) else {
+            return false;
+        };
+        let generation = self.next_generation();
+        let next_refresh = self.outbox.next_refresh;
+        if let Some(tokens) = self.tokens_mut() {
+            tokens.generation = generation;
+            tokens.refresh = rotated;
+            tokens.presented_since = next_refresh;
+            tokens.answer_lost = false;
         }
-        self.attempt_failed(AttemptFailure::Malformed(malformed.reason), !salvaged, None);
+        self.store.revive();
+        true
     }
 
-    fn on_terminal(&mut self, error: OAuthError) {
+    fn on_terminal(&mut self, id: RefreshId, error: OAuthError) {
+        self.abandon_in_flight(id);
         let after_lost_response = self.tokens().is_some_and(|t| t.answer_lost);
+        let after = self.store.next_op;
         match &mut self.state {
             State::Refreshing(_, cycle) if cycle.reread => {
                 self.log_out(LogoutCause::RefreshTokenRejected { error, after_lost_response });
@@ -544,21 +576,20 @@ impl Session {
             }
             State::Refreshing(_, cycle) => {
                 cycle.reread = true;
-                cycle.phase = Phase::Rereading { error };
+                cycle.phase = Phase::Rereading { error, after };
             }
             State::Valid(_) | State::Expired(_) => {
                 // The rejection outlived its cycle; the attempts are spent, so
                 // only a token found in the store may be tried, once.
                 let Some(tokens) = self.take_tokens() else { return };
-                let cycle =
-                    Cycle { attempt: self.config.backoff.attempts, phase: Phase::Rereading { error }, reread: true };
+                let phase = Phase::Rereading { error, after };
+                let cycle = Cycle { attempt: self.config.backoff.attempts, phase, reread: true };
                 self.state = State::Refreshing(tokens, cycle);
             }
             State::Loading | State::LoggedOut(_) => return,
         }
         // Another process sharing the store may have rotated the token: look
         // once before giving the session up.
-        self.store.load_wanted = true;
         self.store.revive();
     }
 
@@ -598,17 +629,34 @@ impl Session {
     fn send_next_attempt(&mut self) {
         let now = self.now;
         let timeout = self.config.request_timeout;
+        let straggler = self.straggler;
         let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        if let Some((_, deadline)) = straggler {
+            // C1: wait until the abandoned attempt is answered or dead.
+            cycle.phase = Phase::Backoff { until: deadline };
+            return;
+        }
         cycle.attempt += 1;
         let id = self.outbox.send_refresh(now, tokens, cycle.attempt);
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
 
+    /// An answer to attempt `answered` moves the cycle on while another
+    /// attempt is still in flight: that one becomes the straggler, which
+    /// counts as in flight until answered or past its deadline (C1).
+    fn abandon_in_flight(&mut self, answered: RefreshId) {
+        if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id, deadline }, .. }) = &self.state {
+            if *id != answered {
+                self.straggler = Some((*id, *deadline));
+            }
+        }
+    }
+
     fn start_cycle(&mut self) {
         let now = self.now;
         let timeout = self.config.request_timeout;
-        let Some(mut tokens) = self.take_tokens() else { return };
-        let id = self.outbox.send_refresh(now, &mut tokens, 1);
+        let Some(tokens) = self.take_tokens() else { return };
+        let id = self.outbox.send_refresh(now, &tokens, 1);
         let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
         self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
     }
@@ -620,7 +668,6 @@ impl Session {
         {
             self.outbox.commands.push_back(Command::Revoke { refresh_token: t.refresh });
         }
-        self.store.load_wanted = false;
         self.store.revive();
     }
 
@@ -636,7 +683,6 @@ impl Session {
             expiry,
             access_rejected: false,
             presented_since: self.outbox.next_refresh,
-            first_presented_at: None,
             cooldown: None,
             answer_lost: false,
         };
@@ -645,7 +691,6 @@ impl Session {
             self.outbox.commands.push_back(Command::Revoke { refresh_token: old.refresh });
         }
         self.state = State::Valid(tokens);
-        self.store.load_wanted = false;
         self.store.revive();
     }
 
@@ -654,7 +699,6 @@ impl Session {
             return;
         }
         self.store.succeeded();
-        self.store.load_wanted = false;
         self.wall_anchor = (self.now, unix_now);
         match &self.state {
             State::Loading => match stored {
@@ -666,8 +710,11 @@ impl Session {
                     self.state = State::Valid(tokens);
                 }
             },
-            State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error }, .. }) => {
-                let newer = stored.filter(|s| !s.refresh_token.same_as(&tokens.refresh));
+            State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, after }, .. }) if op >= *after => {
+                // Another process's rotation shows as a later generation with
+                // another token; anything else is ours, or older.
+                let newer =
+                    stored.filter(|s| s.generation > tokens.generation && !s.refresh_token.same_as(&tokens.refresh));
                 let cause =
                     LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
                 match newer {
@@ -675,7 +722,8 @@ impl Session {
                     None => self.log_out(cause),
                 }
             }
-            // A login or logout overtook the load: what it read is stale.
+            // A login, a logout or a rejection overtook the load: what it read
+            // is stale (a re-read still wanted issues a new load).
             _ => {}
         }
     }
@@ -688,17 +736,14 @@ impl Session {
         if durable {
             self.store.holds = Holds::Session(generation);
         }
-        let mut tokens = self.tokens_from_store(stored, |_| generation);
+        let tokens = self.tokens_from_store(stored, |_| generation);
         let State::Refreshing(_, cycle) = mem::replace(&mut self.state, State::Loading) else { return };
         if tokens.usable_at(self.now) {
             self.state = State::Valid(tokens);
         } else {
             // Its access token is spent too: one more attempt, with its refresh token.
-            let now = self.now;
-            let attempt = cycle.attempt + 1;
-            let id = self.outbox.send_refresh(now, &mut tokens, attempt);
-            let phase = Phase::InFlight { id, deadline: now.saturating_add(self.config.request_timeout) };
-            self.state = State::Refreshing(tokens, Cycle { attempt, phase, ..cycle });
+            self.state = State::Refreshing(tokens, Cycle { phase: Phase::Backoff { until: self.now }, ..cycle });
+            self.send_next_attempt();
         }
         self.store.revive();
     }
@@ -725,7 +770,6 @@ impl Session {
             expiry,
             access_rejected: false,
             presented_since: self.outbox.next_refresh,
-            first_presented_at: None,
             cooldown: None,
             answer_lost: false,
         }
@@ -761,17 +805,17 @@ impl Session {
         }
         let gave_up = match error {
             StoreError::Corrupt(decode) if kind == StoreOp::Load => {
-                self.store.load_wanted = false;
                 if matches!(self.state, State::Loading) {
                     self.state = State::LoggedOut(LogoutCause::StoredSessionUnreadable(decode));
                     return;
                 }
+                // A blob we cannot read holds nothing we could adopt.
                 true
             }
             _ => self.store.failed(self.now, &self.config.store_backoff, &mut self.rng),
         };
         if gave_up && kind == StoreOp::Load {
-            if let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error }, .. }) = &self.state {
+            if let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state {
                 // The store cannot tell us better: the token stays rejected.
                 let cause =
                     LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
@@ -830,7 +874,7 @@ impl Session {
         let grant_before_persist = self.planted(Plant::GrantBeforePersist);
         let failure = match &self.state {
             State::LoggedOut(cause) => Some(FailReason::LoggedOut(cause.clone())),
-            State::Loading => self.store.gave_up.then_some(FailReason::StoreUnavailable),
+            State::Loading => self.store.exhausted().then_some(FailReason::StoreUnavailable),
             State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => {
                 if tokens.usable_at(now) {
                     if grant_before_persist || self.store.holds == Holds::Session(tokens.generation) {
@@ -838,7 +882,7 @@ impl Session {
                         self.outbox.commands.push_back(Command::Grant { callers, grant: tokens.grant() });
                         return;
                     }
-                    self.store.gave_up.then_some(FailReason::StoreUnavailable)
+                    self.store.exhausted().then_some(FailReason::StoreUnavailable)
                 } else if matches!(self.state, State::Refreshing(..)) {
                     None
                 } else {
@@ -853,12 +897,18 @@ impl Session {
         }
     }
 
+    /// A load is wanted while nothing is loaded yet, and while a rejection
+    /// waits for the store to be re-read: derived from the state, never stored.
+    fn load_wanted(&self) -> bool {
+        matches!(self.state, State::Loading | State::Refreshing(_, Cycle { phase: Phase::Rereading { .. }, .. }))
+    }
+
     fn settle_store(&mut self) {
         let store = &self.store;
-        if store.in_flight.is_some() || store.gave_up || store.retry_at.is_some() {
+        if store.in_flight.is_some() || store.retry_at.is_some() {
             return;
         }
-        let op = if store.load_wanted {
+        let op = if self.load_wanted() {
             StoreOp::Load
         } else {
             let goal = match &self.state {
@@ -880,16 +930,16 @@ impl Session {
             }
         };
         let id = self.store.next_op;
-        self.store.next_op = id.next();
-        self.store.in_flight = Some((id, op));
         let command = match op {
             StoreOp::Load => Command::LoadStore { op: id },
             StoreOp::Clear => Command::ClearStore { op: id },
-            StoreOp::Persist(_) => match self.tokens() {
-                Some(tokens) => Command::Persist { op: id, session: self.to_stored(tokens) },
-                None => return,
-            },
+            StoreOp::Persist(_) => {
+                let Some(tokens) = self.tokens() else { return };
+                Command::Persist { op: id, session: self.to_stored(tokens) }
+            }
         };
+        self.store.next_op = id.next();
+        self.store.in_flight = Some((id, op));
         self.outbox.commands.push_back(command);
     }
 
@@ -941,12 +991,31 @@ fn jittered(rng: &mut SplitMix64, backoff: Backoff, attempt: u32) -> Duration {
 }
 
 impl Outbox {
-    fn send_refresh(&mut self, now: MonoTime, tokens: &mut TokenSet, attempt: u32) -> RefreshId {
+    fn send_refresh(&mut self, now: MonoTime, tokens: &TokenSet, attempt: u32) -> RefreshId {
         let id = self.next_refresh;
         self.next_refresh = id.next();
-        tokens.first_presented_at.get_or_insert(now);
+        if self.recent_sends.len() == RECENT_SENDS {
+            self.recent_sends.pop_front();
+        }
+        self.recent_sends.push_back(SentRefresh { id, at: now, answered: false });
         self.commands.push_back(Command::SendRefresh { id, refresh_token: tokens.refresh.clone(), attempt });
         id
+    }
+
+    fn sent_at(&self, id: RefreshId) -> Option<MonoTime> {
+        self.recent_sends.iter().find(|sent| sent.id == id).map(|sent| sent.at)
+    }
+
+    /// Records an answer to `id`; false when it is not the first (or `id` is
+    /// unknown, or too old to be remembered): such an answer is ignored.
+    fn first_answer(&mut self, id: RefreshId) -> bool {
+        match self.recent_sends.iter_mut().find(|sent| sent.id == id) {
+            Some(sent) if !sent.answered => {
+                sent.answered = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn fail(&mut self, callers: Vec<CallerId>, reason: FailReason) {
@@ -957,10 +1026,17 @@ impl Outbox {
 }
 
 impl StoreSync {
+    /// Failed `attempts` times in a row: waiters stop waiting for the store,
+    /// though writes go on being retried at the slowest backoff.
+    fn exhausted(&self) -> bool {
+        self.failures >= self.attempts
+    }
+
+    /// New demand: retry at once, and with the fast backoff again.
     fn revive(&mut self) {
-        if self.gave_up {
-            self.gave_up = false;
+        if self.exhausted() {
             self.failures = 0;
+            self.retry_at = None;
         }
     }
 
@@ -968,19 +1044,13 @@ impl StoreSync {
         self.in_flight = None;
         self.failures = 0;
         self.retry_at = None;
-        self.gave_up = false;
     }
 
-    /// Counts a failure; returns whether the retries are used up.
+    /// Counts a failure and schedules the retry; returns whether the store is now exhausted.
     fn failed(&mut self, now: MonoTime, backoff: &Backoff, rng: &mut SplitMix64) -> bool {
-        self.failures += 1;
-        if self.failures >= backoff.attempts {
-            self.gave_up = true;
-            self.retry_at = None;
-            return true;
-        }
+        self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(now.saturating_add(jittered(rng, *backoff, self.failures)));
-        false
+        self.exhausted()
     }
 }
 
