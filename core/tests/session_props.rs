@@ -1,0 +1,403 @@
+//! Property tests of the session machine: random sequences of operations a
+//! driver and a network can produce (answers to real or made-up ids, late and
+//! duplicate answers, store failures, logouts, logins, time jumping either
+//! way), with the invariant checker run after every step. A final healing
+//! phase answers everything promptly so liveness can be judged too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use freshen_core::check::{ClientMonitor, Plant, Violation, same_trace};
+use freshen_core::ids::{CallerId, RefreshId};
+use freshen_core::oauth::{
+    Classified, Malformed, MalformedReason, OAuthError, Rejected, TokenResponse, Transient, TransientCause,
+};
+use freshen_core::session::{Command, Event, NewSession, Session, SessionConfig, StoreError, TransportFailure};
+use freshen_core::stored::{DecodeError, StoredSession};
+use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::{AccessToken, RefreshToken};
+use proptest::prelude::*;
+
+/// Cases per property; `FRESHEN_PROPTEST_CASES` raises it for a deeper run.
+fn cases() -> u32 {
+    std::env::var("FRESHEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(384)
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Rotate { lifetime: u64 },
+    KeepToken,
+    NoLifetime,
+    Terminal,
+    ServerError,
+    RateLimited(u64),
+    Rejected,
+    Salvage,
+    Garbage,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Want,
+    Unauthorized {
+        stale: bool,
+    },
+    /// Answer the refresh `back` places from the newest (a large value reaches a made-up id).
+    Answer {
+        back: u8,
+        outcome: Outcome,
+    },
+    TransportFail {
+        back: u8,
+        unknown: bool,
+    },
+    StoreOk,
+    StoreFail {
+        corrupt: bool,
+    },
+    Logout,
+    Login {
+        lifetime: u64,
+    },
+    Advance {
+        millis: u64,
+    },
+    Backwards {
+        millis: u64,
+    },
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        4 => (1u64..2000).prop_map(|lifetime| Outcome::Rotate { lifetime }),
+        1 => Just(Outcome::KeepToken),
+        1 => Just(Outcome::NoLifetime),
+        1 => Just(Outcome::Terminal),
+        2 => Just(Outcome::ServerError),
+        1 => (0u64..120).prop_map(Outcome::RateLimited),
+        1 => Just(Outcome::Rejected),
+        1 => Just(Outcome::Salvage),
+        1 => Just(Outcome::Garbage),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Want),
+        1 => any::<bool>().prop_map(|stale| Op::Unauthorized { stale }),
+        5 => (0u8..4, outcome()).prop_map(|(back, outcome)| Op::Answer { back, outcome }),
+        1 => (0u8..4, any::<bool>()).prop_map(|(back, unknown)| Op::TransportFail { back, unknown }),
+        5 => Just(Op::StoreOk),
+        1 => (0u8..8).prop_map(|c| Op::StoreFail { corrupt: c == 0 }),
+        1 => Just(Op::Logout),
+        1 => (1u64..2000).prop_map(|lifetime| Op::Login { lifetime }),
+        5 => (0u64..120_000).prop_map(|millis| Op::Advance { millis }),
+        1 => (0u64..10_000).prop_map(|millis| Op::Backwards { millis }),
+    ]
+}
+
+/// A driver that answers commands as the ops say, and feeds the checker.
+struct Driver {
+    session: Session,
+    monitor: ClientMonitor,
+    now: MonoTime,
+    next_caller: u64,
+    minted: u64,
+    sent: Vec<RefreshId>,
+    pending_store: VecDeque<Command>,
+    blob: Option<StoredSession>,
+    generation: freshen_core::ids::Generation,
+    trace: Vec<String>,
+}
+
+impl Driver {
+    fn new(config: SessionConfig, seed: u64) -> Self {
+        let session = Session::new(config.clone(), seed, MonoTime::ZERO, UnixTime::from_secs(1_800_000_000)).unwrap();
+        let blob =
+            Some(StoredSession::decode(br#"{"v":1,"generation":1,"access_token":"a0","refresh_token":"r0"}"#).unwrap());
+        let mut driver = Self {
+            session,
+            monitor: ClientMonitor::new(&config),
+            now: MonoTime::ZERO,
+            next_caller: 1,
+            minted: 0,
+            sent: Vec::new(),
+            pending_store: VecDeque::new(),
+            blob,
+            generation: freshen_core::ids::Generation(1),
+            trace: Vec::new(),
+        };
+        driver.drain();
+        driver
+    }
+
+    fn mint(&mut self, kind: &str) -> String {
+        self.minted += 1;
+        format!("{kind}{}", self.minted)
+    }
+
+    fn drain(&mut self) {
+        let mut count = 0;
+        while let Some(command) = self.session.poll_command() {
+            // One input answered by thousands of commands is a runaway, not a session.
+            count += 1;
+            assert!(count < 10_000, "runaway: {command:?}");
+            self.trace.push(format!("{} {command:?}", self.now));
+            self.monitor.command(self.now, &command);
+            match &command {
+                Command::SendRefresh { id, .. } => self.sent.push(*id),
+                Command::LoadStore { .. } | Command::Persist { .. } | Command::ClearStore { .. } => {
+                    self.pending_store.push_back(command.clone());
+                }
+                Command::Grant { grant, .. } | Command::Publish(Some(grant)) => self.generation = grant.generation,
+                _ => {}
+            }
+        }
+        self.monitor.step_end(self.now, self.session.poll_timeout());
+    }
+
+    fn input(&mut self, event: Event) {
+        self.trace.push(format!("{} {event:?}", self.now));
+        self.monitor.event(self.now, &event);
+        self.session.handle(self.now, event);
+        self.drain();
+    }
+
+    fn refresh_id(&self, back: u8) -> RefreshId {
+        match self.sent.len().checked_sub(1 + usize::from(back)) {
+            Some(index) => self.sent[index],
+            None => RefreshId(1000 + u64::from(back)),
+        }
+    }
+
+    fn classified(&mut self, outcome: &Outcome) -> Classified {
+        let error = |status, code: &str| OAuthError { status, code: code.into(), description: None };
+        match outcome {
+            Outcome::Rotate { lifetime } => {
+                let (access, refresh) = (self.mint("a"), self.mint("r"));
+                Classified::Success(TokenResponse::bearer(
+                    AccessToken::new(access),
+                    Some(Duration::from_secs(*lifetime)),
+                    Some(RefreshToken::new(refresh)),
+                ))
+            }
+            Outcome::KeepToken => {
+                let access = self.mint("a");
+                Classified::Success(TokenResponse::bearer(
+                    AccessToken::new(access),
+                    Some(Duration::from_secs(300)),
+                    None,
+                ))
+            }
+            Outcome::NoLifetime => {
+                let (access, refresh) = (self.mint("a"), self.mint("r"));
+                Classified::Success(TokenResponse::bearer(
+                    AccessToken::new(access),
+                    None,
+                    Some(RefreshToken::new(refresh)),
+                ))
+            }
+            Outcome::Terminal => Classified::Terminal(error(400, "invalid_grant")),
+            Outcome::ServerError => {
+                Classified::Transient(Transient { cause: TransientCause::ServerError(502), retry_after: None })
+            }
+            Outcome::RateLimited(secs) => Classified::Transient(Transient {
+                cause: TransientCause::RateLimited,
+                retry_after: Some(Duration::from_secs(*secs)),
+            }),
+            Outcome::Rejected => Classified::Rejected(Rejected::Error(error(401, "invalid_client"))),
+            Outcome::Salvage => {
+                let refresh = self.mint("r");
+                Classified::Malformed(Malformed {
+                    status: 200,
+                    reason: MalformedReason::MissingAccessToken,
+                    salvaged_refresh_token: Some(RefreshToken::new(refresh)),
+                })
+            }
+            Outcome::Garbage => Classified::Malformed(Malformed {
+                status: 200,
+                reason: MalformedReason::NotJsonObject,
+                salvaged_refresh_token: None,
+            }),
+        }
+    }
+
+    fn store_answer(&mut self, ok: bool, corrupt: bool) {
+        let Some(command) = self.pending_store.pop_front() else { return };
+        let event = match command {
+            Command::LoadStore { op } if ok => {
+                Event::StoreLoaded { op, stored: self.blob.clone(), unix_now: UnixTime::from_secs(1_800_000_000) }
+            }
+            Command::LoadStore { op } if corrupt => {
+                Event::StoreFailed { op, error: StoreError::Corrupt(DecodeError::UnsupportedVersion(2)) }
+            }
+            Command::Persist { op, session } if ok => {
+                self.blob = Some(session);
+                Event::StoreWritten { op }
+            }
+            Command::ClearStore { op } if ok => {
+                self.blob = None;
+                Event::StoreWritten { op }
+            }
+            Command::LoadStore { op } | Command::Persist { op, .. } | Command::ClearStore { op } => {
+                Event::StoreFailed { op, error: StoreError::Unavailable }
+            }
+            _ => return,
+        };
+        self.input(event);
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let until = self.now.saturating_add(by);
+        // Fire every timer due on the way, each at its own time.
+        for _ in 0..10_000 {
+            match self.session.poll_timeout() {
+                Some(at) if at <= until => {
+                    self.now = at;
+                    self.trace.push(format!("{} timeout", self.now));
+                    self.session.handle_timeout(at);
+                    self.drain();
+                }
+                _ => break,
+            }
+        }
+        // A driver that wakes tells the machine the time, timer or not.
+        self.now = until;
+        self.session.handle_timeout(until);
+        self.drain();
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Want => {
+                let caller = CallerId(self.next_caller);
+                self.next_caller += 1;
+                self.input(Event::TokenWanted { caller });
+            }
+            Op::Unauthorized { stale } => {
+                let caller = CallerId(self.next_caller);
+                self.next_caller += 1;
+                let generation = if *stale { freshen_core::ids::Generation(0) } else { self.generation };
+                self.input(Event::Unauthorized { caller, generation });
+            }
+            Op::Answer { back, outcome } => {
+                let id = self.refresh_id(*back);
+                let outcome = self.classified(outcome);
+                self.input(Event::RefreshCompleted { id, outcome });
+            }
+            Op::TransportFail { back, unknown } => {
+                let id = self.refresh_id(*back);
+                let failure = if *unknown { TransportFailure::Timeout } else { TransportFailure::NotSent };
+                self.input(Event::RefreshFailed { id, failure });
+            }
+            Op::StoreOk => self.store_answer(true, false),
+            Op::StoreFail { corrupt } => self.store_answer(false, *corrupt),
+            Op::Logout => self.input(Event::LogoutRequested),
+            Op::Login { lifetime } => {
+                let (access, refresh) = (self.mint("a"), self.mint("r"));
+                let new = NewSession::from_response(
+                    TokenResponse::bearer(
+                        AccessToken::new(access),
+                        Some(Duration::from_secs(*lifetime)),
+                        Some(RefreshToken::new(refresh)),
+                    ),
+                    self.now,
+                )
+                .unwrap();
+                self.input(Event::LoggedIn(new));
+            }
+            Op::Advance { millis } => self.advance(Duration::from_millis(*millis)),
+            Op::Backwards { millis } => {
+                // The caller's clock steps back; the machine must not follow.
+                let earlier = self.now.saturating_sub(Duration::from_millis(*millis));
+                self.session.handle_timeout(earlier);
+                self.drain();
+            }
+        }
+    }
+
+    /// Everything answered promptly and correctly until every bound has passed.
+    fn heal(&mut self) {
+        let end = self.now.saturating_add(self.session.config().wait_bound() * 3);
+        let mut answered = self.sent.len();
+        while self.now < end {
+            // A healthy store answers at once; a session that keeps asking is livelocked.
+            for round in 0.. {
+                if self.pending_store.is_empty() {
+                    break;
+                }
+                assert!(round < 1000, "store livelock: {:?}", self.trace.iter().rev().take(12).collect::<Vec<_>>());
+                self.store_answer(true, false);
+            }
+            let fresh: Vec<_> = self.sent[answered..].to_vec();
+            answered = self.sent.len();
+            for id in fresh {
+                let outcome = self.classified(&Outcome::Rotate { lifetime: 600 });
+                self.input(Event::RefreshCompleted { id, outcome });
+            }
+            self.advance(Duration::from_secs(1));
+        }
+        while !self.pending_store.is_empty() {
+            self.store_answer(true, false);
+        }
+        self.monitor.finish(self.now, true);
+    }
+
+    fn violations(&self) -> Vec<Violation> {
+        self.monitor.violations().to_vec()
+    }
+}
+
+fn run(config: SessionConfig, seed: u64, ops: &[Op]) -> Driver {
+    let mut driver = Driver::new(config, seed);
+    for op in ops {
+        driver.apply(op);
+    }
+    driver.heal();
+    driver
+}
+
+fn small_config() -> SessionConfig {
+    let mut config = SessionConfig::default();
+    config.max_waiters = 64;
+    config
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// C1–C7 and C9 after every step of any operation sequence.
+    #[test]
+    fn every_invariant_holds_after_every_step(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..80)) {
+        let driver = run(small_config(), seed, &ops);
+        let violations = driver.violations();
+        prop_assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    }
+
+    /// C8: the same seed and operations give the same trace.
+    #[test]
+    fn the_same_inputs_give_the_same_trace(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..40)) {
+        let first = run(small_config(), seed, &ops);
+        let second = run(small_config(), seed, &ops);
+        prop_assert_eq!(same_trace(&first.trace, &second.trace), Ok(()));
+    }
+}
+
+/// The same suite fails against each planted variant: the properties can fail.
+#[test]
+fn the_suite_catches_every_planted_variant() {
+    use proptest::test_runner::{Config, TestRunner};
+    for plant in Plant::ALL {
+        let mut runner = TestRunner::new(Config { cases: 2048, failure_persistence: None, ..Config::default() });
+        let mut config = small_config();
+        config.plant = Some(plant);
+        let result = runner.run(&(any::<u64>(), prop::collection::vec(op(), 1..80)), |(seed, ops)| {
+            let driver = run(config.clone(), seed, &ops);
+            prop_assert!(driver.violations().is_empty());
+            Ok(())
+        });
+        assert!(result.is_err(), "{} survived {} cases", plant.name(), 2048);
+    }
+}
