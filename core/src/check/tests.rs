@@ -245,12 +245,11 @@ fn a1_catches_reuse_accepted_outside_grace() {
     assert_eq!(audit(config, Some(AuthorityPlant::AcceptsReuse), reuse_outside_grace), vec![Invariant::A1]);
 }
 
-#[test]
-fn a1_catches_reuse_that_does_not_revoke() {
-    // A log where the reuse was refused without detection, though detection is on.
-    let config = AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() };
+/// Records `ops` on a correct authority, then forges the last answer into a
+/// refusal that changed nothing, and returns what the monitor found.
+fn with_last_answer_forged_as_refused(config: AuthorityConfig, ops: impl FnOnce(&mut Authority)) -> Vec<Invariant> {
     let mut authority = Authority::new(config.clone(), 1).with_audit();
-    reuse_outside_grace(&mut authority);
+    ops(&mut authority);
     let mut log = authority.take_audit();
     if let Some(last) = log.last_mut() {
         last.outcome = AuditOutcome::Refused(Refusal::AlreadyUsed);
@@ -258,25 +257,26 @@ fn a1_catches_reuse_that_does_not_revoke() {
     }
     let mut monitor = AuthorityMonitor::new(&config);
     log.iter().for_each(|e| monitor.observe(e));
-    assert_eq!(found(monitor.violations()), vec![Invariant::A1]);
+    found(monitor.violations())
+}
+
+#[test]
+fn a1_catches_reuse_that_does_not_revoke() {
+    // Detection is on, yet the reuse outside grace is refused without revoking.
+    let config = AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() };
+    assert_eq!(with_last_answer_forged_as_refused(config, reuse_outside_grace), vec![Invariant::A1]);
 }
 
 #[test]
 fn a2_catches_a_replay_refused_inside_grace() {
     let config = AuthorityConfig { grace: Duration::from_secs(30), ..AuthorityConfig::default() };
-    let mut authority = Authority::new(config.clone(), 1).with_audit();
-    let login = authority.login(t(0), "app", None);
-    let token = login.refresh_token.expose_secret().to_owned();
-    authority.refresh(t(1000), "app", None, &token).unwrap();
-    authority.refresh(t(2000), "app", None, &token).unwrap();
-    let mut log = authority.take_audit();
-    if let Some(last) = log.last_mut() {
-        last.outcome = AuditOutcome::Refused(Refusal::AlreadyUsed);
-        last.state_changed = false;
-    }
-    let mut monitor = AuthorityMonitor::new(&config);
-    log.iter().for_each(|e| monitor.observe(e));
-    assert_eq!(found(monitor.violations()), vec![Invariant::A2]);
+    let found = with_last_answer_forged_as_refused(config, |a| {
+        let login = a.login(t(0), "app", None);
+        let token = login.refresh_token.expose_secret().to_owned();
+        a.refresh(t(1000), "app", None, &token).unwrap();
+        a.refresh(t(2000), "app", None, &token).unwrap();
+    });
+    assert_eq!(found, vec![Invariant::A2]);
 }
 
 #[test]
