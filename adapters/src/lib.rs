@@ -1,7 +1,69 @@
-//! freshen: keeps OAuth sessions alive.
+//! freshen keeps OAuth sessions alive for apps, CLIs and services.
 //!
-//! The tokio driver, reqwest transport and keyring store are built on
-//! [`freshen_core`]; until they land, this crate re-exports the core.
+//! A [`Session`] holds one login: a short-lived access token and a long-lived
+//! refresh token kept in the OS keyring. It refreshes ahead of expiry, runs
+//! **exactly one refresh at a time** while every other caller waits for it,
+//! handles refresh-token rotation and lost answers, writes new tokens to the
+//! store before anyone uses them, logs out (revoking and wiping the store) when
+//! the server declares the session dead, and never puts a token in a log.
+//!
+//! Every decision is made by the pure machine in [`freshen_core`]; this crate
+//! only carries its commands out: a tokio driver, a [`transport`] over reqwest,
+//! a [`store`] over keyring-core, and [`middleware`] that attaches tokens and
+//! retries a 401 once.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use freshen::core::oauth::Client;
+//! use freshen::middleware::AuthMiddleware;
+//! use freshen::store::KeyringStore;
+//! use freshen::transport::ReqwestTransport;
+//! use freshen::{Config, Session};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let config = Config::new("https://auth.example.com/oauth/token", Client::public("my-cli"))
+//!         .with_revocation_endpoint("https://auth.example.com/oauth/revoke");
+//!     let store = KeyringStore::secret_service("my-cli", "alice")?;
+//!     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, store)?;
+//!
+//!     // Every request carries a fresh token; a 401 is retried once with a new one.
+//!     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!         .with(AuthMiddleware::new(session.clone()))
+//!         .build();
+//!     let me = api.get("https://api.example.com/me").send().await?;
+//!     println!("{}", me.status());
+//!
+//!     // Watch the session: when it is logged out, send the user to log in.
+//!     let mut state = session.state();
+//!     state.changed().await?;
+//!     Ok(())
+//! }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+mod coordinator;
+mod error;
+#[cfg(not(freshen_loom))]
+pub mod middleware;
+#[cfg(not(freshen_loom))]
+mod session;
+#[cfg(not(freshen_loom))]
+pub mod store;
+mod sync;
+mod token;
+#[cfg(not(freshen_loom))]
+pub mod transport;
+
+pub use error::Error;
 pub use freshen_core as core;
+#[cfg(not(freshen_loom))]
+pub use session::{Config, Session};
+pub use token::Token;
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;

@@ -1,0 +1,172 @@
+//! The coordination unit: the core machine, the callers waiting on it, and the
+//! snapshot the fast path reads. Synchronous and small on purpose, so loom can
+//! check it with its primitives swapped in (see [`crate::sync`]).
+//!
+//! Everything the machine decides arrives here as commands: grants and
+//! failures wake waiters, `Publish` swaps the snapshot, and everything that
+//! needs I/O is queued for the driver. The lock is held only while the pure
+//! machine runs; waiters are woken after it is released.
+
+use std::collections::BTreeMap;
+
+use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use freshen_core::session::{AccessGrant, Command, Event, FailReason, Session, StateView};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::MonoTime;
+use freshen_core::token::RefreshToken;
+
+use crate::sync::{Arc, Mutex, Snapshot, lock};
+use crate::token::Published;
+
+/// What a waiter receives.
+pub(crate) type Outcome = Result<Arc<Published>, FailReason>;
+
+/// Delivers an outcome to one waiting caller (a oneshot in the driver, a
+/// condition variable under loom). Delivering to a caller who left is fine.
+pub(crate) trait Waker: Send {
+    fn wake(self, outcome: Outcome);
+}
+
+/// Work the machine asked for that needs I/O, for the driver to carry out.
+#[derive(Debug)]
+pub(crate) enum Io {
+    LoadStore(StoreOpId),
+    Persist(StoreOpId, StoredSession),
+    ClearStore(StoreOpId),
+    Refresh { id: RefreshId, refresh_token: RefreshToken, attempt: u32 },
+    Revoke(RefreshToken),
+    State(StateView),
+}
+
+#[derive(Debug)]
+struct Inner<W> {
+    machine: Session,
+    waiting: BTreeMap<CallerId, W>,
+    io: Vec<Io>,
+    next_caller: u64,
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Coordinator<W> {
+    inner: Mutex<Inner<W>>,
+    published: Snapshot<Published>,
+}
+
+impl<W: Waker> Coordinator<W> {
+    pub(crate) fn new(machine: Session) -> Self {
+        let coordinator = Self {
+            inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
+            published: Snapshot::empty(),
+        };
+        coordinator.with_machine(|_| {});
+        coordinator
+    }
+
+    /// The fast path: the published token, if it may still be handed out at
+    /// `now`. No lock, no task.
+    pub(crate) fn fast(&self, now: MonoTime) -> Option<Arc<Published>> {
+        self.published.load().filter(|p| p.grant.usable_at(now))
+    }
+
+    /// Registers a caller who needs a token; `waker` gets the answer (perhaps
+    /// before this returns).
+    pub(crate) fn want(&self, now: MonoTime, waker: W) -> CallerId {
+        self.register(Some(waker), |caller| Event::TokenWanted { caller }, now)
+    }
+
+    /// A resource refused a token of `generation`: the caller wants one retry.
+    /// Without a waker the answer is dropped (the report still counts).
+    pub(crate) fn unauthorized(&self, now: MonoTime, generation: Generation, waker: Option<W>) -> CallerId {
+        self.register(waker, |caller| Event::Unauthorized { caller, generation }, now)
+    }
+
+    fn register(&self, waker: Option<W>, event: impl FnOnce(CallerId) -> Event, now: MonoTime) -> CallerId {
+        let mut caller = CallerId(0);
+        self.with_machine(|inner| {
+            caller = CallerId(inner.next_caller);
+            inner.next_caller += 1;
+            if let Some(waker) = waker {
+                inner.waiting.insert(caller, waker);
+            }
+            inner.machine.handle(now, event(caller));
+        });
+        caller
+    }
+
+    /// The caller stopped waiting (its future was dropped). The machine will
+    /// still answer it; the answer goes nowhere.
+    pub(crate) fn cancel(&self, caller: CallerId) {
+        lock(&self.inner).waiting.remove(&caller);
+    }
+
+    pub(crate) fn handle(&self, now: MonoTime, event: Event) {
+        self.with_machine(|inner| inner.machine.handle(now, event));
+    }
+
+    pub(crate) fn handle_timeout(&self, now: MonoTime) {
+        self.with_machine(|inner| inner.machine.handle_timeout(now));
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<MonoTime> {
+        lock(&self.inner).machine.poll_timeout()
+    }
+
+    pub(crate) fn take_io(&self) -> Vec<Io> {
+        std::mem::take(&mut lock(&self.inner).io)
+    }
+
+    pub(crate) fn state(&self) -> StateView {
+        lock(&self.inner).machine.state().clone()
+    }
+
+    /// How many callers wait (for tests and metrics).
+    pub(crate) fn waiting(&self) -> usize {
+        lock(&self.inner).waiting.len()
+    }
+
+    /// Runs `f` on the machine under the lock, routes the commands it
+    /// produced, then wakes the callers it answered, outside the lock.
+    fn with_machine(&self, f: impl FnOnce(&mut Inner<W>)) {
+        let mut woken = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            f(&mut inner);
+            while let Some(command) = inner.machine.poll_command() {
+                match command {
+                    Command::Grant { callers, grant } => {
+                        let published = Arc::new(Published::new(grant));
+                        for caller in callers {
+                            if let Some(waker) = inner.waiting.remove(&caller) {
+                                woken.push((waker, Ok(Arc::clone(&published))));
+                            }
+                        }
+                    }
+                    Command::Fail { callers, reason } => {
+                        for caller in callers {
+                            if let Some(waker) = inner.waiting.remove(&caller) {
+                                woken.push((waker, Err(reason.clone())));
+                            }
+                        }
+                    }
+                    Command::Publish(grant) => {
+                        self.published.store(grant.map(|g: AccessGrant| Arc::new(Published::new(g))))
+                    }
+                    Command::LoadStore { op } => inner.io.push(Io::LoadStore(op)),
+                    Command::Persist { op, session } => inner.io.push(Io::Persist(op, session)),
+                    Command::ClearStore { op } => inner.io.push(Io::ClearStore(op)),
+                    Command::SendRefresh { id, refresh_token, attempt } => {
+                        inner.io.push(Io::Refresh { id, refresh_token, attempt });
+                    }
+                    Command::Revoke { refresh_token } => inner.io.push(Io::Revoke(refresh_token)),
+                    Command::StateChanged(view) => inner.io.push(Io::State(view)),
+                    // A command added to the core later needs a decision here.
+                    _ => {}
+                }
+            }
+        }
+        for (waker, outcome) in woken {
+            waker.wake(outcome);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Attaching tokens to requests, and the one retry after a 401.
+//!
+//! [`AuthMiddleware`] plugs into reqwest-middleware; [`AuthorizedClient`]
+//! wraps a plain `reqwest::Client` for apps without it. Both attach
+//! `Authorization: Bearer …`; on a 401 they tell the session which token was
+//! refused and retry once with the token it hands back. A second 401 is
+//! returned as it is: there is no 401 loop. A request whose body cannot be
+//! cloned is sent once; its 401 comes back as [`Error::UnauthorizedNotRetried`].
+
+use http::StatusCode;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::store::Store;
+use crate::transport::Transport;
+use crate::{Error, Session, Token};
+
+fn authorize(request: &mut Request, token: &Token) -> Result<(), Error> {
+    request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization()?.clone());
+    Ok(())
+}
+
+/// What to do after the first answer.
+enum Next401 {
+    Done(Response),
+    Retry(Request),
+}
+
+/// The shared decision: keep the answer, or retry once with a fresh token.
+async fn after_first<T: Transport, S: Store>(
+    session: &Session<T, S>,
+    response: Response,
+    replay: Option<Request>,
+    used: &Token,
+) -> Result<Next401, Error> {
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return Ok(Next401::Done(response));
+    }
+    let Some(mut replay) = replay else {
+        session.report_unauthorized(used);
+        return Err(Error::UnauthorizedNotRetried);
+    };
+    let fresh = session.retry_token(used).await?;
+    authorize(&mut replay, &fresh)?;
+    Ok(Next401::Retry(replay))
+}
+
+/// reqwest-middleware support: `ClientBuilder::new(client).with(AuthMiddleware::new(session))`.
+#[derive(Debug)]
+pub struct AuthMiddleware<T, S> {
+    session: Session<T, S>,
+}
+
+impl<T, S> AuthMiddleware<T, S> {
+    /// Middleware that authorizes requests with `session`'s tokens.
+    pub fn new(session: Session<T, S>) -> Self {
+        Self { session }
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
+        authorize(&mut request, &token).map_err(reqwest_middleware::Error::middleware)?;
+        let replay = request.try_clone();
+        let response = next.clone().run(request, extensions).await?;
+        match after_first(&self.session, response, replay, &token)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?
+        {
+            Next401::Done(response) => Ok(response),
+            Next401::Retry(replay) => next.run(replay, extensions).await,
+        }
+    }
+}
+
+/// Why an [`AuthorizedClient`] request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No token could be had, or a 401 could not be retried.
+    #[error(transparent)]
+    Session(#[from] Error),
+    /// The request itself failed.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+/// A `reqwest::Client` that authorizes every request, for apps that do not
+/// use reqwest-middleware.
+#[derive(Debug, Clone)]
+pub struct AuthorizedClient<T, S> {
+    client: reqwest::Client,
+    session: Session<T, S>,
+}
+
+impl<T: Transport, S: Store> AuthorizedClient<T, S> {
+    /// Wraps `client`.
+    pub fn new(client: reqwest::Client, session: Session<T, S>) -> Self {
+        Self { client, session }
+    }
+
+    /// Starts a request (then pass it to [`AuthorizedClient::execute`]).
+    pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Sends `request` with a token, retrying once after a 401.
+    pub async fn execute(&self, mut request: Request) -> Result<Response, ClientError> {
+        let token = self.session.access_token().await?;
+        authorize(&mut request, &token)?;
+        let replay = request.try_clone();
+        let response = self.client.execute(request).await?;
+        match after_first(&self.session, response, replay, &token).await? {
+            Next401::Done(response) => Ok(response),
+            Next401::Retry(replay) => Ok(self.client.execute(replay).await?),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The session handle and its driver task.
+//!
+//! [`Session`] is what an app holds: cheap to clone, `Send + Sync`. A valid
+//! token comes from a published snapshot without waiting on a task or a lock.
+//! Everything else goes through the core machine (in the
+//! [coordinator](crate::coordinator)), whose I/O the driver task carries out:
+//! refreshes over a [`Transport`], reads and writes over a [`Store`], and the
+//! machine's timer. The refresh belongs to the driver, not to a caller: if
+//! every caller gives up, the rotation still completes and is written.
+
+use core::future::Future;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::time::Duration;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use freshen_core::ids::CallerId;
+use freshen_core::oauth::{self, Client, TokenResponse};
+use freshen_core::session::{ConfigError, Event, NewSession, SessionConfig, StateView, TransportFailure};
+use freshen_core::time::{MonoTime, UnixTime};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Error;
+use crate::coordinator::{Coordinator, Io, Outcome, Waker};
+use crate::store::Store;
+use crate::token::Token;
+use crate::transport::Transport;
+use std::sync::Arc;
+
+/// Everything a session needs to know besides its transport and store.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The token endpoint (RFC 6749 §3.2).
+    pub token_endpoint: String,
+    /// The revocation endpoint (RFC 7009), for logout; `None` skips revocation.
+    pub revocation_endpoint: Option<String>,
+    /// The client and how it authenticates (none for public clients, basic or post).
+    pub client: Client,
+    /// A scope to request on refresh; `None` keeps the granted one.
+    pub scope: Option<String>,
+    /// Refresh margin and jitter, backoff, request timeout, what counts as terminal.
+    pub session: SessionConfig,
+    /// The seed for jitter; `None` draws one from the OS. Set it to replay a run.
+    pub seed: Option<u64>,
+}
+
+impl Config {
+    /// A configuration with the core's defaults: refresh 60 s (+ up to 15 s
+    /// jitter) before expiry, 10 s request timeout, four attempts backing off
+    /// from 0.5 s to 8 s, `invalid_grant` terminal.
+    pub fn new(token_endpoint: impl Into<String>, client: Client) -> Self {
+        Self {
+            token_endpoint: token_endpoint.into(),
+            revocation_endpoint: None,
+            client,
+            scope: None,
+            session: SessionConfig::default(),
+            seed: None,
+        }
+    }
+
+    /// Revokes at this endpoint on logout.
+    #[must_use]
+    pub fn with_revocation_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.revocation_endpoint = Some(url.into());
+        self
+    }
+
+    /// Uses this session configuration.
+    #[must_use]
+    pub fn with_session(mut self, session: SessionConfig) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// Draws jitter from this seed.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+impl Waker for oneshot::Sender<Outcome> {
+    fn wake(self, outcome: Outcome) {
+        // The caller may have left; its answer is then simply dropped.
+        let _ = self.send(outcome);
+    }
+}
+
+struct Shared<T, S> {
+    coordinator: Coordinator<oneshot::Sender<Outcome>>,
+    transport: T,
+    store: S,
+    config: Config,
+    origin: Instant,
+    /// Wakes the driver: new I/O is queued, or the timer changed.
+    kick: Notify,
+    state: watch::Sender<StateView>,
+    /// Every handle is gone: finish what is in flight, then stop.
+    closing: AtomicBool,
+    in_flight: AtomicUsize,
+    logouts: Mutex<Vec<oneshot::Sender<()>>>,
+}
+
+impl<T, S> Shared<T, S> {
+    fn now(&self) -> MonoTime {
+        MonoTime::from_elapsed(self.origin.elapsed())
+    }
+
+    fn instant(&self, at: MonoTime) -> Instant {
+        self.origin + at.elapsed()
+    }
+}
+
+fn unix_now() -> UnixTime {
+    UnixTime::from_since_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+}
+
+/// Signals the driver when the last handle goes.
+struct HandleGuard {
+    closing: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        (self.closing)();
+    }
+}
+
+/// A live session. See the [module docs](self).
+pub struct Session<T, S> {
+    shared: Arc<Shared<T, S>>,
+    _guard: Arc<HandleGuard>,
+}
+
+impl<T, S> Clone for Session<T, S> {
+    fn clone(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared), _guard: Arc::clone(&self._guard) }
+    }
+}
+
+impl<T, S> core::fmt::Debug for Session<T, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session").field("state", &*self.shared.state.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, S: Store> Session<T, S> {
+    /// Starts a session: reads the store and keeps the tokens fresh from then
+    /// on. Spawns its driver on the current tokio runtime (so call it inside one).
+    pub fn start(config: Config, transport: T, store: S) -> Result<Self, ConfigError> {
+        let seed = config.seed.unwrap_or_else(|| RandomState::new().hash_one(SystemTime::now()));
+        let origin = Instant::now();
+        let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, unix_now())?;
+        let (state, _) = watch::channel(machine.state().clone());
+        let shared = Arc::new(Shared {
+            coordinator: Coordinator::new(machine),
+            transport,
+            store,
+            config,
+            origin,
+            kick: Notify::new(),
+            state,
+            closing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            logouts: Mutex::new(Vec::new()),
+        });
+        let span = info_span!("freshen", session = seed % 100_000);
+        tokio::spawn(drive(Arc::clone(&shared)).instrument(span));
+        let closer = Arc::clone(&shared);
+        let guard = HandleGuard {
+            closing: Arc::new(move || {
+                closer.closing.store(true, Ordering::Release);
+                closer.kick.notify_one();
+            }),
+        };
+        Ok(Self { shared, _guard: Arc::new(guard) })
+    }
+
+    /// An access token, waiting for a refresh only when none is usable. Many
+    /// callers at once cause one refresh.
+    pub async fn access_token(&self) -> Result<Token, Error> {
+        if let Some(published) = self.shared.coordinator.fast(self.shared.now()) {
+            return Ok(Token(published));
+        }
+        self.wait(|coordinator, now, waker| coordinator.want(now, waker)).await
+    }
+
+    /// After a resource answered 401 to `rejected`: a token to retry with,
+    /// once. If `rejected` is the current token this starts a refresh; if it is
+    /// older, the current one comes back at once.
+    pub async fn retry_token(&self, rejected: &Token) -> Result<Token, Error> {
+        let generation = rejected.generation();
+        self.wait(move |coordinator, now, waker| coordinator.unauthorized(now, generation, Some(waker))).await
+    }
+
+    /// Reports a 401 for `rejected` without waiting (a request that will not be retried).
+    pub fn report_unauthorized(&self, rejected: &Token) {
+        self.shared.coordinator.unauthorized(self.shared.now(), rejected.generation(), None);
+        self.shared.kick.notify_one();
+    }
+
+    /// Starts the session from a login's token response, sent at `requested_at`.
+    /// Fails with [`Error::InvalidToken`] if the response holds no refresh token.
+    pub fn log_in(&self, response: TokenResponse, requested_at: Instant) -> Result<(), Error> {
+        let requested_at = MonoTime::from_elapsed(requested_at.saturating_duration_since(self.shared.origin));
+        let new = NewSession::from_response(response, requested_at).ok_or(Error::InvalidToken)?;
+        self.shared.coordinator.handle(self.shared.now(), Event::LoggedIn(new));
+        self.shared.kick.notify_one();
+        Ok(())
+    }
+
+    /// Logs out: fails every waiter, revokes at the server (best effort) and
+    /// clears the store. Returns when both are done, or after the request
+    /// timeout plus the store's retry budget, whichever comes first.
+    pub async fn log_out(&self) {
+        let (done, finished) = oneshot::channel();
+        if let Ok(mut logouts) = self.shared.logouts.lock() {
+            logouts.push(done);
+        }
+        self.shared.coordinator.handle(self.shared.now(), Event::LogoutRequested);
+        self.shared.kick.notify_one();
+        let config = &self.shared.config.session;
+        let bound = config.request_timeout + config.store_backoff.total_ceiling() + Duration::from_secs(1);
+        let _ = tokio::time::timeout(bound, finished).await;
+    }
+
+    /// The state, for watching: send the user to login on `LoggedOut`.
+    pub fn state(&self) -> watch::Receiver<StateView> {
+        self.shared.state.subscribe()
+    }
+
+    /// How many callers wait for a token now.
+    pub fn waiting(&self) -> usize {
+        self.shared.coordinator.waiting()
+    }
+
+    async fn wait(
+        &self,
+        register: impl FnOnce(&Coordinator<oneshot::Sender<Outcome>>, MonoTime, oneshot::Sender<Outcome>) -> CallerId,
+    ) -> Result<Token, Error> {
+        let (waker, answer) = oneshot::channel();
+        let caller = register(&self.shared.coordinator, self.shared.now(), waker);
+        self.shared.kick.notify_one();
+        // If this future is dropped, the caller is forgotten; the refresh goes on.
+        let _cancel = CancelOnDrop { coordinator: &self.shared.coordinator, caller };
+        match answer.await {
+            Ok(Ok(published)) => Ok(Token(published)),
+            Ok(Err(reason)) => Err(reason.into()),
+            Err(_) => Err(Error::Shutdown),
+        }
+    }
+}
+
+struct CancelOnDrop<'a> {
+    coordinator: &'a Coordinator<oneshot::Sender<Outcome>>,
+    caller: CallerId,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.coordinator.cancel(self.caller);
+    }
+}
+
+/// The driver: carries out the machine's I/O and fires its timer, until every
+/// handle is gone and nothing is in flight.
+async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
+    loop {
+        for io in shared.coordinator.take_io() {
+            execute(&shared, io);
+        }
+        settle_logouts(&shared);
+        let closing = shared.closing.load(Ordering::Acquire);
+        if closing && shared.in_flight.load(Ordering::Acquire) == 0 {
+            debug!("last handle dropped and nothing in flight: driver stops");
+            return;
+        }
+        // While closing, no new work is started from timers; answers in flight still land.
+        let deadline = if closing { None } else { shared.coordinator.poll_timeout() };
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(shared.instant(at)).await,
+                None => core::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shared.kick.notified() => {}
+            () = sleep => shared.coordinator.handle_timeout(shared.now()),
+        }
+    }
+}
+
+fn settle_logouts<T, S>(shared: &Shared<T, S>) {
+    let Ok(mut logouts) = shared.logouts.lock() else { return };
+    let logged_out = matches!(shared.coordinator.state(), StateView::LoggedOut { .. });
+    if !logouts.is_empty() && logged_out && shared.in_flight.load(Ordering::Acquire) == 0 {
+        for done in logouts.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Runs one piece of I/O on its own task; its answer goes back to the machine.
+fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
+    match io {
+        Io::State(view) => {
+            info!(state = %view, "session state changed");
+            shared.state.send_replace(view);
+        }
+        Io::Refresh { id, refresh_token, attempt } => {
+            let span = info_span!("refresh", refresh = %id, attempt);
+            spawn_io(shared, span, |shared| async move {
+                let config = &shared.config;
+                let form = oauth::refresh_request(&config.client, &refresh_token, config.scope.as_deref());
+                debug!("sending refresh");
+                let timeout = config.session.request_timeout;
+                let event = match tokio::time::timeout(
+                    timeout,
+                    shared.transport.post_form(&config.token_endpoint, &form),
+                )
+                .await
+                {
+                    Ok(Ok(response)) => {
+                        let outcome = response.classify(&config.session.policy, unix_now());
+                        info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
+                        Event::RefreshCompleted { id, outcome }
+                    }
+                    Ok(Err(failure)) => {
+                        warn!(?failure, "refresh got no answer");
+                        Event::RefreshFailed { id, failure }
+                    }
+                    Err(_) => {
+                        warn!("refresh timed out");
+                        Event::RefreshFailed { id, failure: TransportFailure::Timeout }
+                    }
+                };
+                shared.coordinator.handle(shared.now(), event);
+            });
+        }
+        Io::Revoke(refresh_token) => {
+            let Some(url) = shared.config.revocation_endpoint.clone() else { return };
+            spawn_io(shared, info_span!("revoke"), |shared| async move {
+                let form = oauth::revocation_request(&shared.config.client, &refresh_token);
+                let timeout = shared.config.session.request_timeout;
+                match tokio::time::timeout(timeout, shared.transport.post_form(&url, &form)).await {
+                    Ok(Ok(response)) => info!(status = response.status, "revocation answered"),
+                    Ok(Err(failure)) => warn!(?failure, "revocation got no answer (best effort)"),
+                    Err(_) => warn!("revocation timed out (best effort)"),
+                }
+            });
+        }
+        Io::LoadStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
+            let event = match shared.store.load().await {
+                Ok(stored) => {
+                    info!(found = stored.is_some(), "store loaded");
+                    Event::StoreLoaded { op, stored, unix_now: unix_now() }
+                }
+                Err(error) => {
+                    warn!(%error, "store load failed");
+                    Event::StoreFailed { op, error: error.into() }
+                }
+            };
+            shared.coordinator.handle(shared.now(), event);
+        }),
+        Io::Persist(op, session) => {
+            let generation = session.generation;
+            spawn_io(shared, info_span!("store", %op, %generation), |shared| async move {
+                let event = match shared.store.save(&session).await {
+                    Ok(()) => Event::StoreWritten { op },
+                    Err(error) => {
+                        warn!(%error, "store write failed; the tokens stay in memory and the write is retried");
+                        Event::StoreFailed { op, error: error.into() }
+                    }
+                };
+                shared.coordinator.handle(shared.now(), event);
+            });
+        }
+        Io::ClearStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
+            let event = match shared.store.clear().await {
+                Ok(()) => Event::StoreWritten { op },
+                Err(error) => {
+                    warn!(%error, "store clear failed; it is retried");
+                    Event::StoreFailed { op, error: error.into() }
+                }
+            };
+            shared.coordinator.handle(shared.now(), event);
+        }),
+    }
+}
+
+/// Spawns `work`, counting it in flight, and wakes the driver when it is done.
+fn spawn_io<T, S, F, Fut>(shared: &Arc<Shared<T, S>>, span: tracing::Span, work: F)
+where
+    T: Transport,
+    S: Store,
+    F: FnOnce(Arc<Shared<T, S>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+    let done = Arc::clone(shared);
+    let future = work(Arc::clone(shared));
+    tokio::spawn(
+        async move {
+            future.await;
+            done.in_flight.fetch_sub(1, Ordering::AcqRel);
+            done.kick.notify_one();
+        }
+        .instrument(span),
+    );
+}
+
+fn outcome_name(outcome: &oauth::Classified) -> &'static str {
+    match outcome {
+        oauth::Classified::Success(_) => "success",
+        oauth::Classified::Terminal(_) => "terminal",
+        oauth::Classified::Transient(_) => "transient",
+        oauth::Classified::Rejected(_) => "rejected",
+        oauth::Classified::Malformed(_) => "malformed",
+        _ => "other",
+    }
+}

@@ -1,0 +1,66 @@
+//! The access token handed to callers.
+
+use core::fmt;
+
+use freshen_core::ids::Generation;
+use freshen_core::session::AccessGrant;
+use freshen_core::token::TokenType;
+use http::HeaderValue;
+
+use crate::Error;
+use crate::sync::Arc;
+
+/// A granted token, shared by every caller of the same generation: handing it
+/// out clones an `Arc`, never the token.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) grant: AccessGrant,
+    /// `Bearer <token>`, marked sensitive so http never prints it; `None`
+    /// when the token holds bytes a header cannot.
+    header: Option<HeaderValue>,
+}
+
+impl Published {
+    pub(crate) fn new(grant: AccessGrant) -> Self {
+        let header =
+            HeaderValue::try_from(format!("Bearer {}", grant.access_token.expose_secret())).ok().map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        Self { grant, header }
+    }
+}
+
+/// An access token the session granted. Cheap to clone; `Debug` shows its
+/// generation and fingerprint, never the token.
+#[derive(Clone)]
+pub struct Token(pub(crate) Arc<Published>);
+
+impl Token {
+    /// Its generation: pass the token back to [`Session::retry_token`](crate::Session::retry_token)
+    /// after a 401, and the session knows which token was refused.
+    pub fn generation(&self) -> Generation {
+        self.0.grant.generation
+    }
+
+    /// How to present it.
+    pub fn token_type(&self) -> &TokenType {
+        &self.0.grant.token_type
+    }
+
+    /// The token bytes. Send them; never log them.
+    pub fn expose_secret(&self) -> &str {
+        self.0.grant.access_token.expose_secret()
+    }
+
+    /// The `Authorization` header value (`Bearer …`), marked sensitive.
+    pub fn authorization(&self) -> Result<&HeaderValue, Error> {
+        self.0.header.as_ref().ok_or(Error::InvalidToken)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({}, {})", self.0.grant.generation, self.0.grant.access_token.fingerprint())
+    }
+}

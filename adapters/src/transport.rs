@@ -1,0 +1,119 @@
+//! Carrying the requests the core builds to the token endpoint.
+//!
+//! A [`Transport`] posts a form and hands back status, the few headers the
+//! core reads and a body cut at [`MAX_BODY_BYTES`]. It never logs bodies. The
+//! session is generic over it, so a simulation can plug in its own network.
+
+use core::future::Future;
+use core::time::Duration;
+
+use freshen_core::oauth::{self, Classified, FormRequest, MAX_BODY_BYTES, Policy};
+use freshen_core::session::TransportFailure;
+use freshen_core::time::UnixTime;
+
+/// Response headers the core reads; others are dropped at the door.
+const KEPT_HEADERS: [&str; 3] = ["retry-after", "date", "www-authenticate"];
+
+/// A response from the token endpoint, bounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// `Retry-After`, `Date` and `WWW-Authenticate`, if present (lower-case names).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, at most [`MAX_BODY_BYTES`] + 1 bytes (one more says "too large").
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with these parts; headers other than the kept ones are dropped.
+    pub fn new(status: u16, headers: impl IntoIterator<Item = (String, Vec<u8>)>, body: Vec<u8>) -> Self {
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .filter(|(name, _)| KEPT_HEADERS.contains(&name.as_str()))
+            .collect();
+        Self { status, headers, body }
+    }
+
+    /// What the response means, by the core's rules.
+    pub fn classify(&self, policy: &Policy, unix_now: UnixTime) -> Classified {
+        let headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let response = oauth::Response { status: self.status, headers: &headers, body: &self.body };
+        oauth::classify(policy, &response, Some(unix_now))
+    }
+}
+
+/// Posts forms to the token and revocation endpoints.
+pub trait Transport: Send + Sync + 'static {
+    /// Posts `form` to `url` and returns the answer, or how it went unanswered.
+    fn post_form(
+        &self,
+        url: &str,
+        form: &FormRequest,
+    ) -> impl Future<Output = Result<HttpResponse, TransportFailure>> + Send;
+}
+
+/// A [`Transport`] over reqwest.
+#[derive(Clone, Debug)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    /// A transport whose requests give up after `timeout`.
+    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self { client: reqwest::Client::builder().timeout(timeout).build()? })
+    }
+
+    /// A transport over a client you configured (proxies, TLS roots, timeouts).
+    pub fn with_client(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl Transport for ReqwestTransport {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+        let mut request = self
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+            .header(http::header::ACCEPT, "application/json")
+            .body(form.expose_body().to_owned());
+        if let Some(authorization) = form.expose_authorization() {
+            let mut value = http::HeaderValue::from_str(authorization).map_err(|_| TransportFailure::NotSent)?;
+            value.set_sensitive(true);
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let mut response = request.send().await.map_err(failure)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect::<Vec<_>>();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failure)? {
+            let room = MAX_BODY_BYTES + 1 - body.len();
+            body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+            if body.len() > MAX_BODY_BYTES {
+                break;
+            }
+        }
+        Ok(HttpResponse::new(status, headers, body))
+    }
+}
+
+/// How a reqwest failure maps to what the core must know: whether the server
+/// may have seen the request.
+fn failure(error: reqwest::Error) -> TransportFailure {
+    // A connect failure (a connect timeout included) never reached the server.
+    if error.is_connect() || error.is_builder() {
+        TransportFailure::NotSent
+    } else if error.is_timeout() {
+        TransportFailure::Timeout
+    } else {
+        TransportFailure::Interrupted
+    }
+}
