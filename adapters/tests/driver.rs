@@ -1,0 +1,231 @@
+//! The driver on tokio's paused clock, against the reference authority.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use freshen::Error;
+use freshen_core::authority::AuthorityConfig;
+use freshen_core::ids::Generation;
+use freshen_core::session::{LogoutCause, StateView, TransportFailure};
+use support::{AuthorityTransport, FlakyStore, session};
+
+/// A stored access token that is already spent.
+const SPENT: Option<Duration> = Some(Duration::ZERO);
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_at_expiry_cause_exactly_one_refresh() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    let callers: Vec<_> = (0..200)
+        .map(|_| {
+            let session = session.clone();
+            tokio::spawn(async move { session.access_token().await })
+        })
+        .collect();
+    let mut generations = BTreeSet::new();
+    for caller in callers {
+        generations.insert(caller.await.unwrap().unwrap().generation());
+    }
+    assert_eq!(generations, BTreeSet::from([Generation(2)]));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    assert_eq!(store.generation(), Some(Generation(2)), "written before it was handed out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_valid_token_comes_from_the_snapshot_without_waiting() {
+    let (session, transport, _) = session(AuthorityConfig::default(), Some(Duration::from_secs(300)));
+    let first = session.access_token().await.unwrap();
+    for _ in 0..1000 {
+        let again = session.access_token().await.unwrap();
+        assert_eq!(again.generation(), first.generation());
+        assert_eq!(again.expose_secret(), first.expose_secret());
+    }
+    assert_eq!(session.waiting(), 0);
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_does_not_abandon_the_refresh() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    transport.hold();
+    let caller = {
+        let session = session.clone();
+        tokio::spawn(async move { session.access_token().await })
+    };
+    settle().await;
+    assert_eq!(session.waiting(), 1);
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    assert_eq!(session.waiting(), 0, "the caller is forgotten");
+    transport.release(1);
+    settle().await;
+    assert_eq!(store.generation(), Some(Generation(2)), "the rotation completed and was written");
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_mid_refresh_still_writes_the_rotation() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    transport.hold();
+    settle().await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "the refresh started at load");
+    drop(session);
+    transport.release(1);
+    settle().await;
+    assert_eq!(store.generation(), Some(Generation(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn logout_during_a_refresh_fails_waiters_revokes_and_clears() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    let mut state = session.state();
+    transport.hold();
+    let caller = {
+        let session = session.clone();
+        tokio::spawn(async move { session.access_token().await })
+    };
+    settle().await;
+    let logout = {
+        let session = session.clone();
+        tokio::spawn(async move { session.log_out().await })
+    };
+    settle().await;
+    assert_eq!(caller.await.unwrap().unwrap_err(), Error::LoggedOut(LogoutCause::Requested));
+    // The held refresh answer and the revocation come through.
+    transport.release(2);
+    logout.await.unwrap();
+    settle().await;
+    assert!(store.inner.peek().is_none(), "the store was cleared");
+    assert_eq!(*state.borrow_and_update(), StateView::LoggedOut { cause: LogoutCause::Requested });
+    // The revocation, and a second one for the tokens the late answer carried.
+    assert_eq!(transport.revocations.load(SeqCst), 2);
+    assert_eq!(session.access_token().await.unwrap_err(), Error::LoggedOut(LogoutCause::Requested));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_store_write_is_retried_before_the_token_is_handed_out() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    store.fail_writes(2);
+    let token = session.access_token().await.unwrap();
+    assert_eq!(token.generation(), Generation(2));
+    assert_eq!(store.writes.load(SeqCst), 3);
+    assert_eq!(store.generation(), Some(Generation(2)));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_keeps_failing_fails_callers_but_keeps_the_rotated_token() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    store.fail_writes(4);
+    assert_eq!(session.access_token().await.unwrap_err(), Error::StoreUnavailable);
+    // The next caller revives the store; the rotated token (generation 2) is what gets written.
+    let token = session.access_token().await.unwrap();
+    assert_eq!(token.generation(), Generation(2));
+    assert_eq!(store.generation(), Some(Generation(2)));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_for_the_current_token_refreshes_and_for_an_old_one_does_not() {
+    let (session, transport, _) = session(AuthorityConfig::default(), Some(Duration::from_secs(300)));
+    let first = session.access_token().await.unwrap();
+    let second = session.retry_token(&first).await.unwrap();
+    assert_eq!(second.generation(), Generation(2));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    // A late 401 for the first token: retry with the current one, no refresh.
+    let again = session.retry_token(&first).await.unwrap();
+    assert_eq!(again.generation(), Generation(2));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_back_off_and_recover() {
+    let (session, transport, _) = session(AuthorityConfig::default(), SPENT);
+    transport.fail_next([TransportFailure::NotSent, TransportFailure::Interrupted]);
+    let token = session.access_token().await.unwrap();
+    assert_eq!(token.generation(), Generation(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_refresh_token_logs_out_and_the_state_says_why() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    let stored = store.inner.peek().unwrap().unwrap();
+    let now = transport.now();
+    transport.authority.lock().unwrap().revoke(now, support::CLIENT, stored.refresh_token.expose_secret()).unwrap();
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(error, Error::LoggedOut(LogoutCause::RefreshTokenRejected { .. })), "{error:?}");
+    assert!(matches!(*session.state().borrow(), StateView::LoggedOut { .. }));
+    settle().await;
+    assert!(store.inner.peek().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_refreshes_ahead_of_expiry_without_callers() {
+    let (session, transport, store) = session(AuthorityConfig::default(), Some(Duration::from_secs(300)));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    // 300 s tokens refreshed 60 s early: one refresh every 240 s.
+    let refreshes = transport.refreshes.load(SeqCst);
+    assert!((14..=16).contains(&refreshes), "{refreshes}");
+    assert_eq!(store.generation(), Some(Generation(refreshes as u64 + 1)));
+    drop(session);
+}
+
+/// Collects everything tracing prints.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_log_line_debug_string_or_error_contains_a_token() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut authority = AuthorityConfig::default();
+    authority.token_prefix = "CANARY".into();
+    let transport = AuthorityTransport::new(authority);
+    let store = FlakyStore::holding(&transport.login(SPENT));
+    let session = freshen::Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    let mut shown = Vec::new();
+    store.fail_writes(1);
+    let token = session.access_token().await.unwrap();
+    shown.push(format!("{token:?} {session:?} {:?}", store.inner.peek()));
+    let retried = session.retry_token(&token).await.unwrap();
+    shown.push(format!("{retried:?} {:?}", retried.authorization().unwrap()));
+    session.log_out().await;
+    shown.push(format!("{:?}", session.access_token().await.unwrap_err()));
+    shown.push(session.access_token().await.unwrap_err().to_string());
+    settle().await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("refresh answered"), "the log was captured:\n{logs}");
+    for text in shown.iter().chain([&logs]) {
+        assert!(!text.contains("CANARY_"), "a token leaked into: {text}");
+    }
+    // The canary was real: the tokens do carry it.
+    assert!(token.expose_secret().starts_with("CANARY_at_"));
+}

@@ -1,0 +1,186 @@
+//! Test doubles for the driver: a transport answered by the core's reference
+//! authority (so rotation, grace and revocation are the real rules), with
+//! answers that can be held behind a gate, and a store that fails on demand.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use freshen::store::{MemoryStore, Store, StoreError};
+use freshen::transport::{HttpResponse, Transport};
+use freshen::{Config, Session};
+use freshen_core::authority::{Authority, AuthorityConfig, Refusal};
+use freshen_core::ids::Generation;
+use freshen_core::oauth::{Client, FormRequest};
+use freshen_core::session::{SessionConfig, TransportFailure};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::TokenType;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+pub const CLIENT: &str = "freshen-test";
+pub const TOKEN_URL: &str = "https://auth.test/token";
+pub const REVOKE_URL: &str = "https://auth.test/revoke";
+
+/// The authority behind the transport, on tokio's (paused) clock.
+#[derive(Clone)]
+pub struct AuthorityTransport {
+    pub authority: Arc<Mutex<Authority>>,
+    origin: Instant,
+    latency: Duration,
+    /// Answers wait for a permit here when the gate is closed.
+    gate: Arc<Semaphore>,
+    gated: Arc<Mutex<bool>>,
+    pub refreshes: Arc<AtomicUsize>,
+    pub revocations: Arc<AtomicUsize>,
+    failures: Arc<Mutex<VecDeque<TransportFailure>>>,
+}
+
+impl AuthorityTransport {
+    pub fn new(config: AuthorityConfig) -> Self {
+        Self {
+            authority: Arc::new(Mutex::new(Authority::new(config, 1))),
+            origin: Instant::now(),
+            latency: Duration::from_millis(20),
+            gate: Arc::new(Semaphore::new(0)),
+            gated: Arc::new(Mutex::new(false)),
+            refreshes: Arc::new(AtomicUsize::new(0)),
+            revocations: Arc::new(AtomicUsize::new(0)),
+            failures: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    pub fn now(&self) -> MonoTime {
+        MonoTime::from_elapsed(self.origin.elapsed())
+    }
+
+    /// Logs in at the authority and returns the session a store would hold.
+    pub fn login(&self, expires_in: Option<Duration>) -> StoredSession {
+        let issued = self.authority.lock().unwrap().login(self.now(), CLIENT, None);
+        let unix_now =
+            UnixTime::from_since_epoch(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap());
+        let blob = serde_json::json!({
+            "v": 1,
+            "generation": 1,
+            "access_token": issued.access_token.expose_secret(),
+            "refresh_token": issued.refresh_token.expose_secret(),
+            "token_type": TokenType::Bearer.as_str(),
+            "access_expires_at_ms": expires_in.map(|e| unix_now.saturating_add(e).since_epoch().as_millis() as u64),
+        });
+        StoredSession::decode(blob.to_string().as_bytes()).unwrap()
+    }
+
+    /// Holds every answer until [`AuthorityTransport::release`].
+    pub fn hold(&self) {
+        *self.gated.lock().unwrap() = true;
+    }
+
+    /// Lets `n` held answers through.
+    pub fn release(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    /// The next requests fail this way before reaching the authority.
+    pub fn fail_next(&self, failures: impl IntoIterator<Item = TransportFailure>) {
+        self.failures.lock().unwrap().extend(failures);
+    }
+}
+
+impl Transport for AuthorityTransport {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+        if let Some(failure) = self.failures.lock().unwrap().pop_front() {
+            return Err(failure);
+        }
+        let fields: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(form.expose_body().as_bytes()).into_owned().collect();
+        tokio::time::sleep(self.latency).await;
+        let (status, body) = if url == TOKEN_URL {
+            self.refreshes.fetch_add(1, Ordering::SeqCst);
+            let token = fields.get("refresh_token").cloned().unwrap_or_default();
+            let client = fields.get("client_id").cloned().unwrap_or_default();
+            let result = self.authority.lock().unwrap().refresh(self.now(), &client, None, &token);
+            match result {
+                Ok(issued) => (200, secrecy::ExposeSecret::expose_secret(&issued.to_json()).to_owned()),
+                Err(refusal) => (400, Refusal::to_json(refusal)),
+            }
+        } else {
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+            let token = fields.get("token").cloned().unwrap_or_default();
+            let client = fields.get("client_id").cloned().unwrap_or_default();
+            let _ = self.authority.lock().unwrap().revoke(self.now(), &client, &token);
+            (200, String::new())
+        };
+        let gated = *self.gated.lock().unwrap();
+        if gated {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        tokio::time::sleep(self.latency).await;
+        Ok(HttpResponse::new(status, [], body.into_bytes()))
+    }
+}
+
+/// A memory store whose next writes fail.
+#[derive(Clone, Default)]
+pub struct FlakyStore {
+    pub inner: MemoryStore,
+    failing_writes: Arc<AtomicUsize>,
+    pub writes: Arc<AtomicUsize>,
+}
+
+impl FlakyStore {
+    pub fn holding(session: &StoredSession) -> Self {
+        Self { inner: MemoryStore::holding(session), ..Self::default() }
+    }
+
+    pub fn fail_writes(&self, n: usize) {
+        self.failing_writes.store(n, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> Option<Generation> {
+        self.inner.peek().and_then(Result::ok).map(|s| s.generation)
+    }
+}
+
+impl Store for FlakyStore {
+    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
+        self.inner.load().await
+    }
+
+    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let failing = self.failing_writes.load(Ordering::SeqCst);
+        if failing > 0 {
+            self.failing_writes.store(failing - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("flaky store"));
+        }
+        self.inner.save(session).await
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+}
+
+pub fn config() -> Config {
+    let mut session = SessionConfig::default();
+    session.refresh_jitter = Duration::ZERO;
+    Config::new(TOKEN_URL, Client::public(CLIENT))
+        .with_revocation_endpoint(REVOKE_URL)
+        .with_session(session)
+        .with_seed(7)
+}
+
+/// A session over the authority whose stored token expires in `expires_in`.
+pub fn session(
+    authority: AuthorityConfig,
+    expires_in: Option<Duration>,
+) -> (Session<AuthorityTransport, FlakyStore>, AuthorityTransport, FlakyStore) {
+    let transport = AuthorityTransport::new(authority);
+    let store = FlakyStore::holding(&transport.login(expires_in));
+    let session = Session::start(config(), transport.clone(), store.clone()).unwrap();
+    (session, transport, store)
+}
