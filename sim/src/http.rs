@@ -1,0 +1,225 @@
+//! The reference authority ([`freshen_core::authority`]) served over HTTP/1.1
+//! with hyper: a token endpoint (the `refresh_token` grant, and a `password`
+//! grant that starts a session for tests), RFC 7009 revocation, and a
+//! protected resource that answers 401 for an expired, revoked or unknown token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use freshen_core::authority::{Authority, AuthorityConfig, AuthorityStats, Issued, Refusal};
+use freshen_core::time::MonoTime;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+
+/// The largest request body the server reads.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Paths the server answers.
+pub mod paths {
+    /// The token endpoint.
+    pub const TOKEN: &str = "/token";
+    /// The revocation endpoint.
+    pub const REVOKE: &str = "/revoke";
+    /// A protected resource: 200 with a valid token, 401 otherwise.
+    pub const RESOURCE: &str = "/resource";
+    /// A resource that refuses every token (to test that a 401 is retried once).
+    pub const ALWAYS_401: &str = "/always-401";
+}
+
+/// The authority behind the server, with its clock and counters.
+#[derive(Debug)]
+pub struct State {
+    authority: Mutex<Authority>,
+    origin: Instant,
+    resource_hits: Mutex<u64>,
+}
+
+impl State {
+    /// A fresh authority.
+    pub fn new(config: AuthorityConfig, seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            authority: Mutex::new(Authority::new(config, seed)),
+            origin: Instant::now(),
+            resource_hits: Mutex::new(0),
+        })
+    }
+
+    /// The authority's time: tokio's clock since the server started.
+    pub fn now(&self) -> MonoTime {
+        MonoTime::from_elapsed(self.origin.elapsed())
+    }
+
+    /// The authority, for direct use (a login, a revocation by an admin).
+    pub fn authority(&self) -> MutexGuard<'_, Authority> {
+        match self.authority.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Running totals (refreshes served, reuse detections, ...).
+    pub fn stats(&self) -> AuthorityStats {
+        self.authority().stats()
+    }
+
+    /// Requests the protected resources received.
+    pub fn resource_hits(&self) -> u64 {
+        self.resource_hits.lock().map(|h| *h).unwrap_or_default()
+    }
+
+    /// Starts a session for `client` (what a login would do).
+    pub fn login(&self, client: &str) -> Issued {
+        let now = self.now();
+        self.authority().login(now, client, None)
+    }
+}
+
+/// A server on a real socket.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves `state` on `addr` (use port 0 for any free port).
+    pub async fn bind(state: Arc<State>, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let serving = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = Arc::clone(&serving);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// Serves a fresh authority on a free loopback port.
+    pub async fn loopback(config: AuthorityConfig, seed: u64) -> std::io::Result<Self> {
+        Self::bind(State::new(config, seed), SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// `http://127.0.0.1:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The authority and its counters.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+fn oauth_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
+    respond(status, "application/json", serde_json::json!({ "error": code }).to_string())
+}
+
+/// Answers one request. Public so that other transports (turmoil) can serve it too.
+pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+    };
+    answer(state, &parts.method, parts.uri.path(), &parts.headers, &body)
+}
+
+/// Answers a request given as parts: the rules, without the I/O.
+pub fn answer(
+    state: &State,
+    method: &Method,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let form = || -> std::collections::HashMap<String, String> { form_urlencoded::parse(body).into_owned().collect() };
+    let now = state.now();
+    match (method, path) {
+        (&Method::POST, paths::TOKEN) => {
+            let form = form();
+            let client = form.get("client_id").map_or("", String::as_str);
+            let issued = match form.get("grant_type").map(String::as_str) {
+                Some("refresh_token") => {
+                    let token = form.get("refresh_token").map_or("", String::as_str);
+                    state.authority().refresh(now, client, None, token)
+                }
+                Some("password") => Ok(state.authority().login(now, client, None)),
+                _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            };
+            match issued {
+                Ok(issued) => respond(StatusCode::OK, "application/json", issued.to_json().expose_secret().to_owned()),
+                Err(refusal) => respond(StatusCode::BAD_REQUEST, "application/json", Refusal::to_json(refusal)),
+            }
+        }
+        (&Method::POST, paths::REVOKE) => {
+            let form = form();
+            let client = form.get("client_id").map_or("", String::as_str);
+            let token = form.get("token").map_or("", String::as_str);
+            match state.authority().revoke(now, client, token) {
+                // RFC 7009 §2.2: 200 whether or not the token was known.
+                Ok(()) => respond(StatusCode::OK, "text/plain", ""),
+                Err(_) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+            }
+        }
+        (_, paths::RESOURCE | paths::ALWAYS_401) => {
+            if let Ok(mut hits) = state.resource_hits.lock() {
+                *hits += 1;
+            }
+            let bearer = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let valid = path == paths::RESOURCE && state.authority().validate(now, bearer).is_ok();
+            if valid {
+                respond(StatusCode::OK, "text/plain", "hello")
+            } else {
+                let mut response = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                response
+            }
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", ""),
+    }
+}

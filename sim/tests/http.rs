@@ -1,0 +1,167 @@
+//! freshen over real HTTP: the reqwest transport, the reqwest-middleware
+//! middleware and the plain client wrapper, against the reference authority
+//! served by hyper on a loopback port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
+
+use std::time::Duration;
+
+use freshen::middleware::{AuthMiddleware, AuthorizedClient, ClientError};
+use freshen::store::MemoryStore;
+use freshen::transport::{ReqwestTransport, Transport};
+use freshen::{Config, Error, Session};
+use freshen_core::authority::AuthorityConfig;
+use freshen_core::ids::Generation;
+use freshen_core::oauth::{self, Classified, Client, MAX_BODY_BYTES, MalformedReason};
+use freshen_core::session::TransportFailure;
+use freshen_core::stored::StoredSession;
+use freshen_core::token::RefreshToken;
+use freshen_sim::http::{Server, paths};
+
+const CLIENT: &str = "http-test";
+
+/// A server and a session whose stored access token is already spent.
+async fn setup() -> (Server, Session<ReqwestTransport, MemoryStore>, MemoryStore) {
+    let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
+    let issued = server.state().login(CLIENT);
+    let blob = serde_json::json!({
+        "v": 1,
+        "generation": 1,
+        "access_token": issued.access_token.expose_secret(),
+        "refresh_token": issued.refresh_token.expose_secret(),
+        "access_expires_at_ms": 0,
+    });
+    let store = MemoryStore::holding(&StoredSession::decode(blob.to_string().as_bytes()).unwrap());
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
+        .with_revocation_endpoint(server.url(paths::REVOKE))
+        .with_seed(1);
+    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let session = Session::start(config, transport, store.clone()).unwrap();
+    (server, session, store)
+}
+
+#[tokio::test]
+async fn the_reqwest_transport_refreshes_over_http() {
+    let (server, session, store) = setup().await;
+    let token = session.access_token().await.unwrap();
+    assert_eq!(token.generation(), Generation(2));
+    assert_eq!(server.state().stats().refreshes, 1);
+    assert_eq!(store.peek().unwrap().unwrap().generation, Generation(2));
+}
+
+#[tokio::test]
+async fn the_transport_bounds_the_body_and_maps_failures() {
+    // A refusal, a body over the bound, and a closed port.
+    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
+    let form = oauth::refresh_request(&Client::public(CLIENT), &RefreshToken::new("unknown"), None);
+    let response = transport.post_form(&server.url(paths::TOKEN), &form).await.unwrap();
+    assert_eq!(response.status, 400);
+    let outcome = response.classify(&oauth::Policy::default(), freshen_core::time::UnixTime::EPOCH);
+    assert!(matches!(outcome, Classified::Terminal(_)), "{outcome:?}");
+
+    let huge = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let huge_addr = huge.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = huge.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let body = vec![b'x'; 10 * 1024 * 1024];
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\r\n", body.len());
+        let _ = socket.write_all(head.as_bytes()).await;
+        let _ = socket.write_all(&body).await;
+    });
+    let response = transport.post_form(&format!("http://{huge_addr}/token"), &form).await.unwrap();
+    assert_eq!(response.body.len(), MAX_BODY_BYTES + 1, "read stops one byte past the bound");
+    let outcome = response.classify(&oauth::Policy::default(), freshen_core::time::UnixTime::EPOCH);
+    assert!(matches!(outcome, Classified::Malformed(ref m) if m.reason == MalformedReason::BodyTooLarge));
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let failure = transport.post_form(&format!("http://{closed}/token"), &form).await.unwrap_err();
+    assert_eq!(failure, TransportFailure::NotSent);
+}
+
+#[tokio::test]
+async fn the_middleware_attaches_the_token_and_retries_a_401_once() {
+    let (server, session, _) = setup().await;
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    let response = api.get(server.url(paths::RESOURCE)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello");
+
+    // An admin revokes the current access token: the next request gets a 401,
+    // the session refreshes, and the request is retried once with the new token.
+    let current = session.access_token().await.unwrap();
+    let now = server.state().now();
+    server.state().authority().revoke(now, CLIENT, current.expose_secret()).unwrap();
+    let hits = server.state().resource_hits();
+    let response = api.get(server.url(paths::RESOURCE)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(server.state().resource_hits() - hits, 2, "one 401, one retry");
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(3));
+}
+
+#[tokio::test]
+async fn a_second_401_is_returned_not_retried_again() {
+    let (server, session, _) = setup().await;
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    let response = api.get(server.url(paths::ALWAYS_401)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(server.state().resource_hits(), 2, "exactly one retry: no 401 loop");
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_cloned_is_sent_once_and_its_401_is_an_error() {
+    let (server, session, _) = setup().await;
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"payload"))]);
+    let error =
+        api.post(server.url(paths::ALWAYS_401)).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap_err();
+    let kind = match &error {
+        reqwest_middleware::Error::Middleware(inner) => inner.downcast_ref::<Error>().cloned(),
+        reqwest_middleware::Error::Reqwest(_) => None,
+    };
+    assert_eq!(kind, Some(Error::UnauthorizedNotRetried), "{error}");
+    assert_eq!(server.state().resource_hits(), 1);
+}
+
+#[tokio::test]
+async fn the_plain_wrapper_does_the_same_without_middleware() {
+    let (server, session, _) = setup().await;
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
+    let request = client.request(reqwest::Method::GET, server.url(paths::RESOURCE)).build().unwrap();
+    assert_eq!(client.execute(request).await.unwrap().status(), 200);
+
+    let request = client.request(reqwest::Method::GET, server.url(paths::ALWAYS_401)).build().unwrap();
+    assert_eq!(client.execute(request).await.unwrap().status(), 401);
+
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
+    let request = client
+        .request(reqwest::Method::POST, server.url(paths::ALWAYS_401))
+        .body(reqwest::Body::wrap_stream(stream))
+        .build()
+        .unwrap();
+    assert!(matches!(client.execute(request).await, Err(ClientError::Session(Error::UnauthorizedNotRetried))));
+}
+
+#[tokio::test]
+async fn logout_revokes_at_the_server() {
+    let (server, session, store) = setup().await;
+    let token = session.access_token().await.unwrap();
+    session.log_out().await;
+    assert!(store.peek().is_none());
+    assert_eq!(server.state().stats().revocations, 1);
+    let now = server.state().now();
+    assert!(server.state().authority().validate(now, token.expose_secret()).is_err(), "the family is revoked");
+}
