@@ -170,3 +170,6 @@ impl<W: Waker> Coordinator<W> {
         }
     }
 }
+
+#[cfg(all(test, freshen_loom))]
+mod loom_models;

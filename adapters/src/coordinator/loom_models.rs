@@ -1,0 +1,237 @@
+//! loom models of the coordination unit: every interleaving (up to the
+//! preemption bound) of callers, the driver answering I/O, cancellation and
+//! logout. Run with
+//! `RUSTFLAGS="--cfg freshen_loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p freshen --lib --release loom`.
+
+use freshen_core::ids::Generation;
+use freshen_core::oauth::{Classified, TokenResponse};
+use freshen_core::session::{Event, FailReason, LogoutCause, Session, SessionConfig, StateView};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::{AccessToken, RefreshToken};
+use loom::sync::{Condvar, Mutex};
+use loom::thread;
+
+use super::{Coordinator, Io, Outcome, Waker};
+use crate::sync::Arc;
+
+/// A waiting caller under loom: a slot and a condition variable.
+#[derive(Clone)]
+struct Slot(Arc<(Mutex<Option<Outcome>>, Condvar)>);
+
+impl Slot {
+    fn new() -> Self {
+        Self(Arc::new((Mutex::new(None), Condvar::new())))
+    }
+
+    fn wait(&self) -> Outcome {
+        let (value, ready) = &*self.0;
+        let mut guard = value.lock().unwrap();
+        loop {
+            if let Some(outcome) = guard.take() {
+                return outcome;
+            }
+            guard = ready.wait(guard).unwrap();
+        }
+    }
+
+    fn try_take(&self) -> Option<Outcome> {
+        self.0.0.lock().unwrap().take()
+    }
+}
+
+impl Waker for Slot {
+    fn wake(self, outcome: Outcome) {
+        let (value, ready) = &*self.0;
+        *value.lock().unwrap() = Some(outcome);
+        ready.notify_all();
+    }
+}
+
+/// A session whose stored access token is spent: the first caller needs a refresh.
+fn coordinator() -> Arc<Coordinator<Slot>> {
+    coordinator_with(SessionConfig::default())
+}
+
+fn coordinator_with(config: SessionConfig) -> Arc<Coordinator<Slot>> {
+    let machine = Session::new(config, 1, MonoTime::ZERO, UnixTime::from_secs(1_000)).unwrap();
+    Arc::new(Coordinator::new(machine))
+}
+
+fn spent_session() -> StoredSession {
+    StoredSession::decode(
+        br#"{"v":1,"generation":1,"access_token":"a1","refresh_token":"r1","access_expires_at_ms":0}"#,
+    )
+    .unwrap()
+}
+
+/// Counts participants (callers, the logout) that have made their move, so
+/// the driver can wait for them on a condition variable instead of spinning.
+#[derive(Clone)]
+struct Progress(Arc<(Mutex<usize>, Condvar)>);
+
+impl Progress {
+    fn new() -> Self {
+        Self(Arc::new((Mutex::new(0), Condvar::new())))
+    }
+
+    fn moved(&self) {
+        *self.0.0.lock().unwrap() += 1;
+        self.0.1.notify_all();
+    }
+}
+
+/// The driver: answers the queued I/O, correctly, until all `participants`
+/// have moved and nothing is left. Returns how many refreshes it sent.
+fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usize) -> usize {
+    let mut refreshes = 0;
+    loop {
+        let io = coordinator.take_io();
+        if io.is_empty() {
+            let (moved, changed) = &*progress.0;
+            let mut count = moved.lock().unwrap();
+            if *count == participants {
+                // Every move happened before the count reached its end, and the
+                // take above came after: nothing can be queued now but by us.
+                return refreshes;
+            }
+            count = changed.wait(count).unwrap();
+            drop(count);
+            continue;
+        }
+        for io in io {
+            let event = match io {
+                Io::LoadStore(op) => {
+                    Event::StoreLoaded { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
+                }
+                Io::Persist(op, _) | Io::ClearStore(op) => Event::StoreWritten { op },
+                Io::Refresh { id, .. } => {
+                    refreshes += 1;
+                    let response = TokenResponse::bearer(
+                        AccessToken::new("a2"),
+                        Some(core::time::Duration::from_secs(300)),
+                        Some(RefreshToken::new("r2")),
+                    );
+                    Event::RefreshCompleted { id, outcome: Classified::Success(response) }
+                }
+                Io::Revoke(_) | Io::State(_) => continue,
+            };
+            coordinator.handle(MonoTime::ZERO, event);
+        }
+    }
+}
+
+fn max_preemptions() -> loom::model::Builder {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound.get_or_insert(3);
+    builder
+}
+
+/// Three callers on a spent token, one driver: exactly one refresh, and
+/// every caller gets the refreshed token.
+fn three_callers_one_refresh(config: SessionConfig) {
+    max_preemptions().check(move || {
+        let coordinator = coordinator_with(config.clone());
+        let progress = Progress::new();
+        let callers: Vec<_> = (0..3)
+            .map(|_| {
+                let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
+                thread::spawn(move || {
+                    let slot = Slot::new();
+                    coordinator.want(MonoTime::ZERO, slot.clone());
+                    progress.moved();
+                    slot.wait()
+                })
+            })
+            .collect();
+        let refreshes = drive(&coordinator, &progress, 3);
+        for caller in callers {
+            let granted = caller.join().unwrap().expect("a token");
+            assert!(granted.grant.generation >= Generation(2));
+        }
+        assert_eq!(refreshes, 1, "three callers, one refresh");
+        assert_eq!(coordinator.waiting(), 0);
+    });
+}
+
+#[test]
+fn loom_three_callers_one_refresh() {
+    three_callers_one_refresh(SessionConfig::default());
+}
+
+/// The model is a checker: against the planted machine that lets every caller
+/// start its own refresh, loom finds the interleaving that breaks it.
+#[test]
+fn loom_catches_a_planted_double_refresh() {
+    let mut config = SessionConfig::default();
+    config.plant = Some(freshen_core::session::Plant::NoSingleFlight);
+    let caught = std::panic::catch_unwind(move || three_callers_one_refresh(config)).is_err();
+    assert!(caught, "loom found no interleaving with two refreshes");
+}
+
+#[test]
+fn loom_a_caller_that_drops_its_wait() {
+    max_preemptions().check(|| {
+        let coordinator = coordinator();
+        let progress = Progress::new();
+        let leaver = {
+            let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
+            thread::spawn(move || {
+                let slot = Slot::new();
+                let caller = coordinator.want(MonoTime::ZERO, slot.clone());
+                coordinator.cancel(caller);
+                progress.moved();
+                // Whatever raced with the cancel, nothing is delivered twice and nothing is lost.
+                slot.try_take()
+            })
+        };
+        let stayer = {
+            let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
+            thread::spawn(move || {
+                let slot = Slot::new();
+                coordinator.want(MonoTime::ZERO, slot.clone());
+                progress.moved();
+                slot.wait()
+            })
+        };
+        let refreshes = drive(&coordinator, &progress, 2);
+        let _ = leaver.join().unwrap();
+        assert_eq!(stayer.join().unwrap().expect("a token").grant.generation, Generation(2));
+        assert_eq!(refreshes, 1);
+        assert_eq!(coordinator.waiting(), 0, "the one who left is not kept");
+    });
+}
+
+#[test]
+fn loom_logout_racing_a_refresh() {
+    max_preemptions().check(|| {
+        let coordinator = coordinator();
+        let progress = Progress::new();
+        let caller = {
+            let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
+            thread::spawn(move || {
+                let slot = Slot::new();
+                coordinator.want(MonoTime::ZERO, slot.clone());
+                progress.moved();
+                slot.wait()
+            })
+        };
+        let logout = {
+            let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
+            thread::spawn(move || {
+                coordinator.handle(MonoTime::ZERO, Event::LogoutRequested);
+                progress.moved();
+            })
+        };
+        drive(&coordinator, &progress, 2);
+        logout.join().unwrap();
+        match caller.join().unwrap() {
+            // The refresh won the race: the token was written before it was granted.
+            Ok(granted) => assert_eq!(granted.grant.generation, Generation(2)),
+            Err(reason) => assert_eq!(reason, FailReason::LoggedOut(LogoutCause::Requested)),
+        }
+        assert_eq!(coordinator.state(), StateView::LoggedOut { cause: LogoutCause::Requested });
+        assert!(coordinator.fast(MonoTime::ZERO).is_none(), "nothing is handed out after logout");
+        assert_eq!(coordinator.waiting(), 0);
+    });
+}
