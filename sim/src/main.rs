@@ -21,6 +21,8 @@ use freshen_core::session::Plant;
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1] [--plant NAME] [--threads T]
        freshen-sim --seed S [--plant NAME]
+       freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
+                         [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
 
   --seeds N     seeds to run (default 1000)
   --first S     first seed of the range (default 0)
@@ -31,7 +33,50 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1] [--plant NAME] [--threads 
                 grant-before-persist, logout-keeps-storage, retry-forgets-rotation
   --threads T   worker threads (default: the machine's cores)
 
+  serve         run the reference authority on 127.0.0.1:P (default 8080) until interrupted:
+                POST /token (refresh_token and password grants), POST /revoke, GET /resource
+
 exit status: 0 no invariant violated, 1 a violation (seed and replay command printed), 2 usage error";
+
+/// `freshen-sim serve`: the reference authority on a real port, for manual use.
+fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
+    use freshen_core::authority::{AuthorityConfig, GraceReplay};
+    let mut config = AuthorityConfig::default();
+    let mut port: u16 = 8080;
+    let mut args = args;
+    while let Some(flag) = args.next() {
+        let mut seconds = |name: &str| -> Result<std::time::Duration, String> {
+            let text = args.next().ok_or_else(|| format!("{name} needs a value"))?;
+            text.parse::<u64>().map(std::time::Duration::from_secs).map_err(|_| format!("{name}: not a number: {text}"))
+        };
+        match flag.as_str() {
+            "--port" => port = u16::try_from(seconds("--port")?.as_secs()).map_err(|_| "--port: too large")?,
+            "--access-ttl" => config.access_ttl = seconds("--access-ttl")?,
+            "--refresh-ttl" => config.refresh_ttl = seconds("--refresh-ttl")?,
+            "--family-lifetime" => config.family_lifetime = seconds("--family-lifetime")?,
+            "--grace" => config.grace = seconds("--grace")?,
+            "--grace-reuses" => {
+                config.grace_reuses = u32::try_from(seconds("--grace-reuses")?.as_secs()).map_err(|_| "too large")?;
+            }
+            "--fresh-pair" => config.grace_replay = GraceReplay::FreshPair,
+            "--no-rotation" => config.rotation = false,
+            "--no-reuse-detection" => config.reuse_detection = false,
+            other => return Err(format!("serve: unknown argument {other}")),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let server = freshen_sim::http::Server::bind(freshen_sim::http::State::new(config.clone(), 1), address)
+            .await
+            .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        println!("reference authority on {} ({config:?})", server.url(""));
+        println!("  POST {}   POST {}   GET {}", server.url("/token"), server.url("/revoke"), server.url("/resource"));
+        let _ = tokio::signal::ctrl_c().await;
+        println!("refreshes served: {}", server.state().stats().refreshes);
+        Ok(())
+    })
+}
 
 #[derive(Debug)]
 struct Options {
@@ -204,7 +249,18 @@ fn summarize(options: &Options, outcomes: &[Outcome], seconds: f64) -> ExitCode 
 }
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("serve") {
+        args.next();
+        return match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("freshen-sim: {message}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match parse(args) {
         Err(message) => {
             if !message.is_empty() {
                 eprintln!("freshen-sim: {message}");
