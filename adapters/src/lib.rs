@@ -57,10 +57,13 @@ mod token;
 #[cfg(not(freshen_loom))]
 pub mod transport;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use coordinator::Observer;
 pub use error::Error;
 pub use freshen_core as core;
 #[cfg(not(freshen_loom))]
-pub use session::{Config, Session};
+pub use session::{Config, Session, system_clock};
 pub use token::Token;
 
 /// The README's Rust examples, compiled as doc tests.

@@ -46,6 +46,13 @@ pub struct Config {
     pub session: SessionConfig,
     /// The seed for jitter; `None` draws one from the OS. Set it to replay a run.
     pub seed: Option<u64>,
+    /// Reads the wall clock (used only to carry expiries across restarts and
+    /// to read HTTP dates). A simulation passes its own to stay deterministic.
+    pub wall_clock: fn() -> UnixTime,
+    /// Sees every input and command of the machine (for the simulation's checker).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub observer: Option<std::sync::Arc<dyn crate::coordinator::Observer>>,
 }
 
 impl Config {
@@ -60,6 +67,9 @@ impl Config {
             scope: None,
             session: SessionConfig::default(),
             seed: None,
+            wall_clock: system_clock,
+            #[cfg(feature = "testing")]
+            observer: None,
         }
     }
 
@@ -117,7 +127,8 @@ impl<T, S> Shared<T, S> {
     }
 }
 
-fn unix_now() -> UnixTime {
+/// The system's wall clock: [`Config::wall_clock`]'s default.
+pub fn system_clock() -> UnixTime {
     UnixTime::from_since_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }
 
@@ -156,10 +167,18 @@ impl<T: Transport, S: Store> Session<T, S> {
     pub fn start(config: Config, transport: T, store: S) -> Result<Self, ConfigError> {
         let seed = config.seed.unwrap_or_else(|| RandomState::new().hash_one(SystemTime::now()));
         let origin = Instant::now();
-        let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, unix_now())?;
+        let machine =
+            freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, (config.wall_clock)())?;
         let (state, _) = watch::channel(machine.state().clone());
+        #[cfg(feature = "testing")]
+        let coordinator = match &config.observer {
+            Some(observer) => Coordinator::observed(machine, Arc::clone(observer)),
+            None => Coordinator::new(machine),
+        };
+        #[cfg(not(feature = "testing"))]
+        let coordinator = Coordinator::new(machine);
         let shared = Arc::new(Shared {
-            coordinator: Coordinator::new(machine),
+            coordinator,
             transport,
             store,
             config,
@@ -328,7 +347,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 .await
                 {
                     Ok(Ok(response)) => {
-                        let outcome = response.classify(&config.session.policy, unix_now());
+                        let outcome = response.classify(&config.session.policy, (config.wall_clock)());
                         info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
                         Event::RefreshCompleted { id, outcome }
                     }
@@ -360,7 +379,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             let event = match shared.store.load().await {
                 Ok(stored) => {
                     info!(found = stored.is_some(), "store loaded");
-                    Event::StoreLoaded { op, stored, unix_now: unix_now() }
+                    Event::StoreLoaded { op, stored, unix_now: (shared.config.wall_clock)() }
                 }
                 Err(error) => {
                     warn!(%error, "store load failed");

@@ -53,6 +53,13 @@ pub enum Invariant {
     A5,
     /// A rejected request changes nothing.
     A6,
+    /// A session is never logged out by its own races: when the server's
+    /// grace covers a whole retry cycle (and enough replays), a lost answer
+    /// alone does not end it.
+    L1,
+    /// Every logout has a cause the world produced: expiry, revocation, a
+    /// lost answer, or a crash (or the user asked).
+    L2,
 }
 
 impl fmt::Display for Invariant {
@@ -443,6 +450,56 @@ impl ClientMonitor {
         if let Some(since) = self.awaiting_logout {
             self.violate(Invariant::C6, now, format!("a terminal answer at {since} never led to a logout"));
         }
+    }
+}
+
+/// What the world knows about a logout, for the logout rules L1 and L2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogoutEvidence {
+    /// An answer the server committed was lost (dropped, mangled, or given up on).
+    pub lost_answer: bool,
+    /// The client crashed since its session began.
+    pub crashed: bool,
+    /// Someone revoked the grant (the user, from their account page; an admin).
+    pub revoked: bool,
+    /// The authority's last refusal of this client's refresh.
+    pub refusal: Option<Refusal>,
+}
+
+/// Judges a logout by L1 and L2.
+pub fn judge_logout(
+    session: &SessionConfig,
+    authority: &AuthorityConfig,
+    cause: &LogoutCause,
+    evidence: LogoutEvidence,
+    at: MonoTime,
+) -> Result<(), Violation> {
+    let LogoutCause::RefreshTokenRejected { after_lost_response, .. } = cause else {
+        // Asked for, nothing stored, or unreadable: not a rejection.
+        return Ok(());
+    };
+    let violation = |invariant, detail: String| Err(Violation { invariant, at, detail });
+    match evidence.refusal {
+        Some(Refusal::Expired) => return Ok(()),
+        Some(Refusal::Unknown | Refusal::WrongClient) => {
+            return violation(Invariant::L2, format!("logged out after a {:?} refusal", evidence.refusal));
+        }
+        _ => {}
+    }
+    let lost = evidence.lost_answer || *after_lost_response;
+    let grace_covers_retries =
+        authority.grace >= session.refresh_cycle_bound() && authority.grace_reuses > session.backoff.attempts;
+    if evidence.crashed || evidence.revoked {
+        Ok(())
+    } else if !lost {
+        violation(
+            Invariant::L2,
+            format!("logged out ({:?}) with no lost answer, crash, revocation or expiry", evidence.refusal),
+        )
+    } else if grace_covers_retries {
+        violation(Invariant::L1, format!("a lost answer ended the session though grace is {:?}", authority.grace))
+    } else {
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, Refusal};
-use crate::check::{AuthorityMonitor, ClientMonitor, Invariant, Violation};
+use crate::check::{AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Violation, judge_logout};
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
 use crate::oauth::{self, Classified};
 use crate::rng::SplitMix64;
@@ -196,8 +196,13 @@ impl WorldConfig {
             refresh_ttl: Duration::from_secs(600 + rng.below(4 * 3600)),
             family_lifetime: Duration::from_secs(3600 + rng.below(48 * 3600)),
             rotation: !rng.chance(1, 5),
-            grace: if rng.chance(1, 3) { Duration::ZERO } else { Duration::from_secs(rng.below(120)) },
-            grace_reuses: 1 + rng.below(3) as u32,
+            grace: match rng.below(6) {
+                0 | 1 => Duration::ZERO,
+                // Longer than a whole retry cycle: L1 applies.
+                2 => Duration::from_secs(300 + rng.below(300)),
+                _ => Duration::from_secs(rng.below(120)),
+            },
+            grace_reuses: 1 + rng.below(6) as u32,
             grace_replay: if rng.chance(1, 2) {
                 crate::authority::GraceReplay::SamePair
             } else {
@@ -249,7 +254,7 @@ pub struct WorldStats {
 #[derive(Debug)]
 enum Pending {
     CallerArrives,
-    RefreshArrives { incarnation: u32, id: RefreshId, token: RefreshToken, fate: Fate },
+    RefreshArrives { incarnation: u32, id: RefreshId, token: RefreshToken, fate: Fate, sent_at: MonoTime },
     RefreshAnswered { incarnation: u32, id: RefreshId, outcome: Classified },
     RefreshFailed { incarnation: u32, id: RefreshId, failure: TransportFailure },
     StoreDone { incarnation: u32, op: StoreOpId, outcome: StoreOutcome },
@@ -301,6 +306,8 @@ pub struct World {
     clock_jumped: bool,
     client_monitor: ClientMonitor,
     authority_monitor: AuthorityMonitor,
+    /// What the world knows about the current login, for the logout rules.
+    evidence: LogoutEvidence,
     extra: Vec<Violation>,
     trace: Vec<String>,
     stats: WorldStats,
@@ -343,6 +350,7 @@ impl World {
         let mut world = Self {
             client_monitor: ClientMonitor::new(&config.session),
             authority_monitor: AuthorityMonitor::new(&config.authority),
+            evidence: LogoutEvidence::default(),
             config,
             seed,
             rng,
@@ -440,6 +448,7 @@ impl World {
     /// The user revokes this app's access from their account page: the
     /// stored session's family is revoked at the authority.
     pub fn revoke_stored_session(&mut self) {
+        self.evidence.revoked = true;
         if let Some(stored) = self.stored() {
             let _ = self.authority.revoke(self.now, CLIENT_ID, stored.refresh_token.expose_secret());
             self.observe_authority();
@@ -476,6 +485,7 @@ impl World {
             scope: None,
             requested_at: self.now,
         };
+        self.evidence = LogoutEvidence::default();
         self.input(Event::LoggedIn(new));
     }
 
@@ -493,6 +503,7 @@ impl World {
             self.apply(write);
         }
         self.incarnation += 1;
+        self.evidence.crashed = true;
         self.client_monitor.crash();
         self.retried.clear();
         note!(self, "{} crash: incarnation {} starts", self.now, self.incarnation);
@@ -683,7 +694,11 @@ impl World {
                     }
                     _ => {
                         let at = self.now.saturating_add(latency);
-                        self.schedule(at, Pending::RefreshArrives { incarnation, id, token: refresh_token, fate });
+                        let sent_at = self.now;
+                        self.schedule(
+                            at,
+                            Pending::RefreshArrives { incarnation, id, token: refresh_token, fate, sent_at },
+                        );
                     }
                 }
             }
@@ -710,6 +725,9 @@ impl World {
             }
             Command::StateChanged(StateView::LoggedOut { cause }) => {
                 *self.stats.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+                let judged =
+                    judge_logout(&self.config.session, &self.config.authority, &cause, self.evidence, self.now);
+                self.extra.extend(judged.err());
                 // The user logs in again a while later, so the run goes on.
                 if self.config.demand.is_some() {
                     let at = self.now.saturating_add(Duration::from_secs(30));
@@ -785,8 +803,8 @@ impl World {
     fn deliver(&mut self, pending: Pending) {
         // Server-side arrivals happen whatever the client does.
         let pending = match pending {
-            Pending::RefreshArrives { incarnation, id, token, fate } => {
-                return self.serve_refresh(incarnation, id, &token, fate);
+            Pending::RefreshArrives { incarnation, id, token, fate, sent_at } => {
+                return self.serve_refresh(incarnation, id, &token, fate, sent_at);
             }
             Pending::RevokeArrives { token } => {
                 let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
@@ -877,7 +895,7 @@ impl World {
         self.input(event);
     }
 
-    fn serve_refresh(&mut self, incarnation: u32, id: RefreshId, token: &RefreshToken, fate: Fate) {
+    fn serve_refresh(&mut self, incarnation: u32, id: RefreshId, token: &RefreshToken, fate: Fate, sent_at: MonoTime) {
         let (status, headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
             Fate::ServerError => (503, vec![], SecretString::from("<html>503 Service Unavailable</html>")),
             Fate::RateLimited(wait) => {
@@ -894,6 +912,15 @@ impl World {
         };
         let (latency, _) = self.latency();
         let at = self.now.saturating_add(latency);
+        let arrives_at = match fate {
+            Fate::Delay(extra) => at.saturating_add(extra),
+            _ => at,
+        };
+        let too_late = arrives_at.saturating_duration_since(sent_at) >= self.config.session.request_timeout;
+        if matches!(fate, Fate::DropResponse | Fate::MangleResponse) || too_late {
+            // The server committed; the client will not read (in time) what it did.
+            self.evidence.lost_answer = true;
+        }
         let body = match fate {
             Fate::DropResponse => return,
             Fate::MangleResponse => SecretString::from("<html>gateway error</html>"),
@@ -916,6 +943,9 @@ impl World {
 
     fn observe_authority(&mut self) {
         for entry in self.authority.take_audit() {
+            if let crate::authority::AuditOutcome::Refused(refusal) = entry.outcome {
+                self.evidence.refusal = Some(refusal);
+            }
             self.authority_monitor.observe(&entry);
         }
     }

@@ -38,23 +38,37 @@ pub mod paths {
 #[derive(Debug)]
 pub struct State {
     authority: Mutex<Authority>,
-    origin: Instant,
+    /// `None` in a turmoil simulation: time is the simulation's.
+    origin: Option<Instant>,
     resource_hits: Mutex<u64>,
 }
 
 impl State {
     /// A fresh authority.
     pub fn new(config: AuthorityConfig, seed: u64) -> Arc<Self> {
+        Self::with(Authority::new(config, seed))
+    }
+
+    /// An authority inside a turmoil simulation: it reads the simulation's
+    /// clock (zero before it starts) and records an audit for the checker.
+    pub fn simulated(config: AuthorityConfig, seed: u64) -> Arc<Self> {
         Arc::new(Self {
-            authority: Mutex::new(Authority::new(config, seed)),
-            origin: Instant::now(),
+            authority: Mutex::new(Authority::new(config, seed).with_audit()),
+            origin: None,
             resource_hits: Mutex::new(0),
         })
     }
 
-    /// The authority's time: tokio's clock since the server started.
+    fn with(authority: Authority) -> Arc<Self> {
+        Arc::new(Self { authority: Mutex::new(authority), origin: Some(Instant::now()), resource_hits: Mutex::new(0) })
+    }
+
+    /// The authority's time: since the server started, or the simulation's.
     pub fn now(&self) -> MonoTime {
-        MonoTime::from_elapsed(self.origin.elapsed())
+        MonoTime::from_elapsed(match self.origin {
+            Some(origin) => origin.elapsed(),
+            None => turmoil::sim_elapsed().unwrap_or_default(),
+        })
     }
 
     /// The authority, for direct use (a login, a revocation by an admin).

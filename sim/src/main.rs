@@ -19,15 +19,16 @@ use freshen_core::harness::{World, WorldConfig, WorldStats};
 use freshen_core::session::Plant;
 
 const USAGE: &str = "\
-usage: freshen-sim [--seeds N] [--first S] [--tier 1] [--plant NAME] [--threads T]
-       freshen-sim --seed S [--plant NAME]
+usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T]
+       freshen-sim --seed S [--tier 1|2] [--plant NAME]
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
 
   --seeds N     seeds to run (default 1000)
   --first S     first seed of the range (default 0)
-  --tier 1      tier 1: the pure machine and authority in a discrete-event world
-                (tier 2, turmoil with the real driver, is not built yet)
+  --tier T      run only tier 1 (the pure machine and authority in a discrete-event
+                world: breadth) or tier 2 (the real driver over hyper on turmoil: depth);
+                by default one seed in twenty runs in tier 2
   --seed S      replay one seed and print its full trace (no token bytes)
   --plant NAME  run a deliberately broken session: no-single-flight,
                 grant-before-persist, logout-keeps-storage, retry-forgets-rotation
@@ -78,10 +79,29 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
     })
 }
 
+/// Which simulation runs a seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    /// The pure machine and authority in a discrete-event world: breadth.
+    One,
+    /// The real driver over hyper on turmoil: depth.
+    Two,
+}
+
+impl Tier {
+    fn number(self) -> u8 {
+        match self {
+            Tier::One => 1,
+            Tier::Two => 2,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Options {
     seeds: u64,
     first: u64,
+    tier: Option<Tier>,
     replay: Option<u64>,
     plant: Option<Plant>,
     threads: usize,
@@ -89,7 +109,7 @@ struct Options {
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut options = Options { seeds: 1000, first: 0, replay: None, plant: None, threads };
+    let mut options = Options { seeds: 1000, first: 0, tier: None, replay: None, plant: None, threads };
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -99,11 +119,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--seeds" => options.seeds = number("--seeds", value("--seeds")?)?,
             "--first" => options.first = number("--first", value("--first")?)?,
             "--seed" => options.replay = Some(number("--seed", value("--seed")?)?),
-            "--tier" => match value("--tier")?.as_str() {
-                "1" => {}
-                "2" => return Err("tier 2 (turmoil with the real driver) is not built yet".into()),
-                other => return Err(format!("--tier: 1 or 2, not {other}")),
-            },
+            "--tier" => {
+                options.tier = Some(match value("--tier")?.as_str() {
+                    "1" => Tier::One,
+                    "2" => Tier::Two,
+                    other => return Err(format!("--tier: 1 or 2, not {other}")),
+                });
+            }
             "--plant" => {
                 let name = value("--plant")?;
                 options.plant =
@@ -122,63 +144,133 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     Ok(options)
 }
 
-fn world(seed: u64, plant: Option<Plant>, trace: bool) -> World {
-    let mut config = WorldConfig::sampled(seed);
-    config.session.plant = plant;
-    config.trace = trace;
-    let mut world = World::new(config, seed);
-    world.run();
-    world
+/// What one seed did, in either tier.
+struct Outcome {
+    tier: Tier,
+    seed: u64,
+    refreshes: u64,
+    granted: u64,
+    failed: u64,
+    faults: BTreeMap<String, u64>,
+    logouts: BTreeMap<String, u64>,
+    violations: Vec<Violation>,
+    trace: Vec<String>,
 }
 
-fn replay_command(seed: u64, plant: Option<Plant>) -> String {
+fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome {
+    match tier {
+        Tier::One => {
+            let mut config = WorldConfig::sampled(seed);
+            config.session.plant = plant;
+            config.trace = trace;
+            let mut world = World::new(config, seed);
+            world.run();
+            let stats: &WorldStats = world.stats();
+            let mut faults: BTreeMap<String, u64> = stats.faults.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+            if stats.crashes > 0 {
+                faults.insert("crash".into(), stats.crashes);
+            }
+            let mut trace = world.trace().to_vec();
+            if !trace.is_empty() {
+                trace.push(world.summary());
+            }
+            Outcome {
+                tier,
+                seed,
+                refreshes: stats.refreshes_sent,
+                granted: stats.granted,
+                failed: stats.failed,
+                faults,
+                logouts: stats.logouts.clone(),
+                violations: world.violations(),
+                trace,
+            }
+        }
+        Tier::Two => {
+            let mut config = freshen_sim::tier2::WorldConfig::sampled(seed);
+            config.trace = trace;
+            let outcome = freshen_sim::tier2::run(&config, seed, plant);
+            Outcome {
+                tier,
+                seed,
+                refreshes: outcome.refreshes,
+                granted: outcome.granted,
+                failed: outcome.failed,
+                faults: outcome.faults.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                logouts: outcome.logouts,
+                violations: outcome.violations,
+                trace: outcome.trace,
+            }
+        }
+    }
+}
+
+fn replay_command(tier: Tier, seed: u64, plant: Option<Plant>) -> String {
     let plant = plant.map(|p| format!(" --plant {}", p.name())).unwrap_or_default();
-    format!("cargo run --release -p freshen-sim -- --seed {seed}{plant}")
+    let tier = if tier == Tier::Two { " --tier 2" } else { "" };
+    format!("cargo run --release -p freshen-sim -- --seed {seed}{tier}{plant}")
 }
 
-fn replay(seed: u64, plant: Option<Plant>) -> ExitCode {
-    let world = world(seed, plant, true);
-    for line in world.trace() {
+fn replay(tier: Tier, seed: u64, plant: Option<Plant>) -> ExitCode {
+    let outcome = run_seed(tier, seed, plant, true);
+    for line in &outcome.trace {
         println!("{line}");
     }
-    println!("{}", world.summary());
-    let violations = world.violations();
-    for violation in &violations {
+    println!(
+        "tier {} seed {seed}: refreshes {} granted {} failed {} logouts {:?} violations {}",
+        tier.number(),
+        outcome.refreshes,
+        outcome.granted,
+        outcome.failed,
+        outcome.logouts,
+        outcome.violations.len()
+    );
+    for violation in &outcome.violations {
         println!("{violation}");
     }
-    if violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if outcome.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// What one seed contributed to the campaign.
-struct Outcome {
-    seed: u64,
-    stats: WorldStats,
-    violations: Vec<Violation>,
+/// Which seeds run in which tier: all in the chosen tier, or by default one
+/// in twenty in tier 2 (slower, deeper) and the rest in tier 1.
+fn jobs(options: &Options) -> Vec<(Tier, u64)> {
+    let range = |count: u64| options.first..options.first.saturating_add(count);
+    match options.tier {
+        Some(tier) => range(options.seeds).map(|seed| (tier, seed)).collect(),
+        None => {
+            let deep = (options.seeds / 20).max(1).min(options.seeds);
+            let broad = options.seeds - deep;
+            range(deep).map(|seed| (Tier::Two, seed)).chain(range(broad).map(|seed| (Tier::One, seed))).collect()
+        }
+    }
 }
 
 fn campaign(options: &Options) -> ExitCode {
-    let started = Instant::now();
-    let next = AtomicU64::new(options.first);
-    let end = options.first.saturating_add(options.seeds);
+    let jobs = jobs(options);
+    let total = jobs.len() as u64;
+    let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let outcomes = Mutex::new(Vec::new());
+    let busy: Mutex<BTreeMap<Tier, f64>> = Mutex::new(BTreeMap::new());
     let progress = std::io::stderr().is_terminal();
+    let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..options.threads {
             scope.spawn(|| {
-                loop {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end {
-                        break;
+                while let Some(&(tier, seed)) =
+                    usize::try_from(next.fetch_add(1, Ordering::Relaxed)).ok().and_then(|i| jobs.get(i))
+                {
+                    let began = Instant::now();
+                    let outcome = run_seed(tier, seed, options.plant, false);
+                    if let Ok(mut busy) = busy.lock() {
+                        *busy.entry(tier).or_default() += began.elapsed().as_secs_f64();
                     }
-                    let world = world(seed, options.plant, false);
-                    let outcome = Outcome { seed, stats: world.stats().clone(), violations: world.violations() };
                     if let Ok(mut all) = outcomes.lock() {
                         all.push(outcome);
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if progress && (finished % 10 == 0 || finished == options.seeds) {
-                        draw_progress(finished, options.seeds);
+                    if progress && (finished % 10 == 0 || finished == total) {
+                        draw_progress(finished, total);
                     }
                 }
             });
@@ -188,8 +280,9 @@ fn campaign(options: &Options) -> ExitCode {
         eprintln!();
     }
     let mut outcomes = outcomes.into_inner().unwrap_or_default();
-    outcomes.sort_by_key(|o| o.seed);
-    summarize(options, &outcomes, started.elapsed().as_secs_f64())
+    outcomes.sort_by_key(|o| (o.tier, o.seed));
+    let busy = busy.into_inner().unwrap_or_default();
+    summarize(options, &outcomes, &busy, started.elapsed().as_secs_f64())
 }
 
 fn draw_progress(done: u64, total: u64) {
@@ -201,31 +294,38 @@ fn draw_progress(done: u64, total: u64) {
     let _ = err.flush();
 }
 
-fn summarize(options: &Options, outcomes: &[Outcome], seconds: f64) -> ExitCode {
+fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>, seconds: f64) -> ExitCode {
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut logouts: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut refreshes, mut granted, mut failed, mut crashes) = (0u64, 0u64, 0u64, 0u64);
+    let mut logouts: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut refreshes, mut granted, mut failed) = (0u64, 0u64, 0u64);
     for outcome in outcomes {
-        for (kind, count) in &outcome.stats.faults {
+        for (kind, count) in &outcome.faults {
             *faults.entry(kind).or_default() += count;
         }
-        for (cause, count) in &outcome.stats.logouts {
-            *logouts.entry(cause.clone()).or_default() += count;
+        for (cause, count) in &outcome.logouts {
+            *logouts.entry(cause).or_default() += count;
         }
-        refreshes += outcome.stats.refreshes_sent;
-        granted += outcome.stats.granted;
-        failed += outcome.stats.failed;
-        crashes += outcome.stats.crashes;
+        refreshes += outcome.refreshes;
+        granted += outcome.granted;
+        failed += outcome.failed;
     }
     let failing: Vec<&Outcome> = outcomes.iter().filter(|o| !o.violations.is_empty()).collect();
     let violations: usize = failing.iter().map(|o| o.violations.len()).sum();
     let plant = options.plant.map_or("none", Plant::name);
-    println!("freshen-sim campaign: tier 1, seeds {}..{}, plant {plant}", options.first, options.first + options.seeds);
-    println!("{:<40} {:>12}", "seeds (tier 1)", outcomes.len());
+    println!("freshen-sim campaign: seeds from {}, plant {plant}, {} threads", options.first, options.threads);
+    for tier in [Tier::One, Tier::Two] {
+        let count = outcomes.iter().filter(|o| o.tier == tier).count();
+        if count > 0 {
+            // Seeds per second of one thread's work, times the threads that shared it.
+            let rate =
+                count as f64 / busy.get(&tier).copied().unwrap_or(seconds).max(f64::EPSILON) * options.threads as f64;
+            println!("{:<40} {:>12}", format!("seeds (tier {})", tier.number()), count);
+            println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
+        }
+    }
     println!("{:<40} {:>12}", "refreshes sent", refreshes);
     println!("{:<40} {:>12}", "callers granted", granted);
     println!("{:<40} {:>12}", "callers failed", failed);
-    println!("{:<40} {:>12}", "client crashes", crashes);
     for (kind, count) in &faults {
         println!("{:<40} {:>12}", format!("faults: {kind}"), count);
     }
@@ -233,16 +333,16 @@ fn summarize(options: &Options, outcomes: &[Outcome], seconds: f64) -> ExitCode 
         println!("{:<40} {:>12}", format!("logouts: {cause}"), count);
     }
     println!("{:<40} {:>12}", "violations", violations);
-    println!("{:<40} {:>12.1}", "seeds per second", outcomes.len() as f64 / seconds.max(f64::EPSILON));
+    println!("{:<40} {:>12.1}", "wall time (s)", seconds);
     match failing.first() {
         None => ExitCode::SUCCESS,
         Some(first) => {
             println!();
             println!("{} of {} seeds violated an invariant; the first:", failing.len(), outcomes.len());
             for violation in first.violations.iter().take(5) {
-                println!("  seed {}: {violation}", first.seed);
+                println!("  tier {} seed {}: {violation}", first.tier.number(), first.seed);
             }
-            println!("replay it with: {}", replay_command(first.seed, options.plant));
+            println!("replay it with: {}", replay_command(first.tier, first.seed, options.plant));
             ExitCode::from(1)
         }
     }
@@ -269,7 +369,7 @@ fn main() -> ExitCode {
             if message.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
         }
         Ok(options) => match options.replay {
-            Some(seed) => replay(seed, options.plant),
+            Some(seed) => replay(options.tier.unwrap_or(Tier::One), seed, options.plant),
             None => campaign(&options),
         },
     }
@@ -285,24 +385,33 @@ mod tests {
 
     #[test]
     fn parses_the_documented_flags() {
-        let o = parse(args("--seeds 20 --first 5 --tier 1 --plant no-single-flight --threads 3")).unwrap();
-        assert_eq!((o.seeds, o.first, o.threads), (20, 5, 3));
+        let o = parse(args("--seeds 20 --first 5 --tier 2 --plant no-single-flight --threads 3")).unwrap();
+        assert_eq!((o.seeds, o.first, o.threads, o.tier), (20, 5, 3, Some(Tier::Two)));
         assert_eq!(o.plant, Some(Plant::NoSingleFlight));
         assert_eq!(parse(args("--seed 7")).unwrap().replay, Some(7));
     }
 
     #[test]
     fn rejects_bad_usage() {
-        for bad in ["--seeds", "--seeds x", "--seeds 0", "--plant nope", "--tier 3", "--tier 2", "--frobnicate"] {
+        for bad in ["--seeds", "--seeds x", "--seeds 0", "--plant nope", "--tier 3", "--frobnicate"] {
             assert!(parse(args(bad)).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn the_replay_command_names_the_plant() {
+    fn the_replay_command_names_the_tier_and_the_plant() {
         assert_eq!(
-            replay_command(42, Some(Plant::GrantBeforePersist)),
-            "cargo run --release -p freshen-sim -- --seed 42 --plant grant-before-persist"
+            replay_command(Tier::Two, 42, Some(Plant::GrantBeforePersist)),
+            "cargo run --release -p freshen-sim -- --seed 42 --tier 2 --plant grant-before-persist"
         );
+        assert_eq!(replay_command(Tier::One, 7, None), "cargo run --release -p freshen-sim -- --seed 7");
+    }
+
+    #[test]
+    fn the_default_campaign_runs_both_tiers() {
+        let o = parse(args("--seeds 1000")).unwrap();
+        let jobs = jobs(&o);
+        assert_eq!(jobs.len(), 1000);
+        assert_eq!(jobs.iter().filter(|(t, _)| *t == Tier::Two).count(), 50);
     }
 }

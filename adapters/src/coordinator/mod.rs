@@ -27,6 +27,18 @@ pub(crate) trait Waker: Send {
     fn wake(self, outcome: Outcome);
 }
 
+/// Sees every input the machine handles and every command it produces, in
+/// order: how a simulation runs the invariant checker over a real driver.
+#[cfg(feature = "testing")]
+pub trait Observer: Send + Sync + core::fmt::Debug {
+    /// An input, just before the machine handles it at `now`.
+    fn event(&self, now: MonoTime, event: &Event);
+    /// A command the machine produced while handling an input at `now`.
+    fn command(&self, now: MonoTime, command: &Command);
+    /// The machine finished an input at `now`; `next_timeout` is its timer.
+    fn step_end(&self, now: MonoTime, next_timeout: Option<MonoTime>);
+}
+
 /// Work the machine asked for that needs I/O, for the driver to carry out.
 #[derive(Debug)]
 pub(crate) enum Io {
@@ -47,10 +59,17 @@ struct Inner<W> {
 }
 
 /// See the [module docs](self).
-#[derive(Debug)]
 pub(crate) struct Coordinator<W> {
     inner: Mutex<Inner<W>>,
     published: Snapshot<Published>,
+    #[cfg(feature = "testing")]
+    observer: Option<std::sync::Arc<dyn Observer>>,
+}
+
+impl<W> core::fmt::Debug for Coordinator<W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Coordinator").finish_non_exhaustive()
+    }
 }
 
 impl<W: Waker> Coordinator<W> {
@@ -58,8 +77,22 @@ impl<W: Waker> Coordinator<W> {
         let coordinator = Self {
             inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
             published: Snapshot::empty(),
+            #[cfg(feature = "testing")]
+            observer: None,
         };
-        coordinator.with_machine(|_| {});
+        coordinator.with_machine(MonoTime::ZERO, |_| None);
+        coordinator
+    }
+
+    /// A coordinator whose every input and command `observer` sees.
+    #[cfg(feature = "testing")]
+    pub(crate) fn observed(machine: Session, observer: std::sync::Arc<dyn Observer>) -> Self {
+        let coordinator = Self {
+            inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
+            published: Snapshot::empty(),
+            observer: Some(observer),
+        };
+        coordinator.with_machine(MonoTime::ZERO, |_| None);
         coordinator
     }
 
@@ -83,13 +116,13 @@ impl<W: Waker> Coordinator<W> {
 
     fn register(&self, waker: Option<W>, event: impl FnOnce(CallerId) -> Event, now: MonoTime) -> CallerId {
         let mut caller = CallerId(0);
-        self.with_machine(|inner| {
+        self.with_machine(now, |inner| {
             caller = CallerId(inner.next_caller);
             inner.next_caller += 1;
             if let Some(waker) = waker {
                 inner.waiting.insert(caller, waker);
             }
-            inner.machine.handle(now, event(caller));
+            Some(event(caller))
         });
         caller
     }
@@ -101,11 +134,12 @@ impl<W: Waker> Coordinator<W> {
     }
 
     pub(crate) fn handle(&self, now: MonoTime, event: Event) {
-        self.with_machine(|inner| inner.machine.handle(now, event));
+        self.with_machine(now, |_| Some(event));
     }
 
+    /// Fires the machine's timers (an input without an event).
     pub(crate) fn handle_timeout(&self, now: MonoTime) {
-        self.with_machine(|inner| inner.machine.handle_timeout(now));
+        self.with_machine(now, |_| None);
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<MonoTime> {
@@ -125,14 +159,29 @@ impl<W: Waker> Coordinator<W> {
         lock(&self.inner).waiting.len()
     }
 
-    /// Runs `f` on the machine under the lock, routes the commands it
-    /// produced, then wakes the callers it answered, outside the lock.
-    fn with_machine(&self, f: impl FnOnce(&mut Inner<W>)) {
+    /// Under the lock: `prepare` may register a caller and names the event;
+    /// the machine handles it at `now` (or fires its timers when there is
+    /// none); the commands are routed. Then, outside the lock, the callers it
+    /// answered are woken.
+    fn with_machine(&self, now: MonoTime, prepare: impl FnOnce(&mut Inner<W>) -> Option<Event>) {
         let mut woken = Vec::new();
         {
             let mut inner = lock(&self.inner);
-            f(&mut inner);
+            match prepare(&mut inner) {
+                Some(event) => {
+                    #[cfg(feature = "testing")]
+                    if let Some(observer) = &self.observer {
+                        observer.event(now, &event);
+                    }
+                    inner.machine.handle(now, event);
+                }
+                None => inner.machine.handle_timeout(now),
+            }
             while let Some(command) = inner.machine.poll_command() {
+                #[cfg(feature = "testing")]
+                if let Some(observer) = &self.observer {
+                    observer.command(now, &command);
+                }
                 match command {
                     Command::Grant { callers, grant } => {
                         let published = Arc::new(Published::new(grant));
@@ -163,6 +212,10 @@ impl<W: Waker> Coordinator<W> {
                     // A command added to the core later needs a decision here.
                     _ => {}
                 }
+            }
+            #[cfg(feature = "testing")]
+            if let Some(observer) = &self.observer {
+                observer.step_end(now, inner.machine.poll_timeout());
             }
         }
         for (waker, outcome) in woken {

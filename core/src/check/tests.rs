@@ -322,3 +322,43 @@ fn a6_catches_a_refusal_that_changes_state() {
     });
     assert_eq!(found, vec![Invariant::A6]);
 }
+
+fn rejected(after_lost_response: bool) -> LogoutCause {
+    let error = OAuthError { status: 400, code: "invalid_grant".into(), description: None };
+    LogoutCause::RefreshTokenRejected { error, after_lost_response }
+}
+
+#[test]
+fn l2_catches_a_logout_with_no_cause_in_the_world() {
+    let (session, authority) = (SessionConfig::default(), AuthorityConfig::default());
+    let evidence = LogoutEvidence { refusal: Some(Refusal::ReuseDetected), ..LogoutEvidence::default() };
+    let judged = judge_logout(&session, &authority, &rejected(false), evidence, t(0));
+    assert_eq!(judged.unwrap_err().invariant, Invariant::L2);
+    // The same logout with a cause is accepted: a lost answer, a crash, or expiry.
+    for evidence in [
+        LogoutEvidence { lost_answer: true, ..evidence },
+        LogoutEvidence { crashed: true, ..evidence },
+        LogoutEvidence { revoked: true, ..evidence },
+        LogoutEvidence { refusal: Some(Refusal::Expired), ..evidence },
+    ] {
+        assert!(judge_logout(&session, &authority, &rejected(false), evidence, t(0)).is_ok(), "{evidence:?}");
+    }
+    assert!(judge_logout(&session, &authority, &LogoutCause::Requested, LogoutEvidence::default(), t(0)).is_ok());
+}
+
+#[test]
+fn l1_catches_a_lost_answer_that_grace_should_have_saved() {
+    let session = SessionConfig::default();
+    let mut authority = AuthorityConfig {
+        grace: session.refresh_cycle_bound() + Duration::from_secs(1),
+        grace_reuses: session.backoff.attempts + 1,
+        ..AuthorityConfig::default()
+    };
+    let evidence =
+        LogoutEvidence { lost_answer: true, refusal: Some(Refusal::ReuseDetected), ..LogoutEvidence::default() };
+    let judged = judge_logout(&session, &authority, &rejected(true), evidence, t(0));
+    assert_eq!(judged.unwrap_err().invariant, Invariant::L1);
+    // A shorter grace does not promise that.
+    authority.grace = Duration::from_secs(10);
+    assert!(judge_logout(&session, &authority, &rejected(true), evidence, t(0)).is_ok());
+}

@@ -541,7 +541,10 @@ impl Session {
             access_rejected: false,
             presented_since: if kept { old.presented_since } else { next_refresh },
             cooldown: None,
-            answer_lost: kept && old.answer_lost,
+            // A late answer adopted while an attempt with the old token is still
+            // out: that attempt may yet trip reuse detection, and if it does, a
+            // lost answer is why.
+            answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
         });
         self.store.revive();
     }

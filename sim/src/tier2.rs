@@ -1,0 +1,744 @@
+//! Tier 2: depth. The real driver ([`freshen::Session`]) on client hosts,
+//! talking HTTP/1.1 through hyper over turmoil's simulated network to the
+//! reference authority, with many concurrent callers per host.
+//!
+//! Faults: partitions that heal, client crashes that restart the process from
+//! its store, server restarts, 503s and 429s, answers dropped after the server
+//! committed, and failing store writes. Every driver is watched by the same
+//! [`ClientMonitor`] as tier 1 (through its observer hook), the authority by
+//! the [`AuthorityMonitor`]. A safety phase with faults is followed by a
+//! healed liveness phase in which every caller must be served (or the session
+//! logged out for a cause the logout rules accept).
+//!
+//! Deterministic: turmoil, the sessions, the callers and the faults all draw
+//! from the seed, and nothing reads the OS clock or randomness.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use freshen::store::{Store, StoreError};
+use freshen::transport::{HttpResponse, Transport};
+use freshen::{Config, Observer, Session};
+use freshen_core::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
+use freshen_core::check::{AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, Violation, judge_logout};
+use freshen_core::harness::logout_name;
+use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
+use freshen_core::rng::SplitMix64;
+use freshen_core::session::{Command, Event, SessionConfig, StateView, TransportFailure};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::{MonoTime, UnixTime};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::http::{State, answer, paths};
+
+const AUTHORITY: &str = "authority";
+const PORT: u16 = 80;
+
+/// Fault rates (parts per thousand) and switches for one tier-2 world.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Faults {
+    /// The token endpoint answers 503 without acting.
+    pub server_error: u16,
+    /// The token endpoint answers 429 without acting.
+    pub rate_limit: u16,
+    /// The token endpoint acts, then drops the connection: the answer is lost.
+    pub drop_after_commit: u16,
+    /// A store write fails (half of them after the bytes landed).
+    pub store_write_fail: u16,
+    /// Partitions between a client and the authority, which then heal.
+    pub partitions: bool,
+    /// Client processes crash and restart from their store.
+    pub crashes: bool,
+    /// The authority restarts (its state survives, its connections do not).
+    pub server_restarts: bool,
+    /// A burst of callers comes with the user logging out (a new login follows).
+    pub logout: u16,
+}
+
+/// Everything that defines a tier-2 world besides its seed.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorldConfig {
+    /// The sessions' configuration.
+    pub session: SessionConfig,
+    /// The authority's.
+    pub authority: AuthorityConfig,
+    /// Faults during the safety phase.
+    pub faults: Faults,
+    /// Client hosts (each its own app, store and token family).
+    pub hosts: usize,
+    /// Mean time between two bursts of callers on one host.
+    pub caller_interval: Duration,
+    /// The most callers in one burst (a page load fires many requests at once).
+    pub burst: u64,
+    /// Whether the stored access tokens are already spent at start (an app
+    /// opened after a night: the first burst finds no usable token).
+    pub start_spent: bool,
+    /// How long faults are injected.
+    pub safety_phase: Duration,
+    /// How long the healed world then runs.
+    pub liveness_phase: Duration,
+    /// Keep a printable trace.
+    pub trace: bool,
+}
+
+impl WorldConfig {
+    /// A world drawn from `seed`.
+    pub fn sampled(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x7153_2000_0000_0002);
+        let mut authority = AuthorityConfig::default();
+        authority.access_ttl = Duration::from_secs(20 + rng.below(100));
+        authority.refresh_ttl = Duration::from_secs(600 + rng.below(3600));
+        authority.rotation = !rng.chance(1, 5);
+        authority.grace = match rng.below(6) {
+            0 | 1 => Duration::ZERO,
+            // Longer than a whole retry cycle: the rule L1 applies.
+            2 => Duration::from_secs(300 + rng.below(300)),
+            _ => Duration::from_secs(rng.below(90)),
+        };
+        authority.grace_reuses = 1 + rng.below(6) as u32;
+        authority.reuse_detection = !rng.chance(1, 4);
+        let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
+        let (server_error, rate_limit, drop_after_commit, store_write_fail, logout) =
+            (rate(150), rate(80), rate(120), rate(150), rate(40));
+        let faults = Faults {
+            server_error,
+            rate_limit,
+            drop_after_commit,
+            store_write_fail,
+            partitions: rng.chance(1, 2),
+            crashes: rng.chance(1, 2),
+            server_restarts: rng.chance(1, 3),
+            logout,
+        };
+        let session = SessionConfig::default();
+        let liveness_phase = session.wait_bound() + Duration::from_secs(60);
+        Self {
+            session,
+            authority,
+            faults,
+            hosts: 1 + rng.below(3) as usize,
+            caller_interval: Duration::from_millis(100 + rng.below(3000)),
+            burst: 1 + rng.below(30),
+            start_spent: rng.chance(1, 2),
+            safety_phase: Duration::from_secs(120 + rng.below(480)),
+            liveness_phase,
+            trace: false,
+        }
+    }
+}
+
+/// What one tier-2 world did.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// Invariant violations, client and authority.
+    pub violations: Vec<Violation>,
+    /// Refreshes the authority served.
+    pub refreshes: u64,
+    /// Callers that got a token.
+    pub granted: u64,
+    /// Callers that got none.
+    pub failed: u64,
+    /// Logouts by cause.
+    pub logouts: BTreeMap<String, u64>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// The trace, when asked for.
+    pub trace: Vec<String>,
+}
+
+/// Wall time inside the simulation.
+fn sim_wall_clock() -> UnixTime {
+    UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default())
+}
+
+/// The authority's answers with server-side faults.
+#[derive(Debug)]
+struct ServerFaults {
+    rates: Mutex<Faults>,
+    rng: Mutex<SplitMix64>,
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Clients whose refresh answer was dropped after the server committed.
+    dropped_for: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ServerFaults {
+    fn draw(&self, per_mille: u16, kind: &'static str) -> bool {
+        let hit = per_mille > 0 && self.rng.lock().is_ok_and(|mut rng| rng.chance(u64::from(per_mille), 1000));
+        if hit {
+            if let Ok(mut counts) = self.counts.lock() {
+                *counts.entry(kind).or_default() += 1;
+            }
+        }
+        hit
+    }
+}
+
+/// The connection is dropped instead of answered.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("answer dropped after commit")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn serve(
+    state: &State,
+    faults: &ServerFaults,
+    request: Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Dropped> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, 16 * 1024).collect().await.map_err(|_| Dropped)?.to_bytes();
+    if parts.method == Method::POST && parts.uri.path() == paths::TOKEN {
+        let rates = faults.rates.lock().map(|r| r.clone()).unwrap_or_default();
+        if faults.draw(rates.server_error, "server_error") {
+            let mut response = http::Response::new(Full::new(Bytes::from_static(b"<html>503</html>")));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(response);
+        }
+        if faults.draw(rates.rate_limit, "rate_limit") {
+            let mut response = http::Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            return Ok(response);
+        }
+        let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
+        if faults.draw(rates.drop_after_commit, "drop_after_commit") {
+            let client = form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            if let Ok(mut dropped) = faults.dropped_for.lock() {
+                *dropped.entry(client).or_default() += 1;
+            }
+            return Err(Dropped);
+        }
+        return Ok(response);
+    }
+    Ok(answer(state, &parts.method, parts.uri.path(), &parts.headers, &body))
+}
+
+/// HTTP/1.1 over turmoil: one connection per request, so a lost connection
+/// loses exactly one answer.
+async fn send(request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
+    let stream = turmoil::net::TcpStream::connect((AUTHORITY, PORT)).await.map_err(|_| TransportFailure::NotSent)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| TransportFailure::NotSent)?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|_| TransportFailure::Interrupted)?;
+    let (parts, body) = response.into_parts();
+    let body =
+        Limited::new(body, MAX_BODY_BYTES + 1).collect().await.map_err(|_| TransportFailure::Interrupted)?.to_bytes();
+    Ok(http::Response::from_parts(parts, body))
+}
+
+/// freshen's transport over turmoil.
+#[derive(Clone, Copy, Debug)]
+struct TurmoilTransport;
+
+impl Transport for TurmoilTransport {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+        let path = url.rsplit_once(AUTHORITY).map_or(url, |(_, path)| path);
+        let request = Request::post(path)
+            .header(header::HOST, AUTHORITY)
+            .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(form.expose_body().to_owned())))
+            .map_err(|_| TransportFailure::NotSent)?;
+        let response = send(request).await?;
+        let headers = response.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()));
+        Ok(HttpResponse::new(response.status().as_u16(), headers.collect::<Vec<_>>(), response.body().to_vec()))
+    }
+}
+
+/// A client host's store: it lives outside the host, so it survives crashes;
+/// a write lands whole or not at all.
+#[derive(Clone, Debug)]
+struct SimStore {
+    blob: Arc<Mutex<Option<SecretString>>>,
+    fail_rate: Arc<Mutex<u16>>,
+    rng: Arc<Mutex<SplitMix64>>,
+    failures: Arc<AtomicU64>,
+}
+
+impl SimStore {
+    fn fails(&self) -> Option<bool> {
+        let rate = self.fail_rate.lock().map(|r| *r).unwrap_or(0);
+        let mut rng = self.rng.lock().ok()?;
+        if rate > 0 && rng.chance(u64::from(rate), 1000) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            Some(rng.chance(1, 2))
+        } else {
+            None
+        }
+    }
+}
+
+impl Store for SimStore {
+    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
+        let blob = self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))?.clone();
+        match blob {
+            None => Ok(None),
+            Some(blob) => StoredSession::decode(blob.expose_secret().as_bytes()).map(Some).map_err(StoreError::Corrupt),
+        }
+    }
+
+    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
+        let landed_anyway = self.fails();
+        if landed_anyway != Some(false) {
+            *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = Some(session.encode());
+        }
+        match landed_anyway {
+            None => Ok(()),
+            Some(_) => Err(StoreError::Unavailable("simulated store failure")),
+        }
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = None;
+        Ok(())
+    }
+}
+
+/// Runs the client checker over a driver, and keeps its trace.
+#[derive(Debug)]
+struct Watch {
+    host: usize,
+    monitor: Mutex<ClientMonitor>,
+    trace: Option<Mutex<Vec<String>>>,
+    logouts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Watch {
+    fn line(&self, line: impl FnOnce() -> String) {
+        if let Some(trace) = &self.trace {
+            if let Ok(mut trace) = trace.lock() {
+                trace.push(line());
+            }
+        }
+    }
+}
+
+impl Observer for Watch {
+    fn event(&self, now: MonoTime, event: &Event) {
+        self.line(|| format!("client-{} {now} {event:?}", self.host));
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.event(now, event);
+        }
+    }
+
+    fn command(&self, now: MonoTime, command: &Command) {
+        self.line(|| format!("client-{} {now}   -> {command:?}", self.host));
+        if let Command::StateChanged(StateView::LoggedOut { cause }) = command {
+            if let Ok(mut logouts) = self.logouts.lock() {
+                *logouts.entry(logout_name(cause).to_owned()).or_default() += 1;
+            }
+        }
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.command(now, command);
+        }
+    }
+
+    fn step_end(&self, now: MonoTime, next_timeout: Option<MonoTime>) {
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.step_end(now, next_timeout);
+        }
+    }
+}
+
+/// One client host: its store, checker and counters survive its crashes.
+#[derive(Debug)]
+struct Host {
+    index: usize,
+    store: SimStore,
+    watch: Arc<Watch>,
+    incarnation: AtomicU32,
+    granted: AtomicU64,
+    failed: AtomicU64,
+    /// After the network healed: callers that got no token, and the last state seen.
+    failed_after_heal: AtomicU64,
+    healed: std::sync::atomic::AtomicBool,
+    last_state: Mutex<Option<StateView>>,
+    /// Whether the safety phase's faults still run.
+    faulty: std::sync::atomic::AtomicBool,
+    logouts: AtomicU64,
+}
+
+fn client_id(index: usize) -> String {
+    format!("client-{index}")
+}
+
+/// One caller: a token, the resource, and one retry after a 401.
+async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
+    let healed = host.healed.load(Ordering::Acquire);
+    let token = match session.access_token().await {
+        Ok(token) => token,
+        Err(_) => {
+            host.failed.fetch_add(1, Ordering::Relaxed);
+            if healed && host.healed.load(Ordering::Acquire) {
+                host.failed_after_heal.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+    };
+    host.granted.fetch_add(1, Ordering::Relaxed);
+    let mut token = token;
+    for attempt in 0..2 {
+        let Ok(bearer) = token.authorization().cloned() else { return };
+        let Ok(request) = Request::get(paths::RESOURCE)
+            .header(header::HOST, AUTHORITY)
+            .header(header::AUTHORIZATION, bearer)
+            .body(Full::new(Bytes::new()))
+        else {
+            return;
+        };
+        match send(request).await {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
+                match session.retry_token(&token).await {
+                    Ok(fresh) => token = fresh,
+                    Err(_) => return,
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The user logs out, then logs in again half a minute later (through the
+/// authority's password grant).
+async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, index: usize) {
+    session.log_out().await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let requested_at = tokio::time::Instant::now();
+    let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(index));
+    let Ok(request) = Request::post(paths::TOKEN)
+        .header(header::HOST, AUTHORITY)
+        .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+    else {
+        return;
+    };
+    let Ok(response) = send(request).await else { return };
+    let response = HttpResponse::new(response.status().as_u16(), [], response.body().to_vec());
+    if let freshen_core::oauth::Classified::Success(tokens) =
+        response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
+    {
+        let _ = session.log_in(tokens, requested_at);
+    }
+}
+
+async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option<Plant>) -> turmoil::Result {
+    let incarnation = host.incarnation.fetch_add(1, Ordering::AcqRel);
+    if incarnation > 0 {
+        // The process restarted: what it held in memory is gone.
+        if let Ok(mut monitor) = host.watch.monitor.lock() {
+            monitor.crash();
+        }
+        host.watch.line(|| format!("client-{} crash: incarnation {incarnation} starts", host.index));
+    }
+    let mut session_config = config.session.clone();
+    session_config.plant = plant;
+    let mut freshen_config =
+        Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.index)))
+            .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
+            .with_session(session_config)
+            .with_seed(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation));
+    freshen_config.wall_clock = sim_wall_clock;
+    freshen_config.observer = Some(Arc::clone(&host.watch) as Arc<dyn Observer>);
+    let session = Session::start(freshen_config, TurmoilTransport, host.store.clone()).map_err(|e| e.to_string())?;
+    let mut states = session.state();
+    let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
+    let mean = u64::try_from(config.caller_interval.as_millis()).unwrap_or(1000).max(1);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1 + rng.below(2 * mean))).await;
+        if let Ok(mut last) = host.last_state.lock() {
+            *last = Some(states.borrow_and_update().clone());
+        }
+        let logout = u64::from(config.faults.logout);
+        if host.faulty.load(Ordering::Acquire) && logout > 0 && rng.chance(logout, 1000) {
+            host.logouts.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(log_out_and_back_in(session.clone(), host.index));
+        }
+        for _ in 0..1 + rng.below(config.burst) {
+            tokio::spawn(caller(session.clone(), Arc::clone(&host)));
+        }
+    }
+}
+
+/// A fault the controller applies at a point in simulated time.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Partition(usize),
+    Repair(usize),
+    Crash(usize),
+    RestartServer,
+}
+
+/// Runs one tier-2 world for `seed`. `plant` breaks the sessions on purpose.
+pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
+    let mut rng = SplitMix64::new(seed);
+    let total = config.safety_phase + config.liveness_phase;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(rng.next_u64())
+        .simulation_duration(total + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(5))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(40))
+        // Bursts open many connections at once; the default backlog (64) would overflow.
+        .tcp_capacity(8192)
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .build();
+
+    let state = State::simulated(config.authority.clone(), rng.next_u64());
+    let faults = Arc::new(ServerFaults {
+        rates: Mutex::new(config.faults.clone()),
+        rng: Mutex::new(rng.fork()),
+        counts: Mutex::new(BTreeMap::new()),
+        dropped_for: Mutex::new(BTreeMap::new()),
+    });
+    {
+        let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
+        sim.host(AUTHORITY, move || {
+            let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+                loop {
+                    let (stream, _) = listener.accept().await?;
+                    let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |request| {
+                            let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
+                            async move { serve(&state, &faults, request).await }
+                        });
+                        // One request per connection: closing at once keeps a restarted
+                        // client's reused ephemeral port from meeting a stale socket.
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(false)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+    }
+
+    let hosts: Vec<Arc<Host>> = (0..config.hosts)
+        .map(|index| {
+            let issued = state.login(&client_id(index));
+            let stored = StoredSession::decode(
+                serde_json::json!({
+                    "v": 1, "generation": 1,
+                    "access_token": issued.access_token.expose_secret(),
+                    "refresh_token": issued.refresh_token.expose_secret(),
+                    "access_expires_at_ms": if config.start_spent { 0 } else { (1_800_000_000 + issued.expires_in.as_secs()) * 1000 },
+                })
+                .to_string()
+                .as_bytes(),
+            )
+            .map(|s| s.encode())
+            .ok();
+            Arc::new(Host {
+                index,
+                store: SimStore {
+                    blob: Arc::new(Mutex::new(stored)),
+                    fail_rate: Arc::new(Mutex::new(config.faults.store_write_fail)),
+                    rng: Arc::new(Mutex::new(rng.fork())),
+                    failures: Arc::new(AtomicU64::new(0)),
+                },
+                watch: Arc::new(Watch {
+                    host: index,
+                    monitor: Mutex::new(ClientMonitor::new(&config.session)),
+                    trace: config.trace.then(|| Mutex::new(Vec::new())),
+                    logouts: Mutex::new(BTreeMap::new()),
+                }),
+                incarnation: AtomicU32::new(0),
+                granted: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                failed_after_heal: AtomicU64::new(0),
+                healed: std::sync::atomic::AtomicBool::new(false),
+                last_state: Mutex::new(None),
+                faulty: std::sync::atomic::AtomicBool::new(true),
+                logouts: AtomicU64::new(0),
+            })
+        })
+        .collect();
+    for host in &hosts {
+        let (config, host, plant) = (config.clone(), Arc::clone(host), plant);
+        sim.host(client_id(host.index), move || run_host(config.clone(), seed, Arc::clone(&host), plant));
+    }
+    sim.client("controller", async move {
+        tokio::time::sleep(total).await;
+        Ok(())
+    });
+
+    // The fault schedule for the safety phase, drawn up front.
+    let mut schedule: Vec<(Duration, Action)> = Vec::new();
+    let safety_ms = u64::try_from(config.safety_phase.as_millis()).unwrap_or(0).max(1);
+    for index in 0..config.hosts {
+        if config.faults.partitions {
+            for _ in 0..1 + rng.below(3) {
+                let at = Duration::from_millis(rng.below(safety_ms));
+                let length = Duration::from_millis(500 + rng.below(30_000));
+                schedule.push((at, Action::Partition(index)));
+                schedule.push(((at + length).min(config.safety_phase), Action::Repair(index)));
+            }
+        }
+        if config.faults.crashes {
+            for _ in 0..1 + rng.below(3) {
+                schedule.push((Duration::from_millis(rng.below(safety_ms)), Action::Crash(index)));
+            }
+        }
+    }
+    if config.faults.server_restarts {
+        schedule.push((Duration::from_millis(rng.below(safety_ms)), Action::RestartServer));
+    }
+    schedule.sort_by_key(|(at, _)| *at);
+    let mut schedule = schedule.into_iter().peekable();
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut healed = false;
+    let mut extra = Vec::new();
+    let mut crashes = vec![0u64; config.hosts];
+
+    loop {
+        let elapsed = sim.elapsed();
+        while let Some((at, action)) = schedule.peek().copied() {
+            if at > elapsed {
+                break;
+            }
+            schedule.next();
+            let name = |i: usize| client_id(i);
+            match action {
+                Action::Partition(i) => {
+                    sim.partition(name(i), AUTHORITY);
+                    *counts.entry("partition").or_default() += 1;
+                }
+                Action::Repair(i) => sim.repair(name(i), AUTHORITY),
+                Action::Crash(i) => {
+                    sim.bounce(name(i));
+                    if let Some(count) = crashes.get_mut(i) {
+                        *count += 1;
+                    }
+                    *counts.entry("crash").or_default() += 1;
+                }
+                Action::RestartServer => {
+                    sim.bounce(AUTHORITY);
+                    *counts.entry("server_restart").or_default() += 1;
+                }
+            }
+        }
+        if !healed && elapsed >= config.safety_phase {
+            healed = true;
+            for index in 0..config.hosts {
+                sim.repair(client_id(index), AUTHORITY);
+            }
+            if let Ok(mut rates) = faults.rates.lock() {
+                *rates = Faults::default();
+            }
+            for host in &hosts {
+                if let Ok(mut rate) = host.store.fail_rate.lock() {
+                    *rate = 0;
+                }
+                host.faulty.store(false, Ordering::Release);
+            }
+        }
+        // Callers that start once the world has healed and every bound has passed must be served.
+        if healed && elapsed >= config.safety_phase + config.session.wait_bound() {
+            for host in &hosts {
+                host.healed.store(true, Ordering::Release);
+            }
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => {
+                extra.push(Violation {
+                    invariant: Invariant::C9,
+                    at: MonoTime::from_elapsed(sim.elapsed()),
+                    detail: format!("a host failed: {error}"),
+                });
+                break;
+            }
+        }
+    }
+
+    let mut outcome = Outcome { refreshes: state.stats().refreshes, ..Outcome::default() };
+    for (kind, count) in faults.counts.lock().map(|c| c.clone()).unwrap_or_default() {
+        *counts.entry(kind).or_default() += count;
+    }
+    let mut authority_monitor = AuthorityMonitor::new(&config.authority);
+    let audit = state.authority().take_audit();
+    for entry in &audit {
+        authority_monitor.observe(entry);
+    }
+    outcome.violations.extend_from_slice(authority_monitor.violations());
+    let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
+    for host in &hosts {
+        outcome.granted += host.granted.load(Ordering::Relaxed);
+        outcome.failed += host.failed.load(Ordering::Relaxed);
+        *counts.entry("store_write_fail").or_default() += host.store.failures.load(Ordering::Relaxed);
+        *counts.entry("logout").or_default() += host.logouts.load(Ordering::Relaxed);
+        if let Ok(mut monitor) = host.watch.monitor.lock() {
+            monitor.finish(MonoTime::ZERO, false);
+            outcome.violations.extend_from_slice(monitor.violations());
+        }
+        let last = host.last_state.lock().ok().and_then(|s| s.clone());
+        let after_heal = host.failed_after_heal.load(Ordering::Relaxed);
+        for (cause, count) in host.watch.logouts.lock().map(|l| l.clone()).unwrap_or_default() {
+            *outcome.logouts.entry(cause).or_default() += count;
+        }
+        let logged_out = match &last {
+            Some(StateView::LoggedOut { cause }) => Some(cause.clone()),
+            _ => None,
+        };
+        match logged_out {
+            None if after_heal > 0 => extra.push(Violation {
+                invariant: Invariant::C5,
+                at: MonoTime::from_elapsed(total),
+                detail: format!("client-{}: {after_heal} callers failed after the world healed", host.index),
+            }),
+            Some(cause) => {
+                let client = client_id(host.index);
+                let lost = dropped.get(&client).copied().unwrap_or(0) > 0;
+                let refusal = last_refusal(&audit, &client);
+                let evidence = LogoutEvidence {
+                    lost_answer: lost,
+                    crashed: crashes.get(host.index).is_some_and(|c| *c > 0),
+                    revoked: false,
+                    refusal,
+                };
+                let at = MonoTime::from_elapsed(total);
+                if let Err(mut violation) = judge_logout(&config.session, &config.authority, &cause, evidence, at) {
+                    violation.detail = format!("{client}: {}", violation.detail);
+                    extra.push(violation);
+                }
+            }
+            None => {}
+        }
+        if let Some(trace) = &host.watch.trace {
+            outcome.trace.extend(trace.lock().map(|t| t.clone()).unwrap_or_default());
+        }
+    }
+    outcome.violations.extend(extra);
+    outcome.faults = counts;
+    outcome
+}
+
+/// The authority's last refusal of a refresh from `client`, if any.
+fn last_refusal(audit: &[freshen_core::authority::Audit], client: &str) -> Option<Refusal> {
+    audit.iter().rev().find_map(|entry| match (&entry.op, &entry.outcome) {
+        (AuditOp::Refresh { client: c, .. }, AuditOutcome::Refused(refusal)) if c == client => Some(*refusal),
+        _ => None,
+    })
+}

@@ -1,0 +1,69 @@
+//! Tier 2: the real driver over hyper on turmoil, under faults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::print_stdout)] // a test may panic: that is how it fails
+
+use std::time::Duration;
+
+use freshen_sim::tier2::{WorldConfig, run};
+
+/// A sampled world, shortened for the test suite: a minute of faults, then
+/// just long enough healed for every bound.
+fn short(seed: u64) -> WorldConfig {
+    let mut config = WorldConfig::sampled(seed);
+    config.safety_phase = Duration::from_secs(60);
+    config.liveness_phase = config.session.wait_bound() + Duration::from_secs(10);
+    config
+}
+
+#[test]
+fn sampled_worlds_keep_every_invariant() {
+    for seed in 0..6 {
+        let outcome = run(&short(seed), seed, None);
+        println!(
+            "seed {seed}: refreshes {} granted {} failed {} logouts {:?} faults {:?}",
+            outcome.refreshes, outcome.granted, outcome.failed, outcome.logouts, outcome.faults
+        );
+        assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+        assert!(outcome.granted > 0);
+    }
+}
+
+#[test]
+fn a_seed_replays_the_same_trace() {
+    let trace = |seed| {
+        let mut config = short(seed);
+        config.trace = true;
+        run(&config, seed, None).trace
+    };
+    let first = trace(4);
+    assert!(first.len() > 100, "{}", first.len());
+    let second = trace(4);
+    if let Err(v) = freshen_core::check::same_trace(&first, &second) {
+        panic!("{v}");
+    }
+}
+
+#[test]
+fn every_planted_bug_is_caught_through_the_real_driver() {
+    for plant in freshen_core::check::Plant::ALL {
+        let caught = (0..60).find(|seed| !run(&short(*seed), *seed, Some(plant)).violations.is_empty());
+        println!("{}: caught at seed {caught:?}", plant.name());
+        assert!(caught.is_some(), "{} was never caught", plant.name());
+    }
+}
+
+#[test]
+#[ignore = "a wider scan, run by hand"]
+fn scan() {
+    let t = std::time::Instant::now();
+    let n: u64 = std::env::var("SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let mut bad = 0;
+    for seed in 0..n {
+        let outcome = run(&WorldConfig::sampled(seed), seed, None);
+        if !outcome.violations.is_empty() {
+            bad += 1;
+            println!("seed {seed}: {:?}", outcome.violations.first());
+        }
+    }
+    println!("{bad} bad of {n} in {:?}", t.elapsed());
+}
