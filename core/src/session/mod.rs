@@ -107,7 +107,15 @@ pub struct Session {
     /// What the last [`Command::Publish`] offered.
     published: Option<Generation>,
     view: StateView,
+    /// Refresh tokens of grants that a login replaced, each with the login's
+    /// generation. Revoked only once the store no longer needs them (it holds
+    /// that generation or later, or nothing): revoked earlier, a crash before
+    /// the login's write lands would restart from a dead token.
+    replaced_grants: Vec<(Generation, RefreshToken)>,
 }
+
+/// The most replaced grants kept for revocation; older ones are revoked at once.
+const MAX_REPLACED_GRANTS: usize = 4;
 
 #[derive(Debug)]
 struct Outbox {
@@ -267,6 +275,7 @@ impl Session {
             outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1), recent_sends: VecDeque::new() },
             last_generation: Generation(0),
             straggler: None,
+            replaced_grants: Vec::new(),
             published: None,
             view: StateView::Loading,
         };
@@ -690,8 +699,13 @@ impl Session {
             answer_lost: false,
         };
         if let Some(old) = self.take_tokens().filter(|old| !old.refresh.same_as(&tokens.refresh)) {
-            // A new login replaces the old grant: let the server drop it.
-            self.outbox.commands.push_back(Command::Revoke { refresh_token: old.refresh });
+            // A new login replaces the old grant: the server may drop it once
+            // the new one is durable.
+            if self.replaced_grants.len() == MAX_REPLACED_GRANTS {
+                let (_, oldest) = self.replaced_grants.remove(0);
+                self.outbox.commands.push_back(Command::Revoke { refresh_token: oldest });
+            }
+            self.replaced_grants.push((generation, old.refresh));
         }
         self.state = State::Valid(tokens);
         self.store.revive();
@@ -726,8 +740,20 @@ impl Session {
                 }
             }
             // A login, a logout or a rejection overtook the load: what it read
-            // is stale (a re-read still wanted issues a new load).
-            _ => {}
+            // is stale (a re-read still wanted issues a new load). Its
+            // generation still counts: the tokens held must outrank it, or a
+            // later re-read would take it for another process's rotation.
+            _ => {
+                let Some(stored) = stored else { return };
+                self.last_generation = self.last_generation.max(stored.generation);
+                if self.tokens().is_some_and(|t| t.generation <= stored.generation) {
+                    let generation = self.next_generation();
+                    if let Some(tokens) = self.tokens_mut() {
+                        tokens.generation = generation;
+                    }
+                    self.store.revive();
+                }
+            }
         }
     }
 
@@ -794,6 +820,17 @@ impl Session {
             return;
         }
         self.store.succeeded();
+        let no_longer_needed = |replaced_by: Generation| match kind {
+            StoreOp::Persist(stored) => stored >= replaced_by,
+            _ => true,
+        };
+        for (replaced_by, refresh_token) in mem::take(&mut self.replaced_grants) {
+            if no_longer_needed(replaced_by) {
+                self.outbox.commands.push_back(Command::Revoke { refresh_token });
+            } else {
+                self.replaced_grants.push((replaced_by, refresh_token));
+            }
+        }
     }
 
     fn on_store_failed(&mut self, op: StoreOpId, error: StoreError) {

@@ -476,15 +476,54 @@ fn a_login_starts_a_session_and_replaces_the_old_grant() {
         requested_at: MonoTime::ZERO,
     };
     let out = h.handle(Event::LoggedIn(new));
-    assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r1"))
-    );
+    // The old grant stays alive until the new one is durable: a crash before
+    // the write lands restarts from the old one.
+    assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })));
     let (op, session) = h.last_persist();
     assert_eq!(session.generation, Generation(2));
     assert_eq!(session.scope.as_deref(), Some("read"));
     assert_eq!(session.access_expires_at, Some(UnixTime::from_secs(UNIX_ZERO + 300)));
-    h.handle(Event::StoreWritten { op });
+    let out = h.handle(Event::StoreWritten { op });
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r1"))
+    );
     assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(2))]);
+}
+
+#[test]
+fn a_login_during_the_load_outranks_what_the_store_held() {
+    // Found by fuzzing: a session logged out, crashed before the store was
+    // cleared, and logged in again while loading. The stale blob's higher
+    // generation later passed for another process's rotation, and the
+    // session adopted the revoked token it held.
+    let mut h = Harness::new(config());
+    let load = h.load_op();
+    let new = NewSession {
+        access_token: AccessToken::new("a-login"),
+        token_type: TokenType::Bearer,
+        lifetime: Some(Duration::from_secs(300)),
+        refresh_token: RefreshToken::new("r-login"),
+        scope: None,
+        requested_at: MonoTime::ZERO,
+    };
+    h.handle(Event::LoggedIn(new));
+    let stale = stored(58, "r-logged-out", None);
+    h.handle(Event::StoreLoaded { op: load, stored: Some(stale.clone()), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    let StateView::Valid { generation } = h.session.state().clone() else { panic!("{}", h.session.state()) };
+    assert!(generation > Generation(58), "the login holds {generation}, not above the stale blob");
+    // The login's write fails; the server rejects the login's token; the
+    // re-read finds the stale blob and must not adopt it.
+    let (op, _) = h.last_persist();
+    h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation });
+    let (id, refresh, _) = h.last_refresh();
+    assert_eq!(refresh, "r-login");
+    h.answer(id, invalid_grant());
+    h.advance_to(at(2_000));
+    let op = h.load_op();
+    h.handle(Event::StoreLoaded { op, stored: Some(stale), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    assert!(matches!(h.session.state(), StateView::LoggedOut { .. }), "{}", h.session.state());
+    assert_eq!(h.last_refresh().1, "r-login", "the stale token was sent");
 }
 
 #[test]
