@@ -460,21 +460,26 @@ impl World {
         self.run_until(self.now.saturating_add(duration));
     }
 
-    /// A caller wants a token now. Returns its id, for [`World::outcome`].
+    /// A caller wants a token now (or, while the client is suspended, once it
+    /// resumes). Returns its id, for [`World::outcome`].
     pub fn want_token(&mut self) -> CallerId {
+        self.wake();
         let caller = CallerId(self.next_caller);
         self.next_caller += 1;
         self.input(Event::TokenWanted { caller });
         caller
     }
 
-    /// The user logs out now.
+    /// The user logs out now (or once a suspended client resumes).
     pub fn log_out(&mut self) {
+        self.wake();
         self.input(Event::LogoutRequested);
     }
 
-    /// The user logs in now (the login itself is instantaneous).
+    /// The user logs in now, or once a suspended client resumes (the login
+    /// itself is instantaneous).
     pub fn log_in(&mut self) {
+        self.wake();
         let issued = self.authority.login(self.now, CLIENT_ID, None);
         self.observe_authority();
         let new = NewSession {
@@ -520,11 +525,19 @@ impl World {
     /// The client is suspended for `pause` (a laptop asleep): it handles
     /// nothing meanwhile, while the server's clock runs on.
     pub fn suspend(&mut self, pause: Duration) {
-        let resume = self.now.saturating_add(pause);
+        // A second suspend while asleep can only prolong the sleep.
+        let resume = self.now.saturating_add(pause).max(self.suspended_until.unwrap_or(MonoTime::ZERO));
         self.clock_jumped = true;
         self.suspended_until = Some(resume);
         note!(self, "{} suspend until {resume}", self.now);
         self.schedule(resume, Pending::Resume);
+    }
+
+    /// Nobody uses a sleeping client: runs until a suspended client resumes.
+    fn wake(&mut self) {
+        if let Some(resume) = self.suspended_until {
+            self.run_until(resume);
+        }
     }
 
     /// Runs until `until` (or the step bound), delivering whatever is due.
@@ -569,13 +582,21 @@ impl World {
     pub fn run(&mut self) {
         let safety_end = MonoTime::ZERO.saturating_add(self.config.safety_phase);
         self.run_until(safety_end);
+        self.heal();
+    }
+
+    /// The liveness phase: faults stop, a suspended client wakes, and one last
+    /// caller must be granted within the bounds (after a fresh login if the
+    /// session ended). Records a violation if not.
+    pub fn heal(&mut self) {
+        let safety_end = self.now;
         self.config.faults = Faults::none();
         self.scripted.clear();
+        self.scripted_store.clear();
+        self.crash_at_command = None;
         // Healed: a suspended client wakes first, then one last caller must be
         // answered and the session must settle within the bounds.
-        if let Some(resume) = self.suspended_until {
-            self.run_until(resume);
-        }
+        self.wake();
         let wait_bound = self.config.session.wait_bound();
         let end = safety_end.saturating_add(self.config.liveness_phase).max(self.now.saturating_add(wait_bound * 2));
         let last_call_at = end.saturating_sub(wait_bound + Duration::from_secs(5));
@@ -583,8 +604,18 @@ impl World {
         if matches!(self.session.state(), StateView::LoggedOut { .. }) {
             self.log_in();
         }
-        let last = self.want_token();
+        let mut last = self.want_token();
         self.run_until(end);
+        if matches!(self.outcome(last), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
+            && matches!(self.session.state(), StateView::LoggedOut { .. })
+        {
+            // The session held a token that had died meanwhile (expired, or
+            // revoked); the logout was judged when it happened. A fresh login
+            // must then work.
+            self.log_in();
+            last = self.want_token();
+            self.run_until(self.now.saturating_add(wait_bound * 2));
+        }
         self.finish();
         if !matches!(self.outcome(last), Some(CallerOutcome::Granted(_))) {
             let detail = format!(
@@ -646,8 +677,8 @@ impl World {
             self.execute(command);
             self.commands_seen += 1;
             if self.crash_at_command == Some(self.commands_seen) {
-                // The commands still queued die with the process.
-                self.client_monitor.step_end(self.now, None);
+                // The commands still queued die with the process, and the step
+                // never ends: what holds between steps need not hold mid-step.
                 self.crash();
                 return;
             }
@@ -859,7 +890,8 @@ impl World {
                     self.log_in();
                 }
             }
-            Pending::Resume => {
+            // Only the latest resume wakes the client.
+            Pending::Resume if self.suspended_until.is_some_and(|until| until <= self.now) => {
                 self.suspended_until = None;
                 note!(self, "{} resume", self.now);
                 self.session.handle_timeout(self.now);
