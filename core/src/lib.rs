@@ -77,6 +77,8 @@ pub mod authority;
 #[cfg(feature = "testing")]
 pub mod check;
 #[cfg(feature = "testing")]
+pub mod fuzzing;
+#[cfg(feature = "testing")]
 pub mod harness;
 pub mod ids;
 pub mod oauth;
