@@ -545,7 +545,7 @@ pub fn session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String
                 };
                 world.script_store([store]);
             }
-            _ => world.run_for(Duration::from_millis(input.below(1 << 16) * input.below(64))),
+            _ => world.run_for(Duration::from_millis(input.below(1 << 16) * (1 + input.below(8)))),
         }
         let violations = world.violations();
         if !violations.is_empty() {
