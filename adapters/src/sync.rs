@@ -18,22 +18,57 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A value readers take without a lock or a task: the fast path.
+///
+/// Every reader takes its own `Arc` of the value, and an `Arc` clone is an
+/// atomic increment of a count shared by all its clones: with one `Arc`, every
+/// thread would write the same cache line on every read. So the snapshot holds
+/// one copy of the value per shard (as many as the machine has threads, made
+/// once per store, which is once per refresh), and each thread reads its own.
 #[cfg(not(freshen_loom))]
 #[derive(Debug)]
-pub(crate) struct Snapshot<T>(arc_swap::ArcSwapOption<T>);
+pub(crate) struct Snapshot<T>(arc_swap::ArcSwapOption<Box<[Arc<T>]>>);
 
 #[cfg(not(freshen_loom))]
-impl<T> Snapshot<T> {
+impl<T: Clone> Snapshot<T> {
     pub(crate) fn empty() -> Self {
         Self(arc_swap::ArcSwapOption::empty())
     }
 
     pub(crate) fn load(&self) -> Option<Arc<T>> {
-        self.0.load_full()
+        // `load` borrows without touching a shared count; only the shard's
+        // `Arc` is cloned.
+        let shards = self.0.load();
+        let shards = shards.as_ref()?;
+        shards.get(shard::this_thread() % shards.len()).cloned()
     }
 
-    pub(crate) fn store(&self, value: Option<Arc<T>>) {
-        self.0.store(value);
+    pub(crate) fn store(&self, value: Option<T>) {
+        let shards = value.map(|value| {
+            let copies: Box<[Arc<T>]> = (0..shard::count()).map(|_| Arc::new(value.clone())).collect();
+            Arc::new(copies)
+        });
+        self.0.store(shards);
+    }
+}
+
+#[cfg(not(freshen_loom))]
+mod shard {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Copies per snapshot: the machine's threads, at most 64.
+    pub(super) fn count() -> usize {
+        static COUNT: OnceLock<usize> = OnceLock::new();
+        *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 64))
+    }
+
+    /// A number fixed per thread, handed out in turn, so threads spread over the shards.
+    pub(super) fn this_thread() -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        SLOT.with(|slot| *slot)
     }
 }
 
@@ -53,7 +88,7 @@ impl<T> Snapshot<T> {
         lock(&self.0).clone()
     }
 
-    pub(crate) fn store(&self, value: Option<Arc<T>>) {
-        *lock(&self.0) = value;
+    pub(crate) fn store(&self, value: Option<T>) {
+        *lock(&self.0) = value.map(Arc::new);
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use freshen_core::session::{AccessGrant, Command, Event, FailReason, Session, StateView};
+use freshen_core::session::{Command, Event, FailReason, Session, StateView};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
 use freshen_core::token::RefreshToken;
@@ -198,9 +198,7 @@ impl<W: Waker> Coordinator<W> {
                             }
                         }
                     }
-                    Command::Publish(grant) => {
-                        self.published.store(grant.map(|g: AccessGrant| Arc::new(Published::new(g))))
-                    }
+                    Command::Publish(grant) => self.published.store(grant.map(Published::new)),
                     Command::LoadStore { op } => inner.io.push(Io::LoadStore(op)),
                     Command::Persist { op, session } => inner.io.push(Io::Persist(op, session)),
                     Command::ClearStore { op } => inner.io.push(Io::ClearStore(op)),
