@@ -1,0 +1,408 @@
+//! freshen's benchmarks. Every timing is a comparison of two things measured
+//! in the same run, interleaved where it matters, so the machine's speed and
+//! its background load cancel out; counts (allocations, refreshes) are exact.
+//!
+//! `freshen-bench` prints the figures as `key=value` lines; `cargo bench -p
+//! freshen-bench` runs the same comparisons under divan.
+
+pub mod alloc;
+
+use std::error::Error;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use freshen::core::authority::AuthorityConfig;
+use freshen::core::harness::{World, WorldConfig};
+use freshen::core::ids::CallerId;
+use freshen::core::oauth::{Client, FormRequest};
+use freshen::core::session::{Event, TransportFailure};
+use freshen::core::stored::StoredSession;
+use freshen::core::time::{MonoTime, UnixTime};
+use freshen::middleware::{AuthMiddleware, AuthorizedClient};
+use freshen::store::MemoryStore;
+use freshen::transport::{HttpResponse, ReqwestTransport, Transport};
+use freshen::{Config, Session, system_clock};
+use freshen_sim::http::{Server, paths};
+use tokio::runtime::Runtime;
+use tokio::sync::{RwLock, Semaphore};
+
+/// What the benchmarks return on failure.
+pub type BenchError = Box<dyn Error + Send + Sync>;
+
+/// The session the fast-path and middleware benchmarks use.
+pub type BenchSession = Session<ReqwestTransport, MemoryStore>;
+
+/// An access token of a realistic length for an opaque token (64 bytes).
+pub const ACCESS_TOKEN: &str = "bench-access-0123456789abcdef0123456789abcdef0123456789abcdef012";
+
+const CLIENT: &str = "freshen-bench";
+
+/// How much work each figure gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Token acquires per round, per thread.
+    pub acquires: u64,
+    /// Rounds of each side of the fast-path comparison (the median is kept).
+    pub rounds: usize,
+    /// Steps of the core machine.
+    pub steps: u64,
+    /// Requests each way in the middleware comparison.
+    pub requests: usize,
+    /// Tier-1 seeds.
+    pub tier1_seeds: u64,
+    /// Tier-2 seeds.
+    pub tier2_seeds: u64,
+}
+
+impl Sizes {
+    /// Under a minute on two cores.
+    pub const QUICK: Self =
+        Self { acquires: 200_000, rounds: 7, steps: 200_000, requests: 2_000, tier1_seeds: 200, tier2_seeds: 6 };
+    /// Tighter figures, a few minutes.
+    pub const FULL: Self = Self {
+        acquires: 2_000_000,
+        rounds: 11,
+        steps: 2_000_000,
+        requests: 20_000,
+        tier1_seeds: 2_000,
+        tier2_seeds: 40,
+    };
+}
+
+/// The median of `values` (which must not be empty).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The `q`-quantile (0..=1) of `values`, nearest rank.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len().max(1));
+    values.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
+fn blob(access_token: &str, refresh_token: &str, access_expires_at: UnixTime) -> Result<StoredSession, BenchError> {
+    let millis = access_expires_at.since_epoch().as_millis();
+    let json = format!(
+        r#"{{"v":1,"generation":1,"token_type":"Bearer","access_token":"{access_token}","access_expires_at_ms":{millis},"refresh_token":"{refresh_token}"}}"#
+    );
+    Ok(StoredSession::decode(json.as_bytes())?)
+}
+
+/// A session whose store holds an access token valid for an hour, loaded:
+/// acquiring a token from it is the fast path.
+pub async fn valid_session(token_endpoint: String, access_token: &str) -> Result<BenchSession, BenchError> {
+    let stored = blob(access_token, "bench-refresh", system_clock().saturating_add(Duration::from_secs(3600)))?;
+    let config = Config::new(token_endpoint, Client::public(CLIENT));
+    let session =
+        Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, MemoryStore::holding(&stored))?;
+    session.access_token().await?;
+    Ok(session)
+}
+
+/// The hand-written baseline: a token behind a tokio `RwLock`, cloned out.
+pub fn baseline_lock(access_token: &str) -> Arc<RwLock<Option<String>>> {
+    Arc::new(RwLock::new(Some(access_token.to_owned())))
+}
+
+/// Nanoseconds per acquire for freshen and for the baseline, each the median
+/// of `sizes.rounds` rounds that alternate between the two; `threads` tasks
+/// acquire at once, each `sizes.acquires` times.
+pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes: Sizes) -> (f64, f64) {
+    let lock = baseline_lock(ACCESS_TOKEN);
+    let acquires = sizes.acquires;
+    let (mut freshen, mut baseline) = (Vec::new(), Vec::new());
+    for _ in 0..sizes.rounds {
+        freshen.push(timed_tasks(runtime, threads, acquires, session, move |session| async move {
+            for _ in 0..acquires {
+                black_box(session.access_token().await.is_ok());
+            }
+        }));
+        baseline.push(timed_tasks(runtime, threads, acquires, &lock, move |lock| async move {
+            for _ in 0..acquires {
+                black_box(lock.read().await.clone());
+            }
+        }));
+    }
+    (median(&mut freshen), median(&mut baseline))
+}
+
+/// Runs `threads` tasks at once, each given its own clone of `shared`, and
+/// returns the wall time divided by `operations` (each task's share).
+fn timed_tasks<S, F, Fut>(runtime: &Runtime, threads: usize, operations: u64, shared: &S, task: F) -> f64
+where
+    S: Clone + Send + 'static,
+    F: Fn(S) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..threads).map(|_| task(shared.clone())).collect();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+    });
+    started.elapsed().as_nanos() as f64 / operations as f64
+}
+
+/// Heap allocations per acquire on the fast path, and per baseline acquire.
+pub fn fastpath_allocs(runtime: &Runtime, session: &BenchSession, acquires: u64) -> (f64, f64) {
+    let lock = baseline_lock(ACCESS_TOKEN);
+    // `block_on` runs the loop on this thread, where the counter counts.
+    let freshen = runtime.block_on(async {
+        let before = alloc::on_this_thread();
+        for _ in 0..acquires {
+            black_box(session.access_token().await.is_ok());
+        }
+        alloc::on_this_thread() - before
+    });
+    let baseline = runtime.block_on(async {
+        let before = alloc::on_this_thread();
+        for _ in 0..acquires {
+            black_box(lock.read().await.clone());
+        }
+        alloc::on_this_thread() - before
+    });
+    (freshen as f64 / acquires as f64, baseline as f64 / acquires as f64)
+}
+
+/// The core machine alone, in steady state: a caller asks a valid session for
+/// a token and every command is drained. Nanoseconds and allocations per step.
+pub fn step(steps: u64) -> Result<(f64, f64), BenchError> {
+    use freshen::core::session::{Session as Machine, SessionConfig};
+    let unix_now = UnixTime::from_secs(1_800_000_000);
+    let mut machine = Machine::new(SessionConfig::default(), 1, MonoTime::ZERO, unix_now)?;
+    let stored = blob(ACCESS_TOKEN, "bench-refresh", unix_now.saturating_add(Duration::from_secs(3600)))?;
+    let mut load = None;
+    while let Some(command) = machine.poll_command() {
+        if let freshen::core::session::Command::LoadStore { op } = command {
+            load = Some(op);
+        }
+    }
+    let op = load.ok_or("the machine did not load its store")?;
+    machine.handle(MonoTime::ZERO, Event::StoreLoaded { op, stored: Some(stored), unix_now });
+    while machine.poll_command().is_some() {}
+    let now = MonoTime::from_secs(1);
+    let mut caller = 0;
+    let mut run = |count: u64| {
+        for _ in 0..count {
+            caller += 1;
+            machine.handle(now, Event::TokenWanted { caller: CallerId(caller) });
+            while let Some(command) = machine.poll_command() {
+                drop(black_box(command));
+            }
+        }
+    };
+    run(steps / 10); // warm up
+    let started = Instant::now();
+    let ((), allocations) = alloc::counted(|| run(steps));
+    let nanos = started.elapsed().as_nanos() as f64;
+    Ok((nanos / steps as f64, allocations as f64 / steps as f64))
+}
+
+/// What a thundering herd cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Herd {
+    /// Refreshes the authority served.
+    pub refreshes: u64,
+    /// Microseconds from the refresh response to a waiter's release: 99th percentile.
+    pub release_p99_us: f64,
+    /// The same, for the last waiter released.
+    pub release_max_us: f64,
+}
+
+/// A transport whose token requests wait at a gate, and which notes when the
+/// answer came back.
+#[derive(Clone, Debug)]
+struct Gated {
+    inner: ReqwestTransport,
+    gate: Arc<Semaphore>,
+    answered_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Transport for Gated {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+        let _permit = self.gate.acquire().await.map_err(|_| TransportFailure::NotSent)?;
+        let answer = self.inner.post_form(url, form).await;
+        if let Ok(mut at) = self.answered_at.lock() {
+            *at = Some(Instant::now());
+        }
+        answer
+    }
+}
+
+/// `callers` concurrent callers find the access token expired while the
+/// refresh is held at a gate; the gate opens; every caller must get a token.
+/// Runs against the reference authority on a loopback port.
+pub async fn herd(callers: usize) -> Result<Herd, BenchError> {
+    let server = Server::loopback(AuthorityConfig::default(), 1).await?;
+    let issued = server.state().login(CLIENT);
+    let expired = UnixTime::from_since_epoch(system_clock().since_epoch().saturating_sub(Duration::from_secs(60)));
+    let stored = blob(issued.access_token.expose_secret(), issued.refresh_token.expose_secret(), expired)?;
+    let gate = Arc::new(Semaphore::new(0));
+    let answered_at = Arc::new(Mutex::new(None));
+    let transport = Gated {
+        inner: ReqwestTransport::new(Duration::from_secs(30))?,
+        gate: Arc::clone(&gate),
+        answered_at: Arc::clone(&answered_at),
+    };
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
+    let session = Session::start(config, transport, MemoryStore::holding(&stored))?;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let session = session.clone();
+            tokio::spawn(async move {
+                let granted = session.access_token().await.is_ok();
+                (granted, Instant::now())
+            })
+        })
+        .collect();
+    // Every caller waits on the one refresh before the gate opens.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while session.waiting() < callers {
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {callers} callers waited", session.waiting()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gate.add_permits(callers);
+    let mut released = Vec::with_capacity(callers);
+    for task in tasks {
+        let (granted, at) = task.await?;
+        if !granted {
+            return Err("a caller of the herd got no token".into());
+        }
+        released.push(at);
+    }
+    let answered = answered_at.lock().ok().and_then(|at| *at).ok_or("the refresh never answered")?;
+    let mut latencies: Vec<f64> =
+        released.iter().map(|at| at.saturating_duration_since(answered).as_secs_f64() * 1e6).collect();
+    let release_max_us = latencies.iter().copied().fold(0.0, f64::max);
+    Ok(Herd {
+        refreshes: server.state().stats().refreshes,
+        release_p99_us: quantile(&mut latencies, 0.99),
+        release_max_us,
+    })
+}
+
+/// The ways a request reaches the protected resource in [`middleware`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arm {
+    /// Plain reqwest with a static `Authorization` header: the baseline.
+    Raw,
+    /// reqwest-middleware with no middleware at all, and the static header:
+    /// what the middleware framework costs by itself.
+    EmptyChain,
+    /// reqwest-middleware with freshen's `AuthMiddleware`.
+    AuthMiddleware,
+    /// freshen's own `AuthorizedClient`, without reqwest-middleware.
+    AuthorizedClient,
+}
+
+impl Arm {
+    /// Every arm, the baseline first.
+    pub const ALL: [Self; 4] = [Self::Raw, Self::EmptyChain, Self::AuthMiddleware, Self::AuthorizedClient];
+}
+
+/// Median request latency, in microseconds, of each [`Arm`] (in
+/// [`Arm::ALL`]'s order), all against the same loopback server, interleaved
+/// request by request with the order rotating, after a warm-up.
+pub async fn middleware(requests: usize) -> Result<[f64; 4], BenchError> {
+    let mut authority = AuthorityConfig::default();
+    authority.access_ttl = Duration::from_secs(3600);
+    let server = Server::loopback(authority, 1).await?;
+    let issued = server.state().login(CLIENT);
+    let access = issued.access_token.expose_secret().to_owned();
+    let stored =
+        blob(&access, issued.refresh_token.expose_secret(), system_clock().saturating_add(Duration::from_secs(3000)))?;
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
+    let session =
+        Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, MemoryStore::holding(&stored))?;
+    let header = reqwest::header::HeaderValue::from_str(&format!("Bearer {access}"))?;
+    let raw = reqwest::Client::new();
+    let empty = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+    let through = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    let authorized = AuthorizedClient::new(reqwest::Client::new(), session);
+    let url = server.url(paths::RESOURCE);
+    let auth = reqwest::header::AUTHORIZATION;
+
+    let once = |arm: Arm| {
+        let (raw, empty, through, authorized, url, header, auth) =
+            (&raw, &empty, &through, &authorized, &url, &header, &auth);
+        async move {
+            let started = Instant::now();
+            let response = match arm {
+                Arm::Raw => raw.get(url).header(auth, header.clone()).send().await?,
+                Arm::EmptyChain => empty.get(url).header(auth, header.clone()).send().await?,
+                Arm::AuthMiddleware => through.get(url).send().await?,
+                Arm::AuthorizedClient => {
+                    authorized.execute(authorized.request(reqwest::Method::GET, url).build()?).await?
+                }
+            };
+            let ok = response.status().is_success();
+            response.bytes().await?;
+            if ok {
+                Ok::<_, BenchError>(started.elapsed().as_secs_f64() * 1e6)
+            } else {
+                Err(format!("{arm:?} was refused").into())
+            }
+        }
+    };
+    for _ in 0..requests / 10 {
+        for arm in Arm::ALL {
+            once(arm).await?;
+        }
+    }
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    for i in 0..requests {
+        // Rotate the order, so no arm always follows the same other.
+        for k in 0..Arm::ALL.len() {
+            let index = (i + k) % Arm::ALL.len();
+            if let (Some(arm), Some(sample)) = (Arm::ALL.get(index), samples.get_mut(index)) {
+                sample.push(once(*arm).await?);
+            }
+        }
+    }
+    Ok(samples.map(|mut s| median(&mut s)))
+}
+
+/// Campaign seeds per second in tier 1 and in tier 2, on every core, as the
+/// campaign runs them (seeds `0..count`).
+pub fn sim_seeds_per_s(tier1: u64, tier2: u64) -> (f64, f64) {
+    let one = parallel_seeds(tier1, |seed| {
+        let mut world = World::new(WorldConfig::sampled(seed), seed);
+        world.run();
+        black_box(world.violations().len());
+    });
+    let two = parallel_seeds(tier2, |seed| {
+        let config = freshen_sim::tier2::WorldConfig::sampled(seed);
+        black_box(freshen_sim::tier2::run(&config, seed, None).violations.len());
+    });
+    (one, two)
+}
+
+fn parallel_seeds(count: u64, run: impl Fn(u64) + Sync) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= count {
+                        break;
+                    }
+                    run(seed);
+                }
+            });
+        }
+    });
+    count as f64 / started.elapsed().as_secs_f64()
+}

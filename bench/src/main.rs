@@ -1,0 +1,82 @@
+//! `freshen-bench [--quick]`: prints one `key=value` line per figure (see
+//! BENCHMARKS.md for what each means and the latest results). Lines starting
+//! with `#` give the raw measurements behind the ratios.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a report for the terminal
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use freshen_bench::{BenchError, Sizes};
+use freshen_sim::http::paths;
+
+fn main() -> ExitCode {
+    let sizes = match std::env::args().nth(1).as_deref() {
+        None => Sizes::FULL,
+        Some("--quick") => Sizes::QUICK,
+        Some(_) => {
+            eprintln!("usage: freshen-bench [--quick]");
+            return ExitCode::from(2);
+        }
+    };
+    match run(sizes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("freshen-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(sizes: Sizes) -> Result<(), BenchError> {
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    println!("# {threads} cores; {sizes:?}");
+
+    let session = runtime.block_on(freshen_bench::valid_session(
+        format!("http://127.0.0.1:9{}", paths::TOKEN),
+        freshen_bench::ACCESS_TOKEN,
+    ))?;
+    let (freshen_1, baseline_1) = freshen_bench::fastpath(&runtime, &session, 1, sizes);
+    let (freshen_2, baseline_2) = freshen_bench::fastpath(&runtime, &session, 2, sizes);
+    println!(
+        "# fast path, ns per acquire: freshen {freshen_1:.1} vs RwLock+clone {baseline_1:.1} (1 thread); {freshen_2:.1} vs {baseline_2:.1} (2 threads)"
+    );
+    let (ratio_1, ratio_2) = (baseline_1 / freshen_1, baseline_2 / freshen_2);
+    println!("fastpath_ratio={:.2}", ratio_1.min(ratio_2));
+    println!("fastpath_ratio_1t={ratio_1:.2}");
+    println!("fastpath_ratio_2t={ratio_2:.2}");
+    let (allocs, baseline_allocs) = freshen_bench::fastpath_allocs(&runtime, &session, sizes.acquires);
+    println!("# allocations per acquire: freshen {allocs} vs RwLock+clone {baseline_allocs}");
+    println!("fastpath_allocs={allocs}");
+    drop(session);
+
+    let (step_ns, step_allocs) = freshen_bench::step(sizes.steps)?;
+    println!("step_ns={step_ns:.1}");
+    println!("step_allocs={step_allocs}");
+
+    for (key, callers) in [("herd_refreshes_1k", 1_000), ("herd_refreshes_10k", 10_000)] {
+        let herd = runtime.block_on(freshen_bench::herd(callers))?;
+        println!("# herd of {callers}: release p99 {:.0} us, last {:.0} us", herd.release_p99_us, herd.release_max_us);
+        println!("{key}={}", herd.refreshes);
+        if callers == 10_000 {
+            println!("herd_release_p99_us={:.0}", herd.release_p99_us);
+        }
+    }
+
+    let [raw, empty, through, authorized] = runtime.block_on(freshen_bench::middleware(sizes.requests))?;
+    println!(
+        "# median request, us: raw reqwest {raw:.1}; empty reqwest-middleware chain {empty:.1}; \
+         AuthMiddleware {through:.1}; AuthorizedClient {authorized:.1}"
+    );
+    println!("middleware_ratio={:.3}", through / raw);
+    println!("middleware_empty_chain_ratio={:.3}", empty / raw);
+    println!("authorized_client_ratio={:.3}", authorized / raw);
+    drop(runtime);
+
+    let (tier1, tier2) = freshen_bench::sim_seeds_per_s(sizes.tier1_seeds, sizes.tier2_seeds);
+    println!("sim_tier1_seeds_per_s={tier1:.1}");
+    println!("sim_tier2_seeds_per_s={tier2:.2}");
+    println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
