@@ -19,8 +19,8 @@ use freshen_core::harness::{World, WorldConfig, WorldStats};
 use freshen_core::session::Plant;
 
 const USAGE: &str = "\
-usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T]
-       freshen-sim --seed S [--tier 1|2] [--plant NAME]
+usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--log]
+       freshen-sim --seed S [--tier 1|2] [--plant NAME] [--log]
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
 
@@ -33,6 +33,8 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
   --plant NAME  run a deliberately broken session: no-single-flight,
                 grant-before-persist, logout-keeps-storage, retry-forgets-rotation
   --threads T   worker threads (default: the machine's cores)
+  --log         write every log event of the drivers (tier 2), at trace level, to
+                stderr: the leak scan reads it for token bytes
 
   serve         run the reference authority on 127.0.0.1:P (default 8080) until interrupted:
                 POST /token (refresh_token and password grants), POST /revoke, GET /resource
@@ -105,11 +107,12 @@ struct Options {
     replay: Option<u64>,
     plant: Option<Plant>,
     threads: usize,
+    log: bool,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut options = Options { seeds: 1000, first: 0, tier: None, replay: None, plant: None, threads };
+    let mut options = Options { seeds: 1000, first: 0, tier: None, replay: None, plant: None, threads, log: false };
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -131,6 +134,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
                 options.plant =
                     Some(Plant::from_name(&name).ok_or_else(|| format!("--plant: unknown variant {name}"))?);
             }
+            "--log" => options.log = true,
             "--threads" => {
                 options.threads = usize::try_from(number("--threads", value("--threads")?)?).unwrap_or(1).max(1);
             }
@@ -348,6 +352,21 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
     }
 }
 
+/// Sends every tracing event of freshen's own crates, at trace level, to
+/// stderr (the network simulator's own chatter stays at info).
+fn install_log() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("freshen", tracing::Level::TRACE)
+        .with_target("freshen_core", tracing::Level::TRACE)
+        .with_target("freshen_sim", tracing::Level::TRACE);
+    let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
+    let subscriber = tracing_subscriber::registry().with(layer).with(targets);
+    // It fails only when a subscriber is already set, and nothing else sets one.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("serve") {
@@ -368,10 +387,15 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             if message.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
         }
-        Ok(options) => match options.replay {
-            Some(seed) => replay(options.tier.unwrap_or(Tier::One), seed, options.plant),
-            None => campaign(&options),
-        },
+        Ok(options) => {
+            if options.log {
+                install_log();
+            }
+            match options.replay {
+                Some(seed) => replay(options.tier.unwrap_or(Tier::One), seed, options.plant),
+                None => campaign(&options),
+            }
+        }
     }
 }
 
@@ -389,6 +413,8 @@ mod tests {
         assert_eq!((o.seeds, o.first, o.threads, o.tier), (20, 5, 3, Some(Tier::Two)));
         assert_eq!(o.plant, Some(Plant::NoSingleFlight));
         assert_eq!(parse(args("--seed 7")).unwrap().replay, Some(7));
+        assert!(parse(args("--seed 7 --log")).unwrap().log);
+        assert!(!o.log);
     }
 
     #[test]
