@@ -121,6 +121,17 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
     }
 }
 
+/// A caller thread that asks for a token, says so, and waits for the outcome.
+fn waiting_caller(coordinator: &Arc<Coordinator<Slot>>, progress: &Progress) -> thread::JoinHandle<Outcome> {
+    let (coordinator, progress) = (Arc::clone(coordinator), progress.clone());
+    thread::spawn(move || {
+        let slot = Slot::new();
+        coordinator.want(MonoTime::ZERO, slot.clone());
+        progress.moved();
+        slot.wait()
+    })
+}
+
 fn max_preemptions() -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound.get_or_insert(3);
@@ -133,17 +144,7 @@ fn three_callers_one_refresh(config: SessionConfig) {
     max_preemptions().check(move || {
         let coordinator = coordinator_with(config.clone());
         let progress = Progress::new();
-        let callers: Vec<_> = (0..3)
-            .map(|_| {
-                let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
-                thread::spawn(move || {
-                    let slot = Slot::new();
-                    coordinator.want(MonoTime::ZERO, slot.clone());
-                    progress.moved();
-                    slot.wait()
-                })
-            })
-            .collect();
+        let callers: Vec<_> = (0..3).map(|_| waiting_caller(&coordinator, &progress)).collect();
         let refreshes = drive(&coordinator, &progress, 3);
         for caller in callers {
             let granted = caller.join().unwrap().expect("a token");
@@ -185,15 +186,7 @@ fn loom_a_caller_that_drops_its_wait() {
                 slot.try_take()
             })
         };
-        let stayer = {
-            let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
-            thread::spawn(move || {
-                let slot = Slot::new();
-                coordinator.want(MonoTime::ZERO, slot.clone());
-                progress.moved();
-                slot.wait()
-            })
-        };
+        let stayer = waiting_caller(&coordinator, &progress);
         let refreshes = drive(&coordinator, &progress, 2);
         let _ = leaver.join().unwrap();
         assert_eq!(stayer.join().unwrap().expect("a token").grant.generation, Generation(2));
@@ -207,15 +200,7 @@ fn loom_logout_racing_a_refresh() {
     max_preemptions().check(|| {
         let coordinator = coordinator();
         let progress = Progress::new();
-        let caller = {
-            let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
-            thread::spawn(move || {
-                let slot = Slot::new();
-                coordinator.want(MonoTime::ZERO, slot.clone());
-                progress.moved();
-                slot.wait()
-            })
-        };
+        let caller = waiting_caller(&coordinator, &progress);
         let logout = {
             let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
             thread::spawn(move || {
