@@ -201,7 +201,7 @@ impl ClientMonitor {
                     sent.answered.get_or_insert((now, Answer::Transient { retry_after: None }));
                 }
             }
-            Event::StoreLoaded { op, stored, .. } => {
+            Event::StoreLoaded { op, stored, .. } | Event::StoreLocked { op, stored, .. } => {
                 if self.pending_store.remove(op).is_some() {
                     self.store_failures = (0, now);
                     self.store = match stored {
@@ -312,7 +312,7 @@ impl ClientMonitor {
             Command::ClearStore { op } => {
                 self.pending_store.insert(*op, (PendingStore::Clear, None));
             }
-            Command::LoadStore { op } => {
+            Command::LoadStore { op } | Command::LockStore { op } => {
                 self.pending_store.insert(*op, (PendingStore::Load, None));
             }
             Command::Publish(Some(grant)) | Command::Grant { grant, .. } => {
@@ -338,7 +338,7 @@ impl ClientMonitor {
                 self.logged_out = Some(cause.clone());
                 self.awaiting_logout = None;
             }
-            Command::Publish(None) | Command::Revoke { .. } | Command::StateChanged(_) => {}
+            Command::Publish(None) | Command::Revoke { .. } | Command::StateChanged(_) | Command::UnlockStore => {}
         }
     }
 
@@ -460,6 +460,9 @@ pub struct LogoutEvidence {
     pub lost_answer: bool,
     /// The client crashed since its session began.
     pub crashed: bool,
+    /// The client slept (a suspended laptop) since its session began: a
+    /// retry cycle it was in stretched past every bound, grace included.
+    pub suspended: bool,
     /// Someone revoked the grant (the user, from their account page; an admin).
     pub revoked: bool,
     /// The authority's last refusal of this client's refresh.
@@ -496,7 +499,7 @@ pub fn judge_logout(
             Invariant::L2,
             format!("logged out ({:?}) with no lost answer, crash, revocation or expiry", evidence.refusal),
         )
-    } else if grace_covers_retries {
+    } else if grace_covers_retries && !evidence.suspended {
         violation(Invariant::L1, format!("a lost answer ended the session though grace is {:?}", authority.grace))
     } else {
         Ok(())

@@ -216,6 +216,9 @@ impl WorldConfig {
         config.demand = Some(Demand { mean_interval: Duration::from_millis(200 + rng.below(20_000)) });
         config.safety_phase = Duration::from_secs(600 + rng.below(3 * 3600));
         config.start_logged_in = !rng.chance(1, 10);
+        // A third of the worlds run the shared-store protocol (lock, read,
+        // refresh, write, unlock): alone, it must keep every invariant too.
+        config.session.shared_store = rng.chance(1, 3);
         config
     }
 }
@@ -268,6 +271,7 @@ enum Pending {
 #[derive(Debug)]
 enum StoreOutcome {
     Loaded(Option<SecretString>),
+    Locked(Option<SecretString>),
     Written { write: StoreWrite },
     Failed { landed: Option<StoreWrite> },
 }
@@ -528,6 +532,7 @@ impl World {
         // A second suspend while asleep can only prolong the sleep.
         let resume = self.now.saturating_add(pause).max(self.suspended_until.unwrap_or(MonoTime::ZERO));
         self.clock_jumped = true;
+        self.evidence.suspended = true;
         self.suspended_until = Some(resume);
         note!(self, "{} suspend until {resume}", self.now);
         self.schedule(resume, Pending::Resume);
@@ -699,9 +704,11 @@ impl World {
     fn execute(&mut self, command: Command) {
         let incarnation = self.incarnation;
         match command {
-            Command::LoadStore { op } => {
+            Command::LoadStore { op } | Command::LockStore { op } => {
                 let outcome = if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
                     StoreOutcome::Failed { landed: None }
+                } else if matches!(command, Command::LockStore { .. }) {
+                    StoreOutcome::Locked(self.blob.clone())
                 } else {
                     StoreOutcome::Loaded(self.blob.clone())
                 };
@@ -765,7 +772,7 @@ impl World {
                     self.schedule(at, Pending::Login);
                 }
             }
-            Command::Publish(_) | Command::StateChanged(_) => {}
+            Command::Publish(_) | Command::StateChanged(_) | Command::UnlockStore => {}
         }
     }
 
@@ -904,13 +911,16 @@ impl World {
 
     fn store_done(&mut self, op: StoreOpId, outcome: StoreOutcome) {
         self.in_flight_write = None;
+        let locked = matches!(outcome, StoreOutcome::Locked(_));
         let event = match outcome {
-            StoreOutcome::Loaded(blob) => {
+            StoreOutcome::Loaded(blob) | StoreOutcome::Locked(blob) => {
                 let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(self.now.elapsed());
                 match blob.map(|b| StoredSession::decode(b.expose_secret().as_bytes())) {
-                    None => Event::StoreLoaded { op, stored: None, unix_now },
-                    Some(Ok(stored)) => Event::StoreLoaded { op, stored: Some(stored), unix_now },
                     Some(Err(error)) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
+                    Some(Ok(stored)) if locked => Event::StoreLocked { op, stored: Some(stored), unix_now },
+                    None if locked => Event::StoreLocked { op, stored: None, unix_now },
+                    Some(Ok(stored)) => Event::StoreLoaded { op, stored: Some(stored), unix_now },
+                    None => Event::StoreLoaded { op, stored: None, unix_now },
                 }
             }
             StoreOutcome::Written { write } => {
@@ -1008,6 +1018,7 @@ pub fn logout_name(cause: &LogoutCause) -> &'static str {
         LogoutCause::RefreshTokenRejected { after_lost_response: true, .. } => "rejected_after_lost_response",
         LogoutCause::RefreshTokenRejected { .. } => "rejected",
         LogoutCause::StoredSessionUnreadable(_) => "stored_session_unreadable",
+        LogoutCause::EndedElsewhere => "ended_elsewhere",
     }
 }
 

@@ -716,6 +716,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                     lost_answer: lost,
                     crashed: crashes.get(host.index).is_some_and(|c| *c > 0),
                     revoked: false,
+                    suspended: false,
                     refusal,
                 };
                 let at = MonoTime::from_elapsed(total);

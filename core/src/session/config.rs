@@ -68,6 +68,14 @@ pub struct SessionConfig {
     pub max_waiters: usize,
     /// How token-endpoint responses are read.
     pub policy: Policy,
+    /// Other processes use the same store (a CLI run twice at once, an app and
+    /// its helper). Each refresh cycle then runs under the store's
+    /// cross-process lock ([`Command::LockStore`](super::Command::LockStore)):
+    /// the store is read first, a newer generation found there is adopted
+    /// instead of refreshing, and the result is written before the lock is
+    /// released. Every write takes the lock too. Off by default: a store only
+    /// this process uses needs no lock.
+    pub shared_store: bool,
     /// A deliberately broken variant, for proving that checkers catch bugs.
     #[cfg(feature = "testing")]
     pub plant: Option<super::Plant>,
@@ -85,6 +93,7 @@ impl Default for SessionConfig {
             store_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1), 4),
             max_waiters: 100_000,
             policy: Policy::default(),
+            shared_store: false,
             #[cfg(feature = "testing")]
             plant: None,
         }
@@ -152,6 +161,14 @@ impl SessionConfig {
         self.request_timeout
             .saturating_mul(attempts)
             .saturating_add(self.longest_retry_delay().saturating_mul(attempts - 1))
+    }
+
+    /// How long a driver waits for the store's cross-process lock before it
+    /// reports the store unavailable: as long as another process may hold it
+    /// for one refresh cycle and the write of its result. A holder that dies
+    /// releases the lock at once (the OS drops it with the process).
+    pub fn lock_wait(&self) -> Duration {
+        self.refresh_cycle_bound().saturating_add(self.store_backoff.total_ceiling())
     }
 
     /// C5: the longest any caller waits before its token is granted or its

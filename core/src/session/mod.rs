@@ -60,12 +60,20 @@ pub enum Plant {
     LogoutKeepsStorage,
     /// A retry that succeeds keeps the old refresh token (breaks C2).
     RetryForgetsRotation,
+    /// Ignores [`SessionConfig::shared_store`]: refreshes without the store's
+    /// cross-process lock (breaks C1 and C2 across processes).
+    NoCrossProcessLock,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 4] =
-        [Plant::NoSingleFlight, Plant::GrantBeforePersist, Plant::LogoutKeepsStorage, Plant::RetryForgetsRotation];
+    pub const ALL: [Plant; 5] = [
+        Plant::NoSingleFlight,
+        Plant::GrantBeforePersist,
+        Plant::LogoutKeepsStorage,
+        Plant::RetryForgetsRotation,
+        Plant::NoCrossProcessLock,
+    ];
 
     /// The name used on command lines.
     pub fn name(self) -> &'static str {
@@ -74,6 +82,7 @@ impl Plant {
             Plant::GrantBeforePersist => "grant-before-persist",
             Plant::LogoutKeepsStorage => "logout-keeps-storage",
             Plant::RetryForgetsRotation => "retry-forgets-rotation",
+            Plant::NoCrossProcessLock => "no-cross-process-lock",
         }
     }
 
@@ -204,6 +213,9 @@ struct Cycle {
 
 #[derive(Debug)]
 enum Phase {
+    /// Waiting for the store's cross-process lock and what the store holds
+    /// under it (shared stores only): no attempt is sent before.
+    Locking,
     InFlight {
         id: RefreshId,
         deadline: MonoTime,
@@ -231,11 +243,14 @@ struct StoreSync {
     retry_at: Option<MonoTime>,
     /// The most failures in a row before waiters are failed.
     attempts: u32,
+    /// This process holds the store's cross-process lock.
+    locked: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StoreOp {
     Load,
+    Lock,
     Persist(Generation),
     Clear,
 }
@@ -271,6 +286,7 @@ impl Session {
                 failures: 0,
                 retry_at: None,
                 attempts: store_attempts,
+                locked: false,
             },
             outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1), recent_sends: VecDeque::new() },
             last_generation: Generation(0),
@@ -321,6 +337,7 @@ impl Session {
                 }
             }
             Event::StoreLoaded { op, stored, unix_now } => self.on_store_loaded(op, stored, unix_now),
+            Event::StoreLocked { op, stored, unix_now } => self.on_store_locked(op, stored, unix_now),
             Event::StoreWritten { op } => self.on_store_written(op),
             Event::StoreFailed { op, error } => self.on_store_failed(op, error),
             Event::LogoutRequested => self.log_out(LogoutCause::Requested),
@@ -346,7 +363,7 @@ impl Session {
             State::Refreshing(_, cycle) => match cycle.phase {
                 Phase::InFlight { deadline, .. } => (deadline <= now).then_some(true),
                 Phase::Backoff { until } => (until <= now).then_some(false),
-                Phase::Rereading { .. } => None,
+                Phase::Locking | Phase::Rereading { .. } => None,
             },
             _ => None,
         };
@@ -382,7 +399,7 @@ impl Session {
             State::Refreshing(_, cycle) => match cycle.phase {
                 Phase::InFlight { deadline, .. } => consider(Some(deadline)),
                 Phase::Backoff { until } => consider(Some(until)),
-                Phase::Rereading { .. } => {}
+                Phase::Locking | Phase::Rereading { .. } => {}
             },
             State::Valid(tokens) => {
                 consider(tokens.refresh_due_at());
@@ -668,6 +685,11 @@ impl Session {
         let now = self.now;
         let timeout = self.config.request_timeout;
         let Some(tokens) = self.take_tokens() else { return };
+        if self.locks_store() && !self.store.locked {
+            // The store is read under its lock first: another process may have refreshed.
+            self.state = State::Refreshing(tokens, Cycle { attempt: 0, phase: Phase::Locking, reread: false });
+            return;
+        }
         let id = self.outbox.send_refresh(now, &tokens, 1);
         let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
         self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
@@ -727,17 +749,8 @@ impl Session {
                     self.state = State::Valid(tokens);
                 }
             },
-            State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, after }, .. }) if op >= *after => {
-                // Another process's rotation shows as a later generation with
-                // another token; anything else is ours, or older.
-                let newer =
-                    stored.filter(|s| s.generation > tokens.generation && !s.refresh_token.same_as(&tokens.refresh));
-                let cause =
-                    LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
-                match newer {
-                    Some(stored) => self.adopt_stored(stored),
-                    None => self.log_out(cause),
-                }
+            State::Refreshing(_, Cycle { phase: Phase::Rereading { after, .. }, .. }) if op >= *after => {
+                self.reread(stored);
             }
             // A login, a logout or a rejection overtook the load: what it read
             // is stale (a re-read still wanted issues a new load). Its
@@ -754,6 +767,91 @@ impl Session {
                     self.store.revive();
                 }
             }
+        }
+    }
+
+    /// A rejection waited for this read of the store: another process's
+    /// rotation shows as a later generation with another token, and is
+    /// adopted; anything else is ours, or older, and the session ends.
+    fn reread(&mut self, stored: Option<StoredSession>) {
+        let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state else {
+            return;
+        };
+        let newer = stored.filter(|s| s.generation > tokens.generation && !s.refresh_token.same_as(&tokens.refresh));
+        let cause = LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
+        match newer {
+            Some(stored) => self.adopt_stored(stored),
+            None => self.log_out(cause),
+        }
+    }
+
+    /// The store's cross-process lock is held and the store was read under
+    /// it, so what it holds is the truth until the lock is released.
+    fn on_store_locked(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
+        if self.store.in_flight != Some((op, StoreOp::Lock)) {
+            return;
+        }
+        self.store.succeeded();
+        self.store.locked = true;
+        self.wall_anchor = (self.now, unix_now);
+        if let State::Refreshing(_, Cycle { phase: Phase::Rereading { after, .. }, .. }) = &self.state {
+            if op >= *after {
+                self.reread(stored);
+            }
+            return;
+        }
+        let Some(held) = self.tokens() else {
+            // Logged out: the lock is for clearing the store.
+            self.store.holds = if stored.is_some() { Holds::Unknown } else { Holds::Empty };
+            return;
+        };
+        let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));
+        let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
+        match stored {
+            // Another process refreshed (or logged in) since this one last
+            // wrote or read: its tokens are newer, and refreshing ours would
+            // replay a spent token. Adopted instead of refreshing.
+            Some(stored) if locking && stored.generation > generation => self.adopt_locked(stored),
+            // Another process logged out: the session this one held ended there.
+            None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
+            stored => {
+                let same = stored
+                    .as_ref()
+                    .is_some_and(|s| s.generation == generation && held.refresh.same_as(&s.refresh_token));
+                self.store.holds = match &stored {
+                    None => Holds::Empty,
+                    Some(s) => Holds::Session(s.generation),
+                };
+                // Ours is newer (a login, or a rotation not yet written): it
+                // must outrank what the store holds, then be written.
+                if let Some(stored) = stored.filter(|_| !same) {
+                    self.last_generation = self.last_generation.max(stored.generation);
+                    if stored.generation >= generation {
+                        let renumbered = self.next_generation();
+                        if let Some(tokens) = self.tokens_mut() {
+                            tokens.generation = renumbered;
+                        }
+                    }
+                }
+                if locking {
+                    self.send_next_attempt();
+                }
+            }
+        }
+    }
+
+    /// Takes over a newer session found under the lock: its tokens are what
+    /// the store holds. Its access token ends the cycle if usable; otherwise
+    /// its refresh token is sent, still under the lock.
+    fn adopt_locked(&mut self, stored: StoredSession) {
+        self.store.holds = Holds::Session(stored.generation);
+        self.last_generation = self.last_generation.max(stored.generation);
+        let tokens = self.tokens_from_store(stored, |generation| generation);
+        if tokens.usable_at(self.now) {
+            self.state = State::Valid(tokens);
+        } else {
+            self.state = State::Refreshing(tokens, Cycle { attempt: 0, phase: Phase::Locking, reread: false });
+            self.send_next_attempt();
         }
     }
 
@@ -812,10 +910,10 @@ impl Session {
         self.store.holds = match kind {
             StoreOp::Persist(generation) => Holds::Session(generation),
             StoreOp::Clear => Holds::Empty,
-            // A load answered as a write: nothing was written.
-            StoreOp::Load => self.store.holds,
+            // A load or lock answered as a write: nothing was written.
+            StoreOp::Load | StoreOp::Lock => self.store.holds,
         };
-        if kind == StoreOp::Load {
+        if matches!(kind, StoreOp::Load | StoreOp::Lock) {
             self.store.in_flight = None;
             return;
         }
@@ -839,7 +937,8 @@ impl Session {
             return;
         }
         self.store.in_flight = None;
-        if kind != StoreOp::Load {
+        let read = matches!(kind, StoreOp::Load | StoreOp::Lock);
+        if !read {
             // A failed write may or may not have happened.
             self.store.holds = Holds::Unknown;
         }
@@ -854,7 +953,7 @@ impl Session {
             }
             _ => self.store.failed(self.now, &self.config.store_backoff, &mut self.rng),
         };
-        if gave_up && kind == StoreOp::Load {
+        if gave_up && read {
             if let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state {
                 // The store cannot tell us better: the token stays rejected.
                 let cause =
@@ -923,8 +1022,10 @@ impl Session {
                         return;
                     }
                     self.store.exhausted().then_some(FailReason::StoreUnavailable)
-                } else if matches!(self.state, State::Refreshing(..)) {
-                    None
+                } else if let State::Refreshing(_, cycle) = &self.state {
+                    // A lock that cannot be had is a store that cannot be used.
+                    (matches!(cycle.phase, Phase::Locking) && self.store.exhausted())
+                        .then_some(FailReason::StoreUnavailable)
                 } else {
                     // No refresh runs for an unusable token: only a cooldown stops one.
                     tokens.cooldown.as_ref().map(|c| c.reason.clone())
@@ -943,34 +1044,67 @@ impl Session {
         matches!(self.state, State::Loading | State::Refreshing(_, Cycle { phase: Phase::Rereading { .. }, .. }))
     }
 
+    /// What the store should hold when the machine is not reading it, if it
+    /// is not there yet.
+    fn write_wanted(&self) -> Option<StoreOp> {
+        let goal = match &self.state {
+            State::Loading => return None,
+            State::LoggedOut(cause) => {
+                if !cause.clears_store() || self.planted(Plant::LogoutKeepsStorage) {
+                    return None;
+                }
+                Holds::Empty
+            }
+            State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Holds::Session(t.generation),
+        };
+        match goal {
+            _ if goal == self.store.holds => None,
+            Holds::Session(generation) => Some(StoreOp::Persist(generation)),
+            _ => Some(StoreOp::Clear),
+        }
+    }
+
+    /// Whether this session takes the store's cross-process lock.
+    fn locks_store(&self) -> bool {
+        self.config.shared_store && !self.planted(Plant::NoCrossProcessLock)
+    }
+
+    /// The lock is held from the start of a refresh cycle (the read under
+    /// it decides whether to send) until its result is written, and around
+    /// every other write; an attempt abandoned in flight keeps it too. It is
+    /// released between cycles, so a process that only reads never blocks
+    /// the others. Derived from the state, never stored.
+    fn lock_wanted(&self) -> bool {
+        self.locks_store()
+            && (matches!(self.state, State::Refreshing(..))
+                || self.straggler.is_some()
+                || self.write_wanted().is_some())
+    }
+
     fn settle_store(&mut self) {
         let store = &self.store;
         if store.in_flight.is_some() || store.retry_at.is_some() {
             return;
         }
-        let op = if self.load_wanted() {
+        let lock_wanted = self.lock_wanted();
+        if self.store.locked && !lock_wanted {
+            self.store.locked = false;
+            self.outbox.commands.push_back(Command::UnlockStore);
+            return;
+        }
+        let op = if lock_wanted && !self.store.locked {
+            StoreOp::Lock
+        } else if self.load_wanted() {
             StoreOp::Load
         } else {
-            let goal = match &self.state {
-                State::Loading => return,
-                State::LoggedOut(cause) => {
-                    if !cause.clears_store() || self.planted(Plant::LogoutKeepsStorage) {
-                        return;
-                    }
-                    Holds::Empty
-                }
-                State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Holds::Session(t.generation),
-            };
-            if goal == self.store.holds {
-                return;
-            }
-            match goal {
-                Holds::Session(generation) => StoreOp::Persist(generation),
-                _ => StoreOp::Clear,
+            match self.write_wanted() {
+                Some(op) => op,
+                None => return,
             }
         };
         let id = self.store.next_op;
         let command = match op {
+            StoreOp::Lock => Command::LockStore { op: id },
             StoreOp::Load => Command::LoadStore { op: id },
             StoreOp::Clear => Command::ClearStore { op: id },
             StoreOp::Persist(_) => {

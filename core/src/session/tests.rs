@@ -649,3 +649,147 @@ fn invalid_configurations_are_refused() {
             .unwrap_err();
     assert_eq!(error, ConfigError::ZeroTimeout);
 }
+
+// Shared stores: the cross-process lock around each refresh cycle.
+
+fn shared() -> SessionConfig {
+    SessionConfig { shared_store: true, ..config() }
+}
+
+/// The latest lock asked for.
+fn lock_op(h: &Harness) -> StoreOpId {
+    h.log
+        .iter()
+        .rev()
+        .find_map(|c| match c {
+            Command::LockStore { op } => Some(*op),
+            _ => None,
+        })
+        .expect("the lock was asked for")
+}
+
+fn locked(h: &mut Harness, op: StoreOpId, stored: Option<StoredSession>) -> Vec<Command> {
+    h.handle(Event::StoreLocked { op, stored, unix_now: UnixTime::from_secs(UNIX_ZERO) })
+}
+
+#[test]
+fn a_shared_store_is_locked_and_read_before_a_refresh_and_unlocked_after_the_write() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    let out = h.want(1);
+    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "sent before locking: {out:?}");
+    let op = lock_op(&h);
+    // The store still holds what this process loaded: refresh.
+    let out = locked(&mut h, op, Some(stored(1, "r1", None)));
+    assert!(out.iter().any(|c| matches!(c, Command::SendRefresh { attempt: 1, .. })), "{out:?}");
+    let (id, token, _) = h.last_refresh();
+    assert_eq!(token, "r1");
+    let out = h.answer(id, success("a2", Some("r2"), 3600));
+    assert!(!out.iter().any(|c| matches!(c, Command::UnlockStore)), "unlocked before the write: {out:?}");
+    let (write, session) = h.last_persist();
+    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    let out = h.handle(Event::StoreWritten { op: write });
+    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Grant { .. })), "{out:?}");
+}
+
+#[test]
+fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    let op = {
+        h.want(1);
+        lock_op(&h)
+    };
+    let theirs = stored(5, "r5", Some(UnixTime::from_secs(UNIX_ZERO + 3600)));
+    let out = locked(&mut h, op, Some(theirs));
+    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. } | Command::Persist { .. })), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    let granted = out.iter().find_map(|c| match c {
+        Command::Grant { grant, .. } => Some(grant.generation),
+        _ => None,
+    });
+    assert_eq!(granted, Some(Generation(5)));
+}
+
+#[test]
+fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_lock() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    let op = {
+        h.want(1);
+        lock_op(&h)
+    };
+    let out = locked(&mut h, op, Some(stored(5, "r5", Some(UnixTime::from_secs(UNIX_ZERO)))));
+    assert!(!out.iter().any(|c| matches!(c, Command::UnlockStore | Command::LockStore { .. })), "{out:?}");
+    assert_eq!(h.last_refresh().1, "r5");
+}
+
+#[test]
+fn an_empty_store_under_the_lock_means_another_process_logged_out() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    let op = {
+        h.want(1);
+        lock_op(&h)
+    };
+    let out = locked(&mut h, op, None);
+    assert_eq!(h.session.state(), &StateView::LoggedOut { cause: LogoutCause::EndedElsewhere });
+    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. } | Command::ClearStore { .. })), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Fail { .. })), "{out:?}");
+}
+
+#[test]
+fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds() {
+    let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
+    let new = NewSession {
+        access_token: AccessToken::new("a-login"),
+        token_type: TokenType::Bearer,
+        lifetime: Some(Duration::from_secs(3600)),
+        refresh_token: RefreshToken::new("r-login"),
+        scope: None,
+        requested_at: h.now,
+    };
+    let out = h.handle(Event::LoggedIn(new));
+    assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. })), "wrote without the lock: {out:?}");
+    let op = lock_op(&h);
+    // Another process wrote generation 9 meanwhile.
+    locked(&mut h, op, Some(stored(9, "r9", None)));
+    let (write, session) = h.last_persist();
+    assert_eq!((session.generation, session.refresh_token.expose_secret()), (Generation(10), "r-login"));
+    let out = h.handle(Event::StoreWritten { op: write });
+    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+}
+
+#[test]
+fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    let mut op = {
+        h.want(1);
+        lock_op(&h)
+    };
+    let mut failed = Vec::new();
+    for _ in 0..shared().store_backoff.attempts {
+        failed = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
+        let retry = h.advance_to(h.now.saturating_add(Duration::from_secs(2)));
+        if let Some(next) = retry.iter().find_map(|c| match c {
+            Command::LockStore { op } => Some(*op),
+            _ => None,
+        }) {
+            op = next;
+        }
+    }
+    let _ = lock_op(&h);
+    let reason = failed.iter().chain(h.log.iter()).find_map(|c| match c {
+        Command::Fail { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason, Some(FailReason::StoreUnavailable));
+    assert!(!h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "refreshed without the lock");
+}
+
+#[test]
+fn the_planted_variant_refreshes_without_the_lock() {
+    let mut h =
+        Harness::loaded(SessionConfig { plant: Some(Plant::NoCrossProcessLock), ..shared() }, Some(Duration::ZERO));
+    h.want(1);
+    assert!(h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "{:?}", h.log);
+    assert!(!h.log.iter().any(|c| matches!(c, Command::LockStore { .. })));
+}

@@ -51,6 +51,20 @@ pub enum Event {
         /// The wall clock now, to turn a stored expiry back into monotonic time.
         unix_now: UnixTime,
     },
+    /// [`Command::LockStore`] `op` holds the store's cross-process lock, and
+    /// the store was read under it. This is how the machine learns that
+    /// another process wrote a newer generation: it adopts that instead of
+    /// refreshing. A lock that could not be taken in time, or a read that
+    /// failed under it, is answered with [`Event::StoreFailed`] instead (and
+    /// the driver releases the lock).
+    StoreLocked {
+        /// The lock answered.
+        op: StoreOpId,
+        /// What the store holds; `None` when it is empty.
+        stored: Option<StoredSession>,
+        /// The wall clock now, as for [`Event::StoreLoaded`].
+        unix_now: UnixTime,
+    },
     /// [`Command::Persist`] or [`Command::ClearStore`] `op` is durable.
     StoreWritten {
         /// The write that finished.
@@ -157,6 +171,20 @@ pub enum Command {
         /// Names this operation.
         op: StoreOpId,
     },
+    /// Take the store's cross-process lock (waiting at most
+    /// [`SessionConfig::lock_wait`](super::SessionConfig::lock_wait)), then
+    /// read the store; answer with [`Event::StoreLocked`] or
+    /// [`Event::StoreFailed`]. Only with
+    /// [`SessionConfig::shared_store`](super::SessionConfig::shared_store).
+    /// The lock is held until [`Command::UnlockStore`]; store operations
+    /// issued meanwhile run under it.
+    LockStore {
+        /// Names this operation.
+        op: StoreOpId,
+    },
+    /// Release the store's lock. Nothing answers it; it is issued only when
+    /// no store operation is in flight.
+    UnlockStore,
     /// Send a refresh request with this token
     /// ([`oauth::refresh_request`](crate::oauth::refresh_request)); answer with
     /// [`Event::RefreshCompleted`] or [`Event::RefreshFailed`].
@@ -269,6 +297,9 @@ pub enum LogoutCause {
     },
     /// The stored session could not be decoded; it is left in place.
     StoredSessionUnreadable(DecodeError),
+    /// Another process sharing the store ended the session (a logout there
+    /// cleared the store this session was written to).
+    EndedElsewhere,
 }
 
 impl LogoutCause {
