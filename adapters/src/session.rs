@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Error;
 use crate::coordinator::{Coordinator, Io, Outcome, Waker};
-use crate::store::Store;
+use crate::store::{Store, StoreLock};
 use crate::token::Token;
 use crate::transport::Transport;
 use std::sync::Arc;
@@ -115,6 +115,8 @@ struct Shared<T, S> {
     closing: AtomicBool,
     in_flight: AtomicUsize,
     logouts: Mutex<Vec<oneshot::Sender<()>>>,
+    /// The shared store's cross-process lock, while the machine holds it.
+    store_lock: Mutex<Option<StoreLock>>,
 }
 
 impl<T, S> Shared<T, S> {
@@ -188,6 +190,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             logouts: Mutex::new(Vec::new()),
+            store_lock: Mutex::new(None),
         });
         let span = info_span!("freshen", session = seed % 100_000);
         tokio::spawn(drive(Arc::clone(&shared)).instrument(span));
@@ -388,6 +391,37 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             };
             shared.coordinator.handle(shared.now(), event);
         }),
+        Io::LockStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
+            let wait = shared.config.session.lock_wait();
+            let event = match tokio::time::timeout(wait, shared.store.lock()).await {
+                Ok(Ok(lock)) => match shared.store.load().await {
+                    Ok(stored) => {
+                        debug!(found = stored.is_some(), "store locked and read");
+                        if let Ok(mut held) = shared.store_lock.lock() {
+                            *held = Some(lock);
+                        }
+                        Event::StoreLocked { op, stored, unix_now: (shared.config.wall_clock)() }
+                    }
+                    Err(error) => {
+                        warn!(%error, "store read under the lock failed; the lock is released");
+                        Event::StoreFailed { op, error: error.into() }
+                    }
+                },
+                Ok(Err(error)) => {
+                    warn!(%error, "store lock failed");
+                    Event::StoreFailed { op, error: error.into() }
+                }
+                Err(_) => {
+                    warn!(?wait, "store lock not had in time");
+                    Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable }
+                }
+            };
+            shared.coordinator.handle(shared.now(), event);
+        }),
+        Io::UnlockStore => {
+            let released = shared.store_lock.lock().ok().and_then(|mut held| held.take());
+            debug!(held = released.is_some(), "store unlocked");
+        }
         Io::Persist(op, session) => {
             let generation = session.generation;
             spawn_io(shared, info_span!("store", %op, %generation), |shared| async move {

@@ -4,12 +4,24 @@
 //! ([`StoredSession::encode`]), so an update is one atomic write. A
 //! [`Store`] loads, saves and clears that entry; the session issues one
 //! operation at a time, so a store needs no ordering of its own.
+//!
+//! A store that several processes share (a CLI run twice at once, an app and
+//! its helper) also provides a cross-process lock ([`Store::lock`]); with
+//! [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store)
+//! on, each refresh runs under it, so the processes refresh one at a time and
+//! each adopts what another wrote. [`FileStore`] locks with an OS file lock,
+//! which the kernel releases when its holder dies: a killed process can never
+//! leave the others locked out.
 
 use core::fmt;
 use core::future::Future;
+use core::time::Duration;
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use freshen_core::stored::{DecodeError, StoredSession};
+use freshen_core::stored::{DecodeError, MAX_BLOB_BYTES, StoredSession};
 use keyring_core::{CredentialStore, Entry};
 use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
@@ -36,6 +48,24 @@ impl From<StoreError> for freshen_core::session::StoreError {
     }
 }
 
+/// The cross-process lock of a shared store, held until dropped.
+pub struct StoreLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl StoreLock {
+    /// A lock that is released when `guard` is dropped.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self { _held: Box::new(guard) }
+    }
+}
+
+impl fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreLock")
+    }
+}
+
 /// Keeps one session.
 pub trait Store: Send + Sync + 'static {
     /// Reads the session; `None` when there is none.
@@ -44,14 +74,26 @@ pub trait Store: Send + Sync + 'static {
     fn save(&self, session: &StoredSession) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes the session; deleting nothing is not an error.
     fn clear(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Takes the lock every process sharing this store honours, waiting as
+    /// long as it takes: the session bounds the wait
+    /// ([`SessionConfig::lock_wait`](freshen_core::session::SessionConfig::lock_wait))
+    /// by dropping this future. Used only with
+    /// [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store);
+    /// a store that cannot be shared keeps this default, which refuses.
+    fn lock(&self) -> impl Future<Output = Result<StoreLock, StoreError>> + Send {
+        core::future::ready(Err(StoreError::Unavailable("this store has no cross-process lock")))
+    }
 }
 
 /// A store in memory: for tests, and for sessions that need not outlive the
 /// process. It keeps the encoded blob, so it exercises the same codec as a
 /// real store. Clones share the same entry.
+/// Its lock is shared by its clones, so sessions in one process sharing a
+/// `MemoryStore` behave like processes sharing a file.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     blob: Arc<Mutex<Option<SecretString>>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MemoryStore {
@@ -62,7 +104,7 @@ impl MemoryStore {
 
     /// A store that already holds `session`.
     pub fn holding(session: &StoredSession) -> Self {
-        Self { blob: Arc::new(Mutex::new(Some(session.encode()))) }
+        Self { blob: Arc::new(Mutex::new(Some(session.encode()))), lock: Arc::default() }
     }
 
     /// What it holds now, decoded (for tests).
@@ -98,6 +140,126 @@ impl Store for MemoryStore {
 
     async fn clear(&self) -> Result<(), StoreError> {
         self.with(|blob| *blob = None)
+    }
+
+    async fn lock(&self) -> Result<StoreLock, StoreError> {
+        Ok(StoreLock::new(Arc::clone(&self.lock).lock_owned().await))
+    }
+}
+
+/// A session in a file, for CLIs and services that share it between
+/// processes (or that have no keyring). Writes replace the file atomically (a
+/// temporary file renamed over it), so a reader sees the old session or the
+/// new one, never half of each. On Unix the file is private to its owner
+/// (mode 0600). Its lock is an OS file lock on `<path>.lock`, which the kernel
+/// drops when the holder exits or is killed.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl FileStore {
+    /// The session kept at `path` (its directory must exist).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        Self { path, lock_path: lock_path.into() }
+    }
+
+    /// Where the session is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || op(&path))
+            .await
+            .map_err(|_| StoreError::Unavailable("file store call panicked or was cancelled"))?
+    }
+}
+
+fn private_file(path: &Path, create: bool) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(create);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+impl Store for FileStore {
+    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
+        self.blocking(|path| {
+            let file = match File::open(path) {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(_) => return Err(StoreError::Unavailable("the session file cannot be opened")),
+            };
+            // Read one byte past the limit, so an oversized file is reported as such.
+            let limit = u64::try_from(MAX_BLOB_BYTES).unwrap_or(u64::MAX).saturating_add(1);
+            let mut bytes = Vec::new();
+            file.take(limit)
+                .read_to_end(&mut bytes)
+                .map_err(|_| StoreError::Unavailable("the session file cannot be read"))?;
+            let bytes = secrecy::SecretSlice::from(bytes);
+            StoredSession::decode(bytes.expose_secret()).map(Some).map_err(StoreError::Corrupt)
+        })
+        .await
+    }
+
+    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
+        let blob = session.encode();
+        self.blocking(move |path| {
+            let mut temporary = path.to_path_buf().into_os_string();
+            temporary.push(format!(".{}.tmp", std::process::id()));
+            let temporary = PathBuf::from(temporary);
+            let written = (|| {
+                let mut file = private_file(&temporary, true)?;
+                file.set_len(0)?;
+                file.write_all(blob.expose_secret().as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temporary, path)
+            })();
+            written.map_err(|_| {
+                let _ = std::fs::remove_file(&temporary);
+                StoreError::Unavailable("the session file cannot be written")
+            })
+        })
+        .await
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.blocking(|path| match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(_) => Err(StoreError::Unavailable("the session file cannot be removed")),
+        })
+        .await
+    }
+
+    /// Polls a non-blocking `flock` (a blocked thread could not be cancelled
+    /// when the session stops waiting), backing off from 1 ms to 50 ms.
+    async fn lock(&self) -> Result<StoreLock, StoreError> {
+        let file = private_file(&self.lock_path, true)
+            .map_err(|_| StoreError::Unavailable("the lock file cannot be opened"))?;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match fs4::FileExt::try_lock(&file) {
+                // Closing the file (dropping the lock) releases the flock.
+                Ok(()) => return Ok(StoreLock::new(file)),
+                Err(fs4::TryLockError::WouldBlock) => {}
+                Err(fs4::TryLockError::Error(_)) => {
+                    return Err(StoreError::Unavailable("the lock file cannot be locked"));
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub trait Observer: Send + Sync + core::fmt::Debug {
 #[derive(Debug)]
 pub(crate) enum Io {
     LoadStore(StoreOpId),
+    LockStore(StoreOpId),
+    UnlockStore,
     Persist(StoreOpId, StoredSession),
     ClearStore(StoreOpId),
     Refresh { id: RefreshId, refresh_token: RefreshToken, attempt: u32 },
@@ -200,6 +202,8 @@ impl<W: Waker> Coordinator<W> {
                     }
                     Command::Publish(grant) => self.published.store(grant.map(Published::new)),
                     Command::LoadStore { op } => inner.io.push(Io::LoadStore(op)),
+                    Command::LockStore { op } => inner.io.push(Io::LockStore(op)),
+                    Command::UnlockStore => inner.io.push(Io::UnlockStore),
                     Command::Persist { op, session } => inner.io.push(Io::Persist(op, session)),
                     Command::ClearStore { op } => inner.io.push(Io::ClearStore(op)),
                     Command::SendRefresh { id, refresh_token, attempt } => {

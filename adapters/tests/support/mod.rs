@@ -163,6 +163,10 @@ impl Store for FlakyStore {
     async fn clear(&self) -> Result<(), StoreError> {
         self.inner.clear().await
     }
+
+    async fn lock(&self) -> Result<freshen::store::StoreLock, StoreError> {
+        self.inner.lock().await
+    }
 }
 
 pub fn config() -> Config {

@@ -1,0 +1,135 @@
+//! Sessions sharing one store, as processes share a file: one refresh between
+//! them, whatever the number of callers, and every session adopts it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use freshen::Session;
+use freshen::store::{FileStore, Store, StoreError};
+use freshen_core::authority::AuthorityConfig;
+use freshen_core::stored::DecodeError;
+use support::{AuthorityTransport, FlakyStore, config};
+
+/// No grace and reuse detection: a second redemption of a token revokes the family.
+fn strict() -> AuthorityConfig {
+    let mut config = AuthorityConfig::default();
+    config.grace = Duration::ZERO;
+    config.reuse_detection = true;
+    config
+}
+
+/// What a stampede left behind.
+struct Aftermath {
+    transport: AuthorityTransport,
+    generations: BTreeSet<u64>,
+    logged_out: usize,
+    /// Whether the token the sessions hand out now is still accepted by the server.
+    accepted: bool,
+}
+
+/// `processes` sessions sharing one store that holds a spent token; each gets
+/// 50 callers at once.
+async fn stampede(processes: usize, shared_store: bool) -> Aftermath {
+    let transport = AuthorityTransport::new(strict());
+    let store = FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
+    let sessions: Vec<_> = (0..processes)
+        .map(|seed| {
+            let mut config = config().with_seed(seed as u64);
+            config.session.shared_store = shared_store;
+            Session::start(config, transport.clone(), store.clone()).unwrap()
+        })
+        .collect();
+    let callers: Vec<_> = sessions
+        .iter()
+        .flat_map(|session| (0..50).map(move |_| session.clone()))
+        .map(|session| tokio::spawn(async move { session.access_token().await }))
+        .collect();
+    let mut generations = BTreeSet::new();
+    for caller in callers {
+        if let Ok(token) = caller.await.unwrap() {
+            generations.insert(token.generation().0);
+        }
+    }
+    // Let every rejection run its course (a re-read, one more attempt).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let logged_out = sessions
+        .iter()
+        .filter(|s| matches!(*s.state().borrow(), freshen_core::session::StateView::LoggedOut { .. }))
+        .count();
+    let accepted = match sessions[0].access_token().await {
+        Ok(token) => transport.authority.lock().unwrap().validate(transport.now(), token.expose_secret()).is_ok(),
+        Err(_) => false,
+    };
+    Aftermath { transport, generations, logged_out, accepted }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_sharing_a_store_refresh_once_between_them() {
+    let after = stampede(4, true).await;
+    assert_eq!(after.transport.refreshes.load(SeqCst), 1, "one refresh for four processes");
+    assert_eq!(after.generations, BTreeSet::from([2]), "every caller got the one new token");
+    assert_eq!(after.logged_out, 0);
+    assert!(after.accepted);
+}
+
+/// The control: without the lock, the same stampede replays the spent token
+/// and the server revokes the family. This is the bug the lock prevents.
+#[tokio::test(start_paused = true)]
+async fn without_the_lock_the_same_stampede_trips_reuse_detection() {
+    let after = stampede(4, false).await;
+    assert!(after.transport.refreshes.load(SeqCst) > 1);
+    assert!(after.logged_out > 0 || !after.accepted, "reuse detection should have revoked the family");
+}
+
+fn temporary_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("freshen-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("session.json")
+}
+
+#[tokio::test]
+async fn a_file_store_round_trips_and_its_lock_excludes_other_handles() {
+    let path = temporary_path("lock");
+    let store = FileStore::new(&path);
+    assert!(store.load().await.unwrap().is_none());
+    let session = AuthorityTransport::new(strict()).login(Some(Duration::from_secs(60)));
+    store.save(&session).await.unwrap();
+    let loaded = store.load().await.unwrap().unwrap();
+    assert_eq!(loaded.generation, session.generation);
+    assert!(loaded.refresh_token.same_as(&session.refresh_token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the session file must be private");
+    }
+
+    // Another handle (as another process would open it) waits while the lock is held.
+    let held = store.lock().await.unwrap();
+    let other = FileStore::new(&path);
+    assert!(tokio::time::timeout(Duration::from_millis(200), other.lock()).await.is_err());
+    drop(held);
+    let again = tokio::time::timeout(Duration::from_secs(5), other.lock()).await;
+    assert!(matches!(again, Ok(Ok(_))), "the lock was not released");
+
+    store.clear().await.unwrap();
+    store.clear().await.unwrap();
+    assert!(store.load().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_file_store_refuses_hostile_files_with_typed_errors() {
+    let path = temporary_path("hostile");
+    let store = FileStore::new(&path);
+    std::fs::write(&path, vec![b'{'; 200 * 1024]).unwrap();
+    assert!(matches!(store.load().await, Err(StoreError::Corrupt(DecodeError::TooLarge(_)))));
+    std::fs::write(&path, b"\xff\xfe not json").unwrap();
+    assert!(matches!(store.load().await, Err(StoreError::Corrupt(_))));
+    // Left in place, as the trait promises.
+    assert!(path.exists());
+}
