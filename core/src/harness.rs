@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, VecDeque};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, Refusal};
-use crate::check::{AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Violation, judge_logout};
+use crate::check::{
+    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
+};
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
 use crate::oauth::{self, Classified};
 use crate::rng::SplitMix64;
@@ -158,6 +160,11 @@ pub struct WorldConfig {
     pub liveness_phase: Duration,
     /// Whether the store holds a session when the world starts.
     pub start_logged_in: bool,
+    /// Client processes sharing the store (and its lock), each with its own
+    /// session, callers and crashes. More than one needs
+    /// [`SessionConfig::shared_store`] to be safe; without it, that is the
+    /// bug the checkers must catch.
+    pub processes: usize,
     /// Keep a printable trace.
     pub trace: bool,
     /// The most steps a run may take.
@@ -180,6 +187,7 @@ impl WorldConfig {
             safety_phase: Duration::from_secs(3600),
             liveness_phase,
             start_logged_in: true,
+            processes: 1,
             trace: false,
             max_steps: 1_000_000,
         }
@@ -219,7 +227,25 @@ impl WorldConfig {
         // A third of the worlds run the shared-store protocol (lock, read,
         // refresh, write, unlock): alone, it must keep every invariant too.
         config.session.shared_store = rng.chance(1, 3);
+        // Half of those are several processes sharing the store: a CLI run
+        // twice at once, an app and its helper.
+        if config.session.shared_store && rng.chance(1, 2) {
+            config.processes = 2 + rng.below(3) as usize;
+        }
         config
+    }
+
+    /// The same world with a planted bug. A missing cross-process lock can
+    /// only show where processes share a store, so that plant gets two to
+    /// four of them, configured to share.
+    #[must_use]
+    pub fn with_plant(mut self, plant: crate::session::Plant) -> Self {
+        if plant == crate::session::Plant::NoCrossProcessLock {
+            self.session.shared_store = true;
+            self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+        }
+        self.session.plant = Some(plant);
+        self
     }
 }
 
@@ -257,15 +283,64 @@ pub struct WorldStats {
 #[derive(Debug)]
 enum Pending {
     CallerArrives,
-    RefreshArrives { incarnation: u32, id: RefreshId, token: RefreshToken, fate: Fate, sent_at: MonoTime },
-    RefreshAnswered { incarnation: u32, id: RefreshId, outcome: Classified },
-    RefreshFailed { incarnation: u32, id: RefreshId, failure: TransportFailure },
-    StoreDone { incarnation: u32, op: StoreOpId, outcome: StoreOutcome },
-    RevokeArrives { token: RefreshToken },
-    ResourceArrives { incarnation: u32, caller: CallerId, grant: AccessGrant, healthy: bool },
-    ResourceAnswered { incarnation: u32, caller: CallerId, generation: Generation, ok: bool },
-    Login,
+    RefreshArrives {
+        incarnation: u32,
+        id: RefreshId,
+        token: RefreshToken,
+        fate: Fate,
+        sent_at: MonoTime,
+    },
+    RefreshAnswered {
+        incarnation: u32,
+        id: RefreshId,
+        outcome: Classified,
+    },
+    RefreshFailed {
+        incarnation: u32,
+        id: RefreshId,
+        failure: TransportFailure,
+    },
+    StoreDone {
+        incarnation: u32,
+        op: StoreOpId,
+        outcome: StoreOutcome,
+    },
+    RevokeArrives {
+        token: RefreshToken,
+    },
+    ResourceArrives {
+        incarnation: u32,
+        caller: CallerId,
+        grant: AccessGrant,
+        healthy: bool,
+    },
+    ResourceAnswered {
+        incarnation: u32,
+        caller: CallerId,
+        generation: Generation,
+        ok: bool,
+    },
+    /// A process waited for the store's lock as long as it may.
+    LockTimeout {
+        incarnation: u32,
+        op: StoreOpId,
+    },
+    Login {
+        process: usize,
+    },
     Resume,
+}
+
+/// One client process: its session and what dies with it.
+#[derive(Debug)]
+struct Process {
+    session: Session,
+    /// Names this life of the process, unique across the world: messages
+    /// addressed to an earlier life are dropped.
+    incarnation: u32,
+    monitor: ClientMonitor,
+    retried: BTreeMap<CallerId, bool>,
+    in_flight_write: Option<StoreWrite>,
 }
 
 #[derive(Debug)]
@@ -289,16 +364,17 @@ pub struct World {
     seed: u64,
     rng: SplitMix64,
     now: MonoTime,
-    incarnation: u32,
-    session: Session,
+    processes: Vec<Process>,
+    next_incarnation: u32,
     authority: Authority,
     /// The store's one entry: the encoded session blob.
     blob: Option<SecretString>,
-    in_flight_write: Option<StoreWrite>,
+    /// The store's cross-process lock: the life holding it, and those waiting.
+    lock_holder: Option<u32>,
+    lock_waiters: VecDeque<(u32, StoreOpId)>,
     queue: BTreeMap<(MonoTime, u64), Pending>,
     sequence: u64,
     next_caller: u64,
-    retried: BTreeMap<CallerId, bool>,
     outcomes: BTreeMap<CallerId, CallerOutcome>,
     scripted: VecDeque<Fate>,
     scripted_store: VecDeque<StoreFate>,
@@ -308,7 +384,7 @@ pub struct World {
     /// While suspended, the client does nothing until this time.
     suspended_until: Option<MonoTime>,
     clock_jumped: bool,
-    client_monitor: ClientMonitor,
+    shared_monitor: SharedStoreMonitor,
     authority_monitor: AuthorityMonitor,
     /// What the world knows about the current login, for the logout rules.
     evidence: LogoutEvidence,
@@ -324,6 +400,17 @@ macro_rules! note {
     ($world:expr, $($arg:tt)*) => {
         if $world.config.trace {
             let line = format!($($arg)*);
+            $world.trace.push(line);
+        }
+    };
+}
+
+/// Appends a trace line about process `p`, named when there are several.
+macro_rules! note_at {
+    ($world:expr, $p:expr, $($arg:tt)*) => {
+        if $world.config.trace {
+            let line = format!($($arg)*);
+            let line = if $world.processes.len() > 1 { format!("p{} {line}", $p) } else { line };
             $world.trace.push(line);
         }
     };
@@ -350,24 +437,36 @@ impl World {
             }
             .encode()
         });
-        let session = Self::boot(&config.session, session_seed, now);
+        let count = config.processes.max(1);
+        let processes = (0..count)
+            .map(|index| {
+                let seed = if index == 0 { session_seed } else { rng.next_u64() };
+                Process {
+                    session: Self::boot(&config.session, seed, now),
+                    incarnation: index as u32,
+                    monitor: ClientMonitor::new(&config.session),
+                    retried: BTreeMap::new(),
+                    in_flight_write: None,
+                }
+            })
+            .collect();
         let mut world = Self {
-            client_monitor: ClientMonitor::new(&config.session),
+            shared_monitor: SharedStoreMonitor::new(&config.session),
             authority_monitor: AuthorityMonitor::new(&config.authority),
             evidence: LogoutEvidence::default(),
             config,
             seed,
             rng,
             now,
-            incarnation: 0,
-            session,
+            processes,
+            next_incarnation: count as u32,
             authority,
             blob,
-            in_flight_write: None,
+            lock_holder: None,
+            lock_waiters: VecDeque::new(),
             queue: BTreeMap::new(),
             sequence: 0,
             next_caller: 1,
-            retried: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             scripted: VecDeque::new(),
             scripted_store: VecDeque::new(),
@@ -383,7 +482,9 @@ impl World {
             let first = world.next_arrival();
             world.schedule(first, Pending::CallerArrives);
         }
-        world.drain();
+        for p in 0..world.processes.len() {
+            world.drain(p);
+        }
         world
     }
 
@@ -396,9 +497,35 @@ impl World {
         }
     }
 
-    /// The session.
+    /// The (first process's) session.
     pub fn session(&self) -> &Session {
-        &self.session
+        &self.process(0).session
+    }
+
+    /// How many client processes share the store.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Process `p`'s session.
+    pub fn session_of(&self, p: usize) -> &Session {
+        &self.process(p).session
+    }
+
+    #[expect(clippy::indexing_slicing, reason = "the world has at least one process, and `p` is clamped to it")]
+    fn process(&self, p: usize) -> &Process {
+        &self.processes[p.min(self.processes.len() - 1)]
+    }
+
+    #[expect(clippy::indexing_slicing, reason = "the world has at least one process, and `p` is clamped to it")]
+    fn process_mut(&mut self, p: usize) -> &mut Process {
+        let last = self.processes.len() - 1;
+        &mut self.processes[p.min(last)]
+    }
+
+    /// The process living life `incarnation`, if it still does.
+    fn process_of(&self, incarnation: u32) -> Option<usize> {
+        self.processes.iter().position(|p| p.incarnation == incarnation)
     }
 
     /// The authority.
@@ -428,7 +555,8 @@ impl World {
 
     /// Every violation found so far, client and authority.
     pub fn violations(&self) -> Vec<Violation> {
-        let mut all = self.client_monitor.violations().to_vec();
+        let mut all: Vec<Violation> = self.processes.iter().flat_map(|p| p.monitor.violations().to_vec()).collect();
+        all.extend_from_slice(self.shared_monitor.violations());
         all.extend_from_slice(self.authority_monitor.violations());
         all.extend_from_slice(&self.extra);
         all
@@ -467,22 +595,35 @@ impl World {
     /// A caller wants a token now (or, while the client is suspended, once it
     /// resumes). Returns its id, for [`World::outcome`].
     pub fn want_token(&mut self) -> CallerId {
+        self.want_token_at(0)
+    }
+
+    /// A caller in process `p` wants a token, as [`World::want_token`].
+    pub fn want_token_at(&mut self, p: usize) -> CallerId {
         self.wake();
         let caller = CallerId(self.next_caller);
         self.next_caller += 1;
-        self.input(Event::TokenWanted { caller });
+        self.input(p, Event::TokenWanted { caller });
         caller
     }
 
     /// The user logs out now (or once a suspended client resumes).
     pub fn log_out(&mut self) {
+        self.log_out_at(0);
+    }
+
+    fn log_out_at(&mut self, p: usize) {
         self.wake();
-        self.input(Event::LogoutRequested);
+        self.input(p, Event::LogoutRequested);
     }
 
     /// The user logs in now, or once a suspended client resumes (the login
     /// itself is instantaneous).
     pub fn log_in(&mut self) {
+        self.log_in_at(0);
+    }
+
+    fn log_in_at(&mut self, p: usize) {
         self.wake();
         let issued = self.authority.login(self.now, CLIENT_ID, None);
         self.observe_authority();
@@ -494,31 +635,74 @@ impl World {
             scope: None,
             requested_at: self.now,
         };
-        self.evidence = LogoutEvidence::default();
-        self.input(Event::LoggedIn(new));
+        // With several processes, another may still hold the old family and
+        // meet its fate later: what the world knows about it stays.
+        if self.processes.len() == 1 {
+            self.evidence = LogoutEvidence::default();
+        }
+        self.input(p, Event::LoggedIn(new));
     }
 
     /// The client crashes now and restarts from the store; a store write
     /// under way lands or not, as the world's seed decides.
     pub fn crash(&mut self) {
+        self.crash_process(0);
+    }
+
+    fn crash_process(&mut self, p: usize) {
         let landed = self.rng.chance(1, 2);
-        self.crash_with(landed);
+        self.crash_with_at(p, landed);
     }
 
     /// The client crashes now; a store write under way lands if `write_lands`.
     pub fn crash_with(&mut self, write_lands: bool) {
+        self.crash_with_at(0, write_lands);
+    }
+
+    /// Process `p` crashes and restarts; the OS releases its lock.
+    fn crash_with_at(&mut self, p: usize, write_lands: bool) {
         self.stats.crashes += 1;
-        if let Some(write) = self.in_flight_write.take().filter(|_| write_lands) {
+        if let Some(write) = self.process_mut(p).in_flight_write.take().filter(|_| write_lands) {
             self.apply(write);
         }
-        self.incarnation += 1;
+        let dead = self.process(p).incarnation;
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
         self.evidence.crashed = true;
-        self.client_monitor.crash();
-        self.retried.clear();
-        note!(self, "{} crash: incarnation {} starts", self.now, self.incarnation);
+        self.shared_monitor.crash(p);
+        note_at!(self, p, "{} crash: incarnation {} starts", self.now, incarnation);
         let seed = self.rng.next_u64();
-        self.session = Self::boot(&self.config.session, seed, self.now);
-        self.drain();
+        let session = Self::boot(&self.config.session, seed, self.now);
+        let process = self.process_mut(p);
+        process.monitor.crash();
+        process.retried.clear();
+        process.incarnation = incarnation;
+        process.session = session;
+        self.lock_waiters.retain(|(waiter, _)| *waiter != dead);
+        self.release_lock(dead);
+        self.drain(p);
+    }
+
+    /// Life `incarnation` no longer holds the store's lock; the next live waiter gets it.
+    fn release_lock(&mut self, incarnation: u32) {
+        if self.lock_holder != Some(incarnation) {
+            return;
+        }
+        self.lock_holder = None;
+        while let Some((waiter, op)) = self.lock_waiters.pop_front() {
+            if self.process_of(waiter).is_some() {
+                self.grant_lock(waiter, op);
+                break;
+            }
+        }
+    }
+
+    /// Life `incarnation` takes the lock and reads the store under it.
+    fn grant_lock(&mut self, incarnation: u32, op: StoreOpId) {
+        self.lock_holder = Some(incarnation);
+        let at = self.now.saturating_add(self.config.store_latency);
+        let outcome = StoreOutcome::Locked(self.blob.clone());
+        self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
     }
 
     /// The client crashes right after carrying out its `count`-th command from now.
@@ -545,11 +729,22 @@ impl World {
         }
     }
 
+    /// The process whose timer is due first, and when.
+    fn next_timer(&self) -> Option<(MonoTime, usize)> {
+        if self.suspended_until.is_some() {
+            return None;
+        }
+        let timers =
+            self.processes.iter().enumerate().filter_map(|(p, process)| Some((process.session.poll_timeout()?, p)));
+        timers.min()
+    }
+
     /// Runs until `until` (or the step bound), delivering whatever is due.
     pub fn run_until(&mut self, until: MonoTime) {
         while self.stats.steps < self.config.max_steps {
             let next_message = self.queue.keys().next().map(|(at, _)| *at);
-            let next_timer = if self.suspended_until.is_some() { None } else { self.session.poll_timeout() };
+            let timer = self.next_timer();
+            let next_timer = timer.map(|(at, _)| at);
             let next = match (next_message, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (a, b) => match a.or(b) {
@@ -566,10 +761,11 @@ impl World {
                 if let Some((_, pending)) = self.queue.pop_first() {
                     self.deliver(pending);
                 }
-            } else {
-                note!(self, "{} timeout", self.now);
-                self.session.handle_timeout(self.now);
-                self.drain();
+            } else if let Some((_, p)) = timer {
+                note_at!(self, p, "{} timeout", self.now);
+                let now = self.now;
+                self.process_mut(p).session.handle_timeout(now);
+                self.drain(p);
             }
         }
         if self.stats.steps >= self.config.max_steps {
@@ -606,36 +802,53 @@ impl World {
         let end = safety_end.saturating_add(self.config.liveness_phase).max(self.now.saturating_add(wait_bound * 2));
         let last_call_at = end.saturating_sub(wait_bound + Duration::from_secs(5));
         self.run_until(last_call_at);
-        if matches!(self.session.state(), StateView::LoggedOut { .. }) {
-            self.log_in();
+        let processes = 0..self.processes.len();
+        for p in processes.clone() {
+            if matches!(self.session_of(p).state(), StateView::LoggedOut { .. }) {
+                self.log_in_at(p);
+            }
         }
-        let mut last = self.want_token();
+        let mut last: Vec<CallerId> = processes.clone().map(|p| self.want_token_at(p)).collect();
         self.run_until(end);
-        if matches!(self.outcome(last), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
-            && matches!(self.session.state(), StateView::LoggedOut { .. })
-        {
-            // The session held a token that had died meanwhile (expired, or
-            // revoked); the logout was judged when it happened. A fresh login
-            // must then work.
-            self.log_in();
-            last = self.want_token();
+        let mut again = false;
+        for p in processes.clone() {
+            let caller = last.get(p).copied().unwrap_or(CallerId(0));
+            if matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
+                && matches!(self.session_of(p).state(), StateView::LoggedOut { .. })
+            {
+                // The session held a token that had died meanwhile (expired,
+                // revoked, or ended by another process); the logout was judged
+                // when it happened. A fresh login must then work.
+                self.log_in_at(p);
+                if let Some(slot) = last.get_mut(p) {
+                    *slot = self.want_token_at(p);
+                }
+                again = true;
+            }
+        }
+        if again {
             self.run_until(self.now.saturating_add(wait_bound * 2));
         }
         self.finish();
-        if !matches!(self.outcome(last), Some(CallerOutcome::Granted(_))) {
-            let detail = format!(
-                "after healing, the last caller got {:?} in state {}",
-                self.outcome(last),
-                self.session.state()
-            );
-            self.extra.push(Violation { invariant: Invariant::C5, at: self.now, detail });
+        for p in processes {
+            let caller = last.get(p).copied().unwrap_or(CallerId(0));
+            if !matches!(self.outcome(caller), Some(CallerOutcome::Granted(_))) {
+                let detail = format!(
+                    "after healing, process {p}'s last caller got {:?} in state {}",
+                    self.outcome(caller),
+                    self.session_of(p).state()
+                );
+                self.extra.push(Violation { invariant: Invariant::C5, at: self.now, detail });
+            }
         }
     }
 
     /// Ends the run: liveness checks that need the whole run.
     pub fn finish(&mut self) {
         let now = self.now;
-        self.client_monitor.finish(now, true);
+        for process in &mut self.processes {
+            process.monitor.finish(now, true);
+        }
     }
 
     fn next_arrival(&mut self) -> MonoTime {
@@ -667,32 +880,38 @@ impl World {
         (self.config.latency + extra, extra.is_zero())
     }
 
-    fn input(&mut self, event: Event) {
-        note!(self, "{} {event:?}", self.now);
-        self.client_monitor.event(self.now, &event);
-        self.session.handle(self.now, event);
-        self.drain();
+    fn input(&mut self, p: usize, event: Event) {
+        note_at!(self, p, "{} {event:?}", self.now);
+        let now = self.now;
+        self.shared_monitor.event(p, now, &event);
+        let process = self.process_mut(p);
+        process.monitor.event(now, &event);
+        process.session.handle(now, event);
+        self.drain(p);
     }
 
-    /// Carries out every command the session queued.
-    fn drain(&mut self) {
-        while let Some(command) = self.session.poll_command() {
-            note!(self, "{}   -> {command:?}", self.now);
-            self.client_monitor.command(self.now, &command);
-            self.execute(command);
+    /// Carries out every command process `p`'s session queued.
+    fn drain(&mut self, p: usize) {
+        while let Some(command) = self.process_mut(p).session.poll_command() {
+            note_at!(self, p, "{}   -> {command:?}", self.now);
+            let now = self.now;
+            self.shared_monitor.command(p, now, &command);
+            self.process_mut(p).monitor.command(now, &command);
+            self.execute(p, command);
             self.commands_seen += 1;
             if self.crash_at_command == Some(self.commands_seen) {
                 // The commands still queued die with the process, and the step
                 // never ends: what holds between steps need not hold mid-step.
-                self.crash();
+                self.crash_process(p);
                 return;
             }
         }
-        self.client_monitor.step_end(self.now, self.session.poll_timeout());
+        let (now, next) = (self.now, self.process(p).session.poll_timeout());
+        self.process_mut(p).monitor.step_end(now, next);
         // Faults at command boundaries.
         if self.suspended_until.is_none() {
             if self.chance(self.config.faults.crash, "crash") {
-                self.crash();
+                self.crash_process(p);
             } else if self.chance(self.config.faults.clock_jump, "clock_jump") {
                 let pause =
                     Duration::from_secs(1 + self.rng.below(2 * self.config.authority.access_ttl.as_secs().max(1)));
@@ -701,22 +920,28 @@ impl World {
         }
     }
 
-    fn execute(&mut self, command: Command) {
-        let incarnation = self.incarnation;
+    fn execute(&mut self, p: usize, command: Command) {
+        let incarnation = self.process(p).incarnation;
         match command {
             Command::LoadStore { op } | Command::LockStore { op } => {
-                let outcome = if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
-                    StoreOutcome::Failed { landed: None }
-                } else if matches!(command, Command::LockStore { .. }) {
-                    StoreOutcome::Locked(self.blob.clone())
-                } else {
-                    StoreOutcome::Loaded(self.blob.clone())
-                };
                 let at = self.now.saturating_add(self.config.store_latency);
-                self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+                if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
+                    let outcome = StoreOutcome::Failed { landed: None };
+                    self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+                } else if !matches!(command, Command::LockStore { .. }) {
+                    let outcome = StoreOutcome::Loaded(self.blob.clone());
+                    self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+                } else if self.lock_holder.is_none() {
+                    self.grant_lock(incarnation, op);
+                } else {
+                    self.lock_waiters.push_back((incarnation, op));
+                    let give_up = self.now.saturating_add(self.config.session.lock_wait());
+                    self.schedule(give_up, Pending::LockTimeout { incarnation, op });
+                }
             }
-            Command::Persist { op, session } => self.write(op, StoreWrite::Put(session.encode())),
-            Command::ClearStore { op } => self.write(op, StoreWrite::Delete),
+            Command::UnlockStore => self.release_lock(incarnation),
+            Command::Persist { op, session } => self.write(p, op, StoreWrite::Put(session.encode())),
+            Command::ClearStore { op } => self.write(p, op, StoreWrite::Delete),
             Command::SendRefresh { id, refresh_token, .. } => {
                 self.stats.refreshes_sent += 1;
                 let fate = self.fate();
@@ -769,10 +994,10 @@ impl World {
                 // The user logs in again a while later, so the run goes on.
                 if self.config.demand.is_some() {
                     let at = self.now.saturating_add(Duration::from_secs(30));
-                    self.schedule(at, Pending::Login);
+                    self.schedule(at, Pending::Login { process: p });
                 }
             }
-            Command::Publish(_) | Command::StateChanged(_) | Command::UnlockStore => {}
+            Command::Publish(_) | Command::StateChanged(_) => {}
         }
     }
 
@@ -800,8 +1025,8 @@ impl World {
         }
     }
 
-    fn write(&mut self, op: StoreOpId, write: StoreWrite) {
-        let incarnation = self.incarnation;
+    fn write(&mut self, p: usize, op: StoreOpId, write: StoreWrite) {
+        let incarnation = self.process(p).incarnation;
         let fate = match self.scripted_store.pop_front() {
             Some(fate) => fate,
             None if self.chance(self.config.faults.store_write_fail, "store_write_fail") => {
@@ -815,7 +1040,7 @@ impl World {
             StoreFate::FailBefore => StoreOutcome::Failed { landed: None },
             StoreFate::FailAfter => StoreOutcome::Failed { landed: Some(write.clone()) },
         };
-        self.in_flight_write = Some(write);
+        self.process_mut(p).in_flight_write = Some(write);
         let at = self.now.saturating_add(self.config.store_latency);
         self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
     }
@@ -845,6 +1070,11 @@ impl World {
                 return self.serve_refresh(incarnation, id, &token, fate, sent_at);
             }
             Pending::RevokeArrives { token } => {
+                // A process's logout ends the family for every process sharing
+                // it: a rejection elsewhere is then the user's doing.
+                if self.processes.len() > 1 {
+                    self.evidence.revoked = true;
+                }
                 let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
                 self.observe_authority();
                 return;
@@ -865,52 +1095,71 @@ impl World {
             other => other,
         };
         let Some(pending) = self.client_frozen(pending) else { return };
-        let current = self.incarnation;
-        match pending {
-            Pending::CallerArrives => {
+        let addressee = match &pending {
+            Pending::RefreshAnswered { incarnation, .. }
+            | Pending::RefreshFailed { incarnation, .. }
+            | Pending::StoreDone { incarnation, .. }
+            | Pending::ResourceAnswered { incarnation, .. }
+            | Pending::LockTimeout { incarnation, .. } => self.process_of(*incarnation),
+            _ => None,
+        };
+        match (pending, addressee) {
+            (Pending::CallerArrives, _) => {
+                let p = if self.processes.len() > 1 { self.rng.below(self.processes.len() as u64) as usize } else { 0 };
                 if self.chance(self.config.faults.logout, "logout") {
-                    self.log_out();
+                    self.log_out_at(p);
                 } else {
-                    self.want_token();
+                    self.want_token_at(p);
                 }
                 let next = self.next_arrival();
                 self.schedule(next, Pending::CallerArrives);
             }
-            Pending::RefreshAnswered { incarnation, id, outcome } if incarnation == current => {
-                self.input(Event::RefreshCompleted { id, outcome });
+            (Pending::RefreshAnswered { id, outcome, .. }, Some(p)) => {
+                self.input(p, Event::RefreshCompleted { id, outcome });
             }
-            Pending::RefreshFailed { incarnation, id, failure } if incarnation == current => {
-                self.input(Event::RefreshFailed { id, failure });
+            (Pending::RefreshFailed { id, failure, .. }, Some(p)) => {
+                self.input(p, Event::RefreshFailed { id, failure });
             }
-            Pending::StoreDone { incarnation, op, outcome } if incarnation == current => self.store_done(op, outcome),
-            Pending::ResourceAnswered { incarnation, caller, generation, ok: false } if incarnation == current => {
+            (Pending::StoreDone { op, outcome, .. }, Some(p)) => self.store_done(p, op, outcome),
+            (Pending::ResourceAnswered { caller, generation, ok: false, .. }, Some(p)) => {
                 self.stats.unauthorized += 1;
                 // One retry per request, never more: no 401 loop.
-                let retried = self.retried.entry(caller).or_insert(false);
+                let retried = self.process_mut(p).retried.entry(caller).or_insert(false);
                 if !*retried {
                     *retried = true;
-                    self.input(Event::Unauthorized { caller, generation });
+                    self.input(p, Event::Unauthorized { caller, generation });
                 }
             }
-            Pending::Login => {
-                if matches!(self.session.state(), StateView::LoggedOut { .. }) {
-                    self.log_in();
+            (Pending::LockTimeout { incarnation, op }, Some(p)) => {
+                // Still waiting: the wait is over, and the store counts as unavailable.
+                let waiting = self.lock_waiters.len();
+                self.lock_waiters.retain(|waiter| *waiter != (incarnation, op));
+                if self.lock_waiters.len() < waiting {
+                    self.input(p, Event::StoreFailed { op, error: StoreError::Unavailable });
+                }
+            }
+            (Pending::Login { process }, _) => {
+                if matches!(self.session_of(process).state(), StateView::LoggedOut { .. }) {
+                    self.log_in_at(process);
                 }
             }
             // Only the latest resume wakes the client.
-            Pending::Resume if self.suspended_until.is_some_and(|until| until <= self.now) => {
+            (Pending::Resume, _) if self.suspended_until.is_some_and(|until| until <= self.now) => {
                 self.suspended_until = None;
                 note!(self, "{} resume", self.now);
-                self.session.handle_timeout(self.now);
-                self.drain();
+                for p in 0..self.processes.len() {
+                    let now = self.now;
+                    self.process_mut(p).session.handle_timeout(now);
+                    self.drain(p);
+                }
             }
             // Addressed to an incarnation that crashed.
             _ => {}
         }
     }
 
-    fn store_done(&mut self, op: StoreOpId, outcome: StoreOutcome) {
-        self.in_flight_write = None;
+    fn store_done(&mut self, p: usize, op: StoreOpId, outcome: StoreOutcome) {
+        self.process_mut(p).in_flight_write = None;
         let locked = matches!(outcome, StoreOutcome::Locked(_));
         let event = match outcome {
             StoreOutcome::Loaded(blob) | StoreOutcome::Locked(blob) => {
@@ -934,7 +1183,7 @@ impl World {
                 Event::StoreFailed { op, error: StoreError::Unavailable }
             }
         };
-        self.input(event);
+        self.input(p, event);
     }
 
     fn serve_refresh(&mut self, incarnation: u32, id: RefreshId, token: &RefreshToken, fate: Fate, sent_at: MonoTime) {
@@ -999,7 +1248,7 @@ impl World {
             line,
             "seed {} state {} refreshes {} granted {} failed {} crashes {} violations {}",
             self.seed,
-            self.session.state(),
+            self.session().state(),
             self.stats.refreshes_sent,
             self.stats.granted,
             self.stats.failed,

@@ -165,7 +165,9 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
     match tier {
         Tier::One => {
             let mut config = WorldConfig::sampled(seed);
-            config.session.plant = plant;
+            if let Some(plant) = plant {
+                config = config.with_plant(plant);
+            }
             config.trace = trace;
             let mut world = World::new(config, seed);
             world.run();

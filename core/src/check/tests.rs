@@ -362,3 +362,40 @@ fn l1_catches_a_lost_answer_that_grace_should_have_saved() {
     authority.grace = Duration::from_secs(10);
     assert!(judge_logout(&session, &authority, &rejected(true), evidence, t(0)).is_ok());
 }
+
+#[test]
+fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
+    use crate::session::TransportFailure;
+    let config = SessionConfig::default();
+    let mut m = SharedStoreMonitor::new(&config);
+    let send = |id| Command::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new("r1"), attempt: 1 };
+    m.command(0, t(0), &send(1));
+    // The same process again is its own monitor's business; another one is not.
+    m.command(1, t(1_000), &send(1));
+    assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C1]);
+    // Once the first is answered (or dead), another may go.
+    let mut m = SharedStoreMonitor::new(&config);
+    m.command(0, t(0), &send(1));
+    m.event(0, t(500), &Event::RefreshFailed { id: RefreshId(1), failure: TransportFailure::Timeout });
+    m.command(1, t(1_000), &send(1));
+    m.command(2, t(1_000 + config.request_timeout.as_millis() as u64), &send(1));
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+#[test]
+fn the_shared_store_monitor_catches_a_token_replayed_after_another_process_stored_its_successor() {
+    use crate::session::TransportFailure;
+    let mut m = SharedStoreMonitor::new(&SessionConfig::default());
+    let send =
+        |token: &str| Command::SendRefresh { id: RefreshId(1), refresh_token: RefreshToken::new(token), attempt: 1 };
+    m.command(0, t(0), &send("r1"));
+    m.event(0, t(100), &Event::RefreshCompleted { id: RefreshId(1), outcome: rotated("r2") });
+    // Before the successor is durable, a replay of r1 is what a crash would force.
+    m.command(1, t(200), &send("r1"));
+    m.event(1, t(300), &Event::RefreshFailed { id: RefreshId(1), failure: TransportFailure::NotSent });
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+    m.command(0, t(400), &Command::Persist { op: StoreOpId(7), session: stored(2, "r2") });
+    m.event(0, t(500), &Event::StoreWritten { op: StoreOpId(7) });
+    m.command(2, t(600), &send("r1"));
+    assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C2]);
+}

@@ -299,12 +299,9 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 
 #[test]
 fn every_planted_bug_is_caught() {
-    // Tier 1 runs one process; a missing cross-process lock shows only where
-    // several share a store (tier 2's multi-process worlds catch it).
-    for plant in crate::session::Plant::ALL.into_iter().filter(|p| *p != crate::session::Plant::NoCrossProcessLock) {
+    for plant in crate::session::Plant::ALL {
         let caught = (0..100).find(|seed| {
-            let mut config = WorldConfig::sampled(*seed);
-            config.session.plant = Some(plant);
+            let config = WorldConfig::sampled(*seed).with_plant(plant);
             let mut w = World::new(config, *seed);
             w.run();
             !w.violations().is_empty()

@@ -777,12 +777,24 @@ impl Session {
         let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state else {
             return;
         };
-        let newer = stored.filter(|s| s.generation > tokens.generation && !s.refresh_token.same_as(&tokens.refresh));
+        let newer = stored.filter(|s| !s.refresh_token.same_as(&tokens.refresh) && self.written_since(tokens, s));
         let cause = LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
         match newer {
             Some(stored) => self.adopt_stored(stored),
             None => self.log_out(cause),
         }
+    }
+
+    /// Whether `stored` was written after this session's tokens. A later
+    /// generation says so; so does, for a shared store, anything other than
+    /// the tokens this session knows the store held: once a logout elsewhere
+    /// emptied the store, generations start again from whoever logs in next,
+    /// so a number alone cannot tell.
+    fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
+        let same = stored.generation == tokens.generation && stored.refresh_token.same_as(&tokens.refresh);
+        !same
+            && (stored.generation > tokens.generation
+                || (self.locks_store() && self.store.holds == Holds::Session(tokens.generation)))
     }
 
     /// The store's cross-process lock is held and the store was read under
@@ -806,12 +818,13 @@ impl Session {
             return;
         };
         let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));
+        let theirs_newer = stored.as_ref().is_some_and(|s| self.written_since(held, s));
         let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
         match stored {
             // Another process refreshed (or logged in) since this one last
             // wrote or read: its tokens are newer, and refreshing ours would
             // replay a spent token. Adopted instead of refreshing.
-            Some(stored) if locking && stored.generation > generation => self.adopt_locked(stored),
+            Some(stored) if locking && theirs_newer => self.adopt_locked(stored),
             // Another process logged out: the session this one held ended there.
             None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
             stored => {
