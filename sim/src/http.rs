@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use freshen_core::authority::{Authority, AuthorityConfig, AuthorityStats, Issued, Refusal};
@@ -41,6 +42,8 @@ pub struct State {
     /// `None` in a turmoil simulation: time is the simulation's.
     origin: Option<Instant>,
     resource_hits: Mutex<u64>,
+    /// How long the token endpoint holds an answer after it committed.
+    token_answer_delay: Mutex<Duration>,
 }
 
 impl State {
@@ -56,11 +59,17 @@ impl State {
             authority: Mutex::new(Authority::new(config, seed).with_audit()),
             origin: None,
             resource_hits: Mutex::new(0),
+            token_answer_delay: Mutex::new(Duration::ZERO),
         })
     }
 
     fn with(authority: Authority) -> Arc<Self> {
-        Arc::new(Self { authority: Mutex::new(authority), origin: Some(Instant::now()), resource_hits: Mutex::new(0) })
+        Arc::new(Self {
+            authority: Mutex::new(authority),
+            origin: Some(Instant::now()),
+            resource_hits: Mutex::new(0),
+            token_answer_delay: Mutex::new(Duration::ZERO),
+        })
     }
 
     /// The authority's time: since the server started, or the simulation's.
@@ -82,6 +91,15 @@ impl State {
     /// Running totals (refreshes served, reuse detections, ...).
     pub fn stats(&self) -> AuthorityStats {
         self.authority().stats()
+    }
+
+    /// The token endpoint commits at once, then holds its answer this long
+    /// (on a real socket): a client killed meanwhile loses an answer the
+    /// server acted on, the worst moment to die.
+    pub fn set_token_answer_delay(&self, delay: Duration) {
+        if let Ok(mut held) = self.token_answer_delay.lock() {
+            *held = delay;
+        }
     }
 
     /// Requests the protected resources received.
@@ -173,7 +191,12 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<
         Ok(collected) => collected.to_bytes(),
         Err(_) => return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
     };
-    answer(state, &parts.method, parts.uri.path(), &parts.headers, &body)
+    let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
+    let delay = state.token_answer_delay.lock().map(|d| *d).unwrap_or_default();
+    if parts.uri.path() == paths::TOKEN && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    response
 }
 
 /// Answers a request given as parts: the rules, without the I/O.

@@ -31,7 +31,8 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
                 by default one seed in twenty runs in tier 2
   --seed S      replay one seed and print its full trace (no token bytes)
   --plant NAME  run a deliberately broken session: no-single-flight,
-                grant-before-persist, logout-keeps-storage, retry-forgets-rotation
+                grant-before-persist, logout-keeps-storage, retry-forgets-rotation,
+                no-cross-process-lock
   --threads T   worker threads (default: the machine's cores)
   --log         write every log event of the drivers (tier 2), at trace level, to
                 stderr: the leak scan reads it for token bytes
@@ -193,7 +194,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             }
         }
         Tier::Two => {
-            let mut config = freshen_sim::tier2::WorldConfig::sampled(seed);
+            let mut config = freshen_sim::tier2::WorldConfig::sampled(seed).for_plant(plant);
             config.trace = trace;
             let outcome = freshen_sim::tier2::run(&config, seed, plant);
             Outcome {

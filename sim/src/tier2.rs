@@ -19,15 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use freshen::store::{Store, StoreError};
+use freshen::store::{Store, StoreError, StoreLock};
 use freshen::transport::{HttpResponse, Transport};
 use freshen::{Config, Observer, Session};
 use freshen_core::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
-use freshen_core::check::{AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, Violation, judge_logout};
+use freshen_core::check::{
+    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
+};
 use freshen_core::harness::logout_name;
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
-use freshen_core::session::{Command, Event, SessionConfig, StateView, TransportFailure};
+use freshen_core::session::{Command, Event, LogoutCause, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use http::{Method, Request, StatusCode, header};
@@ -73,8 +75,13 @@ pub struct WorldConfig {
     pub authority: AuthorityConfig,
     /// Faults during the safety phase.
     pub faults: Faults,
-    /// Client hosts (each its own app, store and token family).
+    /// Client apps (each its own store and token family).
     pub hosts: usize,
+    /// Processes of the first app, each its own host with its own driver and
+    /// crashes, all sharing that app's store and its lock (a CLI run several
+    /// times at once). More than one turns on
+    /// [`SessionConfig::shared_store`].
+    pub processes: usize,
     /// Mean time between two bursts of callers on one host.
     pub caller_interval: Duration,
     /// The most callers in one burst (a page load fires many requests at once).
@@ -119,20 +126,42 @@ impl WorldConfig {
             server_restarts: rng.chance(1, 3),
             logout,
         };
-        let session = SessionConfig::default();
+        let mut session = SessionConfig::default();
         let liveness_phase = session.wait_bound() + Duration::from_secs(60);
+        let hosts = 1 + rng.below(3) as usize;
+        let caller_interval = Duration::from_millis(100 + rng.below(3000));
+        let burst = 1 + rng.below(30);
+        let start_spent = rng.chance(1, 2);
+        let safety_phase = Duration::from_secs(120 + rng.below(480));
+        // Half the worlds run the first app as two to four processes sharing its store.
+        let processes = if rng.chance(1, 2) { 2 + rng.below(3) as usize } else { 1 };
+        session.shared_store = processes > 1;
         Self {
             session,
             authority,
             faults,
-            hosts: 1 + rng.below(3) as usize,
-            caller_interval: Duration::from_millis(100 + rng.below(3000)),
-            burst: 1 + rng.below(30),
-            start_spent: rng.chance(1, 2),
-            safety_phase: Duration::from_secs(120 + rng.below(480)),
+            hosts,
+            processes,
+            caller_interval,
+            burst,
+            start_spent,
+            safety_phase,
             liveness_phase,
             trace: false,
         }
+    }
+}
+
+impl WorldConfig {
+    /// The same world, shaped so `plant` can show: a missing cross-process
+    /// lock needs processes sharing a store (two to four of them).
+    #[must_use]
+    pub fn for_plant(mut self, plant: Option<Plant>) -> Self {
+        if plant == Some(Plant::NoCrossProcessLock) {
+            self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+            self.session.shared_store = true;
+        }
+        self
     }
 }
 
@@ -268,6 +297,9 @@ impl Transport for TurmoilTransport {
 #[derive(Clone, Debug)]
 struct SimStore {
     blob: Arc<Mutex<Option<SecretString>>>,
+    /// The lock the app's processes share; a crashed host's guard dies with
+    /// its runtime, as an OS file lock dies with its process.
+    lock: Arc<tokio::sync::Mutex<()>>,
     fail_rate: Arc<Mutex<u16>>,
     rng: Arc<Mutex<SplitMix64>>,
     failures: Arc<AtomicU64>,
@@ -310,12 +342,19 @@ impl Store for SimStore {
         *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = None;
         Ok(())
     }
+
+    async fn lock(&self) -> Result<StoreLock, StoreError> {
+        Ok(StoreLock::new(Arc::clone(&self.lock).lock_owned().await))
+    }
 }
 
 /// Runs the client checker over a driver, and keeps its trace.
 #[derive(Debug)]
 struct Watch {
-    host: usize,
+    name: String,
+    /// This process's number within its app, for the app's shared-store monitor.
+    process: usize,
+    shared: Arc<Mutex<SharedStoreMonitor>>,
     monitor: Mutex<ClientMonitor>,
     trace: Option<Mutex<Vec<String>>>,
     logouts: Mutex<BTreeMap<String, u64>>,
@@ -333,14 +372,20 @@ impl Watch {
 
 impl Observer for Watch {
     fn event(&self, now: MonoTime, event: &Event) {
-        self.line(|| format!("client-{} {now} {event:?}", self.host));
+        self.line(|| format!("{} {now} {event:?}", self.name));
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.event(self.process, world_time(now), event);
+        }
         if let Ok(mut monitor) = self.monitor.lock() {
             monitor.event(now, event);
         }
     }
 
     fn command(&self, now: MonoTime, command: &Command) {
-        self.line(|| format!("client-{} {now}   -> {command:?}", self.host));
+        self.line(|| format!("{} {now}   -> {command:?}", self.name));
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.command(self.process, world_time(now), command);
+        }
         if let Command::StateChanged(StateView::LoggedOut { cause }) = command {
             if let Ok(mut logouts) = self.logouts.lock() {
                 *logouts.entry(logout_name(cause).to_owned()).or_default() += 1;
@@ -358,10 +403,21 @@ impl Observer for Watch {
     }
 }
 
-/// One client host: its store, checker and counters survive its crashes.
+/// The simulation's clock, shared by every host: a driver's own clock starts
+/// when its process does, so processes compare times on this one.
+fn world_time(fallback: MonoTime) -> MonoTime {
+    turmoil::sim_elapsed().map_or(fallback, MonoTime::from_elapsed)
+}
+
+/// One client process on its own host: its store (shared with the other
+/// processes of its app), checker and counters survive its crashes.
 #[derive(Debug)]
 struct Host {
+    /// Numbers the process among all of them.
     index: usize,
+    /// The app it belongs to: its client id, store and token family.
+    app: usize,
+    name: String,
     store: SimStore,
     watch: Arc<Watch>,
     incarnation: AtomicU32,
@@ -376,8 +432,8 @@ struct Host {
     logouts: AtomicU64,
 }
 
-fn client_id(index: usize) -> String {
-    format!("client-{index}")
+fn client_id(app: usize) -> String {
+    format!("client-{app}")
 }
 
 /// One caller: a token, the resource, and one retry after a 401.
@@ -418,8 +474,10 @@ async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
 
 /// The user logs out, then logs in again half a minute later (through the
 /// authority's password grant).
-async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, index: usize) {
-    session.log_out().await;
+async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, index: usize, log_out: bool) {
+    if log_out {
+        session.log_out().await;
+    }
     tokio::time::sleep(Duration::from_secs(30)).await;
     let requested_at = tokio::time::Instant::now();
     let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(index));
@@ -446,12 +504,15 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         if let Ok(mut monitor) = host.watch.monitor.lock() {
             monitor.crash();
         }
-        host.watch.line(|| format!("client-{} crash: incarnation {incarnation} starts", host.index));
+        if let Ok(mut shared) = host.watch.shared.lock() {
+            shared.crash(host.watch.process);
+        }
+        host.watch.line(|| format!("{} crash: incarnation {incarnation} starts", host.name));
     }
     let mut session_config = config.session.clone();
     session_config.plant = plant;
     let mut freshen_config =
-        Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.index)))
+        Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
             .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
             .with_session(session_config)
             .with_seed(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation));
@@ -459,6 +520,7 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
     freshen_config.observer = Some(Arc::clone(&host.watch) as Arc<dyn Observer>);
     let session = Session::start(freshen_config, TurmoilTransport, host.store.clone()).map_err(|e| e.to_string())?;
     let mut states = session.state();
+    let mut relogging = false;
     let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
     let mean = u64::try_from(config.caller_interval.as_millis()).unwrap_or(1000).max(1);
     loop {
@@ -469,7 +531,19 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         let logout = u64::from(config.faults.logout);
         if host.faulty.load(Ordering::Acquire) && logout > 0 && rng.chance(logout, 1000) {
             host.logouts.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(log_out_and_back_in(session.clone(), host.index));
+            tokio::spawn(log_out_and_back_in(session.clone(), host.app, true));
+        } else if matches!(
+            &*states.borrow(),
+            StateView::LoggedOut { cause: LogoutCause::EndedElsewhere | LogoutCause::NoSession }
+        ) && !relogging
+        {
+            // The user logged out in another process of this app (this one
+            // saw it, or restarted after it); here too they log in again.
+            relogging = true;
+            tokio::spawn(log_out_and_back_in(session.clone(), host.app, false));
+        }
+        if !matches!(&*states.borrow(), StateView::LoggedOut { .. }) {
+            relogging = false;
         }
         for _ in 0..1 + rng.below(config.burst) {
             tokio::spawn(caller(session.clone(), Arc::clone(&host)));
@@ -534,31 +608,41 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         });
     }
 
-    let hosts: Vec<Arc<Host>> = (0..config.hosts)
-        .map(|index| {
-            let issued = state.login(&client_id(index));
-            let stored = StoredSession::decode(
-                serde_json::json!({
-                    "v": 1, "generation": 1,
-                    "access_token": issued.access_token.expose_secret(),
-                    "refresh_token": issued.refresh_token.expose_secret(),
-                    "access_expires_at_ms": if config.start_spent { 0 } else { (1_800_000_000 + issued.expires_in.as_secs()) * 1000 },
-                })
-                .to_string()
-                .as_bytes(),
-            )
-            .map(|s| s.encode())
-            .ok();
-            Arc::new(Host {
-                index,
-                store: SimStore {
-                    blob: Arc::new(Mutex::new(stored)),
-                    fail_rate: Arc::new(Mutex::new(config.faults.store_write_fail)),
-                    rng: Arc::new(Mutex::new(rng.fork())),
-                    failures: Arc::new(AtomicU64::new(0)),
-                },
+    let mut hosts: Vec<Arc<Host>> = Vec::new();
+    for app in 0..config.hosts {
+        let issued = state.login(&client_id(app));
+        let stored = StoredSession::decode(
+            serde_json::json!({
+                "v": 1, "generation": 1,
+                "access_token": issued.access_token.expose_secret(),
+                "refresh_token": issued.refresh_token.expose_secret(),
+                "access_expires_at_ms": if config.start_spent { 0 } else { (1_800_000_000 + issued.expires_in.as_secs()) * 1000 },
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .map(|s| s.encode())
+        .ok();
+        let store = SimStore {
+            blob: Arc::new(Mutex::new(stored)),
+            lock: Arc::default(),
+            fail_rate: Arc::new(Mutex::new(config.faults.store_write_fail)),
+            rng: Arc::new(Mutex::new(rng.fork())),
+            failures: Arc::new(AtomicU64::new(0)),
+        };
+        let shared = Arc::new(Mutex::new(SharedStoreMonitor::new(&config.session)));
+        let processes = if app == 0 { config.processes.max(1) } else { 1 };
+        for process in 0..processes {
+            let name = if process == 0 { client_id(app) } else { format!("{}-{process}", client_id(app)) };
+            hosts.push(Arc::new(Host {
+                index: hosts.len(),
+                app,
+                name: name.clone(),
+                store: store.clone(),
                 watch: Arc::new(Watch {
-                    host: index,
+                    name,
+                    process,
+                    shared: Arc::clone(&shared),
                     monitor: Mutex::new(ClientMonitor::new(&config.session)),
                     trace: config.trace.then(|| Mutex::new(Vec::new())),
                     logouts: Mutex::new(BTreeMap::new()),
@@ -571,12 +655,12 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 last_state: Mutex::new(None),
                 faulty: std::sync::atomic::AtomicBool::new(true),
                 logouts: AtomicU64::new(0),
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     for host in &hosts {
         let (config, host, plant) = (config.clone(), Arc::clone(host), plant);
-        sim.host(client_id(host.index), move || run_host(config.clone(), seed, Arc::clone(&host), plant));
+        sim.host(host.name.clone(), move || run_host(config.clone(), seed, Arc::clone(&host), plant));
     }
     sim.client("controller", async move {
         tokio::time::sleep(total).await;
@@ -586,7 +670,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     // The fault schedule for the safety phase, drawn up front.
     let mut schedule: Vec<(Duration, Action)> = Vec::new();
     let safety_ms = u64::try_from(config.safety_phase.as_millis()).unwrap_or(0).max(1);
-    for index in 0..config.hosts {
+    for index in 0..hosts.len() {
         if config.faults.partitions {
             for _ in 0..1 + rng.below(3) {
                 let at = Duration::from_millis(rng.below(safety_ms));
@@ -609,7 +693,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut healed = false;
     let mut extra = Vec::new();
-    let mut crashes = vec![0u64; config.hosts];
+    let mut crashes = vec![0u64; hosts.len()];
 
     loop {
         let elapsed = sim.elapsed();
@@ -618,7 +702,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 break;
             }
             schedule.next();
-            let name = |i: usize| client_id(i);
+            let name = |i: usize| hosts.get(i).map_or_else(String::new, |h| h.name.clone());
             match action {
                 Action::Partition(i) => {
                     sim.partition(name(i), AUTHORITY);
@@ -640,8 +724,8 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         }
         if !healed && elapsed >= config.safety_phase {
             healed = true;
-            for index in 0..config.hosts {
-                sim.repair(client_id(index), AUTHORITY);
+            for host in &hosts {
+                sim.repair(host.name.clone(), AUTHORITY);
             }
             if let Ok(mut rates) = faults.rates.lock() {
                 *rates = Faults::default();
@@ -687,8 +771,15 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     for host in &hosts {
         outcome.granted += host.granted.load(Ordering::Relaxed);
         outcome.failed += host.failed.load(Ordering::Relaxed);
-        *counts.entry("store_write_fail").or_default() += host.store.failures.load(Ordering::Relaxed);
         *counts.entry("logout").or_default() += host.logouts.load(Ordering::Relaxed);
+        // What the app's processes share is counted once, with its first process.
+        if host.watch.process == 0 {
+            *counts.entry("store_write_fail").or_default() += host.store.failures.load(Ordering::Relaxed);
+            if let Ok(shared) = host.watch.shared.lock() {
+                outcome.violations.extend_from_slice(shared.violations());
+            }
+        }
+        let app_processes = || hosts.iter().filter(|other| other.app == host.app);
         if let Ok(mut monitor) = host.watch.monitor.lock() {
             monitor.finish(MonoTime::ZERO, false);
             outcome.violations.extend_from_slice(monitor.violations());
@@ -706,22 +797,25 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
             None if after_heal > 0 => extra.push(Violation {
                 invariant: Invariant::C5,
                 at: MonoTime::from_elapsed(total),
-                detail: format!("client-{}: {after_heal} callers failed after the world healed", host.index),
+                detail: format!("{}: {after_heal} callers failed after the world healed", host.name),
             }),
             Some(cause) => {
-                let client = client_id(host.index);
+                let client = client_id(host.app);
                 let lost = dropped.get(&client).copied().unwrap_or(0) > 0;
                 let refusal = last_refusal(&audit, &client);
                 let evidence = LogoutEvidence {
                     lost_answer: lost,
-                    crashed: crashes.get(host.index).is_some_and(|c| *c > 0),
-                    revoked: false,
+                    // The app's family is shared: any of its processes' crashes counts.
+                    crashed: app_processes().any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
+                    // A logout in one process revokes the family the others hold.
+                    revoked: app_processes().count() > 1
+                        && app_processes().any(|p| p.logouts.load(Ordering::Relaxed) > 0),
                     suspended: false,
                     refusal,
                 };
                 let at = MonoTime::from_elapsed(total);
                 if let Err(mut violation) = judge_logout(&config.session, &config.authority, &cause, evidence, at) {
-                    violation.detail = format!("{client}: {}", violation.detail);
+                    violation.detail = format!("{}: {}", host.name, violation.detail);
                     extra.push(violation);
                 }
             }

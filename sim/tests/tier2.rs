@@ -46,7 +46,10 @@ fn a_seed_replays_the_same_trace() {
 #[test]
 fn every_planted_bug_is_caught_through_the_real_driver() {
     for plant in freshen_core::check::Plant::ALL {
-        let caught = (0..60).find(|seed| !run(&short(*seed), *seed, Some(plant)).violations.is_empty());
+        let caught = (0..60).find(|seed| {
+            let config = short(*seed).for_plant(Some(plant));
+            !run(&config, *seed, Some(plant)).violations.is_empty()
+        });
         println!("{}: caught at seed {caught:?}", plant.name());
         assert!(caught.is_some(), "{} was never caught", plant.name());
     }

@@ -1,0 +1,326 @@
+//! Several OS processes sharing one session file, against the reference
+//! authority on a loopback port with no grace window and reuse detection on:
+//! the setting in which two processes refreshing the same token end the
+//! session for both. Each process runs a real freshen session (reqwest
+//! transport, [`FileStore`] with `shared_store`) and calls a protected resource
+//! every 20 ms for the whole run, across many access-token lifetimes.
+//!
+//! ```text
+//! cargo run --release -p freshen-sim --example processes -- [--processes N] [--seconds S]
+//!     [--lifetime-ms MS] [--grace S] [--kill-holder]
+//! ```
+//!
+//! Passes (exit 0) when no process was logged out, the authority refused no
+//! refresh (so no token was ever presented twice) and the refreshes it served
+//! match the access-token expiries the run spanned.
+//!
+//! `--kill-holder` measures the worst moment to die: the token endpoint holds
+//! its answers 800 ms after committing, and the process holding the store's
+//! lock mid-refresh is killed with SIGKILL (found through `/proc/locks`). The
+//! kernel releases its lock; what the others then do is reported. Without
+//! grace the session cannot survive (the rotated token died with the process);
+//! with a grace window (`--grace 30`) it must.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // an example reports on its terminal
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use freshen::core::authority::AuthorityConfig;
+use freshen::core::oauth::{self, Classified, Client};
+use freshen::core::session::{SessionConfig, StateView};
+use freshen::middleware::AuthMiddleware;
+use freshen::store::{FileStore, Store};
+use freshen::transport::{HttpResponse, ReqwestTransport};
+use freshen::{Config, Session};
+use freshen_sim::http::{Server, paths};
+
+const CLIENT: &str = "processes-example";
+/// Refresh this long before expiry; the jitter spreads the processes' timers.
+const MARGIN: Duration = Duration::from_millis(1000);
+const JITTER: Duration = Duration::from_millis(300);
+
+#[derive(Debug)]
+struct Options {
+    processes: usize,
+    seconds: u64,
+    lifetime: Duration,
+    grace: Duration,
+    kill_holder: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        processes: 4,
+        seconds: 15,
+        lifetime: Duration::from_secs(3),
+        grace: Duration::ZERO,
+        kill_holder: false,
+    };
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let mut number = || -> Result<u64, String> {
+            let text = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            text.parse().map_err(|_| format!("{flag}: not a number: {text}"))
+        };
+        match flag.as_str() {
+            "--processes" => options.processes = usize::try_from(number()?).map_err(|e| e.to_string())?.clamp(1, 64),
+            "--seconds" => options.seconds = number()?.clamp(1, 3600),
+            "--lifetime-ms" => options.lifetime = Duration::from_millis(number()?.max(2 * 1300)),
+            "--grace" => options.grace = Duration::from_secs(number()?),
+            "--kill-holder" => options.kill_holder = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("no runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if args.first().map(String::as_str) == Some("child") {
+        runtime.block_on(child(args.get(1..).unwrap_or_default()))
+    } else {
+        match parse(&args) {
+            Ok(options) => runtime.block_on(parent(options)),
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error>;
+
+/// One process: calls the resource every 20 ms until the deadline, then
+/// prints what it saw. Exits 3 if its session ended.
+async fn child(args: &[String]) -> Result<ExitCode, Error> {
+    let [token_url, resource_url, path, seconds] = args else { return Err("child: bad arguments".into()) };
+    let mut session_config = SessionConfig::default();
+    session_config.shared_store = true;
+    session_config.refresh_margin = MARGIN;
+    session_config.refresh_jitter = JITTER;
+    session_config.request_timeout = Duration::from_secs(5);
+    let config = Config::new(token_url.clone(), Client::public(CLIENT)).with_session(session_config);
+    let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, FileStore::new(path))?;
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    let deadline = Instant::now() + Duration::from_secs(seconds.parse()?);
+    let (mut ok, mut refused, mut failed) = (0u64, 0u64, 0u64);
+    while Instant::now() < deadline {
+        match api.get(resource_url).send().await {
+            Ok(response) if response.status().is_success() => ok += 1,
+            Ok(_) => refused += 1,
+            Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let state = session.state().borrow().clone();
+    println!("pid {} ok {ok} refused {refused} failed {failed} state {state}", std::process::id());
+    Ok(if matches!(state, StateView::LoggedOut { .. }) { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}
+
+/// Logs in through the authority's password grant and writes the session to
+/// the file, as a CLI's `login` command would.
+async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
+    let mut session_config = SessionConfig::default();
+    session_config.shared_store = true;
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT)).with_session(session_config);
+    let store = FileStore::new(path);
+    let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, store.clone())?;
+    let requested_at = tokio::time::Instant::now();
+    let login = reqwest::Client::new()
+        .post(server.url(paths::TOKEN))
+        .form(&[("grant_type", "password"), ("client_id", CLIENT), ("username", "alice"), ("password", "x")])
+        .send()
+        .await?;
+    let response = HttpResponse::new(login.status().as_u16(), [], login.bytes().await?.to_vec());
+    let Classified::Success(tokens) = response.classify(&oauth::Policy::default(), freshen::system_clock()) else {
+        return Err("the login was refused".into());
+    };
+    session.log_in(tokens, requested_at)?;
+    for _ in 0..500 {
+        if store.load().await?.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err("the login was never written".into())
+}
+
+/// The process holding an exclusive flock on `lock_file`, from `/proc/locks`.
+fn lock_holder(lock_file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(lock_file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, mode, pid, file) = (fields.get(1)?, fields.get(3)?, fields.get(4)?, fields.get(5)?);
+        (*kind == "FLOCK" && *mode == "WRITE" && file.rsplit(':').next()? == inode.to_string())
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
+/// What the kill of the lock holder showed.
+#[derive(Debug)]
+struct Kill {
+    pid: u32,
+    at: Duration,
+    /// Refreshes the authority had served when the holder died (its own
+    /// included: the answer was committed and held back).
+    refreshes_before: u64,
+    /// How long until another process's refresh reached the authority.
+    next_refresh_after: Option<Duration>,
+}
+
+/// Waits for a process to hold the lock through a refresh (held for 100 ms:
+/// a read or a write takes a few), then kills it.
+async fn kill_holder(server: &Server, lock_file: &Path, children: &mut [Child], start: Instant) -> Option<Kill> {
+    let mut since: Option<(u32, Instant)> = None;
+    for _ in 0..20_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let holder = lock_holder(lock_file);
+        since = match (holder, since) {
+            (Some(pid), Some((held, from))) if pid == held => Some((held, from)),
+            (Some(pid), _) => Some((pid, Instant::now())),
+            (None, _) => None,
+        };
+        let Some((pid, from)) = since else { continue };
+        if from.elapsed() < Duration::from_millis(100) {
+            continue;
+        }
+        let child = children.iter_mut().find(|c| c.id() == pid)?;
+        let refreshes_before = server.state().stats().refreshes;
+        let _ = child.kill(); // SIGKILL
+        let at = start.elapsed();
+        let killed_at = Instant::now();
+        let mut next_refresh_after = None;
+        for _ in 0..2_000 {
+            let stats = server.state().stats();
+            if stats.refreshes + stats.refusals > refreshes_before {
+                next_refresh_after = Some(killed_at.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        return Some(Kill { pid, at, refreshes_before, next_refresh_after });
+    }
+    None
+}
+
+async fn parent(options: Options) -> Result<ExitCode, Error> {
+    let mut authority = AuthorityConfig::default();
+    authority.access_ttl = options.lifetime;
+    authority.grace = options.grace;
+    authority.reuse_detection = true;
+    authority.rotation = true;
+    let server = Server::loopback(authority, 1).await?;
+    if options.kill_holder {
+        server.state().set_token_answer_delay(Duration::from_millis(800));
+    }
+    let dir = std::env::temp_dir().join(format!("freshen-processes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path: PathBuf = dir.join("session.json");
+    log_in(&server, &path).await?;
+    println!("{options:?}; authority on {}; session file {}", server.url(""), path.display());
+
+    let start = Instant::now();
+    let mut children = (0..options.processes)
+        .map(|_| {
+            Command::new(std::env::current_exe()?)
+                .arg("child")
+                .arg(server.url(paths::TOKEN))
+                .arg(server.url(paths::RESOURCE))
+                .arg(&path)
+                .arg(options.seconds.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let kill = if options.kill_holder {
+        let lock_file = PathBuf::from(format!("{}.lock", path.display()));
+        kill_holder(&server, &lock_file, &mut children, start).await
+    } else {
+        None
+    };
+    // The children run for `seconds`; the server keeps answering meanwhile.
+    let outputs = tokio::task::spawn_blocking(move || {
+        children.into_iter().map(|child| child.wait_with_output()).collect::<Result<Vec<_>, _>>()
+    })
+    .await??;
+    let elapsed = start.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut logged_out = 0;
+    let mut survivors = 0;
+    for output in &outputs {
+        let line = String::from_utf8_lossy(&output.stdout);
+        match output.status.code() {
+            Some(0) => survivors += 1,
+            Some(3) => logged_out += 1,
+            _ => {}
+        }
+        print!("  {}", if line.is_empty() { "(killed)\n".into() } else { line });
+    }
+    let stats = server.state().stats();
+    // Each token is refreshed once, MARGIN (plus up to JITTER) before it
+    // expires: the run spans this many expiries, give or take the last one.
+    // A token is refreshed between MARGIN and MARGIN + JITTER before it
+    // expires; the first was issued just before the run (a late timer on a
+    // loaded machine can cost one more).
+    let interval = options.lifetime - MARGIN;
+    let most = (elapsed.as_millis() / (interval - JITTER).as_millis()) as u64 + 1;
+    let least = ((elapsed.as_millis() / interval.as_millis()) as u64).saturating_sub(1);
+    println!(
+        "{} processes for {:.1} s: refreshes {} (expiries the run spans: {least}..={most}), refused {}, \
+         reuse detections {}, logged out {logged_out}, survivors {survivors}",
+        options.processes,
+        elapsed.as_secs_f64(),
+        stats.refreshes,
+        stats.refusals,
+        stats.reuse_detections,
+    );
+    if let Some(kill) = &kill {
+        println!(
+            "killed pid {} with SIGKILL at {:.2} s while it held the lock mid-refresh ({} refreshes served by then); \
+             the next refresh reached the authority {} after the kill",
+            kill.pid,
+            kill.at.as_secs_f64(),
+            kill.refreshes_before,
+            kill.next_refresh_after.map_or("never".into(), |d| format!("{} ms", d.as_millis())),
+        );
+        let survived = logged_out == 0 && survivors == options.processes - 1;
+        println!("the session {}", if survived { "survived" } else { "ended" });
+        if options.grace.is_zero() || survived {
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("with a grace window the session must survive its lock holder's death");
+        return Ok(ExitCode::FAILURE);
+    }
+    if options.kill_holder {
+        eprintln!("no process was ever seen holding the lock through a refresh");
+        return Ok(ExitCode::FAILURE);
+    }
+    let passed = logged_out == 0
+        && survivors == options.processes
+        && stats.refusals == 0
+        && stats.reuse_detections == 0
+        && (least..=most).contains(&stats.refreshes);
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
