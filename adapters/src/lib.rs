@@ -44,6 +44,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(not(freshen_loom))]
+mod clock;
 mod coordinator;
 mod error;
 #[cfg(not(freshen_loom))]
@@ -57,6 +59,8 @@ mod token;
 #[cfg(not(freshen_loom))]
 pub mod transport;
 
+#[cfg(not(freshen_loom))]
+pub use clock::WallClock;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use coordinator::Observer;

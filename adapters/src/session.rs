@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Error;
+use crate::clock::{Clock, WallClock};
 use crate::coordinator::{Coordinator, Io, Outcome, Waker};
 use crate::store::{Store, StoreLock};
 use crate::token::Token;
@@ -46,9 +47,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// The seed for jitter; `None` draws one from the OS. Set it to replay a run.
     pub seed: Option<u64>,
-    /// Reads the wall clock (used only to carry expiries across restarts and
-    /// to read HTTP dates). A simulation passes its own to stay deterministic.
-    pub wall_clock: fn() -> UnixTime,
+    /// Reads the wall clock: used to carry expiries across restarts, to read
+    /// HTTP dates, and to notice a suspend (see [`WallClock`]'s module). A
+    /// simulation passes its own to stay deterministic.
+    pub wall_clock: WallClock,
     /// Sees every input and command of the machine (for the simulation's checker).
     #[cfg(feature = "testing")]
     #[doc(hidden)]
@@ -67,7 +69,7 @@ impl Config {
             scope: None,
             session: SessionConfig::default(),
             seed: None,
-            wall_clock: system_clock,
+            wall_clock: WallClock::new(system_clock),
             #[cfg(feature = "testing")]
             observer: None,
         }
@@ -107,7 +109,7 @@ struct Shared<T, S> {
     transport: T,
     store: S,
     config: Config,
-    origin: Instant,
+    clock: Clock,
     /// Wakes the driver: new I/O is queued, or the timer changed.
     kick: Notify,
     state: watch::Sender<StateView>,
@@ -121,11 +123,11 @@ struct Shared<T, S> {
 
 impl<T, S> Shared<T, S> {
     fn now(&self) -> MonoTime {
-        MonoTime::from_elapsed(self.origin.elapsed())
+        self.clock.now()
     }
 
     fn instant(&self, at: MonoTime) -> Instant {
-        self.origin + at.elapsed()
+        self.clock.instant(at)
     }
 }
 
@@ -168,9 +170,8 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// on. Spawns its driver on the current tokio runtime (so call it inside one).
     pub fn start(config: Config, transport: T, store: S) -> Result<Self, ConfigError> {
         let seed = config.seed.unwrap_or_else(|| RandomState::new().hash_one(SystemTime::now()));
-        let origin = Instant::now();
-        let machine =
-            freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, (config.wall_clock)())?;
+        let clock = Clock::new(config.wall_clock.clone());
+        let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;
         let (state, _) = watch::channel(machine.state().clone());
         #[cfg(feature = "testing")]
         let coordinator = match &config.observer {
@@ -184,7 +185,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             transport,
             store,
             config,
-            origin,
+            clock,
             kick: Notify::new(),
             state,
             closing: AtomicBool::new(false),
@@ -230,7 +231,7 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// Starts the session from a login's token response, sent at `requested_at`.
     /// Fails with [`Error::InvalidToken`] if the response holds no refresh token.
     pub fn log_in(&self, response: TokenResponse, requested_at: Instant) -> Result<(), Error> {
-        let requested_at = MonoTime::from_elapsed(requested_at.saturating_duration_since(self.shared.origin));
+        let requested_at = self.shared.clock.at(requested_at);
         let new = NewSession::from_response(response, requested_at).ok_or(Error::InvalidToken)?;
         self.shared.coordinator.handle(self.shared.now(), Event::LoggedIn(new));
         self.shared.kick.notify_one();
@@ -350,7 +351,16 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 .await
                 {
                     Ok(Ok(response)) => {
-                        let outcome = response.classify(&config.session.policy, (config.wall_clock)());
+                        let unix_now = shared.clock.wall();
+                        if let Some(skew) = response.clock_skew(unix_now).filter(|s| s.is_notable()) {
+                            // Only a sanity check: lifetimes count on the monotonic clock from the send.
+                            warn!(
+                                server_ahead_s = skew.server_ahead.as_secs(),
+                                server_behind_s = skew.server_behind.as_secs(),
+                                "the token endpoint's clock (its Date header) differs from this machine's"
+                            );
+                        }
+                        let outcome = response.classify(&config.session.policy, unix_now);
                         info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
                         Event::RefreshCompleted { id, outcome }
                     }
@@ -382,7 +392,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             let event = match shared.store.load().await {
                 Ok(stored) => {
                     info!(found = stored.is_some(), "store loaded");
-                    Event::StoreLoaded { op, stored, unix_now: (shared.config.wall_clock)() }
+                    Event::StoreLoaded { op, stored, unix_now: shared.clock.wall() }
                 }
                 Err(error) => {
                     warn!(%error, "store load failed");
@@ -400,7 +410,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                         if let Ok(mut held) = shared.store_lock.lock() {
                             *held = Some(lock);
                         }
-                        Event::StoreLocked { op, stored, unix_now: (shared.config.wall_clock)() }
+                        Event::StoreLocked { op, stored, unix_now: shared.clock.wall() }
                     }
                     Err(error) => {
                         warn!(%error, "store read under the lock failed; the lock is released");

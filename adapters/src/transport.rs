@@ -37,6 +37,13 @@ impl HttpResponse {
         Self { status, headers, body }
     }
 
+    /// How far the server's clock (its `Date`) is from `unix_now`, ours when
+    /// the answer arrived; a sanity check only.
+    pub fn clock_skew(&self, unix_now: UnixTime) -> Option<oauth::ClockSkew> {
+        let headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        oauth::Response { status: self.status, headers: &headers, body: &self.body }.clock_skew(unix_now)
+    }
+
     /// What the response means, by the core's rules.
     pub fn classify(&self, policy: &Policy, unix_now: UnixTime) -> Classified {
         let headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();

@@ -178,3 +178,57 @@ async fn the_session_refreshes_ahead_of_expiry_without_callers() {
     assert_eq!(store.generation(), Some(Generation(refreshes as u64 + 1)));
     drop(session);
 }
+
+/// A wall clock that follows tokio's (paused) clock, plus a jump set by the test.
+fn jumping_wall_clock() -> (freshen::WallClock, std::sync::Arc<std::sync::atomic::AtomicI64>) {
+    let jump = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let (origin, base) = (tokio::time::Instant::now(), freshen::system_clock());
+    let seen = std::sync::Arc::clone(&jump);
+    let clock = freshen::WallClock::new(move || {
+        let now = base.saturating_add(origin.elapsed());
+        let by = seen.load(SeqCst);
+        let step = Duration::from_secs(by.unsigned_abs());
+        if by >= 0 {
+            now.saturating_add(step)
+        } else {
+            freshen::core::time::UnixTime::from_since_epoch(now.since_epoch().saturating_sub(step))
+        }
+    });
+    (clock, jump)
+}
+
+/// A session whose stored token has five minutes left, on a wall clock the test can step.
+fn session_on_a_steppable_clock() -> (
+    freshen::Session<support::AuthorityTransport, support::FlakyStore>,
+    support::AuthorityTransport,
+    std::sync::Arc<std::sync::atomic::AtomicI64>,
+) {
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let store = support::FlakyStore::holding(&transport.login(Some(Duration::from_secs(300))));
+    let (wall_clock, jump) = jumping_wall_clock();
+    let mut config = support::config();
+    config.wall_clock = wall_clock;
+    (freshen::Session::start(config, transport.clone(), store).unwrap(), transport, jump)
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_suspend_the_fast_path_does_not_hand_out_a_token_that_died_meanwhile() {
+    let (session, transport, jump) = session_on_a_steppable_clock();
+    let before = session.access_token().await.unwrap();
+    assert_eq!(before.generation(), Generation(1));
+    // The laptop sleeps an hour: the monotonic clock stood still, the wall clock did not.
+    jump.store(3600, SeqCst);
+    let after = session.access_token().await.unwrap();
+    assert!(after.generation() > before.generation(), "handed out a token the suspend had killed");
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_stepped_back_changes_nothing() {
+    let (session, transport, jump) = session_on_a_steppable_clock();
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(1));
+    jump.store(-3600, SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(1));
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+}

@@ -225,6 +225,51 @@ impl Response<'_> {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
+
+    /// The server's clock when it answered, from `Date` (RFC 9110 §6.6.1).
+    pub fn date(&self) -> Option<UnixTime> {
+        parse_imf_fixdate(core::str::from_utf8(self.header("date")?).ok()?.trim())
+    }
+
+    /// How far the server's clock is from ours, read from `Date` against our
+    /// wall clock when the answer arrived (`unix_now`). Good to a second or
+    /// so plus the answer's travel time. Only a sanity check: no expiry
+    /// depends on it, because lifetimes are relative (`expires_in`) and are
+    /// counted on the monotonic clock from when the request was sent.
+    pub fn clock_skew(&self, unix_now: UnixTime) -> Option<ClockSkew> {
+        let server = self.date()?;
+        Some(if server >= unix_now {
+            ClockSkew { server_ahead: server.saturating_duration_since(unix_now), server_behind: Duration::ZERO }
+        } else {
+            ClockSkew { server_ahead: Duration::ZERO, server_behind: unix_now.saturating_duration_since(server) }
+        })
+    }
+}
+
+/// The difference between the server's clock and ours; one side is zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClockSkew {
+    /// How far the server's clock is ahead of ours.
+    pub server_ahead: Duration,
+    /// How far it is behind.
+    pub server_behind: Duration,
+}
+
+impl ClockSkew {
+    /// Skews up to this are the `Date` header's own resolution, travel time
+    /// and ordinary drift; beyond it, one of the two clocks is wrong.
+    pub const NOTABLE: Duration = Duration::from_secs(60);
+
+    /// The size of the difference, whichever way.
+    pub fn magnitude(&self) -> Duration {
+        self.server_ahead.max(self.server_behind)
+    }
+
+    /// Whether the clocks differ by more than [`ClockSkew::NOTABLE`].
+    pub fn is_notable(&self) -> bool {
+        self.magnitude() > Self::NOTABLE
+    }
 }
 
 /// What a token response means for the session.
@@ -346,8 +391,10 @@ pub enum MalformedReason {
 }
 
 /// Classifies a token-endpoint response. Never panics; see the module docs for
-/// the rules. `unix_now` lets an HTTP-date `Retry-After` be read; without it
-/// only delta-seconds are honoured.
+/// the rules. An HTTP-date `Retry-After` is read against the response's own
+/// `Date` when it has one (both are the server's clock, so a skewed clock on
+/// either side cannot stretch the wait), else against `unix_now`; with
+/// neither, only delta-seconds are honoured.
 ///
 /// ```
 /// use freshen_core::oauth::{classify, Classified, Policy, Response};
@@ -358,7 +405,8 @@ pub enum MalformedReason {
 /// ```
 pub fn classify(policy: &Policy, response: &Response<'_>, unix_now: Option<UnixTime>) -> Classified {
     let status = response.status;
-    let retry_after = response.header("retry-after").and_then(|value| parse_retry_after(value, unix_now));
+    let server_now = response.date().or(unix_now);
+    let retry_after = response.header("retry-after").and_then(|value| parse_retry_after(value, server_now));
     let transient = |cause| Classified::Transient(Transient { cause, retry_after });
 
     // Status first: a 5xx or 429 body is often a proxy's HTML page and is never parsed.

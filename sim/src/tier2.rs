@@ -63,6 +63,9 @@ pub struct Faults {
     pub server_restarts: bool,
     /// A burst of callers comes with the user logging out (a new login follows).
     pub logout: u16,
+    /// Client processes' wall clocks step forward (what a suspend looks like
+    /// from inside: the monotonic clock fell behind) or back.
+    pub clock_jumps: bool,
 }
 
 /// Everything that defines a tier-2 world besides its seed.
@@ -125,6 +128,7 @@ impl WorldConfig {
             crashes: rng.chance(1, 2),
             server_restarts: rng.chance(1, 3),
             logout,
+            clock_jumps: false,
         };
         let mut session = SessionConfig::default();
         let liveness_phase = session.wait_bound() + Duration::from_secs(60);
@@ -136,6 +140,7 @@ impl WorldConfig {
         // Half the worlds run the first app as two to four processes sharing its store.
         let processes = if rng.chance(1, 2) { 2 + rng.below(3) as usize } else { 1 };
         session.shared_store = processes > 1;
+        let faults = Faults { clock_jumps: rng.chance(1, 3), ..faults };
         Self {
             session,
             authority,
@@ -430,6 +435,8 @@ struct Host {
     /// Whether the safety phase's faults still run.
     faulty: std::sync::atomic::AtomicBool,
     logouts: AtomicU64,
+    /// How far this process's wall clock has been stepped, in seconds (signed).
+    wall_step: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn client_id(app: usize) -> String {
@@ -516,7 +523,17 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
             .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
             .with_session(session_config)
             .with_seed(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation));
-    freshen_config.wall_clock = sim_wall_clock;
+    let step = Arc::clone(&host.wall_step);
+    freshen_config.wall_clock = freshen::WallClock::new(move || {
+        let now = sim_wall_clock();
+        let by = step.load(Ordering::Acquire);
+        let secs = Duration::from_secs(by.unsigned_abs());
+        if by >= 0 {
+            now.saturating_add(secs)
+        } else {
+            UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
+        }
+    });
     freshen_config.observer = Some(Arc::clone(&host.watch) as Arc<dyn Observer>);
     let session = Session::start(freshen_config, TurmoilTransport, host.store.clone()).map_err(|e| e.to_string())?;
     let mut states = session.state();
@@ -558,6 +575,8 @@ enum Action {
     Repair(usize),
     Crash(usize),
     RestartServer,
+    /// Steps a process's wall clock by this many seconds.
+    StepClock(usize, i64),
 }
 
 /// Runs one tier-2 world for `seed`. `plant` breaks the sessions on purpose.
@@ -655,6 +674,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 last_state: Mutex::new(None),
                 faulty: std::sync::atomic::AtomicBool::new(true),
                 logouts: AtomicU64::new(0),
+                wall_step: Arc::default(),
             }));
         }
     }
@@ -682,6 +702,19 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         if config.faults.crashes {
             for _ in 0..1 + rng.below(3) {
                 schedule.push((Duration::from_millis(rng.below(safety_ms)), Action::Crash(index)));
+            }
+        }
+        if config.faults.clock_jumps {
+            for _ in 0..1 + rng.below(2) {
+                let at = Duration::from_millis(rng.below(safety_ms));
+                // Mostly forward (a suspend, as seen from inside), up to two
+                // token lifetimes; sometimes back, up to ten minutes.
+                let by = if rng.chance(3, 4) {
+                    3 + rng.below(2 * config.authority.access_ttl.as_secs().max(1)) as i64
+                } else {
+                    -(1 + rng.below(600) as i64)
+                };
+                schedule.push((at, Action::StepClock(index, by)));
             }
         }
     }
@@ -715,6 +748,13 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                         *count += 1;
                     }
                     *counts.entry("crash").or_default() += 1;
+                }
+                Action::StepClock(i, by) => {
+                    if let Some(host) = hosts.get(i) {
+                        host.wall_step.fetch_add(by, Ordering::AcqRel);
+                        host.watch.line(|| format!("{} wall clock stepped {by:+} s", host.name));
+                    }
+                    *counts.entry("clock_jump").or_default() += 1;
                 }
                 Action::RestartServer => {
                     sim.bounce(AUTHORITY);

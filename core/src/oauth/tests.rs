@@ -252,3 +252,32 @@ fn redirects_and_empty_client_errors_are_rejected() {
     assert!(matches!(run(302, &[], b""), Classified::Rejected(Rejected::Status(302))));
     assert!(matches!(run(404, &[], b"not found"), Classified::Rejected(Rejected::Status(404))));
 }
+
+#[test]
+fn an_http_date_retry_after_is_read_against_the_servers_own_date() {
+    // Our clock is a day off; the server's Date and Retry-After agree on two minutes.
+    let headers: &[(&str, &[u8])] =
+        &[("Date", b"Sun, 06 Nov 1994 08:49:37 GMT"), ("Retry-After", b"Sun, 06 Nov 1994 08:51:37 GMT")];
+    let response = Response { status: 503, headers, body: b"" };
+    let our_clock_a_day_behind = UnixTime::from_secs(784_111_777 - 86_400);
+    assert!(matches!(
+        classify(&Policy::default(), &response, Some(our_clock_a_day_behind)),
+        Classified::Transient(Transient { retry_after: Some(d), .. }) if d == Duration::from_secs(120)
+    ));
+}
+
+#[test]
+fn the_date_header_gives_the_servers_clock_skew() {
+    let headers: &[(&str, &[u8])] = &[("date", b"Sun, 06 Nov 1994 08:49:37 GMT")];
+    let response = Response { status: 200, headers, body: b"{}" };
+    let server = 784_111_777;
+    let skew = response.clock_skew(UnixTime::from_secs(server - 300)).unwrap();
+    assert_eq!((skew.server_ahead, skew.server_behind), (Duration::from_secs(300), Duration::ZERO));
+    assert!(skew.is_notable());
+    let skew = response.clock_skew(UnixTime::from_secs(server + 2)).unwrap();
+    assert_eq!((skew.server_ahead, skew.server_behind), (Duration::ZERO, Duration::from_secs(2)));
+    assert!(!skew.is_notable());
+    let garbage: &[(&str, &[u8])] = &[("Date", b"yesterday"), ("Date", &[0xff])];
+    assert_eq!(Response { status: 200, headers: garbage, body: b"" }.clock_skew(UnixTime::EPOCH), None);
+    assert_eq!(Response { status: 200, headers: &[], body: b"" }.clock_skew(UnixTime::EPOCH), None);
+}

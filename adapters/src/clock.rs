@@ -1,0 +1,113 @@
+//! The driver's clock: monotonic, plus the time the machine slept.
+//!
+//! `Instant` (`CLOCK_MONOTONIC` on Linux) stops while the computer is
+//! suspended, so after a laptop wakes, a token whose expiry was planned on it
+//! looks fresher than it is, and the fast path would hand out a dead token.
+//! The wall clock runs on through a suspend: whenever it has gained more than
+//! [`SUSPEND_THRESHOLD`] on the monotonic clock since the last reading, the
+//! gain is added to the session's time, so every expiry is checked again
+//! against the time that really passed. A wall clock stepped forward (by hand,
+//! or NTP) reads the same way: tokens then look older than they are, which
+//! costs an early refresh, never a dead token. A wall clock stepped back is
+//! ignored. Tokio's timers run on the monotonic clock and fire late after a
+//! suspend; the next reading (a caller, or that timer) catches up.
+
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use core::time::Duration;
+use std::sync::Arc;
+
+use freshen_core::time::{MonoTime, UnixTime};
+use tokio::time::Instant;
+
+/// A gain of the wall clock over the monotonic one larger than this, between
+/// two readings, is a suspend (or a forward step of the wall clock).
+pub(crate) const SUSPEND_THRESHOLD: Duration = Duration::from_secs(2);
+
+/// Reads the wall clock. [`Config::wall_clock`](crate::Config::wall_clock) holds one.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> UnixTime + Send + Sync>);
+
+impl WallClock {
+    /// A wall clock read by `read`.
+    pub fn new(read: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> UnixTime {
+        (self.0)()
+    }
+}
+
+impl core::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("WallClock")
+    }
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Clock {
+    origin: Instant,
+    wall: WallClock,
+    wall_origin: UnixTime,
+    /// Wall time minus monotonic time since the origins, at the last reading (ns).
+    last_gain: AtomicI64,
+    /// Time slept so far (ns): added to every reading.
+    slept: AtomicU64,
+}
+
+fn nanos(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl Clock {
+    pub(crate) fn new(wall: WallClock) -> Self {
+        let wall_origin = wall.now();
+        Self { origin: Instant::now(), wall, wall_origin, last_gain: AtomicI64::new(0), slept: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn wall(&self) -> UnixTime {
+        self.wall.now()
+    }
+
+    /// The session's time: monotonic, plus every suspend seen so far.
+    pub(crate) fn now(&self) -> MonoTime {
+        let monotonic = self.origin.elapsed();
+        let wall = self.wall.now();
+        // Signed: a wall clock set back before the origin reads as a loss.
+        let wall_elapsed = if wall >= self.wall_origin {
+            nanos(wall.saturating_duration_since(self.wall_origin))
+        } else {
+            -nanos(self.wall_origin.saturating_duration_since(wall))
+        };
+        let gain = wall_elapsed.saturating_sub(nanos(monotonic));
+        let last = self.last_gain.load(Ordering::Acquire);
+        if gain > last.saturating_add(nanos(SUSPEND_THRESHOLD)) {
+            // One reader claims each jump, so concurrent readers count it once.
+            if self.last_gain.compare_exchange(last, gain, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                let jump = u64::try_from(gain.saturating_sub(last)).unwrap_or(0);
+                self.slept.fetch_add(jump, Ordering::AcqRel);
+                tracing::info!(
+                    slept_ms = jump / 1_000_000,
+                    "the wall clock jumped ahead of the monotonic one (a suspend): expiries are checked again"
+                );
+            }
+        } else if gain < last {
+            let _ = self.last_gain.compare_exchange(last, gain, Ordering::AcqRel, Ordering::Acquire);
+        }
+        MonoTime::from_elapsed(monotonic.saturating_add(Duration::from_nanos(self.slept.load(Ordering::Acquire))))
+    }
+
+    /// The session's time at `instant` (a moment already past).
+    pub(crate) fn at(&self, instant: Instant) -> MonoTime {
+        let slept = Duration::from_nanos(self.slept.load(Ordering::Acquire));
+        MonoTime::from_elapsed(instant.saturating_duration_since(self.origin).saturating_add(slept))
+    }
+
+    /// When the monotonic clock will read session time `at`, for timers.
+    pub(crate) fn instant(&self, at: MonoTime) -> Instant {
+        let slept = Duration::from_nanos(self.slept.load(Ordering::Acquire));
+        self.origin + at.elapsed().saturating_sub(slept)
+    }
+}
