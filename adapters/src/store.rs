@@ -156,7 +156,7 @@ impl Store for MemoryStore {
 #[derive(Clone, Debug)]
 pub struct FileStore {
     path: PathBuf,
-    lock_path: PathBuf,
+    lock: LockFile,
 }
 
 impl FileStore {
@@ -165,7 +165,7 @@ impl FileStore {
         let path = path.into();
         let mut lock_path = path.clone().into_os_string();
         lock_path.push(".lock");
-        Self { path, lock_path: lock_path.into() }
+        Self { path, lock: LockFile::new(lock_path) }
     }
 
     /// Where the session is kept.
@@ -242,11 +242,32 @@ impl Store for FileStore {
         .await
     }
 
-    /// Polls a non-blocking `flock` (a blocked thread could not be cancelled
-    /// when the session stops waiting), backing off from 1 ms to 50 ms.
     async fn lock(&self) -> Result<StoreLock, StoreError> {
-        let file = private_file(&self.lock_path, true)
-            .map_err(|_| StoreError::Unavailable("the lock file cannot be opened"))?;
+        self.lock.lock().await
+    }
+}
+
+/// A cross-process lock: an OS file lock (`flock`) on a file of its own,
+/// which the kernel releases when the process holding it exits or is killed.
+/// [`FileStore`] uses one; [`KeyringStore::with_lock_file`] adds one to a
+/// keyring entry that several processes share.
+#[derive(Clone, Debug)]
+pub struct LockFile {
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// A lock on `path` (created, mode 0600, if missing; its directory must exist).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Takes the lock, however long that takes; drop the future to stop
+    /// waiting. It polls a non-blocking `flock` (a thread blocked in `flock`
+    /// could not be called back), backing off from 1 ms to 50 ms.
+    pub async fn lock(&self) -> Result<StoreLock, StoreError> {
+        let file =
+            private_file(&self.path, true).map_err(|_| StoreError::Unavailable("the lock file cannot be opened"))?;
         let mut pause = Duration::from_millis(1);
         loop {
             match fs4::FileExt::try_lock(&file) {
@@ -273,6 +294,7 @@ pub struct KeyringStore {
     credentials: Arc<CredentialStore>,
     service: String,
     user: String,
+    lock: Option<LockFile>,
 }
 
 impl fmt::Debug for KeyringStore {
@@ -281,6 +303,7 @@ impl fmt::Debug for KeyringStore {
             .field("vendor", &self.credentials.vendor())
             .field("service", &self.service)
             .field("user", &self.user)
+            .field("lock", &self.lock)
             .finish()
     }
 }
@@ -288,7 +311,16 @@ impl fmt::Debug for KeyringStore {
 impl KeyringStore {
     /// The entry `service`/`user` in `credentials`.
     pub fn new(credentials: Arc<CredentialStore>, service: impl Into<String>, user: impl Into<String>) -> Self {
-        Self { credentials, service: service.into(), user: user.into() }
+        Self { credentials, service: service.into(), user: user.into(), lock: None }
+    }
+
+    /// The same entry, shared between processes under `lock` (a keyring has
+    /// no lock of its own): needed with
+    /// [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store).
+    #[must_use]
+    pub fn with_lock_file(mut self, lock: LockFile) -> Self {
+        self.lock = Some(lock);
+        self
     }
 
     /// The entry in the desktop's Secret Service (GNOME Keyring, KWallet) over D-Bus.
@@ -371,5 +403,12 @@ impl Store for KeyringStore {
             Err(error) => Err(unavailable(&error)),
         })
         .await
+    }
+
+    async fn lock(&self) -> Result<StoreLock, StoreError> {
+        match &self.lock {
+            Some(lock) => lock.lock().await,
+            None => Err(StoreError::Unavailable("a keyring store needs with_lock_file to be shared")),
+        }
     }
 }

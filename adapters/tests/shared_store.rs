@@ -133,3 +133,28 @@ async fn a_file_store_refuses_hostile_files_with_typed_errors() {
     // Left in place, as the trait promises.
     assert!(path.exists());
 }
+
+#[tokio::test]
+async fn a_keyring_entry_is_shared_under_a_lock_file() {
+    use freshen::store::{KeyringStore, LockFile};
+    let transport = AuthorityTransport::new(strict());
+    let lock = LockFile::new(temporary_path("keyring").with_extension("lock"));
+    let store = KeyringStore::mock("freshen-test", "shared").unwrap().with_lock_file(lock);
+    store.save(&transport.login(Some(Duration::ZERO))).await.unwrap();
+    let sessions: Vec<_> = (0..3u64)
+        .map(|seed| {
+            let mut config = config().with_seed(seed);
+            config.session.shared_store = true;
+            Session::start(config, transport.clone(), store.clone()).unwrap()
+        })
+        .collect();
+    let mut generations = BTreeSet::new();
+    for session in &sessions {
+        generations.insert(session.access_token().await.unwrap().generation().0);
+    }
+    assert_eq!(generations, BTreeSet::from([2]));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    // Without the lock file, sharing is refused with a typed error rather than done unsafely.
+    let unlocked = KeyringStore::mock("freshen-test", "alone").unwrap();
+    assert!(matches!(unlocked.lock().await, Err(StoreError::Unavailable(_))));
+}

@@ -512,6 +512,10 @@ impl SharedStoreMonitor {
             Event::RefreshFailed { id, .. } => {
                 self.in_flight.remove(&(process, *id));
             }
+            // A login starts a new session in that process: a refresh of the
+            // grant it replaced, still out, presents a token of another family
+            // (as for C1 within a process).
+            Event::LoggedIn(_) => self.in_flight.retain(|(p, _), _| *p != process),
             Event::StoreWritten { op } => {
                 if let Some(written) = self.pending_writes.remove(&(process, *op)) {
                     let predecessors = self

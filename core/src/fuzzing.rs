@@ -512,27 +512,54 @@ pub fn session_ops(data: &[u8]) -> Result<(), String> {
 /// [`session_ops`], returning the world as well; with `trace`, the world keeps
 /// its printable trace (see [`World::trace`]) to explain a failure.
 pub fn session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String>) {
+    world_ops(data, trace, false)
+}
+
+/// [`session_ops`] over two to four processes sharing one store and its lock
+/// (with [`SessionConfig::shared_store`](crate::session::SessionConfig::shared_store)):
+/// the input's first byte after the seed picks how many, and each operation
+/// that acts on a process is prefixed by a byte naming which. C1 and C2 are
+/// also checked across the processes.
+pub fn shared_session_ops(data: &[u8]) -> Result<(), String> {
+    shared_session_ops_traced(data, false).1
+}
+
+/// [`shared_session_ops`], returning the world as well.
+pub fn shared_session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String>) {
+    world_ops(data, trace, true)
+}
+
+fn world_ops(data: &[u8], trace: bool, shared: bool) -> (World, Result<(), String>) {
     let mut input = Bytes::new(data);
     let seed = input.u64();
     let mut config = WorldConfig::quiet();
+    if shared {
+        config.processes = 2 + input.below(3) as usize;
+        config.session.shared_store = true;
+    }
     config.authority = authority_config(&mut input);
     config.latency = Duration::from_millis(1 + input.below(500));
     config.start_logged_in = input.below(8) != 0;
     config.max_steps = 200_000;
     config.trace = trace;
+    let processes = config.processes as u64;
     let mut world = World::new(config, seed);
     let mut ops = 0;
     while !input.is_empty() && ops < MAX_OPS {
         ops += 1;
-        match input.u8() % 16 {
+        let op = input.u8() % 16;
+        // Which process an operation acts on: read only where there are several,
+        // so a single-process input means what it always meant.
+        let p = if shared && matches!(op, 0..=6) { input.below(processes) as usize } else { 0 };
+        match op {
             0..=2 => {
                 for _ in 0..=input.below(4) {
-                    world.want_token();
+                    world.want_token_at(p);
                 }
             }
-            3 => world.log_out(),
-            4 => world.log_in(),
-            5 => world.crash_with(input.bool()),
+            3 => world.log_out_at(p),
+            4 => world.log_in_at(p),
+            5 => world.crash_with_at(p, input.bool()),
             6 => world.crash_at_command(input.below(8)),
             7 => world.suspend(Duration::from_secs(input.below(7200))),
             8 => world.revoke_stored_session(),

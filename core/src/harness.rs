@@ -612,7 +612,8 @@ impl World {
         self.log_out_at(0);
     }
 
-    fn log_out_at(&mut self, p: usize) {
+    /// The user logs out in process `p`, as [`World::log_out`].
+    pub fn log_out_at(&mut self, p: usize) {
         self.wake();
         self.input(p, Event::LogoutRequested);
     }
@@ -623,7 +624,8 @@ impl World {
         self.log_in_at(0);
     }
 
-    fn log_in_at(&mut self, p: usize) {
+    /// The user logs in in process `p`, as [`World::log_in`].
+    pub fn log_in_at(&mut self, p: usize) {
         self.wake();
         let issued = self.authority.login(self.now, CLIENT_ID, None);
         self.observe_authority();
@@ -659,8 +661,9 @@ impl World {
         self.crash_with_at(0, write_lands);
     }
 
-    /// Process `p` crashes and restarts; the OS releases its lock.
-    fn crash_with_at(&mut self, p: usize, write_lands: bool) {
+    /// Process `p` crashes and restarts, as [`World::crash_with`]; the OS
+    /// releases its lock.
+    pub fn crash_with_at(&mut self, p: usize, write_lands: bool) {
         self.stats.crashes += 1;
         if let Some(write) = self.process_mut(p).in_flight_write.take().filter(|_| write_lands) {
             self.apply(write);

@@ -10,11 +10,12 @@ use freshen_core::fuzzing;
 
 type Target = fn(&[u8]) -> Result<(), String>;
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("oauth_response", fuzzing::oauth_response),
     ("stored_session", fuzzing::stored_session),
     ("authority_ops", fuzzing::authority_ops),
     ("session_ops", fuzzing::session_ops),
+    ("shared_session_ops", fuzzing::shared_session_ops),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -71,6 +72,11 @@ fn session_ops_corpus() {
     replay(TARGETS[3].0, TARGETS[3].1);
 }
 
+#[test]
+fn shared_session_ops_corpus() {
+    replay(TARGETS[4].0, TARGETS[4].1);
+}
+
 /// Explains a `session_ops` input: `FRESHEN_FUZZ_INPUT=path cargo test -p
 /// freshen-core --test fuzz_corpus explain -- --ignored --nocapture` prints the
 /// world's trace (no token bytes) and the verdict.
@@ -78,8 +84,12 @@ fn session_ops_corpus() {
 #[ignore = "a debugging aid, run by hand on one input"]
 fn explain() {
     let path = std::env::var("FRESHEN_FUZZ_INPUT").expect("set FRESHEN_FUZZ_INPUT to a session_ops input");
-    let data = std::fs::read(path).unwrap();
-    let (world, verdict) = fuzzing::session_ops_traced(&data, true);
+    let data = std::fs::read(&path).unwrap();
+    let (world, verdict) = if path.contains("shared_session_ops") {
+        fuzzing::shared_session_ops_traced(&data, true)
+    } else {
+        fuzzing::session_ops_traced(&data, true)
+    };
     for line in world.trace() {
         println!("{line}");
     }

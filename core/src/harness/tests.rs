@@ -338,3 +338,81 @@ fn traces_never_contain_token_bytes() {
         assert!(!everything.contains("CANARY_"), "seed {seed} leaked a token");
     }
 }
+
+// Several processes sharing one store and its lock.
+
+fn processes(count: usize, configure: impl FnOnce(&mut WorldConfig)) -> World {
+    world(|c| {
+        c.processes = count;
+        c.session.shared_store = true;
+        c.authority.grace = Duration::ZERO;
+        c.authority.reuse_detection = true;
+        configure(c);
+    })
+}
+
+/// Callers at every process, one every `every` in turn, for `total`.
+fn callers_everywhere(w: &mut World, every: Duration, total: Duration) -> Vec<CallerId> {
+    let end = w.now().saturating_add(total);
+    let mut all = Vec::new();
+    let mut p = 0;
+    while w.now() < end {
+        all.push(w.want_token_at(p));
+        p = (p + 1) % w.processes();
+        w.run_for(every);
+    }
+    all
+}
+
+#[test]
+fn processes_sharing_a_store_refresh_once_per_expiry_between_them() {
+    let mut w = processes(4, |_| {});
+    let all = callers_everywhere(&mut w, Duration::from_secs(3), Duration::from_secs(3600));
+    w.finish();
+    assert_clean(&w);
+    assert!(all.iter().all(|c| matches!(w.outcome(*c), Some(CallerOutcome::Granted(_)))));
+    // As for one process: 300 s tokens refreshed 60-75 s early, 14 or 15 in an hour.
+    let stats = w.authority().stats();
+    assert!((14..=15).contains(&stats.refreshes), "{stats:?}");
+    assert_eq!((stats.refusals, stats.reuse_detections), (0, 0));
+    for p in 0..4 {
+        assert!(matches!(w.session_of(p).state(), StateView::Valid { .. }), "process {p}: {}", w.session_of(p).state());
+    }
+}
+
+#[test]
+fn without_the_lock_the_processes_refresh_the_same_token_and_the_checker_says_so() {
+    let mut w = processes(4, |c| c.session.plant = Some(crate::session::Plant::NoCrossProcessLock));
+    callers_everywhere(&mut w, Duration::from_secs(3), Duration::from_secs(1800));
+    let broken: Vec<Invariant> = w.violations().iter().map(|v| v.invariant).collect();
+    assert!(broken.contains(&Invariant::C2), "{broken:?}");
+    assert!(w.authority().stats().reuse_detections > 0);
+}
+
+#[test]
+fn a_lock_holder_that_dies_mid_refresh_frees_the_lock_for_the_others() {
+    for grace in [Duration::ZERO, Duration::from_secs(600)] {
+        let mut w = processes(2, |c| c.authority.grace = grace);
+        w.want_token_at(1);
+        w.run_for(Duration::from_secs(1));
+        // Process 0 takes the lock for the first refresh; the server commits
+        // it, the answer is lost, and process 0 dies right after sending.
+        w.script([Fate::DropResponse]);
+        until_refresh(&mut w);
+        w.crash();
+        // Past the old access token's expiry, a caller at process 1 needs a refresh.
+        w.run_for(Duration::from_secs(400));
+        let waiter = w.want_token_at(1);
+        w.run_for(Duration::from_secs(120));
+        w.finish();
+        assert_clean(&w);
+        // No deadlock: process 1 answered its caller.
+        let outcome = w.outcome(waiter).cloned();
+        if grace.is_zero() {
+            // The rotated token died with process 0: the replay revoked the family.
+            assert!(matches!(outcome, Some(CallerOutcome::Failed(FailReason::LoggedOut(_)))), "{outcome:?}");
+        } else {
+            assert!(matches!(outcome, Some(CallerOutcome::Granted(_))), "{outcome:?}");
+        }
+    }
+}
