@@ -512,10 +512,11 @@ impl SharedStoreMonitor {
             Event::RefreshFailed { id, .. } => {
                 self.in_flight.remove(&(process, *id));
             }
-            // A login starts a new session in that process: a refresh of the
-            // grant it replaced, still out, presents a token of another family
-            // (as for C1 within a process).
-            Event::LoggedIn(_) => self.in_flight.retain(|(p, _), _| *p != process),
+            // A login or a logout ends the session in that process: a refresh
+            // of the grant it ended, still out, presents a token nobody will
+            // use again (as for C1 within a process; an answer to it after a
+            // logout is revoked).
+            Event::LoggedIn(_) | Event::LogoutRequested => self.in_flight.retain(|(p, _), _| *p != process),
             Event::StoreWritten { op } => {
                 if let Some(written) = self.pending_writes.remove(&(process, *op)) {
                     let predecessors = self

@@ -1073,11 +1073,6 @@ impl World {
                 return self.serve_refresh(incarnation, id, &token, fate, sent_at);
             }
             Pending::RevokeArrives { token } => {
-                // A process's logout ends the family for every process sharing
-                // it: a rejection elsewhere is then the user's doing.
-                if self.processes.len() > 1 {
-                    self.evidence.revoked = true;
-                }
                 let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
                 self.observe_authority();
                 return;

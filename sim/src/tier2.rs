@@ -847,9 +847,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                     lost_answer: lost,
                     // The app's family is shared: any of its processes' crashes counts.
                     crashed: app_processes().any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
-                    // A logout in one process revokes the family the others hold.
-                    revoked: app_processes().count() > 1
-                        && app_processes().any(|p| p.logouts.load(Ordering::Relaxed) > 0),
+                    revoked: false,
                     suspended: false,
                     refusal,
                 };

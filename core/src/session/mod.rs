@@ -121,6 +121,11 @@ pub struct Session {
     /// that generation or later, or nothing): revoked earlier, a crash before
     /// the login's write lands would restart from a dead token.
     replaced_grants: Vec<(Generation, RefreshToken)>,
+    /// With a shared store, a logout revokes only once its clear has landed
+    /// under the lock: revoked earlier, it would reject a refresh another
+    /// process is making under that lock (and a crash before the clear would
+    /// restart from a revoked session).
+    revoke_after_clear: Option<RefreshToken>,
 }
 
 /// The most replaced grants kept for revocation; older ones are revoked at once.
@@ -292,6 +297,7 @@ impl Session {
             last_generation: Generation(0),
             straggler: None,
             replaced_grants: Vec::new(),
+            revoke_after_clear: None,
             published: None,
             view: StateView::Loading,
         };
@@ -700,7 +706,11 @@ impl Session {
         if let (LogoutCause::Requested, State::Valid(t) | State::Expired(t) | State::Refreshing(t, _)) =
             (&cause, previous)
         {
-            self.outbox.commands.push_back(Command::Revoke { refresh_token: t.refresh });
+            if self.locks_store() {
+                self.revoke_after_clear = Some(t.refresh);
+            } else {
+                self.outbox.commands.push_back(Command::Revoke { refresh_token: t.refresh });
+            }
         }
         self.store.revive();
     }
@@ -720,7 +730,10 @@ impl Session {
             cooldown: None,
             answer_lost: false,
         };
-        if let Some(old) = self.take_tokens().filter(|old| !old.refresh.same_as(&tokens.refresh)) {
+        // A logout whose clear never landed still owes its revocation: the
+        // login replaces that grant too.
+        let logged_out_grant = self.revoke_after_clear.take().map(|refresh| TokenSet { refresh, ..tokens.clone() });
+        if let Some(old) = self.take_tokens().or(logged_out_grant).filter(|old| !old.refresh.same_as(&tokens.refresh)) {
             // A new login replaces the old grant: the server may drop it once
             // the new one is durable.
             if self.replaced_grants.len() == MAX_REPLACED_GRANTS {
@@ -931,6 +944,11 @@ impl Session {
             return;
         }
         self.store.succeeded();
+        if kind == StoreOp::Clear {
+            if let Some(refresh_token) = self.revoke_after_clear.take() {
+                self.outbox.commands.push_back(Command::Revoke { refresh_token });
+            }
+        }
         let no_longer_needed = |replaced_by: Generation| match kind {
             StoreOp::Persist(stored) => stored >= replaced_by,
             _ => true,

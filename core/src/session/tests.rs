@@ -793,3 +793,29 @@ fn the_planted_variant_refreshes_without_the_lock() {
     assert!(h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "{:?}", h.log);
     assert!(!h.log.iter().any(|c| matches!(c, Command::LockStore { .. })));
 }
+
+#[test]
+fn with_a_shared_store_a_logout_revokes_only_once_its_clear_has_landed() {
+    let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
+    let out = h.handle(Event::LogoutRequested);
+    assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })), "revoked before the clear: {out:?}");
+    let op = lock_op(&h);
+    let out = locked(&mut h, op, Some(stored(1, "r1", None)));
+    let clear = out
+        .iter()
+        .find_map(|c| match c {
+            Command::ClearStore { op } => Some(*op),
+            _ => None,
+        })
+        .expect("the store is cleared under the lock");
+    let out = h.handle(Event::StoreWritten { op: clear });
+    let revoked: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Revoke { refresh_token } => Some(refresh_token.expose_secret().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revoked, ["r1"]);
+    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+}
