@@ -207,6 +207,13 @@ impl ClientMonitor {
                     self.store = match stored {
                         Some(stored) => {
                             self.durable.insert(stored.generation);
+                            // A live token another process stored may replace a
+                            // rejected one: the rejection no longer demands a logout.
+                            let token = stored.refresh_token.fingerprint();
+                            let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
+                            if fresh && self.latest_token() != Some(token) {
+                                self.awaiting_logout = None;
+                            }
                             StoreModel::Holds(stored.generation)
                         }
                         None => StoreModel::Empty,
