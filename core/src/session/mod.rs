@@ -730,20 +730,37 @@ impl Session {
             cooldown: None,
             answer_lost: false,
         };
-        // A logout whose clear never landed still owes its revocation: the
-        // login replaces that grant too.
-        let logged_out_grant = self.revoke_after_clear.take().map(|refresh| TokenSet { refresh, ..tokens.clone() });
-        if let Some(old) = self.take_tokens().or(logged_out_grant).filter(|old| !old.refresh.same_as(&tokens.refresh)) {
-            // A new login replaces the old grant: the server may drop it once
-            // the new one is durable.
-            if self.replaced_grants.len() == MAX_REPLACED_GRANTS {
-                let (_, oldest) = self.replaced_grants.remove(0);
-                self.outbox.commands.push_back(Command::Revoke { refresh_token: oldest });
+        // The grant the login replaces: the tokens held, or those of a logout
+        // whose clear never landed (still owed a revocation, and still stored).
+        let replaced = match self.take_tokens() {
+            Some(old) => Some((old.refresh, self.store_may_hold(old.generation))),
+            None => self.revoke_after_clear.take().map(|refresh| (refresh, true)),
+        };
+        if let Some((old, stored)) = replaced.filter(|(old, _)| !old.same_as(&tokens.refresh)) {
+            if !stored {
+                // Never written: no restart and no other process can hold it.
+                self.outbox.commands.push_back(Command::Revoke { refresh_token: old });
+            } else {
+                // The server may drop it once the new grant is durable; revoked
+                // earlier, a crash would restart from a dead token, and another
+                // process sharing the store may be refreshing it.
+                if self.replaced_grants.len() == MAX_REPLACED_GRANTS {
+                    let (_, oldest) = self.replaced_grants.remove(0);
+                    self.outbox.commands.push_back(Command::Revoke { refresh_token: oldest });
+                }
+                self.replaced_grants.push((generation, old));
             }
-            self.replaced_grants.push((generation, old.refresh));
         }
         self.state = State::Valid(tokens);
         self.store.revive();
+    }
+
+    /// Whether the store may hold `generation`: it does, a write of it is
+    /// out, or a failed write left the store unknown.
+    fn store_may_hold(&self, generation: Generation) -> bool {
+        matches!(self.store.holds, Holds::Unknown)
+            || self.store.holds == Holds::Session(generation)
+            || matches!(self.store.in_flight, Some((_, StoreOp::Persist(g))) if g == generation)
     }
 
     fn on_store_loaded(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
