@@ -93,7 +93,10 @@ impl Clock {
                     "the wall clock jumped ahead of the monotonic one (a suspend): expiries are checked again"
                 );
             }
-        } else if gain < last {
+        } else if gain < last.saturating_sub(nanos(SUSPEND_THRESHOLD)) {
+            // The wall clock stepped back: later gains count from here. Small
+            // jitter between readers is ignored, so the fast path never writes
+            // a shared cache line.
             let _ = self.last_gain.compare_exchange(last, gain, Ordering::AcqRel, Ordering::Acquire);
         }
         MonoTime::from_elapsed(monotonic.saturating_add(Duration::from_nanos(self.slept.load(Ordering::Acquire))))

@@ -17,7 +17,7 @@ use freshen_core::ids::Generation;
 use freshen_core::oauth::{Client, FormRequest};
 use freshen_core::session::{SessionConfig, TransportFailure};
 use freshen_core::stored::StoredSession;
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::MonoTime;
 use freshen_core::token::TokenType;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -61,8 +61,8 @@ impl AuthorityTransport {
     /// Logs in at the authority and returns the session a store would hold.
     pub fn login(&self, expires_in: Option<Duration>) -> StoredSession {
         let issued = self.authority.lock().unwrap().login(self.now(), CLIENT, None);
-        let unix_now =
-            UnixTime::from_since_epoch(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap());
+        // The session's own wall clock, so a token stored as spent reads as spent.
+        let unix_now = freshen::system_clock();
         let blob = serde_json::json!({
             "v": 1,
             "generation": 1,
