@@ -104,6 +104,10 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
                 Io::LoadStore(op) => {
                     Event::StoreLoaded { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
                 }
+                // The models run one process: its lock is always free.
+                Io::LockStore(op) => {
+                    Event::StoreLocked { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
+                }
                 Io::Persist(op, _) | Io::ClearStore(op) => Event::StoreWritten { op },
                 Io::Refresh { id, .. } => {
                     refreshes += 1;
@@ -114,7 +118,7 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
                     );
                     Event::RefreshCompleted { id, outcome: Classified::Success(response) }
                 }
-                Io::Revoke(_) | Io::State(_) => continue,
+                Io::Revoke(_) | Io::State(_) | Io::UnlockStore => continue,
             };
             coordinator.handle(MonoTime::ZERO, event);
         }
