@@ -153,6 +153,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
 struct Outcome {
     tier: Tier,
     seed: u64,
+    /// Client processes sharing one store (the first app's, in tier 2).
+    processes: usize,
     refreshes: u64,
     granted: u64,
     failed: u64,
@@ -170,6 +172,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 config = config.with_plant(plant);
             }
             config.trace = trace;
+            let processes = config.processes;
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
@@ -184,6 +187,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             Outcome {
                 tier,
                 seed,
+                processes,
                 refreshes: stats.refreshes_sent,
                 granted: stats.granted,
                 failed: stats.failed,
@@ -200,6 +204,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             Outcome {
                 tier,
                 seed,
+                processes: config.processes,
                 refreshes: outcome.refreshes,
                 granted: outcome.granted,
                 failed: outcome.failed,
@@ -326,7 +331,9 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
             // Seeds per second of one thread's work, times the threads that shared it.
             let rate =
                 count as f64 / busy.get(&tier).copied().unwrap_or(seconds).max(f64::EPSILON) * options.threads as f64;
+            let shared = outcomes.iter().filter(|o| o.tier == tier && o.processes > 1).count();
             println!("{:<40} {:>12}", format!("seeds (tier {})", tier.number()), count);
+            println!("{:<40} {:>12}", format!("  with 2-4 processes on one store (tier {})", tier.number()), shared);
             println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
         }
     }
