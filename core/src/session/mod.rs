@@ -821,8 +821,7 @@ impl Session {
     /// emptied the store, generations start again from whoever logs in next,
     /// so a number alone cannot tell.
     fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
-        let same = stored.generation == tokens.generation && stored.refresh_token.same_as(&tokens.refresh);
-        !same
+        !tokens.stored_as(stored)
             && (stored.generation > tokens.generation
                 || (self.locks_store() && self.store.holds == Holds::Session(tokens.generation)))
     }
@@ -858,9 +857,7 @@ impl Session {
             // Another process logged out: the session this one held ended there.
             None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
             stored => {
-                let same = stored
-                    .as_ref()
-                    .is_some_and(|s| s.generation == generation && held.refresh.same_as(&s.refresh_token));
+                let same = stored.as_ref().is_some_and(|s| held.stored_as(s));
                 self.store.holds = match &stored {
                     None => Holds::Empty,
                     Some(s) => Holds::Session(s.generation),
@@ -1277,6 +1274,11 @@ impl StoreSync {
 }
 
 impl TokenSet {
+    /// Whether `stored` is these tokens, as this session wrote or read them.
+    fn stored_as(&self, stored: &StoredSession) -> bool {
+        stored.generation == self.generation && stored.refresh_token.same_as(&self.refresh)
+    }
+
     fn usable_at(&self, now: MonoTime) -> bool {
         !self.access_rejected && self.expiry.is_none_or(|e| now < e.usable_until)
     }
