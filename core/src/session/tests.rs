@@ -79,39 +79,41 @@ impl Harness {
         self.handle(Event::TokenWanted { caller: CallerId(caller) })
     }
 
+    /// The latest command `pick` recognises, as it names it.
+    fn latest<T>(&self, pick: impl Fn(&Command) -> Option<T>, what: &str) -> T {
+        self.log.iter().rev().find_map(pick).unwrap_or_else(|| panic!("{what} was issued"))
+    }
+
     fn load_op(&self) -> StoreOpId {
-        self.log
-            .iter()
-            .rev()
-            .find_map(|c| match c {
+        self.latest(
+            |c| match c {
                 Command::LoadStore { op } => Some(*op),
                 _ => None,
-            })
-            .expect("a load was issued")
+            },
+            "a load",
+        )
     }
 
     fn last_refresh(&self) -> (RefreshId, String, u32) {
-        self.log
-            .iter()
-            .rev()
-            .find_map(|c| match c {
+        self.latest(
+            |c| match c {
                 Command::SendRefresh { id, refresh_token, attempt } => {
                     Some((*id, refresh_token.expose_secret().to_owned(), *attempt))
                 }
                 _ => None,
-            })
-            .expect("a refresh was sent")
+            },
+            "a refresh",
+        )
     }
 
     fn last_persist(&self) -> (StoreOpId, StoredSession) {
-        self.log
-            .iter()
-            .rev()
-            .find_map(|c| match c {
+        self.latest(
+            |c| match c {
                 Command::Persist { op, session } => Some((*op, session.clone())),
                 _ => None,
-            })
-            .expect("a persist was issued")
+            },
+            "a persist",
+        )
     }
 
     fn answer(&mut self, id: RefreshId, outcome: Classified) -> Vec<Command> {
@@ -658,14 +660,13 @@ fn shared() -> SessionConfig {
 
 /// The latest lock asked for.
 fn lock_op(h: &Harness) -> StoreOpId {
-    h.log
-        .iter()
-        .rev()
-        .find_map(|c| match c {
+    h.latest(
+        |c| match c {
             Command::LockStore { op } => Some(*op),
             _ => None,
-        })
-        .expect("the lock was asked for")
+        },
+        "a lock",
+    )
 }
 
 fn locked(h: &mut Harness, op: StoreOpId, stored: Option<StoredSession>) -> Vec<Command> {
