@@ -832,6 +832,7 @@ impl World {
         if again {
             self.run_until(self.now.saturating_add(wait_bound * 2));
         }
+        self.land_store_work();
         self.finish();
         for p in processes {
             let caller = last.get(p).copied().unwrap_or(CallerId(0));
@@ -842,6 +843,26 @@ impl World {
                     self.session_of(p).state()
                 );
                 self.extra.push(Violation { invariant: Invariant::C5, at: self.now, detail });
+            }
+        }
+    }
+
+    /// Lets store operations already under way land before the verdict: a
+    /// clear issued an instant before the liveness phase ends is still on its
+    /// way, not a store that keeps a logged-out session. Bounded: each round
+    /// delivers everything due up to the next store answer, which may start
+    /// more store work (a timer's refresh), so a few rounds suffice.
+    fn land_store_work(&mut self) {
+        const ROUNDS: usize = 8;
+        for _ in 0..ROUNDS {
+            let next_store_answer = self
+                .queue
+                .iter()
+                .find(|(_, pending)| matches!(pending, Pending::StoreDone { .. }))
+                .map(|((at, _), _)| *at);
+            match next_store_answer {
+                Some(at) => self.run_until(at),
+                None => break,
             }
         }
     }

@@ -265,13 +265,89 @@ async fn serve(
     Ok(answer(state, &parts.method, parts.uri.path(), &parts.headers, &body))
 }
 
+// turmoil keeps a server-side socket for a (client address, port) pair until
+// the client's FIN or RST arrives, and panics ("... is already connected") when
+// a SYN comes for a pair it still holds. It neither retransmits a FIN lost to a
+// partition nor times out a half-open socket, so a client whose FIN was lost
+// would, once its ephemeral ports wrapped around, reach a server that still
+// holds its old connection: tier-2 seed 50176 did, after 67,500 callers on one
+// host. Real stacks are saved by retransmission, server timeouts and TIME_WAIT;
+// the world gets the same guarantees, which together make the collision
+// impossible (`ConnectPacer` has the argument):
+/// The authority closes every connection this long after accepting it, as a
+/// real server's header-read and idle timeouts do.
+const SERVER_CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// A client gives up on a request (and its connection) after this long, as any
+/// HTTP client with a timeout does. Longer than the sessions' own request
+/// timeout, so refreshes are governed by the session, as in an app.
+const CLIENT_REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+/// Every client host's ephemeral ports.
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+/// The pacer's window: a client socket's longest life, then the server's
+/// longest hold of the same connection, and a second for the latencies.
+const PACER_WINDOW: Duration =
+    Duration::from_secs(CLIENT_REQUEST_DEADLINE.as_secs() + SERVER_CONNECTION_DEADLINE.as_secs() + 1);
+/// Connections one client host may open per window: a quarter of its ports.
+const CONNECTS_PER_WINDOW: u32 = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u32 / 4;
+
+/// Paces one client host's new connections so that no port is handed out
+/// again while the server may still hold its previous connection.
+///
+/// turmoil assigns ports round robin, skipping ports in use. For port `p`,
+/// assigned at `t1`, to be assigned again at `t2`, the allocator must pass all
+/// `R` ports: each either assigned (a connect in `[t1, t2]`) or skipped (in use,
+/// so opened at most [`CLIENT_REQUEST_DEADLINE`] before). With fewer than
+/// [`PACER_WINDOW`] between `t1` and `t2`, all of them were opened within two
+/// windows, so `R <= 2 * 2 * CONNECTS_PER_WINDOW`, which the constants make
+/// false. Hence `t2 - t1 >= PACER_WINDOW`, by when the server has dropped its
+/// side ([`SERVER_CONNECTION_DEADLINE`]) and its FIN has arrived. Ordinary
+/// worlds open far fewer connections (tier 2's default campaign never reaches
+/// the bound), so the pacer only ever delays a pathological burst.
+#[derive(Debug, Default)]
+struct ConnectPacer {
+    /// The current window's start and the connections opened in it.
+    window: Mutex<(Duration, u32)>,
+}
+
+impl ConnectPacer {
+    /// Waits, if the window's connections are spent, until the next window.
+    async fn admit(&self) {
+        loop {
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            let wait = match self.window.lock() {
+                Ok(mut window) => {
+                    if now >= window.0 + PACER_WINDOW {
+                        *window = (now, 0);
+                    }
+                    if window.1 < CONNECTS_PER_WINDOW {
+                        window.1 += 1;
+                        return;
+                    }
+                    window.0 + PACER_WINDOW - now
+                }
+                Err(_) => return,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// HTTP/1.1 over turmoil: one connection per request, so a lost connection
 /// loses exactly one answer.
-async fn send(request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
+async fn send(pacer: &ConnectPacer, request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
+    pacer.admit().await;
+    match tokio::time::timeout(CLIENT_REQUEST_DEADLINE, exchange(request)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(TransportFailure::Interrupted),
+    }
+}
+
+async fn exchange(request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
     let stream = turmoil::net::TcpStream::connect((AUTHORITY, PORT)).await.map_err(|_| TransportFailure::NotSent)?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| TransportFailure::NotSent)?;
-    tokio::spawn(connection);
+    // The connection task owns the socket: it too ends by the deadline.
+    tokio::spawn(tokio::time::timeout(CLIENT_REQUEST_DEADLINE, connection));
     let response = sender.send_request(request).await.map_err(|_| TransportFailure::Interrupted)?;
     let (parts, body) = response.into_parts();
     let body =
@@ -279,9 +355,11 @@ async fn send(request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, Tr
     Ok(http::Response::from_parts(parts, body))
 }
 
-/// freshen's transport over turmoil.
-#[derive(Clone, Copy, Debug)]
-struct TurmoilTransport;
+/// freshen's transport over turmoil, paced with its host's other connections.
+#[derive(Clone, Debug)]
+struct TurmoilTransport {
+    pacer: Arc<ConnectPacer>,
+}
 
 impl Transport for TurmoilTransport {
     async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
@@ -291,7 +369,7 @@ impl Transport for TurmoilTransport {
             .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
             .body(Full::new(Bytes::from(form.expose_body().to_owned())))
             .map_err(|_| TransportFailure::NotSent)?;
-        let response = send(request).await?;
+        let response = send(&self.pacer, request).await?;
         let headers = response.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()));
         Ok(HttpResponse::new(response.status().as_u16(), headers.collect::<Vec<_>>(), response.body().to_vec()))
     }
@@ -375,6 +453,21 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// The process died: what it held in memory is gone, its lock with it.
+    /// Told at the crash itself, not when the next incarnation starts: the
+    /// lock passes to another process at once, and its refreshes must not be
+    /// judged against requests of a process that no longer exists.
+    fn crashed(&self) {
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.crash();
+        }
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.crash(self.process);
+        }
+    }
+}
+
 impl Observer for Watch {
     fn event(&self, now: MonoTime, event: &Event) {
         self.line(|| format!("{} {now} {event:?}", self.name));
@@ -437,6 +530,8 @@ struct Host {
     logouts: AtomicU64,
     /// How far this process's wall clock has been stepped, in seconds (signed).
     wall_step: Arc<std::sync::atomic::AtomicI64>,
+    /// The host's connections, over all its incarnations: ports are the host's.
+    pacer: Arc<ConnectPacer>,
 }
 
 fn client_id(app: usize) -> String {
@@ -467,7 +562,7 @@ async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
         else {
             return;
         };
-        match send(request).await {
+        match send(&host.pacer, request).await {
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
                 match session.retry_token(&token).await {
                     Ok(fresh) => token = fresh,
@@ -481,13 +576,13 @@ async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
 
 /// The user logs out, then logs in again half a minute later (through the
 /// authority's password grant).
-async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, index: usize, log_out: bool) {
+async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, log_out: bool) {
     if log_out {
         session.log_out().await;
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
     let requested_at = tokio::time::Instant::now();
-    let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(index));
+    let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
     let Ok(request) = Request::post(paths::TOKEN)
         .header(header::HOST, AUTHORITY)
         .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
@@ -495,7 +590,7 @@ async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, index
     else {
         return;
     };
-    let Ok(response) = send(request).await else { return };
+    let Ok(response) = send(&host.pacer, request).await else { return };
     let response = HttpResponse::new(response.status().as_u16(), [], response.body().to_vec());
     if let freshen_core::oauth::Classified::Success(tokens) =
         response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
@@ -507,13 +602,7 @@ async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, index
 async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option<Plant>) -> turmoil::Result {
     let incarnation = host.incarnation.fetch_add(1, Ordering::AcqRel);
     if incarnation > 0 {
-        // The process restarted: what it held in memory is gone.
-        if let Ok(mut monitor) = host.watch.monitor.lock() {
-            monitor.crash();
-        }
-        if let Ok(mut shared) = host.watch.shared.lock() {
-            shared.crash(host.watch.process);
-        }
+        // The monitors learned of the crash when it happened (`Watch::crashed`).
         host.watch.line(|| format!("{} crash: incarnation {incarnation} starts", host.name));
     }
     let mut session_config = config.session.clone();
@@ -535,7 +624,8 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         }
     });
     freshen_config.observer = Some(Arc::clone(&host.watch) as Arc<dyn Observer>);
-    let session = Session::start(freshen_config, TurmoilTransport, host.store.clone()).map_err(|e| e.to_string())?;
+    let transport = TurmoilTransport { pacer: Arc::clone(&host.pacer) };
+    let session = Session::start(freshen_config, transport, host.store.clone()).map_err(|e| e.to_string())?;
     let mut states = session.state();
     let mut relogging = false;
     let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
@@ -548,7 +638,7 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         let logout = u64::from(config.faults.logout);
         if host.faulty.load(Ordering::Acquire) && logout > 0 && rng.chance(logout, 1000) {
             host.logouts.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(log_out_and_back_in(session.clone(), host.app, true));
+            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), true));
         } else if matches!(
             &*states.borrow(),
             StateView::LoggedOut { cause: LogoutCause::EndedElsewhere | LogoutCause::NoSession }
@@ -557,7 +647,7 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
             // The user logged out in another process of this app (this one
             // saw it, or restarted after it); here too they log in again.
             relogging = true;
-            tokio::spawn(log_out_and_back_in(session.clone(), host.app, false));
+            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
         }
         if !matches!(&*states.borrow(), StateView::LoggedOut { .. }) {
             relogging = false;
@@ -591,6 +681,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         .max_message_latency(Duration::from_millis(40))
         // Bursts open many connections at once; the default backlog (64) would overflow.
         .tcp_capacity(8192)
+        .ephemeral_ports(EPHEMERAL_PORTS)
         .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
         .build();
 
@@ -615,12 +706,12 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                             let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
                             async move { serve(&state, &faults, request).await }
                         });
-                        // One request per connection: closing at once keeps a restarted
-                        // client's reused ephemeral port from meeting a stale socket.
-                        let _ = hyper::server::conn::http1::Builder::new()
+                        // One request per connection, closed by the deadline at the
+                        // latest (see `ConnectPacer` for why both matter).
+                        let connection = hyper::server::conn::http1::Builder::new()
                             .keep_alive(false)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                            .serve_connection(TokioIo::new(stream), service);
+                        let _ = tokio::time::timeout(SERVER_CONNECTION_DEADLINE, connection).await;
                     });
                 }
             }
@@ -675,6 +766,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 faulty: std::sync::atomic::AtomicBool::new(true),
                 logouts: AtomicU64::new(0),
                 wall_step: Arc::default(),
+                pacer: Arc::default(),
             }));
         }
     }
@@ -743,6 +835,9 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 }
                 Action::Repair(i) => sim.repair(name(i), AUTHORITY),
                 Action::Crash(i) => {
+                    if let Some(host) = hosts.get(i) {
+                        host.watch.crashed();
+                    }
                     sim.bounce(name(i));
                     if let Some(count) = crashes.get_mut(i) {
                         *count += 1;
