@@ -35,9 +35,8 @@
 //!     let me = api.get("https://api.example.com/me").send().await?;
 //!     println!("{}", me.status());
 //!
-//!     // Watch the session: when it is logged out, send the user to log in.
-//!     let mut state = session.state();
-//!     state.changed().await?;
+//!     // Watch the session: once it is logged out, send the user to log in.
+//!     session.watch_state().wait_for(|state| state.is_logged_out()).await?;
 //!     Ok(())
 //! }
 //! ```

@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Error;
 use crate::clock::{Clock, WallClock};
-use crate::coordinator::{Coordinator, Io, Outcome, Waker};
+use crate::coordinator::{Coordinator, Io, Outcome, StateSink, Waker};
 use crate::store::{Store, StoreLock};
 use crate::token::Token;
 use crate::transport::Transport;
@@ -185,13 +185,18 @@ impl<T: Transport, S: Store> Session<T, S> {
         let clock = Clock::new(config.wall_clock.clone());
         let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;
         let (state, _) = watch::channel(machine.state().clone());
+        let publisher = state.clone();
+        let on_state: StateSink = Box::new(move |view| {
+            info!(state = %view, "session state changed");
+            publisher.send_replace(view.clone());
+        });
         #[cfg(feature = "testing")]
         let coordinator = match &config.observer {
-            Some(observer) => Coordinator::observed(machine, Arc::clone(observer)),
-            None => Coordinator::new(machine),
+            Some(observer) => Coordinator::observed(machine, on_state, Arc::clone(observer)),
+            None => Coordinator::new(machine, on_state),
         };
         #[cfg(not(feature = "testing"))]
-        let coordinator = Coordinator::new(machine);
+        let coordinator = Coordinator::new(machine, on_state);
         let shared = Arc::new(Shared {
             coordinator,
             transport,
@@ -265,8 +270,15 @@ impl<T: Transport, S: Store> Session<T, S> {
         let _ = tokio::time::timeout(bound, finished).await;
     }
 
-    /// The state, for watching: send the user to login on `LoggedOut`.
-    pub fn state(&self) -> watch::Receiver<StateView> {
+    /// The state now, without waiting: never behind an answer this session
+    /// gave (a caller told it is logged out finds `LoggedOut` here).
+    pub fn state(&self) -> StateView {
+        self.shared.state.borrow().clone()
+    }
+
+    /// The state as a stream, for watching: send the user to log in once it
+    /// is logged out (`watch_state().wait_for(StateView::is_logged_out)`).
+    pub fn watch_state(&self) -> watch::Receiver<StateView> {
         self.shared.state.subscribe()
     }
 
@@ -345,10 +357,6 @@ fn settle_logouts<T, S>(shared: &Shared<T, S>) {
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
     match io {
-        Io::State(view) => {
-            info!(state = %view, "session state changed");
-            shared.state.send_replace(view);
-        }
         Io::Refresh { id, refresh_token, attempt } => {
             let span = info_span!("refresh", refresh = %id, attempt);
             spawn_io(shared, span, |shared| async move {

@@ -87,7 +87,7 @@ async fn dropping_every_handle_mid_refresh_still_writes_the_rotation() {
 #[tokio::test(start_paused = true)]
 async fn logout_during_a_refresh_fails_waiters_revokes_and_clears() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
-    let mut state = session.state();
+    let mut state = session.watch_state();
     transport.hold();
     let caller = {
         let session = session.clone();
@@ -163,7 +163,7 @@ async fn a_dead_refresh_token_logs_out_and_the_state_says_why() {
     transport.authority.lock().unwrap().revoke(now, support::CLIENT, stored.refresh_token.expose_secret()).unwrap();
     let error = session.access_token().await.unwrap_err();
     assert!(matches!(error, Error::LoggedOut(LogoutCause::RefreshTokenRejected { .. })), "{error:?}");
-    assert!(matches!(*session.state().borrow(), StateView::LoggedOut { .. }));
+    assert!(session.state().is_logged_out(), "the state shows what the caller was told");
     settle().await;
     assert!(store.inner.peek().is_none());
 }

@@ -57,10 +57,7 @@ async fn stampede(processes: usize, shared_store: bool) -> Aftermath {
     }
     // Let every rejection run its course (a re-read, one more attempt).
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let logged_out = sessions
-        .iter()
-        .filter(|s| matches!(*s.state().borrow(), freshen_core::session::StateView::LoggedOut { .. }))
-        .count();
+    let logged_out = sessions.iter().filter(|s| s.state().is_logged_out()).count();
     let accepted = match sessions[0].access_token().await {
         Ok(token) => transport.authority.lock().unwrap().validate(transport.now(), token.expose_secret()).is_ok(),
         Err(_) => false,

@@ -16,7 +16,7 @@ use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, 
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
 use crate::oauth::{Classified, Transient};
 pub use crate::session::Plant;
-use crate::session::{Command, Event, LogoutCause, SessionConfig, StateView};
+use crate::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};
 use crate::time::MonoTime;
 use crate::token::Fingerprint;
 
@@ -60,6 +60,10 @@ pub enum Invariant {
     /// Every logout has a cause the world produced: expiry, revocation, a
     /// lost answer, or a crash (or the user asked).
     L2,
+    /// The state is never behind an answer: a caller is told only what the
+    /// state already shows (logged out when failed as logged out; a usable
+    /// token, Valid or Refreshing, when granted).
+    U1,
 }
 
 impl fmt::Display for Invariant {
@@ -140,6 +144,8 @@ pub struct ClientMonitor {
     store_failures: (u32, MonoTime),
     waiting: BTreeMap<CallerId, MonoTime>,
     logged_out: Option<LogoutCause>,
+    /// The state the session last reported.
+    state: StateView,
     violations: Vec<Violation>,
 }
 
@@ -160,6 +166,7 @@ impl ClientMonitor {
             store_failures: (0, MonoTime::ZERO),
             waiting: BTreeMap::new(),
             logged_out: None,
+            state: StateView::Loading,
             violations: Vec::new(),
         }
     }
@@ -187,6 +194,7 @@ impl ClientMonitor {
         // successor may present the stored token once more.
         self.dead.clear();
         self.store = StoreModel::Unknown;
+        self.state = StateView::Loading;
     }
 
     /// An input the session is about to handle at `now`.
@@ -337,15 +345,30 @@ impl ClientMonitor {
                     self.violate(Invariant::C7, now, format!("granted {} past its usable time", grant.generation));
                 }
                 if let Command::Grant { callers, .. } = command {
+                    if !matches!(self.state, StateView::Valid { .. } | StateView::Refreshing { .. }) {
+                        let detail = format!("granted {} while the state still read {}", grant.generation, self.state);
+                        self.violate(Invariant::U1, now, detail);
+                    }
                     self.resolve(now, callers, "granted");
                 }
             }
-            Command::Fail { callers, .. } => self.resolve(now, callers, "failed"),
-            Command::StateChanged(StateView::LoggedOut { cause }) => {
-                self.logged_out = Some(cause.clone());
-                self.awaiting_logout = None;
+            Command::Fail { callers, reason } => {
+                if let FailReason::LoggedOut(cause) = reason {
+                    if !matches!(&self.state, StateView::LoggedOut { cause: shown } if shown == cause) {
+                        let detail = format!("failed callers as logged out while the state still read {}", self.state);
+                        self.violate(Invariant::U1, now, detail);
+                    }
+                }
+                self.resolve(now, callers, "failed");
             }
-            Command::Publish(None) | Command::Revoke { .. } | Command::StateChanged(_) | Command::UnlockStore => {}
+            Command::StateChanged(view) => {
+                if let StateView::LoggedOut { cause } = view {
+                    self.logged_out = Some(cause.clone());
+                    self.awaiting_logout = None;
+                }
+                self.state = view.clone();
+            }
+            Command::Publish(None) | Command::Revoke { .. } | Command::UnlockStore => {}
         }
     }
 

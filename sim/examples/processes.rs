@@ -130,7 +130,7 @@ async fn child(args: &[String]) -> Result<ExitCode, Error> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let state = session.state().borrow().clone();
+    let state = session.state();
     println!("pid {} ok {ok} refused {refused} failed {failed} state {state}", std::process::id());
     Ok(if matches!(state, StateView::LoggedOut { .. }) { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

@@ -626,7 +626,7 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
     freshen_config.observer = Some(Arc::clone(&host.watch) as Arc<dyn Observer>);
     let transport = TurmoilTransport { pacer: Arc::clone(&host.pacer) };
     let session = Session::start(freshen_config, transport, host.store.clone()).map_err(|e| e.to_string())?;
-    let mut states = session.state();
+    let mut states = session.watch_state();
     let mut relogging = false;
     let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
     let mean = u64::try_from(config.caller_interval.as_millis()).unwrap_or(1000).max(1);

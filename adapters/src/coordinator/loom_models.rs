@@ -55,7 +55,7 @@ fn coordinator() -> Arc<Coordinator<Slot>> {
 
 fn coordinator_with(config: SessionConfig) -> Arc<Coordinator<Slot>> {
     let machine = Session::new(config, 1, MonoTime::ZERO, UnixTime::from_secs(1_000)).unwrap();
-    Arc::new(Coordinator::new(machine))
+    Arc::new(Coordinator::new(machine, Box::new(|_| {})))
 }
 
 fn spent_session() -> StoredSession {
@@ -118,7 +118,7 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
                     );
                     Event::RefreshCompleted { id, outcome: Classified::Success(response) }
                 }
-                Io::Revoke(_) | Io::State(_) | Io::UnlockStore => continue,
+                Io::Revoke(_) | Io::UnlockStore => continue,
             };
             coordinator.handle(MonoTime::ZERO, event);
         }

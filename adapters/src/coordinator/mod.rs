@@ -49,8 +49,11 @@ pub(crate) enum Io {
     ClearStore(StoreOpId),
     Refresh { id: RefreshId, refresh_token: RefreshToken, attempt: u32 },
     Revoke(RefreshToken),
-    State(StateView),
 }
+
+/// Where the coordinator publishes each new state, in order, before it wakes
+/// the callers whose answers that state explains (U1).
+pub(crate) type StateSink = Box<dyn Fn(&StateView) + Send + Sync>;
 
 #[derive(Debug)]
 struct Inner<W> {
@@ -64,6 +67,7 @@ struct Inner<W> {
 pub(crate) struct Coordinator<W> {
     inner: Mutex<Inner<W>>,
     published: Snapshot<Published>,
+    on_state: StateSink,
     #[cfg(feature = "testing")]
     observer: Option<std::sync::Arc<dyn Observer>>,
 }
@@ -75,10 +79,12 @@ impl<W> core::fmt::Debug for Coordinator<W> {
 }
 
 impl<W: Waker> Coordinator<W> {
-    pub(crate) fn new(machine: Session) -> Self {
+    /// A coordinator around `machine` that publishes every state to `on_state`.
+    pub(crate) fn new(machine: Session, on_state: StateSink) -> Self {
         let coordinator = Self {
             inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
             published: Snapshot::empty(),
+            on_state,
             #[cfg(feature = "testing")]
             observer: None,
         };
@@ -88,10 +94,11 @@ impl<W: Waker> Coordinator<W> {
 
     /// A coordinator whose every input and command `observer` sees.
     #[cfg(feature = "testing")]
-    pub(crate) fn observed(machine: Session, observer: std::sync::Arc<dyn Observer>) -> Self {
+    pub(crate) fn observed(machine: Session, on_state: StateSink, observer: std::sync::Arc<dyn Observer>) -> Self {
         let coordinator = Self {
             inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
             published: Snapshot::empty(),
+            on_state,
             observer: Some(observer),
         };
         coordinator.with_machine(MonoTime::ZERO, |_| None);
@@ -163,8 +170,9 @@ impl<W: Waker> Coordinator<W> {
 
     /// Under the lock: `prepare` may register a caller and names the event;
     /// the machine handles it at `now` (or fires its timers when there is
-    /// none); the commands are routed. Then, outside the lock, the callers it
-    /// answered are woken.
+    /// none); the commands are routed and every new state published. Then,
+    /// outside the lock, the callers it answered are woken: an answer never
+    /// reaches a caller before the state that explains it.
     fn with_machine(&self, now: MonoTime, prepare: impl FnOnce(&mut Inner<W>) -> Option<Event>) {
         let mut woken = Vec::new();
         {
@@ -210,7 +218,9 @@ impl<W: Waker> Coordinator<W> {
                         inner.io.push(Io::Refresh { id, refresh_token, attempt });
                     }
                     Command::Revoke { refresh_token } => inner.io.push(Io::Revoke(refresh_token)),
-                    Command::StateChanged(view) => inner.io.push(Io::State(view)),
+                    // Published under the lock, so states appear in the order the
+                    // machine reached them, and before anyone below is woken.
+                    Command::StateChanged(view) => (self.on_state)(&view),
                     // A command added to the core later needs a decision here.
                     _ => {}
                 }

@@ -61,6 +61,7 @@ fn load(m: &mut ClientMonitor, generation: u64) {
         unix_now: crate::time::UnixTime::EPOCH,
     };
     m.event(t(0), &event);
+    m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(generation) }));
 }
 
 fn found(violations: &[Violation]) -> Vec<Invariant> {
@@ -97,8 +98,47 @@ fn c3_catches_a_grant_before_the_store_held_it() {
     let mut m = monitor();
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
     m.command(t(0), &Command::Persist { op: StoreOpId(1), session: stored(1, "r1") });
+    m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(1) }));
     m.command(t(0), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
     assert_eq!(found(m.violations()), vec![Invariant::C3]);
+}
+
+#[test]
+fn u1_catches_an_answer_the_state_does_not_show_yet() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.event(t(10), &Event::TokenWanted { caller: CallerId(1) });
+    m.event(t(10), &Event::LogoutRequested);
+    m.command(
+        t(10),
+        &Command::Fail { callers: vec![CallerId(1)], reason: FailReason::LoggedOut(LogoutCause::Requested) },
+    );
+    m.command(t(10), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
+    assert_eq!(found(m.violations()), vec![Invariant::U1]);
+
+    // Granted while the state still says the token is spent.
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.command(t(20), &Command::StateChanged(StateView::Expired { generation: Generation(1) }));
+    m.event(t(20), &Event::TokenWanted { caller: CallerId(2) });
+    m.command(t(20), &Command::Grant { callers: vec![CallerId(2)], grant: grant(1, None) });
+    assert_eq!(found(m.violations()), vec![Invariant::U1]);
+}
+
+#[test]
+fn u1_accepts_the_state_first() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.event(t(10), &Event::TokenWanted { caller: CallerId(1) });
+    m.command(t(10), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
+    m.event(t(20), &Event::TokenWanted { caller: CallerId(2) });
+    m.event(t(20), &Event::LogoutRequested);
+    m.command(t(20), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
+    m.command(
+        t(20),
+        &Command::Fail { callers: vec![CallerId(2)], reason: FailReason::LoggedOut(LogoutCause::Requested) },
+    );
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
 }
 
 #[test]

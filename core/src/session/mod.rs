@@ -63,16 +63,21 @@ pub enum Plant {
     /// Ignores [`SessionConfig::shared_store`]: refreshes without the store's
     /// cross-process lock (breaks C1 and C2 across processes).
     NoCrossProcessLock,
+    /// Answers callers before it reports the state their answer implies
+    /// (breaks U1: an app reading the state after a logout answer sees it
+    /// still logged in).
+    AnswersBeforeState,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 5] = [
+    pub const ALL: [Plant; 6] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
         Plant::RetryForgetsRotation,
         Plant::NoCrossProcessLock,
+        Plant::AnswersBeforeState,
     ];
 
     /// The name used on command lines.
@@ -83,6 +88,7 @@ impl Plant {
             Plant::LogoutKeepsStorage => "logout-keeps-storage",
             Plant::RetryForgetsRotation => "retry-forgets-rotation",
             Plant::NoCrossProcessLock => "no-cross-process-lock",
+            Plant::AnswersBeforeState => "answers-before-state",
         }
     }
 
@@ -1040,14 +1046,23 @@ impl Session {
         if refresh_needed {
             self.start_cycle();
         }
-        self.answer_waiters();
-        self.settle_store();
+        // What callers can read comes before what they are told: the fast
+        // path and the state first, then the answers (U1), so an app that
+        // reads the state after an answer never sees an older one.
         self.publish();
+        let answers_first = self.planted(Plant::AnswersBeforeState);
+        if answers_first {
+            self.answer_waiters();
+        }
         let view = self.view_now();
         if view != self.view {
             self.view = view.clone();
             self.outbox.commands.push_back(Command::StateChanged(view));
         }
+        if !answers_first {
+            self.answer_waiters();
+        }
+        self.settle_store();
     }
 
     fn answer_waiters(&mut self) {

@@ -339,6 +339,13 @@ pub enum StateView {
     },
 }
 
+impl StateView {
+    /// Whether the session has ended: the user must log in again.
+    pub fn is_logged_out(&self) -> bool {
+        matches!(self, Self::LoggedOut { .. })
+    }
+}
+
 impl fmt::Display for StateView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
