@@ -6,11 +6,13 @@
 
 mod support;
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use freshen::Error;
 use freshen_core::authority::AuthorityConfig;
-use freshen_core::session::{LogoutCause, StateView};
+use freshen_core::ids::Generation;
+use freshen_core::session::{AttemptFailure, LogoutCause, StateView, TransportFailure};
 use support::session as start;
 
 /// A stored access token that is already spent.
@@ -53,4 +55,56 @@ async fn rule_1_a_caller_told_logged_out_reads_logged_out() {
     }
     transport.release(2);
     logout.await.unwrap();
+}
+
+/// Rule 3: a failure is not cached. A failed cycle answers its callers, keeps
+/// the session, and the next caller starts a new cycle at once.
+#[tokio::test(start_paused = true)]
+async fn rule_3_the_next_caller_after_a_failed_cycle_tries_again() {
+    let (session, transport, store) = start(AuthorityConfig::default(), SPENT);
+    let attempts = support::config().session.backoff.attempts as usize;
+    transport.answer_next((0..attempts).map(|_| (503, Vec::new(), "<html>down</html>".to_owned())));
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(error, Error::RefreshUnavailable(_)), "{error:?}");
+    assert_eq!(transport.refreshes.load(SeqCst), attempts);
+    assert!(store.inner.peek().is_some(), "the session and its tokens stay");
+    // The server is back: the very next caller refreshes, with no cooldown.
+    let token = session.access_token().await.unwrap();
+    assert_eq!(token.generation(), Generation(2));
+    assert_eq!(transport.refreshes.load(SeqCst), attempts + 1);
+}
+
+/// Rule 3: only the server's Retry-After holds new cycles back.
+#[tokio::test(start_paused = true)]
+async fn rule_3_a_retry_after_holds_callers_until_it_has_passed() {
+    let (session, transport, _) = start(AuthorityConfig::default(), SPENT);
+    let retry_after = vec![("Retry-After".to_owned(), b"120".to_vec())];
+    transport.answer_next([(429, retry_after, String::new())]);
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable(_)));
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable(_)));
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "no request while the server asked to wait");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
+    assert_eq!(transport.refreshes.load(SeqCst), 2);
+}
+
+/// Rule 3: a hung token endpoint fails each caller at the documented deadline
+/// (`SessionConfig::unanswered_cycle_bound`: every attempt's timeout plus the
+/// backoff between them), not before and not never; the next caller tries again.
+#[tokio::test(start_paused = true)]
+async fn rule_3_a_hung_endpoint_fails_callers_at_the_documented_deadline() {
+    let (session, transport, _) = start(AuthorityConfig::default(), SPENT);
+    let config = support::config().session;
+    transport.hang(true);
+    let started = tokio::time::Instant::now();
+    let error = session.access_token().await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(error, Error::RefreshUnavailable(AttemptFailure::Transport(TransportFailure::Timeout)));
+    let floor = config.request_timeout * config.backoff.attempts
+        + (1..config.backoff.attempts).map(|a| config.backoff.floor(a)).sum::<Duration>();
+    assert!(waited >= floor, "failed after {waited:?}, before every attempt had its time ({floor:?})");
+    assert!(waited <= config.unanswered_cycle_bound(), "waited {waited:?}, past {:?}", config.unanswered_cycle_bound());
+    assert_eq!(transport.refreshes.load(SeqCst), config.backoff.attempts as usize);
+    transport.hang(false);
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
 }

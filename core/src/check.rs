@@ -64,6 +64,10 @@ pub enum Invariant {
     /// state already shows (logged out when failed as logged out; a usable
     /// token, Valid or Refreshing, when granted).
     U1,
+    /// A failure is not cached: a caller is failed as "refresh unavailable"
+    /// only by a refresh cycle that ran after it arrived, unless the server
+    /// asked to wait (`Retry-After`) or the app configured a cooldown.
+    U3,
 }
 
 impl fmt::Display for Invariant {
@@ -146,6 +150,12 @@ pub struct ClientMonitor {
     logged_out: Option<LogoutCause>,
     /// The state the session last reported.
     state: StateView,
+    /// Callers that arrived while no refresh cycle ran, and none has started
+    /// since: failing one of them as "unavailable" repeats an old failure.
+    unserved_since_arrival: BTreeSet<CallerId>,
+    /// Until when a failure may be repeated without a new cycle: the server's
+    /// `Retry-After`, or the configured cooldown after a failed cycle.
+    failure_excused_until: MonoTime,
     violations: Vec<Violation>,
 }
 
@@ -167,6 +177,8 @@ impl ClientMonitor {
             waiting: BTreeMap::new(),
             logged_out: None,
             state: StateView::Loading,
+            unserved_since_arrival: BTreeSet::new(),
+            failure_excused_until: MonoTime::ZERO,
             violations: Vec::new(),
         }
     }
@@ -195,6 +207,7 @@ impl ClientMonitor {
         self.dead.clear();
         self.store = StoreModel::Unknown;
         self.state = StateView::Loading;
+        self.unserved_since_arrival.clear();
     }
 
     /// An input the session is about to handle at `now`.
@@ -202,6 +215,9 @@ impl ClientMonitor {
         match event {
             Event::TokenWanted { caller } | Event::Unauthorized { caller, .. } => {
                 self.waiting.entry(*caller).or_insert(now);
+                if !matches!(self.state, StateView::Refreshing { .. }) {
+                    self.unserved_since_arrival.insert(*caller);
+                }
             }
             Event::RefreshCompleted { id, outcome } => self.refresh_answered(now, *id, outcome),
             Event::RefreshFailed { id, .. } => {
@@ -281,6 +297,9 @@ impl ClientMonitor {
         if sent.answered.is_some() {
             return;
         }
+        if let Answer::Transient { retry_after: Some(wait) } = answer {
+            self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(wait));
+        }
         sent.answered = Some((now, answer));
         let successor = match outcome {
             Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
@@ -327,7 +346,12 @@ impl ClientMonitor {
             Command::ClearStore { op } => {
                 self.pending_store.insert(*op, (PendingStore::Clear, None));
             }
-            Command::LoadStore { op } | Command::LockStore { op } => {
+            Command::LoadStore { op } => {
+                self.pending_store.insert(*op, (PendingStore::Load, None));
+            }
+            Command::LockStore { op } => {
+                // A shared store's cycle starts by taking its lock.
+                self.unserved_since_arrival.clear();
                 self.pending_store.insert(*op, (PendingStore::Load, None));
             }
             Command::Publish(Some(grant)) | Command::Grant { grant, .. } => {
@@ -353,6 +377,11 @@ impl ClientMonitor {
                 }
             }
             Command::Fail { callers, reason } => {
+                if let FailReason::RefreshUnavailable(_) = reason {
+                    self.check_not_cached(now, callers);
+                    let cooldown = self.config.failure_cooldown;
+                    self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(cooldown));
+                }
                 if let FailReason::LoggedOut(cause) = reason {
                     if !matches!(&self.state, StateView::LoggedOut { cause: shown } if shown == cause) {
                         let detail = format!("failed callers as logged out while the state still read {}", self.state);
@@ -362,6 +391,9 @@ impl ClientMonitor {
                 self.resolve(now, callers, "failed");
             }
             Command::StateChanged(view) => {
+                if matches!(view, StateView::Refreshing { .. }) {
+                    self.unserved_since_arrival.clear();
+                }
                 if let StateView::LoggedOut { cause } = view {
                     self.logged_out = Some(cause.clone());
                     self.awaiting_logout = None;
@@ -373,6 +405,7 @@ impl ClientMonitor {
     }
 
     fn refresh_sent(&mut self, now: MonoTime, id: RefreshId, token: Fingerprint, attempt: u32) {
+        self.unserved_since_arrival.clear();
         let timeout = self.config.request_timeout;
         if let Some((other, _)) =
             self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout))
@@ -413,8 +446,22 @@ impl ClientMonitor {
         self.sent.insert(id, Sent { token, at: now, attempt, answered: None });
     }
 
+    /// U3: callers failed as "refresh unavailable" must have had a cycle of
+    /// their own, unless a server's `Retry-After` or the configured cooldown
+    /// was in force.
+    fn check_not_cached(&mut self, now: MonoTime, callers: &[CallerId]) {
+        if now < self.failure_excused_until {
+            return;
+        }
+        if let Some(caller) = callers.iter().find(|c| self.unserved_since_arrival.contains(c)) {
+            let detail = format!("failed {caller} as unavailable without trying a refresh after it arrived");
+            self.violate(Invariant::U3, now, detail);
+        }
+    }
+
     fn resolve(&mut self, now: MonoTime, callers: &[CallerId], how: &str) {
         for caller in callers {
+            self.unserved_since_arrival.remove(caller);
             if self.waiting.remove(caller).is_none() {
                 self.violate(Invariant::C5, now, format!("{how} {caller}, which was not waiting"));
             }

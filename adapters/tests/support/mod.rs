@@ -38,7 +38,14 @@ pub struct AuthorityTransport {
     pub refreshes: Arc<AtomicUsize>,
     pub revocations: Arc<AtomicUsize>,
     failures: Arc<Mutex<VecDeque<TransportFailure>>>,
+    /// Answers given instead of the authority's, in order: (status, headers, body).
+    scripted: Arc<Mutex<VecDeque<Scripted>>>,
+    /// While set, requests to the token endpoint are never answered.
+    hung: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// A token endpoint's answer, scripted by a test.
+pub type Scripted = (u16, Vec<(String, Vec<u8>)>, String);
 
 impl AuthorityTransport {
     pub fn new(config: AuthorityConfig) -> Self {
@@ -51,7 +58,24 @@ impl AuthorityTransport {
             refreshes: Arc::new(AtomicUsize::new(0)),
             revocations: Arc::new(AtomicUsize::new(0)),
             failures: Arc::new(Mutex::new(VecDeque::new())),
+            scripted: Arc::new(Mutex::new(VecDeque::new())),
+            hung: Arc::default(),
         }
+    }
+
+    /// The next token requests get these answers (counted as refreshes), not the authority's.
+    pub fn answer_next(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.scripted.lock().unwrap().extend(answers);
+    }
+
+    /// An OAuth error answer.
+    pub fn oauth_error(status: u16, code: &str) -> Scripted {
+        (status, Vec::new(), serde_json::json!({ "error": code }).to_string())
+    }
+
+    /// From now on (or until `false`), the token endpoint never answers.
+    pub fn hang(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
     }
 
     pub fn now(&self) -> MonoTime {
@@ -94,6 +118,18 @@ impl Transport for AuthorityTransport {
     async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
         if let Some(failure) = self.failures.lock().unwrap().pop_front() {
             return Err(failure);
+        }
+        if url == TOKEN_URL {
+            if self.hung.load(Ordering::SeqCst) {
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+                return std::future::pending().await;
+            }
+            let scripted = self.scripted.lock().unwrap().pop_front();
+            if let Some((status, headers, body)) = scripted {
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.latency * 2).await;
+                return Ok(HttpResponse::new(status, headers, body.into_bytes()));
+            }
         }
         let fields: std::collections::HashMap<String, String> =
             form_urlencoded::parse(form.expose_body().as_bytes()).into_owned().collect();

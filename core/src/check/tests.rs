@@ -125,6 +125,48 @@ fn u1_catches_an_answer_the_state_does_not_show_yet() {
     assert_eq!(found(m.violations()), vec![Invariant::U1]);
 }
 
+fn unavailable() -> FailReason {
+    FailReason::RefreshUnavailable(crate::session::AttemptFailure::Transport(crate::session::TransportFailure::Timeout))
+}
+
+#[test]
+fn u3_catches_a_failure_repeated_without_a_new_cycle() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.command(t(0), &Command::StateChanged(StateView::Refreshing { generation: Generation(1) }));
+    m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
+    send(&mut m, 0, 1, "r1", 1);
+    m.command(t(10_000), &Command::StateChanged(StateView::Expired { generation: Generation(1) }));
+    m.command(t(10_000), &Command::Fail { callers: vec![CallerId(1)], reason: unavailable() });
+    assert!(m.violations().is_empty(), "its own cycle failed it: {:?}", m.violations());
+    // A caller after the failed cycle is told the old failure without a new attempt.
+    m.event(t(11_000), &Event::TokenWanted { caller: CallerId(2) });
+    m.command(t(11_000), &Command::Fail { callers: vec![CallerId(2)], reason: unavailable() });
+    assert_eq!(found(m.violations()), vec![Invariant::U3]);
+}
+
+#[test]
+fn u3_accepts_a_failure_the_server_asked_to_hold() {
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
+    send(&mut m, 0, 1, "r1", 1);
+    let limited = Classified::Transient(Transient {
+        cause: crate::oauth::TransientCause::RateLimited,
+        retry_after: Some(Duration::from_secs(120)),
+    });
+    answer(&mut m, 50, 1, limited);
+    m.command(t(50), &Command::StateChanged(StateView::Expired { generation: Generation(1) }));
+    m.command(t(50), &Command::Fail { callers: vec![CallerId(1)], reason: unavailable() });
+    m.event(t(60_000), &Event::TokenWanted { caller: CallerId(2) });
+    m.command(t(60_000), &Command::Fail { callers: vec![CallerId(2)], reason: unavailable() });
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+    // Once the server's wait is over, a new caller needs a new cycle.
+    m.event(t(121_000), &Event::TokenWanted { caller: CallerId(3) });
+    m.command(t(121_000), &Command::Fail { callers: vec![CallerId(3)], reason: unavailable() });
+    assert_eq!(found(m.violations()), vec![Invariant::U3]);
+}
+
 #[test]
 fn u1_accepts_the_state_first() {
     let mut m = monitor();

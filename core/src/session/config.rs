@@ -62,6 +62,11 @@ pub struct SessionConfig {
     /// The longest `Retry-After` waited out within one refresh cycle. A longer
     /// one ends the cycle; no refresh starts again before it has passed.
     pub max_retry_after: Duration,
+    /// After a refresh cycle fails, how long callers are failed at once with
+    /// its reason instead of starting a new cycle. Zero by default: a failure
+    /// is not cached, and the next caller tries again. The server's
+    /// `Retry-After` is honoured whatever this says.
+    pub failure_cooldown: Duration,
     /// Retries of a failed store write or load.
     pub store_backoff: Backoff,
     /// The most callers that may wait at once; more are failed at once.
@@ -90,6 +95,7 @@ impl Default for SessionConfig {
             request_timeout: Duration::from_secs(10),
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(8), 4),
             max_retry_after: Duration::from_secs(30),
+            failure_cooldown: Duration::ZERO,
             store_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1), 4),
             max_waiters: 100_000,
             policy: Policy::default(),
@@ -139,6 +145,7 @@ impl SessionConfig {
             ("request_timeout", self.request_timeout),
             ("backoff.max", self.backoff.max),
             ("max_retry_after", self.max_retry_after),
+            ("failure_cooldown", self.failure_cooldown),
             ("store_backoff.max", self.store_backoff.max),
             ("policy.max_lifetime", self.policy.max_lifetime),
         ];
@@ -151,6 +158,15 @@ impl SessionConfig {
     /// The longest delay between two attempts of one cycle.
     pub fn longest_retry_delay(&self) -> Duration {
         self.backoff.max.max(self.max_retry_after)
+    }
+
+    /// How long a caller waits at most when the token endpoint never answers:
+    /// every attempt of the cycle times out (`request_timeout` each), with the
+    /// longest backoff between them. The caller is then failed with
+    /// [`AttemptFailure::Transport`](super::AttemptFailure::Transport), and the
+    /// next caller starts a new cycle.
+    pub fn unanswered_cycle_bound(&self) -> Duration {
+        self.request_timeout.saturating_mul(self.backoff.attempts).saturating_add(self.backoff.total_ceiling())
     }
 
     /// The most time one refresh cycle can take: every attempt timing out with

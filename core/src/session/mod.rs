@@ -67,17 +67,21 @@ pub enum Plant {
     /// (breaks U1: an app reading the state after a logout answer sees it
     /// still logged in).
     AnswersBeforeState,
+    /// After a failed cycle, fails every caller for `backoff.max` without
+    /// trying again (breaks U3: a failure is not cached).
+    CachesFailure,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 6] = [
+    pub const ALL: [Plant; 7] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
         Plant::RetryForgetsRotation,
         Plant::NoCrossProcessLock,
         Plant::AnswersBeforeState,
+        Plant::CachesFailure,
     ];
 
     /// The name used on command lines.
@@ -89,6 +93,7 @@ impl Plant {
             Plant::RetryForgetsRotation => "retry-forgets-rotation",
             Plant::NoCrossProcessLock => "no-cross-process-lock",
             Plant::AnswersBeforeState => "answers-before-state",
+            Plant::CachesFailure => "caches-a-failure",
         }
     }
 
@@ -193,8 +198,8 @@ struct TokenSet {
     /// may outlive a generation when the server does not rotate): an answer
     /// to any of them is news about the token held.
     presented_since: RefreshId,
-    /// No refresh starts before this, after a cycle that failed.
-    cooldown: Option<Cooldown>,
+    /// How the last refresh cycle failed, while no later one succeeded.
+    last_failure: Option<CycleFailure>,
     /// An attempt presenting `refresh` got no answer: the server may have
     /// rotated it, which is what a later rejection would then mean.
     answer_lost: bool,
@@ -207,10 +212,20 @@ struct Expiry {
     refresh_at: MonoTime,
 }
 
+/// A refresh cycle that ended without new tokens. A failure is not cached:
+/// the next caller that needs a refresh starts a new cycle at once, unless
+/// `hold_until` says the server asked to wait (or the app configured a
+/// cooldown, or the client is misconfigured and is retried at the slowest
+/// backoff pace).
 #[derive(Clone, Debug)]
-struct Cooldown {
-    until: MonoTime,
+struct CycleFailure {
+    /// What the callers of that cycle were told.
     reason: FailReason,
+    /// No cycle starts before this, not even for a caller.
+    hold_until: Option<MonoTime>,
+    /// When the next cycle starts on its own, without a caller: background
+    /// retries are paced at the slowest backoff, callers are not.
+    proactive_at: MonoTime,
 }
 
 /// One refresh cycle: up to `backoff.attempts` attempts with the same token.
@@ -578,7 +593,7 @@ impl Session {
             expiry,
             access_rejected: false,
             presented_since: if kept { old.presented_since } else { next_refresh },
-            cooldown: None,
+            last_failure: None,
             // A late answer adopted while an attempt with the old token is still
             // out: that attempt may yet trip reuse detection, and if it does, a
             // lost answer is why.
@@ -653,15 +668,32 @@ impl Session {
         cycle.phase = Phase::Backoff { until: now.saturating_add(delay) };
     }
 
-    /// Ends a cycle that did not succeed. No new cycle starts for a pause (the
-    /// longest backoff, or the server's `Retry-After` if longer); waiters that
-    /// cannot be served get `reason`.
+    /// Ends a cycle that did not succeed: its waiters get `reason` now, the
+    /// tokens stay, and the next caller that needs a refresh starts a new
+    /// cycle at once. Only the server's `Retry-After`, a configured
+    /// [`SessionConfig::failure_cooldown`], or a misconfigured client (retried
+    /// at the slowest backoff pace) hold new cycles back.
     fn end_cycle(&mut self, reason: FailReason, retry_after: Option<Duration>) {
-        let pause = self.config.backoff.max.max(retry_after.unwrap_or_default());
-        let until = self.now.saturating_add(pause);
-        if let Some(mut tokens) = self.take_tokens() {
-            tokens.cooldown = Some(Cooldown { until, reason });
-            self.state = State::Valid(tokens);
+        let config = &self.config;
+        let misconfigured = matches!(reason, FailReason::Rejected(_));
+        let mut hold = retry_after.unwrap_or_default().max(config.failure_cooldown);
+        if misconfigured || self.planted(Plant::CachesFailure) {
+            hold = hold.max(config.backoff.max);
+        }
+        let now = self.now;
+        let failure = CycleFailure {
+            reason: reason.clone(),
+            hold_until: (!hold.is_zero()).then(|| now.saturating_add(hold)),
+            proactive_at: now.saturating_add(hold.max(config.backoff.max)),
+        };
+        let Some(mut tokens) = self.take_tokens() else { return };
+        tokens.last_failure = Some(failure);
+        // Waiters of a token still usable wait only for the store (C3).
+        let unserved = !tokens.usable_at(now);
+        self.state = State::Valid(tokens);
+        if unserved {
+            let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+            self.outbox.fail(callers, reason);
         }
     }
 
@@ -733,7 +765,7 @@ impl Session {
             expiry,
             access_rejected: false,
             presented_since: self.outbox.next_refresh,
-            cooldown: None,
+            last_failure: None,
             answer_lost: false,
         };
         // The grant the login replaces: the tokens held, or those of a logout
@@ -943,7 +975,7 @@ impl Session {
             expiry,
             access_rejected: false,
             presented_since: self.outbox.next_refresh,
-            cooldown: None,
+            last_failure: None,
             answer_lost: false,
         }
     }
@@ -1039,7 +1071,7 @@ impl Session {
             State::Valid(tokens) | State::Expired(tokens) => {
                 let wanted = tokens.refresh_due_at().is_some_and(|at| at <= now)
                     || (!self.waiters.is_empty() && !tokens.usable_at(now));
-                wanted && tokens.cooldown.as_ref().is_none_or(|c| c.until <= now) && self.straggler.is_none()
+                wanted && !tokens.held_at(now) && self.straggler.is_none()
             }
             _ => false,
         };
@@ -1087,8 +1119,8 @@ impl Session {
                     (matches!(cycle.phase, Phase::Locking) && self.store.exhausted())
                         .then_some(FailReason::StoreUnavailable)
                 } else {
-                    // No refresh runs for an unusable token: only a cooldown stops one.
-                    tokens.cooldown.as_ref().map(|c| c.reason.clone())
+                    // No refresh runs for an unusable token: only a hold stops one.
+                    tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
                 }
             }
         };
@@ -1298,10 +1330,16 @@ impl TokenSet {
         !self.access_rejected && self.expiry.is_none_or(|e| now < e.usable_until)
     }
 
-    /// When a proactive refresh is due, respecting a cooldown.
+    /// When a proactive refresh is due: after a failed cycle, no sooner than
+    /// its paced background retry.
     fn refresh_due_at(&self) -> Option<MonoTime> {
         let due = self.expiry?.refresh_at;
-        Some(self.cooldown.as_ref().map_or(due, |c| due.max(c.until)))
+        Some(self.last_failure.as_ref().map_or(due, |f| due.max(f.proactive_at)))
+    }
+
+    /// Whether a failed cycle holds new ones back at `now`.
+    fn held_at(&self, now: MonoTime) -> bool {
+        self.last_failure.as_ref().and_then(|f| f.hold_until).is_some_and(|until| now < until)
     }
 
     fn grant(&self) -> AccessGrant {

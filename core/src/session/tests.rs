@@ -340,13 +340,82 @@ fn transient_failures_back_off_with_jitter_then_end_the_cycle() {
         vec![(CallerId(1), FailReason::RefreshUnavailable(AttemptFailure::Server(TransientCause::ServerError(503))))]
     );
     assert_eq!(h.session.state(), &StateView::Expired { generation: Generation(1) });
-    // Cooling down: a caller fails fast instead of starting a new cycle at once...
-    assert!(matches!(failed(&h.want(2)).as_slice(), [(_, FailReason::RefreshUnavailable(_))]));
-    assert_eq!(sends(&h.log), backoff.attempts as usize);
-    // ...and after the pause a caller starts a new one.
-    h.advance_to(h.now.saturating_add(backoff.max));
-    h.want(3);
+    // A failure is not cached: the next caller starts a new cycle at once.
+    assert!(failed(&h.want(2)).is_empty());
     assert_eq!(sends(&h.log), backoff.attempts as usize + 1);
+    assert_eq!(h.last_refresh().2, 1, "a new cycle, from its first attempt");
+}
+
+#[test]
+fn only_the_servers_retry_after_holds_new_cycles_back() {
+    let config = SessionConfig { max_retry_after: Duration::from_secs(30), ..config() };
+    let mut h = Harness::loaded(config, Some(Duration::ZERO));
+    h.want(1);
+    let (id, ..) = h.last_refresh();
+    // 429 asking for two minutes: longer than a cycle may wait, so it ends.
+    let out = h.answer(
+        id,
+        Classified::Transient(Transient {
+            cause: TransientCause::RateLimited,
+            retry_after: Some(Duration::from_secs(120)),
+        }),
+    );
+    assert_eq!(failed(&out).len(), 1);
+    // Until then a caller is told at once, with no request...
+    let out = h.want(2);
+    assert_eq!(
+        failed(&out),
+        vec![(CallerId(2), FailReason::RefreshUnavailable(AttemptFailure::RetryAfter(Duration::from_secs(120))))]
+    );
+    assert_eq!(sends(&h.log), 1);
+    // ...and from then on a caller starts a new cycle.
+    h.advance_to(h.now.saturating_add(Duration::from_secs(120)));
+    assert!(failed(&h.want(3)).is_empty());
+    assert_eq!(sends(&h.log), 2);
+}
+
+#[test]
+fn a_configured_failure_cooldown_holds_callers_back_and_nothing_else_does() {
+    let config = SessionConfig { failure_cooldown: Duration::from_secs(5), ..config() };
+    let mut h = Harness::loaded(config, Some(Duration::ZERO));
+    h.want(1);
+    for _ in 0..3 {
+        let (id, ..) = h.last_refresh();
+        h.answer(id, server_error(None));
+        if let Some(at) = h.session.poll_timeout() {
+            h.advance_to(at);
+        }
+    }
+    assert_eq!(sends(&h.log), 3);
+    assert_eq!(failed(&h.want(2)).len(), 1, "held by the configured cooldown");
+    h.advance_to(h.now.saturating_add(Duration::from_secs(5)));
+    assert!(failed(&h.want(3)).is_empty());
+    assert_eq!(sends(&h.log), 4);
+}
+
+#[test]
+fn a_failed_background_refresh_retries_at_the_slowest_pace_and_callers_keep_the_token() {
+    // 300 s token: the proactive refresh starts at 240 s and fails.
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    h.advance_to(MonoTime::from_secs(240));
+    for _ in 0..3 {
+        let (id, ..) = h.last_refresh();
+        h.answer(id, server_error(None));
+        if let Some(at) = h.session.poll_timeout().filter(|at| *at < MonoTime::from_secs(250)) {
+            h.advance_to(at);
+        }
+    }
+    let ended = h.now;
+    assert_eq!(sends(&h.log), 3);
+    // The token is still good: callers get it, and no cycle starts for them.
+    let out = h.want(1);
+    assert!(matches!(out.as_slice(), [Command::Grant { .. }]), "{out:?}");
+    assert_eq!(sends(&h.log), 3);
+    // The next background cycle comes after the slowest backoff.
+    let next = h.session.poll_timeout().unwrap();
+    assert_eq!(next, ended.saturating_add(h.session.config().backoff.max));
+    h.advance_to(next);
+    assert_eq!(sends(&h.log), 4);
 }
 
 #[test]
