@@ -20,6 +20,10 @@ pub enum Error {
     /// The store could not be read or written; tokens are written before use.
     #[error("the token store is unavailable")]
     StoreUnavailable,
+    /// The access token is no longer usable and the server issued no refresh
+    /// token to renew it: the user must log in again. No request was made.
+    #[error("the access token has expired and there is no refresh token to renew it; log in again")]
+    MissingRefreshToken,
     /// Waited longer than the session's bound.
     #[error("timed out waiting for a token")]
     TimedOut,
@@ -45,6 +49,7 @@ impl From<FailReason> for Error {
             FailReason::RefreshUnavailable(failure) => Self::RefreshUnavailable(failure),
             FailReason::Rejected(rejected) => Self::Rejected(rejected),
             FailReason::StoreUnavailable => Self::StoreUnavailable,
+            FailReason::MissingRefreshToken => Self::MissingRefreshToken,
             FailReason::TimedOut => Self::TimedOut,
             FailReason::TooManyWaiters => Self::TooManyWaiters,
             // A reason added to the core later reads as the store being unavailable

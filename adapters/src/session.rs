@@ -246,10 +246,11 @@ impl<T: Transport, S: Store> Session<T, S> {
     }
 
     /// Starts the session from a login's token response, sent at `requested_at`.
-    /// Fails with [`Error::InvalidToken`] if the response holds no refresh token.
+    /// A response without a refresh token makes a session that lasts as long
+    /// as its access token.
     pub fn log_in(&self, response: TokenResponse, requested_at: Instant) -> Result<(), Error> {
         let requested_at = self.shared.clock.at(requested_at);
-        let new = NewSession::from_response(response, requested_at).ok_or(Error::InvalidToken)?;
+        let new = NewSession::from_response(response, requested_at);
         self.shared.coordinator.handle(self.shared.now(), Event::LoggedIn(new));
         self.shared.kick.notify_one();
         Ok(())

@@ -160,7 +160,12 @@ async fn a_dead_refresh_token_logs_out_and_the_state_says_why() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
     let stored = store.inner.peek().unwrap().unwrap();
     let now = transport.now();
-    transport.authority.lock().unwrap().revoke(now, support::CLIENT, stored.refresh_token.expose_secret()).unwrap();
+    transport
+        .authority
+        .lock()
+        .unwrap()
+        .revoke(now, support::CLIENT, stored.refresh_token.as_ref().unwrap().expose_secret())
+        .unwrap();
     let error = session.access_token().await.unwrap_err();
     assert!(matches!(error, Error::LoggedOut(LogoutCause::RefreshTokenRejected { .. })), "{error:?}");
     assert!(session.state().is_logged_out(), "the state shows what the caller was told");

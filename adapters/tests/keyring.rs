@@ -43,14 +43,14 @@ async fn exercise(store: KeyringStore) {
     let login = transport.login(Some(Duration::ZERO));
     store.save(&login).await.unwrap();
     let loaded = store.load().await.unwrap().unwrap();
-    assert!(loaded.refresh_token.same_as(&login.refresh_token));
+    assert!(loaded.refresh_token.unwrap().same_as(login.refresh_token.as_ref().unwrap()));
 
     let session = Session::start(support::config(), transport.clone(), store.clone()).unwrap();
     let token = session.access_token().await.unwrap();
     assert_eq!(token.generation(), Generation(2), "the spent token was refreshed");
     let rotated = store.load().await.unwrap().unwrap();
     assert_eq!(rotated.generation, Generation(2), "the rotation is in the keyring");
-    assert!(!rotated.refresh_token.same_as(&login.refresh_token));
+    assert!(!rotated.refresh_token.unwrap().same_as(login.refresh_token.as_ref().unwrap()));
     session.log_out().await;
     assert!(store.load().await.unwrap().is_none(), "logout cleared the keyring entry");
     drop(session);

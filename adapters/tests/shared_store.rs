@@ -98,7 +98,7 @@ async fn a_file_store_round_trips_and_its_lock_excludes_other_handles() {
     store.save(&session).await.unwrap();
     let loaded = store.load().await.unwrap().unwrap();
     assert_eq!(loaded.generation, session.generation);
-    assert!(loaded.refresh_token.same_as(&session.refresh_token));
+    assert!(loaded.refresh_token.unwrap().same_as(session.refresh_token.as_ref().unwrap()));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

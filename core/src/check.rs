@@ -17,8 +17,9 @@ use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
 use crate::oauth::{Classified, Transient};
 pub use crate::session::Plant;
 use crate::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};
-use crate::time::MonoTime;
-use crate::token::Fingerprint;
+use crate::stored::StoredSession;
+use crate::time::{MonoTime, UnixTime};
+use crate::token::{Fingerprint, RefreshToken};
 
 /// A named invariant from DESIGN.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,10 +65,18 @@ pub enum Invariant {
     /// state already shows (logged out when failed as logged out; a usable
     /// token, Valid or Refreshing, when granted).
     U1,
+    /// The refresh window is the user's: an access token that came from the
+    /// store (or a login) with its refresh margin or less left is refreshed
+    /// before it is handed out. The margin shrinks only for a token issued
+    /// for no longer than the margin.
+    U2,
     /// A failure is not cached: a caller is failed as "refresh unavailable"
     /// only by a refresh cycle that ran after it arrived, unless the server
     /// asked to wait (`Retry-After`) or the app configured a cooldown.
     U3,
+    /// A session without a refresh token tells its callers so at once, with
+    /// no request and no waiting, once its access token is spent.
+    U4,
 }
 
 impl fmt::Display for Invariant {
@@ -156,6 +165,12 @@ pub struct ClientMonitor {
     /// Until when a failure may be repeated without a new cycle: the server's
     /// `Retry-After`, or the configured cooldown after a failed cycle.
     failure_excused_until: MonoTime,
+    /// Access tokens adopted inside their refresh margin: never to be handed out (U2).
+    inside_margin: BTreeSet<Fingerprint>,
+    /// Access tokens this life of the session has seen (from a refresh, a
+    /// login or the store): U2 judges a token when it first comes from the
+    /// store; reading it back later (under a shared store's lock) adopts nothing.
+    seen_access: BTreeSet<Fingerprint>,
     violations: Vec<Violation>,
 }
 
@@ -179,6 +194,8 @@ impl ClientMonitor {
             state: StateView::Loading,
             unserved_since_arrival: BTreeSet::new(),
             failure_excused_until: MonoTime::ZERO,
+            inside_margin: BTreeSet::new(),
+            seen_access: BTreeSet::new(),
             violations: Vec::new(),
         }
     }
@@ -208,6 +225,7 @@ impl ClientMonitor {
         self.store = StoreModel::Unknown;
         self.state = StateView::Loading;
         self.unserved_since_arrival.clear();
+        self.seen_access.clear();
     }
 
     /// An input the session is about to handle at `now`.
@@ -225,7 +243,7 @@ impl ClientMonitor {
                     sent.answered.get_or_insert((now, Answer::Transient { retry_after: None }));
                 }
             }
-            Event::StoreLoaded { op, stored, .. } | Event::StoreLocked { op, stored, .. } => {
+            Event::StoreLoaded { op, stored, unix_now } | Event::StoreLocked { op, stored, unix_now } => {
                 if self.pending_store.remove(op).is_some() {
                     self.store_failures = (0, now);
                     self.store = match stored {
@@ -233,11 +251,13 @@ impl ClientMonitor {
                             self.durable.insert(stored.generation);
                             // A live token another process stored may replace a
                             // rejected one: the rejection no longer demands a logout.
-                            let token = stored.refresh_token.fingerprint();
-                            let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
-                            if fresh && self.latest_token() != Some(token) {
-                                self.awaiting_logout = None;
+                            if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
+                                let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
+                                if fresh && self.latest_token() != Some(token) {
+                                    self.awaiting_logout = None;
+                                }
                             }
+                            self.note_refresh_first(stored, *unix_now);
                             StoreModel::Holds(stored.generation)
                         }
                         None => StoreModel::Empty,
@@ -273,7 +293,16 @@ impl ClientMonitor {
                     }
                 }
             }
-            Event::LoggedIn(_) => {
+            Event::LoggedIn(new) => {
+                if let Some(access) = &new.access_token {
+                    self.seen_access.insert(access.fingerprint());
+                }
+                if let (Some(access), Some(lifetime), Some(_)) = (&new.access_token, new.lifetime, &new.refresh_token) {
+                    let left = new.requested_at.saturating_add(lifetime).saturating_duration_since(now);
+                    if left <= least_margin(&self.config, Some(lifetime)) {
+                        self.inside_margin.insert(access.fingerprint());
+                    }
+                }
                 // A new session: refreshes of the one it replaces are not its own (C1 is per session).
                 self.sent.clear();
                 self.logged_out = None;
@@ -301,6 +330,9 @@ impl ClientMonitor {
             self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(wait));
         }
         sent.answered = Some((now, answer));
+        if let Classified::Success(response) = outcome {
+            self.seen_access.insert(response.access_token.fingerprint());
+        }
         let successor = match outcome {
             Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
             Classified::Malformed(malformed) => malformed.salvaged_refresh_token.as_ref().map(|r| r.fingerprint()),
@@ -334,14 +366,14 @@ impl ClientMonitor {
                 self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
             }
             Command::Persist { op, session } => {
-                let token = session.refresh_token.fingerprint();
+                let token = session.refresh_token.as_ref().map(RefreshToken::fingerprint);
                 if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) {
                     self.violate(Invariant::C4, now, format!("persisted {} after logout", session.generation));
                 }
-                if self.superseded.contains(&token) {
+                if let Some(token) = token.filter(|t| self.superseded.contains(t)) {
                     self.violate(Invariant::C3, now, format!("persisted superseded refresh token {token}"));
                 }
-                self.pending_store.insert(*op, (PendingStore::Persist(session.generation), Some(token)));
+                self.pending_store.insert(*op, (PendingStore::Persist(session.generation), token));
             }
             Command::ClearStore { op } => {
                 self.pending_store.insert(*op, (PendingStore::Clear, None));
@@ -355,6 +387,12 @@ impl ClientMonitor {
                 self.pending_store.insert(*op, (PendingStore::Load, None));
             }
             Command::Publish(Some(grant)) | Command::Grant { grant, .. } => {
+                let access = grant.access_token.fingerprint();
+                if self.inside_margin.contains(&access) {
+                    let detail = format!("handed out {}, adopted inside its refresh margin", grant.generation);
+                    self.violate(Invariant::U2, now, detail);
+                }
+                self.seen_access.insert(access);
                 if !self.durable.contains(&grant.generation) {
                     self.violate(
                         Invariant::C3,
@@ -377,6 +415,13 @@ impl ClientMonitor {
                 }
             }
             Command::Fail { callers, reason } => {
+                if *reason == FailReason::MissingRefreshToken {
+                    if let Some(caller) = callers.iter().find(|c| self.waiting.get(c).is_some_and(|since| *since < now))
+                    {
+                        let detail = format!("{caller} waited to be told the session has no refresh token");
+                        self.violate(Invariant::U4, now, detail);
+                    }
+                }
                 if let FailReason::RefreshUnavailable(_) = reason {
                     self.check_not_cached(now, callers);
                     let cooldown = self.config.failure_cooldown;
@@ -444,6 +489,22 @@ impl ClientMonitor {
             }
         }
         self.sent.insert(id, Sent { token, at: now, attempt, answered: None });
+    }
+
+    /// U2: remembers a stored access token that has its refresh margin or
+    /// less left (by the lifetime it was issued with) and a refresh token to
+    /// renew it with: it must be refreshed before anyone gets it.
+    fn note_refresh_first(&mut self, stored: &StoredSession, unix_now: UnixTime) {
+        let (Some(access), Some(expires_at), Some(_)) =
+            (&stored.access_token, stored.access_expires_at, &stored.refresh_token)
+        else {
+            return;
+        };
+        let left = expires_at.saturating_duration_since(unix_now);
+        let first_sight = self.seen_access.insert(access.fingerprint());
+        if first_sight && left <= least_margin(&self.config, stored.access_lifetime) {
+            self.inside_margin.insert(access.fingerprint());
+        }
     }
 
     /// U3: callers failed as "refresh unavailable" must have had a cycle of
@@ -527,6 +588,16 @@ impl ClientMonitor {
         if let Some(since) = self.awaiting_logout {
             self.violate(Invariant::C6, now, format!("a terminal answer at {since} never led to a logout"));
         }
+    }
+}
+
+/// The refresh margin a token issued for `lifetime` has at least (jitter only
+/// adds to it): the configured one, or half the lifetime when the lifetime is
+/// no longer than the margin.
+fn least_margin(config: &SessionConfig, lifetime: Option<Duration>) -> Duration {
+    match lifetime {
+        Some(lifetime) if lifetime <= config.refresh_margin => lifetime / 2,
+        _ => config.refresh_margin,
     }
 }
 
@@ -639,7 +710,9 @@ impl SharedStoreMonitor {
                 self.in_flight.insert((process, *id), (now, token));
             }
             Command::Persist { op, session } => {
-                self.pending_writes.insert((process, *op), session.refresh_token.fingerprint());
+                if let Some(token) = &session.refresh_token {
+                    self.pending_writes.insert((process, *op), token.fingerprint());
+                }
             }
             _ => {}
         }

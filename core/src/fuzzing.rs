@@ -13,8 +13,8 @@ use secrecy::ExposeSecret as _;
 
 use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, GraceReplay};
 use crate::check::{AuthorityMonitor, ClientMonitor, Violation};
-use crate::harness::{Fate, StoreFate, World, WorldConfig};
-use crate::ids::{CallerId, Generation, RefreshId};
+use crate::harness::{Fate, Start, StoreFate, World, WorldConfig};
+use crate::ids::{CallerId, RefreshId};
 use crate::oauth::{Classified, MAX_RETRY_AFTER, MAX_TOKEN_BYTES, Policy, Response, classify};
 use crate::session::{Command, Event, LogoutCause, Session, SessionConfig, StateView, StoreError};
 use crate::stored::StoredSession;
@@ -224,20 +224,14 @@ impl Fixture {
 
     /// A session loaded from a store that holds `refresh` and an expired access token.
     fn expired(refresh: &RefreshToken, unix_now: UnixTime) -> Result<Self, String> {
-        let blob = StoredSession {
-            generation: Generation(1),
-            access_token: AccessToken::new("expired-access-token"),
-            token_type: crate::token::TokenType::Bearer,
-            access_expires_at: Some(UnixTime::from_secs(1_700_000_000)),
-            refresh_token: refresh.clone(),
-            scope: None,
-        };
+        let blob = StoredSession::pair(AccessToken::new("expired-access-token"), refresh.clone())
+            .with_access_expiry(UnixTime::from_secs(1_699_996_400), core::time::Duration::from_secs(3600));
         Self::loading(Some(blob.encode().expose_secret().as_bytes().to_vec()), unix_now)
     }
 
     /// The refresh token in the store, if it holds a readable session.
     fn stored_refresh_token(&self) -> Option<RefreshToken> {
-        self.blob.as_deref().and_then(|b| StoredSession::decode(b).ok()).map(|s| s.refresh_token)
+        self.blob.as_deref().and_then(|b| StoredSession::decode(b).ok()).and_then(|s| s.refresh_token)
     }
 
     fn input(&mut self, event: Event) {
@@ -328,11 +322,20 @@ pub fn session_loaded_from(blob: &[u8]) -> Result<StateView, String> {
         let encoded = session.encode();
         let again = StoredSession::decode(encoded.expose_secret().as_bytes())
             .map_err(|e| format!("an encoded session does not decode: {e}"))?;
+        let same_access = match (&again.access_token, &session.access_token) {
+            (Some(a), Some(b)) => a.same_as(b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        let same_refresh = match (&again.refresh_token, &session.refresh_token) {
+            (Some(a), Some(b)) => a.same_as(b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
         let same = again.generation == session.generation
-            && again.access_token.same_as(&session.access_token)
+            && same_access
             && again.token_type == session.token_type
-            && again.refresh_token.same_as(&session.refresh_token)
+            && same_refresh
             && again.access_expires_at == session.access_expires_at
+            && again.access_lifetime == session.access_lifetime
             && again.scope == session.scope;
         if !same {
             return Err("the round trip changed the session".into());
@@ -351,8 +354,15 @@ pub fn session_loaded_from(blob: &[u8]) -> Result<StateView, String> {
         (Ok(session), StateView::Valid { .. } | StateView::Refreshing { .. }) => {
             let presented = fixture.sent.last().map(|(_, token)| token);
             let held = presented.is_some() || fixture.granted.contains(&CallerId(1));
-            if !held || presented.is_some_and(|p| !p.same_as(&session.refresh_token)) {
+            let as_stored = |p: &RefreshToken| session.refresh_token.as_ref().is_some_and(|r| p.same_as(r));
+            if !held || presented.is_some_and(|p| !as_stored(p)) {
                 return Err(format!("the loaded session was not used as stored, in state {state}"));
+            }
+        }
+        // An access token alone, no longer usable: nothing can renew it.
+        (Ok(session), StateView::Expired { .. }) if session.refresh_token.is_none() => {
+            if !fixture.sent.is_empty() {
+                return Err("a session without a refresh token sent a refresh".into());
             }
         }
         (Ok(_), _) => return Err(format!("a readable blob left the session {state}")),
@@ -539,7 +549,12 @@ fn world_ops(data: &[u8], trace: bool, shared: bool) -> (World, Result<(), Strin
     }
     config.authority = authority_config(&mut input);
     config.latency = Duration::from_millis(1 + input.below(500));
-    config.start_logged_in = input.below(8) != 0;
+    config.start = match input.below(8) {
+        0 => Start::Empty,
+        1 => Start::RefreshOnly,
+        2 => Start::AccessOnly,
+        _ => Start::Pair,
+    };
     config.max_steps = 200_000;
     config.trace = trace;
     let processes = config.processes as u64;

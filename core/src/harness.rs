@@ -129,6 +129,19 @@ impl Faults {
     }
 }
 
+/// What the store holds when a world starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing: the session starts with no session.
+    Empty,
+    /// A token pair.
+    Pair,
+    /// A refresh token alone: the first caller refreshes.
+    RefreshOnly,
+    /// An access token alone: served while usable, then a login is needed.
+    AccessOnly,
+}
+
 /// How callers arrive during the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Demand {
@@ -158,8 +171,8 @@ pub struct WorldConfig {
     pub safety_phase: Duration,
     /// How long the healed world then runs; long enough for every bound.
     pub liveness_phase: Duration,
-    /// Whether the store holds a session when the world starts.
-    pub start_logged_in: bool,
+    /// What the store holds when the world starts.
+    pub start: Start,
     /// Client processes sharing the store (and its lock), each with its own
     /// session, callers and crashes. More than one needs
     /// [`SessionConfig::shared_store`] to be safe; without it, that is the
@@ -186,7 +199,7 @@ impl WorldConfig {
             demand: None,
             safety_phase: Duration::from_secs(3600),
             liveness_phase,
-            start_logged_in: true,
+            start: Start::Pair,
             processes: 1,
             trace: false,
             max_steps: 1_000_000,
@@ -223,7 +236,18 @@ impl WorldConfig {
         config.latency = Duration::from_millis(1 + rng.below(300));
         config.demand = Some(Demand { mean_interval: Duration::from_millis(200 + rng.below(20_000)) });
         config.safety_phase = Duration::from_secs(600 + rng.below(3 * 3600));
-        config.start_logged_in = !rng.chance(1, 10);
+        config.start = if rng.chance(1, 10) {
+            Start::Empty
+        } else {
+            // Sessions that are not a full pair: a refresh token alone (its
+            // access token dropped), or an access token alone (no refresh
+            // token issued).
+            match rng.below(16) {
+                0 | 1 => Start::RefreshOnly,
+                2 => Start::AccessOnly,
+                _ => Start::Pair,
+            }
+        };
         // A third of the worlds run the shared-store protocol (lock, read,
         // refresh, write, unlock): alone, it must keep every invariant too.
         config.session.shared_store = rng.chance(1, 3);
@@ -325,8 +349,11 @@ enum Pending {
         incarnation: u32,
         op: StoreOpId,
     },
+    /// The user logs in again: after a logout, or (`always`) when told the
+    /// session needs a new login although it is not logged out.
     Login {
         process: usize,
+        always: bool,
     },
     Resume,
 }
@@ -388,6 +415,8 @@ pub struct World {
     authority_monitor: AuthorityMonitor,
     /// What the world knows about the current login, for the logout rules.
     evidence: LogoutEvidence,
+    /// A login is on its way for a session that ran out of tokens.
+    login_pending: bool,
     extra: Vec<Violation>,
     trace: Vec<String>,
     stats: WorldStats,
@@ -425,17 +454,14 @@ impl World {
         let mut authority =
             Authority::new(config.authority.clone(), authority_seed).with_audit().with_plant(config.authority_plant);
         let now = MonoTime::ZERO;
-        let blob = config.start_logged_in.then(|| {
+        let blob = (config.start != Start::Empty).then(|| {
             let issued = authority.login(now, CLIENT_ID, None);
-            StoredSession {
-                generation: Generation(1),
-                access_token: issued.access_token,
-                token_type: crate::token::TokenType::Bearer,
-                access_expires_at: Some(UnixTime::from_secs(UNIX_START).saturating_add(issued.expires_in)),
-                refresh_token: issued.refresh_token,
-                scope: None,
-            }
-            .encode()
+            let stored = match config.start {
+                Start::RefreshOnly => StoredSession::refresh_only(issued.refresh_token),
+                Start::AccessOnly => StoredSession::access_only(issued.access_token),
+                Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
+            };
+            stored.with_access_expiry(UnixTime::from_secs(UNIX_START), issued.expires_in).encode()
         });
         let count = config.processes.max(1);
         let processes = (0..count)
@@ -454,6 +480,7 @@ impl World {
             shared_monitor: SharedStoreMonitor::new(&config.session),
             authority_monitor: AuthorityMonitor::new(&config.authority),
             evidence: LogoutEvidence::default(),
+            login_pending: false,
             config,
             seed,
             rng,
@@ -581,8 +608,8 @@ impl World {
     /// stored session's family is revoked at the authority.
     pub fn revoke_stored_session(&mut self) {
         self.evidence.revoked = true;
-        if let Some(stored) = self.stored() {
-            let _ = self.authority.revoke(self.now, CLIENT_ID, stored.refresh_token.expose_secret());
+        if let Some(refresh) = self.stored().and_then(|stored| stored.refresh_token) {
+            let _ = self.authority.revoke(self.now, CLIENT_ID, refresh.expose_secret());
             self.observe_authority();
         }
     }
@@ -630,10 +657,10 @@ impl World {
         let issued = self.authority.login(self.now, CLIENT_ID, None);
         self.observe_authority();
         let new = NewSession {
-            access_token: issued.access_token,
+            access_token: Some(issued.access_token),
             token_type: crate::token::TokenType::Bearer,
             lifetime: Some(issued.expires_in),
-            refresh_token: issued.refresh_token,
+            refresh_token: Some(issued.refresh_token),
             scope: None,
             requested_at: self.now,
         };
@@ -816,9 +843,10 @@ impl World {
         let mut again = false;
         for p in processes.clone() {
             let caller = last.get(p).copied().unwrap_or(CallerId(0));
-            if matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
-                && matches!(self.session_of(p).state(), StateView::LoggedOut { .. })
-            {
+            let logged_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
+                && matches!(self.session_of(p).state(), StateView::LoggedOut { .. });
+            let ran_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::MissingRefreshToken)));
+            if logged_out || ran_out {
                 // The session held a token that had died meanwhile (expired,
                 // revoked, or ended by another process); the logout was judged
                 // when it happened. A fresh login must then work.
@@ -1005,9 +1033,16 @@ impl World {
                 }
             }
             Command::Fail { callers, reason } => {
+                // An access token alone has run out: the app sends the user to log in.
+                let relogin = reason == FailReason::MissingRefreshToken && !self.login_pending;
                 for caller in callers {
                     self.stats.failed += 1;
                     self.outcomes.insert(caller, CallerOutcome::Failed(reason.clone()));
+                }
+                if relogin && self.config.demand.is_some() {
+                    self.login_pending = true;
+                    let at = self.now.saturating_add(Duration::from_secs(30));
+                    self.schedule(at, Pending::Login { process: p, always: true });
                 }
             }
             Command::StateChanged(StateView::LoggedOut { cause }) => {
@@ -1018,7 +1053,7 @@ impl World {
                 // The user logs in again a while later, so the run goes on.
                 if self.config.demand.is_some() {
                     let at = self.now.saturating_add(Duration::from_secs(30));
-                    self.schedule(at, Pending::Login { process: p });
+                    self.schedule(at, Pending::Login { process: p, always: false });
                 }
             }
             Command::Publish(_) | Command::StateChanged(_) => {}
@@ -1157,8 +1192,11 @@ impl World {
                     self.input(p, Event::StoreFailed { op, error: StoreError::Unavailable });
                 }
             }
-            (Pending::Login { process }, _) => {
-                if matches!(self.session_of(process).state(), StateView::LoggedOut { .. }) {
+            (Pending::Login { process, always }, _) => {
+                if always {
+                    self.login_pending = false;
+                }
+                if always || matches!(self.session_of(process).state(), StateView::LoggedOut { .. }) {
                     self.log_in_at(process);
                 }
             }

@@ -6,6 +6,7 @@
 //! (a token in a field of the wrong type must not reach a log).
 
 use core::fmt;
+use core::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Map, Value};
@@ -16,26 +17,50 @@ use crate::oauth::MAX_TOKEN_BYTES;
 use crate::time::UnixTime;
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema version this build writes. It reads this one and every earlier one.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The largest blob [`StoredSession::decode`] accepts.
 pub const MAX_BLOB_BYTES: usize = 64 * 1024;
 
-/// Everything needed to resume a session after a restart.
+/// Everything needed to resume a session after a restart. A session may hold
+/// a token pair, a refresh token alone (its first caller refreshes), or an
+/// access token alone (served until it is no longer usable; then the user
+/// must log in again).
+///
+/// An app that already holds tokens starts a session from them:
+///
+/// ```
+/// use std::time::Duration;
+/// use freshen_core::stored::StoredSession;
+/// use freshen_core::time::UnixTime;
+/// use freshen_core::token::{AccessToken, RefreshToken};
+///
+/// let issued_at = UnixTime::from_secs(1_800_000_000);
+/// let stored = StoredSession::pair(AccessToken::new("a1"), RefreshToken::new("r1"))
+///     .with_access_expiry(issued_at, Duration::from_secs(3600));
+/// assert_eq!(stored.access_expires_at, Some(UnixTime::from_secs(1_800_003_600)));
+/// let refresh_only = StoredSession::refresh_only(RefreshToken::new("r1"));
+/// assert!(refresh_only.access_token.is_none());
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoredSession {
     /// The token set's generation.
     pub generation: Generation,
-    /// The access token.
-    pub access_token: AccessToken,
+    /// The access token; `None` when only a refresh token is held.
+    pub access_token: Option<AccessToken>,
     /// How to present it.
     pub token_type: TokenType,
     /// When the access token expires, on the wall clock; `None` when unknown.
     pub access_expires_at: Option<UnixTime>,
-    /// The refresh token.
-    pub refresh_token: RefreshToken,
+    /// The lifetime the access token was issued with (`expires_in`). It is
+    /// what decides how early a token is refreshed: a restored token is
+    /// judged by it, not by what is left of it. `None` when unknown (blobs
+    /// of schema 1): the configured refresh margin then applies whole.
+    pub access_lifetime: Option<Duration>,
+    /// The refresh token; `None` when the server issued none.
+    pub refresh_token: Option<RefreshToken>,
     /// The granted scope, when known.
     pub scope: Option<String>,
 }
@@ -51,7 +76,7 @@ pub enum DecodeError {
     #[error("stored session is not a JSON object")]
     NotAnObject,
     /// Written by a schema this build does not know (a newer version of the app).
-    #[error("stored session has schema version {0}, this build reads {SCHEMA_VERSION}")]
+    #[error("stored session has schema version {0}, this build reads up to {SCHEMA_VERSION}")]
     UnsupportedVersion(u64),
     /// A required field is absent.
     #[error("stored session lacks the field `{0}`")]
@@ -62,62 +87,141 @@ pub enum DecodeError {
 }
 
 impl StoredSession {
-    /// Encodes the blob. It holds both tokens, so it comes back as a secret.
+    fn with_tokens(access_token: Option<AccessToken>, refresh_token: Option<RefreshToken>) -> Self {
+        Self {
+            generation: Generation(1),
+            access_token,
+            token_type: TokenType::Bearer,
+            access_expires_at: None,
+            access_lifetime: None,
+            refresh_token,
+            scope: None,
+        }
+    }
+
+    /// An access token and the refresh token that renews it (generation 1,
+    /// bearer, lifetime unknown until [`StoredSession::with_access_expiry`]).
+    pub fn pair(access_token: AccessToken, refresh_token: RefreshToken) -> Self {
+        Self::with_tokens(Some(access_token), Some(refresh_token))
+    }
+
+    /// A refresh token alone: the session's first caller refreshes.
+    pub fn refresh_only(refresh_token: RefreshToken) -> Self {
+        Self::with_tokens(None, Some(refresh_token))
+    }
+
+    /// An access token alone (the server issued no refresh token): served
+    /// until it is no longer usable, then callers get `MissingRefreshToken`.
+    pub fn access_only(access_token: AccessToken) -> Self {
+        Self::with_tokens(Some(access_token), None)
+    }
+
+    /// The access token was issued at `issued_at` (wall clock) for `lifetime`.
+    #[must_use]
+    pub fn with_access_expiry(mut self, issued_at: UnixTime, lifetime: Duration) -> Self {
+        self.access_expires_at = Some(issued_at.saturating_add(lifetime));
+        self.access_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The token type, when not bearer.
+    #[must_use]
+    pub fn with_token_type(mut self, token_type: TokenType) -> Self {
+        self.token_type = token_type;
+        self
+    }
+
+    /// The granted scope.
+    #[must_use]
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Encodes the blob (schema [`SCHEMA_VERSION`]). It holds tokens, so it
+    /// comes back as a secret.
     pub fn encode(&self) -> SecretString {
         let mut object = Map::new();
         object.insert("v".into(), SCHEMA_VERSION.into());
         object.insert("generation".into(), self.generation.0.into());
         object.insert("token_type".into(), self.token_type.as_str().into());
-        object.insert("access_token".into(), self.access_token.expose_secret().into());
-        if let Some(at) = self.access_expires_at {
-            object.insert(
-                "access_expires_at_ms".into(),
-                u64::try_from(at.since_epoch().as_millis()).unwrap_or(u64::MAX).into(),
-            );
+        if let Some(access) = &self.access_token {
+            object.insert("access_token".into(), access.expose_secret().into());
         }
-        object.insert("refresh_token".into(), self.refresh_token.expose_secret().into());
+        if let Some(at) = self.access_expires_at {
+            object.insert("access_expires_at_ms".into(), millis(at.since_epoch()).into());
+        }
+        if let Some(lifetime) = self.access_lifetime {
+            object.insert("access_lifetime_ms".into(), millis(lifetime).into());
+        }
+        if let Some(refresh) = &self.refresh_token {
+            object.insert("refresh_token".into(), refresh.expose_secret().into());
+        }
         if let Some(scope) = &self.scope {
             object.insert("scope".into(), scope.as_str().into());
         }
         SecretString::from(Value::Object(object).to_string())
     }
 
-    /// Decodes a blob written by [`StoredSession::encode`]. Unknown fields are
-    /// ignored so that a minor addition does not need a new version.
+    /// Decodes a blob written by [`StoredSession::encode`] of this or an
+    /// earlier schema (schema 1 always held both tokens and no lifetime).
+    /// Unknown fields are ignored so that a minor addition does not need a
+    /// new version.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_BLOB_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
         let object: Map<String, Value> = serde_json::from_slice(bytes).map_err(|_| DecodeError::NotAnObject)?;
         let version = required(&object, "v")?.as_u64().ok_or(DecodeError::InvalidField("v"))?;
-        if version != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
         let generation = required(&object, "generation")?.as_u64().ok_or(DecodeError::InvalidField("generation"))?;
-        let token_type = match object.get("token_type") {
-            None | Some(Value::Null) => TokenType::Bearer,
+        let token_type = match optional(&object, "token_type") {
+            None => TokenType::Bearer,
             Some(value) => TokenType::parse(value.as_str().ok_or(DecodeError::InvalidField("token_type"))?),
         };
-        let access_expires_at = match object.get("access_expires_at_ms") {
-            None | Some(Value::Null) => None,
-            Some(value) => {
-                let millis = value.as_u64().ok_or(DecodeError::InvalidField("access_expires_at_ms"))?;
-                Some(UnixTime::from_since_epoch(core::time::Duration::from_millis(millis)))
-            }
+        let duration = |field: &'static str| -> Result<Option<Duration>, DecodeError> {
+            optional(&object, field)
+                .map(|value| value.as_u64().map(Duration::from_millis).ok_or(DecodeError::InvalidField(field)))
+                .transpose()
         };
-        let scope = match object.get("scope") {
-            None | Some(Value::Null) => None,
+        let access_expires_at = duration("access_expires_at_ms")?.map(UnixTime::from_since_epoch);
+        let access_lifetime = duration("access_lifetime_ms")?.filter(|_| version >= 2);
+        let scope = match optional(&object, "scope") {
+            None => None,
             Some(value) => Some(value.as_str().ok_or(DecodeError::InvalidField("scope"))?.to_owned()),
+        };
+        // Schema 1 always held both tokens; schema 2 holds at least one.
+        let (access_token, refresh_token) = if version == 1 {
+            (Some(token(&object, "access_token")?), Some(token(&object, "refresh_token")?))
+        } else {
+            let access = optional(&object, "access_token").map(|_| token(&object, "access_token")).transpose()?;
+            let refresh = optional(&object, "refresh_token").map(|_| token(&object, "refresh_token")).transpose()?;
+            if access.is_none() && refresh.is_none() {
+                return Err(DecodeError::MissingField("refresh_token"));
+            }
+            (access, refresh)
         };
         Ok(Self {
             generation: Generation(generation),
-            access_token: AccessToken::new(token(&object, "access_token")?),
+            access_token: access_token.map(AccessToken::new),
             token_type,
             access_expires_at,
-            refresh_token: RefreshToken::new(token(&object, "refresh_token")?),
+            access_lifetime,
+            refresh_token: refresh_token.map(RefreshToken::new),
             scope,
         })
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A field that may be absent; `null` counts as absent.
+fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    object.get(field).filter(|value| !value.is_null())
 }
 
 fn required<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value, DecodeError> {
@@ -134,7 +238,11 @@ fn token<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a 
 
 impl fmt::Display for StoredSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "stored {} refresh {}", self.generation, self.refresh_token.fingerprint())
+        write!(f, "stored {}", self.generation)?;
+        if let Some(refresh) = &self.refresh_token {
+            write!(f, " refresh {}", refresh.fingerprint())?;
+        }
+        Ok(())
     }
 }
 
@@ -145,26 +253,55 @@ mod tests {
     use super::*;
 
     fn sample() -> StoredSession {
-        StoredSession {
-            generation: Generation(7),
-            access_token: AccessToken::new("canary-access"),
-            token_type: TokenType::Bearer,
-            access_expires_at: Some(UnixTime::from_secs(1_800_000_000)),
-            refresh_token: RefreshToken::new("canary-refresh"),
-            scope: Some("read write".into()),
-        }
+        StoredSession::pair(AccessToken::new("canary-access"), RefreshToken::new("canary-refresh"))
+            .with_access_expiry(UnixTime::from_secs(1_800_000_000), Duration::from_secs(3600))
+            .with_scope("read write")
     }
 
     #[test]
     fn round_trips() {
         let blob = sample().encode();
         let back = StoredSession::decode(blob.expose_secret().as_bytes()).unwrap();
-        assert_eq!(back.generation, Generation(7));
-        assert!(back.access_token.same_as(&sample().access_token));
-        assert!(back.refresh_token.same_as(&sample().refresh_token));
-        assert_eq!(back.access_expires_at, Some(UnixTime::from_secs(1_800_000_000)));
+        assert_eq!(back.generation, Generation(1));
+        assert!(back.access_token.unwrap().same_as(&AccessToken::new("canary-access")));
+        assert!(back.refresh_token.unwrap().same_as(&RefreshToken::new("canary-refresh")));
+        assert_eq!(back.access_expires_at, Some(UnixTime::from_secs(1_800_003_600)));
+        assert_eq!(back.access_lifetime, Some(Duration::from_secs(3600)));
         assert_eq!(back.scope.as_deref(), Some("read write"));
         assert_eq!(back.token_type, TokenType::Bearer);
+    }
+
+    #[test]
+    fn a_single_token_round_trips() {
+        for stored in
+            [StoredSession::refresh_only(RefreshToken::new("r")), StoredSession::access_only(AccessToken::new("a"))]
+        {
+            let back = StoredSession::decode(stored.encode().expose_secret().as_bytes()).unwrap();
+            assert_eq!(back.access_token.is_some(), stored.access_token.is_some());
+            assert_eq!(back.refresh_token.is_some(), stored.refresh_token.is_some());
+        }
+    }
+
+    #[test]
+    fn a_schema_1_blob_migrates() {
+        // Exactly what freshen 0.1 wrote.
+        let v1 = br#"{"v":1,"generation":7,"token_type":"Bearer","access_token":"a","access_expires_at_ms":1800000000000,"refresh_token":"r","scope":"s"}"#;
+        let stored = StoredSession::decode(v1).unwrap();
+        assert_eq!(stored.generation, Generation(7));
+        assert_eq!(stored.access_expires_at, Some(UnixTime::from_secs(1_800_000_000)));
+        assert_eq!(stored.access_lifetime, None, "schema 1 did not know the issued lifetime");
+        // Written back, it is schema 2, and reads the same.
+        let v2 = stored.encode();
+        assert!(v2.expose_secret().contains(r#""v":2"#));
+        let again = StoredSession::decode(v2.expose_secret().as_bytes()).unwrap();
+        assert_eq!(again.generation, Generation(7));
+        assert_eq!(again.access_expires_at, stored.access_expires_at);
+        assert!(again.refresh_token.unwrap().same_as(&RefreshToken::new("r")));
+        // Schema 1 always held both tokens: one missing is a broken blob.
+        assert_eq!(
+            StoredSession::decode(br#"{"v":1,"generation":1,"refresh_token":"r"}"#).unwrap_err(),
+            DecodeError::MissingField("access_token")
+        );
     }
 
     #[test]
@@ -175,17 +312,24 @@ mod tests {
             (b"[]", DecodeError::NotAnObject),
             (&[0xff, 0x00], DecodeError::NotAnObject),
             (br#"{"generation":1}"#, DecodeError::MissingField("v")),
-            (br#"{"v":2,"future":true}"#, DecodeError::UnsupportedVersion(2)),
+            (br#"{"v":3,"future":true}"#, DecodeError::UnsupportedVersion(3)),
+            (br#"{"v":0}"#, DecodeError::UnsupportedVersion(0)),
             (br#"{"v":"1"}"#, DecodeError::InvalidField("v")),
             (br#"{"v":1,"generation":-1}"#, DecodeError::InvalidField("generation")),
             (br#"{"v":1,"generation":1,"access_token":"a"}"#, DecodeError::MissingField("refresh_token")),
+            (br#"{"v":2,"generation":1}"#, DecodeError::MissingField("refresh_token")),
             (
                 br#"{"v":1,"generation":1,"access_token":"a","refresh_token":""}"#,
                 DecodeError::InvalidField("refresh_token"),
             ),
+            (br#"{"v":2,"generation":1,"access_token":7}"#, DecodeError::InvalidField("access_token")),
             (
                 br#"{"v":1,"generation":1,"access_token":"a","refresh_token":"r","access_expires_at_ms":"soon"}"#,
                 DecodeError::InvalidField("access_expires_at_ms"),
+            ),
+            (
+                br#"{"v":2,"generation":1,"refresh_token":"r","access_lifetime_ms":-5}"#,
+                DecodeError::InvalidField("access_lifetime_ms"),
             ),
         ];
         for (bytes, expected) in cases {

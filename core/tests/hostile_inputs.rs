@@ -244,8 +244,8 @@ fn unreadable(blob: &[u8]) -> DecodeError {
 
 #[test]
 fn stored_blob_from_a_future_schema() {
-    let blob = br#"{"v":2,"generation":1,"access_token":"a","refresh_token":"r","dpop_key":"k"}"#;
-    assert_eq!(unreadable(blob), DecodeError::UnsupportedVersion(2));
+    let blob = br#"{"v":3,"generation":1,"access_token":"a","refresh_token":"r","dpop_key":"k"}"#;
+    assert_eq!(unreadable(blob), DecodeError::UnsupportedVersion(3));
 }
 
 #[test]

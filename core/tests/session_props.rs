@@ -58,8 +58,11 @@ enum Op {
         corrupt: bool,
     },
     Logout,
+    /// A login whose request went out `age` ms ago (an app starting a
+    /// session from tokens it already had).
     Login {
         lifetime: u64,
+        age: u64,
     },
     Advance {
         millis: u64,
@@ -92,7 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => Just(Op::StoreOk),
         1 => (0u8..8).prop_map(|c| Op::StoreFail { corrupt: c == 0 }),
         1 => Just(Op::Logout),
-        1 => (1u64..2000).prop_map(|lifetime| Op::Login { lifetime }),
+        1 => (1u64..2000, prop_oneof![3 => Just(0u64), 1 => 0u64..2_000_000]).prop_map(|(lifetime, age)| Op::Login { lifetime, age }),
         5 => (0u64..120_000).prop_map(|millis| Op::Advance { millis }),
         1 => (0u64..10_000).prop_map(|millis| Op::Backwards { millis }),
     ]
@@ -231,10 +234,10 @@ impl Driver {
         let Some(command) = self.pending_store.pop_front() else { return };
         let event = match command {
             Command::LoadStore { op } if ok => {
-                Event::StoreLoaded { op, stored: self.blob.clone(), unix_now: UnixTime::from_secs(1_800_000_000) }
+                Event::StoreLoaded { op, stored: self.blob.clone(), unix_now: self.unix_now() }
             }
             Command::LockStore { op } if ok => {
-                Event::StoreLocked { op, stored: self.blob.clone(), unix_now: UnixTime::from_secs(1_800_000_000) }
+                Event::StoreLocked { op, stored: self.blob.clone(), unix_now: self.unix_now() }
             }
             Command::LoadStore { op } | Command::LockStore { op } if corrupt => {
                 Event::StoreFailed { op, error: StoreError::Corrupt(DecodeError::UnsupportedVersion(2)) }
@@ -254,6 +257,11 @@ impl Driver {
             _ => return,
         };
         self.input(event);
+    }
+
+    /// The wall clock, in step with the monotonic one.
+    fn unix_now(&self) -> UnixTime {
+        UnixTime::from_secs(1_800_000_000).saturating_add(self.now.elapsed())
     }
 
     fn advance(&mut self, by: Duration) {
@@ -302,7 +310,7 @@ impl Driver {
             Op::StoreOk => self.store_answer(true, false),
             Op::StoreFail { corrupt } => self.store_answer(false, *corrupt),
             Op::Logout => self.input(Event::LogoutRequested),
-            Op::Login { lifetime } => {
+            Op::Login { lifetime, age } => {
                 let (access, refresh) = (self.mint("a"), self.mint("r"));
                 let new = NewSession::from_response(
                     TokenResponse::bearer(
@@ -310,9 +318,8 @@ impl Driver {
                         Some(Duration::from_secs(*lifetime)),
                         Some(RefreshToken::new(refresh)),
                     ),
-                    self.now,
-                )
-                .unwrap();
+                    self.now.saturating_sub(Duration::from_millis(*age)),
+                );
                 self.input(Event::LoggedIn(new));
             }
             Op::Advance { millis } => self.advance(Duration::from_millis(*millis)),

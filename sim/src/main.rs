@@ -32,7 +32,8 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
   --seed S      replay one seed and print its full trace (no token bytes)
   --plant NAME  run a deliberately broken session: no-single-flight,
                 grant-before-persist, logout-keeps-storage, retry-forgets-rotation,
-                no-cross-process-lock, answers-before-state, caches-a-failure
+                no-cross-process-lock, answers-before-state, caches-a-failure,
+                ignores-refresh-window
   --threads T   worker threads (default: the machine's cores)
   --log         write every log event of the drivers (tier 2), at trace level, to
                 stderr: the leak scan reads it for token bytes

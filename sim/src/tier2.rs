@@ -26,7 +26,7 @@ use freshen_core::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
 use freshen_core::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
 };
-use freshen_core::harness::logout_name;
+use freshen_core::harness::{Start, logout_name};
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Command, Event, LogoutCause, SessionConfig, StateView, TransportFailure};
@@ -92,10 +92,15 @@ pub struct WorldConfig {
     /// Whether the stored access tokens are already spent at start (an app
     /// opened after a night: the first burst finds no usable token).
     pub start_spent: bool,
+    /// What each app's store holds at start: a pair, or one token alone.
+    pub start: Start,
     /// How long faults are injected.
     pub safety_phase: Duration,
     /// How long the healed world then runs.
     pub liveness_phase: Duration,
+    /// Each client host's ephemeral ports (first, last): a small range makes
+    /// them wrap around often.
+    pub ephemeral_ports: (u16, u16),
     /// Keep a printable trace.
     pub trace: bool,
 }
@@ -136,6 +141,11 @@ impl WorldConfig {
         let caller_interval = Duration::from_millis(100 + rng.below(3000));
         let burst = 1 + rng.below(30);
         let start_spent = rng.chance(1, 2);
+        let start = match rng.below(8) {
+            0 => Start::RefreshOnly,
+            1 => Start::AccessOnly,
+            _ => Start::Pair,
+        };
         let safety_phase = Duration::from_secs(120 + rng.below(480));
         // Half the worlds run the first app as two to four processes sharing its store.
         let processes = if rng.chance(1, 2) { 2 + rng.below(3) as usize } else { 1 };
@@ -150,8 +160,10 @@ impl WorldConfig {
             caller_interval,
             burst,
             start_spent,
+            start,
             safety_phase,
             liveness_phase,
+            ephemeral_ports: EPHEMERAL_PORTS,
             trace: false,
         }
     }
@@ -186,6 +198,8 @@ pub struct Outcome {
     pub logouts: BTreeMap<String, u64>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
+    /// The most connections one client host opened.
+    pub most_connects: u64,
     /// The trace, when asked for.
     pub trace: Vec<String>,
 }
@@ -281,14 +295,12 @@ const SERVER_CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 /// HTTP client with a timeout does. Longer than the sessions' own request
 /// timeout, so refreshes are governed by the session, as in an app.
 const CLIENT_REQUEST_DEADLINE: Duration = Duration::from_secs(15);
-/// Every client host's ephemeral ports.
-const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+/// Every client host's ephemeral ports, unless a world says otherwise.
+pub const EPHEMERAL_PORTS: (u16, u16) = (1024, 65535);
 /// The pacer's window: a client socket's longest life, then the server's
 /// longest hold of the same connection, and a second for the latencies.
 const PACER_WINDOW: Duration =
     Duration::from_secs(CLIENT_REQUEST_DEADLINE.as_secs() + SERVER_CONNECTION_DEADLINE.as_secs() + 1);
-/// Connections one client host may open per window: a quarter of its ports.
-const CONNECTS_PER_WINDOW: u32 = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u32 / 4;
 
 /// Paces one client host's new connections so that no port is handed out
 /// again while the server may still hold its previous connection.
@@ -298,18 +310,32 @@ const CONNECTS_PER_WINDOW: u32 = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.star
 /// `R` ports: each either assigned (a connect in `[t1, t2]`) or skipped (in use,
 /// so opened at most [`CLIENT_REQUEST_DEADLINE`] before). With fewer than
 /// [`PACER_WINDOW`] between `t1` and `t2`, all of them were opened within two
-/// windows, so `R <= 2 * 2 * CONNECTS_PER_WINDOW`, which the constants make
-/// false. Hence `t2 - t1 >= PACER_WINDOW`, by when the server has dropped its
+/// windows, so `R <= 2 * 2 * per_window`, which `per_window` (a quarter of
+/// `R`, rounded down) makes false. Hence `t2 - t1 >= PACER_WINDOW`, by when the server has dropped its
 /// side ([`SERVER_CONNECTION_DEADLINE`]) and its FIN has arrived. Ordinary
 /// worlds open far fewer connections (tier 2's default campaign never reaches
 /// the bound), so the pacer only ever delays a pathological burst.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ConnectPacer {
+    /// The most connections per window.
+    per_window: u32,
     /// The current window's start and the connections opened in it.
     window: Mutex<(Duration, u32)>,
+    /// Connections opened in all.
+    connects: AtomicU64,
 }
 
 impl ConnectPacer {
+    /// A pacer for a host whose ephemeral ports are `first..=last`.
+    fn for_ports((first, last): (u16, u16)) -> Self {
+        let ports = u32::from(last.saturating_sub(first)) + 1;
+        Self {
+            per_window: ((ports - 1) / 4).max(1),
+            window: Mutex::new((Duration::ZERO, 0)),
+            connects: AtomicU64::new(0),
+        }
+    }
+
     /// Waits, if the window's connections are spent, until the next window.
     async fn admit(&self) {
         loop {
@@ -319,8 +345,9 @@ impl ConnectPacer {
                     if now >= window.0 + PACER_WINDOW {
                         *window = (now, 0);
                     }
-                    if window.1 < CONNECTS_PER_WINDOW {
+                    if window.1 < self.per_window {
                         window.1 += 1;
+                        self.connects.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     window.0 + PACER_WINDOW - now
@@ -532,6 +559,10 @@ struct Host {
     wall_step: Arc<std::sync::atomic::AtomicI64>,
     /// The host's connections, over all its incarnations: ports are the host's.
     pacer: Arc<ConnectPacer>,
+    /// A caller was told the session has no refresh token left: log in again.
+    needs_login: std::sync::atomic::AtomicBool,
+    /// A login for it is under way (cleared when that task ends, or dies with a crash).
+    relogin_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn client_id(app: usize) -> String {
@@ -543,6 +574,12 @@ async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
     let healed = host.healed.load(Ordering::Acquire);
     let token = match session.access_token().await {
         Ok(token) => token,
+        Err(freshen::Error::MissingRefreshToken) => {
+            // An access token alone has run out: the app sends the user to log in.
+            host.failed.fetch_add(1, Ordering::Relaxed);
+            host.needs_login.store(true, Ordering::Release);
+            return;
+        }
         Err(_) => {
             host.failed.fetch_add(1, Ordering::Relaxed);
             if healed && host.healed.load(Ordering::Acquire) {
@@ -577,6 +614,14 @@ async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
 /// The user logs out, then logs in again half a minute later (through the
 /// authority's password grant).
 async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, log_out: bool) {
+    /// Ends the "login under way" mark however the task ends.
+    struct Running(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _running = (!log_out).then(|| Running(Arc::clone(&host.relogin_running)));
     if log_out {
         session.log_out().await;
     }
@@ -595,7 +640,9 @@ async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host:
     if let freshen_core::oauth::Classified::Success(tokens) =
         response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
     {
-        let _ = session.log_in(tokens, requested_at);
+        if session.log_in(tokens, requested_at).is_ok() {
+            host.needs_login.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -639,6 +686,9 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         if host.faulty.load(Ordering::Acquire) && logout > 0 && rng.chance(logout, 1000) {
             host.logouts.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), true));
+        } else if host.needs_login.load(Ordering::Acquire) && !host.relogin_running.swap(true, Ordering::AcqRel) {
+            // Out of tokens without a logout: one login at a time, until one lands.
+            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
         } else if matches!(
             &*states.borrow(),
             StateView::LoggedOut { cause: LogoutCause::EndedElsewhere | LogoutCause::NoSession }
@@ -681,7 +731,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         .max_message_latency(Duration::from_millis(40))
         // Bursts open many connections at once; the default backlog (64) would overflow.
         .tcp_capacity(8192)
-        .ephemeral_ports(EPHEMERAL_PORTS)
+        .ephemeral_ports(config.ephemeral_ports.0..=config.ephemeral_ports.1)
         .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
         .build();
 
@@ -721,18 +771,19 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     for app in 0..config.hosts {
         let issued = state.login(&client_id(app));
-        let stored = StoredSession::decode(
-            serde_json::json!({
-                "v": 1, "generation": 1,
-                "access_token": issued.access_token.expose_secret(),
-                "refresh_token": issued.refresh_token.expose_secret(),
-                "access_expires_at_ms": if config.start_spent { 0 } else { (1_800_000_000 + issued.expires_in.as_secs()) * 1000 },
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .map(|s| s.encode())
-        .ok();
+        // Spent: issued a lifetime ago, so it expires as the world starts.
+        let issued_at = UnixTime::from_secs(1_800_000_000).since_epoch().saturating_sub(if config.start_spent {
+            issued.expires_in
+        } else {
+            Duration::ZERO
+        });
+        let stored = match config.start {
+            Start::RefreshOnly => StoredSession::refresh_only(issued.refresh_token),
+            Start::AccessOnly => StoredSession::access_only(issued.access_token),
+            Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
+        };
+        let stored = (config.start != Start::Empty)
+            .then(|| stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in).encode());
         let store = SimStore {
             blob: Arc::new(Mutex::new(stored)),
             lock: Arc::default(),
@@ -766,7 +817,9 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 faulty: std::sync::atomic::AtomicBool::new(true),
                 logouts: AtomicU64::new(0),
                 wall_step: Arc::default(),
-                pacer: Arc::default(),
+                pacer: Arc::new(ConnectPacer::for_ports(config.ephemeral_ports)),
+                needs_login: std::sync::atomic::AtomicBool::new(false),
+                relogin_running: Arc::default(),
             }));
         }
     }
@@ -904,6 +957,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     outcome.violations.extend_from_slice(authority_monitor.violations());
     let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
     for host in &hosts {
+        outcome.most_connects = outcome.most_connects.max(host.pacer.connects.load(Ordering::Relaxed));
         outcome.granted += host.granted.load(Ordering::Relaxed);
         outcome.failed += host.failed.load(Ordering::Relaxed);
         *counts.entry("logout").or_default() += host.logouts.load(Ordering::Relaxed);

@@ -18,7 +18,6 @@ use freshen_core::oauth::{Client, FormRequest};
 use freshen_core::session::{SessionConfig, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
-use freshen_core::token::TokenType;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -82,20 +81,24 @@ impl AuthorityTransport {
         MonoTime::from_elapsed(self.origin.elapsed())
     }
 
-    /// Logs in at the authority and returns the session a store would hold.
+    /// Logs in at the authority and returns the session a store would hold,
+    /// its access token expiring in `expires_in` (issued lifetime unknown, as
+    /// in a blob of schema 1).
     pub fn login(&self, expires_in: Option<Duration>) -> StoredSession {
         let issued = self.authority.lock().unwrap().login(self.now(), CLIENT, None);
         // The session's own wall clock, so a token stored as spent reads as spent.
         let unix_now = freshen::system_clock();
-        let blob = serde_json::json!({
-            "v": 1,
-            "generation": 1,
-            "access_token": issued.access_token.expose_secret(),
-            "refresh_token": issued.refresh_token.expose_secret(),
-            "token_type": TokenType::Bearer.as_str(),
-            "access_expires_at_ms": expires_in.map(|e| unix_now.saturating_add(e).since_epoch().as_millis() as u64),
-        });
-        StoredSession::decode(blob.to_string().as_bytes()).unwrap()
+        let mut stored = StoredSession::pair(issued.access_token, issued.refresh_token);
+        stored.access_expires_at = expires_in.map(|e| unix_now.saturating_add(e));
+        stored
+    }
+
+    /// As [`AuthorityTransport::login`], for a token issued for `lifetime`
+    /// that has `left` of it left.
+    pub fn login_issued(&self, lifetime: Duration, left: Duration) -> StoredSession {
+        let mut stored = self.login(Some(left));
+        stored.access_lifetime = Some(lifetime);
+        stored
     }
 
     /// Holds every answer until [`AuthorityTransport::release`].

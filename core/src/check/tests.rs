@@ -43,14 +43,9 @@ fn grant(generation: u64, usable_until_ms: Option<u64>) -> AccessGrant {
 }
 
 fn stored(generation: u64, refresh: &str) -> StoredSession {
-    StoredSession {
-        generation: Generation(generation),
-        access_token: AccessToken::new("a"),
-        token_type: TokenType::Bearer,
-        access_expires_at: None,
-        refresh_token: RefreshToken::new(refresh),
-        scope: None,
-    }
+    let mut stored = StoredSession::pair(AccessToken::new("a"), RefreshToken::new(refresh));
+    stored.generation = Generation(generation);
+    stored
 }
 
 fn load(m: &mut ClientMonitor, generation: u64) {

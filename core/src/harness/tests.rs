@@ -234,7 +234,7 @@ fn logout_revokes_at_the_server_and_clears_the_store() {
     let mut w = world(|_| {});
     let caller = w.want_token();
     w.run_for(Duration::from_secs(1));
-    let access = w.stored().map(|s| s.access_token).expect("stored");
+    let access = w.stored().and_then(|s| s.access_token).expect("stored");
     w.log_out();
     w.run_for(Duration::from_secs(1));
     assert_clean(&w);
@@ -277,7 +277,7 @@ fn a_laptop_asleep_past_expiry_refreshes_before_granting() {
 
 #[test]
 fn a_login_after_logout_starts_a_new_family() {
-    let mut w = world(|c| c.start_logged_in = false);
+    let mut w = world(|c| c.start = Start::Empty);
     let before = w.want_token();
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.outcome(before), Some(&CallerOutcome::Failed(FailReason::LoggedOut(LogoutCause::NoSession))));

@@ -70,11 +70,14 @@ pub enum Plant {
     /// After a failed cycle, fails every caller for `backoff.max` without
     /// trying again (breaks U3: a failure is not cached).
     CachesFailure,
+    /// Hands out a restored token that is already inside its refresh margin
+    /// (breaks U2: the refresh window is the user's).
+    IgnoresRefreshWindow,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 7] = [
+    pub const ALL: [Plant; 8] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -82,6 +85,7 @@ impl Plant {
         Plant::NoCrossProcessLock,
         Plant::AnswersBeforeState,
         Plant::CachesFailure,
+        Plant::IgnoresRefreshWindow,
     ];
 
     /// The name used on command lines.
@@ -94,6 +98,7 @@ impl Plant {
             Plant::NoCrossProcessLock => "no-cross-process-lock",
             Plant::AnswersBeforeState => "answers-before-state",
             Plant::CachesFailure => "caches-a-failure",
+            Plant::IgnoresRefreshWindow => "ignores-refresh-window",
         }
     }
 
@@ -182,18 +187,26 @@ enum State {
     LoggedOut(LogoutCause),
 }
 
-/// The tokens a session holds, and what the machine knows about them.
+/// The tokens a session holds, and what the machine knows about them. A
+/// session may hold both, a refresh token alone, or an access token alone.
 #[derive(Clone, Debug)]
 struct TokenSet {
     generation: Generation,
-    access: AccessToken,
+    /// `None` when only a refresh token is held: the first caller refreshes.
+    access: Option<AccessToken>,
     token_type: TokenType,
     scope: Option<String>,
-    refresh: RefreshToken,
+    /// `None` when the server issued none: the access token is served while
+    /// it is usable, then callers are told the session needs a new login.
+    refresh: Option<RefreshToken>,
     /// `None` when the lifetime is unknown.
     expiry: Option<Expiry>,
     /// A resource refused the access token with a 401.
     access_rejected: bool,
+    /// The access token came from outside a refresh (the store, a login)
+    /// already past its refresh point: it is refreshed before it is handed
+    /// out (U2). Replaced tokens never carry it.
+    refresh_first: bool,
     /// Every refresh from this id on presented the bytes of `refresh` (which
     /// may outlive a generation when the server does not rotate): an answer
     /// to any of them is news about the token held.
@@ -209,7 +222,16 @@ struct TokenSet {
 struct Expiry {
     expires_at: MonoTime,
     usable_until: MonoTime,
+    /// The refresh window opens: the margin (and jitter) before expiry. A
+    /// token adopted past it is refreshed before it is handed out (U2).
+    window_at: MonoTime,
+    /// When the proactive refresh starts: at the window, but never before a
+    /// quarter of the token's life, so tokens issued for barely more than
+    /// the margin cannot make refreshes follow each other back to back.
     refresh_at: MonoTime,
+    /// The lifetime it was issued with, when known: what the margins are
+    /// judged by, and what the store keeps.
+    lifetime: Option<Duration>,
 }
 
 /// A refresh cycle that ended without new tokens. A failure is not cached:
@@ -525,7 +547,7 @@ impl Session {
                 let revives_dead_token = matches!(
                     &self.state,
                     State::Refreshing(held, Cycle { phase: Phase::Rereading { .. }, .. })
-                        if response.refresh_token.as_ref().is_none_or(|r| r.same_as(&held.refresh))
+                        if response.refresh_token.as_ref().is_none_or(|r| held.holds_refresh(r))
                 );
                 if current && !revives_dead_token {
                     self.adopt_response(id, response);
@@ -575,23 +597,29 @@ impl Session {
         self.abandon_in_flight(id);
         let forget_rotation = retry && self.planted(Plant::RetryForgetsRotation);
         let Some(old) = self.take_tokens() else { return };
+        // A response without a refresh token keeps the one held: that is the
+        // policy of RFC 6749 §6 for servers that do not rotate.
         let refresh = match response.refresh_token {
             Some(rotated) if !forget_rotation => rotated,
-            _ => old.refresh.clone(),
+            _ => match old.refresh.clone() {
+                Some(held) => held,
+                None => return,
+            },
         };
-        let kept = refresh.same_as(&old.refresh);
+        let kept = old.holds_refresh(&refresh);
         // The lifetime counts from when this attempt was sent; an attempt too
         // old to be remembered counts from the origin, which is conservative.
         let base = self.outbox.sent_at(id).unwrap_or(MonoTime::ZERO).min(now);
-        let expiry = Expiry::plan(base, response.lifetime, &self.config, &mut self.rng);
+        let expiry = response.lifetime.map(|lifetime| Expiry::issued(base, lifetime, &self.config, &mut self.rng));
         self.state = State::Valid(TokenSet {
             generation,
-            access: response.access_token,
+            access: Some(response.access_token),
             token_type: response.token_type,
             scope: response.scope.or(old.scope),
-            refresh,
+            refresh: Some(refresh),
             expiry,
             access_rejected: false,
+            refresh_first: false,
             presented_since: if kept { old.presented_since } else { next_refresh },
             last_failure: None,
             // A late answer adopted while an attempt with the old token is still
@@ -606,14 +634,14 @@ impl Session {
     /// issued it, so it replaces the one held, and is written before anything
     /// else. Returns whether it did.
     fn salvage(&mut self, rotated: Option<RefreshToken>) -> bool {
-        let Some(rotated) = rotated.filter(|r| self.tokens().is_some_and(|t| !r.same_as(&t.refresh))) else {
+        let Some(rotated) = rotated.filter(|r| self.tokens().is_some_and(|t| !t.holds_refresh(r))) else {
             return false;
         };
         let generation = self.next_generation();
         let next_refresh = self.outbox.next_refresh;
         if let Some(tokens) = self.tokens_mut() {
             tokens.generation = generation;
-            tokens.refresh = rotated;
+            tokens.refresh = Some(rotated);
             tokens.presented_since = next_refresh;
             tokens.answer_lost = false;
         }
@@ -709,8 +737,13 @@ impl Session {
             cycle.phase = Phase::Backoff { until: deadline };
             return;
         }
+        let Some(refresh_token) = tokens.refresh.clone() else {
+            // Adopted from another process without a refresh token: nothing to send.
+            self.end_cycle(FailReason::MissingRefreshToken, None);
+            return;
+        };
         cycle.attempt += 1;
-        let id = self.outbox.send_refresh(now, tokens, cycle.attempt);
+        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt);
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
 
@@ -729,12 +762,17 @@ impl Session {
         let now = self.now;
         let timeout = self.config.request_timeout;
         let Some(tokens) = self.take_tokens() else { return };
+        let Some(refresh_token) = tokens.refresh.clone() else {
+            // Settling never starts a cycle without a refresh token.
+            self.state = State::Valid(tokens);
+            return;
+        };
         if self.locks_store() && !self.store.locked {
             // The store is read under its lock first: another process may have refreshed.
             self.state = State::Refreshing(tokens, Cycle { attempt: 0, phase: Phase::Locking, reread: false });
             return;
         }
-        let id = self.outbox.send_refresh(now, &tokens, 1);
+        let id = self.outbox.send_refresh(now, refresh_token, 1);
         let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
         self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
     }
@@ -744,10 +782,12 @@ impl Session {
         if let (LogoutCause::Requested, State::Valid(t) | State::Expired(t) | State::Refreshing(t, _)) =
             (&cause, previous)
         {
-            if self.locks_store() {
-                self.revoke_after_clear = Some(t.refresh);
-            } else {
-                self.outbox.commands.push_back(Command::Revoke { refresh_token: t.refresh });
+            if let Some(refresh_token) = t.refresh {
+                if self.locks_store() {
+                    self.revoke_after_clear = Some(refresh_token);
+                } else {
+                    self.outbox.commands.push_back(Command::Revoke { refresh_token });
+                }
             }
         }
         self.store.revive();
@@ -755,8 +795,9 @@ impl Session {
 
     fn on_logged_in(&mut self, new: NewSession) {
         let generation = self.next_generation();
-        let expiry = Expiry::plan(new.requested_at.min(self.now), new.lifetime, &self.config, &mut self.rng);
-        let tokens = TokenSet {
+        let base = new.requested_at.min(self.now);
+        let expiry = new.lifetime.map(|lifetime| Expiry::issued(base, lifetime, &self.config, &mut self.rng));
+        let mut tokens = TokenSet {
             generation,
             access: new.access_token,
             token_type: new.token_type,
@@ -764,17 +805,22 @@ impl Session {
             refresh: new.refresh_token,
             expiry,
             access_rejected: false,
+            refresh_first: false,
             presented_since: self.outbox.next_refresh,
             last_failure: None,
             answer_lost: false,
         };
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
+        tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         let replaced = match self.take_tokens() {
-            Some(old) => Some((old.refresh, self.store_may_hold(old.generation))),
+            Some(old) => {
+                let stored = self.store_may_hold(old.generation);
+                old.refresh.map(|refresh| (refresh, stored))
+            }
             None => self.revoke_after_clear.take().map(|refresh| (refresh, true)),
         };
-        if let Some((old, stored)) = replaced.filter(|(old, _)| !old.same_as(&tokens.refresh)) {
+        if let Some((old, stored)) = replaced.filter(|(old, _)| !tokens.holds_refresh(old)) {
             if !stored {
                 // Never written: no restart and no other process can hold it.
                 self.outbox.commands.push_back(Command::Revoke { refresh_token: old });
@@ -845,7 +891,8 @@ impl Session {
         let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state else {
             return;
         };
-        let newer = stored.filter(|s| !s.refresh_token.same_as(&tokens.refresh) && self.written_since(tokens, s));
+        let newer =
+            stored.filter(|s| !same_refresh(&s.refresh_token, &tokens.refresh) && self.written_since(tokens, s));
         let cause = LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
         match newer {
             Some(stored) => self.adopt_stored(stored),
@@ -959,14 +1006,17 @@ impl Session {
         generation: impl FnOnce(Generation) -> Generation,
     ) -> TokenSet {
         let (anchor_mono, anchor_unix) = self.wall_anchor;
+        let max_lifetime = self.config.policy.max_lifetime;
         let expiry = stored.access_expires_at.map(|at| {
             // Remaining lifetime on the wall clock, measured from the anchor;
             // a stored blob is untrusted, so the same cap applies as on the wire.
-            let remaining = at.saturating_duration_since(anchor_unix).min(self.config.policy.max_lifetime);
-            let base = anchor_mono.min(self.now);
-            Expiry::plan_known(base, remaining, &self.config, &mut self.rng)
+            let remaining = at.saturating_duration_since(anchor_unix).min(max_lifetime);
+            let expires_at = anchor_mono.min(self.now).saturating_add(remaining);
+            // Margins are judged by the lifetime it was issued with, not by what is left.
+            let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
+            Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
-        TokenSet {
+        let mut tokens = TokenSet {
             generation: generation(stored.generation),
             access: stored.access_token,
             token_type: stored.token_type,
@@ -974,10 +1024,21 @@ impl Session {
             refresh: stored.refresh_token,
             expiry,
             access_rejected: false,
+            refresh_first: false,
             presented_since: self.outbox.next_refresh,
             last_failure: None,
             answer_lost: false,
-        }
+        };
+        tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
+        tokens
+    }
+
+    /// U2: a token adopted from outside a refresh (the store, a login, another
+    /// process) whose refresh point has passed is refreshed before it is
+    /// handed out: the refresh window is the user's.
+    fn adopted_past_refresh_point(&self, tokens: &TokenSet) -> bool {
+        let past = tokens.refresh.is_some() && tokens.expiry.is_some_and(|e| self.now >= e.window_at);
+        past && !self.planted(Plant::IgnoresRefreshWindow)
     }
 
     fn on_store_written(&mut self, op: StoreOpId) {
@@ -1071,7 +1132,7 @@ impl Session {
             State::Valid(tokens) | State::Expired(tokens) => {
                 let wanted = tokens.refresh_due_at().is_some_and(|at| at <= now)
                     || (!self.waiters.is_empty() && !tokens.usable_at(now));
-                wanted && !tokens.held_at(now) && self.straggler.is_none()
+                wanted && tokens.refresh.is_some() && !tokens.held_at(now) && self.straggler.is_none()
             }
             _ => false,
         };
@@ -1107,10 +1168,10 @@ impl Session {
             State::LoggedOut(cause) => Some(FailReason::LoggedOut(cause.clone())),
             State::Loading => self.store.exhausted().then_some(FailReason::StoreUnavailable),
             State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => {
-                if tokens.usable_at(now) {
+                if let Some(grant) = tokens.grant_at(now) {
                     if grant_before_persist || self.store.holds == Holds::Session(tokens.generation) {
                         let callers = self.waiters.drain(..).map(|w| w.caller).collect();
-                        self.outbox.commands.push_back(Command::Grant { callers, grant: tokens.grant() });
+                        self.outbox.commands.push_back(Command::Grant { callers, grant });
                         return;
                     }
                     self.store.exhausted().then_some(FailReason::StoreUnavailable)
@@ -1118,6 +1179,9 @@ impl Session {
                     // A lock that cannot be had is a store that cannot be used.
                     (matches!(cycle.phase, Phase::Locking) && self.store.exhausted())
                         .then_some(FailReason::StoreUnavailable)
+                } else if tokens.refresh.is_none() {
+                    // Nothing can renew it: the user must log in again.
+                    Some(FailReason::MissingRefreshToken)
                 } else {
                     // No refresh runs for an unusable token: only a hold stops one.
                     tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
@@ -1218,6 +1282,7 @@ impl Session {
             access_expires_at: tokens
                 .expiry
                 .map(|e| anchor_unix.saturating_add(e.expires_at.saturating_duration_since(anchor_mono))),
+            access_lifetime: tokens.expiry.and_then(|e| e.lifetime),
             refresh_token: tokens.refresh.clone(),
             scope: tokens.scope.clone(),
         }
@@ -1231,7 +1296,7 @@ impl Session {
             .filter(|t| t.usable_at(now) && (grant_before_persist || self.store.holds == Holds::Session(t.generation)));
         let generation = offer.map(|t| t.generation);
         if generation != self.published {
-            let grant = offer.map(TokenSet::grant);
+            let grant = offer.and_then(|t| t.grant_at(now));
             self.published = generation;
             self.outbox.commands.push_back(Command::Publish(grant));
         }
@@ -1257,14 +1322,14 @@ fn jittered(rng: &mut SplitMix64, backoff: Backoff, attempt: u32) -> Duration {
 }
 
 impl Outbox {
-    fn send_refresh(&mut self, now: MonoTime, tokens: &TokenSet, attempt: u32) -> RefreshId {
+    fn send_refresh(&mut self, now: MonoTime, refresh_token: RefreshToken, attempt: u32) -> RefreshId {
         let id = self.next_refresh;
         self.next_refresh = id.next();
         if self.recent_sends.len() == RECENT_SENDS {
             self.recent_sends.pop_front();
         }
         self.recent_sends.push_back(SentRefresh { id, at: now, answered: false });
-        self.commands.push_back(Command::SendRefresh { id, refresh_token: tokens.refresh.clone(), attempt });
+        self.commands.push_back(Command::SendRefresh { id, refresh_token, attempt });
         id
     }
 
@@ -1323,16 +1388,25 @@ impl StoreSync {
 impl TokenSet {
     /// Whether `stored` is these tokens, as this session wrote or read them.
     fn stored_as(&self, stored: &StoredSession) -> bool {
-        stored.generation == self.generation && stored.refresh_token.same_as(&self.refresh)
+        stored.generation == self.generation && same_refresh(&stored.refresh_token, &self.refresh)
+    }
+
+    /// Whether the refresh token held is `token`.
+    fn holds_refresh(&self, token: &RefreshToken) -> bool {
+        self.refresh.as_ref().is_some_and(|held| held.same_as(token))
     }
 
     fn usable_at(&self, now: MonoTime) -> bool {
-        !self.access_rejected && self.expiry.is_none_or(|e| now < e.usable_until)
+        self.access.is_some()
+            && !self.access_rejected
+            && !self.refresh_first
+            && self.expiry.is_none_or(|e| now < e.usable_until)
     }
 
-    /// When a proactive refresh is due: after a failed cycle, no sooner than
-    /// its paced background retry.
+    /// When a proactive refresh is due (never without a refresh token): after
+    /// a failed cycle, no sooner than its paced background retry.
     fn refresh_due_at(&self) -> Option<MonoTime> {
+        self.refresh.as_ref()?;
         let due = self.expiry?.refresh_at;
         Some(self.last_failure.as_ref().map_or(due, |f| due.max(f.proactive_at)))
     }
@@ -1342,36 +1416,61 @@ impl TokenSet {
         self.last_failure.as_ref().and_then(|f| f.hold_until).is_some_and(|until| now < until)
     }
 
-    fn grant(&self) -> AccessGrant {
-        AccessGrant {
+    /// The grant a caller may be handed at `now`, if the token is usable.
+    fn grant_at(&self, now: MonoTime) -> Option<AccessGrant> {
+        let access = self.access.as_ref().filter(|_| self.usable_at(now))?;
+        Some(AccessGrant {
             generation: self.generation,
-            access_token: self.access.clone(),
+            access_token: access.clone(),
             token_type: self.token_type.clone(),
             usable_until: self.expiry.map(|e| e.usable_until),
-        }
+        })
+    }
+}
+
+/// Whether two optional refresh tokens are the same (both absent included).
+fn same_refresh(a: &Option<RefreshToken>, b: &Option<RefreshToken>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.same_as(b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
 impl Expiry {
-    /// Plans a token's life from `base`, the moment its request was sent.
-    /// Unknown lifetime: no expiry, no proactive refresh.
-    fn plan(base: MonoTime, lifetime: Option<Duration>, config: &SessionConfig, rng: &mut SplitMix64) -> Option<Self> {
-        lifetime.map(|lifetime| Self::plan_known(base, lifetime, config, rng))
+    /// A token issued for `lifetime` by a request sent at `base`.
+    fn issued(base: MonoTime, lifetime: Duration, config: &SessionConfig, rng: &mut SplitMix64) -> Self {
+        Self::plan(base.saturating_add(lifetime), Some(lifetime), config, rng)
     }
 
-    /// Short lifetimes shrink the margins: the safety margin to at most a
-    /// quarter of the lifetime, the refresh margin to at most half, so a short
-    /// token is still used before it is refreshed and refreshes cannot loop.
-    fn plan_known(base: MonoTime, lifetime: Duration, config: &SessionConfig, rng: &mut SplitMix64) -> Self {
+    /// Plans a token's life from its expiry and the lifetime it was issued
+    /// with. The refresh window is the user's: the token is refreshed
+    /// `refresh_margin` (plus jitter) before it expires. Only a token issued
+    /// for no longer than the margin has its margins shrunk (refresh at half
+    /// its life, stop using it at three quarters), so a short token is still
+    /// used before it is refreshed and refreshes cannot loop; jitter never
+    /// takes more than half of what lies beyond the margin. An unknown issued
+    /// lifetime (an old blob) gets the whole margin. The proactive refresh
+    /// waits for a quarter of the life at least (see [`Expiry::refresh_at`]).
+    fn plan(expires_at: MonoTime, lifetime: Option<Duration>, config: &SessionConfig, rng: &mut SplitMix64) -> Self {
         let jitter_nanos = u64::try_from(config.refresh_jitter.as_nanos()).unwrap_or(u64::MAX);
         let jitter = Duration::from_nanos(rng.below(jitter_nanos.saturating_add(1)));
-        let expires_at = base.saturating_add(lifetime);
-        let safety = config.expiry_safety.min(lifetime / 4);
-        let margin = config.refresh_margin.saturating_add(jitter).min(lifetime / 2);
+        let margin = config.refresh_margin;
+        let (refresh_margin, safety) = match lifetime {
+            Some(lifetime) if lifetime <= margin => (lifetime / 2, config.expiry_safety.min(lifetime / 4)),
+            Some(lifetime) => {
+                (margin.saturating_add(jitter.min((lifetime - margin) / 2)), config.expiry_safety.min(lifetime / 4))
+            }
+            None => (margin.saturating_add(jitter), config.expiry_safety),
+        };
+        let window_at = expires_at.saturating_sub(refresh_margin);
+        let quarter_life = lifetime.map(|lifetime| expires_at.saturating_sub(lifetime).saturating_add(lifetime / 4));
         Self {
             expires_at,
             usable_until: expires_at.saturating_sub(safety),
-            refresh_at: expires_at.saturating_sub(margin),
+            window_at,
+            refresh_at: quarter_life.map_or(window_at, |floor| window_at.max(floor)),
+            lifetime,
         }
     }
 }

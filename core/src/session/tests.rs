@@ -42,7 +42,9 @@ impl Harness {
     fn loaded(config: SessionConfig, lifetime: Option<Duration>) -> Self {
         let mut h = Self::new(config);
         let op = h.load_op();
-        let stored = stored(1, "r1", lifetime.map(|l| UnixTime::from_secs(UNIX_ZERO).saturating_add(l)));
+        // Freshly issued: it expires `lifetime` from now, which is also its issued lifetime.
+        let mut stored = stored(1, "r1", lifetime.map(|l| UnixTime::from_secs(UNIX_ZERO).saturating_add(l)));
+        stored.access_lifetime = lifetime;
         h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO) });
         h
     }
@@ -121,15 +123,13 @@ impl Harness {
     }
 }
 
+/// A stored pair (generation `generation`), whose issued lifetime is unknown
+/// unless the test sets it.
 fn stored(generation: u64, refresh: &str, access_expires_at: Option<UnixTime>) -> StoredSession {
-    StoredSession {
-        generation: Generation(generation),
-        access_token: AccessToken::new(format!("a{generation}")),
-        token_type: TokenType::Bearer,
-        access_expires_at,
-        refresh_token: RefreshToken::new(refresh),
-        scope: None,
-    }
+    let mut stored = StoredSession::pair(AccessToken::new(format!("a{generation}")), RefreshToken::new(refresh));
+    stored.generation = Generation(generation);
+    stored.access_expires_at = access_expires_at;
+    stored
 }
 
 fn success(access: &str, refresh: Option<&str>, lifetime_secs: u64) -> Classified {
@@ -242,7 +242,7 @@ fn tokens_are_written_before_anyone_gets_them() {
     assert!(granted(&out).is_empty());
     assert!(!out.iter().any(|c| matches!(c, Command::Publish(Some(_)))));
     let (op, session) = h.last_persist();
-    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     assert_eq!(session.generation, Generation(2));
     let out = h.handle(Event::StoreWritten { op });
     assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
@@ -258,7 +258,7 @@ fn a_failing_store_is_retried_and_never_drops_the_rotated_token() {
     let mut out = Vec::new();
     for _ in 0..attempts {
         let (op, session) = h.last_persist();
-        assert_eq!(session.refresh_token.expose_secret(), "r2");
+        assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
         out = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
         out.extend(h.advance_to(h.now.saturating_add(Duration::from_secs(2))));
     }
@@ -266,7 +266,7 @@ fn a_failing_store_is_retried_and_never_drops_the_rotated_token() {
     // The next caller revives the store; the rotated token is still what is written and sent.
     h.want(2);
     let (op, session) = h.last_persist();
-    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     assert_eq!(granted(&h.handle(Event::StoreWritten { op })), vec![(CallerId(2), Generation(2))]);
     h.handle(Event::Unauthorized { caller: CallerId(3), generation: Generation(2) });
     assert_eq!(h.last_refresh().1, "r2");
@@ -539,10 +539,10 @@ fn logout_revokes_clears_and_fails_everyone() {
 fn a_login_starts_a_session_and_replaces_the_old_grant() {
     let mut h = Harness::loaded(config(), None);
     let new = NewSession {
-        access_token: AccessToken::new("a-login"),
+        access_token: Some(AccessToken::new("a-login")),
         token_type: TokenType::Bearer,
         lifetime: Some(Duration::from_secs(300)),
-        refresh_token: RefreshToken::new("r-login"),
+        refresh_token: Some(RefreshToken::new("r-login")),
         scope: Some("read".into()),
         requested_at: MonoTime::ZERO,
     };
@@ -570,10 +570,10 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
     let mut h = Harness::new(config());
     let load = h.load_op();
     let new = NewSession {
-        access_token: AccessToken::new("a-login"),
+        access_token: Some(AccessToken::new("a-login")),
         token_type: TokenType::Bearer,
         lifetime: Some(Duration::from_secs(300)),
-        refresh_token: RefreshToken::new("r-login"),
+        refresh_token: Some(RefreshToken::new("r-login")),
         scope: None,
         requested_at: MonoTime::ZERO,
     };
@@ -640,7 +640,7 @@ fn a_salvaged_refresh_token_is_kept_written_and_used() {
     };
     h.answer(id, Classified::Malformed(malformed));
     let (_, session) = h.last_persist();
-    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     persisted(&mut h);
     h.advance_to(h.session.poll_timeout().unwrap());
     let (_, token, attempt) = h.last_refresh();
@@ -756,7 +756,7 @@ fn a_shared_store_is_locked_and_read_before_a_refresh_and_unlocked_after_the_wri
     let out = h.answer(id, success("a2", Some("r2"), 3600));
     assert!(!out.iter().any(|c| matches!(c, Command::UnlockStore)), "unlocked before the write: {out:?}");
     let (write, session) = h.last_persist();
-    assert_eq!(session.refresh_token.expose_secret(), "r2");
+    assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     let out = h.handle(Event::StoreWritten { op: write });
     assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
     assert!(out.iter().any(|c| matches!(c, Command::Grant { .. })), "{out:?}");
@@ -810,10 +810,10 @@ fn an_empty_store_under_the_lock_means_another_process_logged_out() {
 fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds() {
     let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
     let new = NewSession {
-        access_token: AccessToken::new("a-login"),
+        access_token: Some(AccessToken::new("a-login")),
         token_type: TokenType::Bearer,
         lifetime: Some(Duration::from_secs(3600)),
-        refresh_token: RefreshToken::new("r-login"),
+        refresh_token: Some(RefreshToken::new("r-login")),
         scope: None,
         requested_at: h.now,
     };
@@ -823,7 +823,10 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
     // Another process wrote generation 9 meanwhile.
     locked(&mut h, op, Some(stored(9, "r9", None)));
     let (write, session) = h.last_persist();
-    assert_eq!((session.generation, session.refresh_token.expose_secret()), (Generation(10), "r-login"));
+    assert_eq!(
+        (session.generation, session.refresh_token.as_ref().unwrap().expose_secret()),
+        (Generation(10), "r-login")
+    );
     let out = h.handle(Event::StoreWritten { op: write });
     assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
 }

@@ -114,18 +114,21 @@ pub enum StoreError {
     Corrupt(DecodeError),
 }
 
-/// Tokens from a login, to start a session.
+/// Tokens from a login, to start a session. A token pair, a refresh token
+/// alone (the first caller refreshes), or an access token alone (served
+/// while usable; then the user must log in again).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct NewSession {
-    /// The access token.
-    pub access_token: AccessToken,
+    /// The access token; `None` when only a refresh token was kept.
+    pub access_token: Option<AccessToken>,
     /// How to present it.
     pub token_type: TokenType,
     /// Its lifetime; `None` when unknown.
     pub lifetime: Option<Duration>,
-    /// The refresh token that keeps the session alive.
-    pub refresh_token: RefreshToken,
+    /// The refresh token that keeps the session alive; `None` when the
+    /// server issued none.
+    pub refresh_token: Option<RefreshToken>,
     /// The granted scope.
     pub scope: Option<String>,
     /// When the login request was sent: the lifetime counts from here.
@@ -134,16 +137,29 @@ pub struct NewSession {
 
 impl NewSession {
     /// A session from a token response to a login sent at `requested_at`.
-    /// `None` when the response carries no refresh token: such a session cannot be kept alive.
-    pub fn from_response(response: TokenResponse, requested_at: MonoTime) -> Option<Self> {
-        Some(Self {
-            refresh_token: response.refresh_token?,
-            access_token: response.access_token,
+    /// Without a refresh token in it, the session lives as long as its
+    /// access token.
+    pub fn from_response(response: TokenResponse, requested_at: MonoTime) -> Self {
+        Self {
+            refresh_token: response.refresh_token,
+            access_token: Some(response.access_token),
             token_type: response.token_type,
             lifetime: response.lifetime,
             scope: response.scope,
             requested_at,
-        })
+        }
+    }
+
+    /// A session from a refresh token alone: its first caller refreshes.
+    pub fn refresh_only(refresh_token: RefreshToken, requested_at: MonoTime) -> Self {
+        Self {
+            access_token: None,
+            token_type: TokenType::Bearer,
+            lifetime: None,
+            refresh_token: Some(refresh_token),
+            scope: None,
+            requested_at,
+        }
     }
 }
 
@@ -258,6 +274,10 @@ pub enum FailReason {
     /// The store could not be read or written, so no token can be handed out
     /// (tokens are written before they are used). They are kept in memory.
     StoreUnavailable,
+    /// The access token is no longer usable and the session holds no refresh
+    /// token (the server issued none): the user must log in again. No
+    /// request was made.
+    MissingRefreshToken,
     /// The caller waited longer than [`SessionConfig::wait_bound`](super::SessionConfig::wait_bound).
     TimedOut,
     /// Too many callers were waiting already.
