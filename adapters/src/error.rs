@@ -8,15 +8,21 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// The session is logged out: send the user to log in.
-    #[error("logged out: {0:?}")]
+    #[error("logged out: {0}")]
     LoggedOut(LogoutCause),
     /// The refresh failed for now (network, server, rate limit); a later call may succeed.
-    #[error("the token endpoint is unavailable: {0:?}")]
+    #[error("the refresh failed for now: {0}")]
     RefreshUnavailable(AttemptFailure),
     /// The server refused the refresh for a reason that neither retrying nor
     /// logging in fixes (for example `invalid_client`): the app is misconfigured.
-    #[error("the token endpoint refused the client: {0:?}")]
+    #[error("the token endpoint refused the client ({0}); check the client's configuration")]
     Rejected(freshen_core::oauth::Rejected),
+    /// The token endpoint wants the user to act (`mfa_required`,
+    /// `interaction_required`, `consent_required`, `login_required`). The
+    /// session is kept and not retried on its own: send the user through a
+    /// login (or force a refresh once they have acted).
+    #[error("the user must act before the session can be refreshed ({0})")]
+    InteractionRequired(freshen_core::oauth::OAuthError),
     /// The store could not be read or written; tokens are written before use.
     #[error("the token store is unavailable")]
     StoreUnavailable,
@@ -48,6 +54,7 @@ impl From<FailReason> for Error {
             FailReason::LoggedOut(cause) => Self::LoggedOut(cause),
             FailReason::RefreshUnavailable(failure) => Self::RefreshUnavailable(failure),
             FailReason::Rejected(rejected) => Self::Rejected(rejected),
+            FailReason::InteractionRequired(error) => Self::InteractionRequired(error),
             FailReason::StoreUnavailable => Self::StoreUnavailable,
             FailReason::MissingRefreshToken => Self::MissingRefreshToken,
             FailReason::TimedOut => Self::TimedOut,

@@ -234,15 +234,34 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// After a resource answered 401 to `rejected`: a token to retry with,
     /// once. If `rejected` is the current token this starts a refresh; if it is
     /// older, the current one comes back at once.
+    /// While a refresh is running, the retry waits for it: the server may have
+    /// killed the current token along with the refused one.
     pub async fn retry_token(&self, rejected: &Token) -> Result<Token, Error> {
         let generation = rejected.generation();
-        self.wait(move |coordinator, now, waker| coordinator.unauthorized(now, generation, Some(waker))).await
+        self.wait(move |coordinator, now, waker| coordinator.unauthorized(now, generation, waker)).await
     }
 
-    /// Reports a 401 for `rejected` without waiting (a request that will not be retried).
-    pub fn report_unauthorized(&self, rejected: &Token) {
-        self.shared.coordinator.unauthorized(self.shared.now(), rejected.generation(), None);
+    /// Refreshes now, even if the access token is fresh, and returns the new
+    /// token (or why there is none). A forced refresh asked while another
+    /// refresh runs waits for it and then refreshes with its result: under
+    /// refresh-token rotation, two forced refreshes rotate twice and never
+    /// present one refresh token twice.
+    pub async fn refresh(&self) -> Result<Token, Error> {
+        self.wait(|coordinator, now, waker| coordinator.refresh_wanted(now, waker)).await
+    }
+
+    /// Marks `token` as no good (a resource refused it and the request will
+    /// not be retried): the next caller gets a refreshed token. A token that
+    /// is no longer the current one changes nothing.
+    pub fn invalidate(&self, token: &Token) {
+        self.shared.coordinator.invalidated(self.shared.now(), token.generation());
         self.shared.kick.notify_one();
+    }
+
+    /// Reports a 401 for `rejected` without waiting (a request that will not
+    /// be retried): the same as [`Session::invalidate`].
+    pub fn report_unauthorized(&self, rejected: &Token) {
+        self.invalidate(rejected);
     }
 
     /// Starts the session from a login's token response, sent at `requested_at`.
@@ -506,6 +525,7 @@ fn outcome_name(outcome: &oauth::Classified) -> &'static str {
         oauth::Classified::Terminal(_) => "terminal",
         oauth::Classified::Transient(_) => "transient",
         oauth::Classified::Rejected(_) => "rejected",
+        oauth::Classified::InteractionRequired(_) => "interaction_required",
         oauth::Classified::Malformed(_) => "malformed",
         _ => "other",
     }

@@ -114,6 +114,23 @@ async fn rule_3_a_hung_endpoint_fails_callers_at_the_documented_deadline() {
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
 }
 
+/// `callers` concurrent callers all get a token of `generation`.
+async fn all_callers_get(
+    session: &freshen::Session<support::AuthorityTransport, support::FlakyStore>,
+    callers: usize,
+    generation: Generation,
+) {
+    let callers: Vec<_> = (0..callers)
+        .map(|_| {
+            let session = session.clone();
+            tokio::spawn(async move { session.access_token().await.map(|t| t.generation()) })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), generation);
+    }
+}
+
 /// A session over the authority whose store holds `stored`.
 fn start_from(
     transport: &support::AuthorityTransport,
@@ -170,15 +187,7 @@ async fn rule_4_a_refresh_token_alone_is_refreshed_once_for_all_first_callers() 
     let login = transport.login(None);
     let stored = freshen_core::stored::StoredSession::refresh_only(login.refresh_token.unwrap());
     let (session, store) = start_from(&transport, &stored);
-    let callers: Vec<_> = (0..50)
-        .map(|_| {
-            let session = session.clone();
-            tokio::spawn(async move { session.access_token().await.map(|t| t.generation()) })
-        })
-        .collect();
-    for caller in callers {
-        assert_eq!(caller.await.unwrap().unwrap(), Generation(2));
-    }
+    all_callers_get(&session, 50, Generation(2)).await;
     assert_eq!(transport.refreshes.load(SeqCst), 1);
     assert!(store.inner.peek().unwrap().unwrap().access_token.is_some(), "the pair is stored");
 }
@@ -199,4 +208,179 @@ async fn rule_4_an_access_token_alone_is_served_then_reported_missing() {
     assert_eq!(asked.elapsed(), Duration::ZERO, "told at once");
     assert_eq!(transport.refreshes.load(SeqCst), 0, "no request to the server");
     assert!(matches!(session.state(), StateView::Expired { .. }), "{}", session.state());
+}
+
+/// Rule 5: a forced refresh happens even if the token is fresh, and returns
+/// its outcome; two back to back rotate twice (RT1 → RT2 → RT3) against a
+/// server with reuse detection and no grace, never an invalid_grant.
+#[tokio::test(start_paused = true)]
+async fn rule_5_forced_refreshes_are_chained_under_rotation() {
+    let mut strict = AuthorityConfig::default();
+    strict.grace = Duration::ZERO;
+    let (session, transport, store) = start(strict, Some(Duration::from_secs(3600)));
+    let fresh = session.access_token().await.unwrap();
+    assert_eq!(fresh.generation(), Generation(1));
+    let forced = session.refresh().await.unwrap();
+    assert_eq!(forced.generation(), Generation(2), "refreshed although the token was fresh");
+
+    // Two at once: the second waits for the first and presents its result.
+    transport.hold();
+    let first = {
+        let session = session.clone();
+        tokio::spawn(async move { session.refresh().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = {
+        let session = session.clone();
+        tokio::spawn(async move { session.refresh().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    transport.release(2);
+    assert_eq!(first.await.unwrap().unwrap().generation(), Generation(3));
+    assert_eq!(second.await.unwrap().unwrap().generation(), Generation(4));
+    assert_eq!(transport.refreshes.load(SeqCst), 3);
+    let stats = transport.authority.lock().unwrap().stats();
+    assert_eq!((stats.refreshes, stats.refusals, stats.reuse_detections), (3, 0, 0));
+    assert_eq!(store.generation(), Some(Generation(4)));
+}
+
+/// Rule 5: an invalidation hint makes the next caller refresh, once.
+#[tokio::test(start_paused = true)]
+async fn rule_5_an_invalidated_token_is_refreshed_by_the_next_caller_once() {
+    let (session, transport, _) = start(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
+    let token = session.access_token().await.unwrap();
+    session.invalidate(&token);
+    assert_eq!(transport.refreshes.load(SeqCst), 0, "a hint, not a request");
+    all_callers_get(&session, 10, Generation(2)).await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    // A hint about a token already replaced changes nothing.
+    session.invalidate(&token);
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+/// Whether the authority would accept `token` now.
+fn accepted(transport: &support::AuthorityTransport, token: &freshen::Token) -> bool {
+    transport.authority.lock().unwrap().validate(transport.now(), token.expose_secret()).is_ok()
+}
+
+/// Rule 8: a grace replay that returns the original pair with a full
+/// `expires_in` (Django OAuth Toolkit) while the server keeps the original
+/// expiry: the session counts the lifetime from its first attempt, so it never
+/// hands out the token past the server's expiry.
+#[tokio::test(start_paused = true)]
+async fn rule_8_a_grace_replay_keeps_its_original_expiry() {
+    let mut dot = AuthorityConfig::default();
+    dot.grace_replay = freshen_core::authority::GraceReplay::SamePairFullLifetime;
+    dot.grace = Duration::from_secs(120);
+    dot.access_ttl = Duration::from_secs(30);
+    let (session, transport, _) = start(dot, SPENT);
+    // The first two answers never come (the server rotated at once); the
+    // third attempt, over 20 s later, gets the replay: "expires_in: 30",
+    // which the server counts from the first attempt.
+    transport.lose_next_answers(2);
+    let first = session.access_token().await.unwrap();
+    assert_eq!(transport.authority.lock().unwrap().stats().grace_replays, 2);
+    // Every token handed out from now on is one the server accepts.
+    for _ in 0..60 {
+        let token = session.access_token().await.unwrap();
+        assert!(accepted(&transport, &token), "handed out {token:?}, which the server already refuses");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(session.access_token().await.unwrap().generation() > first.generation());
+}
+
+/// Rule 8: the server deletes the previous access token when a refresh
+/// commits. A 401 retry that comes while the refresh is in flight waits for
+/// it instead of taking the current token, which that refresh has just killed.
+#[tokio::test(start_paused = true)]
+async fn rule_8_a_401_retry_during_a_refresh_waits_for_it() {
+    let mut dot = AuthorityConfig::default();
+    dot.revoke_previous_access = true;
+    let (session, transport, _) = start(dot, Some(Duration::from_secs(3600)));
+    let old = session.access_token().await.unwrap();
+    let current = session.refresh().await.unwrap();
+    // Another refresh is in flight; the server has committed it (and deleted
+    // `current`), its answer is held.
+    transport.hold();
+    let forced = {
+        let session = session.clone();
+        tokio::spawn(async move { session.refresh().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!accepted(&transport, &current), "the server deleted it");
+    // A request with the old token came back 401: its one retry must not get
+    // `current`.
+    let retry = {
+        let session = session.clone();
+        tokio::spawn(async move { session.retry_token(&old).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!retry.is_finished(), "the retry waits for the refresh in flight");
+    transport.release(1);
+    let retried = retry.await.unwrap().unwrap();
+    assert!(accepted(&transport, &retried), "the retry got a token the server accepts");
+    assert_eq!(forced.await.unwrap().unwrap().generation(), retried.generation());
+}
+
+/// Rule 6: a request for the user's interaction is its own error, keeps the
+/// session, and is not retried on its own (no timer, no next caller); a forced
+/// refresh, the app's word that the user acted, tries again.
+#[tokio::test(start_paused = true)]
+async fn rule_6_interaction_required_keeps_the_session_and_waits_for_the_user() {
+    let (session, transport, store) = start(AuthorityConfig::default(), SPENT);
+    transport.answer_next([support::AuthorityTransport::oauth_error(400, "interaction_required")]);
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(&error, Error::InteractionRequired(e) if e.code == "interaction_required"), "{error:?}");
+    assert!(!session.state().is_logged_out());
+    assert!(store.inner.peek().is_some(), "the session and its tokens stay");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(error, Error::InteractionRequired(_)), "{error:?}");
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "neither a timer nor a caller asked the server again");
+    let token = session.refresh().await.unwrap();
+    assert!(accepted(&transport, &token), "the refreshed token is live");
+    assert_eq!(transport.refreshes.load(SeqCst), 2);
+}
+
+/// Rule 6: `invalid_request` (fosite's answer to the loser of two concurrent
+/// rotations) sends the session to the store first: another process's newer
+/// tokens are adopted, and without them it is a refusal, never a logout.
+#[tokio::test(start_paused = true)]
+async fn rule_6_invalid_request_rereads_the_store_and_never_logs_out() {
+    let (session, transport, store) = start(AuthorityConfig::default(), SPENT);
+    transport.answer_next([support::AuthorityTransport::oauth_error(400, "invalid_request")]);
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(&error, Error::Rejected(_)), "{error:?}");
+    assert!(!session.state().is_logged_out());
+    assert!(store.inner.peek().is_some());
+
+    // Another process rotated meanwhile: its tokens are found and used.
+    let (session, transport, store) = start(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
+    session.watch_state().wait_for(|s| !matches!(s, StateView::Loading)).await.unwrap();
+    let mut theirs = transport.login(Some(Duration::from_secs(3600)));
+    theirs.generation = Generation(5);
+    freshen::store::Store::save(&store.inner, &theirs).await.unwrap();
+    transport.answer_next([support::AuthorityTransport::oauth_error(400, "invalid_request")]);
+    let token = session.refresh().await.unwrap();
+    assert_eq!(token.generation(), Generation(5));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+/// Rule 6: `invalid_client` is misconfiguration: typed, never a logout, and
+/// retried no faster than the backoff's slowest pace.
+#[tokio::test(start_paused = true)]
+async fn rule_6_invalid_client_is_misconfiguration_paced_at_the_slowest_backoff() {
+    let (session, transport, store) = start(AuthorityConfig::default(), SPENT);
+    let pace = support::config().session.backoff.max;
+    transport.answer_next([support::AuthorityTransport::oauth_error(401, "invalid_client")]);
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(&error, Error::Rejected(_)), "{error:?}");
+    assert!(error.to_string().contains("invalid_client"), "{error}");
+    assert!(!session.state().is_logged_out());
+    assert!(store.inner.peek().is_some());
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::Rejected(_)));
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "not retried before the slowest backoff");
+    tokio::time::sleep(pace).await;
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
 }

@@ -32,10 +32,16 @@ use crate::token::{AccessToken, Fingerprint, RefreshToken};
 /// What a grace replay returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GraceReplay {
-    /// The pair issued on the first redemption (Okta-style).
+    /// The pair issued on the first redemption, with what is left of the
+    /// access token's life as `expires_in` (Okta-style).
     SamePair,
     /// A new pair; the earlier successor stays valid (Auth0-style).
     FreshPair,
+    /// The pair issued on the first redemption, with the full lifetime as
+    /// `expires_in`, while the access token keeps its original expiry
+    /// (Django OAuth Toolkit with reuse protection). A client that counts the
+    /// lifetime from its retry would use the token past its real expiry.
+    SamePairFullLifetime,
 }
 
 /// The authority's knobs.
@@ -59,6 +65,10 @@ pub struct AuthorityConfig {
     pub grace_replay: GraceReplay,
     /// Revoke the family when a consumed token is presented outside grace.
     pub reuse_detection: bool,
+    /// A refresh deletes the access token issued with the refresh token it
+    /// redeems, at once (Django OAuth Toolkit). A request still carrying that
+    /// access token is refused from then on.
+    pub revoke_previous_access: bool,
     /// Prefix of every token issued, so tests can scan output for them.
     pub token_prefix: String,
 }
@@ -74,6 +84,7 @@ impl Default for AuthorityConfig {
             grace_reuses: 2,
             grace_replay: GraceReplay::SamePair,
             reuse_detection: true,
+            revoke_previous_access: false,
             token_prefix: "frsh".to_owned(),
         }
     }
@@ -143,6 +154,36 @@ impl Refusal {
     }
 }
 
+/// Refusals a real token endpoint sends without touching the refresh token,
+/// which the worlds make the authority answer now and then: each is a class
+/// of error a session must act on differently (and none logs it out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PolicyRefusal {
+    /// 400 `interaction_required`: the user must act (step-up, consent).
+    InteractionRequired,
+    /// 400 `invalid_request`: what fosite answers the loser of two
+    /// concurrent rotations.
+    InvalidRequest,
+    /// 401 `invalid_client`: the client's registration changed (misconfigured).
+    InvalidClient,
+}
+
+impl PolicyRefusal {
+    /// Every refusal, for sampling.
+    pub const ALL: [Self; 3] = [Self::InteractionRequired, Self::InvalidRequest, Self::InvalidClient];
+
+    /// The status and RFC 6749 §5.2 body it is answered with.
+    pub fn response(self) -> (u16, String) {
+        let (status, code) = match self {
+            Self::InteractionRequired => (400, "interaction_required"),
+            Self::InvalidRequest => (400, "invalid_request"),
+            Self::InvalidClient => (401, "invalid_client"),
+        };
+        (status, json!({ "error": code }).to_string())
+    }
+}
+
 /// Why an access token was refused by [`Authority::validate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -153,6 +194,8 @@ pub enum InvalidToken {
     Expired,
     /// Its family (or the token itself) was revoked.
     Revoked,
+    /// A refresh deleted it ([`AuthorityConfig::revoke_previous_access`]).
+    Replaced,
 }
 
 /// Why a revocation was refused (RFC 7009 §2.1: the token belongs to another client).
@@ -285,6 +328,8 @@ struct RefreshRecord {
     family: FamilyId,
     expires_at: MonoTime,
     consumed: Option<Consumed>,
+    /// The access token issued with it (last issued, without rotation).
+    access: String,
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -302,6 +347,8 @@ struct AccessRecord {
     family: FamilyId,
     expires_at: MonoTime,
     revoked: bool,
+    /// Deleted by the refresh that redeemed its refresh token.
+    replaced: bool,
 }
 
 /// The reference authorization server. Deterministic: token bytes come from the seed.
@@ -459,6 +506,11 @@ impl Authority {
                 record.expires_at = expires_at;
             }
             let (access, expires_in) = self.issue_access(now, family_id);
+            let previous = self
+                .refresh_tokens
+                .get_mut(token)
+                .map(|record| core::mem::replace(&mut record.access, access.expose_secret().to_owned()));
+            self.replace_access(previous);
             return Ok(Issued {
                 family: family_id,
                 access_token: access,
@@ -467,7 +519,9 @@ impl Authority {
             });
         }
         let Some(consumed) = &record.consumed else {
+            let previous = Some(record.access.clone());
             let issued = self.issue_pair(now, family_id);
+            self.replace_access(previous);
             let access_expires_at = now.saturating_add(issued.expires_in);
             if let Some(record) = self.refresh_tokens.get_mut(token) {
                 record.consumed = Some(Consumed {
@@ -490,6 +544,12 @@ impl Authority {
                     access_token: AccessToken::new(consumed.access.clone()),
                     refresh_token: RefreshToken::new(consumed.refresh.clone()),
                     expires_in: consumed.access_expires_at.saturating_duration_since(now),
+                },
+                GraceReplay::SamePairFullLifetime => Issued {
+                    family: family_id,
+                    access_token: AccessToken::new(consumed.access.clone()),
+                    refresh_token: RefreshToken::new(consumed.refresh.clone()),
+                    expires_in: self.config.access_ttl,
                 },
                 GraceReplay::FreshPair => self.issue_pair(now, family_id),
             };
@@ -550,6 +610,7 @@ impl Authority {
             let result = match this.access_tokens.get(token) {
                 None => Err(InvalidToken::Unknown),
                 Some(record) if record.revoked || family_revoked(record.family) => Err(InvalidToken::Revoked),
+                Some(record) if record.replaced => Err(InvalidToken::Replaced),
                 Some(record) if now >= record.expires_at => Err(InvalidToken::Expired),
                 Some(record) => Ok(record.family),
             };
@@ -583,14 +644,26 @@ impl Authority {
         let family_end =
             self.families.get(&family).map_or(now, |f| f.created_at.saturating_add(self.config.family_lifetime));
         let expires_at = now.saturating_add(self.config.refresh_ttl).min(family_end);
-        self.refresh_tokens.insert(refresh.clone(), RefreshRecord { family, expires_at, consumed: None });
+        let access = access_token.expose_secret().to_owned();
+        self.refresh_tokens.insert(refresh.clone(), RefreshRecord { family, expires_at, consumed: None, access });
         Issued { family, access_token, refresh_token: RefreshToken::new(refresh), expires_in }
+    }
+
+    /// With [`AuthorityConfig::revoke_previous_access`], deletes the access
+    /// token a refresh replaced.
+    fn replace_access(&mut self, previous: Option<String>) {
+        if !self.config.revoke_previous_access {
+            return;
+        }
+        if let Some(record) = previous.and_then(|access| self.access_tokens.get_mut(&access)) {
+            record.replaced = true;
+        }
     }
 
     fn issue_access(&mut self, now: MonoTime, family: FamilyId) -> (AccessToken, Duration) {
         let access = self.mint("at");
         let expires_at = now.saturating_add(self.config.access_ttl);
-        self.access_tokens.insert(access.clone(), AccessRecord { family, expires_at, revoked: false });
+        self.access_tokens.insert(access.clone(), AccessRecord { family, expires_at, revoked: false, replaced: false });
         (AccessToken::new(access), self.config.access_ttl)
     }
 

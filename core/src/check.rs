@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use crate::authority::AuthorityPlant;
 use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, Refusal};
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use crate::oauth::{Classified, Transient};
+use crate::oauth::{Classified, Transient, TransientCause};
 pub use crate::session::Plant;
 use crate::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};
 use crate::stored::StoredSession;
@@ -77,6 +77,21 @@ pub enum Invariant {
     /// A session without a refresh token tells its callers so at once, with
     /// no request and no waiting, once its access token is spent.
     U4,
+    /// A forced refresh hands its caller a token the session learned after
+    /// the caller asked (never the one it held), and forced refreshes are
+    /// chained: with C1 and C2, no refresh token is presented twice.
+    U5,
+    /// Error classes users can act on: a request for the user's interaction
+    /// is not retried on its own (the refresh token it refused is presented
+    /// again only after a forced refresh or a login), and no refusal but a
+    /// terminal one (by the policy, `invalid_grant`) logs the session out.
+    U6,
+    /// A token the server has already killed is never handed out: a retry
+    /// after a 401 that nothing raced gets a token that is neither expired nor
+    /// deleted by a refresh (the world checks it against the authority), and
+    /// a refreshed token's lifetime counts from the first attempt that
+    /// presented its refresh token (a grace replay may carry the original).
+    U8,
 }
 
 impl fmt::Display for Invariant {
@@ -124,6 +139,10 @@ struct Sent {
     attempt: u32,
     /// When its answer came, and whether that answer asked for a pause.
     answered: Option<(MonoTime, Answer)>,
+    /// Its answer says what the server issued for it: nothing (a refusal, a
+    /// 429, a request never sent) or what the answer carried. A later grace
+    /// replay can only carry tokens issued for an attempt not settled.
+    settled: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +189,27 @@ pub struct ClientMonitor {
     /// Access tokens this life of the session has seen (from a refresh, a
     /// login or the store): U2 judges a token when it first comes from the
     /// store; reading it back later (under a shared store's lock) adopts nothing.
-    seen_access: BTreeSet<Fingerprint>,
+    seen_access: BTreeMap<Fingerprint, MonoTime>,
+    /// Callers that forced a refresh, and when they asked.
+    forced: BTreeMap<CallerId, MonoTime>,
+    /// Callers that asked while the store was being read or written: the
+    /// session could not yet know whether it holds a refresh token, so U4
+    /// lets them wait for the answer.
+    asked_before_known: BTreeSet<CallerId>,
+    /// Per refresh token the server kept (answered without rotating), when:
+    /// presentations before it cannot be replayed by a later rotation.
+    kept_since: BTreeMap<Fingerprint, MonoTime>,
+    /// The latest each access token learned from a refresh may be used
+    /// (its issued lifetime counted from the first presentation of its
+    /// refresh token that may have committed), for U8.
+    usable_at_most: BTreeMap<Fingerprint, MonoTime>,
+    /// Callers retrying after a 401: while a refresh is out, it may kill the
+    /// token they would be handed (U8).
+    retrying: BTreeSet<CallerId>,
+    /// Refresh tokens the server refused pending the user's interaction (U6),
+    /// with the generation the session held then: tokens adopted later (a
+    /// login, or a newer generation from the store) start afresh.
+    awaits_user: BTreeMap<Fingerprint, Generation>,
     violations: Vec<Violation>,
 }
 
@@ -195,7 +234,13 @@ impl ClientMonitor {
             unserved_since_arrival: BTreeSet::new(),
             failure_excused_until: MonoTime::ZERO,
             inside_margin: BTreeSet::new(),
-            seen_access: BTreeSet::new(),
+            seen_access: BTreeMap::new(),
+            forced: BTreeMap::new(),
+            asked_before_known: BTreeSet::new(),
+            kept_since: BTreeMap::new(),
+            usable_at_most: BTreeMap::new(),
+            retrying: BTreeSet::new(),
+            awaits_user: BTreeMap::new(),
             violations: Vec::new(),
         }
     }
@@ -226,20 +271,41 @@ impl ClientMonitor {
         self.state = StateView::Loading;
         self.unserved_since_arrival.clear();
         self.seen_access.clear();
+        self.forced.clear();
+        self.asked_before_known.clear();
+        self.kept_since.clear();
+        self.usable_at_most.clear();
+        self.retrying.clear();
+        self.awaits_user.clear();
     }
 
     /// An input the session is about to handle at `now`.
     pub fn event(&mut self, now: MonoTime, event: &Event) {
         match event {
+            Event::RefreshWanted { caller } => {
+                self.awaits_user.clear();
+                self.forced.insert(*caller, now);
+                self.waiting.entry(*caller).or_insert(now);
+                self.note_if_unknowing(*caller);
+                self.unserved_since_arrival.insert(*caller);
+            }
+            Event::Invalidated { .. } => {}
             Event::TokenWanted { caller } | Event::Unauthorized { caller, .. } => {
                 self.waiting.entry(*caller).or_insert(now);
+                if matches!(event, Event::Unauthorized { .. }) {
+                    self.retrying.insert(*caller);
+                }
+                self.note_if_unknowing(*caller);
                 if !matches!(self.state, StateView::Refreshing { .. }) {
                     self.unserved_since_arrival.insert(*caller);
                 }
             }
             Event::RefreshCompleted { id, outcome } => self.refresh_answered(now, *id, outcome),
-            Event::RefreshFailed { id, .. } => {
+            Event::RefreshFailed { id, failure } => {
                 if let Some(sent) = self.sent.get_mut(id) {
+                    if sent.answered.is_none() {
+                        sent.settled = !failure.outcome_unknown();
+                    }
                     sent.answered.get_or_insert((now, Answer::Transient { retry_after: None }));
                 }
             }
@@ -249,6 +315,7 @@ impl ClientMonitor {
                     self.store = match stored {
                         Some(stored) => {
                             self.durable.insert(stored.generation);
+                            self.awaits_user.retain(|_, held| *held >= stored.generation);
                             // A live token another process stored may replace a
                             // rejected one: the rejection no longer demands a logout.
                             if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
@@ -257,7 +324,7 @@ impl ClientMonitor {
                                     self.awaiting_logout = None;
                                 }
                             }
-                            self.note_refresh_first(stored, *unix_now);
+                            self.note_refresh_first(stored, *unix_now, now);
                             StoreModel::Holds(stored.generation)
                         }
                         None => StoreModel::Empty,
@@ -295,7 +362,7 @@ impl ClientMonitor {
             }
             Event::LoggedIn(new) => {
                 if let Some(access) = &new.access_token {
-                    self.seen_access.insert(access.fingerprint());
+                    self.seen_access.entry(access.fingerprint()).or_insert(now);
                 }
                 if let (Some(access), Some(lifetime), Some(_)) = (&new.access_token, new.lifetime, &new.refresh_token) {
                     let left = new.requested_at.saturating_add(lifetime).saturating_duration_since(now);
@@ -330,8 +397,38 @@ impl ClientMonitor {
             self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(wait));
         }
         sent.answered = Some((now, answer));
+        sent.settled = match outcome {
+            Classified::Success(_)
+            | Classified::Terminal(_)
+            | Classified::Rejected(_)
+            | Classified::InteractionRequired(_) => true,
+            Classified::Transient(Transient { cause, .. }) => !matches!(cause, TransientCause::ServerError(_)),
+            Classified::Malformed(_) => false,
+        };
+        let sent_at = sent.at;
         if let Classified::Success(response) = outcome {
-            self.seen_access.insert(response.access_token.fingerprint());
+            let access = response.access_token.fingerprint();
+            self.seen_access.entry(access).or_insert(now);
+            // A rotated answer may be a grace replay of what the server issued
+            // an earlier presentation that may have committed (since the token
+            // was last kept); an unrotated one was issued now.
+            let rotated = response.refresh_token.as_ref().is_some_and(|r| r.fingerprint() != token);
+            let presented = if rotated {
+                let since = self.kept_since.get(&token).copied().unwrap_or(MonoTime::ZERO);
+                self.sent
+                    .values()
+                    .filter(|s| s.token == token && s.at >= since && !s.settled)
+                    .map(|s| s.at)
+                    .fold(sent_at, MonoTime::min)
+            } else {
+                self.kept_since.insert(token, now);
+                sent_at
+            };
+            if let Some(lifetime) = response.lifetime {
+                // The session keeps the first answer that carried these
+                // bytes; a straggler's copy of them changes nothing.
+                self.usable_at_most.entry(access).or_insert(presented.saturating_add(lifetime));
+            }
         }
         let successor = match outcome {
             Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
@@ -341,6 +438,22 @@ impl ClientMonitor {
         if let Some(successor) = successor.filter(|s| *s != token) {
             self.superseded.insert(token);
             self.successor_of.entry(token).or_default().insert(successor);
+        }
+        match outcome {
+            Classified::InteractionRequired(_) => {
+                let held = match &self.state {
+                    StateView::Valid { generation }
+                    | StateView::Expired { generation }
+                    | StateView::Refreshing { generation } => *generation,
+                    _ => Generation(0),
+                };
+                self.awaits_user.insert(token, held);
+            }
+            // The server's later word on the token replaces the request.
+            Classified::Success(_) | Classified::Rejected(_) | Classified::Terminal(_) => {
+                self.awaits_user.remove(&token);
+            }
+            _ => {}
         }
         if answer == Answer::Terminal {
             self.dead.insert(token);
@@ -392,7 +505,40 @@ impl ClientMonitor {
                     let detail = format!("handed out {}, adopted inside its refresh margin", grant.generation);
                     self.violate(Invariant::U2, now, detail);
                 }
-                self.seen_access.insert(access);
+                self.seen_access.entry(access).or_insert(now);
+                if let (Some(until), Some(at_most)) = (grant.usable_until, self.usable_at_most.get(&access)) {
+                    if until > *at_most {
+                        let detail = format!(
+                            "{} is held usable until {until}, past the first presentation of its refresh token plus its lifetime ({at_most})",
+                            grant.generation
+                        );
+                        self.violate(Invariant::U8, now, detail);
+                    }
+                }
+                if let Command::Grant { callers, .. } = command {
+                    let timeout = self.config.request_timeout;
+                    let in_flight =
+                        self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout));
+                    if let (Some(caller), Some((id, _))) =
+                        (callers.iter().find(|c| self.retrying.contains(c)), in_flight)
+                    {
+                        let detail = format!(
+                            "{caller}'s retry after a 401 got {} while {id}, which may kill it, was out",
+                            grant.generation
+                        );
+                        self.violate(Invariant::U8, now, detail);
+                    }
+                    let learned = self.seen_access.get(&access).copied().unwrap_or(now);
+                    if let Some(caller) =
+                        callers.iter().find(|c| self.forced.get(c).is_some_and(|asked| learned < *asked))
+                    {
+                        let detail = format!(
+                            "forced refresh by {caller} answered with {}, held before it asked",
+                            grant.generation
+                        );
+                        self.violate(Invariant::U5, now, detail);
+                    }
+                }
                 if !self.durable.contains(&grant.generation) {
                     self.violate(
                         Invariant::C3,
@@ -416,8 +562,9 @@ impl ClientMonitor {
             }
             Command::Fail { callers, reason } => {
                 if *reason == FailReason::MissingRefreshToken {
-                    if let Some(caller) = callers.iter().find(|c| self.waiting.get(c).is_some_and(|since| *since < now))
-                    {
+                    if let Some(caller) = callers.iter().find(|c| {
+                        !self.asked_before_known.contains(c) && self.waiting.get(c).is_some_and(|since| *since < now)
+                    }) {
                         let detail = format!("{caller} waited to be told the session has no refresh token");
                         self.violate(Invariant::U4, now, detail);
                     }
@@ -440,6 +587,12 @@ impl ClientMonitor {
                     self.unserved_since_arrival.clear();
                 }
                 if let StateView::LoggedOut { cause } = view {
+                    if let LogoutCause::RefreshTokenRejected { error, .. } = cause {
+                        if !self.config.policy.terminal_errors.contains(&error.code) {
+                            let detail = format!("logged out on a refusal that is not terminal: {error}");
+                            self.violate(Invariant::U6, now, detail);
+                        }
+                    }
                     self.logged_out = Some(cause.clone());
                     self.awaiting_logout = None;
                 }
@@ -463,6 +616,19 @@ impl ClientMonitor {
         }
         if self.dead.contains(&token) {
             self.violate(Invariant::C6, now, format!("{id} presented {token}, which was declared dead"));
+        }
+        // A forced refresh is the app's word that the user acted (or that it
+        // wants to try once more): it may present the token again.
+        if self.awaits_user.contains_key(&token) && self.forced.is_empty() {
+            self.violate(
+                Invariant::U6,
+                now,
+                format!("{id} presented {token} again, which awaits the user's interaction"),
+            );
+        }
+        // A forced refresh lifts the request: what follows is up to the server.
+        if !self.forced.is_empty() {
+            self.awaits_user.remove(&token);
         }
         if self.logged_out.is_some() {
             self.violate(Invariant::C4, now, format!("sent {id} while logged out"));
@@ -488,20 +654,20 @@ impl ClientMonitor {
                 }
             }
         }
-        self.sent.insert(id, Sent { token, at: now, attempt, answered: None });
+        self.sent.insert(id, Sent { token, at: now, attempt, answered: None, settled: false });
     }
 
     /// U2: remembers a stored access token that has its refresh margin or
     /// less left (by the lifetime it was issued with) and a refresh token to
     /// renew it with: it must be refreshed before anyone gets it.
-    fn note_refresh_first(&mut self, stored: &StoredSession, unix_now: UnixTime) {
+    fn note_refresh_first(&mut self, stored: &StoredSession, unix_now: UnixTime, unix_now_mono: MonoTime) {
         let (Some(access), Some(expires_at), Some(_)) =
             (&stored.access_token, stored.access_expires_at, &stored.refresh_token)
         else {
             return;
         };
         let left = expires_at.saturating_duration_since(unix_now);
-        let first_sight = self.seen_access.insert(access.fingerprint());
+        let first_sight = self.seen_access.insert(access.fingerprint(), unix_now_mono).is_none();
         if first_sight && left <= least_margin(&self.config, stored.access_lifetime) {
             self.inside_margin.insert(access.fingerprint());
         }
@@ -520,9 +686,20 @@ impl ClientMonitor {
         }
     }
 
+    /// Notes a caller that asked before the session could know whether it
+    /// holds a refresh token: while the store is read or written (U4).
+    fn note_if_unknowing(&mut self, caller: CallerId) {
+        if matches!(self.state, StateView::Loading) || !self.pending_store.is_empty() {
+            self.asked_before_known.insert(caller);
+        }
+    }
+
     fn resolve(&mut self, now: MonoTime, callers: &[CallerId], how: &str) {
         for caller in callers {
             self.unserved_since_arrival.remove(caller);
+            self.forced.remove(caller);
+            self.asked_before_known.remove(caller);
+            self.retrying.remove(caller);
             if self.waiting.remove(caller).is_none() {
                 self.violate(Invariant::C5, now, format!("{how} {caller}, which was not waiting"));
             }

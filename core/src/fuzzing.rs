@@ -137,7 +137,7 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
             }
             None
         }
-        Classified::Terminal(_) | Classified::Rejected(_) => None,
+        Classified::Terminal(_) | Classified::Rejected(_) | Classified::InteractionRequired(_) => None,
     };
     let held = RefreshToken::new(HELD_REFRESH_TOKEN);
     let expected = issued.unwrap_or_else(|| held.clone());
@@ -567,10 +567,13 @@ fn world_ops(data: &[u8], trace: bool, shared: bool) -> (World, Result<(), Strin
         // so a single-process input means what it always meant.
         let p = if shared && matches!(op, 0..=6) { input.below(processes) as usize } else { 0 };
         match op {
-            0..=2 => {
+            0 | 1 => {
                 for _ in 0..=input.below(4) {
                     world.want_token_at(p);
                 }
+            }
+            2 => {
+                world.force_refresh_at(p);
             }
             3 => world.log_out_at(p),
             4 => world.log_in_at(p),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, Refusal};
+use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, PolicyRefusal, Refusal};
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
 };
@@ -53,6 +53,8 @@ pub enum Fate {
     RateLimited(Duration),
     /// The connection was refused (the client learns at once).
     Refused,
+    /// The server refused by policy without acting on it (see [`PolicyRefusal`]).
+    PolicyRefusal(PolicyRefusal),
 }
 
 /// What happens to one store write.
@@ -87,6 +89,9 @@ pub struct Faults {
     pub rate_limit: u16,
     /// The connection is refused.
     pub refused: u16,
+    /// The server refuses by policy (interaction required, invalid request,
+    /// invalid client).
+    pub policy_refusal: u16,
     /// A store write fails (before or after it landed).
     pub store_write_fail: u16,
     /// A store load fails.
@@ -119,6 +124,7 @@ impl Faults {
             server_error: rate(150),
             rate_limit: rate(80),
             refused: rate(100),
+            policy_refusal: rate(30),
             store_write_fail: rate(150),
             store_load_fail: rate(150),
             crash: rate(8),
@@ -224,12 +230,13 @@ impl WorldConfig {
                 _ => Duration::from_secs(rng.below(120)),
             },
             grace_reuses: 1 + rng.below(6) as u32,
-            grace_replay: if rng.chance(1, 2) {
-                crate::authority::GraceReplay::SamePair
-            } else {
-                crate::authority::GraceReplay::FreshPair
+            grace_replay: match rng.below(3) {
+                0 => crate::authority::GraceReplay::SamePair,
+                1 => crate::authority::GraceReplay::FreshPair,
+                _ => crate::authority::GraceReplay::SamePairFullLifetime,
             },
             reuse_detection: !rng.chance(1, 4),
+            revoke_previous_access: rng.chance(1, 3),
             ..AuthorityConfig::default()
         };
         config.faults = Faults::sample(&mut rng);
@@ -259,14 +266,28 @@ impl WorldConfig {
         config
     }
 
-    /// The same world with a planted bug. A missing cross-process lock can
-    /// only show where processes share a store, so that plant gets two to
-    /// four of them, configured to share.
+    /// The same world with a planted bug, shaped so the bug can show: a
+    /// missing cross-process lock needs processes sharing a store (two to
+    /// four, configured to share); the dead-token plants need servers that
+    /// behave like Django OAuth Toolkit.
     #[must_use]
     pub fn with_plant(mut self, plant: crate::session::Plant) -> Self {
-        if plant == crate::session::Plant::NoCrossProcessLock {
-            self.session.shared_store = true;
-            self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+        match plant {
+            crate::session::Plant::NoCrossProcessLock => {
+                self.session.shared_store = true;
+                self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+            }
+            // Shows against a server whose grace replay keeps the original
+            // expiry, when answers get lost and tokens are short.
+            crate::session::Plant::LifetimeFromLastAttempt => {
+                self.authority.grace_replay = crate::authority::GraceReplay::SamePairFullLifetime;
+                self.authority.grace = self.authority.grace.max(Duration::from_secs(120));
+                self.authority.access_ttl = self.authority.access_ttl.min(Duration::from_secs(60));
+                self.faults.drop_response = self.faults.drop_response.max(100);
+            }
+            // Shows against a server that deletes the access token a refresh replaces.
+            crate::session::Plant::RetryIgnoresRunningRefresh => self.authority.revoke_previous_access = true,
+            _ => {}
         }
         self.session.plant = Some(plant);
         self
@@ -294,6 +315,11 @@ pub struct WorldStats {
     pub failed: u64,
     /// Resource requests refused with 401.
     pub unauthorized: u64,
+    /// Retries after a 401 that were refused too (the caller's request failed for good).
+    pub retries_refused: u64,
+    /// Access tokens a grace replay handed to another life than the one they
+    /// were first issued to (see `World::note_issued_to`).
+    pub cross_life_replays: u64,
     /// Logouts, by cause (Debug name).
     pub logouts: BTreeMap<String, u64>,
     /// Faults injected, by kind.
@@ -337,6 +363,8 @@ enum Pending {
         caller: CallerId,
         grant: AccessGrant,
         healthy: bool,
+        /// For a retry after a 401: when the retry was granted.
+        retried_at: Option<MonoTime>,
     },
     ResourceAnswered {
         incarnation: u32,
@@ -356,6 +384,15 @@ enum Pending {
         always: bool,
     },
     Resume,
+}
+
+/// A refresh the authority served: when, for which life, and whether that
+/// life never read the answer.
+#[derive(Clone, Copy, Debug)]
+struct Redemption {
+    at: MonoTime,
+    life: u32,
+    answer_lost: bool,
 }
 
 /// One client process: its session and what dies with it.
@@ -417,6 +454,16 @@ pub struct World {
     evidence: LogoutEvidence,
     /// A login is on its way for a session that ran out of tokens.
     login_pending: bool,
+    /// No random caller arrives after this (set by the liveness phase).
+    demand_until: Option<MonoTime>,
+    /// The life that first received each access token the authority issued
+    /// in a refresh, and the tokens another life got again by a grace replay.
+    first_received_by: BTreeMap<crate::token::Fingerprint, u32>,
+    cross_life_replays: std::collections::BTreeSet<crate::token::Fingerprint>,
+    /// When the authority first issued each access token.
+    issued_at: BTreeMap<crate::token::Fingerprint, MonoTime>,
+    /// Every refresh the authority served, for U8.
+    redemptions: Vec<Redemption>,
     extra: Vec<Violation>,
     trace: Vec<String>,
     stats: WorldStats,
@@ -481,6 +528,11 @@ impl World {
             authority_monitor: AuthorityMonitor::new(&config.authority),
             evidence: LogoutEvidence::default(),
             login_pending: false,
+            demand_until: None,
+            first_received_by: BTreeMap::new(),
+            cross_life_replays: std::collections::BTreeSet::new(),
+            issued_at: BTreeMap::new(),
+            redemptions: Vec::new(),
             config,
             seed,
             rng,
@@ -634,6 +686,16 @@ impl World {
         caller
     }
 
+    /// A caller in process `p` forces a refresh now (or once a suspended
+    /// client resumes), as [`World::want_token_at`].
+    pub fn force_refresh_at(&mut self, p: usize) -> CallerId {
+        self.wake();
+        let caller = CallerId(self.next_caller);
+        self.next_caller += 1;
+        self.input(p, Event::RefreshWanted { caller });
+        caller
+    }
+
     /// The user logs out now (or once a suspended client resumes).
     pub fn log_out(&mut self) {
         self.log_out_at(0);
@@ -656,6 +718,7 @@ impl World {
         self.wake();
         let issued = self.authority.login(self.now, CLIENT_ID, None);
         self.observe_authority();
+        self.issued_at.entry(issued.access_token.fingerprint()).or_insert(self.now);
         let new = NewSession {
             access_token: Some(issued.access_token),
             token_type: crate::token::TokenType::Bearer,
@@ -831,6 +894,7 @@ impl World {
         let wait_bound = self.config.session.wait_bound();
         let end = safety_end.saturating_add(self.config.liveness_phase).max(self.now.saturating_add(wait_bound * 2));
         let last_call_at = end.saturating_sub(wait_bound + Duration::from_secs(5));
+        self.demand_until = Some(last_call_at);
         self.run_until(last_call_at);
         let processes = 0..self.processes.len();
         for p in processes.clone() {
@@ -845,7 +909,12 @@ impl World {
             let caller = last.get(p).copied().unwrap_or(CallerId(0));
             let logged_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
                 && matches!(self.session_of(p).state(), StateView::LoggedOut { .. });
-            let ran_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::MissingRefreshToken)));
+            // Nothing but the user can renew these: no refresh token left, or
+            // the server asked for the user's interaction.
+            let ran_out = matches!(
+                self.outcome(caller),
+                Some(CallerOutcome::Failed(FailReason::MissingRefreshToken | FailReason::InteractionRequired(_)))
+            );
             if logged_out || ran_out {
                 // The session held a token that had died meanwhile (expired,
                 // revoked, or ended by another process); the logout was judged
@@ -1027,14 +1096,20 @@ impl World {
                     self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
                     let (latency, healthy) = self.latency();
                     // C7 speaks of a healthy network and a known expiry.
-                    let healthy = healthy && !self.clock_jumped && grant.usable_until.is_some();
-                    let pending = Pending::ResourceArrives { incarnation, caller, grant: grant.clone(), healthy };
+                    let replayed = self.cross_life_replays.contains(&grant.access_token.fingerprint());
+                    let healthy = healthy && !self.clock_jumped && grant.usable_until.is_some() && !replayed;
+                    let retry = self.process(p).retried.get(&caller).copied().unwrap_or(false);
+                    let retried_at = retry.then_some(self.now);
+                    let pending =
+                        Pending::ResourceArrives { incarnation, caller, grant: grant.clone(), healthy, retried_at };
                     self.schedule(self.now.saturating_add(latency), pending);
                 }
             }
             Command::Fail { callers, reason } => {
-                // An access token alone has run out: the app sends the user to log in.
-                let relogin = reason == FailReason::MissingRefreshToken && !self.login_pending;
+                // An access token alone has run out, or the server wants the
+                // user to act: the app sends the user to log in.
+                let relogin = matches!(reason, FailReason::MissingRefreshToken | FailReason::InteractionRequired(_))
+                    && !self.login_pending;
                 for caller in callers {
                     self.stats.failed += 1;
                     self.outcomes.insert(caller, CallerOutcome::Failed(reason.clone()));
@@ -1073,6 +1148,9 @@ impl World {
             Fate::ServerError
         } else if self.chance(f.rate_limit, "rate_limit") {
             Fate::RateLimited(Duration::from_secs(1 + self.rng.below(60)))
+        } else if self.chance(f.policy_refusal, "policy_refusal") {
+            let pick = self.rng.below(PolicyRefusal::ALL.len() as u64) as usize;
+            Fate::PolicyRefusal(PolicyRefusal::ALL.get(pick).copied().unwrap_or(PolicyRefusal::InvalidClient))
         } else if self.chance(f.drop_response, "drop_response") {
             Fate::DropResponse
         } else if self.chance(f.mangle_response, "mangle_response") {
@@ -1133,12 +1211,26 @@ impl World {
                 self.observe_authority();
                 return;
             }
-            Pending::ResourceArrives { incarnation, caller, grant, healthy } => {
+            Pending::ResourceArrives { incarnation, caller, grant, healthy, retried_at } => {
                 let result = self.authority.validate(self.now, grant.access_token.expose_secret());
                 self.observe_authority();
                 if result == Err(crate::authority::InvalidToken::Expired) && healthy {
                     let detail = format!("{caller} used {} after it expired", grant.generation);
                     self.extra.push(Violation { invariant: Invariant::C7, at: self.now, detail });
+                }
+                if let (Some(retried_at), Err(reason)) = (retried_at, result) {
+                    self.stats.retries_refused += 1;
+                    // U8: a retry nothing raced, on a healthy network, gets a
+                    // token the server has not already killed.
+                    let untouched = healthy && !self.killable_unseen(&grant.access_token, incarnation, retried_at);
+                    let killed = matches!(
+                        reason,
+                        crate::authority::InvalidToken::Expired | crate::authority::InvalidToken::Replaced
+                    );
+                    if untouched && killed {
+                        let detail = format!("{caller}'s retry with {} was refused: {reason:?}", grant.generation);
+                        self.extra.push(Violation { invariant: Invariant::U8, at: self.now, detail });
+                    }
                 }
                 let (latency, _) = self.latency();
                 let answer =
@@ -1158,10 +1250,16 @@ impl World {
             _ => None,
         };
         match (pending, addressee) {
+            // Random demand ends with the last caller of the liveness phase, so
+            // every caller has its whole bound before the verdict.
+            (Pending::CallerArrives, _) if self.demand_until.is_some_and(|until| self.now > until) => {}
             (Pending::CallerArrives, _) => {
                 let p = if self.processes.len() > 1 { self.rng.below(self.processes.len() as u64) as usize } else { 0 };
                 if self.chance(self.config.faults.logout, "logout") {
                     self.log_out_at(p);
+                } else if self.rng.chance(1, 40) {
+                    // The app forces a refresh now and then (a changed profile, a suspect token).
+                    self.force_refresh_at(p);
                 } else {
                     self.want_token_at(p);
                 }
@@ -1249,11 +1347,20 @@ impl World {
             Fate::RateLimited(wait) => {
                 (429, vec![("Retry-After", wait.as_secs().to_string().into_bytes())], SecretString::from(""))
             }
+            Fate::PolicyRefusal(refusal) => {
+                let (status, body) = refusal.response();
+                (status, vec![], SecretString::from(body))
+            }
             _ => {
                 let result = self.authority.refresh(self.now, CLIENT_ID, None, token.expose_secret());
                 self.observe_authority();
                 match result {
-                    Ok(issued) => (200, vec![], issued.to_json()),
+                    Ok(issued) => {
+                        self.note_issued_to(&issued.access_token, incarnation);
+                        self.issued_at.entry(issued.access_token.fingerprint()).or_insert(self.now);
+                        self.redemptions.push(Redemption { at: self.now, life: incarnation, answer_lost: false });
+                        (200, vec![], issued.to_json())
+                    }
                     Err(refusal) => (400, vec![], SecretString::from(Refusal::to_json(refusal))),
                 }
             }
@@ -1268,6 +1375,9 @@ impl World {
         if matches!(fate, Fate::DropResponse | Fate::MangleResponse) || too_late {
             // The server committed; the client will not read (in time) what it did.
             self.evidence.lost_answer = true;
+            if let Some(last) = self.redemptions.last_mut().filter(|r| r.at == self.now && r.life == incarnation) {
+                last.answer_lost = true;
+            }
         }
         let body = match fate {
             Fate::DropResponse => return,
@@ -1287,6 +1397,33 @@ impl World {
             self.schedule(at.saturating_add(self.config.latency), again);
         }
         self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome });
+    }
+
+    /// Records which life first received an access token. A grace replay can
+    /// hand a token first issued to one life (a process that then crashed, or
+    /// another process sharing the store) to another, which cannot know when
+    /// the server issued it: a replay that keeps the original expiry then
+    /// looks younger than it is. Such tokens are touched by that fault (the
+    /// crash, or the lost answers that made another process present the same
+    /// refresh token), and C7 and U8 do not judge their use.
+    fn note_issued_to(&mut self, access: &crate::token::AccessToken, incarnation: u32) {
+        let fingerprint = access.fingerprint();
+        let first = *self.first_received_by.entry(fingerprint).or_insert(incarnation);
+        if first != incarnation && self.cross_life_replays.insert(fingerprint) {
+            self.stats.cross_life_replays += 1;
+        }
+    }
+
+    /// Whether a refresh may have killed `access` behind the back of life
+    /// `incarnation` (which was handed it for a retry at `retried_at`): one
+    /// the server served after issuing it, for another life (which this one
+    /// cannot see), or whose answer this life never read (lost, mangled, too
+    /// late), or that came after the retry was granted (a race, not a bug).
+    fn killable_unseen(&self, access: &crate::token::AccessToken, incarnation: u32, retried_at: MonoTime) -> bool {
+        let Some(issued_at) = self.issued_at.get(&access.fingerprint()).copied() else { return true };
+        self.redemptions
+            .iter()
+            .any(|r| r.at >= issued_at && (r.life != incarnation || r.answer_lost || r.at >= retried_at))
     }
 
     fn observe_authority(&mut self) {

@@ -23,7 +23,9 @@
 //! | 400/401/403 `invalid_grant` (with or without description) | [`Classified::Terminal`] |
 //! | 200 with an `error` field | as the error it names |
 //! | 400 `invalid_request` asking to retry (concurrent refresh) | [`Classified::Transient`] |
-//! | 401 `invalid_client` (with `WWW-Authenticate`) | [`Classified::Rejected`]: client misconfigured, session kept |
+//! | 400 `invalid_request` otherwise (fosite's answer to the loser of two concurrent rotations) | [`Classified::Rejected`]; the session re-reads the store first, like after `invalid_grant`, and never logs out |
+//! | `mfa_required`, `interaction_required`, `consent_required`, `login_required` | [`Classified::InteractionRequired`]: the user must act; session kept, not retried |
+//! | 401 `invalid_client` (with `WWW-Authenticate`), `invalid_scope`, 404 or another 4xx without an OAuth error | [`Classified::Rejected`]: client misconfigured, session kept |
 //! | 5xx, any body (HTML included) | [`Classified::Transient`] |
 //! | 429 / 503 with `Retry-After` | [`Classified::Transient`] with the delay |
 //! | 2xx that is not a usable token response | [`Classified::Malformed`], rotated refresh token salvaged |
@@ -285,6 +287,10 @@ pub enum Classified {
     /// The server refused for a reason retrying will not fix and that does not
     /// prove the refresh token dead (client misconfigured, bad scope, ...).
     Rejected(Rejected),
+    /// The server wants the user to act (multi-factor step-up, consent, a
+    /// fresh login) before it issues tokens: no retry fixes it, and the
+    /// refresh token is not proven dead. See [`INTERACTION_ERRORS`].
+    InteractionRequired(OAuthError),
     /// A success status without a usable token response. The server may have
     /// rotated the refresh token, so the outcome is uncertain, like a lost response.
     Malformed(Malformed),
@@ -370,6 +376,54 @@ pub struct Malformed {
     pub salvaged_refresh_token: Option<RefreshToken>,
 }
 
+impl fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "status {} with error `{}`", self.status, self.code)?;
+        match &self.description {
+            Some(description) => write!(f, " ({description})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for OAuthError {}
+
+impl fmt::Display for TransientCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ServerError(status) => write!(f, "the server failed with status {status}"),
+            Self::RateLimited => f.write_str("the server is rate limiting (429)"),
+            Self::RequestTimeout => f.write_str("the server timed the request out (408)"),
+            Self::RetryRequested(error) => write!(f, "the server asked to retry: {error}"),
+        }
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Error(error) => write!(f, "{error}"),
+            Self::Status(status) => write!(f, "status {status} without an OAuth error"),
+        }
+    }
+}
+
+impl fmt::Display for MalformedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BodyTooLarge => write!(f, "the response is larger than {MAX_BODY_BYTES} bytes"),
+            Self::NotJsonObject => f.write_str("the response is not a JSON object"),
+            Self::MissingAccessToken => f.write_str("the response has no access token"),
+            Self::InvalidAccessToken => f.write_str("the response's access token is empty, too long or not a string"),
+            Self::InvalidRefreshToken => f.write_str("the response's refresh token is empty, too long or not a string"),
+            Self::UnsupportedTokenType(kind) => {
+                write!(f, "the response's token type `{}` is not accepted", kind.as_str())
+            }
+            Self::UnexpectedStatus(status) => write!(f, "the response has the unexpected status {status}"),
+        }
+    }
+}
+
 /// What made a success response unusable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -445,9 +499,17 @@ fn malformed(status: u16, reason: MalformedReason, salvaged_refresh_token: Optio
     Classified::Malformed(Malformed { status, reason, salvaged_refresh_token })
 }
 
+/// OAuth error codes that ask the user to act (OpenID Connect Core §3.1.2.6,
+/// and `mfa_required` as Auth0 and others send it from the token endpoint).
+pub const INTERACTION_ERRORS: [&str; 4] =
+    ["mfa_required", "interaction_required", "consent_required", "login_required"];
+
 fn classify_error(policy: &Policy, error: OAuthError, retry_after: Option<Duration>) -> Classified {
     if policy.terminal_errors.contains(&error.code) {
         return Classified::Terminal(error);
+    }
+    if INTERACTION_ERRORS.contains(&error.code.as_str()) {
+        return Classified::InteractionRequired(error);
     }
     let asks_to_retry = match error.code.as_str() {
         "temporarily_unavailable" | "slow_down" => true,

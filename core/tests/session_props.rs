@@ -27,13 +27,19 @@ fn cases() -> u32 {
 
 #[derive(Clone, Debug)]
 enum Outcome {
-    Rotate { lifetime: u64 },
+    Rotate {
+        lifetime: u64,
+    },
     KeepToken,
     NoLifetime,
     Terminal,
     ServerError,
     RateLimited(u64),
     Rejected,
+    /// The user must act (`interaction_required`).
+    Interaction,
+    /// 400 `invalid_request`: what fosite answers the loser of a race.
+    InvalidRequest,
     Salvage,
     Garbage,
 }
@@ -41,6 +47,10 @@ enum Outcome {
 #[derive(Clone, Debug)]
 enum Op {
     Want,
+    /// A forced refresh.
+    Force,
+    /// The app reports the current token bad without waiting.
+    Invalidate,
     Unauthorized {
         stale: bool,
     },
@@ -81,6 +91,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         2 => Just(Outcome::ServerError),
         1 => (0u64..120).prop_map(Outcome::RateLimited),
         1 => Just(Outcome::Rejected),
+        1 => Just(Outcome::Interaction),
+        1 => Just(Outcome::InvalidRequest),
         1 => Just(Outcome::Salvage),
         1 => Just(Outcome::Garbage),
     ]
@@ -89,6 +101,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => Just(Op::Want),
+        1 => Just(Op::Force),
+        1 => Just(Op::Invalidate),
         1 => any::<bool>().prop_map(|stale| Op::Unauthorized { stale }),
         5 => (0u8..4, outcome()).prop_map(|(back, outcome)| Op::Answer { back, outcome }),
         1 => (0u8..4, any::<bool>()).prop_map(|(back, unknown)| Op::TransportFail { back, unknown }),
@@ -214,6 +228,8 @@ impl Driver {
                 retry_after: Some(Duration::from_secs(*secs)),
             }),
             Outcome::Rejected => Classified::Rejected(Rejected::Error(error(401, "invalid_client"))),
+            Outcome::Interaction => Classified::InteractionRequired(error(400, "interaction_required")),
+            Outcome::InvalidRequest => Classified::Rejected(Rejected::Error(error(400, "invalid_request"))),
             Outcome::Salvage => {
                 let refresh = self.mint("r");
                 Classified::Malformed(Malformed {
@@ -291,6 +307,12 @@ impl Driver {
                 self.next_caller += 1;
                 self.input(Event::TokenWanted { caller });
             }
+            Op::Force => {
+                let caller = CallerId(self.next_caller);
+                self.next_caller += 1;
+                self.input(Event::RefreshWanted { caller });
+            }
+            Op::Invalidate => self.input(Event::Invalidated { generation: self.generation }),
             Op::Unauthorized { stale } => {
                 let caller = CallerId(self.next_caller);
                 self.next_caller += 1;
@@ -425,4 +447,29 @@ fn the_suite_catches_every_planted_variant() {
         });
         assert!(result.is_err(), "{} survived {} cases", plant.name(), 2048);
     }
+}
+
+/// Found by the shared-store property: three attempts present one refresh
+/// token; the last answers first without rotating, then the second answers
+/// with a rotation. Ignoring that straggler as "older" kept the spent token,
+/// wrote it back (C3) and presented it again (C2): a straggler that rotates
+/// is adopted.
+#[test]
+fn a_straggler_that_rotates_is_adopted_after_a_later_answer() {
+    let ops = vec![
+        Op::Want,
+        Op::Force,
+        Op::Login { lifetime: 1, age: 0 },
+        Op::StoreOk,
+        Op::StoreOk,
+        Op::Advance { millis: 20872 },
+        Op::Answer { back: 0, outcome: Outcome::KeepToken },
+        Op::Answer { back: 1, outcome: Outcome::Rotate { lifetime: 1 } },
+        Op::Want,
+    ];
+    let mut config = small_config();
+    config.shared_store = true;
+    let driver = run(config, 0, &ops);
+    let violations = driver.violations();
+    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
 }

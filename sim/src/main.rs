@@ -33,7 +33,8 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
   --plant NAME  run a deliberately broken session: no-single-flight,
                 grant-before-persist, logout-keeps-storage, retry-forgets-rotation,
                 no-cross-process-lock, answers-before-state, caches-a-failure,
-                ignores-refresh-window
+                ignores-refresh-window, forced-refresh-not-chained, lifetime-from-last-attempt,
+                retry-ignores-running-refresh, retries-interaction-required
   --threads T   worker threads (default: the machine's cores)
   --log         write every log event of the drivers (tier 2), at trace level, to
                 stderr: the leak scan reads it for token bytes

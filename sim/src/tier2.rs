@@ -51,6 +51,9 @@ pub struct Faults {
     pub server_error: u16,
     /// The token endpoint answers 429 without acting.
     pub rate_limit: u16,
+    /// The token endpoint refuses by policy without acting: interaction
+    /// required, invalid request or invalid client, a third each.
+    pub policy_refusal: u16,
     /// The token endpoint acts, then drops the connection: the answer is lost.
     pub drop_after_commit: u16,
     /// A store write fails (half of them after the bytes landed).
@@ -121,12 +124,22 @@ impl WorldConfig {
         };
         authority.grace_reuses = 1 + rng.below(6) as u32;
         authority.reuse_detection = !rng.chance(1, 4);
+        // Real servers differ in what a grace replay returns and in whether a
+        // refresh deletes the access token it replaces (Django OAuth Toolkit).
+        authority.grace_replay = match rng.below(3) {
+            0 => freshen_core::authority::GraceReplay::SamePair,
+            1 => freshen_core::authority::GraceReplay::FreshPair,
+            _ => freshen_core::authority::GraceReplay::SamePairFullLifetime,
+        };
+        authority.revoke_previous_access = rng.chance(1, 3);
         let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
         let (server_error, rate_limit, drop_after_commit, store_write_fail, logout) =
             (rate(150), rate(80), rate(120), rate(150), rate(40));
+        let policy_refusal = rate(30);
         let faults = Faults {
             server_error,
             rate_limit,
+            policy_refusal,
             drop_after_commit,
             store_write_fail,
             partitions: rng.chance(1, 2),
@@ -174,9 +187,19 @@ impl WorldConfig {
     /// lock needs processes sharing a store (two to four of them).
     #[must_use]
     pub fn for_plant(mut self, plant: Option<Plant>) -> Self {
-        if plant == Some(Plant::NoCrossProcessLock) {
-            self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
-            self.session.shared_store = true;
+        match plant {
+            Some(Plant::NoCrossProcessLock) => {
+                self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+                self.session.shared_store = true;
+            }
+            Some(Plant::LifetimeFromLastAttempt) => {
+                self.authority.grace_replay = freshen_core::authority::GraceReplay::SamePairFullLifetime;
+                self.authority.grace = self.authority.grace.max(Duration::from_secs(120));
+                self.faults.drop_after_commit = self.faults.drop_after_commit.max(100);
+            }
+            Some(Plant::RetryIgnoresRunningRefresh) => self.authority.revoke_previous_access = true,
+            Some(Plant::RetriesInteractionRequired) => self.faults.policy_refusal = self.faults.policy_refusal.max(60),
+            _ => {}
         }
         self
     }
@@ -261,6 +284,21 @@ async fn serve(
             let mut response = http::Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            return Ok(response);
+        }
+        if faults.draw(rates.policy_refusal, "policy_refusal") {
+            use freshen_core::authority::PolicyRefusal;
+            let refusal = if faults.draw(333, "policy_refusal_interaction") {
+                PolicyRefusal::InteractionRequired
+            } else if faults.draw(500, "policy_refusal_invalid_request") {
+                PolicyRefusal::InvalidRequest
+            } else {
+                PolicyRefusal::InvalidClient
+            };
+            let (status, body) = refusal.response();
+            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
             return Ok(response);
         }
         let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
@@ -569,13 +607,16 @@ fn client_id(app: usize) -> String {
     format!("client-{app}")
 }
 
-/// One caller: a token, the resource, and one retry after a 401.
-async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>) {
+/// One caller: a token (now and then a forced refresh), the resource, and
+/// one retry after a 401.
+async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, forced: bool) {
     let healed = host.healed.load(Ordering::Acquire);
-    let token = match session.access_token().await {
+    let answer = if forced { session.refresh().await } else { session.access_token().await };
+    let token = match answer {
         Ok(token) => token,
-        Err(freshen::Error::MissingRefreshToken) => {
-            // An access token alone has run out: the app sends the user to log in.
+        Err(freshen::Error::MissingRefreshToken | freshen::Error::InteractionRequired(_)) => {
+            // An access token alone has run out, or the server wants the user
+            // to act: the app sends the user to log in.
             host.failed.fetch_add(1, Ordering::Relaxed);
             host.needs_login.store(true, Ordering::Release);
             return;
@@ -703,7 +744,9 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
             relogging = false;
         }
         for _ in 0..1 + rng.below(config.burst) {
-            tokio::spawn(caller(session.clone(), Arc::clone(&host)));
+            // The app forces a refresh now and then (a changed profile, a suspect token).
+            let forced = rng.chance(1, 200);
+            tokio::spawn(caller(session.clone(), Arc::clone(&host), forced));
         }
     }
 }

@@ -61,10 +61,12 @@ fn every_planted_bug_is_caught_through_the_real_driver() {
 /// now bounds every connection's life on both sides and paces connects (see
 /// `ConnectPacer`). Here hosts get 1,024 ports under partitions, so they wrap
 /// around several times; without those bounds these seeds panic the same way
-/// (checked by hand: 7 of the first 30 seeds of this shape did).
+/// (checked by hand: 7 of the first 30 seeds of this shape did). The seeds
+/// are ones whose worlds wrap around at least three times; when world
+/// sampling changes, the assertion below says which seed to replace.
 #[test]
 fn ports_that_wrap_around_meet_no_stale_connection() {
-    for seed in [0, 2, 10, 25] {
+    for seed in [0, 5, 10, 25] {
         let mut config = WorldConfig::sampled(seed);
         config.faults.partitions = true;
         config.ephemeral_ports = (49152, 49152 + 1023);

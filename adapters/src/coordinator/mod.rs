@@ -118,9 +118,19 @@ impl<W: Waker> Coordinator<W> {
     }
 
     /// A resource refused a token of `generation`: the caller wants one retry.
-    /// Without a waker the answer is dropped (the report still counts).
-    pub(crate) fn unauthorized(&self, now: MonoTime, generation: Generation, waker: Option<W>) -> CallerId {
-        self.register(waker, |caller| Event::Unauthorized { caller, generation }, now)
+    pub(crate) fn unauthorized(&self, now: MonoTime, generation: Generation, waker: W) -> CallerId {
+        self.register(Some(waker), |caller| Event::Unauthorized { caller, generation }, now)
+    }
+
+    /// A caller forces a refresh; `waker` gets the token of a refresh that
+    /// starts after this (see [`Event::RefreshWanted`]).
+    pub(crate) fn refresh_wanted(&self, now: MonoTime, waker: W) -> CallerId {
+        self.register(Some(waker), |caller| Event::RefreshWanted { caller }, now)
+    }
+
+    /// The token of `generation` is no good: the next caller refreshes.
+    pub(crate) fn invalidated(&self, now: MonoTime, generation: Generation) {
+        self.handle(now, Event::Invalidated { generation });
     }
 
     fn register(&self, waker: Option<W>, event: impl FnOnce(CallerId) -> Event, now: MonoTime) -> CallerId {

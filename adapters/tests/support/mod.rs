@@ -41,6 +41,8 @@ pub struct AuthorityTransport {
     scripted: Arc<Mutex<VecDeque<Scripted>>>,
     /// While set, requests to the token endpoint are never answered.
     hung: Arc<std::sync::atomic::AtomicBool>,
+    /// The next answers of the token endpoint are lost after the authority acted.
+    lose_answers: Arc<AtomicUsize>,
 }
 
 /// A token endpoint's answer, scripted by a test.
@@ -59,7 +61,14 @@ impl AuthorityTransport {
             failures: Arc::new(Mutex::new(VecDeque::new())),
             scripted: Arc::new(Mutex::new(VecDeque::new())),
             hung: Arc::default(),
+            lose_answers: Arc::default(),
         }
+    }
+
+    /// The next `n` refreshes reach the authority, which acts on them, but
+    /// their answers never come: the client times out.
+    pub fn lose_next_answers(&self, n: usize) {
+        self.lose_answers.store(n, Ordering::SeqCst);
     }
 
     /// The next token requests get these answers (counted as refreshes), not the authority's.
@@ -156,6 +165,11 @@ impl Transport for AuthorityTransport {
         let gated = *self.gated.lock().unwrap();
         if gated {
             self.gate.acquire().await.unwrap().forget();
+        }
+        let lost = url == TOKEN_URL
+            && self.lose_answers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if lost {
+            return std::future::pending().await;
         }
         tokio::time::sleep(self.latency).await;
         Ok(HttpResponse::new(status, [], body.into_bytes()))

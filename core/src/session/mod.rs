@@ -39,7 +39,7 @@ pub use types::{
 };
 
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use crate::oauth::{Classified, OAuthError, TokenResponse, Transient, TransientCause};
+use crate::oauth::{Classified, OAuthError, Rejected, TokenResponse, Transient, TransientCause};
 use crate::rng::SplitMix64;
 use crate::stored::StoredSession;
 use crate::time::{MonoTime, UnixTime};
@@ -73,11 +73,26 @@ pub enum Plant {
     /// Hands out a restored token that is already inside its refresh margin
     /// (breaks U2: the refresh window is the user's).
     IgnoresRefreshWindow,
+    /// A forced refresh asked while one is in flight is sent at once with
+    /// the same refresh token instead of after it with its successor (breaks
+    /// C1, C2 and U5: forced refreshes are chained).
+    ForcedRefreshNotChained,
+    /// Counts a refresh's lifetime from the attempt that got the answer, not
+    /// from the first attempt presenting the same token (breaks C7 and U8
+    /// against servers whose grace replay keeps the original expiry).
+    LifetimeFromLastAttempt,
+    /// A retry after a 401 gets the current token at once, even while a
+    /// refresh that may kill it runs (breaks U8 against servers that delete
+    /// the previous access token on refresh).
+    RetryIgnoresRunningRefresh,
+    /// Treats a request for the user's interaction as a transient failure
+    /// and retries it (breaks U6: only the user can answer it).
+    RetriesInteractionRequired,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 8] = [
+    pub const ALL: [Plant; 12] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -86,6 +101,10 @@ impl Plant {
         Plant::AnswersBeforeState,
         Plant::CachesFailure,
         Plant::IgnoresRefreshWindow,
+        Plant::ForcedRefreshNotChained,
+        Plant::LifetimeFromLastAttempt,
+        Plant::RetryIgnoresRunningRefresh,
+        Plant::RetriesInteractionRequired,
     ];
 
     /// The name used on command lines.
@@ -99,6 +118,10 @@ impl Plant {
             Plant::AnswersBeforeState => "answers-before-state",
             Plant::CachesFailure => "caches-a-failure",
             Plant::IgnoresRefreshWindow => "ignores-refresh-window",
+            Plant::ForcedRefreshNotChained => "forced-refresh-not-chained",
+            Plant::LifetimeFromLastAttempt => "lifetime-from-last-attempt",
+            Plant::RetryIgnoresRunningRefresh => "retry-ignores-running-refresh",
+            Plant::RetriesInteractionRequired => "retries-interaction-required",
         }
     }
 
@@ -129,6 +152,8 @@ pub struct Session {
     /// ended its cycle: it counts as in flight until answered or past its
     /// deadline, so no new refresh starts alongside it (C1).
     straggler: Option<(RefreshId, MonoTime)>,
+    /// Refresh cycles started so far; the running one, if any, is this number.
+    cycles_started: u64,
     /// What the last [`Command::Publish`] offered.
     published: Option<Generation>,
     view: StateView,
@@ -162,6 +187,12 @@ struct SentRefresh {
     id: RefreshId,
     at: MonoTime,
     answered: bool,
+    /// Its answer says what the server issued for it: nothing (a refusal, a
+    /// 429, never sent) or what the answer carried. An attempt not settled
+    /// may have been redeemed unseen, and a later grace replay may carry that.
+    settled: bool,
+    /// The refresh cycle it belongs to: the tokens its answer brings come from that cycle.
+    cycle: u64,
 }
 
 /// How many send times are remembered for answers that arrive late.
@@ -171,6 +202,24 @@ const RECENT_SENDS: usize = 32;
 struct Waiter {
     caller: CallerId,
     deadline: MonoTime,
+    needs: Needs,
+}
+
+/// Which token a waiter may be handed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Needs {
+    /// Any usable token.
+    Any,
+    /// A token from refresh cycle `n` or a later one: a forced refresh asked
+    /// while cycle `n - 1` may still run. Under rotation that chains forced
+    /// refreshes, each presenting the token the previous one received.
+    CycleFrom(u64),
+    /// A retry after a 401 that came while a refresh ran (or an attempt was
+    /// still out): a refresh may just have killed the token the caller holds
+    /// and the one in memory alike, so it waits until no refresh is in
+    /// flight (a cycle that starts meanwhile included), then takes any
+    /// usable token.
+    NoRefreshInFlight,
 }
 
 #[derive(Debug)]
@@ -201,8 +250,18 @@ struct TokenSet {
     refresh: Option<RefreshToken>,
     /// `None` when the lifetime is unknown.
     expiry: Option<Expiry>,
-    /// A resource refused the access token with a 401.
+    /// A resource refused the access token with a 401 (or the app said it is bad).
     access_rejected: bool,
+    /// The refresh cycle that brought these tokens; 0 for tokens from a
+    /// login or the store. Forced refreshes wait for a later cycle.
+    cycle: u64,
+    /// The attempt whose answer brought these tokens, if one did.
+    answered_by: Option<RefreshId>,
+    /// When the first attempt presenting `refresh` went out. An answer to any
+    /// later attempt may be a grace replay of what the server issued then (the
+    /// same access token, its clock already running), so lifetimes count from
+    /// here (U8).
+    first_send: Option<MonoTime>,
     /// The access token came from outside a refresh (the store, a login)
     /// already past its refresh point: it is refreshed before it is handed
     /// out (U2). Replaced tokens never carry it.
@@ -216,6 +275,14 @@ struct TokenSet {
     /// An attempt presenting `refresh` got no answer: the server may have
     /// rotated it, which is what a later rejection would then mean.
     answer_lost: bool,
+    /// These tokens come from a login in this process: until written, they
+    /// are newer than anything the store holds, whatever its generation says.
+    from_login: bool,
+    /// These tokens come from a late answer adopted while this process did
+    /// not hold the shared store's lock: another process may since have
+    /// redeemed the same refresh token under the lock and written a newer
+    /// rotation, which then wins over this one.
+    answered_unlocked: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,7 +344,22 @@ enum Phase {
     Rereading {
         error: OAuthError,
         after: StoreOpId,
+        /// What the answer means when the store holds nothing newer.
+        otherwise: IfNothingNewer,
     },
+}
+
+/// What a refusal that sent the session to re-read the store comes to when
+/// no other process rotated the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IfNothingNewer {
+    /// `invalid_grant`: the refresh token is dead.
+    LogOut,
+    /// `invalid_request` (what fosite answers the loser of two concurrent
+    /// rotations): a refusal to report, never a logout.
+    Fail,
+    /// An `invalid_request` followed by a request for the user's interaction.
+    AwaitUser,
 }
 
 /// Keeps the store in step with the session, one operation at a time, so a
@@ -339,6 +421,7 @@ impl Session {
             outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1), recent_sends: VecDeque::new() },
             last_generation: Generation(0),
             straggler: None,
+            cycles_started: 0,
             replaced_grants: Vec::new(),
             revoke_after_clear: None,
             published: None,
@@ -372,13 +455,27 @@ impl Session {
                 self.settle();
                 return;
             }
+            let settled = match &event {
+                Event::RefreshCompleted { outcome, .. } => match outcome {
+                    Classified::Transient(Transient { cause, .. }) => !matches!(cause, TransientCause::ServerError(_)),
+                    Classified::Malformed(_) => false,
+                    _ => true,
+                },
+                Event::RefreshFailed { failure, .. } => !failure.outcome_unknown(),
+                _ => false,
+            };
+            if let Some(sent) = self.outbox.recent_sends.iter_mut().find(|sent| sent.id == *id) {
+                sent.settled = settled;
+            }
             if self.straggler.is_some_and(|(straggler, _)| straggler == *id) {
                 self.straggler = None;
             }
         }
         match event {
             Event::TokenWanted { caller } => self.on_token_wanted(caller),
+            Event::RefreshWanted { caller } => self.on_refresh_wanted(caller),
             Event::Unauthorized { caller, generation } => self.on_unauthorized(caller, generation),
+            Event::Invalidated { generation } => self.on_invalidated(generation),
             Event::RefreshCompleted { id, outcome } => self.on_refresh_completed(id, outcome),
             Event::RefreshFailed { id, failure } => {
                 if self.in_flight(id) {
@@ -504,7 +601,7 @@ impl Session {
         self.last_generation
     }
 
-    fn add_waiter(&mut self, caller: CallerId) {
+    fn add_waiter(&mut self, caller: CallerId, needs: Needs) {
         if self.waiters.len() >= self.config.max_waiters {
             self.outbox.fail(vec![caller], FailReason::TooManyWaiters);
             return;
@@ -512,11 +609,16 @@ impl Session {
         // Demand revives a store that gave up: it may work again now.
         self.store.revive();
         let deadline = self.now.saturating_add(self.config.wait_bound());
-        self.waiters.push_back(Waiter { caller, deadline });
+        self.waiters.push_back(Waiter { caller, deadline, needs });
+    }
+
+    /// The refresh cycle running now, if any.
+    fn running_cycle(&self) -> Option<u64> {
+        matches!(self.state, State::Refreshing(..)).then_some(self.cycles_started)
     }
 
     fn on_token_wanted(&mut self, caller: CallerId) {
-        self.add_waiter(caller);
+        self.add_waiter(caller, Needs::Any);
         if self.planted(Plant::NoSingleFlight)
             && matches!(&self.state, State::Refreshing(t, Cycle { phase: Phase::InFlight { .. }, .. }) if !t.usable_at(self.now))
         {
@@ -525,14 +627,37 @@ impl Session {
     }
 
     fn on_unauthorized(&mut self, caller: CallerId, generation: Generation) {
+        self.on_invalidated(generation);
+        // A refresh that runs when the retry is answered may kill the token
+        // it would get (servers delete the previous access token when a
+        // refresh commits): the retry waits until none is out, including one
+        // chained after the cycle this 401 starts (U8).
+        let refreshing = self.running_cycle().is_some() || self.straggler.is_some();
+        let ignores = refreshing && self.planted(Plant::RetryIgnoresRunningRefresh);
+        let needs = if ignores { Needs::Any } else { Needs::NoRefreshInFlight };
+        self.add_waiter(caller, needs);
+    }
+
+    /// Only the current token can be proven bad; a 401 for an older one just
+    /// means the caller retries with the current one.
+    fn on_invalidated(&mut self, generation: Generation) {
         if let Some(tokens) = self.tokens_mut() {
-            // Only the current token can be proven bad; a 401 for an older one
-            // just means the caller retries with the current one.
             if tokens.generation == generation {
                 tokens.access_rejected = true;
             }
         }
-        self.add_waiter(caller);
+    }
+
+    /// A forced refresh: the caller gets a token from a cycle that starts
+    /// after it asked, even if the one held is fresh. Under rotation, one
+    /// asked while a cycle runs waits for it and then presents its result.
+    fn on_refresh_wanted(&mut self, caller: CallerId) {
+        self.add_waiter(caller, Needs::CycleFrom(self.cycles_started + 1));
+        let in_flight = matches!(&self.state, State::Refreshing(_, Cycle { phase: Phase::InFlight { .. }, .. }));
+        if in_flight && self.planted(Plant::ForcedRefreshNotChained) {
+            // The broken variant sends at once, with the token already in flight.
+            self.send_next_attempt();
+        }
     }
 
     /// Answers that carry news about the token the session holds (a success, a
@@ -549,7 +674,16 @@ impl Session {
                     State::Refreshing(held, Cycle { phase: Phase::Rereading { .. }, .. })
                         if response.refresh_token.as_ref().is_none_or(|r| held.holds_refresh(r))
                 );
-                if current && !revives_dead_token {
+                // A late answer to an earlier attempt with the same refresh
+                // token is older than the one these tokens came from: the
+                // server issued its access token first, and may have deleted
+                // it on the later redemption. One that rotates the refresh
+                // token is news all the same: the token held may be spent.
+                let superseded = self.tokens().is_some_and(|t| {
+                    t.answered_by.is_some_and(|later| id < later)
+                        && response.refresh_token.as_ref().is_none_or(|r| t.holds_refresh(r))
+                });
+                if current && !revives_dead_token && !superseded {
                     self.adopt_response(id, response);
                 } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
                     // Tokens issued after logout: revoke what the user no longer wants.
@@ -574,9 +708,41 @@ impl Session {
                     self.attempt_failed(AttemptFailure::Server(cause), unknown, retry_after);
                 }
             }
+            Classified::Rejected(Rejected::Error(error)) if error.code == "invalid_request" && self.in_flight(id) => {
+                self.on_invalid_request(id, error);
+            }
             Classified::Rejected(rejected) => {
                 if self.in_flight(id) {
                     self.end_cycle(FailReason::Rejected(rejected), None);
+                }
+            }
+            Classified::InteractionRequired(error) if self.planted(Plant::RetriesInteractionRequired) => {
+                if self.in_flight(id) {
+                    let cause = TransientCause::RetryRequested(error);
+                    self.attempt_failed(AttemptFailure::Server(cause), false, None);
+                }
+            }
+            Classified::InteractionRequired(error) => {
+                // Like a rejection, it speaks of the token, not the attempt: a
+                // late one counts too. While the store is re-read after an
+                // `invalid_request`, it is what the refusal comes to; after an
+                // `invalid_grant`, the logout it may end in outranks it.
+                if !current {
+                    return;
+                }
+                match &mut self.state {
+                    State::Refreshing(
+                        _,
+                        Cycle { phase: Phase::Rereading { otherwise: IfNothingNewer::LogOut, .. }, .. },
+                    ) => {}
+                    State::Refreshing(_, Cycle { phase: Phase::Rereading { error: refusal, otherwise, .. }, .. }) => {
+                        *refusal = error;
+                        *otherwise = IfNothingNewer::AwaitUser;
+                    }
+                    _ => {
+                        self.abandon_in_flight(id);
+                        self.end_cycle(FailReason::InteractionRequired(error), None);
+                    }
                 }
             }
         }
@@ -607,9 +773,15 @@ impl Session {
             },
         };
         let kept = old.holds_refresh(&refresh);
-        // The lifetime counts from when this attempt was sent; an attempt too
-        // old to be remembered counts from the origin, which is conservative.
-        let base = self.outbox.sent_at(id).unwrap_or(MonoTime::ZERO).min(now);
+        // The lifetime counts from the first attempt that presented this
+        // token: the answer may be a grace replay of what the server issued
+        // then (U8). An attempt too old to be remembered counts from the
+        // origin, which is conservative.
+        let sent = self.outbox.sent(id);
+        let sent_at = sent.map_or(MonoTime::ZERO, |s| s.at);
+        let cycle = sent.map_or(0, |s| s.cycle);
+        let first_send = old.first_send.filter(|_| !self.planted(Plant::LifetimeFromLastAttempt));
+        let base = first_send.map_or(sent_at, |first| first.min(sent_at)).min(now);
         let expiry = response.lifetime.map(|lifetime| Expiry::issued(base, lifetime, &self.config, &mut self.rng));
         self.state = State::Valid(TokenSet {
             generation,
@@ -620,12 +792,20 @@ impl Session {
             expiry,
             access_rejected: false,
             refresh_first: false,
+            cycle,
+            answered_by: Some(id),
+            // A kept token may still be redeemed by an attempt out with it,
+            // whose answer may yet be a rotation: the next lifetime counts
+            // from that attempt.
+            first_send: if kept { self.outbox.first_unsettled(old.presented_since, Some(id)) } else { None },
             presented_since: if kept { old.presented_since } else { next_refresh },
             last_failure: None,
             // A late answer adopted while an attempt with the old token is still
             // out: that attempt may yet trip reuse detection, and if it does, a
             // lost answer is why.
             answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
+            from_login: false,
+            answered_unlocked: self.locks_store() && !self.store.locked,
         });
         self.store.revive();
     }
@@ -642,6 +822,7 @@ impl Session {
         if let Some(tokens) = self.tokens_mut() {
             tokens.generation = generation;
             tokens.refresh = Some(rotated);
+            tokens.first_send = None;
             tokens.presented_since = next_refresh;
             tokens.answer_lost = false;
         }
@@ -660,13 +841,13 @@ impl Session {
             }
             State::Refreshing(_, cycle) => {
                 cycle.reread = true;
-                cycle.phase = Phase::Rereading { error, after };
+                cycle.phase = Phase::Rereading { error, after, otherwise: IfNothingNewer::LogOut };
             }
             State::Valid(_) | State::Expired(_) => {
                 // The rejection outlived its cycle; the attempts are spent, so
                 // only a token found in the store may be tried, once.
                 let Some(tokens) = self.take_tokens() else { return };
-                let phase = Phase::Rereading { error, after };
+                let phase = Phase::Rereading { error, after, otherwise: IfNothingNewer::LogOut };
                 let cycle = Cycle { attempt: self.config.backoff.attempts, phase, reread: true };
                 self.state = State::Refreshing(tokens, cycle);
             }
@@ -674,6 +855,22 @@ impl Session {
         }
         // Another process sharing the store may have rotated the token: look
         // once before giving the session up.
+        self.store.revive();
+    }
+
+    /// A 400 `invalid_request` to a refresh: fosite answers so the loser of
+    /// two concurrent rotations, so like `invalid_grant` it sends the session
+    /// to the store first; unlike it, it never logs out.
+    fn on_invalid_request(&mut self, id: RefreshId, error: OAuthError) {
+        self.abandon_in_flight(id);
+        let after = self.store.next_op;
+        let State::Refreshing(_, cycle) = &mut self.state else { return };
+        if cycle.reread {
+            self.end_cycle(FailReason::Rejected(Rejected::Error(error)), None);
+            return;
+        }
+        cycle.reread = true;
+        cycle.phase = Phase::Rereading { error, after, otherwise: IfNothingNewer::Fail };
         self.store.revive();
     }
 
@@ -716,13 +913,27 @@ impl Session {
         };
         let Some(mut tokens) = self.take_tokens() else { return };
         tokens.last_failure = Some(failure);
-        // Waiters of a token still usable wait only for the store (C3).
-        let unserved = !tokens.usable_at(now);
+        // Only an attempt that may have been redeemed unseen can be replayed
+        // to the next cycle: its lifetime counts from the earliest such one.
+        tokens.first_send = self.outbox.first_unsettled(tokens.presented_since, None);
+        // The waiters this cycle was to serve: a forced refresh asked during
+        // it waits for the next one. Waiters of a token still usable wait
+        // only for the store (C3).
+        let ended = self.cycles_started;
+        let usable = tokens.usable_at(now);
+        let mut failed = Vec::new();
+        self.waiters.retain(|waiter| {
+            let served_by_this = match waiter.needs {
+                Needs::Any | Needs::NoRefreshInFlight => !usable,
+                Needs::CycleFrom(n) => n <= ended,
+            };
+            if served_by_this {
+                failed.push(waiter.caller);
+            }
+            !served_by_this
+        });
         self.state = State::Valid(tokens);
-        if unserved {
-            let callers = self.waiters.drain(..).map(|w| w.caller).collect();
-            self.outbox.fail(callers, reason);
-        }
+        self.outbox.fail(failed, reason);
     }
 
     /// Sends the next attempt of the running cycle (or, for the no-single-flight
@@ -743,7 +954,8 @@ impl Session {
             return;
         };
         cycle.attempt += 1;
-        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt);
+        tokens.first_send.get_or_insert(now);
+        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started);
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
 
@@ -761,18 +973,20 @@ impl Session {
     fn start_cycle(&mut self) {
         let now = self.now;
         let timeout = self.config.request_timeout;
-        let Some(tokens) = self.take_tokens() else { return };
+        let Some(mut tokens) = self.take_tokens() else { return };
         let Some(refresh_token) = tokens.refresh.clone() else {
             // Settling never starts a cycle without a refresh token.
             self.state = State::Valid(tokens);
             return;
         };
+        self.cycles_started += 1;
         if self.locks_store() && !self.store.locked {
             // The store is read under its lock first: another process may have refreshed.
             self.state = State::Refreshing(tokens, Cycle { attempt: 0, phase: Phase::Locking, reread: false });
             return;
         }
-        let id = self.outbox.send_refresh(now, refresh_token, 1);
+        tokens.first_send.get_or_insert(now);
+        let id = self.outbox.send_refresh(now, refresh_token, 1, self.cycles_started);
         let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
         self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
     }
@@ -806,9 +1020,14 @@ impl Session {
             expiry,
             access_rejected: false,
             refresh_first: false,
+            cycle: 0,
+            answered_by: None,
+            first_send: None,
             presented_since: self.outbox.next_refresh,
             last_failure: None,
             answer_lost: false,
+            from_login: true,
+            answered_unlocked: false,
         };
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
@@ -888,15 +1107,32 @@ impl Session {
     /// rotation shows as a later generation with another token, and is
     /// adopted; anything else is ours, or older, and the session ends.
     fn reread(&mut self, stored: Option<StoredSession>) {
-        let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state else {
+        let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { .. }, .. }) = &self.state else {
             return;
         };
         let newer =
             stored.filter(|s| !same_refresh(&s.refresh_token, &tokens.refresh) && self.written_since(tokens, s));
-        let cause = LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
         match newer {
             Some(stored) => self.adopt_stored(stored),
-            None => self.log_out(cause),
+            None => self.refusal_stands(),
+        }
+    }
+
+    /// The store showed no other process's rotation: a rejected refresh token
+    /// ends the session; an `invalid_request` ends only the cycle.
+    fn refusal_stands(&mut self) {
+        let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, otherwise, .. }, .. }) = &self.state
+        else {
+            return;
+        };
+        let error = error.clone();
+        match otherwise {
+            IfNothingNewer::LogOut => {
+                let after_lost_response = tokens.answer_lost;
+                self.log_out(LogoutCause::RefreshTokenRejected { error, after_lost_response });
+            }
+            IfNothingNewer::Fail => self.end_cycle(FailReason::Rejected(Rejected::Error(error)), None),
+            IfNothingNewer::AwaitUser => self.end_cycle(FailReason::InteractionRequired(error), None),
         }
     }
 
@@ -932,13 +1168,18 @@ impl Session {
             return;
         };
         let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));
-        let theirs_newer = stored.as_ref().is_some_and(|s| self.written_since(held, s));
+        // A login not yet written is the user's latest word: nothing stored outranks it.
+        let unwritten_login = held.from_login && !ours_durable;
+        let theirs_newer = !unwritten_login && stored.as_ref().is_some_and(|s| self.written_since(held, s));
         let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
         match stored {
             // Another process refreshed (or logged in) since this one last
             // wrote or read: its tokens are newer, and refreshing ours would
             // replay a spent token. Adopted instead of refreshing.
             Some(stored) if locking && theirs_newer => self.adopt_locked(stored),
+            // Ours came from a late answer outside the lock; theirs was written
+            // under it since, from the same token or a later one.
+            Some(stored) if theirs_newer && held.answered_unlocked => self.adopt_locked(stored),
             // Another process logged out: the session this one held ended there.
             None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
             stored => {
@@ -971,7 +1212,10 @@ impl Session {
     fn adopt_locked(&mut self, stored: StoredSession) {
         self.store.holds = Holds::Session(stored.generation);
         self.last_generation = self.last_generation.max(stored.generation);
-        let tokens = self.tokens_from_store(stored, |generation| generation);
+        let mut tokens = self.tokens_from_store(stored, |generation| generation);
+        // Another process refreshed while this cycle waited for the lock: its
+        // tokens are this cycle's result.
+        tokens.cycle = self.cycles_started;
         if tokens.usable_at(self.now) {
             self.state = State::Valid(tokens);
         } else {
@@ -988,7 +1232,8 @@ impl Session {
         if durable {
             self.store.holds = Holds::Session(generation);
         }
-        let tokens = self.tokens_from_store(stored, |_| generation);
+        let mut tokens = self.tokens_from_store(stored, |_| generation);
+        tokens.cycle = self.cycles_started;
         let State::Refreshing(_, cycle) = mem::replace(&mut self.state, State::Loading) else { return };
         if tokens.usable_at(self.now) {
             self.state = State::Valid(tokens);
@@ -1025,9 +1270,14 @@ impl Session {
             expiry,
             access_rejected: false,
             refresh_first: false,
+            cycle: 0,
+            answered_by: None,
+            first_send: None,
             presented_since: self.outbox.next_refresh,
             last_failure: None,
             answer_lost: false,
+            from_login: false,
+            answered_unlocked: false,
         };
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens
@@ -1067,6 +1317,11 @@ impl Session {
             _ => true,
         };
         for (replaced_by, refresh_token) in mem::take(&mut self.replaced_grants) {
+            // A grant that came back (another process sharing the store kept
+            // it) is the session's again: never revoke what is held.
+            if self.tokens().is_some_and(|t| t.holds_refresh(&refresh_token)) {
+                continue;
+            }
             if no_longer_needed(replaced_by) {
                 self.outbox.commands.push_back(Command::Revoke { refresh_token });
             } else {
@@ -1098,12 +1353,8 @@ impl Session {
             _ => self.store.failed(self.now, &self.config.store_backoff, &mut self.rng),
         };
         if gave_up && read {
-            if let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, .. }, .. }) = &self.state {
-                // The store cannot tell us better: the token stays rejected.
-                let cause =
-                    LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: tokens.answer_lost };
-                self.log_out(cause);
-            }
+            // The store cannot tell us better: the refusal stands.
+            self.refusal_stands();
         }
     }
 
@@ -1130,9 +1381,13 @@ impl Session {
         }
         let refresh_needed = match &self.state {
             State::Valid(tokens) | State::Expired(tokens) => {
+                let usable = tokens.usable_at(now);
                 let wanted = tokens.refresh_due_at().is_some_and(|at| at <= now)
-                    || (!self.waiters.is_empty() && !tokens.usable_at(now));
-                wanted && tokens.refresh.is_some() && !tokens.held_at(now) && self.straggler.is_none()
+                    || self.waiters.iter().any(|w| !(usable && tokens.satisfies(w.needs, None, false)));
+                // A forced refresh is the app's answer to a request for interaction.
+                let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
+                let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
+                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none()
             }
             _ => false,
         };
@@ -1163,34 +1418,55 @@ impl Session {
             return;
         }
         let now = self.now;
-        let grant_before_persist = self.planted(Plant::GrantBeforePersist);
-        let failure = match &self.state {
-            State::LoggedOut(cause) => Some(FailReason::LoggedOut(cause.clone())),
-            State::Loading => self.store.exhausted().then_some(FailReason::StoreUnavailable),
-            State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => {
-                if let Some(grant) = tokens.grant_at(now) {
-                    if grant_before_persist || self.store.holds == Holds::Session(tokens.generation) {
-                        let callers = self.waiters.drain(..).map(|w| w.caller).collect();
-                        self.outbox.commands.push_back(Command::Grant { callers, grant });
-                        return;
-                    }
-                    self.store.exhausted().then_some(FailReason::StoreUnavailable)
-                } else if let State::Refreshing(_, cycle) = &self.state {
-                    // A lock that cannot be had is a store that cannot be used.
-                    (matches!(cycle.phase, Phase::Locking) && self.store.exhausted())
-                        .then_some(FailReason::StoreUnavailable)
-                } else if tokens.refresh.is_none() {
-                    // Nothing can renew it: the user must log in again.
-                    Some(FailReason::MissingRefreshToken)
-                } else {
-                    // No refresh runs for an unusable token: only a hold stops one.
-                    tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
-                }
+        let tokens = match &self.state {
+            State::LoggedOut(cause) => {
+                let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+                self.outbox.fail(callers, FailReason::LoggedOut(cause.clone()));
+                return;
             }
+            State::Loading => {
+                if self.store.exhausted() {
+                    let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+                    self.outbox.fail(callers, FailReason::StoreUnavailable);
+                }
+                return;
+            }
+            State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => tokens,
         };
-        if let Some(reason) = failure {
-            let callers = self.waiters.drain(..).map(|w| w.caller).collect();
-            self.outbox.fail(callers, reason);
+        let durable = self.planted(Plant::GrantBeforePersist) || self.store.holds == Holds::Session(tokens.generation);
+        let grant = tokens.grant_at(now);
+        let running = self.running_cycle();
+        let straggling = self.straggler.is_some();
+        // What a waiter no token serves now is told, when nothing will serve it soon.
+        let blocked = if let State::Refreshing(_, cycle) = &self.state {
+            // A lock that cannot be had is a store that cannot be used.
+            (matches!(cycle.phase, Phase::Locking) && self.store.exhausted()).then_some(FailReason::StoreUnavailable)
+        } else if tokens.refresh.is_none() {
+            // Nothing can renew it: the user must log in again.
+            Some(FailReason::MissingRefreshToken)
+        } else {
+            // No refresh runs for a waiter it could serve: only a hold stops one.
+            tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
+        };
+        let store_gave_up = self.store.exhausted();
+        let (mut granted, mut unstored, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+        self.waiters.retain(|waiter| {
+            let served = grant.is_some() && tokens.satisfies(waiter.needs, running, straggling);
+            match (served, durable) {
+                (true, true) => granted.push(waiter.caller),
+                (true, false) if store_gave_up => unstored.push(waiter.caller),
+                (true, false) => return true,
+                (false, _) if blocked.is_some() => refused.push(waiter.caller),
+                (false, _) => return true,
+            }
+            false
+        });
+        if let Some(grant) = grant.filter(|_| !granted.is_empty()) {
+            self.outbox.commands.push_back(Command::Grant { callers: granted, grant });
+        }
+        self.outbox.fail(unstored, FailReason::StoreUnavailable);
+        if let Some(reason) = blocked {
+            self.outbox.fail(refused, reason);
         }
     }
 
@@ -1322,19 +1598,30 @@ fn jittered(rng: &mut SplitMix64, backoff: Backoff, attempt: u32) -> Duration {
 }
 
 impl Outbox {
-    fn send_refresh(&mut self, now: MonoTime, refresh_token: RefreshToken, attempt: u32) -> RefreshId {
+    fn send_refresh(&mut self, now: MonoTime, refresh_token: RefreshToken, attempt: u32, cycle: u64) -> RefreshId {
         let id = self.next_refresh;
         self.next_refresh = id.next();
         if self.recent_sends.len() == RECENT_SENDS {
             self.recent_sends.pop_front();
         }
-        self.recent_sends.push_back(SentRefresh { id, at: now, answered: false });
+        self.recent_sends.push_back(SentRefresh { id, at: now, answered: false, settled: false, cycle });
         self.commands.push_back(Command::SendRefresh { id, refresh_token, attempt });
         id
     }
 
-    fn sent_at(&self, id: RefreshId) -> Option<MonoTime> {
-        self.recent_sends.iter().find(|sent| sent.id == id).map(|sent| sent.at)
+    fn sent(&self, id: RefreshId) -> Option<&SentRefresh> {
+        self.recent_sends.iter().find(|sent| sent.id == id)
+    }
+
+    /// The earliest attempt from `since` on (other than `except`) that may
+    /// have been redeemed unseen: a later answer for the same refresh token
+    /// may be a grace replay of it (U8).
+    fn first_unsettled(&self, since: RefreshId, except: Option<RefreshId>) -> Option<MonoTime> {
+        self.recent_sends
+            .iter()
+            .filter(|sent| sent.id >= since && Some(sent.id) != except && !sent.settled)
+            .map(|sent| sent.at)
+            .min()
     }
 
     /// Records an answer to `id`; false when it is not the first (or `id` is
@@ -1391,6 +1678,16 @@ impl TokenSet {
         stored.generation == self.generation && same_refresh(&stored.refresh_token, &self.refresh)
     }
 
+    /// Whether these tokens may serve a waiter with `needs`, while cycle
+    /// `running` runs (if one does).
+    fn satisfies(&self, needs: Needs, running: Option<u64>, straggling: bool) -> bool {
+        match needs {
+            Needs::Any => true,
+            Needs::CycleFrom(n) => self.cycle >= n,
+            Needs::NoRefreshInFlight => running.is_none() && !straggling,
+        }
+    }
+
     /// Whether the refresh token held is `token`.
     fn holds_refresh(&self, token: &RefreshToken) -> bool {
         self.refresh.as_ref().is_some_and(|held| held.same_as(token))
@@ -1408,12 +1705,22 @@ impl TokenSet {
     fn refresh_due_at(&self) -> Option<MonoTime> {
         self.refresh.as_ref()?;
         let due = self.expiry?.refresh_at;
+        if self.awaits_user() {
+            return None;
+        }
         Some(self.last_failure.as_ref().map_or(due, |f| due.max(f.proactive_at)))
+    }
+
+    /// The last cycle asked for the user's interaction (see
+    /// [`FailReason::InteractionRequired`]): only the user can answer that, so
+    /// no timer retries it; a login or a forced refresh does.
+    fn awaits_user(&self) -> bool {
+        self.last_failure.as_ref().is_some_and(|f| matches!(f.reason, FailReason::InteractionRequired(_)))
     }
 
     /// Whether a failed cycle holds new ones back at `now`.
     fn held_at(&self, now: MonoTime) -> bool {
-        self.last_failure.as_ref().and_then(|f| f.hold_until).is_some_and(|until| now < until)
+        self.awaits_user() || self.last_failure.as_ref().and_then(|f| f.hold_until).is_some_and(|until| now < until)
     }
 
     /// The grant a caller may be handed at `now`, if the token is usable.

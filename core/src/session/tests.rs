@@ -892,3 +892,120 @@ fn with_a_shared_store_a_logout_revokes_only_once_its_clear_has_landed() {
     assert_eq!(revoked, ["r1"]);
     assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
 }
+
+#[test]
+fn two_forced_refreshes_back_to_back_rotate_twice() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    let out = h.handle(Event::RefreshWanted { caller: CallerId(1) });
+    assert_eq!(sends(&out), 1, "forced although the token is fresh");
+    let (first, token, _) = h.last_refresh();
+    assert_eq!(token, "r1");
+    // The second one asks while the first is in flight: it waits for it.
+    let out = h.handle(Event::RefreshWanted { caller: CallerId(2) });
+    assert_eq!(sends(&out), 0);
+    h.answer(first, success("a2", Some("r2"), 300));
+    let out = persisted(&mut h);
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
+    // ...then its own cycle presents the rotated token, never r1 again.
+    let (second, token, attempt) = h.last_refresh();
+    assert_eq!((token.as_str(), attempt), ("r2", 1));
+    h.answer(second, success("a3", Some("r3"), 300));
+    let out = persisted(&mut h);
+    assert_eq!(granted(&out), vec![(CallerId(2), Generation(3))]);
+    assert_eq!(sends(&h.log), 2);
+}
+
+#[test]
+fn a_forced_refresh_that_fails_reports_the_failure_and_keeps_the_fresh_token() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    h.handle(Event::RefreshWanted { caller: CallerId(1) });
+    for _ in 0..3 {
+        let (id, ..) = h.last_refresh();
+        h.answer(id, server_error(None));
+        if let Some(at) = h.session.poll_timeout().filter(|at| *at < MonoTime::from_secs(60)) {
+            h.advance_to(at);
+        }
+    }
+    assert!(matches!(failed(&h.log).as_slice(), [(CallerId(1), FailReason::RefreshUnavailable(_))]));
+    // An ordinary caller still gets the fresh token.
+    assert_eq!(granted(&h.want(2)), vec![(CallerId(2), Generation(1))]);
+}
+
+#[test]
+fn an_invalidated_token_is_refreshed_by_the_next_caller() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    assert_eq!(sends(&h.handle(Event::Invalidated { generation: Generation(1) })), 0, "nothing until a caller");
+    let out = h.want(1);
+    assert_eq!(sends(&out), 1);
+    // A hint about an older token changes nothing.
+    let (id, ..) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 300));
+    persisted(&mut h);
+    h.handle(Event::Invalidated { generation: Generation(1) });
+    assert_eq!(granted(&h.want(2)), vec![(CallerId(2), Generation(2))]);
+    assert_eq!(sends(&h.log), 1);
+}
+
+#[test]
+fn a_401_retry_during_a_refresh_waits_for_it() {
+    // 300 s token: the proactive refresh starts at 240 s.
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    h.advance_to(MonoTime::from_secs(240));
+    let (id, ..) = h.last_refresh();
+    // A request with the previous generation came back 401 meanwhile (the
+    // server may delete the current access token when this refresh commits).
+    let out = h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(0) });
+    assert!(granted(&out).is_empty(), "not handed the token the refresh may have killed");
+    // An ordinary caller still gets the current, usable token at once.
+    assert_eq!(granted(&h.want(2)), vec![(CallerId(2), Generation(1))]);
+    h.answer(id, success("a2", Some("r2"), 300));
+    let out = persisted(&mut h);
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
+}
+
+#[test]
+fn a_grace_replay_counts_its_lifetime_from_the_first_attempt() {
+    let mut h = Harness::loaded(config(), Some(Duration::ZERO));
+    h.want(1);
+    let (first, ..) = h.last_refresh();
+    // The answer to the first attempt is lost; the retry 10 s later gets the
+    // server's replay of the same pair, "expires_in: 300" counted from the first.
+    h.advance_to(MonoTime::from_secs(10));
+    h.handle(Event::RefreshFailed { id: first, failure: TransportFailure::Timeout });
+    let retry_at = h.session.poll_timeout().unwrap();
+    h.advance_to(retry_at);
+    let (retry, _, attempt) = h.last_refresh();
+    assert_eq!(attempt, 2);
+    h.answer(retry, success("a2", Some("r2"), 300));
+    let (_, stored) = h.last_persist();
+    let expires = stored.access_expires_at.unwrap().since_epoch().as_secs() - UNIX_ZERO;
+    assert_eq!(expires, 300, "counted from the first send at 0 s, not the retry at {}", retry_at);
+}
+
+/// Rule 6: a request for interaction fails its callers with its own reason,
+/// keeps the tokens, and no timer or caller retries it; a forced refresh does,
+/// once.
+#[test]
+fn interaction_required_waits_for_the_user_until_a_forced_refresh() {
+    // A spent token: its refresh starts at load, and the first caller waits for it.
+    let mut h = Harness::loaded(config(), Some(Duration::ZERO));
+    h.want(1);
+    let (id, _, _) = h.last_refresh();
+    let error = OAuthError { status: 400, code: "interaction_required".into(), description: None };
+    let out = h.answer(id, Classified::InteractionRequired(error.clone()));
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::InteractionRequired(error.clone()))]);
+    let out = h.advance_to(at(10_000_000));
+    assert_eq!(sends(&out), 0, "no timer retries it: {out:?}");
+    let out = h.want(2);
+    assert_eq!(sends(&out), 0);
+    assert_eq!(failed(&out), vec![(CallerId(2), FailReason::InteractionRequired(error))]);
+    let out = h.handle(Event::RefreshWanted { caller: CallerId(3) });
+    assert_eq!(sends(&out), 1, "{out:?}");
+    let (id, _, _) = h.last_refresh();
+    let out = h.answer(id, success("a2", Some("r2"), 600));
+    assert_eq!(sends(&out), 0, "counted from this cycle, the new token is fresh: {out:?}");
+    let (op, _) = h.last_persist();
+    let out = h.handle(Event::StoreWritten { op });
+    assert_eq!(sends(&out), 0, "{out:?}");
+    assert_eq!(granted(&out).len(), 1, "{out:?}");
+}

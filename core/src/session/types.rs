@@ -19,8 +19,26 @@ pub enum Event {
         /// Unique among callers waiting at the same time.
         caller: CallerId,
     },
+    /// The app forces a refresh (the user changed something the token
+    /// carries, or it suspects the token): `caller` is answered with a token
+    /// from a refresh cycle that starts after this, even if the one held is
+    /// fresh. One asked while a refresh runs waits for it and then refreshes
+    /// with its result, so under rotation two forced refreshes rotate twice
+    /// and never present one token twice.
+    RefreshWanted {
+        /// Answered like [`Event::TokenWanted`].
+        caller: CallerId,
+    },
+    /// The app learned that the access token of `generation` is no good
+    /// (a 401 on a request it will not retry): the next caller refreshes.
+    /// Nothing answers it.
+    Invalidated {
+        /// The generation of the token that was refused.
+        generation: Generation,
+    },
     /// A resource answered 401 to a request that carried `generation`; the
-    /// caller wants one retry. Answered like [`Event::TokenWanted`]. A caller
+    /// caller wants one retry. While a refresh runs, the retry waits for it:
+    /// the server may have killed the current token along with the old one. Answered like [`Event::TokenWanted`]. A caller
     /// sends this at most once per request: that is what rules out 401 loops.
     Unauthorized {
         /// The caller whose request was refused.
@@ -271,6 +289,13 @@ pub enum FailReason {
     /// The server refused the refresh for a reason that neither retrying nor
     /// logging out fixes (e.g. `invalid_client`): the app is misconfigured.
     Rejected(Rejected),
+    /// The token endpoint wants the user to act (`mfa_required`,
+    /// `interaction_required`, `consent_required`, `login_required`). The
+    /// session and its tokens are kept (the refresh token was not proven
+    /// dead) and no refresh is tried again on its own: until the app logs in
+    /// again or forces a refresh, callers whose access token is spent get
+    /// this at once.
+    InteractionRequired(OAuthError),
     /// The store could not be read or written, so no token can be handed out
     /// (tokens are written before they are used). They are kept in memory.
     StoreUnavailable,
@@ -320,6 +345,64 @@ pub enum LogoutCause {
     /// Another process sharing the store ended the session (a logout there
     /// cleared the store this session was written to).
     EndedElsewhere,
+}
+
+impl fmt::Display for LogoutCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSession => f.write_str("no session was stored; log in"),
+            Self::Requested => f.write_str("the user logged out"),
+            Self::RefreshTokenRejected { error, after_lost_response: false } => {
+                write!(f, "the server rejected the refresh token ({error}); log in again")
+            }
+            Self::RefreshTokenRejected { error, after_lost_response: true } => write!(
+                f,
+                "the server rejected the refresh token ({error}) after an earlier answer was lost; log in again"
+            ),
+            Self::StoredSessionUnreadable(error) => write!(f, "the stored session cannot be read: {error}"),
+            Self::EndedElsewhere => f.write_str("another process sharing the store ended the session"),
+        }
+    }
+}
+
+impl fmt::Display for AttemptFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Transport(failure) => write!(f, "{failure}"),
+            Self::Server(cause) => write!(f, "{cause}"),
+            Self::Malformed(reason) => write!(f, "{reason}"),
+            Self::RetryAfter(wait) => write!(f, "the server asked to wait {} s", wait.as_secs()),
+        }
+    }
+}
+
+impl fmt::Display for TransportFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotSent => "the request could not be sent",
+            Self::Timeout => "no answer came in time",
+            Self::Interrupted => "the connection broke before the answer came",
+        })
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LoggedOut(cause) => write!(f, "logged out: {cause}"),
+            Self::RefreshUnavailable(failure) => write!(f, "the refresh failed for now: {failure}"),
+            Self::Rejected(rejected) => {
+                write!(f, "the token endpoint refused the client ({rejected}); check the client's configuration")
+            }
+            Self::InteractionRequired(error) => write!(f, "the user must act before a refresh can succeed ({error})"),
+            Self::StoreUnavailable => f.write_str("the token store cannot be read or written"),
+            Self::MissingRefreshToken => {
+                f.write_str("the access token is spent and there is no refresh token to renew it; log in again")
+            }
+            Self::TimedOut => f.write_str("timed out waiting for a token"),
+            Self::TooManyWaiters => f.write_str("too many callers are waiting for a token"),
+        }
+    }
 }
 
 impl LogoutCause {
