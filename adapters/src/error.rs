@@ -1,6 +1,6 @@
 //! What can go wrong for a caller. No variant carries token bytes.
 
-use freshen_core::session::{AttemptFailure, FailReason, LogoutCause};
+use freshen_core::session::{AttemptFailure, ConfigError, FailReason, LogoutCause};
 use thiserror::Error;
 
 /// Why no access token could be had.
@@ -46,6 +46,50 @@ pub enum Error {
     /// The access token cannot be sent as an HTTP header.
     #[error("the access token is not a valid header value")]
     InvalidToken,
+    /// The session's settings cannot work (found by [`Session::start`](crate::Session::start)).
+    #[error("invalid session settings: {0}")]
+    Config(#[from] ConfigError),
+    /// An endpoint URL cannot be used (found by
+    /// [`Session::start`](crate::Session::start), not at the first call).
+    #[error("the {endpoint} endpoint {url} {problem}")]
+    InvalidEndpoint {
+        /// `token` or `revocation`.
+        endpoint: &'static str,
+        /// The URL as given, without user information or query.
+        url: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+/// Checks an endpoint URL at start: it must parse, name a scheme and a host,
+/// and use `https`, or plain `http` only to a loopback host (unless the app
+/// allows plain http, as tests and simulations on private networks do).
+pub(crate) fn check_endpoint(endpoint: &'static str, url: &str, plain_http_allowed: bool) -> Result<(), Error> {
+    let invalid = |shown: String, problem| Error::InvalidEndpoint { endpoint, url: shown, problem };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Err(invalid(String::new(), "does not parse as a URL"));
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(invalid(String::new(), "needs a scheme and a host (https://host/path)"));
+    };
+    let host = authority.host();
+    let shown = match authority.port() {
+        Some(port) => format!("{scheme}://{host}:{port}{}", uri.path()),
+        None => format!("{scheme}://{host}{}", uri.path()),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match scheme {
+        "https" => Ok(()),
+        "http" if loopback || plain_http_allowed => Ok(()),
+        "http" => Err(invalid(shown, "uses plain http to a host that is not loopback; use https")),
+        _ => Err(invalid(shown, "uses a scheme other than https or http")),
+    }
 }
 
 impl From<FailReason> for Error {

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use freshen_core::ids::CallerId;
 use freshen_core::oauth::{self, Client, TokenResponse};
-use freshen_core::session::{ConfigError, Event, NewSession, SessionConfig, StateView, TransportFailure};
+use freshen_core::session::{Event, NewSession, SessionConfig, StateView, TransportFailure};
 use freshen_core::time::{MonoTime, UnixTime};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
@@ -47,6 +47,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// The seed for jitter; `None` draws one from the OS. Set it to replay a run.
     pub seed: Option<u64>,
+    /// Accept plain `http` endpoints on hosts that are not loopback (tests
+    /// and simulations on private networks). Off: tokens travel only over
+    /// https, or over http to this machine.
+    pub plain_http_allowed: bool,
     /// Reads the wall clock: used to carry expiries across restarts, to read
     /// HTTP dates, and to notice a suspend (see [`WallClock`]'s module). A
     /// simulation passes its own to stay deterministic.
@@ -69,6 +73,7 @@ impl Config {
             scope: None,
             session: SessionConfig::default(),
             seed: None,
+            plain_http_allowed: false,
             wall_clock: WallClock::new(system_clock),
             #[cfg(feature = "testing")]
             observer: None,
@@ -93,6 +98,13 @@ impl Config {
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Accepts plain `http` endpoints on any host (see [`Config::plain_http_allowed`]).
+    #[must_use]
+    pub fn with_plain_http_allowed(mut self) -> Self {
+        self.plain_http_allowed = true;
         self
     }
 }
@@ -180,7 +192,15 @@ impl<T, S> core::fmt::Debug for Session<T, S> {
 impl<T: Transport, S: Store> Session<T, S> {
     /// Starts a session: reads the store and keeps the tokens fresh from then
     /// on. Spawns its driver on the current tokio runtime (so call it inside one).
-    pub fn start(config: Config, transport: T, store: S) -> Result<Self, ConfigError> {
+    ///
+    /// Fails with [`Error::InvalidEndpoint`] for an endpoint URL that cannot
+    /// work (no scheme or host, or plain http to a host that is not loopback)
+    /// and [`Error::Config`] for session settings that cannot.
+    pub fn start(config: Config, transport: T, store: S) -> Result<Self, Error> {
+        crate::error::check_endpoint("token", &config.token_endpoint, config.plain_http_allowed)?;
+        if let Some(url) = &config.revocation_endpoint {
+            crate::error::check_endpoint("revocation", url, config.plain_http_allowed)?;
+        }
         let seed = config.seed.unwrap_or_else(|| RandomState::new().hash_one(SystemTime::now()));
         let clock = Clock::new(config.wall_clock.clone());
         let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;

@@ -384,3 +384,49 @@ async fn rule_6_invalid_client_is_misconfiguration_paced_at_the_slowest_backoff(
     tokio::time::sleep(pace).await;
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
 }
+
+/// Rule 7: an endpoint that cannot work is refused at start with a typed
+/// error that says why (and shows no credentials), not at the first call.
+#[tokio::test(start_paused = true)]
+async fn rule_7_an_endpoint_that_cannot_work_is_refused_at_start() {
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let start_with = |url: &str| {
+        let config = freshen::Config::new(url, freshen_core::oauth::Client::public("app"));
+        freshen::Session::start(config, transport.clone(), support::FlakyStore::default()).map(|_| ())
+    };
+    let error = start_with("http://user:secret@auth.example.com/token?x=1").unwrap_err();
+    assert!(matches!(error, Error::InvalidEndpoint { endpoint: "token", .. }), "{error:?}");
+    let said = error.to_string();
+    assert!(said.contains("plain http") && said.contains("http://auth.example.com/token"), "{said}");
+    assert!(!said.contains("secret") && !said.contains("x=1"), "{said}");
+    assert!(matches!(start_with("auth.example.com/token"), Err(Error::InvalidEndpoint { .. })));
+    assert!(matches!(start_with("ftp://auth.example.com/token"), Err(Error::InvalidEndpoint { .. })));
+    assert!(matches!(start_with("not a url"), Err(Error::InvalidEndpoint { .. })));
+    start_with("https://auth.example.com/token").unwrap();
+    start_with("http://127.0.0.1:8080/token").unwrap();
+    start_with("http://[::1]:8080/token").unwrap();
+    start_with("http://localhost/token").unwrap();
+    let allowed = freshen::Config::new("http://auth.internal/token", freshen_core::oauth::Client::public("app"))
+        .with_plain_http_allowed();
+    freshen::Session::start(allowed, transport.clone(), support::FlakyStore::default()).unwrap();
+}
+
+/// Rule 7: errors read as sentences for a person, with no struct dumps.
+#[test]
+fn rule_7_errors_read_as_sentences() {
+    let error = freshen_core::oauth::OAuthError { status: 400, code: "invalid_grant".into(), description: None };
+    let errors = [
+        Error::LoggedOut(LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: true }),
+        Error::RefreshUnavailable(AttemptFailure::Transport(TransportFailure::Timeout)),
+        Error::Rejected(freshen_core::oauth::Rejected::Status(404)),
+        Error::InteractionRequired(error),
+    ];
+    for error in errors {
+        let said = error.to_string();
+        assert!(!said.contains('{') && !said.contains("OAuthError") && !said.contains("Timeout"), "{said}");
+    }
+    assert_eq!(
+        Error::RefreshUnavailable(AttemptFailure::Transport(TransportFailure::Timeout)).to_string(),
+        "the refresh failed for now: no answer came in time"
+    );
+}

@@ -699,7 +699,9 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
             .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
             .with_session(session_config)
-            .with_seed(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation));
+            .with_seed(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
+            // The simulated network's host names are not loopback.
+            .with_plain_http_allowed();
     let step = Arc::clone(&host.wall_step);
     freshen_config.wall_clock = freshen::WallClock::new(move || {
         let now = sim_wall_clock();
