@@ -679,20 +679,21 @@ impl World {
 
     /// A caller in process `p` wants a token, as [`World::want_token`].
     pub fn want_token_at(&mut self, p: usize) -> CallerId {
-        self.wake();
-        let caller = CallerId(self.next_caller);
-        self.next_caller += 1;
-        self.input(p, Event::TokenWanted { caller });
-        caller
+        self.new_caller_at(p, |caller| Event::TokenWanted { caller })
     }
 
     /// A caller in process `p` forces a refresh now (or once a suspended
     /// client resumes), as [`World::want_token_at`].
     pub fn force_refresh_at(&mut self, p: usize) -> CallerId {
+        self.new_caller_at(p, |caller| Event::RefreshWanted { caller })
+    }
+
+    /// A new caller in process `p` asks as `asks` says.
+    fn new_caller_at(&mut self, p: usize, asks: impl FnOnce(CallerId) -> Event) -> CallerId {
         self.wake();
         let caller = CallerId(self.next_caller);
         self.next_caller += 1;
-        self.input(p, Event::RefreshWanted { caller });
+        self.input(p, asks(caller));
         caller
     }
 
