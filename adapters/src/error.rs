@@ -1,7 +1,10 @@
 //! What can go wrong for a caller. No variant carries token bytes.
 
+use freshen_core::oauth::{OAuthError, Rejected};
 use freshen_core::session::{AttemptFailure, ConfigError, FailReason, LogoutCause};
 use thiserror::Error;
+
+use crate::transport::TransportError;
 
 /// Why no access token could be had.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -10,19 +13,38 @@ pub enum Error {
     /// The session is logged out: send the user to log in.
     #[error("logged out: {0}")]
     LoggedOut(LogoutCause),
-    /// The refresh failed for now (network, server, rate limit); a later call may succeed.
-    #[error("the refresh failed for now: {0}")]
-    RefreshUnavailable(AttemptFailure),
+    /// The store held no session and none was logged in yet: send the user to log in.
+    #[error("there is no session yet; log in")]
+    NoSession,
+    /// The refresh failed for now (network, server, rate limit); the session
+    /// and its tokens are kept, and the next call tries again (unless the
+    /// server asked to wait: see the session's state).
+    #[error("the refresh at {endpoint} failed for now: {failure}")]
+    RefreshUnavailable {
+        /// How its last attempt failed.
+        failure: AttemptFailure,
+        /// The token endpoint, without query or user information.
+        endpoint: String,
+        /// The transport's own error, when the last attempt got no answer.
+        #[source]
+        cause: Option<TransportError>,
+    },
     /// The server refused the refresh for a reason that neither retrying nor
-    /// logging in fixes (for example `invalid_client`): the app is misconfigured.
-    #[error("the token endpoint refused the client ({0}); check the client's configuration")]
-    Rejected(freshen_core::oauth::Rejected),
+    /// logging in fixes (for example `invalid_client`, or a 404 from a wrong
+    /// URL): the app is misconfigured.
+    #[error("the token endpoint {endpoint} refused the client ({rejected}); check the client's configuration")]
+    Rejected {
+        /// What the server answered.
+        rejected: Rejected,
+        /// The token endpoint, without query or user information.
+        endpoint: String,
+    },
     /// The token endpoint wants the user to act (`mfa_required`,
     /// `interaction_required`, `consent_required`, `login_required`). The
     /// session is kept and not retried on its own: send the user through a
     /// login (or force a refresh once they have acted).
     #[error("the user must act before the session can be refreshed ({0})")]
-    InteractionRequired(freshen_core::oauth::OAuthError),
+    InteractionRequired(OAuthError),
     /// The store could not be read or written; tokens are written before use.
     #[error("the token store is unavailable")]
     StoreUnavailable,
@@ -65,7 +87,8 @@ pub enum Error {
 /// Checks an endpoint URL at start: it must parse, name a scheme and a host,
 /// and use `https`, or plain `http` only to a loopback host (unless the app
 /// allows plain http, as tests and simulations on private networks do).
-pub(crate) fn check_endpoint(endpoint: &'static str, url: &str, plain_http_allowed: bool) -> Result<(), Error> {
+/// Returns the URL as errors show it: without user information or query.
+pub(crate) fn check_endpoint(endpoint: &'static str, url: &str, plain_http_allowed: bool) -> Result<String, Error> {
     let invalid = |shown: String, problem| Error::InvalidEndpoint { endpoint, url: shown, problem };
     let Ok(uri) = url.parse::<http::Uri>() else {
         return Err(invalid(String::new(), "does not parse as a URL"));
@@ -85,27 +108,43 @@ pub(crate) fn check_endpoint(endpoint: &'static str, url: &str, plain_http_allow
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     match scheme {
-        "https" => Ok(()),
-        "http" if loopback || plain_http_allowed => Ok(()),
+        "https" => Ok(shown),
+        "http" if loopback || plain_http_allowed => Ok(shown),
         "http" => Err(invalid(shown, "uses plain http to a host that is not loopback; use https")),
         _ => Err(invalid(shown, "uses a scheme other than https or http")),
     }
 }
 
-impl From<FailReason> for Error {
-    fn from(reason: FailReason) -> Self {
+impl Error {
+    /// What a caller is told for `reason`: refresh errors name the token
+    /// endpoint (`endpoint`, as shown) and carry the transport's own error
+    /// when the last attempt went unanswered for that `transport` reason.
+    pub(crate) fn from_reason(reason: FailReason, endpoint: &str, transport: Option<TransportError>) -> Self {
         match reason {
+            FailReason::LoggedOut(LogoutCause::NoSession) => Self::NoSession,
             FailReason::LoggedOut(cause) => Self::LoggedOut(cause),
-            FailReason::RefreshUnavailable(failure) => Self::RefreshUnavailable(failure),
-            FailReason::Rejected(rejected) => Self::Rejected(rejected),
+            FailReason::RefreshUnavailable(failure) => {
+                let cause = match &failure {
+                    AttemptFailure::Transport(told) => transport.filter(|error| error.failure() == *told),
+                    _ => None,
+                };
+                Self::RefreshUnavailable { failure, endpoint: endpoint.to_owned(), cause }
+            }
+            FailReason::Rejected(rejected) => Self::Rejected { rejected, endpoint: endpoint.to_owned() },
             FailReason::InteractionRequired(error) => Self::InteractionRequired(error),
             FailReason::StoreUnavailable => Self::StoreUnavailable,
             FailReason::MissingRefreshToken => Self::MissingRefreshToken,
             FailReason::TimedOut => Self::TimedOut,
             FailReason::TooManyWaiters => Self::TooManyWaiters,
-            // A reason added to the core later reads as the store being unavailable
-            // would be wrong; timing out is the honest generic answer.
+            // A reason added to the core later: timing out is the honest generic answer.
             _ => Self::TimedOut,
         }
+    }
+
+    /// Whether the user must act (log in, or complete what the server asks
+    /// for): there is no session, it ended, nothing can renew it, or the
+    /// token endpoint asked for the user's interaction.
+    pub fn needs_login(&self) -> bool {
+        matches!(self, Self::NoSession | Self::LoggedOut(_) | Self::MissingRefreshToken | Self::InteractionRequired(_))
     }
 }

@@ -35,8 +35,8 @@
 //!     let me = api.get("https://api.example.com/me").send().await?;
 //!     println!("{}", me.status());
 //!
-//!     // Watch the session: once it is logged out, send the user to log in.
-//!     session.watch_state().wait_for(|state| state.is_logged_out()).await?;
+//!     // Watch the session: once only a login helps, send the user to log in.
+//!     session.watch_state().wait_for(|state| state.needs_login()).await?;
 //!     Ok(())
 //! }
 //! ```

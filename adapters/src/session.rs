@@ -11,6 +11,7 @@
 use core::future::Future;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::time::Duration;
+use std::error::Error as _;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -28,7 +29,7 @@ use crate::clock::{Clock, WallClock};
 use crate::coordinator::{Coordinator, Io, Outcome, StateSink, Waker};
 use crate::store::{Store, StoreLock};
 use crate::token::Token;
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use std::sync::Arc;
 
 /// Everything a session needs to know besides its transport and store.
@@ -131,6 +132,12 @@ struct Shared<T, S> {
     logouts: Mutex<Vec<oneshot::Sender<()>>>,
     /// The shared store's cross-process lock, while the machine holds it.
     store_lock: Mutex<Option<StoreLock>>,
+    /// The token endpoint as errors show it (no query, no user information).
+    token_endpoint_shown: String,
+    /// The transport's error for the last refresh attempt that went
+    /// unanswered, until one is answered: the cause of a transport failure
+    /// callers are told about.
+    last_transport_error: Mutex<Option<TransportError>>,
 }
 
 impl<T, S> Shared<T, S> {
@@ -140,6 +147,12 @@ impl<T, S> Shared<T, S> {
 
     fn instant(&self, at: MonoTime) -> Instant {
         self.clock.instant(at)
+    }
+
+    fn note_transport_error(&self, error: Option<TransportError>) {
+        if let Ok(mut last) = self.last_transport_error.lock() {
+            *last = error;
+        }
     }
 }
 
@@ -197,7 +210,8 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// work (no scheme or host, or plain http to a host that is not loopback)
     /// and [`Error::Config`] for session settings that cannot.
     pub fn start(config: Config, transport: T, store: S) -> Result<Self, Error> {
-        crate::error::check_endpoint("token", &config.token_endpoint, config.plain_http_allowed)?;
+        let token_endpoint_shown =
+            crate::error::check_endpoint("token", &config.token_endpoint, config.plain_http_allowed)?;
         if let Some(url) = &config.revocation_endpoint {
             crate::error::check_endpoint("revocation", url, config.plain_http_allowed)?;
         }
@@ -229,6 +243,8 @@ impl<T: Transport, S: Store> Session<T, S> {
             in_flight: AtomicUsize::new(0),
             logouts: Mutex::new(Vec::new()),
             store_lock: Mutex::new(None),
+            token_endpoint_shown,
+            last_transport_error: Mutex::new(None),
         });
         let span = info_span!("freshen", session = seed % 100_000);
         tokio::spawn(drive(Arc::clone(&shared)).instrument(span));
@@ -311,15 +327,27 @@ impl<T: Transport, S: Store> Session<T, S> {
     }
 
     /// The state now, without waiting: never behind an answer this session
-    /// gave (a caller told it is logged out finds `LoggedOut` here).
+    /// gave (a caller told it is logged out finds `LoggedOut` here). While
+    /// tokens are held, [`StateView::renewal`] tells an outage (and when the
+    /// next attempt may start) from a misconfiguration and from "the next
+    /// call refreshes"; its times are on this session's clock (see
+    /// [`Session::instant`]).
     pub fn state(&self) -> StateView {
         self.shared.state.borrow().clone()
     }
 
-    /// The state as a stream, for watching: send the user to log in once it
-    /// is logged out (`watch_state().wait_for(StateView::is_logged_out)`).
+    /// The state as a stream, for watching: send the user to log in once
+    /// only a login helps (`watch_state().wait_for(StateView::needs_login)`).
     pub fn watch_state(&self) -> watch::Receiver<StateView> {
         self.shared.state.subscribe()
+    }
+
+    /// When a time the state names (such as [`Renewal::Failing`]'s
+    /// `retry_at`) falls, on tokio's clock.
+    ///
+    /// [`Renewal::Failing`]: freshen_core::session::Renewal::Failing
+    pub fn instant(&self, at: MonoTime) -> Instant {
+        self.shared.instant(at)
     }
 
     /// How many callers wait for a token now.
@@ -338,7 +366,10 @@ impl<T: Transport, S: Store> Session<T, S> {
         let _cancel = CancelOnDrop { coordinator: &self.shared.coordinator, caller };
         match answer.await {
             Ok(Ok(published)) => Ok(Token(published)),
-            Ok(Err(reason)) => Err(reason.into()),
+            Ok(Err(reason)) => {
+                let transport = self.shared.last_transport_error.lock().ok().and_then(|last| last.clone());
+                Err(Error::from_reason(reason, &self.shared.token_endpoint_shown, transport))
+            }
             Err(_) => Err(Error::Shutdown),
         }
     }
@@ -411,6 +442,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 .await
                 {
                     Ok(Ok(response)) => {
+                        shared.note_transport_error(None);
                         let unix_now = shared.clock.wall();
                         if let Some(skew) = response.clock_skew(unix_now).filter(|s| s.is_notable()) {
                             // Only a sanity check: lifetimes count on the monotonic clock from the send.
@@ -424,12 +456,15 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                         info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
                         Event::RefreshCompleted { id, outcome }
                     }
-                    Ok(Err(failure)) => {
-                        warn!(?failure, "refresh got no answer");
+                    Ok(Err(error)) => {
+                        warn!(%error, cause = error.source().map(tracing::field::display), "refresh got no answer");
+                        let failure = error.failure();
+                        shared.note_transport_error(Some(error));
                         Event::RefreshFailed { id, failure }
                     }
                     Err(_) => {
                         warn!("refresh timed out");
+                        shared.note_transport_error(None);
                         Event::RefreshFailed { id, failure: TransportFailure::Timeout }
                     }
                 };
@@ -443,7 +478,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 let timeout = shared.config.session.request_timeout;
                 match tokio::time::timeout(timeout, shared.transport.post_form(&url, &form)).await {
                     Ok(Ok(response)) => info!(status = response.status, "revocation answered"),
-                    Ok(Err(failure)) => warn!(?failure, "revocation got no answer (best effort)"),
+                    Ok(Err(error)) => warn!(%error, "revocation got no answer (best effort)"),
                     Err(_) => warn!("revocation timed out (best effort)"),
                 }
             });

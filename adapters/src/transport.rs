@@ -4,8 +4,10 @@
 //! core reads and a body cut at [`MAX_BODY_BYTES`]. It never logs bodies. The
 //! session is generic over it, so a simulation can plug in its own network.
 
+use core::fmt;
 use core::future::Future;
 use core::time::Duration;
+use std::sync::Arc;
 
 use freshen_core::oauth::{self, Classified, FormRequest, MAX_BODY_BYTES, Policy};
 use freshen_core::session::TransportFailure;
@@ -52,6 +54,56 @@ impl HttpResponse {
     }
 }
 
+/// How a request went unanswered: what the session must know (whether the
+/// server may have seen it) and, for people, the transport's own error (a
+/// refused connection, a TLS failure), kept as this error's `source`.
+#[derive(Clone, Debug)]
+pub struct TransportError {
+    failure: TransportFailure,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl TransportError {
+    /// A failure with the transport's own error as its cause. The cause must
+    /// not carry token bytes (reqwest's does not: it never shows bodies).
+    pub fn new(failure: TransportFailure, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { failure, source: Some(Arc::new(source)) }
+    }
+
+    /// What the session makes of it.
+    pub fn failure(&self) -> TransportFailure {
+        self.failure
+    }
+}
+
+impl From<TransportFailure> for TransportError {
+    fn from(failure: TransportFailure) -> Self {
+        Self { failure, source: None }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.failure)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Equal when they fail the same way for the same stated cause.
+impl PartialEq for TransportError {
+    fn eq(&self, other: &Self) -> bool {
+        self.failure == other.failure
+            && self.source.as_ref().map(ToString::to_string) == other.source.as_ref().map(ToString::to_string)
+    }
+}
+
+impl Eq for TransportError {}
+
 /// Posts forms to the token and revocation endpoints.
 pub trait Transport: Send + Sync + 'static {
     /// Posts `form` to `url` and returns the answer, or how it went unanswered.
@@ -59,7 +111,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         url: &str,
         form: &FormRequest,
-    ) -> impl Future<Output = Result<HttpResponse, TransportFailure>> + Send;
+    ) -> impl Future<Output = Result<HttpResponse, TransportError>> + Send;
 }
 
 /// A [`Transport`] over reqwest.
@@ -81,7 +133,7 @@ impl ReqwestTransport {
 }
 
 impl Transport for ReqwestTransport {
-    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
         let mut request = self
             .client
             .post(url)
@@ -89,7 +141,8 @@ impl Transport for ReqwestTransport {
             .header(http::header::ACCEPT, "application/json")
             .body(form.expose_body().to_owned());
         if let Some(authorization) = form.expose_authorization() {
-            let mut value = http::HeaderValue::from_str(authorization).map_err(|_| TransportFailure::NotSent)?;
+            let mut value = http::HeaderValue::from_str(authorization)
+                .map_err(|error| TransportError::new(TransportFailure::NotSent, error))?;
             value.set_sensitive(true);
             request = request.header(http::header::AUTHORIZATION, value);
         }
@@ -112,15 +165,17 @@ impl Transport for ReqwestTransport {
     }
 }
 
-/// How a reqwest failure maps to what the core must know: whether the server
-/// may have seen the request.
-fn failure(error: reqwest::Error) -> TransportFailure {
+/// How a reqwest failure maps to what the core must know (whether the server
+/// may have seen the request), keeping reqwest's error as the cause. Its URL
+/// is dropped: errors name the endpoint themselves.
+fn failure(error: reqwest::Error) -> TransportError {
     // A connect failure (a connect timeout included) never reached the server.
-    if error.is_connect() || error.is_builder() {
+    let failure = if error.is_connect() || error.is_builder() {
         TransportFailure::NotSent
     } else if error.is_timeout() {
         TransportFailure::Timeout
     } else {
         TransportFailure::Interrupted
-    }
+    };
+    TransportError::new(failure, error.without_url())
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use freshen::Error;
 use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
-use freshen_core::session::{AttemptFailure, LogoutCause, StateView, TransportFailure};
+use freshen_core::oauth::Rejected;
+use freshen_core::session::{AttemptFailure, LogoutCause, Renewal, StateView, TransportFailure};
 use support::session as start;
 
 /// A stored access token that is already spent.
@@ -70,7 +71,7 @@ async fn rule_3_the_next_caller_after_a_failed_cycle_tries_again() {
     let attempts = support::config().session.backoff.attempts as usize;
     transport.answer_next((0..attempts).map(|_| (503, Vec::new(), "<html>down</html>".to_owned())));
     let error = session.access_token().await.unwrap_err();
-    assert!(matches!(error, Error::RefreshUnavailable(_)), "{error:?}");
+    assert!(matches!(error, Error::RefreshUnavailable { .. }), "{error:?}");
     assert_eq!(transport.refreshes.load(SeqCst), attempts);
     assert!(store.inner.peek().is_some(), "the session and its tokens stay");
     // The server is back: the very next caller refreshes, with no cooldown.
@@ -85,8 +86,8 @@ async fn rule_3_a_retry_after_holds_callers_until_it_has_passed() {
     let (session, transport, _) = start(AuthorityConfig::default(), SPENT);
     let retry_after = vec![("Retry-After".to_owned(), b"120".to_vec())];
     transport.answer_next([(429, retry_after, String::new())]);
-    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable(_)));
-    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable(_)));
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable { .. }));
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable { .. }));
     assert_eq!(transport.refreshes.load(SeqCst), 1, "no request while the server asked to wait");
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
@@ -104,7 +105,8 @@ async fn rule_3_a_hung_endpoint_fails_callers_at_the_documented_deadline() {
     let started = tokio::time::Instant::now();
     let error = session.access_token().await.unwrap_err();
     let waited = started.elapsed();
-    assert_eq!(error, Error::RefreshUnavailable(AttemptFailure::Transport(TransportFailure::Timeout)));
+    let timed_out = AttemptFailure::Transport(TransportFailure::Timeout);
+    assert!(matches!(&error, Error::RefreshUnavailable { failure, .. } if *failure == timed_out), "{error:?}");
     let floor = config.request_timeout * config.backoff.attempts
         + (1..config.backoff.attempts).map(|a| config.backoff.floor(a)).sum::<Duration>();
     assert!(waited >= floor, "failed after {waited:?}, before every attempt had its time ({floor:?})");
@@ -351,7 +353,7 @@ async fn rule_6_invalid_request_rereads_the_store_and_never_logs_out() {
     let (session, transport, store) = start(AuthorityConfig::default(), SPENT);
     transport.answer_next([support::AuthorityTransport::oauth_error(400, "invalid_request")]);
     let error = session.access_token().await.unwrap_err();
-    assert!(matches!(&error, Error::Rejected(_)), "{error:?}");
+    assert!(matches!(&error, Error::Rejected { .. }), "{error:?}");
     assert!(!session.state().is_logged_out());
     assert!(store.inner.peek().is_some());
 
@@ -375,11 +377,11 @@ async fn rule_6_invalid_client_is_misconfiguration_paced_at_the_slowest_backoff(
     let pace = support::config().session.backoff.max;
     transport.answer_next([support::AuthorityTransport::oauth_error(401, "invalid_client")]);
     let error = session.access_token().await.unwrap_err();
-    assert!(matches!(&error, Error::Rejected(_)), "{error:?}");
+    assert!(matches!(&error, Error::Rejected { .. }), "{error:?}");
     assert!(error.to_string().contains("invalid_client"), "{error}");
     assert!(!session.state().is_logged_out());
     assert!(store.inner.peek().is_some());
-    assert!(matches!(session.access_token().await.unwrap_err(), Error::Rejected(_)));
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::Rejected { .. }));
     assert_eq!(transport.refreshes.load(SeqCst), 1, "not retried before the slowest backoff");
     tokio::time::sleep(pace).await;
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
@@ -415,18 +417,113 @@ async fn rule_7_an_endpoint_that_cannot_work_is_refused_at_start() {
 #[test]
 fn rule_7_errors_read_as_sentences() {
     let error = freshen_core::oauth::OAuthError { status: 400, code: "invalid_grant".into(), description: None };
+    let endpoint = "https://auth.example.com/token".to_owned();
+    let timed_out = Error::RefreshUnavailable {
+        failure: AttemptFailure::Transport(TransportFailure::Timeout),
+        endpoint: endpoint.clone(),
+        cause: None,
+    };
     let errors = [
         Error::LoggedOut(LogoutCause::RefreshTokenRejected { error: error.clone(), after_lost_response: true }),
-        Error::RefreshUnavailable(AttemptFailure::Transport(TransportFailure::Timeout)),
-        Error::Rejected(freshen_core::oauth::Rejected::Status(404)),
+        timed_out.clone(),
+        Error::Rejected { rejected: freshen_core::oauth::Rejected::Status(404), endpoint },
         Error::InteractionRequired(error),
+        Error::NoSession,
     ];
     for error in errors {
         let said = error.to_string();
         assert!(!said.contains('{') && !said.contains("OAuthError") && !said.contains("Timeout"), "{said}");
     }
     assert_eq!(
-        Error::RefreshUnavailable(AttemptFailure::Transport(TransportFailure::Timeout)).to_string(),
-        "the refresh failed for now: no answer came in time"
+        timed_out.to_string(),
+        "the refresh at https://auth.example.com/token failed for now: no answer came in time"
     );
+}
+
+/// Rule 7: the state tells an outage (and when the next attempt may start)
+/// from a misconfiguration and from "the next call refreshes".
+#[tokio::test(start_paused = true)]
+async fn rule_7_the_state_tells_an_outage_from_misconfiguration_from_the_next_call() {
+    let (session, transport, _) = start(AuthorityConfig::default(), SPENT);
+    // An outage: every attempt of the cycle goes unanswered.
+    let attempts = support::config().session.backoff.attempts as usize;
+    transport.fail_next(vec![TransportFailure::NotSent; attempts]);
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(error, Error::RefreshUnavailable { .. }), "{error:?}");
+    let outage = Renewal::Failing { failure: AttemptFailure::Transport(TransportFailure::NotSent), retry_at: None };
+    assert!(matches!(session.state(), StateView::Expired { renewal, .. } if renewal == outage), "{}", session.state());
+
+    // The server asks to wait longer than a cycle may: the state says until when.
+    let waited_for = Duration::from_secs(3600);
+    transport.answer_next([(503, vec![("retry-after".into(), b"3600".to_vec())], String::new())]);
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(error, Error::RefreshUnavailable { .. }), "{error:?}");
+    let Some(Renewal::Failing { retry_at: Some(retry_at), .. }) = session.state().renewal().cloned() else {
+        panic!("no time for the next attempt in {}", session.state());
+    };
+    let from_now = retry_at.saturating_duration_since(transport.now());
+    assert!(from_now <= waited_for && from_now > waited_for - Duration::from_secs(5), "{from_now:?}");
+    let refreshes = transport.refreshes.load(SeqCst);
+    assert!(matches!(session.access_token().await.unwrap_err(), Error::RefreshUnavailable { .. }));
+    assert_eq!(transport.refreshes.load(SeqCst), refreshes, "held until the server's time");
+    tokio::time::sleep(waited_for).await;
+
+    // A misconfiguration reads as one, not as a plain expiry or an outage.
+    transport.answer_next([support::AuthorityTransport::oauth_error(401, "invalid_client")]);
+    let error = session.access_token().await.unwrap_err();
+    assert!(matches!(error, Error::Rejected { .. }), "{error:?}");
+    let state = session.state();
+    assert!(
+        matches!(state.renewal(), Some(Renewal::Misconfigured { rejected: Rejected::Error(e), retry_at: Some(_) }) if e.code == "invalid_client"),
+        "{state}"
+    );
+    assert!(!state.needs_login(), "{state}");
+
+    // Once a refresh succeeds, nothing stands in the way again.
+    tokio::time::sleep(support::config().session.backoff.max).await;
+    let token = session.access_token().await.unwrap();
+    assert!(matches!(session.state(), StateView::Valid { renewal: Renewal::Ready, .. }), "{}", session.state());
+
+    // A token the app says is bad: the state says the next call refreshes.
+    session.invalidate(&token);
+    assert!(matches!(session.state(), StateView::Expired { renewal: Renewal::Ready, .. }), "{}", session.state());
+    let refreshes = transport.refreshes.load(SeqCst);
+    assert!(session.access_token().await.unwrap().generation() > token.generation());
+    assert_eq!(transport.refreshes.load(SeqCst), refreshes + 1);
+}
+
+/// Rule 7: a request that never reached the token endpoint carries the
+/// transport's own error as its cause, and the error names the endpoint
+/// (not `Transport(NotSent)` alone). Real reqwest, a closed loopback port.
+#[tokio::test]
+async fn rule_7_a_transport_failure_carries_the_transports_own_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let endpoint = format!("http://{closed}/token");
+    let spent = freshen_core::stored::StoredSession::pair(
+        freshen_core::token::AccessToken::new("canary-access-7"),
+        freshen_core::token::RefreshToken::new("canary-refresh-7"),
+    )
+    .with_access_expiry(freshen::system_clock(), Duration::ZERO);
+    let mut settings = support::config().session;
+    settings.backoff.attempts = 1;
+    let config = freshen::Config::new(&endpoint, freshen_core::oauth::Client::public("app")).with_session(settings);
+    let transport = freshen::transport::ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let session = freshen::Session::start(config, transport, freshen::store::MemoryStore::holding(&spent)).unwrap();
+    let error = session.access_token().await.unwrap_err();
+    let Error::RefreshUnavailable { failure, endpoint: shown, cause } = &error else { panic!("{error:?}") };
+    assert_eq!(*failure, AttemptFailure::Transport(TransportFailure::NotSent));
+    assert_eq!(*shown, endpoint);
+    assert!(error.to_string().contains(&endpoint), "{error}");
+    let cause = cause.as_ref().expect("the transport's error is kept");
+    let mut chain = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = std::error::Error::source(&error);
+    while let Some(source) = next {
+        chain.push(source.to_string());
+        next = source.source();
+    }
+    assert!(chain.len() >= 2, "the cause and reqwest's error below it: {chain:?}");
+    assert_eq!(chain[0], cause.to_string());
+    let said = format!("{error} {chain:?} {error:?}");
+    assert!(!said.contains("canary"), "{said}");
+    assert!(!session.state().needs_login(), "an unreachable endpoint is an outage, not a logout");
 }

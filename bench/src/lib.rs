@@ -22,7 +22,7 @@ use freshen::core::stored::StoredSession;
 use freshen::core::time::{MonoTime, UnixTime};
 use freshen::middleware::{AuthMiddleware, AuthorizedClient};
 use freshen::store::MemoryStore;
-use freshen::transport::{HttpResponse, ReqwestTransport, Transport};
+use freshen::transport::{HttpResponse, ReqwestTransport, Transport, TransportError};
 use freshen::{Config, Session, system_clock};
 use freshen_sim::http::{Server, paths};
 use tokio::runtime::Runtime;
@@ -225,7 +225,7 @@ struct Gated {
 }
 
 impl Transport for Gated {
-    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
         let _permit = self.gate.acquire().await.map_err(|_| TransportFailure::NotSent)?;
         let answer = self.inner.post_form(url, form).await;
         if let Ok(mut at) = self.answered_at.lock() {

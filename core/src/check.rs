@@ -86,6 +86,11 @@ pub enum Invariant {
     /// again only after a forced refresh or a login), and no refusal but a
     /// terminal one (by the policy, `invalid_grant`) logs the session out.
     U6,
+    /// The state tells why callers were failed: when a refresh cycle ended
+    /// in an outage, a misconfiguration or a request for the user's
+    /// interaction, or there is no refresh token, the state the session
+    /// settles in (holding tokens, no refresh running) says which.
+    U7,
     /// A token the server has already killed is never handed out: a retry
     /// after a 401 that nothing raced gets a token that is neither expired nor
     /// deleted by a refresh (the world checks it against the authority), and
@@ -210,6 +215,8 @@ pub struct ClientMonitor {
     /// with the generation the session held then: tokens adopted later (a
     /// login, or a newer generation from the store) start afresh.
     awaits_user: BTreeMap<Fingerprint, Generation>,
+    /// Why callers were failed in this step, when the state must say it (U7).
+    told_this_step: Option<FailReason>,
     violations: Vec<Violation>,
 }
 
@@ -241,6 +248,7 @@ impl ClientMonitor {
             usable_at_most: BTreeMap::new(),
             retrying: BTreeSet::new(),
             awaits_user: BTreeMap::new(),
+            told_this_step: None,
             violations: Vec::new(),
         }
     }
@@ -277,6 +285,7 @@ impl ClientMonitor {
         self.usable_at_most.clear();
         self.retrying.clear();
         self.awaits_user.clear();
+        self.told_this_step = None;
     }
 
     /// An input the session is about to handle at `now`.
@@ -441,12 +450,7 @@ impl ClientMonitor {
         }
         match outcome {
             Classified::InteractionRequired(_) => {
-                let held = match &self.state {
-                    StateView::Valid { generation }
-                    | StateView::Expired { generation }
-                    | StateView::Refreshing { generation } => *generation,
-                    _ => Generation(0),
-                };
+                let held = self.state.generation().unwrap_or(Generation(0));
                 self.awaits_user.insert(token, held);
             }
             // The server's later word on the token replaces the request.
@@ -569,13 +573,27 @@ impl ClientMonitor {
                         self.violate(Invariant::U4, now, detail);
                     }
                 }
+                if matches!(
+                    reason,
+                    FailReason::RefreshUnavailable(_)
+                        | FailReason::Rejected(_)
+                        | FailReason::InteractionRequired(_)
+                        | FailReason::MissingRefreshToken
+                ) {
+                    self.told_this_step = Some(reason.clone());
+                }
                 if let FailReason::RefreshUnavailable(_) = reason {
                     self.check_not_cached(now, callers);
                     let cooldown = self.config.failure_cooldown;
                     self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(cooldown));
                 }
                 if let FailReason::LoggedOut(cause) = reason {
-                    if !matches!(&self.state, StateView::LoggedOut { cause: shown } if shown == cause) {
+                    let shown = match &self.state {
+                        StateView::LoggedOut { cause } => Some(cause),
+                        StateView::NoSession => Some(&LogoutCause::NoSession),
+                        _ => None,
+                    };
+                    if shown != Some(cause) {
                         let detail = format!("failed callers as logged out while the state still read {}", self.state);
                         self.violate(Invariant::U1, now, detail);
                     }
@@ -585,6 +603,9 @@ impl ClientMonitor {
             Command::StateChanged(view) => {
                 if matches!(view, StateView::Refreshing { .. }) {
                     self.unserved_since_arrival.clear();
+                }
+                if matches!(view, StateView::NoSession) {
+                    self.logged_out = Some(LogoutCause::NoSession);
                 }
                 if let StateView::LoggedOut { cause } = view {
                     if let LogoutCause::RefreshTokenRejected { error, .. } = cause {
@@ -711,6 +732,12 @@ impl ClientMonitor {
     pub fn step_end(&mut self, now: MonoTime, next_timeout: Option<MonoTime>) {
         if next_timeout.is_some_and(|at| at <= now) {
             self.violate(Invariant::C9, now, "poll_timeout returned a time not after now".into());
+        }
+        if let (Some(reason), Some(renewal)) = (self.told_this_step.take(), self.state.renewal()) {
+            if !renewal.explains(&reason) {
+                let detail = format!("callers were told \"{reason}\" but the state reads {}", self.state);
+                self.violate(Invariant::U7, now, detail);
+            }
         }
         if self.logged_out.is_some() && !self.waiting.is_empty() {
             let count = self.waiting.len();

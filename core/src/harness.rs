@@ -21,7 +21,7 @@ use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
 use crate::oauth::{self, Classified};
 use crate::rng::SplitMix64;
 use crate::session::{
-    AccessGrant, Command, Event, FailReason, LogoutCause, NewSession, Session, SessionConfig, StateView, StoreError,
+    AccessGrant, Command, Event, FailReason, LogoutCause, NewSession, Session, SessionConfig, StoreError,
     TransportFailure,
 };
 use crate::stored::StoredSession;
@@ -899,7 +899,7 @@ impl World {
         self.run_until(last_call_at);
         let processes = 0..self.processes.len();
         for p in processes.clone() {
-            if matches!(self.session_of(p).state(), StateView::LoggedOut { .. }) {
+            if self.session_of(p).state().needs_login() {
                 self.log_in_at(p);
             }
         }
@@ -909,7 +909,7 @@ impl World {
         for p in processes.clone() {
             let caller = last.get(p).copied().unwrap_or(CallerId(0));
             let logged_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
-                && matches!(self.session_of(p).state(), StateView::LoggedOut { .. });
+                && self.session_of(p).state().needs_login();
             // Nothing but the user can renew these: no refresh token left, or
             // the server asked for the user's interaction.
             let ran_out = matches!(
@@ -1121,7 +1121,8 @@ impl World {
                     self.schedule(at, Pending::Login { process: p, always: true });
                 }
             }
-            Command::StateChanged(StateView::LoggedOut { cause }) => {
+            Command::StateChanged(view) if view.needs_login() => {
+                let cause = view.logout_cause().unwrap_or(LogoutCause::NoSession);
                 *self.stats.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
                 let judged =
                     judge_logout(&self.config.session, &self.config.authority, &cause, self.evidence, self.now);
@@ -1295,7 +1296,7 @@ impl World {
                 if always {
                     self.login_pending = false;
                 }
-                if always || matches!(self.session_of(process).state(), StateView::LoggedOut { .. }) {
+                if always || self.session_of(process).state().needs_login() {
                     self.log_in_at(process);
                 }
             }

@@ -22,7 +22,7 @@
 //! ```
 //! use std::time::Duration;
 //! use freshen_core::ids::{CallerId, Generation};
-//! use freshen_core::session::{Command, Event, Session, SessionConfig, StateView};
+//! use freshen_core::session::{Command, Event, Renewal, Session, SessionConfig, StateView};
 //! use freshen_core::stored::StoredSession;
 //! use freshen_core::time::{MonoTime, UnixTime};
 //!
@@ -64,7 +64,7 @@
 //!     }
 //! }
 //! assert_eq!(granted, [(CallerId(1), Generation(1))]);
-//! assert_eq!(session.state(), &StateView::Valid { generation: Generation(1) });
+//! assert_eq!(session.state(), &StateView::Valid { generation: Generation(1), renewal: Renewal::Ready });
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

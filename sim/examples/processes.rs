@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use freshen::core::authority::AuthorityConfig;
 use freshen::core::oauth::{self, Classified, Client};
-use freshen::core::session::{SessionConfig, StateView};
+use freshen::core::session::SessionConfig;
 use freshen::middleware::AuthMiddleware;
 use freshen::store::{FileStore, Store};
 use freshen::transport::{HttpResponse, ReqwestTransport};
@@ -132,7 +132,7 @@ async fn child(args: &[String]) -> Result<ExitCode, Error> {
     }
     let state = session.state();
     println!("pid {} ok {ok} refused {refused} failed {failed} state {state}", std::process::id());
-    Ok(if matches!(state, StateView::LoggedOut { .. }) { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    Ok(if state.needs_login() { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }
 
 /// Logs in through the authority's password grant and writes the session to

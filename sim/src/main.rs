@@ -21,6 +21,7 @@ use freshen_core::session::Plant;
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--log]
        freshen-sim --seed S [--tier 1|2] [--plant NAME] [--log]
+       freshen-sim plants
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
 
@@ -30,11 +31,8 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
                 world: breadth) or tier 2 (the real driver over hyper on turmoil: depth);
                 by default one seed in twenty runs in tier 2
   --seed S      replay one seed and print its full trace (no token bytes)
-  --plant NAME  run a deliberately broken session: no-single-flight,
-                grant-before-persist, logout-keeps-storage, retry-forgets-rotation,
-                no-cross-process-lock, answers-before-state, caches-a-failure,
-                ignores-refresh-window, forced-refresh-not-chained, lifetime-from-last-attempt,
-                retry-ignores-running-refresh, retries-interaction-required
+  --plant NAME  run a deliberately broken session (`freshen-sim plants` lists them,
+                one name per line), which the campaign must catch
   --threads T   worker threads (default: the machine's cores)
   --log         write every log event of the drivers (tier 2), at trace level, to
                 stderr: the leak scan reads it for token bytes
@@ -381,6 +379,12 @@ fn install_log() {
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("plants") {
+        for plant in Plant::ALL {
+            println!("{}", plant.name());
+        }
+        return ExitCode::SUCCESS;
+    }
     if args.peek().map(String::as_str) == Some("serve") {
         args.next();
         return match serve(args) {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use freshen::store::{Store, StoreError, StoreLock};
-use freshen::transport::{HttpResponse, Transport};
+use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Observer, Session};
 use freshen_core::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
 use freshen_core::check::{
@@ -427,7 +427,7 @@ struct TurmoilTransport {
 }
 
 impl Transport for TurmoilTransport {
-    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
         let path = url.rsplit_once(AUTHORITY).map_or(url, |(_, path)| path);
         let request = Request::post(path)
             .header(header::HOST, AUTHORITY)
@@ -549,9 +549,12 @@ impl Observer for Watch {
         if let Ok(mut shared) = self.shared.lock() {
             shared.command(self.process, world_time(now), command);
         }
-        if let Command::StateChanged(StateView::LoggedOut { cause }) = command {
+        if let Some(cause) = match command {
+            Command::StateChanged(view) => view.logout_cause(),
+            _ => None,
+        } {
             if let Ok(mut logouts) = self.logouts.lock() {
-                *logouts.entry(logout_name(cause).to_owned()).or_default() += 1;
+                *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
             }
         }
         if let Ok(mut monitor) = self.monitor.lock() {
@@ -732,17 +735,15 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
         } else if host.needs_login.load(Ordering::Acquire) && !host.relogin_running.swap(true, Ordering::AcqRel) {
             // Out of tokens without a logout: one login at a time, until one lands.
             tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
-        } else if matches!(
-            &*states.borrow(),
-            StateView::LoggedOut { cause: LogoutCause::EndedElsewhere | LogoutCause::NoSession }
-        ) && !relogging
+        } else if matches!(states.borrow().logout_cause(), Some(LogoutCause::EndedElsewhere | LogoutCause::NoSession))
+            && !relogging
         {
             // The user logged out in another process of this app (this one
             // saw it, or restarted after it); here too they log in again.
             relogging = true;
             tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
         }
-        if !matches!(&*states.borrow(), StateView::LoggedOut { .. }) {
+        if !states.borrow().needs_login() {
             relogging = false;
         }
         for _ in 0..1 + rng.below(config.burst) {
@@ -1023,10 +1024,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         for (cause, count) in host.watch.logouts.lock().map(|l| l.clone()).unwrap_or_default() {
             *outcome.logouts.entry(cause).or_default() += count;
         }
-        let logged_out = match &last {
-            Some(StateView::LoggedOut { cause }) => Some(cause.clone()),
-            _ => None,
-        };
+        let logged_out = last.as_ref().and_then(StateView::logout_cause);
         match logged_out {
             None if after_heal > 0 => extra.push(Violation {
                 invariant: Invariant::C5,

@@ -82,8 +82,11 @@ async fn the_transport_bounds_the_body_and_maps_failures() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let failure = transport.post_form(&format!("http://{closed}/token"), &form).await.unwrap_err();
-    assert_eq!(failure, TransportFailure::NotSent);
+    let error = transport.post_form(&format!("http://{closed}/token"), &form).await.unwrap_err();
+    assert_eq!(error.failure(), TransportFailure::NotSent);
+    // reqwest's own error is kept as the cause, for people to read.
+    let cause = std::error::Error::source(&error).expect("the transport's error is chained").to_string();
+    assert!(!cause.is_empty(), "{cause}");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen::store::{MemoryStore, Store, StoreError};
-use freshen::transport::{HttpResponse, Transport};
+use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Session};
 use freshen_core::authority::{Authority, AuthorityConfig, Refusal};
 use freshen_core::ids::Generation;
@@ -127,9 +127,9 @@ impl AuthorityTransport {
 }
 
 impl Transport for AuthorityTransport {
-    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportFailure> {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
         if let Some(failure) = self.failures.lock().unwrap().pop_front() {
-            return Err(failure);
+            return Err(failure.into());
         }
         if url == TOKEN_URL {
             if self.hung.load(Ordering::SeqCst) {

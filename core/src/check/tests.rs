@@ -4,7 +4,7 @@
 use super::*;
 use crate::authority::Authority;
 use crate::oauth::{OAuthError, TokenResponse};
-use crate::session::{AccessGrant, FailReason};
+use crate::session::{AccessGrant, FailReason, Renewal};
 use crate::stored::StoredSession;
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
@@ -56,7 +56,10 @@ fn load(m: &mut ClientMonitor, generation: u64) {
         unix_now: crate::time::UnixTime::EPOCH,
     };
     m.event(t(0), &event);
-    m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(generation) }));
+    m.command(
+        t(0),
+        &Command::StateChanged(StateView::Valid { generation: Generation(generation), renewal: Renewal::Ready }),
+    );
 }
 
 fn found(violations: &[Violation]) -> Vec<Invariant> {
@@ -93,7 +96,7 @@ fn c3_catches_a_grant_before_the_store_held_it() {
     let mut m = monitor();
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
     m.command(t(0), &Command::Persist { op: StoreOpId(1), session: stored(1, "r1") });
-    m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(1) }));
+    m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(1), renewal: Renewal::Ready }));
     m.command(t(0), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
     assert_eq!(found(m.violations()), vec![Invariant::C3]);
 }
@@ -114,7 +117,7 @@ fn u1_catches_an_answer_the_state_does_not_show_yet() {
     // Granted while the state still says the token is spent.
     let mut m = monitor();
     load(&mut m, 1);
-    m.command(t(20), &Command::StateChanged(StateView::Expired { generation: Generation(1) }));
+    m.command(t(20), &Command::StateChanged(StateView::Expired { generation: Generation(1), renewal: Renewal::Ready }));
     m.event(t(20), &Event::TokenWanted { caller: CallerId(2) });
     m.command(t(20), &Command::Grant { callers: vec![CallerId(2)], grant: grant(1, None) });
     assert_eq!(found(m.violations()), vec![Invariant::U1]);
@@ -131,7 +134,10 @@ fn u3_catches_a_failure_repeated_without_a_new_cycle() {
     m.command(t(0), &Command::StateChanged(StateView::Refreshing { generation: Generation(1) }));
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
     send(&mut m, 0, 1, "r1", 1);
-    m.command(t(10_000), &Command::StateChanged(StateView::Expired { generation: Generation(1) }));
+    m.command(
+        t(10_000),
+        &Command::StateChanged(StateView::Expired { generation: Generation(1), renewal: Renewal::Ready }),
+    );
     m.command(t(10_000), &Command::Fail { callers: vec![CallerId(1)], reason: unavailable() });
     assert!(m.violations().is_empty(), "its own cycle failed it: {:?}", m.violations());
     // A caller after the failed cycle is told the old failure without a new attempt.
@@ -151,7 +157,7 @@ fn u3_accepts_a_failure_the_server_asked_to_hold() {
         retry_after: Some(Duration::from_secs(120)),
     });
     answer(&mut m, 50, 1, limited);
-    m.command(t(50), &Command::StateChanged(StateView::Expired { generation: Generation(1) }));
+    m.command(t(50), &Command::StateChanged(StateView::Expired { generation: Generation(1), renewal: Renewal::Ready }));
     m.command(t(50), &Command::Fail { callers: vec![CallerId(1)], reason: unavailable() });
     m.event(t(60_000), &Event::TokenWanted { caller: CallerId(2) });
     m.command(t(60_000), &Command::Fail { callers: vec![CallerId(2)], reason: unavailable() });

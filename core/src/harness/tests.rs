@@ -5,6 +5,7 @@
 use super::*;
 use crate::authority::GraceReplay;
 use crate::check::same_trace;
+use crate::session::{Renewal, StateView};
 
 fn world(configure: impl FnOnce(&mut WorldConfig)) -> World {
     let mut config = WorldConfig::quiet();
@@ -118,7 +119,7 @@ fn a_lost_request_is_retried_with_the_same_token() {
     assert_clean(&w);
     assert_eq!(w.stats().refreshes_sent, 3);
     assert_eq!(w.authority().stats().refreshes, 1);
-    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
 }
 
 #[test]
@@ -128,7 +129,7 @@ fn a_duplicated_answer_is_used_once() {
     until_refresh(&mut w);
     w.run_for(Duration::from_secs(5));
     assert_clean(&w);
-    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
 }
 
 #[test]
@@ -153,7 +154,7 @@ fn server_errors_and_rate_limits_back_off_then_succeed() {
     w.run_for(Duration::from_secs(30));
     assert_clean(&w);
     assert_eq!(w.stats().refreshes_sent, 4);
-    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
 }
 
 #[test]
@@ -163,7 +164,7 @@ fn a_mangled_answer_after_the_server_committed_is_saved_by_grace() {
     until_refresh(&mut w);
     w.run_for(Duration::from_secs(10));
     assert_clean(&w);
-    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2) });
+    assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
     assert_eq!(w.authority().stats().grace_replays, 1);
 }
 

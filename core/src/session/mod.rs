@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use types::{
-    AccessGrant, AttemptFailure, Command, Event, FailReason, LogoutCause, NewSession, StateView, StoreError,
+    AccessGrant, AttemptFailure, Command, Event, FailReason, LogoutCause, NewSession, Renewal, StateView, StoreError,
     TransportFailure,
 };
 
@@ -88,11 +88,14 @@ pub enum Plant {
     /// Treats a request for the user's interaction as a transient failure
     /// and retries it (breaks U6: only the user can answer it).
     RetriesInteractionRequired,
+    /// Shows the tokens of a failed cycle as ready to refresh (breaks U7:
+    /// the state tells an outage from a misconfiguration from the next call).
+    StateHidesFailure,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 12] = [
+    pub const ALL: [Plant; 13] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -105,6 +108,7 @@ impl Plant {
         Plant::LifetimeFromLastAttempt,
         Plant::RetryIgnoresRunningRefresh,
         Plant::RetriesInteractionRequired,
+        Plant::StateHidesFailure,
     ];
 
     /// The name used on command lines.
@@ -122,6 +126,7 @@ impl Plant {
             Plant::LifetimeFromLastAttempt => "lifetime-from-last-attempt",
             Plant::RetryIgnoresRunningRefresh => "retry-ignores-running-refresh",
             Plant::RetriesInteractionRequired => "retries-interaction-required",
+            Plant::StateHidesFailure => "state-hides-failure",
         }
     }
 
@@ -1578,12 +1583,36 @@ impl Session {
         }
     }
 
+    /// What stands before the next refresh of `tokens`, for the state (U7).
+    fn renewal_of(&self, tokens: &TokenSet) -> Renewal {
+        if tokens.refresh.is_none() {
+            return Renewal::NoRefreshToken;
+        }
+        let Some(failure) = tokens.last_failure.as_ref().filter(|_| !self.planted(Plant::StateHidesFailure)) else {
+            return Renewal::Ready;
+        };
+        let retry_at = failure.hold_until;
+        match &failure.reason {
+            FailReason::RefreshUnavailable(failure) => Renewal::Failing { failure: failure.clone(), retry_at },
+            FailReason::Rejected(rejected) => Renewal::Misconfigured { rejected: rejected.clone(), retry_at },
+            FailReason::InteractionRequired(error) => Renewal::InteractionRequired(error.clone()),
+            // A cycle ends only with the reasons above, or for want of a
+            // refresh token (answered above).
+            FailReason::MissingRefreshToken
+            | FailReason::LoggedOut(_)
+            | FailReason::StoreUnavailable
+            | FailReason::TimedOut
+            | FailReason::TooManyWaiters => Renewal::Ready,
+        }
+    }
+
     fn view_now(&self) -> StateView {
         match &self.state {
             State::Loading => StateView::Loading,
-            State::Valid(t) => StateView::Valid { generation: t.generation },
-            State::Expired(t) => StateView::Expired { generation: t.generation },
+            State::Valid(t) => StateView::Valid { generation: t.generation, renewal: self.renewal_of(t) },
+            State::Expired(t) => StateView::Expired { generation: t.generation, renewal: self.renewal_of(t) },
             State::Refreshing(t, _) => StateView::Refreshing { generation: t.generation },
+            State::LoggedOut(LogoutCause::NoSession) => StateView::NoSession,
             State::LoggedOut(cause) => StateView::LoggedOut { cause: cause.clone() },
         }
     }

@@ -186,7 +186,7 @@ fn persisted(h: &mut Harness) -> Vec<Command> {
 }
 
 #[test]
-fn starts_by_loading_and_an_empty_store_means_logged_out() {
+fn starts_by_loading_and_an_empty_store_means_no_session() {
     let mut h = Harness::new(config());
     assert!(matches!(h.log.as_slice(), [Command::LoadStore { .. }]));
     assert_eq!(h.session.state(), &StateView::Loading);
@@ -195,7 +195,9 @@ fn starts_by_loading_and_an_empty_store_means_logged_out() {
     let op = h.load_op();
     let out = h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO) });
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(LogoutCause::NoSession))]);
-    assert_eq!(h.session.state(), &StateView::LoggedOut { cause: LogoutCause::NoSession });
+    // Not "logged out": nothing ended, there was no session yet.
+    assert_eq!(h.session.state(), &StateView::NoSession);
+    assert!(h.session.state().needs_login() && !h.session.state().is_logged_out());
     // Nothing to clear: the store is empty.
     assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
 }
@@ -203,7 +205,7 @@ fn starts_by_loading_and_an_empty_store_means_logged_out() {
 #[test]
 fn a_loaded_session_is_published_and_granted_at_once() {
     let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
-    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1) });
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1), renewal: Renewal::Ready });
     let published = h.log.iter().find_map(|c| match c {
         Command::Publish(Some(grant)) => Some(grant.clone()),
         _ => None,
@@ -339,7 +341,10 @@ fn transient_failures_back_off_with_jitter_then_end_the_cycle() {
         failed(&out),
         vec![(CallerId(1), FailReason::RefreshUnavailable(AttemptFailure::Server(TransientCause::ServerError(503))))]
     );
-    assert_eq!(h.session.state(), &StateView::Expired { generation: Generation(1) });
+    // The state tells an outage, and that the next caller may try at once (U7).
+    let failure = AttemptFailure::Server(TransientCause::ServerError(503));
+    let renewal = Renewal::Failing { failure, retry_at: None };
+    assert_eq!(h.session.state(), &StateView::Expired { generation: Generation(1), renewal });
     // A failure is not cached: the next caller starts a new cycle at once.
     assert!(failed(&h.want(2)).is_empty());
     assert_eq!(sends(&h.log), backoff.attempts as usize + 1);
@@ -493,7 +498,7 @@ fn a_rejection_adopts_a_token_another_process_stored() {
     let fresh = stored(5, "r-other", Some(UnixTime::from_secs(UNIX_ZERO + 600)));
     let out = h.handle(Event::StoreLoaded { op, stored: Some(fresh), unix_now: UnixTime::from_secs(UNIX_ZERO) });
     assert_eq!(granted(&out), vec![(CallerId(1), Generation(5))]);
-    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(5) });
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(5), renewal: Renewal::Ready });
 }
 
 #[test]
@@ -506,7 +511,7 @@ fn a_late_success_for_an_earlier_attempt_is_adopted_and_its_straggler_waited_for
     assert_ne!(first, second);
     h.answer(first, success("a2", Some("r2"), 300));
     persisted(&mut h);
-    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(2) });
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
     // The new token is rejected while the second attempt may still be in flight:
     // no new refresh until it is answered or its deadline passes.
     h.handle(Event::Unauthorized { caller: CallerId(2), generation: Generation(2) });
@@ -580,7 +585,7 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
     h.handle(Event::LoggedIn(new));
     let stale = stored(58, "r-logged-out", None);
     h.handle(Event::StoreLoaded { op: load, stored: Some(stale.clone()), unix_now: UnixTime::from_secs(UNIX_ZERO) });
-    let StateView::Valid { generation } = h.session.state().clone() else { panic!("{}", h.session.state()) };
+    let StateView::Valid { generation, .. } = h.session.state().clone() else { panic!("{}", h.session.state()) };
     assert!(generation > Generation(58), "the login holds {generation}, not above the stale blob");
     // The login's write fails; the server rejects the login's token; the
     // re-read finds the stale blob and must not adopt it.
@@ -669,7 +674,7 @@ fn nonsense_input_is_ignored() {
     h.handle(Event::StoreFailed { op: StoreOpId(78), error: StoreError::Unavailable });
     h.handle(Event::StoreLoaded { op: StoreOpId(79), stored: None, unix_now: UnixTime::EPOCH });
     assert_eq!(h.log.len(), before);
-    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1) });
+    assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1), renewal: Renewal::Ready });
 }
 
 #[test]

@@ -418,17 +418,25 @@ impl LogoutCause {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StateView {
-    /// The store is being read.
+    /// The store is being read: whether a session exists is not known yet.
     Loading,
+    /// The store held no session and none was logged in yet: send the user
+    /// to log in. Unlike [`StateView::LoggedOut`], nothing ended.
+    NoSession,
     /// An access token is usable.
     Valid {
         /// Its generation.
         generation: Generation,
+        /// Whether it can be renewed when it runs out, and what stands in the way.
+        renewal: Renewal,
     },
-    /// The access token is unusable and no refresh is running; the next caller starts one.
+    /// The access token is unusable and no refresh is running.
     Expired {
         /// Its generation.
         generation: Generation,
+        /// What the next caller meets: a refresh at once ([`Renewal::Ready`]),
+        /// an outage, a misconfiguration, the user's turn, or no refresh token.
+        renewal: Renewal,
     },
     /// A refresh is running (or waiting out a backoff).
     Refreshing {
@@ -442,10 +450,92 @@ pub enum StateView {
     },
 }
 
+/// What stands between a session and its next refresh: how an app tells an
+/// outage from a misconfiguration from "the next call refreshes".
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Renewal {
+    /// Nothing: a refresh runs when the token enters its refresh window, or
+    /// at once for the next caller that needs one.
+    Ready,
+    /// The last refresh cycle failed for now (network, server, rate limit);
+    /// the tokens are kept. The next caller starts a new cycle from
+    /// `retry_at` (at once when `None`: a failure is not cached).
+    Failing {
+        /// How its last attempt failed.
+        failure: AttemptFailure,
+        /// No cycle starts before this: the server's `Retry-After` or the
+        /// configured [`failure_cooldown`](super::SessionConfig::failure_cooldown).
+        retry_at: Option<MonoTime>,
+    },
+    /// The token endpoint refused the client (`invalid_client`, a 404, a
+    /// non-OAuth 4xx): the app is misconfigured. Retried no faster than the
+    /// slowest backoff, from `retry_at`; never a logout.
+    Misconfigured {
+        /// What the server answered.
+        rejected: Rejected,
+        /// No cycle starts before this.
+        retry_at: Option<MonoTime>,
+    },
+    /// The user must act (`mfa_required`, `login_required`, ...): nothing
+    /// retries on its own; a login or a forced refresh does.
+    InteractionRequired(OAuthError),
+    /// The session holds no refresh token (the server issued none): once the
+    /// access token is spent, the user must log in again.
+    NoRefreshToken,
+}
+
+impl Renewal {
+    /// Whether this is what callers told `reason` are to find in the state:
+    /// the failure of the last cycle, or the lack of a refresh token (U7).
+    pub fn explains(&self, reason: &FailReason) -> bool {
+        match (self, reason) {
+            (Self::Failing { failure, .. }, FailReason::RefreshUnavailable(told)) => failure == told,
+            (Self::Misconfigured { rejected, .. }, FailReason::Rejected(told)) => rejected == told,
+            (Self::InteractionRequired(error), FailReason::InteractionRequired(told)) => error == told,
+            (Self::NoRefreshToken, FailReason::MissingRefreshToken) => true,
+            _ => false,
+        }
+    }
+}
+
 impl StateView {
     /// Whether the session has ended: the user must log in again.
     pub fn is_logged_out(&self) -> bool {
         matches!(self, Self::LoggedOut { .. })
+    }
+
+    /// Whether only a login helps: nothing was stored, or the session ended.
+    pub fn needs_login(&self) -> bool {
+        matches!(self, Self::NoSession | Self::LoggedOut { .. })
+    }
+
+    /// Why only a login helps, when it does: [`LogoutCause::NoSession`] for
+    /// a store that held nothing, else what ended the session.
+    pub fn logout_cause(&self) -> Option<LogoutCause> {
+        match self {
+            Self::NoSession => Some(LogoutCause::NoSession),
+            Self::LoggedOut { cause } => Some(cause.clone()),
+            _ => None,
+        }
+    }
+
+    /// What stands before the next refresh, while tokens are held and no refresh runs.
+    pub fn renewal(&self) -> Option<&Renewal> {
+        match self {
+            Self::Valid { renewal, .. } | Self::Expired { renewal, .. } => Some(renewal),
+            _ => None,
+        }
+    }
+
+    /// The generation of the tokens held, if any.
+    pub fn generation(&self) -> Option<Generation> {
+        match self {
+            Self::Valid { generation, .. } | Self::Expired { generation, .. } | Self::Refreshing { generation } => {
+                Some(*generation)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -453,10 +543,30 @@ impl fmt::Display for StateView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Loading => f.write_str("Loading"),
-            Self::Valid { generation } => write!(f, "Valid({generation})"),
-            Self::Expired { generation } => write!(f, "Expired({generation})"),
+            Self::NoSession => f.write_str("NoSession"),
+            Self::Valid { generation, renewal: Renewal::Ready } => write!(f, "Valid({generation})"),
+            Self::Valid { generation, renewal } => write!(f, "Valid({generation}; {renewal})"),
+            Self::Expired { generation, renewal: Renewal::Ready } => write!(f, "Expired({generation})"),
+            Self::Expired { generation, renewal } => write!(f, "Expired({generation}; {renewal})"),
             Self::Refreshing { generation } => write!(f, "Refreshing({generation})"),
-            Self::LoggedOut { cause } => write!(f, "LoggedOut({cause:?})"),
+            Self::LoggedOut { cause } => write!(f, "LoggedOut: {cause}"),
+        }
+    }
+}
+
+impl fmt::Display for Renewal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ready => f.write_str("a refresh runs when one is needed"),
+            Self::Failing { failure, retry_at: None } => write!(f, "the last refresh failed ({failure})"),
+            Self::Failing { failure, retry_at: Some(at) } => {
+                write!(f, "the last refresh failed ({failure}); the next may start at {at}")
+            }
+            Self::Misconfigured { rejected, .. } => {
+                write!(f, "the token endpoint refused the client ({rejected}); check its configuration")
+            }
+            Self::InteractionRequired(error) => write!(f, "the user must act ({error})"),
+            Self::NoRefreshToken => f.write_str("no refresh token; a login renews the session"),
         }
     }
 }
