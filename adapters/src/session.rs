@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use freshen_core::ids::CallerId;
 use freshen_core::oauth::{self, Client, TokenResponse};
 use freshen_core::session::{Event, NewSession, SessionConfig, StateView, TransportFailure};
+use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Error;
 use crate::clock::{Clock, WallClock};
-use crate::coordinator::{Coordinator, Io, Outcome, StateSink, Waker};
+use crate::coordinator::{Answer, Coordinator, Io, Outcome, StateSink, Waker};
 use crate::store::{Store, StoreLock};
 use crate::token::Token;
 use crate::transport::{Transport, TransportError};
@@ -300,15 +301,48 @@ impl<T: Transport, S: Store> Session<T, S> {
         self.invalidate(rejected);
     }
 
-    /// Starts the session from a login's token response, sent at `requested_at`.
-    /// A response without a refresh token makes a session that lasts as long
-    /// as its access token.
-    pub fn log_in(&self, response: TokenResponse, requested_at: Instant) -> Result<(), Error> {
-        let requested_at = self.shared.clock.at(requested_at);
-        let new = NewSession::from_response(response, requested_at);
-        self.shared.coordinator.handle(self.shared.now(), Event::LoggedIn(new));
-        self.shared.kick.notify_one();
-        Ok(())
+    /// Starts the session from a login's token response, and resolves once
+    /// it is stored (a crash after that cannot lose it), or fails with why
+    /// not ([`Error::StoreUnavailable`], [`Error::LoggedOut`] when a logout
+    /// came first, [`Error::TimedOut`]). Callers asking for a token
+    /// meanwhile get the login's, once it is stored, like any other.
+    ///
+    /// Works whenever it is called, also while the store is still being read
+    /// (the login wins over what it held). The access token's lifetime counts
+    /// from now; [`Session::log_in_sent_at`] counts it from when the login
+    /// request was sent, which is a little safer. A response without a
+    /// refresh token makes a session that lasts as long as its access token.
+    pub async fn log_in(&self, response: TokenResponse) -> Result<(), Error> {
+        let new = NewSession::from_response(response, self.shared.now());
+        self.log_in_session(new).await
+    }
+
+    /// As [`Session::log_in`], with the lifetime counted from `sent_at`, when
+    /// the login request was sent (`std::time::Instant::now()` before sending
+    /// it; under tokio's paused clock, `tokio::time::Instant::into_std`).
+    pub async fn log_in_sent_at(&self, response: TokenResponse, sent_at: std::time::Instant) -> Result<(), Error> {
+        let new = NewSession::from_response(response, self.shared.clock.at(Instant::from_std(sent_at)));
+        self.log_in_session(new).await
+    }
+
+    /// Starts the session from tokens the app already holds (a pair
+    /// migrated from another library, a refresh token alone, or an access
+    /// token alone), built with [`StoredSession::pair`] and its siblings;
+    /// resolves as [`Session::log_in`] does.
+    ///
+    /// [`StoredSession::pair`]: freshen_core::stored::StoredSession::pair
+    pub async fn log_in_with(&self, tokens: StoredSession) -> Result<(), Error> {
+        let new = NewSession::from_stored(tokens, self.shared.now(), self.shared.clock.wall());
+        self.log_in_session(new).await
+    }
+
+    async fn log_in_session(&self, new: NewSession) -> Result<(), Error> {
+        match self.answer(|coordinator, now, waker| coordinator.logged_in(now, new, waker)).await {
+            Ok(Answer::LoginStored) => Ok(()),
+            // The machine answers a login only as stored or failed.
+            Ok(Answer::Token(_)) => Err(Error::TimedOut),
+            Err(error) => Err(error),
+        }
     }
 
     /// Logs out: fails every waiter, revokes at the server (best effort) and
@@ -355,17 +389,30 @@ impl<T: Transport, S: Store> Session<T, S> {
         self.shared.coordinator.waiting()
     }
 
+    /// Waits for a token.
     async fn wait(
         &self,
         register: impl FnOnce(&Coordinator<oneshot::Sender<Outcome>>, MonoTime, oneshot::Sender<Outcome>) -> CallerId,
     ) -> Result<Token, Error> {
+        match self.answer(register).await? {
+            Answer::Token(published) => Ok(Token(published)),
+            // Only a login is answered this way, and it does not come here.
+            Answer::LoginStored => Err(Error::TimedOut),
+        }
+    }
+
+    /// Registers a waiter and waits for the machine's answer.
+    async fn answer(
+        &self,
+        register: impl FnOnce(&Coordinator<oneshot::Sender<Outcome>>, MonoTime, oneshot::Sender<Outcome>) -> CallerId,
+    ) -> Result<Answer, Error> {
         let (waker, answer) = oneshot::channel();
         let caller = register(&self.shared.coordinator, self.shared.now(), waker);
         self.shared.kick.notify_one();
         // If this future is dropped, the caller is forgotten; the refresh goes on.
         let _cancel = CancelOnDrop { coordinator: &self.shared.coordinator, caller };
         match answer.await {
-            Ok(Ok(published)) => Ok(Token(published)),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(reason)) => {
                 let transport = self.shared.last_transport_error.lock().ok().and_then(|last| last.clone());
                 Err(Error::from_reason(reason, &self.shared.token_endpoint_shown, transport))

@@ -527,3 +527,97 @@ async fn rule_7_a_transport_failure_carries_the_transports_own_error() {
     assert!(!said.contains("canary"), "{said}");
     assert!(!session.state().needs_login(), "an unreachable endpoint is an outage, not a logout");
 }
+
+/// A login at the authority, as the app's login flow would return it.
+fn login_response(transport: &support::AuthorityTransport) -> freshen_core::oauth::TokenResponse {
+    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    freshen_core::oauth::TokenResponse::bearer(issued.access_token, Some(issued.expires_in), Some(issued.refresh_token))
+}
+
+/// A session over an empty store.
+fn start_empty() -> (
+    freshen::Session<support::AuthorityTransport, support::FlakyStore>,
+    support::AuthorityTransport,
+    support::FlakyStore,
+) {
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let store = support::FlakyStore::default();
+    let session = freshen::Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    (session, transport, store)
+}
+
+/// Rule 9: the initial state tells "not loaded yet" and "no session yet"
+/// apart from "logged out"; `log_in` resolves once the session is stored,
+/// and fails with a typed error when the store cannot take it.
+#[tokio::test(start_paused = true)]
+async fn rule_9_log_in_resolves_once_the_session_is_stored() {
+    let (session, transport, store) = start_empty();
+    assert_eq!(session.state(), StateView::Loading);
+    let state = session.watch_state().wait_for(|s| !matches!(s, StateView::Loading)).await.unwrap().clone();
+    assert_eq!(state, StateView::NoSession);
+    assert!(state.needs_login() && !state.is_logged_out());
+    assert_eq!(session.access_token().await.unwrap_err(), Error::NoSession);
+
+    // Two writes fail first: the login resolves only after the third lands.
+    store.fail_writes(2);
+    let response = login_response(&transport);
+    let access = response.access_token.expose_secret().to_owned();
+    session.log_in(response).await.unwrap();
+    assert_eq!(store.writes.load(SeqCst), 3);
+    let stored = store.inner.peek().unwrap().unwrap();
+    assert_eq!(stored.access_token.as_ref().unwrap().expose_secret(), access);
+    assert_eq!(session.access_token().await.unwrap().expose_secret(), access);
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+
+    // A store that keeps failing: the login is told so (the tokens stay in memory).
+    store.fail_writes(usize::MAX);
+    let error = session.log_in(login_response(&transport)).await.unwrap_err();
+    assert_eq!(error, Error::StoreUnavailable);
+    assert!(!session.state().needs_login());
+}
+
+/// Rule 9: a login made while the store is still being read wins over what
+/// the store held, and is stored.
+#[tokio::test(start_paused = true)]
+async fn rule_9_log_in_works_while_the_store_is_still_loading() {
+    let (session, transport, store) = start(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
+    let old = store.inner.peek().unwrap().unwrap();
+    assert_eq!(session.state(), StateView::Loading, "nothing has run yet: the store is not read");
+    let response = login_response(&transport);
+    let access = response.access_token.expose_secret().to_owned();
+    session.log_in(response).await.unwrap();
+    let stored = store.inner.peek().unwrap().unwrap();
+    assert_eq!(stored.access_token.as_ref().unwrap().expose_secret(), access);
+    assert!(stored.generation > old.generation, "{} after {}", stored.generation, old.generation);
+    assert_eq!(session.access_token().await.unwrap().expose_secret(), access);
+}
+
+/// Rule 9: an app starts a session from tokens it already holds, with no
+/// JSON written by hand: a pair is served as is, a refresh token alone is
+/// refreshed once by the first caller.
+#[tokio::test(start_paused = true)]
+async fn rule_9_a_session_starts_from_tokens_the_app_holds() {
+    let (session, transport, store) = start_empty();
+    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    let access = issued.access_token.expose_secret().to_owned();
+    let held = freshen_core::stored::StoredSession::pair(issued.access_token, issued.refresh_token)
+        .with_access_expiry(freshen::system_clock(), issued.expires_in);
+    session.log_in_with(held).await.unwrap();
+    assert_eq!(session.access_token().await.unwrap().expose_secret(), access);
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+    assert!(store.inner.peek().unwrap().is_ok());
+
+    let (session, transport, _) = start_empty();
+    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    session.log_in_with(freshen_core::stored::StoredSession::refresh_only(issued.refresh_token)).await.unwrap();
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let session = session.clone();
+            tokio::spawn(async move { session.access_token().await })
+        })
+        .collect();
+    for caller in callers {
+        assert!(accepted(&transport, &caller.await.unwrap().unwrap()));
+    }
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "three first callers, one refresh");
+}

@@ -97,6 +97,11 @@ pub enum Invariant {
     /// a refreshed token's lifetime counts from the first attempt that
     /// presented its refresh token (a grace replay may carry the original).
     U8,
+    /// Logging in is awaitable: a login is told it is stored only once the
+    /// store holds its tokens (or newer ones), so a crash after the answer
+    /// cannot lose it; it is answered within the wait bound (C5), also when
+    /// it came while the store was still being read.
+    U9,
 }
 
 impl fmt::Display for Invariant {
@@ -217,6 +222,11 @@ pub struct ClientMonitor {
     awaits_user: BTreeMap<Fingerprint, Generation>,
     /// Why callers were failed in this step, when the state must say it (U7).
     told_this_step: Option<FailReason>,
+    /// Callers waiting for their login to be stored, with the newest
+    /// generation seen before it: the login's tokens are newer (U9).
+    logins: BTreeMap<CallerId, Generation>,
+    /// The newest generation the session showed or wrote.
+    newest_generation: Generation,
     violations: Vec<Violation>,
 }
 
@@ -249,6 +259,8 @@ impl ClientMonitor {
             retrying: BTreeSet::new(),
             awaits_user: BTreeMap::new(),
             told_this_step: None,
+            logins: BTreeMap::new(),
+            newest_generation: Generation(0),
             violations: Vec::new(),
         }
     }
@@ -286,6 +298,9 @@ impl ClientMonitor {
         self.retrying.clear();
         self.awaits_user.clear();
         self.told_this_step = None;
+        self.logins.clear();
+        // Its successor numbers generations from what it reads.
+        self.newest_generation = Generation(0);
     }
 
     /// An input the session is about to handle at `now`.
@@ -369,7 +384,9 @@ impl ClientMonitor {
                     }
                 }
             }
-            Event::LoggedIn(new) => {
+            Event::LoggedIn { caller, session: new } => {
+                self.waiting.entry(*caller).or_insert(now);
+                self.logins.insert(*caller, self.newest_generation);
                 if let Some(access) = &new.access_token {
                     self.seen_access.entry(access.fingerprint()).or_insert(now);
                 }
@@ -483,6 +500,7 @@ impl ClientMonitor {
                 self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
             }
             Command::Persist { op, session } => {
+                self.newest_generation = self.newest_generation.max(session.generation);
                 let token = session.refresh_token.as_ref().map(RefreshToken::fingerprint);
                 if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) {
                     self.violate(Invariant::C4, now, format!("persisted {} after logout", session.generation));
@@ -564,6 +582,16 @@ impl ClientMonitor {
                     self.resolve(now, callers, "granted");
                 }
             }
+            Command::LoginStored { callers, generation } => {
+                for caller in callers {
+                    let before = self.logins.remove(caller);
+                    if !self.durable.contains(generation) || before.is_some_and(|before| *generation <= before) {
+                        let detail = format!("told {caller} its login is stored, but the store does not hold it yet");
+                        self.violate(Invariant::U9, now, detail);
+                    }
+                }
+                self.resolve(now, callers, "told stored");
+            }
             Command::Fail { callers, reason } => {
                 if *reason == FailReason::MissingRefreshToken {
                     if let Some(caller) = callers.iter().find(|c| {
@@ -601,6 +629,9 @@ impl ClientMonitor {
                 self.resolve(now, callers, "failed");
             }
             Command::StateChanged(view) => {
+                if let Some(generation) = view.generation() {
+                    self.newest_generation = self.newest_generation.max(generation);
+                }
                 if matches!(view, StateView::Refreshing { .. }) {
                     self.unserved_since_arrival.clear();
                 }
@@ -868,7 +899,7 @@ impl SharedStoreMonitor {
             // of the grant it ended, still out, presents a token nobody will
             // use again (as for C1 within a process; an answer to it after a
             // logout is revoked).
-            Event::LoggedIn(_) | Event::LogoutRequested => self.in_flight.retain(|(p, _), _| *p != process),
+            Event::LoggedIn { .. } | Event::LogoutRequested => self.in_flight.retain(|(p, _), _| *p != process),
             Event::StoreWritten { op } => {
                 if let Some(written) = self.pending_writes.remove(&(process, *op)) {
                     let predecessors = self

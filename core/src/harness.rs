@@ -301,6 +301,8 @@ pub enum CallerOutcome {
     Granted(Generation),
     /// It got no token.
     Failed(FailReason),
+    /// Its login was stored; the store held this generation.
+    LoginStored(Generation),
 }
 
 /// Counts over one run, for summaries.
@@ -733,7 +735,7 @@ impl World {
         if self.processes.len() == 1 {
             self.evidence = LogoutEvidence::default();
         }
-        self.input(p, Event::LoggedIn(new));
+        self.new_caller_at(p, |caller| Event::LoggedIn { caller, session: new });
     }
 
     /// The client crashes now and restarts from the store; a store write
@@ -1090,6 +1092,11 @@ impl World {
             Command::Revoke { refresh_token } => {
                 let (latency, _) = self.latency();
                 self.schedule(self.now.saturating_add(latency), Pending::RevokeArrives { token: refresh_token });
+            }
+            Command::LoginStored { callers, generation } => {
+                for caller in callers {
+                    self.outcomes.insert(caller, CallerOutcome::LoginStored(generation));
+                }
             }
             Command::Grant { callers, grant } => {
                 for caller in callers {

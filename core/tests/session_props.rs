@@ -342,7 +342,9 @@ impl Driver {
                     ),
                     self.now.saturating_sub(Duration::from_millis(*age)),
                 );
-                self.input(Event::LoggedIn(new));
+                let caller = CallerId(self.next_caller);
+                self.next_caller += 1;
+                self.input(Event::LoggedIn { caller, session: new });
             }
             Op::Advance { millis } => self.advance(Duration::from_millis(*millis)),
             Op::Backwards { millis } => {

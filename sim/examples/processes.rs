@@ -30,7 +30,7 @@ use freshen::core::authority::AuthorityConfig;
 use freshen::core::oauth::{self, Classified, Client};
 use freshen::core::session::SessionConfig;
 use freshen::middleware::AuthMiddleware;
-use freshen::store::{FileStore, Store};
+use freshen::store::FileStore;
 use freshen::transport::{HttpResponse, ReqwestTransport};
 use freshen::{Config, Session};
 use freshen_sim::http::{Server, paths};
@@ -143,7 +143,7 @@ async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT)).with_session(session_config);
     let store = FileStore::new(path);
     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, store.clone())?;
-    let requested_at = tokio::time::Instant::now();
+    let sent_at = std::time::Instant::now();
     let login = reqwest::Client::new()
         .post(server.url(paths::TOKEN))
         .form(&[("grant_type", "password"), ("client_id", CLIENT), ("username", "alice"), ("password", "x")])
@@ -153,14 +153,9 @@ async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
     let Classified::Success(tokens) = response.classify(&oauth::Policy::default(), freshen::system_clock()) else {
         return Err("the login was refused".into());
     };
-    session.log_in(tokens, requested_at)?;
-    for _ in 0..500 {
-        if store.load().await?.is_some() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err("the login was never written".into())
+    // Resolves once the login is in the file: the other processes find it there.
+    session.log_in_sent_at(tokens, sent_at).await?;
+    Ok(())
 }
 
 /// The process holding an exclusive flock on `lock_file`, from `/proc/locks`.

@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, MemoryStore::new())?;
 
     // Log in (the test server's password grant stands in for a browser login).
-    let requested_at = tokio::time::Instant::now();
+    let sent_at = std::time::Instant::now();
     let login = reqwest::Client::new()
         .post(server.url(paths::TOKEN))
         .form(&[("grant_type", "password"), ("client_id", CLIENT), ("username", "alice"), ("password", "x")])
@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     else {
         return Err("the login was refused".into());
     };
-    session.log_in(tokens, requested_at)?;
+    session.log_in_sent_at(tokens, sent_at).await?;
 
     // 200 requests through the middleware, spread over three lifetimes (5.5 s).
     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

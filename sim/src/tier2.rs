@@ -670,7 +670,7 @@ async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host:
         session.log_out().await;
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let requested_at = tokio::time::Instant::now();
+    let sent_at = tokio::time::Instant::now().into_std();
     let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
     let Ok(request) = Request::post(paths::TOKEN)
         .header(header::HOST, AUTHORITY)
@@ -684,7 +684,7 @@ async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host:
     if let freshen_core::oauth::Classified::Success(tokens) =
         response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
     {
-        if session.log_in(tokens, requested_at).is_ok() {
+        if session.log_in_sent_at(tokens, sent_at).await.is_ok() {
             host.needs_login.store(false, Ordering::Release);
         }
     }

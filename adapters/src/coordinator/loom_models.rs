@@ -12,7 +12,7 @@ use freshen_core::token::{AccessToken, RefreshToken};
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
-use super::{Coordinator, Io, Outcome, Waker};
+use super::{Answer, Coordinator, Io, Outcome, Waker};
 use crate::sync::Arc;
 
 /// A waiting caller under loom: a slot and a condition variable.
@@ -151,8 +151,7 @@ fn three_callers_one_refresh(config: SessionConfig) {
         let callers: Vec<_> = (0..3).map(|_| waiting_caller(&coordinator, &progress)).collect();
         let refreshes = drive(&coordinator, &progress, 3);
         for caller in callers {
-            let granted = caller.join().unwrap().expect("a token");
-            assert!(granted.grant.generation >= Generation(2));
+            assert!(granted(caller.join().unwrap()) >= Generation(2));
         }
         assert_eq!(refreshes, 1, "three callers, one refresh");
         assert_eq!(coordinator.waiting(), 0);
@@ -193,7 +192,7 @@ fn loom_a_caller_that_drops_its_wait() {
         let stayer = waiting_caller(&coordinator, &progress);
         let refreshes = drive(&coordinator, &progress, 2);
         let _ = leaver.join().unwrap();
-        assert_eq!(stayer.join().unwrap().expect("a token").grant.generation, Generation(2));
+        assert_eq!(granted(stayer.join().unwrap()), Generation(2));
         assert_eq!(refreshes, 1);
         assert_eq!(coordinator.waiting(), 0, "the one who left is not kept");
     });
@@ -216,11 +215,20 @@ fn loom_logout_racing_a_refresh() {
         logout.join().unwrap();
         match caller.join().unwrap() {
             // The refresh won the race: the token was written before it was granted.
-            Ok(granted) => assert_eq!(granted.grant.generation, Generation(2)),
+            Ok(Answer::Token(granted)) => assert_eq!(granted.grant.generation, Generation(2)),
+            Ok(Answer::LoginStored) => panic!("a caller was answered as a login"),
             Err(reason) => assert_eq!(reason, FailReason::LoggedOut(LogoutCause::Requested)),
         }
         assert_eq!(coordinator.state(), StateView::LoggedOut { cause: LogoutCause::Requested });
         assert!(coordinator.fast(MonoTime::ZERO).is_none(), "nothing is handed out after logout");
         assert_eq!(coordinator.waiting(), 0);
     });
+}
+
+/// The generation of the token a caller was granted; panics otherwise.
+fn granted(outcome: Outcome) -> Generation {
+    match outcome {
+        Ok(Answer::Token(published)) => published.grant.generation,
+        other => panic!("no token: {other:?}"),
+    }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use freshen_core::session::{Command, Event, FailReason, Session, StateView};
+use freshen_core::session::{Command, Event, FailReason, NewSession, Session, StateView};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
 use freshen_core::token::RefreshToken;
@@ -19,7 +19,14 @@ use crate::sync::{Arc, Mutex, Snapshot, lock};
 use crate::token::Published;
 
 /// What a waiter receives.
-pub(crate) type Outcome = Result<Arc<Published>, FailReason>;
+pub(crate) type Outcome = Result<Answer, FailReason>;
+
+/// A waiter's good answer: a token for a caller, or word that a login is stored.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Token(Arc<Published>),
+    LoginStored,
+}
 
 /// Delivers an outcome to one waiting caller (a oneshot in the driver, a
 /// condition variable under loom). Delivering to a caller who left is fine.
@@ -122,6 +129,11 @@ impl<W: Waker> Coordinator<W> {
         self.register(Some(waker), |caller| Event::Unauthorized { caller, generation }, now)
     }
 
+    /// A login, whose `waker` is told once it is stored.
+    pub(crate) fn logged_in(&self, now: MonoTime, session: NewSession, waker: W) -> CallerId {
+        self.register(Some(waker), |caller| Event::LoggedIn { caller, session }, now)
+    }
+
     /// A caller forces a refresh; `waker` gets the token of a refresh that
     /// starts after this (see [`Event::RefreshWanted`]).
     pub(crate) fn refresh_wanted(&self, now: MonoTime, waker: W) -> CallerId {
@@ -207,7 +219,14 @@ impl<W: Waker> Coordinator<W> {
                         let published = Arc::new(Published::new(grant));
                         for caller in callers {
                             if let Some(waker) = inner.waiting.remove(&caller) {
-                                woken.push((waker, Ok(Arc::clone(&published))));
+                                woken.push((waker, Ok(Answer::Token(Arc::clone(&published)))));
+                            }
+                        }
+                    }
+                    Command::LoginStored { callers, .. } => {
+                        for caller in callers {
+                            if let Some(waker) = inner.waiting.remove(&caller) {
+                                woken.push((waker, Ok(Answer::LoginStored)));
                             }
                         }
                     }

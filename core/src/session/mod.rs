@@ -91,11 +91,14 @@ pub enum Plant {
     /// Shows the tokens of a failed cycle as ready to refresh (breaks U7:
     /// the state tells an outage from a misconfiguration from the next call).
     StateHidesFailure,
+    /// Tells a login it is stored before the store holds it (breaks U9: a
+    /// crash then would lose a login the app was told is safe).
+    LoginAnsweredBeforeStored,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 13] = [
+    pub const ALL: [Plant; 14] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -109,6 +112,7 @@ impl Plant {
         Plant::RetryIgnoresRunningRefresh,
         Plant::RetriesInteractionRequired,
         Plant::StateHidesFailure,
+        Plant::LoginAnsweredBeforeStored,
     ];
 
     /// The name used on command lines.
@@ -127,6 +131,7 @@ impl Plant {
             Plant::RetryIgnoresRunningRefresh => "retry-ignores-running-refresh",
             Plant::RetriesInteractionRequired => "retries-interaction-required",
             Plant::StateHidesFailure => "state-hides-failure",
+            Plant::LoginAnsweredBeforeStored => "login-answered-before-stored",
         }
     }
 
@@ -210,6 +215,13 @@ struct Waiter {
     needs: Needs,
 }
 
+impl Waiter {
+    /// Whether a token answers it (all but a login waiting to be stored).
+    fn wants_token(&self) -> bool {
+        self.needs != Needs::Durable
+    }
+}
+
 /// Which token a waiter may be handed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Needs {
@@ -219,6 +231,10 @@ enum Needs {
     /// while cycle `n - 1` may still run. Under rotation that chains forced
     /// refreshes, each presenting the token the previous one received.
     CycleFrom(u64),
+    /// A login waiting to be stored: answered with
+    /// [`Command::LoginStored`] once the tokens held are durable, never with
+    /// a token.
+    Durable,
     /// A retry after a 401 that came while a refresh ran (or an attempt was
     /// still out): a refresh may just have killed the token the caller holds
     /// and the one in memory alike, so it waits until no refresh is in
@@ -492,7 +508,10 @@ impl Session {
             Event::StoreWritten { op } => self.on_store_written(op),
             Event::StoreFailed { op, error } => self.on_store_failed(op, error),
             Event::LogoutRequested => self.log_out(LogoutCause::Requested),
-            Event::LoggedIn(new) => self.on_logged_in(new),
+            Event::LoggedIn { caller, session } => {
+                self.on_logged_in(session);
+                self.add_waiter(caller, Needs::Durable);
+            }
         }
         self.settle();
     }
@@ -931,6 +950,7 @@ impl Session {
             let served_by_this = match waiter.needs {
                 Needs::Any | Needs::NoRefreshInFlight => !usable,
                 Needs::CycleFrom(n) => n <= ended,
+                Needs::Durable => false,
             };
             if served_by_this {
                 failed.push(waiter.caller);
@@ -1388,7 +1408,10 @@ impl Session {
             State::Valid(tokens) | State::Expired(tokens) => {
                 let usable = tokens.usable_at(now);
                 let wanted = tokens.refresh_due_at().is_some_and(|at| at <= now)
-                    || self.waiters.iter().any(|w| !(usable && tokens.satisfies(w.needs, None, false)));
+                    || self
+                        .waiters
+                        .iter()
+                        .any(|w| w.wants_token() && !(usable && tokens.satisfies(w.needs, None, false)));
                 // A forced refresh is the app's answer to a request for interaction.
                 let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
                 let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
@@ -1454,8 +1477,17 @@ impl Session {
             tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
         };
         let store_gave_up = self.store.exhausted();
-        let (mut granted, mut unstored, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+        let login_stored = durable || self.planted(Plant::LoginAnsweredBeforeStored);
+        let (mut granted, mut stored, mut unstored, mut refused) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         self.waiters.retain(|waiter| {
+            if !waiter.wants_token() {
+                match (login_stored, store_gave_up) {
+                    (true, _) => stored.push(waiter.caller),
+                    (false, true) => unstored.push(waiter.caller),
+                    (false, false) => return true,
+                }
+                return false;
+            }
             let served = grant.is_some() && tokens.satisfies(waiter.needs, running, straggling);
             match (served, durable) {
                 (true, true) => granted.push(waiter.caller),
@@ -1466,6 +1498,9 @@ impl Session {
             }
             false
         });
+        if !stored.is_empty() {
+            self.outbox.commands.push_back(Command::LoginStored { callers: stored, generation: tokens.generation });
+        }
         if let Some(grant) = grant.filter(|_| !granted.is_empty()) {
             self.outbox.commands.push_back(Command::Grant { callers: granted, grant });
         }
@@ -1714,6 +1749,7 @@ impl TokenSet {
             Needs::Any => true,
             Needs::CycleFrom(n) => self.cycle >= n,
             Needs::NoRefreshInFlight => running.is_none() && !straggling,
+            Needs::Durable => false,
         }
     }
 

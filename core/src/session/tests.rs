@@ -551,7 +551,7 @@ fn a_login_starts_a_session_and_replaces_the_old_grant() {
         scope: Some("read".into()),
         requested_at: MonoTime::ZERO,
     };
-    let out = h.handle(Event::LoggedIn(new));
+    let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     // The old grant stays alive until the new one is durable: a crash before
     // the write lands restarts from the old one.
     assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })));
@@ -582,7 +582,7 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
         scope: None,
         requested_at: MonoTime::ZERO,
     };
-    h.handle(Event::LoggedIn(new));
+    h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     let stale = stored(58, "r-logged-out", None);
     h.handle(Event::StoreLoaded { op: load, stored: Some(stale.clone()), unix_now: UnixTime::from_secs(UNIX_ZERO) });
     let StateView::Valid { generation, .. } = h.session.state().clone() else { panic!("{}", h.session.state()) };
@@ -822,7 +822,7 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
         scope: None,
         requested_at: h.now,
     };
-    let out = h.handle(Event::LoggedIn(new));
+    let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. })), "wrote without the lock: {out:?}");
     let op = lock_op(&h);
     // Another process wrote generation 9 meanwhile.
@@ -1013,4 +1013,22 @@ fn interaction_required_waits_for_the_user_until_a_forced_refresh() {
     let out = h.handle(Event::StoreWritten { op });
     assert_eq!(sends(&out), 0, "{out:?}");
     assert_eq!(granted(&out).len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_session_from_held_tokens_keeps_their_expiry_exact() {
+    let unix_now = UnixTime::from_secs(UNIX_ZERO);
+    let stored = StoredSession::pair(AccessToken::new("a1"), RefreshToken::new("r1"))
+        .with_access_expiry(UnixTime::from_secs(UNIX_ZERO - 3000), Duration::from_secs(3600));
+    for now in [MonoTime::from_secs(5000), MonoTime::from_secs(100)] {
+        let new = NewSession::from_stored(stored.clone(), now, unix_now);
+        let expires_at = new.requested_at.saturating_add(new.lifetime.unwrap());
+        assert_eq!(expires_at, now.saturating_add(Duration::from_secs(600)), "at {now}");
+    }
+    // Issued within this clock's life, the issued lifetime is kept (rule 2 judges by it).
+    let new = NewSession::from_stored(stored.clone(), MonoTime::from_secs(5000), unix_now);
+    assert_eq!(new.lifetime, Some(Duration::from_secs(3600)));
+    // With no expiry known, the lifetime is unknown too.
+    let bare = StoredSession::refresh_only(RefreshToken::new("r1"));
+    assert_eq!(NewSession::from_stored(bare, MonoTime::from_secs(1), unix_now).lifetime, None);
 }

@@ -97,8 +97,18 @@ pub enum Event {
     },
     /// The user logs out: revoke, clear the store, fail every waiter.
     LogoutRequested,
-    /// The user logged in (or the app obtained tokens some other way).
-    LoggedIn(NewSession),
+    /// The user logged in (or the app obtained tokens some other way). Works
+    /// in any state, also while the store is still being read: the login
+    /// outranks whatever the store held. `caller` is answered with
+    /// [`Command::LoginStored`] once the session is durable (or with
+    /// [`Command::Fail`]: the store gave up, a logout came first, or the wait
+    /// bound passed).
+    LoggedIn {
+        /// Who waits for the login to be stored.
+        caller: CallerId,
+        /// The tokens.
+        session: NewSession,
+    },
 }
 
 /// How a refresh request went unanswered.
@@ -164,6 +174,38 @@ impl NewSession {
             token_type: response.token_type,
             lifetime: response.lifetime,
             scope: response.scope,
+            requested_at,
+        }
+    }
+
+    /// A session from tokens the app already holds (migrated from another
+    /// library, or handed over by another component), as a store would keep
+    /// them: its access token expires at `stored.access_expires_at` on the
+    /// wall clock, which reads `unix_now` at `now`. Its generation is not
+    /// kept: a login always makes a new one.
+    pub fn from_stored(stored: StoredSession, now: MonoTime, unix_now: UnixTime) -> Self {
+        let left = stored.access_expires_at.map(|expires_at| expires_at.saturating_duration_since(unix_now));
+        // The lifetime counts from when it was issued: `issued` before now.
+        let (lifetime, requested_at) = match (left, stored.access_lifetime) {
+            (Some(left), Some(issued)) => {
+                let ago = issued.saturating_sub(left);
+                if ago <= now.elapsed() {
+                    (Some(issued), now.saturating_sub(ago))
+                } else {
+                    // Issued before this clock's zero: the expiry stays exact,
+                    // the lifetime it is judged by is what lies since zero.
+                    (Some(left.saturating_add(now.elapsed())), MonoTime::ZERO)
+                }
+            }
+            (Some(left), None) => (Some(left), now),
+            (None, _) => (None, now),
+        };
+        Self {
+            access_token: stored.access_token,
+            token_type: stored.token_type,
+            lifetime,
+            refresh_token: stored.refresh_token,
+            scope: stored.scope,
             requested_at,
         }
     }
@@ -245,6 +287,14 @@ pub enum Command {
         callers: Vec<CallerId>,
         /// Their token.
         grant: AccessGrant,
+    },
+    /// These callers' logins are durable: the store holds `generation`
+    /// (the login's tokens, or newer ones that replaced them).
+    LoginStored {
+        /// The callers answered.
+        callers: Vec<CallerId>,
+        /// What the store holds.
+        generation: Generation,
     },
     /// Fail these callers.
     Fail {
