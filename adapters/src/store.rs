@@ -15,6 +15,7 @@
 
 use core::fmt;
 use core::future::Future;
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -215,15 +216,23 @@ impl Store for FileStore {
     async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
         let blob = session.encode();
         self.blocking(move |path| {
+            // A name of its own per write: two sessions in one process (or two
+            // writes racing) never share a temporary file.
+            static WRITES: AtomicU64 = AtomicU64::new(0);
             let mut temporary = path.to_path_buf().into_os_string();
-            temporary.push(format!(".{}.tmp", std::process::id()));
+            temporary.push(format!(".{}.{}.tmp", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
             let temporary = PathBuf::from(temporary);
             let written = (|| {
                 let mut file = private_file(&temporary, true)?;
                 file.set_len(0)?;
                 file.write_all(blob.expose_secret().as_bytes())?;
                 file.sync_all()?;
-                std::fs::rename(&temporary, path)
+                std::fs::rename(&temporary, path)?;
+                // The rename is durable only once the directory is: without
+                // this, a power loss may bring back the old session after the
+                // new tokens were handed out (and the old refresh token is
+                // already spent under rotation).
+                sync_directory_of(path)
             })();
             written.map_err(|_| {
                 let _ = std::fs::remove_file(&temporary);
@@ -244,6 +253,24 @@ impl Store for FileStore {
 
     async fn lock(&self) -> Result<StoreLock, StoreError> {
         self.lock.lock().await
+    }
+}
+
+/// Flushes the directory holding `path`, so a rename into it survives a power loss.
+fn sync_directory_of(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(directory)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        // Windows cannot open a directory as a file; NTFS journals the rename.
+        let _ = path;
+        Ok(())
     }
 }
 

@@ -155,3 +155,31 @@ async fn a_keyring_entry_is_shared_under_a_lock_file() {
     let unlocked = KeyringStore::mock("freshen-test", "alone").unwrap();
     assert!(matches!(unlocked.lock().await, Err(StoreError::Unavailable(_))));
 }
+
+/// Two sessions of one process writing one file at once: each write has a
+/// temporary file of its own, so none fails and the file holds one whole session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_file_store_writes_in_one_process_do_not_collide() {
+    let path = temporary_path("collide");
+    let (one, two) = (FileStore::new(&path), FileStore::new(&path));
+    let session = AuthorityTransport::new(strict()).login(Some(Duration::from_secs(60)));
+    let writes: Vec<_> = (0..40u64)
+        .map(|i| {
+            let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+            let mut session = session.clone();
+            session.generation = freshen_core::ids::Generation(i + 1);
+            tokio::spawn(async move { store.save(&session).await })
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    let loaded = one.load().await.unwrap().unwrap();
+    assert!((1..=40).contains(&loaded.generation.0));
+    let leftovers = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(leftovers, 0, "no temporary file is left behind");
+    one.clear().await.unwrap();
+}

@@ -230,7 +230,7 @@ impl Response<'_> {
 
     /// The server's clock when it answered, from `Date` (RFC 9110 §6.6.1).
     pub fn date(&self) -> Option<UnixTime> {
-        parse_imf_fixdate(core::str::from_utf8(self.header("date")?).ok()?.trim())
+        parse_http_date(core::str::from_utf8(self.header("date")?).ok()?.trim())
     }
 
     /// How far the server's clock is from ours, read from `Date` against our
@@ -610,7 +610,7 @@ fn whole_seconds(value: f64) -> Option<u64> {
     (value.is_finite() && value >= 1.0).then(|| value.floor() as u64)
 }
 
-/// Reads `Retry-After` (RFC 9110 §10.2.3): delta-seconds, or an IMF-fixdate
+/// Reads `Retry-After` (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date
 /// when the current wall time is known. Capped at [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &[u8], unix_now: Option<UnixTime>) -> Option<Duration> {
     let text = core::str::from_utf8(value).ok()?.trim();
@@ -618,34 +618,127 @@ pub fn parse_retry_after(value: &[u8], unix_now: Option<UnixTime>) -> Option<Dur
         // A run of digits too long for u64 is still "very long": cap it.
         Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX))
     } else {
-        let at = parse_imf_fixdate(text)?;
+        let at = parse_http_date(text)?;
         at.saturating_duration_since(unix_now?)
     };
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-/// Parses `Sun, 06 Nov 1994 08:49:37 GMT`, the only HTTP-date form senders may
-/// generate (RFC 9110 §5.6.7).
-pub fn parse_imf_fixdate(text: &str) -> Option<UnixTime> {
-    let mut parts = text.split(' ');
-    let _weekday = parts.next().filter(|w| w.len() == 4 && w.ends_with(','))?;
-    let day: u64 = parts.next().filter(|d| d.len() == 2)?.parse().ok()?;
-    let month = parts.next()?;
-    let year: i64 = parts.next().filter(|y| y.len() == 4)?.parse().ok()?;
-    let clock = parts.next()?;
-    if parts.next() != Some("GMT") || parts.next().is_some() {
+/// Parses an HTTP-date in any of the three forms RFC 9110 §5.6.7 requires
+/// recipients to accept: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, the
+/// only one senders may generate), the obsolete RFC 850 form (`Sunday,
+/// 06-Nov-94 08:49:37 GMT`; a two-digit year below 70 is read as 20xx) and
+/// asctime (`Sun Nov  6 08:49:37 1994`). The weekday must match the date: a
+/// date that contradicts itself is not trusted. Nothing before 1970.
+pub fn parse_http_date(text: &str) -> Option<UnixTime> {
+    // Bounded input: no HTTP-date is longer than this.
+    if text.len() > 40 || !text.is_ascii() {
         return None;
     }
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let mut hms = clock.split(':').map(|p| if p.len() == 2 { p.parse::<u64>().ok() } else { None });
-    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
-    if hms.next().is_some() || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    let (weekday, date) = if let Some((weekday, rest)) = text.split_once(", ") {
+        let date = if weekday.len() == 3 { imf_fixdate(rest)? } else { rfc850_date(rest)? };
+        let weekday = if weekday.len() == 3 {
+            WEEKDAYS.iter().position(|w| *w == weekday)?
+        } else {
+            LONG_WEEKDAYS.iter().position(|w| *w == weekday)?
+        };
+        (weekday, date)
+    } else {
+        let (weekday, rest) = text.split_once(' ')?;
+        (WEEKDAYS.iter().position(|w| *w == weekday)?, asctime_date(rest)?)
+    };
+    let (year, month, day, hour, minute, second) = date;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
         return None;
     }
-    let days = days_from_civil(year, month, day as i64);
+    if hour > 23 || minute > 59 || second > 60 || year < 1970 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    // 1970-01-01 was a Thursday (index 4, Sunday first).
+    if usize::try_from((days + 4).rem_euclid(7)).ok()? != weekday {
+        return None;
+    }
     let secs = u64::try_from(days).ok()? * 86_400 + hour * 3_600 + minute * 60 + second;
     Some(UnixTime::from_secs(secs))
+}
+
+/// Year, month, day, hour, minute, second.
+type CivilTime = (i64, i64, i64, u64, u64, u64);
+
+const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const LONG_WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/// `06 Nov 1994 08:49:37 GMT`
+fn imf_fixdate(rest: &str) -> Option<CivilTime> {
+    let mut parts = rest.split(' ');
+    let day = digits(parts.next()?, 2)?;
+    let month = month_number(parts.next()?)?;
+    let year = digits(parts.next()?, 4)?;
+    let (hour, minute, second) = clock(parts.next()?)?;
+    (parts.next() == Some("GMT") && parts.next().is_none()).then_some((
+        year as i64,
+        month,
+        day as i64,
+        hour,
+        minute,
+        second,
+    ))
+}
+
+/// `06-Nov-94 08:49:37 GMT`
+fn rfc850_date(rest: &str) -> Option<CivilTime> {
+    let mut parts = rest.split(' ');
+    let mut date = parts.next()?.split('-');
+    let day = digits(date.next()?, 2)?;
+    let month = month_number(date.next()?)?;
+    let short_year = digits(date.next()?, 2)? as i64;
+    let (hour, minute, second) = clock(parts.next()?)?;
+    if date.next().is_some() || parts.next() != Some("GMT") || parts.next().is_some() {
+        return None;
+    }
+    let year = if short_year < 70 { 2000 + short_year } else { 1900 + short_year };
+    Some((year, month, day as i64, hour, minute, second))
+}
+
+/// `Nov  6 08:49:37 1994` (the day padded with a space, not a zero)
+fn asctime_date(rest: &str) -> Option<CivilTime> {
+    let month = month_number(rest.get(..3)?)?;
+    let rest = rest.get(3..)?.strip_prefix(' ')?;
+    let (day, rest) = match rest.strip_prefix(' ') {
+        Some(rest) => (digits(rest.get(..1)?, 1)?, rest.get(1..)?),
+        None => (digits(rest.get(..2)?, 2)?, rest.get(2..)?),
+    };
+    let mut parts = rest.strip_prefix(' ')?.split(' ');
+    let (hour, minute, second) = clock(parts.next()?)?;
+    let year = digits(parts.next()?, 4)?;
+    parts.next().is_none().then_some((year as i64, month, day as i64, hour, minute, second))
+}
+
+/// Exactly `len` ASCII digits.
+fn digits(text: &str, len: usize) -> Option<u64> {
+    (text.len() == len && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
+}
+
+fn month_number(name: &str) -> Option<i64> {
+    Some(MONTHS.iter().position(|m| *m == name)? as i64 + 1)
+}
+
+/// `08:49:37`
+fn clock(text: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = text.split(':');
+    let time = (digits(parts.next()?, 2)?, digits(parts.next()?, 2)?, digits(parts.next()?, 2)?);
+    parts.next().is_none().then_some(time)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Howard Hinnant's days-from-civil: days since 1970-01-01 of a proleptic

@@ -159,14 +159,42 @@ fn retry_after_in_seconds_and_as_a_date() {
 }
 
 #[test]
-fn imf_fixdate_matches_known_instants() {
-    assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(UnixTime::EPOCH));
-    assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(UnixTime::from_secs(784_111_777)));
-    assert_eq!(parse_imf_fixdate("Tue, 29 Feb 2028 12:00:00 GMT"), Some(UnixTime::from_secs(1_835_438_400)));
-    assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 UTC"), None);
-    assert_eq!(parse_imf_fixdate("Sun, 06 Foo 1994 08:49:37 GMT"), None);
-    assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 24:00:00 GMT"), None);
-    assert_eq!(parse_imf_fixdate("Wed, 01 Jan 1969 00:00:00 GMT"), None);
+fn http_dates_are_read_in_all_three_forms_and_must_agree_with_their_weekday() {
+    let nov_6_1994 = Some(UnixTime::from_secs(784_111_777));
+    let table: [(&str, Option<UnixTime>); 24] = [
+        // IMF-fixdate, the preferred form.
+        ("Thu, 01 Jan 1970 00:00:00 GMT", Some(UnixTime::EPOCH)),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", nov_6_1994),
+        ("Tue, 29 Feb 2028 12:00:00 GMT", Some(UnixTime::from_secs(1_835_438_400))),
+        // RFC 850, obsolete: long weekday, two-digit year.
+        ("Sunday, 06-Nov-94 08:49:37 GMT", nov_6_1994),
+        ("Tuesday, 29-Feb-28 12:00:00 GMT", Some(UnixTime::from_secs(1_835_438_400))),
+        // asctime: the day padded with a space, no zone.
+        ("Sun Nov  6 08:49:37 1994", nov_6_1994),
+        ("Tue Feb 29 12:00:00 2028", Some(UnixTime::from_secs(1_835_438_400))),
+        // A weekday that contradicts the date, in each form.
+        ("Mon, 06 Nov 1994 08:49:37 GMT", None),
+        ("Monday, 06-Nov-94 08:49:37 GMT", None),
+        ("Mon Nov  6 08:49:37 1994", None),
+        // Malformed in other ways.
+        ("Sun, 06 Nov 1994 08:49:37 UTC", None),
+        ("Sun, 06 Foo 1994 08:49:37 GMT", None),
+        ("Sun, 06 Nov 1994 24:00:00 GMT", None),
+        ("Wed, 01 Jan 1969 00:00:00 GMT", None),
+        ("Thu, 30 Feb 2028 12:00:00 GMT", None),
+        ("Sun, 6 Nov 1994 08:49:37 GMT", None),
+        ("Sun Nov 06 08:49:37 1994", Some(UnixTime::from_secs(784_111_777))),
+        ("Sun Nov 6 08:49:37 1994", None),
+        ("Sunday, 06-Nov-1994 08:49:37 GMT", None),
+        ("Sun, 06 Nov 1994 08:49:37 GMT ", None),
+        ("Sun, 06 Nov 1994 8:49:37 GMT", None),
+        ("Sun, 06 Nov 1994 08:49:+7 GMT", None),
+        ("", None),
+        ("Sun, 06 Nov 1994 08:49:37 GMT and a long tail of text", None),
+    ];
+    for (text, expected) in table {
+        assert_eq!(parse_http_date(text), expected, "{text:?}");
+    }
 }
 
 #[test]
