@@ -22,6 +22,7 @@ const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--log]
        freshen-sim --seed S [--tier 1|2] [--plant NAME] [--log]
        freshen-sim plants
+       freshen-sim --help | --version
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
 
@@ -65,6 +66,10 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
             "--fresh-pair" => config.grace_replay = GraceReplay::FreshPair,
             "--no-rotation" => config.rotation = false,
             "--no-reuse-detection" => config.reuse_detection = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             other => return Err(format!("serve: unknown argument {other}")),
         }
     }
@@ -76,10 +81,27 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
         println!("reference authority on {} ({config:?})", server.url(""));
         println!("  POST {}   POST {}   GET {}", server.url("/token"), server.url("/revoke"), server.url("/resource"));
-        let _ = tokio::signal::ctrl_c().await;
+        until_interrupted_or_terminated().await;
         println!("refreshes served: {}", server.state().stats().refreshes);
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM (what `kill` and service managers send).
+async fn until_interrupted_or_terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                biased;
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Which simulation runs a seed.
@@ -217,10 +239,31 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
     }
 }
 
-fn replay_command(tier: Tier, seed: u64, plant: Option<Plant>) -> String {
+/// How this binary was started, to print a replay command that works the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Invocation {
+    /// Through `cargo run` (which sets `CARGO_MANIFEST_DIR` for the program).
+    Cargo,
+    /// Directly, as this path.
+    Binary(String),
+}
+
+impl Invocation {
+    fn current() -> Self {
+        match (std::env::var_os("CARGO_MANIFEST_DIR"), std::env::args().next()) {
+            (None, Some(program)) => Invocation::Binary(program),
+            _ => Invocation::Cargo,
+        }
+    }
+}
+
+fn replay_command(invocation: &Invocation, tier: Tier, seed: u64, plant: Option<Plant>) -> String {
     let plant = plant.map(|p| format!(" --plant {}", p.name())).unwrap_or_default();
     let tier = if tier == Tier::Two { " --tier 2" } else { "" };
-    format!("cargo run --release -p freshen-sim -- --seed {seed}{tier}{plant}")
+    match invocation {
+        Invocation::Cargo => format!("cargo run --release -p freshen-sim -- --seed {seed}{tier}{plant}"),
+        Invocation::Binary(program) => format!("{program} --seed {seed}{tier}{plant}"),
+    }
 }
 
 fn replay(tier: Tier, seed: u64, plant: Option<Plant>) -> ExitCode {
@@ -356,7 +399,16 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
             for violation in first.violations.iter().take(5) {
                 println!("  tier {} seed {}: {violation}", first.tier.number(), first.seed);
             }
-            println!("replay it with: {}", replay_command(first.tier, first.seed, options.plant));
+            let invocation = Invocation::current();
+            println!("replay it with: {}", replay_command(&invocation, first.tier, first.seed, options.plant));
+            println!("every failing seed:");
+            for tier in [Tier::One, Tier::Two] {
+                let seeds: Vec<String> =
+                    failing.iter().filter(|o| o.tier == tier).map(|o| o.seed.to_string()).collect();
+                if !seeds.is_empty() {
+                    println!("  tier {} ({}): {}", tier.number(), seeds.len(), seeds.join(" "));
+                }
+            }
             ExitCode::from(1)
         }
     }
@@ -395,13 +447,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if matches!(args.peek().map(String::as_str), Some("-V" | "--version")) {
+        println!("freshen-sim {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     match parse(args) {
+        // Asked for: the usage goes to stdout, so it can be paged or grepped.
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         Err(message) => {
-            if !message.is_empty() {
-                eprintln!("freshen-sim: {message}");
-            }
-            eprintln!("{USAGE}");
-            if message.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
+            eprintln!("freshen-sim: {message}\n{USAGE}");
+            ExitCode::from(2)
         }
         Ok(options) => {
             if options.log {
@@ -443,10 +501,16 @@ mod tests {
     #[test]
     fn the_replay_command_names_the_tier_and_the_plant() {
         assert_eq!(
-            replay_command(Tier::Two, 42, Some(Plant::GrantBeforePersist)),
+            replay_command(&Invocation::Cargo, Tier::Two, 42, Some(Plant::GrantBeforePersist)),
             "cargo run --release -p freshen-sim -- --seed 42 --tier 2 --plant grant-before-persist"
         );
-        assert_eq!(replay_command(Tier::One, 7, None), "cargo run --release -p freshen-sim -- --seed 7");
+        assert_eq!(
+            replay_command(&Invocation::Cargo, Tier::One, 7, None),
+            "cargo run --release -p freshen-sim -- --seed 7"
+        );
+        // Run directly, the command names the binary as it was run.
+        let direct = Invocation::Binary("target/release/freshen-sim".into());
+        assert_eq!(replay_command(&direct, Tier::One, 7, None), "target/release/freshen-sim --seed 7");
     }
 
     #[test]
