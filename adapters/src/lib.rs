@@ -25,7 +25,7 @@
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let config = Config::new("https://auth.example.com/oauth/token", Client::public("my-cli"))
 //!         .with_revocation_endpoint("https://auth.example.com/oauth/revoke");
-//!     let store = KeyringStore::secret_service("my-cli", "alice")?;
+//!     let store = KeyringStore::native("my-cli", "alice")?;
 //!     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, store)?;
 //!
 //!     // Every request carries a fresh token; a 401 is retried once with a new one.
@@ -40,6 +40,7 @@
 //!     Ok(())
 //! }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -47,7 +48,8 @@
 mod clock;
 mod coordinator;
 mod error;
-#[cfg(not(freshen_loom))]
+#[cfg(all(not(freshen_loom), feature = "middleware"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
 pub mod middleware;
 #[cfg(not(freshen_loom))]
 mod session;

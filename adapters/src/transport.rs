@@ -1,15 +1,14 @@
 //! Carrying the requests the core builds to the token endpoint.
 //!
 //! A [`Transport`] posts a form and hands back status, the few headers the
-//! core reads and a body cut at [`MAX_BODY_BYTES`]. It never logs bodies. The
+//! core reads and a body cut at [`MAX_BODY_BYTES`](oauth::MAX_BODY_BYTES). It never logs bodies. The
 //! session is generic over it, so a simulation can plug in its own network.
 
 use core::fmt;
 use core::future::Future;
-use core::time::Duration;
 use std::sync::Arc;
 
-use freshen_core::oauth::{self, Classified, FormRequest, MAX_BODY_BYTES, Policy};
+use freshen_core::oauth::{self, Classified, FormRequest, Policy};
 use freshen_core::session::TransportFailure;
 use freshen_core::time::UnixTime;
 
@@ -24,7 +23,7 @@ pub struct HttpResponse {
     pub status: u16,
     /// `Retry-After`, `Date` and `WWW-Authenticate`, if present (lower-case names).
     pub headers: Vec<(String, Vec<u8>)>,
-    /// The body, at most [`MAX_BODY_BYTES`] + 1 bytes (one more says "too large").
+    /// The body, at most [`MAX_BODY_BYTES`](oauth::MAX_BODY_BYTES) + 1 bytes (one more says "too large").
     pub body: Vec<u8>,
 }
 
@@ -114,15 +113,19 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<HttpResponse, TransportError>> + Send;
 }
 
-/// A [`Transport`] over reqwest.
+/// A [`Transport`] over reqwest. HTTPS needs the `rustls` feature (on by
+/// default) or `native-tls`.
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 #[derive(Clone, Debug)]
 pub struct ReqwestTransport {
     client: reqwest::Client,
 }
 
+#[cfg(feature = "reqwest")]
 impl ReqwestTransport {
     /// A transport whose requests give up after `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(timeout: core::time::Duration) -> Result<Self, reqwest::Error> {
         Ok(Self { client: reqwest::Client::builder().timeout(timeout).build()? })
     }
 
@@ -132,6 +135,7 @@ impl ReqwestTransport {
     }
 }
 
+#[cfg(feature = "reqwest")]
 impl Transport for ReqwestTransport {
     async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
         let mut request = self
@@ -155,9 +159,9 @@ impl Transport for ReqwestTransport {
             .collect::<Vec<_>>();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(failure)? {
-            let room = MAX_BODY_BYTES + 1 - body.len();
+            let room = oauth::MAX_BODY_BYTES + 1 - body.len();
             body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
-            if body.len() > MAX_BODY_BYTES {
+            if body.len() > oauth::MAX_BODY_BYTES {
                 break;
             }
         }
@@ -165,6 +169,7 @@ impl Transport for ReqwestTransport {
     }
 }
 
+#[cfg(feature = "reqwest")]
 /// How a reqwest failure maps to what the core must know (whether the server
 /// may have seen the request), keeping reqwest's error as the cause. Its URL
 /// is dropped: errors name the endpoint themselves.
