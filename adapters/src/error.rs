@@ -141,6 +141,32 @@ impl Error {
         }
     }
 
+    /// The session's error behind a request that reqwest-middleware stopped
+    /// ([`AuthMiddleware`](crate::middleware::AuthMiddleware) reports it as
+    /// `reqwest_middleware::Error::Middleware`); `None` for an HTTP error.
+    ///
+    /// ```
+    /// # fn handle(error: reqwest_middleware::Error) {
+    /// if freshen::Error::from_middleware(&error).is_some_and(freshen::Error::needs_login) {
+    ///     // send the user to the login screen
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "middleware")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
+    pub fn from_middleware(error: &reqwest_middleware::Error) -> Option<&Self> {
+        match error {
+            reqwest_middleware::Error::Middleware(error) => error.downcast_ref::<Self>(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+
+    /// Whether the session ended (the user logged out, or the server
+    /// declared the refresh token dead). See also [`Error::needs_login`].
+    pub fn is_logged_out(&self) -> bool {
+        matches!(self, Self::LoggedOut(_))
+    }
+
     /// Whether the user must act (log in, or complete what the server asks
     /// for): there is no session, it ended, nothing can renew it, or the
     /// token endpoint asked for the user's interaction.

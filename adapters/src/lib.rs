@@ -67,6 +67,13 @@ pub use clock::WallClock;
 pub use coordinator::Observer;
 pub use error::Error;
 pub use freshen_core as core;
+/// What a session's state reads (see [`Session::state`]).
+pub use freshen_core::session::{Renewal, StateView};
+/// Tokens an app already holds, for [`Session::log_in_with`].
+pub use freshen_core::stored::StoredSession;
+/// The secret types tokens are kept in.
+#[cfg(not(freshen_loom))]
+pub use secrecy;
 #[cfg(not(freshen_loom))]
 pub use session::{Config, Session, system_clock};
 pub use token::Token;

@@ -6,10 +6,17 @@
 //! refused and retry once with the token it hands back. A second 401 is
 //! returned as it is: there is no 401 loop. A request whose body cannot be
 //! cloned is sent once; its 401 comes back as [`Error::UnauthorizedNotRetried`].
+//!
+//! Through reqwest-middleware, the session's errors arrive as
+//! `reqwest_middleware::Error::Middleware`; [`Error::from_middleware`] gets
+//! them back. Each request runs in an `authorized_request` span that records
+//! the token's generation and whether the request was retried after a 401.
 
+use freshen_core::ids::Generation;
 use http::StatusCode;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
+use tracing::Instrument as _;
 
 use crate::store::Store;
 use crate::transport::Transport;
@@ -20,10 +27,22 @@ fn authorize(request: &mut Request, token: &Token) -> Result<(), Error> {
     Ok(())
 }
 
+/// The span of one authorized request: the generation of the token it
+/// carried (the fresh one after a retry) and whether a 401 made it retry.
+fn request_span() -> tracing::Span {
+    tracing::info_span!("authorized_request", generation = tracing::field::Empty, retried = tracing::field::Empty)
+}
+
+/// Records the token a request was answered with, once it is known.
+fn record_answer(generation: Generation, retried: bool) {
+    tracing::Span::current().record("generation", tracing::field::display(generation)).record("retried", retried);
+}
+
 /// What to do after the first answer.
 enum Next401 {
     Done(Response),
-    Retry(Request),
+    /// Retry with a token of this generation.
+    Retry(Request, Generation),
 }
 
 /// The shared decision: keep the answer, or retry once with a fresh token.
@@ -42,7 +61,7 @@ async fn after_first<T: Transport, S: Store>(
     };
     let fresh = session.retry_token(used).await?;
     authorize(&mut replay, &fresh)?;
-    Ok(Next401::Retry(replay))
+    Ok(Next401::Retry(replay, fresh.generation()))
 }
 
 /// reqwest-middleware support: `ClientBuilder::new(client).with(AuthMiddleware::new(session))`.
@@ -66,17 +85,30 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
-        authorize(&mut request, &token).map_err(reqwest_middleware::Error::middleware)?;
-        let replay = request.try_clone();
-        let response = next.clone().run(request, extensions).await?;
-        match after_first(&self.session, response, replay, &token)
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?
-        {
-            Next401::Done(response) => Ok(response),
-            Next401::Retry(replay) => next.run(replay, extensions).await,
+        let span = request_span();
+        async {
+            let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
+            authorize(&mut request, &token).map_err(reqwest_middleware::Error::middleware)?;
+            let replay = request.try_clone();
+            let response = next.clone().run(request, extensions).await?;
+            let response = match after_first(&self.session, response, replay, &token)
+                .await
+                .map_err(reqwest_middleware::Error::middleware)?
+            {
+                Next401::Done(response) => {
+                    record_answer(token.generation(), false);
+                    response
+                }
+                Next401::Retry(replay, generation) => {
+                    record_answer(generation, true);
+                    next.run(replay, extensions).await?
+                }
+            };
+            tracing::debug!(status = response.status().as_u16(), "authorized request answered");
+            Ok(response)
         }
+        .instrument(span)
+        .await
     }
 }
 
@@ -113,13 +145,25 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
 
     /// Sends `request` with a token, retrying once after a 401.
     pub async fn execute(&self, mut request: Request) -> Result<Response, ClientError> {
-        let token = self.session.access_token().await?;
-        authorize(&mut request, &token)?;
-        let replay = request.try_clone();
-        let response = self.client.execute(request).await?;
-        match after_first(&self.session, response, replay, &token).await? {
-            Next401::Done(response) => Ok(response),
-            Next401::Retry(replay) => Ok(self.client.execute(replay).await?),
+        async {
+            let token = self.session.access_token().await?;
+            authorize(&mut request, &token)?;
+            let replay = request.try_clone();
+            let response = self.client.execute(request).await?;
+            let response = match after_first(&self.session, response, replay, &token).await? {
+                Next401::Done(response) => {
+                    record_answer(token.generation(), false);
+                    response
+                }
+                Next401::Retry(replay, generation) => {
+                    record_answer(generation, true);
+                    self.client.execute(replay).await?
+                }
+            };
+            tracing::debug!(status = response.status().as_u16(), "authorized request answered");
+            Ok(response)
         }
+        .instrument(request_span())
+        .await
     }
 }

@@ -49,6 +49,9 @@ pub struct Config {
     pub session: SessionConfig,
     /// The seed for jitter; `None` draws one from the OS. Set it to replay a run.
     pub seed: Option<u64>,
+    /// How this session is named in its `freshen` tracing span (a tenant, an
+    /// account); `None` names it by a number drawn from its seed.
+    pub name: Option<String>,
     /// Accept plain `http` endpoints on hosts that are not loopback (tests
     /// and simulations on private networks). Off: tokens travel only over
     /// https, or over http to this machine.
@@ -75,6 +78,7 @@ impl Config {
             scope: None,
             session: SessionConfig::default(),
             seed: None,
+            name: None,
             plain_http_allowed: false,
             wall_clock: WallClock::new(system_clock),
             #[cfg(feature = "testing")]
@@ -93,6 +97,20 @@ impl Config {
     #[must_use]
     pub fn with_session(mut self, session: SessionConfig) -> Self {
         self.session = session;
+        self
+    }
+
+    /// Asks for this scope on every refresh (by default the granted one is kept).
+    #[must_use]
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Names the session in its tracing span (see [`Config::name`]).
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -185,7 +203,14 @@ impl Drop for HandleGuard {
     }
 }
 
-/// A live session. See the [module docs](self).
+/// A live session: what an app holds, cheap to clone, `Send + Sync`.
+///
+/// A valid token comes from a published snapshot without waiting on a task or
+/// a lock. Everything else goes through the pure machine of
+/// [`freshen_core::session`], whose I/O a driver task carries out: refreshes
+/// over a [`Transport`], reads and writes over a [`Store`], and the machine's
+/// timer. The refresh belongs to the driver, not to a caller: if every caller
+/// gives up, the rotation still completes and is written.
 pub struct Session<T, S> {
     shared: Arc<Shared<T, S>>,
     _guard: Arc<HandleGuard>,
@@ -247,7 +272,8 @@ impl<T: Transport, S: Store> Session<T, S> {
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
         });
-        let span = info_span!("freshen", session = seed % 100_000);
+        let label = shared.config.name.clone().unwrap_or_else(|| (seed % 100_000).to_string());
+        let span = info_span!("freshen", session = %label);
         tokio::spawn(drive(Arc::clone(&shared)).instrument(span));
         let closer = Arc::clone(&shared);
         let guard = HandleGuard {

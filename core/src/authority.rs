@@ -9,7 +9,7 @@
 //! revoked, access tokens included. Revocation follows RFC 7009: an unknown
 //! token is not an error, and revoking a refresh token ends its family.
 //!
-//! Invariants (checked by [`check::AuthorityMonitor`](crate::check::AuthorityMonitor)):
+//! Invariants (checked by `check::AuthorityMonitor`, with the `testing` feature):
 //! A1 a consumed token outside grace is never accepted again, and with reuse
 //! detection its presentation revokes the family; A2 a replay inside grace is
 //! accepted within its count; A3 revocation is terminal for the family; A4

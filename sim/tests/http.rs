@@ -24,14 +24,9 @@ const CLIENT: &str = "http-test";
 async fn setup() -> (Server, Session<ReqwestTransport, MemoryStore>, MemoryStore) {
     let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
     let issued = server.state().login(CLIENT);
-    let blob = serde_json::json!({
-        "v": 1,
-        "generation": 1,
-        "access_token": issued.access_token.expose_secret(),
-        "refresh_token": issued.refresh_token.expose_secret(),
-        "access_expires_at_ms": 0,
-    });
-    let store = MemoryStore::holding(&StoredSession::decode(blob.to_string().as_bytes()).unwrap());
+    let mut spent = StoredSession::pair(issued.access_token, issued.refresh_token);
+    spent.access_expires_at = Some(freshen_core::time::UnixTime::EPOCH);
+    let store = MemoryStore::holding(&spent);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
         .with_revocation_endpoint(server.url(paths::REVOKE))
         .with_seed(1);
@@ -131,11 +126,7 @@ async fn a_body_that_cannot_be_cloned_is_sent_once_and_its_401_is_an_error() {
     let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"payload"))]);
     let error =
         api.post(server.url(paths::ALWAYS_401)).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap_err();
-    let kind = match &error {
-        reqwest_middleware::Error::Middleware(inner) => inner.downcast_ref::<Error>().cloned(),
-        reqwest_middleware::Error::Reqwest(_) => None,
-    };
-    assert_eq!(kind, Some(Error::UnauthorizedNotRetried), "{error}");
+    assert_eq!(Error::from_middleware(&error), Some(&Error::UnauthorizedNotRetried), "{error}");
     assert_eq!(server.state().resource_hits(), 1);
 }
 
@@ -167,4 +158,22 @@ async fn logout_revokes_at_the_server() {
     assert_eq!(server.state().stats().revocations, 1);
     let now = server.state().now();
     assert!(server.state().authority().validate(now, token.expose_secret()).is_err(), "the family is revoked");
+}
+
+/// Through the middleware, the session's own error comes back in one call,
+/// and the common question (must the user log in?) is one more.
+#[tokio::test]
+async fn a_session_error_comes_back_through_the_middleware() {
+    let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
+    let session =
+        Session::start(config, ReqwestTransport::new(Duration::from_secs(5)).unwrap(), MemoryStore::new()).unwrap();
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    let error = api.get(server.url(paths::RESOURCE)).send().await.unwrap_err();
+    let cause = Error::from_middleware(&error).expect("the session's error");
+    assert_eq!(cause, &Error::NoSession);
+    assert!(cause.needs_login() && !cause.is_logged_out());
+    assert_eq!(server.state().resource_hits(), 0, "nothing was sent without a token");
 }

@@ -16,7 +16,8 @@ pub(super) fn private_file(path: &Path, create: bool) -> std::io::Result<File> {
 
 /// A cross-process lock: an OS file lock (`flock`) on a file of its own,
 /// which the kernel releases when the process holding it exits or is killed.
-/// [`FileStore`] uses one; [`KeyringStore::with_lock_file`] adds one to a
+/// [`FileStore`](super::FileStore) uses one;
+/// [`KeyringStore::with_lock_file`](super::KeyringStore::with_lock_file) adds one to a
 /// keyring entry that several processes share.
 #[derive(Clone, Debug)]
 pub struct LockFile {
