@@ -75,7 +75,7 @@ pub use freshen_core::stored::StoredSession;
 #[cfg(not(freshen_loom))]
 pub use secrecy;
 #[cfg(not(freshen_loom))]
-pub use session::{Config, Session, system_clock};
+pub use session::{AnySession, Config, Session, system_clock};
 pub use token::Token;
 
 /// The README's Rust examples, compiled as doc tests.

@@ -28,9 +28,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Error;
 use crate::clock::{Clock, WallClock};
 use crate::coordinator::{Answer, Coordinator, Io, Outcome, StateSink, Waker};
-use crate::store::{Store, StoreLock};
+use crate::store::{BoxStore, Store, StoreLock};
 use crate::token::Token;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{BoxTransport, Transport, TransportError};
 use std::sync::Arc;
 
 /// Everything a session needs to know besides its transport and store.
@@ -190,6 +190,19 @@ pub fn system_clock() -> UnixTime {
         }
     }
     UnixTime::from_since_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+}
+
+/// A session over any transport and store, as one type: for struct fields,
+/// axum `State` and the like, where spelling `Session<T, S>` is a burden.
+/// Made by [`Session::start_any`].
+pub type AnySession = Session<BoxTransport, BoxStore>;
+
+impl AnySession {
+    /// Starts a session over `transport` and `store` (see [`Session::start`]),
+    /// erasing their types.
+    pub fn start_any(config: Config, transport: impl Transport, store: impl Store) -> Result<Self, Error> {
+        Session::start(config, BoxTransport::new(transport), BoxStore::new(store))
+    }
 }
 
 /// Signals the driver when the last handle goes.

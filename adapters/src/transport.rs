@@ -113,6 +113,49 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<HttpResponse, TransportError>> + Send;
 }
 
+/// Any [`Transport`] behind one type, so that sessions over different
+/// transports share a type ([`AnySession`](crate::AnySession)): a struct
+/// field, an axum `State`. Costs one allocation per request.
+pub struct BoxTransport(Box<dyn DynTransport>);
+
+impl BoxTransport {
+    /// Boxes `transport`.
+    pub fn new(transport: impl Transport) -> Self {
+        Self(Box::new(transport))
+    }
+}
+
+impl fmt::Debug for BoxTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoxTransport")
+    }
+}
+
+/// [`Transport`] with its future boxed, so it can be a trait object.
+trait DynTransport: Send + Sync + 'static {
+    fn post_form<'a>(
+        &'a self,
+        url: &'a str,
+        form: &'a FormRequest,
+    ) -> core::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, TransportError>> + Send + 'a>>;
+}
+
+impl<T: Transport> DynTransport for T {
+    fn post_form<'a>(
+        &'a self,
+        url: &'a str,
+        form: &'a FormRequest,
+    ) -> core::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, TransportError>> + Send + 'a>> {
+        Box::pin(Transport::post_form(self, url, form))
+    }
+}
+
+impl Transport for BoxTransport {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
+        self.0.post_form(url, form).await
+    }
+}
+
 /// A [`Transport`] over reqwest. HTTPS needs the `rustls` feature (on by
 /// default) or `native-tls`.
 #[cfg(feature = "reqwest")]

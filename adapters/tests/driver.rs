@@ -237,3 +237,25 @@ async fn a_wall_clock_stepped_back_changes_nothing() {
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(1));
     assert_eq!(transport.refreshes.load(SeqCst), 0);
 }
+
+/// What an app keeps in a struct field (or an axum `State`): one session type,
+/// whatever transport and store are behind it.
+#[tokio::test(start_paused = true)]
+async fn sessions_over_different_stores_share_one_type() {
+    struct App {
+        sessions: Vec<freshen::AnySession>,
+    }
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let in_memory = freshen::store::MemoryStore::holding(&transport.login(Some(Duration::from_secs(3600))));
+    let flaky = support::FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
+    let app = App {
+        sessions: vec![
+            freshen::AnySession::start_any(support::config(), transport.clone(), in_memory).unwrap(),
+            freshen::AnySession::start_any(support::config(), transport.clone(), flaky.clone()).unwrap(),
+        ],
+    };
+    assert_eq!(app.sessions[0].access_token().await.unwrap().generation(), Generation(1));
+    // The spent one refreshes through the boxed transport and writes through the boxed store.
+    assert_eq!(app.sessions[1].access_token().await.unwrap().generation(), Generation(2));
+    assert_eq!(flaky.generation(), Some(Generation(2)));
+}
