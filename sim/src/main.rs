@@ -19,7 +19,7 @@ use freshen_core::harness::{World, WorldConfig, WorldStats};
 use freshen_core::session::Plant;
 
 const USAGE: &str = "\
-usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--log]
+usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
        freshen-sim --seed S [--tier 1|2] [--plant NAME] [--log]
        freshen-sim plants
        freshen-sim --help | --version
@@ -35,6 +35,8 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
   --plant NAME  run a deliberately broken session (`freshen-sim plants` lists them,
                 one name per line), which the campaign must catch
   --threads T   worker threads (default: the machine's cores)
+  --fail-fast   stop taking seeds once one violated an invariant: the verdict
+                (exit status) is the same, the counts cover only the seeds run
   --log         write every log event of the drivers (tier 2), at trace level, to
                 stderr: the leak scan reads it for token bytes
 
@@ -130,12 +132,14 @@ struct Options {
     replay: Option<u64>,
     plant: Option<Plant>,
     threads: usize,
+    fail_fast: bool,
     log: bool,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut options = Options { seeds: 1000, first: 0, tier: None, replay: None, plant: None, threads, log: false };
+    let mut options =
+        Options { seeds: 1000, first: 0, tier: None, replay: None, plant: None, threads, fail_fast: false, log: false };
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -158,6 +162,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     Some(Plant::from_name(&name).ok_or_else(|| format!("--plant: unknown variant {name}"))?);
             }
             "--log" => options.log = true,
+            "--fail-fast" => options.fail_fast = true,
             "--threads" => {
                 options.threads = usize::try_from(number("--threads", value("--threads")?)?).unwrap_or(1).max(1);
             }
@@ -309,14 +314,20 @@ fn campaign(options: &Options) -> ExitCode {
     let busy: Mutex<BTreeMap<Tier, f64>> = Mutex::new(BTreeMap::new());
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
+    let caught = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..options.threads {
             scope.spawn(|| {
-                while let Some(&(tier, seed)) =
-                    usize::try_from(next.fetch_add(1, Ordering::Relaxed)).ok().and_then(|i| jobs.get(i))
+                while let Some(&(tier, seed)) = usize::try_from(next.fetch_add(1, Ordering::Relaxed))
+                    .ok()
+                    .filter(|_| !caught.load(Ordering::Relaxed))
+                    .and_then(|i| jobs.get(i))
                 {
                     let began = Instant::now();
                     let outcome = run_seed(tier, seed, options.plant, false);
+                    if options.fail_fast && !outcome.violations.is_empty() {
+                        caught.store(true, Ordering::Relaxed);
+                    }
                     if let Ok(mut busy) = busy.lock() {
                         *busy.entry(tier).or_default() += began.elapsed().as_secs_f64();
                     }
@@ -484,6 +495,7 @@ mod tests {
     #[test]
     fn parses_the_documented_flags() {
         let o = parse(args("--seeds 20 --first 5 --tier 2 --plant no-single-flight --threads 3")).unwrap();
+        assert!(!o.fail_fast && parse(args("--fail-fast")).unwrap().fail_fast);
         assert_eq!((o.seeds, o.first, o.threads, o.tier), (20, 5, 3, Some(Tier::Two)));
         assert_eq!(o.plant, Some(Plant::NoSingleFlight));
         assert_eq!(parse(args("--seed 7")).unwrap().replay, Some(7));
