@@ -492,10 +492,10 @@ impl Authority {
         }
         let family_end = family.created_at.saturating_add(self.config.family_lifetime);
         if now >= record.expires_at || now >= family_end {
-            if self.plant == Some(AuthorityPlant::RefusalRenews) {
-                if let Some(record) = self.refresh_tokens.get_mut(token) {
-                    record.expires_at = now.saturating_add(self.config.refresh_ttl);
-                }
+            if self.plant == Some(AuthorityPlant::RefusalRenews)
+                && let Some(record) = self.refresh_tokens.get_mut(token)
+            {
+                record.expires_at = now.saturating_add(self.config.refresh_ttl);
             }
             return Err(Refusal::Expired);
         }

@@ -528,14 +528,14 @@ impl ClientMonitor {
                     self.violate(Invariant::U2, now, detail);
                 }
                 self.seen_access.entry(access).or_insert(now);
-                if let (Some(until), Some(at_most)) = (grant.usable_until, self.usable_at_most.get(&access)) {
-                    if until > *at_most {
-                        let detail = format!(
-                            "{} is held usable until {until}, past the first presentation of its refresh token plus its lifetime ({at_most})",
-                            grant.generation
-                        );
-                        self.violate(Invariant::U8, now, detail);
-                    }
+                if let (Some(until), Some(at_most)) = (grant.usable_until, self.usable_at_most.get(&access))
+                    && until > *at_most
+                {
+                    let detail = format!(
+                        "{} is held usable until {until}, past the first presentation of its refresh token plus its lifetime ({at_most})",
+                        grant.generation
+                    );
+                    self.violate(Invariant::U8, now, detail);
                 }
                 if let Command::Grant { callers, .. } = command {
                     let timeout = self.config.request_timeout;
@@ -593,13 +593,13 @@ impl ClientMonitor {
                 self.resolve(now, callers, "told stored");
             }
             Command::Fail { callers, reason } => {
-                if *reason == FailReason::MissingRefreshToken {
-                    if let Some(caller) = callers.iter().find(|c| {
+                if *reason == FailReason::MissingRefreshToken
+                    && let Some(caller) = callers.iter().find(|c| {
                         !self.asked_before_known.contains(c) && self.waiting.get(c).is_some_and(|since| *since < now)
-                    }) {
-                        let detail = format!("{caller} waited to be told the session has no refresh token");
-                        self.violate(Invariant::U4, now, detail);
-                    }
+                    })
+                {
+                    let detail = format!("{caller} waited to be told the session has no refresh token");
+                    self.violate(Invariant::U4, now, detail);
                 }
                 if matches!(
                     reason,
@@ -639,11 +639,11 @@ impl ClientMonitor {
                     self.logged_out = Some(LogoutCause::NoSession);
                 }
                 if let StateView::LoggedOut { cause } = view {
-                    if let LogoutCause::RefreshTokenRejected { error, .. } = cause {
-                        if !self.config.policy.terminal_errors.contains(&error.code) {
-                            let detail = format!("logged out on a refusal that is not terminal: {error}");
-                            self.violate(Invariant::U6, now, detail);
-                        }
+                    if let LogoutCause::RefreshTokenRejected { error, .. } = cause
+                        && !self.config.policy.terminal_errors.contains(&error.code)
+                    {
+                        let detail = format!("logged out on a refusal that is not terminal: {error}");
+                        self.violate(Invariant::U6, now, detail);
                     }
                     self.logged_out = Some(cause.clone());
                     self.awaiting_logout = None;
@@ -764,11 +764,11 @@ impl ClientMonitor {
         if next_timeout.is_some_and(|at| at <= now) {
             self.violate(Invariant::C9, now, "poll_timeout returned a time not after now".into());
         }
-        if let (Some(reason), Some(renewal)) = (self.told_this_step.take(), self.state.renewal()) {
-            if !renewal.explains(&reason) {
-                let detail = format!("callers were told \"{reason}\" but the state reads {}", self.state);
-                self.violate(Invariant::U7, now, detail);
-            }
+        if let (Some(reason), Some(renewal)) = (self.told_this_step.take(), self.state.renewal())
+            && !renewal.explains(&reason)
+        {
+            let detail = format!("callers were told \"{reason}\" but the state reads {}", self.state);
+            self.violate(Invariant::U7, now, detail);
         }
         if self.logged_out.is_some() && !self.waiting.is_empty() {
             let count = self.waiting.len();

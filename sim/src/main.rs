@@ -335,7 +335,7 @@ fn campaign(options: &Options) -> ExitCode {
                         all.push(outcome);
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if progress && (finished % 10 == 0 || finished == total) {
+                    if progress && (finished.is_multiple_of(10) || finished == total) {
                         draw_progress(finished, total);
                     }
                 }

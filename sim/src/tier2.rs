@@ -245,10 +245,8 @@ struct ServerFaults {
 impl ServerFaults {
     fn draw(&self, per_mille: u16, kind: &'static str) -> bool {
         let hit = per_mille > 0 && self.rng.lock().is_ok_and(|mut rng| rng.chance(u64::from(per_mille), 1000));
-        if hit {
-            if let Ok(mut counts) = self.counts.lock() {
-                *counts.entry(kind).or_default() += 1;
-            }
+        if hit && let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(kind).or_default() += 1;
         }
         hit
     }
@@ -510,10 +508,10 @@ struct Watch {
 
 impl Watch {
     fn line(&self, line: impl FnOnce() -> String) {
-        if let Some(trace) = &self.trace {
-            if let Ok(mut trace) = trace.lock() {
-                trace.push(line());
-            }
+        if let Some(trace) = &self.trace
+            && let Ok(mut trace) = trace.lock()
+        {
+            trace.push(line());
         }
     }
 }
@@ -552,10 +550,9 @@ impl Observer for Watch {
         if let Some(cause) = match command {
             Command::StateChanged(view) => view.logout_cause(),
             _ => None,
-        } {
-            if let Ok(mut logouts) = self.logouts.lock() {
-                *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
-            }
+        } && let Ok(mut logouts) = self.logouts.lock()
+        {
+            *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
         }
         if let Ok(mut monitor) = self.monitor.lock() {
             monitor.command(now, command);
@@ -683,10 +680,9 @@ async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host:
     let response = HttpResponse::new(response.status().as_u16(), [], response.body().to_vec());
     if let freshen_core::oauth::Classified::Success(tokens) =
         response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
+        && session.log_in_sent_at(tokens, sent_at).await.is_ok()
     {
-        if session.log_in_sent_at(tokens, sent_at).await.is_ok() {
-            host.needs_login.store(false, Ordering::Release);
-        }
+        host.needs_login.store(false, Ordering::Release);
     }
 }
 

@@ -665,10 +665,10 @@ impl Session {
     /// Only the current token can be proven bad; a 401 for an older one just
     /// means the caller retries with the current one.
     fn on_invalidated(&mut self, generation: Generation) {
-        if let Some(tokens) = self.tokens_mut() {
-            if tokens.generation == generation {
-                tokens.access_rejected = true;
-            }
+        if let Some(tokens) = self.tokens_mut()
+            && tokens.generation == generation
+        {
+            tokens.access_rejected = true;
         }
     }
 
@@ -988,10 +988,10 @@ impl Session {
     /// attempt is still in flight: that one becomes the straggler, which
     /// counts as in flight until answered or past its deadline (C1).
     fn abandon_in_flight(&mut self, answered: RefreshId) {
-        if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id, deadline }, .. }) = &self.state {
-            if *id != answered {
-                self.straggler = Some((*id, *deadline));
-            }
+        if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id, deadline }, .. }) = &self.state
+            && *id != answered
+        {
+            self.straggler = Some((*id, *deadline));
         }
     }
 
@@ -1020,13 +1020,12 @@ impl Session {
         let previous = mem::replace(&mut self.state, State::LoggedOut(cause.clone()));
         if let (LogoutCause::Requested, State::Valid(t) | State::Expired(t) | State::Refreshing(t, _)) =
             (&cause, previous)
+            && let Some(refresh_token) = t.refresh
         {
-            if let Some(refresh_token) = t.refresh {
-                if self.locks_store() {
-                    self.revoke_after_clear = Some(refresh_token);
-                } else {
-                    self.outbox.commands.push_back(Command::Revoke { refresh_token });
-                }
+            if self.locks_store() {
+                self.revoke_after_clear = Some(refresh_token);
+            } else {
+                self.outbox.commands.push_back(Command::Revoke { refresh_token });
             }
         }
         self.store.revive();
@@ -1332,10 +1331,10 @@ impl Session {
             return;
         }
         self.store.succeeded();
-        if kind == StoreOp::Clear {
-            if let Some(refresh_token) = self.revoke_after_clear.take() {
-                self.outbox.commands.push_back(Command::Revoke { refresh_token });
-            }
+        if kind == StoreOp::Clear
+            && let Some(refresh_token) = self.revoke_after_clear.take()
+        {
+            self.outbox.commands.push_back(Command::Revoke { refresh_token });
         }
         let no_longer_needed = |replaced_by: Generation| match kind {
             StoreOp::Persist(stored) => stored >= replaced_by,
@@ -1398,11 +1397,11 @@ impl Session {
     /// holds, and reports what changed. Runs after every input.
     fn settle(&mut self) {
         let now = self.now;
-        if let State::Valid(tokens) = &self.state {
-            if !tokens.usable_at(now) {
-                let Some(tokens) = self.take_tokens() else { return };
-                self.state = State::Expired(tokens);
-            }
+        if let State::Valid(tokens) = &self.state
+            && !tokens.usable_at(now)
+        {
+            let Some(tokens) = self.take_tokens() else { return };
+            self.state = State::Expired(tokens);
         }
         let refresh_needed = match &self.state {
             State::Valid(tokens) | State::Expired(tokens) => {
