@@ -1,10 +1,11 @@
 //! What can go wrong for a caller. No variant carries token bytes.
 
+use core::fmt;
 use freshen_core::oauth::{OAuthError, Rejected};
-use freshen_core::session::{AttemptFailure, ConfigError, FailReason, LogoutCause};
-use thiserror::Error;
+use std::sync::Arc;
 
-use crate::transport::TransportError;
+use freshen_core::session::{AttemptFailure, ConfigError, FailReason, LogoutCause, TransportFailure};
+use thiserror::Error;
 
 /// Why no access token could be had.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -152,7 +153,7 @@ impl Error {
     /// }
     /// # }
     /// ```
-    #[cfg(feature = "middleware")]
+    #[cfg(all(feature = "middleware", not(freshen_loom)))]
     #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
     pub fn from_middleware(error: &reqwest_middleware::Error) -> Option<&Self> {
         match error {
@@ -174,3 +175,53 @@ impl Error {
         matches!(self, Self::NoSession | Self::LoggedOut(_) | Self::MissingRefreshToken | Self::InteractionRequired(_))
     }
 }
+
+/// How a request went unanswered: what the session must know (whether the
+/// server may have seen it) and, for people, the transport's own error (a
+/// refused connection, a TLS failure), kept as this error's `source`.
+#[derive(Clone, Debug)]
+pub struct TransportError {
+    failure: TransportFailure,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl TransportError {
+    /// A failure with the transport's own error as its cause. The cause must
+    /// not carry token bytes (reqwest's does not: it never shows bodies).
+    pub fn new(failure: TransportFailure, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { failure, source: Some(Arc::new(source)) }
+    }
+
+    /// What the session makes of it.
+    pub fn failure(&self) -> TransportFailure {
+        self.failure
+    }
+}
+
+impl From<TransportFailure> for TransportError {
+    fn from(failure: TransportFailure) -> Self {
+        Self { failure, source: None }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.failure)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Equal when they fail the same way for the same stated cause.
+impl PartialEq for TransportError {
+    fn eq(&self, other: &Self) -> bool {
+        self.failure == other.failure
+            && self.source.as_ref().map(ToString::to_string) == other.source.as_ref().map(ToString::to_string)
+    }
+}
+
+impl Eq for TransportError {}

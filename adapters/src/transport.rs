@@ -6,10 +6,11 @@
 
 use core::fmt;
 use core::future::Future;
-use std::sync::Arc;
 
 use freshen_core::oauth::{self, Classified, FormRequest, Policy};
 use freshen_core::session::TransportFailure;
+
+pub use crate::error::TransportError;
 use freshen_core::time::UnixTime;
 
 /// Response headers the core reads; others are dropped at the door.
@@ -52,56 +53,6 @@ impl HttpResponse {
         oauth::classify(policy, &response, Some(unix_now))
     }
 }
-
-/// How a request went unanswered: what the session must know (whether the
-/// server may have seen it) and, for people, the transport's own error (a
-/// refused connection, a TLS failure), kept as this error's `source`.
-#[derive(Clone, Debug)]
-pub struct TransportError {
-    failure: TransportFailure,
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl TransportError {
-    /// A failure with the transport's own error as its cause. The cause must
-    /// not carry token bytes (reqwest's does not: it never shows bodies).
-    pub fn new(failure: TransportFailure, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self { failure, source: Some(Arc::new(source)) }
-    }
-
-    /// What the session makes of it.
-    pub fn failure(&self) -> TransportFailure {
-        self.failure
-    }
-}
-
-impl From<TransportFailure> for TransportError {
-    fn from(failure: TransportFailure) -> Self {
-        Self { failure, source: None }
-    }
-}
-
-impl fmt::Display for TransportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.failure)
-    }
-}
-
-impl std::error::Error for TransportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
-    }
-}
-
-/// Equal when they fail the same way for the same stated cause.
-impl PartialEq for TransportError {
-    fn eq(&self, other: &Self) -> bool {
-        self.failure == other.failure
-            && self.source.as_ref().map(ToString::to_string) == other.source.as_ref().map(ToString::to_string)
-    }
-}
-
-impl Eq for TransportError {}
 
 /// Posts forms to the token and revocation endpoints.
 pub trait Transport: Send + Sync + 'static {
