@@ -54,6 +54,8 @@ pub mod middleware;
 #[cfg(not(freshen_loom))]
 mod session;
 #[cfg(not(freshen_loom))]
+mod stats;
+#[cfg(not(freshen_loom))]
 pub mod store;
 mod sync;
 mod token;
@@ -76,6 +78,8 @@ pub use freshen_core::stored::StoredSession;
 pub use secrecy;
 #[cfg(not(freshen_loom))]
 pub use session::{AnySession, Config, Session, system_clock};
+#[cfg(not(freshen_loom))]
+pub use stats::Stats;
 pub use token::Token;
 
 /// The README's Rust examples, compiled as doc tests.

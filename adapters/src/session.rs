@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Error;
 use crate::clock::{Clock, WallClock};
 use crate::coordinator::{Answer, Coordinator, Io, Outcome, StateSink, Waker};
+use crate::stats::{Count, Counters, Stats};
 use crate::store::{BoxStore, Store, StoreLock};
 use crate::token::Token;
 use crate::transport::{BoxTransport, Transport, TransportError};
@@ -157,6 +158,7 @@ struct Shared<T, S> {
     /// unanswered, until one is answered: the cause of a transport failure
     /// callers are told about.
     last_transport_error: Mutex<Option<TransportError>>,
+    counters: Arc<Counters>,
 }
 
 impl<T, S> Shared<T, S> {
@@ -259,8 +261,13 @@ impl<T: Transport, S: Store> Session<T, S> {
         let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;
         let (state, _) = watch::channel(machine.state().clone());
         let publisher = state.clone();
+        let counters = Arc::new(Counters::default());
+        let counted = Arc::clone(&counters);
         let on_state: StateSink = Box::new(move |view| {
             info!(state = %view, "session state changed");
+            if view.is_logged_out() {
+                counted.add(Count::Logout);
+            }
             publisher.send_replace(view.clone());
         });
         #[cfg(feature = "testing")]
@@ -284,6 +291,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             store_lock: Mutex::new(None),
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
+            counters,
         });
         let label = shared.config.name.clone().unwrap_or_else(|| (seed % 100_000).to_string());
         let span = info_span!("freshen", session = %label);
@@ -423,6 +431,12 @@ impl<T: Transport, S: Store> Session<T, S> {
         self.shared.instant(at)
     }
 
+    /// What the session has done since it started: refreshes, failures,
+    /// waits and logouts (see [`Stats`]). Reading it costs a few atomic loads.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
     /// How many callers wait for a token now.
     pub fn waiting(&self) -> usize {
         self.shared.coordinator.waiting()
@@ -446,6 +460,7 @@ impl<T: Transport, S: Store> Session<T, S> {
         register: impl FnOnce(&Coordinator<oneshot::Sender<Outcome>>, MonoTime, oneshot::Sender<Outcome>) -> CallerId,
     ) -> Result<Answer, Error> {
         let (waker, answer) = oneshot::channel();
+        self.shared.counters.add(Count::Wait);
         let caller = register(&self.shared.coordinator, self.shared.now(), waker);
         self.shared.kick.notify_one();
         // If this future is dropped, the caller is forgotten; the refresh goes on.
@@ -453,6 +468,7 @@ impl<T: Transport, S: Store> Session<T, S> {
         match answer.await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(reason)) => {
+                self.shared.counters.add(Count::CallerFailed);
                 let transport = self.shared.last_transport_error.lock().ok().and_then(|last| last.clone());
                 Err(Error::from_reason(reason, &self.shared.token_endpoint_shown, transport))
             }
@@ -520,6 +536,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 let config = &shared.config;
                 let form = oauth::refresh_request(&config.client, &refresh_token, config.scope.as_deref());
                 debug!("sending refresh");
+                shared.counters.add(Count::RefreshAttempt);
                 let timeout = config.session.request_timeout;
                 let event = match tokio::time::timeout(
                     timeout,
@@ -554,6 +571,9 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                         Event::RefreshFailed { id, failure: TransportFailure::Timeout }
                     }
                 };
+                let succeeded =
+                    matches!(&event, Event::RefreshCompleted { outcome: oauth::Classified::Success(_), .. });
+                shared.counters.add(if succeeded { Count::RefreshSucceeded } else { Count::RefreshAttemptFailed });
                 shared.coordinator.handle(shared.now(), event);
             });
         }

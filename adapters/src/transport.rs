@@ -8,6 +8,7 @@ use core::fmt;
 use core::future::Future;
 
 use freshen_core::oauth::{self, Classified, FormRequest, Policy};
+#[cfg(feature = "reqwest")]
 use freshen_core::session::TransportFailure;
 
 pub use crate::error::TransportError;

@@ -259,3 +259,27 @@ async fn sessions_over_different_stores_share_one_type() {
     assert_eq!(app.sessions[1].access_token().await.unwrap().generation(), Generation(2));
     assert_eq!(flaky.generation(), Some(Generation(2)));
 }
+
+/// The counts an app reads from the handle: refreshes, their failures, waits,
+/// failed callers and logouts.
+#[tokio::test(start_paused = true)]
+async fn the_handle_counts_refreshes_failures_waits_and_logouts() {
+    let (session, transport, _) = session(AuthorityConfig::default(), Some(Duration::ZERO));
+    let token = session.access_token().await.unwrap();
+    let stats = session.stats();
+    assert_eq!((stats.refresh_attempts, stats.refreshes_succeeded, stats.refresh_attempts_failed), (1, 1, 0));
+    assert_eq!((stats.waits, stats.callers_failed), (1, 0));
+    session.access_token().await.unwrap();
+    assert_eq!(session.stats().waits, 1, "a published token is no wait");
+
+    let attempts = support::config().session.backoff.attempts;
+    transport.fail_next(vec![TransportFailure::NotSent; attempts as usize]);
+    session.invalidate(&token);
+    assert!(session.access_token().await.is_err());
+    let stats = session.stats();
+    assert_eq!(stats.refresh_attempts, 1 + u64::from(attempts));
+    assert_eq!(stats.refresh_attempts_failed, u64::from(attempts));
+    assert_eq!((stats.waits, stats.callers_failed, stats.logouts), (2, 1, 0));
+    session.log_out().await;
+    assert_eq!(session.stats().logouts, 1);
+}
