@@ -110,11 +110,11 @@ type Error = Box<dyn std::error::Error>;
 /// prints what it saw. Exits 3 if its session ended.
 async fn child(args: &[String]) -> Result<ExitCode, Error> {
     let [token_url, resource_url, path, seconds] = args else { return Err("child: bad arguments".into()) };
-    let mut session_config = SessionConfig::default();
-    session_config.shared_store = true;
-    session_config.refresh_margin = MARGIN;
-    session_config.refresh_jitter = JITTER;
-    session_config.request_timeout = Duration::from_secs(5);
+    let session_config = SessionConfig::default()
+        .with_shared_store(true)
+        .with_refresh_margin(MARGIN)
+        .with_refresh_jitter(JITTER)
+        .with_request_timeout(Duration::from_secs(5));
     let config = Config::new(token_url.clone(), Client::public(CLIENT)).with_session(session_config);
     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, FileStore::new(path))?;
     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
@@ -138,8 +138,7 @@ async fn child(args: &[String]) -> Result<ExitCode, Error> {
 /// Logs in through the authority's password grant and writes the session to
 /// the file, as a CLI's `login` command would.
 async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
-    let mut session_config = SessionConfig::default();
-    session_config.shared_store = true;
+    let session_config = SessionConfig::default().with_shared_store(true);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT)).with_session(session_config);
     let store = FileStore::new(path);
     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, store.clone())?;

@@ -29,9 +29,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("authority listening on {}", server.url(""));
 
     // The session: refresh 250 ms before expiry, tokens in memory.
-    let mut session_config = SessionConfig::default();
-    session_config.refresh_margin = Duration::from_millis(250);
-    session_config.refresh_jitter = Duration::ZERO;
+    let session_config =
+        SessionConfig::default().with_refresh_margin(Duration::from_millis(250)).with_refresh_jitter(Duration::ZERO);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
         .with_revocation_endpoint(server.url(paths::REVOKE))
         .with_session(session_config);

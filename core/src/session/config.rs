@@ -43,7 +43,17 @@ impl Backoff {
 }
 
 /// Configuration of a [`Session`](super::Session). `Default` suits an app or CLI
-/// talking to a typical authorization server.
+/// talking to a typical authorization server; each field has a `with_` setter.
+///
+/// ```
+/// use std::time::Duration;
+/// use freshen_core::session::SessionConfig;
+///
+/// let config = SessionConfig::default()
+///     .with_refresh_margin(Duration::from_secs(120))
+///     .with_shared_store(true);
+/// assert!(config.shared_store && config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionConfig {
@@ -104,6 +114,37 @@ impl Default for SessionConfig {
             plant: None,
         }
     }
+}
+
+/// `with_` setters, one per field, so a configuration reads as one
+/// expression (the struct is `#[non_exhaustive]`, which rules out literals).
+macro_rules! setters {
+    ($($field:ident, $setter:ident: $type:ty;)*) => {
+        impl SessionConfig {
+            $(
+                #[doc = concat!("Sets [`SessionConfig::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $setter(mut self, value: $type) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    refresh_margin, with_refresh_margin: Duration;
+    refresh_jitter, with_refresh_jitter: Duration;
+    expiry_safety, with_expiry_safety: Duration;
+    request_timeout, with_request_timeout: Duration;
+    backoff, with_backoff: Backoff;
+    max_retry_after, with_max_retry_after: Duration;
+    failure_cooldown, with_failure_cooldown: Duration;
+    store_backoff, with_store_backoff: Backoff;
+    max_waiters, with_max_waiters: usize;
+    policy, with_policy: Policy;
+    shared_store, with_shared_store: bool;
 }
 
 /// A configuration the session cannot honour.
