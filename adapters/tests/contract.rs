@@ -607,6 +607,16 @@ async fn rule_9_a_session_starts_from_tokens_the_app_holds() {
     assert_eq!(transport.refreshes.load(SeqCst), 0);
     assert!(store.inner.peek().unwrap().is_ok());
 
+    // A held pair with less than the margin left and no known issued lifetime
+    // gets the whole margin (rule 2): it is refreshed before it is handed out.
+    let (session, transport, _) = start_empty();
+    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    let mut held = freshen_core::stored::StoredSession::pair(issued.access_token, issued.refresh_token);
+    held.access_expires_at = Some(freshen::system_clock().saturating_add(Duration::from_secs(30)));
+    session.log_in_with(held).await.unwrap();
+    assert!(session.access_token().await.unwrap().generation() > Generation(1), "refreshed before use");
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+
     let (session, transport, _) = start_empty();
     let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
     session.log_in_with(freshen_core::stored::StoredSession::refresh_only(issued.refresh_token)).await.unwrap();

@@ -392,7 +392,8 @@ impl ClientMonitor {
                 }
                 if let (Some(access), Some(lifetime), Some(_)) = (&new.access_token, new.lifetime, &new.refresh_token) {
                     let left = new.requested_at.saturating_add(lifetime).saturating_duration_since(now);
-                    if left <= least_margin(&self.config, Some(lifetime)) {
+                    let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
+                    if left <= least_margin(&self.config, issued) {
                         self.inside_margin.insert(access.fingerprint());
                     }
                 }

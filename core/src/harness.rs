@@ -729,6 +729,7 @@ impl World {
             refresh_token: Some(issued.refresh_token),
             scope: None,
             requested_at: self.now,
+            issued_lifetime_unknown: false,
         };
         // With several processes, another may still hold the old family and
         // meet its fate later: what the world knows about it stays.

@@ -1034,7 +1034,10 @@ impl Session {
     fn on_logged_in(&mut self, new: NewSession) {
         let generation = self.next_generation();
         let base = new.requested_at.min(self.now);
-        let expiry = new.lifetime.map(|lifetime| Expiry::issued(base, lifetime, &self.config, &mut self.rng));
+        let expiry = new.lifetime.map(|lifetime| {
+            let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
+            Expiry::plan(base.saturating_add(lifetime), issued, &self.config, &mut self.rng)
+        });
         let mut tokens = TokenSet {
             generation,
             access: new.access_token,

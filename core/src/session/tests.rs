@@ -550,6 +550,7 @@ fn a_login_starts_a_session_and_replaces_the_old_grant() {
         refresh_token: Some(RefreshToken::new("r-login")),
         scope: Some("read".into()),
         requested_at: MonoTime::ZERO,
+        issued_lifetime_unknown: false,
     };
     let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     // The old grant stays alive until the new one is durable: a crash before
@@ -581,6 +582,7 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
         refresh_token: Some(RefreshToken::new("r-login")),
         scope: None,
         requested_at: MonoTime::ZERO,
+        issued_lifetime_unknown: false,
     };
     h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     let stale = stored(58, "r-logged-out", None);
@@ -821,6 +823,7 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
         refresh_token: Some(RefreshToken::new("r-login")),
         scope: None,
         requested_at: h.now,
+        issued_lifetime_unknown: false,
     };
     let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. })), "wrote without the lock: {out:?}");

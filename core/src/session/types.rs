@@ -161,6 +161,10 @@ pub struct NewSession {
     pub scope: Option<String>,
     /// When the login request was sent: the lifetime counts from here.
     pub requested_at: MonoTime,
+    /// `lifetime` is only what was left of the token, not what it was issued
+    /// with (tokens the app held, from an old store): it gets the whole
+    /// refresh margin, like a restored token of unknown issued lifetime (U2).
+    pub issued_lifetime_unknown: bool,
 }
 
 impl NewSession {
@@ -175,6 +179,7 @@ impl NewSession {
             lifetime: response.lifetime,
             scope: response.scope,
             requested_at,
+            issued_lifetime_unknown: false,
         }
     }
 
@@ -207,6 +212,7 @@ impl NewSession {
             refresh_token: stored.refresh_token,
             scope: stored.scope,
             requested_at,
+            issued_lifetime_unknown: stored.access_lifetime.is_none(),
         }
     }
 
@@ -219,6 +225,7 @@ impl NewSession {
             refresh_token: Some(refresh_token),
             scope: None,
             requested_at,
+            issued_lifetime_unknown: false,
         }
     }
 }
