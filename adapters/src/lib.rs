@@ -47,6 +47,8 @@
 #[cfg(not(freshen_loom))]
 mod clock;
 mod coordinator;
+#[cfg(not(freshen_loom))]
+mod environment;
 mod error;
 #[cfg(all(not(freshen_loom), feature = "middleware"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
@@ -63,10 +65,12 @@ mod token;
 pub mod transport;
 
 #[cfg(not(freshen_loom))]
-pub use clock::WallClock;
+pub use clock::{WallClock, system_clock};
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use coordinator::Observer;
+#[cfg(not(freshen_loom))]
+pub use environment::Environment;
 pub use error::Error;
 pub use freshen_core as core;
 /// What a session's state reads (see [`Session::state`]).
@@ -77,7 +81,7 @@ pub use freshen_core::stored::StoredSession;
 #[cfg(not(freshen_loom))]
 pub use secrecy;
 #[cfg(not(freshen_loom))]
-pub use session::{AnySession, Config, Session, system_clock};
+pub use session::{AnySession, Config, Session};
 #[cfg(not(freshen_loom))]
 pub use stats::Stats;
 pub use token::Token;

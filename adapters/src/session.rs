@@ -12,21 +12,20 @@ use core::future::Future;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::time::Duration;
 use std::error::Error as _;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use freshen_core::ids::CallerId;
 use freshen_core::oauth::{self, Client, TokenResponse};
 use freshen_core::session::{Event, NewSession, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::MonoTime;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::Environment;
 use crate::Error;
-use crate::clock::{Clock, WallClock};
+use crate::clock::Clock;
 use crate::coordinator::{Answer, Coordinator, Io, Outcome, StateSink, Waker};
 use crate::stats::{Count, Counters, Stats};
 use crate::store::{BoxStore, Store, StoreLock};
@@ -48,8 +47,6 @@ pub struct Config {
     pub scope: Option<String>,
     /// Refresh margin and jitter, backoff, request timeout, what counts as terminal.
     pub session: SessionConfig,
-    /// The seed for jitter; `None` draws one from the OS. Set it to replay a run.
-    pub seed: Option<u64>,
     /// How this session is named in its `freshen` tracing span (a tenant, an
     /// account); `None` names it by a number drawn from its seed.
     pub name: Option<String>,
@@ -57,14 +54,6 @@ pub struct Config {
     /// and simulations on private networks). Off: tokens travel only over
     /// https, or over http to this machine.
     pub plain_http_allowed: bool,
-    /// Reads the wall clock: used to carry expiries across restarts, to read
-    /// HTTP dates, and to notice a suspend (see [`WallClock`]'s module). A
-    /// simulation passes its own to stay deterministic.
-    pub wall_clock: WallClock,
-    /// Sees every input and command of the machine (for the simulation's checker).
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub observer: Option<std::sync::Arc<dyn crate::coordinator::Observer>>,
 }
 
 impl Config {
@@ -78,12 +67,8 @@ impl Config {
             client,
             scope: None,
             session: SessionConfig::default(),
-            seed: None,
             name: None,
             plain_http_allowed: false,
-            wall_clock: WallClock::new(system_clock),
-            #[cfg(feature = "testing")]
-            observer: None,
         }
     }
 
@@ -112,13 +97,6 @@ impl Config {
     #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
-        self
-    }
-
-    /// Draws jitter from this seed.
-    #[must_use]
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
         self
     }
 
@@ -177,23 +155,6 @@ impl<T, S> Shared<T, S> {
     }
 }
 
-/// The system's wall clock: [`Config::wall_clock`]'s default. On Linux it
-/// reads the coarse clock (`CLOCK_REALTIME_COARSE`, advanced every tick, a few
-/// milliseconds): about 6 ns against about 50 for the precise one, and the
-/// driver reads it on every acquire to notice a suspend. A few milliseconds are
-/// far finer than anything the wall clock serves (stored expiries, HTTP dates
-/// with one-second resolution, suspends of seconds).
-pub fn system_clock() -> UnixTime {
-    #[cfg(target_os = "linux")]
-    {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        if let (Ok(secs), Ok(nanos)) = (u64::try_from(now.tv_sec), u32::try_from(now.tv_nsec)) {
-            return UnixTime::from_since_epoch(Duration::new(secs, nanos));
-        }
-    }
-    UnixTime::from_since_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
-}
-
 /// A session over any transport and store, as one type: for struct fields,
 /// axum `State` and the like, where spelling `Session<T, S>` is a burden.
 /// Made by [`Session::start_any`].
@@ -203,7 +164,17 @@ impl AnySession {
     /// Starts a session over `transport` and `store` (see [`Session::start`]),
     /// erasing their types.
     pub fn start_any(config: Config, transport: impl Transport, store: impl Store) -> Result<Self, Error> {
-        Session::start(config, BoxTransport::new(transport), BoxStore::new(store))
+        Self::start_any_in(config, transport, store, Environment::system())
+    }
+
+    /// [`AnySession::start_any`] in a chosen [`Environment`] (see [`Session::start_in`]).
+    pub fn start_any_in(
+        config: Config,
+        transport: impl Transport,
+        store: impl Store,
+        environment: Environment,
+    ) -> Result<Self, Error> {
+        Session::start_in(config, BoxTransport::new(transport), BoxStore::new(store), environment)
     }
 }
 
@@ -251,13 +222,19 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// work (no scheme or host, or plain http to a host that is not loopback)
     /// and [`Error::Config`] for session settings that cannot.
     pub fn start(config: Config, transport: T, store: S) -> Result<Self, Error> {
+        Self::start_in(config, transport, store, Environment::system())
+    }
+
+    /// [`Session::start`] with a chosen seed and wall clock: a test or a
+    /// simulation that must replay passes its own [`Environment`].
+    pub fn start_in(config: Config, transport: T, store: S, environment: Environment) -> Result<Self, Error> {
         let token_endpoint_shown =
             crate::error::check_endpoint("token", &config.token_endpoint, config.plain_http_allowed)?;
         if let Some(url) = &config.revocation_endpoint {
             crate::error::check_endpoint("revocation", url, config.plain_http_allowed)?;
         }
-        let seed = config.seed.unwrap_or_else(|| RandomState::new().hash_one(SystemTime::now()));
-        let clock = Clock::new(config.wall_clock.clone());
+        let seed = environment.draw_seed();
+        let clock = Clock::new(environment.wall_clock().clone());
         let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;
         let (state, _) = watch::channel(machine.state().clone());
         let publisher = state.clone();
@@ -271,7 +248,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             publisher.send_replace(view.clone());
         });
         #[cfg(feature = "testing")]
-        let coordinator = match &config.observer {
+        let coordinator = match environment.observer() {
             Some(observer) => Coordinator::observed(machine, on_state, Arc::clone(observer)),
             None => Coordinator::new(machine, on_state),
         };

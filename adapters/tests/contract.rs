@@ -139,7 +139,7 @@ fn start_from(
     stored: &freshen_core::stored::StoredSession,
 ) -> (freshen::Session<support::AuthorityTransport, support::FlakyStore>, support::FlakyStore) {
     let store = support::FlakyStore::holding(stored);
-    let session = freshen::Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    let session = support::start(support::config(), transport.clone(), store.clone());
     (session, store)
 }
 
@@ -542,7 +542,7 @@ fn start_empty() -> (
 ) {
     let transport = support::AuthorityTransport::new(AuthorityConfig::default());
     let store = support::FlakyStore::default();
-    let session = freshen::Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    let session = support::start(support::config(), transport.clone(), store.clone());
     (session, transport, store)
 }
 

@@ -211,9 +211,8 @@ fn session_on_a_steppable_clock() -> (
     let transport = support::AuthorityTransport::new(AuthorityConfig::default());
     let store = support::FlakyStore::holding(&transport.login(Some(Duration::from_secs(300))));
     let (wall_clock, jump) = jumping_wall_clock();
-    let mut config = support::config();
-    config.wall_clock = wall_clock;
-    (freshen::Session::start(config, transport.clone(), store).unwrap(), transport, jump)
+    let environment = support::environment().with_wall_clock(wall_clock);
+    (freshen::Session::start_in(support::config(), transport.clone(), store, environment).unwrap(), transport, jump)
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,7 +11,6 @@ mod support;
 
 use std::time::Duration;
 
-use freshen::Session;
 use freshen::store::{KeyringStore, Store, StoreError};
 use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
@@ -45,7 +44,7 @@ async fn exercise(store: KeyringStore) {
     let loaded = store.load().await.unwrap().unwrap();
     assert!(loaded.refresh_token.unwrap().same_as(login.refresh_token.as_ref().unwrap()));
 
-    let session = Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    let session = support::start(support::config(), transport.clone(), store.clone());
     let token = session.access_token().await.unwrap();
     assert_eq!(token.generation(), Generation(2), "the spent token was refreshed");
     let rotated = store.load().await.unwrap().unwrap();
@@ -97,7 +96,7 @@ async fn a_keyring_error_is_retried_and_never_shows_the_blob() {
     let store = KeyringStore::mock(unique("mock-errors"), "tester").unwrap();
     let transport = AuthorityTransport::new(AuthorityConfig::default());
     store.save(&transport.login(Some(Duration::ZERO))).await.unwrap();
-    let session = Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    let session = support::start(support::config(), transport.clone(), store.clone());
     // The next keyring call (the load at start) fails once, as a locked keyring would.
     let entry = store.entry().unwrap();
     let mock: &keyring_core::mock::Cred = entry.as_any().downcast_ref().unwrap();

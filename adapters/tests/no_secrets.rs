@@ -49,7 +49,7 @@ async fn no_log_line_debug_string_or_error_contains_a_token() {
     authority.token_prefix = "CANARY".into();
     let transport = AuthorityTransport::new(authority);
     let store = FlakyStore::holding(&transport.login(SPENT));
-    let session = freshen::Session::start(support::config(), transport.clone(), store.clone()).unwrap();
+    let session = support::start(support::config(), transport.clone(), store.clone());
     let mut shown = Vec::new();
     store.fail_writes(1);
     let token = session.access_token().await.unwrap();

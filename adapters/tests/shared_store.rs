@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use freshen::Session;
 use freshen::store::{FileStore, Store, StoreError};
+use freshen::{Environment, Session};
 use freshen_core::authority::AuthorityConfig;
 use freshen_core::stored::DecodeError;
 use support::{AuthorityTransport, FlakyStore, config};
@@ -39,9 +39,9 @@ async fn stampede(processes: usize, shared_store: bool) -> Aftermath {
     let store = FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
     let sessions: Vec<_> = (0..processes)
         .map(|seed| {
-            let mut config = config().with_seed(seed as u64);
+            let mut config = config();
             config.session.shared_store = shared_store;
-            Session::start(config, transport.clone(), store.clone()).unwrap()
+            Session::start_in(config, transport.clone(), store.clone(), Environment::seeded(seed as u64)).unwrap()
         })
         .collect();
     let callers: Vec<_> = sessions
@@ -140,9 +140,9 @@ async fn a_keyring_entry_is_shared_under_a_lock_file() {
     store.save(&transport.login(Some(Duration::ZERO))).await.unwrap();
     let sessions: Vec<_> = (0..3u64)
         .map(|seed| {
-            let mut config = config().with_seed(seed);
+            let mut config = config();
             config.session.shared_store = true;
-            Session::start(config, transport.clone(), store.clone()).unwrap()
+            Session::start_in(config, transport.clone(), store.clone(), Environment::seeded(seed)).unwrap()
         })
         .collect();
     let mut generations = BTreeSet::new();

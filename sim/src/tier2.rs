@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use freshen::store::{Store, StoreError, StoreLock};
 use freshen::transport::{HttpResponse, Transport, TransportError};
-use freshen::{Config, Observer, Session};
+use freshen::{Config, Environment, Observer, Session};
 use freshen_core::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
 use freshen_core::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
@@ -694,15 +694,14 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
     }
     let mut session_config = config.session.clone();
     session_config.plant = plant;
-    let mut freshen_config =
+    let freshen_config =
         Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
             .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
             .with_session(session_config)
-            .with_seed(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
             // The simulated network's host names are not loopback.
             .with_plain_http_allowed();
     let step = Arc::clone(&host.wall_step);
-    freshen_config.wall_clock = freshen::WallClock::new(move || {
+    let wall_clock = freshen::WallClock::new(move || {
         let now = sim_wall_clock();
         let by = step.load(Ordering::Acquire);
         let secs = Duration::from_secs(by.unsigned_abs());
@@ -712,9 +711,12 @@ async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option
             UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
         }
     });
-    freshen_config.observer = Some(Arc::clone(&host.watch) as Arc<dyn Observer>);
+    let environment = Environment::seeded(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
+        .with_wall_clock(wall_clock)
+        .with_observer(Arc::clone(&host.watch) as Arc<dyn Observer>);
     let transport = TurmoilTransport { pacer: Arc::clone(&host.pacer) };
-    let session = Session::start(freshen_config, transport, host.store.clone()).map_err(|e| e.to_string())?;
+    let session =
+        Session::start_in(freshen_config, transport, host.store.clone(), environment).map_err(|e| e.to_string())?;
     let mut states = session.watch_state();
     let mut relogging = false;
     let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));

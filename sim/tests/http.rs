@@ -9,7 +9,7 @@ use std::time::Duration;
 use freshen::middleware::{AuthMiddleware, AuthorizedClient, ClientError};
 use freshen::store::MemoryStore;
 use freshen::transport::{ReqwestTransport, Transport};
-use freshen::{Config, Error, Session};
+use freshen::{Config, Environment, Error, Session};
 use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
 use freshen_core::oauth::{self, Classified, Client, MAX_BODY_BYTES, MalformedReason};
@@ -28,10 +28,9 @@ async fn setup() -> (Server, Session<ReqwestTransport, MemoryStore>, MemoryStore
     spent.access_expires_at = Some(freshen_core::time::UnixTime::EPOCH);
     let store = MemoryStore::holding(&spent);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
-        .with_revocation_endpoint(server.url(paths::REVOKE))
-        .with_seed(1);
+        .with_revocation_endpoint(server.url(paths::REVOKE));
     let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
-    let session = Session::start(config, transport, store.clone()).unwrap();
+    let session = Session::start_in(config, transport, store.clone(), Environment::seeded(1)).unwrap();
     (server, session, store)
 }
 

@@ -225,10 +225,21 @@ impl Store for FlakyStore {
 pub fn config() -> Config {
     let mut session = SessionConfig::default();
     session.refresh_jitter = Duration::ZERO;
-    Config::new(TOKEN_URL, Client::public(CLIENT))
-        .with_revocation_endpoint(REVOKE_URL)
-        .with_session(session)
-        .with_seed(7)
+    Config::new(TOKEN_URL, Client::public(CLIENT)).with_revocation_endpoint(REVOKE_URL).with_session(session)
+}
+
+/// The environment every test session runs in: seed 7, the system's wall clock.
+pub fn environment() -> freshen::Environment {
+    freshen::Environment::seeded(7)
+}
+
+/// Starts a session in [`environment`].
+pub fn start<T: freshen::transport::Transport, S: freshen::store::Store>(
+    config: Config,
+    transport: T,
+    store: S,
+) -> Session<T, S> {
+    Session::start_in(config, transport, store, environment()).unwrap()
 }
 
 /// A session over the authority whose stored token expires in `expires_in`.
@@ -238,6 +249,6 @@ pub fn session(
 ) -> (Session<AuthorityTransport, FlakyStore>, AuthorityTransport, FlakyStore) {
     let transport = AuthorityTransport::new(authority);
     let store = FlakyStore::holding(&transport.login(expires_in));
-    let session = Session::start(config(), transport.clone(), store.clone()).unwrap();
+    let session = start(config(), transport.clone(), store.clone());
     (session, transport, store)
 }
