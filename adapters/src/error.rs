@@ -162,6 +162,27 @@ impl Error {
         }
     }
 
+    /// The session's error in `error` or its chain of sources: how an app
+    /// finds it in a boxed error (a `tower::BoxError` from a stack around
+    /// [`tower::AuthLayer`](crate::tower::AuthLayer), an `anyhow::Error`).
+    ///
+    /// ```
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(freshen::Error::NoSession);
+    /// assert_eq!(freshen::Error::find_in(&*boxed), Some(&freshen::Error::NoSession));
+    /// ```
+    pub fn find_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut next = Some(error);
+        // Bounded: a chain of sources longer than this is not one a program built.
+        for _ in 0..64 {
+            let error = next?;
+            if let Some(found) = error.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+
     /// Whether the session ended (the user logged out, or the server
     /// declared the refresh token dead). See also [`Error::needs_login`].
     pub fn is_logged_out(&self) -> bool {

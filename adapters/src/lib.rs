@@ -44,6 +44,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(all(not(freshen_loom), any(feature = "middleware", feature = "tower")))]
+mod authorize;
 #[cfg(not(freshen_loom))]
 mod clock;
 mod coordinator;
@@ -61,6 +63,9 @@ mod stats;
 pub mod store;
 mod sync;
 mod token;
+#[cfg(all(not(freshen_loom), feature = "tower"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 #[cfg(not(freshen_loom))]
 pub mod transport;
 

@@ -18,25 +18,10 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument as _;
 
+use crate::authorize::{authorize, prepare_retry, record_answer, request_span};
 use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session, Token};
-
-fn authorize(request: &mut Request, token: &Token) -> Result<(), Error> {
-    request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization()?.clone());
-    Ok(())
-}
-
-/// The span of one authorized request: the generation of the token it
-/// carried (the fresh one after a retry) and whether a 401 made it retry.
-fn request_span() -> tracing::Span {
-    tracing::info_span!("authorized_request", generation = tracing::field::Empty, retried = tracing::field::Empty)
-}
-
-/// Records the token a request was answered with, once it is known.
-fn record_answer(generation: Generation, retried: bool) {
-    tracing::Span::current().record("generation", tracing::field::display(generation)).record("retried", retried);
-}
 
 /// What to do after the first answer.
 enum Next401 {
@@ -55,12 +40,8 @@ async fn after_first<T: Transport, S: Store>(
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(Next401::Done(response));
     }
-    let Some(mut replay) = replay else {
-        session.report_unauthorized(used);
-        return Err(Error::UnauthorizedNotRetried);
-    };
-    let fresh = session.retry_token(used).await?;
-    authorize(&mut replay, &fresh)?;
+    let (mut replay, fresh) = prepare_retry(session, used, replay).await?;
+    authorize(replay.headers_mut(), &fresh)?;
     Ok(Next401::Retry(replay, fresh.generation()))
 }
 
@@ -88,7 +69,7 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
         let span = request_span();
         async {
             let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
-            authorize(&mut request, &token).map_err(reqwest_middleware::Error::middleware)?;
+            authorize(request.headers_mut(), &token).map_err(reqwest_middleware::Error::middleware)?;
             let replay = request.try_clone();
             let response = next.clone().run(request, extensions).await?;
             let response = match after_first(&self.session, response, replay, &token)
@@ -147,7 +128,7 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
     pub async fn execute(&self, mut request: Request) -> Result<Response, ClientError> {
         async {
             let token = self.session.access_token().await?;
-            authorize(&mut request, &token)?;
+            authorize(request.headers_mut(), &token)?;
             let replay = request.try_clone();
             let response = self.client.execute(request).await?;
             let response = match after_first(&self.session, response, replay, &token).await? {
