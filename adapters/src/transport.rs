@@ -13,6 +13,7 @@ use freshen_core::session::TransportFailure;
 
 pub use crate::error::TransportError;
 use freshen_core::time::UnixTime;
+use secrecy::zeroize::Zeroize as _;
 
 /// Response headers the core reads; others are dropped at the door.
 const KEPT_HEADERS: [&str; 3] = ["retry-after", "date", "www-authenticate"];
@@ -52,6 +53,13 @@ impl HttpResponse {
         let headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
         let response = oauth::Response { status: self.status, headers: &headers, body: &self.body };
         oauth::classify(policy, &response, Some(unix_now))
+    }
+}
+
+impl Drop for HttpResponse {
+    /// The body holds tokens: it is wiped (its whole capacity) before it is freed.
+    fn drop(&mut self) {
+        self.body.zeroize();
     }
 }
 
@@ -138,11 +146,10 @@ impl Transport for ReqwestTransport {
             .post(url)
             .header(http::header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
             .header(http::header::ACCEPT, "application/json")
-            .body(form.expose_body().to_owned());
+            .body(crate::token::wiped_bytes([form.expose_body()]));
         if let Some(authorization) = form.expose_authorization() {
-            let mut value = http::HeaderValue::from_str(authorization)
+            let value = crate::token::sensitive_header([authorization])
                 .map_err(|error| TransportError::new(TransportFailure::NotSent, error))?;
-            value.set_sensitive(true);
             request = request.header(http::header::AUTHORIZATION, value);
         }
         let mut response = request.send().await.map_err(failure)?;
@@ -152,7 +159,9 @@ impl Transport for ReqwestTransport {
             .iter()
             .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
             .collect::<Vec<_>>();
-        let mut body = Vec::new();
+        // Sized for the largest body read, so it never grows (it holds tokens):
+        // `HttpResponse` wipes it when it drops.
+        let mut body = Vec::with_capacity(oauth::MAX_BODY_BYTES + 1);
         while let Some(chunk) = response.chunk().await.map_err(failure)? {
             let room = oauth::MAX_BODY_BYTES + 1 - body.len();
             body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());

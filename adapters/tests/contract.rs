@@ -6,6 +6,7 @@
 
 mod support;
 
+use freshen::secrecy::ExposeSecret as _;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+use freshen::secrecy::ExposeSecret as _;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;

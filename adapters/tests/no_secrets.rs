@@ -5,6 +5,7 @@
 
 mod support;
 
+use freshen::secrecy::ExposeSecret as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

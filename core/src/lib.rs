@@ -83,6 +83,7 @@ pub mod harness;
 pub mod ids;
 pub mod oauth;
 pub mod rng;
+pub mod scrub;
 pub mod session;
 pub mod stored;
 pub mod time;

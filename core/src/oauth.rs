@@ -34,9 +34,11 @@ use core::fmt;
 use core::time::Duration;
 
 use base64::Engine as _;
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
+use crate::scrub::{ScrubbedJson, form_bound, into_secret};
 use crate::time::UnixTime;
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
@@ -150,7 +152,9 @@ impl fmt::Debug for FormRequest {
 /// assert!(request.expose_authorization().is_none());
 /// ```
 pub fn refresh_request(client: &Client, refresh_token: &RefreshToken, scope: Option<&str>) -> FormRequest {
-    let mut form = form_urlencoded::Serializer::new(String::new());
+    let parts = ["grant_type", "refresh_token", "refresh_token", refresh_token.expose_secret()];
+    let scope_parts = scope.map(|scope| ["scope", scope]).into_iter().flatten();
+    let mut form = form_urlencoded::Serializer::new(form_buffer(client, parts.into_iter().chain(scope_parts)));
     form.append_pair("grant_type", "refresh_token");
     form.append_pair("refresh_token", refresh_token.expose_secret());
     if let Some(scope) = scope {
@@ -162,21 +166,40 @@ pub fn refresh_request(client: &Client, refresh_token: &RefreshToken, scope: Opt
 /// Builds the RFC 7009 revocation request for a refresh token. Revoking the
 /// refresh token lets the server drop the whole grant, access tokens included.
 pub fn revocation_request(client: &Client, refresh_token: &RefreshToken) -> FormRequest {
-    let mut form = form_urlencoded::Serializer::new(String::new());
+    let parts = ["token", refresh_token.expose_secret(), "token_type_hint", "refresh_token"];
+    let mut form = form_urlencoded::Serializer::new(form_buffer(client, parts.into_iter()));
     form.append_pair("token", refresh_token.expose_secret());
     form.append_pair("token_type_hint", "refresh_token");
     authenticated(client, form)
+}
+
+/// A buffer for a form of `parts` and the client's credentials, large enough
+/// that building the form never moves it (it holds a token; see `scrub`).
+fn form_buffer<'a>(client: &'a Client, parts: impl Iterator<Item = &'a str>) -> String {
+    let secret = client.secret.as_ref().map(|secret| secret.expose_secret()).unwrap_or_default();
+    let credentials = ["client_id", client.client_id.as_str(), "client_secret", secret];
+    String::with_capacity(form_bound(parts.chain(credentials)))
+}
+
+/// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1: both parts
+/// are form-encoded before base64), built in buffers sized up front and wiped.
+fn basic_authorization(client_id: &str, secret: &str) -> SecretString {
+    let mut pair = Zeroizing::new(String::with_capacity(form_bound([client_id, secret])));
+    pair.extend(form_urlencoded::byte_serialize(client_id.as_bytes()));
+    pair.push(':');
+    pair.extend(form_urlencoded::byte_serialize(secret.as_bytes()));
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut header = String::with_capacity("Basic ".len() + base64::encoded_len(pair.len(), true).unwrap_or(0));
+    header.push_str("Basic ");
+    engine.encode_string(pair.as_bytes(), &mut header);
+    into_secret(header)
 }
 
 fn authenticated(client: &Client, mut form: form_urlencoded::Serializer<'_, String>) -> FormRequest {
     let mut authorization = None;
     match (client.auth, &client.secret) {
         (ClientAuth::Basic, Some(secret)) => {
-            // RFC 6749 §2.3.1: both parts are form-encoded before base64.
-            let user: String = form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
-            let pass: String = form_urlencoded::byte_serialize(secret.expose_secret().as_bytes()).collect();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            authorization = Some(SecretString::from(format!("Basic {encoded}")));
+            authorization = Some(basic_authorization(&client.client_id, secret.expose_secret()));
         }
         (ClientAuth::Post, Some(secret)) => {
             form.append_pair("client_id", &client.client_id);
@@ -186,7 +209,7 @@ fn authenticated(client: &Client, mut form: form_urlencoded::Serializer<'_, Stri
             form.append_pair("client_id", &client.client_id);
         }
     }
-    FormRequest { body: SecretString::from(form.finish()), authorization }
+    FormRequest { body: into_secret(form.finish()), authorization }
 }
 
 /// What the classifier must know about this deployment.
@@ -470,11 +493,7 @@ pub fn classify(policy: &Policy, response: &Response<'_>, unix_now: Option<UnixT
         408 => return transient(TransientCause::RequestTimeout),
         _ => {}
     }
-    let object = if response.body.len() > MAX_BODY_BYTES {
-        None
-    } else {
-        serde_json::from_slice::<Map<String, Value>>(response.body).ok()
-    };
+    let object = if response.body.len() > MAX_BODY_BYTES { None } else { ScrubbedJson::parse(response.body) };
 
     if let Some(error) = object.as_ref().and_then(|o| oauth_error(status, o)) {
         return classify_error(policy, error, retry_after);

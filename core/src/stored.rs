@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
+use crate::scrub::{ScrubbedJson, json_bound};
 use crate::time::UnixTime;
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
@@ -141,26 +142,29 @@ impl StoredSession {
     /// Encodes the blob (schema [`SCHEMA_VERSION`]). It holds tokens, so it
     /// comes back as a secret.
     pub fn encode(&self) -> SecretString {
-        let mut object = Map::new();
-        object.insert("v".into(), SCHEMA_VERSION.into());
-        object.insert("generation".into(), self.generation.0.into());
-        object.insert("token_type".into(), self.token_type.as_str().into());
+        // Wiped when it drops, and written into a buffer sized up front: no
+        // copy of a token is left behind (see `scrub`).
+        let mut object = ScrubbedJson::new();
+        object.insert("v", SCHEMA_VERSION);
+        object.insert("generation", self.generation.0);
+        object.insert("token_type", self.token_type.as_str());
         if let Some(access) = &self.access_token {
-            object.insert("access_token".into(), access.expose_secret().into());
+            object.insert("access_token", access.expose_secret());
         }
         if let Some(at) = self.access_expires_at {
-            object.insert("access_expires_at_ms".into(), millis(at.since_epoch()).into());
+            object.insert("access_expires_at_ms", millis(at.since_epoch()));
         }
         if let Some(lifetime) = self.access_lifetime {
-            object.insert("access_lifetime_ms".into(), millis(lifetime).into());
+            object.insert("access_lifetime_ms", millis(lifetime));
         }
         if let Some(refresh) = &self.refresh_token {
-            object.insert("refresh_token".into(), refresh.expose_secret().into());
+            object.insert("refresh_token", refresh.expose_secret());
         }
         if let Some(scope) = &self.scope {
-            object.insert("scope".into(), scope.as_str().into());
+            object.insert("scope", scope.as_str());
         }
-        SecretString::from(Value::Object(object).to_string())
+        let texts = object.iter().flat_map(|(key, value)| [Some(key.as_str()), value.as_str()]).flatten();
+        object.write_into(json_bound(texts, object.len()))
     }
 
     /// Decodes a blob written by [`StoredSession::encode`] of this or an
@@ -171,7 +175,7 @@ impl StoredSession {
         if bytes.len() > MAX_BLOB_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        let object: Map<String, Value> = serde_json::from_slice(bytes).map_err(|_| DecodeError::NotAnObject)?;
+        let object = ScrubbedJson::parse(bytes).ok_or(DecodeError::NotAnObject)?;
         let version = required(&object, "v")?.as_u64().ok_or(DecodeError::InvalidField("v"))?;
         if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
 
+use freshen::secrecy::ExposeSecret as _;
 use std::time::Duration;
 
 use freshen::middleware::{AuthMiddleware, AuthorizedClient, ClientError};

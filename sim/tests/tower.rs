@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is how it fails
 
+use freshen::secrecy::ExposeSecret as _;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use freshen_core::stored::{MAX_BLOB_BYTES, StoredSession};
 use secrecy::ExposeSecret;
+use secrecy::zeroize::Zeroizing;
 
 use super::lock_file::{LockFile, private_file};
 use super::{Store, StoreError, StoreLock};
@@ -57,14 +58,14 @@ impl Store for FileStore {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(_) => return Err(StoreError::Unavailable("the session file cannot be opened")),
             };
-            // Read one byte past the limit, so an oversized file is reported as such.
-            let limit = u64::try_from(MAX_BLOB_BYTES).unwrap_or(u64::MAX).saturating_add(1);
-            let mut bytes = Vec::new();
-            file.take(limit)
+            // Read one byte past the limit, so an oversized file is reported as
+            // such, into a buffer that never grows and is wiped (see `freshen_core::scrub`).
+            let limit = MAX_BLOB_BYTES + 1;
+            let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
+            file.take(u64::try_from(limit).unwrap_or(u64::MAX))
                 .read_to_end(&mut bytes)
                 .map_err(|_| StoreError::Unavailable("the session file cannot be read"))?;
-            let bytes = secrecy::SecretSlice::from(bytes);
-            StoredSession::decode(bytes.expose_secret()).map(Some).map_err(StoreError::Corrupt)
+            StoredSession::decode(&bytes).map(Some).map_err(StoreError::Corrupt)
         })
         .await
     }

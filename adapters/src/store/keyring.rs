@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use freshen_core::stored::{DecodeError, StoredSession};
 use keyring_core::{CredentialStore, Entry};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+use secrecy::zeroize::Zeroizing;
 
 use super::{LockFile, Store, StoreError, StoreLock};
 
@@ -180,8 +181,8 @@ impl Store for KeyringStore {
     async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
         self.blocking(|entry| match entry.get_password() {
             Ok(blob) => {
-                let blob = SecretString::from(blob);
-                StoredSession::decode(blob.expose_secret().as_bytes()).map(Some).map_err(StoreError::Corrupt)
+                let blob = Zeroizing::new(blob);
+                StoredSession::decode(blob.as_bytes()).map(Some).map_err(StoreError::Corrupt)
             }
             Err(keyring_core::Error::NoEntry) => Ok(None),
             Err(keyring_core::Error::BadEncoding(_) | keyring_core::Error::BadDataFormat(..)) => {

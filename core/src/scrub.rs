@@ -1,0 +1,166 @@
+//! Buffers that held secrets are wiped before their memory is freed.
+//!
+//! `secrecy` wipes the token types when they drop. What it cannot see are the
+//! transient copies on the way: the JSON a token response is parsed into,
+//! the blob a session is written as, a form being built. Two rules keep
+//! those from leaving token bytes in freed memory:
+//!
+//! - every buffer that holds a secret is wiped when it drops
+//!   ([`ScrubbedJson`], `Zeroizing`, [`into_secret`]);
+//! - no such buffer ever grows: a `String` or `Vec` that outgrows its
+//!   capacity is moved by the allocator, and the old block is freed as it
+//!   is. Buffers are sized up front from an upper bound ([`json_bound`],
+//!   [`form_bound`]).
+//!
+//! One copy is outside these rules: serde_json's scratch buffer for a JSON
+//! string with escapes (`\"`, `\u…`). Tokens are printable ASCII and servers
+//! do not escape them; a token that was escaped leaves that copy.
+//! The `freed-memory` test crate checks all of this with an allocator that
+//! scans every freed block for canary tokens.
+
+use secrecy::SecretString;
+use secrecy::zeroize::Zeroize;
+use serde_json::{Map, Value};
+
+/// A parsed JSON object whose every string (keys included) is wiped when it
+/// drops: token responses and stored blobs are read through it.
+#[derive(Debug, Default)]
+pub struct ScrubbedJson(Map<String, Value>);
+
+impl ScrubbedJson {
+    /// Parses `bytes` as a JSON object; `None` when they are not one.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok().map(Self)
+    }
+
+    /// An object built by hand (to be encoded with [`ScrubbedJson::write_into`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: &str, value: impl Into<Value>) {
+        self.0.insert(key.to_owned(), value.into());
+    }
+
+    /// Encodes the object into a buffer of `capacity` bytes, which must bound
+    /// its encoding (see [`json_bound`]), so the buffer is never reallocated.
+    pub fn write_into(&self, capacity: usize) -> SecretString {
+        let mut buffer = Vec::with_capacity(capacity);
+        match serde_json::to_writer(&mut buffer, &self.0) {
+            Ok(()) => debug_assert_eq!(buffer.capacity(), capacity, "json_bound was not a bound"),
+            // Unreachable: a map of JSON values always encodes into a Vec.
+            Err(_) => buffer.zeroize(),
+        }
+        match String::from_utf8(buffer) {
+            Ok(text) => into_secret(text),
+            // Unreachable: serde_json writes UTF-8.
+            Err(error) => {
+                error.into_bytes().zeroize();
+                SecretString::default()
+            }
+        }
+    }
+}
+
+impl core::ops::Deref for ScrubbedJson {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for ScrubbedJson {
+    fn drop(&mut self) {
+        // Iterative, so a deeply nested value cannot exhaust the stack (the
+        // parser already bounds nesting at 128).
+        let mut pending: Vec<Value> = Vec::new();
+        for (mut key, value) in core::mem::take(&mut self.0) {
+            key.zeroize();
+            pending.push(value);
+        }
+        while let Some(value) = pending.pop() {
+            match value {
+                Value::String(mut text) => text.zeroize(),
+                Value::Array(items) => pending.extend(items),
+                Value::Object(object) => {
+                    for (mut key, value) in object {
+                        key.zeroize();
+                        pending.push(value);
+                    }
+                }
+                Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            }
+        }
+    }
+}
+
+/// An upper bound on the JSON encoding of an object whose string keys and
+/// values are `texts` plus at most `fields` numbers, `null`s and punctuation:
+/// each byte of a string escapes to at most six (`\u001f`).
+pub fn json_bound<'a>(texts: impl IntoIterator<Item = &'a str>, fields: usize) -> usize {
+    let strings: usize = texts.into_iter().map(|text| 6 * text.len() + 2).sum();
+    strings + fields * 32 + 2
+}
+
+/// An upper bound on a form's `application/x-www-form-urlencoded` encoding
+/// whose names and values are `parts`: each byte encodes to at most three
+/// (`%2F`), plus one `=` or `&` per part.
+pub fn form_bound<'a>(parts: impl IntoIterator<Item = &'a str>) -> usize {
+    parts.into_iter().map(|part| 3 * part.len() + 1).sum()
+}
+
+/// Moves `text` into a secret without a reallocation: a `String` with spare
+/// capacity would be shrunk (moved) by `into_boxed_str`, leaving its old
+/// block unwiped, so it is copied once into an exact block and wiped instead.
+pub fn into_secret(mut text: String) -> SecretString {
+    if text.capacity() == text.len() {
+        return SecretString::from(text);
+    }
+    let exact: Box<str> = Box::from(text.as_str());
+    text.zeroize();
+    SecretString::new(exact)
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+
+    #[test]
+    fn an_object_round_trips_within_its_bound() {
+        let token = "tok\"en\u{1}";
+        let mut object = ScrubbedJson::new();
+        object.insert("access_token", token);
+        object.insert("generation", 7);
+        let encoded = object.write_into(json_bound(["access_token", token], 1));
+        let parsed = ScrubbedJson::parse(encoded.expose_secret().as_bytes()).unwrap();
+        assert_eq!(parsed.get("access_token").and_then(Value::as_str), Some(token));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_bounds_hold_for_any_text(text in ".{0,64}", bytes in proptest::collection::vec(0u8..32, 0..64)) {
+            let controls = String::from_utf8(bytes).unwrap();
+            let mut object = ScrubbedJson::new();
+            object.insert("a", text.as_str());
+            object.insert(&controls, controls.as_str());
+            object.insert("n", u64::MAX);
+            let encoded = serde_json::to_vec(&*object).unwrap();
+            proptest::prop_assert!(encoded.len() <= json_bound(["a", &text, &controls, &controls], 1));
+            let form: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&text, &controls)
+                .finish();
+            proptest::prop_assert!(form.len() <= form_bound([text.as_str(), controls.as_str()]));
+        }
+    }
+
+    #[test]
+    fn a_secret_is_made_without_spare_capacity() {
+        let mut text = String::with_capacity(64);
+        text.push_str("secret");
+        assert_eq!(into_secret(text).expose_secret(), "secret");
+    }
+}
