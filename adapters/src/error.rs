@@ -164,7 +164,7 @@ impl Error {
 
     /// The session's error in `error` or its chain of sources: how an app
     /// finds it in a boxed error (a `tower::BoxError` from a stack around
-    /// [`tower::AuthLayer`](crate::tower::AuthLayer), an `anyhow::Error`).
+    /// `freshen::tower::AuthLayer`, an `anyhow::Error`).
     ///
     /// ```
     /// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(freshen::Error::NoSession);
