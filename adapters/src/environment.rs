@@ -23,7 +23,7 @@ use crate::clock::{WallClock, system_clock};
 pub struct Environment {
     seed: Option<u64>,
     wall_clock: WallClock,
-    #[cfg(feature = "testing")]
+    #[cfg(feature = "_internal_test_exports")]
     observer: Option<std::sync::Arc<dyn crate::coordinator::Observer>>,
 }
 
@@ -33,7 +33,7 @@ impl Environment {
         Self {
             seed: None,
             wall_clock: WallClock::new(system_clock),
-            #[cfg(feature = "testing")]
+            #[cfg(feature = "_internal_test_exports")]
             observer: None,
         }
     }
@@ -67,7 +67,7 @@ impl Environment {
 
     /// Lets `observer` see every input and command of the machine (the
     /// simulation's checker).
-    #[cfg(feature = "testing")]
+    #[cfg(feature = "_internal_test_exports")]
     #[doc(hidden)]
     #[must_use]
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn crate::coordinator::Observer>) -> Self {
@@ -75,7 +75,7 @@ impl Environment {
         self
     }
 
-    #[cfg(feature = "testing")]
+    #[cfg(feature = "_internal_test_exports")]
     pub(crate) fn observer(&self) -> Option<&std::sync::Arc<dyn crate::coordinator::Observer>> {
         self.observer.as_ref()
     }

@@ -137,8 +137,6 @@ impl Error {
             FailReason::MissingRefreshToken => Self::MissingRefreshToken,
             FailReason::TimedOut => Self::TimedOut,
             FailReason::TooManyWaiters => Self::TooManyWaiters,
-            // A reason added to the core later: timing out is the honest generic answer.
-            _ => Self::TimedOut,
         }
     }
 

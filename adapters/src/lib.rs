@@ -71,7 +71,7 @@ pub mod transport;
 
 #[cfg(not(freshen_loom))]
 pub use clock::{WallClock, system_clock};
-#[cfg(feature = "testing")]
+#[cfg(feature = "_internal_test_exports")]
 #[doc(hidden)]
 pub use coordinator::Observer;
 #[cfg(not(freshen_loom))]

@@ -247,12 +247,12 @@ impl<T: Transport, S: Store> Session<T, S> {
             }
             publisher.send_replace(view.clone());
         });
-        #[cfg(feature = "testing")]
+        #[cfg(feature = "_internal_test_exports")]
         let coordinator = match environment.observer() {
             Some(observer) => Coordinator::observed(machine, on_state, Arc::clone(observer)),
             None => Coordinator::new(machine, on_state),
         };
-        #[cfg(not(feature = "testing"))]
+        #[cfg(not(feature = "_internal_test_exports"))]
         let coordinator = Coordinator::new(machine, on_state);
         let shared = Arc::new(Shared {
             coordinator,
@@ -665,6 +665,5 @@ fn outcome_name(outcome: &oauth::Classified) -> &'static str {
         oauth::Classified::Rejected(_) => "rejected",
         oauth::Classified::InteractionRequired(_) => "interaction_required",
         oauth::Classified::Malformed(_) => "malformed",
-        _ => "other",
     }
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use freshen::Error;
-use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
 use freshen_core::oauth::Rejected;
 use freshen_core::session::{AttemptFailure, LogoutCause, Renewal, StateView, TransportFailure};
+use freshen_sim::authority::AuthorityConfig;
 use support::session as start;
 
 /// A stored access token that is already spent.
@@ -274,7 +274,7 @@ fn accepted(transport: &support::AuthorityTransport, token: &freshen::Token) -> 
 #[tokio::test(start_paused = true)]
 async fn rule_8_a_grace_replay_keeps_its_original_expiry() {
     let mut dot = AuthorityConfig::default();
-    dot.grace_replay = freshen_core::authority::GraceReplay::SamePairFullLifetime;
+    dot.grace_replay = freshen_sim::authority::GraceReplay::SamePairFullLifetime;
     dot.grace = Duration::from_secs(120);
     dot.access_ttl = Duration::from_secs(30);
     let (session, transport, _) = start(dot, SPENT);

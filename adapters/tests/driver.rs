@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use freshen::Error;
-use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
 use freshen_core::session::{LogoutCause, StateView, TransportFailure};
+use freshen_sim::authority::AuthorityConfig;
 use support::session;
 
 /// A stored access token that is already spent.

@@ -12,9 +12,9 @@ mod support;
 use std::time::Duration;
 
 use freshen::store::{KeyringStore, Store, StoreError};
-use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
 use freshen_core::stored::DecodeError;
+use freshen_sim::authority::AuthorityConfig;
 use support::AuthorityTransport;
 
 /// Whether a missing keyring service is a failure rather than a skip.

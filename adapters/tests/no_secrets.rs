@@ -9,7 +9,7 @@ use freshen::secrecy::ExposeSecret as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use freshen_core::authority::AuthorityConfig;
+use freshen_sim::authority::AuthorityConfig;
 use support::{AuthorityTransport, FlakyStore};
 
 /// A stored access token that is already spent.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use freshen::store::{FileStore, Store, StoreError};
 use freshen::{Environment, Session};
-use freshen_core::authority::AuthorityConfig;
 use freshen_core::stored::DecodeError;
+use freshen_sim::authority::AuthorityConfig;
 use support::{AuthorityTransport, FlakyStore, config};
 
 /// No grace and reuse detection: a second redemption of a token revokes the family.

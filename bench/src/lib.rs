@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use freshen::core::authority::AuthorityConfig;
-use freshen::core::harness::{World, WorldConfig};
 use freshen::core::ids::CallerId;
 use freshen::core::oauth::{Client, FormRequest};
 use freshen::core::session::{Event, TransportFailure};
@@ -24,6 +22,8 @@ use freshen::middleware::{AuthMiddleware, AuthorizedClient};
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, ReqwestTransport, Transport, TransportError};
 use freshen::{Config, Session, system_clock};
+use freshen_sim::authority::AuthorityConfig;
+use freshen_sim::harness::{World, WorldConfig};
 use freshen_sim::http::{Server, paths};
 use tokio::runtime::Runtime;
 use tokio::sync::{RwLock, Semaphore};

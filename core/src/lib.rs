@@ -6,9 +6,12 @@
 //! * [`session`]: the session machine (Valid, Expired, Refreshing, LoggedOut).
 //! * [`oauth`]: RFC 6749 §6 refresh requests as data, and response classification.
 //! * [`stored`]: the session as one versioned blob for a store.
-//! * [`authority`]: a reference authorization server (rotation, grace, reuse detection).
-//! * `check` and `harness` (feature `testing`): the invariant checker (C1–C9,
-//!   A1–A6) and a deterministic world that couples session and authority.
+//! * [`token`], [`time`], [`ids`]: tokens as secrets, the two clocks as
+//!   inputs, and the numbers that name generations, callers and operations.
+//! * [`scrub`]: how buffers that held a token are wiped.
+//!
+//! The reference authority, the invariant checker and the simulated worlds
+//! that test this machine live in the testkit, `freshen-sim`.
 //!
 //! # The run loop
 //!
@@ -73,13 +76,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod authority;
-#[cfg(feature = "testing")]
-pub mod check;
-#[cfg(feature = "testing")]
-pub mod fuzzing;
-#[cfg(feature = "testing")]
-pub mod harness;
 pub mod ids;
 pub mod oauth;
 pub mod rng;

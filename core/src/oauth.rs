@@ -297,9 +297,9 @@ impl ClockSkew {
     }
 }
 
-/// What a token response means for the session.
+/// What a token response means for the session. Exhaustive on purpose: the
+/// machine's input, matched by every driver (see [`Event`](crate::session::Event)).
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub enum Classified {
     /// New tokens.
     Success(TokenResponse),

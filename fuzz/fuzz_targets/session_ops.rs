@@ -1,8 +1,8 @@
-//! See [`freshen_core::fuzzing::session_ops`]: the same function the corpus replay test runs.
+//! See [`freshen_sim::fuzzing::session_ops`]: the same function the corpus replay test runs.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Err(broken) = freshen_core::fuzzing::session_ops(data) {
+    if let Err(broken) = freshen_sim::fuzzing::session_ops(data) {
         panic!("session_ops: {broken}");
     }
 });

@@ -26,13 +26,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use freshen::core::authority::AuthorityConfig;
 use freshen::core::oauth::{self, Classified, Client};
 use freshen::core::session::SessionConfig;
 use freshen::middleware::AuthMiddleware;
 use freshen::store::FileStore;
 use freshen::transport::{HttpResponse, ReqwestTransport};
 use freshen::{Config, Session};
+use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
 
 const CLIENT: &str = "processes-example";

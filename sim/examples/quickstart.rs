@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use freshen::core::authority::AuthorityConfig;
 use freshen::core::oauth::{self, Classified, Client};
 use freshen::core::session::SessionConfig;
 use freshen::middleware::AuthMiddleware;
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, ReqwestTransport};
 use freshen::{Config, Session};
+use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
 
 const CLIENT: &str = "quickstart";

@@ -1,4 +1,4 @@
-//! The reference authority ([`freshen_core::authority`]) served over HTTP/1.1
+//! The reference authority ([`crate::authority`]) served over HTTP/1.1
 //! with hyper: a token endpoint (the `refresh_token` grant, and a `password`
 //! grant that starts a session for tests), RFC 7009 revocation, and a
 //! protected resource that answers 401 for an expired, revoked or unknown token.
@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::authority::{Authority, AuthorityConfig, AuthorityStats, Issued, Refusal};
 use bytes::Bytes;
-use freshen_core::authority::{Authority, AuthorityConfig, AuthorityStats, Issued, Refusal};
 use freshen_core::time::MonoTime;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};

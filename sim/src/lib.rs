@@ -1,7 +1,22 @@
-//! freshen-sim: the reference authority served over HTTP, and the campaign
-//! that runs the session against it (see the `freshen-sim` binary).
+//! freshen-sim, the testkit: the reference authority, the invariant checker,
+//! the deterministic world of tier 1, tier 2 on turmoil, the fuzzing entry
+//! points, and the authority served over HTTP; the `freshen-sim` binary runs
+//! the campaign over them.
+//!
+//! * [`authority`]: a reference authorization server (rotation, grace, reuse detection).
+//! * [`check`]: the invariant checker (C1–C9, U1–U9, A1–A6) and the plants it must catch.
+//! * [`harness`]: tier 1, a deterministic world that couples sessions and the authority.
+//! * `tier2` (feature `tier2`, on by default): tier 2, the real driver over hyper on turmoil.
+//! * [`fuzzing`]: what the fuzz targets and the corpus replay run.
+//! * `http` (feature `tier2`): the authority over HTTP (`freshen-sim serve`, loopback tests).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authority;
+pub mod check;
+pub mod fuzzing;
+pub mod harness;
+#[cfg(feature = "tier2")]
 pub mod http;
+#[cfg(feature = "tier2")]
 pub mod tier2;

@@ -14,9 +14,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use freshen_core::check::Violation;
-use freshen_core::harness::{World, WorldConfig, WorldStats};
 use freshen_core::session::Plant;
+use freshen_sim::check::Violation;
+use freshen_sim::harness::{World, WorldConfig, WorldStats};
 
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
@@ -47,7 +47,7 @@ exit status: 0 no invariant violated, 1 a violation (seed and replay command pri
 
 /// `freshen-sim serve`: the reference authority on a real port, for manual use.
 fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
-    use freshen_core::authority::{AuthorityConfig, GraceReplay};
+    use freshen_sim::authority::{AuthorityConfig, GraceReplay};
     let mut config = AuthorityConfig::default();
     let mut port: u16 = 8080;
     let mut args = args;

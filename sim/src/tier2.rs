@@ -18,15 +18,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
+use crate::check::{
+    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
+};
+use crate::harness::{Start, logout_name};
 use bytes::Bytes;
 use freshen::store::{Store, StoreError, StoreLock};
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Environment, Observer, Session};
-use freshen_core::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
-use freshen_core::check::{
-    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
-};
-use freshen_core::harness::{Start, logout_name};
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Command, Event, LogoutCause, SessionConfig, StateView, TransportFailure};
@@ -127,9 +127,9 @@ impl WorldConfig {
         // Real servers differ in what a grace replay returns and in whether a
         // refresh deletes the access token it replaces (Django OAuth Toolkit).
         authority.grace_replay = match rng.below(3) {
-            0 => freshen_core::authority::GraceReplay::SamePair,
-            1 => freshen_core::authority::GraceReplay::FreshPair,
-            _ => freshen_core::authority::GraceReplay::SamePairFullLifetime,
+            0 => crate::authority::GraceReplay::SamePair,
+            1 => crate::authority::GraceReplay::FreshPair,
+            _ => crate::authority::GraceReplay::SamePairFullLifetime,
         };
         authority.revoke_previous_access = rng.chance(1, 3);
         let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
@@ -193,7 +193,7 @@ impl WorldConfig {
                 self.session.shared_store = true;
             }
             Some(Plant::LifetimeFromLastAttempt) => {
-                self.authority.grace_replay = freshen_core::authority::GraceReplay::SamePairFullLifetime;
+                self.authority.grace_replay = crate::authority::GraceReplay::SamePairFullLifetime;
                 self.authority.grace = self.authority.grace.max(Duration::from_secs(120));
                 self.faults.drop_after_commit = self.faults.drop_after_commit.max(100);
             }
@@ -285,7 +285,7 @@ async fn serve(
             return Ok(response);
         }
         if faults.draw(rates.policy_refusal, "policy_refusal") {
-            use freshen_core::authority::PolicyRefusal;
+            use crate::authority::PolicyRefusal;
             let refusal = if faults.draw(333, "policy_refusal_interaction") {
                 PolicyRefusal::InteractionRequired
             } else if faults.draw(500, "policy_refusal_invalid_request") {
@@ -1059,7 +1059,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
 }
 
 /// The authority's last refusal of a refresh from `client`, if any.
-fn last_refusal(audit: &[freshen_core::authority::Audit], client: &str) -> Option<Refusal> {
+fn last_refusal(audit: &[crate::authority::Audit], client: &str) -> Option<Refusal> {
     audit.iter().rev().find_map(|entry| match (&entry.op, &entry.outcome) {
         (AuditOp::Refresh { client: c, .. }, AuditOutcome::Refused(refusal)) if c == client => Some(*refusal),
         _ => None,

@@ -11,12 +11,12 @@ use freshen::middleware::{AuthMiddleware, AuthorizedClient, ClientError};
 use freshen::store::MemoryStore;
 use freshen::transport::{ReqwestTransport, Transport};
 use freshen::{Config, Environment, Error, Session};
-use freshen_core::authority::AuthorityConfig;
 use freshen_core::ids::Generation;
 use freshen_core::oauth::{self, Classified, Client, MAX_BODY_BYTES, MalformedReason};
 use freshen_core::session::TransportFailure;
 use freshen_core::stored::StoredSession;
 use freshen_core::token::RefreshToken;
+use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
 
 const CLIENT: &str = "http-test";

@@ -13,8 +13,8 @@ use freshen::middleware::AuthMiddleware;
 use freshen::store::MemoryStore;
 use freshen::transport::ReqwestTransport;
 use freshen::{Config, Session, StoredSession};
-use freshen_core::authority::AuthorityConfig;
 use freshen_core::oauth::Client;
+use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
 
 const CLIENT: &str = "span-test";

@@ -38,14 +38,14 @@ fn a_seed_replays_the_same_trace() {
     let first = trace(4);
     assert!(first.len() > 100, "{}", first.len());
     let second = trace(4);
-    if let Err(v) = freshen_core::check::same_trace(&first, &second) {
+    if let Err(v) = freshen_sim::check::same_trace(&first, &second) {
         panic!("{v}");
     }
 }
 
 #[test]
 fn every_planted_bug_is_caught_through_the_real_driver() {
-    for plant in freshen_core::check::Plant::ALL {
+    for plant in freshen_sim::check::Plant::ALL {
         let caught = (0..60).find(|seed| {
             let config = short(*seed).for_plant(Some(plant));
             !run(&config, *seed, Some(plant)).violations.is_empty()

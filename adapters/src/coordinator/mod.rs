@@ -36,7 +36,7 @@ pub(crate) trait Waker: Send {
 
 /// Sees every input the machine handles and every command it produces, in
 /// order: how a simulation runs the invariant checker over a real driver.
-#[cfg(feature = "testing")]
+#[cfg(feature = "_internal_test_exports")]
 pub trait Observer: Send + Sync + core::fmt::Debug {
     /// An input, just before the machine handles it at `now`.
     fn event(&self, now: MonoTime, event: &Event);
@@ -75,7 +75,7 @@ pub(crate) struct Coordinator<W> {
     inner: Mutex<Inner<W>>,
     published: Snapshot<Published>,
     on_state: StateSink,
-    #[cfg(feature = "testing")]
+    #[cfg(feature = "_internal_test_exports")]
     observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
@@ -92,7 +92,7 @@ impl<W: Waker> Coordinator<W> {
             inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
             published: Snapshot::empty(),
             on_state,
-            #[cfg(feature = "testing")]
+            #[cfg(feature = "_internal_test_exports")]
             observer: None,
         };
         coordinator.with_machine(MonoTime::ZERO, |_| None);
@@ -100,7 +100,7 @@ impl<W: Waker> Coordinator<W> {
     }
 
     /// A coordinator whose every input and command `observer` sees.
-    #[cfg(feature = "testing")]
+    #[cfg(feature = "_internal_test_exports")]
     pub(crate) fn observed(machine: Session, on_state: StateSink, observer: std::sync::Arc<dyn Observer>) -> Self {
         let coordinator = Self {
             inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
@@ -201,7 +201,7 @@ impl<W: Waker> Coordinator<W> {
             let mut inner = lock(&self.inner);
             match prepare(&mut inner) {
                 Some(event) => {
-                    #[cfg(feature = "testing")]
+                    #[cfg(feature = "_internal_test_exports")]
                     if let Some(observer) = &self.observer {
                         observer.event(now, &event);
                     }
@@ -210,7 +210,7 @@ impl<W: Waker> Coordinator<W> {
                 None => inner.machine.handle_timeout(now),
             }
             while let Some(command) = inner.machine.poll_command() {
-                #[cfg(feature = "testing")]
+                #[cfg(feature = "_internal_test_exports")]
                 if let Some(observer) = &self.observer {
                     observer.command(now, &command);
                 }
@@ -250,11 +250,9 @@ impl<W: Waker> Coordinator<W> {
                     // Published under the lock, so states appear in the order the
                     // machine reached them, and before anyone below is woken.
                     Command::StateChanged(view) => (self.on_state)(&view),
-                    // A command added to the core later needs a decision here.
-                    _ => {}
                 }
             }
-            #[cfg(feature = "testing")]
+            #[cfg(feature = "_internal_test_exports")]
             if let Some(observer) = &self.observer {
                 observer.step_end(now, inner.machine.poll_timeout());
             }

@@ -12,12 +12,12 @@ use std::time::Duration;
 use freshen::store::{MemoryStore, Store, StoreError};
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Session};
-use freshen_core::authority::{Authority, AuthorityConfig, Refusal};
 use freshen_core::ids::Generation;
 use freshen_core::oauth::{Client, FormRequest};
 use freshen_core::session::{SessionConfig, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
+use freshen_sim::authority::{Authority, AuthorityConfig, Refusal};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

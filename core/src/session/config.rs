@@ -92,7 +92,7 @@ pub struct SessionConfig {
     /// this process uses needs no lock.
     pub shared_store: bool,
     /// A deliberately broken variant, for proving that checkers catch bugs.
-    #[cfg(feature = "testing")]
+    #[cfg(feature = "_internal_test_exports")]
     pub plant: Option<super::Plant>,
 }
 
@@ -110,7 +110,7 @@ impl Default for SessionConfig {
             max_waiters: 100_000,
             policy: Policy::default(),
             shared_store: false,
-            #[cfg(feature = "testing")]
+            #[cfg(feature = "_internal_test_exports")]
             plant: None,
         }
     }

@@ -591,11 +591,11 @@ impl Session {
     }
 
     fn planted(&self, plant: Plant) -> bool {
-        #[cfg(feature = "testing")]
+        #[cfg(feature = "_internal_test_exports")]
         {
             self.config.plant == Some(plant)
         }
-        #[cfg(not(feature = "testing"))]
+        #[cfg(not(feature = "_internal_test_exports"))]
         {
             let _ = plant;
             false

@@ -10,8 +10,10 @@ use crate::time::{MonoTime, UnixTime};
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
 /// An input to [`Session::handle`](super::Session::handle).
+///
+/// Exhaustive on purpose: a driver matches on the machine's inputs and
+/// outputs, and a new variant must make the compiler point at every driver.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub enum Event {
     /// A caller needs an access token. Answered by exactly one
     /// [`Command::Grant`] or [`Command::Fail`] naming `caller`.
@@ -168,6 +170,24 @@ pub struct NewSession {
 }
 
 impl NewSession {
+    /// A bearer pair just issued with `lifetime`, for a login sent at `requested_at`.
+    pub fn issued(
+        access_token: AccessToken,
+        lifetime: Duration,
+        refresh_token: RefreshToken,
+        requested_at: MonoTime,
+    ) -> Self {
+        Self {
+            access_token: Some(access_token),
+            token_type: TokenType::Bearer,
+            lifetime: Some(lifetime),
+            refresh_token: Some(refresh_token),
+            scope: None,
+            requested_at,
+            issued_lifetime_unknown: false,
+        }
+    }
+
     /// A session from a token response to a login sent at `requested_at`.
     /// Without a refresh token in it, the session lives as long as its
     /// access token.
@@ -232,8 +252,8 @@ impl NewSession {
 
 /// An output of [`Session::poll_command`](super::Session::poll_command), to be
 /// carried out by the driver in the order given.
+/// Exhaustive on purpose, like [`Event`].
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 #[must_use]
 pub enum Command {
     /// Read the store; answer with [`Event::StoreLoaded`] or [`Event::StoreFailed`].
@@ -314,9 +334,9 @@ pub enum Command {
     StateChanged(StateView),
 }
 
-/// An access token a caller may use.
+/// An access token a caller may use (the machine's output: exhaustive like
+/// [`Command`], which carries it).
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct AccessGrant {
     /// Its generation, to report with a 401.
     pub generation: Generation,
@@ -335,9 +355,9 @@ impl AccessGrant {
     }
 }
 
-/// Why a caller gets no token.
+/// Why a caller gets no token. Exhaustive on purpose, like [`Command`],
+/// which carries it: every driver maps each reason to its own error.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum FailReason {
     /// The session is logged out; the user must log in again.
     LoggedOut(LogoutCause),

@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use freshen_core::check::{ClientMonitor, Plant, Violation, same_trace};
 use freshen_core::ids::{CallerId, RefreshId};
 use freshen_core::oauth::{
     Classified, Malformed, MalformedReason, OAuthError, Rejected, TokenResponse, Transient, TransientCause,
@@ -18,6 +17,7 @@ use freshen_core::session::{Command, Event, NewSession, Session, SessionConfig, 
 use freshen_core::stored::{DecodeError, StoredSession};
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken};
+use freshen_sim::check::{ClientMonitor, Plant, Violation, same_trace};
 use proptest::prelude::*;
 
 /// Cases per property; `FRESHEN_PROPTEST_CASES` raises it for a deeper run.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use freshen_core::harness::{Demand, Faults, World, WorldConfig};
+use freshen_sim::harness::{Demand, Faults, World, WorldConfig};
 use proptest::prelude::*;
 
 fn cases() -> u32 {

@@ -25,9 +25,9 @@ use std::hash::{Hash, Hasher};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::rng::SplitMix64;
-use crate::time::MonoTime;
-use crate::token::{AccessToken, Fingerprint, RefreshToken};
+use freshen_core::rng::SplitMix64;
+use freshen_core::time::MonoTime;
+use freshen_core::token::{AccessToken, Fingerprint, RefreshToken};
 
 /// What a grace replay returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

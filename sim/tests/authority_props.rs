@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use freshen_core::authority::{AuthorityConfig, AuthorityPlant, GraceReplay};
-use freshen_core::fuzzing::{AuthorityOp, run_authority};
+use freshen_sim::authority::{AuthorityConfig, AuthorityPlant, GraceReplay};
+use freshen_sim::fuzzing::{AuthorityOp, run_authority};
 use proptest::prelude::*;
 
 fn cases() -> u32 {

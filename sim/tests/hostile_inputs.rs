@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use freshen_core::fuzzing::{self, Aftermath};
 use freshen_core::oauth::{
     Classified, Malformed, MalformedReason, OAuthError, Rejected, Response, TokenResponse, Transient, TransientCause,
 };
 use freshen_core::session::{LogoutCause, StateView};
 use freshen_core::stored::DecodeError;
 use freshen_core::token::TokenType;
+use freshen_sim::fuzzing::{self, Aftermath};
 
 fn answer(status: u16, body: &[u8]) -> Aftermath {
     answer_with(status, &[], body)

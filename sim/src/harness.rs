@@ -17,16 +17,16 @@ use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, PolicyRefusal
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
 };
-use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use crate::oauth::{self, Classified};
-use crate::rng::SplitMix64;
-use crate::session::{
+use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use freshen_core::oauth::{self, Classified};
+use freshen_core::rng::SplitMix64;
+use freshen_core::session::{
     AccessGrant, Command, Event, FailReason, LogoutCause, NewSession, Session, SessionConfig, StoreError,
     TransportFailure,
 };
-use crate::stored::StoredSession;
-use crate::time::{MonoTime, UnixTime};
-use crate::token::RefreshToken;
+use freshen_core::stored::StoredSession;
+use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::RefreshToken;
 
 /// The client id the world's session uses.
 pub const CLIENT_ID: &str = "freshen-sim";
@@ -271,22 +271,22 @@ impl WorldConfig {
     /// four, configured to share); the dead-token plants need servers that
     /// behave like Django OAuth Toolkit.
     #[must_use]
-    pub fn with_plant(mut self, plant: crate::session::Plant) -> Self {
+    pub fn with_plant(mut self, plant: freshen_core::session::Plant) -> Self {
         match plant {
-            crate::session::Plant::NoCrossProcessLock => {
+            freshen_core::session::Plant::NoCrossProcessLock => {
                 self.session.shared_store = true;
                 self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
             }
             // Shows against a server whose grace replay keeps the original
             // expiry, when answers get lost and tokens are short.
-            crate::session::Plant::LifetimeFromLastAttempt => {
+            freshen_core::session::Plant::LifetimeFromLastAttempt => {
                 self.authority.grace_replay = crate::authority::GraceReplay::SamePairFullLifetime;
                 self.authority.grace = self.authority.grace.max(Duration::from_secs(120));
                 self.authority.access_ttl = self.authority.access_ttl.min(Duration::from_secs(60));
                 self.faults.drop_response = self.faults.drop_response.max(100);
             }
             // Shows against a server that deletes the access token a refresh replaces.
-            crate::session::Plant::RetryIgnoresRunningRefresh => self.authority.revoke_previous_access = true,
+            freshen_core::session::Plant::RetryIgnoresRunningRefresh => self.authority.revoke_previous_access = true,
             _ => {}
         }
         self.session.plant = Some(plant);
@@ -460,10 +460,10 @@ pub struct World {
     demand_until: Option<MonoTime>,
     /// The life that first received each access token the authority issued
     /// in a refresh, and the tokens another life got again by a grace replay.
-    first_received_by: BTreeMap<crate::token::Fingerprint, u32>,
-    cross_life_replays: std::collections::BTreeSet<crate::token::Fingerprint>,
+    first_received_by: BTreeMap<freshen_core::token::Fingerprint, u32>,
+    cross_life_replays: std::collections::BTreeSet<freshen_core::token::Fingerprint>,
     /// When the authority first issued each access token.
-    issued_at: BTreeMap<crate::token::Fingerprint, MonoTime>,
+    issued_at: BTreeMap<freshen_core::token::Fingerprint, MonoTime>,
     /// Every refresh the authority served, for U8.
     redemptions: Vec<Redemption>,
     extra: Vec<Violation>,
@@ -722,15 +722,7 @@ impl World {
         let issued = self.authority.login(self.now, CLIENT_ID, None);
         self.observe_authority();
         self.issued_at.entry(issued.access_token.fingerprint()).or_insert(self.now);
-        let new = NewSession {
-            access_token: Some(issued.access_token),
-            token_type: crate::token::TokenType::Bearer,
-            lifetime: Some(issued.expires_in),
-            refresh_token: Some(issued.refresh_token),
-            scope: None,
-            requested_at: self.now,
-            issued_lifetime_unknown: false,
-        };
+        let new = NewSession::issued(issued.access_token, issued.expires_in, issued.refresh_token, self.now);
         // With several processes, another may still hold the old family and
         // meet its fate later: what the world knows about it stays.
         if self.processes.len() == 1 {
@@ -1416,7 +1408,7 @@ impl World {
     /// looks younger than it is. Such tokens are touched by that fault (the
     /// crash, or the lost answers that made another process present the same
     /// refresh token), and C7 and U8 do not judge their use.
-    fn note_issued_to(&mut self, access: &crate::token::AccessToken, incarnation: u32) {
+    fn note_issued_to(&mut self, access: &freshen_core::token::AccessToken, incarnation: u32) {
         let fingerprint = access.fingerprint();
         let first = *self.first_received_by.entry(fingerprint).or_insert(incarnation);
         if first != incarnation && self.cross_life_replays.insert(fingerprint) {
@@ -1429,7 +1421,12 @@ impl World {
     /// the server served after issuing it, for another life (which this one
     /// cannot see), or whose answer this life never read (lost, mangled, too
     /// late), or that came after the retry was granted (a race, not a bug).
-    fn killable_unseen(&self, access: &crate::token::AccessToken, incarnation: u32, retried_at: MonoTime) -> bool {
+    fn killable_unseen(
+        &self,
+        access: &freshen_core::token::AccessToken,
+        incarnation: u32,
+        retried_at: MonoTime,
+    ) -> bool {
         let Some(issued_at) = self.issued_at.get(&access.fingerprint()).copied() else { return true };
         self.redemptions
             .iter()
@@ -1472,10 +1469,13 @@ pub fn logout_name(cause: &LogoutCause) -> &'static str {
         LogoutCause::RefreshTokenRejected { .. } => "rejected",
         LogoutCause::StoredSessionUnreadable(_) => "stored_session_unreadable",
         LogoutCause::EndedElsewhere => "ended_elsewhere",
+        // `LogoutCause` is open to apps (they match on it); a cause added
+        // later is counted here until it gets its own name.
+        _ => "other",
     }
 }
 
-fn unreachable_config(error: crate::session::ConfigError) -> Session {
+fn unreachable_config(error: freshen_core::session::ConfigError) -> Session {
     // Configurations reach the world through `validate`d constructors; a bad
     // one here is a bug in the caller, reported loudly.
     panic!("invalid session configuration in the world: {error}")

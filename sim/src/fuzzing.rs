@@ -14,12 +14,12 @@ use secrecy::ExposeSecret as _;
 use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, GraceReplay};
 use crate::check::{AuthorityMonitor, ClientMonitor, Violation};
 use crate::harness::{Fate, Start, StoreFate, World, WorldConfig};
-use crate::ids::{CallerId, RefreshId};
-use crate::oauth::{Classified, MAX_RETRY_AFTER, MAX_TOKEN_BYTES, Policy, Response, classify};
-use crate::session::{Command, Event, LogoutCause, Session, SessionConfig, StateView, StoreError};
-use crate::stored::StoredSession;
-use crate::time::{MonoTime, UnixTime};
-use crate::token::{AccessToken, RefreshToken};
+use freshen_core::ids::{CallerId, RefreshId};
+use freshen_core::oauth::{Classified, MAX_RETRY_AFTER, MAX_TOKEN_BYTES, Policy, Response, classify};
+use freshen_core::session::{Command, Event, LogoutCause, Session, SessionConfig, StateView, StoreError};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::{AccessToken, RefreshToken};
 
 /// The most operations one input may hold: a bound on the work per input.
 pub const MAX_OPS: usize = 256;
@@ -526,7 +526,7 @@ pub fn session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String
 }
 
 /// [`session_ops`] over two to four processes sharing one store and its lock
-/// (with [`SessionConfig::shared_store`](crate::session::SessionConfig::shared_store)):
+/// (with [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store)):
 /// the input's first byte after the seed picks how many, and each operation
 /// that acts on a process is prefixed by a byte naming which. C1 and C2 are
 /// also checked across the processes.

@@ -3,10 +3,10 @@
 
 use super::*;
 use crate::authority::Authority;
-use crate::oauth::{OAuthError, TokenResponse};
-use crate::session::{AccessGrant, FailReason, Renewal};
-use crate::stored::StoredSession;
-use crate::token::{AccessToken, RefreshToken, TokenType};
+use freshen_core::oauth::{OAuthError, TokenResponse};
+use freshen_core::session::{AccessGrant, FailReason, Renewal};
+use freshen_core::stored::StoredSession;
+use freshen_core::token::{AccessToken, RefreshToken, TokenType};
 
 fn t(ms: u64) -> MonoTime {
     MonoTime::from_millis(ms)
@@ -53,7 +53,7 @@ fn load(m: &mut ClientMonitor, generation: u64) {
     let event = Event::StoreLoaded {
         op: StoreOpId(1),
         stored: Some(stored(generation, "r1")),
-        unix_now: crate::time::UnixTime::EPOCH,
+        unix_now: freshen_core::time::UnixTime::EPOCH,
     };
     m.event(t(0), &event);
     m.command(
@@ -124,7 +124,9 @@ fn u1_catches_an_answer_the_state_does_not_show_yet() {
 }
 
 fn unavailable() -> FailReason {
-    FailReason::RefreshUnavailable(crate::session::AttemptFailure::Transport(crate::session::TransportFailure::Timeout))
+    FailReason::RefreshUnavailable(freshen_core::session::AttemptFailure::Transport(
+        freshen_core::session::TransportFailure::Timeout,
+    ))
 }
 
 #[test]
@@ -153,7 +155,7 @@ fn u3_accepts_a_failure_the_server_asked_to_hold() {
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
     send(&mut m, 0, 1, "r1", 1);
     let limited = Classified::Transient(Transient {
-        cause: crate::oauth::TransientCause::RateLimited,
+        cause: freshen_core::oauth::TransientCause::RateLimited,
         retry_after: Some(Duration::from_secs(120)),
     });
     answer(&mut m, 50, 1, limited);
@@ -244,8 +246,8 @@ fn c5_catches_a_caller_never_answered() {
 fn c6_catches_a_retry_inside_the_backoff() {
     let mut m = monitor();
     send(&mut m, 0, 1, "r1", 1);
-    let failure = Classified::Transient(crate::oauth::Transient {
-        cause: crate::oauth::TransientCause::ServerError(503),
+    let failure = Classified::Transient(freshen_core::oauth::Transient {
+        cause: freshen_core::oauth::TransientCause::ServerError(503),
         retry_after: None,
     });
     answer(&mut m, 100, 1, failure);
@@ -448,7 +450,7 @@ fn l1_catches_a_lost_answer_that_grace_should_have_saved() {
 
 #[test]
 fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
-    use crate::session::TransportFailure;
+    use freshen_core::session::TransportFailure;
     let config = SessionConfig::default();
     let mut m = SharedStoreMonitor::new(&config);
     let send = |id| Command::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new("r1"), attempt: 1 };
@@ -467,7 +469,7 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
 
 #[test]
 fn the_shared_store_monitor_catches_a_token_replayed_after_another_process_stored_its_successor() {
-    use crate::session::TransportFailure;
+    use freshen_core::session::TransportFailure;
     let mut m = SharedStoreMonitor::new(&SessionConfig::default());
     let send =
         |token: &str| Command::SendRefresh { id: RefreshId(1), refresh_token: RefreshToken::new(token), attempt: 1 };

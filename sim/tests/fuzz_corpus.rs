@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use freshen_core::fuzzing;
+use freshen_sim::fuzzing;
 
 type Target = fn(&[u8]) -> Result<(), String>;
 

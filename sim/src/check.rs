@@ -13,13 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::authority::AuthorityPlant;
 use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, Refusal};
-use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use crate::oauth::{Classified, Transient, TransientCause};
-pub use crate::session::Plant;
-use crate::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};
-use crate::stored::StoredSession;
-use crate::time::{MonoTime, UnixTime};
-use crate::token::{Fingerprint, RefreshToken};
+use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use freshen_core::oauth::{Classified, Transient, TransientCause};
+pub use freshen_core::session::Plant;
+use freshen_core::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::{Fingerprint, RefreshToken};
 
 /// A named invariant from DESIGN.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

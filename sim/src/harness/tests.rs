@@ -5,7 +5,7 @@
 use super::*;
 use crate::authority::GraceReplay;
 use crate::check::same_trace;
-use crate::session::{Renewal, StateView};
+use freshen_core::session::{Renewal, StateView};
 
 fn world(configure: impl FnOnce(&mut WorldConfig)) -> World {
     let mut config = WorldConfig::quiet();
@@ -300,7 +300,7 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 
 #[test]
 fn every_planted_bug_is_caught() {
-    for plant in crate::session::Plant::ALL {
+    for plant in freshen_core::session::Plant::ALL {
         let caught = (0..100).find(|seed| {
             let config = WorldConfig::sampled(*seed).with_plant(plant);
             let mut w = World::new(config, *seed);
@@ -383,7 +383,7 @@ fn processes_sharing_a_store_refresh_once_per_expiry_between_them() {
 
 #[test]
 fn without_the_lock_the_processes_refresh_the_same_token_and_the_checker_says_so() {
-    let mut w = processes(4, |c| c.session.plant = Some(crate::session::Plant::NoCrossProcessLock));
+    let mut w = processes(4, |c| c.session.plant = Some(freshen_core::session::Plant::NoCrossProcessLock));
     callers_everywhere(&mut w, Duration::from_secs(3), Duration::from_secs(1800));
     let broken: Vec<Invariant> = w.violations().iter().map(|v| v.invariant).collect();
     assert!(broken.contains(&Invariant::C2), "{broken:?}");
