@@ -482,14 +482,19 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
         let deadline = if closing { None } else { shared.coordinator.poll_timeout() };
         let sleep = async {
             match deadline {
-                Some(at) => tokio::time::sleep_until(shared.instant(at)).await,
+                Some(due) => tokio::time::sleep_until(shared.instant(due.at)).await,
                 None => core::future::pending().await,
             }
         };
         tokio::select! {
             biased;
             () = shared.kick.notified() => {}
-            () = sleep => shared.coordinator.handle_timeout(shared.now()),
+            () = sleep => {
+                if let Some(due) = deadline {
+                    tracing::trace!(reason = due.reason, "timer due");
+                }
+                shared.coordinator.handle_timeout(shared.now());
+            }
         }
     }
 }

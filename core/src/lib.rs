@@ -57,7 +57,7 @@
 //!     // 2. Feed the next input, or 3. sleep until the timer and fire it.
 //!     match inputs.pop() {
 //!         Some(event) => session.handle(now, event),
-//!         None => match session.poll_timeout() {
+//!         None => match session.poll_timeout().map(|due| due.at) {
 //!             Some(deadline) => {
 //!                 now = deadline;
 //!                 session.handle_timeout(now);

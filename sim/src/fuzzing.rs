@@ -278,7 +278,7 @@ impl Fixture {
                 self.session.handle(self.now, event);
             }
         }
-        self.monitor.step_end(self.now, self.session.poll_timeout());
+        self.monitor.step_end(self.now, self.session.poll_timeout().map(|due| due.at));
     }
 
     /// Callers keep asking, a day apart (past any cooldown a server may ask
@@ -297,7 +297,7 @@ impl Fixture {
                         Err("the next refresh presented a token other than the one kept".into())
                     };
                 }
-                let Some(at) = self.session.poll_timeout() else { break };
+                let Some(at) = self.session.poll_timeout().map(|due| due.at) else { break };
                 self.now = self.now.max(at);
                 self.session.handle_timeout(self.now);
                 self.drain();

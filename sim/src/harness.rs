@@ -824,7 +824,7 @@ impl World {
             return None;
         }
         let timers =
-            self.processes.iter().enumerate().filter_map(|(p, process)| Some((process.session.poll_timeout()?, p)));
+            self.processes.iter().enumerate().filter_map(|(p, process)| Some((process.session.poll_timeout()?.at, p)));
         timers.min()
     }
 
@@ -1023,7 +1023,7 @@ impl World {
                 return;
             }
         }
-        let (now, next) = (self.now, self.process(p).session.poll_timeout());
+        let (now, next) = (self.now, self.process(p).session.poll_timeout().map(|due| due.at));
         self.process_mut(p).monitor.step_end(now, next);
         // Faults at command boundaries.
         if self.suspended_until.is_none() {

@@ -175,7 +175,7 @@ impl Driver {
                 _ => {}
             }
         }
-        self.monitor.step_end(self.now, self.session.poll_timeout());
+        self.monitor.step_end(self.now, self.session.poll_timeout().map(|due| due.at));
     }
 
     fn input(&mut self, event: Event) {
@@ -284,7 +284,7 @@ impl Driver {
         let until = self.now.saturating_add(by);
         // Fire every timer due on the way, each at its own time.
         for _ in 0..10_000 {
-            match self.session.poll_timeout() {
+            match self.session.poll_timeout().map(|due| due.at) {
                 Some(at) if at <= until => {
                     self.now = at;
                     self.trace.push(format!("{} timeout", self.now));

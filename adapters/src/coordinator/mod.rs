@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
-use freshen_core::session::{Command, Event, FailReason, NewSession, Session, StateView};
+use freshen_core::session::{Command, Event, FailReason, NewSession, Session, StateView, Timeout};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
 use freshen_core::token::RefreshToken;
@@ -173,7 +173,7 @@ impl<W: Waker> Coordinator<W> {
         self.with_machine(now, |_| None);
     }
 
-    pub(crate) fn poll_timeout(&self) -> Option<MonoTime> {
+    pub(crate) fn poll_timeout(&self) -> Option<Timeout> {
         lock(&self.inner).machine.poll_timeout()
     }
 
@@ -205,7 +205,9 @@ impl<W: Waker> Coordinator<W> {
                     if let Some(observer) = &self.observer {
                         observer.event(now, &event);
                     }
+                    let ignored_before = inner.machine.ignored().count;
                     inner.machine.handle(now, event);
+                    trace_ignored(&inner.machine, ignored_before);
                 }
                 None => inner.machine.handle_timeout(now),
             }
@@ -254,7 +256,7 @@ impl<W: Waker> Coordinator<W> {
             }
             #[cfg(feature = "_internal_test_exports")]
             if let Some(observer) = &self.observer {
-                observer.step_end(now, inner.machine.poll_timeout());
+                observer.step_end(now, inner.machine.poll_timeout().map(|due| due.at));
             }
         }
         for (waker, outcome) in woken {
@@ -265,3 +267,16 @@ impl<W: Waker> Coordinator<W> {
 
 #[cfg(all(test, freshen_loom))]
 mod loom_models;
+
+/// Traces the input the machine just ignored, if it did (never silently dropped).
+fn trace_ignored(machine: &Session, count_before: u64) {
+    let ignored = machine.ignored();
+    #[cfg(not(freshen_loom))]
+    if ignored.count > count_before
+        && let Some(reason) = ignored.last
+    {
+        tracing::debug!(reason, "the session ignored an input");
+    }
+    #[cfg(freshen_loom)]
+    let _ = (ignored, count_before);
+}

@@ -34,8 +34,8 @@ use std::collections::VecDeque;
 
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use types::{
-    AccessGrant, AttemptFailure, Command, Event, FailReason, LogoutCause, NewSession, Renewal, StateView, StoreError,
-    TransportFailure,
+    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, LogoutCause, NewSession, Renewal, StateView,
+    StoreError, Timeout, TransportFailure,
 };
 
 use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
@@ -164,6 +164,8 @@ pub struct Session {
     straggler: Option<(RefreshId, MonoTime)>,
     /// Refresh cycles started so far; the running one, if any, is this number.
     cycles_started: u64,
+    /// Input that made no sense any more (see [`Session::ignored`]).
+    ignored: Ignored,
     /// What the last [`Command::Publish`] offered.
     published: Option<Generation>,
     view: StateView,
@@ -204,6 +206,10 @@ struct SentRefresh {
     /// The refresh cycle it belongs to: the tokens its answer brings come from that cycle.
     cycle: u64,
 }
+
+/// Why a store answer was ignored: it answers an operation the machine no
+/// longer awaits (a retry replaced it, or the session moved on).
+const STALE_STORE_ANSWER: &str = "a store answer to an operation no longer awaited";
 
 /// How many send times are remembered for answers that arrive late.
 const RECENT_SENDS: usize = 32;
@@ -443,6 +449,7 @@ impl Session {
             last_generation: Generation(0),
             straggler: None,
             cycles_started: 0,
+            ignored: Ignored::default(),
             replaced_grants: Vec::new(),
             revoke_after_clear: None,
             published: None,
@@ -467,12 +474,24 @@ impl Session {
         self.waiters.len()
     }
 
+    /// Input ignored so far: how much, and why the last was. A driver may
+    /// trace it; nothing is dropped without a count.
+    pub fn ignored(&self) -> Ignored {
+        self.ignored
+    }
+
+    fn ignore(&mut self, why: &'static str) {
+        self.ignored = Ignored { count: self.ignored.count + 1, last: Some(why) };
+    }
+
     /// Feeds one input. Infallible: input that makes no sense now (an unknown
-    /// id, a duplicate, an answer after logout) is ignored.
+    /// id, a duplicate, an answer after logout) is ignored, and counted in
+    /// [`Session::ignored`].
     pub fn handle(&mut self, now: MonoTime, event: Event) {
         self.advance(now);
         if let Event::RefreshCompleted { id, .. } | Event::RefreshFailed { id, .. } = &event {
             if !self.outbox.first_answer(*id) {
+                self.ignore("a second answer to one refresh attempt");
                 self.settle();
                 return;
             }
@@ -501,6 +520,8 @@ impl Session {
             Event::RefreshFailed { id, failure } => {
                 if self.in_flight(id) {
                     self.attempt_failed(AttemptFailure::Transport(failure), failure.outcome_unknown(), None);
+                } else {
+                    self.ignore("a failure of an attempt no longer in flight");
                 }
             }
             Event::StoreLoaded { op, stored, unix_now } => self.on_store_loaded(op, stored, unix_now),
@@ -554,35 +575,40 @@ impl Session {
         self.outbox.commands.pop_front()
     }
 
-    /// When [`Session::handle_timeout`] must next be called, if ever. Always
-    /// later than the last time seen, so a driver cannot spin on it.
-    pub fn poll_timeout(&self) -> Option<MonoTime> {
-        let mut next: Option<MonoTime> = None;
-        let mut consider = |at: Option<MonoTime>| {
-            if let Some(at) = at {
-                next = Some(next.map_or(at, |n| n.min(at)));
+    /// When [`Session::handle_timeout`] must next be called, if ever, and
+    /// why (for a driver's trace). Always later than the last time seen, so
+    /// a driver cannot spin on it.
+    #[must_use = "a driver that does not arm its timer for this never refreshes ahead of expiry"]
+    pub fn poll_timeout(&self) -> Option<Timeout> {
+        let mut next: Option<Timeout> = None;
+        let mut consider = |at: Option<MonoTime>, reason: &'static str| {
+            if let Some(at) = at
+                && next.is_none_or(|n| at < n.at)
+            {
+                next = Some(Timeout { at, reason });
             }
         };
-        consider(self.waiters.front().map(|w| w.deadline));
-        consider(self.straggler.map(|(_, deadline)| deadline));
+        consider(self.waiters.front().map(|w| w.deadline), "a waiting caller's deadline");
+        consider(self.straggler.map(|(_, deadline)| deadline), "an abandoned attempt's answer window closes");
         match &self.state {
             State::Refreshing(_, cycle) => match cycle.phase {
-                Phase::InFlight { deadline, .. } => consider(Some(deadline)),
-                Phase::Backoff { until } => consider(Some(until)),
+                Phase::InFlight { deadline, .. } => consider(Some(deadline), "the refresh attempt's deadline"),
+                Phase::Backoff { until } => consider(Some(until), "the backoff ends"),
                 Phase::Locking | Phase::Rereading { .. } => {}
             },
             State::Valid(tokens) => {
-                consider(tokens.refresh_due_at());
-                consider(tokens.expiry.map(|e| e.usable_until));
+                consider(tokens.refresh_due_at(), "the refresh window opens");
+                consider(tokens.expiry.map(|e| e.usable_until), "the access token stops being usable");
             }
             State::Loading | State::Expired(_) | State::LoggedOut(_) => {}
         }
         if self.store.in_flight.is_none() {
-            consider(self.store.retry_at);
+            consider(self.store.retry_at, "the store is tried again");
         }
         // Every timer above is consumed or moved by `handle_timeout`; clamping
         // to just after now keeps a driver from busy-looping even if one is not.
-        next.map(|at| at.max(self.now.saturating_add(Duration::from_millis(1))))
+        let floor = self.now.saturating_add(Duration::from_millis(1));
+        next.map(|due| Timeout { at: due.at.max(floor), ..due })
     }
 
     fn advance(&mut self, now: MonoTime) {
@@ -669,6 +695,8 @@ impl Session {
             && tokens.generation == generation
         {
             tokens.access_rejected = true;
+        } else {
+            self.ignore("an invalidation of a token no longer held");
         }
     }
 
@@ -1095,6 +1123,7 @@ impl Session {
 
     fn on_store_loaded(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
         if self.store.in_flight != Some((op, StoreOp::Load)) {
+            self.ignore(STALE_STORE_ANSWER);
             return;
         }
         self.store.succeeded();
@@ -1178,6 +1207,7 @@ impl Session {
     /// it, so what it holds is the truth until the lock is released.
     fn on_store_locked(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
         if self.store.in_flight != Some((op, StoreOp::Lock)) {
+            self.ignore(STALE_STORE_ANSWER);
             return;
         }
         self.store.succeeded();
@@ -1319,10 +1349,10 @@ impl Session {
     }
 
     fn on_store_written(&mut self, op: StoreOpId) {
-        let Some((current, kind)) = self.store.in_flight else { return };
-        if current != op {
+        let Some((_, kind)) = self.store.in_flight.filter(|(current, _)| *current == op) else {
+            self.ignore(STALE_STORE_ANSWER);
             return;
-        }
+        };
         self.store.holds = match kind {
             StoreOp::Persist(generation) => Holds::Session(generation),
             StoreOp::Clear => Holds::Empty,
@@ -1358,10 +1388,10 @@ impl Session {
     }
 
     fn on_store_failed(&mut self, op: StoreOpId, error: StoreError) {
-        let Some((current, kind)) = self.store.in_flight else { return };
-        if current != op {
+        let Some((_, kind)) = self.store.in_flight.filter(|(current, _)| *current == op) else {
+            self.ignore(STALE_STORE_ANSWER);
             return;
-        }
+        };
         self.store.in_flight = None;
         let read = matches!(kind, StoreOp::Load | StoreOp::Lock);
         if !read {

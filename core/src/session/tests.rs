@@ -55,7 +55,7 @@ impl Harness {
             out.push(c);
         }
         self.log.extend(out.iter().cloned());
-        if let Some(next) = self.session.poll_timeout() {
+        if let Some(next) = self.session.poll_timeout().map(|due| due.at) {
             assert!(next > self.now, "poll_timeout {next} is not after now {}", self.now);
         }
         out
@@ -68,7 +68,7 @@ impl Harness {
 
     fn advance_to(&mut self, to: MonoTime) -> Vec<Command> {
         let mut out = Vec::new();
-        while let Some(next) = self.session.poll_timeout().filter(|t| *t <= to) {
+        while let Some(next) = self.session.poll_timeout().map(|due| due.at).filter(|t| *t <= to) {
             self.now = next;
             self.session.handle_timeout(next);
             out.extend(self.drain());
@@ -203,6 +203,33 @@ fn starts_by_loading_and_an_empty_store_means_no_session() {
 }
 
 #[test]
+fn the_timer_says_what_falls_due() {
+    // A token with an hour left: the next timer is the refresh window, 60 s before expiry.
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+    let due = h.session.poll_timeout().unwrap();
+    assert_eq!((due.at, due.reason), (at(3_540_000), "the refresh window opens"));
+    // Once the refresh is sent, the attempt's deadline is next.
+    h.advance_to(due.at);
+    let due = h.session.poll_timeout().unwrap();
+    assert_eq!((due.at, due.reason), (at(3_550_000), "the refresh attempt's deadline"));
+}
+
+#[test]
+fn input_that_makes_no_sense_any_more_is_counted_not_dropped() {
+    let mut h = Harness::loaded(config(), Some(Duration::ZERO));
+    h.want(1);
+    let (id, _, _) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 3600));
+    assert_eq!(h.session.ignored().count, 0);
+    h.answer(id, success("a2", Some("r2"), 3600));
+    let ignored = h.session.ignored();
+    assert_eq!((ignored.count, ignored.last), (1, Some("a second answer to one refresh attempt")));
+    h.handle(Event::StoreWritten { op: StoreOpId(999) });
+    let ignored = h.session.ignored();
+    assert_eq!((ignored.count, ignored.last), (2, Some(STALE_STORE_ANSWER)));
+}
+
+#[test]
 fn a_loaded_session_is_published_and_granted_at_once() {
     let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
     assert_eq!(h.session.state(), &StateView::Valid { generation: Generation(1), renewal: Renewal::Ready });
@@ -290,7 +317,7 @@ fn a_401_for_an_older_generation_retries_with_the_current_token() {
 fn refreshes_ahead_of_expiry_and_keeps_serving_meanwhile() {
     let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
     // margin 60 s, no jitter: refresh at 240 s.
-    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(240)));
+    assert_eq!(h.session.poll_timeout().map(|due| due.at), Some(MonoTime::from_secs(240)));
     let out = h.advance_to(MonoTime::from_secs(240));
     assert_eq!(sends(&out), 1);
     assert_eq!(h.session.state(), &StateView::Refreshing { generation: Generation(1) });
@@ -302,7 +329,7 @@ fn refreshes_ahead_of_expiry_and_keeps_serving_meanwhile() {
 fn short_lifetimes_shrink_the_margins() {
     // 20 s lifetime: safety min(5, 20/4) = 5 s, margin min(60, 20/2) = 10 s.
     let mut h = Harness::loaded(config(), Some(Duration::from_secs(20)));
-    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(10)));
+    assert_eq!(h.session.poll_timeout().map(|due| due.at), Some(MonoTime::from_secs(10)));
     h.advance_to(MonoTime::from_secs(10));
     let (id, ..) = h.last_refresh();
     h.now = MonoTime::from_secs(11);
@@ -330,7 +357,7 @@ fn transient_failures_back_off_with_jitter_then_end_the_cycle() {
         assert_eq!((token.as_str(), sent_attempt), ("r1", attempt));
         let failed_at = h.now;
         h.answer(id, server_error(None));
-        let retry_at = h.session.poll_timeout().unwrap();
+        let retry_at = h.session.poll_timeout().map(|due| due.at).unwrap();
         let delay = retry_at.saturating_duration_since(failed_at);
         assert!(delay >= backoff.floor(attempt) && delay <= backoff.ceiling(attempt), "{delay:?}");
         h.advance_to(retry_at);
@@ -387,7 +414,7 @@ fn a_configured_failure_cooldown_holds_callers_back_and_nothing_else_does() {
     for _ in 0..3 {
         let (id, ..) = h.last_refresh();
         h.answer(id, server_error(None));
-        if let Some(at) = h.session.poll_timeout() {
+        if let Some(at) = h.session.poll_timeout().map(|due| due.at) {
             h.advance_to(at);
         }
     }
@@ -406,7 +433,7 @@ fn a_failed_background_refresh_retries_at_the_slowest_pace_and_callers_keep_the_
     for _ in 0..3 {
         let (id, ..) = h.last_refresh();
         h.answer(id, server_error(None));
-        if let Some(at) = h.session.poll_timeout().filter(|at| *at < MonoTime::from_secs(250)) {
+        if let Some(at) = h.session.poll_timeout().map(|due| due.at).filter(|at| *at < MonoTime::from_secs(250)) {
             h.advance_to(at);
         }
     }
@@ -417,7 +444,7 @@ fn a_failed_background_refresh_retries_at_the_slowest_pace_and_callers_keep_the_
     assert!(matches!(out.as_slice(), [Command::Grant { .. }]), "{out:?}");
     assert_eq!(sends(&h.log), 3);
     // The next background cycle comes after the slowest backoff.
-    let next = h.session.poll_timeout().unwrap();
+    let next = h.session.poll_timeout().map(|due| due.at).unwrap();
     assert_eq!(next, ended.saturating_add(h.session.config().backoff.max));
     h.advance_to(next);
     assert_eq!(sends(&h.log), 4);
@@ -429,7 +456,7 @@ fn retry_after_is_honoured_and_a_long_one_ends_the_cycle() {
     h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
     let (id, ..) = h.last_refresh();
     h.answer(id, server_error(Some(20)));
-    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(20)));
+    assert_eq!(h.session.poll_timeout().map(|due| due.at), Some(MonoTime::from_secs(20)));
     h.advance_to(MonoTime::from_secs(20));
     let (id, _, attempt) = h.last_refresh();
     assert_eq!(attempt, 2);
@@ -649,7 +676,7 @@ fn a_salvaged_refresh_token_is_kept_written_and_used() {
     let (_, session) = h.last_persist();
     assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     persisted(&mut h);
-    h.advance_to(h.session.poll_timeout().unwrap());
+    h.advance_to(h.session.poll_timeout().map(|due| due.at).unwrap());
     let (_, token, attempt) = h.last_refresh();
     assert_eq!((token.as_str(), attempt), ("r2", 2));
 }
@@ -687,7 +714,7 @@ fn time_going_backwards_is_ignored() {
     h.drain();
     h.session.handle_timeout(MonoTime::ZERO);
     assert!(h.drain().is_empty());
-    assert_eq!(h.session.poll_timeout(), Some(MonoTime::from_secs(240)));
+    assert_eq!(h.session.poll_timeout().map(|due| due.at), Some(MonoTime::from_secs(240)));
 }
 
 #[test]
@@ -930,7 +957,7 @@ fn a_forced_refresh_that_fails_reports_the_failure_and_keeps_the_fresh_token() {
     for _ in 0..3 {
         let (id, ..) = h.last_refresh();
         h.answer(id, server_error(None));
-        if let Some(at) = h.session.poll_timeout().filter(|at| *at < MonoTime::from_secs(60)) {
+        if let Some(at) = h.session.poll_timeout().map(|due| due.at).filter(|at| *at < MonoTime::from_secs(60)) {
             h.advance_to(at);
         }
     }
@@ -980,7 +1007,7 @@ fn a_grace_replay_counts_its_lifetime_from_the_first_attempt() {
     // server's replay of the same pair, "expires_in: 300" counted from the first.
     h.advance_to(MonoTime::from_secs(10));
     h.handle(Event::RefreshFailed { id: first, failure: TransportFailure::Timeout });
-    let retry_at = h.session.poll_timeout().unwrap();
+    let retry_at = h.session.poll_timeout().map(|due| due.at).unwrap();
     h.advance_to(retry_at);
     let (retry, _, attempt) = h.last_refresh();
     assert_eq!(attempt, 2);

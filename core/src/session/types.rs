@@ -334,6 +334,26 @@ pub enum Command {
     StateChanged(StateView),
 }
 
+/// Input the machine ignored because it made no sense any more (a second
+/// answer, a stale store answer): how many, and why the last one was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ignored {
+    /// How many inputs were ignored.
+    pub count: u64,
+    /// Why the last one was.
+    pub last: Option<&'static str>,
+}
+
+/// When the machine's timer is next due, and why: what
+/// [`Session::poll_timeout`](super::Session::poll_timeout) returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeout {
+    /// Call [`Session::handle_timeout`](super::Session::handle_timeout) at this time.
+    pub at: MonoTime,
+    /// What falls due then, for traces ("the refresh window opens").
+    pub reason: &'static str,
+}
+
 /// An access token a caller may use (the machine's output: exhaustive like
 /// [`Command`], which carries it).
 #[derive(Clone, Debug)]

@@ -41,7 +41,8 @@ fn until_refresh(w: &mut World) {
     let sent = w.stats().refreshes_sent;
     for _ in 0..1000 {
         // Messages (the initial load) may be due before any timer is armed.
-        let next = w.session().poll_timeout().unwrap_or(w.now().saturating_add(Duration::from_millis(10)));
+        let next =
+            w.session().poll_timeout().map(|due| due.at).unwrap_or(w.now().saturating_add(Duration::from_millis(10)));
         w.run_until(next);
         if w.stats().refreshes_sent > sent {
             return;
