@@ -13,8 +13,6 @@
 //! retries a 401 once.
 //!
 //! ```no_run
-//! use std::time::Duration;
-//!
 //! use freshen::core::oauth::Client;
 //! use freshen::middleware::AuthMiddleware;
 //! use freshen::store::KeyringStore;
@@ -26,7 +24,7 @@
 //!     let config = Config::new("https://auth.example.com/oauth/token", Client::public("my-cli"))
 //!         .with_revocation_endpoint("https://auth.example.com/oauth/revoke");
 //!     let store = KeyringStore::native("my-cli", "alice")?;
-//!     let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, store)?;
+//!     let session = Session::start(config, ReqwestTransport::new()?, store)?;
 //!
 //!     // Every request carries a fresh token; a 401 is retried once with a new one.
 //!     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

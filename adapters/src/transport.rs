@@ -127,12 +127,17 @@ pub struct ReqwestTransport {
 
 #[cfg(feature = "reqwest")]
 impl ReqwestTransport {
-    /// A transport whose requests give up after `timeout`.
-    pub fn new(timeout: core::time::Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self { client: reqwest::Client::builder().timeout(timeout).build()? })
+    /// A transport over a client of its own. It sets no timeout: the
+    /// session bounds every request by its one number,
+    /// [`SessionConfig::request_timeout`](freshen_core::session::SessionConfig::request_timeout)
+    /// (10 s by default), which the machine also counts the attempt by.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        Ok(Self { client: reqwest::Client::builder().build()? })
     }
 
-    /// A transport over a client you configured (proxies, TLS roots, timeouts).
+    /// A transport over a client you configured (proxies, TLS roots). A
+    /// timeout set on it shorter than the session's `request_timeout` cuts
+    /// requests short; leave it unset.
     pub fn with_client(client: reqwest::Client) -> Self {
         Self { client }
     }

@@ -508,7 +508,7 @@ async fn rule_7_a_transport_failure_carries_the_transports_own_error() {
     let mut settings = support::config().session;
     settings.backoff.attempts = 1;
     let config = freshen::Config::new(&endpoint, freshen_core::oauth::Client::public("app")).with_session(settings);
-    let transport = freshen::transport::ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = freshen::transport::ReqwestTransport::new().unwrap();
     let session = freshen::Session::start(config, transport, freshen::store::MemoryStore::holding(&spent)).unwrap();
     let error = session.access_token().await.unwrap_err();
     let Error::RefreshUnavailable { failure, endpoint: shown, cause } = &error else { panic!("{error:?}") };

@@ -23,7 +23,7 @@ async fn an_https_endpoint_gets_a_tls_handshake() {
         // Dropping the socket ends the handshake: the client's request fails.
         record
     });
-    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = ReqwestTransport::new().unwrap();
     let form = oauth::refresh_request(&Client::public("app"), &RefreshToken::new("canary-tls"), None);
     let answer = transport.post_form(&format!("https://{address}/token"), &form).await;
     let record = tokio::time::timeout(Duration::from_secs(5), server).await.expect("no connection came").unwrap();

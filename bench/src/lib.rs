@@ -97,8 +97,7 @@ fn blob(access_token: &str, refresh_token: &str, access_expires_at: UnixTime) ->
 pub async fn valid_session(token_endpoint: String, access_token: &str) -> Result<BenchSession, BenchError> {
     let stored = blob(access_token, "bench-refresh", system_clock().saturating_add(Duration::from_secs(3600)))?;
     let config = Config::new(token_endpoint, Client::public(CLIENT));
-    let session =
-        Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, MemoryStore::holding(&stored))?;
+    let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::holding(&stored))?;
     session.access_token().await?;
     Ok(session)
 }
@@ -245,11 +244,8 @@ pub async fn herd(callers: usize) -> Result<Herd, BenchError> {
     let stored = blob(issued.access_token.expose_secret(), issued.refresh_token.expose_secret(), expired)?;
     let gate = Arc::new(Semaphore::new(0));
     let answered_at = Arc::new(Mutex::new(None));
-    let transport = Gated {
-        inner: ReqwestTransport::new(Duration::from_secs(30))?,
-        gate: Arc::clone(&gate),
-        answered_at: Arc::clone(&answered_at),
-    };
+    let transport =
+        Gated { inner: ReqwestTransport::new()?, gate: Arc::clone(&gate), answered_at: Arc::clone(&answered_at) };
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
     let session = Session::start(config, transport, MemoryStore::holding(&stored))?;
     let tasks: Vec<_> = (0..callers)
@@ -320,8 +316,7 @@ pub async fn middleware(requests: usize) -> Result<[f64; 4], BenchError> {
     let stored =
         blob(&access, issued.refresh_token.expose_secret(), system_clock().saturating_add(Duration::from_secs(3000)))?;
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
-    let session =
-        Session::start(config, ReqwestTransport::new(Duration::from_secs(10))?, MemoryStore::holding(&stored))?;
+    let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::holding(&stored))?;
     let header = reqwest::header::HeaderValue::from_str(&format!("Bearer {access}"))?;
     let raw = reqwest::Client::new();
     let empty = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();

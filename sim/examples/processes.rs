@@ -116,7 +116,7 @@ async fn child(args: &[String]) -> Result<ExitCode, Error> {
         .with_refresh_jitter(JITTER)
         .with_request_timeout(Duration::from_secs(5));
     let config = Config::new(token_url.clone(), Client::public(CLIENT)).with_session(session_config);
-    let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, FileStore::new(path))?;
+    let session = Session::start(config, ReqwestTransport::new()?, FileStore::new(path))?;
     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(session.clone()))
         .build();
@@ -141,7 +141,7 @@ async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
     let session_config = SessionConfig::default().with_shared_store(true);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT)).with_session(session_config);
     let store = FileStore::new(path);
-    let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, store.clone())?;
+    let session = Session::start(config, ReqwestTransport::new()?, store.clone())?;
     let sent_at = std::time::Instant::now();
     let login = reqwest::Client::new()
         .post(server.url(paths::TOKEN))

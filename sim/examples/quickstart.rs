@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
         .with_revocation_endpoint(server.url(paths::REVOKE))
         .with_session(session_config);
-    let session = Session::start(config, ReqwestTransport::new(Duration::from_secs(5))?, MemoryStore::new())?;
+    let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::new())?;
 
     // Log in (the test server's password grant stands in for a browser login).
     let sent_at = std::time::Instant::now();

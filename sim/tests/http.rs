@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
 
 use freshen::secrecy::ExposeSecret as _;
+
 use std::time::Duration;
 
 use freshen::middleware::{AuthMiddleware, AuthorizedClient, ClientError};
@@ -13,9 +14,9 @@ use freshen::transport::{ReqwestTransport, Transport};
 use freshen::{Config, Environment, Error, Session};
 use freshen_core::ids::Generation;
 use freshen_core::oauth::{self, Classified, Client, MAX_BODY_BYTES, MalformedReason};
-use freshen_core::session::TransportFailure;
+use freshen_core::session::{AttemptFailure, TransportFailure};
 use freshen_core::stored::StoredSession;
-use freshen_core::token::RefreshToken;
+use freshen_core::token::{AccessToken, RefreshToken};
 use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
 
@@ -30,7 +31,7 @@ async fn setup() -> (Server, Session<ReqwestTransport, MemoryStore>, MemoryStore
     let store = MemoryStore::holding(&spent);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
         .with_revocation_endpoint(server.url(paths::REVOKE));
-    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = ReqwestTransport::new().unwrap();
     let session = Session::start_in(config, transport, store.clone(), Environment::seeded(1)).unwrap();
     (server, session, store)
 }
@@ -47,7 +48,7 @@ async fn the_reqwest_transport_refreshes_over_http() {
 #[tokio::test]
 async fn the_transport_bounds_the_body_and_maps_failures() {
     // A refusal, a body over the bound, and a closed port.
-    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = ReqwestTransport::new().unwrap();
     let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
     let form = oauth::refresh_request(&Client::public(CLIENT), &RefreshToken::new("unknown"), None);
     let response = transport.post_form(&server.url(paths::TOKEN), &form).await.unwrap();
@@ -166,8 +167,7 @@ async fn logout_revokes_at_the_server() {
 async fn a_session_error_comes_back_through_the_middleware() {
     let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
-    let session =
-        Session::start(config, ReqwestTransport::new(Duration::from_secs(5)).unwrap(), MemoryStore::new()).unwrap();
+    let session = Session::start(config, ReqwestTransport::new().unwrap(), MemoryStore::new()).unwrap();
     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(session.clone()))
         .build();
@@ -176,4 +176,36 @@ async fn a_session_error_comes_back_through_the_middleware() {
     assert_eq!(cause, &Error::NoSession);
     assert!(cause.needs_login() && !cause.is_logged_out());
     assert_eq!(server.state().resource_hits(), 0, "nothing was sent without a token");
+}
+
+#[tokio::test]
+async fn the_session_s_request_timeout_is_the_one_number_that_bounds_a_request() {
+    // A token endpoint that accepts the connection and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut spent = StoredSession::pair(AccessToken::new("a"), RefreshToken::new("r"));
+    spent.access_expires_at = Some(freshen_core::time::UnixTime::EPOCH);
+    let settings = freshen_core::session::SessionConfig::default()
+        .with_request_timeout(Duration::from_millis(300))
+        .with_backoff(freshen_core::session::Backoff::new(Duration::from_millis(10), Duration::from_millis(10), 1));
+    let config = Config::new(url, Client::public(CLIENT)).with_session(settings);
+    // The transport has no timeout of its own: the session's bounds the attempt.
+    let session = Session::start(config, ReqwestTransport::new().unwrap(), MemoryStore::holding(&spent)).unwrap();
+    let started = std::time::Instant::now();
+    let error = session.access_token().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::RefreshUnavailable { failure: AttemptFailure::Transport(TransportFailure::Timeout), .. }
+        ),
+        "{error:?}"
+    );
+    // A sanity bound, far above 300 ms: without the session's deadline this never returns.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }

@@ -31,7 +31,7 @@ async fn requests_and_sessions_are_named_in_their_spans() {
     let session = StoredSession::pair(issued.access_token, issued.refresh_token)
         .with_access_expiry(freshen::system_clock(), Duration::from_secs(3600));
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT)).with_name("tenant-42");
-    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = ReqwestTransport::new().unwrap();
     let session = Session::start(config, transport, MemoryStore::holding(&session)).unwrap();
     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(session.clone()))

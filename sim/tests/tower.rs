@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is how it fails
 
 use freshen::secrecy::ExposeSecret as _;
-use std::time::Duration;
 
 use bytes::Bytes;
 use freshen::store::MemoryStore;
@@ -32,7 +31,7 @@ async fn setup() -> (Server, Session<ReqwestTransport, MemoryStore>, Hyper) {
     let mut spent = StoredSession::pair(issued.access_token, issued.refresh_token);
     spent.access_expires_at = Some(freshen_core::time::UnixTime::EPOCH);
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
-    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = ReqwestTransport::new().unwrap();
     let session = Session::start_in(config, transport, MemoryStore::holding(&spent), Environment::seeded(1)).unwrap();
     let hyper = HyperClient::builder(TokioExecutor::new()).build_http();
     (server, session, hyper)
@@ -108,7 +107,7 @@ async fn a_copy_made_by_the_app_is_what_is_sent_again() {
 async fn a_session_error_comes_back_typed() {
     let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
-    let transport = ReqwestTransport::new(Duration::from_secs(5)).unwrap();
+    let transport = ReqwestTransport::new().unwrap();
     let session = Session::start(config, transport, MemoryStore::new()).unwrap();
     let hyper: Hyper = HyperClient::builder(TokioExecutor::new()).build_http();
     let api = ServiceBuilder::new().layer(AuthLayer::new(session)).service(hyper);
