@@ -1,0 +1,517 @@
+//! Refresh cycles: wanting a token, forcing a refresh, sending attempts,
+//! reading their answers, backing off, logging in and out.
+
+use super::*;
+
+impl Session {
+    pub(super) fn on_token_wanted(&mut self, caller: CallerId) {
+        self.add_waiter(caller, Needs::Any);
+        if self.planted(Plant::NoSingleFlight)
+            && matches!(&self.state, State::Refreshing(t, Cycle { phase: Phase::InFlight { .. }, .. }) if !t.usable_at(self.now))
+        {
+            self.send_next_attempt();
+        }
+    }
+
+    pub(super) fn on_unauthorized(&mut self, caller: CallerId, generation: Generation) {
+        self.on_invalidated(generation);
+        // A refresh that runs when the retry is answered may kill the token
+        // it would get (servers delete the previous access token when a
+        // refresh commits): the retry waits until none is out, including one
+        // chained after the cycle this 401 starts (U8).
+        let refreshing = self.running_cycle().is_some() || self.straggler.is_some();
+        let ignores = refreshing && self.planted(Plant::RetryIgnoresRunningRefresh);
+        let needs = if ignores { Needs::Any } else { Needs::NoRefreshInFlight };
+        self.add_waiter(caller, needs);
+    }
+
+    /// Only the current token can be proven bad; a 401 for an older one just
+    /// means the caller retries with the current one.
+    pub(super) fn on_invalidated(&mut self, generation: Generation) {
+        if let Some(tokens) = self.tokens_mut()
+            && tokens.generation == generation
+        {
+            tokens.access_rejected = true;
+        } else {
+            self.ignore("an invalidation of a token no longer held");
+        }
+    }
+
+    /// A forced refresh: the caller gets a token from a cycle that starts
+    /// after it asked, even if the one held is fresh. Under rotation, one
+    /// asked while a cycle runs waits for it and then presents its result.
+    pub(super) fn on_refresh_wanted(&mut self, caller: CallerId) {
+        self.add_waiter(caller, Needs::CycleFrom(self.cycles_started + 1));
+        let in_flight = matches!(&self.state, State::Refreshing(_, Cycle { phase: Phase::InFlight { .. }, .. }));
+        if in_flight && self.planted(Plant::ForcedRefreshNotChained) {
+            // The broken variant sends at once, with the token already in flight.
+            self.send_next_attempt();
+        }
+    }
+
+    /// Answers that carry news about the token the session holds (a success, a
+    /// salvaged rotation, a rejection) count whichever attempt they answer;
+    /// answers that only say "not now" count for the attempt in flight.
+    pub(super) fn on_refresh_completed(&mut self, id: RefreshId, outcome: Classified) {
+        let current = self.answers_current_tokens(id);
+        match outcome {
+            Classified::Success(response) => {
+                // A rejection of the held token is newer news than a delayed
+                // success that keeps it: the token stays dead.
+                let revives_dead_token = matches!(
+                    &self.state,
+                    State::Refreshing(held, Cycle { phase: Phase::Rereading { .. }, .. })
+                        if response.refresh_token.as_ref().is_none_or(|r| held.holds_refresh(r))
+                );
+                // A late answer to an earlier attempt with the same refresh
+                // token is older than the one these tokens came from: the
+                // server issued its access token first, and may have deleted
+                // it on the later redemption. One that rotates the refresh
+                // token is news all the same: the token held may be spent.
+                let superseded = self.tokens().is_some_and(|t| {
+                    t.answered_by.is_some_and(|later| id < later)
+                        && response.refresh_token.as_ref().is_none_or(|r| t.holds_refresh(r))
+                });
+                if current && !revives_dead_token && !superseded {
+                    self.adopt_response(id, response);
+                } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
+                    // Tokens issued after logout: revoke what the user no longer wants.
+                    self.outbox.commands.push_back(Command::Revoke { refresh_token: rotated });
+                }
+            }
+            Classified::Terminal(error) => {
+                if current {
+                    self.on_terminal(id, error);
+                }
+            }
+            Classified::Malformed(malformed) => {
+                let salvaged = current && self.salvage(malformed.salvaged_refresh_token);
+                if self.in_flight(id) {
+                    self.attempt_failed(AttemptFailure::Malformed(malformed.reason), !salvaged, None);
+                }
+            }
+            Classified::Transient(Transient { cause, retry_after }) => {
+                if self.in_flight(id) {
+                    // A 5xx may come after the server committed; a 429 or a retry request did not.
+                    let unknown = matches!(cause, TransientCause::ServerError(_));
+                    self.attempt_failed(AttemptFailure::Server(cause), unknown, retry_after);
+                }
+            }
+            Classified::Rejected(Rejected::Error(error)) if error.code == "invalid_request" && self.in_flight(id) => {
+                self.on_invalid_request(id, error);
+            }
+            Classified::Rejected(rejected) => {
+                if self.in_flight(id) {
+                    self.end_cycle(FailReason::Rejected(rejected), None);
+                }
+            }
+            Classified::InteractionRequired(error) if self.planted(Plant::RetriesInteractionRequired) => {
+                if self.in_flight(id) {
+                    let cause = TransientCause::RetryRequested(error);
+                    self.attempt_failed(AttemptFailure::Server(cause), false, None);
+                }
+            }
+            Classified::InteractionRequired(error) => {
+                // Like a rejection, it speaks of the token, not the attempt: a
+                // late one counts too. While the store is re-read after an
+                // `invalid_request`, it is what the refusal comes to; after an
+                // `invalid_grant`, the logout it may end in outranks it.
+                if !current {
+                    return;
+                }
+                match &mut self.state {
+                    State::Refreshing(
+                        _,
+                        Cycle { phase: Phase::Rereading { otherwise: IfNothingNewer::LogOut, .. }, .. },
+                    ) => {}
+                    State::Refreshing(_, Cycle { phase: Phase::Rereading { error: refusal, otherwise, .. }, .. }) => {
+                        *refusal = error;
+                        *otherwise = IfNothingNewer::AwaitUser;
+                    }
+                    _ => {
+                        self.abandon_in_flight(id);
+                        self.end_cycle(FailReason::InteractionRequired(error), None);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn answers_current_tokens(&self, id: RefreshId) -> bool {
+        self.tokens().is_some_and(|t| t.presented_since <= id && id < self.outbox.next_refresh)
+    }
+
+    pub(super) fn adopt_response(&mut self, id: RefreshId, response: TokenResponse) {
+        let generation = self.next_generation();
+        let next_refresh = self.outbox.next_refresh;
+        let now = self.now;
+        let retry = match &self.state {
+            State::Refreshing(_, cycle) => cycle.attempt > 1 || !self.in_flight(id),
+            _ => true,
+        };
+        self.abandon_in_flight(id);
+        let forget_rotation = retry && self.planted(Plant::RetryForgetsRotation);
+        let Some(old) = self.take_tokens() else { return };
+        // A response without a refresh token keeps the one held: that is the
+        // policy of RFC 6749 §6 for servers that do not rotate.
+        let refresh = match response.refresh_token {
+            Some(rotated) if !forget_rotation => rotated,
+            _ => match old.refresh.clone() {
+                Some(held) => held,
+                None => return,
+            },
+        };
+        let kept = old.holds_refresh(&refresh);
+        // The lifetime counts from the first attempt that presented this
+        // token: the answer may be a grace replay of what the server issued
+        // then (U8). An attempt too old to be remembered counts from the
+        // origin, which is conservative.
+        let sent = self.outbox.sent(id);
+        let sent_at = sent.map_or(MonoTime::ZERO, |s| s.at);
+        let cycle = sent.map_or(0, |s| s.cycle);
+        let first_send = old.first_send.filter(|_| !self.planted(Plant::LifetimeFromLastAttempt));
+        let base = first_send.map_or(sent_at, |first| first.min(sent_at)).min(now);
+        let expiry = response.lifetime.map(|lifetime| Expiry::issued(base, lifetime, &self.config, &mut self.rng));
+        self.state = State::Valid(TokenSet {
+            generation,
+            access: Some(response.access_token),
+            token_type: response.token_type,
+            scope: response.scope.or(old.scope),
+            refresh: Some(refresh),
+            expiry,
+            access_rejected: false,
+            refresh_first: false,
+            cycle,
+            answered_by: Some(id),
+            // A kept token may still be redeemed by an attempt out with it,
+            // whose answer may yet be a rotation: the next lifetime counts
+            // from that attempt.
+            first_send: if kept { self.outbox.first_unsettled(old.presented_since, Some(id)) } else { None },
+            presented_since: if kept { old.presented_since } else { next_refresh },
+            last_failure: None,
+            // A late answer adopted while an attempt with the old token is still
+            // out: that attempt may yet trip reuse detection, and if it does, a
+            // lost answer is why.
+            answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
+            from_login: false,
+            answered_unlocked: self.locks_store() && !self.store.locked,
+        });
+        self.store.revive();
+    }
+
+    /// Keeps a rotated refresh token found in an unusable answer: the server
+    /// issued it, so it replaces the one held, and is written before anything
+    /// else. Returns whether it did.
+    pub(super) fn salvage(&mut self, rotated: Option<RefreshToken>) -> bool {
+        let Some(rotated) = rotated.filter(|r| self.tokens().is_some_and(|t| !t.holds_refresh(r))) else {
+            return false;
+        };
+        let generation = self.next_generation();
+        let next_refresh = self.outbox.next_refresh;
+        if let Some(tokens) = self.tokens_mut() {
+            tokens.generation = generation;
+            tokens.refresh = Some(rotated);
+            tokens.first_send = None;
+            tokens.presented_since = next_refresh;
+            tokens.answer_lost = false;
+        }
+        self.store.revive();
+        true
+    }
+
+    pub(super) fn on_terminal(&mut self, id: RefreshId, error: OAuthError) {
+        self.abandon_in_flight(id);
+        let after_lost_response = self.tokens().is_some_and(|t| t.answer_lost);
+        let after = self.store.next_op;
+        match &mut self.state {
+            State::Refreshing(_, cycle) if cycle.reread => {
+                self.log_out(LogoutCause::RefreshTokenRejected { error, after_lost_response });
+                return;
+            }
+            State::Refreshing(_, cycle) => {
+                cycle.reread = true;
+                cycle.phase = Phase::Rereading { error, after, otherwise: IfNothingNewer::LogOut };
+            }
+            State::Valid(_) | State::Expired(_) => {
+                // The rejection outlived its cycle; the attempts are spent, so
+                // only a token found in the store may be tried, once.
+                let Some(tokens) = self.take_tokens() else { return };
+                let phase = Phase::Rereading { error, after, otherwise: IfNothingNewer::LogOut };
+                let cycle = Cycle { attempt: self.config.backoff.attempts, phase, reread: true };
+                self.state = State::Refreshing(tokens, cycle);
+            }
+            State::Loading | State::LoggedOut(_) => return,
+        }
+        // Another process sharing the store may have rotated the token: look
+        // once before giving the session up.
+        self.store.revive();
+    }
+
+    /// A 400 `invalid_request` to a refresh: fosite answers so the loser of
+    /// two concurrent rotations, so like `invalid_grant` it sends the session
+    /// to the store first; unlike it, it never logs out.
+    pub(super) fn on_invalid_request(&mut self, id: RefreshId, error: OAuthError) {
+        self.abandon_in_flight(id);
+        let after = self.store.next_op;
+        let State::Refreshing(_, cycle) = &mut self.state else { return };
+        if cycle.reread {
+            self.end_cycle(FailReason::Rejected(Rejected::Error(error)), None);
+            return;
+        }
+        cycle.reread = true;
+        cycle.phase = Phase::Rereading { error, after, otherwise: IfNothingNewer::Fail };
+        self.store.revive();
+    }
+
+    /// Attempt failed without proving the token dead: back off and retry, or
+    /// end the cycle when attempts run out or the server asks for too long a pause.
+    pub(super) fn attempt_failed(
+        &mut self,
+        failure: AttemptFailure,
+        outcome_unknown: bool,
+        retry_after: Option<Duration>,
+    ) {
+        let now = self.now;
+        let config = &self.config;
+        let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        tokens.answer_lost |= outcome_unknown;
+        if let Some(wait) = retry_after.filter(|wait| *wait > config.max_retry_after) {
+            self.end_cycle(FailReason::RefreshUnavailable(AttemptFailure::RetryAfter(wait)), Some(wait));
+            return;
+        }
+        if cycle.attempt >= config.backoff.attempts {
+            self.end_cycle(FailReason::RefreshUnavailable(failure), retry_after);
+            return;
+        }
+        let delay = jittered(&mut self.rng, config.backoff, cycle.attempt).max(retry_after.unwrap_or_default());
+        cycle.phase = Phase::Backoff { until: now.saturating_add(delay) };
+    }
+
+    /// Ends a cycle that did not succeed: its waiters get `reason` now, the
+    /// tokens stay, and the next caller that needs a refresh starts a new
+    /// cycle at once. Only the server's `Retry-After`, a configured
+    /// [`SessionConfig::failure_cooldown`], or a misconfigured client (retried
+    /// at the slowest backoff pace) hold new cycles back.
+    pub(super) fn end_cycle(&mut self, reason: FailReason, retry_after: Option<Duration>) {
+        let config = &self.config;
+        let misconfigured = matches!(reason, FailReason::Rejected(_));
+        let mut hold = retry_after.unwrap_or_default().max(config.failure_cooldown);
+        if misconfigured || self.planted(Plant::CachesFailure) {
+            hold = hold.max(config.backoff.max);
+        }
+        let now = self.now;
+        let failure = CycleFailure {
+            reason: reason.clone(),
+            hold_until: (!hold.is_zero()).then(|| now.saturating_add(hold)),
+            proactive_at: now.saturating_add(hold.max(config.backoff.max)),
+        };
+        let Some(mut tokens) = self.take_tokens() else { return };
+        tokens.last_failure = Some(failure);
+        // Only an attempt that may have been redeemed unseen can be replayed
+        // to the next cycle: its lifetime counts from the earliest such one.
+        tokens.first_send = self.outbox.first_unsettled(tokens.presented_since, None);
+        // The waiters this cycle was to serve: a forced refresh asked during
+        // it waits for the next one. Waiters of a token still usable wait
+        // only for the store (C3).
+        let ended = self.cycles_started;
+        let usable = tokens.usable_at(now);
+        let mut failed = Vec::new();
+        self.waiters.retain(|waiter| {
+            let served_by_this = match waiter.needs {
+                Needs::Any | Needs::NoRefreshInFlight => !usable,
+                Needs::CycleFrom(n) => n <= ended,
+                Needs::Durable => false,
+            };
+            if served_by_this {
+                failed.push(waiter.caller);
+            }
+            !served_by_this
+        });
+        self.state = State::Valid(tokens);
+        self.outbox.fail(failed, reason);
+    }
+
+    /// Sends the next attempt of the running cycle (or, for the no-single-flight
+    /// plant, a second one alongside it).
+    pub(super) fn send_next_attempt(&mut self) {
+        let now = self.now;
+        let timeout = self.config.request_timeout;
+        let straggler = self.straggler;
+        let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        if let Some((_, deadline)) = straggler {
+            // C1: wait until the abandoned attempt is answered or dead.
+            cycle.phase = Phase::Backoff { until: deadline };
+            return;
+        }
+        let Some(refresh_token) = tokens.refresh.clone() else {
+            // Adopted from another process without a refresh token: nothing to send.
+            self.end_cycle(FailReason::MissingRefreshToken, None);
+            return;
+        };
+        cycle.attempt += 1;
+        tokens.first_send.get_or_insert(now);
+        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started);
+        cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
+    }
+
+    /// An answer to attempt `answered` moves the cycle on while another
+    /// attempt is still in flight: that one becomes the straggler, which
+    /// counts as in flight until answered or past its deadline (C1).
+    pub(super) fn abandon_in_flight(&mut self, answered: RefreshId) {
+        if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id, deadline }, .. }) = &self.state
+            && *id != answered
+        {
+            self.straggler = Some((*id, *deadline));
+        }
+    }
+
+    pub(super) fn start_cycle(&mut self) {
+        let now = self.now;
+        let timeout = self.config.request_timeout;
+        let Some(mut tokens) = self.take_tokens() else { return };
+        let Some(refresh_token) = tokens.refresh.clone() else {
+            // Settling never starts a cycle without a refresh token.
+            self.state = State::Valid(tokens);
+            return;
+        };
+        self.cycles_started += 1;
+        if self.locks_store() && !self.store.locked {
+            // The store is read under its lock first: another process may have refreshed.
+            self.state = State::Refreshing(tokens, Cycle { attempt: 0, phase: Phase::Locking, reread: false });
+            return;
+        }
+        tokens.first_send.get_or_insert(now);
+        let id = self.outbox.send_refresh(now, refresh_token, 1, self.cycles_started);
+        let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
+        self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
+    }
+
+    pub(super) fn log_out(&mut self, cause: LogoutCause) {
+        let previous = mem::replace(&mut self.state, State::LoggedOut(cause.clone()));
+        if let (LogoutCause::Requested, State::Valid(t) | State::Expired(t) | State::Refreshing(t, _)) =
+            (&cause, previous)
+            && let Some(refresh_token) = t.refresh
+        {
+            if self.locks_store() {
+                self.revoke_after_clear = Some(refresh_token);
+            } else {
+                self.outbox.commands.push_back(Command::Revoke { refresh_token });
+            }
+        }
+        self.store.revive();
+    }
+
+    pub(super) fn on_logged_in(&mut self, new: NewSession) {
+        let generation = self.next_generation();
+        let base = new.requested_at.min(self.now);
+        let expiry = new.lifetime.map(|lifetime| {
+            let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
+            Expiry::plan(base.saturating_add(lifetime), issued, &self.config, &mut self.rng)
+        });
+        let mut tokens = TokenSet {
+            generation,
+            access: new.access_token,
+            token_type: new.token_type,
+            scope: new.scope,
+            refresh: new.refresh_token,
+            expiry,
+            access_rejected: false,
+            refresh_first: false,
+            cycle: 0,
+            answered_by: None,
+            first_send: None,
+            presented_since: self.outbox.next_refresh,
+            last_failure: None,
+            answer_lost: false,
+            from_login: true,
+            answered_unlocked: false,
+        };
+        // The grant the login replaces: the tokens held, or those of a logout
+        // whose clear never landed (still owed a revocation, and still stored).
+        tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
+        let replaced = match self.take_tokens() {
+            Some(old) => {
+                let stored = self.store_may_hold(old.generation);
+                old.refresh.map(|refresh| (refresh, stored))
+            }
+            None => self.revoke_after_clear.take().map(|refresh| (refresh, true)),
+        };
+        if let Some((old, stored)) = replaced.filter(|(old, _)| !tokens.holds_refresh(old)) {
+            if !stored {
+                // Never written: no restart and no other process can hold it.
+                self.outbox.commands.push_back(Command::Revoke { refresh_token: old });
+            } else {
+                // The server may drop it once the new grant is durable; revoked
+                // earlier, a crash would restart from a dead token, and another
+                // process sharing the store may be refreshing it.
+                if self.replaced_grants.len() == MAX_REPLACED_GRANTS {
+                    let (_, oldest) = self.replaced_grants.remove(0);
+                    self.outbox.commands.push_back(Command::Revoke { refresh_token: oldest });
+                }
+                self.replaced_grants.push((generation, old));
+            }
+        }
+        self.state = State::Valid(tokens);
+        self.store.revive();
+    }
+}
+
+/// Equal jitter: between half and all of the backoff ceiling.
+pub(super) fn jittered(rng: &mut SplitMix64, backoff: Backoff, attempt: u32) -> Duration {
+    let ceiling = backoff.ceiling(attempt);
+    let half = ceiling / 2;
+    let spread = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(rng.below(spread.saturating_add(1)))
+}
+
+impl Outbox {
+    pub(super) fn send_refresh(
+        &mut self,
+        now: MonoTime,
+        refresh_token: RefreshToken,
+        attempt: u32,
+        cycle: u64,
+    ) -> RefreshId {
+        let id = self.next_refresh;
+        self.next_refresh = id.next();
+        if self.recent_sends.len() == RECENT_SENDS {
+            self.recent_sends.pop_front();
+        }
+        self.recent_sends.push_back(SentRefresh { id, at: now, answered: false, settled: false, cycle });
+        self.commands.push_back(Command::SendRefresh { id, refresh_token, attempt });
+        id
+    }
+
+    pub(super) fn sent(&self, id: RefreshId) -> Option<&SentRefresh> {
+        self.recent_sends.iter().find(|sent| sent.id == id)
+    }
+
+    /// The earliest attempt from `since` on (other than `except`) that may
+    /// have been redeemed unseen: a later answer for the same refresh token
+    /// may be a grace replay of it (U8).
+    pub(super) fn first_unsettled(&self, since: RefreshId, except: Option<RefreshId>) -> Option<MonoTime> {
+        self.recent_sends
+            .iter()
+            .filter(|sent| sent.id >= since && Some(sent.id) != except && !sent.settled)
+            .map(|sent| sent.at)
+            .min()
+    }
+
+    /// Records an answer to `id`; false when it is not the first (or `id` is
+    /// unknown, or too old to be remembered): such an answer is ignored.
+    pub(super) fn first_answer(&mut self, id: RefreshId) -> bool {
+        match self.recent_sends.iter_mut().find(|sent| sent.id == id) {
+            Some(sent) if !sent.answered => {
+                sent.answered = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn fail(&mut self, callers: Vec<CallerId>, reason: FailReason) {
+        if !callers.is_empty() {
+            self.commands.push_back(Command::Fail { callers, reason });
+        }
+    }
+}

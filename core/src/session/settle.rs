@@ -1,0 +1,171 @@
+//! Settling after every input: answering waiters from the state, starting
+//! what the state wants, and publishing the state callers read.
+
+use super::*;
+
+impl Session {
+    /// Derives every consequence of the current facts: answers waiters, starts
+    /// a refresh when one is needed, moves the store toward what the session
+    /// holds, and reports what changed. Runs after every input.
+    pub(super) fn settle(&mut self) {
+        let now = self.now;
+        if let State::Valid(tokens) = &self.state
+            && !tokens.usable_at(now)
+        {
+            let Some(tokens) = self.take_tokens() else { return };
+            self.state = State::Expired(tokens);
+        }
+        let refresh_needed = match &self.state {
+            State::Valid(tokens) | State::Expired(tokens) => {
+                let usable = tokens.usable_at(now);
+                let wanted = tokens.refresh_due_at().is_some_and(|at| at <= now)
+                    || self
+                        .waiters
+                        .iter()
+                        .any(|w| w.wants_token() && !(usable && tokens.satisfies(w.needs, None, false)));
+                // A forced refresh is the app's answer to a request for interaction.
+                let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
+                let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
+                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none()
+            }
+            _ => false,
+        };
+        if refresh_needed {
+            self.start_cycle();
+        }
+        // What callers can read comes before what they are told: the fast
+        // path and the state first, then the answers (U1), so an app that
+        // reads the state after an answer never sees an older one.
+        self.publish();
+        let answers_first = self.planted(Plant::AnswersBeforeState);
+        if answers_first {
+            self.answer_waiters();
+        }
+        let view = self.view_now();
+        if view != self.view {
+            self.view = view.clone();
+            self.outbox.commands.push_back(Command::StateChanged(view));
+        }
+        if !answers_first {
+            self.answer_waiters();
+        }
+        self.settle_store();
+    }
+
+    pub(super) fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let tokens = match &self.state {
+            State::LoggedOut(cause) => {
+                let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+                self.outbox.fail(callers, FailReason::LoggedOut(cause.clone()));
+                return;
+            }
+            State::Loading => {
+                if self.store.exhausted() {
+                    let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+                    self.outbox.fail(callers, FailReason::StoreUnavailable);
+                }
+                return;
+            }
+            State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => tokens,
+        };
+        let durable = self.planted(Plant::GrantBeforePersist) || self.store.holds == Holds::Session(tokens.generation);
+        let grant = tokens.grant_at(now);
+        let running = self.running_cycle();
+        let straggling = self.straggler.is_some();
+        // What a waiter no token serves now is told, when nothing will serve it soon.
+        let blocked = if let State::Refreshing(_, cycle) = &self.state {
+            // A lock that cannot be had is a store that cannot be used.
+            (matches!(cycle.phase, Phase::Locking) && self.store.exhausted()).then_some(FailReason::StoreUnavailable)
+        } else if tokens.refresh.is_none() {
+            // Nothing can renew it: the user must log in again.
+            Some(FailReason::MissingRefreshToken)
+        } else {
+            // No refresh runs for a waiter it could serve: only a hold stops one.
+            tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
+        };
+        let store_gave_up = self.store.exhausted();
+        let login_stored = durable || self.planted(Plant::LoginAnsweredBeforeStored);
+        let (mut granted, mut stored, mut unstored, mut refused) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        self.waiters.retain(|waiter| {
+            if !waiter.wants_token() {
+                match (login_stored, store_gave_up) {
+                    (true, _) => stored.push(waiter.caller),
+                    (false, true) => unstored.push(waiter.caller),
+                    (false, false) => return true,
+                }
+                return false;
+            }
+            let served = grant.is_some() && tokens.satisfies(waiter.needs, running, straggling);
+            match (served, durable) {
+                (true, true) => granted.push(waiter.caller),
+                (true, false) if store_gave_up => unstored.push(waiter.caller),
+                (true, false) => return true,
+                (false, _) if blocked.is_some() => refused.push(waiter.caller),
+                (false, _) => return true,
+            }
+            false
+        });
+        if !stored.is_empty() {
+            self.outbox.commands.push_back(Command::LoginStored { callers: stored, generation: tokens.generation });
+        }
+        if let Some(grant) = grant.filter(|_| !granted.is_empty()) {
+            self.outbox.commands.push_back(Command::Grant { callers: granted, grant });
+        }
+        self.outbox.fail(unstored, FailReason::StoreUnavailable);
+        if let Some(reason) = blocked {
+            self.outbox.fail(refused, reason);
+        }
+    }
+
+    pub(super) fn publish(&mut self) {
+        let now = self.now;
+        let grant_before_persist = self.planted(Plant::GrantBeforePersist);
+        let offer = self
+            .tokens()
+            .filter(|t| t.usable_at(now) && (grant_before_persist || self.store.holds == Holds::Session(t.generation)));
+        let generation = offer.map(|t| t.generation);
+        if generation != self.published {
+            let grant = offer.and_then(|t| t.grant_at(now));
+            self.published = generation;
+            self.outbox.commands.push_back(Command::Publish(grant));
+        }
+    }
+
+    /// What stands before the next refresh of `tokens`, for the state (U7).
+    pub(super) fn renewal_of(&self, tokens: &TokenSet) -> Renewal {
+        if tokens.refresh.is_none() {
+            return Renewal::NoRefreshToken;
+        }
+        let Some(failure) = tokens.last_failure.as_ref().filter(|_| !self.planted(Plant::StateHidesFailure)) else {
+            return Renewal::Ready;
+        };
+        let retry_at = failure.hold_until;
+        match &failure.reason {
+            FailReason::RefreshUnavailable(failure) => Renewal::Failing { failure: failure.clone(), retry_at },
+            FailReason::Rejected(rejected) => Renewal::Misconfigured { rejected: rejected.clone(), retry_at },
+            FailReason::InteractionRequired(error) => Renewal::InteractionRequired(error.clone()),
+            // A cycle ends only with the reasons above, or for want of a
+            // refresh token (answered above).
+            FailReason::MissingRefreshToken
+            | FailReason::LoggedOut(_)
+            | FailReason::StoreUnavailable
+            | FailReason::TimedOut
+            | FailReason::TooManyWaiters => Renewal::Ready,
+        }
+    }
+
+    pub(super) fn view_now(&self) -> StateView {
+        match &self.state {
+            State::Loading => StateView::Loading,
+            State::Valid(t) => StateView::Valid { generation: t.generation, renewal: self.renewal_of(t) },
+            State::Expired(t) => StateView::Expired { generation: t.generation, renewal: self.renewal_of(t) },
+            State::Refreshing(t, _) => StateView::Refreshing { generation: t.generation },
+            State::LoggedOut(LogoutCause::NoSession) => StateView::NoSession,
+            State::LoggedOut(cause) => StateView::LoggedOut { cause: cause.clone() },
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The store: loading, locking, re-reading, adopting what another process
+//! wrote, and the write-ahead gate (tokens are written before anyone uses them).
+
+use super::refresh::jittered;
+use super::tokens::same_refresh;
+use super::*;
+
+impl Session {
+    /// Whether the store may hold `generation`: it does, a write of it is
+    /// out, or a failed write left the store unknown.
+    pub(super) fn store_may_hold(&self, generation: Generation) -> bool {
+        matches!(self.store.holds, Holds::Unknown)
+            || self.store.holds == Holds::Session(generation)
+            || matches!(self.store.in_flight, Some((_, StoreOp::Persist(g))) if g == generation)
+    }
+
+    pub(super) fn on_store_loaded(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
+        if self.store.in_flight != Some((op, StoreOp::Load)) {
+            self.ignore(STALE_STORE_ANSWER);
+            return;
+        }
+        self.store.succeeded();
+        self.wall_anchor = (self.now, unix_now);
+        match &self.state {
+            State::Loading => match stored {
+                None => self.state = State::LoggedOut(LogoutCause::NoSession),
+                Some(stored) => {
+                    self.store.holds = Holds::Session(stored.generation);
+                    self.last_generation = self.last_generation.max(stored.generation);
+                    let tokens = self.tokens_from_store(stored, |generation| generation);
+                    self.state = State::Valid(tokens);
+                }
+            },
+            State::Refreshing(_, Cycle { phase: Phase::Rereading { after, .. }, .. }) if op >= *after => {
+                self.reread(stored);
+            }
+            // A login, a logout or a rejection overtook the load: what it read
+            // is stale (a re-read still wanted issues a new load). Its
+            // generation still counts: the tokens held must outrank it, or a
+            // later re-read would take it for another process's rotation.
+            _ => {
+                let Some(stored) = stored else { return };
+                self.last_generation = self.last_generation.max(stored.generation);
+                if self.tokens().is_some_and(|t| t.generation <= stored.generation) {
+                    let generation = self.next_generation();
+                    if let Some(tokens) = self.tokens_mut() {
+                        tokens.generation = generation;
+                    }
+                    self.store.revive();
+                }
+            }
+        }
+    }
+
+    /// A rejection waited for this read of the store: another process's
+    /// rotation shows as a later generation with another token, and is
+    /// adopted; anything else is ours, or older, and the session ends.
+    pub(super) fn reread(&mut self, stored: Option<StoredSession>) {
+        let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { .. }, .. }) = &self.state else {
+            return;
+        };
+        let newer =
+            stored.filter(|s| !same_refresh(&s.refresh_token, &tokens.refresh) && self.written_since(tokens, s));
+        match newer {
+            Some(stored) => self.adopt_stored(stored),
+            None => self.refusal_stands(),
+        }
+    }
+
+    /// The store showed no other process's rotation: a rejected refresh token
+    /// ends the session; an `invalid_request` ends only the cycle.
+    pub(super) fn refusal_stands(&mut self) {
+        let State::Refreshing(tokens, Cycle { phase: Phase::Rereading { error, otherwise, .. }, .. }) = &self.state
+        else {
+            return;
+        };
+        let error = error.clone();
+        match otherwise {
+            IfNothingNewer::LogOut => {
+                let after_lost_response = tokens.answer_lost;
+                self.log_out(LogoutCause::RefreshTokenRejected { error, after_lost_response });
+            }
+            IfNothingNewer::Fail => self.end_cycle(FailReason::Rejected(Rejected::Error(error)), None),
+            IfNothingNewer::AwaitUser => self.end_cycle(FailReason::InteractionRequired(error), None),
+        }
+    }
+
+    /// Whether `stored` was written after this session's tokens. A later
+    /// generation says so; so does, for a shared store, anything other than
+    /// the tokens this session knows the store held: once a logout elsewhere
+    /// emptied the store, generations start again from whoever logs in next,
+    /// so a number alone cannot tell.
+    pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
+        !tokens.stored_as(stored)
+            && (stored.generation > tokens.generation
+                || (self.locks_store() && self.store.holds == Holds::Session(tokens.generation)))
+    }
+
+    /// The store's cross-process lock is held and the store was read under
+    /// it, so what it holds is the truth until the lock is released.
+    pub(super) fn on_store_locked(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
+        if self.store.in_flight != Some((op, StoreOp::Lock)) {
+            self.ignore(STALE_STORE_ANSWER);
+            return;
+        }
+        self.store.succeeded();
+        self.store.locked = true;
+        self.wall_anchor = (self.now, unix_now);
+        if let State::Refreshing(_, Cycle { phase: Phase::Rereading { after, .. }, .. }) = &self.state {
+            if op >= *after {
+                self.reread(stored);
+            }
+            return;
+        }
+        let Some(held) = self.tokens() else {
+            // Logged out: the lock is for clearing the store.
+            self.store.holds = if stored.is_some() { Holds::Unknown } else { Holds::Empty };
+            return;
+        };
+        let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));
+        // A login not yet written is the user's latest word: nothing stored outranks it.
+        let unwritten_login = held.from_login && !ours_durable;
+        let theirs_newer = !unwritten_login && stored.as_ref().is_some_and(|s| self.written_since(held, s));
+        let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
+        match stored {
+            // Another process refreshed (or logged in) since this one last
+            // wrote or read: its tokens are newer, and refreshing ours would
+            // replay a spent token. Adopted instead of refreshing.
+            Some(stored) if locking && theirs_newer => self.adopt_locked(stored),
+            // Ours came from a late answer outside the lock; theirs was written
+            // under it since, from the same token or a later one.
+            Some(stored) if theirs_newer && held.answered_unlocked => self.adopt_locked(stored),
+            // Another process logged out: the session this one held ended there.
+            None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
+            stored => {
+                let same = stored.as_ref().is_some_and(|s| held.stored_as(s));
+                self.store.holds = match &stored {
+                    None => Holds::Empty,
+                    Some(s) => Holds::Session(s.generation),
+                };
+                // Ours is newer (a login, or a rotation not yet written): it
+                // must outrank what the store holds, then be written.
+                if let Some(stored) = stored.filter(|_| !same) {
+                    self.last_generation = self.last_generation.max(stored.generation);
+                    if stored.generation >= generation {
+                        let renumbered = self.next_generation();
+                        if let Some(tokens) = self.tokens_mut() {
+                            tokens.generation = renumbered;
+                        }
+                    }
+                }
+                if locking {
+                    self.send_next_attempt();
+                }
+            }
+        }
+    }
+
+    /// Takes over a newer session found under the lock: its tokens are what
+    /// the store holds. Its access token ends the cycle if usable; otherwise
+    /// its refresh token is sent, still under the lock.
+    pub(super) fn adopt_locked(&mut self, stored: StoredSession) {
+        self.store.holds = Holds::Session(stored.generation);
+        self.last_generation = self.last_generation.max(stored.generation);
+        let mut tokens = self.tokens_from_store(stored, |generation| generation);
+        // Another process refreshed while this cycle waited for the lock: its
+        // tokens are this cycle's result.
+        tokens.cycle = self.cycles_started;
+        if tokens.usable_at(self.now) {
+            self.state = State::Valid(tokens);
+        } else {
+            self.state = State::Refreshing(tokens, Cycle { attempt: 0, phase: Phase::Locking, reread: false });
+            self.send_next_attempt();
+        }
+    }
+
+    /// Takes over a session another process wrote while ours was being rejected.
+    pub(super) fn adopt_stored(&mut self, stored: StoredSession) {
+        let durable = stored.generation > self.last_generation;
+        let generation = if durable { stored.generation } else { self.next_generation() };
+        self.last_generation = self.last_generation.max(generation);
+        if durable {
+            self.store.holds = Holds::Session(generation);
+        }
+        let mut tokens = self.tokens_from_store(stored, |_| generation);
+        tokens.cycle = self.cycles_started;
+        let State::Refreshing(_, cycle) = mem::replace(&mut self.state, State::Loading) else { return };
+        if tokens.usable_at(self.now) {
+            self.state = State::Valid(tokens);
+        } else {
+            // Its access token is spent too: one more attempt, with its refresh token.
+            self.state = State::Refreshing(tokens, Cycle { phase: Phase::Backoff { until: self.now }, ..cycle });
+            self.send_next_attempt();
+        }
+        self.store.revive();
+    }
+
+    pub(super) fn tokens_from_store(
+        &mut self,
+        stored: StoredSession,
+        generation: impl FnOnce(Generation) -> Generation,
+    ) -> TokenSet {
+        let (anchor_mono, anchor_unix) = self.wall_anchor;
+        let max_lifetime = self.config.policy.max_lifetime;
+        let expiry = stored.access_expires_at.map(|at| {
+            // Remaining lifetime on the wall clock, measured from the anchor;
+            // a stored blob is untrusted, so the same cap applies as on the wire.
+            let remaining = at.saturating_duration_since(anchor_unix).min(max_lifetime);
+            let expires_at = anchor_mono.min(self.now).saturating_add(remaining);
+            // Margins are judged by the lifetime it was issued with, not by what is left.
+            let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
+            Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
+        });
+        let mut tokens = TokenSet {
+            generation: generation(stored.generation),
+            access: stored.access_token,
+            token_type: stored.token_type,
+            scope: stored.scope,
+            refresh: stored.refresh_token,
+            expiry,
+            access_rejected: false,
+            refresh_first: false,
+            cycle: 0,
+            answered_by: None,
+            first_send: None,
+            presented_since: self.outbox.next_refresh,
+            last_failure: None,
+            answer_lost: false,
+            from_login: false,
+            answered_unlocked: false,
+        };
+        tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
+        tokens
+    }
+
+    /// U2: a token adopted from outside a refresh (the store, a login, another
+    /// process) whose refresh point has passed is refreshed before it is
+    /// handed out: the refresh window is the user's.
+    pub(super) fn adopted_past_refresh_point(&self, tokens: &TokenSet) -> bool {
+        let past = tokens.refresh.is_some() && tokens.expiry.is_some_and(|e| self.now >= e.window_at);
+        past && !self.planted(Plant::IgnoresRefreshWindow)
+    }
+
+    pub(super) fn on_store_written(&mut self, op: StoreOpId) {
+        let Some((_, kind)) = self.store.in_flight.filter(|(current, _)| *current == op) else {
+            self.ignore(STALE_STORE_ANSWER);
+            return;
+        };
+        self.store.holds = match kind {
+            StoreOp::Persist(generation) => Holds::Session(generation),
+            StoreOp::Clear => Holds::Empty,
+            // A load or lock answered as a write: nothing was written.
+            StoreOp::Load | StoreOp::Lock => self.store.holds,
+        };
+        if matches!(kind, StoreOp::Load | StoreOp::Lock) {
+            self.store.in_flight = None;
+            return;
+        }
+        self.store.succeeded();
+        if kind == StoreOp::Clear
+            && let Some(refresh_token) = self.revoke_after_clear.take()
+        {
+            self.outbox.commands.push_back(Command::Revoke { refresh_token });
+        }
+        let no_longer_needed = |replaced_by: Generation| match kind {
+            StoreOp::Persist(stored) => stored >= replaced_by,
+            _ => true,
+        };
+        for (replaced_by, refresh_token) in mem::take(&mut self.replaced_grants) {
+            // A grant that came back (another process sharing the store kept
+            // it) is the session's again: never revoke what is held.
+            if self.tokens().is_some_and(|t| t.holds_refresh(&refresh_token)) {
+                continue;
+            }
+            if no_longer_needed(replaced_by) {
+                self.outbox.commands.push_back(Command::Revoke { refresh_token });
+            } else {
+                self.replaced_grants.push((replaced_by, refresh_token));
+            }
+        }
+    }
+
+    pub(super) fn on_store_failed(&mut self, op: StoreOpId, error: StoreError) {
+        let Some((_, kind)) = self.store.in_flight.filter(|(current, _)| *current == op) else {
+            self.ignore(STALE_STORE_ANSWER);
+            return;
+        };
+        self.store.in_flight = None;
+        let read = matches!(kind, StoreOp::Load | StoreOp::Lock);
+        if !read {
+            // A failed write may or may not have happened.
+            self.store.holds = Holds::Unknown;
+        }
+        let gave_up = match error {
+            StoreError::Corrupt(decode) if kind == StoreOp::Load => {
+                if matches!(self.state, State::Loading) {
+                    self.state = State::LoggedOut(LogoutCause::StoredSessionUnreadable(decode));
+                    return;
+                }
+                // A blob we cannot read holds nothing we could adopt.
+                true
+            }
+            _ => self.store.failed(self.now, &self.config.store_backoff, &mut self.rng),
+        };
+        if gave_up && read {
+            // The store cannot tell us better: the refusal stands.
+            self.refusal_stands();
+        }
+    }
+
+    pub(super) fn take_tokens(&mut self) -> Option<TokenSet> {
+        match mem::replace(&mut self.state, State::Loading) {
+            State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Some(t),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
+    /// A load is wanted while nothing is loaded yet, and while a rejection
+    /// waits for the store to be re-read: derived from the state, never stored.
+    pub(super) fn load_wanted(&self) -> bool {
+        matches!(self.state, State::Loading | State::Refreshing(_, Cycle { phase: Phase::Rereading { .. }, .. }))
+    }
+
+    /// What the store should hold when the machine is not reading it, if it
+    /// is not there yet.
+    pub(super) fn write_wanted(&self) -> Option<StoreOp> {
+        let goal = match &self.state {
+            State::Loading => return None,
+            State::LoggedOut(cause) => {
+                if !cause.clears_store() || self.planted(Plant::LogoutKeepsStorage) {
+                    return None;
+                }
+                Holds::Empty
+            }
+            State::Valid(t) | State::Expired(t) | State::Refreshing(t, _) => Holds::Session(t.generation),
+        };
+        match goal {
+            _ if goal == self.store.holds => None,
+            Holds::Session(generation) => Some(StoreOp::Persist(generation)),
+            _ => Some(StoreOp::Clear),
+        }
+    }
+
+    /// Whether this session takes the store's cross-process lock.
+    pub(super) fn locks_store(&self) -> bool {
+        self.config.shared_store && !self.planted(Plant::NoCrossProcessLock)
+    }
+
+    /// The lock is held from the start of a refresh cycle (the read under
+    /// it decides whether to send) until its result is written, and around
+    /// every other write; an attempt abandoned in flight keeps it too. It is
+    /// released between cycles, so a process that only reads never blocks
+    /// the others. Derived from the state, never stored.
+    pub(super) fn lock_wanted(&self) -> bool {
+        self.locks_store()
+            && (matches!(self.state, State::Refreshing(..))
+                || self.straggler.is_some()
+                || self.write_wanted().is_some())
+    }
+
+    pub(super) fn settle_store(&mut self) {
+        let store = &self.store;
+        if store.in_flight.is_some() || store.retry_at.is_some() {
+            return;
+        }
+        let lock_wanted = self.lock_wanted();
+        if self.store.locked && !lock_wanted {
+            self.store.locked = false;
+            self.outbox.commands.push_back(Command::UnlockStore);
+            return;
+        }
+        let op = if lock_wanted && !self.store.locked {
+            StoreOp::Lock
+        } else if self.load_wanted() {
+            StoreOp::Load
+        } else {
+            match self.write_wanted() {
+                Some(op) => op,
+                None => return,
+            }
+        };
+        let id = self.store.next_op;
+        let command = match op {
+            StoreOp::Lock => Command::LockStore { op: id },
+            StoreOp::Load => Command::LoadStore { op: id },
+            StoreOp::Clear => Command::ClearStore { op: id },
+            StoreOp::Persist(_) => {
+                let Some(tokens) = self.tokens() else { return };
+                Command::Persist { op: id, session: self.to_stored(tokens) }
+            }
+        };
+        self.store.next_op = id.next();
+        self.store.in_flight = Some((id, op));
+        self.outbox.commands.push_back(command);
+    }
+
+    pub(super) fn to_stored(&self, tokens: &TokenSet) -> StoredSession {
+        let (anchor_mono, anchor_unix) = self.wall_anchor;
+        StoredSession {
+            generation: tokens.generation,
+            access_token: tokens.access.clone(),
+            token_type: tokens.token_type.clone(),
+            access_expires_at: tokens
+                .expiry
+                .map(|e| anchor_unix.saturating_add(e.expires_at.saturating_duration_since(anchor_mono))),
+            access_lifetime: tokens.expiry.and_then(|e| e.lifetime),
+            refresh_token: tokens.refresh.clone(),
+            scope: tokens.scope.clone(),
+        }
+    }
+}
+
+impl StoreSync {
+    /// Failed `attempts` times in a row: waiters stop waiting for the store,
+    /// though writes go on being retried at the slowest backoff.
+    pub(super) fn exhausted(&self) -> bool {
+        self.failures >= self.attempts
+    }
+
+    /// New demand: retry at once, and with the fast backoff again.
+    pub(super) fn revive(&mut self) {
+        if self.exhausted() {
+            self.failures = 0;
+            self.retry_at = None;
+        }
+    }
+
+    pub(super) fn succeeded(&mut self) {
+        self.in_flight = None;
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// Counts a failure and schedules the retry; returns whether the store is now exhausted.
+    pub(super) fn failed(&mut self, now: MonoTime, backoff: &Backoff, rng: &mut SplitMix64) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(now.saturating_add(jittered(rng, *backoff, self.failures)));
+        self.exhausted()
+    }
+}
