@@ -408,24 +408,16 @@ impl Session {
             let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
             Expiry::plan(base.saturating_add(lifetime), issued, &self.config, &mut self.rng)
         });
-        let mut tokens = TokenSet {
+        let mut tokens = TokenSet::arrived(
             generation,
-            access: new.access_token,
-            token_type: new.token_type,
-            scope: new.scope,
-            refresh: new.refresh_token,
+            new.access_token,
+            new.token_type,
+            new.scope,
+            new.refresh_token,
             expiry,
-            access_rejected: false,
-            refresh_first: false,
-            cycle: 0,
-            answered_by: None,
-            first_send: None,
-            presented_since: self.outbox.next_refresh,
-            last_failure: None,
-            answer_lost: false,
-            from_login: true,
-            answered_unlocked: false,
-        };
+            self.outbox.next_refresh,
+        );
+        tokens.from_login = true;
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);

@@ -211,24 +211,15 @@ impl Session {
             let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
-        let mut tokens = TokenSet {
-            generation: generation(stored.generation),
-            access: stored.access_token,
-            token_type: stored.token_type,
-            scope: stored.scope,
-            refresh: stored.refresh_token,
+        let mut tokens = TokenSet::arrived(
+            generation(stored.generation),
+            stored.access_token,
+            stored.token_type,
+            stored.scope,
+            stored.refresh_token,
             expiry,
-            access_rejected: false,
-            refresh_first: false,
-            cycle: 0,
-            answered_by: None,
-            first_send: None,
-            presented_since: self.outbox.next_refresh,
-            last_failure: None,
-            answer_lost: false,
-            from_login: false,
-            answered_unlocked: false,
-        };
+            self.outbox.next_refresh,
+        );
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens
     }

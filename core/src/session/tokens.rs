@@ -3,6 +3,37 @@
 use super::*;
 
 impl TokenSet {
+    /// Tokens that arrived from outside a refresh (a login, the store), not
+    /// yet presented: refreshes from `presented_since` on may carry them.
+    pub(super) fn arrived(
+        generation: Generation,
+        access: Option<AccessToken>,
+        token_type: TokenType,
+        scope: Option<String>,
+        refresh: Option<RefreshToken>,
+        expiry: Option<Expiry>,
+        presented_since: RefreshId,
+    ) -> Self {
+        Self {
+            generation,
+            access,
+            token_type,
+            scope,
+            refresh,
+            expiry,
+            access_rejected: false,
+            refresh_first: false,
+            cycle: 0,
+            answered_by: None,
+            first_send: None,
+            presented_since,
+            last_failure: None,
+            answer_lost: false,
+            from_login: false,
+            answered_unlocked: false,
+        }
+    }
+
     /// Whether `stored` is these tokens, as this session wrote or read them.
     pub(super) fn stored_as(&self, stored: &StoredSession) -> bool {
         stored.generation == self.generation && same_refresh(&stored.refresh_token, &self.refresh)
