@@ -1,0 +1,713 @@
+//! C1–C9 and U1–U9 over one session's inputs and outputs.
+
+use super::*;
+
+/// Where a store is known to be, for C3 and C4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreModel {
+    Unknown,
+    Empty,
+    Holds(Generation),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum PendingStore {
+    Load,
+    Persist(Generation),
+    Clear,
+}
+
+#[derive(Clone, Debug)]
+struct Sent {
+    token: Fingerprint,
+    at: MonoTime,
+    attempt: u32,
+    /// When its answer came, and whether that answer asked for a pause.
+    answered: Option<(MonoTime, Answer)>,
+    /// Its answer says what the server issued for it: nothing (a refusal, a
+    /// 429, a request never sent) or what the answer carried. A later grace
+    /// replay can only carry tokens issued for an attempt not settled.
+    settled: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Transient { retry_after: Option<Duration> },
+    Terminal,
+    Other,
+}
+
+/// Checks C1–C7 and C9 over one session's events and commands. Feed it every
+/// event with [`ClientMonitor::event`], every command with
+/// [`ClientMonitor::command`], close each step with [`ClientMonitor::step_end`]
+/// and the run with [`ClientMonitor::finish`]. C8 is checked by replaying a run
+/// ([`same_trace`]).
+#[derive(Debug)]
+pub struct ClientMonitor {
+    config: SessionConfig,
+    sent: BTreeMap<RefreshId, Sent>,
+    superseded: BTreeSet<Fingerprint>,
+    /// Superseded tokens whose successor reached the store: they stay
+    /// superseded across a crash.
+    durably_superseded: BTreeSet<Fingerprint>,
+    /// Successors received per token, to mark durability when they are written.
+    successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
+    dead: BTreeSet<Fingerprint>,
+    awaiting_logout: Option<MonoTime>,
+    durable: BTreeSet<Generation>,
+    pending_store: BTreeMap<StoreOpId, (PendingStore, Option<Fingerprint>)>,
+    store: StoreModel,
+    /// Store operations failed in a row, and when the last one failed.
+    store_failures: (u32, MonoTime),
+    waiting: BTreeMap<CallerId, MonoTime>,
+    logged_out: Option<LogoutCause>,
+    /// The state the session last reported.
+    state: StateView,
+    /// Callers that arrived while no refresh cycle ran, and none has started
+    /// since: failing one of them as "unavailable" repeats an old failure.
+    unserved_since_arrival: BTreeSet<CallerId>,
+    /// Until when a failure may be repeated without a new cycle: the server's
+    /// `Retry-After`, or the configured cooldown after a failed cycle.
+    failure_excused_until: MonoTime,
+    /// Access tokens adopted inside their refresh margin: never to be handed out (U2).
+    inside_margin: BTreeSet<Fingerprint>,
+    /// Access tokens this life of the session has seen (from a refresh, a
+    /// login or the store): U2 judges a token when it first comes from the
+    /// store; reading it back later (under a shared store's lock) adopts nothing.
+    seen_access: BTreeMap<Fingerprint, MonoTime>,
+    /// Callers that forced a refresh, and when they asked.
+    forced: BTreeMap<CallerId, MonoTime>,
+    /// Callers that asked while the store was being read or written: the
+    /// session could not yet know whether it holds a refresh token, so U4
+    /// lets them wait for the answer.
+    asked_before_known: BTreeSet<CallerId>,
+    /// Per refresh token the server kept (answered without rotating), when:
+    /// presentations before it cannot be replayed by a later rotation.
+    kept_since: BTreeMap<Fingerprint, MonoTime>,
+    /// The latest each access token learned from a refresh may be used
+    /// (its issued lifetime counted from the first presentation of its
+    /// refresh token that may have committed), for U8.
+    usable_at_most: BTreeMap<Fingerprint, MonoTime>,
+    /// Callers retrying after a 401: while a refresh is out, it may kill the
+    /// token they would be handed (U8).
+    retrying: BTreeSet<CallerId>,
+    /// Refresh tokens the server refused pending the user's interaction (U6),
+    /// with the generation the session held then: tokens adopted later (a
+    /// login, or a newer generation from the store) start afresh.
+    awaits_user: BTreeMap<Fingerprint, Generation>,
+    /// Why callers were failed in this step, when the state must say it (U7).
+    told_this_step: Option<FailReason>,
+    /// Callers waiting for their login to be stored, with the newest
+    /// generation seen before it: the login's tokens are newer (U9).
+    logins: BTreeMap<CallerId, Generation>,
+    /// The newest generation the session showed or wrote.
+    newest_generation: Generation,
+    violations: Vec<Violation>,
+}
+
+impl ClientMonitor {
+    /// A monitor for a session with `config`.
+    pub fn new(config: &SessionConfig) -> Self {
+        Self {
+            config: config.clone(),
+            sent: BTreeMap::new(),
+            superseded: BTreeSet::new(),
+            durably_superseded: BTreeSet::new(),
+            successor_of: BTreeMap::new(),
+            dead: BTreeSet::new(),
+            awaiting_logout: None,
+            durable: BTreeSet::new(),
+            pending_store: BTreeMap::new(),
+            store: StoreModel::Unknown,
+            store_failures: (0, MonoTime::ZERO),
+            waiting: BTreeMap::new(),
+            logged_out: None,
+            state: StateView::Loading,
+            unserved_since_arrival: BTreeSet::new(),
+            failure_excused_until: MonoTime::ZERO,
+            inside_margin: BTreeSet::new(),
+            seen_access: BTreeMap::new(),
+            forced: BTreeMap::new(),
+            asked_before_known: BTreeSet::new(),
+            kept_since: BTreeMap::new(),
+            usable_at_most: BTreeMap::new(),
+            retrying: BTreeSet::new(),
+            awaits_user: BTreeMap::new(),
+            told_this_step: None,
+            logins: BTreeMap::new(),
+            newest_generation: Generation(0),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Violations found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    fn violate(&mut self, invariant: Invariant, at: MonoTime, detail: String) {
+        self.violations.push(Violation { invariant, at, detail });
+    }
+
+    /// The process crashed: what it held in memory is gone; the store and the
+    /// tokens it made durable remain. Its successor starts a fresh session.
+    pub fn crash(&mut self) {
+        self.sent.clear();
+        self.superseded = self.durably_superseded.clone();
+        self.pending_store.clear();
+        self.waiting.clear();
+        self.logged_out = None;
+        self.awaiting_logout = None;
+        self.successor_of.clear();
+        // What the old process learned of dead tokens died with it; its
+        // successor may present the stored token once more.
+        self.dead.clear();
+        self.store = StoreModel::Unknown;
+        self.state = StateView::Loading;
+        self.unserved_since_arrival.clear();
+        self.seen_access.clear();
+        self.forced.clear();
+        self.asked_before_known.clear();
+        self.kept_since.clear();
+        self.usable_at_most.clear();
+        self.retrying.clear();
+        self.awaits_user.clear();
+        self.told_this_step = None;
+        self.logins.clear();
+        // Its successor numbers generations from what it reads.
+        self.newest_generation = Generation(0);
+    }
+
+    /// An input the session is about to handle at `now`.
+    pub fn event(&mut self, now: MonoTime, event: &Event) {
+        match event {
+            Event::RefreshWanted { caller } => {
+                self.awaits_user.clear();
+                self.forced.insert(*caller, now);
+                self.waiting.entry(*caller).or_insert(now);
+                self.note_if_unknowing(*caller);
+                self.unserved_since_arrival.insert(*caller);
+            }
+            Event::Invalidated { .. } => {}
+            Event::TokenWanted { caller } | Event::Unauthorized { caller, .. } => {
+                self.waiting.entry(*caller).or_insert(now);
+                if matches!(event, Event::Unauthorized { .. }) {
+                    self.retrying.insert(*caller);
+                }
+                self.note_if_unknowing(*caller);
+                if !matches!(self.state, StateView::Refreshing { .. }) {
+                    self.unserved_since_arrival.insert(*caller);
+                }
+            }
+            Event::RefreshCompleted { id, outcome } => self.refresh_answered(now, *id, outcome),
+            Event::RefreshFailed { id, failure } => {
+                if let Some(sent) = self.sent.get_mut(id) {
+                    if sent.answered.is_none() {
+                        sent.settled = !failure.outcome_unknown();
+                    }
+                    sent.answered.get_or_insert((now, Answer::Transient { retry_after: None }));
+                }
+            }
+            Event::StoreLoaded { op, stored, unix_now } | Event::StoreLocked { op, stored, unix_now } => {
+                if self.pending_store.remove(op).is_some() {
+                    self.store_failures = (0, now);
+                    self.store = match stored {
+                        Some(stored) => {
+                            self.durable.insert(stored.generation);
+                            self.awaits_user.retain(|_, held| *held >= stored.generation);
+                            // A live token another process stored may replace a
+                            // rejected one: the rejection no longer demands a logout.
+                            if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
+                                let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
+                                if fresh && self.latest_token() != Some(token) {
+                                    self.awaiting_logout = None;
+                                }
+                            }
+                            self.note_refresh_first(stored, *unix_now, now);
+                            StoreModel::Holds(stored.generation)
+                        }
+                        None => StoreModel::Empty,
+                    };
+                }
+            }
+            Event::StoreWritten { op } => match self.pending_store.remove(op) {
+                Some((PendingStore::Persist(generation), refresh)) => {
+                    self.store_failures = (0, now);
+                    self.durable.insert(generation);
+                    self.store = StoreModel::Holds(generation);
+                    if let Some(refresh) = refresh {
+                        let predecessors: Vec<_> = self
+                            .successor_of
+                            .iter()
+                            .filter(|(_, successors)| successors.contains(&refresh))
+                            .map(|(old, _)| *old)
+                            .collect();
+                        self.durably_superseded.extend(predecessors);
+                    }
+                }
+                Some((PendingStore::Clear, _)) => {
+                    self.store_failures = (0, now);
+                    self.store = StoreModel::Empty;
+                }
+                Some((PendingStore::Load, _)) | None => {}
+            },
+            Event::StoreFailed { op, .. } => {
+                if let Some((kind, _)) = self.pending_store.remove(op) {
+                    self.store_failures = (self.store_failures.0 + 1, now);
+                    if !matches!(kind, PendingStore::Load) {
+                        self.store = StoreModel::Unknown;
+                    }
+                }
+            }
+            Event::LoggedIn { caller, session: new } => {
+                self.waiting.entry(*caller).or_insert(now);
+                self.logins.insert(*caller, self.newest_generation);
+                if let Some(access) = &new.access_token {
+                    self.seen_access.entry(access.fingerprint()).or_insert(now);
+                }
+                if let (Some(access), Some(lifetime), Some(_)) = (&new.access_token, new.lifetime, &new.refresh_token) {
+                    let left = new.requested_at.saturating_add(lifetime).saturating_duration_since(now);
+                    let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
+                    if left <= least_margin(&self.config, issued) {
+                        self.inside_margin.insert(access.fingerprint());
+                    }
+                }
+                // A new session: refreshes of the one it replaces are not its own (C1 is per session).
+                self.sent.clear();
+                self.logged_out = None;
+                self.awaiting_logout = None;
+            }
+            Event::LogoutRequested => {}
+        }
+    }
+
+    fn refresh_answered(&mut self, now: MonoTime, id: RefreshId, outcome: &Classified) {
+        let Some(sent) = self.sent.get_mut(&id) else { return };
+        let token = sent.token;
+        let answer = match outcome {
+            Classified::Transient(Transient { retry_after, .. }) => Answer::Transient { retry_after: *retry_after },
+            Classified::Malformed(_) => Answer::Transient { retry_after: None },
+            Classified::Terminal(_) => Answer::Terminal,
+            _ => Answer::Other,
+        };
+        // One request gets one answer: a second one for the same id is a
+        // duplicate (or nonsense), and says nothing new.
+        if sent.answered.is_some() {
+            return;
+        }
+        if let Answer::Transient { retry_after: Some(wait) } = answer {
+            self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(wait));
+        }
+        sent.answered = Some((now, answer));
+        sent.settled = match outcome {
+            Classified::Success(_)
+            | Classified::Terminal(_)
+            | Classified::Rejected(_)
+            | Classified::InteractionRequired(_) => true,
+            Classified::Transient(Transient { cause, .. }) => !matches!(cause, TransientCause::ServerError(_)),
+            Classified::Malformed(_) => false,
+        };
+        let sent_at = sent.at;
+        if let Classified::Success(response) = outcome {
+            let access = response.access_token.fingerprint();
+            self.seen_access.entry(access).or_insert(now);
+            // A rotated answer may be a grace replay of what the server issued
+            // an earlier presentation that may have committed (since the token
+            // was last kept); an unrotated one was issued now.
+            let rotated = response.refresh_token.as_ref().is_some_and(|r| r.fingerprint() != token);
+            let presented = if rotated {
+                let since = self.kept_since.get(&token).copied().unwrap_or(MonoTime::ZERO);
+                self.sent
+                    .values()
+                    .filter(|s| s.token == token && s.at >= since && !s.settled)
+                    .map(|s| s.at)
+                    .fold(sent_at, MonoTime::min)
+            } else {
+                self.kept_since.insert(token, now);
+                sent_at
+            };
+            if let Some(lifetime) = response.lifetime {
+                // The session keeps the first answer that carried these
+                // bytes; a straggler's copy of them changes nothing.
+                self.usable_at_most.entry(access).or_insert(presented.saturating_add(lifetime));
+            }
+        }
+        let successor = match outcome {
+            Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
+            Classified::Malformed(malformed) => malformed.salvaged_refresh_token.as_ref().map(|r| r.fingerprint()),
+            _ => None,
+        };
+        if let Some(successor) = successor.filter(|s| *s != token) {
+            self.superseded.insert(token);
+            self.successor_of.entry(token).or_default().insert(successor);
+        }
+        match outcome {
+            Classified::InteractionRequired(_) => {
+                let held = self.state.generation().unwrap_or(Generation(0));
+                self.awaits_user.insert(token, held);
+            }
+            // The server's later word on the token replaces the request.
+            Classified::Success(_) | Classified::Rejected(_) | Classified::Terminal(_) => {
+                self.awaits_user.remove(&token);
+            }
+            _ => {}
+        }
+        if answer == Answer::Terminal {
+            self.dead.insert(token);
+            // The session must act on it if the rejected token is still the one it holds.
+            let held = self.latest_token() == Some(token) && !self.superseded.contains(&token);
+            if held && self.logged_out.is_none() {
+                self.awaiting_logout.get_or_insert(now);
+            }
+        }
+        if matches!(outcome, Classified::Success(_)) {
+            self.awaiting_logout = None;
+        }
+    }
+
+    fn latest_token(&self) -> Option<Fingerprint> {
+        self.sent.values().next_back().map(|s| s.token)
+    }
+
+    /// An output the session produced while handling an input at `now`.
+    pub fn command(&mut self, now: MonoTime, command: &Command) {
+        match command {
+            Command::SendRefresh { id, refresh_token, attempt } => {
+                self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
+            }
+            Command::Persist { op, session } => {
+                self.newest_generation = self.newest_generation.max(session.generation);
+                let token = session.refresh_token.as_ref().map(RefreshToken::fingerprint);
+                if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) {
+                    self.violate(Invariant::C4, now, format!("persisted {} after logout", session.generation));
+                }
+                if let Some(token) = token.filter(|t| self.superseded.contains(t)) {
+                    self.violate(Invariant::C3, now, format!("persisted superseded refresh token {token}"));
+                }
+                self.pending_store.insert(*op, (PendingStore::Persist(session.generation), token));
+            }
+            Command::ClearStore { op } => {
+                self.pending_store.insert(*op, (PendingStore::Clear, None));
+            }
+            Command::LoadStore { op } => {
+                self.pending_store.insert(*op, (PendingStore::Load, None));
+            }
+            Command::LockStore { op } => {
+                // A shared store's cycle starts by taking its lock.
+                self.unserved_since_arrival.clear();
+                self.pending_store.insert(*op, (PendingStore::Load, None));
+            }
+            Command::Publish(Some(grant)) | Command::Grant { grant, .. } => {
+                let access = grant.access_token.fingerprint();
+                if self.inside_margin.contains(&access) {
+                    let detail = format!("handed out {}, adopted inside its refresh margin", grant.generation);
+                    self.violate(Invariant::U2, now, detail);
+                }
+                self.seen_access.entry(access).or_insert(now);
+                if let (Some(until), Some(at_most)) = (grant.usable_until, self.usable_at_most.get(&access))
+                    && until > *at_most
+                {
+                    let detail = format!(
+                        "{} is held usable until {until}, past the first presentation of its refresh token plus its lifetime ({at_most})",
+                        grant.generation
+                    );
+                    self.violate(Invariant::U8, now, detail);
+                }
+                if let Command::Grant { callers, .. } = command {
+                    let timeout = self.config.request_timeout;
+                    let in_flight =
+                        self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout));
+                    if let (Some(caller), Some((id, _))) =
+                        (callers.iter().find(|c| self.retrying.contains(c)), in_flight)
+                    {
+                        let detail = format!(
+                            "{caller}'s retry after a 401 got {} while {id}, which may kill it, was out",
+                            grant.generation
+                        );
+                        self.violate(Invariant::U8, now, detail);
+                    }
+                    let learned = self.seen_access.get(&access).copied().unwrap_or(now);
+                    if let Some(caller) =
+                        callers.iter().find(|c| self.forced.get(c).is_some_and(|asked| learned < *asked))
+                    {
+                        let detail = format!(
+                            "forced refresh by {caller} answered with {}, held before it asked",
+                            grant.generation
+                        );
+                        self.violate(Invariant::U5, now, detail);
+                    }
+                }
+                if !self.durable.contains(&grant.generation) {
+                    self.violate(
+                        Invariant::C3,
+                        now,
+                        format!("handed out {} before the store held it", grant.generation),
+                    );
+                }
+                if self.logged_out.is_some() {
+                    self.violate(Invariant::C4, now, format!("handed out {} while logged out", grant.generation));
+                }
+                if matches!(command, Command::Grant { .. }) && !grant.usable_at(now) {
+                    self.violate(Invariant::C7, now, format!("granted {} past its usable time", grant.generation));
+                }
+                if let Command::Grant { callers, .. } = command {
+                    if !matches!(self.state, StateView::Valid { .. } | StateView::Refreshing { .. }) {
+                        let detail = format!("granted {} while the state still read {}", grant.generation, self.state);
+                        self.violate(Invariant::U1, now, detail);
+                    }
+                    self.resolve(now, callers, "granted");
+                }
+            }
+            Command::LoginStored { callers, generation } => {
+                for caller in callers {
+                    let before = self.logins.remove(caller);
+                    if !self.durable.contains(generation) || before.is_some_and(|before| *generation <= before) {
+                        let detail = format!("told {caller} its login is stored, but the store does not hold it yet");
+                        self.violate(Invariant::U9, now, detail);
+                    }
+                }
+                self.resolve(now, callers, "told stored");
+            }
+            Command::Fail { callers, reason } => {
+                if *reason == FailReason::MissingRefreshToken
+                    && let Some(caller) = callers.iter().find(|c| {
+                        !self.asked_before_known.contains(c) && self.waiting.get(c).is_some_and(|since| *since < now)
+                    })
+                {
+                    let detail = format!("{caller} waited to be told the session has no refresh token");
+                    self.violate(Invariant::U4, now, detail);
+                }
+                if matches!(
+                    reason,
+                    FailReason::RefreshUnavailable(_)
+                        | FailReason::Rejected(_)
+                        | FailReason::InteractionRequired(_)
+                        | FailReason::MissingRefreshToken
+                ) {
+                    self.told_this_step = Some(reason.clone());
+                }
+                if let FailReason::RefreshUnavailable(_) = reason {
+                    self.check_not_cached(now, callers);
+                    let cooldown = self.config.failure_cooldown;
+                    self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(cooldown));
+                }
+                if let FailReason::LoggedOut(cause) = reason {
+                    let shown = match &self.state {
+                        StateView::LoggedOut { cause } => Some(cause),
+                        StateView::NoSession => Some(&LogoutCause::NoSession),
+                        _ => None,
+                    };
+                    if shown != Some(cause) {
+                        let detail = format!("failed callers as logged out while the state still read {}", self.state);
+                        self.violate(Invariant::U1, now, detail);
+                    }
+                }
+                self.resolve(now, callers, "failed");
+            }
+            Command::StateChanged(view) => {
+                if let Some(generation) = view.generation() {
+                    self.newest_generation = self.newest_generation.max(generation);
+                }
+                if matches!(view, StateView::Refreshing { .. }) {
+                    self.unserved_since_arrival.clear();
+                }
+                if matches!(view, StateView::NoSession) {
+                    self.logged_out = Some(LogoutCause::NoSession);
+                }
+                if let StateView::LoggedOut { cause } = view {
+                    if let LogoutCause::RefreshTokenRejected { error, .. } = cause
+                        && !self.config.policy.terminal_errors.contains(&error.code)
+                    {
+                        let detail = format!("logged out on a refusal that is not terminal: {error}");
+                        self.violate(Invariant::U6, now, detail);
+                    }
+                    self.logged_out = Some(cause.clone());
+                    self.awaiting_logout = None;
+                }
+                self.state = view.clone();
+            }
+            Command::Publish(None) | Command::Revoke { .. } | Command::UnlockStore => {}
+        }
+    }
+
+    fn refresh_sent(&mut self, now: MonoTime, id: RefreshId, token: Fingerprint, attempt: u32) {
+        self.unserved_since_arrival.clear();
+        let timeout = self.config.request_timeout;
+        if let Some((other, _)) =
+            self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout))
+        {
+            let other = *other;
+            self.violate(Invariant::C1, now, format!("sent {id} while {other} was in flight"));
+        }
+        if self.superseded.contains(&token) {
+            self.violate(Invariant::C2, now, format!("{id} presented {token}, whose successor was received"));
+        }
+        if self.dead.contains(&token) {
+            self.violate(Invariant::C6, now, format!("{id} presented {token}, which was declared dead"));
+        }
+        // A forced refresh is the app's word that the user acted (or that it
+        // wants to try once more): it may present the token again.
+        if self.awaits_user.contains_key(&token) && self.forced.is_empty() {
+            self.violate(
+                Invariant::U6,
+                now,
+                format!("{id} presented {token} again, which awaits the user's interaction"),
+            );
+        }
+        // A forced refresh lifts the request: what follows is up to the server.
+        if !self.forced.is_empty() {
+            self.awaits_user.remove(&token);
+        }
+        if self.logged_out.is_some() {
+            self.violate(Invariant::C4, now, format!("sent {id} while logged out"));
+        }
+        // One extra attempt is allowed after a token is salvaged or adopted from the store.
+        if attempt > self.config.backoff.attempts + 1 {
+            self.violate(Invariant::C6, now, format!("{id} is attempt {attempt}, above the bound"));
+        }
+        if let Some(previous) = self.sent.values().next_back().filter(|_| attempt > 1) {
+            // An attempt fails at its answer or at its deadline, whichever comes first.
+            let deadline = previous.at.saturating_add(timeout);
+            let failed_at = match previous.answered {
+                Some((at, Answer::Transient { retry_after })) if at < deadline => Some((at, retry_after)),
+                Some((_, Answer::Transient { .. })) | None => Some((deadline, None)),
+                Some(_) => None,
+            };
+            if let Some((failed_at, retry_after)) = failed_at.filter(|_| previous.token == token) {
+                let floor = self.config.backoff.floor(previous.attempt);
+                let pause = retry_after.filter(|r| *r <= self.config.max_retry_after).unwrap_or_default();
+                let earliest = failed_at.saturating_add(floor.max(pause));
+                if now < earliest {
+                    self.violate(Invariant::C6, now, format!("{id} retried before {earliest} (backoff)"));
+                }
+            }
+        }
+        self.sent.insert(id, Sent { token, at: now, attempt, answered: None, settled: false });
+    }
+
+    /// U2: remembers a stored access token that has its refresh margin or
+    /// less left (by the lifetime it was issued with) and a refresh token to
+    /// renew it with: it must be refreshed before anyone gets it.
+    fn note_refresh_first(&mut self, stored: &StoredSession, unix_now: UnixTime, unix_now_mono: MonoTime) {
+        let (Some(access), Some(expires_at), Some(_)) =
+            (&stored.access_token, stored.access_expires_at, &stored.refresh_token)
+        else {
+            return;
+        };
+        let left = expires_at.saturating_duration_since(unix_now);
+        let first_sight = self.seen_access.insert(access.fingerprint(), unix_now_mono).is_none();
+        if first_sight && left <= least_margin(&self.config, stored.access_lifetime) {
+            self.inside_margin.insert(access.fingerprint());
+        }
+    }
+
+    /// U3: callers failed as "refresh unavailable" must have had a cycle of
+    /// their own, unless a server's `Retry-After` or the configured cooldown
+    /// was in force.
+    fn check_not_cached(&mut self, now: MonoTime, callers: &[CallerId]) {
+        if now < self.failure_excused_until {
+            return;
+        }
+        if let Some(caller) = callers.iter().find(|c| self.unserved_since_arrival.contains(c)) {
+            let detail = format!("failed {caller} as unavailable without trying a refresh after it arrived");
+            self.violate(Invariant::U3, now, detail);
+        }
+    }
+
+    /// Notes a caller that asked before the session could know whether it
+    /// holds a refresh token: while the store is read or written (U4).
+    fn note_if_unknowing(&mut self, caller: CallerId) {
+        if matches!(self.state, StateView::Loading) || !self.pending_store.is_empty() {
+            self.asked_before_known.insert(caller);
+        }
+    }
+
+    fn resolve(&mut self, now: MonoTime, callers: &[CallerId], how: &str) {
+        for caller in callers {
+            self.unserved_since_arrival.remove(caller);
+            self.forced.remove(caller);
+            self.asked_before_known.remove(caller);
+            self.retrying.remove(caller);
+            if self.waiting.remove(caller).is_none() {
+                self.violate(Invariant::C5, now, format!("{how} {caller}, which was not waiting"));
+            }
+        }
+    }
+
+    /// Closes the step that handled an input at `now`; `next_timeout` is what
+    /// `poll_timeout` returned after it.
+    pub fn step_end(&mut self, now: MonoTime, next_timeout: Option<MonoTime>) {
+        if next_timeout.is_some_and(|at| at <= now) {
+            self.violate(Invariant::C9, now, "poll_timeout returned a time not after now".into());
+        }
+        if let (Some(reason), Some(renewal)) = (self.told_this_step.take(), self.state.renewal())
+            && !renewal.explains(&reason)
+        {
+            let detail = format!("callers were told \"{reason}\" but the state reads {}", self.state);
+            self.violate(Invariant::U7, now, detail);
+        }
+        if self.logged_out.is_some() && !self.waiting.is_empty() {
+            let count = self.waiting.len();
+            self.violate(Invariant::C4, now, format!("{count} callers still wait after logout"));
+            self.waiting.clear();
+        }
+        self.check_clearing(now);
+        let bound = self.config.wait_bound();
+        let late: Vec<_> =
+            self.waiting.iter().filter(|(_, since)| since.saturating_add(bound) < now).map(|(c, _)| *c).collect();
+        for caller in late {
+            self.waiting.remove(&caller);
+            self.violate(Invariant::C5, now, format!("{caller} waited longer than {bound:?}"));
+        }
+    }
+
+    /// C4: a session logged out for a cause that clears the store must be
+    /// clearing it: a clear is pending, or the store is known empty, or the
+    /// last store operation failed and its backoff excuses the wait.
+    fn check_clearing(&mut self, now: MonoTime) {
+        let clearing = self.logged_out.as_ref().is_some_and(LogoutCause::clears_store);
+        if !clearing || !self.pending_store.is_empty() || self.store == StoreModel::Empty {
+            return;
+        }
+        // After a failure the next try waits out its backoff (capped at the slowest).
+        let (failures, failed_at) = self.store_failures;
+        let excused = failures > 0 && now <= failed_at.saturating_add(self.config.store_backoff.ceiling(failures));
+        if !excused {
+            self.violate(
+                Invariant::C4,
+                now,
+                format!("logged out but the store is {:?} and no clear is under way", self.store),
+            );
+            // Report once per logout.
+            self.store = StoreModel::Empty;
+        }
+    }
+
+    /// Ends the run at `now`. `settled` says inputs stopped long enough ago for
+    /// every bound to have passed, so liveness can be judged.
+    pub fn finish(&mut self, now: MonoTime, settled: bool) {
+        if !settled {
+            return;
+        }
+        if !self.waiting.is_empty() {
+            let count = self.waiting.len();
+            self.violate(Invariant::C5, now, format!("{count} callers never answered"));
+        }
+        if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) && self.store != StoreModel::Empty {
+            self.violate(Invariant::C4, now, format!("logged out but the store is {:?}", self.store));
+        }
+        if let Some(since) = self.awaiting_logout {
+            self.violate(Invariant::C6, now, format!("a terminal answer at {since} never led to a logout"));
+        }
+    }
+}
+
+/// The refresh margin a token issued for `lifetime` has at least (jitter only
+/// adds to it): the configured one, or half the lifetime when the lifetime is
+/// no longer than the margin.
+fn least_margin(config: &SessionConfig, lifetime: Option<Duration>) -> Duration {
+    match lifetime {
+        Some(lifetime) if lifetime <= config.refresh_margin => lifetime / 2,
+        _ => config.refresh_margin,
+    }
+}

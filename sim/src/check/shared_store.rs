@@ -1,0 +1,121 @@
+//! C1 and C2 across the processes that share one store.
+
+use super::*;
+
+/// Checks C1 and C2 across processes that share one store (and so one token
+/// family): at most one refresh in flight among them, and no process presents
+/// a refresh token whose successor another process already wrote to the
+/// store. Each process keeps its own [`ClientMonitor`] for the rest; feed this
+/// one the same events and commands, named by process, on one clock.
+#[derive(Debug)]
+pub struct SharedStoreMonitor {
+    request_timeout: Duration,
+    in_flight: BTreeMap<(usize, RefreshId), (MonoTime, Fingerprint)>,
+    successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
+    pending_writes: BTreeMap<(usize, StoreOpId), Fingerprint>,
+    durably_superseded: BTreeSet<Fingerprint>,
+    violations: Vec<Violation>,
+}
+
+impl SharedStoreMonitor {
+    /// A monitor for processes whose sessions use `config`.
+    pub fn new(config: &SessionConfig) -> Self {
+        Self {
+            request_timeout: config.request_timeout,
+            in_flight: BTreeMap::new(),
+            successor_of: BTreeMap::new(),
+            pending_writes: BTreeMap::new(),
+            durably_superseded: BTreeSet::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Violations found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// `process` died: its requests can no longer be acted on by it, and its
+    /// pending writes land or not without telling anyone.
+    pub fn crash(&mut self, process: usize) {
+        self.in_flight.retain(|(p, _), _| *p != process);
+        self.pending_writes.retain(|(p, _), _| *p != process);
+    }
+
+    /// An input `process` is about to handle at `now`.
+    pub fn event(&mut self, process: usize, _now: MonoTime, event: &Event) {
+        match event {
+            Event::RefreshCompleted { id, outcome } => {
+                let Some((_, token)) = self.in_flight.remove(&(process, *id)) else { return };
+                let successor = match outcome {
+                    Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
+                    Classified::Malformed(malformed) => {
+                        malformed.salvaged_refresh_token.as_ref().map(|r| r.fingerprint())
+                    }
+                    _ => None,
+                };
+                if let Some(successor) = successor.filter(|s| *s != token) {
+                    self.successor_of.entry(token).or_default().insert(successor);
+                }
+            }
+            Event::RefreshFailed { id, .. } => {
+                self.in_flight.remove(&(process, *id));
+            }
+            // A login or a logout ends the session in that process: a refresh
+            // of the grant it ended, still out, presents a token nobody will
+            // use again (as for C1 within a process; an answer to it after a
+            // logout is revoked).
+            Event::LoggedIn { .. } | Event::LogoutRequested => self.in_flight.retain(|(p, _), _| *p != process),
+            Event::StoreWritten { op } => {
+                if let Some(written) = self.pending_writes.remove(&(process, *op)) {
+                    let predecessors = self
+                        .successor_of
+                        .iter()
+                        .filter(|(_, successors)| successors.contains(&written))
+                        .map(|(old, _)| *old);
+                    self.durably_superseded.extend(predecessors.collect::<Vec<_>>());
+                }
+            }
+            Event::StoreFailed { op, .. } => {
+                self.pending_writes.remove(&(process, *op));
+            }
+            _ => {}
+        }
+    }
+
+    /// A command `process` produced at `now`.
+    pub fn command(&mut self, process: usize, now: MonoTime, command: &Command) {
+        match command {
+            Command::SendRefresh { id, refresh_token, .. } => {
+                let token = refresh_token.fingerprint();
+                let timeout = self.request_timeout;
+                let other = self
+                    .in_flight
+                    .iter()
+                    .find(|((p, _), (at, _))| *p != process && now < at.saturating_add(timeout))
+                    .map(|((p, other), _)| (*p, *other));
+                if let Some((p, other)) = other {
+                    self.violations.push(Violation {
+                        invariant: Invariant::C1,
+                        at: now,
+                        detail: format!("process {process} sent {id} while process {p}'s {other} was in flight"),
+                    });
+                }
+                if self.durably_superseded.contains(&token) {
+                    self.violations.push(Violation {
+                        invariant: Invariant::C2,
+                        at: now,
+                        detail: format!("process {process} sent {id} with {token}, whose successor the store held"),
+                    });
+                }
+                self.in_flight.insert((process, *id), (now, token));
+            }
+            Command::Persist { op, session } => {
+                if let Some(token) = &session.refresh_token {
+                    self.pending_writes.insert((process, *op), token.fingerprint());
+                }
+            }
+            _ => {}
+        }
+    }
+}

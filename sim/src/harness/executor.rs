@@ -1,0 +1,157 @@
+//! Carrying out each process's commands: inputs in, commands out, each
+//! command turned into network, store or timer work.
+
+use super::*;
+
+impl World {
+    pub(super) fn input(&mut self, p: usize, event: Event) {
+        note_at!(self, p, "{} {event:?}", self.now);
+        let now = self.now;
+        self.shared_monitor.event(p, now, &event);
+        let process = self.process_mut(p);
+        process.monitor.event(now, &event);
+        process.session.handle(now, event);
+        self.drain(p);
+    }
+
+    /// Carries out every command process `p`'s session queued.
+    pub(super) fn drain(&mut self, p: usize) {
+        while let Some(command) = self.process_mut(p).session.poll_command() {
+            note_at!(self, p, "{}   -> {command:?}", self.now);
+            let now = self.now;
+            self.shared_monitor.command(p, now, &command);
+            self.process_mut(p).monitor.command(now, &command);
+            self.execute(p, command);
+            self.commands_seen += 1;
+            if self.crash_at_command == Some(self.commands_seen) {
+                // The commands still queued die with the process, and the step
+                // never ends: what holds between steps need not hold mid-step.
+                self.crash_process(p);
+                return;
+            }
+        }
+        let (now, next) = (self.now, self.process(p).session.poll_timeout().map(|due| due.at));
+        self.process_mut(p).monitor.step_end(now, next);
+        // Faults at command boundaries.
+        if self.suspended_until.is_none() {
+            if self.chance(self.config.faults.crash, "crash") {
+                self.crash_process(p);
+            } else if self.chance(self.config.faults.clock_jump, "clock_jump") {
+                let pause =
+                    Duration::from_secs(1 + self.rng.below(2 * self.config.authority.access_ttl.as_secs().max(1)));
+                self.suspend(pause);
+            }
+        }
+    }
+
+    pub(super) fn execute(&mut self, p: usize, command: Command) {
+        let incarnation = self.process(p).incarnation;
+        match command {
+            Command::LoadStore { op } | Command::LockStore { op } => {
+                let at = self.now.saturating_add(self.config.store_latency);
+                if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
+                    let outcome = StoreOutcome::Failed { landed: None };
+                    self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+                } else if !matches!(command, Command::LockStore { .. }) {
+                    let outcome = StoreOutcome::Loaded(self.blob.clone());
+                    self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
+                } else if self.lock_holder.is_none() {
+                    self.grant_lock(incarnation, op);
+                } else {
+                    self.lock_waiters.push_back((incarnation, op));
+                    let give_up = self.now.saturating_add(self.config.session.lock_wait());
+                    self.schedule(give_up, Pending::LockTimeout { incarnation, op });
+                }
+            }
+            Command::UnlockStore => self.release_lock(incarnation),
+            Command::Persist { op, session } => self.write(p, op, StoreWrite::Put(session.encode())),
+            Command::ClearStore { op } => self.write(p, op, StoreWrite::Delete),
+            Command::SendRefresh { id, refresh_token, .. } => {
+                self.stats.refreshes_sent += 1;
+                let fate = self.fate();
+                let (latency, _) = self.latency();
+                match fate {
+                    Fate::DropRequest => {}
+                    Fate::Refused => {
+                        let failure = TransportFailure::NotSent;
+                        self.schedule(
+                            self.now.saturating_add(latency),
+                            Pending::RefreshFailed { incarnation, id, failure },
+                        );
+                    }
+                    _ => {
+                        let at = self.now.saturating_add(latency);
+                        let sent_at = self.now;
+                        self.schedule(
+                            at,
+                            Pending::RefreshArrives { incarnation, id, token: refresh_token, fate, sent_at },
+                        );
+                    }
+                }
+            }
+            Command::Revoke { refresh_token } => {
+                let (latency, _) = self.latency();
+                self.schedule(self.now.saturating_add(latency), Pending::RevokeArrives { token: refresh_token });
+            }
+            Command::LoginStored { callers, generation } => {
+                for caller in callers {
+                    self.outcomes.insert(caller, CallerOutcome::LoginStored(generation));
+                }
+            }
+            Command::Grant { callers, grant } => {
+                for caller in callers {
+                    self.stats.granted += 1;
+                    self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
+                    let (latency, healthy) = self.latency();
+                    // C7 speaks of a healthy network and a known expiry.
+                    let replayed = self.cross_life_replays.contains(&grant.access_token.fingerprint());
+                    let healthy = healthy && !self.clock_jumped && grant.usable_until.is_some() && !replayed;
+                    let retry = self.process(p).retried.get(&caller).copied().unwrap_or(false);
+                    let retried_at = retry.then_some(self.now);
+                    let pending =
+                        Pending::ResourceArrives { incarnation, caller, grant: grant.clone(), healthy, retried_at };
+                    self.schedule(self.now.saturating_add(latency), pending);
+                }
+            }
+            Command::Fail { callers, reason } => {
+                // An access token alone has run out, or the server wants the
+                // user to act: the app sends the user to log in.
+                let relogin = matches!(reason, FailReason::MissingRefreshToken | FailReason::InteractionRequired(_))
+                    && !self.login_pending;
+                for caller in callers {
+                    self.stats.failed += 1;
+                    self.outcomes.insert(caller, CallerOutcome::Failed(reason.clone()));
+                }
+                if relogin && self.config.demand.is_some() {
+                    self.login_pending = true;
+                    let at = self.now.saturating_add(Duration::from_secs(30));
+                    self.schedule(at, Pending::Login { process: p, always: true });
+                }
+            }
+            Command::StateChanged(view) if view.needs_login() => {
+                let cause = view.logout_cause().unwrap_or(LogoutCause::NoSession);
+                *self.stats.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+                let judged =
+                    judge_logout(&self.config.session, &self.config.authority, &cause, self.evidence, self.now);
+                self.extra.extend(judged.err());
+                // The user logs in again a while later, so the run goes on.
+                if self.config.demand.is_some() {
+                    let at = self.now.saturating_add(Duration::from_secs(30));
+                    self.schedule(at, Pending::Login { process: p, always: false });
+                }
+            }
+            Command::Publish(_) | Command::StateChanged(_) => {}
+        }
+    }
+
+    pub(super) fn client_frozen(&mut self, pending: Pending) -> Option<Pending> {
+        match self.suspended_until {
+            Some(until) if self.now < until => {
+                // The client sleeps: its inputs wait until it resumes.
+                self.schedule(until, pending);
+                None
+            }
+            _ => Some(pending),
+        }
+    }
+}

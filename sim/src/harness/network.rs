@@ -1,0 +1,282 @@
+//! The simulated network between the sessions and the authority: latency,
+//! sampled fates (lost requests, lost answers, errors), delivery, and the
+//! authority serving a refresh.
+
+use super::*;
+
+impl World {
+    pub(super) fn next_arrival(&mut self) -> MonoTime {
+        let mean = self.config.demand.map_or(Duration::from_secs(1), |d| d.mean_interval);
+        let millis = u64::try_from(mean.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.now.saturating_add(Duration::from_millis(1 + self.rng.below(2 * millis)))
+    }
+
+    pub(super) fn schedule(&mut self, at: MonoTime, pending: Pending) {
+        self.sequence += 1;
+        self.queue.insert((at, self.sequence), pending);
+    }
+
+    pub(super) fn chance(&mut self, per_mille: u16, kind: &'static str) -> bool {
+        let hit = per_mille > 0 && self.rng.chance(u64::from(per_mille), 1000);
+        if hit {
+            *self.stats.faults.entry(kind).or_default() += 1;
+        }
+        hit
+    }
+
+    pub(super) fn latency(&mut self) -> (Duration, bool) {
+        let extra = if self.chance(self.config.faults.delay, "delay") {
+            let max = u64::try_from(self.config.faults.max_delay.as_millis()).unwrap_or(0);
+            Duration::from_millis(self.rng.below(max + 1))
+        } else {
+            Duration::ZERO
+        };
+        (self.config.latency + extra, extra.is_zero())
+    }
+
+    pub(super) fn fate(&mut self) -> Fate {
+        if let Some(fate) = self.scripted.pop_front() {
+            return fate;
+        }
+        let f = self.config.faults;
+        if self.chance(f.drop_request, "drop_request") {
+            Fate::DropRequest
+        } else if self.chance(f.refused, "refused") {
+            Fate::Refused
+        } else if self.chance(f.server_error, "server_error") {
+            Fate::ServerError
+        } else if self.chance(f.rate_limit, "rate_limit") {
+            Fate::RateLimited(Duration::from_secs(1 + self.rng.below(60)))
+        } else if self.chance(f.policy_refusal, "policy_refusal") {
+            let pick = self.rng.below(PolicyRefusal::ALL.len() as u64) as usize;
+            Fate::PolicyRefusal(PolicyRefusal::ALL.get(pick).copied().unwrap_or(PolicyRefusal::InvalidClient))
+        } else if self.chance(f.drop_response, "drop_response") {
+            Fate::DropResponse
+        } else if self.chance(f.mangle_response, "mangle_response") {
+            Fate::MangleResponse
+        } else if self.chance(f.duplicate_response, "duplicate_response") {
+            Fate::DuplicateResponse
+        } else {
+            Fate::Deliver
+        }
+    }
+
+    pub(super) fn deliver(&mut self, pending: Pending) {
+        // Server-side arrivals happen whatever the client does.
+        let pending = match pending {
+            Pending::RefreshArrives { incarnation, id, token, fate, sent_at } => {
+                return self.serve_refresh(incarnation, id, &token, fate, sent_at);
+            }
+            Pending::RevokeArrives { token } => {
+                let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
+                self.observe_authority();
+                return;
+            }
+            Pending::ResourceArrives { incarnation, caller, grant, healthy, retried_at } => {
+                let result = self.authority.validate(self.now, grant.access_token.expose_secret());
+                self.observe_authority();
+                if result == Err(crate::authority::InvalidToken::Expired) && healthy {
+                    let detail = format!("{caller} used {} after it expired", grant.generation);
+                    self.extra.push(Violation { invariant: Invariant::C7, at: self.now, detail });
+                }
+                if let (Some(retried_at), Err(reason)) = (retried_at, result) {
+                    self.stats.retries_refused += 1;
+                    // U8: a retry nothing raced, on a healthy network, gets a
+                    // token the server has not already killed.
+                    let untouched = healthy && !self.killable_unseen(&grant.access_token, incarnation, retried_at);
+                    let killed = matches!(
+                        reason,
+                        crate::authority::InvalidToken::Expired | crate::authority::InvalidToken::Replaced
+                    );
+                    if untouched && killed {
+                        let detail = format!("{caller}'s retry with {} was refused: {reason:?}", grant.generation);
+                        self.extra.push(Violation { invariant: Invariant::U8, at: self.now, detail });
+                    }
+                }
+                let (latency, _) = self.latency();
+                let answer =
+                    Pending::ResourceAnswered { incarnation, caller, generation: grant.generation, ok: result.is_ok() };
+                self.schedule(self.now.saturating_add(latency), answer);
+                return;
+            }
+            other => other,
+        };
+        let Some(pending) = self.client_frozen(pending) else { return };
+        let addressee = match &pending {
+            Pending::RefreshAnswered { incarnation, .. }
+            | Pending::RefreshFailed { incarnation, .. }
+            | Pending::StoreDone { incarnation, .. }
+            | Pending::ResourceAnswered { incarnation, .. }
+            | Pending::LockTimeout { incarnation, .. } => self.process_of(*incarnation),
+            _ => None,
+        };
+        match (pending, addressee) {
+            // Random demand ends with the last caller of the liveness phase, so
+            // every caller has its whole bound before the verdict.
+            (Pending::CallerArrives, _) if self.demand_until.is_some_and(|until| self.now > until) => {}
+            (Pending::CallerArrives, _) => {
+                let p = if self.processes.len() > 1 { self.rng.below(self.processes.len() as u64) as usize } else { 0 };
+                if self.chance(self.config.faults.logout, "logout") {
+                    self.log_out_at(p);
+                } else if self.rng.chance(1, 40) {
+                    // The app forces a refresh now and then (a changed profile, a suspect token).
+                    self.force_refresh_at(p);
+                } else {
+                    self.want_token_at(p);
+                }
+                let next = self.next_arrival();
+                self.schedule(next, Pending::CallerArrives);
+            }
+            (Pending::RefreshAnswered { id, outcome, .. }, Some(p)) => {
+                self.input(p, Event::RefreshCompleted { id, outcome });
+            }
+            (Pending::RefreshFailed { id, failure, .. }, Some(p)) => {
+                self.input(p, Event::RefreshFailed { id, failure });
+            }
+            (Pending::StoreDone { op, outcome, .. }, Some(p)) => self.store_done(p, op, outcome),
+            (Pending::ResourceAnswered { caller, generation, ok: false, .. }, Some(p)) => {
+                self.stats.unauthorized += 1;
+                // One retry per request, never more: no 401 loop.
+                let retried = self.process_mut(p).retried.entry(caller).or_insert(false);
+                if !*retried {
+                    *retried = true;
+                    self.input(p, Event::Unauthorized { caller, generation });
+                }
+            }
+            (Pending::LockTimeout { incarnation, op }, Some(p)) => {
+                // Still waiting: the wait is over, and the store counts as unavailable.
+                let waiting = self.lock_waiters.len();
+                self.lock_waiters.retain(|waiter| *waiter != (incarnation, op));
+                if self.lock_waiters.len() < waiting {
+                    self.input(p, Event::StoreFailed { op, error: StoreError::Unavailable });
+                }
+            }
+            (Pending::Login { process, always }, _) => {
+                if always {
+                    self.login_pending = false;
+                }
+                if always || self.session_of(process).state().needs_login() {
+                    self.log_in_at(process);
+                }
+            }
+            // Only the latest resume wakes the client.
+            (Pending::Resume, _) if self.suspended_until.is_some_and(|until| until <= self.now) => {
+                self.suspended_until = None;
+                note!(self, "{} resume", self.now);
+                for p in 0..self.processes.len() {
+                    let now = self.now;
+                    self.process_mut(p).session.handle_timeout(now);
+                    self.drain(p);
+                }
+            }
+            // Addressed to an incarnation that crashed.
+            _ => {}
+        }
+    }
+
+    pub(super) fn serve_refresh(
+        &mut self,
+        incarnation: u32,
+        id: RefreshId,
+        token: &RefreshToken,
+        fate: Fate,
+        sent_at: MonoTime,
+    ) {
+        let (status, headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
+            Fate::ServerError => (503, vec![], SecretString::from("<html>503 Service Unavailable</html>")),
+            Fate::RateLimited(wait) => {
+                (429, vec![("Retry-After", wait.as_secs().to_string().into_bytes())], SecretString::from(""))
+            }
+            Fate::PolicyRefusal(refusal) => {
+                let (status, body) = refusal.response();
+                (status, vec![], SecretString::from(body))
+            }
+            _ => {
+                let result = self.authority.refresh(self.now, CLIENT_ID, None, token.expose_secret());
+                self.observe_authority();
+                match result {
+                    Ok(issued) => {
+                        self.note_issued_to(&issued.access_token, incarnation);
+                        self.issued_at.entry(issued.access_token.fingerprint()).or_insert(self.now);
+                        self.redemptions.push(Redemption { at: self.now, life: incarnation, answer_lost: false });
+                        (200, vec![], issued.to_json())
+                    }
+                    Err(refusal) => (400, vec![], SecretString::from(Refusal::to_json(refusal))),
+                }
+            }
+        };
+        let (latency, _) = self.latency();
+        let at = self.now.saturating_add(latency);
+        let arrives_at = match fate {
+            Fate::Delay(extra) => at.saturating_add(extra),
+            _ => at,
+        };
+        let too_late = arrives_at.saturating_duration_since(sent_at) >= self.config.session.request_timeout;
+        if matches!(fate, Fate::DropResponse | Fate::MangleResponse) || too_late {
+            // The server committed; the client will not read (in time) what it did.
+            self.evidence.lost_answer = true;
+            if let Some(last) = self.redemptions.last_mut().filter(|r| r.at == self.now && r.life == incarnation) {
+                last.answer_lost = true;
+            }
+        }
+        let body = match fate {
+            Fate::DropResponse => return,
+            Fate::MangleResponse => SecretString::from("<html>gateway error</html>"),
+            _ => body,
+        };
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let response = oauth::Response { status, headers: &headers, body: body.expose_secret().as_bytes() };
+        let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(self.now.elapsed());
+        let outcome = oauth::classify(&self.config.session.policy, &response, Some(unix_now));
+        let at = match fate {
+            Fate::Delay(extra) => at.saturating_add(extra),
+            _ => at,
+        };
+        if fate == Fate::DuplicateResponse {
+            let again = Pending::RefreshAnswered { incarnation, id, outcome: outcome.clone() };
+            self.schedule(at.saturating_add(self.config.latency), again);
+        }
+        self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome });
+    }
+
+    /// Records which life first received an access token. A grace replay can
+    /// hand a token first issued to one life (a process that then crashed, or
+    /// another process sharing the store) to another, which cannot know when
+    /// the server issued it: a replay that keeps the original expiry then
+    /// looks younger than it is. Such tokens are touched by that fault (the
+    /// crash, or the lost answers that made another process present the same
+    /// refresh token), and C7 and U8 do not judge their use.
+    pub(super) fn note_issued_to(&mut self, access: &freshen_core::token::AccessToken, incarnation: u32) {
+        let fingerprint = access.fingerprint();
+        let first = *self.first_received_by.entry(fingerprint).or_insert(incarnation);
+        if first != incarnation && self.cross_life_replays.insert(fingerprint) {
+            self.stats.cross_life_replays += 1;
+        }
+    }
+
+    /// Whether a refresh may have killed `access` behind the back of life
+    /// `incarnation` (which was handed it for a retry at `retried_at`): one
+    /// the server served after issuing it, for another life (which this one
+    /// cannot see), or whose answer this life never read (lost, mangled, too
+    /// late), or that came after the retry was granted (a race, not a bug).
+    pub(super) fn killable_unseen(
+        &self,
+        access: &freshen_core::token::AccessToken,
+        incarnation: u32,
+        retried_at: MonoTime,
+    ) -> bool {
+        let Some(issued_at) = self.issued_at.get(&access.fingerprint()).copied() else { return true };
+        self.redemptions
+            .iter()
+            .any(|r| r.at >= issued_at && (r.life != incarnation || r.answer_lost || r.at >= retried_at))
+    }
+
+    pub(super) fn observe_authority(&mut self) {
+        for entry in self.authority.take_audit() {
+            if let crate::authority::AuditOutcome::Refused(refusal) = entry.outcome {
+                self.evidence.refusal = Some(refusal);
+            }
+            self.authority_monitor.observe(&entry);
+        }
+    }
+}
