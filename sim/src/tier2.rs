@@ -12,6 +12,10 @@
 //!
 //! Deterministic: turmoil, the sessions, the callers and the faults all draw
 //! from the seed, and nothing reads the OS clock or randomness.
+//!
+//! Its rooms: this file the world's configuration, its phases ([`run`]) and
+//! the verdict; `server.rs` the authority's host; `client.rs` the transport
+//! and store the drivers use; `host.rs` one client process and its callers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -40,8 +44,22 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::http::{State, answer, paths};
 
+mod client;
+mod host;
+mod server;
+
+pub use client::EPHEMERAL_PORTS;
+use client::{ConnectPacer, SimStore, TurmoilTransport, send};
+use host::{Host, Watch, client_id, run_host};
+use server::{SERVER_CONNECTION_DEADLINE, ServerFaults, serve};
+
 const AUTHORITY: &str = "authority";
 const PORT: u16 = 80;
+
+/// Wall time inside the simulation.
+fn sim_wall_clock() -> UnixTime {
+    UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default())
+}
 
 /// Fault rates (parts per thousand) and switches for one tier-2 world.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -227,531 +245,6 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-/// Wall time inside the simulation.
-fn sim_wall_clock() -> UnixTime {
-    UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default())
-}
-
-/// The authority's answers with server-side faults.
-#[derive(Debug)]
-struct ServerFaults {
-    rates: Mutex<Faults>,
-    rng: Mutex<SplitMix64>,
-    counts: Mutex<BTreeMap<&'static str, u64>>,
-    /// Clients whose refresh answer was dropped after the server committed.
-    dropped_for: Mutex<BTreeMap<String, u64>>,
-}
-
-impl ServerFaults {
-    fn draw(&self, per_mille: u16, kind: &'static str) -> bool {
-        let hit = per_mille > 0 && self.rng.lock().is_ok_and(|mut rng| rng.chance(u64::from(per_mille), 1000));
-        if hit && let Ok(mut counts) = self.counts.lock() {
-            *counts.entry(kind).or_default() += 1;
-        }
-        hit
-    }
-}
-
-/// The connection is dropped instead of answered.
-#[derive(Debug)]
-struct Dropped;
-
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("answer dropped after commit")
-    }
-}
-
-impl std::error::Error for Dropped {}
-
-async fn serve(
-    state: &State,
-    faults: &ServerFaults,
-    request: Request<Incoming>,
-) -> Result<http::Response<Full<Bytes>>, Dropped> {
-    let (parts, body) = request.into_parts();
-    let body = Limited::new(body, 16 * 1024).collect().await.map_err(|_| Dropped)?.to_bytes();
-    if parts.method == Method::POST && parts.uri.path() == paths::TOKEN {
-        let rates = faults.rates.lock().map(|r| r.clone()).unwrap_or_default();
-        if faults.draw(rates.server_error, "server_error") {
-            let mut response = http::Response::new(Full::new(Bytes::from_static(b"<html>503</html>")));
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            return Ok(response);
-        }
-        if faults.draw(rates.rate_limit, "rate_limit") {
-            let mut response = http::Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
-            return Ok(response);
-        }
-        if faults.draw(rates.policy_refusal, "policy_refusal") {
-            use crate::authority::PolicyRefusal;
-            let refusal = if faults.draw(333, "policy_refusal_interaction") {
-                PolicyRefusal::InteractionRequired
-            } else if faults.draw(500, "policy_refusal_invalid_request") {
-                PolicyRefusal::InvalidRequest
-            } else {
-                PolicyRefusal::InvalidClient
-            };
-            let (status, body) = refusal.response();
-            let mut response = http::Response::new(Full::new(Bytes::from(body)));
-            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-            return Ok(response);
-        }
-        let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
-        if faults.draw(rates.drop_after_commit, "drop_after_commit") {
-            let client = form_urlencoded::parse(&body)
-                .find(|(k, _)| k == "client_id")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            if let Ok(mut dropped) = faults.dropped_for.lock() {
-                *dropped.entry(client).or_default() += 1;
-            }
-            return Err(Dropped);
-        }
-        return Ok(response);
-    }
-    Ok(answer(state, &parts.method, parts.uri.path(), &parts.headers, &body))
-}
-
-// turmoil keeps a server-side socket for a (client address, port) pair until
-// the client's FIN or RST arrives, and panics ("... is already connected") when
-// a SYN comes for a pair it still holds. It neither retransmits a FIN lost to a
-// partition nor times out a half-open socket, so a client whose FIN was lost
-// would, once its ephemeral ports wrapped around, reach a server that still
-// holds its old connection: tier-2 seed 50176 did, after 67,500 callers on one
-// host. Real stacks are saved by retransmission, server timeouts and TIME_WAIT;
-// the world gets the same guarantees, which together make the collision
-// impossible (`ConnectPacer` has the argument):
-/// The authority closes every connection this long after accepting it, as a
-/// real server's header-read and idle timeouts do.
-const SERVER_CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
-/// A client gives up on a request (and its connection) after this long, as any
-/// HTTP client with a timeout does. Longer than the sessions' own request
-/// timeout, so refreshes are governed by the session, as in an app.
-const CLIENT_REQUEST_DEADLINE: Duration = Duration::from_secs(15);
-/// Every client host's ephemeral ports, unless a world says otherwise.
-pub const EPHEMERAL_PORTS: (u16, u16) = (1024, 65535);
-/// The pacer's window: a client socket's longest life, then the server's
-/// longest hold of the same connection, and a second for the latencies.
-const PACER_WINDOW: Duration =
-    Duration::from_secs(CLIENT_REQUEST_DEADLINE.as_secs() + SERVER_CONNECTION_DEADLINE.as_secs() + 1);
-
-/// Paces one client host's new connections so that no port is handed out
-/// again while the server may still hold its previous connection.
-///
-/// turmoil assigns ports round robin, skipping ports in use. For port `p`,
-/// assigned at `t1`, to be assigned again at `t2`, the allocator must pass all
-/// `R` ports: each either assigned (a connect in `[t1, t2]`) or skipped (in use,
-/// so opened at most [`CLIENT_REQUEST_DEADLINE`] before). With fewer than
-/// [`PACER_WINDOW`] between `t1` and `t2`, all of them were opened within two
-/// windows, so `R <= 2 * 2 * per_window`, which `per_window` (a quarter of
-/// `R`, rounded down) makes false. Hence `t2 - t1 >= PACER_WINDOW`, by when the server has dropped its
-/// side ([`SERVER_CONNECTION_DEADLINE`]) and its FIN has arrived. Ordinary
-/// worlds open far fewer connections (tier 2's default campaign never reaches
-/// the bound), so the pacer only ever delays a pathological burst.
-#[derive(Debug)]
-struct ConnectPacer {
-    /// The most connections per window.
-    per_window: u32,
-    /// The current window's start and the connections opened in it.
-    window: Mutex<(Duration, u32)>,
-    /// Connections opened in all.
-    connects: AtomicU64,
-}
-
-impl ConnectPacer {
-    /// A pacer for a host whose ephemeral ports are `first..=last`.
-    fn for_ports((first, last): (u16, u16)) -> Self {
-        let ports = u32::from(last.saturating_sub(first)) + 1;
-        Self {
-            per_window: ((ports - 1) / 4).max(1),
-            window: Mutex::new((Duration::ZERO, 0)),
-            connects: AtomicU64::new(0),
-        }
-    }
-
-    /// Waits, if the window's connections are spent, until the next window.
-    async fn admit(&self) {
-        loop {
-            let now = turmoil::sim_elapsed().unwrap_or_default();
-            let wait = match self.window.lock() {
-                Ok(mut window) => {
-                    if now >= window.0 + PACER_WINDOW {
-                        *window = (now, 0);
-                    }
-                    if window.1 < self.per_window {
-                        window.1 += 1;
-                        self.connects.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    window.0 + PACER_WINDOW - now
-                }
-                Err(_) => return,
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// HTTP/1.1 over turmoil: one connection per request, so a lost connection
-/// loses exactly one answer.
-async fn send(pacer: &ConnectPacer, request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
-    pacer.admit().await;
-    match tokio::time::timeout(CLIENT_REQUEST_DEADLINE, exchange(request)).await {
-        Ok(answer) => answer,
-        Err(_) => Err(TransportFailure::Interrupted),
-    }
-}
-
-async fn exchange(request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
-    let stream = turmoil::net::TcpStream::connect((AUTHORITY, PORT)).await.map_err(|_| TransportFailure::NotSent)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| TransportFailure::NotSent)?;
-    // The connection task owns the socket: it too ends by the deadline.
-    tokio::spawn(tokio::time::timeout(CLIENT_REQUEST_DEADLINE, connection));
-    let response = sender.send_request(request).await.map_err(|_| TransportFailure::Interrupted)?;
-    let (parts, body) = response.into_parts();
-    let body =
-        Limited::new(body, MAX_BODY_BYTES + 1).collect().await.map_err(|_| TransportFailure::Interrupted)?.to_bytes();
-    Ok(http::Response::from_parts(parts, body))
-}
-
-/// freshen's transport over turmoil, paced with its host's other connections.
-#[derive(Clone, Debug)]
-struct TurmoilTransport {
-    pacer: Arc<ConnectPacer>,
-}
-
-impl Transport for TurmoilTransport {
-    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
-        let path = url.rsplit_once(AUTHORITY).map_or(url, |(_, path)| path);
-        let request = Request::post(path)
-            .header(header::HOST, AUTHORITY)
-            .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
-            .body(Full::new(Bytes::from(form.expose_body().to_owned())))
-            .map_err(|_| TransportFailure::NotSent)?;
-        let response = send(&self.pacer, request).await?;
-        let headers = response.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()));
-        Ok(HttpResponse::new(response.status().as_u16(), headers.collect::<Vec<_>>(), response.body().to_vec()))
-    }
-}
-
-/// A client host's store: it lives outside the host, so it survives crashes;
-/// a write lands whole or not at all.
-#[derive(Clone, Debug)]
-struct SimStore {
-    blob: Arc<Mutex<Option<SecretString>>>,
-    /// The lock the app's processes share; a crashed host's guard dies with
-    /// its runtime, as an OS file lock dies with its process.
-    lock: Arc<tokio::sync::Mutex<()>>,
-    fail_rate: Arc<Mutex<u16>>,
-    rng: Arc<Mutex<SplitMix64>>,
-    failures: Arc<AtomicU64>,
-}
-
-impl SimStore {
-    fn fails(&self) -> Option<bool> {
-        let rate = self.fail_rate.lock().map(|r| *r).unwrap_or(0);
-        let mut rng = self.rng.lock().ok()?;
-        if rate > 0 && rng.chance(u64::from(rate), 1000) {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            Some(rng.chance(1, 2))
-        } else {
-            None
-        }
-    }
-}
-
-impl Store for SimStore {
-    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
-        let blob = self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))?.clone();
-        match blob {
-            None => Ok(None),
-            Some(blob) => StoredSession::decode(blob.expose_secret().as_bytes()).map(Some).map_err(StoreError::Corrupt),
-        }
-    }
-
-    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
-        let landed_anyway = self.fails();
-        if landed_anyway != Some(false) {
-            *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = Some(session.encode());
-        }
-        match landed_anyway {
-            None => Ok(()),
-            Some(_) => Err(StoreError::Unavailable("simulated store failure")),
-        }
-    }
-
-    async fn clear(&self) -> Result<(), StoreError> {
-        *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = None;
-        Ok(())
-    }
-
-    async fn lock(&self) -> Result<StoreLock, StoreError> {
-        Ok(StoreLock::new(Arc::clone(&self.lock).lock_owned().await))
-    }
-}
-
-/// Runs the client checker over a driver, and keeps its trace.
-#[derive(Debug)]
-struct Watch {
-    name: String,
-    /// This process's number within its app, for the app's shared-store monitor.
-    process: usize,
-    shared: Arc<Mutex<SharedStoreMonitor>>,
-    monitor: Mutex<ClientMonitor>,
-    trace: Option<Mutex<Vec<String>>>,
-    logouts: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Watch {
-    fn line(&self, line: impl FnOnce() -> String) {
-        if let Some(trace) = &self.trace
-            && let Ok(mut trace) = trace.lock()
-        {
-            trace.push(line());
-        }
-    }
-}
-
-impl Watch {
-    /// The process died: what it held in memory is gone, its lock with it.
-    /// Told at the crash itself, not when the next incarnation starts: the
-    /// lock passes to another process at once, and its refreshes must not be
-    /// judged against requests of a process that no longer exists.
-    fn crashed(&self) {
-        if let Ok(mut monitor) = self.monitor.lock() {
-            monitor.crash();
-        }
-        if let Ok(mut shared) = self.shared.lock() {
-            shared.crash(self.process);
-        }
-    }
-}
-
-impl Observer for Watch {
-    fn event(&self, now: MonoTime, event: &Event) {
-        self.line(|| format!("{} {now} {event:?}", self.name));
-        if let Ok(mut shared) = self.shared.lock() {
-            shared.event(self.process, world_time(now), event);
-        }
-        if let Ok(mut monitor) = self.monitor.lock() {
-            monitor.event(now, event);
-        }
-    }
-
-    fn command(&self, now: MonoTime, command: &Command) {
-        self.line(|| format!("{} {now}   -> {command:?}", self.name));
-        if let Ok(mut shared) = self.shared.lock() {
-            shared.command(self.process, world_time(now), command);
-        }
-        if let Some(cause) = match command {
-            Command::StateChanged(view) => view.logout_cause(),
-            _ => None,
-        } && let Ok(mut logouts) = self.logouts.lock()
-        {
-            *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
-        }
-        if let Ok(mut monitor) = self.monitor.lock() {
-            monitor.command(now, command);
-        }
-    }
-
-    fn step_end(&self, now: MonoTime, next_timeout: Option<MonoTime>) {
-        if let Ok(mut monitor) = self.monitor.lock() {
-            monitor.step_end(now, next_timeout);
-        }
-    }
-}
-
-/// The simulation's clock, shared by every host: a driver's own clock starts
-/// when its process does, so processes compare times on this one.
-fn world_time(fallback: MonoTime) -> MonoTime {
-    turmoil::sim_elapsed().map_or(fallback, MonoTime::from_elapsed)
-}
-
-/// One client process on its own host: its store (shared with the other
-/// processes of its app), checker and counters survive its crashes.
-#[derive(Debug)]
-struct Host {
-    /// Numbers the process among all of them.
-    index: usize,
-    /// The app it belongs to: its client id, store and token family.
-    app: usize,
-    name: String,
-    store: SimStore,
-    watch: Arc<Watch>,
-    incarnation: AtomicU32,
-    granted: AtomicU64,
-    failed: AtomicU64,
-    /// After the network healed: callers that got no token, and the last state seen.
-    failed_after_heal: AtomicU64,
-    healed: std::sync::atomic::AtomicBool,
-    last_state: Mutex<Option<StateView>>,
-    /// Whether the safety phase's faults still run.
-    faulty: std::sync::atomic::AtomicBool,
-    logouts: AtomicU64,
-    /// How far this process's wall clock has been stepped, in seconds (signed).
-    wall_step: Arc<std::sync::atomic::AtomicI64>,
-    /// The host's connections, over all its incarnations: ports are the host's.
-    pacer: Arc<ConnectPacer>,
-    /// A caller was told the session has no refresh token left: log in again.
-    needs_login: std::sync::atomic::AtomicBool,
-    /// A login for it is under way (cleared when that task ends, or dies with a crash).
-    relogin_running: Arc<std::sync::atomic::AtomicBool>,
-}
-
-fn client_id(app: usize) -> String {
-    format!("client-{app}")
-}
-
-/// One caller: a token (now and then a forced refresh), the resource, and
-/// one retry after a 401.
-async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, forced: bool) {
-    let healed = host.healed.load(Ordering::Acquire);
-    let answer = if forced { session.refresh().await } else { session.access_token().await };
-    let token = match answer {
-        Ok(token) => token,
-        Err(freshen::Error::MissingRefreshToken | freshen::Error::InteractionRequired(_)) => {
-            // An access token alone has run out, or the server wants the user
-            // to act: the app sends the user to log in.
-            host.failed.fetch_add(1, Ordering::Relaxed);
-            host.needs_login.store(true, Ordering::Release);
-            return;
-        }
-        Err(_) => {
-            host.failed.fetch_add(1, Ordering::Relaxed);
-            if healed && host.healed.load(Ordering::Acquire) {
-                host.failed_after_heal.fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
-    };
-    host.granted.fetch_add(1, Ordering::Relaxed);
-    let mut token = token;
-    for attempt in 0..2 {
-        let Ok(bearer) = token.authorization().cloned() else { return };
-        let Ok(request) = Request::get(paths::RESOURCE)
-            .header(header::HOST, AUTHORITY)
-            .header(header::AUTHORIZATION, bearer)
-            .body(Full::new(Bytes::new()))
-        else {
-            return;
-        };
-        match send(&host.pacer, request).await {
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
-                match session.retry_token(&token).await {
-                    Ok(fresh) => token = fresh,
-                    Err(_) => return,
-                }
-            }
-            _ => return,
-        }
-    }
-}
-
-/// The user logs out, then logs in again half a minute later (through the
-/// authority's password grant).
-async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, log_out: bool) {
-    /// Ends the "login under way" mark however the task ends.
-    struct Running(Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::Release);
-        }
-    }
-    let _running = (!log_out).then(|| Running(Arc::clone(&host.relogin_running)));
-    if log_out {
-        session.log_out().await;
-    }
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let sent_at = tokio::time::Instant::now().into_std();
-    let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
-    let Ok(request) = Request::post(paths::TOKEN)
-        .header(header::HOST, AUTHORITY)
-        .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
-        .body(Full::new(Bytes::from(body)))
-    else {
-        return;
-    };
-    let Ok(response) = send(&host.pacer, request).await else { return };
-    let response = HttpResponse::new(response.status().as_u16(), [], response.body().to_vec());
-    if let freshen_core::oauth::Classified::Success(tokens) =
-        response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
-        && session.log_in_sent_at(tokens, sent_at).await.is_ok()
-    {
-        host.needs_login.store(false, Ordering::Release);
-    }
-}
-
-async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option<Plant>) -> turmoil::Result {
-    let incarnation = host.incarnation.fetch_add(1, Ordering::AcqRel);
-    if incarnation > 0 {
-        // The monitors learned of the crash when it happened (`Watch::crashed`).
-        host.watch.line(|| format!("{} crash: incarnation {incarnation} starts", host.name));
-    }
-    let mut session_config = config.session.clone();
-    session_config.plant = plant;
-    let freshen_config =
-        Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
-            .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
-            .with_session(session_config)
-            // The simulated network's host names are not loopback.
-            .with_plain_http_allowed();
-    let step = Arc::clone(&host.wall_step);
-    let wall_clock = freshen::WallClock::new(move || {
-        let now = sim_wall_clock();
-        let by = step.load(Ordering::Acquire);
-        let secs = Duration::from_secs(by.unsigned_abs());
-        if by >= 0 {
-            now.saturating_add(secs)
-        } else {
-            UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
-        }
-    });
-    let environment = Environment::seeded(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
-        .with_wall_clock(wall_clock)
-        .with_observer(Arc::clone(&host.watch) as Arc<dyn Observer>);
-    let transport = TurmoilTransport { pacer: Arc::clone(&host.pacer) };
-    let session =
-        Session::start_in(freshen_config, transport, host.store.clone(), environment).map_err(|e| e.to_string())?;
-    let mut states = session.watch_state();
-    let mut relogging = false;
-    let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
-    let mean = u64::try_from(config.caller_interval.as_millis()).unwrap_or(1000).max(1);
-    loop {
-        tokio::time::sleep(Duration::from_millis(1 + rng.below(2 * mean))).await;
-        if let Ok(mut last) = host.last_state.lock() {
-            *last = Some(states.borrow_and_update().clone());
-        }
-        let logout = u64::from(config.faults.logout);
-        if host.faulty.load(Ordering::Acquire) && logout > 0 && rng.chance(logout, 1000) {
-            host.logouts.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), true));
-        } else if host.needs_login.load(Ordering::Acquire) && !host.relogin_running.swap(true, Ordering::AcqRel) {
-            // Out of tokens without a logout: one login at a time, until one lands.
-            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
-        } else if matches!(states.borrow().logout_cause(), Some(LogoutCause::EndedElsewhere | LogoutCause::NoSession))
-            && !relogging
-        {
-            // The user logged out in another process of this app (this one
-            // saw it, or restarted after it); here too they log in again.
-            relogging = true;
-            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
-        }
-        if !states.borrow().needs_login() {
-            relogging = false;
-        }
-        for _ in 0..1 + rng.below(config.burst) {
-            // The app forces a refresh now and then (a changed profile, a suspect token).
-            let forced = rng.chance(1, 200);
-            tokio::spawn(caller(session.clone(), Arc::clone(&host), forced));
-        }
-    }
-}
-
 /// A fault the controller applies at a point in simulated time.
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -764,10 +257,40 @@ enum Action {
 }
 
 /// Runs one tier-2 world for `seed`. `plant` breaks the sessions on purpose.
+///
+/// The phases, each drawing from the seed in this order: the network, the
+/// authority, the client hosts, the fault schedule; then the run (faults
+/// applied on time, the world healed after the safety phase); then the verdict.
 pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     let mut rng = SplitMix64::new(seed);
     let total = config.safety_phase + config.liveness_phase;
-    let mut sim = turmoil::Builder::new()
+    let mut sim = network(config, &mut rng, total);
+    let state = State::simulated(config.authority.clone(), rng.next_u64());
+    let faults = Arc::new(ServerFaults {
+        rates: Mutex::new(config.faults.clone()),
+        rng: Mutex::new(rng.fork()),
+        counts: Mutex::new(BTreeMap::new()),
+        dropped_for: Mutex::new(BTreeMap::new()),
+    });
+    start_authority(&mut sim, &state, &faults);
+    let hosts = client_hosts(config, &state, &mut rng);
+    for host in &hosts {
+        let (config, host, plant) = (config.clone(), Arc::clone(host), plant);
+        sim.host(host.name.clone(), move || run_host(config.clone(), seed, Arc::clone(&host), plant));
+    }
+    sim.client("controller", async move {
+        tokio::time::sleep(total).await;
+        Ok(())
+    });
+    let schedule = fault_schedule(config, hosts.len(), &mut rng);
+    let mut run = Run { counts: BTreeMap::new(), crashes: vec![0; hosts.len()], host_failure: None };
+    run.drive(&mut sim, config, &hosts, &faults, schedule);
+    verdict(config, &state, &faults, &hosts, run, total)
+}
+
+/// The simulated network, seeded.
+fn network(config: &WorldConfig, rng: &mut SplitMix64, total: Duration) -> turmoil::Sim<'static> {
+    turmoil::Builder::new()
         .rng_seed(rng.next_u64())
         .simulation_duration(total + Duration::from_secs(60))
         .tick_duration(Duration::from_millis(5))
@@ -777,41 +300,40 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         .tcp_capacity(8192)
         .ephemeral_ports(config.ephemeral_ports.0..=config.ephemeral_ports.1)
         .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
-        .build();
+        .build()
+}
 
-    let state = State::simulated(config.authority.clone(), rng.next_u64());
-    let faults = Arc::new(ServerFaults {
-        rates: Mutex::new(config.faults.clone()),
-        rng: Mutex::new(rng.fork()),
-        counts: Mutex::new(BTreeMap::new()),
-        dropped_for: Mutex::new(BTreeMap::new()),
-    });
-    {
+/// The authority's host: hyper serving the reference authority, one request
+/// per connection.
+fn start_authority(sim: &mut turmoil::Sim<'_>, state: &Arc<State>, faults: &Arc<ServerFaults>) {
+    let (state, faults) = (Arc::clone(state), Arc::clone(faults));
+    sim.host(AUTHORITY, move || {
         let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
-        sim.host(AUTHORITY, move || {
-            let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
-            async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-                loop {
-                    let (stream, _) = listener.accept().await?;
-                    let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
-                            async move { serve(&state, &faults, request).await }
-                        });
-                        // One request per connection, closed by the deadline at the
-                        // latest (see `ConnectPacer` for why both matter).
-                        let connection = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(false)
-                            .serve_connection(TokioIo::new(stream), service);
-                        let _ = tokio::time::timeout(SERVER_CONNECTION_DEADLINE, connection).await;
+        async move {
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
+                        async move { serve(&state, &faults, request).await }
                     });
-                }
+                    // One request per connection, closed by the deadline at the
+                    // latest (see `ConnectPacer` for why both matter).
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(SERVER_CONNECTION_DEADLINE, connection).await;
+                });
             }
-        });
-    }
+        }
+    });
+}
 
+/// Every client process: one per app, and `config.processes` sharing app 0's
+/// store. Each app's store starts as `config.start` says.
+fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Vec<Arc<Host>> {
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     for app in 0..config.hosts {
         let issued = state.login(&client_id(app));
@@ -867,19 +389,14 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
             }));
         }
     }
-    for host in &hosts {
-        let (config, host, plant) = (config.clone(), Arc::clone(host), plant);
-        sim.host(host.name.clone(), move || run_host(config.clone(), seed, Arc::clone(&host), plant));
-    }
-    sim.client("controller", async move {
-        tokio::time::sleep(total).await;
-        Ok(())
-    });
+    hosts
+}
 
-    // The fault schedule for the safety phase, drawn up front.
+/// The safety phase's faults, drawn up front, in time order.
+fn fault_schedule(config: &WorldConfig, hosts: usize, rng: &mut SplitMix64) -> Vec<(Duration, Action)> {
     let mut schedule: Vec<(Duration, Action)> = Vec::new();
     let safety_ms = u64::try_from(config.safety_phase.as_millis()).unwrap_or(0).max(1);
-    for index in 0..hosts.len() {
+    for index in 0..hosts {
         if config.faults.partitions {
             for _ in 0..1 + rng.below(3) {
                 let at = Duration::from_millis(rng.below(safety_ms));
@@ -911,84 +428,121 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         schedule.push((Duration::from_millis(rng.below(safety_ms)), Action::RestartServer));
     }
     schedule.sort_by_key(|(at, _)| *at);
-    let mut schedule = schedule.into_iter().peekable();
-    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut healed = false;
-    let mut extra = Vec::new();
-    let mut crashes = vec![0u64; hosts.len()];
+    schedule
+}
 
-    loop {
-        let elapsed = sim.elapsed();
-        while let Some((at, action)) = schedule.peek().copied() {
-            if at > elapsed {
-                break;
+/// What the run itself counted: faults applied, crashes per host, and a
+/// host that failed (a panic inside the simulation).
+struct Run {
+    counts: BTreeMap<&'static str, u64>,
+    crashes: Vec<u64>,
+    host_failure: Option<Violation>,
+}
+
+impl Run {
+    /// Steps the simulation to its end: faults applied on time, the world
+    /// healed once the safety phase is over.
+    fn drive(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        config: &WorldConfig,
+        hosts: &[Arc<Host>],
+        faults: &ServerFaults,
+        schedule: Vec<(Duration, Action)>,
+    ) {
+        let mut schedule = schedule.into_iter().peekable();
+        let mut healed = false;
+        loop {
+            let elapsed = sim.elapsed();
+            while let Some((_, action)) = schedule.next_if(|(at, _)| *at <= elapsed) {
+                self.apply(sim, hosts, action);
             }
-            schedule.next();
-            let name = |i: usize| hosts.get(i).map_or_else(String::new, |h| h.name.clone());
-            match action {
-                Action::Partition(i) => {
-                    sim.partition(name(i), AUTHORITY);
-                    *counts.entry("partition").or_default() += 1;
+            if !healed && elapsed >= config.safety_phase {
+                healed = true;
+                heal(sim, hosts, faults);
+            }
+            // Callers that start once the world has healed and every bound has passed must be served.
+            if healed && elapsed >= config.safety_phase + config.session.wait_bound() {
+                for host in hosts {
+                    host.healed.store(true, Ordering::Release);
                 }
-                Action::Repair(i) => sim.repair(name(i), AUTHORITY),
-                Action::Crash(i) => {
-                    if let Some(host) = hosts.get(i) {
-                        host.watch.crashed();
-                    }
-                    sim.bounce(name(i));
-                    if let Some(count) = crashes.get_mut(i) {
-                        *count += 1;
-                    }
-                    *counts.entry("crash").or_default() += 1;
+            }
+            match sim.step() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => {
+                    self.host_failure = Some(Violation {
+                        invariant: Invariant::C9,
+                        at: MonoTime::from_elapsed(sim.elapsed()),
+                        detail: format!("a host failed: {error}"),
+                    });
+                    break;
                 }
-                Action::StepClock(i, by) => {
-                    if let Some(host) = hosts.get(i) {
-                        host.wall_step.fetch_add(by, Ordering::AcqRel);
-                        host.watch.line(|| format!("{} wall clock stepped {by:+} s", host.name));
-                    }
-                    *counts.entry("clock_jump").or_default() += 1;
-                }
-                Action::RestartServer => {
-                    sim.bounce(AUTHORITY);
-                    *counts.entry("server_restart").or_default() += 1;
-                }
-            }
-        }
-        if !healed && elapsed >= config.safety_phase {
-            healed = true;
-            for host in &hosts {
-                sim.repair(host.name.clone(), AUTHORITY);
-            }
-            if let Ok(mut rates) = faults.rates.lock() {
-                *rates = Faults::default();
-            }
-            for host in &hosts {
-                if let Ok(mut rate) = host.store.fail_rate.lock() {
-                    *rate = 0;
-                }
-                host.faulty.store(false, Ordering::Release);
-            }
-        }
-        // Callers that start once the world has healed and every bound has passed must be served.
-        if healed && elapsed >= config.safety_phase + config.session.wait_bound() {
-            for host in &hosts {
-                host.healed.store(true, Ordering::Release);
-            }
-        }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => {
-                extra.push(Violation {
-                    invariant: Invariant::C9,
-                    at: MonoTime::from_elapsed(sim.elapsed()),
-                    detail: format!("a host failed: {error}"),
-                });
-                break;
             }
         }
     }
 
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], action: Action) {
+        let name = |i: usize| hosts.get(i).map_or_else(String::new, |h| h.name.clone());
+        match action {
+            Action::Partition(i) => {
+                sim.partition(name(i), AUTHORITY);
+                *self.counts.entry("partition").or_default() += 1;
+            }
+            Action::Repair(i) => sim.repair(name(i), AUTHORITY),
+            Action::Crash(i) => {
+                if let Some(host) = hosts.get(i) {
+                    host.watch.crashed();
+                }
+                sim.bounce(name(i));
+                if let Some(count) = self.crashes.get_mut(i) {
+                    *count += 1;
+                }
+                *self.counts.entry("crash").or_default() += 1;
+            }
+            Action::StepClock(i, by) => {
+                if let Some(host) = hosts.get(i) {
+                    host.wall_step.fetch_add(by, Ordering::AcqRel);
+                    host.watch.line(|| format!("{} wall clock stepped {by:+} s", host.name));
+                }
+                *self.counts.entry("clock_jump").or_default() += 1;
+            }
+            Action::RestartServer => {
+                sim.bounce(AUTHORITY);
+                *self.counts.entry("server_restart").or_default() += 1;
+            }
+        }
+    }
+}
+
+/// The safety phase is over: partitions repaired, server and store faults off.
+fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], faults: &ServerFaults) {
+    for host in hosts {
+        sim.repair(host.name.clone(), AUTHORITY);
+    }
+    if let Ok(mut rates) = faults.rates.lock() {
+        *rates = Faults::default();
+    }
+    for host in hosts {
+        if let Ok(mut rate) = host.store.fail_rate.lock() {
+            *rate = 0;
+        }
+        host.faulty.store(false, Ordering::Release);
+    }
+}
+
+/// What the world did, and every violation: the monitors', the liveness
+/// rule (after healing, callers are served) and the logout rules.
+fn verdict(
+    config: &WorldConfig,
+    state: &State,
+    faults: &ServerFaults,
+    hosts: &[Arc<Host>],
+    run: Run,
+    total: Duration,
+) -> Outcome {
+    let Run { mut counts, crashes, host_failure } = run;
+    let mut extra: Vec<Violation> = host_failure.into_iter().collect();
     let mut outcome = Outcome { refreshes: state.stats().refreshes, ..Outcome::default() };
     for (kind, count) in faults.counts.lock().map(|c| c.clone()).unwrap_or_default() {
         *counts.entry(kind).or_default() += count;
@@ -1000,7 +554,7 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     }
     outcome.violations.extend_from_slice(authority_monitor.violations());
     let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
-    for host in &hosts {
+    for host in hosts {
         outcome.most_connects = outcome.most_connects.max(host.pacer.connects.load(Ordering::Relaxed));
         outcome.granted += host.granted.load(Ordering::Relaxed);
         outcome.failed += host.failed.load(Ordering::Relaxed);
@@ -1012,7 +566,6 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
                 outcome.violations.extend_from_slice(shared.violations());
             }
         }
-        let app_processes = || hosts.iter().filter(|other| other.app == host.app);
         if let Ok(mut monitor) = host.watch.monitor.lock() {
             monitor.finish(MonoTime::ZERO, false);
             outcome.violations.extend_from_slice(monitor.violations());
@@ -1022,26 +575,26 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
         for (cause, count) in host.watch.logouts.lock().map(|l| l.clone()).unwrap_or_default() {
             *outcome.logouts.entry(cause).or_default() += count;
         }
-        let logged_out = last.as_ref().and_then(StateView::logout_cause);
-        match logged_out {
+        let at = MonoTime::from_elapsed(total);
+        match last.as_ref().and_then(StateView::logout_cause) {
             None if after_heal > 0 => extra.push(Violation {
                 invariant: Invariant::C5,
-                at: MonoTime::from_elapsed(total),
+                at,
                 detail: format!("{}: {after_heal} callers failed after the world healed", host.name),
             }),
             Some(cause) => {
                 let client = client_id(host.app);
-                let lost = dropped.get(&client).copied().unwrap_or(0) > 0;
-                let refusal = last_refusal(&audit, &client);
                 let evidence = LogoutEvidence {
-                    lost_answer: lost,
+                    lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0,
                     // The app's family is shared: any of its processes' crashes counts.
-                    crashed: app_processes().any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
+                    crashed: hosts
+                        .iter()
+                        .filter(|other| other.app == host.app)
+                        .any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
                     revoked: false,
                     suspended: false,
-                    refusal,
+                    refusal: last_refusal(&audit, &client),
                 };
-                let at = MonoTime::from_elapsed(total);
                 if let Err(mut violation) = judge_logout(&config.session, &config.authority, &cause, evidence, at) {
                     violation.detail = format!("{}: {}", host.name, violation.detail);
                     extra.push(violation);

@@ -1,0 +1,174 @@
+//! The client side of tier 2: the transport over turmoil's network (with
+//! its connection pacing) and the simulated store each app's processes share.
+
+use super::*;
+
+/// A client gives up on a request (and its connection) after this long, as any
+/// HTTP client with a timeout does. Longer than the sessions' own request
+/// timeout, so refreshes are governed by the session, as in an app.
+pub(super) const CLIENT_REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+/// Every client host's ephemeral ports, unless a world says otherwise.
+pub const EPHEMERAL_PORTS: (u16, u16) = (1024, 65535);
+/// The pacer's window: a client socket's longest life, then the server's
+/// longest hold of the same connection, and a second for the latencies.
+pub(super) const PACER_WINDOW: Duration =
+    Duration::from_secs(CLIENT_REQUEST_DEADLINE.as_secs() + SERVER_CONNECTION_DEADLINE.as_secs() + 1);
+
+/// Paces one client host's new connections so that no port is handed out
+/// again while the server may still hold its previous connection.
+///
+/// turmoil assigns ports round robin, skipping ports in use. For port `p`,
+/// assigned at `t1`, to be assigned again at `t2`, the allocator must pass all
+/// `R` ports: each either assigned (a connect in `[t1, t2]`) or skipped (in use,
+/// so opened at most [`CLIENT_REQUEST_DEADLINE`] before). With fewer than
+/// [`PACER_WINDOW`] between `t1` and `t2`, all of them were opened within two
+/// windows, so `R <= 2 * 2 * per_window`, which `per_window` (a quarter of
+/// `R`, rounded down) makes false. Hence `t2 - t1 >= PACER_WINDOW`, by when the server has dropped its
+/// side ([`SERVER_CONNECTION_DEADLINE`]) and its FIN has arrived. Ordinary
+/// worlds open far fewer connections (tier 2's default campaign never reaches
+/// the bound), so the pacer only ever delays a pathological burst.
+#[derive(Debug)]
+pub(super) struct ConnectPacer {
+    /// The most connections per window.
+    pub(super) per_window: u32,
+    /// The current window's start and the connections opened in it.
+    pub(super) window: Mutex<(Duration, u32)>,
+    /// Connections opened in all.
+    pub(super) connects: AtomicU64,
+}
+
+impl ConnectPacer {
+    /// A pacer for a host whose ephemeral ports are `first..=last`.
+    pub(super) fn for_ports((first, last): (u16, u16)) -> Self {
+        let ports = u32::from(last.saturating_sub(first)) + 1;
+        Self {
+            per_window: ((ports - 1) / 4).max(1),
+            window: Mutex::new((Duration::ZERO, 0)),
+            connects: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits, if the window's connections are spent, until the next window.
+    pub(super) async fn admit(&self) {
+        loop {
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            let wait = match self.window.lock() {
+                Ok(mut window) => {
+                    if now >= window.0 + PACER_WINDOW {
+                        *window = (now, 0);
+                    }
+                    if window.1 < self.per_window {
+                        window.1 += 1;
+                        self.connects.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    window.0 + PACER_WINDOW - now
+                }
+                Err(_) => return,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// HTTP/1.1 over turmoil: one connection per request, so a lost connection
+/// loses exactly one answer.
+pub(super) async fn send(
+    pacer: &ConnectPacer,
+    request: Request<Full<Bytes>>,
+) -> Result<http::Response<Bytes>, TransportFailure> {
+    pacer.admit().await;
+    match tokio::time::timeout(CLIENT_REQUEST_DEADLINE, exchange(request)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(TransportFailure::Interrupted),
+    }
+}
+
+pub(super) async fn exchange(request: Request<Full<Bytes>>) -> Result<http::Response<Bytes>, TransportFailure> {
+    let stream = turmoil::net::TcpStream::connect((AUTHORITY, PORT)).await.map_err(|_| TransportFailure::NotSent)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| TransportFailure::NotSent)?;
+    // The connection task owns the socket: it too ends by the deadline.
+    tokio::spawn(tokio::time::timeout(CLIENT_REQUEST_DEADLINE, connection));
+    let response = sender.send_request(request).await.map_err(|_| TransportFailure::Interrupted)?;
+    let (parts, body) = response.into_parts();
+    let body =
+        Limited::new(body, MAX_BODY_BYTES + 1).collect().await.map_err(|_| TransportFailure::Interrupted)?.to_bytes();
+    Ok(http::Response::from_parts(parts, body))
+}
+
+/// freshen's transport over turmoil, paced with its host's other connections.
+#[derive(Clone, Debug)]
+pub(super) struct TurmoilTransport {
+    pub(super) pacer: Arc<ConnectPacer>,
+}
+
+impl Transport for TurmoilTransport {
+    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
+        let path = url.rsplit_once(AUTHORITY).map_or(url, |(_, path)| path);
+        let request = Request::post(path)
+            .header(header::HOST, AUTHORITY)
+            .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(form.expose_body().to_owned())))
+            .map_err(|_| TransportFailure::NotSent)?;
+        let response = send(&self.pacer, request).await?;
+        let headers = response.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()));
+        Ok(HttpResponse::new(response.status().as_u16(), headers.collect::<Vec<_>>(), response.body().to_vec()))
+    }
+}
+
+/// A client host's store: it lives outside the host, so it survives crashes;
+/// a write lands whole or not at all.
+#[derive(Clone, Debug)]
+pub(super) struct SimStore {
+    pub(super) blob: Arc<Mutex<Option<SecretString>>>,
+    /// The lock the app's processes share; a crashed host's guard dies with
+    /// its runtime, as an OS file lock dies with its process.
+    pub(super) lock: Arc<tokio::sync::Mutex<()>>,
+    pub(super) fail_rate: Arc<Mutex<u16>>,
+    pub(super) rng: Arc<Mutex<SplitMix64>>,
+    pub(super) failures: Arc<AtomicU64>,
+}
+
+impl SimStore {
+    pub(super) fn fails(&self) -> Option<bool> {
+        let rate = self.fail_rate.lock().map(|r| *r).unwrap_or(0);
+        let mut rng = self.rng.lock().ok()?;
+        if rate > 0 && rng.chance(u64::from(rate), 1000) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            Some(rng.chance(1, 2))
+        } else {
+            None
+        }
+    }
+}
+
+impl Store for SimStore {
+    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
+        let blob = self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))?.clone();
+        match blob {
+            None => Ok(None),
+            Some(blob) => StoredSession::decode(blob.expose_secret().as_bytes()).map(Some).map_err(StoreError::Corrupt),
+        }
+    }
+
+    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
+        let landed_anyway = self.fails();
+        if landed_anyway != Some(false) {
+            *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = Some(session.encode());
+        }
+        match landed_anyway {
+            None => Ok(()),
+            Some(_) => Err(StoreError::Unavailable("simulated store failure")),
+        }
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        *self.blob.lock().map_err(|_| StoreError::Unavailable("poisoned"))? = None;
+        Ok(())
+    }
+
+    async fn lock(&self) -> Result<StoreLock, StoreError> {
+        Ok(StoreLock::new(Arc::clone(&self.lock).lock_owned().await))
+    }
+}

@@ -1,0 +1,262 @@
+//! One client process on its own host: its driver, its callers, its logins
+//! and logouts, and the watch that feeds the checker.
+
+use super::*;
+
+/// Runs the client checker over a driver, and keeps its trace.
+#[derive(Debug)]
+pub(super) struct Watch {
+    pub(super) name: String,
+    /// This process's number within its app, for the app's shared-store monitor.
+    pub(super) process: usize,
+    pub(super) shared: Arc<Mutex<SharedStoreMonitor>>,
+    pub(super) monitor: Mutex<ClientMonitor>,
+    pub(super) trace: Option<Mutex<Vec<String>>>,
+    pub(super) logouts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Watch {
+    pub(super) fn line(&self, line: impl FnOnce() -> String) {
+        if let Some(trace) = &self.trace
+            && let Ok(mut trace) = trace.lock()
+        {
+            trace.push(line());
+        }
+    }
+}
+
+impl Watch {
+    /// The process died: what it held in memory is gone, its lock with it.
+    /// Told at the crash itself, not when the next incarnation starts: the
+    /// lock passes to another process at once, and its refreshes must not be
+    /// judged against requests of a process that no longer exists.
+    pub(super) fn crashed(&self) {
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.crash();
+        }
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.crash(self.process);
+        }
+    }
+}
+
+impl Observer for Watch {
+    fn event(&self, now: MonoTime, event: &Event) {
+        self.line(|| format!("{} {now} {event:?}", self.name));
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.event(self.process, world_time(now), event);
+        }
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.event(now, event);
+        }
+    }
+
+    fn command(&self, now: MonoTime, command: &Command) {
+        self.line(|| format!("{} {now}   -> {command:?}", self.name));
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.command(self.process, world_time(now), command);
+        }
+        if let Some(cause) = match command {
+            Command::StateChanged(view) => view.logout_cause(),
+            _ => None,
+        } && let Ok(mut logouts) = self.logouts.lock()
+        {
+            *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+        }
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.command(now, command);
+        }
+    }
+
+    fn step_end(&self, now: MonoTime, next_timeout: Option<MonoTime>) {
+        if let Ok(mut monitor) = self.monitor.lock() {
+            monitor.step_end(now, next_timeout);
+        }
+    }
+}
+
+/// The simulation's clock, shared by every host: a driver's own clock starts
+/// when its process does, so processes compare times on this one.
+pub(super) fn world_time(fallback: MonoTime) -> MonoTime {
+    turmoil::sim_elapsed().map_or(fallback, MonoTime::from_elapsed)
+}
+
+/// One client process on its own host: its store (shared with the other
+/// processes of its app), checker and counters survive its crashes.
+#[derive(Debug)]
+pub(super) struct Host {
+    /// Numbers the process among all of them.
+    pub(super) index: usize,
+    /// The app it belongs to: its client id, store and token family.
+    pub(super) app: usize,
+    pub(super) name: String,
+    pub(super) store: SimStore,
+    pub(super) watch: Arc<Watch>,
+    pub(super) incarnation: AtomicU32,
+    pub(super) granted: AtomicU64,
+    pub(super) failed: AtomicU64,
+    /// After the network healed: callers that got no token, and the last state seen.
+    pub(super) failed_after_heal: AtomicU64,
+    pub(super) healed: std::sync::atomic::AtomicBool,
+    pub(super) last_state: Mutex<Option<StateView>>,
+    /// Whether the safety phase's faults still run.
+    pub(super) faulty: std::sync::atomic::AtomicBool,
+    pub(super) logouts: AtomicU64,
+    /// How far this process's wall clock has been stepped, in seconds (signed).
+    pub(super) wall_step: Arc<std::sync::atomic::AtomicI64>,
+    /// The host's connections, over all its incarnations: ports are the host's.
+    pub(super) pacer: Arc<ConnectPacer>,
+    /// A caller was told the session has no refresh token left: log in again.
+    pub(super) needs_login: std::sync::atomic::AtomicBool,
+    /// A login for it is under way (cleared when that task ends, or dies with a crash).
+    pub(super) relogin_running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub(super) fn client_id(app: usize) -> String {
+    format!("client-{app}")
+}
+
+/// One caller: a token (now and then a forced refresh), the resource, and
+/// one retry after a 401.
+pub(super) async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, forced: bool) {
+    let healed = host.healed.load(Ordering::Acquire);
+    let answer = if forced { session.refresh().await } else { session.access_token().await };
+    let token = match answer {
+        Ok(token) => token,
+        Err(freshen::Error::MissingRefreshToken | freshen::Error::InteractionRequired(_)) => {
+            // An access token alone has run out, or the server wants the user
+            // to act: the app sends the user to log in.
+            host.failed.fetch_add(1, Ordering::Relaxed);
+            host.needs_login.store(true, Ordering::Release);
+            return;
+        }
+        Err(_) => {
+            host.failed.fetch_add(1, Ordering::Relaxed);
+            if healed && host.healed.load(Ordering::Acquire) {
+                host.failed_after_heal.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+    };
+    host.granted.fetch_add(1, Ordering::Relaxed);
+    let mut token = token;
+    for attempt in 0..2 {
+        let Ok(bearer) = token.authorization().cloned() else { return };
+        let Ok(request) = Request::get(paths::RESOURCE)
+            .header(header::HOST, AUTHORITY)
+            .header(header::AUTHORIZATION, bearer)
+            .body(Full::new(Bytes::new()))
+        else {
+            return;
+        };
+        match send(&host.pacer, request).await {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
+                match session.retry_token(&token).await {
+                    Ok(fresh) => token = fresh,
+                    Err(_) => return,
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The user logs out, then logs in again half a minute later (through the
+/// authority's password grant).
+pub(super) async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, log_out: bool) {
+    /// Ends the "login under way" mark however the task ends.
+    struct Running(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _running = (!log_out).then(|| Running(Arc::clone(&host.relogin_running)));
+    if log_out {
+        session.log_out().await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let sent_at = tokio::time::Instant::now().into_std();
+    let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
+    let Ok(request) = Request::post(paths::TOKEN)
+        .header(header::HOST, AUTHORITY)
+        .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+    else {
+        return;
+    };
+    let Ok(response) = send(&host.pacer, request).await else { return };
+    let response = HttpResponse::new(response.status().as_u16(), [], response.body().to_vec());
+    if let freshen_core::oauth::Classified::Success(tokens) =
+        response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
+        && session.log_in_sent_at(tokens, sent_at).await.is_ok()
+    {
+        host.needs_login.store(false, Ordering::Release);
+    }
+}
+
+pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option<Plant>) -> turmoil::Result {
+    let incarnation = host.incarnation.fetch_add(1, Ordering::AcqRel);
+    if incarnation > 0 {
+        // The monitors learned of the crash when it happened (`Watch::crashed`).
+        host.watch.line(|| format!("{} crash: incarnation {incarnation} starts", host.name));
+    }
+    let mut session_config = config.session.clone();
+    session_config.plant = plant;
+    let freshen_config =
+        Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
+            .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
+            .with_session(session_config)
+            // The simulated network's host names are not loopback.
+            .with_plain_http_allowed();
+    let step = Arc::clone(&host.wall_step);
+    let wall_clock = freshen::WallClock::new(move || {
+        let now = sim_wall_clock();
+        let by = step.load(Ordering::Acquire);
+        let secs = Duration::from_secs(by.unsigned_abs());
+        if by >= 0 {
+            now.saturating_add(secs)
+        } else {
+            UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
+        }
+    });
+    let environment = Environment::seeded(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
+        .with_wall_clock(wall_clock)
+        .with_observer(Arc::clone(&host.watch) as Arc<dyn Observer>);
+    let transport = TurmoilTransport { pacer: Arc::clone(&host.pacer) };
+    let session =
+        Session::start_in(freshen_config, transport, host.store.clone(), environment).map_err(|e| e.to_string())?;
+    let mut states = session.watch_state();
+    let mut relogging = false;
+    let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
+    let mean = u64::try_from(config.caller_interval.as_millis()).unwrap_or(1000).max(1);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1 + rng.below(2 * mean))).await;
+        if let Ok(mut last) = host.last_state.lock() {
+            *last = Some(states.borrow_and_update().clone());
+        }
+        let logout = u64::from(config.faults.logout);
+        if host.faulty.load(Ordering::Acquire) && logout > 0 && rng.chance(logout, 1000) {
+            host.logouts.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), true));
+        } else if host.needs_login.load(Ordering::Acquire) && !host.relogin_running.swap(true, Ordering::AcqRel) {
+            // Out of tokens without a logout: one login at a time, until one lands.
+            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
+        } else if matches!(states.borrow().logout_cause(), Some(LogoutCause::EndedElsewhere | LogoutCause::NoSession))
+            && !relogging
+        {
+            // The user logged out in another process of this app (this one
+            // saw it, or restarted after it); here too they log in again.
+            relogging = true;
+            tokio::spawn(log_out_and_back_in(session.clone(), Arc::clone(&host), false));
+        }
+        if !states.borrow().needs_login() {
+            relogging = false;
+        }
+        for _ in 0..1 + rng.below(config.burst) {
+            // The app forces a refresh now and then (a changed profile, a suspect token).
+            let forced = rng.chance(1, 200);
+            tokio::spawn(caller(session.clone(), Arc::clone(&host), forced));
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The authority's side of tier 2: hyper serving the reference authority,
+//! with the server faults (errors, dropped answers) drawn per request.
+
+use super::*;
+
+/// The authority's answers with server-side faults.
+#[derive(Debug)]
+pub(super) struct ServerFaults {
+    pub(super) rates: Mutex<Faults>,
+    pub(super) rng: Mutex<SplitMix64>,
+    pub(super) counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Clients whose refresh answer was dropped after the server committed.
+    pub(super) dropped_for: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ServerFaults {
+    pub(super) fn draw(&self, per_mille: u16, kind: &'static str) -> bool {
+        let hit = per_mille > 0 && self.rng.lock().is_ok_and(|mut rng| rng.chance(u64::from(per_mille), 1000));
+        if hit && let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(kind).or_default() += 1;
+        }
+        hit
+    }
+}
+
+/// The connection is dropped instead of answered.
+#[derive(Debug)]
+pub(super) struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("answer dropped after commit")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+pub(super) async fn serve(
+    state: &State,
+    faults: &ServerFaults,
+    request: Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Dropped> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, 16 * 1024).collect().await.map_err(|_| Dropped)?.to_bytes();
+    if parts.method == Method::POST && parts.uri.path() == paths::TOKEN {
+        let rates = faults.rates.lock().map(|r| r.clone()).unwrap_or_default();
+        if faults.draw(rates.server_error, "server_error") {
+            let mut response = http::Response::new(Full::new(Bytes::from_static(b"<html>503</html>")));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(response);
+        }
+        if faults.draw(rates.rate_limit, "rate_limit") {
+            let mut response = http::Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            return Ok(response);
+        }
+        if faults.draw(rates.policy_refusal, "policy_refusal") {
+            use crate::authority::PolicyRefusal;
+            let refusal = if faults.draw(333, "policy_refusal_interaction") {
+                PolicyRefusal::InteractionRequired
+            } else if faults.draw(500, "policy_refusal_invalid_request") {
+                PolicyRefusal::InvalidRequest
+            } else {
+                PolicyRefusal::InvalidClient
+            };
+            let (status, body) = refusal.response();
+            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            return Ok(response);
+        }
+        let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
+        if faults.draw(rates.drop_after_commit, "drop_after_commit") {
+            let client = form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            if let Ok(mut dropped) = faults.dropped_for.lock() {
+                *dropped.entry(client).or_default() += 1;
+            }
+            return Err(Dropped);
+        }
+        return Ok(response);
+    }
+    Ok(answer(state, &parts.method, parts.uri.path(), &parts.headers, &body))
+}
+
+// turmoil keeps a server-side socket for a (client address, port) pair until
+// the client's FIN or RST arrives, and panics ("... is already connected") when
+// a SYN comes for a pair it still holds. It neither retransmits a FIN lost to a
+// partition nor times out a half-open socket, so a client whose FIN was lost
+// would, once its ephemeral ports wrapped around, reach a server that still
+// holds its old connection: tier-2 seed 50176 did, after 67,500 callers on one
+// host. Real stacks are saved by retransmission, server timeouts and TIME_WAIT;
+// the world gets the same guarantees, which together make the collision
+// impossible (`ConnectPacer` has the argument):
+/// The authority closes every connection this long after accepting it, as a
+/// real server's header-read and idle timeouts do.
+pub(super) const SERVER_CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
