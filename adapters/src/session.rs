@@ -14,11 +14,12 @@ use core::time::Duration;
 use std::error::Error as _;
 use std::sync::Mutex;
 
-use freshen_core::ids::CallerId;
+use freshen_core::ids::{CallerId, RefreshId, StoreOpId};
 use freshen_core::oauth::{self, Client, TokenResponse};
 use freshen_core::session::{Event, NewSession, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
+use freshen_core::token::RefreshToken;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -515,47 +516,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
         Io::Refresh { id, refresh_token, attempt } => {
             let span = info_span!("refresh", refresh = %id, attempt);
             spawn_io(shared, span, |shared| async move {
-                let config = &shared.config;
-                let form = oauth::refresh_request(&config.client, &refresh_token, config.scope.as_deref());
-                debug!("sending refresh");
-                shared.counters.add(Count::RefreshAttempt);
-                let timeout = config.session.request_timeout;
-                let event = match tokio::time::timeout(
-                    timeout,
-                    shared.transport.post_form(&config.token_endpoint, &form),
-                )
-                .await
-                {
-                    Ok(Ok(response)) => {
-                        shared.note_transport_error(None);
-                        let unix_now = shared.clock.wall();
-                        if let Some(skew) = response.clock_skew(unix_now).filter(|s| s.is_notable()) {
-                            // Only a sanity check: lifetimes count on the monotonic clock from the send.
-                            warn!(
-                                server_ahead_s = skew.server_ahead.as_secs(),
-                                server_behind_s = skew.server_behind.as_secs(),
-                                "the token endpoint's clock (its Date header) differs from this machine's"
-                            );
-                        }
-                        let outcome = response.classify(&config.session.policy, unix_now);
-                        info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
-                        Event::RefreshCompleted { id, outcome }
-                    }
-                    Ok(Err(error)) => {
-                        warn!(%error, cause = error.source().map(tracing::field::display), "refresh got no answer");
-                        let failure = error.failure();
-                        shared.note_transport_error(Some(error));
-                        Event::RefreshFailed { id, failure }
-                    }
-                    Err(_) => {
-                        warn!("refresh timed out");
-                        shared.note_transport_error(None);
-                        Event::RefreshFailed { id, failure: TransportFailure::Timeout }
-                    }
-                };
-                let succeeded =
-                    matches!(&event, Event::RefreshCompleted { outcome: oauth::Classified::Success(_), .. });
-                shared.counters.add(if succeeded { Count::RefreshSucceeded } else { Count::RefreshAttemptFailed });
+                let event = send_refresh(&shared, id, &refresh_token).await;
                 shared.coordinator.handle(shared.now(), event);
             });
         }
@@ -585,30 +546,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             shared.coordinator.handle(shared.now(), event);
         }),
         Io::LockStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
-            let wait = shared.config.session.lock_wait();
-            let event = match tokio::time::timeout(wait, shared.store.lock()).await {
-                Ok(Ok(lock)) => match shared.store.load().await {
-                    Ok(stored) => {
-                        debug!(found = stored.is_some(), "store locked and read");
-                        if let Ok(mut held) = shared.store_lock.lock() {
-                            *held = Some(lock);
-                        }
-                        Event::StoreLocked { op, stored, unix_now: shared.clock.wall() }
-                    }
-                    Err(error) => {
-                        warn!(%error, "store read under the lock failed; the lock is released");
-                        Event::StoreFailed { op, error: error.into() }
-                    }
-                },
-                Ok(Err(error)) => {
-                    warn!(%error, "store lock failed");
-                    Event::StoreFailed { op, error: error.into() }
-                }
-                Err(_) => {
-                    warn!(?wait, "store lock not had in time");
-                    Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable }
-                }
-            };
+            let event = lock_and_read(&shared, op).await;
             shared.coordinator.handle(shared.now(), event);
         }),
         Io::UnlockStore => {
@@ -638,6 +576,80 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             };
             shared.coordinator.handle(shared.now(), event);
         }),
+    }
+}
+
+/// One refresh attempt over the transport, bounded by the session's
+/// `request_timeout`: the event that answers it, counted.
+async fn send_refresh<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    id: RefreshId,
+    refresh_token: &RefreshToken,
+) -> Event {
+    let config = &shared.config;
+    let form = oauth::refresh_request(&config.client, refresh_token, config.scope.as_deref());
+    debug!("sending refresh");
+    shared.counters.add(Count::RefreshAttempt);
+    let timeout = config.session.request_timeout;
+    let event = match tokio::time::timeout(timeout, shared.transport.post_form(&config.token_endpoint, &form)).await {
+        Ok(Ok(response)) => {
+            shared.note_transport_error(None);
+            let unix_now = shared.clock.wall();
+            if let Some(skew) = response.clock_skew(unix_now).filter(|s| s.is_notable()) {
+                // Only a sanity check: lifetimes count on the monotonic clock from the send.
+                warn!(
+                    server_ahead_s = skew.server_ahead.as_secs(),
+                    server_behind_s = skew.server_behind.as_secs(),
+                    "the token endpoint's clock (its Date header) differs from this machine's"
+                );
+            }
+            let outcome = response.classify(&config.session.policy, unix_now);
+            info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
+            Event::RefreshCompleted { id, outcome }
+        }
+        Ok(Err(error)) => {
+            warn!(%error, cause = error.source().map(tracing::field::display), "refresh got no answer");
+            let failure = error.failure();
+            shared.note_transport_error(Some(error));
+            Event::RefreshFailed { id, failure }
+        }
+        Err(_) => {
+            warn!("refresh timed out");
+            shared.note_transport_error(None);
+            Event::RefreshFailed { id, failure: TransportFailure::Timeout }
+        }
+    };
+    let succeeded = matches!(&event, Event::RefreshCompleted { outcome: oauth::Classified::Success(_), .. });
+    shared.counters.add(if succeeded { Count::RefreshSucceeded } else { Count::RefreshAttemptFailed });
+    event
+}
+
+/// Takes the store's cross-process lock (bounded by the session's lock
+/// wait) and reads the store under it.
+async fn lock_and_read<T: Transport, S: Store>(shared: &Shared<T, S>, op: StoreOpId) -> Event {
+    let wait = shared.config.session.lock_wait();
+    match tokio::time::timeout(wait, shared.store.lock()).await {
+        Ok(Ok(lock)) => match shared.store.load().await {
+            Ok(stored) => {
+                debug!(found = stored.is_some(), "store locked and read");
+                if let Ok(mut held) = shared.store_lock.lock() {
+                    *held = Some(lock);
+                }
+                Event::StoreLocked { op, stored, unix_now: shared.clock.wall() }
+            }
+            Err(error) => {
+                warn!(%error, "store read under the lock failed; the lock is released");
+                Event::StoreFailed { op, error: error.into() }
+            }
+        },
+        Ok(Err(error)) => {
+            warn!(%error, "store lock failed");
+            Event::StoreFailed { op, error: error.into() }
+        }
+        Err(_) => {
+            warn!(?wait, "store lock not had in time");
+            Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! C1–C9 and U1–U9 over one session's inputs and outputs.
 
 use super::*;
+use freshen_core::session::{AccessGrant, NewSession};
 
 /// Where a store is known to be, for C3 and C4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,26 +210,7 @@ impl ClientMonitor {
                 }
             }
             Event::StoreLoaded { op, stored, unix_now } | Event::StoreLocked { op, stored, unix_now } => {
-                if self.pending_store.remove(op).is_some() {
-                    self.store_failures = (0, now);
-                    self.store = match stored {
-                        Some(stored) => {
-                            self.durable.insert(stored.generation);
-                            self.awaits_user.retain(|_, held| *held >= stored.generation);
-                            // A live token another process stored may replace a
-                            // rejected one: the rejection no longer demands a logout.
-                            if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
-                                let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
-                                if fresh && self.latest_token() != Some(token) {
-                                    self.awaiting_logout = None;
-                                }
-                            }
-                            self.note_refresh_first(stored, *unix_now, now);
-                            StoreModel::Holds(stored.generation)
-                        }
-                        None => StoreModel::Empty,
-                    };
-                }
+                self.store_read(now, *op, stored.as_ref(), *unix_now);
             }
             Event::StoreWritten { op } => match self.pending_store.remove(op) {
                 Some((PendingStore::Persist(generation), refresh)) => {
@@ -259,26 +241,53 @@ impl ClientMonitor {
                     }
                 }
             }
-            Event::LoggedIn { caller, session: new } => {
-                self.waiting.entry(*caller).or_insert(now);
-                self.logins.insert(*caller, self.newest_generation);
-                if let Some(access) = &new.access_token {
-                    self.seen_access.entry(access.fingerprint()).or_insert(now);
-                }
-                if let (Some(access), Some(lifetime), Some(_)) = (&new.access_token, new.lifetime, &new.refresh_token) {
-                    let left = new.requested_at.saturating_add(lifetime).saturating_duration_since(now);
-                    let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
-                    if left <= least_margin(&self.config, issued) {
-                        self.inside_margin.insert(access.fingerprint());
-                    }
-                }
-                // A new session: refreshes of the one it replaces are not its own (C1 is per session).
-                self.sent.clear();
-                self.logged_out = None;
-                self.awaiting_logout = None;
-            }
+            Event::LoggedIn { caller, session } => self.logged_in(now, *caller, session),
             Event::LogoutRequested => {}
         }
+    }
+
+    /// The store was read (loaded, or locked and read): what it holds now.
+    fn store_read(&mut self, now: MonoTime, op: StoreOpId, stored: Option<&StoredSession>, unix_now: UnixTime) {
+        if self.pending_store.remove(&op).is_some() {
+            self.store_failures = (0, now);
+            self.store = match stored {
+                Some(stored) => {
+                    self.durable.insert(stored.generation);
+                    self.awaits_user.retain(|_, held| *held >= stored.generation);
+                    // A live token another process stored may replace a
+                    // rejected one: the rejection no longer demands a logout.
+                    if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
+                        let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
+                        if fresh && self.latest_token() != Some(token) {
+                            self.awaiting_logout = None;
+                        }
+                    }
+                    self.note_refresh_first(stored, unix_now, now);
+                    StoreModel::Holds(stored.generation)
+                }
+                None => StoreModel::Empty,
+            };
+        }
+    }
+
+    /// `caller` logged in with `new`: a new session begins.
+    fn logged_in(&mut self, now: MonoTime, caller: CallerId, new: &NewSession) {
+        self.waiting.entry(caller).or_insert(now);
+        self.logins.insert(caller, self.newest_generation);
+        if let Some(access) = &new.access_token {
+            self.seen_access.entry(access.fingerprint()).or_insert(now);
+        }
+        if let (Some(access), Some(lifetime), Some(_)) = (&new.access_token, new.lifetime, &new.refresh_token) {
+            let left = new.requested_at.saturating_add(lifetime).saturating_duration_since(now);
+            let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
+            if left <= least_margin(&self.config, issued) {
+                self.inside_margin.insert(access.fingerprint());
+            }
+        }
+        // A new session: refreshes of the one it replaces are not its own (C1 is per session).
+        self.sent.clear();
+        self.logged_out = None;
+        self.awaiting_logout = None;
     }
 
     fn refresh_answered(&mut self, now: MonoTime, id: RefreshId, outcome: &Classified) {
@@ -397,67 +406,8 @@ impl ClientMonitor {
                 self.unserved_since_arrival.clear();
                 self.pending_store.insert(*op, (PendingStore::Load, None));
             }
-            Command::Publish(Some(grant)) | Command::Grant { grant, .. } => {
-                let access = grant.access_token.fingerprint();
-                if self.inside_margin.contains(&access) {
-                    let detail = format!("handed out {}, adopted inside its refresh margin", grant.generation);
-                    self.violate(Invariant::U2, now, detail);
-                }
-                self.seen_access.entry(access).or_insert(now);
-                if let (Some(until), Some(at_most)) = (grant.usable_until, self.usable_at_most.get(&access))
-                    && until > *at_most
-                {
-                    let detail = format!(
-                        "{} is held usable until {until}, past the first presentation of its refresh token plus its lifetime ({at_most})",
-                        grant.generation
-                    );
-                    self.violate(Invariant::U8, now, detail);
-                }
-                if let Command::Grant { callers, .. } = command {
-                    let timeout = self.config.request_timeout;
-                    let in_flight =
-                        self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout));
-                    if let (Some(caller), Some((id, _))) =
-                        (callers.iter().find(|c| self.retrying.contains(c)), in_flight)
-                    {
-                        let detail = format!(
-                            "{caller}'s retry after a 401 got {} while {id}, which may kill it, was out",
-                            grant.generation
-                        );
-                        self.violate(Invariant::U8, now, detail);
-                    }
-                    let learned = self.seen_access.get(&access).copied().unwrap_or(now);
-                    if let Some(caller) =
-                        callers.iter().find(|c| self.forced.get(c).is_some_and(|asked| learned < *asked))
-                    {
-                        let detail = format!(
-                            "forced refresh by {caller} answered with {}, held before it asked",
-                            grant.generation
-                        );
-                        self.violate(Invariant::U5, now, detail);
-                    }
-                }
-                if !self.durable.contains(&grant.generation) {
-                    self.violate(
-                        Invariant::C3,
-                        now,
-                        format!("handed out {} before the store held it", grant.generation),
-                    );
-                }
-                if self.logged_out.is_some() {
-                    self.violate(Invariant::C4, now, format!("handed out {} while logged out", grant.generation));
-                }
-                if matches!(command, Command::Grant { .. }) && !grant.usable_at(now) {
-                    self.violate(Invariant::C7, now, format!("granted {} past its usable time", grant.generation));
-                }
-                if let Command::Grant { callers, .. } = command {
-                    if !matches!(self.state, StateView::Valid { .. } | StateView::Refreshing { .. }) {
-                        let detail = format!("granted {} while the state still read {}", grant.generation, self.state);
-                        self.violate(Invariant::U1, now, detail);
-                    }
-                    self.resolve(now, callers, "granted");
-                }
-            }
+            Command::Publish(Some(grant)) => self.handed_out(now, grant, None),
+            Command::Grant { grant, callers } => self.handed_out(now, grant, Some(callers)),
             Command::LoginStored { callers, generation } => {
                 for caller in callers {
                     let before = self.logins.remove(caller);
@@ -468,66 +418,124 @@ impl ClientMonitor {
                 }
                 self.resolve(now, callers, "told stored");
             }
-            Command::Fail { callers, reason } => {
-                if *reason == FailReason::MissingRefreshToken
-                    && let Some(caller) = callers.iter().find(|c| {
-                        !self.asked_before_known.contains(c) && self.waiting.get(c).is_some_and(|since| *since < now)
-                    })
-                {
-                    let detail = format!("{caller} waited to be told the session has no refresh token");
-                    self.violate(Invariant::U4, now, detail);
-                }
-                if matches!(
-                    reason,
-                    FailReason::RefreshUnavailable(_)
-                        | FailReason::Rejected(_)
-                        | FailReason::InteractionRequired(_)
-                        | FailReason::MissingRefreshToken
-                ) {
-                    self.told_this_step = Some(reason.clone());
-                }
-                if let FailReason::RefreshUnavailable(_) = reason {
-                    self.check_not_cached(now, callers);
-                    let cooldown = self.config.failure_cooldown;
-                    self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(cooldown));
-                }
-                if let FailReason::LoggedOut(cause) = reason {
-                    let shown = match &self.state {
-                        StateView::LoggedOut { cause } => Some(cause),
-                        StateView::NoSession => Some(&LogoutCause::NoSession),
-                        _ => None,
-                    };
-                    if shown != Some(cause) {
-                        let detail = format!("failed callers as logged out while the state still read {}", self.state);
-                        self.violate(Invariant::U1, now, detail);
-                    }
-                }
-                self.resolve(now, callers, "failed");
-            }
-            Command::StateChanged(view) => {
-                if let Some(generation) = view.generation() {
-                    self.newest_generation = self.newest_generation.max(generation);
-                }
-                if matches!(view, StateView::Refreshing { .. }) {
-                    self.unserved_since_arrival.clear();
-                }
-                if matches!(view, StateView::NoSession) {
-                    self.logged_out = Some(LogoutCause::NoSession);
-                }
-                if let StateView::LoggedOut { cause } = view {
-                    if let LogoutCause::RefreshTokenRejected { error, .. } = cause
-                        && !self.config.policy.terminal_errors.contains(&error.code)
-                    {
-                        let detail = format!("logged out on a refusal that is not terminal: {error}");
-                        self.violate(Invariant::U6, now, detail);
-                    }
-                    self.logged_out = Some(cause.clone());
-                    self.awaiting_logout = None;
-                }
-                self.state = view.clone();
-            }
+            Command::Fail { callers, reason } => self.failed(now, callers, reason),
+            Command::StateChanged(view) => self.state_changed(now, view),
             Command::Publish(None) | Command::Revoke { .. } | Command::UnlockStore => {}
         }
+    }
+
+    /// A token handed out: published (`callers` is `None`) or granted.
+    fn handed_out(&mut self, now: MonoTime, grant: &AccessGrant, callers: Option<&[CallerId]>) {
+        let access = grant.access_token.fingerprint();
+        if self.inside_margin.contains(&access) {
+            let detail = format!("handed out {}, adopted inside its refresh margin", grant.generation);
+            self.violate(Invariant::U2, now, detail);
+        }
+        self.seen_access.entry(access).or_insert(now);
+        if let (Some(until), Some(at_most)) = (grant.usable_until, self.usable_at_most.get(&access))
+            && until > *at_most
+        {
+            let detail = format!(
+                "{} is held usable until {until}, past the first presentation of its refresh token plus its lifetime ({at_most})",
+                grant.generation
+            );
+            self.violate(Invariant::U8, now, detail);
+        }
+        if let Some(callers) = callers {
+            let timeout = self.config.request_timeout;
+            let in_flight = self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout));
+            if let (Some(caller), Some((id, _))) = (callers.iter().find(|c| self.retrying.contains(c)), in_flight) {
+                let detail = format!(
+                    "{caller}'s retry after a 401 got {} while {id}, which may kill it, was out",
+                    grant.generation
+                );
+                self.violate(Invariant::U8, now, detail);
+            }
+            let learned = self.seen_access.get(&access).copied().unwrap_or(now);
+            if let Some(caller) = callers.iter().find(|c| self.forced.get(c).is_some_and(|asked| learned < *asked)) {
+                let detail =
+                    format!("forced refresh by {caller} answered with {}, held before it asked", grant.generation);
+                self.violate(Invariant::U5, now, detail);
+            }
+        }
+        if !self.durable.contains(&grant.generation) {
+            self.violate(Invariant::C3, now, format!("handed out {} before the store held it", grant.generation));
+        }
+        if self.logged_out.is_some() {
+            self.violate(Invariant::C4, now, format!("handed out {} while logged out", grant.generation));
+        }
+        if callers.is_some() && !grant.usable_at(now) {
+            self.violate(Invariant::C7, now, format!("granted {} past its usable time", grant.generation));
+        }
+        if let Some(callers) = callers {
+            if !matches!(self.state, StateView::Valid { .. } | StateView::Refreshing { .. }) {
+                let detail = format!("granted {} while the state still read {}", grant.generation, self.state);
+                self.violate(Invariant::U1, now, detail);
+            }
+            self.resolve(now, callers, "granted");
+        }
+    }
+
+    /// Callers failed for `reason`.
+    fn failed(&mut self, now: MonoTime, callers: &[CallerId], reason: &FailReason) {
+        if *reason == FailReason::MissingRefreshToken
+            && let Some(caller) = callers
+                .iter()
+                .find(|c| !self.asked_before_known.contains(c) && self.waiting.get(c).is_some_and(|since| *since < now))
+        {
+            let detail = format!("{caller} waited to be told the session has no refresh token");
+            self.violate(Invariant::U4, now, detail);
+        }
+        if matches!(
+            reason,
+            FailReason::RefreshUnavailable(_)
+                | FailReason::Rejected(_)
+                | FailReason::InteractionRequired(_)
+                | FailReason::MissingRefreshToken
+        ) {
+            self.told_this_step = Some(reason.clone());
+        }
+        if let FailReason::RefreshUnavailable(_) = reason {
+            self.check_not_cached(now, callers);
+            let cooldown = self.config.failure_cooldown;
+            self.failure_excused_until = self.failure_excused_until.max(now.saturating_add(cooldown));
+        }
+        if let FailReason::LoggedOut(cause) = reason {
+            let shown = match &self.state {
+                StateView::LoggedOut { cause } => Some(cause),
+                StateView::NoSession => Some(&LogoutCause::NoSession),
+                _ => None,
+            };
+            if shown != Some(cause) {
+                let detail = format!("failed callers as logged out while the state still read {}", self.state);
+                self.violate(Invariant::U1, now, detail);
+            }
+        }
+        self.resolve(now, callers, "failed");
+    }
+
+    /// The state callers read changed to `view`.
+    fn state_changed(&mut self, now: MonoTime, view: &StateView) {
+        if let Some(generation) = view.generation() {
+            self.newest_generation = self.newest_generation.max(generation);
+        }
+        if matches!(view, StateView::Refreshing { .. }) {
+            self.unserved_since_arrival.clear();
+        }
+        if matches!(view, StateView::NoSession) {
+            self.logged_out = Some(LogoutCause::NoSession);
+        }
+        if let StateView::LoggedOut { cause } = view {
+            if let LogoutCause::RefreshTokenRejected { error, .. } = cause
+                && !self.config.policy.terminal_errors.contains(&error.code)
+            {
+                let detail = format!("logged out on a refusal that is not terminal: {error}");
+                self.violate(Invariant::U6, now, detail);
+            }
+            self.logged_out = Some(cause.clone());
+            self.awaiting_logout = None;
+        }
+        self.state = view.clone();
     }
 
     fn refresh_sent(&mut self, now: MonoTime, id: RefreshId, token: Fingerprint, attempt: u32) {

@@ -73,31 +73,7 @@ impl World {
                 return;
             }
             Pending::ResourceArrives { incarnation, caller, grant, healthy, retried_at } => {
-                let result = self.authority.validate(self.now, grant.access_token.expose_secret());
-                self.observe_authority();
-                if result == Err(crate::authority::InvalidToken::Expired) && healthy {
-                    let detail = format!("{caller} used {} after it expired", grant.generation);
-                    self.extra.push(Violation { invariant: Invariant::C7, at: self.now, detail });
-                }
-                if let (Some(retried_at), Err(reason)) = (retried_at, result) {
-                    self.stats.retries_refused += 1;
-                    // U8: a retry nothing raced, on a healthy network, gets a
-                    // token the server has not already killed.
-                    let untouched = healthy && !self.killable_unseen(&grant.access_token, incarnation, retried_at);
-                    let killed = matches!(
-                        reason,
-                        crate::authority::InvalidToken::Expired | crate::authority::InvalidToken::Replaced
-                    );
-                    if untouched && killed {
-                        let detail = format!("{caller}'s retry with {} was refused: {reason:?}", grant.generation);
-                        self.extra.push(Violation { invariant: Invariant::U8, at: self.now, detail });
-                    }
-                }
-                let (latency, _) = self.latency();
-                let answer =
-                    Pending::ResourceAnswered { incarnation, caller, generation: grant.generation, ok: result.is_ok() };
-                self.schedule(self.now.saturating_add(latency), answer);
-                return;
+                return self.serve_resource(incarnation, caller, &grant, healthy, retried_at);
             }
             other => other,
         };
@@ -172,6 +148,39 @@ impl World {
             // Addressed to an incarnation that crashed.
             _ => {}
         }
+    }
+
+    /// The resource server checks `grant` for `caller` and answers after a latency.
+    pub(super) fn serve_resource(
+        &mut self,
+        incarnation: u32,
+        caller: CallerId,
+        grant: &AccessGrant,
+        healthy: bool,
+        retried_at: Option<MonoTime>,
+    ) {
+        let result = self.authority.validate(self.now, grant.access_token.expose_secret());
+        self.observe_authority();
+        if result == Err(crate::authority::InvalidToken::Expired) && healthy {
+            let detail = format!("{caller} used {} after it expired", grant.generation);
+            self.extra.push(Violation { invariant: Invariant::C7, at: self.now, detail });
+        }
+        if let (Some(retried_at), Err(reason)) = (retried_at, result) {
+            self.stats.retries_refused += 1;
+            // U8: a retry nothing raced, on a healthy network, gets a
+            // token the server has not already killed.
+            let untouched = healthy && !self.killable_unseen(&grant.access_token, incarnation, retried_at);
+            let killed =
+                matches!(reason, crate::authority::InvalidToken::Expired | crate::authority::InvalidToken::Replaced);
+            if untouched && killed {
+                let detail = format!("{caller}'s retry with {} was refused: {reason:?}", grant.generation);
+                self.extra.push(Violation { invariant: Invariant::U8, at: self.now, detail });
+            }
+        }
+        let (latency, _) = self.latency();
+        let answer =
+            Pending::ResourceAnswered { incarnation, caller, generation: grant.generation, ok: result.is_ok() };
+        self.schedule(self.now.saturating_add(latency), answer);
     }
 
     pub(super) fn serve_refresh(
