@@ -53,6 +53,7 @@ mod error;
 #[cfg(all(not(freshen_loom), feature = "middleware"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
 pub mod middleware;
+mod scrub;
 #[cfg(not(freshen_loom))]
 mod session;
 #[cfg(not(freshen_loom))]

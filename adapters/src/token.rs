@@ -2,13 +2,11 @@
 
 use core::fmt;
 
-use bytes::Bytes;
 use freshen_core::ids::Generation;
 use freshen_core::session::AccessGrant;
 use freshen_core::token::TokenType;
 use http::HeaderValue;
 use secrecy::ExposeSecret;
-use secrecy::zeroize::Zeroizing;
 
 use crate::Error;
 use crate::sync::Arc;
@@ -25,29 +23,9 @@ pub(crate) struct Published {
 
 impl Published {
     pub(crate) fn new(grant: AccessGrant) -> Self {
-        let header = sensitive_header(["Bearer ", grant.access_token.expose_secret()]).ok();
+        let header = crate::scrub::sensitive_header(["Bearer ", grant.access_token.expose_secret()]).ok();
         Self { grant, header }
     }
-}
-
-/// `parts` joined into bytes that are wiped when the last clone of them drops
-/// (the buffer is sized exactly, so it never moves; see `freshen_core::scrub`).
-pub(crate) fn wiped_bytes<const N: usize>(parts: [&str; N]) -> Bytes {
-    let mut joined = Zeroizing::new(Vec::with_capacity(parts.iter().map(|part| part.len()).sum()));
-    for part in parts {
-        joined.extend_from_slice(part.as_bytes());
-    }
-    Bytes::from_owner(joined)
-}
-
-/// A header value of `parts` joined, marked sensitive (http never prints it)
-/// and kept in [`wiped_bytes`]: cloning it into a request copies no token.
-pub(crate) fn sensitive_header<const N: usize>(
-    parts: [&str; N],
-) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    let mut value = HeaderValue::from_maybe_shared(wiped_bytes(parts))?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// An access token the session granted. Cheap to clone; `Debug` shows its

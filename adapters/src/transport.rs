@@ -151,9 +151,9 @@ impl Transport for ReqwestTransport {
             .post(url)
             .header(http::header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
             .header(http::header::ACCEPT, "application/json")
-            .body(crate::token::wiped_bytes([form.expose_body()]));
+            .body(crate::scrub::wiped_bytes([form.expose_body()]));
         if let Some(authorization) = form.expose_authorization() {
-            let value = crate::token::sensitive_header([authorization])
+            let value = crate::scrub::sensitive_header([authorization])
                 .map_err(|error| TransportError::new(TransportFailure::NotSent, error))?;
             request = request.header(http::header::AUTHORIZATION, value);
         }
