@@ -81,29 +81,49 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
         let server = freshen_sim::http::Server::bind(freshen_sim::http::State::new(config.clone(), 1), address)
             .await
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        // Listening before saying so: a SIGTERM sent as soon as the line is
+        // read (a service manager, a test) must find the handler in place.
+        let interrupted = Interrupted::listen();
         println!("reference authority on {} ({config:?})", server.url(""));
         println!("  POST {}   POST {}   GET {}", server.url("/token"), server.url("/revoke"), server.url("/resource"));
-        until_interrupted_or_terminated().await;
+        interrupted.wait().await;
         println!("refreshes served: {}", server.state().stats().refreshes);
         Ok(())
     })
 }
 
-/// Waits for Ctrl-C or, on Unix, SIGTERM (what `kill` and service managers send).
-async fn until_interrupted_or_terminated() {
+/// Ctrl-C or, on Unix, SIGTERM (what `kill` and service managers send),
+/// listened for from [`Interrupted::listen`] on.
+struct Interrupted {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Interrupted {
+    /// Installs the handlers now (inside a runtime).
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::interrupt()).ok().zip(signal(SignalKind::terminate()).ok());
+            Self { signals }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut interrupt, mut terminate)) = self.signals {
             tokio::select! {
                 biased;
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Which simulation runs a seed.
@@ -292,7 +312,10 @@ fn replay(tier: Tier, seed: u64, plant: Option<Plant>) -> ExitCode {
 }
 
 /// Which seeds run in which tier: all in the chosen tier, or by default one
-/// in twenty in tier 2 (slower, deeper) and the rest in tier 1.
+/// in twenty in tier 2 (slower, deeper) and the rest in tier 1. The tiers are
+/// interleaved, a tier-2 seed before every ten of tier 1: a bug only one tier
+/// sees is met early (`--fail-fast` stops within seconds), and the long
+/// tier-2 seeds all start early, so none runs alone at the end.
 fn jobs(options: &Options) -> Vec<(Tier, u64)> {
     let range = |count: u64| options.first..options.first.saturating_add(count);
     match options.tier {
@@ -300,7 +323,14 @@ fn jobs(options: &Options) -> Vec<(Tier, u64)> {
         None => {
             let deep = (options.seeds / 20).max(1).min(options.seeds);
             let broad = options.seeds - deep;
-            range(deep).map(|seed| (Tier::Two, seed)).chain(range(broad).map(|seed| (Tier::One, seed))).collect()
+            let mut tier1 = range(broad).map(|seed| (Tier::One, seed));
+            let mut jobs = Vec::new();
+            for seed in range(deep) {
+                jobs.push((Tier::Two, seed));
+                jobs.extend(tier1.by_ref().take(10));
+            }
+            jobs.extend(tier1);
+            jobs
         }
     }
 }
@@ -531,5 +561,11 @@ mod tests {
         let jobs = jobs(&o);
         assert_eq!(jobs.len(), 1000);
         assert_eq!(jobs.iter().filter(|(t, _)| *t == Tier::Two).count(), 50);
+        // Each tier's seeds are the same as ever, in order; the tiers interleave.
+        let seeds = |tier| jobs.iter().filter(|(t, _)| *t == tier).map(|(_, seed)| *seed).collect::<Vec<_>>();
+        assert_eq!(seeds(Tier::Two), (0..50).collect::<Vec<_>>());
+        assert_eq!(seeds(Tier::One), (0..950).collect::<Vec<_>>());
+        assert_eq!(&jobs[..3], [(Tier::Two, 0), (Tier::One, 0), (Tier::One, 1)]);
+        assert!(jobs[550..].iter().all(|(t, _)| *t == Tier::One), "450 short seeds follow the last long one");
     }
 }
