@@ -4,7 +4,7 @@
 //! suspended, so after a laptop wakes, a token whose expiry was planned on it
 //! looks fresher than it is, and the fast path would hand out a dead token.
 //! The wall clock runs on through a suspend: whenever it has gained more than
-//! [`SUSPEND_THRESHOLD`] on the monotonic clock since the last reading, the
+//! [`SleepDetector::REAL_CLOCKS`] (2 s) on the monotonic clock since the last reading, the
 //! gain is added to the session's time, so every expiry is checked again
 //! against the time that really passed. A wall clock stepped forward (by hand,
 //! or NTP) reads the same way: tokens then look older than they are, which
@@ -17,12 +17,8 @@ use core::time::Duration;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::{ClockGain, GainChange, MonoTime, SleepDetector, UnixTime};
 use tokio::time::Instant;
-
-/// A gain of the wall clock over the monotonic one larger than this, between
-/// two readings, is a suspend (or a forward step of the wall clock).
-pub(crate) const SUSPEND_THRESHOLD: Duration = Duration::from_secs(2);
 
 /// Reads the wall clock (see [`Environment::with_wall_clock`](crate::Environment::with_wall_clock)).
 #[derive(Clone)]
@@ -75,10 +71,6 @@ pub(crate) struct Clock {
     slept: AtomicU64,
 }
 
-fn nanos(duration: Duration) -> i64 {
-    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
-}
-
 impl Clock {
     pub(crate) fn new(wall: WallClock) -> Self {
         let wall_origin = wall.now();
@@ -89,33 +81,33 @@ impl Clock {
         self.wall.now()
     }
 
-    /// The session's time: monotonic, plus every suspend seen so far.
+    /// The session's time: monotonic, plus every suspend seen so far. The
+    /// detection is the core's ([`ClockGain::judged_after`]); here its two
+    /// numbers live in atomics, so readers on many threads never lock.
     pub(crate) fn now(&self) -> MonoTime {
         let monotonic = self.origin.elapsed();
-        let wall = self.wall.now();
-        // Signed: a wall clock set back before the origin reads as a loss.
-        let wall_elapsed = if wall >= self.wall_origin {
-            nanos(wall.saturating_duration_since(self.wall_origin))
-        } else {
-            -nanos(self.wall_origin.saturating_duration_since(wall))
-        };
-        let gain = wall_elapsed.saturating_sub(nanos(monotonic));
+        let gain = ClockGain::between(self.wall_origin, monotonic, self.wall.now());
         let last = self.last_gain.load(Ordering::Acquire);
-        if gain > last.saturating_add(nanos(SUSPEND_THRESHOLD)) {
-            // One reader claims each jump, so concurrent readers count it once.
-            if self.last_gain.compare_exchange(last, gain, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                let jump = u64::try_from(gain.saturating_sub(last)).unwrap_or(0);
-                self.slept.fetch_add(jump, Ordering::AcqRel);
-                tracing::info!(
-                    slept_ms = jump / 1_000_000,
-                    "the wall clock jumped ahead of the monotonic one (a suspend): expiries are checked again"
-                );
+        match gain.judged_after(ClockGain::from_nanos(last), SleepDetector::REAL_CLOCKS) {
+            GainChange::Steady => {}
+            GainChange::Slept(slept) => {
+                // One reader claims each jump, so concurrent readers count it once.
+                let claimed =
+                    self.last_gain.compare_exchange(last, gain.as_nanos(), Ordering::AcqRel, Ordering::Acquire);
+                if claimed.is_ok() {
+                    let slept_ns = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);
+                    self.slept.fetch_add(slept_ns, Ordering::AcqRel);
+                    tracing::info!(
+                        slept_ms = slept.as_millis(),
+                        "the wall clock jumped ahead of the monotonic one (a suspend): expiries are checked again"
+                    );
+                }
             }
-        } else if gain < last.saturating_sub(nanos(SUSPEND_THRESHOLD)) {
-            // The wall clock stepped back: later gains count from here. Small
-            // jitter between readers is ignored, so the fast path never writes
-            // a shared cache line.
-            let _ = self.last_gain.compare_exchange(last, gain, Ordering::AcqRel, Ordering::Acquire);
+            GainChange::SteppedBack => {
+                // Jitter between readers is Steady, so the fast path never
+                // writes a shared cache line.
+                let _ = self.last_gain.compare_exchange(last, gain.as_nanos(), Ordering::AcqRel, Ordering::Acquire);
+            }
         }
         MonoTime::from_elapsed(monotonic.saturating_add(Duration::from_nanos(self.slept.load(Ordering::Acquire))))
     }

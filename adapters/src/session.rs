@@ -9,6 +9,7 @@
 //! every caller gives up, the rotation still completes and is written.
 
 use core::future::Future;
+use core::mem;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::time::Duration;
 use std::error::Error as _;
@@ -128,9 +129,8 @@ struct Shared<T, S> {
     /// Every handle is gone: finish what is in flight, then stop.
     closing: AtomicBool,
     in_flight: AtomicUsize,
-    logouts: Mutex<Vec<oneshot::Sender<()>>>,
-    /// The shared store's cross-process lock, while the machine holds it.
-    store_lock: Mutex<Option<StoreLock>>,
+    /// The shared store's cross-process lock, as the machine last asked for it.
+    store_lock: Mutex<LockSlot>,
     /// The token endpoint as errors show it (no query, no user information).
     token_endpoint_shown: String,
     /// The transport's error for the last refresh attempt that went
@@ -265,8 +265,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             state,
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            logouts: Mutex::new(Vec::new()),
-            store_lock: Mutex::new(None),
+            store_lock: Mutex::new(LockSlot::default()),
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
             counters,
@@ -365,20 +364,20 @@ impl<T: Transport, S: Store> Session<T, S> {
         match self.answer(|coordinator, now, waker| coordinator.logged_in(now, new, waker)).await {
             Ok(Answer::LoginStored) => Ok(()),
             // The machine answers a login only as stored or failed.
-            Ok(Answer::Token(_)) => Err(Error::TimedOut),
+            Ok(Answer::Token(_) | Answer::LogoutFinished) => Err(Error::TimedOut),
             Err(error) => Err(error),
         }
     }
 
     /// Logs out: fails every waiter, revokes at the server (best effort) and
-    /// clears the store. Returns when both are done, or after the request
-    /// timeout plus the store's retry budget, whichever comes first.
+    /// clears the store. Returns when the session says both are done: the
+    /// revocation ended or ran out of the request timeout, and the store was
+    /// cleared or stopped answering after its retries. A store that never
+    /// answers at all is not waited for past the request timeout plus the
+    /// store's retry budget.
     pub async fn log_out(&self) {
         let (done, finished) = oneshot::channel();
-        if let Ok(mut logouts) = self.shared.logouts.lock() {
-            logouts.push(done);
-        }
-        self.shared.coordinator.handle(self.shared.now(), Event::LogoutRequested);
+        self.shared.coordinator.log_out(self.shared.now(), done);
         self.shared.kick.notify_one();
         let config = &self.shared.config.session;
         let bound = config.request_timeout + config.store_backoff.total_ceiling() + Duration::from_secs(1);
@@ -427,8 +426,8 @@ impl<T: Transport, S: Store> Session<T, S> {
     ) -> Result<Token, Error> {
         match self.answer(register).await? {
             Answer::Token(published) => Ok(Token(published)),
-            // Only a login is answered this way, and it does not come here.
-            Answer::LoginStored => Err(Error::TimedOut),
+            // Only a login or a logout is answered this way, and neither comes here.
+            Answer::LoginStored | Answer::LogoutFinished => Err(Error::TimedOut),
         }
     }
 
@@ -473,7 +472,6 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
         for io in shared.coordinator.take_io() {
             execute(&shared, io);
         }
-        settle_logouts(&shared);
         let closing = shared.closing.load(Ordering::Acquire);
         if closing && shared.in_flight.load(Ordering::Acquire) == 0 {
             debug!("last handle dropped and nothing in flight: driver stops");
@@ -500,16 +498,6 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
     }
 }
 
-fn settle_logouts<T, S>(shared: &Shared<T, S>) {
-    let Ok(mut logouts) = shared.logouts.lock() else { return };
-    let logged_out = matches!(shared.coordinator.state(), StateView::LoggedOut { .. });
-    if !logouts.is_empty() && logged_out && shared.in_flight.load(Ordering::Acquire) == 0 {
-        for done in logouts.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
-
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
     match io {
@@ -520,9 +508,12 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 shared.coordinator.handle(shared.now(), event);
             });
         }
-        Io::Revoke(refresh_token) => {
-            let Some(url) = shared.config.revocation_endpoint.clone() else { return };
-            spawn_io(shared, info_span!("revoke"), |shared| async move {
+        Io::Revoke(id, refresh_token) => {
+            let Some(url) = shared.config.revocation_endpoint.clone() else {
+                shared.coordinator.handle(shared.now(), Event::RevocationEnded { id });
+                return;
+            };
+            spawn_io(shared, info_span!("revoke", %id), |shared| async move {
                 let form = oauth::revocation_request(&shared.config.client, &refresh_token);
                 let timeout = shared.config.session.request_timeout;
                 match tokio::time::timeout(timeout, shared.transport.post_form(&url, &form)).await {
@@ -530,6 +521,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                     Ok(Err(error)) => warn!(%error, "revocation got no answer (best effort)"),
                     Err(_) => warn!("revocation timed out (best effort)"),
                 }
+                shared.coordinator.handle(shared.now(), Event::RevocationEnded { id });
             });
         }
         Io::LoadStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
@@ -545,13 +537,21 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             };
             shared.coordinator.handle(shared.now(), event);
         }),
-        Io::LockStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
-            let event = lock_and_read(&shared, op).await;
-            shared.coordinator.handle(shared.now(), event);
-        }),
+        Io::LockStore(op) => {
+            let (stop_waiting, given_up) = oneshot::channel();
+            if let Ok(mut slot) = shared.store_lock.lock() {
+                *slot = LockSlot { wanted: Some(op), stop_waiting: Some(stop_waiting), held: None };
+            }
+            spawn_io(shared, info_span!("store", %op), |shared| async move {
+                if let Some(event) = lock_and_read(&shared, op, given_up).await {
+                    shared.coordinator.handle(shared.now(), event);
+                }
+            });
+        }
         Io::UnlockStore => {
-            let released = shared.store_lock.lock().ok().and_then(|mut held| held.take());
-            debug!(held = released.is_some(), "store unlocked");
+            // Dropping the slot's sender ends a wait the machine gave up.
+            let released = shared.store_lock.lock().ok().map(|mut slot| mem::take(&mut *slot));
+            debug!(held = released.is_some_and(|slot| slot.held.is_some()), "store unlocked");
         }
         Io::Persist(op, session) => {
             let generation = session.generation;
@@ -624,31 +624,62 @@ async fn send_refresh<T: Transport, S: Store>(
     event
 }
 
-/// Takes the store's cross-process lock (bounded by the session's lock
-/// wait) and reads the store under it.
-async fn lock_and_read<T: Transport, S: Store>(shared: &Shared<T, S>, op: StoreOpId) -> Event {
-    let wait = shared.config.session.lock_wait();
-    match tokio::time::timeout(wait, shared.store.lock()).await {
-        Ok(Ok(lock)) => match shared.store.load().await {
-            Ok(stored) => {
-                debug!(found = stored.is_some(), "store locked and read");
-                if let Ok(mut held) = shared.store_lock.lock() {
-                    *held = Some(lock);
-                }
-                Event::StoreLocked { op, stored, unix_now: shared.clock.wall() }
-            }
-            Err(error) => {
-                warn!(%error, "store read under the lock failed; the lock is released");
-                Event::StoreFailed { op, error: error.into() }
-            }
-        },
-        Ok(Err(error)) => {
-            warn!(%error, "store lock failed");
-            Event::StoreFailed { op, error: error.into() }
+/// The store's cross-process lock as the machine last asked for it: the
+/// `LockStore` it waits for or holds, until `UnlockStore` empties the slot.
+#[derive(Default)]
+struct LockSlot {
+    wanted: Option<StoreOpId>,
+    /// Dropped when the machine gives up the wait, which ends it.
+    stop_waiting: Option<oneshot::Sender<()>>,
+    held: Option<StoreLock>,
+}
+
+/// Takes the store's cross-process lock and reads the store under it. The
+/// machine bounds the wait (`SessionConfig::lock_wait`): when it gives up, it
+/// sends `UnlockStore`, which ends the wait here, and a lock that came at that
+/// very moment is released, not kept. Then nothing is answered.
+async fn lock_and_read<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    op: StoreOpId,
+    given_up: oneshot::Receiver<()>,
+) -> Option<Event> {
+    let locked = tokio::select! {
+        biased;
+        locked = shared.store.lock() => locked,
+        _ = given_up => {
+            debug!("the wait for the store's lock was given up");
+            return None;
         }
-        Err(_) => {
-            warn!(?wait, "store lock not had in time");
-            Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable }
+    };
+    let lock = match locked {
+        Ok(lock) => lock,
+        Err(error) => {
+            warn!(%error, "store lock failed");
+            return Some(Event::StoreFailed { op, error: error.into() });
+        }
+    };
+    {
+        let Ok(mut slot) = shared.store_lock.lock() else { return None };
+        if slot.wanted != Some(op) {
+            debug!("the store's lock came after its wait was given up; released");
+            return None;
+        }
+        slot.held = Some(lock);
+        slot.stop_waiting = None;
+    }
+    match shared.store.load().await {
+        Ok(stored) => {
+            debug!(found = stored.is_some(), "store locked and read");
+            Some(Event::StoreLocked { op, stored, unix_now: shared.clock.wall() })
+        }
+        Err(error) => {
+            warn!(%error, "store read under the lock failed; the lock is released");
+            if let Ok(mut slot) = shared.store_lock.lock()
+                && slot.wanted == Some(op)
+            {
+                slot.held = None;
+            }
+            Some(Event::StoreFailed { op, error: error.into() })
         }
     }
 }

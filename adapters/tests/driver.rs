@@ -112,6 +112,34 @@ async fn logout_during_a_refresh_fails_waiters_revokes_and_clears() {
     assert_eq!(session.access_token().await.unwrap_err(), Error::LoggedOut(LogoutCause::Requested));
 }
 
+/// A CLI exits right after `log_out`: it must not return before the
+/// revocation reached the server and its answer came back, and it must not
+/// hang on a server that never answers (the session's request timeout bounds it).
+#[tokio::test(start_paused = true)]
+async fn log_out_returns_when_the_session_says_its_revocation_ended_and_no_later_than_the_request_timeout() {
+    let fresh = Some(Duration::from_secs(3600));
+    let (answered, transport, store) = session(AuthorityConfig::default(), fresh);
+    answered.access_token().await.unwrap();
+    transport.hold();
+    let logout = tokio::spawn(async move { answered.log_out().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!logout.is_finished(), "returned while the revocation's answer was held");
+    assert!(store.inner.peek().is_none(), "the store is cleared meanwhile");
+    transport.release(1);
+    logout.await.unwrap();
+    assert_eq!(transport.revocations.load(SeqCst), 1);
+
+    // Never answered: the logout ends at the request timeout.
+    let (unanswered, transport, _store) = session(AuthorityConfig::default(), fresh);
+    unanswered.access_token().await.unwrap();
+    transport.hold();
+    let asked = tokio::time::Instant::now();
+    unanswered.log_out().await;
+    let timeout = support::config().session.request_timeout;
+    let took = asked.elapsed();
+    assert!(took >= timeout && took < timeout + Duration::from_millis(100), "returned after {took:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_store_write_is_retried_before_the_token_is_handed_out() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);

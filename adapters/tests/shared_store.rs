@@ -84,6 +84,37 @@ async fn without_the_lock_the_same_stampede_trips_reuse_detection() {
     assert!(after.logged_out > 0 || !after.accepted, "reuse detection should have revoked the family");
 }
 
+/// Another process holds the lock far longer than the session waits for it.
+/// The machine's timer, not the driver, ends each wait: the caller is told
+/// within its bound, nothing is sent without the lock, and no abandoned wait
+/// keeps a lock that comes late, so once the other process lets go the
+/// session takes the lock, refreshes once and lets go in turn.
+#[tokio::test(start_paused = true)]
+async fn a_lock_held_elsewhere_too_long_fails_the_caller_in_time_and_no_late_lock_is_kept() {
+    let transport = AuthorityTransport::new(strict());
+    let store = FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
+    let mut config = config();
+    config.session.shared_store = true;
+    let (bound, lock_wait) = (config.session.wait_bound(), config.session.lock_wait());
+    let session = Session::start_in(config, transport.clone(), store.clone(), Environment::seeded(1)).unwrap();
+    let other_process = store.lock().await.unwrap();
+
+    let asked = tokio::time::Instant::now();
+    let refused = session.access_token().await;
+    assert!(refused.is_err(), "a token without the lock");
+    assert!(asked.elapsed() <= bound + Duration::from_secs(1), "told after {:?}", asked.elapsed());
+    // Held through several more of the session's waits.
+    tokio::time::sleep(lock_wait * 3).await;
+    assert_eq!(transport.refreshes.load(SeqCst), 0, "refreshed without the lock");
+    drop(other_process);
+
+    let token = tokio::time::timeout(bound, session.access_token()).await;
+    assert_eq!(token.expect("a late lock was kept").unwrap().generation().0, 2);
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    let again = tokio::time::timeout(Duration::from_secs(5), store.lock()).await;
+    assert!(matches!(again, Ok(Ok(_))), "the session kept the lock");
+}
+
 fn temporary_path(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("freshen-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

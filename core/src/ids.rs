@@ -56,3 +56,8 @@ id!(
     StoreOpId,
     "s"
 );
+id!(
+    /// Names one revocation request (RFC 7009) to the authorization server.
+    RevocationId,
+    "v"
+);

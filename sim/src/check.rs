@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::authority::AuthorityPlant;
 use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, Refusal};
-use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{Classified, Transient, TransientCause};
 pub use freshen_core::session::Plant;
 use freshen_core::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};

@@ -22,7 +22,7 @@ use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, PolicyRefusal
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
 };
-use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{self, Classified};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{
@@ -30,7 +30,7 @@ use freshen_core::session::{
     TransportFailure,
 };
 use freshen_core::stored::StoredSession;
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::RefreshToken;
 
 pub use config::{CLIENT_ID, Demand, Fate, Faults, Start, StoreFate, WorldConfig};
@@ -99,7 +99,16 @@ enum Pending {
         outcome: StoreOutcome,
     },
     RevokeArrives {
+        incarnation: u32,
+        id: RevocationId,
         token: RefreshToken,
+        /// The way back takes as long.
+        latency: Duration,
+    },
+    /// The authority's answer to a revocation reaches the process.
+    RevocationAnswered {
+        incarnation: u32,
+        id: RevocationId,
     },
     ResourceArrives {
         incarnation: u32,
@@ -114,11 +123,6 @@ enum Pending {
         caller: CallerId,
         generation: Generation,
         ok: bool,
-    },
-    /// A process waited for the store's lock as long as it may.
-    LockTimeout {
-        incarnation: u32,
-        op: StoreOpId,
     },
     /// The user logs in again: after a logout, or (`always`) when told the
     /// session needs a new login although it is not logged out.
@@ -142,12 +146,50 @@ struct Redemption {
 #[derive(Debug)]
 struct Process {
     session: Session,
+    /// Turns the machine's clock readings into this life's session time, as
+    /// freshen's driver does.
+    clock: ProcessClock,
     /// Names this life of the process, unique across the world: messages
     /// addressed to an earlier life are dropped.
     incarnation: u32,
     monitor: ClientMonitor,
     retried: BTreeMap<CallerId, bool>,
     in_flight_write: Option<StoreWrite>,
+}
+
+/// A process's view of time: the machine's monotonic clock stops while it
+/// is suspended, its wall clock does not, and the core's [`SleepDetector`]
+/// (the driver's algorithm) must add each suspend back. The world's clocks are
+/// exact (no coarse ticks, no NTP slew), so it detects with a zero threshold:
+/// its session time is then the world's time exactly, and a detector that
+/// missed or miscounted a suspend shows as a session whose time lags the
+/// world's, handing out tokens the authority has let expire.
+#[derive(Debug)]
+struct ProcessClock {
+    detector: SleepDetector,
+    /// The world's time at this life's start, and the machine's monotonic reading then.
+    booted_at: MonoTime,
+    monotonic_at_boot: Duration,
+    /// How far the session's time was behind the world's at the last reading:
+    /// its timers fall due this much later in the world.
+    lag: Duration,
+}
+
+impl ProcessClock {
+    fn boot(config: &SessionConfig, now: MonoTime, monotonic: Duration) -> Self {
+        let threshold = if config.plant == Some(freshen_core::session::Plant::MissesSuspends) {
+            Duration::MAX
+        } else {
+            Duration::ZERO
+        };
+        let detector = SleepDetector::new(wall_at(now), threshold);
+        Self { detector, booted_at: now, monotonic_at_boot: monotonic, lag: Duration::ZERO }
+    }
+}
+
+/// The wall clock at world time `now`.
+fn wall_at(now: MonoTime) -> UnixTime {
+    UnixTime::from_secs(UNIX_START).saturating_add(now.elapsed())
 }
 
 #[derive(Debug)]
@@ -190,6 +232,10 @@ pub struct World {
     crash_at_command: Option<u64>,
     /// While suspended, the client does nothing until this time.
     suspended_until: Option<MonoTime>,
+    /// When the current suspend began, and the time suspended before it: the
+    /// machine's monotonic clock stands still meanwhile.
+    asleep_since: Option<MonoTime>,
+    asleep_before: Duration,
     clock_jumped: bool,
     shared_monitor: SharedStoreMonitor,
     authority_monitor: AuthorityMonitor,
@@ -259,6 +305,7 @@ impl World {
                 let seed = if index == 0 { session_seed } else { rng.next_u64() };
                 Process {
                     session: Self::boot(&config.session, seed, now),
+                    clock: ProcessClock::boot(&config.session, now, now.elapsed()),
                     incarnation: index as u32,
                     monitor: ClientMonitor::new(&config.session),
                     retried: BTreeMap::new(),
@@ -295,6 +342,8 @@ impl World {
             commands_seen: 0,
             crash_at_command: None,
             suspended_until: None,
+            asleep_since: None,
+            asleep_before: Duration::ZERO,
             clock_jumped: false,
             extra: Vec::new(),
             trace: Vec::new(),
@@ -311,12 +360,28 @@ impl World {
     }
 
     fn boot(config: &SessionConfig, seed: u64, now: MonoTime) -> Session {
-        let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(now.elapsed());
+        let unix_now = wall_at(now);
         match Session::new(config.clone(), seed, now, unix_now) {
             Ok(session) => session,
             // The world is built from validated configurations only.
             Err(error) => unreachable_config(error),
         }
+    }
+
+    /// The machine's monotonic clock: the world's time less every suspend.
+    fn monotonic(&self) -> Duration {
+        let now = self.asleep_since.map_or(self.now, |since| since.min(self.now));
+        now.elapsed().saturating_sub(self.asleep_before)
+    }
+
+    /// Process `p`'s session time now, read through its clock.
+    pub(super) fn session_now(&mut self, p: usize) -> MonoTime {
+        let (monotonic, wall, world_now) = (self.monotonic(), wall_at(self.now), self.now);
+        let clock = &mut self.process_mut(p).clock;
+        let since_boot = monotonic.saturating_sub(clock.monotonic_at_boot);
+        let now = clock.booted_at.saturating_add(clock.detector.observe(since_boot, wall).elapsed());
+        clock.lag = world_now.saturating_duration_since(now);
+        now
     }
 
     /// The (first process's) session.
@@ -503,13 +568,14 @@ impl World {
         note_at!(self, p, "{} crash: incarnation {} starts", self.now, incarnation);
         let seed = self.rng.next_u64();
         let session = Self::boot(&self.config.session, seed, self.now);
+        let clock = ProcessClock::boot(&self.config.session, self.now, self.monotonic());
         let process = self.process_mut(p);
         process.monitor.crash();
         process.retried.clear();
         process.incarnation = incarnation;
         process.session = session;
-        self.lock_waiters.retain(|(waiter, _)| *waiter != dead);
-        self.release_lock(dead);
+        process.clock = clock;
+        self.leave_lock(dead);
         self.drain(p);
     }
 
@@ -525,6 +591,7 @@ impl World {
         let resume = self.now.saturating_add(pause).max(self.suspended_until.unwrap_or(MonoTime::ZERO));
         self.clock_jumped = true;
         self.evidence.suspended = true;
+        self.asleep_since.get_or_insert(self.now);
         self.suspended_until = Some(resume);
         note!(self, "{} suspend until {resume}", self.now);
         self.schedule(resume, Pending::Resume);
@@ -543,7 +610,9 @@ impl World {
             return None;
         }
         let timers =
-            self.processes.iter().enumerate().filter_map(|(p, process)| Some((process.session.poll_timeout()?.at, p)));
+            self.processes.iter().enumerate().filter_map(|(p, process)| {
+                Some((process.session.poll_timeout()?.at.saturating_add(process.clock.lag), p))
+            });
         timers.min()
     }
 
@@ -571,7 +640,7 @@ impl World {
                 }
             } else if let Some((_, p)) = timer {
                 note_at!(self, p, "{} timeout", self.now);
-                let now = self.now;
+                let now = self.session_now(p);
                 self.process_mut(p).session.handle_timeout(now);
                 self.drain(p);
             }

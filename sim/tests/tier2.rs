@@ -45,7 +45,10 @@ fn a_seed_replays_the_same_trace() {
 
 #[test]
 fn every_planted_bug_is_caught_through_the_real_driver() {
-    for plant in freshen_sim::check::Plant::ALL {
+    use freshen_sim::check::Plant;
+    // Tier 2's hosts never sleep (turmoil has one clock for all): a clock that
+    // misses suspends is tier 1's to catch.
+    for plant in Plant::ALL.into_iter().filter(|plant| *plant != Plant::MissesSuspends) {
         let caught = (0..60).find(|seed| {
             let config = short(*seed).for_plant(Some(plant));
             !run(&config, *seed, Some(plant)).violations.is_empty()

@@ -85,18 +85,22 @@ impl Progress {
 /// have moved and nothing is left. Returns how many refreshes it sent.
 fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usize) -> usize {
     let mut refreshes = 0;
+    let (moved, changed) = &*progress.0;
     loop {
+        // The count is read before the take: a participant that moves in
+        // between may have queued I/O the take missed.
+        let all_moved = *moved.lock().unwrap() == participants;
         let io = coordinator.take_io();
         if io.is_empty() {
-            let (moved, changed) = &*progress.0;
-            let mut count = moved.lock().unwrap();
-            if *count == participants {
-                // Every move happened before the count reached its end, and the
-                // take above came after: nothing can be queued now but by us.
+            if all_moved {
+                // Every move happened before the count was read, and the take
+                // came after: nothing can be queued now but by us.
                 return refreshes;
             }
-            count = changed.wait(count).unwrap();
-            drop(count);
+            let count = moved.lock().unwrap();
+            if *count != participants {
+                drop(changed.wait(count).unwrap());
+            }
             continue;
         }
         for io in io {
@@ -118,7 +122,8 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
                     );
                     Event::RefreshCompleted { id, outcome: Classified::Success(response) }
                 }
-                Io::Revoke(_) | Io::UnlockStore => continue,
+                Io::Revoke(id, _) => Event::RevocationEnded { id },
+                Io::UnlockStore => continue,
             };
             coordinator.handle(MonoTime::ZERO, event);
         }
@@ -207,16 +212,20 @@ fn loom_logout_racing_a_refresh() {
         let logout = {
             let (coordinator, progress) = (Arc::clone(&coordinator), progress.clone());
             thread::spawn(move || {
-                coordinator.handle(MonoTime::ZERO, Event::LogoutRequested);
+                let slot = Slot::new();
+                coordinator.log_out(MonoTime::ZERO, slot.clone());
                 progress.moved();
+                slot
             })
         };
         drive(&coordinator, &progress, 2);
-        logout.join().unwrap();
+        // Its clear and its revocation were carried out: the logout is told so.
+        let logout = logout.join().unwrap();
+        assert!(matches!(logout.try_take(), Some(Ok(Answer::LogoutFinished))), "the logout was not told it finished");
         match caller.join().unwrap() {
             // The refresh won the race: the token was written before it was granted.
             Ok(Answer::Token(granted)) => assert_eq!(granted.grant.generation, Generation(2)),
-            Ok(Answer::LoginStored) => panic!("a caller was answered as a login"),
+            Ok(Answer::LoginStored | Answer::LogoutFinished) => panic!("a caller was answered as a login or logout"),
             Err(reason) => assert_eq!(reason, FailReason::LoggedOut(LogoutCause::Requested)),
         }
         assert_eq!(coordinator.state(), StateView::LoggedOut { cause: LogoutCause::Requested });

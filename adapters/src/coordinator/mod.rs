@@ -7,9 +7,10 @@
 //! needs I/O is queued for the driver. The lock is held only while the pure
 //! machine runs; waiters are woken after it is released.
 
+use core::mem;
 use std::collections::BTreeMap;
 
-use freshen_core::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::session::{Command, Event, FailReason, NewSession, Session, StateView, Timeout};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
@@ -26,6 +27,7 @@ pub(crate) type Outcome = Result<Answer, FailReason>;
 pub(crate) enum Answer {
     Token(Arc<Published>),
     LoginStored,
+    LogoutFinished,
 }
 
 /// Delivers an outcome to one waiting caller (a oneshot in the driver, a
@@ -55,7 +57,7 @@ pub(crate) enum Io {
     Persist(StoreOpId, StoredSession),
     ClearStore(StoreOpId),
     Refresh { id: RefreshId, refresh_token: RefreshToken, attempt: u32 },
-    Revoke(RefreshToken),
+    Revoke(RevocationId, RefreshToken),
 }
 
 /// Where the coordinator publishes each new state, in order, before it wakes
@@ -68,6 +70,23 @@ struct Inner<W> {
     waiting: BTreeMap<CallerId, W>,
     io: Vec<Io>,
     next_caller: u64,
+    /// Logouts handed to the machine so far, and each waiting one with its
+    /// number: [`Command::LogoutFinished`] answers them up to a number.
+    logouts_requested: u64,
+    logouts_waiting: Vec<(u64, W)>,
+}
+
+impl<W> Inner<W> {
+    fn new(machine: Session) -> Self {
+        Self {
+            machine,
+            waiting: BTreeMap::new(),
+            io: Vec::new(),
+            next_caller: 1,
+            logouts_requested: 0,
+            logouts_waiting: Vec::new(),
+        }
+    }
 }
 
 /// See the [module docs](self).
@@ -89,7 +108,7 @@ impl<W: Waker> Coordinator<W> {
     /// A coordinator around `machine` that publishes every state to `on_state`.
     pub(crate) fn new(machine: Session, on_state: StateSink) -> Self {
         let coordinator = Self {
-            inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
+            inner: Mutex::new(Inner::new(machine)),
             published: Snapshot::empty(),
             on_state,
             #[cfg(feature = "_internal_test_exports")]
@@ -103,7 +122,7 @@ impl<W: Waker> Coordinator<W> {
     #[cfg(feature = "_internal_test_exports")]
     pub(crate) fn observed(machine: Session, on_state: StateSink, observer: std::sync::Arc<dyn Observer>) -> Self {
         let coordinator = Self {
-            inner: Mutex::new(Inner { machine, waiting: BTreeMap::new(), io: Vec::new(), next_caller: 1 }),
+            inner: Mutex::new(Inner::new(machine)),
             published: Snapshot::empty(),
             on_state,
             observer: Some(observer),
@@ -138,6 +157,16 @@ impl<W: Waker> Coordinator<W> {
     /// starts after this (see [`Event::RefreshWanted`]).
     pub(crate) fn refresh_wanted(&self, now: MonoTime, waker: W) -> CallerId {
         self.register(Some(waker), |caller| Event::RefreshWanted { caller }, now)
+    }
+
+    /// The user logs out; `waker` is told when the logout's work is done.
+    pub(crate) fn log_out(&self, now: MonoTime, waker: W) {
+        self.with_machine(now, |inner| {
+            inner.logouts_requested += 1;
+            let number = inner.logouts_requested;
+            inner.logouts_waiting.push((number, waker));
+            Some(Event::LogoutRequested)
+        });
     }
 
     /// The token of `generation` is no good: the next caller refreshes.
@@ -181,6 +210,7 @@ impl<W: Waker> Coordinator<W> {
         std::mem::take(&mut lock(&self.inner).io)
     }
 
+    #[cfg(all(test, freshen_loom))]
     pub(crate) fn state(&self) -> StateView {
         lock(&self.inner).machine.state().clone()
     }
@@ -248,7 +278,14 @@ impl<W: Waker> Coordinator<W> {
                     Command::SendRefresh { id, refresh_token, attempt } => {
                         inner.io.push(Io::Refresh { id, refresh_token, attempt });
                     }
-                    Command::Revoke { refresh_token } => inner.io.push(Io::Revoke(refresh_token)),
+                    Command::Revoke { id, refresh_token } => inner.io.push(Io::Revoke(id, refresh_token)),
+                    Command::LogoutFinished { requests } => {
+                        let (finished, waiting) = mem::take(&mut inner.logouts_waiting)
+                            .into_iter()
+                            .partition(|(number, _)| *number <= requests);
+                        inner.logouts_waiting = waiting;
+                        woken.extend(finished.into_iter().map(|(_, waker)| (waker, Ok(Answer::LogoutFinished))));
+                    }
                     // Published under the lock, so states appear in the order the
                     // machine reached them, and before anyone below is woken.
                     Command::StateChanged(view) => (self.on_state)(&view),

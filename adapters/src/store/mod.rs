@@ -87,9 +87,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the session; deleting nothing is not an error.
     fn clear(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Takes the lock every process sharing this store honours, waiting as
-    /// long as it takes: the session bounds the wait
+    /// long as it takes: the session's machine bounds the wait
     /// ([`SessionConfig::lock_wait`](freshen_core::session::SessionConfig::lock_wait))
-    /// by dropping this future. Used only with
+    /// and the driver then drops this future. Used only with
     /// [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store);
     /// a store that cannot be shared keeps this default, which refuses.
     fn lock(&self) -> impl Future<Output = Result<StoreLock, StoreError>> + Send {

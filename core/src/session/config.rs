@@ -220,8 +220,8 @@ impl SessionConfig {
             .saturating_add(self.longest_retry_delay().saturating_mul(attempts - 1))
     }
 
-    /// How long a driver waits for the store's cross-process lock before it
-    /// reports the store unavailable: as long as another process may hold it
+    /// How long the machine waits for the store's cross-process lock before
+    /// it counts the store unavailable: as long as another process may hold it
     /// for one refresh cycle and the write of its result. A holder that dies
     /// releases the lock at once (the OS drops it with the process).
     pub fn lock_wait(&self) -> Duration {

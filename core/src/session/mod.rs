@@ -32,6 +32,7 @@
 //!   store once, in case another process rotated the token, then logs out.
 
 mod config;
+mod logout;
 mod refresh;
 mod settle;
 mod store;
@@ -48,7 +49,7 @@ pub use types::{
     StoreError, Timeout, TransportFailure,
 };
 
-use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use crate::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use crate::oauth::{Classified, OAuthError, Rejected, TokenResponse, Transient, TransientCause};
 use crate::rng::SplitMix64;
 use crate::stored::StoredSession;
@@ -104,11 +105,18 @@ pub enum Plant {
     /// Tells a login it is stored before the store holds it (breaks U9: a
     /// crash then would lose a login the app was told is safe).
     LoginAnsweredBeforeStored,
+    /// Not in the machine: the clock the simulation's driver runs the session
+    /// on misses every suspend, so the session's time lags the world's by the
+    /// time slept (breaks C7: a token past its expiry looks fresh).
+    MissesSuspends,
+    /// Tells a logout it is finished as soon as it is asked (breaks C4: an
+    /// app that exits then leaves the session in its store, unrevoked).
+    LogoutFinishedEarly,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 14] = [
+    pub const ALL: [Plant; 16] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -123,6 +131,8 @@ impl Plant {
         Plant::RetriesInteractionRequired,
         Plant::StateHidesFailure,
         Plant::LoginAnsweredBeforeStored,
+        Plant::MissesSuspends,
+        Plant::LogoutFinishedEarly,
     ];
 
     /// The name used on command lines.
@@ -142,6 +152,8 @@ impl Plant {
             Plant::RetriesInteractionRequired => "retries-interaction-required",
             Plant::StateHidesFailure => "state-hides-failure",
             Plant::LoginAnsweredBeforeStored => "login-answered-before-stored",
+            Plant::MissesSuspends => "misses-suspends",
+            Plant::LogoutFinishedEarly => "logout-finished-early",
         }
     }
 
@@ -189,15 +201,30 @@ pub struct Session {
     /// process is making under that lock (and a crash before the clear would
     /// restart from a revoked session).
     revoke_after_clear: Option<RefreshToken>,
+    /// Logout requests so far, and how many of them [`Command::LogoutFinished`] answered.
+    logouts: Logouts,
 }
 
 /// The most replaced grants kept for revocation; older ones are revoked at once.
 const MAX_REPLACED_GRANTS: usize = 4;
 
+/// The most revocations a logout waits for; past it, the oldest is not waited for.
+const MAX_REVOCATIONS_AWAITED: usize = 8;
+
+#[derive(Debug, Default)]
+struct Logouts {
+    requested: u64,
+    answered: u64,
+}
+
 #[derive(Debug)]
 struct Outbox {
     commands: VecDeque<Command>,
     next_refresh: RefreshId,
+    next_revocation: RevocationId,
+    /// Revocations sent and not yet ended, oldest first, each with the time
+    /// a logout stops waiting for it.
+    revocations: VecDeque<(RevocationId, MonoTime)>,
     /// The latest refreshes sent, newest last, at most [`RECENT_SENDS`]: when
     /// each went out (its answer's lifetime counts from there) and whether it
     /// was answered (one request gets one answer; a second is a duplicate).
@@ -412,6 +439,9 @@ struct StoreSync {
     attempts: u32,
     /// This process holds the store's cross-process lock.
     locked: bool,
+    /// While a [`StoreOp::Lock`] is in flight: when its wait ends
+    /// ([`SessionConfig::lock_wait`]) and the store counts as unavailable.
+    lock_wait_ends: Option<MonoTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -454,14 +484,22 @@ impl Session {
                 retry_at: None,
                 attempts: store_attempts,
                 locked: false,
+                lock_wait_ends: None,
             },
-            outbox: Outbox { commands: VecDeque::new(), next_refresh: RefreshId(1), recent_sends: VecDeque::new() },
+            outbox: Outbox {
+                commands: VecDeque::new(),
+                next_refresh: RefreshId(1),
+                next_revocation: RevocationId(1),
+                revocations: VecDeque::new(),
+                recent_sends: VecDeque::new(),
+            },
             last_generation: Generation(0),
             straggler: None,
             cycles_started: 0,
             ignored: Ignored::default(),
             replaced_grants: Vec::new(),
             revoke_after_clear: None,
+            logouts: Logouts::default(),
             published: None,
             view: StateView::Loading,
         };
@@ -538,7 +576,11 @@ impl Session {
             Event::StoreLocked { op, stored, unix_now } => self.on_store_locked(op, stored, unix_now),
             Event::StoreWritten { op } => self.on_store_written(op),
             Event::StoreFailed { op, error } => self.on_store_failed(op, error),
-            Event::LogoutRequested => self.log_out(LogoutCause::Requested),
+            Event::LogoutRequested => {
+                self.logouts.requested += 1;
+                self.log_out(LogoutCause::Requested);
+            }
+            Event::RevocationEnded { id } => self.on_revocation_ended(id),
             Event::LoggedIn { caller, session } => {
                 self.on_logged_in(session);
                 self.add_waiter(caller, Needs::Durable);
@@ -572,6 +614,9 @@ impl Session {
             Some(true) => self.attempt_failed(AttemptFailure::Transport(TransportFailure::Timeout), true, None),
             Some(false) => self.send_next_attempt(),
             None => {}
+        }
+        if let Some(op) = self.store.lock_wait_over(now) {
+            self.give_up_lock_wait(op);
         }
         if self.store.retry_at.is_some_and(|at| at <= now) {
             self.store.retry_at = None;
@@ -614,6 +659,13 @@ impl Session {
         }
         if self.store.in_flight.is_none() {
             consider(self.store.retry_at, "the store is tried again");
+        }
+        if self.logout_waits() {
+            let revocation = self.outbox.revocations.iter().map(|(_, until)| *until).min();
+            consider(revocation, "a logout stops waiting for its revocation");
+        }
+        if matches!(self.store.in_flight, Some((_, StoreOp::Lock))) {
+            consider(self.store.lock_wait_ends, "the wait for the store's lock ends");
         }
         // Every timer above is consumed or moved by `handle_timeout`; clamping
         // to just after now keeps a driver from busy-looping even if one is not.

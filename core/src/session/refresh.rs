@@ -76,7 +76,7 @@ impl Session {
                     self.adopt_response(id, response);
                 } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
                     // Tokens issued after logout: revoke what the user no longer wants.
-                    self.outbox.commands.push_back(Command::Revoke { refresh_token: rotated });
+                    self.revoke(rotated);
                 }
             }
             Classified::Terminal(error) => {
@@ -392,10 +392,13 @@ impl Session {
             (&cause, previous)
             && let Some(refresh_token) = t.refresh
         {
-            if self.locks_store() {
+            // Revoked only once cleared, when another process may be
+            // refreshing it under the lock: never where the store cannot hold
+            // it (a login not yet written), which no clear would then release.
+            if self.locks_store() && self.store_may_hold(t.generation) {
                 self.revoke_after_clear = Some(refresh_token);
             } else {
-                self.outbox.commands.push_back(Command::Revoke { refresh_token });
+                self.revoke(refresh_token);
             }
         }
         self.store.revive();
@@ -431,14 +434,14 @@ impl Session {
         if let Some((old, stored)) = replaced.filter(|(old, _)| !tokens.holds_refresh(old)) {
             if !stored {
                 // Never written: no restart and no other process can hold it.
-                self.outbox.commands.push_back(Command::Revoke { refresh_token: old });
+                self.revoke(old);
             } else {
                 // The server may drop it once the new grant is durable; revoked
                 // earlier, a crash would restart from a dead token, and another
                 // process sharing the store may be refreshing it.
                 if self.replaced_grants.len() == MAX_REPLACED_GRANTS {
                     let (_, oldest) = self.replaced_grants.remove(0);
-                    self.outbox.commands.push_back(Command::Revoke { refresh_token: oldest });
+                    self.revoke(oldest);
                 }
                 self.replaced_grants.push((generation, old));
             }

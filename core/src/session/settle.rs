@@ -50,6 +50,7 @@ impl Session {
             self.answer_waiters();
         }
         self.settle_store();
+        self.settle_logout();
     }
 
     pub(super) fn answer_waiters(&mut self) {

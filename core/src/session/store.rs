@@ -251,7 +251,7 @@ impl Session {
         if kind == StoreOp::Clear
             && let Some(refresh_token) = self.revoke_after_clear.take()
         {
-            self.outbox.commands.push_back(Command::Revoke { refresh_token });
+            self.revoke(refresh_token);
         }
         let no_longer_needed = |replaced_by: Generation| match kind {
             StoreOp::Persist(stored) => stored >= replaced_by,
@@ -264,7 +264,7 @@ impl Session {
                 continue;
             }
             if no_longer_needed(replaced_by) {
-                self.outbox.commands.push_back(Command::Revoke { refresh_token });
+                self.revoke(refresh_token);
             } else {
                 self.replaced_grants.push((replaced_by, refresh_token));
             }
@@ -297,6 +297,15 @@ impl Session {
             // The store cannot tell us better: the refusal stands.
             self.refusal_stands();
         }
+    }
+
+    /// The lock did not come within [`SessionConfig::lock_wait`]: the driver
+    /// stops waiting (and releases a lock that comes after all), and the
+    /// store counts as unavailable, exactly as if the lock had failed.
+    pub(super) fn give_up_lock_wait(&mut self, op: StoreOpId) {
+        self.store.lock_wait_ends = None;
+        self.outbox.commands.push_back(Command::UnlockStore);
+        self.on_store_failed(op, StoreError::Unavailable);
     }
 
     pub(super) fn take_tokens(&mut self) -> Option<TokenSet> {
@@ -385,6 +394,9 @@ impl Session {
         };
         self.store.next_op = id.next();
         self.store.in_flight = Some((id, op));
+        if op == StoreOp::Lock {
+            self.store.lock_wait_ends = Some(self.now.saturating_add(self.config.lock_wait()));
+        }
         self.outbox.commands.push_back(command);
     }
 
@@ -416,6 +428,14 @@ impl StoreSync {
         if self.exhausted() {
             self.failures = 0;
             self.retry_at = None;
+        }
+    }
+
+    /// The lock in flight, if its wait is over at `now`.
+    pub(super) fn lock_wait_over(&self, now: MonoTime) -> Option<StoreOpId> {
+        match self.in_flight {
+            Some((op, StoreOp::Lock)) if self.lock_wait_ends.is_some_and(|ends| ends <= now) => Some(op),
+            _ => None,
         }
     }
 

@@ -555,16 +555,105 @@ fn logout_revokes_clears_and_fails_everyone() {
     let (id, ..) = h.last_refresh();
     let out = h.handle(Event::LogoutRequested);
     assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r1"))
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token, .. } if refresh_token.expose_secret() == "r1"))
     );
     assert!(out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(LogoutCause::Requested))]);
     // The refresh answered after logout: its tokens are revoked, not used.
     let out = h.answer(id, success("a2", Some("r2"), 300));
     assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r2"))
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token, .. } if refresh_token.expose_secret() == "r2"))
     );
     assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. } | Command::Publish(Some(_)))));
+}
+
+fn revocation(out: &[Command]) -> RevocationId {
+    out.iter()
+        .find_map(|c| match c {
+            Command::Revoke { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("a revocation")
+}
+
+fn clear(out: &[Command]) -> StoreOpId {
+    out.iter()
+        .find_map(|c| match c {
+            Command::ClearStore { op } => Some(*op),
+            _ => None,
+        })
+        .expect("a clear")
+}
+
+fn logout_finished(out: &[Command]) -> Option<u64> {
+    out.iter().find_map(|c| match c {
+        Command::LogoutFinished { requests } => Some(*requests),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_logout_is_finished_once_the_store_is_cleared_and_its_revocation_ended() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+    let out = h.handle(Event::LogoutRequested);
+    let (revoking, clearing) = (revocation(&out), clear(&out));
+    assert_eq!(logout_finished(&out), None, "{out:?}");
+    let out = h.handle(Event::StoreWritten { op: clearing });
+    assert_eq!(logout_finished(&out), None, "finished before the revocation ended: {out:?}");
+    let out = h.handle(Event::RevocationEnded { id: revoking });
+    assert_eq!(logout_finished(&out), Some(1));
+    // Already logged out: a second logout has nothing to wait for.
+    assert_eq!(logout_finished(&h.handle(Event::LogoutRequested)), Some(2));
+    // An end nobody waits for any more is counted, not acted on.
+    let ignored = h.session.ignored().count;
+    assert_eq!(logout_finished(&h.handle(Event::RevocationEnded { id: revoking })), None);
+    assert_eq!(h.session.ignored().count, ignored + 1);
+}
+
+#[test]
+fn a_logout_waits_for_its_revocation_no_longer_than_the_request_timeout() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+    let out = h.handle(Event::LogoutRequested);
+    h.handle(Event::StoreWritten { op: clear(&out) });
+    let due = h.session.poll_timeout().expect("the revocation's wait has a deadline");
+    assert_eq!(due.reason, "a logout stops waiting for its revocation");
+    assert_eq!(due.at, h.now.saturating_add(h.session.config().request_timeout));
+    assert_eq!(logout_finished(&h.advance_to(due.at.saturating_sub(Duration::from_millis(1)))), None);
+    assert_eq!(logout_finished(&h.advance_to(due.at)), Some(1));
+}
+
+#[test]
+fn a_logout_whose_clear_keeps_failing_is_finished_when_the_store_gives_up() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+    let out = h.handle(Event::LogoutRequested);
+    h.handle(Event::RevocationEnded { id: revocation(&out) });
+    let mut op = clear(&out);
+    let mut finished = None;
+    for _ in 0..h.session.config().store_backoff.attempts {
+        let out = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
+        finished = finished.or(logout_finished(&out));
+        let retry = h.advance_to(h.now.saturating_add(Duration::from_secs(60)));
+        finished = finished.or(logout_finished(&retry));
+        if let Some(next) = retry.iter().find_map(|c| match c {
+            Command::ClearStore { op } => Some(*op),
+            _ => None,
+        }) {
+            op = next;
+        }
+    }
+    assert_eq!(finished, Some(1));
+    // The clear is still retried afterwards, at the slowest pace.
+    assert!(h.log.iter().filter(|c| matches!(c, Command::ClearStore { .. })).count() > 1);
+}
+
+#[test]
+fn a_login_that_overtakes_a_logout_finishes_it() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+    h.handle(Event::LogoutRequested);
+    let login =
+        NewSession::issued(AccessToken::new("a9"), Duration::from_secs(300), RefreshToken::new("r9"), MonoTime::ZERO);
+    let out = h.handle(Event::LoggedIn { caller: CallerId(9), session: login });
+    assert_eq!(logout_finished(&out), Some(1));
 }
 
 #[test]
@@ -589,7 +678,7 @@ fn a_login_starts_a_session_and_replaces_the_old_grant() {
     assert_eq!(session.access_expires_at, Some(UnixTime::from_secs(UNIX_ZERO + 300)));
     let out = h.handle(Event::StoreWritten { op });
     assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token } if refresh_token.expose_secret() == "r1"))
+        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token, .. } if refresh_token.expose_secret() == "r1"))
     );
     assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(2))]);
 }
@@ -894,6 +983,57 @@ fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried()
 }
 
 #[test]
+fn the_machine_bounds_the_wait_for_the_lock_and_ignores_a_lock_that_comes_late() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    h.want(1);
+    let first = lock_op(&h);
+    let wait = h.session.config().lock_wait();
+    let due = h.session.poll_timeout().expect("the wait has a deadline");
+    assert_eq!((due.at, due.reason), (h.now.saturating_add(wait), "the wait for the store's lock ends"));
+    // Nothing happens a moment before the deadline.
+    let out = h.advance_to(due.at.saturating_sub(Duration::from_millis(1)));
+    assert!(out.is_empty(), "{out:?}");
+    // At it, the driver is told to stop waiting, and the store is tried again after its backoff.
+    let out = h.advance_to(due.at);
+    assert!(matches!(out.first(), Some(Command::UnlockStore)), "{out:?}");
+    let out = h.advance_to(h.now.saturating_add(Duration::from_secs(2)));
+    let second = lock_op(&h);
+    assert!(second > first, "no new lock asked for: {out:?}");
+    // The abandoned lock's answer is counted as ignored and changes nothing.
+    let ignored = h.session.ignored().count;
+    let out = locked(&mut h, first, Some(stored(1, "r1", None)));
+    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "sent on a lock given up: {out:?}");
+    assert_eq!(h.session.ignored().count, ignored + 1);
+    // The new lock works as ever.
+    let out = locked(&mut h, second, Some(stored(1, "r1", None)));
+    assert_eq!(sends(&out), 1, "{out:?}");
+}
+
+#[test]
+fn a_lock_never_had_is_given_up_and_retried_by_the_machine_and_the_caller_is_told_in_time() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    h.want(1);
+    // No lock ever comes: the machine's own timers end each wait and retry.
+    let bound = h.session.config().wait_bound();
+    let out = h.advance_to(h.now.saturating_add(bound));
+    let failed_at_bound = failed(&out);
+    assert_eq!(failed_at_bound, vec![(CallerId(1), FailReason::TimedOut)], "{:?}", h.log);
+    // Waits and give-ups alternate: never two waits at once, never a wait left behind.
+    let locking: Vec<bool> = h
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            Command::LockStore { .. } => Some(true),
+            Command::UnlockStore => Some(false),
+            _ => None,
+        })
+        .collect();
+    assert!(locking.len() >= 3, "{locking:?}");
+    assert!(locking.iter().enumerate().all(|(i, lock)| *lock == (i % 2 == 0)), "{locking:?}");
+    assert!(!h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "refreshed without the lock");
+}
+
+#[test]
 fn the_planted_variant_refreshes_without_the_lock() {
     let mut h =
         Harness::loaded(SessionConfig { plant: Some(Plant::NoCrossProcessLock), ..shared() }, Some(Duration::ZERO));
@@ -920,7 +1060,7 @@ fn with_a_shared_store_a_logout_revokes_only_once_its_clear_has_landed() {
     let revoked: Vec<_> = out
         .iter()
         .filter_map(|c| match c {
-            Command::Revoke { refresh_token } => Some(refresh_token.expose_secret().to_owned()),
+            Command::Revoke { refresh_token, .. } => Some(refresh_token.expose_secret().to_owned()),
             _ => None,
         })
         .collect();

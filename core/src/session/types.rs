@@ -3,7 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::ids::{CallerId, Generation, RefreshId, StoreOpId};
+use crate::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use crate::oauth::{Classified, MalformedReason, OAuthError, Rejected, TokenResponse, TransientCause};
 use crate::stored::{DecodeError, StoredSession};
 use crate::time::{MonoTime, UnixTime};
@@ -97,8 +97,16 @@ pub enum Event {
         /// How.
         error: StoreError,
     },
-    /// The user logs out: revoke, clear the store, fail every waiter.
+    /// The user logs out: revoke, clear the store, fail every waiter. Answered
+    /// by [`Command::LogoutFinished`] once that work is done.
     LogoutRequested,
+    /// The revocation [`Command::Revoke`] `id` ended, however it ended
+    /// (answered, refused, failed or timed out): revocation is best effort,
+    /// and only a logout waits for it.
+    RevocationEnded {
+        /// The revocation.
+        id: RevocationId,
+    },
     /// The user logged in (or the app obtained tokens some other way). Works
     /// in any state, also while the store is still being read: the login
     /// outranks whatever the store held. `caller` is answered with
@@ -274,19 +282,21 @@ pub enum Command {
         /// Names this operation.
         op: StoreOpId,
     },
-    /// Take the store's cross-process lock (waiting at most
-    /// [`SessionConfig::lock_wait`](super::SessionConfig::lock_wait)), then
-    /// read the store; answer with [`Event::StoreLocked`] or
-    /// [`Event::StoreFailed`]. Only with
+    /// Take the store's cross-process lock, then read the store; answer
+    /// with [`Event::StoreLocked`] or [`Event::StoreFailed`]. Only with
     /// [`SessionConfig::shared_store`](super::SessionConfig::shared_store).
     /// The lock is held until [`Command::UnlockStore`]; store operations
-    /// issued meanwhile run under it.
+    /// issued meanwhile run under it. The machine bounds the wait
+    /// ([`SessionConfig::lock_wait`](super::SessionConfig::lock_wait), one of
+    /// its timers): a driver need not, and must not count it as failed itself.
     LockStore {
         /// Names this operation.
         op: StoreOpId,
     },
-    /// Release the store's lock. Nothing answers it; it is issued only when
-    /// no store operation is in flight.
+    /// Release the store's lock, or, when its wait ran out, stop waiting for
+    /// it: a lock that comes after this must be released at once, never
+    /// kept. Nothing answers it; no store operation is in flight when it is
+    /// issued (an answer to an abandoned wait is ignored).
     UnlockStore,
     /// Send a refresh request with this token
     /// ([`oauth::refresh_request`](crate::oauth::refresh_request)); answer with
@@ -299,11 +309,23 @@ pub enum Command {
         /// 1 for the first attempt of a cycle.
         attempt: u32,
     },
-    /// Revoke this token at the server (RFC 7009), best effort: nothing waits
-    /// for it and its outcome is not reported back.
+    /// Revoke this token at the server (RFC 7009), best effort; answer with
+    /// [`Event::RevocationEnded`] whatever the outcome. A logout waits for
+    /// its revocation at most [`SessionConfig::request_timeout`](super::SessionConfig::request_timeout).
     Revoke {
+        /// Names this revocation.
+        id: RevocationId,
         /// The token to revoke.
         refresh_token: RefreshToken,
+    },
+    /// Every logout requested so far (the first `requests` of
+    /// [`Event::LogoutRequested`]) is done: the store no longer holds the
+    /// session (or has stopped answering, after its retries), and its
+    /// revocation ended or ran out of time. An app that exits after a logout
+    /// (a CLI) waits for this. Also issued when a login overtook the logout.
+    LogoutFinished {
+        /// How many logout requests this answers, counted from the first.
+        requests: u64,
     },
     /// What a caller may be handed without asking the machine, until
     /// `usable_until`: the driver's fast path. `None` withdraws it.

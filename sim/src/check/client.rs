@@ -14,6 +14,8 @@ enum StoreModel {
 #[derive(Clone, Copy, Debug)]
 enum PendingStore {
     Load,
+    /// The lock, and a read under it.
+    Lock,
     Persist(Generation),
     Clear,
 }
@@ -103,6 +105,10 @@ pub struct ClientMonitor {
     logins: BTreeMap<CallerId, Generation>,
     /// The newest generation the session showed or wrote.
     newest_generation: Generation,
+    /// Logouts requested and answered as finished in this life.
+    logouts: (u64, u64),
+    /// Revocations sent and not ended, with when each was sent.
+    revocations: BTreeMap<RevocationId, MonoTime>,
     violations: Vec<Violation>,
 }
 
@@ -137,6 +143,8 @@ impl ClientMonitor {
             told_this_step: None,
             logins: BTreeMap::new(),
             newest_generation: Generation(0),
+            logouts: (0, 0),
+            revocations: BTreeMap::new(),
             violations: Vec::new(),
         }
     }
@@ -177,6 +185,8 @@ impl ClientMonitor {
         self.logins.clear();
         // Its successor numbers generations from what it reads.
         self.newest_generation = Generation(0);
+        self.logouts = (0, 0);
+        self.revocations.clear();
     }
 
     /// An input the session is about to handle at `now`.
@@ -231,18 +241,24 @@ impl ClientMonitor {
                     self.store_failures = (0, now);
                     self.store = StoreModel::Empty;
                 }
-                Some((PendingStore::Load, _)) | None => {}
+                Some((PendingStore::Load | PendingStore::Lock, _)) | None => {}
             },
-            Event::StoreFailed { op, .. } => {
-                if let Some((kind, _)) = self.pending_store.remove(op) {
-                    self.store_failures = (self.store_failures.0 + 1, now);
-                    if !matches!(kind, PendingStore::Load) {
-                        self.store = StoreModel::Unknown;
-                    }
-                }
-            }
+            Event::StoreFailed { op, .. } => self.store_failed(now, *op),
             Event::LoggedIn { caller, session } => self.logged_in(now, *caller, session),
-            Event::LogoutRequested => {}
+            Event::LogoutRequested => self.logouts.0 += 1,
+            Event::RevocationEnded { id } => {
+                self.revocations.remove(id);
+            }
+        }
+    }
+
+    /// A store operation failed, or (a lock) its wait was given up.
+    fn store_failed(&mut self, now: MonoTime, op: StoreOpId) {
+        if let Some((kind, _)) = self.pending_store.remove(&op) {
+            self.store_failures = (self.store_failures.0 + 1, now);
+            if !matches!(kind, PendingStore::Load | PendingStore::Lock) {
+                self.store = StoreModel::Unknown;
+            }
         }
     }
 
@@ -404,7 +420,20 @@ impl ClientMonitor {
             Command::LockStore { op } => {
                 // A shared store's cycle starts by taking its lock.
                 self.unserved_since_arrival.clear();
-                self.pending_store.insert(*op, (PendingStore::Load, None));
+                self.pending_store.insert(*op, (PendingStore::Lock, None));
+            }
+            Command::UnlockStore => {
+                // Issued while a lock is still awaited, it gives up the wait:
+                // the machine counts that as the store failing.
+                let given_up: Vec<_> = self
+                    .pending_store
+                    .iter()
+                    .filter(|(_, (kind, _))| matches!(kind, PendingStore::Lock))
+                    .map(|(op, _)| *op)
+                    .collect();
+                for op in given_up {
+                    self.store_failed(now, op);
+                }
             }
             Command::Publish(Some(grant)) => self.handed_out(now, grant, None),
             Command::Grant { grant, callers } => self.handed_out(now, grant, Some(callers)),
@@ -420,7 +449,11 @@ impl ClientMonitor {
             }
             Command::Fail { callers, reason } => self.failed(now, callers, reason),
             Command::StateChanged(view) => self.state_changed(now, view),
-            Command::Publish(None) | Command::Revoke { .. } | Command::UnlockStore => {}
+            Command::Revoke { id, .. } => {
+                self.revocations.insert(*id, now);
+            }
+            Command::LogoutFinished { requests } => self.logout_finished(now, *requests),
+            Command::Publish(None) => {}
         }
     }
 
@@ -669,6 +702,36 @@ impl ClientMonitor {
         }
     }
 
+    /// C4 for the app that exits after a logout (a CLI): a logout is told it
+    /// is finished only once the store holds no session (or the store gave
+    /// up after its retries) and its revocations ended or ran out of the
+    /// request timeout; and only logouts that were asked for are answered.
+    fn logout_finished(&mut self, now: MonoTime, requests: u64) {
+        let (requested, answered) = self.logouts;
+        if requests > requested || requests <= answered {
+            let detail = format!("answered logouts up to {requests} with {requested} requested, {answered} answered");
+            self.violate(Invariant::C4, now, detail);
+        }
+        self.logouts.1 = self.logouts.1.max(requests);
+        if !matches!(self.state, StateView::LoggedOut { .. }) {
+            // A login overtook the logout: nothing is left to do for it.
+            return;
+        }
+        let gave_up = self.store_failures.0 >= self.config.store_backoff.attempts;
+        let clears = self.logged_out.as_ref().is_some_and(LogoutCause::clears_store);
+        if clears && self.store != StoreModel::Empty && !gave_up {
+            let detail = format!("told a logout it is finished while the store is {:?}", self.store);
+            self.violate(Invariant::C4, now, detail);
+        }
+        let timeout = self.config.request_timeout;
+        // The session waits for its latest few revocations only.
+        let open = self.revocations.iter().rev().take(MAX_REVOCATIONS_AWAITED);
+        if let Some((id, _)) = open.clone().find(|(_, sent)| sent.saturating_add(timeout) > now) {
+            let detail = format!("told a logout it is finished while revocation {id} is under way");
+            self.violate(Invariant::C4, now, detail);
+        }
+    }
+
     /// C4: a session logged out for a cause that clears the store must be
     /// clearing it: a clear is pending, or the store is known empty, or the
     /// last store operation failed and its backoff excuses the wait.
@@ -707,8 +770,15 @@ impl ClientMonitor {
         if let Some(since) = self.awaiting_logout {
             self.violate(Invariant::C6, now, format!("a terminal answer at {since} never led to a logout"));
         }
+        let (requested, answered) = self.logouts;
+        if answered < requested {
+            self.violate(Invariant::C5, now, format!("{} logouts never told they finished", requested - answered));
+        }
     }
 }
+
+/// How many open revocations the session waits for (its `MAX_REVOCATIONS_AWAITED`).
+const MAX_REVOCATIONS_AWAITED: usize = 8;
 
 /// The refresh margin a token issued for `lifetime` has at least (jitter only
 /// adds to it): the configured one, or half the lifetime when the lifetime is

@@ -8,9 +8,10 @@ impl World {
         note_at!(self, p, "{} {event:?}", self.now);
         let now = self.now;
         self.shared_monitor.event(p, now, &event);
+        let session_now = self.session_now(p);
         let process = self.process_mut(p);
         process.monitor.event(now, &event);
-        process.session.handle(now, event);
+        process.session.handle(session_now, event);
         self.drain(p);
     }
 
@@ -30,7 +31,9 @@ impl World {
                 return;
             }
         }
-        let (now, next) = (self.now, self.process(p).session.poll_timeout().map(|due| due.at));
+        let process = self.process(p);
+        let next = process.session.poll_timeout().map(|due| due.at.saturating_add(process.clock.lag));
+        let now = self.now;
         self.process_mut(p).monitor.step_end(now, next);
         // Faults at command boundaries.
         if self.suspended_until.is_none() {
@@ -58,12 +61,11 @@ impl World {
                 } else if self.lock_holder.is_none() {
                     self.grant_lock(incarnation, op);
                 } else {
+                    // Waits until the holder lets go, or the machine gives up.
                     self.lock_waiters.push_back((incarnation, op));
-                    let give_up = self.now.saturating_add(self.config.session.lock_wait());
-                    self.schedule(give_up, Pending::LockTimeout { incarnation, op });
                 }
             }
-            Command::UnlockStore => self.release_lock(incarnation),
+            Command::UnlockStore => self.leave_lock(incarnation),
             Command::Persist { op, session } => self.write(p, op, StoreWrite::Put(session.encode())),
             Command::ClearStore { op } => self.write(p, op, StoreWrite::Delete),
             Command::SendRefresh { id, refresh_token, .. } => {
@@ -89,10 +91,12 @@ impl World {
                     }
                 }
             }
-            Command::Revoke { refresh_token } => {
+            Command::Revoke { id, refresh_token } => {
                 let (latency, _) = self.latency();
-                self.schedule(self.now.saturating_add(latency), Pending::RevokeArrives { token: refresh_token });
+                let arrives = Pending::RevokeArrives { incarnation, id, token: refresh_token, latency };
+                self.schedule(self.now.saturating_add(latency), arrives);
             }
+            Command::LogoutFinished { .. } => {}
             Command::LoginStored { callers, generation } => {
                 for caller in callers {
                     self.outcomes.insert(caller, CallerOutcome::LoginStored(generation));

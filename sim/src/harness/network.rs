@@ -67,9 +67,10 @@ impl World {
             Pending::RefreshArrives { incarnation, id, token, fate, sent_at } => {
                 return self.serve_refresh(incarnation, id, &token, fate, sent_at);
             }
-            Pending::RevokeArrives { token } => {
+            Pending::RevokeArrives { incarnation, id, token, latency } => {
                 let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
                 self.observe_authority();
+                self.schedule(self.now.saturating_add(latency), Pending::RevocationAnswered { incarnation, id });
                 return;
             }
             Pending::ResourceArrives { incarnation, caller, grant, healthy, retried_at } => {
@@ -83,7 +84,7 @@ impl World {
             | Pending::RefreshFailed { incarnation, .. }
             | Pending::StoreDone { incarnation, .. }
             | Pending::ResourceAnswered { incarnation, .. }
-            | Pending::LockTimeout { incarnation, .. } => self.process_of(*incarnation),
+            | Pending::RevocationAnswered { incarnation, .. } => self.process_of(*incarnation),
             _ => None,
         };
         match (pending, addressee) {
@@ -110,6 +111,7 @@ impl World {
                 self.input(p, Event::RefreshFailed { id, failure });
             }
             (Pending::StoreDone { op, outcome, .. }, Some(p)) => self.store_done(p, op, outcome),
+            (Pending::RevocationAnswered { id, .. }, Some(p)) => self.input(p, Event::RevocationEnded { id }),
             (Pending::ResourceAnswered { caller, generation, ok: false, .. }, Some(p)) => {
                 self.stats.unauthorized += 1;
                 // One retry per request, never more: no 401 loop.
@@ -117,14 +119,6 @@ impl World {
                 if !*retried {
                     *retried = true;
                     self.input(p, Event::Unauthorized { caller, generation });
-                }
-            }
-            (Pending::LockTimeout { incarnation, op }, Some(p)) => {
-                // Still waiting: the wait is over, and the store counts as unavailable.
-                let waiting = self.lock_waiters.len();
-                self.lock_waiters.retain(|waiter| *waiter != (incarnation, op));
-                if self.lock_waiters.len() < waiting {
-                    self.input(p, Event::StoreFailed { op, error: StoreError::Unavailable });
                 }
             }
             (Pending::Login { process, always }, _) => {
@@ -138,9 +132,12 @@ impl World {
             // Only the latest resume wakes the client.
             (Pending::Resume, _) if self.suspended_until.is_some_and(|until| until <= self.now) => {
                 self.suspended_until = None;
+                if let Some(since) = self.asleep_since.take() {
+                    self.asleep_before = self.asleep_before.saturating_add(self.now.saturating_duration_since(since));
+                }
                 note!(self, "{} resume", self.now);
                 for p in 0..self.processes.len() {
-                    let now = self.now;
+                    let now = self.session_now(p);
                     self.process_mut(p).session.handle_timeout(now);
                     self.drain(p);
                 }
@@ -235,7 +232,7 @@ impl World {
         };
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
         let response = oauth::Response { status, headers: &headers, body: body.expose_secret().as_bytes() };
-        let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(self.now.elapsed());
+        let unix_now = wall_at(self.now);
         let outcome = oauth::classify(&self.config.session.policy, &response, Some(unix_now));
         let at = match fate {
             Fate::Delay(extra) => at.saturating_add(extra),

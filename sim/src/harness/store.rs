@@ -4,8 +4,14 @@
 use super::*;
 
 impl World {
+    /// Life `incarnation` lets go of the store's lock, or stops waiting for it.
+    pub(super) fn leave_lock(&mut self, incarnation: u32) {
+        self.lock_waiters.retain(|(waiter, _)| *waiter != incarnation);
+        self.release_lock(incarnation);
+    }
+
     /// Life `incarnation` no longer holds the store's lock; the next live waiter gets it.
-    pub(super) fn release_lock(&mut self, incarnation: u32) {
+    fn release_lock(&mut self, incarnation: u32) {
         if self.lock_holder != Some(incarnation) {
             return;
         }
@@ -58,7 +64,7 @@ impl World {
         let locked = matches!(outcome, StoreOutcome::Locked(_));
         let event = match outcome {
             StoreOutcome::Loaded(blob) | StoreOutcome::Locked(blob) => {
-                let unix_now = UnixTime::from_secs(UNIX_START).saturating_add(self.now.elapsed());
+                let unix_now = wall_at(self.now);
                 match blob.map(|b| StoredSession::decode(b.expose_secret().as_bytes())) {
                     Some(Err(error)) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
                     Some(Ok(stored)) if locked => Event::StoreLocked { op, stored: Some(stored), unix_now },
