@@ -452,6 +452,16 @@ fn the_suite_catches_every_planted_variant() {
     }
 }
 
+/// Runs `ops` from seed 0 with a shared store and asserts no invariant broke.
+fn run_shared_without_violations(ops: &[Op]) -> Driver {
+    let mut config = small_config();
+    config.shared_store = true;
+    let driver = run(config, 0, ops);
+    let violations = driver.violations();
+    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    driver
+}
+
 /// Found by the shared-store property: three attempts present one refresh
 /// token; the last answers first without rotating, then the second answers
 /// with a rotation. Ignoring that straggler as "older" kept the spent token,
@@ -470,11 +480,7 @@ fn a_straggler_that_rotates_is_adopted_after_a_later_answer() {
         Op::Answer { back: 1, outcome: Outcome::Rotate { lifetime: 1 } },
         Op::Want,
     ];
-    let mut config = small_config();
-    config.shared_store = true;
-    let driver = run(config, 0, &ops);
-    let violations = driver.violations();
-    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    run_shared_without_violations(&ops);
 }
 
 /// Found by the shared-store property when logouts learned to finish: a login
@@ -494,10 +500,6 @@ fn logging_out_a_login_never_written_revokes_at_once_and_finishes() {
         Op::StoreFail { corrupt: true },
         Op::Logout,
     ];
-    let mut config = small_config();
-    config.shared_store = true;
-    let driver = run(config, 0, &ops);
-    let violations = driver.violations();
-    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    let driver = run_shared_without_violations(&ops);
     assert_eq!(driver.trace.iter().filter(|line| line.contains("Revoke {")).count(), 2, "{:#?}", driver.trace);
 }
