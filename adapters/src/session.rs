@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use freshen_core::ids::{CallerId, RefreshId, StoreOpId};
 use freshen_core::oauth::{self, Client, TokenResponse};
-use freshen_core::session::{Event, NewSession, SessionConfig, StateView, TransportFailure};
+use freshen_core::session::{Event, Io, NewSession, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
 use freshen_core::token::RefreshToken;
@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Environment;
 use crate::Error;
 use crate::clock::Clock;
-use crate::coordinator::{Answer, Coordinator, Io, Outcome, StateSink, Waker};
+use crate::coordinator::{Answer, Coordinator, Outcome, StateSink, Waker};
 use crate::stats::{Count, Counters, Stats};
 use crate::store::{BoxStore, Store, StoreLock};
 use crate::token::Token;
@@ -501,14 +501,14 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
     match io {
-        Io::Refresh { id, refresh_token, attempt } => {
+        Io::SendRefresh { id, refresh_token, attempt } => {
             let span = info_span!("refresh", refresh = %id, attempt);
             spawn_io(shared, span, |shared| async move {
                 let event = send_refresh(&shared, id, &refresh_token).await;
                 shared.coordinator.handle(shared.now(), event);
             });
         }
-        Io::Revoke(id, refresh_token) => {
+        Io::Revoke { id, refresh_token } => {
             let Some(url) = shared.config.revocation_endpoint.clone() else {
                 shared.coordinator.handle(shared.now(), Event::RevocationEnded { id });
                 return;
@@ -524,7 +524,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 shared.coordinator.handle(shared.now(), Event::RevocationEnded { id });
             });
         }
-        Io::LoadStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
+        Io::LoadStore { op } => spawn_io(shared, info_span!("store", %op), |shared| async move {
             let event = match shared.store.load().await {
                 Ok(stored) => {
                     info!(found = stored.is_some(), "store loaded");
@@ -537,7 +537,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             };
             shared.coordinator.handle(shared.now(), event);
         }),
-        Io::LockStore(op) => {
+        Io::LockStore { op } => {
             let (stop_waiting, given_up) = oneshot::channel();
             if let Ok(mut slot) = shared.store_lock.lock() {
                 *slot = LockSlot { wanted: Some(op), stop_waiting: Some(stop_waiting), held: None };
@@ -553,7 +553,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
             let released = shared.store_lock.lock().ok().map(|mut slot| mem::take(&mut *slot));
             debug!(held = released.is_some_and(|slot| slot.held.is_some()), "store unlocked");
         }
-        Io::Persist(op, session) => {
+        Io::Persist { op, session } => {
             let generation = session.generation;
             spawn_io(shared, info_span!("store", %op, %generation), |shared| async move {
                 let event = match shared.store.save(&session).await {
@@ -566,7 +566,7 @@ fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
                 shared.coordinator.handle(shared.now(), event);
             });
         }
-        Io::ClearStore(op) => spawn_io(shared, info_span!("store", %op), |shared| async move {
+        Io::ClearStore { op } => spawn_io(shared, info_span!("store", %op), |shared| async move {
             let event = match shared.store.clear().await {
                 Ok(()) => Event::StoreWritten { op },
                 Err(error) => {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use freshen::core::ids::CallerId;
 use freshen::core::oauth::{Client, FormRequest};
-use freshen::core::session::{Event, TransportFailure};
+use freshen::core::session::{Command, Event, Io, TransportFailure};
 use freshen::core::stored::StoredSession;
 use freshen::core::time::{MonoTime, UnixTime};
 use freshen::middleware::{AuthMiddleware, AuthorizedClient};
@@ -178,7 +178,7 @@ pub fn step(steps: u64) -> Result<(f64, f64), BenchError> {
     let stored = blob(ACCESS_TOKEN, "bench-refresh", unix_now.saturating_add(Duration::from_secs(3600)))?;
     let mut load = None;
     while let Some(command) = machine.poll_command() {
-        if let freshen::core::session::Command::LoadStore { op } = command {
+        if let Command::Io(Io::LoadStore { op }) = command {
             load = Some(op);
         }
     }

@@ -25,7 +25,7 @@
 //! ```
 //! use std::time::Duration;
 //! use freshen_core::ids::{CallerId, Generation};
-//! use freshen_core::session::{Command, Event, Renewal, Session, SessionConfig, StateView};
+//! use freshen_core::session::{Command, Event, Io, Renewal, Session, SessionConfig, StateView};
 //! use freshen_core::stored::StoredSession;
 //! use freshen_core::time::{MonoTime, UnixTime};
 //!
@@ -43,10 +43,10 @@
 //!     // 1. Carry out every command, in order; answers become inputs.
 //!     while let Some(command) = session.poll_command() {
 //!         match command {
-//!             Command::LoadStore { op } => {
+//!             Command::Io(Io::LoadStore { op }) => {
 //!                 inputs.push(Event::StoreLoaded { op, stored: Some(stored.clone()), unix_now });
 //!             }
-//!             Command::Persist { op, .. } | Command::ClearStore { op } => {
+//!             Command::Io(Io::Persist { op, .. }) | Command::Io(Io::ClearStore { op }) => {
 //!                 inputs.push(Event::StoreWritten { op });
 //!             }
 //!             Command::Grant { callers, grant } => granted.extend(callers.iter().map(|c| (*c, grant.generation))),

@@ -16,10 +16,20 @@ use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, 
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{Classified, Transient, TransientCause};
 pub use freshen_core::session::Plant;
-use freshen_core::session::{Command, Event, FailReason, LogoutCause, SessionConfig, StateView};
+use freshen_core::session::{Command, Event, FailReason, Io, LogoutCause, SessionConfig, StateView};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{Fingerprint, RefreshToken};
+
+/// How a trace line shows a command: the work itself for [`Command::Io`]
+/// (`Persist { .. }`, not `Io(Persist { .. })`), so traces recorded before
+/// commands were grouped still replay byte for byte.
+pub(crate) fn traced(command: &Command) -> &dyn fmt::Debug {
+    match command {
+        Command::Io(io) => io,
+        other => other,
+    }
+}
 
 /// A named invariant from DESIGN.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,7 +16,7 @@ use crate::check::{AuthorityMonitor, ClientMonitor, Violation};
 use crate::harness::{Fate, Start, StoreFate, World, WorldConfig};
 use freshen_core::ids::{CallerId, RefreshId};
 use freshen_core::oauth::{Classified, MAX_RETRY_AFTER, MAX_TOKEN_BYTES, Policy, Response, classify};
-use freshen_core::session::{Command, Event, LogoutCause, Session, SessionConfig, StateView, StoreError};
+use freshen_core::session::{Command, Event, Io, LogoutCause, Session, SessionConfig, StateView, StoreError};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken};
@@ -247,7 +247,7 @@ impl Fixture {
             let Some(command) = self.session.poll_command() else { break };
             self.monitor.command(self.now, &command);
             let answer = match command {
-                Command::SendRefresh { id, refresh_token, .. } => {
+                Command::Io(Io::SendRefresh { id, refresh_token, .. }) => {
                     self.sent.push((id, refresh_token));
                     None
                 }
@@ -255,7 +255,7 @@ impl Fixture {
                     self.granted.extend(callers);
                     None
                 }
-                Command::LoadStore { op } => {
+                Command::Io(Io::LoadStore { op }) => {
                     let unix_now = self.unix_origin.saturating_add(self.now.elapsed());
                     Some(match self.blob.as_deref().map(StoredSession::decode) {
                         None => Event::StoreLoaded { op, stored: None, unix_now },
@@ -263,11 +263,11 @@ impl Fixture {
                         Some(Err(error)) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
                     })
                 }
-                Command::Persist { op, session } => {
+                Command::Io(Io::Persist { op, session }) => {
                     self.blob = Some(session.encode().expose_secret().as_bytes().to_vec());
                     Some(Event::StoreWritten { op })
                 }
-                Command::ClearStore { op } => {
+                Command::Io(Io::ClearStore { op }) => {
                     self.blob = None;
                     Some(Event::StoreWritten { op })
                 }

@@ -13,7 +13,7 @@ use freshen_core::ids::{CallerId, RefreshId};
 use freshen_core::oauth::{
     Classified, Malformed, MalformedReason, OAuthError, Rejected, TokenResponse, Transient, TransientCause,
 };
-use freshen_core::session::{Command, Event, NewSession, Session, SessionConfig, StoreError, TransportFailure};
+use freshen_core::session::{Command, Event, Io, NewSession, Session, SessionConfig, StoreError, TransportFailure};
 use freshen_core::stored::{DecodeError, StoredSession};
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken};
@@ -164,11 +164,11 @@ impl Driver {
             self.trace.push(format!("{} {command:?}", self.now));
             self.monitor.command(self.now, &command);
             match &command {
-                Command::SendRefresh { id, .. } => self.sent.push(*id),
-                Command::LoadStore { .. }
-                | Command::LockStore { .. }
-                | Command::Persist { .. }
-                | Command::ClearStore { .. } => {
+                Command::Io(Io::SendRefresh { id, .. }) => self.sent.push(*id),
+                Command::Io(Io::LoadStore { .. })
+                | Command::Io(Io::LockStore { .. })
+                | Command::Io(Io::Persist { .. })
+                | Command::Io(Io::ClearStore { .. }) => {
                     self.pending_store.push_back(command.clone());
                 }
                 Command::Grant { grant, .. } | Command::Publish(Some(grant)) => self.generation = grant.generation,
@@ -249,27 +249,27 @@ impl Driver {
     fn store_answer(&mut self, ok: bool, corrupt: bool) {
         let Some(command) = self.pending_store.pop_front() else { return };
         let event = match command {
-            Command::LoadStore { op } if ok => {
+            Command::Io(Io::LoadStore { op }) if ok => {
                 Event::StoreLoaded { op, stored: self.blob.clone(), unix_now: self.unix_now() }
             }
-            Command::LockStore { op } if ok => {
+            Command::Io(Io::LockStore { op }) if ok => {
                 Event::StoreLocked { op, stored: self.blob.clone(), unix_now: self.unix_now() }
             }
-            Command::LoadStore { op } | Command::LockStore { op } if corrupt => {
+            Command::Io(Io::LoadStore { op }) | Command::Io(Io::LockStore { op }) if corrupt => {
                 Event::StoreFailed { op, error: StoreError::Corrupt(DecodeError::UnsupportedVersion(2)) }
             }
-            Command::Persist { op, session } if ok => {
+            Command::Io(Io::Persist { op, session }) if ok => {
                 self.blob = Some(session);
                 Event::StoreWritten { op }
             }
-            Command::ClearStore { op } if ok => {
+            Command::Io(Io::ClearStore { op }) if ok => {
                 self.blob = None;
                 Event::StoreWritten { op }
             }
-            Command::LoadStore { op }
-            | Command::LockStore { op }
-            | Command::Persist { op, .. }
-            | Command::ClearStore { op } => Event::StoreFailed { op, error: StoreError::Unavailable },
+            Command::Io(Io::LoadStore { op })
+            | Command::Io(Io::LockStore { op })
+            | Command::Io(Io::Persist { op, .. })
+            | Command::Io(Io::ClearStore { op }) => Event::StoreFailed { op, error: StoreError::Unavailable },
             _ => return,
         };
         self.input(event);

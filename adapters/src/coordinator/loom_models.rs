@@ -5,14 +5,14 @@
 
 use freshen_core::ids::Generation;
 use freshen_core::oauth::{Classified, TokenResponse};
-use freshen_core::session::{Event, FailReason, LogoutCause, Session, SessionConfig, StateView};
+use freshen_core::session::{Event, FailReason, Io, LogoutCause, Session, SessionConfig, StateView};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken};
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
-use super::{Answer, Coordinator, Io, Outcome, Waker};
+use super::{Answer, Coordinator, Outcome, Waker};
 use crate::sync::Arc;
 
 /// A waiting caller under loom: a slot and a condition variable.
@@ -105,15 +105,15 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
         }
         for io in io {
             let event = match io {
-                Io::LoadStore(op) => {
+                Io::LoadStore { op } => {
                     Event::StoreLoaded { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
                 }
                 // The models run one process: its lock is always free.
-                Io::LockStore(op) => {
+                Io::LockStore { op } => {
                     Event::StoreLocked { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
                 }
-                Io::Persist(op, _) | Io::ClearStore(op) => Event::StoreWritten { op },
-                Io::Refresh { id, .. } => {
+                Io::Persist { op, .. } | Io::ClearStore { op } => Event::StoreWritten { op },
+                Io::SendRefresh { id, .. } => {
                     refreshes += 1;
                     let response = TokenResponse::bearer(
                         AccessToken::new("a2"),
@@ -122,7 +122,7 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
                     );
                     Event::RefreshCompleted { id, outcome: Classified::Success(response) }
                 }
-                Io::Revoke(id, _) => Event::RevocationEnded { id },
+                Io::Revoke { id, .. } => Event::RevocationEnded { id },
                 Io::UnlockStore => continue,
             };
             coordinator.handle(MonoTime::ZERO, event);

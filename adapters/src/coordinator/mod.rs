@@ -10,11 +10,9 @@
 use core::mem;
 use std::collections::BTreeMap;
 
-use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
-use freshen_core::session::{Command, Event, FailReason, NewSession, Session, StateView, Timeout};
-use freshen_core::stored::StoredSession;
+use freshen_core::ids::{CallerId, Generation};
+use freshen_core::session::{Command, Event, FailReason, Io, NewSession, Session, StateView, Timeout};
 use freshen_core::time::MonoTime;
-use freshen_core::token::RefreshToken;
 
 use crate::sync::{Arc, Mutex, Snapshot, lock};
 use crate::token::Published;
@@ -46,18 +44,6 @@ pub trait Observer: Send + Sync + core::fmt::Debug {
     fn command(&self, now: MonoTime, command: &Command);
     /// The machine finished an input at `now`; `next_timeout` is its timer.
     fn step_end(&self, now: MonoTime, next_timeout: Option<MonoTime>);
-}
-
-/// Work the machine asked for that needs I/O, for the driver to carry out.
-#[derive(Debug)]
-pub(crate) enum Io {
-    LoadStore(StoreOpId),
-    LockStore(StoreOpId),
-    UnlockStore,
-    Persist(StoreOpId, StoredSession),
-    ClearStore(StoreOpId),
-    Refresh { id: RefreshId, refresh_token: RefreshToken, attempt: u32 },
-    Revoke(RevocationId, RefreshToken),
 }
 
 /// Where the coordinator publishes each new state, in order, before it wakes
@@ -270,15 +256,7 @@ impl<W: Waker> Coordinator<W> {
                         }
                     }
                     Command::Publish(grant) => self.published.store(grant.map(Published::new)),
-                    Command::LoadStore { op } => inner.io.push(Io::LoadStore(op)),
-                    Command::LockStore { op } => inner.io.push(Io::LockStore(op)),
-                    Command::UnlockStore => inner.io.push(Io::UnlockStore),
-                    Command::Persist { op, session } => inner.io.push(Io::Persist(op, session)),
-                    Command::ClearStore { op } => inner.io.push(Io::ClearStore(op)),
-                    Command::SendRefresh { id, refresh_token, attempt } => {
-                        inner.io.push(Io::Refresh { id, refresh_token, attempt });
-                    }
-                    Command::Revoke { id, refresh_token } => inner.io.push(Io::Revoke(id, refresh_token)),
+                    Command::Io(io) => inner.io.push(io),
                     Command::LogoutFinished { requests } => {
                         let (finished, waiting) = mem::take(&mut inner.logouts_waiting)
                             .into_iter()

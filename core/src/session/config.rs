@@ -85,7 +85,7 @@ pub struct SessionConfig {
     pub policy: Policy,
     /// Other processes use the same store (a CLI run twice at once, an app and
     /// its helper). Each refresh cycle then runs under the store's
-    /// cross-process lock ([`Command::LockStore`](super::Command::LockStore)):
+    /// cross-process lock ([`Io::LockStore`](super::Io::LockStore)):
     /// the store is read first, a newer generation found there is adopted
     /// instead of refreshing, and the result is written before the lock is
     /// released. Every write takes the lock too. Off by default: a store only

@@ -15,7 +15,7 @@ impl Session {
         }
         let until = self.now.saturating_add(self.config.request_timeout);
         self.outbox.revocations.push_back((id, until));
-        self.outbox.commands.push_back(Command::Revoke { id, refresh_token });
+        self.outbox.commands.push_back(Command::Io(Io::Revoke { id, refresh_token }));
     }
 
     pub(super) fn on_revocation_ended(&mut self, id: RevocationId) {

@@ -45,7 +45,7 @@ use std::collections::VecDeque;
 
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use types::{
-    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, LogoutCause, NewSession, Renewal, StateView,
+    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, Renewal, StateView,
     StoreError, Timeout, TransportFailure,
 };
 
@@ -461,7 +461,7 @@ enum Holds {
 }
 
 impl Session {
-    /// A session that starts by reading the store ([`Command::LoadStore`]).
+    /// A session that starts by reading the store ([`Io::LoadStore`]).
     ///
     /// `seed` drives every random choice (jitter), so the same seed and inputs
     /// give the same commands (C8). `now` and `unix_now` are the same moment on

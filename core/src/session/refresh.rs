@@ -473,7 +473,7 @@ impl Outbox {
             self.recent_sends.pop_front();
         }
         self.recent_sends.push_back(SentRefresh { id, at: now, answered: false, settled: false, cycle });
-        self.commands.push_back(Command::SendRefresh { id, refresh_token, attempt });
+        self.commands.push_back(Command::Io(Io::SendRefresh { id, refresh_token, attempt }));
         id
     }
 

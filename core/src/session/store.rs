@@ -304,7 +304,7 @@ impl Session {
     /// store counts as unavailable, exactly as if the lock had failed.
     pub(super) fn give_up_lock_wait(&mut self, op: StoreOpId) {
         self.store.lock_wait_ends = None;
-        self.outbox.commands.push_back(Command::UnlockStore);
+        self.outbox.commands.push_back(Command::Io(Io::UnlockStore));
         self.on_store_failed(op, StoreError::Unavailable);
     }
 
@@ -369,7 +369,7 @@ impl Session {
         let lock_wanted = self.lock_wanted();
         if self.store.locked && !lock_wanted {
             self.store.locked = false;
-            self.outbox.commands.push_back(Command::UnlockStore);
+            self.outbox.commands.push_back(Command::Io(Io::UnlockStore));
             return;
         }
         let op = if lock_wanted && !self.store.locked {
@@ -384,12 +384,12 @@ impl Session {
         };
         let id = self.store.next_op;
         let command = match op {
-            StoreOp::Lock => Command::LockStore { op: id },
-            StoreOp::Load => Command::LoadStore { op: id },
-            StoreOp::Clear => Command::ClearStore { op: id },
+            StoreOp::Lock => Command::Io(Io::LockStore { op: id }),
+            StoreOp::Load => Command::Io(Io::LoadStore { op: id }),
+            StoreOp::Clear => Command::Io(Io::ClearStore { op: id }),
             StoreOp::Persist(_) => {
                 let Some(tokens) = self.tokens() else { return };
-                Command::Persist { op: id, session: self.to_stored(tokens) }
+                Command::Io(Io::Persist { op: id, session: self.to_stored(tokens) })
             }
         };
         self.store.next_op = id.next();

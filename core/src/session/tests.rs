@@ -89,7 +89,7 @@ impl Harness {
     fn load_op(&self) -> StoreOpId {
         self.latest(
             |c| match c {
-                Command::LoadStore { op } => Some(*op),
+                Command::Io(Io::LoadStore { op }) => Some(*op),
                 _ => None,
             },
             "a load",
@@ -99,7 +99,7 @@ impl Harness {
     fn last_refresh(&self) -> (RefreshId, String, u32) {
         self.latest(
             |c| match c {
-                Command::SendRefresh { id, refresh_token, attempt } => {
+                Command::Io(Io::SendRefresh { id, refresh_token, attempt }) => {
                     Some((*id, refresh_token.expose_secret().to_owned(), *attempt))
                 }
                 _ => None,
@@ -111,7 +111,7 @@ impl Harness {
     fn last_persist(&self) -> (StoreOpId, StoredSession) {
         self.latest(
             |c| match c {
-                Command::Persist { op, session } => Some((*op, session.clone())),
+                Command::Io(Io::Persist { op, session }) => Some((*op, session.clone())),
                 _ => None,
             },
             "a persist",
@@ -152,7 +152,7 @@ fn server_error(retry_after: Option<u64>) -> Classified {
 }
 
 fn sends(commands: &[Command]) -> usize {
-    commands.iter().filter(|c| matches!(c, Command::SendRefresh { .. })).count()
+    commands.iter().filter(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))).count()
 }
 
 fn granted(commands: &[Command]) -> Vec<(CallerId, Generation)> {
@@ -188,7 +188,7 @@ fn persisted(h: &mut Harness) -> Vec<Command> {
 #[test]
 fn starts_by_loading_and_an_empty_store_means_no_session() {
     let mut h = Harness::new(config());
-    assert!(matches!(h.log.as_slice(), [Command::LoadStore { .. }]));
+    assert!(matches!(h.log.as_slice(), [Command::Io(Io::LoadStore { .. })]));
     assert_eq!(h.session.state(), &StateView::Loading);
     // A caller before the load waits for it.
     assert!(h.want(1).is_empty());
@@ -199,7 +199,7 @@ fn starts_by_loading_and_an_empty_store_means_no_session() {
     assert_eq!(h.session.state(), &StateView::NoSession);
     assert!(h.session.state().needs_login() && !h.session.state().is_logged_out());
     // Nothing to clear: the store is empty.
-    assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))));
 }
 
 #[test]
@@ -479,7 +479,7 @@ fn a_lost_answer_is_retried_with_the_same_token() {
         .log
         .iter()
         .filter_map(|c| match c {
-            Command::SendRefresh { refresh_token, .. } => Some(refresh_token.expose_secret().to_owned()),
+            Command::Io(Io::SendRefresh { refresh_token, .. }) => Some(refresh_token.expose_secret().to_owned()),
             _ => None,
         })
         .collect();
@@ -499,7 +499,7 @@ fn a_rejection_rereads_the_store_once_then_logs_out_and_clears() {
     assert_eq!(token, "r1");
     let out = h.answer(id2, invalid_grant());
     let op = match out.as_slice() {
-        [Command::LoadStore { op }, ..] => *op,
+        [Command::Io(Io::LoadStore { op }), ..] => *op,
         other => panic!("expected a re-read, got {other:?}"),
     };
     let out = h.handle(Event::StoreLoaded { op, stored: Some(stored(1, "r1", None)), unix_now: UnixTime::EPOCH });
@@ -508,8 +508,8 @@ fn a_rejection_rereads_the_store_once_then_logs_out_and_clears() {
         after_lost_response: true,
     };
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(cause.clone()))]);
-    assert!(out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
-    assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })), "a dead token is not revoked");
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Revoke { .. }))), "a dead token is not revoked");
     assert_eq!(h.session.state(), &StateView::LoggedOut { cause: cause.clone() });
     // Terminal until a login.
     assert_eq!(failed(&h.want(2)), vec![(CallerId(2), FailReason::LoggedOut(cause))]);
@@ -555,22 +555,26 @@ fn logout_revokes_clears_and_fails_everyone() {
     let (id, ..) = h.last_refresh();
     let out = h.handle(Event::LogoutRequested);
     assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token, .. } if refresh_token.expose_secret() == "r1"))
+        out.iter().any(
+            |c| matches!(c, Command::Io(Io::Revoke { refresh_token, .. }) if refresh_token.expose_secret() == "r1")
+        )
     );
-    assert!(out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))));
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(LogoutCause::Requested))]);
     // The refresh answered after logout: its tokens are revoked, not used.
     let out = h.answer(id, success("a2", Some("r2"), 300));
     assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token, .. } if refresh_token.expose_secret() == "r2"))
+        out.iter().any(
+            |c| matches!(c, Command::Io(Io::Revoke { refresh_token, .. }) if refresh_token.expose_secret() == "r2")
+        )
     );
-    assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. } | Command::Publish(Some(_)))));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }) | Command::Publish(Some(_)))));
 }
 
 fn revocation(out: &[Command]) -> RevocationId {
     out.iter()
         .find_map(|c| match c {
-            Command::Revoke { id, .. } => Some(*id),
+            Command::Io(Io::Revoke { id, .. }) => Some(*id),
             _ => None,
         })
         .expect("a revocation")
@@ -579,7 +583,7 @@ fn revocation(out: &[Command]) -> RevocationId {
 fn clear(out: &[Command]) -> StoreOpId {
     out.iter()
         .find_map(|c| match c {
-            Command::ClearStore { op } => Some(*op),
+            Command::Io(Io::ClearStore { op }) => Some(*op),
             _ => None,
         })
         .expect("a clear")
@@ -635,7 +639,7 @@ fn a_logout_whose_clear_keeps_failing_is_finished_when_the_store_gives_up() {
         let retry = h.advance_to(h.now.saturating_add(Duration::from_secs(60)));
         finished = finished.or(logout_finished(&retry));
         if let Some(next) = retry.iter().find_map(|c| match c {
-            Command::ClearStore { op } => Some(*op),
+            Command::Io(Io::ClearStore { op }) => Some(*op),
             _ => None,
         }) {
             op = next;
@@ -643,7 +647,7 @@ fn a_logout_whose_clear_keeps_failing_is_finished_when_the_store_gives_up() {
     }
     assert_eq!(finished, Some(1));
     // The clear is still retried afterwards, at the slowest pace.
-    assert!(h.log.iter().filter(|c| matches!(c, Command::ClearStore { .. })).count() > 1);
+    assert!(h.log.iter().filter(|c| matches!(c, Command::Io(Io::ClearStore { .. }))).count() > 1);
 }
 
 #[test]
@@ -671,14 +675,16 @@ fn a_login_starts_a_session_and_replaces_the_old_grant() {
     let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     // The old grant stays alive until the new one is durable: a crash before
     // the write lands restarts from the old one.
-    assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Revoke { .. }))));
     let (op, session) = h.last_persist();
     assert_eq!(session.generation, Generation(2));
     assert_eq!(session.scope.as_deref(), Some("read"));
     assert_eq!(session.access_expires_at, Some(UnixTime::from_secs(UNIX_ZERO + 300)));
     let out = h.handle(Event::StoreWritten { op });
     assert!(
-        out.iter().any(|c| matches!(c, Command::Revoke { refresh_token, .. } if refresh_token.expose_secret() == "r1"))
+        out.iter().any(
+            |c| matches!(c, Command::Io(Io::Revoke { refresh_token, .. }) if refresh_token.expose_secret() == "r1")
+        )
     );
     assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(2))]);
 }
@@ -729,7 +735,7 @@ fn an_unreadable_store_logs_out_without_clearing() {
     let out = h.handle(Event::StoreFailed { op, error });
     let cause = LogoutCause::StoredSessionUnreadable(DecodeError::UnsupportedVersion(9));
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(cause))]);
-    assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))));
 }
 
 #[test]
@@ -779,7 +785,7 @@ fn a_rejected_refresh_fails_callers_but_keeps_the_session() {
     let out = h.answer(id, Classified::Rejected(Rejected::Error(error.clone())));
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::Rejected(Rejected::Error(error)))]);
     assert!(!matches!(h.session.state(), StateView::LoggedOut { .. }));
-    assert!(!out.iter().any(|c| matches!(c, Command::ClearStore { .. })));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))));
 }
 
 #[test]
@@ -854,7 +860,7 @@ fn shared() -> SessionConfig {
 fn lock_op(h: &Harness) -> StoreOpId {
     h.latest(
         |c| match c {
-            Command::LockStore { op } => Some(*op),
+            Command::Io(Io::LockStore { op }) => Some(*op),
             _ => None,
         },
         "a lock",
@@ -869,19 +875,19 @@ fn locked(h: &mut Harness, op: StoreOpId, stored: Option<StoredSession>) -> Vec<
 fn a_shared_store_is_locked_and_read_before_a_refresh_and_unlocked_after_the_write() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
     let out = h.want(1);
-    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "sent before locking: {out:?}");
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "sent before locking: {out:?}");
     let op = lock_op(&h);
     // The store still holds what this process loaded: refresh.
     let out = locked(&mut h, op, Some(stored(1, "r1", None)));
-    assert!(out.iter().any(|c| matches!(c, Command::SendRefresh { attempt: 1, .. })), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { attempt: 1, .. }))), "{out:?}");
     let (id, token, _) = h.last_refresh();
     assert_eq!(token, "r1");
     let out = h.answer(id, success("a2", Some("r2"), 3600));
-    assert!(!out.iter().any(|c| matches!(c, Command::UnlockStore)), "unlocked before the write: {out:?}");
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "unlocked before the write: {out:?}");
     let (write, session) = h.last_persist();
     assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     let out = h.handle(Event::StoreWritten { op: write });
-    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
     assert!(out.iter().any(|c| matches!(c, Command::Grant { .. })), "{out:?}");
 }
 
@@ -894,8 +900,11 @@ fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
     };
     let theirs = stored(5, "r5", Some(UnixTime::from_secs(UNIX_ZERO + 3600)));
     let out = locked(&mut h, op, Some(theirs));
-    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. } | Command::Persist { .. })), "{out:?}");
-    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }) | Command::Io(Io::Persist { .. }))),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
     let granted = out.iter().find_map(|c| match c {
         Command::Grant { grant, .. } => Some(grant.generation),
         _ => None,
@@ -911,7 +920,10 @@ fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_l
         lock_op(&h)
     };
     let out = locked(&mut h, op, Some(stored(5, "r5", Some(UnixTime::from_secs(UNIX_ZERO)))));
-    assert!(!out.iter().any(|c| matches!(c, Command::UnlockStore | Command::LockStore { .. })), "{out:?}");
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore) | Command::Io(Io::LockStore { .. }))),
+        "{out:?}"
+    );
     assert_eq!(h.last_refresh().1, "r5");
 }
 
@@ -924,8 +936,11 @@ fn an_empty_store_under_the_lock_means_another_process_logged_out() {
     };
     let out = locked(&mut h, op, None);
     assert_eq!(h.session.state(), &StateView::LoggedOut { cause: LogoutCause::EndedElsewhere });
-    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. } | Command::ClearStore { .. })), "{out:?}");
-    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }) | Command::Io(Io::ClearStore { .. }))),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
     assert!(out.iter().any(|c| matches!(c, Command::Fail { .. })), "{out:?}");
 }
 
@@ -942,7 +957,7 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
         issued_lifetime_unknown: false,
     };
     let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
-    assert!(!out.iter().any(|c| matches!(c, Command::Persist { .. })), "wrote without the lock: {out:?}");
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "wrote without the lock: {out:?}");
     let op = lock_op(&h);
     // Another process wrote generation 9 meanwhile.
     locked(&mut h, op, Some(stored(9, "r9", None)));
@@ -952,7 +967,7 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
         (Generation(10), "r-login")
     );
     let out = h.handle(Event::StoreWritten { op: write });
-    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
 }
 
 #[test]
@@ -967,7 +982,7 @@ fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried()
         failed = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
         let retry = h.advance_to(h.now.saturating_add(Duration::from_secs(2)));
         if let Some(next) = retry.iter().find_map(|c| match c {
-            Command::LockStore { op } => Some(*op),
+            Command::Io(Io::LockStore { op }) => Some(*op),
             _ => None,
         }) {
             op = next;
@@ -979,7 +994,7 @@ fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried()
         _ => None,
     });
     assert_eq!(reason, Some(FailReason::StoreUnavailable));
-    assert!(!h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "refreshed without the lock");
+    assert!(!h.log.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "refreshed without the lock");
 }
 
 #[test]
@@ -995,14 +1010,14 @@ fn the_machine_bounds_the_wait_for_the_lock_and_ignores_a_lock_that_comes_late()
     assert!(out.is_empty(), "{out:?}");
     // At it, the driver is told to stop waiting, and the store is tried again after its backoff.
     let out = h.advance_to(due.at);
-    assert!(matches!(out.first(), Some(Command::UnlockStore)), "{out:?}");
+    assert!(matches!(out.first(), Some(Command::Io(Io::UnlockStore))), "{out:?}");
     let out = h.advance_to(h.now.saturating_add(Duration::from_secs(2)));
     let second = lock_op(&h);
     assert!(second > first, "no new lock asked for: {out:?}");
     // The abandoned lock's answer is counted as ignored and changes nothing.
     let ignored = h.session.ignored().count;
     let out = locked(&mut h, first, Some(stored(1, "r1", None)));
-    assert!(!out.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "sent on a lock given up: {out:?}");
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "sent on a lock given up: {out:?}");
     assert_eq!(h.session.ignored().count, ignored + 1);
     // The new lock works as ever.
     let out = locked(&mut h, second, Some(stored(1, "r1", None)));
@@ -1023,14 +1038,14 @@ fn a_lock_never_had_is_given_up_and_retried_by_the_machine_and_the_caller_is_tol
         .log
         .iter()
         .filter_map(|c| match c {
-            Command::LockStore { .. } => Some(true),
-            Command::UnlockStore => Some(false),
+            Command::Io(Io::LockStore { .. }) => Some(true),
+            Command::Io(Io::UnlockStore) => Some(false),
             _ => None,
         })
         .collect();
     assert!(locking.len() >= 3, "{locking:?}");
     assert!(locking.iter().enumerate().all(|(i, lock)| *lock == (i % 2 == 0)), "{locking:?}");
-    assert!(!h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "refreshed without the lock");
+    assert!(!h.log.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "refreshed without the lock");
 }
 
 #[test]
@@ -1038,21 +1053,21 @@ fn the_planted_variant_refreshes_without_the_lock() {
     let mut h =
         Harness::loaded(SessionConfig { plant: Some(Plant::NoCrossProcessLock), ..shared() }, Some(Duration::ZERO));
     h.want(1);
-    assert!(h.log.iter().any(|c| matches!(c, Command::SendRefresh { .. })), "{:?}", h.log);
-    assert!(!h.log.iter().any(|c| matches!(c, Command::LockStore { .. })));
+    assert!(h.log.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{:?}", h.log);
+    assert!(!h.log.iter().any(|c| matches!(c, Command::Io(Io::LockStore { .. }))));
 }
 
 #[test]
 fn with_a_shared_store_a_logout_revokes_only_once_its_clear_has_landed() {
     let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
     let out = h.handle(Event::LogoutRequested);
-    assert!(!out.iter().any(|c| matches!(c, Command::Revoke { .. })), "revoked before the clear: {out:?}");
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Revoke { .. }))), "revoked before the clear: {out:?}");
     let op = lock_op(&h);
     let out = locked(&mut h, op, Some(stored(1, "r1", None)));
     let clear = out
         .iter()
         .find_map(|c| match c {
-            Command::ClearStore { op } => Some(*op),
+            Command::Io(Io::ClearStore { op }) => Some(*op),
             _ => None,
         })
         .expect("the store is cleared under the lock");
@@ -1060,12 +1075,12 @@ fn with_a_shared_store_a_logout_revokes_only_once_its_clear_has_landed() {
     let revoked: Vec<_> = out
         .iter()
         .filter_map(|c| match c {
-            Command::Revoke { refresh_token, .. } => Some(refresh_token.expose_secret().to_owned()),
+            Command::Io(Io::Revoke { refresh_token, .. }) => Some(refresh_token.expose_secret().to_owned()),
             _ => None,
         })
         .collect();
     assert_eq!(revoked, ["r1"]);
-    assert!(out.iter().any(|c| matches!(c, Command::UnlockStore)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub enum Event {
         /// How.
         failure: TransportFailure,
     },
-    /// [`Command::LoadStore`] `op` finished.
+    /// [`Io::LoadStore`] `op` finished.
     StoreLoaded {
         /// The load answered.
         op: StoreOpId,
@@ -71,7 +71,7 @@ pub enum Event {
         /// The wall clock now, to turn a stored expiry back into monotonic time.
         unix_now: UnixTime,
     },
-    /// [`Command::LockStore`] `op` holds the store's cross-process lock, and
+    /// [`Io::LockStore`] `op` holds the store's cross-process lock, and
     /// the store was read under it. This is how the machine learns that
     /// another process wrote a newer generation: it adopts that instead of
     /// refreshing. A lock that could not be taken in time, or a read that
@@ -85,7 +85,7 @@ pub enum Event {
         /// The wall clock now, as for [`Event::StoreLoaded`].
         unix_now: UnixTime,
     },
-    /// [`Command::Persist`] or [`Command::ClearStore`] `op` is durable.
+    /// [`Io::Persist`] or [`Io::ClearStore`] `op` is durable.
     StoreWritten {
         /// The write that finished.
         op: StoreOpId,
@@ -100,7 +100,7 @@ pub enum Event {
     /// The user logs out: revoke, clear the store, fail every waiter. Answered
     /// by [`Command::LogoutFinished`] once that work is done.
     LogoutRequested,
-    /// The revocation [`Command::Revoke`] `id` ended, however it ended
+    /// The revocation [`Io::Revoke`] `id` ended, however it ended
     /// (answered, refused, failed or timed out): revocation is best effort,
     /// and only a logout waits for it.
     RevocationEnded {
@@ -258,12 +258,11 @@ impl NewSession {
     }
 }
 
-/// An output of [`Session::poll_command`](super::Session::poll_command), to be
-/// carried out by the driver in the order given.
-/// Exhaustive on purpose, like [`Event`].
+/// Work a [`Command::Io`] asks of the driver: store, network. Each is
+/// answered with an [`Event`] (named on the variant), except
+/// [`Io::UnlockStore`]. Exhaustive on purpose, like [`Event`].
 #[derive(Clone, Debug)]
-#[must_use]
-pub enum Command {
+pub enum Io {
     /// Read the store; answer with [`Event::StoreLoaded`] or [`Event::StoreFailed`].
     LoadStore {
         /// Names this operation.
@@ -277,7 +276,7 @@ pub enum Command {
         /// What to write.
         session: StoredSession,
     },
-    /// Delete the stored session; answer like [`Command::Persist`].
+    /// Delete the stored session; answer like [`Io::Persist`].
     ClearStore {
         /// Names this operation.
         op: StoreOpId,
@@ -285,7 +284,7 @@ pub enum Command {
     /// Take the store's cross-process lock, then read the store; answer
     /// with [`Event::StoreLocked`] or [`Event::StoreFailed`]. Only with
     /// [`SessionConfig::shared_store`](super::SessionConfig::shared_store).
-    /// The lock is held until [`Command::UnlockStore`]; store operations
+    /// The lock is held until [`Io::UnlockStore`]; store operations
     /// issued meanwhile run under it. The machine bounds the wait
     /// ([`SessionConfig::lock_wait`](super::SessionConfig::lock_wait), one of
     /// its timers): a driver need not, and must not count it as failed itself.
@@ -318,6 +317,17 @@ pub enum Command {
         /// The token to revoke.
         refresh_token: RefreshToken,
     },
+}
+
+/// An output of [`Session::poll_command`](super::Session::poll_command), to be
+/// carried out by the driver in the order given: either I/O to start
+/// ([`Command::Io`]) or something for the app side (answers to callers, what
+/// may be handed out, the state). Exhaustive on purpose, like [`Event`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub enum Command {
+    /// Start this I/O; its answer comes back as an [`Event`].
+    Io(Io),
     /// Every logout requested so far (the first `requests` of
     /// [`Event::LogoutRequested`]) is done: the store no longer holds the
     /// session (or has stopped answering, after its retries), and its

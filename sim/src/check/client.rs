@@ -397,10 +397,10 @@ impl ClientMonitor {
     /// An output the session produced while handling an input at `now`.
     pub fn command(&mut self, now: MonoTime, command: &Command) {
         match command {
-            Command::SendRefresh { id, refresh_token, attempt } => {
+            Command::Io(Io::SendRefresh { id, refresh_token, attempt }) => {
                 self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
             }
-            Command::Persist { op, session } => {
+            Command::Io(Io::Persist { op, session }) => {
                 self.newest_generation = self.newest_generation.max(session.generation);
                 let token = session.refresh_token.as_ref().map(RefreshToken::fingerprint);
                 if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) {
@@ -411,18 +411,18 @@ impl ClientMonitor {
                 }
                 self.pending_store.insert(*op, (PendingStore::Persist(session.generation), token));
             }
-            Command::ClearStore { op } => {
+            Command::Io(Io::ClearStore { op }) => {
                 self.pending_store.insert(*op, (PendingStore::Clear, None));
             }
-            Command::LoadStore { op } => {
+            Command::Io(Io::LoadStore { op }) => {
                 self.pending_store.insert(*op, (PendingStore::Load, None));
             }
-            Command::LockStore { op } => {
+            Command::Io(Io::LockStore { op }) => {
                 // A shared store's cycle starts by taking its lock.
                 self.unserved_since_arrival.clear();
                 self.pending_store.insert(*op, (PendingStore::Lock, None));
             }
-            Command::UnlockStore => {
+            Command::Io(Io::UnlockStore) => {
                 // Issued while a lock is still awaited, it gives up the wait:
                 // the machine counts that as the store failing.
                 let given_up: Vec<_> = self
@@ -449,7 +449,7 @@ impl ClientMonitor {
             }
             Command::Fail { callers, reason } => self.failed(now, callers, reason),
             Command::StateChanged(view) => self.state_changed(now, view),
-            Command::Revoke { id, .. } => {
+            Command::Io(Io::Revoke { id, .. }) => {
                 self.revocations.insert(*id, now);
             }
             Command::LogoutFinished { requests } => self.logout_finished(now, *requests),

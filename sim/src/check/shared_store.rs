@@ -86,7 +86,7 @@ impl SharedStoreMonitor {
     /// A command `process` produced at `now`.
     pub fn command(&mut self, process: usize, now: MonoTime, command: &Command) {
         match command {
-            Command::SendRefresh { id, refresh_token, .. } => {
+            Command::Io(Io::SendRefresh { id, refresh_token, .. }) => {
                 let token = refresh_token.fingerprint();
                 let timeout = self.request_timeout;
                 let other = self
@@ -110,7 +110,7 @@ impl SharedStoreMonitor {
                 }
                 self.in_flight.insert((process, *id), (now, token));
             }
-            Command::Persist { op, session } => {
+            Command::Io(Io::Persist { op, session }) => {
                 if let Some(token) = &session.refresh_token {
                     self.pending_writes.insert((process, *op), token.fingerprint());
                 }

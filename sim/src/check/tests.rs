@@ -17,7 +17,7 @@ fn monitor() -> ClientMonitor {
 }
 
 fn send(m: &mut ClientMonitor, at: u64, id: u64, token: &str, attempt: u32) {
-    let command = Command::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new(token), attempt };
+    let command = Command::Io(Io::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new(token), attempt });
     m.command(t(at), &command);
 }
 
@@ -49,7 +49,7 @@ fn stored(generation: u64, refresh: &str) -> StoredSession {
 }
 
 fn load(m: &mut ClientMonitor, generation: u64) {
-    m.command(t(0), &Command::LoadStore { op: StoreOpId(1) });
+    m.command(t(0), &Command::Io(Io::LoadStore { op: StoreOpId(1) }));
     let event = Event::StoreLoaded {
         op: StoreOpId(1),
         stored: Some(stored(generation, "r1")),
@@ -95,7 +95,7 @@ fn c2_catches_a_superseded_token_sent_again() {
 fn c3_catches_a_grant_before_the_store_held_it() {
     let mut m = monitor();
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
-    m.command(t(0), &Command::Persist { op: StoreOpId(1), session: stored(1, "r1") });
+    m.command(t(0), &Command::Io(Io::Persist { op: StoreOpId(1), session: stored(1, "r1") }));
     m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(1), renewal: Renewal::Ready }));
     m.command(t(0), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
     assert_eq!(found(m.violations()), vec![Invariant::C3]);
@@ -191,7 +191,7 @@ fn c3_catches_a_superseded_token_persisted() {
     let mut m = monitor();
     send(&mut m, 0, 1, "r1", 1);
     answer(&mut m, 50, 1, rotated("r2"));
-    m.command(t(60), &Command::Persist { op: StoreOpId(1), session: stored(2, "r1") });
+    m.command(t(60), &Command::Io(Io::Persist { op: StoreOpId(1), session: stored(2, "r1") }));
     assert_eq!(found(m.violations()), vec![Invariant::C3]);
 }
 
@@ -200,7 +200,7 @@ fn c4_catches_activity_after_logout() {
     let mut m = monitor();
     load(&mut m, 1);
     m.command(t(0), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
-    m.command(t(0), &Command::ClearStore { op: StoreOpId(2) });
+    m.command(t(0), &Command::Io(Io::ClearStore { op: StoreOpId(2) }));
     send(&mut m, 10, 1, "r1", 1);
     m.command(t(10), &Command::Publish(Some(grant(1, None))));
     assert_eq!(found(m.violations()), vec![Invariant::C4, Invariant::C4]);
@@ -453,7 +453,8 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
     use freshen_core::session::TransportFailure;
     let config = SessionConfig::default();
     let mut m = SharedStoreMonitor::new(&config);
-    let send = |id| Command::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new("r1"), attempt: 1 };
+    let send =
+        |id| Command::Io(Io::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new("r1"), attempt: 1 });
     m.command(0, t(0), &send(1));
     // The same process again is its own monitor's business; another one is not.
     m.command(1, t(1_000), &send(1));
@@ -471,15 +472,16 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
 fn the_shared_store_monitor_catches_a_token_replayed_after_another_process_stored_its_successor() {
     use freshen_core::session::TransportFailure;
     let mut m = SharedStoreMonitor::new(&SessionConfig::default());
-    let send =
-        |token: &str| Command::SendRefresh { id: RefreshId(1), refresh_token: RefreshToken::new(token), attempt: 1 };
+    let send = |token: &str| {
+        Command::Io(Io::SendRefresh { id: RefreshId(1), refresh_token: RefreshToken::new(token), attempt: 1 })
+    };
     m.command(0, t(0), &send("r1"));
     m.event(0, t(100), &Event::RefreshCompleted { id: RefreshId(1), outcome: rotated("r2") });
     // Before the successor is durable, a replay of r1 is what a crash would force.
     m.command(1, t(200), &send("r1"));
     m.event(1, t(300), &Event::RefreshFailed { id: RefreshId(1), failure: TransportFailure::NotSent });
     assert!(m.violations().is_empty(), "{:?}", m.violations());
-    m.command(0, t(400), &Command::Persist { op: StoreOpId(7), session: stored(2, "r2") });
+    m.command(0, t(400), &Command::Io(Io::Persist { op: StoreOpId(7), session: stored(2, "r2") }));
     m.event(0, t(500), &Event::StoreWritten { op: StoreOpId(7) });
     m.command(2, t(600), &send("r1"));
     assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C2]);

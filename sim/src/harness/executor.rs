@@ -18,7 +18,7 @@ impl World {
     /// Carries out every command process `p`'s session queued.
     pub(super) fn drain(&mut self, p: usize) {
         while let Some(command) = self.process_mut(p).session.poll_command() {
-            note_at!(self, p, "{}   -> {command:?}", self.now);
+            note_at!(self, p, "{}   -> {:?}", self.now, crate::check::traced(&command));
             let now = self.now;
             self.shared_monitor.command(p, now, &command);
             self.process_mut(p).monitor.command(now, &command);
@@ -50,12 +50,12 @@ impl World {
     pub(super) fn execute(&mut self, p: usize, command: Command) {
         let incarnation = self.process(p).incarnation;
         match command {
-            Command::LoadStore { op } | Command::LockStore { op } => {
+            Command::Io(Io::LoadStore { op }) | Command::Io(Io::LockStore { op }) => {
                 let at = self.now.saturating_add(self.config.store_latency);
                 if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
                     let outcome = StoreOutcome::Failed { landed: None };
                     self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
-                } else if !matches!(command, Command::LockStore { .. }) {
+                } else if !matches!(command, Command::Io(Io::LockStore { .. })) {
                     let outcome = StoreOutcome::Loaded(self.blob.clone());
                     self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
                 } else if self.lock_holder.is_none() {
@@ -65,10 +65,10 @@ impl World {
                     self.lock_waiters.push_back((incarnation, op));
                 }
             }
-            Command::UnlockStore => self.leave_lock(incarnation),
-            Command::Persist { op, session } => self.write(p, op, StoreWrite::Put(session.encode())),
-            Command::ClearStore { op } => self.write(p, op, StoreWrite::Delete),
-            Command::SendRefresh { id, refresh_token, .. } => {
+            Command::Io(Io::UnlockStore) => self.leave_lock(incarnation),
+            Command::Io(Io::Persist { op, session }) => self.write(p, op, StoreWrite::Put(session.encode())),
+            Command::Io(Io::ClearStore { op }) => self.write(p, op, StoreWrite::Delete),
+            Command::Io(Io::SendRefresh { id, refresh_token, .. }) => {
                 self.stats.refreshes_sent += 1;
                 let fate = self.fate();
                 let (latency, _) = self.latency();
@@ -91,7 +91,7 @@ impl World {
                     }
                 }
             }
-            Command::Revoke { id, refresh_token } => {
+            Command::Io(Io::Revoke { id, refresh_token }) => {
                 let (latency, _) = self.latency();
                 let arrives = Pending::RevokeArrives { incarnation, id, token: refresh_token, latency };
                 self.schedule(self.now.saturating_add(latency), arrives);

@@ -52,7 +52,7 @@ impl Observer for Watch {
     }
 
     fn command(&self, now: MonoTime, command: &Command) {
-        self.line(|| format!("{} {now}   -> {command:?}", self.name));
+        self.line(|| format!("{} {now}   -> {:?}", self.name, crate::check::traced(command)));
         if let Ok(mut shared) = self.shared.lock() {
             shared.command(self.process, world_time(now), command);
         }
