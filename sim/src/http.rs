@@ -184,6 +184,38 @@ fn oauth_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
     respond(status, "application/json", serde_json::json!({ "error": code }).to_string())
 }
 
+/// The authority as a [`Transport`](freshen::transport::Transport) in this
+/// process: each form goes through [`answer`], the rules the server serves,
+/// with no socket. Only the URL's path is read.
+#[derive(Clone, Debug)]
+pub struct InProcess {
+    state: Arc<State>,
+}
+
+impl InProcess {
+    /// A transport to `state`'s authority.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+impl freshen::transport::Transport for InProcess {
+    async fn post_form(
+        &self,
+        url: &str,
+        form: &freshen_core::oauth::FormRequest,
+    ) -> Result<freshen::transport::HttpResponse, freshen::transport::TransportError> {
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = after_scheme.find('/').map_or("/", |at| &after_scheme[at..]);
+        let body = form.expose_body().as_bytes();
+        let response = answer(&self.state, &Method::POST, path, &http::HeaderMap::new(), body);
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+        let headers = parts.headers.iter().map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()));
+        Ok(freshen::transport::HttpResponse::new(parts.status.as_u16(), headers.collect::<Vec<_>>(), body.to_vec()))
+    }
+}
+
 /// Answers one request. Public so that other transports (turmoil) can serve it too.
 pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();

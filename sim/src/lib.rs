@@ -8,7 +8,8 @@
 //! * [`harness`]: tier 1, a deterministic world that couples sessions and the authority.
 //! * `tier2` (feature `tier2`, on by default): tier 2, the real driver over hyper on turmoil.
 //! * [`fuzzing`]: what the fuzz targets and the corpus replay run.
-//! * `http` (feature `tier2`): the authority over HTTP (`freshen-sim serve`, loopback tests).
+//! * `http` (feature `tier2`): the authority over HTTP (`freshen-sim serve`, loopback tests), or in-process.
+//! * `store_check` (feature `tier2`): checks an app's own `Store` the way a session relies on it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,5 +19,7 @@ pub mod fuzzing;
 pub mod harness;
 #[cfg(feature = "tier2")]
 pub mod http;
+#[cfg(feature = "tier2")]
+pub mod store_check;
 #[cfg(feature = "tier2")]
 pub mod tier2;
