@@ -13,9 +13,10 @@
 //! Deterministic: turmoil, the sessions, the callers and the faults all draw
 //! from the seed, and nothing reads the OS clock or randomness.
 //!
-//! Its rooms: this file the world's configuration, its phases ([`run`]) and
-//! the verdict; `server.rs` the authority's host; `client.rs` the transport
-//! and store the drivers use; `host.rs` one client process and its callers.
+//! Its rooms: this file the world's configuration and its phases ([`run`]);
+//! `verdict.rs` what the run shows and its violations; `server.rs` the
+//! authority's host; `client.rs` the transport and store the drivers use;
+//! `host.rs` one client process and its callers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -47,6 +48,9 @@ use crate::http::{State, answer, paths};
 mod client;
 mod host;
 mod server;
+mod verdict;
+
+use verdict::verdict;
 
 pub use client::EPHEMERAL_PORTS;
 use client::{ConnectPacer, SimStore, TurmoilTransport, send};
@@ -529,92 +533,4 @@ fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], faults: &ServerFaults) 
         }
         host.faulty.store(false, Ordering::Release);
     }
-}
-
-/// What the world did, and every violation: the monitors', the liveness
-/// rule (after healing, callers are served) and the logout rules.
-fn verdict(
-    config: &WorldConfig,
-    state: &State,
-    faults: &ServerFaults,
-    hosts: &[Arc<Host>],
-    run: Run,
-    total: Duration,
-) -> Outcome {
-    let Run { mut counts, crashes, host_failure } = run;
-    let mut extra: Vec<Violation> = host_failure.into_iter().collect();
-    let mut outcome = Outcome { refreshes: state.stats().refreshes, ..Outcome::default() };
-    for (kind, count) in faults.counts.lock().map(|c| c.clone()).unwrap_or_default() {
-        *counts.entry(kind).or_default() += count;
-    }
-    let mut authority_monitor = AuthorityMonitor::new(&config.authority);
-    let audit = state.authority().take_audit();
-    for entry in &audit {
-        authority_monitor.observe(entry);
-    }
-    outcome.violations.extend_from_slice(authority_monitor.violations());
-    let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
-    for host in hosts {
-        outcome.most_connects = outcome.most_connects.max(host.pacer.connects.load(Ordering::Relaxed));
-        outcome.granted += host.granted.load(Ordering::Relaxed);
-        outcome.failed += host.failed.load(Ordering::Relaxed);
-        *counts.entry("logout").or_default() += host.logouts.load(Ordering::Relaxed);
-        // What the app's processes share is counted once, with its first process.
-        if host.watch.process == 0 {
-            *counts.entry("store_write_fail").or_default() += host.store.failures.load(Ordering::Relaxed);
-            if let Ok(shared) = host.watch.shared.lock() {
-                outcome.violations.extend_from_slice(shared.violations());
-            }
-        }
-        if let Ok(mut monitor) = host.watch.monitor.lock() {
-            monitor.finish(MonoTime::ZERO, false);
-            outcome.violations.extend_from_slice(monitor.violations());
-        }
-        let last = host.last_state.lock().ok().and_then(|s| s.clone());
-        let after_heal = host.failed_after_heal.load(Ordering::Relaxed);
-        for (cause, count) in host.watch.logouts.lock().map(|l| l.clone()).unwrap_or_default() {
-            *outcome.logouts.entry(cause).or_default() += count;
-        }
-        let at = MonoTime::from_elapsed(total);
-        match last.as_ref().and_then(StateView::logout_cause) {
-            None if after_heal > 0 => extra.push(Violation {
-                invariant: Invariant::C5,
-                at,
-                detail: format!("{}: {after_heal} callers failed after the world healed", host.name),
-            }),
-            Some(cause) => {
-                let client = client_id(host.app);
-                let evidence = LogoutEvidence {
-                    lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0,
-                    // The app's family is shared: any of its processes' crashes counts.
-                    crashed: hosts
-                        .iter()
-                        .filter(|other| other.app == host.app)
-                        .any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
-                    revoked: false,
-                    suspended: false,
-                    refusal: last_refusal(&audit, &client),
-                };
-                if let Err(mut violation) = judge_logout(&config.session, &config.authority, &cause, evidence, at) {
-                    violation.detail = format!("{}: {}", host.name, violation.detail);
-                    extra.push(violation);
-                }
-            }
-            None => {}
-        }
-        if let Some(trace) = &host.watch.trace {
-            outcome.trace.extend(trace.lock().map(|t| t.clone()).unwrap_or_default());
-        }
-    }
-    outcome.violations.extend(extra);
-    outcome.faults = counts;
-    outcome
-}
-
-/// The authority's last refusal of a refresh from `client`, if any.
-fn last_refusal(audit: &[crate::authority::Audit], client: &str) -> Option<Refusal> {
-    audit.iter().rev().find_map(|entry| match (&entry.op, &entry.outcome) {
-        (AuditOp::Refresh { client: c, .. }, AuditOutcome::Refused(refusal)) if c == client => Some(*refusal),
-        _ => None,
-    })
 }
