@@ -12,11 +12,12 @@ use std::time::Duration;
 use secrecy::ExposeSecret as _;
 
 use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, GraceReplay};
-use crate::check::{AuthorityMonitor, ClientMonitor, Violation};
+use crate::check::{AuthorityMonitor, Violation};
+use crate::executor::{Executor, StoreAnswers};
 use crate::harness::{Fate, Start, StoreFate, World, WorldConfig};
-use freshen_core::ids::{CallerId, RefreshId};
+use freshen_core::ids::CallerId;
 use freshen_core::oauth::{Classified, MAX_RETRY_AFTER, MAX_TOKEN_BYTES, Policy, Response, classify};
-use freshen_core::session::{Command, Event, Io, LogoutCause, Session, SessionConfig, StateView, StoreError};
+use freshen_core::session::{Event, LogoutCause, SessionConfig, StateView};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken};
@@ -142,7 +143,7 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
     let held = RefreshToken::new(HELD_REFRESH_TOKEN);
     let expected = issued.unwrap_or_else(|| held.clone());
 
-    let mut fixture = Fixture::expired(&held, unix_now)?;
+    let mut fixture = expired(&held, unix_now)?;
     fixture.input(Event::TokenWanted { caller: CallerId(1) });
     let Some((id, presented)) = fixture.sent.last().cloned() else {
         return Err("an expired session sent no refresh".into());
@@ -164,11 +165,11 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
         (StateView::LoggedOut { cause }, false) => return Err(format!("a non-terminal answer logged out: {cause:?}")),
         (_, true) => return Err(format!("a terminal answer left the session {state}")),
         (_, false) => {
-            if !fixture.stored_refresh_token().is_some_and(|s| s.same_as(&expected)) {
+            if !stored_refresh_token(&fixture).is_some_and(|s| s.same_as(&expected)) {
                 return Err("the store no longer holds the refresh token the session should keep".into());
             }
             if !granted {
-                fixture.next_refresh_presents(&expected)?;
+                next_refresh_presents(&mut fixture, &expected)?;
             }
         }
     }
@@ -192,120 +193,50 @@ pub fn oauth_response(data: &[u8]) -> Result<(), String> {
     refresh_answered_with(&Response { status, headers, body }).map(drop)
 }
 
-/// A session driven by hand: every store operation succeeds at once, and the
-/// store is one blob of bytes, as a keyring holds it.
-struct Fixture {
-    session: Session,
-    monitor: ClientMonitor,
-    now: MonoTime,
-    unix_origin: UnixTime,
-    blob: Option<Vec<u8>>,
-    sent: Vec<(RefreshId, RefreshToken)>,
-    granted: Vec<CallerId>,
+/// A session whose store answers every operation at once, and holds one blob
+/// of bytes, as a keyring holds it.
+type Fixture = Executor;
+
+/// A session that will load `blob` from its store.
+fn loading(blob: Option<Vec<u8>>, unix_now: UnixTime) -> Result<Fixture, String> {
+    Executor::new(&SessionConfig::default(), 7, unix_now, blob, StoreAnswers::AtOnce).map_err(|e| e.to_string())
 }
 
-impl Fixture {
-    /// A session that will load `blob` from its store.
-    fn loading(blob: Option<Vec<u8>>, unix_now: UnixTime) -> Result<Self, String> {
-        let config = SessionConfig::default();
-        let session = Session::new(config.clone(), 7, MonoTime::ZERO, unix_now).map_err(|e| e.to_string())?;
-        let mut fixture = Self {
-            session,
-            monitor: ClientMonitor::new(&config),
-            now: MonoTime::ZERO,
-            unix_origin: unix_now,
-            blob,
-            sent: Vec::new(),
-            granted: Vec::new(),
-        };
-        fixture.drain();
-        Ok(fixture)
-    }
+/// A session loaded from a store that holds `refresh` and an expired access token.
+fn expired(refresh: &RefreshToken, unix_now: UnixTime) -> Result<Fixture, String> {
+    let blob = StoredSession::pair(AccessToken::new("expired-access-token"), refresh.clone())
+        .with_access_expiry(UnixTime::from_secs(1_699_996_400), core::time::Duration::from_secs(3600));
+    loading(Some(blob.encode().expose_secret().as_bytes().to_vec()), unix_now)
+}
 
-    /// A session loaded from a store that holds `refresh` and an expired access token.
-    fn expired(refresh: &RefreshToken, unix_now: UnixTime) -> Result<Self, String> {
-        let blob = StoredSession::pair(AccessToken::new("expired-access-token"), refresh.clone())
-            .with_access_expiry(UnixTime::from_secs(1_699_996_400), core::time::Duration::from_secs(3600));
-        Self::loading(Some(blob.encode().expose_secret().as_bytes().to_vec()), unix_now)
-    }
+/// The refresh token in the store, if it holds a readable session.
+fn stored_refresh_token(fixture: &Fixture) -> Option<RefreshToken> {
+    fixture.stored().and_then(|s| s.refresh_token)
+}
 
-    /// The refresh token in the store, if it holds a readable session.
-    fn stored_refresh_token(&self) -> Option<RefreshToken> {
-        self.blob.as_deref().and_then(|b| StoredSession::decode(b).ok()).and_then(|s| s.refresh_token)
-    }
-
-    fn input(&mut self, event: Event) {
-        self.monitor.event(self.now, &event);
-        self.session.handle(self.now, event);
-        self.drain();
-    }
-
-    /// Carries out commands until the session is quiet; store operations are
-    /// answered at once, and their answers are carried out too (bounded).
-    fn drain(&mut self) {
+/// Callers keep asking, a day apart (past any cooldown a server may ask
+/// for), until the session sends its next refresh, which must present `expected`.
+fn next_refresh_presents(fixture: &mut Fixture, expected: &RefreshToken) -> Result<(), String> {
+    let sent_before = fixture.sent.len();
+    for round in 0..4 {
+        fixture.input(Event::TokenWanted { caller: CallerId(100 + round) });
+        // Fire timers until a refresh goes out or the session stops asking for time.
         for _ in 0..1000 {
-            let Some(command) = self.session.poll_command() else { break };
-            self.monitor.command(self.now, &command);
-            let answer = match command {
-                Command::Io(Io::SendRefresh { id, refresh_token, .. }) => {
-                    self.sent.push((id, refresh_token));
-                    None
-                }
-                Command::Grant { callers, .. } => {
-                    self.granted.extend(callers);
-                    None
-                }
-                Command::Io(Io::LoadStore { op }) => {
-                    let unix_now = self.unix_origin.saturating_add(self.now.elapsed());
-                    Some(match self.blob.as_deref().map(StoredSession::decode) {
-                        None => Event::StoreLoaded { op, stored: None, unix_now },
-                        Some(Ok(stored)) => Event::StoreLoaded { op, stored: Some(stored), unix_now },
-                        Some(Err(error)) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
-                    })
-                }
-                Command::Io(Io::Persist { op, session }) => {
-                    self.blob = Some(session.encode().expose_secret().as_bytes().to_vec());
-                    Some(Event::StoreWritten { op })
-                }
-                Command::Io(Io::ClearStore { op }) => {
-                    self.blob = None;
-                    Some(Event::StoreWritten { op })
-                }
-                _ => None,
-            };
-            if let Some(event) = answer {
-                self.monitor.event(self.now, &event);
-                self.session.handle(self.now, event);
+            if let Some((_, next)) = fixture.sent.get(sent_before) {
+                return if next.same_as(expected) {
+                    Ok(())
+                } else {
+                    Err("the next refresh presented a token other than the one kept".into())
+                };
             }
+            let Some(at) = fixture.session.poll_timeout().map(|due| due.at) else { break };
+            fixture.now = fixture.now.max(at);
+            let now = fixture.now;
+            fixture.timeout(now);
         }
-        self.monitor.step_end(self.now, self.session.poll_timeout().map(|due| due.at));
+        fixture.now = fixture.now.saturating_add(MAX_RETRY_AFTER + Duration::from_secs(3600));
     }
-
-    /// Callers keep asking, a day apart (past any cooldown a server may ask
-    /// for), until the
-    /// session sends its next refresh, which must present `expected`.
-    fn next_refresh_presents(&mut self, expected: &RefreshToken) -> Result<(), String> {
-        let sent_before = self.sent.len();
-        for round in 0..4 {
-            self.input(Event::TokenWanted { caller: CallerId(100 + round) });
-            // Fire timers until a refresh goes out or the session stops asking for time.
-            for _ in 0..1000 {
-                if let Some((_, next)) = self.sent.get(sent_before) {
-                    return if next.same_as(expected) {
-                        Ok(())
-                    } else {
-                        Err("the next refresh presented a token other than the one kept".into())
-                    };
-                }
-                let Some(at) = self.session.poll_timeout().map(|due| due.at) else { break };
-                self.now = self.now.max(at);
-                self.session.handle_timeout(self.now);
-                self.drain();
-            }
-            self.now = self.now.saturating_add(MAX_RETRY_AFTER + Duration::from_secs(3600));
-        }
-        Err(format!("no later refresh, in state {}", self.session.state()))
-    }
+    Err(format!("no later refresh, in state {}", fixture.session.state()))
 }
 
 // ---------------------------------------------------------------------------
@@ -341,7 +272,7 @@ pub fn session_loaded_from(blob: &[u8]) -> Result<StateView, String> {
             return Err("the round trip changed the session".into());
         }
     }
-    let mut fixture = Fixture::loading(Some(blob.to_vec()), UnixTime::from_secs(1_800_000_000))?;
+    let mut fixture = loading(Some(blob.to_vec()), UnixTime::from_secs(1_800_000_000))?;
     fixture.input(Event::TokenWanted { caller: CallerId(1) });
     let state = fixture.session.state().clone();
     match (&decoded, &state) {

@@ -5,6 +5,7 @@
 //!
 //! * [`authority`]: a reference authorization server (rotation, grace, reuse detection).
 //! * [`check`]: the invariant checker (C1–C9, U1–U9, A1–A6) and the plants it must catch.
+//! * [`executor`]: one machine driven by hand under the checker (the property tests' and fuzzers' loop).
 //! * [`harness`]: tier 1, a deterministic world that couples sessions and the authority.
 //! * `tier2` (feature `tier2`, on by default): tier 2, the real driver over hyper on turmoil.
 //! * [`fuzzing`]: what the fuzz targets and the corpus replay run.
@@ -15,6 +16,7 @@
 
 pub mod authority;
 pub mod check;
+pub mod executor;
 pub mod fuzzing;
 pub mod harness;
 #[cfg(feature = "tier2")]

@@ -6,18 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use freshen_core::ids::{CallerId, RefreshId};
 use freshen_core::oauth::{
     Classified, Malformed, MalformedReason, OAuthError, Rejected, TokenResponse, Transient, TransientCause,
 };
-use freshen_core::session::{Command, Event, Io, NewSession, Session, SessionConfig, StoreError, TransportFailure};
-use freshen_core::stored::{DecodeError, StoredSession};
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::session::{Event, NewSession, SessionConfig, TransportFailure};
+use freshen_core::time::UnixTime;
 use freshen_core::token::{AccessToken, RefreshToken};
-use freshen_sim::check::{ClientMonitor, Plant, Violation, same_trace};
+use freshen_sim::check::{Plant, Violation, same_trace};
+use freshen_sim::executor::{Executor, StoreAnswer, StoreAnswers};
 use proptest::prelude::*;
 
 /// Cases per property; `FRESHEN_PROPTEST_CASES` raises it for a deeper run.
@@ -115,39 +114,20 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A driver that answers commands as the ops say, and feeds the checker.
+/// The executor, with its store answers held and answered as the ops say.
 struct Driver {
-    session: Session,
-    monitor: ClientMonitor,
-    now: MonoTime,
+    x: Executor,
     next_caller: u64,
     minted: u64,
-    sent: Vec<RefreshId>,
-    pending_store: VecDeque<Command>,
-    blob: Option<StoredSession>,
-    generation: freshen_core::ids::Generation,
-    trace: Vec<String>,
 }
 
 impl Driver {
     fn new(config: SessionConfig, seed: u64) -> Self {
-        let session = Session::new(config.clone(), seed, MonoTime::ZERO, UnixTime::from_secs(1_800_000_000)).unwrap();
-        let blob =
-            Some(StoredSession::decode(br#"{"v":1,"generation":1,"access_token":"a0","refresh_token":"r0"}"#).unwrap());
-        let mut driver = Self {
-            session,
-            monitor: ClientMonitor::new(&config),
-            now: MonoTime::ZERO,
-            next_caller: 1,
-            minted: 0,
-            sent: Vec::new(),
-            pending_store: VecDeque::new(),
-            blob,
-            generation: freshen_core::ids::Generation(1),
-            trace: Vec::new(),
-        };
-        driver.drain();
-        driver
+        let blob = br#"{"v":1,"generation":1,"access_token":"a0","refresh_token":"r0"}"#.to_vec();
+        let unix_origin = UnixTime::from_secs(1_800_000_000);
+        let mut x = Executor::new(&config, seed, unix_origin, Some(blob), StoreAnswers::Held).unwrap().traced();
+        x.generation = freshen_core::ids::Generation(1);
+        Self { x, next_caller: 1, minted: 0 }
     }
 
     fn mint(&mut self, kind: &str) -> String {
@@ -155,39 +135,13 @@ impl Driver {
         format!("{kind}{}", self.minted)
     }
 
-    fn drain(&mut self) {
-        let mut count = 0;
-        while let Some(command) = self.session.poll_command() {
-            // One input answered by thousands of commands is a runaway, not a session.
-            count += 1;
-            assert!(count < 10_000, "runaway: {command:?}");
-            self.trace.push(format!("{} {command:?}", self.now));
-            self.monitor.command(self.now, &command);
-            match &command {
-                Command::Io(Io::SendRefresh { id, .. }) => self.sent.push(*id),
-                Command::Io(Io::LoadStore { .. })
-                | Command::Io(Io::LockStore { .. })
-                | Command::Io(Io::Persist { .. })
-                | Command::Io(Io::ClearStore { .. }) => {
-                    self.pending_store.push_back(command.clone());
-                }
-                Command::Grant { grant, .. } | Command::Publish(Some(grant)) => self.generation = grant.generation,
-                _ => {}
-            }
-        }
-        self.monitor.step_end(self.now, self.session.poll_timeout().map(|due| due.at));
-    }
-
     fn input(&mut self, event: Event) {
-        self.trace.push(format!("{} {event:?}", self.now));
-        self.monitor.event(self.now, &event);
-        self.session.handle(self.now, event);
-        self.drain();
+        self.x.input(event);
     }
 
     fn refresh_id(&self, back: u8) -> RefreshId {
-        match self.sent.len().checked_sub(1 + usize::from(back)) {
-            Some(index) => self.sent[index],
+        match self.x.sent.len().checked_sub(1 + usize::from(back)) {
+            Some(index) => self.x.sent[index].0,
             None => RefreshId(1000 + u64::from(back)),
         }
     }
@@ -246,60 +200,6 @@ impl Driver {
         }
     }
 
-    fn store_answer(&mut self, ok: bool, corrupt: bool) {
-        let Some(command) = self.pending_store.pop_front() else { return };
-        let event = match command {
-            Command::Io(Io::LoadStore { op }) if ok => {
-                Event::StoreLoaded { op, stored: self.blob.clone(), unix_now: self.unix_now() }
-            }
-            Command::Io(Io::LockStore { op }) if ok => {
-                Event::StoreLocked { op, stored: self.blob.clone(), unix_now: self.unix_now() }
-            }
-            Command::Io(Io::LoadStore { op }) | Command::Io(Io::LockStore { op }) if corrupt => {
-                Event::StoreFailed { op, error: StoreError::Corrupt(DecodeError::UnsupportedVersion(2)) }
-            }
-            Command::Io(Io::Persist { op, session }) if ok => {
-                self.blob = Some(session);
-                Event::StoreWritten { op }
-            }
-            Command::Io(Io::ClearStore { op }) if ok => {
-                self.blob = None;
-                Event::StoreWritten { op }
-            }
-            Command::Io(Io::LoadStore { op })
-            | Command::Io(Io::LockStore { op })
-            | Command::Io(Io::Persist { op, .. })
-            | Command::Io(Io::ClearStore { op }) => Event::StoreFailed { op, error: StoreError::Unavailable },
-            _ => return,
-        };
-        self.input(event);
-    }
-
-    /// The wall clock, in step with the monotonic one.
-    fn unix_now(&self) -> UnixTime {
-        UnixTime::from_secs(1_800_000_000).saturating_add(self.now.elapsed())
-    }
-
-    fn advance(&mut self, by: Duration) {
-        let until = self.now.saturating_add(by);
-        // Fire every timer due on the way, each at its own time.
-        for _ in 0..10_000 {
-            match self.session.poll_timeout().map(|due| due.at) {
-                Some(at) if at <= until => {
-                    self.now = at;
-                    self.trace.push(format!("{} timeout", self.now));
-                    self.session.handle_timeout(at);
-                    self.drain();
-                }
-                _ => break,
-            }
-        }
-        // A driver that wakes tells the machine the time, timer or not.
-        self.now = until;
-        self.session.handle_timeout(until);
-        self.drain();
-    }
-
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Want => {
@@ -312,11 +212,11 @@ impl Driver {
                 self.next_caller += 1;
                 self.input(Event::RefreshWanted { caller });
             }
-            Op::Invalidate => self.input(Event::Invalidated { generation: self.generation }),
+            Op::Invalidate => self.input(Event::Invalidated { generation: self.x.generation }),
             Op::Unauthorized { stale } => {
                 let caller = CallerId(self.next_caller);
                 self.next_caller += 1;
-                let generation = if *stale { freshen_core::ids::Generation(0) } else { self.generation };
+                let generation = if *stale { freshen_core::ids::Generation(0) } else { self.x.generation };
                 self.input(Event::Unauthorized { caller, generation });
             }
             Op::Answer { back, outcome } => {
@@ -329,8 +229,10 @@ impl Driver {
                 let failure = if *unknown { TransportFailure::Timeout } else { TransportFailure::NotSent };
                 self.input(Event::RefreshFailed { id, failure });
             }
-            Op::StoreOk => self.store_answer(true, false),
-            Op::StoreFail { corrupt } => self.store_answer(false, *corrupt),
+            Op::StoreOk => self.x.answer_store(StoreAnswer::Done),
+            Op::StoreFail { corrupt } => {
+                self.x.answer_store(if *corrupt { StoreAnswer::Corrupt } else { StoreAnswer::Unavailable });
+            }
             Op::Logout => self.input(Event::LogoutRequested),
             Op::Login { lifetime, age } => {
                 let (access, refresh) = (self.mint("a"), self.mint("r"));
@@ -340,51 +242,55 @@ impl Driver {
                         Some(Duration::from_secs(*lifetime)),
                         Some(RefreshToken::new(refresh)),
                     ),
-                    self.now.saturating_sub(Duration::from_millis(*age)),
+                    self.x.now.saturating_sub(Duration::from_millis(*age)),
                 );
                 let caller = CallerId(self.next_caller);
                 self.next_caller += 1;
                 self.input(Event::LoggedIn { caller, session: new });
             }
-            Op::Advance { millis } => self.advance(Duration::from_millis(*millis)),
+            Op::Advance { millis } => self.x.advance(Duration::from_millis(*millis)),
             Op::Backwards { millis } => {
                 // The caller's clock steps back; the machine must not follow.
-                let earlier = self.now.saturating_sub(Duration::from_millis(*millis));
-                self.session.handle_timeout(earlier);
-                self.drain();
+                let earlier = self.x.now.saturating_sub(Duration::from_millis(*millis));
+                self.x.timeout(earlier);
             }
         }
     }
 
     /// Everything answered promptly and correctly until every bound has passed.
     fn heal(&mut self) {
-        let end = self.now.saturating_add(self.session.config().wait_bound() * 3);
-        let mut answered = self.sent.len();
-        while self.now < end {
+        let end = self.x.now.saturating_add(self.x.session.config().wait_bound() * 3);
+        let mut answered = self.x.sent.len();
+        while self.x.now < end {
             // A healthy store answers at once; a session that keeps asking is livelocked.
             for round in 0.. {
-                if self.pending_store.is_empty() {
+                if self.x.pending_store.is_empty() {
                     break;
                 }
-                assert!(round < 1000, "store livelock: {:?}", self.trace.iter().rev().take(12).collect::<Vec<_>>());
-                self.store_answer(true, false);
+                assert!(round < 1000, "store livelock: {:?}", self.trace().iter().rev().take(12).collect::<Vec<_>>());
+                self.x.answer_store(StoreAnswer::Done);
             }
-            let fresh: Vec<_> = self.sent[answered..].to_vec();
-            answered = self.sent.len();
+            let fresh: Vec<_> = self.x.sent[answered..].iter().map(|(id, _)| *id).collect();
+            answered = self.x.sent.len();
             for id in fresh {
                 let outcome = self.classified(&Outcome::Rotate { lifetime: 600 });
                 self.input(Event::RefreshCompleted { id, outcome });
             }
-            self.advance(Duration::from_secs(1));
+            self.x.advance(Duration::from_secs(1));
         }
-        while !self.pending_store.is_empty() {
-            self.store_answer(true, false);
+        while !self.x.pending_store.is_empty() {
+            self.x.answer_store(StoreAnswer::Done);
         }
-        self.monitor.finish(self.now, true);
+        let now = self.x.now;
+        self.x.monitor.finish(now, true);
+    }
+
+    fn trace(&self) -> &[String] {
+        self.x.trace.as_deref().unwrap_or_default()
     }
 
     fn violations(&self) -> Vec<Violation> {
-        self.monitor.violations().to_vec()
+        self.x.monitor.violations().to_vec()
     }
 }
 
@@ -429,7 +335,7 @@ proptest! {
     fn the_same_inputs_give_the_same_trace(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..40)) {
         let first = run(small_config(), seed, &ops);
         let second = run(small_config(), seed, &ops);
-        prop_assert_eq!(same_trace(&first.trace, &second.trace), Ok(()));
+        prop_assert_eq!(same_trace(first.trace(), second.trace()), Ok(()));
     }
 }
 
@@ -501,5 +407,5 @@ fn logging_out_a_login_never_written_revokes_at_once_and_finishes() {
         Op::Logout,
     ];
     let driver = run_shared_without_violations(&ops);
-    assert_eq!(driver.trace.iter().filter(|line| line.contains("Revoke {")).count(), 2, "{:#?}", driver.trace);
+    assert_eq!(driver.trace().iter().filter(|line| line.contains("Revoke {")).count(), 2, "{:#?}", driver.trace());
 }
