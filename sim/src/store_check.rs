@@ -33,6 +33,8 @@
 //! ```
 //!
 //! The check runs on real time: the store is the app's, with its own I/O.
+//! The fault dice are seeded, but which operation meets which roll depends
+//! on timing, so the counts in a [`StoreReport`] vary between runs.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
