@@ -3,6 +3,7 @@
 //! grant that starts a session for tests), RFC 7009 revocation, and a
 //! protected resource that answers 401 for an expired, revoked or unknown token.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +45,35 @@ pub struct State {
     resource_hits: Mutex<u64>,
     /// How long the token endpoint holds an answer after it committed.
     token_answer_delay: Mutex<Duration>,
+    /// Answers the token endpoint gives instead of the authority's, in order.
+    scripted: Mutex<VecDeque<Scripted>>,
+    /// The last request the token endpoint received.
+    last_token_request: Mutex<Option<Received>>,
+}
+
+/// An answer the token endpoint gives as it is, instead of the authority's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scripted {
+    /// Its status.
+    pub status: u16,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// A request as the token endpoint received it (it holds the form's secrets:
+/// for tests only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Its method.
+    pub method: String,
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// Its `Authorization`, if any.
+    pub authorization: Option<String>,
+    /// Its body.
+    pub body: Vec<u8>,
 }
 
 impl State {
@@ -60,6 +90,8 @@ impl State {
             origin: None,
             resource_hits: Mutex::new(0),
             token_answer_delay: Mutex::new(Duration::ZERO),
+            scripted: Mutex::new(VecDeque::new()),
+            last_token_request: Mutex::new(None),
         })
     }
 
@@ -69,6 +101,8 @@ impl State {
             origin: Some(Instant::now()),
             resource_hits: Mutex::new(0),
             token_answer_delay: Mutex::new(Duration::ZERO),
+            scripted: Mutex::new(VecDeque::new()),
+            last_token_request: Mutex::new(None),
         })
     }
 
@@ -95,6 +129,19 @@ impl State {
 
     /// The token endpoint commits at once, then holds its answer this long
     /// (on a real socket): a client killed meanwhile loses an answer the
+    /// The token endpoint's next answers, given as they are (the authority
+    /// is not asked while any is left).
+    pub fn script_token_answers(&self, answers: impl IntoIterator<Item = Scripted>) {
+        if let Ok(mut scripted) = self.scripted.lock() {
+            scripted.extend(answers);
+        }
+    }
+
+    /// The last request the token endpoint received.
+    pub fn last_token_request(&self) -> Option<Received> {
+        self.last_token_request.lock().ok().and_then(|last| last.clone())
+    }
+
     /// server acted on, the worst moment to die.
     pub fn set_token_answer_delay(&self, delay: Duration) {
         if let Ok(mut held) = self.token_answer_delay.lock() {
@@ -180,6 +227,19 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     response
 }
 
+fn scripted_response(scripted: Scripted) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(scripted.body)));
+    *response.status_mut() = StatusCode::from_u16(scripted.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in scripted.headers {
+        if let (Ok(name), Ok(value)) =
+            (header::HeaderName::from_bytes(name.as_bytes()), header::HeaderValue::from_str(&value))
+        {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
 fn oauth_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
     respond(status, "application/json", serde_json::json!({ "error": code }).to_string())
 }
@@ -241,6 +301,21 @@ pub fn answer(
 ) -> Response<Full<Bytes>> {
     let form = || -> std::collections::HashMap<String, String> { form_urlencoded::parse(body).into_owned().collect() };
     let now = state.now();
+    if path == paths::TOKEN {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let received = Received {
+            method: method.to_string(),
+            content_type: header(header::CONTENT_TYPE),
+            authorization: header(header::AUTHORIZATION),
+            body: body.to_vec(),
+        };
+        if let Ok(mut last) = state.last_token_request.lock() {
+            *last = Some(received);
+        }
+        if let Some(scripted) = state.scripted.lock().ok().and_then(|mut s| s.pop_front()) {
+            return scripted_response(scripted);
+        }
+    }
     match (method, path) {
         (&Method::POST, paths::TOKEN) => {
             let form = form();

@@ -10,7 +10,8 @@
 //! * `tier2` (feature `tier2`, on by default): tier 2, the real driver over hyper on turmoil.
 //! * [`fuzzing`]: what the fuzz targets and the corpus replay run.
 //! * `http` (feature `tier2`): the authority over HTTP (`freshen-sim serve`, loopback tests), or in-process.
-//! * `store_check` (feature `tier2`): checks an app's own `Store` the way a session relies on it.
+//! * `store_check` and `transport_check` (feature `tier2`): check an app's own `Store` or
+//!   `Transport` the way a session relies on it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,3 +26,5 @@ pub mod http;
 pub mod store_check;
 #[cfg(feature = "tier2")]
 pub mod tier2;
+#[cfg(feature = "tier2")]
+pub mod transport_check;

@@ -22,7 +22,7 @@
 //!    newest tokens, whose refresh token the authority still accepts.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), freshen_sim::store_check::StoreViolation> {
+//! # async fn run() -> Result<(), freshen_sim::store_check::RuleBroken> {
 //! use freshen::store::FileStore;
 //! use freshen_sim::store_check::{StoreCheck, check_store};
 //!
@@ -91,25 +91,26 @@ impl StoreCheck {
     }
 }
 
-/// A rule the store broke, with what was seen.
+/// A rule the store (or, in [`transport_check`](crate::transport_check), the
+/// transport) broke, with what was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreViolation {
+pub struct RuleBroken {
     /// The rule, as the module docs list it.
     pub rule: &'static str,
     /// What happened instead.
     pub seen: String,
 }
 
-impl fmt::Display for StoreViolation {
+impl fmt::Display for RuleBroken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the store broke \"{}\": {}", self.rule, self.seen)
+        write!(f, "broke \"{}\": {}", self.rule, self.seen)
     }
 }
 
-impl std::error::Error for StoreViolation {}
+impl std::error::Error for RuleBroken {}
 
-fn broke(rule: &'static str, seen: impl Into<String>) -> StoreViolation {
-    StoreViolation { rule, seen: seen.into() }
+pub(crate) fn broke(rule: &'static str, seen: impl Into<String>) -> RuleBroken {
+    RuleBroken { rule, seen: seen.into() }
 }
 
 /// What a passing check did.
@@ -139,7 +140,7 @@ impl fmt::Display for StoreReport {
 ///
 /// # Errors
 /// The first rule the store broke.
-pub async fn check_store<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<StoreReport, StoreViolation> {
+pub async fn check_store<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<StoreReport, RuleBroken> {
     let rules = check_contract(&open, check).await?;
     let report = check_under_faults(&open, check).await?;
     Ok(StoreReport { rules, ..report })
@@ -165,11 +166,11 @@ fn same(a: &StoredSession, b: &StoredSession) -> bool {
     a.encode().expose_secret() == b.encode().expose_secret()
 }
 
-async fn load(store: &impl Store, rule: &'static str) -> Result<Option<StoredSession>, StoreViolation> {
+async fn load(store: &impl Store, rule: &'static str) -> Result<Option<StoredSession>, RuleBroken> {
     store.load().await.map_err(|error| broke(rule, format!("load failed: {error}")))
 }
 
-async fn save(store: &impl Store, session: &StoredSession, rule: &'static str) -> Result<(), StoreViolation> {
+async fn save(store: &impl Store, session: &StoredSession, rule: &'static str) -> Result<(), RuleBroken> {
     store.save(session).await.map_err(|error| broke(rule, format!("save failed: {error}")))
 }
 
@@ -177,7 +178,7 @@ async fn save(store: &impl Store, session: &StoredSession, rule: &'static str) -
 ///
 /// # Errors
 /// The first rule the store broke.
-pub async fn check_contract<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<usize, StoreViolation> {
+pub async fn check_contract<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<usize, RuleBroken> {
     let state = authority(check);
     let (writer, reader) = (open(), open());
     let mut rules = 0;
@@ -240,7 +241,7 @@ async fn save_each<'a>(
     store: &impl Store,
     sessions: impl Iterator<Item = &'a StoredSession>,
     rule: &'static str,
-) -> Result<(), StoreViolation> {
+) -> Result<(), RuleBroken> {
     for session in sessions {
         save(store, session, rule).await?;
     }
@@ -248,7 +249,7 @@ async fn save_each<'a>(
 }
 
 /// A held lock keeps another handle waiting, and is free again once dropped.
-async fn check_lock(a: &impl Store, b: &impl Store, wait: Duration) -> Result<usize, StoreViolation> {
+async fn check_lock(a: &impl Store, b: &impl Store, wait: Duration) -> Result<usize, RuleBroken> {
     let rule = "a held lock keeps another handle waiting until it is dropped";
     let held = match tokio::time::timeout(wait, a.lock()).await {
         Ok(Ok(lock)) => lock,
@@ -270,10 +271,7 @@ async fn check_lock(a: &impl Store, b: &impl Store, wait: Duration) -> Result<us
 ///
 /// # Errors
 /// A session logged out, or the store not holding the newest tokens at the end.
-pub async fn check_under_faults<S: Store>(
-    open: impl Fn() -> S,
-    check: &StoreCheck,
-) -> Result<StoreReport, StoreViolation> {
+pub async fn check_under_faults<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<StoreReport, RuleBroken> {
     let state = authority(check);
     let faults = Arc::new(FaultDice::new(check));
     let session_config = SessionConfig::default()
