@@ -409,3 +409,36 @@ fn logging_out_a_login_never_written_revokes_at_once_and_finishes() {
     let driver = run_shared_without_violations(&ops);
     assert_eq!(driver.trace().iter().filter(|line| line.contains("Revoke {")).count(), 2, "{:#?}", driver.trace());
 }
+
+/// Found by the property (U8) this stop: nine refresh cycles presented one
+/// token and every answer was lost, so the first attempt that may have been
+/// redeemed (t+0.5 s) had left the machine's bounded memory of 32 sends. The
+/// next success then counted the new token's life from the oldest attempt
+/// still remembered (t+110 s): a grace replay of what the server issued at
+/// t+0.5 s would have been handed out 105 s past its death. The earliest
+/// attempt known stays the earliest once forgotten.
+#[test]
+fn a_lifetime_counts_from_the_first_unsettled_attempt_even_once_it_is_forgotten() {
+    let ops = [
+        Op::Login { lifetime: 1, age: 0 },
+        Op::Advance { millis: 28195 },
+        Op::Advance { millis: 81993 },
+        Op::Advance { millis: 113180 },
+        Op::Want,
+        Op::Want,
+        Op::Advance { millis: 50754 },
+        Op::Advance { millis: 50762 },
+        Op::Force,
+        Op::Want,
+        Op::Advance { millis: 93509 },
+        Op::Advance { millis: 51013 },
+        Op::Advance { millis: 42354 },
+        Op::Want,
+        Op::TransportFail { back: 0, unknown: false },
+        Op::Want,
+    ];
+    let driver = run(small_config(), 0, &ops);
+    let violations = driver.violations();
+    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    assert!(driver.trace().iter().any(|line| line.contains("usable_until: Some(t+595.500s)")), "{:#?}", driver.trace());
+}

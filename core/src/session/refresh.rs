@@ -186,7 +186,11 @@ impl Session {
             // A kept token may still be redeemed by an attempt out with it,
             // whose answer may yet be a rotation: the next lifetime counts
             // from that attempt.
-            first_send: if kept { self.outbox.first_unsettled(old.presented_since, Some(id)) } else { None },
+            first_send: if kept {
+                self.outbox.first_unsettled(old.presented_since, Some(id), old.first_send)
+            } else {
+                None
+            },
             presented_since: if kept { old.presented_since } else { next_refresh },
             last_failure: None,
             // A late answer adopted while an attempt with the old token is still
@@ -309,7 +313,7 @@ impl Session {
         tokens.last_failure = Some(failure);
         // Only an attempt that may have been redeemed unseen can be replayed
         // to the next cycle: its lifetime counts from the earliest such one.
-        tokens.first_send = self.outbox.first_unsettled(tokens.presented_since, None);
+        tokens.first_send = self.outbox.first_unsettled(tokens.presented_since, None, tokens.first_send);
         // The waiters this cycle was to serve: a forced refresh asked during
         // it waits for the next one. Waiters of a token still usable wait
         // only for the store (C3).
@@ -483,13 +487,24 @@ impl Outbox {
 
     /// The earliest attempt from `since` on (other than `except`) that may
     /// have been redeemed unseen: a later answer for the same refresh token
-    /// may be a grace replay of it (U8).
-    pub(super) fn first_unsettled(&self, since: RefreshId, except: Option<RefreshId>) -> Option<MonoTime> {
-        self.recent_sends
+    /// may be a grace replay of it (U8). `known` is the earliest one known
+    /// before; once the attempts it names have left the bounded memory of
+    /// sends, nothing says they settled, so it stays the earliest.
+    pub(super) fn first_unsettled(
+        &self,
+        since: RefreshId,
+        except: Option<RefreshId>,
+        known: Option<MonoTime>,
+    ) -> Option<MonoTime> {
+        let oldest_remembered = self.recent_sends.front().map(|sent| sent.at);
+        let forgotten = known.filter(|at| oldest_remembered.is_some_and(|oldest| *at < oldest));
+        let remembered = self
+            .recent_sends
             .iter()
             .filter(|sent| sent.id >= since && Some(sent.id) != except && !sent.settled)
             .map(|sent| sent.at)
-            .min()
+            .min();
+        forgotten.into_iter().chain(remembered).min()
     }
 
     /// Records an answer to `id`; false when it is not the first (or `id` is
