@@ -185,12 +185,9 @@ impl Session {
             answered_by: Some(id),
             // A kept token may still be redeemed by an attempt out with it,
             // whose answer may yet be a rotation: the next lifetime counts
-            // from that attempt.
-            first_send: if kept {
-                self.outbox.first_unsettled(old.presented_since, Some(id), old.first_send)
-            } else {
-                None
-            },
+            // from that attempt. One already answered (a 503, say) cannot
+            // be replayed into a later answer: this one kept the token.
+            first_send: if kept { self.outbox.first_in_flight(old.presented_since, Some(id)) } else { None },
             presented_since: if kept { old.presented_since } else { next_refresh },
             last_failure: None,
             // A late answer adopted while an attempt with the old token is still
@@ -505,6 +502,16 @@ impl Outbox {
             .map(|sent| sent.at)
             .min();
         forgotten.into_iter().chain(remembered).min()
+    }
+
+    /// The earliest attempt from `since` on (other than `except`) still
+    /// waiting for its answer.
+    pub(super) fn first_in_flight(&self, since: RefreshId, except: Option<RefreshId>) -> Option<MonoTime> {
+        self.recent_sends
+            .iter()
+            .filter(|sent| sent.id >= since && Some(sent.id) != except && !sent.answered)
+            .map(|sent| sent.at)
+            .min()
     }
 
     /// Records an answer to `id`; false when it is not the first (or `id` is
