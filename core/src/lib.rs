@@ -46,7 +46,7 @@
 //!             Command::Io(Io::LoadStore { op }) => {
 //!                 inputs.push(Event::StoreLoaded { op, stored: Some(stored.clone()), unix_now });
 //!             }
-//!             Command::Io(Io::Persist { op, .. }) | Command::Io(Io::ClearStore { op }) => {
+//!             Command::Io(Io::Persist { op, .. } | Io::ClearStore { op }) => {
 //!                 inputs.push(Event::StoreWritten { op });
 //!             }
 //!             Command::Grant { callers, grant } => granted.extend(callers.iter().map(|c| (*c, grant.generation))),

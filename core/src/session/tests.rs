@@ -900,10 +900,7 @@ fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
     };
     let theirs = stored(5, "r5", Some(UnixTime::from_secs(UNIX_ZERO + 3600)));
     let out = locked(&mut h, op, Some(theirs));
-    assert!(
-        !out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }) | Command::Io(Io::Persist { .. }))),
-        "{out:?}"
-    );
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. } | Io::Persist { .. }))), "{out:?}");
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
     let granted = out.iter().find_map(|c| match c {
         Command::Grant { grant, .. } => Some(grant.generation),
@@ -920,10 +917,7 @@ fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_l
         lock_op(&h)
     };
     let out = locked(&mut h, op, Some(stored(5, "r5", Some(UnixTime::from_secs(UNIX_ZERO)))));
-    assert!(
-        !out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore) | Command::Io(Io::LockStore { .. }))),
-        "{out:?}"
-    );
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore | Io::LockStore { .. }))), "{out:?}");
     assert_eq!(h.last_refresh().1, "r5");
 }
 
@@ -936,10 +930,7 @@ fn an_empty_store_under_the_lock_means_another_process_logged_out() {
     };
     let out = locked(&mut h, op, None);
     assert_eq!(h.session.state(), &StateView::LoggedOut { cause: LogoutCause::EndedElsewhere });
-    assert!(
-        !out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }) | Command::Io(Io::ClearStore { .. }))),
-        "{out:?}"
-    );
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. } | Io::ClearStore { .. }))), "{out:?}");
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
     assert!(out.iter().any(|c| matches!(c, Command::Fail { .. })), "{out:?}");
 }

@@ -50,7 +50,7 @@ impl World {
     pub(super) fn execute(&mut self, p: usize, command: Command) {
         let incarnation = self.process(p).incarnation;
         match command {
-            Command::Io(Io::LoadStore { op }) | Command::Io(Io::LockStore { op }) => {
+            Command::Io(Io::LoadStore { op } | Io::LockStore { op }) => {
                 let at = self.now.saturating_add(self.config.store_latency);
                 if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
                     let outcome = StoreOutcome::Failed { landed: None };
