@@ -25,7 +25,7 @@ const SPENT: Option<Duration> = Some(Duration::ZERO);
 #[tokio::test(start_paused = true)]
 async fn rule_1_a_caller_told_logged_out_reads_logged_out() {
     let (session, transport, store) = start(AuthorityConfig::default(), SPENT);
-    let stored = store.inner.peek().unwrap().unwrap();
+    let stored = store.inner().peek().unwrap().unwrap();
     let now = transport.now();
     transport
         .authority
@@ -74,7 +74,7 @@ async fn rule_3_the_next_caller_after_a_failed_cycle_tries_again() {
     let error = session.access_token().await.unwrap_err();
     assert!(matches!(error, Error::RefreshUnavailable { .. }), "{error:?}");
     assert_eq!(transport.refreshes.load(SeqCst), attempts);
-    assert!(store.inner.peek().is_some(), "the session and its tokens stay");
+    assert!(store.inner().peek().is_some(), "the session and its tokens stay");
     // The server is back: the very next caller refreshes, with no cooldown.
     let token = session.access_token().await.unwrap();
     assert_eq!(token.generation(), Generation(2));
@@ -119,7 +119,7 @@ async fn rule_3_a_hung_endpoint_fails_callers_at_the_documented_deadline() {
 
 /// `callers` concurrent callers all get a token of `generation`.
 async fn all_callers_get(
-    session: &freshen::Session<support::AuthorityTransport, support::FlakyStore>,
+    session: &freshen::Session<support::AuthorityTransport, support::FaultyMemoryStore>,
     callers: usize,
     generation: Generation,
 ) {
@@ -138,8 +138,8 @@ async fn all_callers_get(
 fn start_from(
     transport: &support::AuthorityTransport,
     stored: &freshen_core::stored::StoredSession,
-) -> (freshen::Session<support::AuthorityTransport, support::FlakyStore>, support::FlakyStore) {
-    let store = support::FlakyStore::holding(stored);
+) -> (freshen::Session<support::AuthorityTransport, support::FaultyMemoryStore>, support::FaultyMemoryStore) {
+    let store = support::FaultyMemoryStore::holding(stored);
     let session = support::start(support::config(), transport.clone(), store.clone());
     (session, store)
 }
@@ -192,7 +192,7 @@ async fn rule_4_a_refresh_token_alone_is_refreshed_once_for_all_first_callers() 
     let (session, store) = start_from(&transport, &stored);
     all_callers_get(&session, 50, Generation(2)).await;
     assert_eq!(transport.refreshes.load(SeqCst), 1);
-    assert!(store.inner.peek().unwrap().unwrap().access_token.is_some(), "the pair is stored");
+    assert!(store.inner().peek().unwrap().unwrap().access_token.is_some(), "the pair is stored");
 }
 
 /// Rule 4: an access token alone (the server issued no refresh token) is
@@ -336,7 +336,7 @@ async fn rule_6_interaction_required_keeps_the_session_and_waits_for_the_user() 
     let error = session.access_token().await.unwrap_err();
     assert!(matches!(&error, Error::InteractionRequired(e) if e.code == "interaction_required"), "{error:?}");
     assert!(!session.state().is_logged_out());
-    assert!(store.inner.peek().is_some(), "the session and its tokens stay");
+    assert!(store.inner().peek().is_some(), "the session and its tokens stay");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let error = session.access_token().await.unwrap_err();
     assert!(matches!(error, Error::InteractionRequired(_)), "{error:?}");
@@ -356,14 +356,14 @@ async fn rule_6_invalid_request_rereads_the_store_and_never_logs_out() {
     let error = session.access_token().await.unwrap_err();
     assert!(matches!(&error, Error::Rejected { .. }), "{error:?}");
     assert!(!session.state().is_logged_out());
-    assert!(store.inner.peek().is_some());
+    assert!(store.inner().peek().is_some());
 
     // Another process rotated meanwhile: its tokens are found and used.
     let (session, transport, store) = start(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
     session.watch_state().wait_for(|s| !matches!(s, StateView::Loading)).await.unwrap();
     let mut theirs = transport.login(Some(Duration::from_secs(3600)));
     theirs.generation = Generation(5);
-    freshen::store::Store::save(&store.inner, &theirs).await.unwrap();
+    freshen::store::Store::save(store.inner(), &theirs).await.unwrap();
     transport.answer_next([support::AuthorityTransport::oauth_error(400, "invalid_request")]);
     let token = session.refresh().await.unwrap();
     assert_eq!(token.generation(), Generation(5));
@@ -381,7 +381,7 @@ async fn rule_6_invalid_client_is_misconfiguration_paced_at_the_slowest_backoff(
     assert!(matches!(&error, Error::Rejected { .. }), "{error:?}");
     assert!(error.to_string().contains("invalid_client"), "{error}");
     assert!(!session.state().is_logged_out());
-    assert!(store.inner.peek().is_some());
+    assert!(store.inner().peek().is_some());
     assert!(matches!(session.access_token().await.unwrap_err(), Error::Rejected { .. }));
     assert_eq!(transport.refreshes.load(SeqCst), 1, "not retried before the slowest backoff");
     tokio::time::sleep(pace).await;
@@ -395,7 +395,7 @@ async fn rule_7_an_endpoint_that_cannot_work_is_refused_at_start() {
     let transport = support::AuthorityTransport::new(AuthorityConfig::default());
     let start_with = |url: &str| {
         let config = freshen::Config::new(url, freshen_core::oauth::Client::public("app"));
-        freshen::Session::start(config, transport.clone(), support::FlakyStore::default()).map(|_| ())
+        freshen::Session::start(config, transport.clone(), support::FaultyMemoryStore::default()).map(|_| ())
     };
     let error = start_with("http://user:secret@auth.example.com/token?x=1").unwrap_err();
     assert!(matches!(error, Error::InvalidEndpoint { endpoint: "token", .. }), "{error:?}");
@@ -411,7 +411,7 @@ async fn rule_7_an_endpoint_that_cannot_work_is_refused_at_start() {
     start_with("http://localhost/token").unwrap();
     let allowed = freshen::Config::new("http://auth.internal/token", freshen_core::oauth::Client::public("app"))
         .with_plain_http_allowed();
-    freshen::Session::start(allowed, transport.clone(), support::FlakyStore::default()).unwrap();
+    freshen::Session::start(allowed, transport.clone(), support::FaultyMemoryStore::default()).unwrap();
 }
 
 /// Rule 7: errors read as sentences for a person, with no struct dumps.
@@ -537,12 +537,12 @@ fn login_response(transport: &support::AuthorityTransport) -> freshen_core::oaut
 
 /// A session over an empty store.
 fn start_empty() -> (
-    freshen::Session<support::AuthorityTransport, support::FlakyStore>,
+    freshen::Session<support::AuthorityTransport, support::FaultyMemoryStore>,
     support::AuthorityTransport,
-    support::FlakyStore,
+    support::FaultyMemoryStore,
 ) {
     let transport = support::AuthorityTransport::new(AuthorityConfig::default());
-    let store = support::FlakyStore::default();
+    let store = support::FaultyMemoryStore::default();
     let session = support::start(support::config(), transport.clone(), store.clone());
     (session, transport, store)
 }
@@ -560,18 +560,18 @@ async fn rule_9_log_in_resolves_once_the_session_is_stored() {
     assert_eq!(session.access_token().await.unwrap_err(), Error::NoSession);
 
     // Two writes fail first: the login resolves only after the third lands.
-    store.fail_writes(2);
+    store.faults().fail_next_writes(2);
     let response = login_response(&transport);
     let access = response.access_token.expose_secret().to_owned();
     session.log_in(response).await.unwrap();
-    assert_eq!(store.writes.load(SeqCst), 3);
-    let stored = store.inner.peek().unwrap().unwrap();
+    assert_eq!(store.faults().writes(), 3);
+    let stored = store.inner().peek().unwrap().unwrap();
     assert_eq!(stored.access_token.as_ref().unwrap().expose_secret(), access);
     assert_eq!(session.access_token().await.unwrap().expose_secret(), access);
     assert_eq!(transport.refreshes.load(SeqCst), 0);
 
     // A store that keeps failing: the login is told so (the tokens stay in memory).
-    store.fail_writes(usize::MAX);
+    store.faults().fail_next_writes(usize::MAX);
     let error = session.log_in(login_response(&transport)).await.unwrap_err();
     assert_eq!(error, Error::StoreUnavailable);
     assert!(!session.state().needs_login());
@@ -582,12 +582,12 @@ async fn rule_9_log_in_resolves_once_the_session_is_stored() {
 #[tokio::test(start_paused = true)]
 async fn rule_9_log_in_works_while_the_store_is_still_loading() {
     let (session, transport, store) = start(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
-    let old = store.inner.peek().unwrap().unwrap();
+    let old = store.inner().peek().unwrap().unwrap();
     assert_eq!(session.state(), StateView::Loading, "nothing has run yet: the store is not read");
     let response = login_response(&transport);
     let access = response.access_token.expose_secret().to_owned();
     session.log_in(response).await.unwrap();
-    let stored = store.inner.peek().unwrap().unwrap();
+    let stored = store.inner().peek().unwrap().unwrap();
     assert_eq!(stored.access_token.as_ref().unwrap().expose_secret(), access);
     assert!(stored.generation > old.generation, "{} after {}", stored.generation, old.generation);
     assert_eq!(session.access_token().await.unwrap().expose_secret(), access);
@@ -606,7 +606,7 @@ async fn rule_9_a_session_starts_from_tokens_the_app_holds() {
     session.log_in_with(held).await.unwrap();
     assert_eq!(session.access_token().await.unwrap().expose_secret(), access);
     assert_eq!(transport.refreshes.load(SeqCst), 0);
-    assert!(store.inner.peek().unwrap().is_ok());
+    assert!(store.inner().peek().unwrap().is_ok());
 
     // A held pair with less than the margin left and no known issued lifetime
     // gets the whole margin (rule 2): it is refreshed before it is handed out.

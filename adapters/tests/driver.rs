@@ -105,7 +105,7 @@ async fn logout_during_a_refresh_fails_waiters_revokes_and_clears() {
     transport.release(2);
     logout.await.unwrap();
     settle().await;
-    assert!(store.inner.peek().is_none(), "the store was cleared");
+    assert!(store.inner().peek().is_none(), "the store was cleared");
     assert_eq!(*state.borrow_and_update(), StateView::LoggedOut { cause: LogoutCause::Requested });
     // The revocation, and a second one for the tokens the late answer carried.
     assert_eq!(transport.revocations.load(SeqCst), 2);
@@ -124,7 +124,7 @@ async fn log_out_returns_when_the_session_says_its_revocation_ended_and_no_later
     let logout = tokio::spawn(async move { answered.log_out().await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!logout.is_finished(), "returned while the revocation's answer was held");
-    assert!(store.inner.peek().is_none(), "the store is cleared meanwhile");
+    assert!(store.inner().peek().is_none(), "the store is cleared meanwhile");
     transport.release(1);
     logout.await.unwrap();
     assert_eq!(transport.revocations.load(SeqCst), 1);
@@ -143,10 +143,10 @@ async fn log_out_returns_when_the_session_says_its_revocation_ended_and_no_later
 #[tokio::test(start_paused = true)]
 async fn a_failed_store_write_is_retried_before_the_token_is_handed_out() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
-    store.fail_writes(2);
+    store.faults().fail_next_writes(2);
     let token = session.access_token().await.unwrap();
     assert_eq!(token.generation(), Generation(2));
-    assert_eq!(store.writes.load(SeqCst), 3);
+    assert_eq!(store.faults().writes(), 3);
     assert_eq!(store.generation(), Some(Generation(2)));
     assert_eq!(transport.refreshes.load(SeqCst), 1);
 }
@@ -154,7 +154,7 @@ async fn a_failed_store_write_is_retried_before_the_token_is_handed_out() {
 #[tokio::test(start_paused = true)]
 async fn a_store_that_keeps_failing_fails_callers_but_keeps_the_rotated_token() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
-    store.fail_writes(4);
+    store.faults().fail_next_writes(4);
     assert_eq!(session.access_token().await.unwrap_err(), Error::StoreUnavailable);
     // The next caller revives the store; the rotated token (generation 2) is what gets written.
     let token = session.access_token().await.unwrap();
@@ -187,7 +187,7 @@ async fn transient_failures_back_off_and_recover() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_refresh_token_logs_out_and_the_state_says_why() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
-    let stored = store.inner.peek().unwrap().unwrap();
+    let stored = store.inner().peek().unwrap().unwrap();
     let now = transport.now();
     transport
         .authority
@@ -199,7 +199,7 @@ async fn a_dead_refresh_token_logs_out_and_the_state_says_why() {
     assert!(matches!(error, Error::LoggedOut(LogoutCause::RefreshTokenRejected { .. })), "{error:?}");
     assert!(session.state().is_logged_out(), "the state shows what the caller was told");
     settle().await;
-    assert!(store.inner.peek().is_none());
+    assert!(store.inner().peek().is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -233,12 +233,12 @@ fn jumping_wall_clock() -> (freshen::WallClock, std::sync::Arc<std::sync::atomic
 
 /// A session whose stored token has five minutes left, on a wall clock the test can step.
 fn session_on_a_steppable_clock() -> (
-    freshen::Session<support::AuthorityTransport, support::FlakyStore>,
+    freshen::Session<support::AuthorityTransport, support::FaultyMemoryStore>,
     support::AuthorityTransport,
     std::sync::Arc<std::sync::atomic::AtomicI64>,
 ) {
     let transport = support::AuthorityTransport::new(AuthorityConfig::default());
-    let store = support::FlakyStore::holding(&transport.login(Some(Duration::from_secs(300))));
+    let store = support::FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(300))));
     let (wall_clock, jump) = jumping_wall_clock();
     let environment = support::environment().with_wall_clock(wall_clock);
     (freshen::Session::start_in(support::config(), transport.clone(), store, environment).unwrap(), transport, jump)
@@ -275,7 +275,7 @@ async fn sessions_over_different_stores_share_one_type() {
     }
     let transport = support::AuthorityTransport::new(AuthorityConfig::default());
     let in_memory = freshen::store::MemoryStore::holding(&transport.login(Some(Duration::from_secs(3600))));
-    let flaky = support::FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
+    let flaky = support::FaultyMemoryStore::holding(&transport.login(Some(Duration::ZERO)));
     let app = App {
         sessions: vec![
             freshen::AnySession::start_any(support::config(), transport.clone(), in_memory).unwrap(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen_sim::authority::AuthorityConfig;
-use support::{AuthorityTransport, FlakyStore};
+use support::{AuthorityTransport, FaultyMemoryStore};
 
 /// A stored access token that is already spent.
 const SPENT: Option<Duration> = Some(Duration::ZERO);
@@ -49,12 +49,12 @@ async fn no_log_line_debug_string_or_error_contains_a_token() {
     let mut authority = AuthorityConfig::default();
     authority.token_prefix = "CANARY".into();
     let transport = AuthorityTransport::new(authority);
-    let store = FlakyStore::holding(&transport.login(SPENT));
+    let store = FaultyMemoryStore::holding(&transport.login(SPENT));
     let session = support::start(support::config(), transport.clone(), store.clone());
     let mut shown = Vec::new();
-    store.fail_writes(1);
+    store.faults().fail_next_writes(1);
     let token = session.access_token().await.unwrap();
-    shown.push(format!("{token:?} {session:?} {:?}", store.inner.peek()));
+    shown.push(format!("{token:?} {session:?} {:?}", store.inner().peek()));
     let retried = session.retry_token(&token).await.unwrap();
     shown.push(format!("{retried:?} {:?}", retried.authorization().unwrap()));
     session.log_out().await;

@@ -14,7 +14,7 @@ use freshen::store::{FileStore, Store, StoreError};
 use freshen::{Environment, Session};
 use freshen_core::stored::DecodeError;
 use freshen_sim::authority::AuthorityConfig;
-use support::{AuthorityTransport, FlakyStore, config};
+use support::{AuthorityTransport, FaultyMemoryStore, config};
 
 /// No grace and reuse detection: a second redemption of a token revokes the family.
 fn strict() -> AuthorityConfig {
@@ -37,7 +37,7 @@ struct Aftermath {
 /// 50 callers at once.
 async fn stampede(processes: usize, shared_store: bool) -> Aftermath {
     let transport = AuthorityTransport::new(strict());
-    let store = FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
+    let store = FaultyMemoryStore::holding(&transport.login(Some(Duration::ZERO)));
     let sessions: Vec<_> = (0..processes)
         .map(|seed| {
             let mut config = config();
@@ -92,7 +92,7 @@ async fn without_the_lock_the_same_stampede_trips_reuse_detection() {
 #[tokio::test(start_paused = true)]
 async fn a_lock_held_elsewhere_too_long_fails_the_caller_in_time_and_no_late_lock_is_kept() {
     let transport = AuthorityTransport::new(strict());
-    let store = FlakyStore::holding(&transport.login(Some(Duration::ZERO)));
+    let store = FaultyMemoryStore::holding(&transport.login(Some(Duration::ZERO)));
     let mut config = config();
     config.session.shared_store = true;
     let (bound, lock_wait) = (config.session.wait_bound(), config.session.lock_wait());

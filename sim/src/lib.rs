@@ -10,6 +10,7 @@
 //! * `tier2` (feature `tier2`, on by default): tier 2, the real driver over hyper on turmoil.
 //! * [`fuzzing`]: what the fuzz targets and the corpus replay run.
 //! * `http` (feature `tier2`): the authority over HTTP (`freshen-sim serve`, loopback tests), or in-process.
+//! * `faulty_store` (feature `tier2`): any `Store` behind seeded and scripted failures, the one store double.
 //! * `store_check` and `transport_check` (feature `tier2`): check an app's own `Store` or
 //!   `Transport` the way a session relies on it.
 #![forbid(unsafe_code)]
@@ -18,6 +19,8 @@
 pub mod authority;
 pub mod check;
 pub mod executor;
+#[cfg(feature = "tier2")]
+pub mod faulty_store;
 pub mod fuzzing;
 pub mod harness;
 #[cfg(feature = "tier2")]

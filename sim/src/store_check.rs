@@ -37,20 +37,19 @@
 //! on timing, so the counts in a [`StoreReport`] vary between runs.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use core::time::Duration;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use freshen::store::{Store, StoreError, StoreLock};
+use freshen::store::Store;
 use freshen::{Config, Environment, Session};
 use freshen_core::ids::Generation;
 use freshen_core::oauth::Client;
-use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Backoff, SessionConfig};
 use freshen_core::stored::StoredSession;
 use secrecy::ExposeSecret;
 
 use crate::authority::AuthorityConfig;
+use crate::faulty_store::{FaultyStore, StoreFaults};
 use crate::http::{InProcess, State};
 
 /// How hard to check.
@@ -273,7 +272,11 @@ async fn check_lock(a: &impl Store, b: &impl Store, wait: Duration) -> Result<us
 /// A session logged out, or the store not holding the newest tokens at the end.
 pub async fn check_under_faults<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<StoreReport, RuleBroken> {
     let state = authority(check);
-    let faults = Arc::new(FaultDice::new(check));
+    let faults = Arc::new(
+        StoreFaults::seeded(check.seed ^ 0x5707_e5c4)
+            .with_write_failures(check.faults_per_mille)
+            .with_read_failures(check.faults_per_mille),
+    );
     let session_config = SessionConfig::default()
         .with_refresh_jitter(Duration::ZERO)
         .with_shared_store(check.shared)
@@ -282,7 +285,7 @@ pub async fn check_under_faults<S: Store>(open: impl Fn() -> S, check: &StoreChe
     let transport = InProcess::new(Arc::clone(&state));
     let rule = "no session is logged out while its store fails now and then";
     let start = |process: usize| {
-        let store = Faulty { inner: open(), dice: Arc::clone(&faults) };
+        let store = FaultyStore::new(open(), Arc::clone(&faults));
         let environment = Environment::seeded(check.seed.wrapping_add(process as u64));
         Session::start_in(config.clone(), transport.clone(), store, environment)
             .map_err(|error| broke(rule, format!("a session did not start: {error}")))
@@ -342,91 +345,9 @@ pub async fn check_under_faults<S: Store>(open: impl Fn() -> S, check: &StoreChe
     Ok(StoreReport {
         rules: 0,
         refreshes: state.stats().refreshes,
-        faults: faults.failed.load(Ordering::Relaxed),
+        faults: faults.failed(),
         final_generation: stored.generation,
     })
-}
-
-/// The seeded dice every faulty handle shares.
-#[derive(Debug)]
-struct FaultDice {
-    per_mille: u16,
-    quiet: AtomicU16,
-    rng: Mutex<SplitMix64>,
-    failed: AtomicU64,
-}
-
-/// How a store operation fails, if it does.
-enum Fault {
-    /// Before it reached the store.
-    Before,
-    /// After the store carried it out: the caller hears of a failure that landed.
-    AfterLanding,
-}
-
-impl FaultDice {
-    fn new(check: &StoreCheck) -> Self {
-        Self {
-            per_mille: check.faults_per_mille.min(1000),
-            quiet: AtomicU16::new(0),
-            rng: Mutex::new(SplitMix64::new(check.seed ^ 0x5707_e5c4)),
-            failed: AtomicU64::new(0),
-        }
-    }
-
-    fn quiet(&self, quiet: bool) {
-        self.quiet.store(u16::from(quiet), Ordering::SeqCst);
-    }
-
-    fn roll(&self) -> Option<Fault> {
-        if self.quiet.load(Ordering::SeqCst) != 0 {
-            return None;
-        }
-        let mut rng = self.rng.lock().ok()?;
-        if !rng.chance(u64::from(self.per_mille), 1000) {
-            return None;
-        }
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        Some(if rng.chance(1, 2) { Fault::Before } else { Fault::AfterLanding })
-    }
-}
-
-const INJECTED: StoreError = StoreError::Unavailable("a fault the store check injected");
-
-/// The app's store behind the fault dice.
-#[derive(Debug)]
-struct Faulty<S> {
-    inner: S,
-    dice: Arc<FaultDice>,
-}
-
-impl<S: Store> Faulty<S> {
-    async fn run<T>(&self, op: impl core::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        match self.dice.roll() {
-            None => op.await,
-            Some(Fault::Before) => Err(INJECTED),
-            Some(Fault::AfterLanding) => op.await.and(Err(INJECTED)),
-        }
-    }
-}
-
-impl<S: Store> Store for Faulty<S> {
-    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
-        self.run(self.inner.load()).await
-    }
-
-    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
-        self.run(self.inner.save(session)).await
-    }
-
-    async fn clear(&self) -> Result<(), StoreError> {
-        self.run(self.inner.clear()).await
-    }
-
-    async fn lock(&self) -> Result<StoreLock, StoreError> {
-        // A lock that failed after it was taken is released by dropping it.
-        self.run(self.inner.lock()).await
-    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,10 @@ use crate::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
 };
+use crate::faulty_store::{FaultyMemoryStore, FaultyStore, StoreFaults};
 use crate::harness::{Start, logout_name};
 use bytes::Bytes;
-use freshen::store::{Store, StoreError, StoreLock};
+use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Environment, Observer, Session};
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
@@ -41,7 +42,6 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use secrecy::{ExposeSecret, SecretString};
 
 use crate::http::{State, answer, paths};
 
@@ -53,7 +53,7 @@ mod verdict;
 use verdict::verdict;
 
 pub use client::EPHEMERAL_PORTS;
-use client::{ConnectPacer, SimStore, TurmoilTransport, send};
+use client::{ConnectPacer, TurmoilTransport, send};
 use host::{Host, Watch, client_id, run_host};
 use server::{SERVER_CONNECTION_DEADLINE, ServerFaults, serve};
 
@@ -352,15 +352,13 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
             Start::AccessOnly => StoredSession::access_only(issued.access_token),
             Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
         };
-        let stored = (config.start != Start::Empty)
-            .then(|| stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in).encode());
-        let store = SimStore {
-            blob: Arc::new(Mutex::new(stored)),
-            lock: Arc::default(),
-            fail_rate: Arc::new(Mutex::new(config.faults.store_write_fail)),
-            rng: Arc::new(Mutex::new(rng.fork())),
-            failures: Arc::new(AtomicU64::new(0)),
-        };
+        let stored = stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in);
+        let memory = if config.start == Start::Empty { MemoryStore::new() } else { MemoryStore::holding(&stored) };
+        // The store lives outside the hosts, so it survives their crashes; its
+        // lock is the app's, and a crashed host's guard dies with its runtime,
+        // as an OS file lock dies with its process.
+        let faults = StoreFaults::seeded(rng.next_u64()).with_write_failures(config.faults.store_write_fail);
+        let store: FaultyMemoryStore = FaultyStore::new(memory, Arc::new(faults));
         let shared = Arc::new(Mutex::new(SharedStoreMonitor::new(&config.session)));
         let processes = if app == 0 { config.processes.max(1) } else { 1 };
         for process in 0..processes {
@@ -528,9 +526,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], faults: &ServerFaults) 
         *rates = Faults::default();
     }
     for host in hosts {
-        if let Ok(mut rate) = host.store.fail_rate.lock() {
-            *rate = 0;
-        }
+        host.store.faults().quiet(true);
         host.faulty.store(false, Ordering::Release);
     }
 }

@@ -1,6 +1,6 @@
 //! Test doubles for the driver: a transport answered by the core's reference
 //! authority (so rotation, grace and revocation are the real rules), with
-//! answers that can be held behind a gate, and a store that fails on demand.
+//! answers that can be held behind a gate, and the testkit's store that fails on demand.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use freshen::store::{MemoryStore, Store, StoreError};
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Session};
-use freshen_core::ids::Generation;
+
 use freshen_core::oauth::{Client, FormRequest};
 use freshen_core::session::{SessionConfig, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
 use freshen_sim::authority::{Authority, AuthorityConfig, Refusal};
+pub use freshen_sim::faulty_store::FaultyMemoryStore;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -176,52 +176,6 @@ impl Transport for AuthorityTransport {
     }
 }
 
-/// A memory store whose next writes fail.
-#[derive(Clone, Default)]
-pub struct FlakyStore {
-    pub inner: MemoryStore,
-    failing_writes: Arc<AtomicUsize>,
-    pub writes: Arc<AtomicUsize>,
-}
-
-impl FlakyStore {
-    pub fn holding(session: &StoredSession) -> Self {
-        Self { inner: MemoryStore::holding(session), ..Self::default() }
-    }
-
-    pub fn fail_writes(&self, n: usize) {
-        self.failing_writes.store(n, Ordering::SeqCst);
-    }
-
-    pub fn generation(&self) -> Option<Generation> {
-        self.inner.peek().and_then(Result::ok).map(|s| s.generation)
-    }
-}
-
-impl Store for FlakyStore {
-    async fn load(&self) -> Result<Option<StoredSession>, StoreError> {
-        self.inner.load().await
-    }
-
-    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        let failing = self.failing_writes.load(Ordering::SeqCst);
-        if failing > 0 {
-            self.failing_writes.store(failing - 1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("flaky store"));
-        }
-        self.inner.save(session).await
-    }
-
-    async fn clear(&self) -> Result<(), StoreError> {
-        self.inner.clear().await
-    }
-
-    async fn lock(&self) -> Result<freshen::store::StoreLock, StoreError> {
-        self.inner.lock().await
-    }
-}
-
 pub fn config() -> Config {
     let mut session = SessionConfig::default();
     session.refresh_jitter = Duration::ZERO;
@@ -246,9 +200,9 @@ pub fn start<T: freshen::transport::Transport, S: freshen::store::Store>(
 pub fn session(
     authority: AuthorityConfig,
     expires_in: Option<Duration>,
-) -> (Session<AuthorityTransport, FlakyStore>, AuthorityTransport, FlakyStore) {
+) -> (Session<AuthorityTransport, FaultyMemoryStore>, AuthorityTransport, FaultyMemoryStore) {
     let transport = AuthorityTransport::new(authority);
-    let store = FlakyStore::holding(&transport.login(expires_in));
+    let store = FaultyMemoryStore::holding(&transport.login(expires_in));
     let session = start(config(), transport.clone(), store.clone());
     (session, transport, store)
 }

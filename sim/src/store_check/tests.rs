@@ -1,7 +1,9 @@
 //! The store check passes freshen's own stores and catches broken ones: each
 //! planted store below breaks one rule, and the check must name that rule.
 
-use freshen::store::MemoryStore;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use freshen::store::{MemoryStore, StoreError, StoreLock};
 
 use super::*;
 

@@ -90,7 +90,7 @@ pub(super) struct Host {
     /// The app it belongs to: its client id, store and token family.
     pub(super) app: usize,
     pub(super) name: String,
-    pub(super) store: SimStore,
+    pub(super) store: FaultyMemoryStore,
     pub(super) watch: Arc<Watch>,
     pub(super) incarnation: AtomicU32,
     pub(super) granted: AtomicU64,
@@ -118,7 +118,7 @@ pub(super) fn client_id(app: usize) -> String {
 
 /// One caller: a token (now and then a forced refresh), the resource, and
 /// one retry after a 401.
-pub(super) async fn caller(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, forced: bool) {
+pub(super) async fn caller(session: Session<TurmoilTransport, FaultyMemoryStore>, host: Arc<Host>, forced: bool) {
     let healed = host.healed.load(Ordering::Acquire);
     let answer = if forced { session.refresh().await } else { session.access_token().await };
     let token = match answer {
@@ -163,7 +163,11 @@ pub(super) async fn caller(session: Session<TurmoilTransport, SimStore>, host: A
 
 /// The user logs out, then logs in again half a minute later (through the
 /// authority's password grant).
-pub(super) async fn log_out_and_back_in(session: Session<TurmoilTransport, SimStore>, host: Arc<Host>, log_out: bool) {
+pub(super) async fn log_out_and_back_in(
+    session: Session<TurmoilTransport, FaultyMemoryStore>,
+    host: Arc<Host>,
+    log_out: bool,
+) {
     /// Ends the "login under way" mark however the task ends.
     struct Running(Arc<std::sync::atomic::AtomicBool>);
     impl Drop for Running {

@@ -34,7 +34,7 @@ pub(super) fn verdict(
         *counts.entry("logout").or_default() += host.logouts.load(Ordering::Relaxed);
         // What the app's processes share is counted once, with its first process.
         if host.watch.process == 0 {
-            *counts.entry("store_write_fail").or_default() += host.store.failures.load(Ordering::Relaxed);
+            *counts.entry("store_write_fail").or_default() += host.store.faults().failed();
             if let Ok(shared) = host.watch.shared.lock() {
                 outcome.violations.extend_from_slice(shared.violations());
             }
