@@ -23,8 +23,9 @@ use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, ReqwestTransport, Transport, TransportError};
 use freshen::{Config, Session, system_clock};
 use freshen_sim::authority::AuthorityConfig;
-use freshen_sim::harness::{World, WorldConfig};
+use freshen_sim::harness::World;
 use freshen_sim::http::{Server, paths};
+use freshen_sim::world::WorldConfig;
 use tokio::runtime::Runtime;
 use tokio::sync::{RwLock, Semaphore};
 
@@ -376,8 +377,8 @@ pub fn sim_seeds_per_s(tier1: u64, tier2: u64) -> (f64, f64) {
         black_box(world.violations().len());
     });
     let two = parallel_seeds(tier2, |seed| {
-        let config = freshen_sim::tier2::WorldConfig::sampled(seed);
-        black_box(freshen_sim::tier2::run(&config, seed, None).violations.len());
+        let config = WorldConfig::sampled_tier2(seed);
+        black_box(freshen_sim::tier2::run(&config, seed).violations.len());
     });
     (one, two)
 }

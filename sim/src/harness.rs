@@ -7,7 +7,8 @@
 //! sample [`Faults`] per seed. The loop is bounded by time and by a step count.
 //! This is tier 1 of the simulation: no threads, no runtime, no sockets.
 //!
-//! Its rooms: `config.rs` what a world is made of (faults, fates, demand);
+//! Its rooms: [`crate::world`] what a world is made of (its configuration and
+//! faults, shared with tier 2); `config.rs` the fates a test can script;
 //! this file the world, its clock and what a test or campaign can do to it;
 //! `executor.rs` carrying out each process's commands; `liveness.rs` the
 //! healing phase and its verdict; `network.rs` the
@@ -19,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, PolicyRefusal, Refusal};
+use crate::authority::{Authority, PolicyRefusal, Refusal};
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
 };
@@ -34,7 +35,8 @@ use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::RefreshToken;
 
-pub use config::{CLIENT_ID, Demand, Fate, Faults, Start, StoreFate, WorldConfig};
+use crate::world::{Faults, Start, WorldConfig};
+pub use config::{CLIENT_ID, Fate, StoreFate};
 
 /// How a caller's request ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

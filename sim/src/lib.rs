@@ -6,6 +6,7 @@
 //! * [`authority`]: a reference authorization server (rotation, grace, reuse detection).
 //! * [`check`]: the invariant checker (C1–C9, U1–U9, A1–A6) and the plants it must catch.
 //! * [`executor`]: one machine driven by hand under the checker (the property tests' and fuzzers' loop).
+//! * [`world`]: what a world is made of (configuration, faults, demand), for both tiers.
 //! * [`harness`]: tier 1, a deterministic world that couples sessions and the authority.
 //! * `tier2` (feature `tier2`, on by default): tier 2, the real driver over hyper on turmoil.
 //! * [`fuzzing`]: what the fuzz targets and the corpus replay run.
@@ -31,3 +32,4 @@ pub mod store_check;
 pub mod tier2;
 #[cfg(feature = "tier2")]
 pub mod transport_check;
+pub mod world;

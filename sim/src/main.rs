@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use freshen_core::session::Plant;
 use freshen_sim::check::Violation;
-use freshen_sim::harness::{World, WorldConfig, WorldStats};
+use freshen_sim::harness::{World, WorldStats};
+use freshen_sim::world::WorldConfig;
 
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
@@ -245,9 +246,12 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             }
         }
         Tier::Two => {
-            let mut config = freshen_sim::tier2::WorldConfig::sampled(seed).for_plant(plant);
+            let mut config = WorldConfig::sampled_tier2(seed);
+            if let Some(plant) = plant {
+                config = config.with_plant(plant);
+            }
             config.trace = trace;
-            let outcome = freshen_sim::tier2::run(&config, seed, plant);
+            let outcome = freshen_sim::tier2::run(&config, seed);
             Outcome {
                 tier,
                 seed,

@@ -23,19 +23,20 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::authority::{AuditOp, AuditOutcome, AuthorityConfig, Refusal};
+use crate::authority::{AuditOp, AuditOutcome, Refusal};
 use crate::check::{
-    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, Plant, SharedStoreMonitor, Violation, judge_logout,
+    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
 };
 use crate::faulty_store::{FaultyMemoryStore, FaultyStore, StoreFaults};
-use crate::harness::{Start, logout_name};
+use crate::harness::logout_name;
+use crate::world::{Demand, Faults, Start, WorldConfig};
 use bytes::Bytes;
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Environment, Observer, Session};
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
-use freshen_core::session::{Command, Event, LogoutCause, SessionConfig, StateView, TransportFailure};
+use freshen_core::session::{Command, Event, LogoutCause, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use http::{Method, Request, StatusCode, header};
@@ -52,7 +53,6 @@ mod verdict;
 
 use verdict::verdict;
 
-pub use client::EPHEMERAL_PORTS;
 use client::{ConnectPacer, TurmoilTransport, send};
 use host::{Host, Watch, client_id, run_host};
 use server::{SERVER_CONNECTION_DEADLINE, ServerFaults, serve};
@@ -63,168 +63,6 @@ const PORT: u16 = 80;
 /// Wall time inside the simulation.
 fn sim_wall_clock() -> UnixTime {
     UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default())
-}
-
-/// Fault rates (parts per thousand) and switches for one tier-2 world.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Faults {
-    /// The token endpoint answers 503 without acting.
-    pub server_error: u16,
-    /// The token endpoint answers 429 without acting.
-    pub rate_limit: u16,
-    /// The token endpoint refuses by policy without acting: interaction
-    /// required, invalid request or invalid client, a third each.
-    pub policy_refusal: u16,
-    /// The token endpoint acts, then drops the connection: the answer is lost.
-    pub drop_after_commit: u16,
-    /// A store write fails (half of them after the bytes landed).
-    pub store_write_fail: u16,
-    /// Partitions between a client and the authority, which then heal.
-    pub partitions: bool,
-    /// Client processes crash and restart from their store.
-    pub crashes: bool,
-    /// The authority restarts (its state survives, its connections do not).
-    pub server_restarts: bool,
-    /// A burst of callers comes with the user logging out (a new login follows).
-    pub logout: u16,
-    /// Client processes' wall clocks step forward (what a suspend looks like
-    /// from inside: the monotonic clock fell behind) or back.
-    pub clock_jumps: bool,
-}
-
-/// Everything that defines a tier-2 world besides its seed.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct WorldConfig {
-    /// The sessions' configuration.
-    pub session: SessionConfig,
-    /// The authority's.
-    pub authority: AuthorityConfig,
-    /// Faults during the safety phase.
-    pub faults: Faults,
-    /// Client apps (each its own store and token family).
-    pub hosts: usize,
-    /// Processes of the first app, each its own host with its own driver and
-    /// crashes, all sharing that app's store and its lock (a CLI run several
-    /// times at once). More than one turns on
-    /// [`SessionConfig::shared_store`].
-    pub processes: usize,
-    /// Mean time between two bursts of callers on one host.
-    pub caller_interval: Duration,
-    /// The most callers in one burst (a page load fires many requests at once).
-    pub burst: u64,
-    /// Whether the stored access tokens are already spent at start (an app
-    /// opened after a night: the first burst finds no usable token).
-    pub start_spent: bool,
-    /// What each app's store holds at start: a pair, or one token alone.
-    pub start: Start,
-    /// How long faults are injected.
-    pub safety_phase: Duration,
-    /// How long the healed world then runs.
-    pub liveness_phase: Duration,
-    /// Each client host's ephemeral ports (first, last): a small range makes
-    /// them wrap around often.
-    pub ephemeral_ports: (u16, u16),
-    /// Keep a printable trace.
-    pub trace: bool,
-}
-
-impl WorldConfig {
-    /// A world drawn from `seed`.
-    pub fn sampled(seed: u64) -> Self {
-        let mut rng = SplitMix64::new(seed ^ 0x7153_2000_0000_0002);
-        let mut authority = AuthorityConfig::default();
-        authority.access_ttl = Duration::from_secs(20 + rng.below(100));
-        authority.refresh_ttl = Duration::from_secs(600 + rng.below(3600));
-        authority.rotation = !rng.chance(1, 5);
-        authority.grace = match rng.below(6) {
-            0 | 1 => Duration::ZERO,
-            // Longer than a whole retry cycle: the rule L1 applies.
-            2 => Duration::from_secs(300 + rng.below(300)),
-            _ => Duration::from_secs(rng.below(90)),
-        };
-        authority.grace_reuses = 1 + rng.below(6) as u32;
-        authority.reuse_detection = !rng.chance(1, 4);
-        // Real servers differ in what a grace replay returns and in whether a
-        // refresh deletes the access token it replaces (Django OAuth Toolkit).
-        authority.grace_replay = match rng.below(3) {
-            0 => crate::authority::GraceReplay::SamePair,
-            1 => crate::authority::GraceReplay::FreshPair,
-            _ => crate::authority::GraceReplay::SamePairFullLifetime,
-        };
-        authority.revoke_previous_access = rng.chance(1, 3);
-        let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
-        let (server_error, rate_limit, drop_after_commit, store_write_fail, logout) =
-            (rate(150), rate(80), rate(120), rate(150), rate(40));
-        let policy_refusal = rate(30);
-        let faults = Faults {
-            server_error,
-            rate_limit,
-            policy_refusal,
-            drop_after_commit,
-            store_write_fail,
-            partitions: rng.chance(1, 2),
-            crashes: rng.chance(1, 2),
-            server_restarts: rng.chance(1, 3),
-            logout,
-            clock_jumps: false,
-        };
-        let mut session = SessionConfig::default();
-        let liveness_phase = session.wait_bound() + Duration::from_secs(60);
-        let hosts = 1 + rng.below(3) as usize;
-        let caller_interval = Duration::from_millis(100 + rng.below(3000));
-        let burst = 1 + rng.below(30);
-        let start_spent = rng.chance(1, 2);
-        let start = match rng.below(8) {
-            0 => Start::RefreshOnly,
-            1 => Start::AccessOnly,
-            _ => Start::Pair,
-        };
-        let safety_phase = Duration::from_secs(120 + rng.below(480));
-        // Half the worlds run the first app as two to four processes sharing its store.
-        let processes = if rng.chance(1, 2) { 2 + rng.below(3) as usize } else { 1 };
-        session.shared_store = processes > 1;
-        let faults = Faults { clock_jumps: rng.chance(1, 3), ..faults };
-        Self {
-            session,
-            authority,
-            faults,
-            hosts,
-            processes,
-            caller_interval,
-            burst,
-            start_spent,
-            start,
-            safety_phase,
-            liveness_phase,
-            ephemeral_ports: EPHEMERAL_PORTS,
-            trace: false,
-        }
-    }
-}
-
-impl WorldConfig {
-    /// The same world, shaped so `plant` can show: a missing cross-process
-    /// lock needs processes sharing a store (two to four of them).
-    #[must_use]
-    pub fn for_plant(mut self, plant: Option<Plant>) -> Self {
-        match plant {
-            Some(Plant::NoCrossProcessLock) => {
-                self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
-                self.session.shared_store = true;
-            }
-            Some(Plant::LifetimeFromLastAttempt) => {
-                self.authority.grace_replay = crate::authority::GraceReplay::SamePairFullLifetime;
-                self.authority.grace = self.authority.grace.max(Duration::from_secs(120));
-                self.faults.drop_after_commit = self.faults.drop_after_commit.max(100);
-            }
-            Some(Plant::RetryIgnoresRunningRefresh) => self.authority.revoke_previous_access = true,
-            Some(Plant::RetriesInteractionRequired) => self.faults.policy_refusal = self.faults.policy_refusal.max(60),
-            _ => {}
-        }
-        self
-    }
 }
 
 /// What one tier-2 world did.
@@ -260,18 +98,19 @@ enum Action {
     StepClock(usize, i64),
 }
 
-/// Runs one tier-2 world for `seed`. `plant` breaks the sessions on purpose.
+/// Runs one tier-2 world for `seed` (a plant in `config.session` breaks the
+/// sessions on purpose).
 ///
 /// The phases, each drawing from the seed in this order: the network, the
 /// authority, the client hosts, the fault schedule; then the run (faults
 /// applied on time, the world healed after the safety phase); then the verdict.
-pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
+pub fn run(config: &WorldConfig, seed: u64) -> Outcome {
     let mut rng = SplitMix64::new(seed);
     let total = config.safety_phase + config.liveness_phase;
     let mut sim = network(config, &mut rng, total);
     let state = State::simulated(config.authority.clone(), rng.next_u64());
     let faults = Arc::new(ServerFaults {
-        rates: Mutex::new(config.faults.clone()),
+        rates: Mutex::new(config.faults),
         rng: Mutex::new(rng.fork()),
         counts: Mutex::new(BTreeMap::new()),
         dropped_for: Mutex::new(BTreeMap::new()),
@@ -279,8 +118,8 @@ pub fn run(config: &WorldConfig, seed: u64, plant: Option<Plant>) -> Outcome {
     start_authority(&mut sim, &state, &faults);
     let hosts = client_hosts(config, &state, &mut rng);
     for host in &hosts {
-        let (config, host, plant) = (config.clone(), Arc::clone(host), plant);
-        sim.host(host.name.clone(), move || run_host(config.clone(), seed, Arc::clone(&host), plant));
+        let (config, host) = (config.clone(), Arc::clone(host));
+        sim.host(host.name.clone(), move || run_host(config.clone(), seed, Arc::clone(&host)));
     }
     sim.client("controller", async move {
         tokio::time::sleep(total).await;
@@ -339,7 +178,7 @@ fn start_authority(sim: &mut turmoil::Sim<'_>, state: &Arc<State>, faults: &Arc<
 /// store. Each app's store starts as `config.start` says.
 fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Vec<Arc<Host>> {
     let mut hosts: Vec<Arc<Host>> = Vec::new();
-    for app in 0..config.hosts {
+    for app in 0..config.apps {
         let issued = state.login(&client_id(app));
         // Spent: issued a lifetime ago, so it expires as the world starts.
         let issued_at = UnixTime::from_secs(1_800_000_000).since_epoch().saturating_sub(if config.start_spent {
@@ -399,7 +238,7 @@ fn fault_schedule(config: &WorldConfig, hosts: usize, rng: &mut SplitMix64) -> V
     let mut schedule: Vec<(Duration, Action)> = Vec::new();
     let safety_ms = u64::try_from(config.safety_phase.as_millis()).unwrap_or(0).max(1);
     for index in 0..hosts {
-        if config.faults.partitions {
+        if config.faults.partition > 0 {
             for _ in 0..1 + rng.below(3) {
                 let at = Duration::from_millis(rng.below(safety_ms));
                 let length = Duration::from_millis(500 + rng.below(30_000));
@@ -407,12 +246,12 @@ fn fault_schedule(config: &WorldConfig, hosts: usize, rng: &mut SplitMix64) -> V
                 schedule.push(((at + length).min(config.safety_phase), Action::Repair(index)));
             }
         }
-        if config.faults.crashes {
+        if config.faults.crash > 0 {
             for _ in 0..1 + rng.below(3) {
                 schedule.push((Duration::from_millis(rng.below(safety_ms)), Action::Crash(index)));
             }
         }
-        if config.faults.clock_jumps {
+        if config.faults.clock_jump > 0 {
             for _ in 0..1 + rng.below(2) {
                 let at = Duration::from_millis(rng.below(safety_ms));
                 // Mostly forward (a suspend, as seen from inside), up to two
@@ -426,7 +265,7 @@ fn fault_schedule(config: &WorldConfig, hosts: usize, rng: &mut SplitMix64) -> V
             }
         }
     }
-    if config.faults.server_restarts {
+    if config.faults.server_restart > 0 {
         schedule.push((Duration::from_millis(rng.below(safety_ms)), Action::RestartServer));
     }
     schedule.sort_by_key(|(at, _)| *at);

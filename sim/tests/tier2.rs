@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use freshen_sim::tier2::{WorldConfig, run};
+use freshen_sim::tier2::run;
+use freshen_sim::world::{Demand, WorldConfig};
 
 /// A sampled world, shortened for the test suite: a minute of faults, then
 /// just long enough healed for every bound.
 fn short(seed: u64) -> WorldConfig {
-    let mut config = WorldConfig::sampled(seed);
+    let mut config = WorldConfig::sampled_tier2(seed);
     config.safety_phase = Duration::from_secs(60);
     config.liveness_phase = config.session.wait_bound() + Duration::from_secs(10);
     config
@@ -18,7 +19,7 @@ fn short(seed: u64) -> WorldConfig {
 #[test]
 fn sampled_worlds_keep_every_invariant() {
     for seed in 0..6 {
-        let outcome = run(&short(seed), seed, None);
+        let outcome = run(&short(seed), seed);
         println!(
             "seed {seed}: refreshes {} granted {} failed {} logouts {:?} faults {:?}",
             outcome.refreshes, outcome.granted, outcome.failed, outcome.logouts, outcome.faults
@@ -33,7 +34,7 @@ fn a_seed_replays_the_same_trace() {
     let trace = |seed| {
         let mut config = short(seed);
         config.trace = true;
-        run(&config, seed, None).trace
+        run(&config, seed).trace
     };
     let first = trace(4);
     assert!(first.len() > 100, "{}", first.len());
@@ -50,8 +51,8 @@ fn every_planted_bug_is_caught_through_the_real_driver() {
     // misses suspends is tier 1's to catch.
     for plant in Plant::ALL.into_iter().filter(|plant| *plant != Plant::MissesSuspends) {
         let caught = (0..60).find(|seed| {
-            let config = short(*seed).for_plant(Some(plant));
-            !run(&config, *seed, Some(plant)).violations.is_empty()
+            let config = short(*seed).with_plant(plant);
+            !run(&config, *seed).violations.is_empty()
         });
         println!("{}: caught at seed {caught:?}", plant.name());
         assert!(caught.is_some(), "{} was never caught", plant.name());
@@ -70,13 +71,12 @@ fn every_planted_bug_is_caught_through_the_real_driver() {
 #[test]
 fn ports_that_wrap_around_meet_no_stale_connection() {
     for seed in [0, 5, 10, 25] {
-        let mut config = WorldConfig::sampled(seed);
-        config.faults.partitions = true;
+        let mut config = WorldConfig::sampled_tier2(seed);
+        config.faults.partition = 1;
         config.ephemeral_ports = (49152, 49152 + 1023);
-        config.burst = 4;
-        config.caller_interval = Duration::from_millis(400);
+        config.demand = Some(Demand { mean_interval: Duration::from_millis(400), burst: 4 });
         config.safety_phase = Duration::from_secs(700);
-        let outcome = run(&config, seed, None);
+        let outcome = run(&config, seed);
         assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
         let connects = outcome.most_connects;
         assert!(connects > 3 * 1024, "seed {seed}: {connects} connects do not wrap the ports around three times");
@@ -90,7 +90,7 @@ fn ports_that_wrap_around_meet_no_stale_connection() {
 #[test]
 fn a_crashed_lock_holders_request_is_not_counted_in_flight() {
     let seed = 70681;
-    let outcome = run(&WorldConfig::sampled(seed), seed, None);
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
     assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
 }
 
@@ -101,7 +101,7 @@ fn scan() {
     let n: u64 = std::env::var("SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let mut bad = 0;
     for seed in 0..n {
-        let outcome = run(&WorldConfig::sampled(seed), seed, None);
+        let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
         if !outcome.violations.is_empty() {
             bad += 1;
             println!("seed {seed}: {:?}", outcome.violations.first());

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use freshen_sim::harness::{Demand, Faults, World, WorldConfig};
+use freshen_sim::harness::World;
+use freshen_sim::world::{Demand, Faults, WorldConfig};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -57,7 +58,7 @@ proptest! {
         let mut config = WorldConfig::sampled(seed);
         config.faults = faults;
         config.authority.grace = Duration::from_secs(grace);
-        config.demand = Some(Demand { mean_interval: Duration::from_millis(interval) });
+        config.demand = Some(Demand::every(Duration::from_millis(interval)));
         config.safety_phase = Duration::from_secs(1800);
         let mut world = World::new(config, seed);
         world.run();

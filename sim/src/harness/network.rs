@@ -11,6 +11,20 @@ impl World {
         self.now.saturating_add(Duration::from_millis(1 + self.rng.below(2 * millis)))
     }
 
+    /// One caller of the app's demand, at a process drawn at random: it logs
+    /// the user out, forces a refresh, or (mostly) wants a token.
+    fn caller_arrives(&mut self) {
+        let p = if self.processes.len() > 1 { self.rng.below(self.processes.len() as u64) as usize } else { 0 };
+        if self.chance(self.config.faults.logout, "logout") {
+            self.log_out_at(p);
+        } else if self.rng.chance(1, 40) {
+            // The app forces a refresh now and then (a changed profile, a suspect token).
+            self.force_refresh_at(p);
+        } else {
+            self.want_token_at(p);
+        }
+    }
+
     pub(super) fn schedule(&mut self, at: MonoTime, pending: Pending) {
         self.sequence += 1;
         self.queue.insert((at, self.sequence), pending);
@@ -92,14 +106,11 @@ impl World {
             // every caller has its whole bound before the verdict.
             (Pending::CallerArrives, _) if self.demand_until.is_some_and(|until| self.now > until) => {}
             (Pending::CallerArrives, _) => {
-                let p = if self.processes.len() > 1 { self.rng.below(self.processes.len() as u64) as usize } else { 0 };
-                if self.chance(self.config.faults.logout, "logout") {
-                    self.log_out_at(p);
-                } else if self.rng.chance(1, 40) {
-                    // The app forces a refresh now and then (a changed profile, a suspect token).
-                    self.force_refresh_at(p);
-                } else {
-                    self.want_token_at(p);
+                // A burst draws its size; one caller at a time draws nothing.
+                let burst = self.config.demand.map_or(1, |demand| demand.burst);
+                let callers = if burst > 1 { 1 + self.rng.below(burst) } else { 1 };
+                for _ in 0..callers {
+                    self.caller_arrives();
                 }
                 let next = self.next_arrival();
                 self.schedule(next, Pending::CallerArrives);

@@ -5,6 +5,7 @@
 use super::*;
 use crate::authority::GraceReplay;
 use crate::check::same_trace;
+use crate::world::Demand;
 use freshen_core::session::{Renewal, StateView};
 
 fn world(configure: impl FnOnce(&mut WorldConfig)) -> World {
@@ -214,7 +215,7 @@ fn a_crash_at_any_command_boundary_keeps_every_invariant() {
             let mut config = WorldConfig::quiet();
             config.authority.access_ttl = Duration::from_secs(120);
             config.authority.grace = grace;
-            config.demand = Some(Demand { mean_interval: Duration::from_secs(3) });
+            config.demand = Some(Demand::every(Duration::from_secs(3)));
             config.safety_phase = Duration::from_secs(900);
             let mut w = World::new(config, count);
             w.crash_at_command(count);

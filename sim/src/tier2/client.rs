@@ -7,8 +7,6 @@ use super::*;
 /// HTTP client with a timeout does. Longer than the sessions' own request
 /// timeout, so refreshes are governed by the session, as in an app.
 pub(super) const CLIENT_REQUEST_DEADLINE: Duration = Duration::from_secs(15);
-/// Every client host's ephemeral ports, unless a world says otherwise.
-pub const EPHEMERAL_PORTS: (u16, u16) = (1024, 65535);
 /// The pacer's window: a client socket's longest life, then the server's
 /// longest hold of the same connection, and a second for the latencies.
 pub(super) const PACER_WINDOW: Duration =

@@ -199,14 +199,13 @@ pub(super) async fn log_out_and_back_in(
     }
 }
 
-pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, plant: Option<Plant>) -> turmoil::Result {
+pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) -> turmoil::Result {
     let incarnation = host.incarnation.fetch_add(1, Ordering::AcqRel);
     if incarnation > 0 {
         // The monitors learned of the crash when it happened (`Watch::crashed`).
         host.watch.line(|| format!("{} crash: incarnation {incarnation} starts", host.name));
     }
-    let mut session_config = config.session.clone();
-    session_config.plant = plant;
+    let session_config = config.session.clone();
     let freshen_config =
         Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
             .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
@@ -233,7 +232,8 @@ pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, pl
     let mut states = session.watch_state();
     let mut relogging = false;
     let mut rng = SplitMix64::new(seed ^ 0xCA11 ^ (host.index as u64) << 16 ^ u64::from(incarnation));
-    let mean = u64::try_from(config.caller_interval.as_millis()).unwrap_or(1000).max(1);
+    let demand = config.demand.unwrap_or(Demand::every(Duration::from_secs(1)));
+    let mean = u64::try_from(demand.mean_interval.as_millis()).unwrap_or(1000).max(1);
     loop {
         tokio::time::sleep(Duration::from_millis(1 + rng.below(2 * mean))).await;
         if let Ok(mut last) = host.last_state.lock() {
@@ -257,7 +257,7 @@ pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>, pl
         if !states.borrow().needs_login() {
             relogging = false;
         }
-        for _ in 0..1 + rng.below(config.burst) {
+        for _ in 0..1 + rng.below(demand.burst) {
             // The app forces a refresh now and then (a changed profile, a suspect token).
             let forced = rng.chance(1, 200);
             tokio::spawn(caller(session.clone(), Arc::clone(&host), forced));

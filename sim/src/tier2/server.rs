@@ -43,7 +43,7 @@ pub(super) async fn serve(
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, 16 * 1024).collect().await.map_err(|_| Dropped)?.to_bytes();
     if parts.method == Method::POST && parts.uri.path() == paths::TOKEN {
-        let rates = faults.rates.lock().map(|r| r.clone()).unwrap_or_default();
+        let rates = faults.rates.lock().map(|r| *r).unwrap_or_default();
         if faults.draw(rates.server_error, "server_error") {
             let mut response = http::Response::new(Full::new(Bytes::from_static(b"<html>503</html>")));
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -71,7 +71,7 @@ pub(super) async fn serve(
             return Ok(response);
         }
         let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
-        if faults.draw(rates.drop_after_commit, "drop_after_commit") {
+        if faults.draw(rates.drop_response, "drop_after_commit") {
             let client = form_urlencoded::parse(&body)
                 .find(|(k, _)| k == "client_id")
                 .map(|(_, v)| v.into_owned())

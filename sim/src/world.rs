@@ -1,0 +1,349 @@
+//! What a simulated world is made of, for both tiers: the faults, who calls,
+//! what the store holds at start, and how long the faults last.
+//!
+//! One [`WorldConfig`] and one [`Faults`] describe a world in either tier.
+//! Tier 1 ([`harness`](crate::harness)) steps every message and command, so
+//! it injects its faults per message and per command; tier 2 (`tier2`) runs
+//! the real driver over a simulated TCP network, where a fault is a rate per
+//! request or an event scheduled in the safety phase. Each field says which
+//! tier carries it out. The tiers sample different worlds from a seed
+//! ([`WorldConfig::sampled`], [`WorldConfig::sampled_tier2`]): a simulated
+//! second of tier 2 costs far more, so its worlds are shorter and its tokens
+//! live shorter.
+
+use core::time::Duration;
+
+use freshen_core::rng::SplitMix64;
+use freshen_core::session::{Plant, SessionConfig};
+
+use crate::authority::{AuthorityConfig, AuthorityPlant, GraceReplay};
+
+/// Every client host's ephemeral ports in tier 2, unless a world says otherwise.
+pub const EPHEMERAL_PORTS: (u16, u16) = (1024, 65535);
+
+/// Fault probabilities, in parts per thousand. Rates apply per refresh
+/// request (network and server), per store operation, or per command
+/// boundary (tier 1's processes); the tier-2 switches schedule events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Faults {
+    /// A refresh request is lost (tier 1).
+    pub drop_request: u16,
+    /// A refresh answer is lost after the server committed (both tiers; tier
+    /// 2 drops the connection instead of answering).
+    pub drop_response: u16,
+    /// A refresh answer is mangled after the server committed (tier 1).
+    pub mangle_response: u16,
+    /// A refresh answer arrives twice (tier 1).
+    pub duplicate_response: u16,
+    /// A message is delayed by up to `max_delay`, which reorders messages (tier 1).
+    pub delay: u16,
+    /// The server answers 503 without acting (both tiers).
+    pub server_error: u16,
+    /// The server answers 429 without acting (both tiers).
+    pub rate_limit: u16,
+    /// The connection is refused (tier 1).
+    pub refused: u16,
+    /// The server refuses by policy without acting: interaction required,
+    /// invalid request or invalid client (both tiers).
+    pub policy_refusal: u16,
+    /// A store write (save or clear) fails, half of them after it landed (both tiers).
+    pub store_write_fail: u16,
+    /// A store read (load or lock) fails (tier 1).
+    pub store_load_fail: u16,
+    /// A process crashes and restarts from its store. Tier 1: per command
+    /// boundary. Tier 2 (a switch): each process crashes one to three times.
+    pub crash: u16,
+    /// A process's clock jumps. Tier 1: per command boundary, a suspend (the
+    /// process sleeps, its wall clock runs on). Tier 2 (a switch): each
+    /// process's wall clock steps once or twice, mostly forward.
+    pub clock_jump: u16,
+    /// A caller logs the user out, and a new login follows (both tiers; tier
+    /// 2 draws it per burst of callers).
+    pub logout: u16,
+    /// Tier 2 (a switch): each process is cut off from the authority one to
+    /// three times, for up to 30 s each. Tier 1's network loses messages one
+    /// by one instead.
+    pub partition: u16,
+    /// Tier 2 (a switch): the authority restarts once; its state survives,
+    /// its connections do not.
+    pub server_restart: u16,
+    /// The longest extra delay (tier 1, with `delay`).
+    pub max_delay: Duration,
+}
+
+impl Faults {
+    /// No faults at all.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Tier 1's faults for a campaign seed: each kind on or off, at a drawn rate.
+    pub fn sample(rng: &mut SplitMix64) -> Self {
+        let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
+        Self {
+            drop_request: rate(150),
+            drop_response: rate(150),
+            mangle_response: rate(60),
+            duplicate_response: rate(100),
+            delay: rate(200),
+            server_error: rate(150),
+            rate_limit: rate(80),
+            refused: rate(100),
+            policy_refusal: rate(30),
+            store_write_fail: rate(150),
+            store_load_fail: rate(150),
+            crash: rate(8),
+            clock_jump: rate(4),
+            logout: rate(10),
+            partition: 0,
+            server_restart: 0,
+            max_delay: Duration::from_millis(rng.below(15_000)),
+        }
+    }
+}
+
+/// What the store holds when a world starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing: the session starts with no session.
+    Empty,
+    /// A token pair.
+    Pair,
+    /// A refresh token alone: the first caller refreshes.
+    RefreshOnly,
+    /// An access token alone: served while usable, then a login is needed.
+    AccessOnly,
+}
+
+/// How callers arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Demand {
+    /// Mean time between two arrivals (tier 1: in the whole app; tier 2: on
+    /// each process).
+    pub mean_interval: Duration,
+    /// The most callers in one arrival (a page load fires many requests at
+    /// once); each arrival brings one to this many.
+    pub burst: u64,
+}
+
+impl Demand {
+    /// One caller at a time, `mean_interval` apart on average.
+    pub fn every(mean_interval: Duration) -> Self {
+        Self { mean_interval, burst: 1 }
+    }
+}
+
+/// Everything that defines a world besides its seed.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorldConfig {
+    /// The sessions' configuration.
+    pub session: SessionConfig,
+    /// The authority's configuration.
+    pub authority: AuthorityConfig,
+    /// A broken authority, to prove the authority checks (tier 1).
+    pub authority_plant: Option<AuthorityPlant>,
+    /// Faults during the safety phase.
+    pub faults: Faults,
+    /// One-way network latency (tier 1; tier 2's network draws 1–40 ms).
+    pub latency: Duration,
+    /// Time a store operation takes (tier 1).
+    pub store_latency: Duration,
+    /// Random callers, if any.
+    pub demand: Option<Demand>,
+    /// How long faults are injected.
+    pub safety_phase: Duration,
+    /// How long the healed world then runs; long enough for every bound.
+    pub liveness_phase: Duration,
+    /// What each app's store holds when the world starts.
+    pub start: Start,
+    /// Whether the stored access tokens are already spent at start, an app
+    /// opened after a night (tier 2).
+    pub start_spent: bool,
+    /// Processes of the first app sharing its store (and its lock), each with
+    /// its own session, callers and crashes (a CLI run several times at once).
+    /// More than one needs [`SessionConfig::shared_store`] to be safe;
+    /// without it, that is the bug the checkers must catch.
+    pub processes: usize,
+    /// Client apps, each with its own store and token family (tier 2; the
+    /// first app runs as `processes` processes).
+    pub apps: usize,
+    /// Each tier-2 process's ephemeral ports (first, last): a small range
+    /// makes them wrap around often.
+    pub ephemeral_ports: (u16, u16),
+    /// Keep a printable trace.
+    pub trace: bool,
+    /// The most steps a run may take (tier 1).
+    pub max_steps: u64,
+}
+
+impl WorldConfig {
+    /// A quiet world: no faults, no random callers, one app logged in with a
+    /// token pair, 50 ms latency.
+    pub fn quiet() -> Self {
+        let session = SessionConfig::default();
+        let liveness_phase = session.wait_bound() + Duration::from_secs(60);
+        Self {
+            session,
+            authority: AuthorityConfig::default(),
+            authority_plant: None,
+            faults: Faults::none(),
+            latency: Duration::from_millis(50),
+            store_latency: Duration::from_millis(5),
+            demand: None,
+            safety_phase: Duration::from_secs(3600),
+            liveness_phase,
+            start: Start::Pair,
+            start_spent: false,
+            processes: 1,
+            apps: 1,
+            ephemeral_ports: EPHEMERAL_PORTS,
+            trace: false,
+            max_steps: 1_000_000,
+        }
+    }
+
+    /// A tier-1 campaign world for `seed`: authority knobs, faults and demand
+    /// all drawn from it.
+    pub fn sampled(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x5EED_F00D_CAFE_0001);
+        let mut config = Self::quiet();
+        let access_ttl = Duration::from_secs(30 + rng.below(600));
+        config.authority = AuthorityConfig {
+            access_ttl,
+            refresh_ttl: Duration::from_secs(600 + rng.below(4 * 3600)),
+            family_lifetime: Duration::from_secs(3600 + rng.below(48 * 3600)),
+            rotation: !rng.chance(1, 5),
+            grace: match rng.below(6) {
+                0 | 1 => Duration::ZERO,
+                // Longer than a whole retry cycle: L1 applies.
+                2 => Duration::from_secs(300 + rng.below(300)),
+                _ => Duration::from_secs(rng.below(120)),
+            },
+            grace_reuses: 1 + rng.below(6) as u32,
+            grace_replay: sample_grace_replay(&mut rng),
+            reuse_detection: !rng.chance(1, 4),
+            revoke_previous_access: rng.chance(1, 3),
+            ..AuthorityConfig::default()
+        };
+        config.faults = Faults::sample(&mut rng);
+        config.latency = Duration::from_millis(1 + rng.below(300));
+        config.demand = Some(Demand::every(Duration::from_millis(200 + rng.below(20_000))));
+        config.safety_phase = Duration::from_secs(600 + rng.below(3 * 3600));
+        config.start = if rng.chance(1, 10) {
+            Start::Empty
+        } else {
+            // Sessions that are not a full pair: a refresh token alone (its
+            // access token dropped), or an access token alone (no refresh
+            // token issued).
+            match rng.below(16) {
+                0 | 1 => Start::RefreshOnly,
+                2 => Start::AccessOnly,
+                _ => Start::Pair,
+            }
+        };
+        // A third of the worlds run the shared-store protocol (lock, read,
+        // refresh, write, unlock): alone, it must keep every invariant too.
+        config.session.shared_store = rng.chance(1, 3);
+        // Half of those are several processes sharing the store: a CLI run
+        // twice at once, an app and its helper.
+        if config.session.shared_store && rng.chance(1, 2) {
+            config.processes = 2 + rng.below(3) as usize;
+        }
+        config
+    }
+
+    /// A tier-2 campaign world for `seed`: one to three apps, bursts of
+    /// callers, short-lived tokens and a safety phase of two to ten minutes.
+    pub fn sampled_tier2(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x7153_2000_0000_0002);
+        let mut config = Self::quiet();
+        let authority = &mut config.authority;
+        authority.access_ttl = Duration::from_secs(20 + rng.below(100));
+        authority.refresh_ttl = Duration::from_secs(600 + rng.below(3600));
+        authority.rotation = !rng.chance(1, 5);
+        authority.grace = match rng.below(6) {
+            0 | 1 => Duration::ZERO,
+            // Longer than a whole retry cycle: the rule L1 applies.
+            2 => Duration::from_secs(300 + rng.below(300)),
+            _ => Duration::from_secs(rng.below(90)),
+        };
+        authority.grace_reuses = 1 + rng.below(6) as u32;
+        authority.reuse_detection = !rng.chance(1, 4);
+        // Real servers differ in what a grace replay returns and in whether a
+        // refresh deletes the access token it replaces (Django OAuth Toolkit).
+        authority.grace_replay = sample_grace_replay(&mut rng);
+        authority.revoke_previous_access = rng.chance(1, 3);
+        let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
+        let (server_error, rate_limit, drop_response, store_write_fail, logout) =
+            (rate(150), rate(80), rate(120), rate(150), rate(40));
+        let policy_refusal = rate(30);
+        let mut switch = |numerator: u64, denominator: u64| u16::from(rng.chance(numerator, denominator));
+        let (partition, crash, server_restart) = (switch(1, 2), switch(1, 2), switch(1, 3));
+        config.faults = Faults {
+            server_error,
+            rate_limit,
+            policy_refusal,
+            drop_response,
+            store_write_fail,
+            partition,
+            crash,
+            server_restart,
+            logout,
+            ..Faults::none()
+        };
+        config.apps = 1 + rng.below(3) as usize;
+        let mean_interval = Duration::from_millis(100 + rng.below(3000));
+        config.demand = Some(Demand { mean_interval, burst: 1 + rng.below(30) });
+        config.start_spent = rng.chance(1, 2);
+        config.start = match rng.below(8) {
+            0 => Start::RefreshOnly,
+            1 => Start::AccessOnly,
+            _ => Start::Pair,
+        };
+        config.safety_phase = Duration::from_secs(120 + rng.below(480));
+        // Half the worlds run the first app as two to four processes sharing its store.
+        config.processes = if rng.chance(1, 2) { 2 + rng.below(3) as usize } else { 1 };
+        config.session.shared_store = config.processes > 1;
+        config.faults.clock_jump = u16::from(rng.chance(1, 3));
+        config
+    }
+
+    /// The same world with a planted bug in its sessions, shaped so the bug
+    /// can show: a missing cross-process lock needs processes sharing a
+    /// store; the dead-token plants need servers that behave like Django
+    /// OAuth Toolkit; retrying interaction-required needs the server to ask.
+    #[must_use]
+    pub fn with_plant(mut self, plant: Plant) -> Self {
+        match plant {
+            Plant::NoCrossProcessLock => {
+                self.session.shared_store = true;
+                self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+            }
+            // Shows against a server whose grace replay keeps the original
+            // expiry, when answers get lost and tokens are short.
+            Plant::LifetimeFromLastAttempt => {
+                self.authority.grace_replay = GraceReplay::SamePairFullLifetime;
+                self.authority.grace = self.authority.grace.max(Duration::from_secs(120));
+                self.authority.access_ttl = self.authority.access_ttl.min(Duration::from_secs(60));
+                self.faults.drop_response = self.faults.drop_response.max(100);
+            }
+            // Shows against a server that deletes the access token a refresh replaces.
+            Plant::RetryIgnoresRunningRefresh => self.authority.revoke_previous_access = true,
+            Plant::RetriesInteractionRequired => self.faults.policy_refusal = self.faults.policy_refusal.max(60),
+            _ => {}
+        }
+        self.session.plant = Some(plant);
+        self
+    }
+}
+
+/// What a grace replay returns, as real servers differ.
+fn sample_grace_replay(rng: &mut SplitMix64) -> GraceReplay {
+    match rng.below(3) {
+        0 => GraceReplay::SamePair,
+        1 => GraceReplay::FreshPair,
+        _ => GraceReplay::SamePairFullLifetime,
+    }
+}
