@@ -190,6 +190,59 @@ pub fn judge_logout(
     }
 }
 
+/// What one process showed once its world had healed (faults off) and every
+/// bound had passed since: the input of [`judge_healed`], the liveness verdict
+/// both tiers give.
+#[derive(Clone, Debug)]
+pub struct Healed<'a> {
+    /// The process, as the verdict names it.
+    pub process: &'a str,
+    /// Callers that got no token in that time.
+    pub unserved: u64,
+    /// How the last of them was answered, for the verdict's detail.
+    pub last_unserved: Option<String>,
+    /// The state the process settled in.
+    pub state: Option<&'a StateView>,
+    /// What the world knows about how its session ended, if it ended and the
+    /// world leaves it ended (tier 1 logs the user in again and asks once
+    /// more, so it never leaves a session ended here).
+    pub evidence: Option<LogoutEvidence>,
+}
+
+/// The liveness rule after healing (C5 with L1 and L2): once faults stop and
+/// every bound has passed, callers are served. A session left ended must have
+/// ended for a cause the logout rules accept; otherwise any unserved caller
+/// is a violation.
+///
+/// # Errors
+/// The violation, naming the process.
+pub fn judge_healed(
+    session: &SessionConfig,
+    authority: &AuthorityConfig,
+    healed: &Healed<'_>,
+    at: MonoTime,
+) -> Result<(), Violation> {
+    let ended = healed.state.and_then(StateView::logout_cause).zip(healed.evidence);
+    let named = |mut violation: Violation| {
+        violation.detail = format!("{}: {}", healed.process, violation.detail);
+        violation
+    };
+    match ended {
+        Some((cause, evidence)) => judge_logout(session, authority, &cause, evidence, at).map_err(named),
+        None if healed.unserved > 0 => Err(named(Violation {
+            invariant: Invariant::C5,
+            at,
+            detail: format!(
+                "after healing, {} caller(s) got no token (the last: {}) in state {}",
+                healed.unserved,
+                healed.last_unserved.as_deref().unwrap_or("never answered"),
+                healed.state.map_or_else(|| "unknown".to_owned(), ToString::to_string),
+            ),
+        })),
+        None => Ok(()),
+    }
+}
+
 /// C8: whether two renderings of the same run are identical, and where they
 /// first differ.
 pub fn same_trace(first: &[String], second: &[String]) -> Result<(), Violation> {

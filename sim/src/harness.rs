@@ -22,7 +22,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::authority::{Authority, PolicyRefusal, Refusal};
 use crate::check::{
-    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
+    AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed,
+    judge_logout,
 };
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{self, Classified};

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crate::authority::{AuditOp, AuditOutcome, Refusal};
 use crate::check::{
-    AuthorityMonitor, ClientMonitor, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_logout,
+    AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed,
 };
 use crate::faulty_store::{FaultyMemoryStore, FaultyStore, StoreFaults};
 use crate::harness::logout_name;
@@ -219,6 +219,7 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                 granted: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 failed_after_heal: AtomicU64::new(0),
+                last_unserved: Mutex::new(None),
                 healed: std::sync::atomic::AtomicBool::new(false),
                 last_state: Mutex::new(None),
                 faulty: std::sync::atomic::AtomicBool::new(true),

@@ -432,6 +432,29 @@ fn l2_catches_a_logout_with_no_cause_in_the_world() {
 }
 
 #[test]
+fn the_healed_verdict_catches_an_unserved_caller_unless_the_session_ended_for_an_accepted_cause() {
+    let (session, authority) = (SessionConfig::default(), AuthorityConfig::default());
+    let valid = StateView::Valid { generation: Generation(3), renewal: Renewal::Ready };
+    let served = Healed { process: "client-0", unserved: 0, last_unserved: None, state: Some(&valid), evidence: None };
+    assert!(judge_healed(&session, &authority, &served, t(0)).is_ok());
+    // A caller unserved in a healed world whose session goes on: C5, named.
+    let unserved = Healed { unserved: 2, last_unserved: Some("timed out".into()), ..served.clone() };
+    let violation = judge_healed(&session, &authority, &unserved, t(0)).unwrap_err();
+    assert_eq!(violation.invariant, Invariant::C5);
+    assert!(violation.detail.starts_with("client-0: ") && violation.detail.contains("timed out"), "{violation}");
+    // Left ended: the logout rules judge instead, with the world's evidence.
+    let ended = StateView::LoggedOut { cause: rejected(false) };
+    let no_cause = LogoutEvidence { refusal: Some(Refusal::ReuseDetected), ..LogoutEvidence::default() };
+    let left_ended = Healed { state: Some(&ended), evidence: Some(no_cause), ..unserved.clone() };
+    assert_eq!(judge_healed(&session, &authority, &left_ended, t(0)).unwrap_err().invariant, Invariant::L2);
+    let crashed = Healed { evidence: Some(LogoutEvidence { crashed: true, ..no_cause }), ..left_ended.clone() };
+    assert!(judge_healed(&session, &authority, &crashed, t(0)).is_ok());
+    // A world that logs the user in again gives no evidence: an ended state is no excuse.
+    let relogged = Healed { evidence: None, ..left_ended };
+    assert_eq!(judge_healed(&session, &authority, &relogged, t(0)).unwrap_err().invariant, Invariant::C5);
+}
+
+#[test]
 fn l1_catches_a_lost_answer_that_grace_should_have_saved() {
     let session = SessionConfig::default();
     let mut authority = AuthorityConfig {

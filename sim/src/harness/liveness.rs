@@ -1,6 +1,7 @@
-//! The liveness phase and its verdict: after the faults stop, every
-//! process's last caller must be granted (after a fresh login where the
-//! session ended for a reason the logout rules accept).
+//! The liveness phase: after the faults stop, every process's last caller
+//! must be granted (after a fresh login where the session ended, judged by
+//! the logout rules when it did); [`judge_healed`] gives the verdict, as in
+//! tier 2.
 
 use super::*;
 
@@ -67,14 +68,23 @@ impl World {
         self.finish();
         for p in processes {
             let caller = last.get(p).copied().unwrap_or(CallerId(0));
-            if !matches!(self.outcome(caller), Some(CallerOutcome::Granted(_))) {
-                let detail = format!(
-                    "after healing, process {p}'s last caller got {:?} in state {}",
-                    self.outcome(caller),
-                    self.session_of(p).state()
-                );
-                self.extra.push(Violation { invariant: Invariant::C5, at: self.now, detail });
-            }
+            let last_unserved = match self.outcome(caller) {
+                Some(CallerOutcome::Granted(_)) => None,
+                Some(other) => Some(format!("{other:?}")),
+                None => Some("never answered".to_owned()),
+            };
+            let state = self.session_of(p).state();
+            let process = format!("process {p}");
+            // Sessions that ended were logged in again above: none is left ended.
+            let healed = Healed {
+                process: &process,
+                unserved: u64::from(last_unserved.is_some()),
+                last_unserved,
+                state: Some(state),
+                evidence: None,
+            };
+            let judged = judge_healed(&self.config.session, &self.config.authority, &healed, self.now);
+            self.extra.extend(judged.err());
         }
     }
 

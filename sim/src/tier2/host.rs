@@ -97,6 +97,8 @@ pub(super) struct Host {
     pub(super) failed: AtomicU64,
     /// After the network healed: callers that got no token, and the last state seen.
     pub(super) failed_after_heal: AtomicU64,
+    /// How the last of those callers was answered.
+    pub(super) last_unserved: Mutex<Option<String>>,
     pub(super) healed: std::sync::atomic::AtomicBool,
     pub(super) last_state: Mutex<Option<StateView>>,
     /// Whether the safety phase's faults still run.
@@ -130,10 +132,13 @@ pub(super) async fn caller(session: Session<TurmoilTransport, FaultyMemoryStore>
             host.needs_login.store(true, Ordering::Release);
             return;
         }
-        Err(_) => {
+        Err(error) => {
             host.failed.fetch_add(1, Ordering::Relaxed);
             if healed && host.healed.load(Ordering::Acquire) {
                 host.failed_after_heal.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = host.last_unserved.lock() {
+                    *last = Some(error.to_string());
+                }
             }
             return;
         }

@@ -1,6 +1,6 @@
 //! The verdict on a tier-2 run: the monitors' violations, the liveness rule
-//! (after healing, callers are served) and the logout rules, and what the
-//! world did, for the campaign's counts.
+//! after healing ([`judge_healed`], as in tier 1), and what the world did,
+//! for the campaign's counts.
 
 use super::*;
 
@@ -44,37 +44,30 @@ pub(super) fn verdict(
             outcome.violations.extend_from_slice(monitor.violations());
         }
         let last = host.last_state.lock().ok().and_then(|s| s.clone());
-        let after_heal = host.failed_after_heal.load(Ordering::Relaxed);
         for (cause, count) in host.watch.logouts.lock().map(|l| l.clone()).unwrap_or_default() {
             *outcome.logouts.entry(cause).or_default() += count;
         }
         let at = MonoTime::from_elapsed(total);
-        match last.as_ref().and_then(StateView::logout_cause) {
-            None if after_heal > 0 => extra.push(Violation {
-                invariant: Invariant::C5,
-                at,
-                detail: format!("{}: {after_heal} callers failed after the world healed", host.name),
-            }),
-            Some(cause) => {
-                let client = client_id(host.app);
-                let evidence = LogoutEvidence {
-                    lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0,
-                    // The app's family is shared: any of its processes' crashes counts.
-                    crashed: hosts
-                        .iter()
-                        .filter(|other| other.app == host.app)
-                        .any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
-                    revoked: false,
-                    suspended: false,
-                    refusal: last_refusal(&audit, &client),
-                };
-                if let Err(mut violation) = judge_logout(&config.session, &config.authority, &cause, evidence, at) {
-                    violation.detail = format!("{}: {}", host.name, violation.detail);
-                    extra.push(violation);
-                }
-            }
-            None => {}
-        }
+        let client = client_id(host.app);
+        let evidence = LogoutEvidence {
+            lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0,
+            // The app's family is shared: any of its processes' crashes counts.
+            crashed: hosts
+                .iter()
+                .filter(|other| other.app == host.app)
+                .any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
+            revoked: false,
+            suspended: false,
+            refusal: last_refusal(&audit, &client),
+        };
+        let healed = Healed {
+            process: &host.name,
+            unserved: host.failed_after_heal.load(Ordering::Relaxed),
+            last_unserved: host.last_unserved.lock().ok().and_then(|last| last.clone()),
+            state: last.as_ref(),
+            evidence: Some(evidence),
+        };
+        extra.extend(judge_healed(&config.session, &config.authority, &healed, at).err());
         if let Some(trace) = &host.watch.trace {
             outcome.trace.extend(trace.lock().map(|t| t.clone()).unwrap_or_default());
         }
