@@ -8,7 +8,11 @@
 //! * [`stored`]: the session as one versioned blob for a store.
 //! * [`token`], [`time`], [`ids`]: tokens as secrets, the two clocks as
 //!   inputs, and the numbers that name generations, callers and operations.
-//! * [`scrub`]: how buffers that held a token are wiped.
+//!
+//! Every buffer that held a token on the way (a parsed response, a blob, a
+//! form) is wiped before its memory is freed, and none ever grows (so the
+//! allocator never frees an unwiped copy); the `freed-memory` test crate
+//! checks it.
 //!
 //! The reference authority, the invariant checker and the simulated worlds
 //! that test this machine live in the testkit, `freshen-sim`.
@@ -78,8 +82,14 @@
 
 pub mod ids;
 pub mod oauth;
+// The machine's seeded jitter. The testkit draws its worlds from the same
+// generator, so the feature that is not for applications exports it.
+#[cfg(feature = "_internal_test_exports")]
 pub mod rng;
-pub mod scrub;
+#[cfg(not(feature = "_internal_test_exports"))]
+#[allow(unreachable_pub, dead_code)]
+mod rng;
+mod scrub;
 pub mod session;
 pub mod stored;
 pub mod time;

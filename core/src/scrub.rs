@@ -25,27 +25,27 @@ use serde_json::{Map, Value};
 /// A parsed JSON object whose every string (keys included) is wiped when it
 /// drops: token responses and stored blobs are read through it.
 #[derive(Debug, Default)]
-pub struct ScrubbedJson(Map<String, Value>);
+pub(crate) struct ScrubbedJson(Map<String, Value>);
 
 impl ScrubbedJson {
     /// Parses `bytes` as a JSON object; `None` when they are not one.
-    pub fn parse(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
         serde_json::from_slice(bytes).ok().map(Self)
     }
 
     /// An object built by hand (to be encoded with [`ScrubbedJson::write_into`]).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Sets `key` to `value`.
-    pub fn insert(&mut self, key: &str, value: impl Into<Value>) {
+    pub(crate) fn insert(&mut self, key: &str, value: impl Into<Value>) {
         self.0.insert(key.to_owned(), value.into());
     }
 
     /// Encodes the object into a buffer of `capacity` bytes, which must bound
     /// its encoding (see [`json_bound`]), so the buffer is never reallocated.
-    pub fn write_into(&self, capacity: usize) -> SecretString {
+    pub(crate) fn write_into(&self, capacity: usize) -> SecretString {
         let mut buffer = Vec::with_capacity(capacity);
         match serde_json::to_writer(&mut buffer, &self.0) {
             Ok(()) => debug_assert_eq!(buffer.capacity(), capacity, "json_bound was not a bound"),
@@ -99,7 +99,7 @@ impl Drop for ScrubbedJson {
 /// An upper bound on the JSON encoding of an object whose string keys and
 /// values are `texts` plus at most `fields` numbers, `null`s and punctuation:
 /// each byte of a string escapes to at most six (`\u001f`).
-pub fn json_bound<'a>(texts: impl IntoIterator<Item = &'a str>, fields: usize) -> usize {
+pub(crate) fn json_bound<'a>(texts: impl IntoIterator<Item = &'a str>, fields: usize) -> usize {
     let strings: usize = texts.into_iter().map(|text| 6 * text.len() + 2).sum();
     strings + fields * 32 + 2
 }
@@ -107,14 +107,14 @@ pub fn json_bound<'a>(texts: impl IntoIterator<Item = &'a str>, fields: usize) -
 /// An upper bound on a form's `application/x-www-form-urlencoded` encoding
 /// whose names and values are `parts`: each byte encodes to at most three
 /// (`%2F`), plus one `=` or `&` per part.
-pub fn form_bound<'a>(parts: impl IntoIterator<Item = &'a str>) -> usize {
+pub(crate) fn form_bound<'a>(parts: impl IntoIterator<Item = &'a str>) -> usize {
     parts.into_iter().map(|part| 3 * part.len() + 1).sum()
 }
 
 /// Moves `text` into a secret without a reallocation: a `String` with spare
 /// capacity would be shrunk (moved) by `into_boxed_str`, leaving its old
 /// block unwiped, so it is copied once into an exact block and wiped instead.
-pub fn into_secret(mut text: String) -> SecretString {
+pub(crate) fn into_secret(mut text: String) -> SecretString {
     if text.capacity() == text.len() {
         return SecretString::from(text);
     }
