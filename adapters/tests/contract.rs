@@ -28,9 +28,8 @@ async fn rule_1_a_caller_told_logged_out_reads_logged_out() {
     let stored = store.inner().peek().unwrap().unwrap();
     let now = transport.now();
     transport
-        .authority
-        .lock()
-        .unwrap()
+        .state
+        .authority()
         .revoke(now, support::CLIENT, stored.refresh_token.as_ref().unwrap().expose_secret())
         .unwrap();
     let error = session.access_token().await.unwrap_err();
@@ -242,7 +241,7 @@ async fn rule_5_forced_refreshes_are_chained_under_rotation() {
     assert_eq!(first.await.unwrap().unwrap().generation(), Generation(3));
     assert_eq!(second.await.unwrap().unwrap().generation(), Generation(4));
     assert_eq!(transport.refreshes.load(SeqCst), 3);
-    let stats = transport.authority.lock().unwrap().stats();
+    let stats = transport.state.authority().stats();
     assert_eq!((stats.refreshes, stats.refusals, stats.reuse_detections), (3, 0, 0));
     assert_eq!(store.generation(), Some(Generation(4)));
 }
@@ -264,7 +263,7 @@ async fn rule_5_an_invalidated_token_is_refreshed_by_the_next_caller_once() {
 
 /// Whether the authority would accept `token` now.
 fn accepted(transport: &support::AuthorityTransport, token: &freshen::Token) -> bool {
-    transport.authority.lock().unwrap().validate(transport.now(), token.expose_secret()).is_ok()
+    transport.state.authority().validate(transport.now(), token.expose_secret()).is_ok()
 }
 
 /// Rule 8: a grace replay that returns the original pair with a full
@@ -283,7 +282,7 @@ async fn rule_8_a_grace_replay_keeps_its_original_expiry() {
     // which the server counts from the first attempt.
     transport.lose_next_answers(2);
     let first = session.access_token().await.unwrap();
-    assert_eq!(transport.authority.lock().unwrap().stats().grace_replays, 2);
+    assert_eq!(transport.state.authority().stats().grace_replays, 2);
     // Every token handed out from now on is one the server accepts.
     for _ in 0..60 {
         let token = session.access_token().await.unwrap();
@@ -531,7 +530,7 @@ async fn rule_7_a_transport_failure_carries_the_transports_own_error() {
 
 /// A login at the authority, as the app's login flow would return it.
 fn login_response(transport: &support::AuthorityTransport) -> freshen_core::oauth::TokenResponse {
-    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    let issued = transport.state.authority().login(transport.now(), support::CLIENT, None);
     freshen_core::oauth::TokenResponse::bearer(issued.access_token, Some(issued.expires_in), Some(issued.refresh_token))
 }
 
@@ -599,7 +598,7 @@ async fn rule_9_log_in_works_while_the_store_is_still_loading() {
 #[tokio::test(start_paused = true)]
 async fn rule_9_a_session_starts_from_tokens_the_app_holds() {
     let (session, transport, store) = start_empty();
-    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    let issued = transport.state.authority().login(transport.now(), support::CLIENT, None);
     let access = issued.access_token.expose_secret().to_owned();
     let held = freshen_core::stored::StoredSession::pair(issued.access_token, issued.refresh_token)
         .with_access_expiry(freshen::system_clock(), issued.expires_in);
@@ -611,7 +610,7 @@ async fn rule_9_a_session_starts_from_tokens_the_app_holds() {
     // A held pair with less than the margin left and no known issued lifetime
     // gets the whole margin (rule 2): it is refreshed before it is handed out.
     let (session, transport, _) = start_empty();
-    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    let issued = transport.state.authority().login(transport.now(), support::CLIENT, None);
     let mut held = freshen_core::stored::StoredSession::pair(issued.access_token, issued.refresh_token);
     held.access_expires_at = Some(freshen::system_clock().saturating_add(Duration::from_secs(30)));
     session.log_in_with(held).await.unwrap();
@@ -619,7 +618,7 @@ async fn rule_9_a_session_starts_from_tokens_the_app_holds() {
     assert_eq!(transport.refreshes.load(SeqCst), 1);
 
     let (session, transport, _) = start_empty();
-    let issued = transport.authority.lock().unwrap().login(transport.now(), support::CLIENT, None);
+    let issued = transport.state.authority().login(transport.now(), support::CLIENT, None);
     session.log_in_with(freshen_core::stored::StoredSession::refresh_only(issued.refresh_token)).await.unwrap();
     let callers: Vec<_> = (0..3)
         .map(|_| {

@@ -190,9 +190,8 @@ async fn a_dead_refresh_token_logs_out_and_the_state_says_why() {
     let stored = store.inner().peek().unwrap().unwrap();
     let now = transport.now();
     transport
-        .authority
-        .lock()
-        .unwrap()
+        .state
+        .authority()
         .revoke(now, support::CLIENT, stored.refresh_token.as_ref().unwrap().expose_secret())
         .unwrap();
     let error = session.access_token().await.unwrap_err();

@@ -60,7 +60,7 @@ async fn stampede(processes: usize, shared_store: bool) -> Aftermath {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let logged_out = sessions.iter().filter(|s| s.state().is_logged_out()).count();
     let accepted = match sessions[0].access_token().await {
-        Ok(token) => transport.authority.lock().unwrap().validate(transport.now(), token.expose_secret()).is_ok(),
+        Ok(token) => transport.state.authority().validate(transport.now(), token.expose_secret()).is_ok(),
         Err(_) => false,
     };
     Aftermath { transport, generations, logged_out, accepted }

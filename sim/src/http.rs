@@ -127,8 +127,6 @@ impl State {
         self.authority().stats()
     }
 
-    /// The token endpoint commits at once, then holds its answer this long
-    /// (on a real socket): a client killed meanwhile loses an answer the
     /// The token endpoint's next answers, given as they are (the authority
     /// is not asked while any is left).
     pub fn script_token_answers(&self, answers: impl IntoIterator<Item = Scripted>) {
@@ -142,6 +140,8 @@ impl State {
         self.last_token_request.lock().ok().and_then(|last| last.clone())
     }
 
+    /// The token endpoint commits at once, then holds its answer this long
+    /// (on a real socket): a client killed meanwhile loses an answer the
     /// server acted on, the worst moment to die.
     pub fn set_token_answer_delay(&self, delay: Duration) {
         if let Ok(mut held) = self.token_answer_delay.lock() {

@@ -1,6 +1,7 @@
-//! Test doubles for the driver: a transport answered by the core's reference
-//! authority (so rotation, grace and revocation are the real rules), with
-//! answers that can be held behind a gate, and the testkit's store that fails on demand.
+//! Test doubles for the driver: the testkit's in-process token endpoint (so
+//! rotation, grace and revocation are the reference authority's real rules),
+//! with answers that can be held behind a gate, and the testkit's store that
+//! fails on demand.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -16,20 +17,23 @@ use freshen_core::oauth::{Client, FormRequest};
 use freshen_core::session::{SessionConfig, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
-use freshen_sim::authority::{Authority, AuthorityConfig, Refusal};
+use freshen_sim::authority::AuthorityConfig;
 pub use freshen_sim::faulty_store::FaultyMemoryStore;
+use freshen_sim::http::{self, InProcess, State};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 pub const CLIENT: &str = "freshen-test";
 pub const TOKEN_URL: &str = "https://auth.test/token";
 pub const REVOKE_URL: &str = "https://auth.test/revoke";
 
-/// The authority behind the transport, on tokio's (paused) clock.
+/// The testkit's in-process token endpoint (the rules `freshen-sim serve`
+/// serves, on tokio's paused clock), with the faults the driver's tests
+/// script: failures before sending, hung or lost answers, a gate that holds
+/// answers, and latency.
 #[derive(Clone)]
 pub struct AuthorityTransport {
-    pub authority: Arc<Mutex<Authority>>,
-    origin: Instant,
+    pub state: Arc<State>,
+    endpoint: InProcess,
     latency: Duration,
     /// Answers wait for a permit here when the gate is closed.
     gate: Arc<Semaphore>,
@@ -37,29 +41,27 @@ pub struct AuthorityTransport {
     pub refreshes: Arc<AtomicUsize>,
     pub revocations: Arc<AtomicUsize>,
     failures: Arc<Mutex<VecDeque<TransportFailure>>>,
-    /// Answers given instead of the authority's, in order: (status, headers, body).
-    scripted: Arc<Mutex<VecDeque<Scripted>>>,
     /// While set, requests to the token endpoint are never answered.
     hung: Arc<std::sync::atomic::AtomicBool>,
     /// The next answers of the token endpoint are lost after the authority acted.
     lose_answers: Arc<AtomicUsize>,
 }
 
-/// A token endpoint's answer, scripted by a test.
+/// A token endpoint's answer, scripted by a test: (status, headers, body).
 pub type Scripted = (u16, Vec<(String, Vec<u8>)>, String);
 
 impl AuthorityTransport {
     pub fn new(config: AuthorityConfig) -> Self {
+        let state = State::new(config, 1);
         Self {
-            authority: Arc::new(Mutex::new(Authority::new(config, 1))),
-            origin: Instant::now(),
+            endpoint: InProcess::new(Arc::clone(&state)),
+            state,
             latency: Duration::from_millis(20),
             gate: Arc::new(Semaphore::new(0)),
             gated: Arc::new(Mutex::new(false)),
             refreshes: Arc::new(AtomicUsize::new(0)),
             revocations: Arc::new(AtomicUsize::new(0)),
             failures: Arc::new(Mutex::new(VecDeque::new())),
-            scripted: Arc::new(Mutex::new(VecDeque::new())),
             hung: Arc::default(),
             lose_answers: Arc::default(),
         }
@@ -73,7 +75,11 @@ impl AuthorityTransport {
 
     /// The next token requests get these answers (counted as refreshes), not the authority's.
     pub fn answer_next(&self, answers: impl IntoIterator<Item = Scripted>) {
-        self.scripted.lock().unwrap().extend(answers);
+        self.state.script_token_answers(answers.into_iter().map(|(status, headers, body)| http::Scripted {
+            status,
+            headers: headers.into_iter().map(|(name, value)| (name, String::from_utf8(value).unwrap())).collect(),
+            body: body.into_bytes(),
+        }));
     }
 
     /// An OAuth error answer.
@@ -87,14 +93,14 @@ impl AuthorityTransport {
     }
 
     pub fn now(&self) -> MonoTime {
-        MonoTime::from_elapsed(self.origin.elapsed())
+        self.state.now()
     }
 
     /// Logs in at the authority and returns the session a store would hold,
     /// its access token expiring in `expires_in` (issued lifetime unknown, as
     /// in a blob of schema 1).
     pub fn login(&self, expires_in: Option<Duration>) -> StoredSession {
-        let issued = self.authority.lock().unwrap().login(self.now(), CLIENT, None);
+        let issued = self.state.login(CLIENT);
         // The session's own wall clock, so a token stored as spent reads as spent.
         let unix_now = freshen::system_clock();
         let mut stored = StoredSession::pair(issued.access_token, issued.refresh_token);
@@ -131,48 +137,28 @@ impl Transport for AuthorityTransport {
         if let Some(failure) = self.failures.lock().unwrap().pop_front() {
             return Err(failure.into());
         }
-        if url == TOKEN_URL {
-            if self.hung.load(Ordering::SeqCst) {
-                self.refreshes.fetch_add(1, Ordering::SeqCst);
-                return std::future::pending().await;
-            }
-            let scripted = self.scripted.lock().unwrap().pop_front();
-            if let Some((status, headers, body)) = scripted {
-                self.refreshes.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(self.latency * 2).await;
-                return Ok(HttpResponse::new(status, headers, body.into_bytes()));
-            }
-        }
-        let fields: std::collections::HashMap<String, String> =
-            form_urlencoded::parse(form.expose_body().as_bytes()).into_owned().collect();
-        tokio::time::sleep(self.latency).await;
-        let (status, body) = if url == TOKEN_URL {
+        let token_endpoint = url == TOKEN_URL;
+        if token_endpoint {
             self.refreshes.fetch_add(1, Ordering::SeqCst);
-            let token = fields.get("refresh_token").cloned().unwrap_or_default();
-            let client = fields.get("client_id").cloned().unwrap_or_default();
-            let result = self.authority.lock().unwrap().refresh(self.now(), &client, None, &token);
-            match result {
-                Ok(issued) => (200, secrecy::ExposeSecret::expose_secret(&issued.to_json()).to_owned()),
-                Err(refusal) => (400, Refusal::to_json(refusal)),
+            if self.hung.load(Ordering::SeqCst) {
+                return std::future::pending().await;
             }
         } else {
             self.revocations.fetch_add(1, Ordering::SeqCst);
-            let token = fields.get("token").cloned().unwrap_or_default();
-            let client = fields.get("client_id").cloned().unwrap_or_default();
-            let _ = self.authority.lock().unwrap().revoke(self.now(), &client, &token);
-            (200, String::new())
-        };
+        }
+        tokio::time::sleep(self.latency).await;
+        let response = self.endpoint.post_form(url, form).await?;
         let gated = *self.gated.lock().unwrap();
         if gated {
             self.gate.acquire().await.unwrap().forget();
         }
-        let lost = url == TOKEN_URL
+        let lost = token_endpoint
             && self.lose_answers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if lost {
             return std::future::pending().await;
         }
         tokio::time::sleep(self.latency).await;
-        Ok(HttpResponse::new(status, [], body.into_bytes()))
+        Ok(response)
     }
 }
 
