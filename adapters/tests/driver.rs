@@ -140,6 +140,23 @@ async fn log_out_returns_when_the_session_says_its_revocation_ended_and_no_later
     assert!(took >= timeout && took < timeout + Duration::from_millis(100), "returned after {took:?}");
 }
 
+/// A store that stops answering (a keyring daemon that hangs) does not hang
+/// `log_out`: the session tells it finished at its logout bound, and the
+/// session stays logged out.
+#[tokio::test(start_paused = true)]
+async fn log_out_returns_at_the_sessions_bound_when_the_store_never_answers() {
+    let (session, _transport, store) = session(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
+    session.access_token().await.unwrap();
+    store.faults().hang_writes(true);
+    let asked = tokio::time::Instant::now();
+    let bound = support::config().session.logout_bound();
+    tokio::time::timeout(bound * 2, session.log_out()).await.expect("log_out hung with the store");
+    let took = asked.elapsed();
+    assert!(took >= bound && took < bound + Duration::from_millis(100), "returned after {took:?}, bound {bound:?}");
+    assert!(session.state().is_logged_out());
+    assert!(store.inner().peek().is_some(), "the clear never landed: the store was hung");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_store_write_is_retried_before_the_token_is_handed_out() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);

@@ -49,6 +49,7 @@ pub struct StoreFaults {
     /// Loads and locks failing, parts per thousand.
     read_per_mille: u16,
     quiet: AtomicBool,
+    hung_writes: AtomicBool,
     scripted_writes: AtomicUsize,
     failed: AtomicU64,
     writes: AtomicU64,
@@ -76,6 +77,7 @@ impl StoreFaults {
             write_per_mille: 0,
             read_per_mille: 0,
             quiet: AtomicBool::new(false),
+            hung_writes: AtomicBool::new(false),
             scripted_writes: AtomicUsize::new(0),
             failed: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -103,6 +105,12 @@ impl StoreFaults {
         self.quiet.store(quiet, Ordering::SeqCst);
     }
 
+    /// From now on (until `false`), saves and clears never return: a keyring
+    /// daemon that stopped answering. Nothing lands.
+    pub fn hang_writes(&self, hung: bool) {
+        self.hung_writes.store(hung, Ordering::SeqCst);
+    }
+
     /// The next `n` saves or clears fail before landing, quiet or not.
     pub fn fail_next_writes(&self, n: usize) {
         self.scripted_writes.store(n, Ordering::SeqCst);
@@ -116,6 +124,12 @@ impl StoreFaults {
     /// Saves and clears attempted so far, failed or not.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    async fn hang_if_asked(&self) {
+        if self.hung_writes.load(Ordering::SeqCst) {
+            core::future::pending::<()>().await;
+        }
     }
 
     fn roll_write(&self) -> Option<Fault> {
@@ -227,10 +241,12 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
+        self.faults.hang_if_asked().await;
         self.run(self.faults.roll_write(), self.inner.save(session)).await
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
+        self.faults.hang_if_asked().await;
         self.run(self.faults.roll_write(), self.inner.clear()).await
     }
 

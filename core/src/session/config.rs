@@ -228,6 +228,18 @@ impl SessionConfig {
         self.refresh_cycle_bound().saturating_add(self.store_backoff.total_ceiling())
     }
 
+    /// The longest a logout waits for its work before it is told finished
+    /// anyway ([`Command::LogoutFinished`](super::Command::LogoutFinished)):
+    /// the store's lock (a shared store), the clear's retries, then a
+    /// revocation. Reached only when the store stops answering at all; the
+    /// logged-out state holds, and the clear still lands when it answers.
+    /// Time asleep counts toward it: after a suspend longer than the bound,
+    /// the logout may be told finished just before its clear's answer.
+    pub fn logout_bound(&self) -> Duration {
+        let lock = if self.shared_store { self.lock_wait() } else { Duration::ZERO };
+        lock.saturating_add(self.store_backoff.total_ceiling()).saturating_add(self.request_timeout)
+    }
+
     /// C5: the longest any caller waits before its token is granted or its
     /// request failed: a whole refresh cycle, then the store retries for the
     /// write-ahead of its result.

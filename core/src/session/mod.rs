@@ -215,6 +215,8 @@ const MAX_REVOCATIONS_AWAITED: usize = 8;
 struct Logouts {
     requested: u64,
     answered: u64,
+    /// When the oldest logout not answered yet was requested.
+    waiting_since: Option<MonoTime>,
 }
 
 #[derive(Debug)]
@@ -577,6 +579,7 @@ impl Session {
             Event::StoreWritten { op } => self.on_store_written(op),
             Event::StoreFailed { op, error } => self.on_store_failed(op, error),
             Event::LogoutRequested => {
+                self.logouts.waiting_since.get_or_insert(now);
                 self.logouts.requested += 1;
                 self.log_out(LogoutCause::Requested);
             }
@@ -663,6 +666,7 @@ impl Session {
         if self.logout_waits() {
             let revocation = self.outbox.revocations.iter().map(|(_, until)| *until).min();
             consider(revocation, "a logout stops waiting for its revocation");
+            consider(self.logout_gives_up_at(), "a logout stops waiting for its store");
         }
         if matches!(self.store.in_flight, Some((_, StoreOp::Lock))) {
             consider(self.store.lock_wait_ends, "the wait for the store's lock ends");

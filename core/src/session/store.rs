@@ -115,6 +115,14 @@ impl Session {
         let Some(held) = self.tokens() else {
             // Logged out: the lock is for clearing the store.
             self.store.holds = if stored.is_some() { Holds::Unknown } else { Holds::Empty };
+            // Another process cleared it first: no process can refresh the
+            // token any more, so the revocation the clear would have released
+            // is due now (else the logout would wait for it forever).
+            if stored.is_none()
+                && let Some(refresh_token) = self.revoke_after_clear.take()
+            {
+                self.revoke(refresh_token);
+            }
             return;
         };
         let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));

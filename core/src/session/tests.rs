@@ -651,6 +651,40 @@ fn a_logout_whose_clear_keeps_failing_is_finished_when_the_store_gives_up() {
 }
 
 #[test]
+fn a_logout_whose_store_never_answers_is_finished_at_its_bound() {
+    for shared_store in [false, true] {
+        let mut h = Harness::loaded(config().with_shared_store(shared_store), Some(Duration::from_secs(3600)));
+        let requested_at = h.now;
+        let out = h.handle(Event::LogoutRequested);
+        if let Some(id) = out.iter().find_map(|c| match c {
+            Command::Io(Io::Revoke { id, .. }) => Some(*id),
+            _ => None,
+        }) {
+            h.handle(Event::RevocationEnded { id });
+        }
+        // The store takes the clear (or the lock) and never answers; a lock
+        // wait the machine gives up on is retried meanwhile.
+        let gives_up_at = requested_at.saturating_add(h.session.config().logout_bound());
+        if !shared_store {
+            let due = h.session.poll_timeout().expect("a waiting logout has a deadline");
+            assert_eq!((due.at, due.reason), (gives_up_at, "a logout stops waiting for its store"));
+        }
+        let early = h.advance_to(gives_up_at.saturating_sub(Duration::from_millis(1)));
+        assert_eq!(logout_finished(&early), None, "shared {shared_store}: finished early: {early:?}");
+        assert_eq!(logout_finished(&h.advance_to(gives_up_at)), Some(1), "shared {shared_store}");
+        assert!(h.session.state().is_logged_out(), "the logout itself stands");
+        assert!(h.session.poll_timeout().is_none_or(|next| next.reason != "a logout stops waiting for its store"));
+    }
+    let config = config();
+    assert_eq!(config.logout_bound(), config.request_timeout + config.store_backoff.total_ceiling());
+    let shared = config.clone().with_shared_store(true);
+    assert_eq!(
+        shared.logout_bound(),
+        shared.lock_wait() + shared.store_backoff.total_ceiling() + shared.request_timeout
+    );
+}
+
+#[test]
 fn a_login_that_overtakes_a_logout_finishes_it() {
     let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
     h.handle(Event::LogoutRequested);
@@ -1072,6 +1106,29 @@ fn with_a_shared_store_a_logout_revokes_only_once_its_clear_has_landed() {
         .collect();
     assert_eq!(revoked, ["r1"]);
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
+}
+
+/// Tier-2 seeds 3 and 16: another process of the app had logged out and
+/// cleared the store first. With nothing left to clear, the revocation owed
+/// after the clear was never sent and the logout never finished (the driver's
+/// own timeout hid it, until the machine took over that bound).
+#[test]
+fn with_a_shared_store_a_logout_that_finds_the_store_already_cleared_revokes_and_finishes() {
+    let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
+    h.handle(Event::LogoutRequested);
+    let op = lock_op(&h);
+    let out = locked(&mut h, op, None);
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))), "nothing to clear: {out:?}");
+    let revocation = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Io(Io::Revoke { id, refresh_token }) => Some((*id, refresh_token.expose_secret().to_owned())),
+            _ => None,
+        })
+        .expect("the owed revocation is sent");
+    assert_eq!(revocation.1, "r1");
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
+    assert_eq!(logout_finished(&h.handle(Event::RevocationEnded { id: revocation.0 })), Some(1));
 }
 
 #[test]

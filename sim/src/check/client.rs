@@ -107,6 +107,8 @@ pub struct ClientMonitor {
     newest_generation: Generation,
     /// Logouts requested and answered as finished in this life.
     logouts: (u64, u64),
+    /// When the oldest logout not answered yet was requested.
+    logout_since: Option<MonoTime>,
     /// Revocations sent and not ended, with when each was sent.
     revocations: BTreeMap<RevocationId, MonoTime>,
     violations: Vec<Violation>,
@@ -144,6 +146,7 @@ impl ClientMonitor {
             logins: BTreeMap::new(),
             newest_generation: Generation(0),
             logouts: (0, 0),
+            logout_since: None,
             revocations: BTreeMap::new(),
             violations: Vec::new(),
         }
@@ -186,6 +189,7 @@ impl ClientMonitor {
         // Its successor numbers generations from what it reads.
         self.newest_generation = Generation(0);
         self.logouts = (0, 0);
+        self.logout_since = None;
         self.revocations.clear();
     }
 
@@ -245,7 +249,10 @@ impl ClientMonitor {
             },
             Event::StoreFailed { op, .. } => self.store_failed(now, *op),
             Event::LoggedIn { caller, session } => self.logged_in(now, *caller, session),
-            Event::LogoutRequested => self.logouts.0 += 1,
+            Event::LogoutRequested => {
+                self.logouts.0 += 1;
+                self.logout_since.get_or_insert(now);
+            }
             Event::RevocationEnded { id } => {
                 self.revocations.remove(id);
             }
@@ -700,12 +707,20 @@ impl ClientMonitor {
             self.waiting.remove(&caller);
             self.violate(Invariant::C5, now, format!("{caller} waited longer than {bound:?}"));
         }
+        // A logout is told it finished by its bound at the latest: an app
+        // that exits after a logout (a CLI) never hangs on it.
+        let logout_bound = self.config.logout_bound();
+        if let Some(since) = self.logout_since.filter(|since| since.saturating_add(logout_bound) < now) {
+            self.logout_since = None;
+            self.violate(Invariant::C5, now, format!("a logout asked at {since} waited longer than {logout_bound:?}"));
+        }
     }
 
     /// C4 for the app that exits after a logout (a CLI): a logout is told it
     /// is finished only once the store holds no session (or the store gave
     /// up after its retries) and its revocations ended or ran out of the
-    /// request timeout; and only logouts that were asked for are answered.
+    /// request timeout, or once it waited `logout_bound` (a store that never
+    /// answers); and only logouts that were asked for are answered.
     fn logout_finished(&mut self, now: MonoTime, requests: u64) {
         let (requested, answered) = self.logouts;
         if requests > requested || requests <= answered {
@@ -713,8 +728,11 @@ impl ClientMonitor {
             self.violate(Invariant::C4, now, detail);
         }
         self.logouts.1 = self.logouts.1.max(requests);
-        if !matches!(self.state, StateView::LoggedOut { .. }) {
-            // A login overtook the logout: nothing is left to do for it.
+        let since = self.logout_since.take();
+        let overdue = since.is_some_and(|since| since.saturating_add(self.config.logout_bound()) <= now);
+        if overdue || !matches!(self.state, StateView::LoggedOut { .. }) {
+            // Waited its bound, or a login overtook the logout: nothing is
+            // left to wait for.
             return;
         }
         let gave_up = self.store_failures.0 >= self.config.store_backoff.attempts;

@@ -235,6 +235,24 @@ fn c5_catches_a_waiter_held_too_long_and_a_double_answer() {
 }
 
 #[test]
+fn c5_catches_a_logout_not_told_finished_by_its_bound() {
+    let bound = SessionConfig::default().logout_bound();
+    let at_bound = MonoTime::ZERO.saturating_add(bound);
+    // Told at its bound, with the store never answering: fine.
+    let mut m = monitor();
+    m.event(t(0), &Event::LogoutRequested);
+    m.step_end(at_bound, None);
+    m.command(at_bound, &Command::LogoutFinished { requests: 1 });
+    assert_eq!(found(m.violations()), vec![]);
+    // Not told by then: C5, once.
+    let mut m = monitor();
+    m.event(t(0), &Event::LogoutRequested);
+    m.step_end(at_bound.saturating_add(Duration::from_millis(1)), None);
+    m.step_end(at_bound.saturating_add(Duration::from_secs(1)), None);
+    assert_eq!(found(m.violations()), vec![Invariant::C5]);
+}
+
+#[test]
 fn c5_catches_a_caller_never_answered() {
     let mut m = monitor();
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
