@@ -68,29 +68,7 @@ impl World {
             Command::Io(Io::UnlockStore) => self.leave_lock(incarnation),
             Command::Io(Io::Persist { op, session }) => self.write(p, op, StoreWrite::Put(session.encode())),
             Command::Io(Io::ClearStore { op }) => self.write(p, op, StoreWrite::Delete),
-            Command::Io(Io::SendRefresh { id, refresh_token, .. }) => {
-                self.stats.refreshes_sent += 1;
-                let fate = self.fate();
-                let (latency, _) = self.latency();
-                match fate {
-                    Fate::DropRequest => {}
-                    Fate::Refused => {
-                        let failure = TransportFailure::NotSent;
-                        self.schedule(
-                            self.now.saturating_add(latency),
-                            Pending::RefreshFailed { incarnation, id, failure },
-                        );
-                    }
-                    _ => {
-                        let at = self.now.saturating_add(latency);
-                        let sent_at = self.now;
-                        self.schedule(
-                            at,
-                            Pending::RefreshArrives { incarnation, id, token: refresh_token, fate, sent_at },
-                        );
-                    }
-                }
-            }
+            Command::Io(Io::SendRefresh { id, refresh_token, .. }) => self.send_refresh(incarnation, id, refresh_token),
             Command::Io(Io::Revoke { id, refresh_token }) => {
                 let (latency, _) = self.latency();
                 let arrives = Pending::RevokeArrives { incarnation, id, token: refresh_token, latency };
@@ -102,21 +80,7 @@ impl World {
                     self.outcomes.insert(caller, CallerOutcome::LoginStored(generation));
                 }
             }
-            Command::Grant { callers, grant } => {
-                for caller in callers {
-                    self.stats.granted += 1;
-                    self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
-                    let (latency, healthy) = self.latency();
-                    // C7 speaks of a healthy network and a known expiry.
-                    let replayed = self.cross_life_replays.contains(&grant.access_token.fingerprint());
-                    let healthy = healthy && !self.clock_jumped && grant.usable_until.is_some() && !replayed;
-                    let retry = self.process(p).retried.get(&caller).copied().unwrap_or(false);
-                    let retried_at = retry.then_some(self.now);
-                    let pending =
-                        Pending::ResourceArrives { incarnation, caller, grant: grant.clone(), healthy, retried_at };
-                    self.schedule(self.now.saturating_add(latency), pending);
-                }
-            }
+            Command::Grant { callers, grant } => self.grant(p, incarnation, callers, &grant),
             Command::Fail { callers, reason } => {
                 // An access token alone has run out, or the server wants the
                 // user to act: the app sends the user to log in.
@@ -145,6 +109,41 @@ impl World {
                 }
             }
             Command::Publish(_) | Command::StateChanged(_) => {}
+        }
+    }
+
+    /// A refresh request leaves: its fate and latency are drawn now.
+    fn send_refresh(&mut self, incarnation: u32, id: RefreshId, refresh_token: RefreshToken) {
+        self.stats.refreshes_sent += 1;
+        let fate = self.fate();
+        let (latency, _) = self.latency();
+        let at = self.now.saturating_add(latency);
+        match fate {
+            Fate::DropRequest => {}
+            Fate::Refused => {
+                let failure = TransportFailure::NotSent;
+                self.schedule(at, Pending::RefreshFailed { incarnation, id, failure });
+            }
+            _ => {
+                let sent_at = self.now;
+                self.schedule(at, Pending::RefreshArrives { incarnation, id, token: refresh_token, fate, sent_at });
+            }
+        }
+    }
+
+    /// Callers got `grant`: each uses it at the resource.
+    fn grant(&mut self, p: usize, incarnation: u32, callers: Vec<CallerId>, grant: &AccessGrant) {
+        for caller in callers {
+            self.stats.granted += 1;
+            self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
+            let (latency, healthy) = self.latency();
+            // C7 speaks of a healthy network and a known expiry.
+            let replayed = self.cross_life_replays.contains(&grant.access_token.fingerprint());
+            let healthy = healthy && !self.clock_jumped && grant.usable_until.is_some() && !replayed;
+            let retry = self.process(p).retried.get(&caller).copied().unwrap_or(false);
+            let retried_at = retry.then_some(self.now);
+            let pending = Pending::ResourceArrives { incarnation, caller, grant: grant.clone(), healthy, retried_at };
+            self.schedule(self.now.saturating_add(latency), pending);
         }
     }
 
