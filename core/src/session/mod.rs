@@ -579,7 +579,7 @@ impl Session {
             Event::StoreWritten { op } => self.on_store_written(op),
             Event::StoreFailed { op, error } => self.on_store_failed(op, error),
             Event::LogoutRequested => {
-                self.logouts.waiting_since.get_or_insert(now);
+                self.logouts.waiting_since.get_or_insert(self.now);
                 self.logouts.requested += 1;
                 self.log_out(LogoutCause::Requested);
             }
