@@ -77,8 +77,9 @@ fn shared_session_ops_corpus() {
     replay(TARGETS[4].0, TARGETS[4].1);
 }
 
-/// Explains a `session_ops` input: `FRESHEN_FUZZ_INPUT=path cargo test -p
-/// freshen-core --test fuzz_corpus explain -- --ignored --nocapture` prints the
+/// Explains a `session_ops` or `shared_session_ops` input (the path names
+/// the target): `FRESHEN_FUZZ_INPUT=path cargo test -p freshen-sim --test
+/// fuzz_corpus explain -- --ignored --nocapture` prints the
 /// world's trace (no token bytes) and the verdict.
 #[test]
 #[ignore = "a debugging aid, run by hand on one input"]

@@ -87,13 +87,17 @@ impl Session {
 
     /// Whether `stored` was written after this session's tokens. A later
     /// generation says so; so does, for a shared store, anything other than
-    /// the tokens this session knows the store held: once a logout elsewhere
-    /// emptied the store, generations start again from whoever logs in next,
-    /// so a number alone cannot tell.
+    /// what this session last knew the store held (its own tokens, or what it
+    /// last read there): once a logout elsewhere emptied the store,
+    /// generations start again from whoever logs in next, so a number alone
+    /// cannot tell.
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
+        let changed_since_known = match self.store.holds {
+            Holds::Session(known) => known == tokens.generation || known != stored.generation,
+            Holds::Unknown | Holds::Empty => false,
+        };
         !tokens.stored_as(stored)
-            && (stored.generation > tokens.generation
-                || (self.locks_store() && self.store.holds == Holds::Session(tokens.generation)))
+            && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known))
     }
 
     /// The store's cross-process lock is held and the store was read under
