@@ -90,14 +90,17 @@ impl Session {
     /// what this session last knew the store held (its own tokens, or what it
     /// last read there): once a logout elsewhere emptied the store,
     /// generations start again from whoever logs in next, so a number alone
-    /// cannot tell.
+    /// cannot tell. The same refresh token under another number is the same
+    /// rotation (a grace replay of one pair): this session's view of it is
+    /// kept, as it may know an earlier presentation, and so an earlier death.
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
         let changed_since_known = match self.store.holds {
             Holds::Session(known) => known == tokens.generation || known != stored.generation,
             Holds::Unknown | Holds::Empty => false,
         };
+        let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
         !tokens.stored_as(stored)
-            && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known))
+            && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known && !same_rotation))
     }
 
     /// The store's cross-process lock is held and the store was read under
