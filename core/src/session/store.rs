@@ -94,13 +94,13 @@ impl Session {
     /// rotation (a grace replay of one pair): this session's view of it is
     /// kept, as it may know an earlier presentation, and so an earlier death.
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
+        let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
         let changed_since_known = match self.store.holds {
-            Holds::Session(known) => known == tokens.generation || known != stored.generation,
+            Holds::Session(known) => known == tokens.generation || (known != stored.generation && !same_rotation),
             Holds::Unknown | Holds::Empty => false,
         };
-        let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
         !tokens.stored_as(stored)
-            && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known && !same_rotation))
+            && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known))
     }
 
     /// The store's cross-process lock is held and the store was read under
