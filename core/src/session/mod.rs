@@ -208,6 +208,12 @@ pub struct Session {
 /// The most replaced grants kept for revocation; older ones are revoked at once.
 const MAX_REPLACED_GRANTS: usize = 4;
 
+/// How long an attempt whose deadline ended its cycle still counts as in
+/// flight: long enough for the driver's own timeout, which starts just after
+/// the machine's, and for an answer read on waking from a suspend; short
+/// enough that a lost answer holds nobody back for long.
+const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(1);
+
 /// The most revocations a logout waits for; past it, the oldest is not waited for.
 const MAX_REVOCATIONS_AWAITED: usize = 8;
 
@@ -607,15 +613,27 @@ impl Session {
         }
         let due = match &self.state {
             State::Refreshing(_, cycle) => match cycle.phase {
-                Phase::InFlight { deadline, .. } => (deadline <= now).then_some(true),
-                Phase::Backoff { until } => (until <= now).then_some(false),
+                Phase::InFlight { id, deadline } => (deadline <= now).then_some(Some(id)),
+                Phase::Backoff { until } => (until <= now).then_some(None),
                 Phase::Locking | Phase::Rereading { .. } => None,
             },
             _ => None,
         };
         match due {
-            Some(true) => self.attempt_failed(AttemptFailure::Transport(TransportFailure::Timeout), true, None),
-            Some(false) => self.send_next_attempt(),
+            Some(Some(timed_out)) => {
+                self.attempt_failed(AttemptFailure::Transport(TransportFailure::Timeout), true, None);
+                if !matches!(self.state, State::Refreshing(..)) {
+                    // The cycle ended on this deadline, but the driver's own
+                    // timeout fires just after it, and after a suspend both
+                    // fire on waking beside an answer already received: until
+                    // the attempt is reported or the window closes, it counts
+                    // as in flight, and a shared store's lock stays held for
+                    // its answer. Unlocked at once, another process would
+                    // present the token that answer rotated (L2).
+                    self.straggler = Some((timed_out, now.saturating_add(LATE_ANSWER_WINDOW)));
+                }
+            }
+            Some(None) => self.send_next_attempt(),
             None => {}
         }
         if let Some(op) = self.store.lock_wait_over(now) {

@@ -925,6 +925,43 @@ fn a_shared_store_is_locked_and_read_before_a_refresh_and_unlocked_after_the_wri
     assert!(out.iter().any(|c| matches!(c, Command::Grant { .. })), "{out:?}");
 }
 
+fn unlocked(out: &[Command]) -> bool {
+    out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore)))
+}
+
+#[test]
+fn with_a_shared_store_a_cycle_ended_by_its_deadline_keeps_the_lock_for_the_last_answer() {
+    // Tier-1 seed 3142297: asleep past its last attempt's deadline, a process
+    // woke to the timer first, ended the cycle and unlocked; another locked
+    // and presented the token that the answer already in the socket had
+    // rotated, and the server's reuse detection ended the session.
+    let one_attempt =
+        SessionConfig { backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(8), 1), ..shared() };
+    for answered in [true, false] {
+        let mut h = Harness::loaded(one_attempt.clone(), Some(Duration::ZERO));
+        h.want(1);
+        let op = lock_op(&h);
+        locked(&mut h, op, Some(stored(1, "r1", None)));
+        let (id, ..) = h.last_refresh();
+        h.now = MonoTime::from_secs(400);
+        h.session.handle_timeout(h.now);
+        let out = h.drain();
+        assert_eq!(failed(&out).len(), 1, "the cycle ended: {out:?}");
+        assert!(!unlocked(&out), "unlocked while its answer may come: {out:?}");
+        if answered {
+            let out = h.answer(id, success("a2", Some("r2"), 3600));
+            assert!(!unlocked(&out), "{out:?}");
+            let (write, session) = h.last_persist();
+            assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
+            assert!(unlocked(&h.handle(Event::StoreWritten { op: write })));
+        } else {
+            let window_closes = h.session.poll_timeout().unwrap();
+            assert_eq!(window_closes.reason, "an abandoned attempt's answer window closes");
+            assert!(unlocked(&h.advance_to(window_closes.at)), "the lock outlived the window");
+        }
+    }
+}
+
 #[test]
 fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));

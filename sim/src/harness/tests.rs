@@ -300,6 +300,19 @@ fn sampled_campaign_worlds_keep_every_invariant() {
     }
 }
 
+/// Campaign seeds that once failed, replayed whole: 3142297 woke from a
+/// suspend to a timed-out last attempt, unlocked the shared store and let
+/// another process replay the token that attempt's answer had rotated (L2).
+#[test]
+fn campaign_seeds_that_once_failed_stay_clean() {
+    const ONCE_FAILED: &[u64] = &[3_142_297];
+    for &seed in ONCE_FAILED {
+        let mut w = World::new(WorldConfig::sampled(seed), seed);
+        w.run();
+        assert!(w.violations().is_empty(), "seed {seed}: {:?}", w.violations());
+    }
+}
+
 #[test]
 fn every_planted_bug_is_caught() {
     for plant in freshen_core::session::Plant::ALL {
