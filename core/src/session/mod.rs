@@ -54,7 +54,7 @@ use crate::oauth::{Classified, OAuthError, Rejected, TokenResponse, Transient, T
 use crate::rng::SplitMix64;
 use crate::stored::StoredSession;
 use crate::time::{MonoTime, UnixTime};
-use crate::token::{AccessToken, RefreshToken, TokenType};
+use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
 /// A deliberately broken variant of the machine. Each one breaks one invariant,
 /// so the checkers can prove they catch it. Has no effect unless the `testing`
@@ -243,6 +243,8 @@ struct Outbox {
 struct SentRefresh {
     id: RefreshId,
     at: MonoTime,
+    /// The refresh token it presented, by fingerprint.
+    presented: Fingerprint,
     answered: bool,
     /// Its answer says what the server issued for it: nothing (a refusal, a
     /// 429, never sent) or what the answer carried. An attempt not settled

@@ -74,9 +74,11 @@ impl Session {
                 });
                 if current && !revives_dead_token && !superseded {
                     self.adopt_response(id, response);
-                } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, response.refresh_token) {
+                } else if let (State::LoggedOut(_), Some(rotated)) = (&self.state, &response.refresh_token) {
                     // Tokens issued after logout: revoke what the user no longer wants.
-                    self.revoke(rotated);
+                    self.revoke(rotated.clone());
+                } else {
+                    self.heed_late_lifetime(id, &response);
                 }
             }
             Classified::Terminal(error) => {
@@ -134,6 +136,35 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// A success not adopted may still carry the access token held (one
+    /// adopted from the store, or from another answer): its lifetime, counted
+    /// as an adopted answer's would be, can only bring that token's death
+    /// nearer (U8; the `shared_session_ops` regression input
+    /// `late-copy-of-the-held-pair-shortens-its-life`).
+    fn heed_late_lifetime(&mut self, id: RefreshId, response: &TokenResponse) {
+        let Some(lifetime) = response.lifetime else { return };
+        let held = self.tokens().and_then(|t| t.access.as_ref());
+        if !held.is_some_and(|access| access.same_as(&response.access_token)) {
+            return;
+        }
+        // From the first attempt that presented the same refresh token and
+        // may have been redeemed unseen; unknown (forgotten) counts from the origin.
+        let base = self.outbox.sent(id).map_or(MonoTime::ZERO, |answered| {
+            self.outbox
+                .recent_sends
+                .iter()
+                .filter(|sent| sent.presented == answered.presented && !sent.settled)
+                .map(|sent| sent.at)
+                .fold(answered.at, MonoTime::min)
+        });
+        let death = base.saturating_add(lifetime);
+        if let Some(tokens) = self.tokens_mut()
+            && let Some(expiry) = &mut tokens.expiry
+        {
+            *expiry = expiry.dying_by(death);
         }
     }
 
@@ -473,7 +504,8 @@ impl Outbox {
         if self.recent_sends.len() == RECENT_SENDS {
             self.recent_sends.pop_front();
         }
-        self.recent_sends.push_back(SentRefresh { id, at: now, answered: false, settled: false, cycle });
+        let presented = refresh_token.fingerprint();
+        self.recent_sends.push_back(SentRefresh { id, at: now, presented, answered: false, settled: false, cycle });
         self.commands.push_back(Command::Io(Io::SendRefresh { id, refresh_token, attempt }));
         id
     }

@@ -112,6 +112,21 @@ impl Expiry {
         Self::plan(base.saturating_add(lifetime), Some(lifetime), config, rng)
     }
 
+    /// The same plan moved earlier, whole, so that the token expires by
+    /// `death` at the latest (unchanged when it already does).
+    pub(super) fn dying_by(self, death: MonoTime) -> Self {
+        let Some(early) = self.expires_at.elapsed().checked_sub(death.elapsed()).filter(|d| !d.is_zero()) else {
+            return self;
+        };
+        Self {
+            expires_at: death,
+            usable_until: self.usable_until.saturating_sub(early),
+            window_at: self.window_at.saturating_sub(early),
+            refresh_at: self.refresh_at.saturating_sub(early),
+            lifetime: self.lifetime,
+        }
+    }
+
     /// Plans a token's life from its expiry and the lifetime it was issued
     /// with. The refresh window is the user's: the token is refreshed
     /// `refresh_margin` (plus jitter) before it expires. Only a token issued
