@@ -50,6 +50,8 @@ mod coordinator;
 #[cfg(not(freshen_loom))]
 mod environment;
 mod error;
+#[cfg(not(freshen_loom))]
+pub mod login;
 #[cfg(all(not(freshen_loom), feature = "middleware"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
 pub mod middleware;

@@ -55,6 +55,9 @@ pub struct Config {
     /// and simulations on private networks). Off: tokens travel only over
     /// https, or over http to this machine.
     pub plain_http_allowed: bool,
+    /// The device authorization endpoint (RFC 8628 §3.1), for
+    /// [`Session::start_device_login`]; `None` when the app logs in otherwise.
+    pub device_authorization_endpoint: Option<String>,
 }
 
 impl Config {
@@ -70,7 +73,15 @@ impl Config {
             session: SessionConfig::default(),
             name: None,
             plain_http_allowed: false,
+            device_authorization_endpoint: None,
         }
+    }
+
+    /// Logs in with the device flow at this endpoint (see [`Session::start_device_login`]).
+    #[must_use]
+    pub fn with_device_authorization_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.device_authorization_endpoint = Some(url.into());
+        self
     }
 
     /// Revokes at this endpoint on logout.
@@ -233,6 +244,9 @@ impl<T: Transport, S: Store> Session<T, S> {
         if let Some(url) = &config.revocation_endpoint {
             crate::error::check_endpoint("revocation", url, config.plain_http_allowed)?;
         }
+        if let Some(url) = &config.device_authorization_endpoint {
+            crate::error::check_endpoint("device authorization", url, config.plain_http_allowed)?;
+        }
         let seed = environment.draw_seed();
         let clock = Clock::new(environment.wall_clock().clone());
         let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;
@@ -357,6 +371,11 @@ impl<T: Transport, S: Store> Session<T, S> {
     pub async fn log_in_with(&self, tokens: StoredSession) -> Result<(), Error> {
         let new = NewSession::from_stored(tokens, self.shared.now(), self.shared.clock.wall());
         self.log_in_session(new).await
+    }
+
+    /// The transport, configuration and clock the login flows share with the driver.
+    pub(crate) fn login_parts(&self) -> (&T, &Config, &Clock) {
+        (&self.shared.transport, &self.shared.config, &self.shared.clock)
     }
 
     async fn log_in_session(&self, new: NewSession) -> Result<(), Error> {

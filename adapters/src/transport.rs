@@ -44,15 +44,18 @@ impl HttpResponse {
     /// How far the server's clock (its `Date`) is from `unix_now`, ours when
     /// the answer arrived; a sanity check only.
     pub fn clock_skew(&self, unix_now: UnixTime) -> Option<oauth::ClockSkew> {
-        let headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-        oauth::Response { status: self.status, headers: &headers, body: &self.body }.clock_skew(unix_now)
+        self.read(|response| response.clock_skew(unix_now))
     }
 
     /// What the response means, by the core's rules.
     pub fn classify(&self, policy: &Policy, unix_now: UnixTime) -> Classified {
+        self.read(|response| oauth::classify(policy, response, Some(unix_now)))
+    }
+
+    /// The response as the core's parsers read it.
+    pub fn read<R>(&self, parse: impl FnOnce(&oauth::Response<'_>) -> R) -> R {
         let headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-        let response = oauth::Response { status: self.status, headers: &headers, body: &self.body };
-        oauth::classify(policy, &response, Some(unix_now))
+        parse(&oauth::Response { status: self.status, headers: &headers, body: &self.body })
     }
 }
 

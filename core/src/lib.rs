@@ -5,6 +5,8 @@
 //!
 //! * [`session`]: the session machine (Valid, Expired, Refreshing, LoggedOut).
 //! * [`oauth`]: RFC 6749 §6 refresh requests as data, and response classification.
+//! * [`device`]: the device authorization grant (RFC 8628): a pure poller
+//!   that logs a CLI or a headless box in.
 //! * [`stored`]: the session as one versioned blob for a store.
 //! * [`token`], [`time`], [`ids`]: tokens as secrets, the two clocks as
 //!   inputs, and the numbers that name generations, callers and operations.
@@ -80,6 +82,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod device;
 pub mod ids;
 pub mod oauth;
 // The machine's seeded jitter. The testkit draws its worlds from the same

@@ -175,7 +175,7 @@ pub fn revocation_request(client: &Client, refresh_token: &RefreshToken) -> Form
 
 /// A buffer for a form of `parts` and the client's credentials, large enough
 /// that building the form never moves it (it holds a token; see `scrub`).
-fn form_buffer<'a>(client: &'a Client, parts: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn form_buffer<'a>(client: &'a Client, parts: impl Iterator<Item = &'a str>) -> String {
     let secret = client.secret.as_ref().map(|secret| secret.expose_secret()).unwrap_or_default();
     let credentials = ["client_id", client.client_id.as_str(), "client_secret", secret];
     String::with_capacity(form_bound(parts.chain(credentials)))
@@ -195,7 +195,7 @@ fn basic_authorization(client_id: &str, secret: &str) -> SecretString {
     into_secret(header)
 }
 
-fn authenticated(client: &Client, mut form: form_urlencoded::Serializer<'_, String>) -> FormRequest {
+pub(crate) fn authenticated(client: &Client, mut form: form_urlencoded::Serializer<'_, String>) -> FormRequest {
     let mut authorization = None;
     match (client.auth, &client.secret) {
         (ClientAuth::Basic, Some(secret)) => {
@@ -551,7 +551,7 @@ fn describes_retry(description: &str) -> bool {
         .any(|phrase| lower.contains(phrase))
 }
 
-fn oauth_error(status: u16, object: &Map<String, Value>) -> Option<OAuthError> {
+pub(crate) fn oauth_error(status: u16, object: &Map<String, Value>) -> Option<OAuthError> {
     let code = object.get("error")?.as_str()?;
     let code = printable(code, false);
     if code.is_empty() {

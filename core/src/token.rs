@@ -60,6 +60,11 @@ secret_token!(
     /// A long-lived refresh token, sent only to the token endpoint and the store.
     RefreshToken
 );
+secret_token!(
+    /// The device code of a device login (RFC 8628): whoever holds it can
+    /// collect the tokens once the user approves, so it is a secret too.
+    DeviceCode
+);
 
 /// A 64-bit FNV-1a digest of a token. Checkers compare tokens by it without
 /// holding them; traces print only its low 32 bits (`#1a2b3c4d`), which name a

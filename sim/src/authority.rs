@@ -25,6 +25,8 @@ use std::hash::{Hash, Hasher};
 use secrecy::SecretString;
 use serde_json::json;
 
+pub mod device;
+
 use freshen_core::rng::SplitMix64;
 use freshen_core::time::MonoTime;
 use freshen_core::token::{AccessToken, Fingerprint, RefreshToken};
@@ -71,6 +73,8 @@ pub struct AuthorityConfig {
     pub revoke_previous_access: bool,
     /// Prefix of every token issued, so tests can scan output for them.
     pub token_prefix: String,
+    /// The polling interval a device login starts with (RFC 8628 §3.2).
+    pub device_interval: Duration,
 }
 
 impl Default for AuthorityConfig {
@@ -86,6 +90,7 @@ impl Default for AuthorityConfig {
             reuse_detection: true,
             revoke_previous_access: false,
             token_prefix: "frsh".to_owned(),
+            device_interval: Duration::from_secs(5),
         }
     }
 }
@@ -368,6 +373,9 @@ pub struct Authority {
     /// check fails loudly, never silently).
     last_digest: Option<u64>,
     plant: Option<AuthorityPlant>,
+    /// Device logins by device code ([`device`]); outside the digest, since
+    /// only their redemption (a login) changes what a token accepts.
+    device_logins: BTreeMap<String, device::DeviceLogin>,
 }
 
 impl fmt::Debug for Authority {
@@ -397,6 +405,7 @@ impl Authority {
             audit: None,
             last_digest: None,
             plant: None,
+            device_logins: BTreeMap::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The reference authority ([`crate::authority`]) served over HTTP/1.1
-//! with hyper: a token endpoint (the `refresh_token` grant, and a `password`
-//! grant that starts a session for tests), RFC 7009 revocation, and a
+//! with hyper: a token endpoint (the `refresh_token` and RFC 8628 device
+//! grants, and a `password` grant that starts a session for tests), device
+//! authorization with a verification form, RFC 7009 revocation, and a
 //! protected resource that answers 401 for an expired, revoked or unknown token.
 
 use std::collections::VecDeque;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::authority::device::Decision;
 use crate::authority::{Authority, AuthorityConfig, AuthorityStats, Issued, Refusal};
 use bytes::Bytes;
 use freshen_core::time::MonoTime;
@@ -34,6 +36,11 @@ pub mod paths {
     pub const RESOURCE: &str = "/resource";
     /// A resource that refuses every token (to test that a 401 is retried once).
     pub const ALWAYS_401: &str = "/always-401";
+    /// The device authorization endpoint (RFC 8628 §3.1).
+    pub const DEVICE_AUTHORIZATION: &str = "/device_authorization";
+    /// The verification page, as a form: `user_code` and `decision`
+    /// (`approve` or `deny`), the user's side of a device login.
+    pub const DEVICE: &str = "/device";
 }
 
 /// The authority behind the server, with its clock and counters.
@@ -326,6 +333,13 @@ pub fn answer(
                     state.authority().refresh(now, client, None, token)
                 }
                 Some("password") => Ok(state.authority().login(now, client, None)),
+                Some(freshen_core::device::GRANT_TYPE) => {
+                    let code = form.get("device_code").map_or("", String::as_str);
+                    match state.authority().poll_device_login(now, client, code) {
+                        Ok(issued) => Ok(issued),
+                        Err(refusal) => return oauth_error(StatusCode::BAD_REQUEST, refusal.code()),
+                    }
+                }
                 _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
             };
             match issued {
@@ -341,6 +355,36 @@ pub fn answer(
                 // RFC 7009 §2.2: 200 whether or not the token was known.
                 Ok(()) => respond(StatusCode::OK, "text/plain", ""),
                 Err(_) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+            }
+        }
+        (&Method::POST, paths::DEVICE_AUTHORIZATION) => {
+            let form = form();
+            let client = form.get("client_id").map_or("", String::as_str);
+            let start = state.authority().start_device_login(now, client);
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+            let verification_uri = format!("http://{host}{}", paths::DEVICE);
+            let body = serde_json::json!({
+                "device_code": start.device_code.expose_secret(),
+                "user_code": start.user_code,
+                "verification_uri": verification_uri,
+                "verification_uri_complete": format!("{verification_uri}?user_code={}", start.user_code),
+                "expires_in": start.expires_in.as_secs(),
+                "interval": start.interval.as_secs(),
+            });
+            respond(StatusCode::OK, "application/json", body.to_string())
+        }
+        (&Method::POST, paths::DEVICE) => {
+            let form = form();
+            let user_code = form.get("user_code").map_or("", String::as_str);
+            let decision = match form.get("decision").map(String::as_str) {
+                Some("approve") => Decision::Approve,
+                Some("deny") => Decision::Deny,
+                _ => return respond(StatusCode::BAD_REQUEST, "text/plain", "decision must be approve or deny"),
+            };
+            if state.authority().decide_device_login(now, user_code, decision) {
+                respond(StatusCode::OK, "text/plain", "done: return to your device")
+            } else {
+                respond(StatusCode::NOT_FOUND, "text/plain", "no pending login has this code")
             }
         }
         (_, paths::RESOURCE | paths::ALWAYS_401) => {

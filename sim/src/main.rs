@@ -26,6 +26,7 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
        freshen-sim --help | --version
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
+                         [--device-interval S]
 
   --seeds N     seeds to run (default 1000)
   --first S     first seed of the range (default 0)
@@ -42,7 +43,9 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
                 stderr: the leak scan reads it for token bytes
 
   serve         run the reference authority on 127.0.0.1:P (default 8080) until interrupted:
-                POST /token (refresh_token and password grants), POST /revoke, GET /resource
+                POST /token (refresh_token, device_code and password grants), POST /revoke,
+                GET /resource, POST /device_authorization (RFC 8628), and POST /device
+                (user_code=..&decision=approve|deny: the user's side of a device login)
 
 exit status: 0 no invariant violated, 1 a violation (seed and replay command printed), 2 usage error";
 
@@ -69,6 +72,7 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
             "--fresh-pair" => config.grace_replay = GraceReplay::FreshPair,
             "--no-rotation" => config.rotation = false,
             "--no-reuse-detection" => config.reuse_detection = false,
+            "--device-interval" => config.device_interval = seconds("--device-interval")?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -87,6 +91,7 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
         let interrupted = Interrupted::listen();
         println!("reference authority on {} ({config:?})", server.url(""));
         println!("  POST {}   POST {}   GET {}", server.url("/token"), server.url("/revoke"), server.url("/resource"));
+        println!("  POST {}   POST {}", server.url("/device_authorization"), server.url("/device"));
         interrupted.wait().await;
         println!("refreshes served: {}", server.state().stats().refreshes);
         Ok(())

@@ -209,3 +209,34 @@ async fn the_session_s_request_timeout_is_the_one_number_that_bounds_a_request()
     // A sanity bound, far above 300 ms: without the session's deadline this never returns.
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+/// The README's device login, over HTTP: the app polls the token endpoint
+/// while the user approves at the verification page (a form POST here, as
+/// a browser would send it).
+#[tokio::test]
+async fn a_device_login_over_http_is_approved_at_the_verification_page() {
+    let mut authority = AuthorityConfig::default();
+    authority.device_interval = Duration::from_secs(1);
+    let server = Server::loopback(authority, 5).await.unwrap();
+    let store = MemoryStore::new();
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
+        .with_device_authorization_endpoint(server.url(paths::DEVICE_AUTHORIZATION));
+    let session =
+        Session::start_in(config, ReqwestTransport::new().unwrap(), store.clone(), Environment::seeded(1)).unwrap();
+    assert!(session.access_token().await.unwrap_err().needs_login());
+
+    let login = session.start_device_login(Some("offline_access")).await.unwrap();
+    let page = login.verification_uri().to_owned();
+    assert_eq!(page, server.url(paths::DEVICE));
+    let form = [("user_code", login.user_code().to_owned()), ("decision", "approve".to_owned())];
+    let approve = reqwest::Client::new().post(&page).form(&form).send();
+    let (approved, finished) = tokio::join!(approve, login.finish());
+    assert_eq!(approved.unwrap().status(), 200);
+    finished.unwrap();
+    assert_eq!(store.peek().unwrap().unwrap().generation, Generation(1));
+    let token = session.access_token().await.unwrap();
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
+    let request = client.request(reqwest::Method::GET, server.url(paths::RESOURCE)).build().unwrap();
+    assert_eq!(client.execute(request).await.unwrap().status(), 200);
+    assert_eq!(token.generation(), Generation(1));
+}

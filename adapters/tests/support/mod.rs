@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 pub const CLIENT: &str = "freshen-test";
 pub const TOKEN_URL: &str = "https://auth.test/token";
 pub const REVOKE_URL: &str = "https://auth.test/revoke";
+pub const DEVICE_URL: &str = "https://auth.test/device_authorization";
 
 /// The testkit's in-process token endpoint (the rules `freshen-sim serve`
 /// serves, on tokio's paused clock), with the faults the driver's tests
@@ -143,7 +144,7 @@ impl Transport for AuthorityTransport {
             if self.hung.load(Ordering::SeqCst) {
                 return std::future::pending().await;
             }
-        } else {
+        } else if url == REVOKE_URL {
             self.revocations.fetch_add(1, Ordering::SeqCst);
         }
         tokio::time::sleep(self.latency).await;

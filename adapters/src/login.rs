@@ -1,0 +1,157 @@
+//! Getting the first tokens. [`Session::start_device_login`] runs the
+//! device authorization grant (RFC 8628) for CLIs and headless boxes: the app
+//! shows the user a code and a URL, and the session is logged in once the
+//! user approved on any device. The core's
+//! [`freshen_core::device::DevicePoller`] decides when to poll;
+//! this module only sends what it asks for.
+//!
+//! A login that ends here is durable: [`DeviceLogin::finish`] resolves once
+//! the tokens are in the store, as [`Session::log_in`] does.
+
+use core::time::Duration;
+
+use freshen_core::device::{self, DeviceAuthorization, DeviceError, DevicePoller, NextPoll, PollAnswer, StartError};
+use freshen_core::session::TransportFailure;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::store::Store;
+use crate::transport::{Transport, TransportError};
+use crate::{Error, Session};
+
+/// Why a login gave no session.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// The session's [`Config`](crate::Config) names no endpoint for this flow.
+    #[error("no {0} endpoint is configured")]
+    NoEndpoint(&'static str),
+    /// The endpoint that starts the login could not be reached.
+    #[error("the {endpoint} endpoint could not be reached: {error}")]
+    Unreachable {
+        /// Which endpoint.
+        endpoint: &'static str,
+        /// How the request failed.
+        #[source]
+        error: TransportError,
+    },
+    /// The device authorization endpoint refused or answered something unusable.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The device login ended without tokens: refused by the user, expired,
+    /// or refused by the server.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The tokens came, but the session could not keep them (the store is
+    /// unavailable, or a logout came first).
+    #[error("the login's tokens could not be stored: {0}")]
+    Session(#[source] Error),
+}
+
+impl<T: Transport, S: Store> Session<T, S> {
+    /// Starts a device login (RFC 8628) at the configured
+    /// [`device_authorization_endpoint`](crate::Config::device_authorization_endpoint),
+    /// asking for `scope` (e.g. `"openid offline_access"`: many servers issue a
+    /// refresh token only for `offline_access`). Show the user
+    /// [`DeviceLogin::verification_uri`] and [`DeviceLogin::user_code`], then
+    /// await [`DeviceLogin::finish`].
+    ///
+    /// # Errors
+    /// No endpoint is configured, it could not be reached, or it refused.
+    pub async fn start_device_login(&self, scope: Option<&str>) -> Result<DeviceLogin<T, S>, LoginError> {
+        const ENDPOINT: &str = "device authorization";
+        let (transport, config, clock) = self.login_parts();
+        let url = config.device_authorization_endpoint.as_deref().ok_or(LoginError::NoEndpoint(ENDPOINT))?;
+        let form = device::authorization_request(&config.client, scope);
+        let response = match tokio::time::timeout(config.session.request_timeout, transport.post_form(url, &form)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(LoginError::Unreachable { endpoint: ENDPOINT, error }),
+            Err(_) => {
+                let error = TransportError::from(TransportFailure::Timeout);
+                return Err(LoginError::Unreachable { endpoint: ENDPOINT, error });
+            }
+        };
+        let authorization = response.read(device::parse_authorization)?;
+        info!(expires_in_s = authorization.expires_in.as_secs(), "device login started");
+        let poller = DevicePoller::new(&authorization, clock.now());
+        Ok(DeviceLogin { session: self.clone(), authorization, poller })
+    }
+}
+
+/// A device login waiting for the user (see [`Session::start_device_login`]).
+pub struct DeviceLogin<T, S> {
+    session: Session<T, S>,
+    authorization: DeviceAuthorization,
+    poller: DevicePoller,
+}
+
+impl<T, S> core::fmt::Debug for DeviceLogin<T, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceLogin").field("authorization", &self.authorization).field("poller", &self.poller).finish()
+    }
+}
+
+impl<T: Transport, S: Store> DeviceLogin<T, S> {
+    /// What the user types in at [`DeviceLogin::verification_uri`].
+    pub fn user_code(&self) -> &str {
+        &self.authorization.user_code
+    }
+
+    /// Where the user goes, on any device.
+    pub fn verification_uri(&self) -> &str {
+        &self.authorization.verification_uri
+    }
+
+    /// The verification URI with the code filled in (for a link or a QR code), if the server gives one.
+    pub fn verification_uri_complete(&self) -> Option<&str> {
+        self.authorization.verification_uri_complete.as_deref()
+    }
+
+    /// How long the user has, from the start.
+    pub fn expires_in(&self) -> Duration {
+        self.authorization.expires_in
+    }
+
+    /// Polls the token endpoint as the server allows until the user decides
+    /// or the codes expire, then logs the session in; resolves once the
+    /// tokens are stored. Dropping the future stops polling.
+    ///
+    /// # Errors
+    /// The user refused, the codes expired, the server refused, or the
+    /// tokens could not be stored.
+    pub async fn finish(mut self) -> Result<(), LoginError> {
+        let (transport, config, clock) = self.session.login_parts();
+        let form = device::token_request(&config.client, &self.authorization.device_code);
+        // Bounded by the poller: it ends at the codes' expiry at the latest.
+        loop {
+            match self.poller.next(clock.now()) {
+                NextPoll::At(at) => tokio::time::sleep_until(clock.instant(at)).await,
+                NextPoll::Now => {
+                    let sent_at = tokio::time::Instant::now();
+                    let post = transport.post_form(&config.token_endpoint, &form);
+                    let answer = match tokio::time::timeout(config.session.request_timeout, post).await {
+                        Ok(Ok(response)) => {
+                            PollAnswer::Answered(response.classify(&config.session.policy, clock.wall()))
+                        }
+                        Ok(Err(error)) => {
+                            warn!(%error, "device login poll got no answer");
+                            PollAnswer::Failed(error.failure())
+                        }
+                        Err(_) => PollAnswer::Failed(TransportFailure::Timeout),
+                    };
+                    if let Some(tokens) = self.poller.answered(clock.now(), answer)? {
+                        info!("device login approved");
+                        let session = &self.session;
+                        return session.log_in_sent_at(tokens, sent_at.into_std()).await.map_err(LoginError::Session);
+                    }
+                }
+                // Only `Expired` can come here: the loop awaits every answer
+                // and returns on the one that ends the login.
+                NextPoll::Expired | NextPoll::AwaitingAnswer | NextPoll::Ended => {
+                    return Err(LoginError::Device(DeviceError::Expired));
+                }
+            }
+        }
+    }
+}
