@@ -76,7 +76,7 @@ pub enum Error {
     /// [`Session::start`](crate::Session::start), not at the first call).
     #[error("the {endpoint} endpoint {url} {problem}")]
     InvalidEndpoint {
-        /// `token`, `revocation` or `device authorization`.
+        /// `token`, `revocation`, `authorization` or `device authorization`.
         endpoint: &'static str,
         /// The URL as given, without user information or query.
         url: String,

@@ -58,6 +58,9 @@ pub struct Config {
     /// The device authorization endpoint (RFC 8628 §3.1), for
     /// [`Session::start_device_login`]; `None` when the app logs in otherwise.
     pub device_authorization_endpoint: Option<String>,
+    /// The authorization endpoint (RFC 6749 §3.1), for
+    /// [`Session::start_code_login`]; `None` when the app logs in otherwise.
+    pub authorization_endpoint: Option<String>,
 }
 
 impl Config {
@@ -74,7 +77,16 @@ impl Config {
             name: None,
             plain_http_allowed: false,
             device_authorization_endpoint: None,
+            authorization_endpoint: None,
         }
+    }
+
+    /// Logs in with the authorization code grant and PKCE at this endpoint
+    /// (see [`Session::start_code_login`]).
+    #[must_use]
+    pub fn with_authorization_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.authorization_endpoint = Some(url.into());
+        self
     }
 
     /// Logs in with the device flow at this endpoint (see [`Session::start_device_login`]).
@@ -246,6 +258,9 @@ impl<T: Transport, S: Store> Session<T, S> {
         }
         if let Some(url) = &config.device_authorization_endpoint {
             crate::error::check_endpoint("device authorization", url, config.plain_http_allowed)?;
+        }
+        if let Some(url) = &config.authorization_endpoint {
+            crate::error::check_endpoint("authorization", url, config.plain_http_allowed)?;
         }
         let seed = environment.draw_seed();
         let clock = Clock::new(environment.wall_clock().clone());

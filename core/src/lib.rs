@@ -5,6 +5,8 @@
 //!
 //! * [`session`]: the session machine (Valid, Expired, Refreshing, LoggedOut).
 //! * [`oauth`]: RFC 6749 §6 refresh requests as data, and response classification.
+//! * [`code`]: the authorization code grant with PKCE for native apps
+//!   (RFC 7636, RFC 8252): the URL, the redirect, the exchange.
 //! * [`device`]: the device authorization grant (RFC 8628): a pure poller
 //!   that logs a CLI or a headless box in.
 //! * [`stored`]: the session as one versioned blob for a store.
@@ -82,6 +84,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod code;
 pub mod device;
 pub mod ids;
 pub mod oauth;

@@ -340,6 +340,25 @@ impl TokenResponse {
     pub fn bearer(access_token: AccessToken, lifetime: Option<Duration>, refresh_token: Option<RefreshToken>) -> Self {
         Self { access_token, token_type: TokenType::Bearer, lifetime, refresh_token, scope: None }
     }
+
+    /// Reads a token response the app's own login flow received, by the same
+    /// bounded rules as a refresh's answer (see [`classify`]), for
+    /// `Session::log_in`.
+    ///
+    /// ```
+    /// use freshen_core::oauth::TokenResponse;
+    ///
+    /// let tokens = TokenResponse::from_json(br#"{"access_token":"a1","token_type":"Bearer","expires_in":300,"refresh_token":"r1"}"#)?;
+    /// assert_eq!(tokens.lifetime, Some(std::time::Duration::from_secs(300)));
+    /// # Ok::<(), freshen_core::code::ExchangeError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An OAuth error body, or no usable token response.
+    pub fn from_json(body: &[u8]) -> Result<Self, crate::code::ExchangeError> {
+        let response = Response { status: 200, headers: &[], body };
+        crate::code::exchanged(classify(&Policy::default(), &response, None))
+    }
 }
 
 /// An RFC 6749 §5.2 error response.

@@ -61,6 +61,11 @@ secret_token!(
     RefreshToken
 );
 secret_token!(
+    /// An authorization code (RFC 6749 §4.1.2): exchanged once for tokens,
+    /// so a secret while it lives.
+    AuthorizationCode
+);
+secret_token!(
     /// The device code of a device login (RFC 8628): whoever holds it can
     /// collect the tokens once the user approves, so it is a secret too.
     DeviceCode

@@ -25,6 +25,7 @@ use std::hash::{Hash, Hasher};
 use secrecy::SecretString;
 use serde_json::json;
 
+pub mod code;
 pub mod device;
 
 use freshen_core::rng::SplitMix64;
@@ -376,6 +377,8 @@ pub struct Authority {
     /// Device logins by device code ([`device`]); outside the digest, since
     /// only their redemption (a login) changes what a token accepts.
     device_logins: BTreeMap<String, device::DeviceLogin>,
+    /// Authorization codes not yet exchanged ([`code`]), outside the digest likewise.
+    codes: BTreeMap<String, code::IssuedCode>,
 }
 
 impl fmt::Debug for Authority {
@@ -406,6 +409,7 @@ impl Authority {
             last_digest: None,
             plant: None,
             device_logins: BTreeMap::new(),
+            codes: BTreeMap::new(),
         }
     }
 

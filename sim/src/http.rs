@@ -1,7 +1,8 @@
 //! The reference authority ([`crate::authority`]) served over HTTP/1.1
-//! with hyper: a token endpoint (the `refresh_token` and RFC 8628 device
-//! grants, and a `password` grant that starts a session for tests), device
-//! authorization with a verification form, RFC 7009 revocation, and a
+//! with hyper: a token endpoint (the `refresh_token`, `authorization_code`
+//! with PKCE and RFC 8628 device grants, and a `password` grant that starts a
+//! session for tests), an authorization endpoint that approves at once,
+//! device authorization with a verification form, RFC 7009 revocation, and a
 //! protected resource that answers 401 for an expired, revoked or unknown token.
 
 use std::collections::VecDeque;
@@ -36,6 +37,9 @@ pub mod paths {
     pub const RESOURCE: &str = "/resource";
     /// A resource that refuses every token (to test that a 401 is retried once).
     pub const ALWAYS_401: &str = "/always-401";
+    /// The authorization endpoint (RFC 6749 §3.1): approves at once and
+    /// redirects to the loopback `redirect_uri` with a code (PKCE S256 required).
+    pub const AUTHORIZE: &str = "/authorize";
     /// The device authorization endpoint (RFC 8628 §3.1).
     pub const DEVICE_AUTHORIZATION: &str = "/device_authorization";
     /// The verification page, as a form: `user_code` and `decision`
@@ -290,7 +294,8 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<
         Ok(collected) => collected.to_bytes(),
         Err(_) => return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
     };
-    let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
+    let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
+    let response = answer(state, &parts.method, target, &parts.headers, &body);
     let delay = state.token_answer_delay.lock().map(|d| *d).unwrap_or_default();
     if parts.uri.path() == paths::TOKEN && !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -298,14 +303,16 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<
     response
 }
 
-/// Answers a request given as parts: the rules, without the I/O.
+/// Answers a request given as parts (`target` is the path and any query):
+/// the rules, without the I/O.
 pub fn answer(
     state: &State,
     method: &Method,
-    path: &str,
+    target: &str,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Response<Full<Bytes>> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let form = || -> std::collections::HashMap<String, String> { form_urlencoded::parse(body).into_owned().collect() };
     let now = state.now();
     if path == paths::TOKEN {
@@ -333,6 +340,14 @@ pub fn answer(
                     state.authority().refresh(now, client, None, token)
                 }
                 Some("password") => Ok(state.authority().login(now, client, None)),
+                Some("authorization_code") => {
+                    let field = |name: &str| form.get(name).map_or("", String::as_str);
+                    let (code, redirect_uri, verifier) = (field("code"), field("redirect_uri"), field("code_verifier"));
+                    match state.authority().redeem_code(now, client, code, redirect_uri, verifier) {
+                        Ok(issued) => Ok(issued),
+                        Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+                    }
+                }
                 Some(freshen_core::device::GRANT_TYPE) => {
                     let code = form.get("device_code").map_or("", String::as_str);
                     match state.authority().poll_device_login(now, client, code) {
@@ -355,6 +370,37 @@ pub fn answer(
                 // RFC 7009 §2.2: 200 whether or not the token was known.
                 Ok(()) => respond(StatusCode::OK, "text/plain", ""),
                 Err(_) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+            }
+        }
+        (&Method::GET, paths::AUTHORIZE) => {
+            let query: std::collections::HashMap<String, String> =
+                form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+            let field = |name: &str| query.get(name).map_or("", String::as_str);
+            let redirect_uri = field("redirect_uri");
+            // Only loopback redirects (RFC 8252 §7.3): this server registers no others.
+            if !redirect_uri.starts_with("http://127.0.0.1:") && !redirect_uri.starts_with("http://[::1]:") {
+                return respond(StatusCode::BAD_REQUEST, "text/plain", "redirect_uri must be a loopback address");
+            }
+            let mut back = form_urlencoded::Serializer::new(String::new());
+            if field("response_type") != "code"
+                || field("code_challenge_method") != "S256"
+                || field("client_id").is_empty()
+            {
+                back.append_pair("error", "invalid_request");
+            } else {
+                let code = state.authority().issue_code(now, field("client_id"), redirect_uri, field("code_challenge"));
+                back.append_pair("code", &code);
+            }
+            back.append_pair("state", field("state"));
+            let separator = if redirect_uri.contains('?') { '&' } else { '?' };
+            let mut response = respond(StatusCode::FOUND, "text/plain", "");
+            let location = format!("{redirect_uri}{separator}{}", back.finish());
+            match header::HeaderValue::from_str(&location) {
+                Ok(location) => {
+                    response.headers_mut().insert(header::LOCATION, location);
+                    response
+                }
+                Err(_) => respond(StatusCode::BAD_REQUEST, "text/plain", "redirect_uri is not a valid header value"),
             }
         }
         (&Method::POST, paths::DEVICE_AUTHORIZATION) => {

@@ -240,3 +240,62 @@ async fn a_device_login_over_http_is_approved_at_the_verification_page() {
     assert_eq!(client.execute(request).await.unwrap().status(), 200);
     assert_eq!(token.generation(), Generation(1));
 }
+
+/// A code login (RFC 7636 PKCE, RFC 8252 loopback redirect) over HTTP. The
+/// browser is reqwest without redirects: it asks for the authorization URL,
+/// first wanders to the favicon and to a forged redirect (both ignored), then
+/// follows the server's redirect to the app's loopback port.
+#[tokio::test]
+async fn a_code_login_with_pkce_comes_back_to_the_loopback_port_and_is_stored() {
+    let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
+    let store = MemoryStore::new();
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
+        .with_authorization_endpoint(server.url(paths::AUTHORIZE));
+    let session =
+        Session::start_in(config, ReqwestTransport::new().unwrap(), store.clone(), Environment::seeded(1)).unwrap();
+    let login = session.start_code_login(Some("openid offline_access")).await.unwrap();
+    let url = login.authorization_url().to_owned();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    let redirect_uri = login.redirect_uri().to_owned();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let user = async {
+        let port_root = redirect_uri.trim_end_matches("/callback");
+        let favicon = browser.get(format!("{port_root}/favicon.ico")).send().await.unwrap();
+        assert_eq!(favicon.status(), 404);
+        let forged = browser.get(format!("{redirect_uri}?code=stolen&state=guess")).send().await.unwrap();
+        assert_eq!(forged.status(), 400);
+        let authorized = browser.get(&url).send().await.unwrap();
+        assert_eq!(authorized.status(), 302);
+        let back = authorized.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
+        assert!(back.starts_with(&redirect_uri), "{back}");
+        browser.get(back).send().await.unwrap().status()
+    };
+    let (page, finished) = tokio::join!(user, login.finish());
+    assert_eq!(page, 200);
+    finished.unwrap();
+    assert_eq!(store.peek().unwrap().unwrap().generation, Generation(1));
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(1));
+}
+
+/// The user declines at the server: the redirect carries the refusal, typed.
+#[tokio::test]
+async fn a_refused_code_login_is_a_typed_error() {
+    let server = Server::loopback(AuthorityConfig::default(), 5).await.unwrap();
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
+        .with_authorization_endpoint(server.url(paths::AUTHORIZE));
+    let session =
+        Session::start_in(config, ReqwestTransport::new().unwrap(), MemoryStore::new(), Environment::seeded(1))
+            .unwrap();
+    let login = session.start_code_login(None).await.unwrap();
+    let url = reqwest::Url::parse(login.authorization_url()).unwrap();
+    let state = url.query_pairs().find(|(name, _)| name == "state").unwrap().1.into_owned();
+    let declined = format!("{}?error=access_denied&state={state}", login.redirect_uri());
+    let (page, finished) = tokio::join!(reqwest::get(declined), login.finish());
+    assert_eq!(page.unwrap().status(), 200);
+    let error = finished.unwrap_err();
+    assert!(
+        matches!(&error, freshen::login::LoginError::Redirect(freshen_core::code::RedirectError::Refused(e)) if e.code == "access_denied"),
+        "{error:?}"
+    );
+    assert!(session.access_token().await.unwrap_err().needs_login());
+}

@@ -1,52 +1,17 @@
-//! Getting the first tokens. [`Session::start_device_login`] runs the
-//! device authorization grant (RFC 8628) for CLIs and headless boxes: the app
-//! shows the user a code and a URL, and the session is logged in once the
-//! user approved on any device. The core's
-//! [`freshen_core::device::DevicePoller`] decides when to poll;
-//! this module only sends what it asks for.
-//!
-//! A login that ends here is durable: [`DeviceLogin::finish`] resolves once
-//! the tokens are in the store, as [`Session::log_in`] does.
+//! The device authorization grant (RFC 8628): the core's
+//! [`freshen_core::device::DevicePoller`] decides when to poll; this module
+//! only sends what it asks for.
 
 use core::time::Duration;
 
-use freshen_core::device::{self, DeviceAuthorization, DeviceError, DevicePoller, NextPoll, PollAnswer, StartError};
+use freshen_core::device::{self, DeviceAuthorization, DeviceError, DevicePoller, NextPoll, PollAnswer};
 use freshen_core::session::TransportFailure;
-use thiserror::Error;
 use tracing::{info, warn};
 
+use super::LoginError;
+use crate::Session;
 use crate::store::Store;
 use crate::transport::{Transport, TransportError};
-use crate::{Error, Session};
-
-/// Why a login gave no session.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum LoginError {
-    /// The session's [`Config`](crate::Config) names no endpoint for this flow.
-    #[error("no {0} endpoint is configured")]
-    NoEndpoint(&'static str),
-    /// The endpoint that starts the login could not be reached.
-    #[error("the {endpoint} endpoint could not be reached: {error}")]
-    Unreachable {
-        /// Which endpoint.
-        endpoint: &'static str,
-        /// How the request failed.
-        #[source]
-        error: TransportError,
-    },
-    /// The device authorization endpoint refused or answered something unusable.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// The device login ended without tokens: refused by the user, expired,
-    /// or refused by the server.
-    #[error(transparent)]
-    Device(#[from] DeviceError),
-    /// The tokens came, but the session could not keep them (the store is
-    /// unavailable, or a logout came first).
-    #[error("the login's tokens could not be stored: {0}")]
-    Session(#[source] Error),
-}
 
 impl<T: Transport, S: Store> Session<T, S> {
     /// Starts a device login (RFC 8628) at the configured

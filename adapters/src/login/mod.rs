@@ -1,0 +1,67 @@
+//! Getting the first tokens, each flow ending in a session that is stored
+//! before the login resolves (as [`Session::log_in`] does):
+//!
+//! * [`Session::start_device_login`]: the device authorization grant (RFC
+//!   8628) for CLIs and headless boxes: the app shows the user a code and a
+//!   URL, and the session is logged in once the user approved on any device.
+//! * [`Session::start_code_login`]: the authorization code grant with PKCE
+//!   for desktop apps (RFC 7636, RFC 8252): the app opens the browser at a
+//!   URL, and the server sends it back to a loopback address this listens on.
+//!
+//! [`Session::log_in`] takes a token response obtained any other way.
+
+mod code;
+mod device;
+
+pub use code::{BROWSER_WAIT, CodeLogin};
+pub use device::DeviceLogin;
+
+use freshen_core::code::{ExchangeError, RedirectError};
+use freshen_core::device::{DeviceError, StartError};
+use thiserror::Error;
+
+use crate::Error;
+use crate::transport::TransportError;
+
+/// Why a login gave no session.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// The session's [`Config`](crate::Config) names no endpoint for this flow.
+    #[error("no {0} endpoint is configured")]
+    NoEndpoint(&'static str),
+    /// The endpoint that starts the login could not be reached.
+    #[error("the {endpoint} endpoint could not be reached: {error}")]
+    Unreachable {
+        /// Which endpoint.
+        endpoint: &'static str,
+        /// How the request failed.
+        #[source]
+        error: TransportError,
+    },
+    /// The device authorization endpoint refused or answered something unusable.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The device login ended without tokens: refused by the user, expired,
+    /// or refused by the server.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The browser came back without a code: the user or the server
+    /// refused, or the redirect was unusable.
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+    /// The token endpoint did not exchange the code.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    /// No browser came back in time.
+    #[error("no browser came back to the login's redirect address in time")]
+    TimedOut,
+    /// The loopback address for the redirect could not be listened on, or
+    /// the OS could not provide randomness for the login's secrets.
+    #[error("the login could not be set up: {0}")]
+    Setup(String),
+    /// The tokens came, but the session could not keep them (the store is
+    /// unavailable, or a logout came first).
+    #[error("the login's tokens could not be stored: {0}")]
+    Session(#[source] Error),
+}
