@@ -178,6 +178,7 @@ impl Session {
         self.store.holds = Holds::Session(stored.generation);
         self.last_generation = self.last_generation.max(stored.generation);
         let mut tokens = self.tokens_from_store(stored, |generation| generation);
+        self.keep_earlier_death(&mut tokens);
         // Another process refreshed while this cycle waited for the lock: its
         // tokens are this cycle's result.
         tokens.cycle = self.cycles_started;
@@ -198,6 +199,7 @@ impl Session {
             self.store.holds = Holds::Session(generation);
         }
         let mut tokens = self.tokens_from_store(stored, |_| generation);
+        self.keep_earlier_death(&mut tokens);
         tokens.cycle = self.cycles_started;
         let State::Refreshing(_, cycle) = mem::replace(&mut self.state, State::Loading) else { return };
         if tokens.usable_at(self.now) {
@@ -208,6 +210,22 @@ impl Session {
             self.send_next_attempt();
         }
         self.store.revive();
+    }
+
+    /// Tokens taken over from the store that carry the access token this
+    /// session holds (another process wrote the same rotation: a grace
+    /// replay, or one answer reaching both) keep the earlier of the two
+    /// deaths: each counted the lifetime from its own first presentation,
+    /// and the earlier is the one U8 can vouch for. Found by fuzzing
+    /// (`shared_session_ops` regression input `same-pair-from-the-store-keeps-the-earlier-death`).
+    fn keep_earlier_death(&self, adopted: &mut TokenSet) {
+        let held = self.tokens().filter(|held| match (&held.access, &adopted.access) {
+            (Some(ours), Some(theirs)) => ours.same_as(theirs),
+            _ => false,
+        });
+        if let (Some(ours), Some(theirs)) = (held.and_then(|held| held.expiry), &mut adopted.expiry) {
+            *theirs = theirs.dying_by(ours.expires_at);
+        }
     }
 
     pub(super) fn tokens_from_store(
