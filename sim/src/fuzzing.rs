@@ -191,7 +191,53 @@ pub fn oauth_response(data: &[u8]) -> Result<(), String> {
     let retry_after = input.take(retry_len);
     let body = input.remaining();
     let headers: &[(&str, &[u8])] = &[("retry-after", retry_after)];
-    refresh_answered_with(&Response { status, headers, body }).map(drop)
+    let response = Response { status, headers, body };
+    refresh_answered_with(&response)?;
+    login_reads(&response)
+}
+
+/// What the login flows make of the same bytes: read as a device
+/// authorization response, as an answer to a device poll, and (the body) as
+/// the redirect a browser brings back. Each gives a typed outcome; what one
+/// accepts is within its bounds, and the poller never polls early after it.
+pub fn login_reads(response: &Response<'_>) -> Result<(), String> {
+    use freshen_core::device::{self, NextPoll, PollAnswer};
+    const FALLBACK: &[u8] =
+        br#"{"device_code":"d","user_code":"U","verification_uri":"https://e.com/d","expires_in":600}"#;
+    let authorization = match device::parse_authorization(response) {
+        Ok(authorization) => {
+            let printable = |text: &str, spaces| text.chars().all(|c| c.is_ascii_graphic() || (spaces && c == ' '));
+            if !printable(&authorization.user_code, true) || !printable(&authorization.verification_uri, false) {
+                return Err("accepted a user code or URI that could forge a terminal line".into());
+            }
+            let in_range = |d: Duration| d >= Duration::from_secs(1) && d <= device::MAX_EXPIRES_IN;
+            if !in_range(authorization.expires_in) || !in_range(authorization.interval) {
+                return Err(format!("accepted {:?} / {:?}", authorization.expires_in, authorization.interval));
+            }
+            authorization
+        }
+        Err(_) => device::parse_authorization(&Response { status: 200, headers: &[], body: FALLBACK })
+            .map_err(|e| format!("the fallback did not parse: {e}"))?,
+    };
+    let mut poller = device::DevicePoller::new(&authorization, MonoTime::ZERO);
+    let first = MonoTime::ZERO.saturating_add(authorization.interval);
+    if first < poller.expires_at() && poller.next(first) != NextPoll::Now {
+        return Err("the first poll did not go out after one interval".into());
+    }
+    let answer = PollAnswer::Answered(classify(&Policy::default(), response, Some(UnixTime::from_secs(1_800_000_000))));
+    if let Ok(None) = poller.answered(first, answer) {
+        let soon = first.saturating_add(poller.interval()).saturating_sub(Duration::from_millis(1));
+        if poller.next(soon) == NextPoll::Now {
+            return Err("polled again before the interval".into());
+        }
+    }
+    let target = String::from_utf8_lossy(response.body);
+    if let Ok(code) = freshen_core::code::parse_redirect(&target, "/callback", "state")
+        && (code.expose_secret().is_empty() || !code.expose_secret().chars().all(|c| c.is_ascii_graphic()))
+    {
+        return Err("accepted an empty or unprintable authorization code".into());
+    }
+    Ok(())
 }
 
 /// A session whose store answers every operation at once, and holds one blob
