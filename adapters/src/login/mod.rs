@@ -1,20 +1,27 @@
 //! Getting the first tokens, each flow ending in a session that is stored
-//! before the login resolves (as [`Session::log_in`] does):
+//! before the login resolves (as [`Session::log_in`](crate::Session::log_in) does):
 //!
-//! * [`Session::start_device_login`]: the device authorization grant (RFC
+//! * [`Session::start_device_login`](crate::Session::start_device_login): the device authorization grant (RFC
 //!   8628) for CLIs and headless boxes: the app shows the user a code and a
 //!   URL, and the session is logged in once the user approved on any device.
-//! * [`Session::start_code_login`]: the authorization code grant with PKCE
+//! * [`Session::start_code_login`](crate::Session::start_code_login): the authorization code grant with PKCE
 //!   for desktop apps (RFC 7636, RFC 8252): the app opens the browser at a
 //!   URL, and the server sends it back to a loopback address this listens on.
 //!
-//! [`Session::log_in`] takes a token response obtained any other way.
+//! [`Session::log_in`](crate::Session::log_in) takes a token response obtained any other way:
+//! [`TokenResponse::from_json`](freshen_core::oauth::TokenResponse::from_json)
+//! reads one from its body, and with the `oauth2` feature `from_oauth2`
+//! converts the `oauth2` crate's.
 
 mod code;
 mod device;
+#[cfg(feature = "oauth2")]
+mod oauth2;
 
 pub use code::{BROWSER_WAIT, CodeLogin};
 pub use device::DeviceLogin;
+#[cfg(feature = "oauth2")]
+pub use oauth2::from_oauth2;
 
 use freshen_core::code::{ExchangeError, RedirectError};
 use freshen_core::device::{DeviceError, StartError};
