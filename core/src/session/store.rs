@@ -147,6 +147,15 @@ impl Session {
             Some(stored) if theirs_newer && held.answered_unlocked => self.adopt_locked(stored),
             // Another process logged out: the session this one held ended there.
             None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
+            // Ours came from a late answer outside the lock, and the store,
+            // which held a session this one knew, is empty now: another
+            // process logged out since. The late answer must not bring the
+            // session back (its token's successor may have been stored and
+            // spent meanwhile: C2). Found by fuzzing (`shared_session_ops`
+            // regression input `late-answer-after-the-store-was-cleared-elsewhere`).
+            None if held.answered_unlocked && matches!(self.store.holds, Holds::Session(_)) => {
+                self.log_out(LogoutCause::EndedElsewhere);
+            }
             stored => {
                 let same = stored.as_ref().is_some_and(|s| held.stored_as(s));
                 self.store.holds = match &stored {
