@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::authority::device::Decision;
-use crate::authority::{Authority, AuthorityConfig, AuthorityStats, Issued, Refusal};
+use crate::authority::{Authority, AuthorityConfig, AuthorityStats, Issued};
 use bytes::Bytes;
 use freshen_core::time::MonoTime;
 use http::{Method, Request, Response, StatusCode, header};
@@ -21,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 /// The largest request body the server reads.
@@ -251,6 +249,8 @@ fn scripted_response(scripted: Scripted) -> Response<Full<Bytes>> {
     response
 }
 
+mod routes;
+
 fn oauth_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
     respond(status, "application/json", serde_json::json!({ "error": code }).to_string())
 }
@@ -313,7 +313,6 @@ pub fn answer(
     body: &[u8],
 ) -> Response<Full<Bytes>> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let form = || -> std::collections::HashMap<String, String> { form_urlencoded::parse(body).into_owned().collect() };
     let now = state.now();
     if path == paths::TOKEN {
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -330,130 +329,20 @@ pub fn answer(
             return scripted_response(scripted);
         }
     }
+    let fields = |bytes: &[u8]| -> Fields { form_urlencoded::parse(bytes).into_owned().collect() };
     match (method, path) {
-        (&Method::POST, paths::TOKEN) => {
-            let form = form();
-            let client = form.get("client_id").map_or("", String::as_str);
-            let issued = match form.get("grant_type").map(String::as_str) {
-                Some("refresh_token") => {
-                    let token = form.get("refresh_token").map_or("", String::as_str);
-                    state.authority().refresh(now, client, None, token)
-                }
-                Some("password") => Ok(state.authority().login(now, client, None)),
-                Some("authorization_code") => {
-                    let field = |name: &str| form.get(name).map_or("", String::as_str);
-                    let (code, redirect_uri, verifier) = (field("code"), field("redirect_uri"), field("code_verifier"));
-                    match state.authority().redeem_code(now, client, code, redirect_uri, verifier) {
-                        Ok(issued) => Ok(issued),
-                        Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
-                    }
-                }
-                Some(freshen_core::device::GRANT_TYPE) => {
-                    let code = form.get("device_code").map_or("", String::as_str);
-                    match state.authority().poll_device_login(now, client, code) {
-                        Ok(issued) => Ok(issued),
-                        Err(refusal) => return oauth_error(StatusCode::BAD_REQUEST, refusal.code()),
-                    }
-                }
-                _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            };
-            match issued {
-                Ok(issued) => respond(StatusCode::OK, "application/json", issued.to_json().expose_secret().to_owned()),
-                Err(refusal) => respond(StatusCode::BAD_REQUEST, "application/json", Refusal::to_json(refusal)),
-            }
-        }
-        (&Method::POST, paths::REVOKE) => {
-            let form = form();
-            let client = form.get("client_id").map_or("", String::as_str);
-            let token = form.get("token").map_or("", String::as_str);
-            match state.authority().revoke(now, client, token) {
-                // RFC 7009 §2.2: 200 whether or not the token was known.
-                Ok(()) => respond(StatusCode::OK, "text/plain", ""),
-                Err(_) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
-            }
-        }
-        (&Method::GET, paths::AUTHORIZE) => {
-            let query: std::collections::HashMap<String, String> =
-                form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-            let field = |name: &str| query.get(name).map_or("", String::as_str);
-            let redirect_uri = field("redirect_uri");
-            // Only loopback redirects (RFC 8252 §7.3): this server registers no others.
-            if !redirect_uri.starts_with("http://127.0.0.1:") && !redirect_uri.starts_with("http://[::1]:") {
-                return respond(StatusCode::BAD_REQUEST, "text/plain", "redirect_uri must be a loopback address");
-            }
-            let mut back = form_urlencoded::Serializer::new(String::new());
-            if field("response_type") != "code"
-                || field("code_challenge_method") != "S256"
-                || field("client_id").is_empty()
-            {
-                back.append_pair("error", "invalid_request");
-            } else {
-                let code = state.authority().issue_code(now, field("client_id"), redirect_uri, field("code_challenge"));
-                back.append_pair("code", &code);
-            }
-            back.append_pair("state", field("state"));
-            let separator = if redirect_uri.contains('?') { '&' } else { '?' };
-            let mut response = respond(StatusCode::FOUND, "text/plain", "");
-            let location = format!("{redirect_uri}{separator}{}", back.finish());
-            match header::HeaderValue::from_str(&location) {
-                Ok(location) => {
-                    response.headers_mut().insert(header::LOCATION, location);
-                    response
-                }
-                Err(_) => respond(StatusCode::BAD_REQUEST, "text/plain", "redirect_uri is not a valid header value"),
-            }
-        }
+        (&Method::POST, paths::TOKEN) => routes::token(state, now, &fields(body)),
+        (&Method::POST, paths::REVOKE) => routes::revoke(state, now, &fields(body)),
+        (&Method::GET, paths::AUTHORIZE) => routes::authorize(state, now, &fields(query.as_bytes())),
         (&Method::POST, paths::DEVICE_AUTHORIZATION) => {
-            let form = form();
-            let client = form.get("client_id").map_or("", String::as_str);
-            let start = state.authority().start_device_login(now, client);
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-            let verification_uri = format!("http://{host}{}", paths::DEVICE);
-            let body = serde_json::json!({
-                "device_code": start.device_code.expose_secret(),
-                "user_code": start.user_code,
-                "verification_uri": verification_uri,
-                "verification_uri_complete": format!("{verification_uri}?user_code={}", start.user_code),
-                "expires_in": start.expires_in.as_secs(),
-                "interval": start.interval.as_secs(),
-            });
-            respond(StatusCode::OK, "application/json", body.to_string())
+            routes::device_authorization(state, now, &fields(body), host)
         }
-        (&Method::POST, paths::DEVICE) => {
-            let form = form();
-            let user_code = form.get("user_code").map_or("", String::as_str);
-            let decision = match form.get("decision").map(String::as_str) {
-                Some("approve") => Decision::Approve,
-                Some("deny") => Decision::Deny,
-                _ => return respond(StatusCode::BAD_REQUEST, "text/plain", "decision must be approve or deny"),
-            };
-            if state.authority().decide_device_login(now, user_code, decision) {
-                respond(StatusCode::OK, "text/plain", "done: return to your device")
-            } else {
-                respond(StatusCode::NOT_FOUND, "text/plain", "no pending login has this code")
-            }
-        }
-        (_, paths::RESOURCE | paths::ALWAYS_401) => {
-            if let Ok(mut hits) = state.resource_hits.lock() {
-                *hits += 1;
-            }
-            let bearer = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            let valid = path == paths::RESOURCE && state.authority().validate(now, bearer).is_ok();
-            if valid {
-                respond(StatusCode::OK, "text/plain", "hello")
-            } else {
-                let mut response = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                response
-            }
-        }
+        (&Method::POST, paths::DEVICE) => routes::device_decision(state, now, &fields(body)),
+        (_, paths::RESOURCE | paths::ALWAYS_401) => routes::resource(state, now, path, headers),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", ""),
     }
 }
+
+/// A form's or a query's fields.
+type Fields = std::collections::HashMap<String, String>;
