@@ -1,5 +1,6 @@
 //! No token in any log line, Debug string or error message, over a whole
-//! session (refresh, failed write, 401 retry, logout), with canary tokens.
+//! session (refresh, failed write, 401 retry, logout) and a device login
+//! (its device code included), with canary tokens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
 
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen_sim::authority::AuthorityConfig;
+use freshen_sim::authority::device::Decision;
 use support::{AuthorityTransport, FaultyMemoryStore};
 
 /// A stored access token that is already spent.
@@ -60,6 +62,21 @@ async fn no_log_line_debug_string_or_error_contains_a_token() {
     session.log_out().await;
     shown.push(format!("{:?}", session.access_token().await.unwrap_err()));
     shown.push(session.access_token().await.unwrap_err().to_string());
+
+    // A device login: its device code is a secret too, and so are the tokens it brings.
+    let device = support::config().with_device_authorization_endpoint(support::DEVICE_URL);
+    let session = support::start(device, transport.clone(), freshen::store::MemoryStore::new());
+    let login = session.start_device_login(None).await.unwrap();
+    shown.push(format!("{login:?}"));
+    let now = transport.now();
+    assert!(transport.state.authority().decide_device_login(now, login.user_code(), Decision::Approve));
+    login.finish().await.unwrap();
+    shown.push(format!("{:?} {session:?}", session.access_token().await.unwrap()));
+    let refused = session.start_device_login(None).await.unwrap();
+    let now = transport.now();
+    assert!(transport.state.authority().decide_device_login(now, refused.user_code(), Decision::Deny));
+    let error = refused.finish().await.unwrap_err();
+    shown.push(format!("{error:?} {error}"));
     settle().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
