@@ -61,6 +61,10 @@ pub struct Config {
     /// The authorization endpoint (RFC 6749 §3.1), for
     /// [`Session::start_code_login`]; `None` when the app logs in otherwise.
     pub authorization_endpoint: Option<String>,
+    /// The authorization server's issuer identifier (its discovery
+    /// document's `issuer`): a login's redirect that names another server
+    /// is refused (RFC 9207, the mix-up defense). `None` checks nothing.
+    pub issuer: Option<String>,
 }
 
 impl Config {
@@ -78,7 +82,15 @@ impl Config {
             plain_http_allowed: false,
             device_authorization_endpoint: None,
             authorization_endpoint: None,
+            issuer: None,
         }
+    }
+
+    /// Refuses login redirects from any other issuer (see [`Config::issuer`]).
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
     }
 
     /// Logs in with the authorization code grant and PKCE at this endpoint

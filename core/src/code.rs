@@ -9,7 +9,7 @@
 //! `freshen` driver does).
 //!
 //! ```
-//! use freshen_core::code::{authorization_url, parse_redirect, AuthorizationRequest};
+//! use freshen_core::code::{authorization_url, parse_redirect, AuthorizationRequest, Expected};
 //!
 //! let request = AuthorizationRequest {
 //!     client_id: "my-app",
@@ -21,7 +21,8 @@
 //! let url = authorization_url("https://auth.example.com/authorize", &request)?;
 //! assert!(url.starts_with("https://auth.example.com/authorize?response_type=code&client_id=my-app&"));
 //!
-//! let code = parse_redirect("/callback?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj", "/callback", "af0ifjsldkj")?;
+//! let expected = Expected { path: "/callback", state: "af0ifjsldkj", issuer: Some("https://auth.example.com") };
+//! let code = parse_redirect("/callback?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj", &expected)?;
 //! assert_eq!(code.expose_secret(), "SplxlOBeZQQYbYS6WxSbIA");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -94,6 +95,10 @@ pub enum RedirectError {
     /// caused by this login (a forged or stale one) and is ignored.
     #[error("the redirect's state does not match this login's")]
     StateMismatch,
+    /// The redirect names another authorization server than this login's
+    /// (`iss`, RFC 9207): a mix-up attack, or a misconfiguration.
+    #[error("the redirect comes from another authorization server")]
+    IssuerMismatch,
     /// The server refused (`access_denied` when the user declined, ...).
     #[error("the authorization server refused: {0}")]
     Refused(OAuthError),
@@ -102,13 +107,27 @@ pub enum RedirectError {
     NoCode,
 }
 
-/// Reads the redirect target the browser requested (`/path?query`) for a
-/// login that expects `path` and `state`. Bounded: a target longer than
-/// [`MAX_REDIRECT_BYTES`] carries no usable code.
+/// What a redirect must match to be this login's answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected<'a> {
+    /// The redirect URI's path.
+    pub path: &'a str,
+    /// The `state` the authorization URL carried.
+    pub state: &'a str,
+    /// The authorization server's issuer identifier, when the app knows it:
+    /// a redirect whose `iss` names another server is refused (RFC 9207,
+    /// the mix-up defense). One without `iss` is accepted, since not every
+    /// server sends it.
+    pub issuer: Option<&'a str>,
+}
+
+/// Reads the redirect target the browser requested (`/path?query`).
+/// Bounded: a target longer than [`MAX_REDIRECT_BYTES`] carries no usable code.
 ///
 /// # Errors
 /// The request is not this login's answer, or the answer is a refusal.
-pub fn parse_redirect(target: &str, path: &str, state: &str) -> Result<AuthorizationCode, RedirectError> {
+pub fn parse_redirect(target: &str, expected: &Expected<'_>) -> Result<AuthorizationCode, RedirectError> {
+    let Expected { path, state, issuer } = *expected;
     let (requested, query) = target.split_once('?').unwrap_or((target, ""));
     if requested != path {
         return Err(RedirectError::OtherPath);
@@ -120,18 +139,25 @@ pub fn parse_redirect(target: &str, path: &str, state: &str) -> Result<Authoriza
     let mut error = None;
     let mut description = None;
     let mut returned_state = None;
+    let mut returned_issuer = None;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
             "code" => code = Some(value),
             "error" => error = Some(value),
             "error_description" => description = Some(value),
             "state" => returned_state = Some(value),
+            "iss" => returned_issuer = Some(value),
             _ => {}
         }
     }
     // Checked first: an error redirect without our state may be forged too.
     if returned_state.as_deref() != Some(state) {
         return Err(RedirectError::StateMismatch);
+    }
+    if let (Some(issuer), Some(returned)) = (issuer, returned_issuer.as_deref())
+        && returned != issuer
+    {
+        return Err(RedirectError::IssuerMismatch);
     }
     if let Some(error) = error {
         let printable = |text: &str| text.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(256).collect();
@@ -210,6 +236,7 @@ mod tests {
     use super::*;
 
     const STATE: &str = "s-123";
+    const EXPECTED: Expected<'static> = Expected { path: "/cb", state: STATE, issuer: Some("https://a.example") };
 
     #[test]
     fn the_url_carries_pkce_and_keeps_an_existing_query() {
@@ -232,22 +259,26 @@ mod tests {
 
     #[test]
     fn a_redirect_gives_its_code_only_with_the_right_state_and_path() {
-        let code = parse_redirect("/cb?state=s-123&code=abc%2Fdef", "/cb", STATE).unwrap();
+        let code = parse_redirect("/cb?state=s-123&code=abc%2Fdef", &EXPECTED).unwrap();
         assert_eq!(code.expose_secret(), "abc/def");
         assert!(!format!("{code:?}").contains("abc"), "the code is a secret");
-        assert_eq!(parse_redirect("/favicon.ico", "/cb", STATE).unwrap_err(), RedirectError::OtherPath);
-        assert_eq!(parse_redirect("/cb?code=abc", "/cb", STATE).unwrap_err(), RedirectError::StateMismatch);
-        assert_eq!(parse_redirect("/cb?code=abc&state=other", "/cb", STATE).unwrap_err(), RedirectError::StateMismatch);
-        assert_eq!(parse_redirect("/cb?error=access_denied", "/cb", STATE).unwrap_err(), RedirectError::StateMismatch);
-        let refused = parse_redirect("/cb?state=s-123&error=access_denied&error_description=no%0Athanks", "/cb", STATE);
+        assert_eq!(parse_redirect("/favicon.ico", &EXPECTED).unwrap_err(), RedirectError::OtherPath);
+        assert_eq!(parse_redirect("/cb?code=abc", &EXPECTED).unwrap_err(), RedirectError::StateMismatch);
+        assert_eq!(parse_redirect("/cb?code=abc&state=other", &EXPECTED).unwrap_err(), RedirectError::StateMismatch);
+        assert_eq!(parse_redirect("/cb?error=access_denied", &EXPECTED).unwrap_err(), RedirectError::StateMismatch);
+        let refused = parse_redirect("/cb?state=s-123&error=access_denied&error_description=no%0Athanks", &EXPECTED);
         assert!(
             matches!(&refused, Err(RedirectError::Refused(e)) if e.code == "access_denied" && e.description.as_deref() == Some("nothanks")),
             "{refused:?}"
         );
-        assert_eq!(parse_redirect("/cb?state=s-123", "/cb", STATE).unwrap_err(), RedirectError::NoCode);
-        assert_eq!(parse_redirect("/cb?state=s-123&code=", "/cb", STATE).unwrap_err(), RedirectError::NoCode);
+        assert_eq!(parse_redirect("/cb?state=s-123", &EXPECTED).unwrap_err(), RedirectError::NoCode);
+        assert_eq!(parse_redirect("/cb?state=s-123&code=", &EXPECTED).unwrap_err(), RedirectError::NoCode);
+        // RFC 9207: another server's redirect is refused; one without `iss` is accepted.
+        let mixed_up = parse_redirect("/cb?state=s-123&code=abc&iss=https%3A%2F%2Fevil.example", &EXPECTED);
+        assert_eq!(mixed_up.unwrap_err(), RedirectError::IssuerMismatch);
+        assert!(parse_redirect("/cb?state=s-123&code=abc&iss=https%3A%2F%2Fa.example", &EXPECTED).is_ok());
         let long = format!("/cb?state=s-123&code={}", "a".repeat(MAX_REDIRECT_BYTES));
-        assert_eq!(parse_redirect(&long, "/cb", STATE).unwrap_err(), RedirectError::NoCode);
+        assert_eq!(parse_redirect(&long, &EXPECTED).unwrap_err(), RedirectError::NoCode);
     }
 
     #[test]

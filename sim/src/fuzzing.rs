@@ -232,7 +232,9 @@ pub fn login_reads(response: &Response<'_>) -> Result<(), String> {
         }
     }
     let target = String::from_utf8_lossy(response.body);
-    if let Ok(code) = freshen_core::code::parse_redirect(&target, "/callback", "state")
+    let expected =
+        freshen_core::code::Expected { path: "/callback", state: "state", issuer: Some("https://a.example") };
+    if let Ok(code) = freshen_core::code::parse_redirect(&target, &expected)
         && (code.expose_secret().is_empty() || !code.expose_secret().chars().all(|c| c.is_ascii_graphic()))
     {
         return Err("accepted an empty or unprintable authorization code".into());

@@ -42,7 +42,8 @@ fn session(url: &str, store: MemoryStore) -> Session<ReqwestTransport, MemorySto
     let config = Config::new(format!("{url}/token"), Client::public(CLIENT))
         .with_revocation_endpoint(format!("{url}/token/revocation"))
         .with_authorization_endpoint(format!("{url}/auth"))
-        .with_device_authorization_endpoint(format!("{url}/device/auth"));
+        .with_device_authorization_endpoint(format!("{url}/device/auth"))
+        .with_issuer(url);
     Session::start_in(config, ReqwestTransport::new().unwrap(), store, Environment::seeded(3)).unwrap()
 }
 
@@ -183,4 +184,22 @@ fn hidden_fields(html: &str) -> Vec<(String, String)> {
         .skip(1)
         .filter_map(|input| Some((attribute(input, "name")?, attribute(input, "value")?)))
         .collect()
+}
+
+/// RFC 9207: oidc-provider names itself in the redirect (`iss`); a session
+/// that expects another issuer refuses the code (the mix-up defense).
+#[tokio::test]
+async fn a_redirect_naming_another_issuer_is_refused() {
+    let Some(url) = idp().await else { return };
+    let config = Config::new(format!("{url}/token"), Client::public(CLIENT))
+        .with_authorization_endpoint(format!("{url}/auth"))
+        .with_issuer("https://another-server.example");
+    let session =
+        Session::start_in(config, ReqwestTransport::new().unwrap(), MemoryStore::new(), Environment::seeded(3))
+            .unwrap();
+    let login = session.start_code_login(Some("openid")).await.unwrap();
+    let (_, finished) = tokio::join!(browser().get(login.authorization_url()).send(), login.finish());
+    let error = finished.unwrap_err();
+    assert_eq!(error, freshen::login::LoginError::Redirect(freshen_core::code::RedirectError::IssuerMismatch));
+    assert!(session.access_token().await.unwrap_err().needs_login());
 }

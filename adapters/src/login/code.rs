@@ -8,7 +8,7 @@ use core::time::Duration;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use base64::Engine as _;
-use freshen_core::code::{self, AuthorizationRequest, RedirectError};
+use freshen_core::code::{self, AuthorizationRequest, Expected, RedirectError};
 use freshen_core::session::TransportFailure;
 use freshen_core::token::AuthorizationCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -152,7 +152,9 @@ impl<T: Transport, S: Store> CodeLogin<T, S> {
                     continue;
                 }
             };
-            match code::parse_redirect(&target, CALLBACK_PATH, &self.state) {
+            let (_, config, _) = self.session.login_parts();
+            let expected = Expected { path: CALLBACK_PATH, state: &self.state, issuer: config.issuer.as_deref() };
+            match code::parse_redirect(&target, &expected) {
                 Ok(code) => {
                     respond(&mut stream, "200 OK", "You are logged in. You can close this window.").await;
                     return Ok(code);
