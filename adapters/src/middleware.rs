@@ -119,9 +119,26 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
         Self { client, session }
     }
 
-    /// Starts a request (then pass it to [`AuthorizedClient::execute`]).
+    /// Starts a request (then pass it to [`AuthorizedClient::send`], or
+    /// build it and pass it to [`AuthorizedClient::execute`]).
     pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
         self.client.request(method, url)
+    }
+
+    /// Starts a GET (then pass it to [`AuthorizedClient::send`]).
+    pub fn get(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.client.get(url)
+    }
+
+    /// Starts a POST (then pass it to [`AuthorizedClient::send`]).
+    pub fn post(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.client.post(url)
+    }
+
+    /// Builds `request` and sends it as [`AuthorizedClient::execute`] does:
+    /// `client.send(client.get(url)).await`.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, ClientError> {
+        self.execute(request.build()?).await
     }
 
     /// Sends `request` with a token, retrying once after a 401.

@@ -135,8 +135,7 @@ async fn a_body_that_cannot_be_cloned_is_sent_once_and_its_401_is_an_error() {
 async fn the_plain_wrapper_does_the_same_without_middleware() {
     let (server, session, _) = setup().await;
     let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
-    let request = client.request(reqwest::Method::GET, server.url(paths::RESOURCE)).build().unwrap();
-    assert_eq!(client.execute(request).await.unwrap().status(), 200);
+    assert_eq!(client.send(client.get(server.url(paths::RESOURCE))).await.unwrap().status(), 200);
 
     let request = client.request(reqwest::Method::GET, server.url(paths::ALWAYS_401)).build().unwrap();
     assert_eq!(client.execute(request).await.unwrap().status(), 401);
