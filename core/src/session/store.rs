@@ -100,7 +100,22 @@ impl Session {
             Holds::Unknown | Holds::Empty => false,
         };
         !tokens.stored_as(stored)
+            && !self.holds_what_ours_rotated(tokens, stored)
             && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known))
+    }
+
+    /// Whether `stored` holds the refresh token that the answer these tokens
+    /// came from rotated away: it is older than them whatever its number
+    /// (another process may have written it again, renumbered), and taking
+    /// it would present a token whose successor this session holds (C2).
+    /// Found by fuzzing (`shared_session_ops` regression input
+    /// `a-renumbered-predecessor-is-not-newer`).
+    fn holds_what_ours_rotated(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
+        let Some(predecessor) = tokens.answered_by.and_then(|id| self.outbox.sent(id)).map(|sent| sent.presented) else {
+            return false;
+        };
+        stored.refresh_token.as_ref().is_some_and(|theirs| theirs.fingerprint() == predecessor)
+            && !tokens.refresh.as_ref().is_some_and(|ours| ours.fingerprint() == predecessor)
     }
 
     /// The store's cross-process lock is held and the store was read under
