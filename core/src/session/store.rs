@@ -111,11 +111,12 @@ impl Session {
     /// Found by fuzzing (`shared_session_ops` regression input
     /// `a-renumbered-predecessor-is-not-newer`).
     fn holds_what_ours_rotated(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
-        let Some(predecessor) = tokens.answered_by.and_then(|id| self.outbox.sent(id)).map(|sent| sent.presented) else {
+        let Some(predecessor) = tokens.answered_by.and_then(|id| self.outbox.sent(id)).map(|sent| sent.presented)
+        else {
             return false;
         };
         stored.refresh_token.as_ref().is_some_and(|theirs| theirs.fingerprint() == predecessor)
-            && !tokens.refresh.as_ref().is_some_and(|ours| ours.fingerprint() == predecessor)
+            && tokens.refresh.as_ref().is_none_or(|ours| ours.fingerprint() != predecessor)
     }
 
     /// The store's cross-process lock is held and the store was read under
