@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use base64::Engine as _;
 use freshen_core::code::{self, AuthorizationRequest, Expected, RedirectError};
-use freshen_core::session::TransportFailure;
 use freshen_core::token::AuthorizationCode;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -17,10 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use super::LoginError;
+use super::{LoginError, post};
 use crate::Session;
 use crate::store::Store;
-use crate::transport::{Transport, TransportError};
+use crate::transport::Transport;
 
 /// The path the browser is sent back to.
 const CALLBACK_PATH: &str = "/callback";
@@ -121,15 +120,9 @@ impl<T: Transport, S: Store> CodeLogin<T, S> {
         let (transport, config, clock) = self.session.login_parts();
         let form = code::code_request(&config.client, &code, &self.redirect_uri, self.verifier.expose_secret());
         let sent_at = tokio::time::Instant::now();
-        let post = transport.post_form(&config.token_endpoint, &form);
-        let response = match tokio::time::timeout(config.session.request_timeout, post).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(LoginError::Unreachable { endpoint: "token", error }),
-            Err(_) => {
-                let error = TransportError::from(TransportFailure::Timeout);
-                return Err(LoginError::Unreachable { endpoint: "token", error });
-            }
-        };
+        let response = post(transport, &config.token_endpoint, &form, config.session.request_timeout)
+            .await
+            .map_err(|error| LoginError::Unreachable { endpoint: "token", error })?;
         let tokens = code::exchanged(response.classify(&config.session.policy, clock.wall()))?;
         info!("code login exchanged");
         self.session.log_in_sent_at(tokens, sent_at.into_std()).await.map_err(LoginError::Session)

@@ -5,13 +5,12 @@
 use core::time::Duration;
 
 use freshen_core::device::{self, DeviceAuthorization, DeviceError, DevicePoller, NextPoll, PollAnswer};
-use freshen_core::session::TransportFailure;
 use tracing::{info, warn};
 
-use super::LoginError;
+use super::{LoginError, post};
 use crate::Session;
 use crate::store::Store;
-use crate::transport::{Transport, TransportError};
+use crate::transport::Transport;
 
 impl<T: Transport, S: Store> Session<T, S> {
     /// Starts a device login (RFC 8628) at the configured
@@ -28,15 +27,9 @@ impl<T: Transport, S: Store> Session<T, S> {
         let (transport, config, clock) = self.login_parts();
         let url = config.device_authorization_endpoint.as_deref().ok_or(LoginError::NoEndpoint(ENDPOINT))?;
         let form = device::authorization_request(&config.client, scope);
-        let response = match tokio::time::timeout(config.session.request_timeout, transport.post_form(url, &form)).await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(LoginError::Unreachable { endpoint: ENDPOINT, error }),
-            Err(_) => {
-                let error = TransportError::from(TransportFailure::Timeout);
-                return Err(LoginError::Unreachable { endpoint: ENDPOINT, error });
-            }
-        };
+        let response = post(transport, url, &form, config.session.request_timeout)
+            .await
+            .map_err(|error| LoginError::Unreachable { endpoint: ENDPOINT, error })?;
         let authorization = response.read(device::parse_authorization)?;
         info!(expires_in_s = authorization.expires_in.as_secs(), "device login started");
         let poller = DevicePoller::new(&authorization, clock.now());
@@ -94,16 +87,14 @@ impl<T: Transport, S: Store> DeviceLogin<T, S> {
                 NextPoll::At(at) => tokio::time::sleep_until(clock.instant(at)).await,
                 NextPoll::Now => {
                     let sent_at = tokio::time::Instant::now();
-                    let post = transport.post_form(&config.token_endpoint, &form);
-                    let answer = match tokio::time::timeout(config.session.request_timeout, post).await {
-                        Ok(Ok(response)) => {
-                            PollAnswer::Answered(response.classify(&config.session.policy, clock.wall()))
-                        }
-                        Ok(Err(error)) => {
+                    let answer = match post(transport, &config.token_endpoint, &form, config.session.request_timeout)
+                        .await
+                    {
+                        Ok(response) => PollAnswer::Answered(response.classify(&config.session.policy, clock.wall())),
+                        Err(error) => {
                             warn!(%error, "device login poll got no answer");
                             PollAnswer::Failed(error.failure())
                         }
-                        Err(_) => PollAnswer::Failed(TransportFailure::Timeout),
                     };
                     if let Some(tokens) = self.poller.answered(clock.now(), answer)? {
                         info!("device login approved");

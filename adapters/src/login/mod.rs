@@ -23,12 +23,29 @@ pub use device::DeviceLogin;
 #[cfg(feature = "oauth2")]
 pub use oauth2::from_oauth2;
 
+use core::time::Duration;
+
 use freshen_core::code::{ExchangeError, RedirectError};
 use freshen_core::device::{DeviceError, StartError};
+use freshen_core::oauth::FormRequest;
+use freshen_core::session::TransportFailure;
 use thiserror::Error;
 
 use crate::Error;
-use crate::transport::TransportError;
+use crate::transport::{HttpResponse, Transport, TransportError};
+
+/// One POST of a login flow, bounded by the session's request timeout.
+async fn post<T: Transport>(
+    transport: &T,
+    url: &str,
+    form: &FormRequest,
+    timeout: Duration,
+) -> Result<HttpResponse, TransportError> {
+    match tokio::time::timeout(timeout, transport.post_form(url, form)).await {
+        Ok(answered) => answered,
+        Err(_) => Err(TransportFailure::Timeout.into()),
+    }
+}
 
 /// Why a login gave no session.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
