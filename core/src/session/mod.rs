@@ -675,7 +675,12 @@ impl Session {
                 Phase::Locking | Phase::Rereading { .. } => {}
             },
             State::Valid(tokens) => {
-                consider(tokens.refresh_due_at(), "the refresh window opens");
+                // No refresh starts while an abandoned attempt is out (C1): the
+                // straggler's window, above, wakes the session instead; a window
+                // already open would otherwise be due at once, again and again.
+                if self.straggler.is_none() {
+                    consider(tokens.refresh_due_at(), "the refresh window opens");
+                }
                 consider(tokens.expiry.map(|e| e.usable_until), "the access token stops being usable");
             }
             State::Loading | State::Expired(_) | State::LoggedOut(_) => {}
