@@ -168,8 +168,18 @@ impl Session {
         }
     }
 
+    /// Whether an answer to `id` speaks of the tokens held: it answered a
+    /// presentation since they were taken, or one of the very refresh token
+    /// held (taken again from the store after this session had presented
+    /// it: its rotation is news all the same, and missing it would present
+    /// the token again, C2; `shared_session_ops` regression input
+    /// `a-late-rotation-of-a-token-taken-back-from-the-store`).
     pub(super) fn answers_current_tokens(&self, id: RefreshId) -> bool {
-        self.tokens().is_some_and(|t| t.presented_since <= id && id < self.outbox.next_refresh)
+        let presented_held = |t: &TokenSet| {
+            let held = t.refresh.as_ref().map(RefreshToken::fingerprint);
+            self.outbox.sent(id).is_some_and(|sent| Some(sent.presented) == held)
+        };
+        self.tokens().is_some_and(|t| (t.presented_since <= id || presented_held(t)) && id < self.outbox.next_refresh)
     }
 
     pub(super) fn adopt_response(&mut self, id: RefreshId, response: TokenResponse) {
