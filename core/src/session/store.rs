@@ -203,7 +203,7 @@ impl Session {
         self.store.holds = Holds::Session(stored.generation);
         self.last_generation = self.last_generation.max(stored.generation);
         let mut tokens = self.tokens_from_store(stored, |generation| generation);
-        self.keep_earlier_death(&mut tokens);
+        self.keep_what_ours_knew(&mut tokens);
         // Another process refreshed while this cycle waited for the lock: its
         // tokens are this cycle's result.
         tokens.cycle = self.cycles_started;
@@ -224,7 +224,7 @@ impl Session {
             self.store.holds = Holds::Session(generation);
         }
         let mut tokens = self.tokens_from_store(stored, |_| generation);
-        self.keep_earlier_death(&mut tokens);
+        self.keep_what_ours_knew(&mut tokens);
         tokens.cycle = self.cycles_started;
         let State::Refreshing(_, cycle) = mem::replace(&mut self.state, State::Loading) else { return };
         if tokens.usable_at(self.now) {
@@ -235,6 +235,32 @@ impl Session {
             self.send_next_attempt();
         }
         self.store.revive();
+    }
+
+    /// What this session knew of the tokens it takes over from the store,
+    /// when they are (partly) the ones it holds: see the two rules below.
+    fn keep_what_ours_knew(&self, adopted: &mut TokenSet) {
+        self.keep_earlier_death(adopted);
+        self.keep_first_presentation(adopted);
+    }
+
+    /// Tokens taken over from the store that carry the refresh token this
+    /// session holds (another process renumbered them) were presented by
+    /// this session already: an attempt of ours whose answer was lost may
+    /// have been redeemed, and the answer to the next one may be its grace
+    /// replay. Their next lifetime counts from that attempt (U8), as it
+    /// would had the tokens not been taken over. Found by fuzzing
+    /// (`shared_session_ops` regression input `renumbered-by-another-keeps-our-first-presentation`).
+    fn keep_first_presentation(&self, adopted: &mut TokenSet) {
+        let Some(held) = self.tokens().filter(|held| adopted.refresh.as_ref().is_some_and(|r| held.holds_refresh(r)))
+        else {
+            return;
+        };
+        let ours = self.outbox.first_unsettled(held.presented_since, None, held.first_send);
+        adopted.first_send = match (adopted.first_send, ours) {
+            (Some(theirs), Some(ours)) => Some(theirs.min(ours)),
+            (theirs, ours) => theirs.or(ours),
+        };
     }
 
     /// Tokens taken over from the store that carry the access token this
