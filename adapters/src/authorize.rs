@@ -1,18 +1,94 @@
-//! What every way of authorizing requests shares: the span each request runs
+//! What every way of authorizing requests shares: the headers a token
+//! needs (with a DPoP proof for a bound one), the span each request runs
 //! in, and the decision after a 401. [`middleware`](crate::middleware) (for
 //! reqwest) and [`tower`](crate::tower) (for hyper, tonic and axum clients)
 //! differ only in how they send.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use freshen_core::dpop::DpopNonce;
 use freshen_core::ids::Generation;
 
 use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session, Token};
 
-/// Puts `token` in the `Authorization` header (marked sensitive).
-pub(crate) fn authorize(headers: &mut http::HeaderMap, token: &Token) -> Result<(), Error> {
+/// The most resource servers whose DPoP nonce is remembered; the one heard
+/// from least recently is forgotten first (its next request is challenged
+/// once more, which costs a retry, not a failure).
+const MAX_RESOURCE_NONCES: usize = 16;
+
+/// The DPoP nonces resource servers handed out (RFC 9449 §9), by origin.
+#[derive(Debug, Default)]
+pub(crate) struct ResourceNonces(Mutex<VecDeque<(String, DpopNonce)>>);
+
+impl ResourceNonces {
+    fn get(&self, url: &str) -> Option<DpopNonce> {
+        let origin = origin(url);
+        let nonces = self.0.lock().ok()?;
+        nonces.iter().find(|(o, _)| o == origin).map(|(_, nonce)| nonce.clone())
+    }
+
+    /// Remembers the newest nonce of `url`'s server.
+    fn set(&self, url: &str, nonce: DpopNonce) {
+        let origin = origin(url);
+        let Ok(mut nonces) = self.0.lock() else { return };
+        nonces.retain(|(o, _)| o != origin);
+        if nonces.len() == MAX_RESOURCE_NONCES {
+            nonces.pop_front();
+        }
+        nonces.push_back((origin.to_owned(), nonce));
+    }
+}
+
+/// `scheme://authority` of `url`.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    let end =
+        url.get(after_scheme..).and_then(|rest| rest.find(['/', '?', '#'])).map_or(url.len(), |at| at + after_scheme);
+    url.get(..end).unwrap_or(url)
+}
+
+/// Puts `token` in the `Authorization` header (marked sensitive) of a
+/// `method` request to `url`, and, for a bound token, a fresh proof in the
+/// `DPoP` header, with the server's latest nonce.
+pub(crate) fn authorize<T: Transport, S: Store>(
+    headers: &mut http::HeaderMap,
+    token: &Token,
+    method: &str,
+    url: &str,
+    session: &Session<T, S>,
+) -> Result<(), Error> {
     headers.insert(http::header::AUTHORIZATION, token.authorization()?.clone());
+    let (now, nonces) = session.proof_parts();
+    if let Some(proof) = token.dpop_proof(method, url, now, nonces.get(url).as_ref())? {
+        let value = crate::scrub::sensitive_header([proof.expose()]).map_err(|_| Error::InvalidToken)?;
+        headers.insert("dpop", value);
+    }
     Ok(())
+}
+
+/// Reads a resource server's answer to a request to `url`: a nonce it
+/// sent replaces the one remembered, and says whether the answer is a
+/// nonce challenge (a 401 with `error="use_dpop_nonce"`, RFC 9449 §9),
+/// which is answered by sending the request again with the nonce, the
+/// token unchanged (the session is not told: the token is good).
+pub(crate) fn heed_nonce<T: Transport, S: Store>(
+    session: &Session<T, S>,
+    url: &str,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+) -> bool {
+    let Some(nonce) = headers.get("dpop-nonce").and_then(|value| DpopNonce::parse(value.as_bytes())) else {
+        return false;
+    };
+    session.proof_parts().1.set(url, nonce);
+    status == http::StatusCode::UNAUTHORIZED
+        && headers.get_all(http::header::WWW_AUTHENTICATE).iter().any(|value| {
+            let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+            value.starts_with("dpop") && value.contains("use_dpop_nonce")
+        })
 }
 
 /// The span of one authorized request: the generation of the token it
@@ -40,4 +116,32 @@ pub(crate) async fn prepare_retry<T: Transport, S: Store, R>(
         return Err(Error::UnauthorizedNotRetried);
     };
     Ok((copy, session.retry_token(used).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_is_scheme_and_authority() {
+        assert_eq!(origin("https://api.example:8443/v1/me?x=1"), "https://api.example:8443");
+        assert_eq!(origin("http://127.0.0.1:9/"), "http://127.0.0.1:9");
+        assert_eq!(origin("https://api.example"), "https://api.example");
+        assert_eq!(origin("https://api.example?q"), "https://api.example");
+    }
+
+    #[test]
+    fn nonces_are_kept_per_origin_and_bounded() {
+        let nonces = ResourceNonces::default();
+        let nonce = |text: &str| DpopNonce::parse(text.as_bytes()).unwrap();
+        nonces.set("https://a.example/x", nonce("n1"));
+        nonces.set("https://a.example/y?z", nonce("n2"));
+        assert_eq!(nonces.get("https://a.example/other"), Some(nonce("n2")), "the newest replaces the old");
+        assert_eq!(nonces.get("https://b.example/"), None);
+        for i in 0..MAX_RESOURCE_NONCES {
+            nonces.set(&format!("https://s{i}.example/"), nonce("n"));
+        }
+        assert_eq!(nonces.get("https://a.example/"), None, "the least recent was forgotten");
+        assert_eq!(nonces.0.lock().unwrap().len(), MAX_RESOURCE_NONCES);
+    }
 }

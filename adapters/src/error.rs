@@ -53,6 +53,11 @@ pub enum Error {
     /// token to renew it: the user must log in again. No request was made.
     #[error("the access token has expired and there is no refresh token to renew it; log in again")]
     MissingRefreshToken,
+    /// A login's token type and DPoP key disagree: bound tokens came
+    /// without their key, or the server answered a proof with bearer
+    /// tokens. The login was refused; the session held before is kept.
+    #[error("the login's tokens and its DPoP key disagree (a bound login needs DPoP tokens)")]
+    DpopMismatch,
     /// Waited longer than the session's bound.
     #[error("timed out waiting for a token")]
     TimedOut,
@@ -66,6 +71,10 @@ pub enum Error {
     /// so it was not retried with a fresh token. The session was told.
     #[error("the request was refused with 401 and its body cannot be replayed")]
     UnauthorizedNotRetried,
+    /// A DPoP proof for a request could not be made (the OS gave no
+    /// randomness): the request was not sent, never sent unbound.
+    #[error("a DPoP proof could not be made: {0}")]
+    DpopProof(String),
     /// The access token cannot be sent as an HTTP header.
     #[error("the access token is not a valid header value")]
     InvalidToken,
@@ -135,6 +144,7 @@ impl Error {
             FailReason::InteractionRequired(error) => Self::InteractionRequired(error),
             FailReason::StoreUnavailable => Self::StoreUnavailable,
             FailReason::MissingRefreshToken => Self::MissingRefreshToken,
+            FailReason::DpopMismatch => Self::DpopMismatch,
             FailReason::TimedOut => Self::TimedOut,
             FailReason::TooManyWaiters => Self::TooManyWaiters,
         }

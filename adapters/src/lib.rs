@@ -48,6 +48,8 @@ mod authorize;
 mod clock;
 mod coordinator;
 #[cfg(not(freshen_loom))]
+pub mod dpop;
+#[cfg(not(freshen_loom))]
 mod environment;
 mod error;
 #[cfg(not(freshen_loom))]

@@ -2,8 +2,11 @@
 //!
 //! [`AuthMiddleware`] plugs into reqwest-middleware; [`AuthorizedClient`]
 //! wraps a plain `reqwest::Client` for apps without it. Both attach
-//! `Authorization: Bearer …`; on a 401 they tell the session which token was
-//! refused and retry once with the token it hands back. A second 401 is
+//! `Authorization: Bearer …` (or, for a session bound by DPoP,
+//! `Authorization: DPoP …` and a fresh proof of the request); on a 401 they
+//! tell the session which token was refused and retry once with the token
+//! it hands back. A resource server's DPoP nonce challenge is retried once
+//! instead, with the same token and the server's nonce. A second 401 is
 //! returned as it is: there is no 401 loop. A request whose body cannot be
 //! cloned is sent once; its 401 comes back as [`Error::UnauthorizedNotRetried`].
 //!
@@ -18,7 +21,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument as _;
 
-use crate::authorize::{authorize, prepare_retry, record_answer, request_span};
+use crate::authorize::{authorize, heed_nonce, prepare_retry, record_answer, request_span};
 use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session, Token};
@@ -30,18 +33,48 @@ enum Next401 {
     Retry(Request, Generation),
 }
 
-/// The shared decision: keep the answer, or retry once with a fresh token.
+/// The method and URL a request was sent to, which its proofs name.
+struct Target {
+    method: String,
+    url: String,
+}
+
+impl Target {
+    fn of(request: &Request) -> Self {
+        Self { method: request.method().as_str().to_owned(), url: request.url().as_str().to_owned() }
+    }
+
+    fn authorize<T: Transport, S: Store>(
+        &self,
+        request: &mut Request,
+        token: &Token,
+        session: &Session<T, S>,
+    ) -> Result<(), Error> {
+        authorize(request.headers_mut(), token, &self.method, &self.url, session)
+    }
+}
+
+/// The shared decision: keep the answer, retry once with the server's DPoP
+/// nonce, or retry once with a fresh token.
 async fn after_first<T: Transport, S: Store>(
     session: &Session<T, S>,
     response: Response,
     replay: Option<Request>,
     used: &Token,
+    target: &Target,
 ) -> Result<Next401, Error> {
+    let challenged = heed_nonce(session, &target.url, response.status(), response.headers());
+    if challenged && used.dpop_key().is_some() {
+        // The token is good: the server wants its nonce in the proof.
+        let Some(mut replay) = replay else { return Ok(Next401::Done(response)) };
+        target.authorize(&mut replay, used, session)?;
+        return Ok(Next401::Retry(replay, used.generation()));
+    }
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(Next401::Done(response));
     }
     let (mut replay, fresh) = prepare_retry(session, used, replay).await?;
-    authorize(replay.headers_mut(), &fresh)?;
+    target.authorize(&mut replay, &fresh, session)?;
     Ok(Next401::Retry(replay, fresh.generation()))
 }
 
@@ -69,10 +102,11 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
         let span = request_span();
         async {
             let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
-            authorize(request.headers_mut(), &token).map_err(reqwest_middleware::Error::middleware)?;
+            let target = Target::of(&request);
+            target.authorize(&mut request, &token, &self.session).map_err(reqwest_middleware::Error::middleware)?;
             let replay = request.try_clone();
             let response = next.clone().run(request, extensions).await?;
-            let response = match after_first(&self.session, response, replay, &token)
+            let response = match after_first(&self.session, response, replay, &token, &target)
                 .await
                 .map_err(reqwest_middleware::Error::middleware)?
             {
@@ -82,7 +116,9 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
                 }
                 Next401::Retry(replay, generation) => {
                     record_answer(generation, true);
-                    next.run(replay, extensions).await?
+                    let response = next.run(replay, extensions).await?;
+                    heed_nonce(&self.session, &target.url, response.status(), response.headers());
+                    response
                 }
             };
             tracing::debug!(status = response.status().as_u16(), "authorized request answered");
@@ -145,17 +181,20 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
     pub async fn execute(&self, mut request: Request) -> Result<Response, ClientError> {
         async {
             let token = self.session.access_token().await?;
-            authorize(request.headers_mut(), &token)?;
+            let target = Target::of(&request);
+            target.authorize(&mut request, &token, &self.session)?;
             let replay = request.try_clone();
             let response = self.client.execute(request).await?;
-            let response = match after_first(&self.session, response, replay, &token).await? {
+            let response = match after_first(&self.session, response, replay, &token, &target).await? {
                 Next401::Done(response) => {
                     record_answer(token.generation(), false);
                     response
                 }
                 Next401::Retry(replay, generation) => {
                     record_answer(generation, true);
-                    self.client.execute(replay).await?
+                    let response = self.client.execute(replay).await?;
+                    heed_nonce(&self.session, &target.url, response.status(), response.headers());
+                    response
                 }
             };
             tracing::debug!(status = response.status().as_u16(), "authorized request answered");

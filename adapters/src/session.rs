@@ -14,11 +14,14 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::error::Error as _;
 use std::sync::Mutex;
 
+use freshen_core::dpop::DpopKey;
 use freshen_core::ids::{CallerId, RefreshId, StoreOpId};
 use freshen_core::oauth::{self, Client, TokenResponse};
-use freshen_core::session::{Event, Io, NewSession, SessionConfig, StateView, TransportFailure};
+use freshen_core::session::{Event, Io, NewSession, ProofNeeded, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
-use freshen_core::time::MonoTime;
+use freshen_core::time::{MonoTime, UnixTime};
+
+use crate::authorize::ResourceNonces;
 use freshen_core::token::RefreshToken;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
@@ -65,6 +68,10 @@ pub struct Config {
     /// document's `issuer`): a login's redirect that names another server
     /// is refused (RFC 9207, the mix-up defense). `None` checks nothing.
     pub issuer: Option<String>,
+    /// Bind the session's tokens to a key on this device (DPoP, RFC 9449;
+    /// see [`dpop`](crate::dpop)): the login flows make the key and prove
+    /// it. Off: bearer tokens.
+    pub dpop: bool,
 }
 
 impl Config {
@@ -83,7 +90,16 @@ impl Config {
             device_authorization_endpoint: None,
             authorization_endpoint: None,
             issuer: None,
+            dpop: false,
         }
+    }
+
+    /// Binds the tokens of every login to a key on this device (DPoP; see
+    /// [`Config::dpop`]).
+    #[must_use]
+    pub fn with_dpop(mut self) -> Self {
+        self.dpop = true;
+        self
     }
 
     /// Refuses login redirects from any other issuer (see [`Config::issuer`]).
@@ -172,6 +188,8 @@ struct Shared<T, S> {
     /// callers are told about.
     last_transport_error: Mutex<Option<TransportError>>,
     counters: Arc<Counters>,
+    /// Resource servers' DPoP nonces, for the proofs of requests to them.
+    resource_nonces: ResourceNonces,
 }
 
 impl<T, S> Shared<T, S> {
@@ -309,6 +327,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
             counters,
+            resource_nonces: ResourceNonces::default(),
         });
         let label = shared.config.name.clone().unwrap_or_else(|| (seed % 100_000).to_string());
         let span = info_span!("freshen", session = %label);
@@ -377,7 +396,29 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// request was sent, which is a little safer. A response without a
     /// refresh token makes a session that lasts as long as its access token.
     pub async fn log_in(&self, response: TokenResponse) -> Result<(), Error> {
-        let new = NewSession::from_response(response, self.shared.now());
+        self.log_in_response(response, None, None).await
+    }
+
+    /// As [`Session::log_in`], for tokens bound by DPoP to `key` (made with
+    /// [`dpop::generate_key`](crate::dpop::generate_key), whose proofs the
+    /// login sent): the key is stored with them, and every refresh and
+    /// resource request proves it. Tokens that are not of type `DPoP` are
+    /// refused ([`Error::DpopMismatch`]): the server did not bind them.
+    pub async fn log_in_bound(&self, response: TokenResponse, key: DpopKey) -> Result<(), Error> {
+        self.log_in_response(response, None, Some(key)).await
+    }
+
+    /// A login from a token response to a request sent at `sent_at` (now,
+    /// when unknown), bound to `key` if given.
+    pub(crate) async fn log_in_response(
+        &self,
+        response: TokenResponse,
+        sent_at: Option<std::time::Instant>,
+        key: Option<DpopKey>,
+    ) -> Result<(), Error> {
+        let requested_at = sent_at.map_or_else(|| self.shared.now(), |at| self.shared.clock.at(Instant::from_std(at)));
+        let mut new = NewSession::from_response(response, requested_at);
+        new.dpop_key = key;
         self.log_in_session(new).await
     }
 
@@ -385,8 +426,7 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// the login request was sent (`std::time::Instant::now()` before sending
     /// it; under tokio's paused clock, `tokio::time::Instant::into_std`).
     pub async fn log_in_sent_at(&self, response: TokenResponse, sent_at: std::time::Instant) -> Result<(), Error> {
-        let new = NewSession::from_response(response, self.shared.clock.at(Instant::from_std(sent_at)));
-        self.log_in_session(new).await
+        self.log_in_response(response, Some(sent_at), None).await
     }
 
     /// Starts the session from tokens the app already holds (a pair
@@ -398,6 +438,12 @@ impl<T: Transport, S: Store> Session<T, S> {
     pub async fn log_in_with(&self, tokens: StoredSession) -> Result<(), Error> {
         let new = NewSession::from_stored(tokens, self.shared.now(), self.shared.clock.wall());
         self.log_in_session(new).await
+    }
+
+    /// The wall clock now and the nonces resource servers gave, for the DPoP
+    /// proofs of resource requests.
+    pub(crate) fn proof_parts(&self) -> (UnixTime, &ResourceNonces) {
+        (self.shared.clock.wall(), &self.shared.resource_nonces)
     }
 
     /// The transport, configuration and clock the login flows share with the driver.
@@ -546,10 +592,10 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
     match io {
-        Io::SendRefresh { id, refresh_token, attempt } => {
-            let span = info_span!("refresh", refresh = %id, attempt);
+        Io::SendRefresh { id, refresh_token, attempt, dpop } => {
+            let span = info_span!("refresh", refresh = %id, attempt, dpop = dpop.is_some());
             spawn_io(shared, span, |shared| async move {
-                let event = send_refresh(&shared, id, &refresh_token).await;
+                let event = send_refresh(&shared, id, &refresh_token, dpop.as_ref()).await;
                 shared.coordinator.handle(shared.now(), event);
             });
         }
@@ -630,9 +676,21 @@ async fn send_refresh<T: Transport, S: Store>(
     shared: &Shared<T, S>,
     id: RefreshId,
     refresh_token: &RefreshToken,
+    dpop: Option<&ProofNeeded>,
 ) -> Event {
     let config = &shared.config;
-    let form = oauth::refresh_request(&config.client, refresh_token, config.scope.as_deref());
+    let mut form = oauth::refresh_request(&config.client, refresh_token, config.scope.as_deref());
+    if let Some(needed) = dpop {
+        let now = shared.clock.wall();
+        match crate::dpop::proof(&needed.key, "POST", &config.token_endpoint, now, needed.nonce.as_ref(), None) {
+            Ok(proof) => form = form.with_dpop(proof),
+            Err(error) => {
+                // Never sent unbound: without a proof there is no request.
+                warn!(%error, "no OS randomness for a DPoP proof; the refresh is not sent");
+                return Event::RefreshFailed { id, failure: TransportFailure::NotSent };
+            }
+        }
+    }
     debug!("sending refresh");
     shared.counters.add(Count::RefreshAttempt);
     let timeout = config.session.request_timeout;
@@ -650,7 +708,7 @@ async fn send_refresh<T: Transport, S: Store>(
             }
             let outcome = response.classify(&config.session.policy, unix_now);
             info!(status = response.status, outcome = outcome_name(&outcome), "refresh answered");
-            Event::RefreshCompleted { id, outcome }
+            Event::RefreshCompleted { id, outcome, dpop_nonce: response.dpop_nonce() }
         }
         Ok(Err(error)) => {
             warn!(%error, cause = error.source().map(tracing::field::display), "refresh got no answer");
@@ -664,8 +722,11 @@ async fn send_refresh<T: Transport, S: Store>(
             Event::RefreshFailed { id, failure: TransportFailure::Timeout }
         }
     };
-    let succeeded = matches!(&event, Event::RefreshCompleted { outcome: oauth::Classified::Success(_), .. });
-    shared.counters.add(if succeeded { Count::RefreshSucceeded } else { Count::RefreshAttemptFailed });
+    shared.counters.add(match &event {
+        Event::RefreshCompleted { outcome: oauth::Classified::Success(_), .. } => Count::RefreshSucceeded,
+        Event::RefreshCompleted { outcome: oauth::Classified::NonceRequired(_), .. } => Count::NonceChallenge,
+        _ => Count::RefreshAttemptFailed,
+    });
     event
 }
 
@@ -758,5 +819,6 @@ fn outcome_name(outcome: &oauth::Classified) -> &'static str {
         oauth::Classified::Rejected(_) => "rejected",
         oauth::Classified::InteractionRequired(_) => "interaction_required",
         oauth::Classified::Malformed(_) => "malformed",
+        oauth::Classified::NonceRequired(_) => "dpop_nonce_required",
     }
 }

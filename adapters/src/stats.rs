@@ -14,8 +14,12 @@ pub struct Stats {
     pub refresh_attempts: u64,
     /// Refresh requests answered with new tokens.
     pub refreshes_succeeded: u64,
-    /// Refresh requests that got no answer in time, or an answer without tokens.
+    /// Refresh requests that got no answer in time, or an answer without
+    /// tokens (a DPoP nonce challenge is not a failure: see below).
     pub refresh_attempts_failed: u64,
+    /// Refresh requests the token endpoint answered with a DPoP nonce
+    /// challenge (`use_dpop_nonce`): sent again at once with its nonce.
+    pub dpop_nonce_challenges: u64,
     /// Callers that had to wait for the session (no usable token was
     /// published): for a refresh, the store, a forced refresh or a login.
     pub waits: u64,
@@ -31,6 +35,7 @@ pub(crate) struct Counters {
     refresh_attempts: AtomicU64,
     refreshes_succeeded: AtomicU64,
     refresh_attempts_failed: AtomicU64,
+    dpop_nonce_challenges: AtomicU64,
     waits: AtomicU64,
     callers_failed: AtomicU64,
     logouts: AtomicU64,
@@ -42,6 +47,7 @@ pub(crate) enum Count {
     RefreshAttempt,
     RefreshSucceeded,
     RefreshAttemptFailed,
+    NonceChallenge,
     Wait,
     CallerFailed,
     Logout,
@@ -53,6 +59,7 @@ impl Counters {
             Count::RefreshAttempt => (&self.refresh_attempts, "freshen_refresh_attempts_total"),
             Count::RefreshSucceeded => (&self.refreshes_succeeded, "freshen_refreshes_succeeded_total"),
             Count::RefreshAttemptFailed => (&self.refresh_attempts_failed, "freshen_refresh_attempts_failed_total"),
+            Count::NonceChallenge => (&self.dpop_nonce_challenges, "freshen_dpop_nonce_challenges_total"),
             Count::Wait => (&self.waits, "freshen_waits_total"),
             Count::CallerFailed => (&self.callers_failed, "freshen_callers_failed_total"),
             Count::Logout => (&self.logouts, "freshen_logouts_total"),
@@ -68,6 +75,7 @@ impl Counters {
             refresh_attempts: read(&self.refresh_attempts),
             refreshes_succeeded: read(&self.refreshes_succeeded),
             refresh_attempts_failed: read(&self.refresh_attempts_failed),
+            dpop_nonce_challenges: read(&self.dpop_nonce_challenges),
             waits: read(&self.waits),
             callers_failed: read(&self.callers_failed),
             logouts: read(&self.logouts),

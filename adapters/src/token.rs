@@ -2,8 +2,10 @@
 
 use core::fmt;
 
+use freshen_core::dpop::{DpopKey, DpopNonce, DpopProof};
 use freshen_core::ids::Generation;
 use freshen_core::session::AccessGrant;
+use freshen_core::time::UnixTime;
 use freshen_core::token::TokenType;
 use http::HeaderValue;
 use secrecy::ExposeSecret;
@@ -23,7 +25,9 @@ pub(crate) struct Published {
 
 impl Published {
     pub(crate) fn new(grant: AccessGrant) -> Self {
-        let header = crate::scrub::sensitive_header(["Bearer ", grant.access_token.expose_secret()]).ok();
+        // A bound token is presented as `DPoP`, with a proof beside it (RFC 9449 §7.1).
+        let scheme = if grant.dpop_key.is_some() { "DPoP " } else { "Bearer " };
+        let header = crate::scrub::sensitive_header([scheme, grant.access_token.expose_secret()]).ok();
         Self { grant, header }
     }
 }
@@ -45,9 +49,36 @@ impl Token {
         &self.0.grant.token_type
     }
 
-    /// The `Authorization` header value (`Bearer …`), marked sensitive.
+    /// The `Authorization` header value (`Bearer …`, or `DPoP …` for a
+    /// bound token), marked sensitive. A bound token also needs a proof per
+    /// request ([`Token::dpop_proof`]); the middleware adds both.
     pub fn authorization(&self) -> Result<&HeaderValue, Error> {
         self.0.header.as_ref().ok_or(Error::InvalidToken)
+    }
+
+    /// The DPoP key the token is bound to; `None` for a bearer token.
+    pub fn dpop_key(&self) -> Option<&DpopKey> {
+        self.0.grant.dpop_key.as_ref()
+    }
+
+    /// A proof for one `method` request to `url` that presents this token
+    /// (`None` for a bearer token), made at `now` with the resource server's
+    /// `nonce`, for requests sent without the middleware.
+    ///
+    /// # Errors
+    /// The OS gave no randomness for the proof's id.
+    #[cfg(not(freshen_loom))]
+    pub fn dpop_proof(
+        &self,
+        method: &str,
+        url: &str,
+        now: UnixTime,
+        nonce: Option<&DpopNonce>,
+    ) -> Result<Option<DpopProof>, Error> {
+        let Some(key) = self.dpop_key() else { return Ok(None) };
+        crate::dpop::proof(key, method, url, now, nonce, Some(&self.0.grant.access_token))
+            .map(Some)
+            .map_err(|error| Error::DpopProof(error.to_string()))
     }
 }
 

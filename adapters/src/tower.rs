@@ -41,7 +41,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument as _;
 
-use crate::authorize::{authorize, prepare_retry, record_answer, request_span};
+use crate::authorize::{authorize, heed_nonce, prepare_retry, record_answer, request_span};
 use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session};
@@ -193,15 +193,27 @@ where
         let fresh_inner = self.inner.clone();
         let mut inner = core::mem::replace(&mut self.inner, fresh_inner);
         let session = self.session.clone();
+        let (method, url) = (request.method().as_str().to_owned(), request.uri().to_string());
         let send = async move {
             let token = session.access_token().await?;
-            authorize(request.headers_mut(), &token)?;
+            authorize(request.headers_mut(), &token, &method, &url, &session)?;
             let response = inner.call(request).await.map_err(AuthError::Inner)?;
-            let response = if response.status() == StatusCode::UNAUTHORIZED {
-                let (mut replay, fresh) = prepare_retry(&session, &token, replay).await?;
-                authorize(replay.headers_mut(), &fresh)?;
+            let challenged = heed_nonce(&session, &url, response.status(), response.headers());
+            let response = if challenged && token.dpop_key().is_some() && replay.is_some() {
+                // A DPoP nonce challenge: the token is good; once more with the nonce.
+                let Some(mut replay) = replay else { return Ok(response) };
+                authorize(replay.headers_mut(), &token, &method, &url, &session)?;
                 poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
                 let response = inner.call(replay).await.map_err(AuthError::Inner)?;
+                heed_nonce(&session, &url, response.status(), response.headers());
+                record_answer(token.generation(), true);
+                response
+            } else if response.status() == StatusCode::UNAUTHORIZED {
+                let (mut replay, fresh) = prepare_retry(&session, &token, replay).await?;
+                authorize(replay.headers_mut(), &fresh, &method, &url, &session)?;
+                poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
+                let response = inner.call(replay).await.map_err(AuthError::Inner)?;
+                heed_nonce(&session, &url, response.status(), response.headers());
                 record_answer(fresh.generation(), true);
                 response
             } else {

@@ -7,6 +7,7 @@
 use core::fmt;
 use core::future::Future;
 
+use freshen_core::dpop::DpopNonce;
 use freshen_core::oauth::{self, Classified, FormRequest, Policy};
 #[cfg(feature = "reqwest")]
 use freshen_core::session::TransportFailure;
@@ -16,7 +17,7 @@ use freshen_core::time::UnixTime;
 use secrecy::zeroize::Zeroize as _;
 
 /// Response headers the core reads; others are dropped at the door.
-const KEPT_HEADERS: [&str; 3] = ["retry-after", "date", "www-authenticate"];
+const KEPT_HEADERS: [&str; 4] = ["retry-after", "date", "www-authenticate", "dpop-nonce"];
 
 /// A response from the token endpoint, bounded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,7 +25,7 @@ const KEPT_HEADERS: [&str; 3] = ["retry-after", "date", "www-authenticate"];
 pub struct HttpResponse {
     /// The status code.
     pub status: u16,
-    /// `Retry-After`, `Date` and `WWW-Authenticate`, if present (lower-case names).
+    /// `Retry-After`, `Date`, `WWW-Authenticate` and `DPoP-Nonce`, if present (lower-case names).
     pub headers: Vec<(String, Vec<u8>)>,
     /// The body, at most [`MAX_BODY_BYTES`](oauth::MAX_BODY_BYTES) + 1 bytes (one more says "too large").
     pub body: Vec<u8>,
@@ -45,6 +46,11 @@ impl HttpResponse {
     /// the answer arrived; a sanity check only.
     pub fn clock_skew(&self, unix_now: UnixTime) -> Option<oauth::ClockSkew> {
         self.read(|response| response.clock_skew(unix_now))
+    }
+
+    /// The server's DPoP nonce (RFC 9449 §8), if it sent a valid one.
+    pub fn dpop_nonce(&self) -> Option<DpopNonce> {
+        self.read(|response| response.dpop_nonce())
     }
 
     /// What the response means, by the core's rules.
@@ -159,6 +165,11 @@ impl Transport for ReqwestTransport {
             let value = crate::scrub::sensitive_header([authorization])
                 .map_err(|error| TransportError::new(TransportFailure::NotSent, error))?;
             request = request.header(http::header::AUTHORIZATION, value);
+        }
+        if let Some(proof) = form.expose_dpop() {
+            let value = crate::scrub::sensitive_header([proof])
+                .map_err(|error| TransportError::new(TransportFailure::NotSent, error))?;
+            request = request.header("dpop", value);
         }
         let mut response = request.send().await.map_err(failure)?;
         let status = response.status().as_u16();

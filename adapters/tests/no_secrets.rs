@@ -1,11 +1,13 @@
 //! No token in any log line, Debug string or error message, over a whole
-//! session (refresh, failed write, 401 retry, logout) and a device login
-//! (its device code included), with canary tokens.
+//! session (refresh, failed write, 401 retry, logout), a device login (its
+//! device code included) and a session bound by DPoP (its key's secret
+//! half included), with canary tokens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
 
 mod support;
 
+use base64::Engine as _;
 use freshen::secrecy::ExposeSecret as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,13 +79,24 @@ async fn no_log_line_debug_string_or_error_contains_a_token() {
     assert!(transport.state.authority().decide_device_login(now, refused.user_code(), Decision::Deny));
     let error = refused.finish().await.unwrap_err();
     shown.push(format!("{error:?} {error}"));
+
+    // A session bound by DPoP: its refreshes carry proofs by a key whose
+    // secret half is in the store, and must show nowhere else.
+    let key = freshen::dpop::generate_key().unwrap();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.expose_secret_bytes().as_slice());
+    let store = FaultyMemoryStore::holding(&transport.login(SPENT).with_dpop_key(key.clone()));
+    let session = support::start(support::config(), transport.clone(), store.clone());
+    let outcome = session.access_token().await;
+    shown.push(format!("{outcome:?} {session:?} {:?} {key:?}", store.inner().peek()));
     settle().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("refresh answered"), "the log was captured:\n{logs}");
     for text in shown.iter().chain([&logs]) {
         assert!(!text.contains("CANARY_"), "a token leaked into: {text}");
+        assert!(!text.contains(&secret), "the DPoP key leaked into: {text}");
     }
+    assert!(logs.contains("dpop=true"), "the bound session's refresh was logged:\n{logs}");
     // The canary was real: the tokens do carry it.
     assert!(token.expose_secret().starts_with("CANARY_at_"));
 }

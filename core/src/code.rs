@@ -223,7 +223,11 @@ pub enum ExchangeError {
 pub fn exchanged(answer: Classified) -> Result<TokenResponse, ExchangeError> {
     match answer {
         Classified::Success(tokens) => Ok(tokens),
-        Classified::Terminal(error) | Classified::InteractionRequired(error) => Err(ExchangeError::Refused(error)),
+        // A nonce challenge is answered by the caller (a second request with
+        // the nonce) before it comes here; reaching here it is a refusal.
+        Classified::Terminal(error) | Classified::InteractionRequired(error) | Classified::NonceRequired(error) => {
+            Err(ExchangeError::Refused(error))
+        }
         Classified::Rejected(Rejected::Error(error)) => Err(ExchangeError::Refused(error)),
         Classified::Rejected(Rejected::Status(status)) => Err(ExchangeError::Status(status)),
         Classified::Transient(transient) => Err(ExchangeError::Unavailable(transient)),

@@ -36,6 +36,7 @@ use core::time::Duration;
 
 use serde_json::Value;
 
+use crate::dpop::MAX_NONCE_RETRIES;
 use crate::oauth::{
     Classified, Client, FormRequest, Malformed, MalformedReason, OAuthError, Rejected, Response, TokenResponse,
     Transient, TransientCause, authenticated, form_buffer, oauth_error,
@@ -267,6 +268,8 @@ pub struct DevicePoller {
     next_at: MonoTime,
     in_flight: bool,
     ended: bool,
+    /// Nonce challenges in a row (see [`MAX_NONCE_RETRIES`]).
+    nonce_retries: u32,
 }
 
 impl DevicePoller {
@@ -280,6 +283,7 @@ impl DevicePoller {
             next_at: now.saturating_add(interval),
             in_flight: false,
             ended: false,
+            nonce_retries: 0,
         }
     }
 
@@ -323,6 +327,17 @@ impl DevicePoller {
             return Ok(None);
         }
         self.in_flight = false;
+        if let PollAnswer::Answered(Classified::NonceRequired(error)) = answer {
+            // The server did not look at the poll: it wants one with its
+            // nonce, at once. A server that keeps asking is refusing.
+            self.nonce_retries += 1;
+            if self.nonce_retries > MAX_NONCE_RETRIES {
+                return self.end(Err(DeviceError::Refused(Rejected::Error(error))));
+            }
+            self.next_at = self.next_at.min(now);
+            return Ok(None);
+        }
+        self.nonce_retries = 0;
         let error = match answer {
             PollAnswer::Answered(Classified::Success(tokens)) => return self.end(Ok(Some(tokens))),
             PollAnswer::Answered(Classified::Malformed(Malformed { reason, .. })) => {
@@ -333,6 +348,7 @@ impl DevicePoller {
             }
             PollAnswer::Answered(
                 Classified::Terminal(error)
+                | Classified::NonceRequired(error)
                 | Classified::InteractionRequired(error)
                 | Classified::Rejected(Rejected::Error(error))
                 | Classified::Transient(Transient { cause: TransientCause::RetryRequested(error), .. }),

@@ -86,6 +86,7 @@
 
 pub mod code;
 pub mod device;
+pub mod dpop;
 pub mod ids;
 pub mod oauth;
 // The machine's seeded jitter. The testkit draws its worlds from the same

@@ -38,6 +38,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
+use crate::dpop::{DpopNonce, DpopProof};
 use crate::scrub::{ScrubbedJson, form_bound, into_secret};
 use crate::time::UnixTime;
 use crate::token::{AccessToken, RefreshToken, TokenType};
@@ -115,6 +116,7 @@ impl fmt::Debug for Client {
 pub struct FormRequest {
     body: SecretString,
     authorization: Option<SecretString>,
+    dpop: Option<DpopProof>,
 }
 
 impl FormRequest {
@@ -130,6 +132,18 @@ impl FormRequest {
     pub fn expose_authorization(&self) -> Option<&str> {
         self.authorization.as_ref().map(ExposeSecret::expose_secret)
     }
+
+    /// With a DPoP proof of this request (RFC 9449), sent as the `DPoP` header.
+    #[must_use]
+    pub fn with_dpop(mut self, proof: DpopProof) -> Self {
+        self.dpop = Some(proof);
+        self
+    }
+
+    /// The `DPoP` header value, when the request carries a proof.
+    pub fn expose_dpop(&self) -> Option<&str> {
+        self.dpop.as_ref().map(DpopProof::expose)
+    }
 }
 
 impl fmt::Debug for FormRequest {
@@ -137,6 +151,7 @@ impl fmt::Debug for FormRequest {
         f.debug_struct("FormRequest")
             .field("body", &"[REDACTED]")
             .field("authorization", &self.authorization.as_ref().map(|_| "[REDACTED]"))
+            .field("dpop", &self.dpop)
             .finish()
     }
 }
@@ -209,7 +224,7 @@ pub(crate) fn authenticated(client: &Client, mut form: form_urlencoded::Serializ
             form.append_pair("client_id", &client.client_id);
         }
     }
-    FormRequest { body: into_secret(form.finish()), authorization }
+    FormRequest { body: into_secret(form.finish()), authorization, dpop: None }
 }
 
 /// What the classifier must know about this deployment.
@@ -219,7 +234,9 @@ pub struct Policy {
     /// OAuth error codes that prove the refresh token is dead, whatever the
     /// status they come with. Default: `invalid_grant`.
     pub terminal_errors: Vec<String>,
-    /// Token types the caller can present. Default: bearer only.
+    /// Token types the caller can present. Default: bearer and DPoP; the
+    /// session takes DPoP tokens only when it is bound (holds their key),
+    /// and bearer tokens only when it is not.
     pub accepted_token_types: Vec<TokenType>,
     /// The longest lifetime believed from `expires_in`; larger values are capped.
     pub max_lifetime: Duration,
@@ -229,7 +246,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             terminal_errors: vec!["invalid_grant".to_owned()],
-            accepted_token_types: vec![TokenType::Bearer],
+            accepted_token_types: vec![TokenType::Bearer, TokenType::DPoP],
             max_lifetime: Duration::from_secs(24 * 60 * 60),
         }
     }
@@ -247,6 +264,11 @@ pub struct Response<'a> {
 }
 
 impl Response<'_> {
+    /// The `DPoP-Nonce` the server sent, if it is a valid nonce.
+    pub fn dpop_nonce(&self) -> Option<DpopNonce> {
+        self.header("dpop-nonce").and_then(DpopNonce::parse)
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
@@ -317,6 +339,11 @@ pub enum Classified {
     /// A success status without a usable token response. The server may have
     /// rotated the refresh token, so the outcome is uncertain, like a lost response.
     Malformed(Malformed),
+    /// `use_dpop_nonce` (RFC 9449 §8): the server did not act on the request
+    /// and wants it again with a proof that carries its nonce (sent in the
+    /// answer's `DPoP-Nonce` header). Not a failure, and not a use of the
+    /// refresh token.
+    NonceRequired(OAuthError),
 }
 
 /// A parsed successful token response (RFC 6749 §5.1).
@@ -545,6 +572,9 @@ pub const INTERACTION_ERRORS: [&str; 4] =
 fn classify_error(policy: &Policy, error: OAuthError, retry_after: Option<Duration>) -> Classified {
     if policy.terminal_errors.contains(&error.code) {
         return Classified::Terminal(error);
+    }
+    if error.code == "use_dpop_nonce" {
+        return Classified::NonceRequired(error);
     }
     if INTERACTION_ERRORS.contains(&error.code.as_str()) {
         return Classified::InteractionRequired(error);

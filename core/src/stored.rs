@@ -8,10 +8,14 @@
 use core::fmt;
 use core::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::SecretString;
+use secrecy::zeroize::Zeroizing;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::dpop::{DpopKey, KEY_BYTES};
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
 use crate::scrub::{ScrubbedJson, json_bound};
@@ -19,7 +23,7 @@ use crate::time::UnixTime;
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
 /// The schema version this build writes. It reads this one and every earlier one.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// The largest blob [`StoredSession::decode`] accepts.
 pub const MAX_BLOB_BYTES: usize = 64 * 1024;
@@ -64,6 +68,10 @@ pub struct StoredSession {
     pub refresh_token: Option<RefreshToken>,
     /// The granted scope, when known.
     pub scope: Option<String>,
+    /// The DPoP key the tokens are bound to (schema 3); `None` for
+    /// bearer sessions. Kept in the same blob as the tokens, so that one
+    /// write makes both durable and no bound token is ever stored without it.
+    pub dpop_key: Option<DpopKey>,
 }
 
 /// Why a stored blob could not be read. Never contains the blob's bytes.
@@ -97,6 +105,7 @@ impl StoredSession {
             access_lifetime: None,
             refresh_token,
             scope: None,
+            dpop_key: None,
         }
     }
 
@@ -139,6 +148,14 @@ impl StoredSession {
         self
     }
 
+    /// Bound to `key` by DPoP: the token type becomes `DPoP`.
+    #[must_use]
+    pub fn with_dpop_key(mut self, key: DpopKey) -> Self {
+        self.dpop_key = Some(key);
+        self.token_type = TokenType::DPoP;
+        self
+    }
+
     /// Encodes the blob (schema [`SCHEMA_VERSION`]). It holds tokens, so it
     /// comes back as a secret.
     pub fn encode(&self) -> SecretString {
@@ -162,6 +179,13 @@ impl StoredSession {
         }
         if let Some(scope) = &self.scope {
             object.insert("scope", scope.as_str());
+        }
+        // Base64url of the secret scalar, in a buffer wiped when it drops.
+        let mut key = Zeroizing::new(String::with_capacity(KEY_TEXT_BYTES));
+        if let Some(dpop_key) = &self.dpop_key {
+            let secret = dpop_key.expose_secret_bytes();
+            URL_SAFE_NO_PAD.encode_string(secret.as_slice(), &mut key);
+            object.insert("dpop_key", key.as_str());
         }
         let texts = object.iter().flat_map(|(key, value)| [Some(key.as_str()), value.as_str()]).flatten();
         object.write_into(json_bound(texts, object.len()))
@@ -207,6 +231,17 @@ impl StoredSession {
             }
             (access, refresh)
         };
+        let dpop_key = match optional(&object, "dpop_key").filter(|_| version >= 3) {
+            None => None,
+            Some(value) => Some(dpop_key(value).ok_or(DecodeError::InvalidField("dpop_key"))?),
+        };
+        // A bound token without its key must never be sent unbound; a key
+        // beside bearer tokens binds nothing: either is a broken blob.
+        match (token_type == TokenType::DPoP, dpop_key.is_some()) {
+            (true, false) => return Err(DecodeError::MissingField("dpop_key")),
+            (false, true) => return Err(DecodeError::InvalidField("token_type")),
+            _ => {}
+        }
         Ok(Self {
             generation: Generation(generation),
             access_token: access_token.map(AccessToken::new),
@@ -215,8 +250,19 @@ impl StoredSession {
             access_lifetime,
             refresh_token: refresh_token.map(RefreshToken::new),
             scope,
+            dpop_key,
         })
     }
+}
+
+/// The length of a key's base64url text.
+const KEY_TEXT_BYTES: usize = (KEY_BYTES * 4).div_ceil(3);
+
+fn dpop_key(value: &Value) -> Option<DpopKey> {
+    let text = value.as_str().filter(|text| text.len() == KEY_TEXT_BYTES)?;
+    let mut bytes = Zeroizing::new([0; KEY_BYTES]);
+    let written = URL_SAFE_NO_PAD.decode_slice(text, &mut *bytes).ok()?;
+    (written == KEY_BYTES).then(|| DpopKey::from_bytes(&*bytes).ok()).flatten()
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -294,9 +340,9 @@ mod tests {
         assert_eq!(stored.generation, Generation(7));
         assert_eq!(stored.access_expires_at, Some(UnixTime::from_secs(1_800_000_000)));
         assert_eq!(stored.access_lifetime, None, "schema 1 did not know the issued lifetime");
-        // Written back, it is schema 2, and reads the same.
+        // Written back, it is the current schema, and reads the same.
         let v2 = stored.encode();
-        assert!(v2.expose_secret().contains(r#""v":2"#));
+        assert!(v2.expose_secret().contains(r#""v":3"#));
         let again = StoredSession::decode(v2.expose_secret().as_bytes()).unwrap();
         assert_eq!(again.generation, Generation(7));
         assert_eq!(again.access_expires_at, stored.access_expires_at);
@@ -309,6 +355,82 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_2_blob_migrates_unbound() {
+        // Exactly what freshen wrote before DPoP.
+        let v2 = br#"{"v":2,"generation":3,"token_type":"Bearer","access_token":"a","access_lifetime_ms":60000,"refresh_token":"r"}"#;
+        let stored = StoredSession::decode(v2).unwrap();
+        assert!(stored.dpop_key.is_none());
+        assert_eq!(stored.access_lifetime, Some(Duration::from_secs(60)));
+        let again = StoredSession::decode(stored.encode().expose_secret().as_bytes()).unwrap();
+        assert_eq!(again.generation, Generation(3));
+        assert!(again.dpop_key.is_none() && again.token_type == TokenType::Bearer);
+    }
+
+    #[test]
+    fn a_bound_session_keeps_its_key_in_the_same_blob() {
+        let key = DpopKey::from_bytes(&[7; KEY_BYTES]).unwrap();
+        let bound = sample().with_dpop_key(key.clone());
+        let blob = bound.encode();
+        let back = StoredSession::decode(blob.expose_secret().as_bytes()).unwrap();
+        assert_eq!(back.token_type, TokenType::DPoP);
+        assert_eq!(back.dpop_key.as_ref().map(DpopKey::thumbprint), Some(key.thumbprint()));
+        assert!(back.refresh_token.unwrap().same_as(&RefreshToken::new("canary-refresh")));
+        // Neither Debug nor Display shows the key's secret.
+        let secret = URL_SAFE_NO_PAD.encode(*key.expose_secret_bytes());
+        assert!(blob.expose_secret().contains(&secret));
+        let shown = format!("{bound:?} {bound}");
+        assert!(!shown.contains(&secret) && !shown.contains("canary"), "{shown}");
+    }
+
+    #[test]
+    fn a_bound_token_without_its_key_is_never_read_as_unbound() {
+        let key = URL_SAFE_NO_PAD.encode([7; KEY_BYTES]);
+        let cases: Vec<(String, DecodeError)> = vec![
+            // The key lost: the tokens would be sent unbound.
+            (
+                r#"{"v":3,"generation":1,"token_type":"DPoP","refresh_token":"r"}"#.into(),
+                DecodeError::MissingField("dpop_key"),
+            ),
+            // Schema 2 knew no keys.
+            (
+                format!(r#"{{"v":2,"generation":1,"token_type":"DPoP","refresh_token":"r","dpop_key":"{key}"}}"#),
+                DecodeError::MissingField("dpop_key"),
+            ),
+            // A key beside bearer tokens binds nothing.
+            (
+                format!(r#"{{"v":3,"generation":1,"token_type":"Bearer","refresh_token":"r","dpop_key":"{key}"}}"#),
+                DecodeError::InvalidField("token_type"),
+            ),
+            // Not a key: too short, not base64url, zero, not a string.
+            (
+                r#"{"v":3,"generation":1,"token_type":"DPoP","refresh_token":"r","dpop_key":"AAAA"}"#.into(),
+                DecodeError::InvalidField("dpop_key"),
+            ),
+            (
+                format!(
+                    r#"{{"v":3,"generation":1,"token_type":"DPoP","refresh_token":"r","dpop_key":"{}"}}"#,
+                    "*".repeat(43)
+                ),
+                DecodeError::InvalidField("dpop_key"),
+            ),
+            (
+                format!(
+                    r#"{{"v":3,"generation":1,"token_type":"DPoP","refresh_token":"r","dpop_key":"{}"}}"#,
+                    URL_SAFE_NO_PAD.encode([0; KEY_BYTES])
+                ),
+                DecodeError::InvalidField("dpop_key"),
+            ),
+            (
+                r#"{"v":3,"generation":1,"token_type":"DPoP","refresh_token":"r","dpop_key":7}"#.into(),
+                DecodeError::InvalidField("dpop_key"),
+            ),
+        ];
+        for (blob, expected) in cases {
+            assert_eq!(StoredSession::decode(blob.as_bytes()).unwrap_err(), expected, "{blob}");
+        }
+    }
+
+    #[test]
     fn hostile_blobs_give_typed_errors() {
         let cases: &[(&[u8], DecodeError)] = &[
             (b"", DecodeError::NotAnObject),
@@ -316,7 +438,7 @@ mod tests {
             (b"[]", DecodeError::NotAnObject),
             (&[0xff, 0x00], DecodeError::NotAnObject),
             (br#"{"generation":1}"#, DecodeError::MissingField("v")),
-            (br#"{"v":3,"future":true}"#, DecodeError::UnsupportedVersion(3)),
+            (br#"{"v":4,"future":true}"#, DecodeError::UnsupportedVersion(4)),
             (br#"{"v":0}"#, DecodeError::UnsupportedVersion(0)),
             (br#"{"v":"1"}"#, DecodeError::InvalidField("v")),
             (br#"{"v":1,"generation":-1}"#, DecodeError::InvalidField("generation")),

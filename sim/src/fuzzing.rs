@@ -139,7 +139,10 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
             }
             None
         }
-        Classified::Terminal(_) | Classified::Rejected(_) | Classified::InteractionRequired(_) => None,
+        Classified::Terminal(_)
+        | Classified::Rejected(_)
+        | Classified::InteractionRequired(_)
+        | Classified::NonceRequired(_) => None,
     };
     let held = RefreshToken::new(HELD_REFRESH_TOKEN);
     let expected = issued.unwrap_or_else(|| held.clone());
@@ -152,7 +155,7 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
     if !presented.same_as(&held) {
         return Err("the first refresh presented another token".into());
     }
-    fixture.input(Event::RefreshCompleted { id, outcome: classified.clone() });
+    fixture.input(Event::RefreshCompleted { id, outcome: classified.clone(), dpop_nonce: None });
     let state = fixture.session.state().clone();
     let granted = fixture.granted.contains(&CallerId(1));
     let terminal = matches!(classified, Classified::Terminal(_));

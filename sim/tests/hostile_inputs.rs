@@ -187,12 +187,17 @@ fn a_rotated_refresh_token_beside_an_empty_access_token_is_kept() {
 }
 
 #[test]
-fn token_type_dpop_mac_or_unknown_is_unusable() {
-    for kind in ["DPoP", "mac", "N_A"] {
+fn token_type_mac_or_unknown_is_unusable_and_dpop_only_to_a_bound_session() {
+    for kind in ["mac", "N_A"] {
         let body = format!(r#"{{"access_token":"fresh-access","token_type":"{kind}"}}"#);
         let reason = malformed(&answer(200, body.as_bytes())).reason.clone();
         assert!(matches!(reason, MalformedReason::UnsupportedTokenType(t) if t != TokenType::Bearer), "{kind}");
     }
+    // DPoP tokens read well, but a bearer session has no key to prove: it
+    // never hands one out (a bound session takes nothing else).
+    let aftermath = answer(200, br#"{"access_token":"fresh-access","token_type":"DPoP"}"#);
+    assert!(matches!(&aftermath.classified, Classified::Success(t) if t.token_type == TokenType::DPoP));
+    assert!(!aftermath.granted, "a bearer session handed out a DPoP-bound token");
 }
 
 #[test]
@@ -244,8 +249,8 @@ fn unreadable(blob: &[u8]) -> DecodeError {
 
 #[test]
 fn stored_blob_from_a_future_schema() {
-    let blob = br#"{"v":3,"generation":1,"access_token":"a","refresh_token":"r","dpop_key":"k"}"#;
-    assert_eq!(unreadable(blob), DecodeError::UnsupportedVersion(3));
+    let blob = br#"{"v":4,"generation":1,"access_token":"a","refresh_token":"r","hardware_key":"k"}"#;
+    assert_eq!(unreadable(blob), DecodeError::UnsupportedVersion(4));
 }
 
 #[test]

@@ -222,7 +222,7 @@ impl Driver {
             Op::Answer { back, outcome } => {
                 let id = self.refresh_id(*back);
                 let outcome = self.classified(outcome);
-                self.input(Event::RefreshCompleted { id, outcome });
+                self.input(Event::RefreshCompleted { id, outcome, dpop_nonce: None });
             }
             Op::TransportFail { back, unknown } => {
                 let id = self.refresh_id(*back);
@@ -274,7 +274,7 @@ impl Driver {
             answered = self.x.sent.len();
             for id in fresh {
                 let outcome = self.classified(&Outcome::Rotate { lifetime: 600 });
-                self.input(Event::RefreshCompleted { id, outcome });
+                self.input(Event::RefreshCompleted { id, outcome, dpop_nonce: None });
             }
             self.x.advance(Duration::from_secs(1));
         }

@@ -16,7 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use super::{LoginError, post};
+use freshen_core::dpop::{DpopKey, MAX_NONCE_RETRIES};
+use freshen_core::oauth::Classified;
+
+use super::{LoginError, TokenEndpoint};
 use crate::Session;
 use crate::store::Store;
 use crate::transport::Transport;
@@ -65,8 +68,9 @@ impl<T: Transport, S: Store> Session<T, S> {
         };
         let url = code::authorization_url(endpoint, &request)
             .map_err(|error| LoginError::Setup(format!("the authorization endpoint: {error}")))?;
+        let dpop_key = config.dpop.then(crate::dpop::generate_key).transpose()?;
         info!(port, "code login listening for the browser's redirect");
-        Ok(CodeLogin { session: self.clone(), listener, redirect_uri, state, verifier, url })
+        Ok(CodeLogin { session: self.clone(), listener, redirect_uri, state, verifier, url, dpop_key })
     }
 }
 
@@ -86,6 +90,8 @@ pub struct CodeLogin<T, S> {
     state: String,
     verifier: SecretString,
     url: String,
+    /// The key the tokens are bound to, when the session binds by DPoP.
+    dpop_key: Option<DpopKey>,
 }
 
 impl<T, S> core::fmt::Debug for CodeLogin<T, S> {
@@ -119,13 +125,25 @@ impl<T: Transport, S: Store> CodeLogin<T, S> {
         let code = tokio::time::timeout(BROWSER_WAIT, wait).await.map_err(|_| LoginError::TimedOut)??;
         let (transport, config, clock) = self.session.login_parts();
         let form = code::code_request(&config.client, &code, &self.redirect_uri, self.verifier.expose_secret());
+        let mut endpoint = TokenEndpoint::new(transport, config, clock, self.dpop_key.clone());
         let sent_at = tokio::time::Instant::now();
-        let response = post(transport, &config.token_endpoint, &form, config.session.request_timeout)
-            .await
-            .map_err(|error| LoginError::Unreachable { endpoint: "token", error })?;
-        let tokens = code::exchanged(response.classify(&config.session.policy, clock.wall()))?;
-        info!("code login exchanged");
-        self.session.log_in_sent_at(tokens, sent_at.into_std()).await.map_err(LoginError::Session)
+        let mut answer = None;
+        // A nonce challenge (the server did not look at the code) is answered
+        // at once with the nonce, a bounded number of times.
+        for _ in 0..=MAX_NONCE_RETRIES {
+            let response =
+                endpoint.post(&form).await.map_err(|error| LoginError::Unreachable { endpoint: "token", error })?;
+            let classified = response.classify(&config.session.policy, clock.wall());
+            let challenged = matches!(classified, Classified::NonceRequired(_)) && endpoint.nonce.is_some();
+            answer = Some(classified);
+            if !challenged || endpoint.key.is_none() {
+                break;
+            }
+        }
+        let tokens = code::exchanged(answer.ok_or(LoginError::TimedOut)?)?;
+        info!(dpop = self.dpop_key.is_some(), "code login exchanged");
+        let sent_at = sent_at.into_std();
+        self.session.log_in_response(tokens, Some(sent_at), self.dpop_key).await.map_err(LoginError::Session)
     }
 
     /// Serves the listener until a request carries this login's answer.

@@ -7,7 +7,9 @@ use core::time::Duration;
 use freshen_core::device::{self, DeviceAuthorization, DeviceError, DevicePoller, NextPoll, PollAnswer};
 use tracing::{info, warn};
 
-use super::{LoginError, post};
+use freshen_core::dpop::DpopKey;
+
+use super::{LoginError, TokenEndpoint, post};
 use crate::Session;
 use crate::store::Store;
 use crate::transport::Transport;
@@ -33,7 +35,8 @@ impl<T: Transport, S: Store> Session<T, S> {
         let authorization = response.read(device::parse_authorization)?;
         info!(expires_in_s = authorization.expires_in.as_secs(), "device login started");
         let poller = DevicePoller::new(&authorization, clock.now());
-        Ok(DeviceLogin { session: self.clone(), authorization, poller })
+        let dpop_key = config.dpop.then(crate::dpop::generate_key).transpose()?;
+        Ok(DeviceLogin { session: self.clone(), authorization, poller, dpop_key })
     }
 }
 
@@ -42,6 +45,8 @@ pub struct DeviceLogin<T, S> {
     session: Session<T, S>,
     authorization: DeviceAuthorization,
     poller: DevicePoller,
+    /// The key the tokens are bound to, when the session binds by DPoP.
+    dpop_key: Option<DpopKey>,
 }
 
 impl<T, S> core::fmt::Debug for DeviceLogin<T, S> {
@@ -81,15 +86,15 @@ impl<T: Transport, S: Store> DeviceLogin<T, S> {
     pub async fn finish(mut self) -> Result<(), LoginError> {
         let (transport, config, clock) = self.session.login_parts();
         let form = device::token_request(&config.client, &self.authorization.device_code);
-        // Bounded by the poller: it ends at the codes' expiry at the latest.
+        let mut endpoint = TokenEndpoint::new(transport, config, clock, self.dpop_key.clone());
+        // Bounded by the poller: it ends at the codes' expiry at the latest
+        // (and answers a nonce challenge at once, a bounded number of times).
         loop {
             match self.poller.next(clock.now()) {
                 NextPoll::At(at) => tokio::time::sleep_until(clock.instant(at)).await,
                 NextPoll::Now => {
                     let sent_at = tokio::time::Instant::now();
-                    let answer = match post(transport, &config.token_endpoint, &form, config.session.request_timeout)
-                        .await
-                    {
+                    let answer = match endpoint.post(&form).await {
                         Ok(response) => PollAnswer::Answered(response.classify(&config.session.policy, clock.wall())),
                         Err(error) => {
                             warn!(%error, "device login poll got no answer");
@@ -97,9 +102,10 @@ impl<T: Transport, S: Store> DeviceLogin<T, S> {
                         }
                     };
                     if let Some(tokens) = self.poller.answered(clock.now(), answer)? {
-                        info!("device login approved");
-                        let session = &self.session;
-                        return session.log_in_sent_at(tokens, sent_at.into_std()).await.map_err(LoginError::Session);
+                        info!(dpop = self.dpop_key.is_some(), "device login approved");
+                        let (session, key) = (&self.session, self.dpop_key.take());
+                        let sent_at = Some(sent_at.into_std());
+                        return session.log_in_response(tokens, sent_at, key).await.map_err(LoginError::Session);
                     }
                 }
                 // Only `Expired` can come here: the loop awaits every answer

@@ -27,11 +27,14 @@ use core::time::Duration;
 
 use freshen_core::code::{ExchangeError, RedirectError};
 use freshen_core::device::{DeviceError, StartError};
+use freshen_core::dpop::{DpopKey, DpopNonce};
 use freshen_core::oauth::FormRequest;
 use freshen_core::session::TransportFailure;
 use thiserror::Error;
 
 use crate::Error;
+use crate::clock::Clock;
+use crate::session::Config;
 use crate::transport::{HttpResponse, Transport, TransportError};
 
 /// One POST of a login flow, bounded by the session's request timeout.
@@ -44,6 +47,45 @@ async fn post<T: Transport>(
     match tokio::time::timeout(timeout, transport.post_form(url, form)).await {
         Ok(answered) => answered,
         Err(_) => Err(TransportFailure::Timeout.into()),
+    }
+}
+
+/// The token endpoint as a login flow talks to it: each POST bounded by the
+/// request timeout and, when the login binds a DPoP key, carrying a fresh
+/// proof with the server's latest nonce (taken from every answer).
+struct TokenEndpoint<'a, T> {
+    transport: &'a T,
+    config: &'a Config,
+    clock: &'a Clock,
+    /// The key the login's tokens are to be bound to.
+    key: Option<DpopKey>,
+    nonce: Option<DpopNonce>,
+}
+
+impl<'a, T: Transport> TokenEndpoint<'a, T> {
+    fn new(transport: &'a T, config: &'a Config, clock: &'a Clock, key: Option<DpopKey>) -> Self {
+        Self { transport, config, clock, key, nonce: None }
+    }
+
+    async fn post(&mut self, form: &FormRequest) -> Result<HttpResponse, TransportError> {
+        let url = &self.config.token_endpoint;
+        let proven;
+        let form = match &self.key {
+            Some(key) => {
+                let proof = crate::dpop::proof(key, "POST", url, self.clock.wall(), self.nonce.as_ref(), None)
+                    .map_err(|error| {
+                        TransportError::new(TransportFailure::NotSent, std::io::Error::other(error.to_string()))
+                    })?;
+                proven = form.clone().with_dpop(proof);
+                &proven
+            }
+            None => form,
+        };
+        let response = post(self.transport, url, form, self.config.session.request_timeout).await?;
+        if let Some(nonce) = response.dpop_nonce() {
+            self.nonce = Some(nonce);
+        }
+        Ok(response)
     }
 }
 

@@ -152,6 +152,8 @@ enum Answer {
     Lost,
     Denied,
     Approved,
+    /// `use_dpop_nonce`: the server did not look at the poll.
+    NonceChallenge,
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
@@ -162,6 +164,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         1 => Just(Answer::Lost),
         1 => Just(Answer::Denied),
         1 => Just(Answer::Approved),
+        1 => Just(Answer::NonceChallenge),
     ]
 }
 
@@ -169,7 +172,9 @@ proptest! {
     /// Whatever the server answers, however late the answers come and however
     /// early or late the driver asks: no poll sooner than the interval the
     /// server set (and any `Retry-After`) after the last answer, none at or
-    /// after expiry, and every login ends, with a bounded number of polls.
+    /// after expiry, and every login ends, with a bounded number of polls. A
+    /// nonce challenge is answered at once, at most `MAX_NONCE_RETRIES` times
+    /// in a row; the next one ends the login.
     #[test]
     fn the_poller_never_polls_early_or_after_expiry_and_always_ends(
         expires_in in 1u64..1200,
@@ -183,6 +188,7 @@ proptest! {
         let mut earliest = start.saturating_add(server_interval);
         let mut now = start;
         let mut polls = 0u64;
+        let mut challenges_in_a_row = 0;
         let mut ended = false;
         for (answer, latency_ms, early_ms) in steps {
             // The driver may wake early: it is told to wait, never to send.
@@ -203,7 +209,10 @@ proptest! {
             }
             prop_assert!(now >= earliest, "polled at {now}, allowed from {earliest}");
             prop_assert!(now < expires_at, "polled at {now}, expired at {expires_at}");
-            polls += 1;
+            // A poll sent again with the server's nonce is the same poll.
+            if challenges_in_a_row == 0 {
+                polls += 1;
+            }
             now = now.saturating_add(Duration::from_millis(latency_ms));
             let mut retry_after = Duration::ZERO;
             let reply = match answer {
@@ -219,7 +228,21 @@ proptest! {
                 Answer::Lost => PollAnswer::Failed(TransportFailure::Timeout),
                 Answer::Denied => error("access_denied"),
                 Answer::Approved => approved(),
+                Answer::NonceChallenge => error("use_dpop_nonce"),
             };
+            let challenged = matches!(answer, Answer::NonceChallenge);
+            challenges_in_a_row = if challenged { challenges_in_a_row + 1 } else { 0 };
+            if challenged && challenges_in_a_row > crate::dpop::MAX_NONCE_RETRIES {
+                prop_assert!(matches!(poller.answered(now, reply), Err(DeviceError::Refused(_))));
+                ended = true;
+                break;
+            }
+            if challenged {
+                // Sent again at once: the interval is not waited for.
+                prop_assert!(matches!(poller.answered(now, reply), Ok(None)));
+                earliest = earliest.min(now);
+                continue;
+            }
             match poller.answered(now, reply) {
                 Ok(None) => earliest = now.saturating_add(server_interval.max(retry_after)),
                 Ok(Some(_)) => { prop_assert!(matches!(answer, Answer::Approved)); ended = true; break; }
@@ -241,7 +264,9 @@ proptest! {
                 left -= 1;
                 prop_assert!(left > 0, "the poller never ended");
             }
-            prop_assert!(now <= expires_at.saturating_add(Duration::from_secs(20)));
+            // A poll sent just before expiry may be answered as late as the
+            // longest latency drawn (30 s); nothing is sent after expiry.
+            prop_assert!(now <= expires_at.saturating_add(Duration::from_secs(30)));
         }
     }
 }

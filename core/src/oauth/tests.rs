@@ -209,7 +209,10 @@ fn unusable_success_bodies_are_malformed() {
         (br#"{"access_token":42}"#, MalformedReason::InvalidAccessToken),
         (br#"{"access_token":"a","refresh_token":""}"#, MalformedReason::InvalidRefreshToken),
         (br#"{"access_token":"a","refresh_token":7}"#, MalformedReason::InvalidRefreshToken),
-        (br#"{"access_token":"a","token_type":"DPoP"}"#, MalformedReason::UnsupportedTokenType(TokenType::DPoP)),
+        (
+            br#"{"access_token":"a","token_type":"N_A"}"#,
+            MalformedReason::UnsupportedTokenType(TokenType::Other("n_a".into())),
+        ),
         (
             br#"{"access_token":"a","token_type":"mac"}"#,
             MalformedReason::UnsupportedTokenType(TokenType::Other("mac".into())),
@@ -237,7 +240,7 @@ fn a_rotated_refresh_token_is_salvaged_from_an_unusable_success() {
     for body in [
         r#"{"refresh_token":"r2"}"#,
         r#"{"access_token":"","refresh_token":"r2"}"#,
-        r#"{"access_token":"a","token_type":"DPoP","refresh_token":"r2"}"#,
+        r#"{"access_token":"a","token_type":"mac","refresh_token":"r2"}"#,
     ] {
         match run(200, &[], body.as_bytes()) {
             Classified::Malformed(m) => {
@@ -308,4 +311,26 @@ fn the_date_header_gives_the_servers_clock_skew() {
     let garbage: &[(&str, &[u8])] = &[("Date", b"yesterday"), ("Date", &[0xff])];
     assert_eq!(Response { status: 200, headers: garbage, body: b"" }.clock_skew(UnixTime::EPOCH), None);
     assert_eq!(Response { status: 200, headers: &[], body: b"" }.clock_skew(UnixTime::EPOCH), None);
+}
+
+#[test]
+fn a_dpop_nonce_challenge_is_its_own_answer_and_nonces_are_read_from_any_answer() {
+    let challenge =
+        br#"{"error":"use_dpop_nonce","error_description":"Authorization server requires nonce in DPoP proof"}"#;
+    let headers: &[(&str, &[u8])] = &[("DPoP-Nonce", b"eyJ7S_zG.9Rw")];
+    assert!(matches!(run(400, headers, challenge), Classified::NonceRequired(e) if e.code == "use_dpop_nonce"));
+    // Even where the server lists it as terminal, a nonce challenge is not a dead token.
+    let response = Response { status: 400, headers, body: challenge };
+    assert_eq!(response.dpop_nonce().map(|n| n.as_str().to_owned()).as_deref(), Some("eyJ7S_zG.9Rw"));
+    let success = Response {
+        status: 200,
+        headers: &[("dpop-nonce", b"n2")],
+        body: br#"{"access_token":"a","token_type":"DPoP"}"#,
+    };
+    assert_eq!(success.dpop_nonce().map(|n| n.as_str().to_owned()).as_deref(), Some("n2"));
+    assert!(
+        matches!(classify(&Policy::default(), &success, None), Classified::Success(t) if t.token_type == TokenType::DPoP)
+    );
+    let bad = Response { status: 200, headers: &[("dpop-nonce", b"has space")], body: b"" };
+    assert!(bad.dpop_nonce().is_none());
 }

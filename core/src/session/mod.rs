@@ -45,12 +45,15 @@ use std::collections::VecDeque;
 
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use types::{
-    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, Renewal, StateView,
-    StoreError, Timeout, TransportFailure,
+    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, ProofNeeded,
+    Renewal, StateView, StoreError, Timeout, TransportFailure,
 };
 
+use crate::dpop::{DpopKey, DpopNonce, MAX_NONCE_RETRIES};
 use crate::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
-use crate::oauth::{Classified, OAuthError, Rejected, TokenResponse, Transient, TransientCause};
+use crate::oauth::{
+    Classified, Malformed, MalformedReason, OAuthError, Rejected, TokenResponse, Transient, TransientCause,
+};
 use crate::rng::SplitMix64;
 use crate::stored::StoredSession;
 use crate::time::{MonoTime, UnixTime};
@@ -186,6 +189,11 @@ pub struct Session {
     straggler: Option<(RefreshId, MonoTime)>,
     /// Refresh cycles started so far; the running one, if any, is this number.
     cycles_started: u64,
+    /// The token endpoint's latest DPoP nonce: the next proofs carry it.
+    dpop_nonce: Option<DpopNonce>,
+    /// `use_dpop_nonce` challenges answered in a row by sending the attempt
+    /// again (at most [`MAX_NONCE_RETRIES`]).
+    nonce_retries: u32,
     /// Input that made no sense any more (see [`Session::ignored`]).
     ignored: Ignored,
     /// What the last [`Command::Publish`] offered.
@@ -357,6 +365,10 @@ struct TokenSet {
     /// redeemed the same refresh token under the lock and written a newer
     /// rotation, which then wins over this one.
     answered_unlocked: bool,
+    /// The DPoP key the tokens are bound to (`None`: bearer). It comes with
+    /// the tokens from a login or the store, and refreshes keep it: every
+    /// refresh presenting `refresh` carries a proof by it.
+    dpop_key: Option<DpopKey>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -506,6 +518,8 @@ impl Session {
             last_generation: Generation(0),
             straggler: None,
             cycles_started: 0,
+            dpop_nonce: None,
+            nonce_retries: 0,
             ignored: Ignored::default(),
             replaced_grants: Vec::new(),
             revoke_after_clear: None,
@@ -574,7 +588,13 @@ impl Session {
             Event::RefreshWanted { caller } => self.on_refresh_wanted(caller),
             Event::Unauthorized { caller, generation } => self.on_unauthorized(caller, generation),
             Event::Invalidated { generation } => self.on_invalidated(generation),
-            Event::RefreshCompleted { id, outcome } => self.on_refresh_completed(id, outcome),
+            Event::RefreshCompleted { id, outcome, dpop_nonce } => {
+                // Whatever the answer, a newer nonce replaces the one held.
+                if dpop_nonce.is_some() {
+                    self.dpop_nonce = dpop_nonce;
+                }
+                self.on_refresh_completed(id, outcome);
+            }
             Event::RefreshFailed { id, failure } => {
                 if self.in_flight(id) {
                     self.attempt_failed(AttemptFailure::Transport(failure), failure.outcome_unknown(), None);
@@ -592,6 +612,9 @@ impl Session {
                 self.log_out(LogoutCause::Requested);
             }
             Event::RevocationEnded { id } => self.on_revocation_ended(id),
+            Event::LoggedIn { caller, session } if session.binding_mismatch() => {
+                self.outbox.fail(vec![caller], FailReason::DpopMismatch);
+            }
             Event::LoggedIn { caller, session } => {
                 self.on_logged_in(session);
                 self.add_waiter(caller, Needs::Durable);

@@ -54,7 +54,7 @@ impl Session {
     /// answers that only say "not now" count for the attempt in flight.
     pub(super) fn on_refresh_completed(&mut self, id: RefreshId, outcome: Classified) {
         let current = self.answers_current_tokens(id);
-        match outcome {
+        match self.binding_kept(outcome) {
             Classified::Success(response) => {
                 // A rejection of the held token is newer news than a delayed
                 // success that keeps it: the token stays dead.
@@ -84,6 +84,11 @@ impl Session {
             Classified::Terminal(error) => {
                 if current {
                     self.on_terminal(id, error);
+                }
+            }
+            Classified::NonceRequired(error) => {
+                if self.in_flight(id) {
+                    self.send_again_with_nonce(error);
                 }
             }
             Classified::Malformed(malformed) => {
@@ -137,6 +142,52 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A bound session never takes tokens of another type (a server that
+    /// answers a proof with bearer tokens did not bind them: no silent
+    /// downgrade), and a bearer session cannot present DPoP tokens. Such an
+    /// answer is unusable; its rotated refresh token is salvaged like any
+    /// unusable success's.
+    fn binding_kept(&self, outcome: Classified) -> Classified {
+        let Classified::Success(response) = outcome else { return outcome };
+        let bound = self.tokens().is_some_and(|t| t.dpop_key.is_some());
+        if (response.token_type == TokenType::DPoP) == bound {
+            return Classified::Success(response);
+        }
+        Classified::Malformed(Malformed {
+            status: 200,
+            reason: MalformedReason::UnsupportedTokenType(response.token_type),
+            salvaged_refresh_token: response.refresh_token,
+        })
+    }
+
+    /// `use_dpop_nonce`: the server did not act on the attempt (RFC 9449
+    /// §8) and wants it again with its nonce, which the answer brought. It is
+    /// sent again at once as the same attempt: not a failure, not counted
+    /// against the backoff, and not a second use of the refresh token. A
+    /// server that keeps asking is refusing: past [`MAX_NONCE_RETRIES`] in a
+    /// row (or with no nonce to send), the attempt failed. A bearer session
+    /// has no proof to put a nonce in: the server wants a client bound by
+    /// DPoP, and the app is misconfigured.
+    fn send_again_with_nonce(&mut self, error: OAuthError) {
+        if self.tokens().is_none_or(|t| t.dpop_key.is_none()) {
+            self.end_cycle(FailReason::Rejected(Rejected::Error(error)), None);
+            return;
+        }
+        if self.nonce_retries >= MAX_NONCE_RETRIES || self.dpop_nonce.is_none() {
+            let cause = TransientCause::RetryRequested(error);
+            self.attempt_failed(AttemptFailure::Server(cause), false, None);
+            return;
+        }
+        self.nonce_retries += 1;
+        let now = self.now;
+        let timeout = self.config.request_timeout;
+        let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        let Some(refresh_token) = tokens.refresh.clone() else { return };
+        let proof = tokens.proof_needed(&self.dpop_nonce);
+        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started, proof);
+        cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
 
     /// A success not adopted may still carry the access token held (one
@@ -237,6 +288,7 @@ impl Session {
             answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
             from_login: false,
             answered_unlocked: self.locks_store() && !self.store.locked,
+            dpop_key: old.dpop_key,
         });
         self.store.revive();
     }
@@ -392,7 +444,9 @@ impl Session {
         };
         cycle.attempt += 1;
         tokens.first_send.get_or_insert(now);
-        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started);
+        self.nonce_retries = 0;
+        let proof = tokens.proof_needed(&self.dpop_nonce);
+        let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started, proof);
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
 
@@ -423,7 +477,9 @@ impl Session {
             return;
         }
         tokens.first_send.get_or_insert(now);
-        let id = self.outbox.send_refresh(now, refresh_token, 1, self.cycles_started);
+        self.nonce_retries = 0;
+        let proof = tokens.proof_needed(&self.dpop_nonce);
+        let id = self.outbox.send_refresh(now, refresh_token, 1, self.cycles_started, proof);
         let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
         self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });
     }
@@ -461,7 +517,8 @@ impl Session {
             new.refresh_token,
             expiry,
             self.outbox.next_refresh,
-        );
+        )
+        .bound_to(new.dpop_key);
         tokens.from_login = true;
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
@@ -508,6 +565,7 @@ impl Outbox {
         refresh_token: RefreshToken,
         attempt: u32,
         cycle: u64,
+        dpop: Option<ProofNeeded>,
     ) -> RefreshId {
         let id = self.next_refresh;
         self.next_refresh = id.next();
@@ -516,7 +574,7 @@ impl Outbox {
         }
         let presented = refresh_token.fingerprint();
         self.recent_sends.push_back(SentRefresh { id, at: now, presented, answered: false, settled: false, cycle });
-        self.commands.push_back(Command::Io(Io::SendRefresh { id, refresh_token, attempt }));
+        self.commands.push_back(Command::Io(Io::SendRefresh { id, refresh_token, attempt, dpop }));
         id
     }
 

@@ -154,6 +154,7 @@ impl Session {
             FailReason::MissingRefreshToken
             | FailReason::LoggedOut(_)
             | FailReason::StoreUnavailable
+            | FailReason::DpopMismatch
             | FailReason::TimedOut
             | FailReason::TooManyWaiters => Renewal::Ready,
         }

@@ -303,7 +303,8 @@ impl Session {
             stored.refresh_token,
             expiry,
             self.outbox.next_refresh,
-        );
+        )
+        .bound_to(stored.dpop_key);
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens
     }
@@ -496,6 +497,7 @@ impl Session {
             access_lifetime: tokens.expiry.and_then(|e| e.lifetime),
             refresh_token: tokens.refresh.clone(),
             scope: tokens.scope.clone(),
+            dpop_key: tokens.dpop_key.clone(),
         }
     }
 }

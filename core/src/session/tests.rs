@@ -2,6 +2,7 @@
 //! End-to-end tests against the authority live with the harness.
 
 use super::*;
+use crate::dpop::{DpopKey, DpopNonce};
 use crate::oauth::{Malformed, MalformedReason, Rejected, Transient};
 use crate::stored::DecodeError;
 
@@ -99,7 +100,7 @@ impl Harness {
     fn last_refresh(&self) -> (RefreshId, String, u32) {
         self.latest(
             |c| match c {
-                Command::Io(Io::SendRefresh { id, refresh_token, attempt }) => {
+                Command::Io(Io::SendRefresh { id, refresh_token, attempt, .. }) => {
                     Some((*id, refresh_token.expose_secret().to_owned(), *attempt))
                 }
                 _ => None,
@@ -119,7 +120,7 @@ impl Harness {
     }
 
     fn answer(&mut self, id: RefreshId, outcome: Classified) -> Vec<Command> {
-        self.handle(Event::RefreshCompleted { id, outcome })
+        self.handle(Event::RefreshCompleted { id, outcome, dpop_nonce: None })
     }
 }
 
@@ -705,6 +706,7 @@ fn a_login_starts_a_session_and_replaces_the_old_grant() {
         scope: Some("read".into()),
         requested_at: MonoTime::ZERO,
         issued_lifetime_unknown: false,
+        dpop_key: None,
     };
     let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     // The old grant stays alive until the new one is durable: a crash before
@@ -739,6 +741,7 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
         scope: None,
         requested_at: MonoTime::ZERO,
         issued_lifetime_unknown: false,
+        dpop_key: None,
     };
     h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     let stale = stored(58, "r-logged-out", None);
@@ -1017,6 +1020,7 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
         scope: None,
         requested_at: h.now,
         issued_lifetime_unknown: false,
+        dpop_key: None,
     };
     let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "wrote without the lock: {out:?}");
@@ -1301,4 +1305,150 @@ fn a_session_from_held_tokens_keeps_their_expiry_exact() {
     // With no expiry known, the lifetime is unknown too.
     let bare = StoredSession::refresh_only(RefreshToken::new("r1"));
     assert_eq!(NewSession::from_stored(bare, MonoTime::from_secs(1), unix_now).lifetime, None);
+}
+
+// DPoP-bound sessions (RFC 9449).
+
+fn dpop_key() -> DpopKey {
+    DpopKey::from_bytes(&[7; crate::dpop::KEY_BYTES]).unwrap()
+}
+
+fn dpop_success(access: &str, refresh: &str, lifetime_secs: u64) -> Classified {
+    let mut response = TokenResponse::bearer(
+        AccessToken::new(access),
+        Some(Duration::from_secs(lifetime_secs)),
+        Some(RefreshToken::new(refresh)),
+    );
+    response.token_type = TokenType::DPoP;
+    Classified::Success(response)
+}
+
+fn use_dpop_nonce() -> Classified {
+    Classified::NonceRequired(OAuthError { status: 400, code: "use_dpop_nonce".into(), description: None })
+}
+
+fn nonce(text: &str) -> Option<DpopNonce> {
+    DpopNonce::parse(text.as_bytes())
+}
+
+/// A session loaded bound to [`dpop_key`], its token issued for 300 s, at
+/// its refresh point (240 s): the first attempt is out.
+fn bound_and_refreshing() -> Harness {
+    let mut h = Harness::new(config());
+    let op = h.load_op();
+    let mut stored = stored(1, "r1", Some(UnixTime::from_secs(UNIX_ZERO + 300))).with_dpop_key(dpop_key());
+    stored.access_lifetime = Some(Duration::from_secs(300));
+    h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    let out = h.want(1);
+    let grant = match out.iter().find(|c| matches!(c, Command::Grant { .. })) {
+        Some(Command::Grant { grant, .. }) => grant.clone(),
+        _ => panic!("a grant: {out:?}"),
+    };
+    // What a caller is handed carries the key its requests must prove.
+    assert_eq!(grant.token_type, TokenType::DPoP);
+    assert_eq!(grant.dpop_key.map(|k| k.thumbprint()), Some(dpop_key().thumbprint()));
+    h.advance_to(at(240_000));
+    h
+}
+
+fn last_proof(h: &Harness) -> (RefreshId, u32, Option<ProofNeeded>) {
+    h.latest(
+        |c| match c {
+            Command::Io(Io::SendRefresh { id, attempt, dpop, .. }) => Some((*id, *attempt, dpop.clone())),
+            _ => None,
+        },
+        "a refresh",
+    )
+}
+
+#[test]
+fn a_bound_session_proves_every_refresh_with_its_key_and_the_newest_nonce() {
+    let mut h = bound_and_refreshing();
+    let (first, attempt, proof) = last_proof(&h);
+    let proof = proof.expect("a bound refresh carries a proof");
+    assert_eq!((attempt, proof.key.thumbprint(), proof.nonce), (1, dpop_key().thumbprint(), None));
+    // The server wants its nonce: sent again at once, the same attempt, not a failure.
+    let out = h.handle(Event::RefreshCompleted { id: first, outcome: use_dpop_nonce(), dpop_nonce: nonce("n1") });
+    assert_eq!(sends(&out), 1, "{out:?}");
+    assert!(failed(&out).is_empty());
+    let (again, attempt, proof) = last_proof(&h);
+    assert!(again > first);
+    assert_eq!((attempt, proof.and_then(|p| p.nonce)), (1, nonce("n1")));
+    assert_eq!(h.last_refresh().1, "r1", "the same refresh token: the server did not act on the first");
+    // The success brings a newer nonce; the key stays with the rotated tokens, written in one blob.
+    h.handle(Event::RefreshCompleted { id: again, outcome: dpop_success("a2", "r2", 300), dpop_nonce: nonce("n2") });
+    let (_, written) = h.last_persist();
+    assert_eq!(written.token_type, TokenType::DPoP);
+    assert_eq!(written.dpop_key.map(|k| k.thumbprint()), Some(dpop_key().thumbprint()));
+    persisted(&mut h);
+    assert_eq!(granted(&h.want(3)), vec![(CallerId(3), Generation(2))]);
+    // The next refresh carries the newest nonce.
+    h.advance_to(at(480_000));
+    let (_, attempt, proof) = last_proof(&h);
+    assert_eq!((attempt, proof.and_then(|p| p.nonce)), (1, nonce("n2")));
+    assert_eq!(h.last_refresh().1, "r2");
+}
+
+#[test]
+fn nonce_challenges_in_a_row_are_bounded() {
+    let mut h = bound_and_refreshing();
+    for _ in 0..crate::dpop::MAX_NONCE_RETRIES {
+        let (id, _, _) = last_proof(&h);
+        let out = h.handle(Event::RefreshCompleted { id, outcome: use_dpop_nonce(), dpop_nonce: nonce("n") });
+        assert_eq!(sends(&out), 1);
+    }
+    // One more: the server is refusing. The attempt failed and backs off.
+    let (id, _, _) = last_proof(&h);
+    let out = h.handle(Event::RefreshCompleted { id, outcome: use_dpop_nonce(), dpop_nonce: nonce("n") });
+    assert_eq!(sends(&out), 0, "{out:?}");
+    let out = h.advance_to(at(242_000));
+    assert_eq!(sends(&out), 1);
+    assert_eq!(last_proof(&h).1, 2, "the next attempt, after the backoff");
+    // A challenge without a nonce to send cannot be answered either.
+    let mut h = bound_and_refreshing();
+    let (id, _, _) = last_proof(&h);
+    let out = h.handle(Event::RefreshCompleted { id, outcome: use_dpop_nonce(), dpop_nonce: None });
+    assert_eq!(sends(&out), 0);
+}
+
+#[test]
+fn a_bound_session_never_takes_bearer_tokens_but_keeps_their_rotation() {
+    let mut h = bound_and_refreshing();
+    let (id, _, _) = last_proof(&h);
+    let out = h.answer(id, success("a-bearer", Some("r2"), 300));
+    assert!(granted(&out).is_empty(), "{out:?}");
+    // The rotated refresh token was issued all the same: it is kept (and
+    // written) and the next attempt presents it, with a proof.
+    assert!(h.last_persist().1.refresh_token.unwrap().same_as(&RefreshToken::new("r2")));
+    persisted(&mut h);
+    h.advance_to(at(242_000));
+    assert_eq!(h.last_refresh().1, "r2");
+    assert!(last_proof(&h).2.is_some());
+    // And a bearer session never takes DPoP tokens it cannot present.
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    h.advance_to(at(240_000));
+    let (id, _, proof) = last_proof(&h);
+    assert!(proof.is_none());
+    let out = h.answer(id, dpop_success("a-dpop", "r2", 300));
+    assert!(granted(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_login_whose_type_and_key_disagree_is_refused_and_the_session_kept() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    let bearer = NewSession::issued(AccessToken::new("a"), Duration::from_secs(300), RefreshToken::new("r"), at(0));
+    let mut unkeyed = bearer.clone();
+    unkeyed.token_type = TokenType::DPoP;
+    let keyed_bearer = bearer.clone().with_dpop_key(dpop_key());
+    for (caller, session) in [(80, unkeyed), (81, keyed_bearer)] {
+        let out = h.handle(Event::LoggedIn { caller: CallerId(caller), session });
+        assert_eq!(failed(&out), vec![(CallerId(caller), FailReason::DpopMismatch)]);
+    }
+    assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(1))], "the session held is kept");
+    // A bound login is taken, and written with its key.
+    let mut bound = bearer.with_dpop_key(dpop_key());
+    bound.token_type = TokenType::DPoP;
+    let out = h.handle(Event::LoggedIn { caller: CallerId(82), session: bound });
+    assert!(failed(&out).is_empty());
+    assert!(h.last_persist().1.dpop_key.is_some());
 }

@@ -5,6 +5,7 @@ use super::*;
 impl TokenSet {
     /// Tokens that arrived from outside a refresh (a login, the store), not
     /// yet presented: refreshes from `presented_since` on may carry them.
+    /// Bound tokens get their key with [`TokenSet::bound_to`].
     pub(super) fn arrived(
         generation: Generation,
         access: Option<AccessToken>,
@@ -31,7 +32,14 @@ impl TokenSet {
             answer_lost: false,
             from_login: false,
             answered_unlocked: false,
+            dpop_key: None,
         }
+    }
+
+    /// Bound by DPoP to `key` (`None`: bearer tokens).
+    pub(super) fn bound_to(mut self, key: Option<DpopKey>) -> Self {
+        self.dpop_key = key;
+        self
     }
 
     /// Whether `stored` is these tokens, as this session wrote or read them.
@@ -48,6 +56,12 @@ impl TokenSet {
             Needs::NoRefreshInFlight => running.is_none() && !straggling,
             Needs::Durable => false,
         }
+    }
+
+    /// What a refresh presenting these tokens must prove, with the token
+    /// endpoint's latest `nonce`.
+    pub(super) fn proof_needed(&self, nonce: &Option<DpopNonce>) -> Option<ProofNeeded> {
+        self.dpop_key.clone().map(|key| ProofNeeded { key, nonce: nonce.clone() })
     }
 
     /// Whether the refresh token held is `token`.
@@ -93,6 +107,7 @@ impl TokenSet {
             access_token: access.clone(),
             token_type: self.token_type.clone(),
             usable_until: self.expiry.map(|e| e.usable_until),
+            dpop_key: self.dpop_key.clone(),
         })
     }
 }

@@ -3,6 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 
+use crate::dpop::{DpopKey, DpopNonce};
 use crate::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use crate::oauth::{Classified, MalformedReason, OAuthError, Rejected, TokenResponse, TransientCause};
 use crate::stored::{DecodeError, StoredSession};
@@ -54,6 +55,9 @@ pub enum Event {
         id: RefreshId,
         /// What the answer means.
         outcome: Classified,
+        /// The `DPoP-Nonce` the answer carried, if valid: the token
+        /// endpoint's newest nonce replaces the one held, whatever the answer.
+        dpop_nonce: Option<DpopNonce>,
     },
     /// Refresh `id` got no answer.
     RefreshFailed {
@@ -175,6 +179,10 @@ pub struct NewSession {
     /// with (tokens the app held, from an old store): it gets the whole
     /// refresh margin, like a restored token of unknown issued lifetime (U2).
     pub issued_lifetime_unknown: bool,
+    /// The DPoP key the tokens are bound to; `None` for bearer tokens. The
+    /// login is refused ([`FailReason::DpopMismatch`]) unless the token type
+    /// is `DPoP` exactly when a key is given.
+    pub dpop_key: Option<DpopKey>,
 }
 
 impl NewSession {
@@ -193,6 +201,7 @@ impl NewSession {
             scope: None,
             requested_at,
             issued_lifetime_unknown: false,
+            dpop_key: None,
         }
     }
 
@@ -208,6 +217,7 @@ impl NewSession {
             scope: response.scope,
             requested_at,
             issued_lifetime_unknown: false,
+            dpop_key: None,
         }
     }
 
@@ -241,7 +251,23 @@ impl NewSession {
             scope: stored.scope,
             requested_at,
             issued_lifetime_unknown: stored.access_lifetime.is_none(),
+            dpop_key: stored.dpop_key,
         }
+    }
+
+    /// Bound by DPoP to `key`, which made the login's proofs. The token
+    /// type stays what the server said: a bound login needs `DPoP` (a
+    /// server that answered `Bearer` did not bind the tokens).
+    #[must_use]
+    pub fn with_dpop_key(mut self, key: DpopKey) -> Self {
+        self.dpop_key = Some(key);
+        self
+    }
+
+    /// Whether the token type and the key disagree: `DPoP` tokens without
+    /// their key cannot be used, and a key with bearer tokens binds nothing.
+    pub fn binding_mismatch(&self) -> bool {
+        (self.token_type == TokenType::DPoP) != self.dpop_key.is_some()
     }
 
     /// A session from a refresh token alone: its first caller refreshes.
@@ -254,8 +280,19 @@ impl NewSession {
             scope: None,
             requested_at,
             issued_lifetime_unknown: false,
+            dpop_key: None,
         }
     }
+}
+
+/// What a DPoP proof of a token request needs from the machine; the driver
+/// adds the method, URL, time and unique id ([`DpopKey::proof`]).
+#[derive(Clone, Debug)]
+pub struct ProofNeeded {
+    /// The key the session's tokens are bound to.
+    pub key: DpopKey,
+    /// The token endpoint's latest nonce, if it gave one.
+    pub nonce: Option<DpopNonce>,
 }
 
 /// Work a [`Command::Io`] asks of the driver: store, network. Each is
@@ -305,8 +342,12 @@ pub enum Io {
         id: RefreshId,
         /// The token to present.
         refresh_token: RefreshToken,
-        /// 1 for the first attempt of a cycle.
+        /// 1 for the first attempt of a cycle (a retry with a server's
+        /// nonce keeps its attempt's number).
         attempt: u32,
+        /// The session is DPoP-bound: sign a proof of this request with this
+        /// key and send it as the `DPoP` header. `None`: a bearer session.
+        dpop: Option<ProofNeeded>,
     },
     /// Revoke this token at the server (RFC 7009), best effort; answer with
     /// [`Event::RevocationEnded`] whatever the outcome. A logout waits for
@@ -398,6 +439,9 @@ pub struct AccessGrant {
     pub token_type: TokenType,
     /// Do not hand it out from this time on; `None` when the lifetime is unknown.
     pub usable_until: Option<MonoTime>,
+    /// The DPoP key it is bound to: every request that presents it carries
+    /// a proof by this key. `None` for bearer tokens.
+    pub dpop_key: Option<DpopKey>,
 }
 
 impl AccessGrant {
@@ -432,6 +476,10 @@ pub enum FailReason {
     /// token (the server issued none): the user must log in again. No
     /// request was made.
     MissingRefreshToken,
+    /// A login's token type and DPoP key disagree (see
+    /// [`NewSession::binding_mismatch`]): it was refused, and the session
+    /// held before is kept.
+    DpopMismatch,
     /// The caller waited longer than [`SessionConfig::wait_bound`](super::SessionConfig::wait_bound).
     TimedOut,
     /// Too many callers were waiting already.
@@ -528,6 +576,9 @@ impl fmt::Display for FailReason {
             Self::MissingRefreshToken => {
                 f.write_str("the access token is spent and there is no refresh token to renew it; log in again")
             }
+            Self::DpopMismatch => f.write_str(
+                "the login's tokens and its DPoP key disagree (DPoP tokens need their key, bearer ones none)",
+            ),
             Self::TimedOut => f.write_str("timed out waiting for a token"),
             Self::TooManyWaiters => f.write_str("too many callers are waiting for a token"),
         }

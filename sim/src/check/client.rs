@@ -216,7 +216,7 @@ impl ClientMonitor {
                     self.unserved_since_arrival.insert(*caller);
                 }
             }
-            Event::RefreshCompleted { id, outcome } => self.refresh_answered(now, *id, outcome),
+            Event::RefreshCompleted { id, outcome, .. } => self.refresh_answered(now, *id, outcome),
             Event::RefreshFailed { id, failure } => {
                 if let Some(sent) = self.sent.get_mut(id) {
                     if sent.answered.is_none() {
@@ -337,7 +337,9 @@ impl ClientMonitor {
             Classified::Success(_)
             | Classified::Terminal(_)
             | Classified::Rejected(_)
-            | Classified::InteractionRequired(_) => true,
+            | Classified::InteractionRequired(_)
+            // The server did not act on it (RFC 9449 §8).
+            | Classified::NonceRequired(_) => true,
             Classified::Transient(Transient { cause, .. }) => !matches!(cause, TransientCause::ServerError(_)),
             Classified::Malformed(_) => false,
         };
@@ -406,7 +408,7 @@ impl ClientMonitor {
     /// An output the session produced while handling an input at `now`.
     pub fn command(&mut self, now: MonoTime, command: &Command) {
         match command {
-            Command::Io(Io::SendRefresh { id, refresh_token, attempt }) => {
+            Command::Io(Io::SendRefresh { id, refresh_token, attempt, .. }) => {
                 self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
             }
             Command::Io(Io::Persist { op, session }) => {

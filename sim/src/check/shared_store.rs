@@ -45,7 +45,7 @@ impl SharedStoreMonitor {
     /// An input `process` is about to handle at `now`.
     pub fn event(&mut self, process: usize, _now: MonoTime, event: &Event) {
         match event {
-            Event::RefreshCompleted { id, outcome } => {
+            Event::RefreshCompleted { id, outcome, .. } => {
                 let Some((_, token)) = self.in_flight.remove(&(process, *id)) else { return };
                 let successor = match outcome {
                     Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),

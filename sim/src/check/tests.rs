@@ -17,12 +17,17 @@ fn monitor() -> ClientMonitor {
 }
 
 fn send(m: &mut ClientMonitor, at: u64, id: u64, token: &str, attempt: u32) {
-    let command = Command::Io(Io::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new(token), attempt });
+    let command = Command::Io(Io::SendRefresh {
+        id: RefreshId(id),
+        refresh_token: RefreshToken::new(token),
+        attempt,
+        dpop: None,
+    });
     m.command(t(at), &command);
 }
 
 fn answer(m: &mut ClientMonitor, at: u64, id: u64, outcome: Classified) {
-    m.event(t(at), &Event::RefreshCompleted { id: RefreshId(id), outcome });
+    m.event(t(at), &Event::RefreshCompleted { id: RefreshId(id), outcome, dpop_nonce: None });
 }
 
 fn rotated(refresh: &str) -> Classified {
@@ -39,6 +44,7 @@ fn grant(generation: u64, usable_until_ms: Option<u64>) -> AccessGrant {
         access_token: AccessToken::new("a"),
         token_type: TokenType::Bearer,
         usable_until: usable_until_ms.map(t),
+        dpop_key: None,
     }
 }
 
@@ -494,8 +500,14 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
     use freshen_core::session::TransportFailure;
     let config = SessionConfig::default();
     let mut m = SharedStoreMonitor::new(&config);
-    let send =
-        |id| Command::Io(Io::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new("r1"), attempt: 1 });
+    let send = |id| {
+        Command::Io(Io::SendRefresh {
+            id: RefreshId(id),
+            refresh_token: RefreshToken::new("r1"),
+            attempt: 1,
+            dpop: None,
+        })
+    };
     m.command(0, t(0), &send(1));
     // The same process again is its own monitor's business; another one is not.
     m.command(1, t(1_000), &send(1));
@@ -514,10 +526,15 @@ fn the_shared_store_monitor_catches_a_token_replayed_after_another_process_store
     use freshen_core::session::TransportFailure;
     let mut m = SharedStoreMonitor::new(&SessionConfig::default());
     let send = |token: &str| {
-        Command::Io(Io::SendRefresh { id: RefreshId(1), refresh_token: RefreshToken::new(token), attempt: 1 })
+        Command::Io(Io::SendRefresh {
+            id: RefreshId(1),
+            refresh_token: RefreshToken::new(token),
+            attempt: 1,
+            dpop: None,
+        })
     };
     m.command(0, t(0), &send("r1"));
-    m.event(0, t(100), &Event::RefreshCompleted { id: RefreshId(1), outcome: rotated("r2") });
+    m.event(0, t(100), &Event::RefreshCompleted { id: RefreshId(1), outcome: rotated("r2"), dpop_nonce: None });
     // Before the successor is durable, a replay of r1 is what a crash would force.
     m.command(1, t(200), &send("r1"));
     m.event(1, t(300), &Event::RefreshFailed { id: RefreshId(1), failure: TransportFailure::NotSent });

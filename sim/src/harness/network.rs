@@ -116,7 +116,7 @@ impl World {
                 self.schedule(next, Pending::CallerArrives);
             }
             (Pending::RefreshAnswered { id, outcome, .. }, Some(p)) => {
-                self.input(p, Event::RefreshCompleted { id, outcome });
+                self.input(p, Event::RefreshCompleted { id, outcome, dpop_nonce: None });
             }
             (Pending::RefreshFailed { id, failure, .. }, Some(p)) => {
                 self.input(p, Event::RefreshFailed { id, failure });
