@@ -1,7 +1,7 @@
 // A real, certified authorization server for freshen's tests: panva's
 // oidc-provider (OpenID Certified), configured as the providers freshen
 // meets are: refresh-token rotation with reuse detection, PKCE, the device
-// flow, revocation, DPoP. Users do not exist here: every login interaction
+// flow, revocation, DPoP with required nonces. Users do not exist here: every login interaction
 // is finished at once for the account "user", with the scopes asked for,
 // so a test's "browser" only follows redirects and submits the device form.
 //
@@ -9,6 +9,7 @@
 // The issuer is http://127.0.0.1:PORT, so PORT must be fixed (not 0).
 // Endpoints: /auth, /token, /token/revocation, /device/auth, /device, /me.
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2] ?? 0);
@@ -46,7 +47,10 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
-    dPoP: { enabled: true },
+    // Every DPoP proof must carry the server's nonce (RFC 9449 §8, §9): the
+    // first proof of a client is always challenged, at the token endpoint
+    // and at the userinfo endpoint alike, and nonces rotate.
+    dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
     deviceFlow: {
       enabled: true,
       // Minimal forms a test can submit: every field is a hidden input.

@@ -12,11 +12,15 @@
 
 use std::time::Duration;
 
+use freshen::dpop::{DpopKey, DpopNonce, ProofClaims};
+use freshen::middleware::AuthorizedClient;
+use freshen::secrecy::ExposeSecret as _;
 use freshen::store::MemoryStore;
 use freshen::transport::ReqwestTransport;
 use freshen::{Config, Environment, Error, Session};
 use freshen_core::oauth::Client;
 use freshen_core::session::LogoutCause;
+use freshen_core::token::TokenType;
 
 const CLIENT: &str = "freshen-test";
 
@@ -38,19 +42,29 @@ async fn idp() -> Option<String> {
     None
 }
 
-fn session(url: &str, store: MemoryStore) -> Session<ReqwestTransport, MemoryStore> {
-    let config = Config::new(format!("{url}/token"), Client::public(CLIENT))
+/// Whether a session binds its tokens to a key by DPoP.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Binding {
+    Bearer,
+    Dpop,
+}
+
+fn session(url: &str, store: MemoryStore, binding: Binding) -> Session<ReqwestTransport, MemoryStore> {
+    let mut config = Config::new(format!("{url}/token"), Client::public(CLIENT))
         .with_revocation_endpoint(format!("{url}/token/revocation"))
         .with_authorization_endpoint(format!("{url}/auth"))
         .with_device_authorization_endpoint(format!("{url}/device/auth"))
         .with_issuer(url);
+    if binding == Binding::Dpop {
+        config = config.with_dpop();
+    }
     Session::start_in(config, ReqwestTransport::new().unwrap(), store, Environment::seeded(3)).unwrap()
 }
 
 /// A session logged in with the code flow through the server's real authorization endpoint.
-async fn logged_in(url: &str) -> (Session<ReqwestTransport, MemoryStore>, MemoryStore) {
+async fn logged_in(url: &str, binding: Binding) -> (Session<ReqwestTransport, MemoryStore>, MemoryStore) {
     let store = MemoryStore::new();
-    let session = session(url, store.clone());
+    let session = session(url, store.clone(), binding);
     let login = session.start_code_login(Some("openid offline_access")).await.unwrap();
     let (page, finished) = tokio::join!(browser().get(login.authorization_url()).send(), login.finish());
     assert_eq!(page.unwrap().status(), 200, "the loopback page");
@@ -85,16 +99,15 @@ fn stored_refresh(store: &MemoryStore) -> String {
     store.peek().unwrap().unwrap().refresh_token.unwrap().expose_secret().to_owned()
 }
 
-/// Code login with PKCE through the server's real authorization endpoint,
-/// then ten access-token expiries, each renewed by a rotating refresh.
-#[tokio::test]
-async fn a_code_login_lives_through_ten_expiries_with_rotation() {
-    let Some(url) = idp().await else { return };
-    let (session, store) = logged_in(&url).await;
-
+/// Waits for ten access-token expiries, each renewed with a rotated refresh
+/// token, the server accepting each new access token (`server_accepts`).
+async fn ten_renewals(
+    session: &Session<ReqwestTransport, MemoryStore>,
+    store: &MemoryStore,
+    server_accepts: impl AsyncFn() -> u16,
+) {
     let mut generation = session.access_token().await.unwrap().generation();
-    let mut refresh_tokens = vec![stored_refresh(&store)];
-    assert_eq!(userinfo(&url, &session).await, 200);
+    let mut refresh_tokens = vec![stored_refresh(store)];
     let mut renewals = 0;
     // Bounded: ten renewals of a short-lived token take well under this.
     for _ in 0..600 {
@@ -106,13 +119,24 @@ async fn a_code_login_lives_through_ten_expiries_with_rotation() {
         if token.generation() != generation {
             generation = token.generation();
             renewals += 1;
-            assert_eq!(userinfo(&url, &session).await, 200, "renewal {renewals}: the server refused the new token");
-            let rotated = stored_refresh(&store);
+            assert_eq!(server_accepts().await, 200, "renewal {renewals}: the server refused the new token");
+            let rotated = stored_refresh(store);
             assert!(!refresh_tokens.contains(&rotated), "renewal {renewals} did not rotate the refresh token");
             refresh_tokens.push(rotated);
         }
     }
     assert_eq!(renewals, 10, "ten expiries renewed");
+}
+
+/// Code login with PKCE through the server's real authorization endpoint,
+/// then ten access-token expiries, each renewed by a rotating refresh.
+#[tokio::test]
+async fn a_code_login_lives_through_ten_expiries_with_rotation() {
+    let Some(url) = idp().await else { return };
+    let (session, store) = logged_in(&url, Binding::Bearer).await;
+
+    assert_eq!(userinfo(&url, &session).await, 200);
+    ten_renewals(&session, &store, async || userinfo(&url, &session).await).await;
     assert_eq!(session.stats().refresh_attempts_failed, 0, "every refresh succeeded at once");
 }
 
@@ -121,7 +145,7 @@ async fn a_code_login_lives_through_ten_expiries_with_rotation() {
 #[tokio::test]
 async fn a_replayed_old_refresh_token_is_refused_and_ends_the_grant() {
     let Some(url) = idp().await else { return };
-    let (session, store) = logged_in(&url).await;
+    let (session, store) = logged_in(&url, Binding::Bearer).await;
     let stolen = stored_refresh(&store);
     session.refresh().await.unwrap();
     assert_ne!(stored_refresh(&store), stolen, "rotated");
@@ -135,7 +159,7 @@ async fn a_replayed_old_refresh_token_is_refused_and_ends_the_grant() {
 #[tokio::test]
 async fn logout_revokes_the_grant_at_the_server() {
     let Some(url) = idp().await else { return };
-    let (session, store) = logged_in(&url).await;
+    let (session, store) = logged_in(&url, Binding::Bearer).await;
     let refresh_token = stored_refresh(&store);
     session.log_out().await;
     assert!(store.peek().is_none(), "the store is cleared");
@@ -149,8 +173,14 @@ async fn logout_revokes_the_grant_at_the_server() {
 #[tokio::test]
 async fn a_device_login_is_approved_through_the_servers_forms() {
     let Some(url) = idp().await else { return };
+    let (session, store) = device_login(&url, Binding::Bearer).await;
+    assert_eq!(store.peek().unwrap().unwrap().token_type, TokenType::Bearer);
+    assert_eq!(userinfo(&url, &session).await, 200);
+}
+
+async fn device_login(url: &str, binding: Binding) -> (Session<ReqwestTransport, MemoryStore>, MemoryStore) {
     let store = MemoryStore::new();
-    let session = session(&url, store.clone());
+    let session = session(url, store.clone(), binding);
     let login = session.start_device_login(Some("openid offline_access")).await.unwrap();
     let page = login.verification_uri_complete().expect("oidc-provider gives the complete URI").to_owned();
     let user = async {
@@ -170,7 +200,7 @@ async fn a_device_login_is_approved_through_the_servers_forms() {
     let ((), finished) = tokio::join!(user, login.finish());
     finished.unwrap();
     assert!(store.peek().is_some());
-    assert_eq!(userinfo(&url, &session).await, 200);
+    (session, store)
 }
 
 fn attribute(html: &str, name: &str) -> Option<String> {
@@ -202,4 +232,112 @@ async fn a_redirect_naming_another_issuer_is_refused() {
     let error = finished.unwrap_err();
     assert_eq!(error, freshen::login::LoginError::Redirect(freshen_core::code::RedirectError::IssuerMismatch));
     assert!(session.access_token().await.unwrap_err().needs_login());
+}
+
+// DPoP (RFC 9449). The server requires a nonce in every proof, so each
+// client's first proof, at the token endpoint and at the userinfo
+// endpoint alike, is challenged.
+
+/// The userinfo endpoint through the middleware: a bound token goes with a
+/// fresh proof of each request (and the resource server's nonce).
+async fn userinfo_bound(url: &str, client: &AuthorizedClient<ReqwestTransport, MemoryStore>) -> u16 {
+    client.send(client.get(format!("{url}/me"))).await.unwrap().status().as_u16()
+}
+
+fn stored_key(store: &MemoryStore) -> DpopKey {
+    let stored = store.peek().unwrap().unwrap();
+    assert_eq!(stored.token_type, TokenType::DPoP);
+    stored.dpop_key.expect("the key is stored with the tokens")
+}
+
+/// A refresh presented straight to the token endpoint with proofs by `key`
+/// (following the server's nonce challenges, as a thief's client would).
+async fn present_bound(url: &str, refresh_token: &str, key: &DpopKey) -> serde_json::Value {
+    let token_url = format!("{url}/token");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", CLIENT)];
+    let mut nonce: Option<DpopNonce> = None;
+    for round in 0u8..3 {
+        let mut jti = [round; 16];
+        getrandom::fill(&mut jti).unwrap();
+        let claims = ProofClaims::new("POST", &token_url, freshen::system_clock(), jti).with_nonce(nonce.as_ref());
+        let proof = key.proof(&claims);
+        let response =
+            reqwest::Client::new().post(&token_url).header("dpop", proof.expose()).form(&form).send().await.unwrap();
+        let next = response.headers().get("dpop-nonce").and_then(|v| DpopNonce::parse(v.as_bytes()));
+        let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        if body["error"] != "use_dpop_nonce" {
+            return body;
+        }
+        nonce = next;
+    }
+    panic!("the server kept asking for a nonce");
+}
+
+/// A bound code login, then ten expiries: every refresh proves the session's
+/// key (kept in the store with the tokens), the server rotates the bound
+/// refresh token each time, nonce challenges are followed without counting
+/// as failures, and each new access token works at the userinfo endpoint
+/// only with a proof, never as a bearer token.
+#[tokio::test]
+async fn a_dpop_bound_session_lives_through_ten_expiries_with_rotation() {
+    let Some(url) = idp().await else { return };
+    let (session, store) = logged_in(&url, Binding::Dpop).await;
+    let key = stored_key(&store).thumbprint();
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
+    assert_eq!(userinfo_bound(&url, &client).await, 200, "challenged for a nonce, then answered");
+    let token = session.access_token().await.unwrap();
+    assert_eq!(token.token_type(), &TokenType::DPoP);
+    let as_bearer = reqwest::Client::new().get(format!("{url}/me")).bearer_auth(token.expose_secret()).send().await;
+    assert_eq!(as_bearer.unwrap().status(), 401, "a bound token without a proof is refused");
+
+    let server_accepts = async || {
+        assert_eq!(stored_key(&store).thumbprint(), key, "one key for the session's life");
+        userinfo_bound(&url, &client).await
+    };
+    ten_renewals(&session, &store, server_accepts).await;
+    let stats = session.stats();
+    eprintln!("bound session against the real server: {stats:?}");
+    assert_eq!(stats.refresh_attempts_failed, 0, "every refresh succeeded, nonce challenges aside: {stats:?}");
+    assert!(stats.dpop_nonce_challenges >= 1, "the first refresh was challenged for a nonce: {stats:?}");
+    assert_eq!(stats.refresh_attempts, stats.refreshes_succeeded + stats.dpop_nonce_challenges, "{stats:?}");
+}
+
+/// A bound refresh token stolen from the store is useless to a thief: the
+/// server refuses it without a proof and with a proof by another key, and
+/// the session (which holds the key) refreshes on, untouched.
+#[tokio::test]
+async fn a_stolen_bound_refresh_token_is_refused_without_its_key() {
+    let Some(url) = idp().await else { return };
+    let (session, store) = logged_in(&url, Binding::Dpop).await;
+    let stolen = stored_refresh(&store);
+    let unproven = present(&url, &stolen).await;
+    assert_eq!(unproven["error"], "invalid_grant", "{unproven}");
+    let thief = freshen::dpop::generate_key().unwrap();
+    let other_key = present_bound(&url, &stolen, &thief).await;
+    assert_eq!(other_key["error"], "invalid_grant", "{other_key}");
+    session.refresh().await.unwrap();
+    assert_ne!(stored_refresh(&store), stolen, "the session rotated on");
+}
+
+/// Logout revokes a bound grant: its refresh token is refused even with
+/// proofs by its own key.
+#[tokio::test]
+async fn logout_revokes_a_bound_grant() {
+    let Some(url) = idp().await else { return };
+    let (session, store) = logged_in(&url, Binding::Dpop).await;
+    let (refresh_token, key) = (stored_refresh(&store), stored_key(&store));
+    session.log_out().await;
+    assert!(store.peek().is_none(), "the store is cleared");
+    let after = present_bound(&url, &refresh_token, &key).await;
+    assert_eq!(after["error"], "invalid_grant", "{after}");
+}
+
+/// A bound device login: the polls prove the key, and the tokens are bound.
+#[tokio::test]
+async fn a_dpop_bound_device_login_is_approved() {
+    let Some(url) = idp().await else { return };
+    let (session, store) = device_login(&url, Binding::Dpop).await;
+    stored_key(&store);
+    let client = AuthorizedClient::new(reqwest::Client::new(), session);
+    assert_eq!(userinfo_bound(&url, &client).await, 200);
 }
