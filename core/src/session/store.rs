@@ -261,6 +261,10 @@ impl Session {
             (Some(theirs), Some(ours)) => Some(theirs.min(ours)),
             (theirs, ours) => theirs.or(ours),
         };
+        // The same bytes since then: later cycles look back that far too
+        // (`shared_session_ops` regression input
+        // `renumbered-by-another-keeps-our-earlier-presentations`).
+        adopted.presented_since = adopted.presented_since.min(held.presented_since);
     }
 
     /// Tokens taken over from the store that carry the access token this
