@@ -408,6 +408,17 @@ impl<T: Transport, S: Store> Session<T, S> {
         self.log_in_response(response, None, Some(key)).await
     }
 
+    /// As [`Session::log_in_bound`], with the lifetime counted from
+    /// `sent_at` (see [`Session::log_in_sent_at`]).
+    pub async fn log_in_bound_sent_at(
+        &self,
+        response: TokenResponse,
+        sent_at: std::time::Instant,
+        key: DpopKey,
+    ) -> Result<(), Error> {
+        self.log_in_response(response, Some(sent_at), Some(key)).await
+    }
+
     /// A login from a token response to a request sent at `sent_at` (now,
     /// when unknown), bound to `key` if given.
     pub(crate) async fn log_in_response(

@@ -15,7 +15,8 @@
 //! accepted within its count; A3 revocation is terminal for the family; A4
 //! without grace at most one redemption of a token succeeds; A5 tokens are
 //! accepted only from their client (and device) and never past expiry; A6 a
-//! rejected request changes nothing.
+//! rejected request changes nothing; A7 a family bound by DPoP (RFC 9449,
+//! see [`dpop`]) is refreshed only with a proof by its key.
 
 use core::fmt;
 use core::time::Duration;
@@ -27,6 +28,9 @@ use serde_json::json;
 
 pub mod code;
 pub mod device;
+pub mod dpop;
+
+pub use dpop::Proof;
 
 use freshen_core::rng::SplitMix64;
 use freshen_core::time::MonoTime;
@@ -76,6 +80,10 @@ pub struct AuthorityConfig {
     pub token_prefix: String,
     /// The polling interval a device login starts with (RFC 8628 §3.2).
     pub device_interval: Duration,
+    /// DPoP nonces (RFC 9449 §8): `Some(lifetime)` requires the current (or
+    /// the previous) nonce in every proof, a new one every `lifetime`;
+    /// `None` requires none (proofs are still checked for replays).
+    pub dpop_nonce_lifetime: Option<Duration>,
 }
 
 impl Default for AuthorityConfig {
@@ -92,6 +100,7 @@ impl Default for AuthorityConfig {
             revoke_previous_access: false,
             token_prefix: "frsh".to_owned(),
             device_interval: Duration::from_secs(5),
+            dpop_nonce_lifetime: None,
         }
     }
 }
@@ -117,6 +126,8 @@ pub struct Issued {
     pub refresh_token: RefreshToken,
     /// The access token's lifetime.
     pub expires_in: Duration,
+    /// The family is bound by DPoP: the tokens are of type `DPoP`.
+    pub dpop_bound: bool,
 }
 
 impl Issued {
@@ -125,7 +136,7 @@ impl Issued {
         SecretString::from(
             json!({
                 "access_token": self.access_token.expose_secret(),
-                "token_type": "Bearer",
+                "token_type": if self.dpop_bound { "DPoP" } else { "Bearer" },
                 "expires_in": self.expires_in.as_secs(),
                 "refresh_token": self.refresh_token.expose_secret(),
             })
@@ -134,8 +145,10 @@ impl Issued {
     }
 }
 
-/// Why a refresh was refused. Every reason is `invalid_grant` on the wire
-/// (RFC 6749 §5.2); the detail is for the audit and the checkers.
+/// Why a refresh was refused. Every reason about the token is
+/// `invalid_grant` on the wire (RFC 6749 §5.2); the DPoP refusals before it
+/// is looked at are RFC 9449's errors. The detail is for the audit and the
+/// checkers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -151,12 +164,37 @@ pub enum Refusal {
     AlreadyUsed,
     /// Consumed and outside grace: the family is now revoked.
     ReuseDetected,
+    /// Its family is bound by DPoP, and the request carried no proof by
+    /// that key (`invalid_grant`, as oidc-provider answers it). Nothing is
+    /// consumed.
+    DpopKeyMismatch,
+    /// The proof lacks the server's current nonce (`use_dpop_nonce`, with
+    /// the nonce in `DPoP-Nonce`): the token was not looked at.
+    UseDpopNonce,
+    /// The proof's `jti` was seen before within the replay window
+    /// (`invalid_dpop_proof`): the token was not looked at.
+    DpopProofReplayed,
 }
 
 impl Refusal {
+    /// The error code on the wire.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UseDpopNonce => "use_dpop_nonce",
+            Self::DpopProofReplayed => "invalid_dpop_proof",
+            _ => "invalid_grant",
+        }
+    }
+
+    /// Whether the refusal came before the token was looked at (a DPoP
+    /// nonce or replay): it says nothing about the token.
+    pub fn before_the_token(self) -> bool {
+        matches!(self, Self::UseDpopNonce | Self::DpopProofReplayed)
+    }
+
     /// The RFC 6749 §5.2 error body (status 400).
     pub fn to_json(self) -> String {
-        json!({ "error": "invalid_grant" }).to_string()
+        json!({ "error": self.code() }).to_string()
     }
 }
 
@@ -263,6 +301,15 @@ pub enum AuditOp {
         device: Option<String>,
         /// The token presented.
         token: Fingerprint,
+        /// The thumbprint of the key whose DPoP proof came with it.
+        dpop_jkt: Option<String>,
+    },
+    /// A family bound to a DPoP key at its login.
+    Bind {
+        /// The family.
+        family: FamilyId,
+        /// The key's thumbprint.
+        jkt: String,
     },
     /// A revocation.
     Revoke {
@@ -304,6 +351,8 @@ pub enum AuditOutcome {
     },
     /// An access token refused.
     Invalid(InvalidToken),
+    /// A family bound to a key.
+    Bound,
 }
 
 /// A deliberately broken authority, for proving the monitor catches it.
@@ -319,6 +368,17 @@ pub enum AuthorityPlant {
     IgnoresClient,
     /// A refused refresh still renews the token's sliding lifetime (breaks A6).
     RefusalRenews,
+    /// Serves a bound family's refresh without a proof by its key (breaks A7).
+    IgnoresDpopBinding,
+}
+
+/// A refresh token as a request presented it.
+#[derive(Clone, Copy)]
+struct Presented<'a> {
+    client: &'a str,
+    device: Option<&'a str>,
+    token: &'a str,
+    proof: Option<&'a Proof>,
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -327,6 +387,8 @@ struct Family {
     device: Option<String>,
     created_at: MonoTime,
     revoked: bool,
+    /// The thumbprint of the DPoP key the family is bound to.
+    jkt: Option<String>,
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -379,6 +441,11 @@ pub struct Authority {
     device_logins: BTreeMap<String, device::DeviceLogin>,
     /// Authorization codes not yet exchanged ([`code`]), outside the digest likewise.
     codes: BTreeMap<String, code::IssuedCode>,
+    /// DPoP proof ids seen lately, to refuse replays.
+    seen_jti: dpop::SeenJti,
+    /// Makes this authority's nonces its own (from its seed, without
+    /// drawing from the token generator).
+    nonce_tag: u64,
 }
 
 impl fmt::Debug for Authority {
@@ -410,6 +477,8 @@ impl Authority {
             plant: None,
             device_logins: BTreeMap::new(),
             codes: BTreeMap::new(),
+            seen_jti: dpop::SeenJti::default(),
+            nonce_tag: (seed ^ 0xD9_0F_00_0D_0D_0F_00_0D).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40,
         }
     }
 
@@ -455,6 +524,7 @@ impl Authority {
                     device: device.map(str::to_owned),
                     created_at: now,
                     revoked: false,
+                    jkt: None,
                 },
             );
             this.stats.logins += 1;
@@ -470,14 +540,19 @@ impl Authority {
         client: &str,
         device: Option<&str>,
         token: &str,
+        proof: Option<&Proof>,
     ) -> Result<Issued, Refusal> {
         let op = AuditOp::Refresh {
             client: client.to_owned(),
             device: device.map(str::to_owned),
             token: Fingerprint::of(token),
+            dpop_jkt: proof.map(|p| p.jkt.clone()),
         };
         self.audited(now, op, |this| {
-            let result = this.redeem(now, client, device, token);
+            let result = match proof.map(|p| this.check_proof(now, p)) {
+                Some(Err(refusal)) => Err(refusal),
+                _ => this.redeem(now, &Presented { client, device, token, proof }),
+            };
             let outcome = match &result {
                 Ok(issued) => {
                     this.stats.refreshes += 1;
@@ -492,13 +567,20 @@ impl Authority {
         })
     }
 
-    fn redeem(&mut self, now: MonoTime, client: &str, device: Option<&str>, token: &str) -> Result<Issued, Refusal> {
+    fn redeem(&mut self, now: MonoTime, presented: &Presented<'_>) -> Result<Issued, Refusal> {
+        let Presented { client, device, token, proof } = *presented;
         let Some(record) = self.refresh_tokens.get(token) else { return Err(Refusal::Unknown) };
         let family_id = record.family;
         let family = self.families.get(&family_id).ok_or(Refusal::Unknown)?;
         let client_ok = family.client == client && family.device.as_deref() == device;
         if !client_ok && self.plant != Some(AuthorityPlant::IgnoresClient) {
             return Err(Refusal::WrongClient);
+        }
+        // RFC 9449 §5: a bound family's token is useless without its key
+        // (checked before anything is consumed, as oidc-provider does).
+        let key_shown = family.jkt.as_deref().is_none_or(|jkt| proof.is_some_and(|p| p.jkt == jkt));
+        if !key_shown && self.plant != Some(AuthorityPlant::IgnoresDpopBinding) {
+            return Err(Refusal::DpopKeyMismatch);
         }
         if family.revoked {
             return Err(Refusal::Revoked);
@@ -529,6 +611,7 @@ impl Authority {
                 access_token: access,
                 refresh_token: RefreshToken::new(token),
                 expires_in,
+                dpop_bound: self.bound(family_id),
             });
         }
         let Some(consumed) = &record.consumed else {
@@ -557,12 +640,14 @@ impl Authority {
                     access_token: AccessToken::new(consumed.access.clone()),
                     refresh_token: RefreshToken::new(consumed.refresh.clone()),
                     expires_in: consumed.access_expires_at.saturating_duration_since(now),
+                    dpop_bound: self.bound(family_id),
                 },
                 GraceReplay::SamePairFullLifetime => Issued {
                     family: family_id,
                     access_token: AccessToken::new(consumed.access.clone()),
                     refresh_token: RefreshToken::new(consumed.refresh.clone()),
                     expires_in: self.config.access_ttl,
+                    dpop_bound: self.bound(family_id),
                 },
                 GraceReplay::FreshPair => self.issue_pair(now, family_id),
             };
@@ -659,7 +744,13 @@ impl Authority {
         let expires_at = now.saturating_add(self.config.refresh_ttl).min(family_end);
         let access = access_token.expose_secret().to_owned();
         self.refresh_tokens.insert(refresh.clone(), RefreshRecord { family, expires_at, consumed: None, access });
-        Issued { family, access_token, refresh_token: RefreshToken::new(refresh), expires_in }
+        let dpop_bound = self.bound(family);
+        Issued { family, access_token, refresh_token: RefreshToken::new(refresh), expires_in, dpop_bound }
+    }
+
+    /// Whether `family` is bound by DPoP.
+    fn bound(&self, family: FamilyId) -> bool {
+        self.families.get(&family).is_some_and(|f| f.jkt.is_some())
     }
 
     /// With [`AuthorityConfig::revoke_previous_access`], deletes the access

@@ -64,6 +64,8 @@ pub enum Invariant {
     A5,
     /// A rejected request changes nothing.
     A6,
+    /// A family bound by DPoP is refreshed only with a proof by its key.
+    A7,
     /// A session is never logged out by its own races: when the server's
     /// grace covers a whole retry cycle (and enough replays), a lost answer
     /// alone does not end it.
@@ -112,6 +114,19 @@ pub enum Invariant {
     /// cannot lose it; it is answered within the wait bound (C5), also when
     /// it came while the store was still being read.
     U9,
+    /// A refresh token bound by DPoP is only ever presented with a proof by
+    /// its key (no thief exists in a world: any other presentation is the
+    /// client's).
+    D1,
+    /// A DPoP nonce challenge is not a use: the attempt it answered is sent
+    /// again at once, the same attempt with the same token and the
+    /// server's nonce (up to the machine's bound on challenges in a row),
+    /// never backed off or counted against the attempts.
+    D2,
+    /// A DPoP key is durable before the first request it proves: a refresh
+    /// with a proof by a key goes out only once the store holds that key
+    /// (written or read by this process).
+    D3,
 }
 
 impl fmt::Display for Invariant {

@@ -431,7 +431,7 @@ pub fn run_authority(
             }
             AuthorityOp::Refresh { pick: index, other_client, device: bound } => {
                 let token = pick(&refresh, index);
-                if let Ok(issued) = authority.refresh(now, client(other_client), device(bound), &token) {
+                if let Ok(issued) = authority.refresh(now, client(other_client), device(bound), &token, None) {
                     refresh.push(issued.refresh_token.expose_secret().to_owned());
                     access.push(issued.access_token.expose_secret().to_owned());
                 }

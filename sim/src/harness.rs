@@ -20,23 +20,24 @@ use std::collections::{BTreeMap, VecDeque};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::authority::{Authority, PolicyRefusal, Refusal};
+use crate::authority::{Authority, PolicyRefusal, Proof, Refusal};
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed,
     judge_logout,
 };
+use freshen_core::dpop::DpopNonce;
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{self, Classified};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{
-    AccessGrant, Command, Event, FailReason, Io, LogoutCause, NewSession, Session, SessionConfig, StoreError,
-    TransportFailure,
+    AccessGrant, Command, Event, FailReason, Io, LogoutCause, NewSession, ProofNeeded, Session, SessionConfig,
+    StoreError, TransportFailure,
 };
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
-use freshen_core::token::RefreshToken;
+use freshen_core::token::{RefreshToken, TokenType};
 
-use crate::world::{Faults, Start, WorldConfig};
+use crate::world::{Faults, Start, WorldConfig, dpop_key_from};
 pub use config::{CLIENT_ID, Fate, StoreFate};
 
 /// How a caller's request ended.
@@ -84,6 +85,8 @@ enum Pending {
         incarnation: u32,
         id: RefreshId,
         token: RefreshToken,
+        /// The DPoP proof it carries, as the server's rules see it.
+        proof: Option<Proof>,
         fate: Fate,
         sent_at: MonoTime,
     },
@@ -91,6 +94,7 @@ enum Pending {
         incarnation: u32,
         id: RefreshId,
         outcome: Classified,
+        dpop_nonce: Option<DpopNonce>,
     },
     RefreshFailed {
         incarnation: u32,
@@ -216,6 +220,10 @@ pub struct World {
     config: WorldConfig,
     seed: u64,
     rng: SplitMix64,
+    /// Where the world's DPoP keys come from (see [`dpop_key_from`]).
+    dpop_keys: SplitMix64,
+    /// DPoP proofs sent so far: each one's id.
+    proofs_sent: u64,
     now: MonoTime,
     processes: Vec<Process>,
     next_incarnation: u32,
@@ -294,6 +302,9 @@ impl World {
         let mut authority =
             Authority::new(config.authority.clone(), authority_seed).with_audit().with_plant(config.authority_plant);
         let now = MonoTime::ZERO;
+        // Keys come from a generator of their own: a world that binds draws
+        // nothing from the others.
+        let mut dpop_keys = SplitMix64::new(seed ^ 0xD90F_5EED_0000_0001);
         let blob = (config.start != Start::Empty).then(|| {
             let issued = authority.login(now, CLIENT_ID, None);
             let stored = match config.start {
@@ -301,7 +312,15 @@ impl World {
                 Start::AccessOnly => StoredSession::access_only(issued.access_token),
                 Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
             };
-            stored.with_access_expiry(UnixTime::from_secs(UNIX_START), issued.expires_in).encode()
+            let stored = stored.with_access_expiry(UnixTime::from_secs(UNIX_START), issued.expires_in);
+            let stored = match config.dpop.then(|| dpop_key_from(&mut dpop_keys)) {
+                Some(key) => {
+                    authority.bind(now, issued.family, &key.thumbprint());
+                    stored.with_dpop_key(key)
+                }
+                None => stored,
+            };
+            stored.encode()
         });
         let count = config.processes.max(1);
         let processes = (0..count)
@@ -330,6 +349,8 @@ impl World {
             config,
             seed,
             rng,
+            dpop_keys,
+            proofs_sent: 0,
             now,
             processes,
             next_incarnation: count as u32,
@@ -530,9 +551,18 @@ impl World {
     pub fn log_in_at(&mut self, p: usize) {
         self.wake();
         let issued = self.authority.login(self.now, CLIENT_ID, None);
+        // A bound login proved a key of its own, which the family is bound to.
+        let key = self.config.dpop.then(|| dpop_key_from(&mut self.dpop_keys));
+        if let Some(key) = &key {
+            self.authority.bind(self.now, issued.family, &key.thumbprint());
+        }
         self.observe_authority();
         self.issued_at.entry(issued.access_token.fingerprint()).or_insert(self.now);
-        let new = NewSession::issued(issued.access_token, issued.expires_in, issued.refresh_token, self.now);
+        let mut new = NewSession::issued(issued.access_token, issued.expires_in, issued.refresh_token, self.now);
+        if let Some(key) = key {
+            new.token_type = TokenType::DPoP;
+            new = new.with_dpop_key(key);
+        }
         // With several processes, another may still hold the old family and
         // meet its fate later: what the world knows about it stays.
         if self.processes.len() == 1 {

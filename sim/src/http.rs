@@ -123,6 +123,15 @@ impl State {
         })
     }
 
+    /// The server's wall clock (the simulation's, under turmoil), which a
+    /// DPoP proof's `iat` is judged by.
+    pub fn wall(&self) -> freshen_core::time::UnixTime {
+        match self.origin {
+            Some(_) => freshen::system_clock(),
+            None => freshen_core::time::UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default()),
+        }
+    }
+
     /// The authority, for direct use (a login, a revocation by an admin).
     pub fn authority(&self) -> MutexGuard<'_, Authority> {
         match self.authority.lock() {
@@ -279,7 +288,14 @@ impl freshen::transport::Transport for InProcess {
         let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
         let path = after_scheme.find('/').map_or("/", |at| &after_scheme[at..]);
         let body = form.expose_body().as_bytes();
-        let response = answer(&self.state, &Method::POST, path, &http::HeaderMap::new(), body);
+        let mut headers = http::HeaderMap::new();
+        if let Some(host) = after_scheme.split('/').next().and_then(|host| header::HeaderValue::from_str(host).ok()) {
+            headers.insert(header::HOST, host);
+        }
+        if let Some(proof) = form.expose_dpop().and_then(|proof| header::HeaderValue::from_str(proof).ok()) {
+            headers.insert("dpop", proof);
+        }
+        let response = answer(&self.state, &Method::POST, path, &headers, body);
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
         let headers = parts.headers.iter().map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()));
@@ -331,7 +347,7 @@ pub fn answer(
     }
     let fields = |bytes: &[u8]| -> Fields { form_urlencoded::parse(bytes).into_owned().collect() };
     match (method, path) {
-        (&Method::POST, paths::TOKEN) => routes::token(state, now, &fields(body)),
+        (&Method::POST, paths::TOKEN) => routes::token(state, now, &fields(body), headers),
         (&Method::POST, paths::REVOKE) => routes::revoke(state, now, &fields(body)),
         (&Method::GET, paths::AUTHORIZE) => routes::authorize(state, now, &fields(query.as_bytes())),
         (&Method::POST, paths::DEVICE_AUTHORIZATION) => {
@@ -339,7 +355,7 @@ pub fn answer(
             routes::device_authorization(state, now, &fields(body), host)
         }
         (&Method::POST, paths::DEVICE) => routes::device_decision(state, now, &fields(body)),
-        (_, paths::RESOURCE | paths::ALWAYS_401) => routes::resource(state, now, path, headers),
+        (_, paths::RESOURCE | paths::ALWAYS_401) => routes::resource(state, now, method, path, headers),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", ""),
     }
 }

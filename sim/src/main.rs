@@ -26,7 +26,7 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
        freshen-sim --help | --version
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
-                         [--device-interval S]
+                         [--device-interval S] [--dpop-nonce-lifetime S]
 
   --seeds N     seeds to run (default 1000)
   --first S     first seed of the range (default 0)
@@ -45,7 +45,10 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
   serve         run the reference authority on 127.0.0.1:P (default 8080) until interrupted:
                 POST /token (refresh_token, device_code and password grants), POST /revoke,
                 GET /resource, POST /device_authorization (RFC 8628), and POST /device
-                (user_code=..&decision=approve|deny: the user's side of a device login)
+                (user_code=..&decision=approve|deny: the user's side of a device login).
+                A login with a DPoP proof binds its grant to the proof's key (RFC 9449);
+                --dpop-nonce-lifetime S requires the server's nonce in every proof, a new
+                one every S seconds
 
 exit status: 0 no invariant violated, 1 a violation (seed and replay command printed), 2 usage error";
 
@@ -73,6 +76,7 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
             "--no-rotation" => config.rotation = false,
             "--no-reuse-detection" => config.reuse_detection = false,
             "--device-interval" => config.device_interval = seconds("--device-interval")?,
+            "--dpop-nonce-lifetime" => config.dpop_nonce_lifetime = Some(seconds("--dpop-nonce-lifetime")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -208,6 +212,8 @@ struct Outcome {
     seed: u64,
     /// Client processes sharing one store (the first app's, in tier 2).
     processes: usize,
+    /// Its sessions are bound by DPoP.
+    bound: bool,
     refreshes: u64,
     granted: u64,
     failed: u64,
@@ -225,7 +231,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 config = config.with_plant(plant);
             }
             config.trace = trace;
-            let processes = config.processes;
+            let (processes, bound) = (config.processes, config.dpop);
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
@@ -241,6 +247,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 tier,
                 seed,
                 processes,
+                bound,
                 refreshes: stats.refreshes_sent,
                 granted: stats.granted,
                 failed: stats.failed,
@@ -261,6 +268,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 tier,
                 seed,
                 processes: config.processes,
+                bound: config.dpop,
                 refreshes: outcome.refreshes,
                 granted: outcome.granted,
                 failed: outcome.failed,
@@ -427,6 +435,8 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
             let shared = outcomes.iter().filter(|o| o.tier == tier && o.processes > 1).count();
             println!("{:<40} {:>12}", format!("seeds (tier {})", tier.number()), count);
             println!("{:<40} {:>12}", format!("  with 2-4 processes on one store (tier {})", tier.number()), shared);
+            let bound = outcomes.iter().filter(|o| o.tier == tier && o.bound).count();
+            println!("{:<40} {:>12}", format!("  bound by DPoP (tier {})", tier.number()), bound);
             println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
         }
     }

@@ -339,7 +339,7 @@ pub async fn check_under_faults<S: Store>(open: impl Fn() -> S, check: &StoreChe
     }
     let refresh_token = stored.refresh_token.ok_or_else(|| broke(rule, "no refresh token was stored"))?;
     let now = state.now();
-    if let Err(refusal) = state.authority().refresh(now, CLIENT, None, refresh_token.expose_secret()) {
+    if let Err(refusal) = state.authority().refresh(now, CLIENT, None, refresh_token.expose_secret(), None) {
         return Err(broke(rule, format!("the authority refused the stored refresh token: {refusal:?}")));
     }
     Ok(StoreReport {

@@ -29,11 +29,12 @@ use crate::check::{
 };
 use crate::faulty_store::{FaultyMemoryStore, FaultyStore, StoreFaults};
 use crate::harness::logout_name;
-use crate::world::{Demand, Faults, Start, WorldConfig};
+use crate::world::{Demand, Faults, Start, WorldConfig, dpop_key_from};
 use bytes::Bytes;
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Environment, Observer, Session};
+use freshen_core::dpop::{DpopNonce, ProofClaims};
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Command, Event, LogoutCause, StateView, TransportFailure};
@@ -192,6 +193,14 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
             Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
         };
         let stored = stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in);
+        let stored = match config.dpop.then(|| dpop_key_from(rng)) {
+            Some(key) => {
+                let now = state.now();
+                state.authority().bind(now, issued.family, &key.thumbprint());
+                stored.with_dpop_key(key)
+            }
+            None => stored,
+        };
         let memory = if config.start == Start::Empty { MemoryStore::new() } else { MemoryStore::holding(&stored) };
         // The store lives outside the hosts, so it survives their crashes; its
         // lock is the app's, and a crashed host's guard dies with its runtime,
@@ -228,6 +237,7 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                 pacer: Arc::new(ConnectPacer::for_ports(config.ephemeral_ports)),
                 needs_login: std::sync::atomic::AtomicBool::new(false),
                 relogin_running: Arc::default(),
+                dpop_keys: config.dpop.then(|| Mutex::new(SplitMix64::new(rng.next_u64()))),
             }));
         }
     }

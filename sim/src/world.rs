@@ -13,10 +13,39 @@
 
 use core::time::Duration;
 
+use freshen_core::dpop::DpopKey;
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Plant, SessionConfig};
 
 use crate::authority::{AuthorityConfig, AuthorityPlant, GraceReplay};
+
+/// A third of the worlds bind their sessions by DPoP; half of those talk to
+/// a server that requires its nonce in every proof, changed every 30 s to
+/// ten minutes. Drawn last, so the rest of a world is what it was before
+/// DPoP was sampled.
+fn sample_dpop(config: &mut WorldConfig, rng: &mut SplitMix64) {
+    config.dpop = rng.chance(1, 3);
+    if config.dpop && rng.chance(1, 2) {
+        config.authority.dpop_nonce_lifetime = Some(Duration::from_secs(30 + rng.below(570)));
+    }
+}
+
+/// A DPoP key drawn from `keys` (a world's own generator, so that binding
+/// draws nothing from the others). A draw that is not a valid scalar (odds
+/// below 2^-32) is drawn again, boundedly.
+pub fn dpop_key_from(keys: &mut SplitMix64) -> DpopKey {
+    for _ in 0..8 {
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&keys.next_u64().to_le_bytes());
+        }
+        if let Ok(key) = DpopKey::from_bytes(&bytes) {
+            return key;
+        }
+    }
+    // Eight invalid draws in a row do not happen; a fixed valid key keeps the world going.
+    DpopKey::from_bytes(&[7; 32]).unwrap_or_else(|_| unreachable!("seven is a valid P-256 scalar"))
+}
 
 /// Every client host's ephemeral ports in tier 2, unless a world says otherwise.
 pub const EPHEMERAL_PORTS: (u16, u16) = (1024, 65535);
@@ -176,6 +205,10 @@ pub struct WorldConfig {
     pub trace: bool,
     /// The most steps a run may take (tier 1).
     pub max_steps: u64,
+    /// Sessions are bound by DPoP (both tiers): every login, and the
+    /// session the store starts with, carries a key the authority binds
+    /// the family to.
+    pub dpop: bool,
 }
 
 impl WorldConfig {
@@ -201,6 +234,7 @@ impl WorldConfig {
             ephemeral_ports: EPHEMERAL_PORTS,
             trace: false,
             max_steps: 1_000_000,
+            dpop: false,
         }
     }
 
@@ -251,6 +285,7 @@ impl WorldConfig {
         if config.session.shared_store && rng.chance(1, 2) {
             config.processes = 2 + rng.below(3) as usize;
         }
+        sample_dpop(&mut config, &mut rng);
         config
     }
 
@@ -307,6 +342,14 @@ impl WorldConfig {
         config.processes = if rng.chance(1, 2) { 2 + rng.below(3) as usize } else { 1 };
         config.session.shared_store = config.processes > 1;
         config.faults.clock_jump = u16::from(rng.chance(1, 3));
+        sample_dpop(&mut config, &mut rng);
+        // A bound client's proofs carry its wall clock, which these worlds
+        // step by minutes: a server that does not answer a stale `iat` with
+        // a nonce challenge (as oidc-provider does once it has nonces)
+        // refuses every proof. Tier 2's bound worlds talk to one that does.
+        if config.dpop && config.authority.dpop_nonce_lifetime.is_none() {
+            config.authority.dpop_nonce_lifetime = Some(Duration::from_secs(60 + rng.below(540)));
+        }
         config
     }
 
@@ -332,6 +375,17 @@ impl WorldConfig {
             // Shows against a server that deletes the access token a refresh replaces.
             Plant::RetryIgnoresRunningRefresh => self.authority.revoke_previous_access = true,
             Plant::RetriesInteractionRequired => self.faults.policy_refusal = self.faults.policy_refusal.max(60),
+            // The DPoP plants need bound sessions (with nonces, as every
+            // bound world of tier 2 has); backing off from a nonce challenge
+            // needs a server that challenges often.
+            Plant::RefreshesUnproven | Plant::ProvesKeyBeforeStored => {
+                self.dpop = true;
+                self.authority.dpop_nonce_lifetime.get_or_insert(Duration::from_secs(300));
+            }
+            Plant::NonceChallengeBacksOff => {
+                self.dpop = true;
+                self.authority.dpop_nonce_lifetime = Some(Duration::from_secs(30));
+            }
             _ => {}
         }
         self.session.plant = Some(plant);

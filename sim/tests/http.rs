@@ -298,3 +298,58 @@ async fn a_refused_code_login_is_a_typed_error() {
     );
     assert!(session.access_token().await.unwrap_err().needs_login());
 }
+
+/// A DPoP-bound code login against the reference authority over real HTTP
+/// (what `freshen-sim serve` runs), with nonces required: the login binds
+/// the grant to the session's key, a refresh is challenged for the nonce
+/// and proven, the resource takes the token only with a proof, and the
+/// refresh token without the key is refused.
+#[tokio::test]
+async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
+    let mut authority = AuthorityConfig::default();
+    authority.dpop_nonce_lifetime = Some(Duration::from_secs(60));
+    let server = Server::loopback(authority, 5).await.unwrap();
+    let store = MemoryStore::new();
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
+        .with_authorization_endpoint(server.url(paths::AUTHORIZE))
+        .with_dpop()
+        .with_plain_http_allowed();
+    let session =
+        Session::start_in(config, ReqwestTransport::new().unwrap(), store.clone(), Environment::seeded(1)).unwrap();
+    let login = session.start_code_login(None).await.unwrap();
+    let url = login.authorization_url().to_owned();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let user = async {
+        let authorized = browser.get(&url).send().await.unwrap();
+        let back = authorized.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
+        browser.get(back).send().await.unwrap().status()
+    };
+    let (page, finished) = tokio::join!(user, login.finish());
+    assert_eq!(page, 200);
+    finished.unwrap();
+    let stored = store.peek().unwrap().unwrap();
+    assert_eq!(stored.token_type, freshen_core::token::TokenType::DPoP);
+    assert!(stored.dpop_key.is_some(), "the key is stored with the tokens");
+
+    let token = session.refresh().await.unwrap();
+    let stats = session.stats();
+    assert!(stats.dpop_nonce_challenges >= 1 && stats.refresh_attempts_failed == 0, "{stats:?}");
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
+    let answer = client.send(client.get(server.url(paths::RESOURCE))).await.unwrap();
+    assert_eq!(answer.status(), 200, "a bound token with its proof");
+    let as_bearer = reqwest::Client::new()
+        .get(server.url(paths::RESOURCE))
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_bearer.status(), 401, "a bound token as a bearer token");
+    let refresh_token = store.peek().unwrap().unwrap().refresh_token.unwrap();
+    let form =
+        [("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose_secret()), ("client_id", CLIENT)];
+    let stolen = reqwest::Client::new().post(server.url(paths::TOKEN)).form(&form).send().await.unwrap();
+    assert_eq!(stolen.status(), 400);
+    assert!(stolen.text().await.unwrap().contains("invalid_grant"));
+    // The thief's attempt consumed nothing: the session refreshes on.
+    session.refresh().await.unwrap();
+}

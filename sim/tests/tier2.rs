@@ -48,8 +48,12 @@ fn a_seed_replays_the_same_trace() {
 fn every_planted_bug_is_caught_through_the_real_driver() {
     use freshen_sim::check::Plant;
     // Tier 2's hosts never sleep (turmoil has one clock for all): a clock that
-    // misses suspends is tier 1's to catch.
-    for plant in Plant::ALL.into_iter().filter(|plant| *plant != Plant::MissesSuspends) {
+    // misses suspends is tier 1's to catch. So is a refresh that proves a
+    // DPoP key before it is stored: it needs a forced refresh in the instant
+    // between a bound login and its write, which tier 1's scheduling makes
+    // (seed 419) and tier 2's callers almost never do.
+    let tier_1s = |plant: &Plant| matches!(plant, Plant::MissesSuspends | Plant::ProvesKeyBeforeStored);
+    for plant in Plant::ALL.into_iter().filter(|plant| !tier_1s(plant)) {
         let caught = (0..60).find(|seed| {
             let config = short(*seed).with_plant(plant);
             !run(&config, *seed).violations.is_empty()

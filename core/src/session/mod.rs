@@ -115,11 +115,20 @@ pub enum Plant {
     /// Tells a logout it is finished as soon as it is asked (breaks C4: an
     /// app that exits then leaves the session in its store, unrevoked).
     LogoutFinishedEarly,
+    /// Sends refreshes of a DPoP-bound session without a proof (breaks D1:
+    /// the server refuses them, and ends the session).
+    RefreshesUnproven,
+    /// Treats a DPoP nonce challenge as a failed attempt and backs off
+    /// (breaks D2: the server did not act on it, and wants it again at once).
+    NonceChallengeBacksOff,
+    /// Refreshes a bound login before its key is stored (breaks D3: a crash
+    /// then leaves a grant bound to a key nobody holds).
+    ProvesKeyBeforeStored,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 16] = [
+    pub const ALL: [Plant; 19] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -136,6 +145,9 @@ impl Plant {
         Plant::LoginAnsweredBeforeStored,
         Plant::MissesSuspends,
         Plant::LogoutFinishedEarly,
+        Plant::RefreshesUnproven,
+        Plant::NonceChallengeBacksOff,
+        Plant::ProvesKeyBeforeStored,
     ];
 
     /// The name used on command lines.
@@ -157,6 +169,9 @@ impl Plant {
             Plant::LoginAnsweredBeforeStored => "login-answered-before-stored",
             Plant::MissesSuspends => "misses-suspends",
             Plant::LogoutFinishedEarly => "logout-finished-early",
+            Plant::RefreshesUnproven => "refreshes-unproven",
+            Plant::NonceChallengeBacksOff => "nonce-challenge-backs-off",
+            Plant::ProvesKeyBeforeStored => "proves-key-before-stored",
         }
     }
 

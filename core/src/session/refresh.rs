@@ -171,11 +171,13 @@ impl Session {
     /// has no proof to put a nonce in: the server wants a client bound by
     /// DPoP, and the app is misconfigured.
     fn send_again_with_nonce(&mut self, error: OAuthError) {
+        let unproven = self.planted(Plant::RefreshesUnproven);
         if self.tokens().is_none_or(|t| t.dpop_key.is_none()) {
             self.end_cycle(FailReason::Rejected(Rejected::Error(error)), None);
             return;
         }
-        if self.nonce_retries >= MAX_NONCE_RETRIES || self.dpop_nonce.is_none() {
+        let backs_off = self.planted(Plant::NonceChallengeBacksOff);
+        if self.nonce_retries >= MAX_NONCE_RETRIES || self.dpop_nonce.is_none() || backs_off {
             let cause = TransientCause::RetryRequested(error);
             self.attempt_failed(AttemptFailure::Server(cause), false, None);
             return;
@@ -185,7 +187,7 @@ impl Session {
         let timeout = self.config.request_timeout;
         let State::Refreshing(tokens, cycle) = &mut self.state else { return };
         let Some(refresh_token) = tokens.refresh.clone() else { return };
-        let proof = tokens.proof_needed(&self.dpop_nonce);
+        let proof = tokens.proof_needed(&self.dpop_nonce, unproven);
         let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started, proof);
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
@@ -428,6 +430,7 @@ impl Session {
     /// Sends the next attempt of the running cycle (or, for the no-single-flight
     /// plant, a second one alongside it).
     pub(super) fn send_next_attempt(&mut self) {
+        let unproven = self.planted(Plant::RefreshesUnproven);
         let now = self.now;
         let timeout = self.config.request_timeout;
         let straggler = self.straggler;
@@ -445,7 +448,7 @@ impl Session {
         cycle.attempt += 1;
         tokens.first_send.get_or_insert(now);
         self.nonce_retries = 0;
-        let proof = tokens.proof_needed(&self.dpop_nonce);
+        let proof = tokens.proof_needed(&self.dpop_nonce, unproven);
         let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started, proof);
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
@@ -462,6 +465,7 @@ impl Session {
     }
 
     pub(super) fn start_cycle(&mut self) {
+        let unproven = self.planted(Plant::RefreshesUnproven);
         let now = self.now;
         let timeout = self.config.request_timeout;
         let Some(mut tokens) = self.take_tokens() else { return };
@@ -478,7 +482,7 @@ impl Session {
         }
         tokens.first_send.get_or_insert(now);
         self.nonce_retries = 0;
-        let proof = tokens.proof_needed(&self.dpop_nonce);
+        let proof = tokens.proof_needed(&self.dpop_nonce, unproven);
         let id = self.outbox.send_refresh(now, refresh_token, 1, self.cycles_started, proof);
         let phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
         self.state = State::Refreshing(tokens, Cycle { attempt: 1, phase, reread: false });

@@ -26,7 +26,7 @@ impl Session {
                 // A forced refresh is the app's answer to a request for interaction.
                 let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
                 let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
-                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none()
+                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none() && self.key_durable(tokens)
             }
             _ => false,
         };
@@ -51,6 +51,15 @@ impl Session {
         }
         self.settle_store();
         self.settle_logout();
+    }
+
+    /// A DPoP key proves nothing before the store holds it (D3): a bound
+    /// login is written before its first refresh, as it is before its
+    /// first grant (C3). Tokens from the store or a refresh carry a key
+    /// that was durable already.
+    fn key_durable(&self, tokens: &TokenSet) -> bool {
+        let unwritten_login = tokens.from_login && self.store.holds != Holds::Session(tokens.generation);
+        tokens.dpop_key.is_none() || !unwritten_login || self.planted(Plant::ProvesKeyBeforeStored)
     }
 
     pub(super) fn answer_waiters(&mut self) {

@@ -60,8 +60,8 @@ impl TokenSet {
 
     /// What a refresh presenting these tokens must prove, with the token
     /// endpoint's latest `nonce`.
-    pub(super) fn proof_needed(&self, nonce: &Option<DpopNonce>) -> Option<ProofNeeded> {
-        self.dpop_key.clone().map(|key| ProofNeeded { key, nonce: nonce.clone() })
+    pub(super) fn proof_needed(&self, nonce: &Option<DpopNonce>, unproven: bool) -> Option<ProofNeeded> {
+        self.dpop_key.clone().filter(|_| !unproven).map(|key| ProofNeeded { key, nonce: nonce.clone() })
     }
 
     /// Whether the refresh token held is `token`.

@@ -1,3 +1,5 @@
+use secrecy::ExposeSecret as _;
+
 use super::*;
 
 const CLIENT: &str = "app";
@@ -11,7 +13,7 @@ fn authority(config: AuthorityConfig) -> Authority {
 }
 
 fn redeem(a: &mut Authority, at: u64, token: &RefreshToken) -> Result<Issued, Refusal> {
-    a.refresh(t(at), CLIENT, None, token.expose_secret())
+    a.refresh(t(at), CLIENT, None, token.expose_secret(), None)
 }
 
 #[test]
@@ -106,10 +108,10 @@ fn tokens_are_bound_to_their_client_and_device() {
     let mut a = authority(AuthorityConfig::default());
     let login = a.login(t(0), CLIENT, Some("laptop"));
     let token = login.refresh_token.expose_secret();
-    assert_eq!(a.refresh(t(1), "other", Some("laptop"), token).unwrap_err(), Refusal::WrongClient);
-    assert_eq!(a.refresh(t(1), CLIENT, Some("phone"), token).unwrap_err(), Refusal::WrongClient);
-    assert_eq!(a.refresh(t(1), CLIENT, None, token).unwrap_err(), Refusal::WrongClient);
-    assert!(a.refresh(t(1), CLIENT, Some("laptop"), token).is_ok());
+    assert_eq!(a.refresh(t(1), "other", Some("laptop"), token, None).unwrap_err(), Refusal::WrongClient);
+    assert_eq!(a.refresh(t(1), CLIENT, Some("phone"), token, None).unwrap_err(), Refusal::WrongClient);
+    assert_eq!(a.refresh(t(1), CLIENT, None, token, None).unwrap_err(), Refusal::WrongClient);
+    assert!(a.refresh(t(1), CLIENT, Some("laptop"), token, None).is_ok());
 }
 
 #[test]
@@ -142,7 +144,7 @@ fn access_tokens_expire() {
 fn the_audit_shows_which_refusals_changed_state() {
     let mut a = authority(AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() });
     let login = a.login(t(0), CLIENT, None);
-    let _ = a.refresh(t(1), "other", None, login.refresh_token.expose_secret());
+    let _ = a.refresh(t(1), "other", None, login.refresh_token.expose_secret(), None);
     redeem(&mut a, 2, &login.refresh_token).unwrap();
     let _ = redeem(&mut a, 3, &login.refresh_token);
     let audit = a.take_audit();
@@ -161,4 +163,52 @@ fn same_seed_same_tokens_and_debug_hides_them() {
     assert!(a.refresh_token.same_as(&b.refresh_token));
     let shown = format!("{one:?} {a:?}");
     assert!(!shown.contains("frsh_"), "{shown}");
+}
+
+fn proof(jkt: &str, jti: &str, nonce: Option<String>) -> Proof {
+    Proof { jkt: jkt.into(), jti: jti.into(), nonce }
+}
+
+#[test]
+fn a_bound_family_refreshes_only_with_its_key_and_nothing_is_consumed_before() {
+    let mut a = authority(AuthorityConfig { grace: Duration::ZERO, ..AuthorityConfig::default() });
+    let login = a.login(t(0), CLIENT, None);
+    a.bind(t(0), login.family, "jkt-a");
+    let token = login.refresh_token.expose_secret();
+    assert_eq!(a.refresh(t(1), CLIENT, None, token, None).unwrap_err(), Refusal::DpopKeyMismatch);
+    assert_eq!(
+        a.refresh(t(1), CLIENT, None, token, Some(&proof("jkt-b", "1", None))).unwrap_err(),
+        Refusal::DpopKeyMismatch
+    );
+    // Neither consumed it, nor tripped reuse detection.
+    let next = a.refresh(t(2), CLIENT, None, token, Some(&proof("jkt-a", "2", None))).unwrap();
+    assert!(next.dpop_bound && next.to_json().expose_secret().contains(r#""token_type":"DPoP""#));
+    // A proof id is used once.
+    let replayed = a.refresh(t(3), CLIENT, None, next.refresh_token.expose_secret(), Some(&proof("jkt-a", "2", None)));
+    assert_eq!(replayed.unwrap_err(), Refusal::DpopProofReplayed);
+    assert!(
+        a.refresh(t(3), CLIENT, None, next.refresh_token.expose_secret(), Some(&proof("jkt-a", "3", None))).is_ok()
+    );
+}
+
+#[test]
+fn nonces_are_required_fresh_and_a_challenge_consumes_nothing() {
+    let config = AuthorityConfig { dpop_nonce_lifetime: Some(Duration::from_secs(60)), ..AuthorityConfig::default() };
+    let mut a = authority(config);
+    let login = a.login(t(0), CLIENT, None);
+    a.bind(t(0), login.family, "k");
+    let token = login.refresh_token.expose_secret();
+    assert_eq!(a.refresh(t(10), CLIENT, None, token, Some(&proof("k", "1", None))).unwrap_err(), Refusal::UseDpopNonce);
+    let stale = Some("n-old".to_owned());
+    assert_eq!(
+        a.refresh(t(10), CLIENT, None, token, Some(&proof("k", "2", stale))).unwrap_err(),
+        Refusal::UseDpopNonce
+    );
+    assert_eq!(Refusal::UseDpopNonce.to_json(), r#"{"error":"use_dpop_nonce"}"#);
+    // The nonce of the period before still works; two periods back does not.
+    let first = a.dpop_nonce(t(10));
+    assert_ne!(a.dpop_nonce(t(70)), first);
+    let next = a.refresh(t(70), CLIENT, None, token, Some(&proof("k", "3", first.clone()))).unwrap();
+    let late = a.refresh(t(130), CLIENT, None, next.refresh_token.expose_secret(), Some(&proof("k", "4", first)));
+    assert_eq!(late.unwrap_err(), Refusal::UseDpopNonce);
 }

@@ -1,4 +1,5 @@
-//! A1–A6 over the reference authority's audit.
+//! A1–A7 over the reference authority's audit, and D1 (the client's side of
+//! a DPoP binding, seen where the server sees it).
 
 use super::*;
 
@@ -17,6 +18,8 @@ struct IssuedFamily {
     device: Option<String>,
     ends_at: MonoTime,
     revoked_at: Option<MonoTime>,
+    /// The DPoP key the family is bound to.
+    jkt: Option<String>,
 }
 
 /// Checks A1–A6 over an authority's [audit](crate::authority::Authority::take_audit),
@@ -67,12 +70,24 @@ impl AuthorityMonitor {
                 let ends_at = at.saturating_add(self.config.family_lifetime);
                 self.families.insert(
                     *family,
-                    IssuedFamily { client: client.clone(), device: device.clone(), ends_at, revoked_at: None },
+                    IssuedFamily {
+                        client: client.clone(),
+                        device: device.clone(),
+                        ends_at,
+                        revoked_at: None,
+                        jkt: None,
+                    },
                 );
                 self.issue(at, *family, *access, Some(*refresh));
             }
-            (AuditOp::Refresh { client, device, token }, outcome) => {
-                self.refresh(at, client, device.as_deref(), *token, outcome)
+            (AuditOp::Bind { family, jkt }, _) => {
+                if let Some(f) = self.families.get_mut(family) {
+                    f.jkt = Some(jkt.clone());
+                }
+            }
+            (AuditOp::Refresh { client, device, token, dpop_jkt }, outcome) => {
+                self.bound_presentation(at, *token, dpop_jkt.as_deref(), outcome);
+                self.refresh(at, client, device.as_deref(), *token, outcome);
             }
             (AuditOp::Revoke { token, client }, AuditOutcome::Revoked) => {
                 let family = self.refresh.get(token).map(|r| r.family);
@@ -97,6 +112,28 @@ impl AuthorityMonitor {
             }
             _ => {}
         }
+    }
+
+    /// A7 and D1: a bound family's token presented without a proof by its
+    /// key is refused (the server's duty), and never presented so at all
+    /// (the client's: worlds have no thieves).
+    fn bound_presentation(
+        &mut self,
+        at: MonoTime,
+        token: Fingerprint,
+        proven_by: Option<&str>,
+        outcome: &AuditOutcome,
+    ) {
+        let Some(record) = self.refresh.get(&token) else { return };
+        let Some(jkt) = self.families.get(&record.family).and_then(|f| f.jkt.clone()) else { return };
+        if proven_by == Some(jkt.as_str()) {
+            return;
+        }
+        if matches!(outcome, AuditOutcome::Issued { .. }) {
+            self.violate(Invariant::A7, at, format!("bound {token} served without a proof by its key"));
+        }
+        let shown = if proven_by.is_some() { "with another key's proof" } else { "without a proof" };
+        self.violate(Invariant::D1, at, format!("bound {token} presented {shown}"));
     }
 
     fn issue(&mut self, at: MonoTime, family: FamilyId, access: Fingerprint, refresh: Option<Fingerprint>) {
@@ -166,6 +203,9 @@ impl AuthorityMonitor {
                 }
                 self.issue(at, issued_family, access, (refresh != token).then_some(refresh));
             }
+            // Refused before the token was looked at (a DPoP nonce or replay).
+            AuditOutcome::Refused(refusal) if refusal.before_the_token() => {}
+            AuditOutcome::Refused(Refusal::DpopKeyMismatch) => {}
             AuditOutcome::Refused(refusal) => {
                 if bound && live && in_grace && self.config.rotation {
                     self.violate(Invariant::A2, at, format!("replay of {token} inside grace refused ({refusal:?})"));

@@ -1,8 +1,9 @@
-//! C1–C9 and U1–U9 over one session's inputs and outputs.
+//! C1–C9, U1–U9 and D2–D3 over one session's inputs and outputs.
 
 use super::*;
 use freshen_core::session::{AccessGrant, NewSession};
 
+mod dpop;
 mod logout;
 
 /// Where a store is known to be, for C3 and C4.
@@ -113,6 +114,8 @@ pub struct ClientMonitor {
     logout_since: Option<MonoTime>,
     /// Revocations sent and not ended, with when each was sent.
     revocations: BTreeMap<RevocationId, MonoTime>,
+    /// D2 and D3.
+    dpop: dpop::DpopMonitor,
     violations: Vec<Violation>,
 }
 
@@ -150,6 +153,7 @@ impl ClientMonitor {
             logouts: (0, 0),
             logout_since: None,
             revocations: BTreeMap::new(),
+            dpop: dpop::DpopMonitor::default(),
             violations: Vec::new(),
         }
     }
@@ -193,10 +197,13 @@ impl ClientMonitor {
         self.logouts = (0, 0);
         self.logout_since = None;
         self.revocations.clear();
+        self.dpop.crash();
     }
 
     /// An input the session is about to handle at `now`.
     pub fn event(&mut self, now: MonoTime, event: &Event) {
+        let refreshing = matches!(self.state, StateView::Refreshing { .. });
+        self.dpop.event(now, event, refreshing, self.config.request_timeout);
         match event {
             Event::RefreshWanted { caller } => {
                 self.awaits_user.clear();
@@ -407,6 +414,7 @@ impl ClientMonitor {
 
     /// An output the session produced while handling an input at `now`.
     pub fn command(&mut self, now: MonoTime, command: &Command) {
+        self.dpop.command(now, command, &mut self.violations);
         match command {
             Command::Io(Io::SendRefresh { id, refresh_token, attempt, .. }) => {
                 self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
@@ -704,6 +712,7 @@ impl ClientMonitor {
             self.waiting.clear();
         }
         self.check_clearing(now);
+        self.dpop.step_end(now, &mut self.violations);
         let bound = self.config.wait_bound();
         let late: Vec<_> =
             self.waiting.iter().filter(|(_, since)| since.saturating_add(bound) < now).map(|(c, _)| *c).collect();

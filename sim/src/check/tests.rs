@@ -338,8 +338,8 @@ fn audit(config: AuthorityConfig, plant: Option<AuthorityPlant>, ops: impl FnOnc
 fn reuse_outside_grace(a: &mut Authority) {
     let login = a.login(t(0), "app", None);
     let token = login.refresh_token.expose_secret().to_owned();
-    let _ = a.refresh(t(1000), "app", None, &token);
-    let _ = a.refresh(t(60_000), "app", None, &token);
+    let _ = a.refresh(t(1000), "app", None, &token, None);
+    let _ = a.refresh(t(60_000), "app", None, &token, None);
 }
 
 #[test]
@@ -382,8 +382,8 @@ fn a2_catches_a_replay_refused_inside_grace() {
     let found = with_last_answer_forged_as_refused(config, |a| {
         let login = a.login(t(0), "app", None);
         let token = login.refresh_token.expose_secret().to_owned();
-        a.refresh(t(1000), "app", None, &token).unwrap();
-        a.refresh(t(2000), "app", None, &token).unwrap();
+        a.refresh(t(1000), "app", None, &token, None).unwrap();
+        a.refresh(t(2000), "app", None, &token, None).unwrap();
     });
     assert_eq!(found, vec![Invariant::A2]);
 }
@@ -394,8 +394,8 @@ fn a3_catches_access_tokens_surviving_a_revoked_family() {
     let found = audit(config, Some(AuthorityPlant::DetectionSparesAccess), |a| {
         let login = a.login(t(0), "app", None);
         let token = login.refresh_token.expose_secret().to_owned();
-        let next = a.refresh(t(1000), "app", None, &token).unwrap();
-        let _ = a.refresh(t(2000), "app", None, &token);
+        let next = a.refresh(t(1000), "app", None, &token, None).unwrap();
+        let _ = a.refresh(t(2000), "app", None, &token, None);
         let _ = a.validate(t(3000), next.access_token.expose_secret());
     });
     assert_eq!(found, vec![Invariant::A3]);
@@ -407,8 +407,8 @@ fn a4_catches_two_redemptions_without_grace() {
     let found = audit(config, Some(AuthorityPlant::AcceptsReuse), |a| {
         let login = a.login(t(0), "app", None);
         let token = login.refresh_token.expose_secret().to_owned();
-        let _ = a.refresh(t(1000), "app", None, &token);
-        let _ = a.refresh(t(1000), "app", None, &token);
+        let _ = a.refresh(t(1000), "app", None, &token, None);
+        let _ = a.refresh(t(1000), "app", None, &token, None);
     });
     assert!(found.contains(&Invariant::A4), "{found:?}");
 }
@@ -417,7 +417,7 @@ fn a4_catches_two_redemptions_without_grace() {
 fn a5_catches_a_token_accepted_from_another_client() {
     let found = audit(AuthorityConfig::default(), Some(AuthorityPlant::IgnoresClient), |a| {
         let login = a.login(t(0), "app", None);
-        let _ = a.refresh(t(1000), "intruder", None, login.refresh_token.expose_secret());
+        let _ = a.refresh(t(1000), "intruder", None, login.refresh_token.expose_secret(), None);
     });
     assert_eq!(found, vec![Invariant::A5]);
 }
@@ -427,9 +427,29 @@ fn a6_catches_a_refusal_that_changes_state() {
     let config = AuthorityConfig { refresh_ttl: Duration::from_secs(10), ..AuthorityConfig::default() };
     let found = audit(config, Some(AuthorityPlant::RefusalRenews), |a| {
         let login = a.login(t(0), "app", None);
-        let _ = a.refresh(t(20_000), "app", None, login.refresh_token.expose_secret());
+        let _ = a.refresh(t(20_000), "app", None, login.refresh_token.expose_secret(), None);
     });
     assert_eq!(found, vec![Invariant::A6]);
+}
+
+#[test]
+fn a7_and_d1_catch_a_bound_token_served_without_its_key() {
+    let proof = |jkt: &str| crate::authority::Proof { jkt: jkt.into(), jti: format!("{jkt}-1"), nonce: None };
+    // The broken server serves it (A7); either way the client presented it unproven (D1).
+    let found = audit(AuthorityConfig::default(), Some(AuthorityPlant::IgnoresDpopBinding), |a| {
+        let login = a.login(t(0), "app", None);
+        a.bind(t(0), login.family, "key-1");
+        let _ = a.refresh(t(1000), "app", None, login.refresh_token.expose_secret(), Some(&proof("key-2")));
+    });
+    assert_eq!(found, vec![Invariant::A7, Invariant::D1]);
+    // A sound server refuses it: only the client is at fault.
+    let found = audit(AuthorityConfig::default(), None, |a| {
+        let login = a.login(t(0), "app", None);
+        a.bind(t(0), login.family, "key-1");
+        let _ = a.refresh(t(1000), "app", None, login.refresh_token.expose_secret(), None);
+        let _ = a.refresh(t(1001), "app", None, login.refresh_token.expose_secret(), Some(&proof("key-1")));
+    });
+    assert_eq!(found, vec![Invariant::D1]);
 }
 
 fn rejected(after_lost_response: bool) -> LogoutCause {

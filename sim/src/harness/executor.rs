@@ -68,7 +68,9 @@ impl World {
             Command::Io(Io::UnlockStore) => self.leave_lock(incarnation),
             Command::Io(Io::Persist { op, session }) => self.write(p, op, StoreWrite::Put(session.encode())),
             Command::Io(Io::ClearStore { op }) => self.write(p, op, StoreWrite::Delete),
-            Command::Io(Io::SendRefresh { id, refresh_token, .. }) => self.send_refresh(incarnation, id, refresh_token),
+            Command::Io(Io::SendRefresh { id, refresh_token, dpop, .. }) => {
+                self.send_refresh(incarnation, id, refresh_token, dpop);
+            }
             Command::Io(Io::Revoke { id, refresh_token }) => {
                 let (latency, _) = self.latency();
                 let arrives = Pending::RevokeArrives { incarnation, id, token: refresh_token, latency };
@@ -113,8 +115,24 @@ impl World {
     }
 
     /// A refresh request leaves: its fate and latency are drawn now.
-    fn send_refresh(&mut self, incarnation: u32, id: RefreshId, refresh_token: RefreshToken) {
+    fn send_refresh(
+        &mut self,
+        incarnation: u32,
+        id: RefreshId,
+        refresh_token: RefreshToken,
+        dpop: Option<ProofNeeded>,
+    ) {
         self.stats.refreshes_sent += 1;
+        // Tier 1 has no wire: the proof is what the server's rules read of
+        // it (the signature itself is tier 2's and `serve`'s to check).
+        let proof = dpop.map(|needed| {
+            self.proofs_sent += 1;
+            Proof {
+                jkt: needed.key.thumbprint(),
+                jti: format!("jti-{}", self.proofs_sent),
+                nonce: needed.nonce.map(|n| n.as_str().to_owned()),
+            }
+        });
         let fate = self.fate();
         let (latency, _) = self.latency();
         let at = self.now.saturating_add(latency);
@@ -126,7 +144,8 @@ impl World {
             }
             _ => {
                 let sent_at = self.now;
-                self.schedule(at, Pending::RefreshArrives { incarnation, id, token: refresh_token, fate, sent_at });
+                let arrives = Pending::RefreshArrives { incarnation, id, token: refresh_token, proof, fate, sent_at };
+                self.schedule(at, arrives);
             }
         }
     }

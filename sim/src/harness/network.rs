@@ -78,8 +78,8 @@ impl World {
     pub(super) fn deliver(&mut self, pending: Pending) {
         // Server-side arrivals happen whatever the client does.
         let pending = match pending {
-            Pending::RefreshArrives { incarnation, id, token, fate, sent_at } => {
-                return self.serve_refresh(incarnation, id, &token, fate, sent_at);
+            Pending::RefreshArrives { incarnation, id, token, proof, fate, sent_at } => {
+                return self.serve_refresh(incarnation, id, &token, proof.as_ref(), fate, sent_at);
             }
             Pending::RevokeArrives { incarnation, id, token, latency } => {
                 let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
@@ -115,8 +115,8 @@ impl World {
                 let next = self.next_arrival();
                 self.schedule(next, Pending::CallerArrives);
             }
-            (Pending::RefreshAnswered { id, outcome, .. }, Some(p)) => {
-                self.input(p, Event::RefreshCompleted { id, outcome, dpop_nonce: None });
+            (Pending::RefreshAnswered { id, outcome, dpop_nonce, .. }, Some(p)) => {
+                self.input(p, Event::RefreshCompleted { id, outcome, dpop_nonce });
             }
             (Pending::RefreshFailed { id, failure, .. }, Some(p)) => {
                 self.input(p, Event::RefreshFailed { id, failure });
@@ -196,10 +196,11 @@ impl World {
         incarnation: u32,
         id: RefreshId,
         token: &RefreshToken,
+        proof: Option<&Proof>,
         fate: Fate,
         sent_at: MonoTime,
     ) {
-        let (status, headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
+        let (status, mut headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
             Fate::ServerError => (503, vec![], SecretString::from("<html>503 Service Unavailable</html>")),
             Fate::RateLimited(wait) => {
                 (429, vec![("Retry-After", wait.as_secs().to_string().into_bytes())], SecretString::from(""))
@@ -209,7 +210,7 @@ impl World {
                 (status, vec![], SecretString::from(body))
             }
             _ => {
-                let result = self.authority.refresh(self.now, CLIENT_ID, None, token.expose_secret());
+                let result = self.authority.refresh(self.now, CLIENT_ID, None, token.expose_secret(), proof);
                 self.observe_authority();
                 match result {
                     Ok(issued) => {
@@ -218,10 +219,20 @@ impl World {
                         self.redemptions.push(Redemption { at: self.now, life: incarnation, answer_lost: false });
                         (200, vec![], issued.to_json())
                     }
-                    Err(refusal) => (400, vec![], SecretString::from(Refusal::to_json(refusal))),
+                    Err(refusal) => {
+                        if refusal == Refusal::UseDpopNonce {
+                            *self.stats.faults.entry("dpop_nonce_challenge").or_default() += 1;
+                        }
+                        (400, vec![], SecretString::from(Refusal::to_json(refusal)))
+                    }
                 }
             }
         };
+        // A server with nonces names its current one in every answer to a
+        // proof (its challenge included), as oidc-provider does.
+        if let Some(nonce) = proof.and_then(|_| self.authority.dpop_nonce(self.now)) {
+            headers.push(("DPoP-Nonce", nonce.into_bytes()));
+        }
         let (latency, _) = self.latency();
         let at = self.now.saturating_add(latency);
         let arrives_at = match fate {
@@ -245,15 +256,17 @@ impl World {
         let response = oauth::Response { status, headers: &headers, body: body.expose_secret().as_bytes() };
         let unix_now = wall_at(self.now);
         let outcome = oauth::classify(&self.config.session.policy, &response, Some(unix_now));
+        let dpop_nonce = response.dpop_nonce();
         let at = match fate {
             Fate::Delay(extra) => at.saturating_add(extra),
             _ => at,
         };
         if fate == Fate::DuplicateResponse {
-            let again = Pending::RefreshAnswered { incarnation, id, outcome: outcome.clone() };
+            let again =
+                Pending::RefreshAnswered { incarnation, id, outcome: outcome.clone(), dpop_nonce: dpop_nonce.clone() };
             self.schedule(at.saturating_add(self.config.latency), again);
         }
-        self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome });
+        self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome, dpop_nonce });
     }
 
     /// Records which life first received an access token. A grace replay can

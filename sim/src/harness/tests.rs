@@ -315,8 +315,11 @@ fn campaign_seeds_that_once_failed_stay_clean() {
 
 #[test]
 fn every_planted_bug_is_caught() {
+    // Most plants are caught within a few seeds; proving a DPoP key before
+    // it is stored needs a forced refresh in the instant after a bound login
+    // (seed 419 is the first).
     for plant in freshen_core::session::Plant::ALL {
-        let caught = (0..100).find(|seed| {
+        let caught = (0..500).find(|seed| {
             let config = WorldConfig::sampled(*seed).with_plant(plant);
             let mut w = World::new(config, *seed);
             w.run();

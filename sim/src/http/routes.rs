@@ -3,42 +3,123 @@
 
 use bytes::Bytes;
 use freshen_core::time::MonoTime;
+use freshen_core::token::AccessToken;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
 use secrecy::ExposeSecret;
 
 use super::{Fields, State, oauth_error, paths, respond};
-use crate::authority::Refusal;
 use crate::authority::device::Decision;
+use crate::authority::dpop::{self, InvalidProof};
+use crate::authority::{Issued, Proof, Refusal};
 
 fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
     fields.get(name).map_or("", String::as_str)
 }
 
-/// The token endpoint: the refresh, authorization code, device code and password grants.
-pub(super) fn token(state: &State, now: MonoTime, form: &Fields) -> Response<Full<Bytes>> {
+/// The token endpoint: the refresh, authorization code, device code and
+/// password grants, each with a DPoP proof or without (RFC 9449): a grant
+/// that starts a family binds it to the proof's key; a refresh of a bound
+/// family needs a proof by that key. With nonces on, every answer to a
+/// proof names the current nonce.
+pub(super) fn token(state: &State, now: MonoTime, form: &Fields, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+    let proof = match proven(state, now, headers) {
+        Ok(proof) => proof,
+        Err(refused) => return *refused,
+    };
+    let mut response = grant(state, now, form, proof.as_ref());
+    if let Some(nonce) = proof.as_ref().and_then(|_| state.authority().dpop_nonce(now)) {
+        with_nonce(&mut response, &nonce);
+    }
+    response
+}
+
+/// The request's DPoP proof, checked (`None` when it has none), or the answer
+/// that refuses it: a stale one gets a nonce challenge where the server has
+/// nonces (a nonce vouches for a proof's age), as oidc-provider answers it.
+fn proven(state: &State, now: MonoTime, headers: &http::HeaderMap) -> Result<Option<Proof>, Refused> {
+    let Some(header) = headers.get("dpop") else { return Ok(None) };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let url = format!("http://{host}{}", paths::TOKEN);
+    let nonce = state.authority().dpop_nonce(now);
+    match dpop::verify(header.as_bytes(), "POST", &url, state.wall(), None) {
+        Ok(proof) => Ok(Some(proof)),
+        Err(InvalidProof::Stale) if nonce.is_some() => {
+            let mut challenge = oauth_error(StatusCode::BAD_REQUEST, Refusal::UseDpopNonce.code());
+            with_nonce(&mut challenge, nonce.as_deref().unwrap_or_default());
+            Err(Box::new(challenge))
+        }
+        Err(_) => Err(Box::new(oauth_error(StatusCode::BAD_REQUEST, Refusal::DpopProofReplayed.code()))),
+    }
+}
+
+fn with_nonce(response: &mut Response<Full<Bytes>>, nonce: &str) {
+    if let Ok(value) = header::HeaderValue::from_str(nonce) {
+        response.headers_mut().insert("dpop-nonce", value);
+    }
+}
+
+/// A grant that starts a family (a login) with a proof binds it to the
+/// proof's key, once the proof's nonce and id are good.
+fn bound_login(
+    state: &State,
+    now: MonoTime,
+    proof: Option<&Proof>,
+    login: impl FnOnce(&mut crate::authority::Authority) -> Result<Issued, Refused>,
+) -> Result<Issued, Refused> {
+    let mut authority = state.authority();
+    if let Some(proof) = proof {
+        authority.check_proof(now, proof).map_err(refusal_response)?;
+    }
+    let mut issued = login(&mut authority)?;
+    if let Some(proof) = proof {
+        authority.bind(now, issued.family, &proof.jkt);
+        issued.dpop_bound = true;
+    }
+    Ok(issued)
+}
+
+fn refusal_response(refusal: Refusal) -> Refused {
+    Box::new(respond(StatusCode::BAD_REQUEST, "application/json", Refusal::to_json(refusal)))
+}
+
+/// An answer that refuses a request before any grant (boxed: it is large).
+type Refused = Box<Response<Full<Bytes>>>;
+
+fn grant(state: &State, now: MonoTime, form: &Fields, proof: Option<&Proof>) -> Response<Full<Bytes>> {
     let client = field(form, "client_id");
     let issued = match form.get("grant_type").map(String::as_str) {
-        Some("refresh_token") => state.authority().refresh(now, client, None, field(form, "refresh_token")),
-        Some("password") => Ok(state.authority().login(now, client, None)),
+        Some("refresh_token") => state.authority().refresh(now, client, None, field(form, "refresh_token"), proof),
+        Some("password") => match bound_login(state, now, proof, |a| Ok(a.login(now, client, None))) {
+            Ok(issued) => Ok(issued),
+            Err(refused) => return *refused,
+        },
         Some("authorization_code") => {
             let (code, redirect_uri) = (field(form, "code"), field(form, "redirect_uri"));
-            match state.authority().redeem_code(now, client, code, redirect_uri, field(form, "code_verifier")) {
+            let redeemed = bound_login(state, now, proof, |a| {
+                a.redeem_code(now, client, code, redirect_uri, field(form, "code_verifier"))
+                    .map_err(|_| Box::new(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant")))
+            });
+            match redeemed {
                 Ok(issued) => Ok(issued),
-                Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+                Err(refused) => return *refused,
             }
         }
         Some(freshen_core::device::GRANT_TYPE) => {
-            match state.authority().poll_device_login(now, client, field(form, "device_code")) {
+            let polled = bound_login(state, now, proof, |a| {
+                a.poll_device_login(now, client, field(form, "device_code"))
+                    .map_err(|refusal| Box::new(oauth_error(StatusCode::BAD_REQUEST, refusal.code())))
+            });
+            match polled {
                 Ok(issued) => Ok(issued),
-                Err(refusal) => return oauth_error(StatusCode::BAD_REQUEST, refusal.code()),
+                Err(refused) => return *refused,
             }
         }
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     };
     match issued {
         Ok(issued) => respond(StatusCode::OK, "application/json", issued.to_json().expose_secret().to_owned()),
-        Err(refusal) => respond(StatusCode::BAD_REQUEST, "application/json", Refusal::to_json(refusal)),
+        Err(refusal) => *refusal_response(refusal),
     }
 }
 
@@ -109,23 +190,56 @@ pub(super) fn device_decision(state: &State, now: MonoTime, form: &Fields) -> Re
     }
 }
 
-/// A protected resource: 200 for a valid bearer token, 401 otherwise
-/// (always on [`paths::ALWAYS_401`]).
-pub(super) fn resource(state: &State, now: MonoTime, path: &str, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+/// A protected resource: 200 for a valid token, 401 otherwise (always on
+/// [`paths::ALWAYS_401`]). A token of a family bound by DPoP is valid only
+/// as `Authorization: DPoP` with a proof of this request by the family's key
+/// (its `ath` naming the token); others only as bearer tokens.
+pub(super) fn resource(
+    state: &State,
+    now: MonoTime,
+    method: &http::Method,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Response<Full<Bytes>> {
     if let Ok(mut hits) = state.resource_hits.lock() {
         *hits += 1;
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if path == paths::RESOURCE && state.authority().validate(now, bearer).is_ok() {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (token, as_dpop) = match (authorization.strip_prefix("Bearer "), authorization.strip_prefix("DPoP ")) {
+        (Some(token), _) => (token, false),
+        (None, Some(token)) => (token, true),
+        (None, None) => ("", false),
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let url = format!("http://{host}{path}");
+    let nonce = state.authority().dpop_nonce(now);
+    let proof = headers.get("dpop").map(|proof| {
+        dpop::verify(proof.as_bytes(), method.as_str(), &url, state.wall(), Some(&AccessToken::new(token)))
+    });
+    if let (Some(Err(InvalidProof::Stale)), Some(nonce)) = (&proof, &nonce) {
+        // As at the token endpoint: a nonce vouches for a proof's age.
+        let mut challenge = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
+        let value = header::HeaderValue::from_static("DPoP error=\"use_dpop_nonce\"");
+        challenge.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        with_nonce(&mut challenge, nonce);
+        return challenge;
+    }
+    let proven_by = proof.and_then(Result::ok).map(|proof| proof.jkt);
+    let valid = path == paths::RESOURCE && {
+        let mut authority = state.authority();
+        match authority.validate(now, token) {
+            Ok(family) => match authority.family_jkt(family) {
+                None => !as_dpop,
+                Some(jkt) => as_dpop && proven_by.as_deref() == Some(jkt),
+            },
+            Err(_) => false,
+        }
+    };
+    if valid {
         return respond(StatusCode::OK, "text/plain", "hello");
     }
     let mut response = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    let challenge = if as_dpop { "DPoP error=\"invalid_token\"" } else { "Bearer error=\"invalid_token\"" };
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
     response
 }

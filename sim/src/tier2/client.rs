@@ -104,9 +104,12 @@ pub(super) struct TurmoilTransport {
 impl Transport for TurmoilTransport {
     async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
         let path = url.rsplit_once(AUTHORITY).map_or(url, |(_, path)| path);
-        let request = Request::post(path)
-            .header(header::HOST, AUTHORITY)
-            .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+        let mut request =
+            Request::post(path).header(header::HOST, AUTHORITY).header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE);
+        if let Some(proof) = form.expose_dpop() {
+            request = request.header("dpop", proof);
+        }
+        let request = request
             .body(Full::new(Bytes::from(form.expose_body().to_owned())))
             .map_err(|_| TransportFailure::NotSent)?;
         let response = send(&self.pacer, request).await?;

@@ -112,6 +112,23 @@ pub(super) struct Host {
     pub(super) needs_login: std::sync::atomic::AtomicBool,
     /// A login for it is under way (cleared when that task ends, or dies with a crash).
     pub(super) relogin_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the keys of this host's DPoP-bound logins come from (`None`:
+    /// the world binds nothing).
+    pub(super) dpop_keys: Option<Mutex<SplitMix64>>,
+}
+
+impl Host {
+    /// This host's wall clock: the simulation's, stepped by the world.
+    pub(super) fn wall(&self) -> UnixTime {
+        let now = sim_wall_clock();
+        let by = self.wall_step.load(Ordering::Acquire);
+        let secs = Duration::from_secs(by.unsigned_abs());
+        if by >= 0 {
+            now.saturating_add(secs)
+        } else {
+            UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
+        }
+    }
 }
 
 pub(super) fn client_id(app: usize) -> String {
@@ -147,14 +164,23 @@ pub(super) async fn caller(session: Session<TurmoilTransport, FaultyMemoryStore>
     let mut token = token;
     for attempt in 0..2 {
         let Ok(bearer) = token.authorization().cloned() else { return };
-        let Ok(request) = Request::get(paths::RESOURCE)
-            .header(header::HOST, AUTHORITY)
-            .header(header::AUTHORIZATION, bearer)
-            .body(Full::new(Bytes::new()))
-        else {
-            return;
-        };
+        let mut request =
+            Request::get(paths::RESOURCE).header(header::HOST, AUTHORITY).header(header::AUTHORIZATION, bearer);
+        // A bound token goes with a proof of this request by its key.
+        let url = format!("http://{AUTHORITY}{}", paths::RESOURCE);
+        match token.dpop_proof("GET", &url, host.wall(), None) {
+            Ok(Some(proof)) => request = request.header("dpop", proof.expose()),
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        let Ok(request) = request.body(Full::new(Bytes::new())) else { return };
         match send(&host.pacer, request).await {
+            // A DPoP nonce challenge: the token is good; once more with the nonce.
+            Ok(response) if nonce_challenge(&response) => {
+                let nonce = response.headers().get("dpop-nonce").and_then(|v| DpopNonce::parse(v.as_bytes()));
+                retry_with_nonce(&host, &token, nonce.as_ref()).await;
+                return;
+            }
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
                 match session.retry_token(&token).await {
                     Ok(fresh) => token = fresh,
@@ -163,6 +189,33 @@ pub(super) async fn caller(session: Session<TurmoilTransport, FaultyMemoryStore>
             }
             _ => return,
         }
+    }
+}
+
+/// Whether a resource's 401 is a DPoP nonce challenge (RFC 9449 §9).
+fn nonce_challenge(response: &http::Response<Bytes>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .is_some_and(|v| v.as_bytes().windows(14).any(|w| w == b"use_dpop_nonce"))
+}
+
+/// The resource request once more, with the resource server's nonce.
+async fn retry_with_nonce(host: &Host, token: &freshen::Token, nonce: Option<&DpopNonce>) {
+    let url = format!("http://{AUTHORITY}{}", paths::RESOURCE);
+    let (Ok(bearer), Ok(Some(proof))) =
+        (token.authorization().cloned(), token.dpop_proof("GET", &url, host.wall(), nonce))
+    else {
+        return;
+    };
+    let request = Request::get(paths::RESOURCE)
+        .header(header::HOST, AUTHORITY)
+        .header(header::AUTHORIZATION, bearer)
+        .header("dpop", proof.expose())
+        .body(Full::new(Bytes::new()));
+    if let Ok(request) = request {
+        let _ = send(&host.pacer, request).await;
     }
 }
 
@@ -185,23 +238,52 @@ pub(super) async fn log_out_and_back_in(
         session.log_out().await;
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let sent_at = tokio::time::Instant::now().into_std();
+    // A bound world logs in with a new key, following the server's nonce challenges.
+    let key = host.dpop_keys.as_ref().and_then(|keys| keys.lock().ok().map(|mut keys| dpop_key_from(&mut keys)));
     let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
-    let Ok(request) = Request::post(paths::TOKEN)
-        .header(header::HOST, AUTHORITY)
-        .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
-        .body(Full::new(Bytes::from(body)))
-    else {
+    let mut nonce = None;
+    for round in 0..=freshen_core::dpop::MAX_NONCE_RETRIES {
+        let sent_at = tokio::time::Instant::now().into_std();
+        let mut request = Request::post(paths::TOKEN)
+            .header(header::HOST, AUTHORITY)
+            .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE);
+        if let Some(key) = &key {
+            let url = format!("http://{AUTHORITY}{}", paths::TOKEN);
+            let jti = login_proof_id(&host, round);
+            let claims = ProofClaims::new("POST", &url, host.wall(), jti).with_nonce(nonce.as_ref());
+            request = request.header("dpop", key.proof(&claims).expose());
+        }
+        let Ok(request) = request.body(Full::new(Bytes::from(body.clone()))) else { return };
+        let Ok(response) = send(&host.pacer, request).await else { return };
+        let headers = response.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()));
+        let response =
+            HttpResponse::new(response.status().as_u16(), headers.collect::<Vec<_>>(), response.body().to_vec());
+        let answer = response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock());
+        let logged_in = match (answer, &key) {
+            (freshen_core::oauth::Classified::NonceRequired(_), Some(_)) => {
+                nonce = response.dpop_nonce();
+                continue;
+            }
+            (freshen_core::oauth::Classified::Success(tokens), None) => session.log_in_sent_at(tokens, sent_at).await,
+            (freshen_core::oauth::Classified::Success(tokens), Some(key)) => {
+                session.log_in_bound_sent_at(tokens, sent_at, key.clone()).await
+            }
+            _ => return,
+        };
+        if logged_in.is_ok() {
+            host.needs_login.store(false, Ordering::Release);
+        }
         return;
-    };
-    let Ok(response) = send(&host.pacer, request).await else { return };
-    let response = HttpResponse::new(response.status().as_u16(), [], response.body().to_vec());
-    if let freshen_core::oauth::Classified::Success(tokens) =
-        response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock())
-        && session.log_in_sent_at(tokens, sent_at).await.is_ok()
-    {
-        host.needs_login.store(false, Ordering::Release);
     }
+}
+
+/// A unique id for a login's DPoP proof: the host, its logins, the round.
+fn login_proof_id(host: &Host, round: u32) -> [u8; 16] {
+    let mut jti = [0u8; 16];
+    jti[..8].copy_from_slice(&(host.index as u64).to_le_bytes());
+    jti[8..12].copy_from_slice(&host.logouts.load(Ordering::Relaxed).to_le_bytes()[..4]);
+    jti[12..].copy_from_slice(&round.to_le_bytes());
+    jti
 }
 
 pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) -> turmoil::Result {
@@ -217,17 +299,8 @@ pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) ->
             .with_session(session_config)
             // The simulated network's host names are not loopback.
             .with_plain_http_allowed();
-    let step = Arc::clone(&host.wall_step);
-    let wall_clock = freshen::WallClock::new(move || {
-        let now = sim_wall_clock();
-        let by = step.load(Ordering::Acquire);
-        let secs = Duration::from_secs(by.unsigned_abs());
-        if by >= 0 {
-            now.saturating_add(secs)
-        } else {
-            UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
-        }
-    });
+    let clock_host = Arc::clone(&host);
+    let wall_clock = freshen::WallClock::new(move || clock_host.wall());
     let environment = Environment::seeded(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
         .with_wall_clock(wall_clock)
         .with_observer(Arc::clone(&host.watch) as Arc<dyn Observer>);

@@ -24,6 +24,9 @@ pub(super) fn verdict(
     let audit = state.authority().take_audit();
     for entry in &audit {
         authority_monitor.observe(entry);
+        if entry.outcome == AuditOutcome::Refused(Refusal::UseDpopNonce) {
+            *counts.entry("dpop_nonce_challenge").or_default() += 1;
+        }
     }
     outcome.violations.extend_from_slice(authority_monitor.violations());
     let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();

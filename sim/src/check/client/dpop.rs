@@ -1,0 +1,126 @@
+//! The DPoP checks of [`ClientMonitor`]: a nonce challenge is answered at
+//! once by the same attempt with the server's nonce (D2), and no request
+//! proves a key the store does not hold yet (D3). D1, the binding itself,
+//! is checked where the server sees it ([`AuthorityMonitor`](crate::check::AuthorityMonitor)).
+
+use freshen_core::dpop::{DpopNonce, MAX_NONCE_RETRIES};
+
+use super::*;
+
+/// One process's DPoP facts.
+#[derive(Debug, Default)]
+pub(super) struct DpopMonitor {
+    /// Keys (by thumbprint) the store holds, as this process wrote or read it.
+    durable_keys: BTreeSet<String>,
+    /// Writes in flight, with the key each carries.
+    writing: BTreeMap<StoreOpId, Option<String>>,
+    /// The latest attempt sent, if it carried a proof.
+    last_bound: Option<BoundAttempt>,
+    /// A challenge the machine must answer before its step ends.
+    owed: Option<BoundAttempt>,
+}
+
+#[derive(Clone, Debug)]
+struct BoundAttempt {
+    id: RefreshId,
+    token: Fingerprint,
+    attempt: u32,
+    at: MonoTime,
+    /// The nonce it carried (for an owed retry: the one it must carry).
+    nonce: Option<DpopNonce>,
+    /// Challenges answered in a row by sending it again.
+    retries: u32,
+}
+
+impl DpopMonitor {
+    /// After a crash: what the store holds stays; what was in flight is gone.
+    pub(super) fn crash(&mut self) {
+        self.writing.clear();
+        self.last_bound = None;
+        self.owed = None;
+    }
+
+    pub(super) fn event(&mut self, now: MonoTime, event: &Event, refreshing: bool, timeout: Duration) {
+        match event {
+            Event::StoreLoaded { stored: Some(stored), .. } | Event::StoreLocked { stored: Some(stored), .. } => {
+                if let Some(key) = &stored.dpop_key {
+                    self.durable_keys.insert(key.thumbprint());
+                }
+            }
+            Event::StoreWritten { op } => {
+                if let Some(Some(key)) = self.writing.remove(op) {
+                    self.durable_keys.insert(key);
+                }
+            }
+            Event::StoreFailed { op, .. } => {
+                self.writing.remove(op);
+            }
+            Event::RefreshCompleted { id, outcome: Classified::NonceRequired(_), dpop_nonce: Some(nonce) } => {
+                // Owed only for the attempt in flight: the latest, bound,
+                // before its deadline, while a cycle runs, within the bound
+                // on challenges in a row.
+                let in_flight = self.last_bound.as_ref().filter(|sent| {
+                    sent.id == *id && now < sent.at.saturating_add(timeout) && sent.retries < MAX_NONCE_RETRIES
+                });
+                if let Some(sent) = in_flight.filter(|_| refreshing) {
+                    self.owed = Some(BoundAttempt { nonce: Some(nonce.clone()), ..sent.clone() });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn command(&mut self, now: MonoTime, command: &Command, violations: &mut Vec<Violation>) {
+        match command {
+            Command::Io(Io::Persist { op, session }) => {
+                self.writing.insert(*op, session.dpop_key.as_ref().map(|key| key.thumbprint()));
+            }
+            Command::Io(Io::SendRefresh { id, refresh_token, attempt, dpop }) => {
+                let token = refresh_token.fingerprint();
+                let owed = self.owed.take();
+                let Some(proof) = dpop else {
+                    self.last_bound = None;
+                    if owed.is_some() {
+                        violations.push(d2(now, "the nonce retry carried no proof".into()));
+                    }
+                    return;
+                };
+                let jkt = proof.key.thumbprint();
+                if !self.durable_keys.contains(&jkt) {
+                    let detail = format!("{id} proves a key the store does not hold yet (jkt {jkt})");
+                    violations.push(Violation { invariant: Invariant::D3, at: now, detail });
+                }
+                let retries = match &owed {
+                    Some(owed) => {
+                        let same = owed.token == token && owed.attempt == *attempt && owed.nonce == proof.nonce;
+                        if !same {
+                            let detail = format!(
+                                "{id} answered the nonce challenge to {} as attempt {attempt} (owed {}), nonce {}",
+                                owed.id,
+                                owed.attempt,
+                                if proof.nonce == owed.nonce { "kept" } else { "not the server's" }
+                            );
+                            violations.push(d2(now, detail));
+                        }
+                        owed.retries + 1
+                    }
+                    None => 0,
+                };
+                let nonce = proof.nonce.clone();
+                self.last_bound = Some(BoundAttempt { id: *id, token, attempt: *attempt, at: now, nonce, retries });
+            }
+            _ => {}
+        }
+    }
+
+    /// A challenge owed a retry in the step that read it.
+    pub(super) fn step_end(&mut self, now: MonoTime, violations: &mut Vec<Violation>) {
+        if let Some(owed) = self.owed.take() {
+            violations.push(d2(now, format!("the nonce challenge to {} was not answered at once", owed.id)));
+        }
+    }
+}
+
+fn d2(at: MonoTime, detail: String) -> Violation {
+    Violation { invariant: Invariant::D2, at, detail }
+}
