@@ -4,9 +4,9 @@
 //! P-256 key pair from OS randomness, proves it to the token endpoint, and
 //! stores it in the same blob as the tokens: a restart keeps the binding,
 //! and a refresh token stolen from the store's backups or the network is
-//! useless without the key. Every refresh and every request through
-//! [`middleware`](crate::middleware) or [`tower`](crate::tower) carries a
-//! fresh proof; servers' nonces are followed on their own.
+//! useless without the key. Every refresh, and every request through the
+//! middleware or the tower layer (features `middleware` and `tower`),
+//! carries a fresh proof; servers' nonces are followed on their own.
 //!
 //! The proofs themselves are built by the core ([`freshen_core::dpop`]);
 //! this module adds what needs the OS: the key's randomness, the proof's

@@ -19,8 +19,9 @@ use freshen_core::ids::{CallerId, RefreshId, StoreOpId};
 use freshen_core::oauth::{self, Client, TokenResponse};
 use freshen_core::session::{Event, Io, NewSession, ProofNeeded, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::MonoTime;
 
+#[cfg(any(feature = "middleware", feature = "tower"))]
 use crate::authorize::ResourceNonces;
 use freshen_core::token::RefreshToken;
 use tokio::sync::{Notify, oneshot, watch};
@@ -189,6 +190,7 @@ struct Shared<T, S> {
     last_transport_error: Mutex<Option<TransportError>>,
     counters: Arc<Counters>,
     /// Resource servers' DPoP nonces, for the proofs of requests to them.
+    #[cfg(any(feature = "middleware", feature = "tower"))]
     resource_nonces: ResourceNonces,
 }
 
@@ -327,6 +329,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
             counters,
+            #[cfg(any(feature = "middleware", feature = "tower"))]
             resource_nonces: ResourceNonces::default(),
         });
         let label = shared.config.name.clone().unwrap_or_else(|| (seed % 100_000).to_string());
@@ -453,7 +456,8 @@ impl<T: Transport, S: Store> Session<T, S> {
 
     /// The wall clock now and the nonces resource servers gave, for the DPoP
     /// proofs of resource requests.
-    pub(crate) fn proof_parts(&self) -> (UnixTime, &ResourceNonces) {
+    #[cfg(any(feature = "middleware", feature = "tower"))]
+    pub(crate) fn proof_parts(&self) -> (freshen_core::time::UnixTime, &ResourceNonces) {
         (self.shared.clock.wall(), &self.shared.resource_nonces)
     }
 

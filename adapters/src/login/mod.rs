@@ -93,7 +93,7 @@ impl<'a, T: Transport> TokenEndpoint<'a, T> {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum LoginError {
-    /// The session's [`Config`](crate::Config) names no endpoint for this flow.
+    /// The session's [`Config`] names no endpoint for this flow.
     #[error("no {0} endpoint is configured")]
     NoEndpoint(&'static str),
     /// The endpoint that starts the login could not be reached.
