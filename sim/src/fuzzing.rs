@@ -505,7 +505,7 @@ pub fn session_ops(data: &[u8]) -> Result<(), String> {
 /// [`session_ops`], returning the world as well; with `trace`, the world keeps
 /// its printable trace (see [`World::trace`]) to explain a failure.
 pub fn session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String>) {
-    world_ops(data, trace, false)
+    world_ops(data, trace, 0)
 }
 
 /// [`session_ops`] over two to four processes sharing one store and its lock
@@ -519,10 +519,31 @@ pub fn shared_session_ops(data: &[u8]) -> Result<(), String> {
 
 /// [`shared_session_ops`], returning the world as well.
 pub fn shared_session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String>) {
-    world_ops(data, trace, true)
+    world_ops(data, trace, World::SHARED)
 }
 
-fn world_ops(data: &[u8], trace: bool, shared: bool) -> (World, Result<(), String>) {
+/// [`shared_session_ops`] with every session bound by DPoP (RFC 9449): the
+/// input's seed says whether the server requires nonces, and how often it
+/// changes them (every 10 to 300 s), so nonce challenges meet lost answers,
+/// crashes, logins and the other processes. D1–D3 are checked too.
+pub fn bound_session_ops(data: &[u8]) -> Result<(), String> {
+    bound_session_ops_traced(data, false).1
+}
+
+/// [`bound_session_ops`], returning the world as well.
+pub fn bound_session_ops_traced(data: &[u8], trace: bool) -> (World, Result<(), String>) {
+    world_ops(data, trace, World::SHARED | World::BOUND)
+}
+
+impl World {
+    /// [`world_ops`]: several processes share one store.
+    const SHARED: u8 = 1;
+    /// [`world_ops`]: sessions are bound by DPoP.
+    const BOUND: u8 = 2;
+}
+
+fn world_ops(data: &[u8], trace: bool, shape: u8) -> (World, Result<(), String>) {
+    let shared = shape & World::SHARED != 0;
     let mut input = Bytes::new(data);
     let seed = input.u64();
     let mut config = WorldConfig::quiet();
@@ -531,6 +552,13 @@ fn world_ops(data: &[u8], trace: bool, shared: bool) -> (World, Result<(), Strin
         config.session.shared_store = true;
     }
     config.authority = authority_config(&mut input);
+    if shape & World::BOUND != 0 {
+        // From the seed, so the bytes after it mean what they mean in the other targets.
+        config.dpop = true;
+        if !seed.is_multiple_of(4) {
+            config.authority.dpop_nonce_lifetime = Some(Duration::from_secs(10 + (seed >> 8) % 291));
+        }
+    }
     config.latency = Duration::from_millis(1 + input.below(500));
     config.start = match input.below(8) {
         0 => Start::Empty,

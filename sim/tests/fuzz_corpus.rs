@@ -10,12 +10,13 @@ use freshen_sim::fuzzing;
 
 type Target = fn(&[u8]) -> Result<(), String>;
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("oauth_response", fuzzing::oauth_response),
     ("stored_session", fuzzing::stored_session),
     ("authority_ops", fuzzing::authority_ops),
     ("session_ops", fuzzing::session_ops),
     ("shared_session_ops", fuzzing::shared_session_ops),
+    ("bound_session_ops", fuzzing::bound_session_ops),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -77,6 +78,11 @@ fn shared_session_ops_corpus() {
     replay(TARGETS[4].0, TARGETS[4].1);
 }
 
+#[test]
+fn bound_session_ops_corpus() {
+    replay(TARGETS[5].0, TARGETS[5].1);
+}
+
 /// Explains a `session_ops` or `shared_session_ops` input (the path names
 /// the target): `FRESHEN_FUZZ_INPUT=path cargo test -p freshen-sim --test
 /// fuzz_corpus explain -- --ignored --nocapture` prints the
@@ -86,7 +92,9 @@ fn shared_session_ops_corpus() {
 fn explain() {
     let path = std::env::var("FRESHEN_FUZZ_INPUT").expect("set FRESHEN_FUZZ_INPUT to a session_ops input");
     let data = std::fs::read(&path).unwrap();
-    let (world, verdict) = if path.contains("shared_session_ops") {
+    let (world, verdict) = if path.contains("bound_session_ops") {
+        fuzzing::bound_session_ops_traced(&data, true)
+    } else if path.contains("shared_session_ops") {
         fuzzing::shared_session_ops_traced(&data, true)
     } else {
         fuzzing::session_ops_traced(&data, true)

@@ -116,3 +116,54 @@ async fn a_session_error_comes_back_typed() {
     assert!(error.session().is_some_and(Error::needs_login));
     assert_eq!(server.state().resource_hits(), 0, "nothing sent without a token");
 }
+
+/// A bound token goes as `Authorization: DPoP` with a proof of each request;
+/// a resource server's nonce challenge is answered once with the same token
+/// and the server's nonce, and the session is not told (the token is good).
+#[tokio::test]
+async fn a_bound_token_is_proven_and_a_nonce_challenge_is_retried_with_the_nonce() {
+    use freshen::dpop::DpopKey;
+    use freshen_sim::authority::dpop::verify;
+    let key = DpopKey::from_bytes(&[9; 32]).unwrap();
+    let fresh = StoredSession::pair(
+        freshen_core::token::AccessToken::new("bound-access"),
+        freshen_core::token::RefreshToken::new("bound-refresh"),
+    )
+    .with_access_expiry(freshen::system_clock(), std::time::Duration::from_secs(3600))
+    .with_dpop_key(key.clone());
+    let config = Config::new("http://127.0.0.1:9/token", Client::public(CLIENT));
+    let store = MemoryStore::holding(&fresh);
+    let session = Session::start_in(config, ReqwestTransport::new().unwrap(), store, Environment::seeded(1)).unwrap();
+    let url = "http://api.test/v1/me";
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = calls.clone();
+    let resource = tower::service_fn(move |request: http::Request<Full<Bytes>>| {
+        let call = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let authorization = request.headers()[http::header::AUTHORIZATION].to_str().unwrap().to_owned();
+            assert_eq!(authorization, "DPoP bound-access");
+            let token = freshen_core::token::AccessToken::new("bound-access");
+            let proof = verify(request.headers()["dpop"].as_bytes(), "GET", url, freshen::system_clock(), Some(&token));
+            let proof = proof.expect("a valid proof of this request, naming the token");
+            let mut response = http::Response::new(Full::<Bytes>::default());
+            if call == 0 {
+                assert_eq!(proof.nonce, None);
+                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                let headers = response.headers_mut();
+                headers.insert(http::header::WWW_AUTHENTICATE, "DPoP error=\"use_dpop_nonce\"".parse().unwrap());
+                headers.insert("dpop-nonce", "n1".parse().unwrap());
+            } else {
+                assert_eq!(proof.nonce.as_deref(), Some("n1"), "the retry carries the server's nonce");
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let api = ServiceBuilder::new().layer(AuthLayer::new(session.clone())).service(resource);
+    let response = api.clone().oneshot(http::Request::get(url).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "one challenge, one retry");
+    // The next request carries the nonce at once.
+    let response = api.oneshot(http::Request::get(url).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!((response.status(), calls.load(std::sync::atomic::Ordering::SeqCst)), (http::StatusCode::OK, 3));
+    assert_eq!(session.stats().refresh_attempts, 0, "the session was not told: the token is good");
+}
