@@ -2,9 +2,12 @@
 
 use core::fmt;
 
-use freshen_core::dpop::{DpopKey, DpopNonce, DpopProof};
+use freshen_core::dpop::DpopKey;
+#[cfg(not(freshen_loom))]
+use freshen_core::dpop::{DpopNonce, DpopProof};
 use freshen_core::ids::Generation;
 use freshen_core::session::AccessGrant;
+#[cfg(not(freshen_loom))]
 use freshen_core::time::UnixTime;
 use freshen_core::token::TokenType;
 use http::HeaderValue;

@@ -120,7 +120,7 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
                         Some(core::time::Duration::from_secs(300)),
                         Some(RefreshToken::new("r2")),
                     );
-                    Event::RefreshCompleted { id, outcome: Classified::Success(response) }
+                    Event::RefreshCompleted { id, outcome: Classified::Success(response), dpop_nonce: None }
                 }
                 Io::Revoke { id, .. } => Event::RevocationEnded { id },
                 Io::UnlockStore => continue,
