@@ -61,6 +61,10 @@ pub(crate) fn authorize<T: Transport, S: Store>(
     session: &Session<T, S>,
 ) -> Result<(), Error> {
     headers.insert(http::header::AUTHORIZATION, token.authorization()?.clone());
+    if token.dpop_key().is_none() {
+        // A bearer token: no clock read, no lock, nothing more on the fast path.
+        return Ok(());
+    }
     let (now, nonces) = session.proof_parts();
     if let Some(proof) = token.dpop_proof(method, url, now, nonces.get(url).as_ref())? {
         let value = crate::scrub::sensitive_header([proof.expose()]).map_err(|_| Error::InvalidToken)?;
