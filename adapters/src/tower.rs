@@ -199,26 +199,28 @@ where
             authorize(request.headers_mut(), &token, &method, &url, &session)?;
             let response = inner.call(request).await.map_err(AuthError::Inner)?;
             let challenged = heed_nonce(&session, &url, response.status(), response.headers());
-            let response = if challenged && token.dpop_key().is_some() && replay.is_some() {
-                // A DPoP nonce challenge: the token is good; once more with the nonce.
-                let Some(mut replay) = replay else { return Ok(response) };
-                authorize(replay.headers_mut(), &token, &method, &url, &session)?;
-                poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
-                let response = inner.call(replay).await.map_err(AuthError::Inner)?;
-                heed_nonce(&session, &url, response.status(), response.headers());
-                record_answer(token.generation(), true);
-                response
+            // Once more at most: after a DPoP nonce challenge with the same
+            // token (it is good), after any other 401 with a fresh one.
+            let retry = if challenged && token.dpop_key().is_some() {
+                replay.map(|replay| (replay, token.clone()))
             } else if response.status() == StatusCode::UNAUTHORIZED {
-                let (mut replay, fresh) = prepare_retry(&session, &token, replay).await?;
-                authorize(replay.headers_mut(), &fresh, &method, &url, &session)?;
-                poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
-                let response = inner.call(replay).await.map_err(AuthError::Inner)?;
-                heed_nonce(&session, &url, response.status(), response.headers());
-                record_answer(fresh.generation(), true);
-                response
+                Some(prepare_retry(&session, &token, replay).await?)
             } else {
-                record_answer(token.generation(), false);
-                response
+                None
+            };
+            let response = match retry {
+                Some((mut replay, with)) => {
+                    authorize(replay.headers_mut(), &with, &method, &url, &session)?;
+                    poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
+                    let response = inner.call(replay).await.map_err(AuthError::Inner)?;
+                    heed_nonce(&session, &url, response.status(), response.headers());
+                    record_answer(with.generation(), true);
+                    response
+                }
+                None => {
+                    record_answer(token.generation(), false);
+                    response
+                }
             };
             tracing::debug!(status = response.status().as_u16(), "authorized request answered");
             Ok(response)
