@@ -296,6 +296,11 @@ impl freshen::transport::Transport for InProcess {
             headers.insert("dpop", proof);
         }
         let response = answer(&self.state, &Method::POST, path, &headers, body);
+        // As over HTTP: the server has acted, its answer is on its way.
+        let delay = self.state.token_answer_delay.lock().map(|d| *d).unwrap_or_default();
+        if path == paths::TOKEN && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
         let headers = parts.headers.iter().map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()));

@@ -272,6 +272,10 @@ async fn check_lock(a: &impl Store, b: &impl Store, wait: Duration) -> Result<us
 /// A session logged out, or the store not holding the newest tokens at the end.
 pub async fn check_under_faults<S: Store>(open: impl Fn() -> S, check: &StoreCheck) -> Result<StoreReport, RuleBroken> {
     let state = authority(check);
+    // Each answer takes a moment, as over a network: processes whose lock
+    // does not exclude then read the same refresh token every round, not
+    // only when the OS happens to run them side by side.
+    state.set_token_answer_delay(Duration::from_millis(2));
     let faults = Arc::new(
         StoreFaults::seeded(check.seed ^ 0x5707_e5c4)
             .with_write_failures(check.faults_per_mille)
