@@ -292,6 +292,8 @@ pub enum AuditOp {
         client: String,
         /// The device, if bound.
         device: Option<String>,
+        /// The authorization or device code redeemed, for a login by one.
+        grant: Option<Fingerprint>,
     },
     /// A refresh.
     Refresh {
@@ -370,6 +372,8 @@ pub enum AuthorityPlant {
     RefusalRenews,
     /// Serves a bound family's refresh without a proof by its key (breaks A7).
     IgnoresDpopBinding,
+    /// Forgets that an authorization or device code was redeemed (breaks A8).
+    RedeemsGrantTwice,
 }
 
 /// A refresh token as a request presented it.
@@ -431,9 +435,9 @@ pub struct Authority {
     stats: AuthorityStats,
     audit: Option<Vec<Audit>>,
     /// The digest after the last audited operation: the next one's "before".
-    /// Only audited operations change state, so it stays true in between (and
-    /// were that ever broken, the next refusal would report a change: the
-    /// check fails loudly, never silently).
+    /// Only audited operations and minting change state, so it stays true in
+    /// between (and were that ever broken, the next refusal would report a
+    /// change: the check fails loudly, never silently).
     last_digest: Option<u64>,
     plant: Option<AuthorityPlant>,
     /// Device logins by device code ([`device`]); outside the digest, since
@@ -514,7 +518,21 @@ impl Authority {
 
     /// Starts a family for `client` (a login or any grant that begins a session).
     pub fn login(&mut self, now: MonoTime, client: &str, device: Option<&str>) -> Issued {
-        let op = AuditOp::Login { client: client.to_owned(), device: device.map(str::to_owned) };
+        self.start_family(now, client, device, None)
+    }
+
+    /// Starts a family for `client` by redeeming `grant` (an authorization or
+    /// device code), recorded so that A8 can see each redeemed once.
+    fn redeem_grant(&mut self, now: MonoTime, client: &str, grant: &str) -> Issued {
+        self.start_family(now, client, None, Some(grant))
+    }
+
+    fn start_family(&mut self, now: MonoTime, client: &str, device: Option<&str>, grant: Option<&str>) -> Issued {
+        let op = AuditOp::Login {
+            client: client.to_owned(),
+            device: device.map(str::to_owned),
+            grant: grant.map(Fingerprint::of),
+        };
         self.audited(now, op, |this| {
             let family = FamilyId(this.families.len() as u64 + 1);
             this.families.insert(
@@ -773,6 +791,9 @@ impl Authority {
 
     fn mint(&mut self, kind: &str) -> String {
         self.issued += 1;
+        // Codes are minted outside audited operations: the next one's
+        // "before" is taken afresh.
+        self.last_digest = None;
         format!("{}_{kind}_{}_{:016x}", self.config.token_prefix, self.issued, self.rng.next_u64())
     }
 

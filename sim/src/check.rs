@@ -66,6 +66,9 @@ pub enum Invariant {
     A6,
     /// A family bound by DPoP is refreshed only with a proof by its key.
     A7,
+    /// An authorization or device code starts at most one family: a client
+    /// that lost the answer and redeems it again gets nothing.
+    A8,
     /// A session is never logged out by its own races: when the server's
     /// grace covers a whole retry cycle (and enough replays), a lost answer
     /// alone does not end it.

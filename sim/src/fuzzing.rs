@@ -398,6 +398,16 @@ pub enum AuthorityOp {
         /// Which token.
         pick: usize,
     },
+    /// The user approves the app's authorization request: a code for it.
+    IssueCode,
+    /// The `pick`-th code ever issued is exchanged (again, perhaps: a
+    /// client that lost the answer), by the app or another client.
+    RedeemCode {
+        /// Which code.
+        pick: usize,
+        /// By another client than the app.
+        other_client: bool,
+    },
     /// Time passes.
     Advance {
         /// How much.
@@ -422,6 +432,9 @@ pub fn run_authority(
     let client = |other: bool| if other { "intruder" } else { "app" };
     let device = |bound: bool| bound.then_some("laptop");
     let pick = |pool: &[String], index: usize| pool.get(index % pool.len()).cloned().unwrap_or_default();
+    let mut codes = vec!["made-up-code".to_owned()];
+    const REDIRECT: &str = "http://127.0.0.1:1/callback";
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     for op in ops.iter().take(MAX_OPS) {
         match *op {
             AuthorityOp::Login { other_client, device: bound } => {
@@ -442,6 +455,17 @@ pub fn run_authority(
             }
             AuthorityOp::Validate { pick: index } => {
                 let _ = authority.validate(now, &pick(&access, index));
+            }
+            AuthorityOp::IssueCode => {
+                let challenge = crate::authority::code::s256_challenge(VERIFIER);
+                codes.push(authority.issue_code(now, client(false), REDIRECT, &challenge));
+            }
+            AuthorityOp::RedeemCode { pick: index, other_client } => {
+                let code = pick(&codes, index);
+                if let Ok(issued) = authority.redeem_code(now, client(other_client), &code, REDIRECT, VERIFIER) {
+                    refresh.push(issued.refresh_token.expose_secret().to_owned());
+                    access.push(issued.access_token.expose_secret().to_owned());
+                }
             }
             AuthorityOp::Advance { secs } => now = now.saturating_add(Duration::from_secs(secs)),
         }
@@ -482,6 +506,8 @@ pub fn authority_ops(data: &[u8]) -> Result<(), String> {
             1..=6 => AuthorityOp::Refresh { pick, other_client: input.below(10) == 0, device: input.below(10) == 0 },
             7 => AuthorityOp::Revoke { pick, access: input.bool(), other_client: input.below(5) == 0 },
             8..=10 => AuthorityOp::Validate { pick },
+            11 => AuthorityOp::IssueCode,
+            12 => AuthorityOp::RedeemCode { pick, other_client: input.below(8) == 0 },
             _ => AuthorityOp::Advance { secs: input.below(400) },
         });
     }

@@ -37,7 +37,7 @@ use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::{RefreshToken, TokenType};
 
-use crate::world::{Faults, Start, WorldConfig, dpop_key_from};
+use crate::world::{Faults, LoginGrant, Start, WorldConfig, dpop_key_from};
 pub use config::{CLIENT_ID, Fate, StoreFate};
 
 /// How a caller's request ended.
@@ -74,6 +74,8 @@ pub struct WorldStats {
     pub faults: BTreeMap<&'static str, u64>,
     /// Client crashes.
     pub crashes: u64,
+    /// Logins by an authorization code (each with its own PKCE verifier).
+    pub logins_by_code: u64,
     /// Steps taken.
     pub steps: u64,
 }
@@ -550,7 +552,13 @@ impl World {
     /// The user logs in in process `p`, as [`World::log_in`].
     pub fn log_in_at(&mut self, p: usize) {
         self.wake();
-        let issued = self.authority.login(self.now, CLIENT_ID, None);
+        let Some(issued) = self.grant_login() else {
+            // The authority refused a grant it issued a moment ago: no login
+            // happens, and the liveness phase reports the session that has
+            // none. (A8 and the authority's tests say why.)
+            note_at!(self, p, "login refused by the authority");
+            return;
+        };
         // A bound login proved a key of its own, which the family is bound to.
         let key = self.config.dpop.then(|| dpop_key_from(&mut self.dpop_keys));
         if let Some(key) = &key {
@@ -569,6 +577,49 @@ impl World {
             self.evidence = LogoutEvidence::default();
         }
         self.new_caller_at(p, |caller| Event::LoggedIn { caller, session: new });
+    }
+
+    /// The tokens of a login by the world's [`LoginGrant`]. The user
+    /// approves at once; a code exchange whose answer the network loses (at
+    /// the world's `drop_response` rate) is presented again, as a client
+    /// that retries would, and must be refused (A8): the user then starts
+    /// over with a new code.
+    fn grant_login(&mut self) -> Option<crate::authority::Issued> {
+        use crate::authority::code::s256_challenge;
+        use crate::authority::device::Decision;
+        let now = self.now;
+        match self.config.login {
+            LoginGrant::Password => Some(self.authority.login(now, CLIENT_ID, None)),
+            LoginGrant::Device => {
+                let start = self.authority.start_device_login(now, CLIENT_ID);
+                let approved = self.authority.decide_device_login(now, &start.user_code, Decision::Approve);
+                let polled = self.authority.poll_device_login(now, CLIENT_ID, start.device_code.expose_secret());
+                approved.then_some(polled.ok()).flatten()
+            }
+            LoginGrant::Code => {
+                const REDIRECT: &str = "http://127.0.0.1:49152/callback";
+                // A verifier per login (RFC 7636 asks 43 to 128 characters).
+                let verifier = format!("{:0>43}", self.stats.logins_by_code);
+                self.stats.logins_by_code += 1;
+                let code = self.authority.issue_code(now, CLIENT_ID, REDIRECT, &s256_challenge(&verifier));
+                let issued = self.authority.redeem_code(now, CLIENT_ID, &code, REDIRECT, &verifier).ok();
+                if issued.is_some() && self.rng.chance(u64::from(self.config.faults.drop_response), 1000) {
+                    *self.stats.faults.entry("login_answer_lost").or_default() += 1;
+                    let again = self.authority.redeem_code(now, CLIENT_ID, &code, REDIRECT, &verifier);
+                    note!(
+                        self,
+                        "code exchange answer lost; presented again: {}",
+                        again.map_or("refused", |_| "granted")
+                    );
+                    self.observe_authority();
+                    let verifier = format!("{:0>43}", self.stats.logins_by_code);
+                    self.stats.logins_by_code += 1;
+                    let code = self.authority.issue_code(now, CLIENT_ID, REDIRECT, &s256_challenge(&verifier));
+                    return self.authority.redeem_code(now, CLIENT_ID, &code, REDIRECT, &verifier).ok();
+                }
+                issued
+            }
+        }
     }
 
     /// The client crashes now and restarts from the store; a store write

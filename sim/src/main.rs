@@ -17,7 +17,7 @@ use std::time::Instant;
 use freshen_core::session::Plant;
 use freshen_sim::check::Violation;
 use freshen_sim::harness::{World, WorldStats};
-use freshen_sim::world::WorldConfig;
+use freshen_sim::world::{LoginGrant, WorldConfig};
 
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
@@ -43,8 +43,10 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
                 stderr: the leak scan reads it for token bytes
 
   serve         run the reference authority on 127.0.0.1:P (default 8080) until interrupted:
-                POST /token (refresh_token, device_code and password grants), POST /revoke,
-                GET /resource, POST /device_authorization (RFC 8628), and POST /device
+                POST /token (refresh_token, authorization_code, device_code and password
+                grants), GET /authorize (approves at once, redirecting to a loopback
+                redirect_uri with a code; PKCE S256 required), POST /revoke, GET /resource,
+                POST /device_authorization (RFC 8628), and POST /device
                 (user_code=..&decision=approve|deny: the user's side of a device login).
                 A login with a DPoP proof binds its grant to the proof's key (RFC 9449);
                 --dpop-nonce-lifetime S requires the server's nonce in every proof, a new
@@ -214,6 +216,8 @@ struct Outcome {
     processes: usize,
     /// Its sessions are bound by DPoP.
     bound: bool,
+    /// How its user logs in.
+    login: LoginGrant,
     refreshes: u64,
     granted: u64,
     failed: u64,
@@ -231,7 +235,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 config = config.with_plant(plant);
             }
             config.trace = trace;
-            let (processes, bound) = (config.processes, config.dpop);
+            let (processes, bound, login) = (config.processes, config.dpop, config.login);
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
@@ -248,6 +252,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 seed,
                 processes,
                 bound,
+                login,
                 refreshes: stats.refreshes_sent,
                 granted: stats.granted,
                 failed: stats.failed,
@@ -269,6 +274,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 seed,
                 processes: config.processes,
                 bound: config.dpop,
+                login: config.login,
                 refreshes: outcome.refreshes,
                 granted: outcome.granted,
                 failed: outcome.failed,
@@ -437,6 +443,10 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
             println!("{:<40} {:>12}", format!("  with 2-4 processes on one store (tier {})", tier.number()), shared);
             let bound = outcomes.iter().filter(|o| o.tier == tier && o.bound).count();
             println!("{:<40} {:>12}", format!("  bound by DPoP (tier {})", tier.number()), bound);
+            for (grant, name) in [(LoginGrant::Device, "device"), (LoginGrant::Code, "code + PKCE")] {
+                let logging_in = outcomes.iter().filter(|o| o.tier == tier && o.login == grant).count();
+                println!("{:<40} {:>12}", format!("  logging in by {name} (tier {})", tier.number()), logging_in);
+            }
             println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
         }
     }

@@ -29,7 +29,7 @@ use crate::check::{
 };
 use crate::faulty_store::{FaultyMemoryStore, FaultyStore, StoreFaults};
 use crate::harness::logout_name;
-use crate::world::{Demand, Faults, Start, WorldConfig, dpop_key_from};
+use crate::world::{Demand, Faults, LoginGrant, Start, WorldConfig, dpop_key_from};
 use bytes::Bytes;
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, Transport, TransportError};
@@ -238,6 +238,8 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                 needs_login: std::sync::atomic::AtomicBool::new(false),
                 relogin_running: Arc::default(),
                 dpop_keys: config.dpop.then(|| Mutex::new(SplitMix64::new(rng.next_u64()))),
+                login: config.login,
+                logins: AtomicU32::new(0),
             }));
         }
     }

@@ -30,6 +30,30 @@ fn sample_dpop(config: &mut WorldConfig, rng: &mut SplitMix64) {
     }
 }
 
+/// How the user logs in (both tiers), drawn last so that the draws before
+/// it make the same worlds as before logins had a kind.
+fn sample_login(config: &mut WorldConfig, rng: &mut SplitMix64) {
+    config.login = match rng.below(3) {
+        0 => LoginGrant::Password,
+        1 => LoginGrant::Device,
+        _ => LoginGrant::Code,
+    };
+}
+
+/// How the user logs in, as apps do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginGrant {
+    /// The authority's password grant: one exchange (a stand-in for any
+    /// login the app makes by itself).
+    Password,
+    /// The device authorization grant (RFC 8628): the user approves on
+    /// another device while the app polls.
+    Device,
+    /// The authorization code grant with PKCE (RFC 7636): the user approves
+    /// in a browser, the app exchanges the code once.
+    Code,
+}
+
 /// A DPoP key drawn from `keys` (a world's own generator, so that binding
 /// draws nothing from the others). A draw that is not a valid scalar (odds
 /// below 2^-32) is drawn again, boundedly.
@@ -209,6 +233,9 @@ pub struct WorldConfig {
     /// session the store starts with, carries a key the authority binds
     /// the family to.
     pub dpop: bool,
+    /// How the user logs in (both tiers; the store's first session is
+    /// there already).
+    pub login: LoginGrant,
 }
 
 impl WorldConfig {
@@ -235,6 +262,7 @@ impl WorldConfig {
             trace: false,
             max_steps: 1_000_000,
             dpop: false,
+            login: LoginGrant::Password,
         }
     }
 
@@ -286,6 +314,7 @@ impl WorldConfig {
             config.processes = 2 + rng.below(3) as usize;
         }
         sample_dpop(&mut config, &mut rng);
+        sample_login(&mut config, &mut rng);
         config
     }
 
@@ -350,6 +379,7 @@ impl WorldConfig {
         if config.dpop && config.authority.dpop_nonce_lifetime.is_none() {
             config.authority.dpop_nonce_lifetime = Some(Duration::from_secs(60 + rng.below(540)));
         }
+        sample_login(&mut config, &mut rng);
         config
     }
 

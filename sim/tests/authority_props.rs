@@ -1,7 +1,8 @@
 //! Property tests of the reference authority: random operations (logins,
 //! refreshes of fresh, consumed, expired, foreign and made-up tokens,
-//! concurrent redemptions, revocations, resource checks, time passing) under
-//! random configurations, with A1–A6 checked over the audit.
+//! concurrent redemptions, revocations, authorization codes exchanged once or
+//! again, resource checks, time passing) under random configurations, with
+//! A1–A6 and A8 checked over the audit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a test may panic: that is how it fails
 
@@ -23,6 +24,9 @@ fn op() -> impl Strategy<Value = AuthorityOp> {
         1 => (any::<usize>(), any::<bool>(), prop::bool::weighted(0.2))
             .prop_map(|(pick, access, other_client)| AuthorityOp::Revoke { pick, access, other_client }),
         3 => any::<usize>().prop_map(|pick| AuthorityOp::Validate { pick }),
+        1 => Just(AuthorityOp::IssueCode),
+        1 => (any::<usize>(), prop::bool::weighted(0.1))
+            .prop_map(|(pick, other_client)| AuthorityOp::RedeemCode { pick, other_client }),
         4 => prop_oneof![Just(0u64), 1u64..40, 40u64..400].prop_map(|secs| AuthorityOp::Advance { secs }),
     ]
 }
@@ -55,7 +59,7 @@ fn config() -> impl Strategy<Value = AuthorityConfig> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
-    /// A1–A6 hold for any operations under any configuration.
+    /// A1–A6 and A8 hold for any operations under any configuration.
     #[test]
     fn the_authority_keeps_a1_to_a6(config in config(), seed in any::<u64>(), ops in prop::collection::vec(op(), 1..120)) {
         let violations = run_authority(&config, None, seed, &ops);
@@ -72,6 +76,7 @@ fn the_suite_catches_every_planted_authority() {
         AuthorityPlant::DetectionSparesAccess,
         AuthorityPlant::IgnoresClient,
         AuthorityPlant::RefusalRenews,
+        AuthorityPlant::RedeemsGrantTwice,
     ];
     for plant in plants {
         let mut runner = TestRunner::new(Config { cases: 4096, failure_persistence: None, ..Config::default() });

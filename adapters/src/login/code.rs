@@ -112,6 +112,15 @@ impl<T: Transport, S: Store> CodeLogin<T, S> {
         &self.redirect_uri
     }
 
+    /// Binds the login's tokens to `key` by DPoP instead of a key the
+    /// login makes itself (with [`Config::with_dpop`](crate::Config::with_dpop)),
+    /// for an app that keeps its keys elsewhere. The key is stored with the tokens.
+    #[must_use]
+    pub fn with_dpop_key(mut self, key: DpopKey) -> Self {
+        self.dpop_key = Some(key);
+        self
+    }
+
     /// Waits (at most [`BROWSER_WAIT`]) for the browser to come back with a
     /// code for this login, exchanges it, and logs the session in; resolves
     /// once the tokens are stored. Requests that are not this login's answer

@@ -76,6 +76,16 @@ impl<T: Transport, S: Store> DeviceLogin<T, S> {
         self.authorization.expires_in
     }
 
+    /// Binds the login's tokens to `key` by DPoP instead of a key the
+    /// login makes itself (with [`Config::with_dpop`](crate::Config::with_dpop)):
+    /// for an app that keeps its keys elsewhere, or a simulation that needs
+    /// the same key on every run. The key is stored with the tokens.
+    #[must_use]
+    pub fn with_dpop_key(mut self, key: DpopKey) -> Self {
+        self.dpop_key = Some(key);
+        self
+    }
+
     /// Polls the token endpoint as the server allows until the user decides
     /// or the codes expire, then logs the session in; resolves once the
     /// tokens are stored. Dropping the future stops polling.

@@ -8,7 +8,7 @@ use core::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::{Authority, Issued};
+use super::{Authority, AuthorityPlant, Issued};
 use freshen_core::time::MonoTime;
 
 /// How long an authorization code can be exchanged.
@@ -74,7 +74,9 @@ impl Authority {
         redirect_uri: &str,
         verifier: &str,
     ) -> Result<Issued, CodeRefusal> {
-        let issued = match self.codes.remove(code) {
+        let kept = self.plant == Some(AuthorityPlant::RedeemsGrantTwice);
+        let taken = if kept { self.codes.get(code).cloned() } else { self.codes.remove(code) };
+        let issued = match taken {
             Some(issued) if issued.client == client && now < issued.expires_at => issued,
             _ => return Err(CodeRefusal::UnknownCode),
         };
@@ -84,7 +86,7 @@ impl Authority {
         if s256_challenge(verifier) != issued.challenge {
             return Err(CodeRefusal::VerifierMismatch);
         }
-        Ok(self.login(now, client, None))
+        Ok(self.redeem_grant(now, client, code))
     }
 }
 

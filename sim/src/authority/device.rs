@@ -9,7 +9,7 @@ use core::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{Authority, Issued};
+use super::{Authority, AuthorityPlant, Issued};
 use freshen_core::time::MonoTime;
 
 /// How long the codes of a device login live.
@@ -162,8 +162,8 @@ impl Authority {
             None => Err(PollRefusal::AuthorizationPending),
             Some(Decision::Deny) => Err(PollRefusal::AccessDenied),
             Some(Decision::Approve) => {
-                login.redeemed = true;
-                Ok(self.login(now, client, None))
+                login.redeemed = self.plant != Some(AuthorityPlant::RedeemsGrantTwice);
+                Ok(self.redeem_grant(now, client, device_code))
             }
         }
     }

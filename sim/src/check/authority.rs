@@ -1,4 +1,4 @@
-//! A1–A7 over the reference authority's audit, and D1 (the client's side of
+//! A1–A8 over the reference authority's audit, and D1 (the client's side of
 //! a DPoP binding, seen where the server sees it).
 
 use super::*;
@@ -30,6 +30,8 @@ pub struct AuthorityMonitor {
     families: BTreeMap<FamilyId, IssuedFamily>,
     refresh: BTreeMap<Fingerprint, IssuedRefresh>,
     access: BTreeMap<Fingerprint, (FamilyId, MonoTime)>,
+    /// Every authorization and device code that started a family (A8).
+    redeemed_grants: BTreeSet<Fingerprint>,
     violations: Vec<Violation>,
 }
 
@@ -41,6 +43,7 @@ impl AuthorityMonitor {
             families: BTreeMap::new(),
             refresh: BTreeMap::new(),
             access: BTreeMap::new(),
+            redeemed_grants: BTreeSet::new(),
             violations: Vec::new(),
         }
     }
@@ -66,7 +69,12 @@ impl AuthorityMonitor {
             self.violate(Invariant::A6, at, format!("{:?} changed the authority's state", entry.outcome));
         }
         match (&entry.op, &entry.outcome) {
-            (AuditOp::Login { client, device }, AuditOutcome::Issued { family, access, refresh }) => {
+            (AuditOp::Login { client, device, grant }, AuditOutcome::Issued { family, access, refresh }) => {
+                if let Some(grant) = grant
+                    && !self.redeemed_grants.insert(*grant)
+                {
+                    self.violate(Invariant::A8, at, format!("code {grant} started a second family ({family:?})"));
+                }
                 let ends_at = at.saturating_add(self.config.family_lifetime);
                 self.families.insert(
                     *family,

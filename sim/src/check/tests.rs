@@ -7,6 +7,7 @@ use freshen_core::oauth::{OAuthError, TokenResponse};
 use freshen_core::session::{AccessGrant, FailReason, Renewal};
 use freshen_core::stored::StoredSession;
 use freshen_core::token::{AccessToken, RefreshToken, TokenType};
+use secrecy::ExposeSecret as _;
 
 fn t(ms: u64) -> MonoTime {
     MonoTime::from_millis(ms)
@@ -450,6 +451,31 @@ fn a7_and_d1_catch_a_bound_token_served_without_its_key() {
         let _ = a.refresh(t(1001), "app", None, login.refresh_token.expose_secret(), Some(&proof("key-1")));
     });
     assert_eq!(found, vec![Invariant::D1]);
+}
+
+/// A client that lost the answer to its code exchange, and to a device
+/// poll that was granted, presents the same code again.
+fn codes_redeemed_twice(a: &mut Authority) {
+    use crate::authority::code::s256_challenge;
+    use crate::authority::device::Decision;
+    let redirect = "http://127.0.0.1:1/cb";
+    let verifier = "v".repeat(43);
+    let code = a.issue_code(t(0), "app", redirect, &s256_challenge(&verifier));
+    for at in [1, 2] {
+        let _ = a.redeem_code(t(at), "app", &code, redirect, &verifier);
+    }
+    let start = a.start_device_login(t(0), "app");
+    assert!(a.decide_device_login(t(1), &start.user_code, Decision::Approve));
+    for at in [10_000, 30_000] {
+        let _ = a.poll_device_login(t(at), "app", start.device_code.expose_secret());
+    }
+}
+
+#[test]
+fn a8_catches_a_code_that_starts_two_families() {
+    assert!(audit(AuthorityConfig::default(), None, codes_redeemed_twice).is_empty());
+    let found = audit(AuthorityConfig::default(), Some(AuthorityPlant::RedeemsGrantTwice), codes_redeemed_twice);
+    assert_eq!(found, vec![Invariant::A8, Invariant::A8]);
 }
 
 fn rejected(after_lost_response: bool) -> LogoutCause {

@@ -2,6 +2,8 @@
 //! and logouts, and the watch that feeds the checker.
 
 use super::*;
+use freshen_core::dpop::DpopKey;
+use freshen_core::oauth::Classified;
 
 /// Runs the client checker over a driver, and keeps its trace.
 #[derive(Debug)]
@@ -115,6 +117,11 @@ pub(super) struct Host {
     /// Where the keys of this host's DPoP-bound logins come from (`None`:
     /// the world binds nothing).
     pub(super) dpop_keys: Option<Mutex<SplitMix64>>,
+    /// How the user logs in.
+    pub(super) login: LoginGrant,
+    /// Logins started, for each login's own PKCE verifier, state and
+    /// approval delay.
+    pub(super) logins: AtomicU32,
 }
 
 impl Host {
@@ -219,8 +226,8 @@ async fn retry_with_nonce(host: &Host, token: &freshen::Token, nonce: Option<&Dp
     }
 }
 
-/// The user logs out, then logs in again half a minute later (through the
-/// authority's password grant).
+/// The user logs out, then logs in again half a minute later, by the
+/// world's [`LoginGrant`].
 pub(super) async fn log_out_and_back_in(
     session: Session<TurmoilTransport, FaultyMemoryStore>,
     host: Arc<Host>,
@@ -238,9 +245,40 @@ pub(super) async fn log_out_and_back_in(
         session.log_out().await;
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
-    // A bound world logs in with a new key, following the server's nonce challenges.
+    // A bound world logs in with a new key from the world's seed.
     let key = host.dpop_keys.as_ref().and_then(|keys| keys.lock().ok().map(|mut keys| dpop_key_from(&mut keys)));
-    let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
+    // Each login attempt of the host has its own number: its proofs' ids,
+    // PKCE verifier, state and the user's pace come from it.
+    let attempt = host.logins.fetch_add(1, Ordering::Relaxed);
+    let outcome = match host.login {
+        LoginGrant::Password => {
+            let body = format!("grant_type=password&client_id={}&username=user&password=pw", client_id(host.app));
+            log_in_by_exchange(&session, &host, attempt, body, key).await
+        }
+        LoginGrant::Device => log_in_by_device(&session, &host, attempt, key).await,
+        LoginGrant::Code => log_in_by_code(&session, &host, attempt, key).await,
+    };
+    host.watch.line(|| match &outcome {
+        Ok(()) => format!("{} login by {:?}", host.name, host.login),
+        Err(why) => format!("{} login by {:?} failed: {why}", host.name, host.login),
+    });
+    let logged_in = outcome.is_ok();
+    // A login that failed (a lost answer spent its code, the user was too
+    // slow) is tried again by the user: the host's loop starts the next one.
+    host.needs_login.store(!logged_in, Ordering::Release);
+}
+
+/// One exchange at the token endpoint that ends in a login: `body` sent with
+/// a proof by `key` (following the server's nonce challenges, boundedly),
+/// the answer read as a login grant's, the tokens logged in with the time
+/// the request was sent.
+async fn log_in_by_exchange(
+    session: &Session<TurmoilTransport, FaultyMemoryStore>,
+    host: &Host,
+    attempt: u32,
+    body: String,
+    key: Option<DpopKey>,
+) -> Result<(), String> {
     let mut nonce = None;
     for round in 0..=freshen_core::dpop::MAX_NONCE_RETRIES {
         let sent_at = tokio::time::Instant::now().into_std();
@@ -249,39 +287,113 @@ pub(super) async fn log_out_and_back_in(
             .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE);
         if let Some(key) = &key {
             let url = format!("http://{AUTHORITY}{}", paths::TOKEN);
-            let jti = login_proof_id(&host, round);
+            let jti = login_proof_id(host, attempt, round);
             let claims = ProofClaims::new("POST", &url, host.wall(), jti).with_nonce(nonce.as_ref());
             request = request.header("dpop", key.proof(&claims).expose());
         }
-        let Ok(request) = request.body(Full::new(Bytes::from(body.clone()))) else { return };
-        let Ok(response) = send(&host.pacer, request).await else { return };
+        let request = request.body(Full::new(Bytes::from(body.clone()))).map_err(|e| e.to_string())?;
+        let response = send(&host.pacer, request).await.map_err(|e| format!("token endpoint: {e:?}"))?;
         let headers = response.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()));
         let response =
             HttpResponse::new(response.status().as_u16(), headers.collect::<Vec<_>>(), response.body().to_vec());
         let answer = response.classify(&freshen_core::oauth::Policy::default(), sim_wall_clock());
-        let logged_in = match (answer, &key) {
-            (freshen_core::oauth::Classified::NonceRequired(_), Some(_)) => {
-                nonce = response.dpop_nonce();
-                continue;
-            }
-            (freshen_core::oauth::Classified::Success(tokens), None) => session.log_in_sent_at(tokens, sent_at).await,
-            (freshen_core::oauth::Classified::Success(tokens), Some(key)) => {
-                session.log_in_bound_sent_at(tokens, sent_at, key.clone()).await
-            }
-            _ => return,
-        };
-        if logged_in.is_ok() {
-            host.needs_login.store(false, Ordering::Release);
+        if matches!(answer, Classified::NonceRequired(_)) && key.is_some() {
+            nonce = response.dpop_nonce();
+            continue;
         }
-        return;
+        let tokens = freshen_core::code::exchanged(answer).map_err(|e| e.to_string())?;
+        let logged_in = match key {
+            Some(key) => session.log_in_bound_sent_at(tokens, sent_at, key).await,
+            None => session.log_in_sent_at(tokens, sent_at).await,
+        };
+        return logged_in.map_err(|e| e.to_string());
     }
+    Err("nonce challenges without end".into())
 }
 
-/// A unique id for a login's DPoP proof: the host, its logins, the round.
-fn login_proof_id(host: &Host, round: u32) -> [u8; 16] {
+/// The device grant through the driver's own flow: the user reads the code
+/// and approves it on another device (a few tries over the same faulty
+/// network, a few seconds apart) while the session polls.
+async fn log_in_by_device(
+    session: &Session<TurmoilTransport, FaultyMemoryStore>,
+    host: &Arc<Host>,
+    attempt: u32,
+    key: Option<DpopKey>,
+) -> Result<(), String> {
+    let mut login = session.start_device_login(None).await.map_err(|e| e.to_string())?;
+    if let Some(key) = key {
+        login = login.with_dpop_key(key);
+    }
+    let user_code = login.user_code().to_owned();
+    let user = Arc::clone(host);
+    let reading = Duration::from_secs(2 + (host.index as u64 * 7 + u64::from(attempt) * 3) % 20);
+    let approving = tokio::spawn(async move {
+        tokio::time::sleep(reading).await;
+        let form = format!("user_code={user_code}&decision=approve");
+        for _ in 0..3 {
+            let request = Request::post(paths::DEVICE)
+                .header(header::HOST, AUTHORITY)
+                .header(header::CONTENT_TYPE, FormRequest::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(form.clone())));
+            let Ok(request) = request else { return };
+            if send(&user.pacer, request).await.is_ok_and(|answer| answer.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let finished = login.finish().await;
+    approving.abort();
+    finished.map_err(|e| e.to_string())
+}
+
+/// The authorization code grant with PKCE: the browser's request to the
+/// authorization endpoint (the user approves at once), its redirect read by
+/// the core as the driver's loopback listener reads it, the code exchanged.
+async fn log_in_by_code(
+    session: &Session<TurmoilTransport, FaultyMemoryStore>,
+    host: &Host,
+    attempt: u32,
+    key: Option<DpopKey>,
+) -> Result<(), String> {
+    use freshen_core::code::{self, AuthorizationRequest, Expected};
+    const CALLBACK: &str = "/callback";
+    let redirect_uri = format!("http://127.0.0.1:49152{CALLBACK}");
+    let verifier = format!("verifier-{:0>34}", host.index as u64 * 1_000_003 + u64::from(attempt));
+    let state = format!("state-{}-{attempt}", host.index);
+    let client = client_id(host.app);
+    let challenge = crate::authority::code::s256_challenge(&verifier);
+    let request = AuthorizationRequest {
+        client_id: &client,
+        redirect_uri: &redirect_uri,
+        scope: None,
+        state: &state,
+        code_challenge: &challenge,
+    };
+    let url = code::authorization_url(&format!("http://{AUTHORITY}{}", paths::AUTHORIZE), &request)
+        .map_err(|e| e.to_string())?;
+    let target = url.trim_start_matches(&format!("http://{AUTHORITY}"));
+    let request = Request::get(target)
+        .header(header::HOST, AUTHORITY)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let redirect = send(&host.pacer, request).await.map_err(|e| format!("authorization endpoint: {e:?}"))?;
+    let location = redirect.headers().get(header::LOCATION).and_then(|v| v.to_str().ok());
+    let back = location
+        .and_then(|location| location.strip_prefix("http://127.0.0.1:49152"))
+        .ok_or_else(|| format!("no redirect to the app ({})", redirect.status()))?;
+    let expected = Expected { path: CALLBACK, state: &state, issuer: None };
+    let code = code::parse_redirect(back, &expected).map_err(|e| e.to_string())?;
+    let form = code::code_request(&Client::public(client.clone()), &code, &redirect_uri, &verifier);
+    let body = form.expose_body().to_owned();
+    log_in_by_exchange(session, host, attempt, body, key).await
+}
+
+/// A unique id for a login's DPoP proof: the host, its login attempt, the round.
+fn login_proof_id(host: &Host, attempt: u32, round: u32) -> [u8; 16] {
     let mut jti = [0u8; 16];
     jti[..8].copy_from_slice(&(host.index as u64).to_le_bytes());
-    jti[8..12].copy_from_slice(&host.logouts.load(Ordering::Relaxed).to_le_bytes()[..4]);
+    jti[8..12].copy_from_slice(&attempt.to_le_bytes());
     jti[12..].copy_from_slice(&round.to_le_bytes());
     jti
 }
@@ -296,6 +408,7 @@ pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) ->
     let freshen_config =
         Config::new(format!("http://{AUTHORITY}{}", paths::TOKEN), Client::public(client_id(host.app)))
             .with_revocation_endpoint(format!("http://{AUTHORITY}{}", paths::REVOKE))
+            .with_device_authorization_endpoint(format!("http://{AUTHORITY}{}", paths::DEVICE_AUTHORIZATION))
             .with_session(session_config)
             // The simulated network's host names are not loopback.
             .with_plain_http_allowed();

@@ -42,6 +42,8 @@ pub(super) async fn serve(
 ) -> Result<http::Response<Full<Bytes>>, Dropped> {
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, 16 * 1024).collect().await.map_err(|_| Dropped)?.to_bytes();
+    // The authorization endpoint reads its query.
+    let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
     if parts.method == Method::POST && parts.uri.path() == paths::TOKEN {
         let rates = faults.rates.lock().map(|r| *r).unwrap_or_default();
         if faults.draw(rates.server_error, "server_error") {
@@ -70,7 +72,7 @@ pub(super) async fn serve(
             response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
             return Ok(response);
         }
-        let response = answer(state, &parts.method, parts.uri.path(), &parts.headers, &body);
+        let response = answer(state, &parts.method, target, &parts.headers, &body);
         if faults.draw(rates.drop_response, "drop_after_commit") {
             let client = form_urlencoded::parse(&body)
                 .find(|(k, _)| k == "client_id")
@@ -83,7 +85,7 @@ pub(super) async fn serve(
         }
         return Ok(response);
     }
-    Ok(answer(state, &parts.method, parts.uri.path(), &parts.headers, &body))
+    Ok(answer(state, &parts.method, target, &parts.headers, &body))
 }
 
 // turmoil keeps a server-side socket for a (client address, port) pair until
