@@ -27,6 +27,8 @@ mod file;
 mod keyring;
 #[cfg(any(feature = "file-store", feature = "keyring"))]
 mod lock_file;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 #[cfg(feature = "file-store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file-store")))]
@@ -37,6 +39,9 @@ pub use keyring::KeyringStore;
 #[cfg(any(feature = "file-store", feature = "keyring"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "file-store", feature = "keyring"))))]
 pub use lock_file::LockFile;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{LOCK_APPLICATION_NAME, Postgres, PostgresSettings, PostgresSetupError, PostgresStore};
 
 /// Why a store operation failed. Never carries the stored bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -49,12 +54,21 @@ pub enum StoreError {
     /// The stored entry cannot be decoded. It is left in place.
     #[error("the stored session is unreadable: {0}")]
     Corrupt(DecodeError),
+    /// A write under the store's lock was refused because another process
+    /// took the lock since (this one lost it: its connection was cut, or it
+    /// stalled past the lock's bound). Nothing was written; what the store
+    /// holds is newer than what this process knows.
+    #[error("the write was fenced off: another process holds the session's lock now")]
+    Fenced,
 }
 
 impl From<StoreError> for freshen_core::session::StoreError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => Self::Unavailable,
+            // Until the machine learns to re-read at once on a fenced write,
+            // it retries it as a failed write: under a new lock, after
+            // reading what the store holds.
+            StoreError::Unavailable(_) | StoreError::Fenced => Self::Unavailable,
             StoreError::Corrupt(decode) => Self::Corrupt(decode),
         }
     }

@@ -1,0 +1,191 @@
+//! `PostgresStore` against a real PostgreSQL (`FRESHEN_POSTGRES_URL`; `.ci/run`
+//! starts one with `.ci/postgres.sh` and sets `FRESHEN_REQUIRE_POSTGRES=1`,
+//! which turns a skip into a failure). Each test has a table of its own.
+//!
+//! The store check (its contract, then real sessions in three "processes"
+//! refreshing under faults against an authority with reuse detection and no
+//! grace), and the fleet rules: the lock excludes; the database releases it
+//! when its holder's connection dies, when the holder stalls past its bound,
+//! and when a waiter gives up; a write under a lost lock is fenced off, also
+//! after a logout; different sessions never wait for each other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, clippy::print_stdout)] // a test may panic: that is how it fails; it says why it skips
+
+use std::time::Duration;
+
+use freshen::store::{Postgres, PostgresSettings, PostgresStore, Store, StoreError};
+use freshen_core::ids::Generation;
+use freshen_core::stored::StoredSession;
+use freshen_core::token::{AccessToken, RefreshToken};
+use freshen_sim::store_check::{StoreCheck, check_store};
+
+/// The database, or `None` (with the reason printed) when the tests may skip.
+async fn database(table: &str, settings: PostgresSettings) -> Option<Postgres> {
+    let required = std::env::var("FRESHEN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    let skip = |why: String| {
+        assert!(!required, "FRESHEN_REQUIRE_POSTGRES=1 but {why}");
+        eprintln!(
+            "skipping the PostgreSQL test: {why}. .ci/run starts one with .ci/postgres.sh; FRESHEN_REQUIRE_POSTGRES=1 makes this a failure"
+        );
+    };
+    let Ok(url) = std::env::var("FRESHEN_POSTGRES_URL") else {
+        skip("FRESHEN_POSTGRES_URL is not set".into());
+        return None;
+    };
+    let db = Postgres::new(&url, settings.with_table(table)).expect("a valid connection string");
+    if let Err(error) = db.migrate().await {
+        skip(format!("PostgreSQL at {url} cannot be used: {error}"));
+        return None;
+    }
+    // A table of this test's own, empty.
+    admin(&url, &format!("TRUNCATE {table}")).await;
+    Some(db)
+}
+
+/// Runs `sql` on a connection of its own.
+async fn admin(url: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = connection.await;
+}
+
+/// Ends the server process that holds the lock of `table`'s session `key`,
+/// as a network cut or a dead worker would.
+async fn cut_lock_holder(table: &str, key: &str) {
+    let url = std::env::var("FRESHEN_POSTGRES_URL").unwrap();
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('{table}/{key}', 0)"
+    );
+    admin(&url, &sql).await;
+}
+
+fn session(generation: u64, tag: &str) -> StoredSession {
+    let mut session =
+        StoredSession::pair(AccessToken::new(format!("at-{tag}")), RefreshToken::new(format!("rt-{tag}")));
+    session.generation = Generation(generation);
+    session
+}
+
+async fn loaded(store: &PostgresStore) -> Option<Generation> {
+    store.load().await.unwrap().map(|s| s.generation)
+}
+
+/// Whether `store`'s lock comes within `wait`.
+async fn locks_within(store: &PostgresStore, wait: Duration) -> Option<freshen::store::StoreLock> {
+    tokio::time::timeout(wait, store.lock()).await.ok().map(|lock| lock.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_check_passes_with_three_processes_under_faults() {
+    let Some(db) = database("t_store_check", PostgresSettings::default()).await else { return };
+    let report = check_store(|| db.store("tenant-1"), &StoreCheck::shared()).await.unwrap();
+    println!("{report}");
+}
+
+/// Two handles on `table`'s session `k` holding a session: the first took
+/// the lock and lost it (its connection cut), the second holds it now.
+async fn lock_lost(db: &Postgres, table: &str) -> (PostgresStore, PostgresStore, [freshen::store::StoreLock; 2]) {
+    let (stale, next) = (db.store("k"), db.store("k"));
+    stale.save(&session(3, "start")).await.unwrap();
+    let lost = stale.lock().await.unwrap();
+    cut_lock_holder(table, "k").await;
+    let held = locks_within(&next, Duration::from_secs(5)).await.expect("the cut lock was released");
+    (stale, next, [lost, held])
+}
+
+#[tokio::test]
+async fn a_write_under_a_lost_lock_is_fenced_off() {
+    let Some(db) = database("t_fenced", PostgresSettings::default()).await else { return };
+    let (stale, next, _locks) = lock_lost(&db, "t_fenced").await;
+    next.save(&session(4, "next")).await.unwrap();
+    // The stale holder comes back with what it refreshed meanwhile.
+    assert_eq!(stale.save(&session(4, "stale")).await, Err(StoreError::Fenced));
+    assert_eq!(stale.save(&session(9, "stale")).await, Err(StoreError::Fenced));
+    assert_eq!(stale.clear().await, Err(StoreError::Fenced));
+    let kept = next.load().await.unwrap().unwrap();
+    assert_eq!(kept.access_token.unwrap().expose_secret(), "at-next");
+}
+
+#[tokio::test]
+async fn a_cleared_session_keeps_its_fence() {
+    let Some(db) = database("t_cleared", PostgresSettings::default()).await else { return };
+    let (stale, next, [_lost, held]) = lock_lost(&db, "t_cleared").await;
+    next.clear().await.unwrap();
+    drop(held);
+    // A late write cannot bring the logged-out session back.
+    assert_eq!(stale.save(&session(4, "stale")).await, Err(StoreError::Fenced));
+    assert_eq!(loaded(&next).await, None);
+}
+
+#[tokio::test]
+async fn the_lock_excludes_until_its_holder_dies() {
+    let Some(db) = database("t_excludes", PostgresSettings::default()).await else { return };
+    let (first, second) = (db.store("k"), db.store("k"));
+    let held = first.lock().await.unwrap();
+    assert!(locks_within(&second, Duration::from_millis(500)).await.is_none(), "two holders at once");
+    let waiting = tokio::spawn(async move { second.lock().await.map(drop) });
+    cut_lock_holder("t_excludes", "k").await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("released").unwrap().unwrap();
+    println!("lock passed on {:?} after its holder's connection ended", started.elapsed());
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_stalled_holder_loses_the_lock_after_its_bound_and_its_write_is_fenced() {
+    let settings = PostgresSettings::default().with_lock_hold(Duration::from_secs(1));
+    let Some(db) = database("t_stalled", settings).await else { return };
+    let (stalled, next) = (db.store("k"), db.store("k"));
+    let lost = stalled.lock().await.unwrap();
+    let started = std::time::Instant::now();
+    // The holder does nothing (a GC or VM pause); the server ends its
+    // connection once it has been idle for the bound.
+    let held = locks_within(&next, Duration::from_secs(10)).await.expect("the stalled lock was released");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "released after {waited:?}, before its bound");
+    next.save(&session(2, "next")).await.unwrap();
+    assert_eq!(stalled.save(&session(2, "stalled")).await, Err(StoreError::Fenced));
+    println!("a lock held idle for longer than its 1 s bound passed on after {waited:?}");
+    drop((lost, held));
+}
+
+#[tokio::test]
+async fn a_waiter_that_gives_up_leaves_no_lock_behind() {
+    let Some(db) = database("t_gave_up", PostgresSettings::default()).await else { return };
+    let (holder, quitter, later) = (db.store("k"), db.store("k"), db.store("k"));
+    let held = holder.lock().await.unwrap();
+    // The session stops waiting (its lock-wait bound) and drops the future.
+    assert!(locks_within(&quitter, Duration::from_millis(300)).await.is_none());
+    drop(held);
+    // Had the abandoned wait been granted later, it would hold the lock now.
+    assert!(locks_within(&later, Duration::from_secs(3)).await.is_some(), "an abandoned wait kept the lock");
+}
+
+#[tokio::test]
+async fn different_sessions_never_wait_for_each_other() {
+    let Some(db) = database("t_keys", PostgresSettings::default()).await else { return };
+    let held = db.store("tenant-a").lock().await.unwrap();
+    let other = locks_within(&db.store("tenant-b"), Duration::from_secs(2)).await;
+    assert!(other.is_some(), "tenant-b waited for tenant-a's lock");
+    // Nor the same key in another table.
+    let Some(elsewhere) = database("t_keys_other", PostgresSettings::default()).await else { return };
+    assert!(locks_within(&elsewhere.store("tenant-a"), Duration::from_secs(2)).await.is_some());
+    drop(held);
+}
+
+#[tokio::test]
+async fn migrating_again_changes_nothing_and_a_newer_schema_is_refused() {
+    let Some(db) = database("t_migrate", PostgresSettings::default()).await else { return };
+    let store = db.store("k");
+    store.save(&session(5, "kept")).await.unwrap();
+    db.migrate().await.unwrap();
+    assert_eq!(loaded(&store).await, Some(Generation(5)));
+    let url = std::env::var("FRESHEN_POSTGRES_URL").unwrap();
+    admin(&url, "INSERT INTO t_migrate_schema (version) VALUES (99)").await;
+    assert!(db.migrate().await.is_err(), "a newer schema was migrated over");
+    admin(&url, "DELETE FROM t_migrate_schema WHERE version = 99").await;
+}
