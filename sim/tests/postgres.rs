@@ -189,3 +189,67 @@ async fn migrating_again_changes_nothing_and_a_newer_schema_is_refused() {
     assert!(db.migrate().await.is_err(), "a newer schema was migrated over");
     admin(&url, "DELETE FROM t_migrate_schema WHERE version = 99").await;
 }
+
+/// The whole story with real sessions: a worker's lock is cut while its
+/// refresh is in flight; another worker takes the lock and refreshes the same
+/// token (the server's grace period answers it); the first worker's answer
+/// comes, its write is fenced off, and it adopts what the other wrote. Nobody
+/// is logged out and both end on the same, live tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lock_mid_refresh_adopts_the_next_holders_tokens() {
+    use freshen::{Config, Environment, Session};
+    use freshen_core::oauth::Client;
+    use freshen_core::session::SessionConfig;
+    use freshen_sim::authority::AuthorityConfig;
+    use freshen_sim::http::{InProcess, State};
+
+    let table = "t_sessions_fenced";
+    let Some(db) = database(table, PostgresSettings::default()).await else { return };
+    let mut grace = AuthorityConfig::default();
+    (grace.grace, grace.reuse_detection, grace.rotation) = (Duration::from_secs(60), true, true);
+    let state = State::new(grace, 1);
+    let config = Config::new("https://authority.invalid/token", Client::public("fleet"))
+        .with_session(SessionConfig::default().with_shared_store(true).with_refresh_jitter(Duration::ZERO));
+    let start = |seed: u64| {
+        Session::start_in(config.clone(), InProcess::new(state.clone()), db.store("tenant"), Environment::seeded(seed))
+            .unwrap()
+    };
+    let first = start(1);
+    let issued = state.login("fleet");
+    first.log_in_with(StoredSession::pair(issued.access_token, issued.refresh_token)).await.unwrap();
+    let second = start(2);
+
+    // The first worker's refresh: the server acts at once, its answer takes a while.
+    state.set_token_answer_delay(Duration::from_millis(800));
+    let in_flight = tokio::spawn({
+        let first = first.clone();
+        async move { first.refresh().await }
+    });
+    // Its lock is cut once it holds it (polled: the refresh runs on its own).
+    let url = std::env::var("FRESHEN_POSTGRES_URL").unwrap();
+    let (probe, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let held = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('{table}/tenant', 0)"
+    );
+    let mut polls = 0;
+    while probe.query_one(held.as_str(), &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        polls += 1;
+        assert!(polls < 200, "the first worker never took the lock");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cut_lock_holder(table, "tenant").await;
+    // The second worker refreshes the same token meanwhile, under the lock.
+    let theirs = second.refresh().await.expect("the second worker refreshed");
+    let ours = in_flight.await.unwrap();
+    assert!(!first.state().is_logged_out(), "the first worker was logged out: {:?}", first.state());
+    assert!(!second.state().is_logged_out(), "the second worker was logged out");
+    let now = first.access_token().await.expect("the first worker has a token");
+    assert_eq!(now.generation(), theirs.generation(), "the first worker did not adopt the stored tokens ({ours:?})");
+    // What the store holds is alive at the server.
+    let stored = db.store("tenant").load().await.unwrap().unwrap();
+    let refresh_token = stored.refresh_token.unwrap();
+    let accepted = state.authority().refresh(state.now(), "fleet", None, refresh_token.expose_secret(), None);
+    assert!(accepted.is_ok(), "the stored refresh token was refused: {accepted:?}");
+}

@@ -65,10 +65,8 @@ pub enum StoreError {
 impl From<StoreError> for freshen_core::session::StoreError {
     fn from(error: StoreError) -> Self {
         match error {
-            // Until the machine learns to re-read at once on a fenced write,
-            // it retries it as a failed write: under a new lock, after
-            // reading what the store holds.
-            StoreError::Unavailable(_) | StoreError::Fenced => Self::Unavailable,
+            StoreError::Unavailable(_) => Self::Unavailable,
+            StoreError::Fenced => Self::Fenced,
             StoreError::Corrupt(decode) => Self::Corrupt(decode),
         }
     }

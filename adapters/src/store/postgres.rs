@@ -17,7 +17,9 @@
 //!   under the lock is conditional on the fence it got: a worker that lost
 //!   its lock (its connection cut, or stalled past the bound) and comes back
 //!   can never overwrite what the next holder wrote. Its write fails with
-//!   [`StoreError::Fenced`], and nothing is written.
+//!   [`StoreError::Fenced`], and nothing is written; its session lets the
+//!   lost lock go, takes it again, reads the row and adopts what the other
+//!   worker wrote (or writes its own tokens if nobody did).
 //! * **A cleared session keeps its row** (blob `NULL`), so the fence survives
 //!   a logout and a late write cannot bring a logged-out session back.
 //!

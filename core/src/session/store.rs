@@ -367,9 +367,22 @@ impl Session {
         };
         self.store.in_flight = None;
         let read = matches!(kind, StoreOp::Load | StoreOp::Lock);
-        if !read {
-            // A failed write may or may not have happened.
+        if !read && error != StoreError::Fenced {
+            // A failed write may or may not have happened (a fenced one did
+            // not: the store holds what it held, or newer).
             self.store.holds = Holds::Unknown;
+        }
+        if error == StoreError::Fenced && self.store.locked {
+            // The lock was lost: the next write takes a new one and reads
+            // the store under it first. What this process holds came under
+            // a lock another process has taken since, as if answered outside
+            // it: `on_store_locked` adopts what that process wrote, or writes
+            // ours if the store still holds what this one read.
+            self.store.locked = false;
+            self.outbox.commands.push_back(Command::Io(Io::UnlockStore));
+            if let Some(tokens) = self.tokens_mut() {
+                tokens.answered_unlocked = true;
+            }
         }
         let gave_up = match error {
             StoreError::Corrupt(decode) if kind == StoreOp::Load => {

@@ -983,6 +983,43 @@ fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
     assert_eq!(granted, Some(Generation(5)));
 }
 
+/// A refresh whose write is fenced off (the lock was lost meanwhile); then
+/// the lock is taken again, and the store holds `found`.
+fn fenced_then_relocked(found: Option<StoredSession>) -> (Harness, Vec<Command>) {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    h.want(1);
+    let op = lock_op(&h);
+    locked(&mut h, op, Some(stored(1, "r1", None)));
+    let (id, ..) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 3600));
+    let (write, _) = h.last_persist();
+    let out = h.handle(Event::StoreFailed { op: write, error: StoreError::Fenced });
+    assert!(unlocked(&out), "the lost lock was kept: {out:?}");
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "written again unlocked: {out:?}");
+    let retry_at = h.session.poll_timeout().expect("a retry").at;
+    let out = h.advance_to(retry_at);
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::LockStore { .. }))), "no new lock: {out:?}");
+    let op = lock_op(&h);
+    let out = locked(&mut h, op, found);
+    (h, out)
+}
+
+#[test]
+fn a_fenced_write_is_made_again_only_under_a_new_lock_after_reading_the_store() {
+    // Nobody wrote meanwhile: the tokens this process holds are the newest.
+    let (h, out) = fenced_then_relocked(Some(stored(1, "r1", None)));
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "{out:?}");
+    assert_eq!(h.last_persist().1.refresh_token.unwrap().expose_secret(), "r2");
+    // Another process rotated meanwhile: its tokens are adopted, never overwritten.
+    let (_, out) = fenced_then_relocked(Some(stored(7, "r7", Some(UnixTime::from_secs(UNIX_ZERO + 3600)))));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. } | Io::SendRefresh { .. }))), "{out:?}");
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(7))]);
+    // Another process logged out meanwhile: the late tokens do not bring the session back.
+    let (h, out) = fenced_then_relocked(None);
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "{out:?}");
+    assert_eq!(h.session.state().logout_cause(), Some(LogoutCause::EndedElsewhere));
+}
+
 #[test]
 fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_lock() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));

@@ -154,6 +154,12 @@ pub enum StoreError {
     /// A load found a blob it cannot decode. It is left in place: a newer
     /// version of the app may have written it, and a login overwrites it.
     Corrupt(DecodeError),
+    /// A write under the shared store's lock was refused: another process
+    /// took the lock since (this one lost it), and may have written newer
+    /// tokens. Nothing was written. The lock is gone, so the machine lets
+    /// it go and writes again only under a new one, after reading what the
+    /// store holds: never over another process's newer tokens.
+    Fenced,
 }
 
 /// Tokens from a login, to start a session. A token pair, a refresh token
