@@ -57,6 +57,8 @@ pub mod login;
 #[cfg(all(not(freshen_loom), feature = "middleware"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
 pub mod middleware;
+#[cfg(not(freshen_loom))]
+mod registry;
 mod scrub;
 #[cfg(not(freshen_loom))]
 mod session;
@@ -85,6 +87,8 @@ pub use freshen_core as core;
 pub use freshen_core::session::{Renewal, StateView};
 /// Tokens an app already holds, for [`Session::log_in_with`].
 pub use freshen_core::stored::StoredSession;
+#[cfg(not(freshen_loom))]
+pub use registry::Sessions;
 /// The secret types tokens are kept in.
 #[cfg(not(freshen_loom))]
 pub use secrecy;

@@ -500,6 +500,12 @@ impl<T: Transport, S: Store> Session<T, S> {
         self.shared.state.borrow().clone()
     }
 
+    /// How many handles on this session exist (clones of it), for the
+    /// registry: one that only it holds can be dropped.
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self._guard)
+    }
+
     /// The state as a stream, for watching: send the user to log in once
     /// only a login helps (`watch_state().wait_for(StateView::needs_login)`).
     pub fn watch_state(&self) -> watch::Receiver<StateView> {

@@ -55,12 +55,24 @@ pub struct Sizes {
     pub tier1_seeds: u64,
     /// Tier-2 seeds.
     pub tier2_seeds: u64,
+    /// Sessions live at once in the fleet registry.
+    pub fleet_sessions: usize,
+    /// Token lookups timed among them.
+    pub fleet_lookups: usize,
 }
 
 impl Sizes {
     /// Under a minute on two cores.
-    pub const QUICK: Self =
-        Self { acquires: 200_000, rounds: 7, steps: 200_000, requests: 2_000, tier1_seeds: 200, tier2_seeds: 6 };
+    pub const QUICK: Self = Self {
+        acquires: 200_000,
+        rounds: 7,
+        steps: 200_000,
+        requests: 2_000,
+        tier1_seeds: 200,
+        tier2_seeds: 6,
+        fleet_sessions: 10_000,
+        fleet_lookups: 20_000,
+    };
     /// Tighter figures, a few minutes.
     pub const FULL: Self = Self {
         acquires: 2_000_000,
@@ -69,6 +81,8 @@ impl Sizes {
         requests: 20_000,
         tier1_seeds: 2_000,
         tier2_seeds: 40,
+        fleet_sessions: 100_000,
+        fleet_lookups: 200_000,
     };
 }
 
@@ -401,4 +415,69 @@ fn parallel_seeds(count: u64, run: impl Fn(u64) + Sync) -> f64 {
         }
     });
     count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// What [`fleet`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Fleet {
+    /// Resident memory per idle session (started, loaded, holding a valid
+    /// token), from the process's resident size before and after.
+    pub idle_bytes: f64,
+    /// Time to a token for a random key whose token is valid, p99.
+    pub token_p99_us: f64,
+    /// The same through one session alone, p99: what the registry adds is the gap.
+    pub single_p99_us: f64,
+}
+
+/// `sessions` sessions in one [`Sessions`](freshen::Sessions) registry, each
+/// over its own store holding a token valid for an hour: the resident
+/// memory they take, and the time to a token for random keys among them
+/// (`lookups` of them) against the same through one session held directly.
+pub fn fleet(runtime: &Runtime, sessions: usize, lookups: usize) -> Result<Fleet, BenchError> {
+    let stored = blob(ACCESS_TOKEN, "bench-refresh", system_clock().saturating_add(Duration::from_secs(3600)))?;
+    // The stores first: their blobs stand for the database's rows, not for
+    // the sessions' memory.
+    let stores: Arc<Vec<MemoryStore>> = Arc::new((0..sessions).map(|_| MemoryStore::holding(&stored)).collect());
+    let keys: Vec<String> = (0..sessions).map(|i| format!("tenant-{i}")).collect();
+    let open = {
+        let stores = Arc::clone(&stores);
+        move |key: &str| {
+            let index = key.strip_prefix("tenant-").and_then(|i| i.parse::<usize>().ok()).unwrap_or(0);
+            stores.get(index).cloned().unwrap_or_default()
+        }
+    };
+    runtime.block_on(async {
+        let before = resident_bytes()?;
+        let config = Config::new(format!("http://127.0.0.1:9{}", paths::TOKEN), Client::public(CLIENT));
+        let registry = freshen::Sessions::new(config, ReqwestTransport::new()?, open);
+        for key in &keys {
+            registry.access_token(key).await?;
+        }
+        let after = resident_bytes()?;
+        let idle_bytes = after.saturating_sub(before) as f64 / sessions.max(1) as f64;
+        let mut rng = freshen::core::rng::SplitMix64::new(7);
+        let mut times = Vec::with_capacity(lookups);
+        for _ in 0..lookups {
+            let key = keys.get(rng.below(keys.len() as u64) as usize).ok_or("no sessions")?;
+            let started = Instant::now();
+            black_box(registry.access_token(key).await?);
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        let token_p99_us = quantile(&mut times, 0.99);
+        let one = registry.session(keys.first().ok_or("no sessions")?)?;
+        times.clear();
+        for _ in 0..lookups {
+            let started = Instant::now();
+            black_box(one.access_token().await?);
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(Fleet { idle_bytes, token_p99_us, single_p99_us: quantile(&mut times, 0.99) })
+    })
+}
+
+/// This process's resident memory (Linux: `/proc/self/statm`, in pages of 4 KiB).
+fn resident_bytes() -> Result<u64, BenchError> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+    Ok(pages * 4096)
 }

@@ -72,6 +72,14 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("middleware_ratio={:.3}", through / raw);
     println!("middleware_empty_chain_ratio={:.3}", empty / raw);
     println!("authorized_client_ratio={:.3}", authorized / raw);
+
+    let fleet = freshen_bench::fleet(&runtime, sizes.fleet_sessions, sizes.fleet_lookups)?;
+    println!(
+        "# fleet of {} sessions: token p99 {:.2} us through the registry vs {:.2} us through one session held",
+        sizes.fleet_sessions, fleet.token_p99_us, fleet.single_p99_us
+    );
+    println!("sessions_idle_bytes={:.0}", fleet.idle_bytes);
+    println!("fleet_token_p99_us={:.2}", fleet.token_p99_us);
     drop(runtime);
 
     let (tier1, tier2) = freshen_bench::sim_seeds_per_s(sizes.tier1_seeds, sizes.tier2_seeds);
