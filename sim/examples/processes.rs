@@ -22,8 +22,10 @@
 //! with a grace window (`--grace 30`) it must.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // an example reports on its terminal
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
 use freshen::core::oauth::{self, Classified, Client};
@@ -32,13 +34,11 @@ use freshen::middleware::AuthMiddleware;
 use freshen::store::FileStore;
 use freshen::transport::{HttpResponse, ReqwestTransport};
 use freshen::{Config, Session};
-use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
 
+use common::{Error, SHORTEST_LIFETIME_MS, number};
+
 const CLIENT: &str = "processes-example";
-/// Refresh this long before expiry; the jitter spreads the processes' timers.
-const MARGIN: Duration = Duration::from_millis(1000);
-const JITTER: Duration = Duration::from_millis(300);
 
 #[derive(Debug)]
 struct Options {
@@ -59,15 +59,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
-        let mut number = || -> Result<u64, String> {
-            let text = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            text.parse().map_err(|_| format!("{flag}: not a number: {text}"))
-        };
         match flag.as_str() {
-            "--processes" => options.processes = usize::try_from(number()?).map_err(|e| e.to_string())?.clamp(1, 64),
-            "--seconds" => options.seconds = number()?.clamp(1, 3600),
-            "--lifetime-ms" => options.lifetime = Duration::from_millis(number()?.max(2 * 1300)),
-            "--grace" => options.grace = Duration::from_secs(number()?),
+            "--processes" => {
+                options.processes = usize::try_from(number(flag, &mut args)?).map_err(|e| e.to_string())?.clamp(1, 64);
+            }
+            "--seconds" => options.seconds = number(flag, &mut args)?.clamp(1, 3600),
+            "--lifetime-ms" => {
+                options.lifetime = Duration::from_millis(number(flag, &mut args)?.max(SHORTEST_LIFETIME_MS));
+            }
+            "--grace" => options.grace = Duration::from_secs(number(flag, &mut args)?),
             "--kill-holder" => options.kill_holder = true,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -77,45 +77,23 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    if args.first().map(String::as_str) == Some("child") {
+        return common::block_on(child(args.get(1..).unwrap_or_default()));
+    }
+    match parse(&args) {
+        Ok(options) => common::block_on(parent(options)),
         Err(error) => {
-            eprintln!("no runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = if args.first().map(String::as_str) == Some("child") {
-        runtime.block_on(child(args.get(1..).unwrap_or_default()))
-    } else {
-        match parse(&args) {
-            Ok(options) => runtime.block_on(parent(options)),
-            Err(error) => {
-                eprintln!("{error}");
-                return ExitCode::from(2);
-            }
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
+            eprintln!("{error}");
+            ExitCode::from(2)
         }
     }
 }
-
-type Error = Box<dyn std::error::Error>;
 
 /// One process: calls the resource every 20 ms until the deadline, then
 /// prints what it saw. Exits 3 if its session ended.
 async fn child(args: &[String]) -> Result<ExitCode, Error> {
     let [token_url, resource_url, path, seconds] = args else { return Err("child: bad arguments".into()) };
-    let session_config = SessionConfig::default()
-        .with_shared_store(true)
-        .with_refresh_margin(MARGIN)
-        .with_refresh_jitter(JITTER)
-        .with_request_timeout(Duration::from_secs(5));
-    let config = Config::new(token_url.clone(), Client::public(CLIENT)).with_session(session_config);
+    let config = Config::new(token_url.clone(), Client::public(CLIENT)).with_session(common::child_session());
     let session = Session::start(config, ReqwestTransport::new()?, FileStore::new(path))?;
     let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(session.clone()))
@@ -138,8 +116,8 @@ async fn child(args: &[String]) -> Result<ExitCode, Error> {
 /// Logs in through the authority's password grant and writes the session to
 /// the file, as a CLI's `login` command would.
 async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
-    let session_config = SessionConfig::default().with_shared_store(true);
-    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT)).with_session(session_config);
+    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
+        .with_session(SessionConfig::default().with_shared_store(true));
     let store = FileStore::new(path);
     let session = Session::start(config, ReqwestTransport::new()?, store.clone())?;
     let sent_at = std::time::Instant::now();
@@ -219,12 +197,7 @@ async fn kill_holder(server: &Server, lock_file: &Path, children: &mut [Child], 
 }
 
 async fn parent(options: Options) -> Result<ExitCode, Error> {
-    let mut authority = AuthorityConfig::default();
-    authority.access_ttl = options.lifetime;
-    authority.grace = options.grace;
-    authority.reuse_detection = true;
-    authority.rotation = true;
-    let server = Server::loopback(authority, 1).await?;
+    let server = Server::loopback(common::strict_authority(options.lifetime, options.grace), 1).await?;
     if options.kill_holder {
         server.state().set_token_answer_delay(Duration::from_millis(800));
     }
@@ -235,18 +208,14 @@ async fn parent(options: Options) -> Result<ExitCode, Error> {
     println!("{options:?}; authority on {}; session file {}", server.url(""), path.display());
 
     let start = Instant::now();
-    let mut children = (0..options.processes)
-        .map(|_| {
-            Command::new(std::env::current_exe()?)
-                .arg("child")
-                .arg(server.url(paths::TOKEN))
-                .arg(server.url(paths::RESOURCE))
-                .arg(&path)
-                .arg(options.seconds.to_string())
-                .stdout(Stdio::piped())
-                .spawn()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let child_args = [
+        "child".into(),
+        server.url(paths::TOKEN),
+        server.url(paths::RESOURCE),
+        path.display().to_string(),
+        options.seconds.to_string(),
+    ];
+    let mut children = common::spawn_children(options.processes, &child_args)?;
     let kill = if options.kill_holder {
         let lock_file = PathBuf::from(format!("{}.lock", path.display()));
         kill_holder(&server, &lock_file, &mut children, start).await
@@ -254,10 +223,7 @@ async fn parent(options: Options) -> Result<ExitCode, Error> {
         None
     };
     // The children run for `seconds`; the server keeps answering meanwhile.
-    let outputs = tokio::task::spawn_blocking(move || {
-        children.into_iter().map(|child| child.wait_with_output()).collect::<Result<Vec<_>, _>>()
-    })
-    .await??;
+    let outputs = common::wait_all(children).await?;
     let elapsed = start.elapsed();
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -273,14 +239,7 @@ async fn parent(options: Options) -> Result<ExitCode, Error> {
         print!("  {}", if line.is_empty() { "(killed)\n".into() } else { line });
     }
     let stats = server.state().stats();
-    // Each token is refreshed once, MARGIN (plus up to JITTER) before it
-    // expires: the run spans this many expiries, give or take the last one.
-    // A token is refreshed between MARGIN and MARGIN + JITTER before it
-    // expires; the first was issued just before the run (a late timer on a
-    // loaded machine can cost one more).
-    let interval = options.lifetime - MARGIN;
-    let most = (elapsed.as_millis() / (interval - JITTER).as_millis()) as u64 + 1;
-    let least = ((elapsed.as_millis() / interval.as_millis()) as u64).saturating_sub(1);
+    let (least, most) = common::expiries_spanned(elapsed, options.lifetime);
     println!(
         "{} processes for {:.1} s: refreshes {} (expiries the run spans: {least}..={most}), refused {}, \
          reuse detections {}, logged out {logged_out}, survivors {survivors}",

@@ -511,6 +511,14 @@ impl Authority {
         self.stats
     }
 
+    /// Refreshes served to `family` so far: its refresh tokens redeemed
+    /// (each counted once; a grace replay adds nothing), and whether it was
+    /// revoked. For reports that need one family's story among many.
+    pub fn family_refreshes(&self, family: FamilyId) -> (u64, bool) {
+        let redeemed = self.refresh_tokens.values().filter(|r| r.family == family && r.consumed.is_some()).count();
+        (redeemed as u64, self.families.get(&family).is_some_and(|f| f.revoked))
+    }
+
     /// The operations recorded since the last call.
     pub fn take_audit(&mut self) -> Vec<Audit> {
         self.audit.as_mut().map(core::mem::take).unwrap_or_default()

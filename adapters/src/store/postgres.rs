@@ -31,6 +31,7 @@
 
 use core::fmt;
 use core::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -42,8 +43,9 @@ use tracing::warn;
 
 use super::{Store, StoreError, StoreLock};
 
-/// The application name of lock connections (`pg_stat_activity`), so that an
-/// operator can tell them from the pool's.
+/// The application name of lock connections (`pg_stat_activity`), followed
+/// by `:` and the holder's process id, so that an operator can tell them from
+/// the pool's and see which process holds which lock.
 pub const LOCK_APPLICATION_NAME: &str = "freshen-lock";
 
 /// The bounds of the lock and of every statement; see the module docs.
@@ -148,6 +150,8 @@ struct Inner {
     lock_config: tokio_postgres::Config,
     settings: PostgresSettings,
     sql: Statements,
+    /// Writes refused because their lock was lost (see [`Postgres::fenced_writes`]).
+    fenced: AtomicU64,
 }
 
 /// The statements, with the table name in place.
@@ -220,7 +224,7 @@ impl Postgres {
             .keepalives_interval((settings.keepalive_idle / 3).max(Duration::from_secs(1)))
             .keepalives_retries(3);
         let mut lock_config = config.clone();
-        lock_config.application_name(LOCK_APPLICATION_NAME).options(format!(
+        lock_config.application_name(format!("{LOCK_APPLICATION_NAME}:{}", std::process::id())).options(format!(
             "-c lock_timeout={} -c idle_session_timeout={} -c statement_timeout={} \
              -c client_connection_check_interval=1000",
             millis(settings.lock_wait),
@@ -237,7 +241,7 @@ impl Postgres {
             .build()
             .map_err(|_| PostgresSetupError::Pool)?;
         let sql = Statements::for_table(&settings.table);
-        Ok(Self { inner: Arc::new(Inner { pool, lock_config, settings, sql }) })
+        Ok(Self { inner: Arc::new(Inner { pool, lock_config, settings, sql, fenced: AtomicU64::new(0) }) })
     }
 
     /// Creates the sessions table, or brings it to [`Postgres::SCHEMA_VERSION`]. Safe
@@ -291,6 +295,13 @@ impl Postgres {
         // says which table's session it locks.
         let lock_name = format!("{}/{key}", self.inner.settings.table).into();
         PostgresStore { db: self.clone(), key, lock_name, fence: Arc::default() }
+    }
+
+    /// Writes of this handle's sessions refused so far because the writer
+    /// had lost its lock (each one a worker that stalled or was cut off and
+    /// came back: worth a metric).
+    pub fn fenced_writes(&self) -> u64 {
+        self.inner.fenced.load(Ordering::Relaxed)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
@@ -353,6 +364,7 @@ impl PostgresStore {
                 all.push(&fence);
                 let written = client.execute(fenced, &all).await.map_err(unavailable("the session write failed"))?;
                 if written == 0 {
+                    self.db.inner.fenced.fetch_add(1, Ordering::Relaxed);
                     warn!(key = %self.key, "a write under a lost lock was fenced off");
                     return Err(StoreError::Fenced);
                 }
