@@ -43,7 +43,11 @@ struct Inner<T, S> {
 struct Entry<T, S> {
     session: Session<T, S>,
     last_used: Instant,
+    started: Instant,
 }
+
+/// How often a key whose store held no session looks again.
+const NO_SESSION_RECHECK: Duration = Duration::from_secs(1);
 
 impl<T, S> Clone for Sessions<T, S> {
     fn clone(&self) -> Self {
@@ -93,8 +97,10 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
     }
 
     /// The session of `key`, started (its store read in the background) if
-    /// it is not running yet. The first start of a key must happen inside a
-    /// tokio runtime, as [`Session::start`] does.
+    /// it is not running yet. A key whose store held no session (a tenant
+    /// not onboarded yet) reads it again on use, at most once a second, so
+    /// a login written by another worker is found. A start must happen
+    /// inside a tokio runtime, as [`Session::start`] does.
     ///
     /// # Errors
     /// The configuration cannot start a session ([`Session::start`]'s errors).
@@ -103,11 +109,18 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
         let mut live = self.inner.live.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = live.get_mut(key) {
             entry.last_used = now;
-            return Ok(entry.session.clone());
+            // A key whose store held nothing when its session started may
+            // have been logged in since by another worker (onboarding): its
+            // session reads the store again, at most once per NO_SESSION_RECHECK.
+            let stale = matches!(entry.session.state(), crate::StateView::NoSession)
+                && now.saturating_duration_since(entry.started) >= NO_SESSION_RECHECK;
+            if !stale {
+                return Ok(entry.session.clone());
+            }
         }
         let config = self.inner.config.clone().with_name(key);
         let session = Session::start(config, self.inner.transport.clone(), (self.inner.open)(key))?;
-        live.insert(key.into(), Entry { session: session.clone(), last_used: now });
+        live.insert(key.into(), Entry { session: session.clone(), last_used: now, started: now });
         Ok(session)
     }
 

@@ -95,3 +95,17 @@ async fn a_session_a_caller_still_holds_is_not_dropped() {
     drop(held);
     assert_eq!(sessions.drop_idle(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_logged_in_elsewhere_after_its_first_use_is_found() {
+    let transport = AuthorityTransport::new(AuthorityConfig::default());
+    let store = MemoryStore::new();
+    let opened = store.clone();
+    let sessions = Sessions::new(config(), transport.clone(), move |_: &str| opened.clone());
+    // Asked for before onboarding wrote it: no session yet.
+    assert!(sessions.access_token("late").await.unwrap_err().needs_login());
+    // Another worker onboards the tenant.
+    freshen::store::Store::save(&store, &transport.login(Some(Duration::from_secs(3600)))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(sessions.access_token("late").await.is_ok(), "the key kept its first answer");
+}
