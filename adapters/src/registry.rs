@@ -21,8 +21,8 @@ type OpenStore<S> = dyn Fn(&str) -> S + Send + Sync;
 /// refresh at a time per key, and keys never wait for each other. All of
 /// them share one transport (its connection pool) and one configuration;
 /// each reads its own store, opened by the function given to
-/// [`Sessions::new`] (for a fleet, [`Postgres::store`](crate::store::Postgres::store)
-/// with [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store) on).
+/// [`Sessions::new`] (for a fleet, `Postgres::store` of the `postgres`
+/// feature, with [`SessionConfig::shared_store`](freshen_core::session::SessionConfig::shared_store) on).
 ///
 /// A session nobody has asked for during [`Sessions::idle_after`], that no
 /// caller still holds and that is not refreshing, is dropped (its tokens stay
