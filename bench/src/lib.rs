@@ -427,6 +427,9 @@ pub struct Fleet {
     pub token_p99_us: f64,
     /// The same through one session alone, p99: what the registry adds is the gap.
     pub single_p99_us: f64,
+    /// Resident memory per active session: its token spent, a refresh in
+    /// flight (held at the token endpoint) and one caller waiting.
+    pub active_bytes: f64,
 }
 
 /// `sessions` sessions in one [`Sessions`](freshen::Sessions) registry, each
@@ -471,8 +474,50 @@ pub fn fleet(runtime: &Runtime, sessions: usize, lookups: usize) -> Result<Fleet
             black_box(one.access_token().await?);
             times.push(started.elapsed().as_secs_f64() * 1e6);
         }
-        Ok(Fleet { idle_bytes, token_p99_us, single_p99_us: quantile(&mut times, 0.99) })
+        let single_p99_us = quantile(&mut times, 0.99);
+        let active_bytes = active_fleet(&keys).await?;
+        Ok(Fleet { idle_bytes, token_p99_us, single_p99_us, active_bytes })
     })
+}
+
+/// As many sessions again, each with its token spent, its refresh held in
+/// flight at a closed gate, and one caller waiting: resident bytes per session.
+async fn active_fleet(keys: &[String]) -> Result<f64, BenchError> {
+    let spent = UnixTime::from_since_epoch(system_clock().since_epoch().saturating_sub(Duration::from_secs(60)));
+    let stored = blob(ACCESS_TOKEN, "bench-refresh", spent)?;
+    let stores: Arc<Vec<MemoryStore>> = Arc::new(keys.iter().map(|_| MemoryStore::holding(&stored)).collect());
+    let open = move |key: &str| {
+        let index = key.strip_prefix("tenant-").and_then(|i| i.parse::<usize>().ok()).unwrap_or(0);
+        stores.get(index).cloned().unwrap_or_default()
+    };
+    let gate = Arc::new(Semaphore::new(0));
+    let transport = Gated { inner: ReqwestTransport::new()?, gate: Arc::clone(&gate), answered_at: Arc::default() };
+    let before = resident_bytes()?;
+    let session = freshen::core::session::SessionConfig::default().with_request_timeout(Duration::from_secs(600));
+    let config =
+        Config::new(format!("http://127.0.0.1:9{}", paths::TOKEN), Client::public(CLIENT)).with_session(session);
+    let registry = freshen::Sessions::new(config, transport, open);
+    let mut waiters = Vec::with_capacity(keys.len());
+    for key in keys {
+        let session = registry.session(key)?;
+        waiters.push(tokio::spawn(async move { session.access_token().await.map(drop) }));
+    }
+    // Bounded: every session reaches its refresh within moments of its start.
+    for key in keys {
+        let session = registry.session(key)?;
+        for _ in 0..10_000 {
+            if matches!(session.state(), freshen::StateView::Refreshing { .. }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let after = resident_bytes()?;
+    gate.close();
+    for waiter in waiters {
+        waiter.abort();
+    }
+    Ok(after.saturating_sub(before) as f64 / keys.len().max(1) as f64)
 }
 
 /// This process's resident memory (Linux: `/proc/self/statm`, in pages of 4 KiB).

@@ -79,6 +79,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
         sizes.fleet_sessions, fleet.token_p99_us, fleet.single_p99_us
     );
     println!("sessions_idle_bytes={:.0}", fleet.idle_bytes);
+    println!("sessions_active_bytes={:.0}", fleet.active_bytes);
     println!("fleet_token_p99_us={:.2}", fleet.token_p99_us);
     drop(runtime);
 
