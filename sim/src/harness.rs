@@ -274,6 +274,9 @@ pub struct World {
 
 const UNIX_START: u64 = 1_800_000_000;
 
+/// Where the app's code logins say the browser comes back (never contacted).
+const CODE_REDIRECT: &str = "http://127.0.0.1:49152/callback";
+
 /// Appends a trace line, formatting it only when tracing is on.
 macro_rules! note {
     ($world:expr, $($arg:tt)*) => {
@@ -585,7 +588,6 @@ impl World {
     /// that retries would, and must be refused (A8): the user then starts
     /// over with a new code.
     fn grant_login(&mut self) -> Option<crate::authority::Issued> {
-        use crate::authority::code::s256_challenge;
         use crate::authority::device::Decision;
         let now = self.now;
         match self.config.login {
@@ -597,29 +599,32 @@ impl World {
                 approved.then_some(polled.ok()).flatten()
             }
             LoginGrant::Code => {
-                const REDIRECT: &str = "http://127.0.0.1:49152/callback";
-                // A verifier per login (RFC 7636 asks 43 to 128 characters).
-                let verifier = format!("{:0>43}", self.stats.logins_by_code);
-                self.stats.logins_by_code += 1;
-                let code = self.authority.issue_code(now, CLIENT_ID, REDIRECT, &s256_challenge(&verifier));
-                let issued = self.authority.redeem_code(now, CLIENT_ID, &code, REDIRECT, &verifier).ok();
+                let (code, verifier, issued) = self.code_login();
                 if issued.is_some() && self.rng.chance(u64::from(self.config.faults.drop_response), 1000) {
                     *self.stats.faults.entry("login_answer_lost").or_default() += 1;
-                    let again = self.authority.redeem_code(now, CLIENT_ID, &code, REDIRECT, &verifier);
+                    let again = self.authority.redeem_code(now, CLIENT_ID, &code, CODE_REDIRECT, &verifier);
                     note!(
                         self,
                         "code exchange answer lost; presented again: {}",
                         again.map_or("refused", |_| "granted")
                     );
                     self.observe_authority();
-                    let verifier = format!("{:0>43}", self.stats.logins_by_code);
-                    self.stats.logins_by_code += 1;
-                    let code = self.authority.issue_code(now, CLIENT_ID, REDIRECT, &s256_challenge(&verifier));
-                    return self.authority.redeem_code(now, CLIENT_ID, &code, REDIRECT, &verifier).ok();
+                    return self.code_login().2;
                 }
                 issued
             }
         }
+    }
+
+    /// The user approves a code request (a verifier of its own, as RFC 7636
+    /// asks: 43 to 128 characters) and the app exchanges the code once.
+    fn code_login(&mut self) -> (String, String, Option<crate::authority::Issued>) {
+        let verifier = format!("{:0>43}", self.stats.logins_by_code);
+        self.stats.logins_by_code += 1;
+        let challenge = crate::authority::code::s256_challenge(&verifier);
+        let code = self.authority.issue_code(self.now, CLIENT_ID, CODE_REDIRECT, &challenge);
+        let issued = self.authority.redeem_code(self.now, CLIENT_ID, &code, CODE_REDIRECT, &verifier).ok();
+        (code, verifier, issued)
     }
 
     /// The client crashes now and restarts from the store; a store write
