@@ -136,7 +136,7 @@ impl Session {
                         *otherwise = IfNothingNewer::AwaitUser;
                     }
                     _ => {
-                        self.abandon_in_flight(id);
+                        self.abandon_in_flight(Some(id));
                         self.end_cycle(FailReason::InteractionRequired(error), None);
                     }
                 }
@@ -243,7 +243,7 @@ impl Session {
             State::Refreshing(_, cycle) => cycle.attempt > 1 || !self.in_flight(id),
             _ => true,
         };
-        self.abandon_in_flight(id);
+        self.abandon_in_flight(Some(id));
         let forget_rotation = retry && self.planted(Plant::RetryForgetsRotation);
         let Some(old) = self.take_tokens() else { return };
         // A response without a refresh token keeps the one held: that is the
@@ -316,7 +316,7 @@ impl Session {
     }
 
     pub(super) fn on_terminal(&mut self, id: RefreshId, error: OAuthError) {
-        self.abandon_in_flight(id);
+        self.abandon_in_flight(Some(id));
         let after_lost_response = self.tokens().is_some_and(|t| t.answer_lost);
         let after = self.store.next_op;
         match &mut self.state {
@@ -347,7 +347,7 @@ impl Session {
     /// two concurrent rotations, so like `invalid_grant` it sends the session
     /// to the store first; unlike it, it never logs out.
     pub(super) fn on_invalid_request(&mut self, id: RefreshId, error: OAuthError) {
-        self.abandon_in_flight(id);
+        self.abandon_in_flight(Some(id));
         let after = self.store.next_op;
         let State::Refreshing(_, cycle) = &mut self.state else { return };
         if cycle.reread {
@@ -453,12 +453,13 @@ impl Session {
         cycle.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout) };
     }
 
-    /// An answer to attempt `answered` moves the cycle on while another
-    /// attempt is still in flight: that one becomes the straggler, which
-    /// counts as in flight until answered or past its deadline (C1).
-    pub(super) fn abandon_in_flight(&mut self, answered: RefreshId) {
+    /// The cycle moves on (an answer to attempt `answered`, or a session
+    /// adopted from the store) while another attempt is still in flight:
+    /// that one becomes the straggler, which counts as in flight until
+    /// answered or past its deadline (C1).
+    pub(super) fn abandon_in_flight(&mut self, answered: Option<RefreshId>) {
         if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id, deadline }, .. }) = &self.state
-            && *id != answered
+            && Some(*id) != answered
         {
             self.straggler = Some((*id, *deadline));
         }

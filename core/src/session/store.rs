@@ -200,6 +200,9 @@ impl Session {
     /// the store holds. Its access token ends the cycle if usable; otherwise
     /// its refresh token is sent, still under the lock.
     pub(super) fn adopt_locked(&mut self, stored: StoredSession) {
+        // An attempt still out (sent under a lock lost since) counts as in
+        // flight until answered or dead: the adopted token waits for it (C1).
+        self.abandon_in_flight(None);
         self.store.holds = Holds::Session(stored.generation);
         self.last_generation = self.last_generation.max(stored.generation);
         let mut tokens = self.tokens_from_store(stored, |generation| generation);

@@ -1020,6 +1020,40 @@ fn a_fenced_write_is_made_again_only_under_a_new_lock_after_reading_the_store() 
     assert_eq!(h.session.state().logout_cause(), Some(LogoutCause::EndedElsewhere));
 }
 
+/// Found by the campaign's database worlds (tier-1 seed 280): an answer that
+/// came late brought a token already spent, so the next attempt went out
+/// with the write of that answer; the write was fenced (the lock lost), and
+/// the store, read under a new lock, held another worker's token inside its
+/// margin. Adopting it must not send a refresh while the first is still out
+/// (C1): the one in flight is waited for.
+#[test]
+fn a_lock_lost_while_an_attempt_is_out_sends_no_second_attempt_until_the_first_is_answered() {
+    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    h.want(1);
+    let op = lock_op(&h);
+    locked(&mut h, op, Some(stored(1, "r1", None)));
+    let (first, ..) = h.last_refresh();
+    h.advance_to(h.now.saturating_add(Duration::from_secs(9)));
+    // No rotation, and a lifetime spent by the time the answer came.
+    let out = h.answer(first, success("a2", None, 12));
+    let sends = |out: &[Command]| out.iter().filter(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))).count();
+    assert_eq!(sends(&out), 1, "the spent token is refreshed at once: {out:?}");
+    let (second, ..) = h.last_refresh();
+    let (write, _) = h.last_persist();
+    let out = h.handle(Event::StoreFailed { op: write, error: StoreError::Fenced });
+    assert!(unlocked(&out), "{out:?}");
+    let retry_at = h.session.poll_timeout().expect("a retry").at;
+    let out = h.advance_to(retry_at);
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::LockStore { .. }))), "no new lock: {out:?}");
+    let op = lock_op(&h);
+    // Another worker's token, inside its refresh margin.
+    let expiring = UnixTime::from_secs(UNIX_ZERO).saturating_add(Duration::from_secs(9 + 30));
+    let out = locked(&mut h, op, Some(stored(7, "r7", Some(expiring))));
+    assert_eq!(sends(&out), 0, "a second attempt while {second} is out: {out:?}");
+    let out = h.answer(second, success("a3", None, 3600));
+    assert_eq!(sends(&out), 0, "{out:?}");
+}
+
 #[test]
 fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_lock() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
