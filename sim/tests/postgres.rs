@@ -5,7 +5,8 @@
 //! The store check (its contract, then real sessions in three "processes"
 //! refreshing under faults against an authority with reuse detection and no
 //! grace), and the fleet rules: the lock excludes; the database releases it
-//! when its holder's connection dies, when the holder stalls past its bound,
+//! when its holder's connection dies, when the holder stalls past its bound
+//! (and not while a live holder's refresh merely takes long),
 //! and when a waiter gives up; a write under a lost lock is fenced off, also
 //! after a logout; different sessions never wait for each other.
 
@@ -140,17 +141,45 @@ async fn a_stalled_holder_loses_the_lock_after_its_bound_and_its_write_is_fenced
     let settings = PostgresSettings::default().with_lock_hold(Duration::from_secs(1));
     let Some(db) = database("t_stalled", settings).await else { return };
     let (stalled, next) = (db.store("k"), db.store("k"));
-    let lost = stalled.lock().await.unwrap();
-    let started = std::time::Instant::now();
-    // The holder does nothing (a GC or VM pause); the server ends its
-    // connection once it has been idle for the bound.
+    let (locked, stall) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    // The stalled worker has a runtime of its own, which stops dead (a GC or
+    // VM pause: no task runs, heartbeats included) until the other worker
+    // holds the lock; then it wakes and writes what it had.
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let lost = runtime.block_on(stalled.lock()).unwrap();
+        locked.0.send(std::time::Instant::now()).unwrap();
+        let _ = stall.1.recv();
+        let written = runtime.block_on(stalled.save(&session(2, "stalled")));
+        drop(lost);
+        written
+    });
+    let started = tokio::task::spawn_blocking(move || locked.1.recv().unwrap()).await.unwrap();
     let held = locks_within(&next, Duration::from_secs(10)).await.expect("the stalled lock was released");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(900), "released after {waited:?}, before its bound");
     next.save(&session(2, "next")).await.unwrap();
-    assert_eq!(stalled.save(&session(2, "stalled")).await, Err(StoreError::Fenced));
-    println!("a lock held idle for longer than its 1 s bound passed on after {waited:?}");
-    drop((lost, held));
+    stall.0.send(()).unwrap();
+    // Joined off this runtime: the worker's write runs on a pooled
+    // connection whose task this runtime drives.
+    let written = tokio::task::spawn_blocking(move || worker.join().unwrap()).await.unwrap();
+    assert_eq!(written, Err(StoreError::Fenced));
+    println!("a lock whose holder stalled past its 1 s bound passed on after {waited:?}");
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_live_holder_keeps_its_lock_past_the_bound_while_its_refresh_takes_long() {
+    let settings = PostgresSettings::default().with_lock_hold(Duration::from_secs(1));
+    let Some(db) = database("t_live_holder", settings).await else { return };
+    let (slow, other) = (db.store("k"), db.store("k"));
+    let held = slow.lock().await.unwrap();
+    // Three bounds without a store operation (a slow server, retries with
+    // backoff): the heartbeat keeps the lock, and nobody else gets it.
+    assert!(locks_within(&other, Duration::from_secs(3)).await.is_none(), "a live holder lost its lock");
+    slow.save(&session(2, "slow")).await.unwrap();
+    drop(held);
+    assert!(locks_within(&other, Duration::from_secs(5)).await.is_some());
 }
 
 #[tokio::test]

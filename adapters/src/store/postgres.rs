@@ -7,10 +7,13 @@
 //!
 //! * **The lock** is a PostgreSQL advisory lock on a connection of its own.
 //!   The database releases it when that connection ends: the holder died (its
-//!   socket closed, or TCP keepalive found it gone), or it held the lock idle
-//!   for longer than [`PostgresSettings::lock_hold`] (`idle_session_timeout`
-//!   ends the connection: a worker stopped by a GC or VM pause loses the
-//!   lock instead of blocking the fleet). A wait gives up after
+//!   socket closed, or TCP keepalive found it gone), or it stopped answering
+//!   for longer than [`PostgresSettings::lock_hold`]. While the lock is held,
+//!   the holder's runtime sends a heartbeat on that connection every third
+//!   of the bound, so a refresh that takes long (a slow server, retries
+//!   with backoff) keeps its lock; a worker stopped by a GC or VM pause sends
+//!   none, and `idle_session_timeout` ends its connection: it loses the lock
+//!   instead of blocking the fleet. A wait gives up after
 //!   [`PostgresSettings::lock_wait`] (`lock_timeout`), and a waiter that goes
 //!   away is noticed by the server (`client_connection_check_interval`).
 //! * **Fencing.** Taking the lock raises the row's fence, and every write made
@@ -54,11 +57,13 @@ pub const LOCK_APPLICATION_NAME: &str = "freshen-lock";
 pub struct PostgresSettings {
     /// The table that holds the sessions.
     pub table: String,
-    /// The longest a lock is held without a statement on its connection
-    /// before the server ends the connection and so releases it. Longer than
-    /// a refresh takes (the session's request timeout and two store
-    /// operations); a refresh token's grace period at least this long makes
-    /// a stalled worker cost no session.
+    /// How long a lock holder may stop answering (no heartbeat on its lock
+    /// connection: a stalled or cut-off worker) before the server ends its
+    /// connection and so releases the lock. A live holder sends a heartbeat
+    /// every third of it. A refresh token grace period at least this long
+    /// plus twice the session's
+    /// [`refresh_cycle_bound`](freshen_core::session::SessionConfig::refresh_cycle_bound)
+    /// makes a lost lock cost no session (the simulation checks it).
     pub lock_hold: Duration,
     /// The longest one lock request waits.
     pub lock_wait: Duration,
@@ -378,7 +383,8 @@ impl PostgresStore {
 /// Releases the fence slot when the lock goes; the lock connection closes
 /// with it, which releases the advisory lock on the server.
 struct HeldLock {
-    _client: tokio_postgres::Client,
+    /// Owns the lock connection's client and beats on it.
+    heartbeat: tokio::task::JoinHandle<()>,
     connection: tokio::task::JoinHandle<()>,
     fence: Arc<Mutex<Option<i64>>>,
 }
@@ -390,7 +396,23 @@ impl Drop for HeldLock {
         }
         // Ends the connection at once (the server releases the lock when it
         // sees the socket close), not when the runtime gets to it.
+        self.heartbeat.abort();
         self.connection.abort();
+    }
+}
+
+/// Keeps a live holder's lock connection from counting as idle: a statement
+/// every third of `lock_hold`, until the lock is dropped (which aborts this)
+/// or the connection fails (the lock is lost then; the next write under it
+/// is fenced off).
+async fn heartbeat(client: tokio_postgres::Client, lock_hold: Duration) {
+    let every = (lock_hold / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(error) = client.simple_query("SELECT 1").await {
+            warn!(%error, "the session lock's connection failed: the lock is lost");
+            return;
+        }
     }
 }
 
@@ -449,7 +471,8 @@ impl Store for PostgresStore {
                 if let Ok(mut held) = self.fence.lock() {
                     *held = Some(fence);
                 }
-                Ok(StoreLock::new(HeldLock { _client: client, connection, fence: Arc::clone(&self.fence) }))
+                let heartbeat = tokio::spawn(heartbeat(client, self.db.inner.settings.lock_hold));
+                Ok(StoreLock::new(HeldLock { heartbeat, connection, fence: Arc::clone(&self.fence) }))
             }
             Err(error) => {
                 connection.abort();
