@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::authority::AuthorityPlant;
 use crate::authority::{Audit, AuditOp, AuditOutcome, AuthorityConfig, FamilyId, Refusal};
+use crate::world::Database;
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{Classified, Transient, TransientCause};
 pub use freshen_core::session::Plant;
@@ -69,6 +70,10 @@ pub enum Invariant {
     /// An authorization or device code starts at most one family: a client
     /// that lost the answer and redeems it again gets nothing.
     A8,
+    /// Fencing: no write to a shared database lands over what the holder of
+    /// a later lock wrote (a worker that lost its lock never replaces the
+    /// newer tokens of the worker that took it over).
+    F1,
     /// A session is never logged out by its own races: when the server's
     /// grace covers a whole retry cycle (and enough replays), a lost answer
     /// alone does not end it.
@@ -169,9 +174,14 @@ pub struct LogoutEvidence {
     pub revoked: bool,
     /// The authority's last refusal of this client's refresh.
     pub refusal: Option<Refusal>,
+    /// The shared database, if it released the lock of a worker that lived
+    /// and went on as if it held it (its connection cut, or it stalled): two
+    /// workers may then have presented one refresh token.
+    pub lock_lost: Option<Database>,
 }
 
-/// Judges a logout by L1 and L2.
+/// Judges a logout by L1 and L2. A lock a database took from a live
+/// worker is a cause, unless the server's grace covers it.
 pub fn judge_logout(
     session: &SessionConfig,
     authority: &AuthorityConfig,
@@ -194,15 +204,21 @@ pub fn judge_logout(
     let lost = evidence.lost_answer || *after_lost_response;
     let grace_covers_retries =
         authority.grace >= session.refresh_cycle_bound() && authority.grace_reuses > session.backoff.attempts;
+    let lock_lost = evidence.lock_lost;
+    let grace_covers_lock = lock_lost.is_none_or(|database| {
+        authority.grace >= database.covering_grace(session)
+            && authority.grace_reuses >= Database::covering_reuses(session)
+    });
     if evidence.crashed || evidence.revoked {
         Ok(())
-    } else if !lost {
+    } else if !lost && lock_lost.is_none() {
         violation(
             Invariant::L2,
-            format!("logged out ({:?}) with no lost answer, crash, revocation or expiry", evidence.refusal),
+            format!("logged out ({:?}) with no lost answer, lost lock, crash, revocation or expiry", evidence.refusal),
         )
-    } else if grace_covers_retries && !evidence.suspended {
-        violation(Invariant::L1, format!("a lost answer ended the session though grace is {:?}", authority.grace))
+    } else if (!lost || grace_covers_retries) && grace_covers_lock && !evidence.suspended {
+        let what = if lock_lost.is_some() { "a lost lock" } else { "a lost answer" };
+        violation(Invariant::L1, format!("{what} ended the session though grace is {:?}", authority.grace))
     } else {
         Ok(())
     }

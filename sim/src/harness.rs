@@ -76,6 +76,14 @@ pub struct WorldStats {
     pub crashes: u64,
     /// Logins by an authorization code (each with its own PKCE verifier).
     pub logins_by_code: u64,
+    /// Locks the database released while their holder lived and believed
+    /// it held them (its connection cut, or the worker stalled).
+    pub locks_lost: u64,
+    /// Writes the database refused because their writer's lock was lost.
+    pub fenced_writes: u64,
+    /// Refreshes C1 or C2 across workers would have flagged, where a
+    /// worker's lock was lost (see [`SharedStoreMonitor::lock_lost`]).
+    pub lock_loss_overlaps: u64,
     /// Steps taken.
     pub steps: u64,
 }
@@ -107,6 +115,22 @@ enum Pending {
         incarnation: u32,
         op: StoreOpId,
         outcome: StoreOutcome,
+    },
+    /// The database releases the lock life `holder` took under `fence`, if
+    /// it still holds it: its connection was cut, it stalled, or it died.
+    LockReleased {
+        holder: u32,
+        fence: u64,
+        cause: &'static str,
+    },
+    /// An input for a stalled process, handled once it resumes.
+    Input {
+        incarnation: u32,
+        event: Event,
+    },
+    /// A stalled process resumes.
+    ProcessResumes {
+        incarnation: u32,
     },
     RevokeArrives {
         incarnation: u32,
@@ -165,6 +189,11 @@ struct Process {
     monitor: ClientMonitor,
     retried: BTreeMap<CallerId, bool>,
     in_flight_write: Option<StoreWrite>,
+    /// The fence of the database lock this life was last granted, until it
+    /// lets go: its writes are conditional on it.
+    held_fence: Option<u64>,
+    /// A stalled process (a GC or VM pause) handles nothing until then.
+    paused_until: Option<MonoTime>,
 }
 
 /// A process's view of time: the machine's monotonic clock stops while it
@@ -211,7 +240,14 @@ enum StoreOutcome {
 }
 
 #[derive(Clone, Debug)]
-enum StoreWrite {
+struct StoreWrite {
+    change: StoreChange,
+    /// A database write is conditional on the fence of its writer's lock.
+    fence: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum StoreChange {
     Put(SecretString),
     Delete,
 }
@@ -235,6 +271,10 @@ pub struct World {
     /// The store's cross-process lock: the life holding it, and those waiting.
     lock_holder: Option<u32>,
     lock_waiters: VecDeque<(u32, StoreOpId)>,
+    /// A database store's fence, raised by every lock it grants, and the
+    /// fence under which what it holds was written.
+    fence: u64,
+    written_under: u64,
     queue: BTreeMap<(MonoTime, u64), Pending>,
     sequence: u64,
     next_caller: u64,
@@ -338,6 +378,8 @@ impl World {
                     monitor: ClientMonitor::new(&config.session),
                     retried: BTreeMap::new(),
                     in_flight_write: None,
+                    held_fence: None,
+                    paused_until: None,
                 }
             })
             .collect();
@@ -363,6 +405,8 @@ impl World {
             blob,
             lock_holder: None,
             lock_waiters: VecDeque::new(),
+            fence: 0,
+            written_under: 0,
             queue: BTreeMap::new(),
             sequence: 0,
             next_caller: 1,
@@ -648,9 +692,10 @@ impl World {
     pub fn crash_with_at(&mut self, p: usize, write_lands: bool) {
         self.stats.crashes += 1;
         if let Some(write) = self.process_mut(p).in_flight_write.take().filter(|_| write_lands) {
-            self.apply(write);
+            self.land(write);
         }
         let dead = self.process(p).incarnation;
+        let fence = self.process(p).held_fence;
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         self.evidence.crashed = true;
@@ -665,7 +710,9 @@ impl World {
         process.incarnation = incarnation;
         process.session = session;
         process.clock = clock;
-        self.leave_lock(dead);
+        process.held_fence = None;
+        process.paused_until = None;
+        self.dead_lets_go(dead, fence);
         self.drain(p);
     }
 
@@ -700,9 +747,9 @@ impl World {
             return None;
         }
         let timers =
-            self.processes.iter().enumerate().filter_map(|(p, process)| {
-                Some((process.session.poll_timeout()?.at.saturating_add(process.clock.lag), p))
-            });
+            self.processes.iter().enumerate().filter(|(_, process)| process.paused_until.is_none()).filter_map(
+                |(p, process)| Some((process.session.poll_timeout()?.at.saturating_add(process.clock.lag), p)),
+            );
         timers.min()
     }
 
@@ -735,6 +782,7 @@ impl World {
                 self.drain(p);
             }
         }
+        self.stats.lock_loss_overlaps = self.shared_monitor.lock_loss_overlaps();
         if self.stats.steps >= self.config.max_steps {
             self.extra.push(Violation {
                 invariant: Invariant::C9,

@@ -17,7 +17,7 @@ use std::time::Instant;
 use freshen_core::session::Plant;
 use freshen_sim::check::Violation;
 use freshen_sim::harness::{World, WorldStats};
-use freshen_sim::world::{LoginGrant, WorldConfig};
+use freshen_sim::world::{Database, LoginGrant, WorldConfig};
 
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
@@ -218,6 +218,12 @@ struct Outcome {
     bound: bool,
     /// How its user logs in.
     login: LoginGrant,
+    /// Its shared store is a database; and whether its server's grace
+    /// covers a lost lock (then a lost lock must cost no session).
+    database: Option<bool>,
+    /// What the database did: locks lost by live workers, writes fenced,
+    /// refreshes of two workers at once where a lock was lost.
+    fleet: [u64; 3],
     refreshes: u64,
     granted: u64,
     failed: u64,
@@ -236,6 +242,10 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             }
             config.trace = trace;
             let (processes, bound, login) = (config.processes, config.dpop, config.login);
+            let database = config.database.map(|database| {
+                config.authority.grace >= database.covering_grace(&config.session)
+                    && config.authority.grace_reuses >= Database::covering_reuses(&config.session)
+            });
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
@@ -253,6 +263,8 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 processes,
                 bound,
                 login,
+                database,
+                fleet: [stats.locks_lost, stats.fenced_writes, stats.lock_loss_overlaps],
                 refreshes: stats.refreshes_sent,
                 granted: stats.granted,
                 failed: stats.failed,
@@ -275,6 +287,8 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 processes: config.processes,
                 bound: config.dpop,
                 login: config.login,
+                database: None,
+                fleet: [0; 3],
                 refreshes: outcome.refreshes,
                 granted: outcome.granted,
                 failed: outcome.failed,
@@ -447,12 +461,22 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
                 let logging_in = outcomes.iter().filter(|o| o.tier == tier && o.login == grant).count();
                 println!("{:<40} {:>12}", format!("  logging in by {name} (tier {})", tier.number()), logging_in);
             }
+            let databases = outcomes.iter().filter(|o| o.tier == tier && o.database.is_some()).count();
+            println!("{:<40} {:>12}", format!("  sharing a database (tier {})", tier.number()), databases);
+            let covered = outcomes.iter().filter(|o| o.tier == tier && o.database == Some(true)).count();
+            println!("{:<40} {:>12}", format!("    whose grace covers a lost lock (tier {})", tier.number()), covered);
             println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
         }
     }
     println!("{:<40} {:>12}", "refreshes sent", refreshes);
     println!("{:<40} {:>12}", "callers granted", granted);
     println!("{:<40} {:>12}", "callers failed", failed);
+    let fleet =
+        outcomes.iter().fold([0u64; 3], |sum, o| [sum[0] + o.fleet[0], sum[1] + o.fleet[1], sum[2] + o.fleet[2]]);
+    let [locks_lost, fenced, overlaps] = fleet;
+    println!("{:<40} {:>12}", "database: locks lost by live workers", locks_lost);
+    println!("{:<40} {:>12}", "database: writes fenced off", fenced);
+    println!("{:<40} {:>12}", "database: overlaps where a lock was lost", overlaps);
     for (kind, count) in &faults {
         println!("{:<40} {:>12}", format!("faults: {kind}"), count);
     }

@@ -40,6 +40,30 @@ fn sample_login(config: &mut WorldConfig, rng: &mut SplitMix64) {
     };
 }
 
+/// Half the worlds that share their store keep it in a database, with its
+/// faults: lost lock connections, stalled workers, slow operations (and
+/// writes that fail after they landed, which every store has). A third of
+/// those talk to a server whose grace covers a lost lock, as a fleet's
+/// should: there, a lost lock must cost no session. Drawn last, and only for
+/// shared stores, so every other world is what it was before.
+fn sample_database(config: &mut WorldConfig, rng: &mut SplitMix64) {
+    if !config.session.shared_store || !rng.chance(1, 2) {
+        return;
+    }
+    let database =
+        Database { lock_hold: Duration::from_secs(5 + rng.below(56)), slow: Duration::from_millis(rng.below(3_000)) };
+    let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
+    config.faults.lock_lost = rate(100);
+    config.faults.pause = rate(6);
+    config.faults.slow_store = rate(200);
+    if rng.chance(1, 3) {
+        let authority = &mut config.authority;
+        authority.grace = database.covering_grace(&config.session) + Duration::from_secs(rng.below(300));
+        authority.grace_reuses = Database::covering_reuses(&config.session) + rng.below(4) as u32;
+    }
+    config.database = Some(database);
+}
+
 /// How the user logs in, as apps do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginGrant {
@@ -121,6 +145,19 @@ pub struct Faults {
     /// Tier 2 (a switch): the authority restarts once; its state survives,
     /// its connections do not.
     pub server_restart: u16,
+    /// A database store (both tiers): the connection holding a lock is
+    /// cut, per lock granted. The holder is not told and goes on (it may be
+    /// mid-refresh and still write); the database notices within the lock's
+    /// bound and releases the lock.
+    pub lock_lost: u16,
+    /// A database store (tier 1: per command boundary; tier 2: a switch, each
+    /// process stalls once or twice): a worker stalls (a GC or VM pause)
+    /// longer than the lock's bound, so the database releases a lock it
+    /// holds; it resumes as if nothing happened.
+    pub pause: u16,
+    /// A database store (both tiers): an operation is slow, by up to
+    /// [`Database::slow`] more than the store's latency.
+    pub slow_store: u16,
     /// The longest extra delay (tier 1, with `delay`).
     pub max_delay: Duration,
 }
@@ -151,6 +188,9 @@ impl Faults {
             logout: rate(10),
             partition: 0,
             server_restart: 0,
+            lock_lost: 0,
+            pause: 0,
+            slow_store: 0,
             max_delay: Duration::from_millis(rng.below(15_000)),
         }
     }
@@ -167,6 +207,41 @@ pub enum Start {
     RefreshOnly,
     /// An access token alone: served while usable, then a login is needed.
     AccessOnly,
+}
+
+/// A store shared by workers through a database (as `PostgresStore`): a
+/// lock the database releases when its holder's connection ends or stops
+/// answering, and fenced writes. Without one, a world's shared store is a
+/// file under an OS lock, released only when its holder unlocks or dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Database {
+    /// How long after its holder stops answering (its connection cut, or the
+    /// worker stalled) the database releases a lock: `PostgresSettings::lock_hold`.
+    pub lock_hold: Duration,
+    /// The most a slow operation takes beyond the store's latency.
+    pub slow: Duration,
+}
+
+impl Database {
+    /// The grace a server needs for a lost lock to cost no session: the
+    /// holder that lost it may present a refresh token during its whole
+    /// refresh cycle; the database releases the lock up to `lock_hold`
+    /// later; the next holder reads the same token and presents it during a
+    /// cycle of its own, once its write-ahead is done.
+    pub fn covering_grace(&self, session: &SessionConfig) -> Duration {
+        session
+            .refresh_cycle_bound()
+            .saturating_mul(2)
+            .saturating_add(self.lock_hold)
+            .saturating_add(session.store_backoff.total_ceiling())
+            .saturating_add(self.slow.saturating_mul(4))
+    }
+
+    /// How many presentations of one token a lost lock may cause: every
+    /// attempt of both holders' cycles.
+    pub fn covering_reuses(session: &SessionConfig) -> u32 {
+        session.backoff.attempts.saturating_add(1).saturating_mul(2)
+    }
 }
 
 /// How callers arrive.
@@ -236,6 +311,8 @@ pub struct WorldConfig {
     /// How the user logs in (both tiers; the store's first session is
     /// there already).
     pub login: LoginGrant,
+    /// The shared store is a database (with [`SessionConfig::shared_store`]).
+    pub database: Option<Database>,
 }
 
 impl WorldConfig {
@@ -263,6 +340,7 @@ impl WorldConfig {
             max_steps: 1_000_000,
             dpop: false,
             login: LoginGrant::Password,
+            database: None,
         }
     }
 
@@ -315,6 +393,7 @@ impl WorldConfig {
         }
         sample_dpop(&mut config, &mut rng);
         sample_login(&mut config, &mut rng);
+        sample_database(&mut config, &mut rng);
         config
     }
 
@@ -411,6 +490,20 @@ impl WorldConfig {
             Plant::RefreshesUnproven | Plant::ProvesKeyBeforeStored => {
                 self.dpop = true;
                 self.authority.dpop_nonce_lifetime.get_or_insert(Duration::from_secs(300));
+            }
+            // A database whose locks are lost often, to workers that write late.
+            Plant::NoFencing | Plant::LockNotReleasedOnDeath => {
+                self.session.shared_store = true;
+                self.processes = self.processes.max(2 + (self.safety_phase.as_secs() % 3) as usize);
+                let database = self.database.get_or_insert(Database {
+                    lock_hold: Duration::from_secs(5 + self.safety_phase.as_secs() % 30),
+                    slow: Duration::from_millis(500),
+                });
+                database.slow = database.slow.max(Duration::from_millis(500));
+                self.faults.lock_lost = self.faults.lock_lost.max(300);
+                self.faults.pause = self.faults.pause.max(5);
+                self.faults.slow_store = self.faults.slow_store.max(100);
+                self.faults.crash = self.faults.crash.max(5);
             }
             Plant::NonceChallengeBacksOff => {
                 self.dpop = true;

@@ -52,7 +52,14 @@ fn every_planted_bug_is_caught_through_the_real_driver() {
     // DPoP key before it is stored: it needs a forced refresh in the instant
     // between a bound login and its write, which tier 1's scheduling makes
     // (seed 419) and tier 2's callers almost never do.
-    let tier_1s = |plant: &Plant| matches!(plant, Plant::MissesSuspends | Plant::ProvesKeyBeforeStored);
+    // The database plants are tier 1's too until tier 2's stores have a
+    // database model (issue 14's last step).
+    let tier_1s = |plant: &Plant| {
+        matches!(
+            plant,
+            Plant::MissesSuspends | Plant::ProvesKeyBeforeStored | Plant::NoFencing | Plant::LockNotReleasedOnDeath
+        )
+    };
     for plant in Plant::ALL.into_iter().filter(|plant| !tier_1s(plant)) {
         let caught = (0..60).find(|seed| {
             let config = short(*seed).with_plant(plant);

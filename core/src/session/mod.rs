@@ -124,11 +124,19 @@ pub enum Plant {
     /// Refreshes a bound login before its key is stored (breaks D3: a crash
     /// then leaves a grant bound to a key nobody holds).
     ProvesKeyBeforeStored,
+    /// Not in the machine: the simulated database's writes are
+    /// unconditional, so a worker that lost its lock overwrites the next
+    /// holder's newer tokens (breaks F1).
+    NoFencing,
+    /// Not in the machine: the simulated database keeps a lock whose holder
+    /// died, was cut off or stalled, until it unlocks (breaks C5: the other
+    /// workers wait for it forever).
+    LockNotReleasedOnDeath,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 19] = [
+    pub const ALL: [Plant; 21] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -148,6 +156,8 @@ impl Plant {
         Plant::RefreshesUnproven,
         Plant::NonceChallengeBacksOff,
         Plant::ProvesKeyBeforeStored,
+        Plant::NoFencing,
+        Plant::LockNotReleasedOnDeath,
     ];
 
     /// The name used on command lines.
@@ -172,6 +182,8 @@ impl Plant {
             Plant::RefreshesUnproven => "refreshes-unproven",
             Plant::NonceChallengeBacksOff => "nonce-challenge-backs-off",
             Plant::ProvesKeyBeforeStored => "proves-key-before-stored",
+            Plant::NoFencing => "no-fencing",
+            Plant::LockNotReleasedOnDeath => "lock-not-released-on-death",
         }
     }
 

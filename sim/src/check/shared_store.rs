@@ -7,10 +7,22 @@ use super::*;
 /// a refresh token whose successor another process already wrote to the
 /// store. Each process keeps its own [`ClientMonitor`] for the rest; feed this
 /// one the same events and commands, named by process, on one clock.
+///
+/// A database can take the lock from a worker that lives on and believes it
+/// holds it ([`SharedStoreMonitor::lock_lost`]); then two workers may refresh
+/// at once, by design of every lock with a bound. Refreshes sent by such a
+/// worker, or overlapping one it sent, are counted
+/// ([`SharedStoreMonitor::lock_loss_overlaps`]) instead of reported; fencing
+/// (F1) and the logout rules judge what they cost.
 #[derive(Debug)]
 pub struct SharedStoreMonitor {
     request_timeout: Duration,
-    in_flight: BTreeMap<(usize, RefreshId), (MonoTime, Fingerprint)>,
+    /// Each refresh in flight: when it was sent, its token, and whether its
+    /// sender had lost the lock (then or since).
+    in_flight: BTreeMap<(usize, RefreshId), (MonoTime, Fingerprint, bool)>,
+    /// Processes whose lock a database released while they believed they held it.
+    lockless: BTreeSet<usize>,
+    lock_loss_overlaps: u64,
     successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
     pending_writes: BTreeMap<(usize, StoreOpId), Fingerprint>,
     durably_superseded: BTreeSet<Fingerprint>,
@@ -23,6 +35,8 @@ impl SharedStoreMonitor {
         Self {
             request_timeout: config.request_timeout,
             in_flight: BTreeMap::new(),
+            lockless: BTreeSet::new(),
+            lock_loss_overlaps: 0,
             successor_of: BTreeMap::new(),
             pending_writes: BTreeMap::new(),
             durably_superseded: BTreeSet::new(),
@@ -38,15 +52,30 @@ impl SharedStoreMonitor {
     /// `process` died: its requests can no longer be acted on by it, and its
     /// pending writes land or not without telling anyone.
     pub fn crash(&mut self, process: usize) {
+        self.lockless.remove(&process);
         self.in_flight.retain(|(p, _), _| *p != process);
         self.pending_writes.retain(|(p, _), _| *p != process);
+    }
+
+    /// The database released `process`'s lock while it lives on believing it
+    /// holds it, until it next unlocks or locks.
+    pub fn lock_lost(&mut self, process: usize) {
+        self.lockless.insert(process);
+        for (_, (_, _, lockless)) in self.in_flight.iter_mut().filter(|((p, _), _)| *p == process) {
+            *lockless = true;
+        }
+    }
+
+    /// Refreshes C1 or C2 would have reported but for a lost lock.
+    pub fn lock_loss_overlaps(&self) -> u64 {
+        self.lock_loss_overlaps
     }
 
     /// An input `process` is about to handle at `now`.
     pub fn event(&mut self, process: usize, _now: MonoTime, event: &Event) {
         match event {
             Event::RefreshCompleted { id, outcome, .. } => {
-                let Some((_, token)) = self.in_flight.remove(&(process, *id)) else { return };
+                let Some((_, token, _)) = self.in_flight.remove(&(process, *id)) else { return };
                 let successor = match outcome {
                     Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
                     Classified::Malformed(malformed) => {
@@ -89,26 +118,38 @@ impl SharedStoreMonitor {
             Command::Io(Io::SendRefresh { id, refresh_token, .. }) => {
                 let token = refresh_token.fingerprint();
                 let timeout = self.request_timeout;
+                let lockless = self.lockless.contains(&process);
                 let other = self
                     .in_flight
                     .iter()
-                    .find(|((p, _), (at, _))| *p != process && now < at.saturating_add(timeout))
-                    .map(|((p, other), _)| (*p, *other));
-                if let Some((p, other)) = other {
-                    self.violations.push(Violation {
-                        invariant: Invariant::C1,
-                        at: now,
-                        detail: format!("process {process} sent {id} while process {p}'s {other} was in flight"),
-                    });
+                    .find(|((p, _), (at, _, _))| *p != process && now < at.saturating_add(timeout))
+                    .map(|((p, other), (_, _, other_lockless))| (*p, *other, *other_lockless));
+                if let Some((p, other, other_lockless)) = other {
+                    if lockless || other_lockless {
+                        self.lock_loss_overlaps += 1;
+                    } else {
+                        self.violations.push(Violation {
+                            invariant: Invariant::C1,
+                            at: now,
+                            detail: format!("process {process} sent {id} while process {p}'s {other} was in flight"),
+                        });
+                    }
                 }
                 if self.durably_superseded.contains(&token) {
-                    self.violations.push(Violation {
-                        invariant: Invariant::C2,
-                        at: now,
-                        detail: format!("process {process} sent {id} with {token}, whose successor the store held"),
-                    });
+                    if lockless {
+                        self.lock_loss_overlaps += 1;
+                    } else {
+                        self.violations.push(Violation {
+                            invariant: Invariant::C2,
+                            at: now,
+                            detail: format!("process {process} sent {id} with {token}, whose successor the store held"),
+                        });
+                    }
                 }
-                self.in_flight.insert((process, *id), (now, token));
+                self.in_flight.insert((process, *id), (now, token, lockless));
+            }
+            Command::Io(Io::LockStore { .. } | Io::UnlockStore) => {
+                self.lockless.remove(&process);
             }
             Command::Io(Io::Persist { op, session }) => {
                 if let Some(token) = &session.refresh_token {

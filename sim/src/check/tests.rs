@@ -542,6 +542,56 @@ fn l1_catches_a_lost_answer_that_grace_should_have_saved() {
 }
 
 #[test]
+fn l1_catches_a_lost_lock_that_grace_should_have_saved_and_l2_accepts_one_it_did_not() {
+    let session = SessionConfig::default();
+    let database = crate::world::Database { lock_hold: Duration::from_secs(30), slow: Duration::ZERO };
+    let mut authority = AuthorityConfig {
+        grace: database.covering_grace(&session),
+        grace_reuses: crate::world::Database::covering_reuses(&session),
+        ..AuthorityConfig::default()
+    };
+    let evidence = LogoutEvidence {
+        lock_lost: Some(database),
+        refusal: Some(Refusal::ReuseDetected),
+        ..LogoutEvidence::default()
+    };
+    let judged = judge_logout(&session, &authority, &rejected(false), evidence, t(0));
+    assert_eq!(judged.unwrap_err().invariant, Invariant::L1);
+    // A grace shorter than the lock's bound does not promise that; the lost lock is a cause.
+    authority.grace = database.lock_hold;
+    assert!(judge_logout(&session, &authority, &rejected(false), evidence, t(0)).is_ok());
+    // Too few replays allowed: two holders may present one token more often.
+    authority.grace = database.covering_grace(&session);
+    authority.grace_reuses = session.backoff.attempts;
+    assert!(judge_logout(&session, &authority, &rejected(false), evidence, t(0)).is_ok());
+}
+
+#[test]
+fn the_shared_store_monitor_counts_overlaps_where_a_lock_was_lost_instead_of_reporting_them() {
+    let config = SessionConfig::default();
+    let send = |id: u64, token: &str| {
+        Command::Io(Io::SendRefresh {
+            id: RefreshId(id),
+            refresh_token: RefreshToken::new(token),
+            attempt: 1,
+            dpop: None,
+        })
+    };
+    // Process 0's lock was lost while its refresh was out; process 1 took it and refreshed.
+    let mut monitor = SharedStoreMonitor::new(&config);
+    monitor.command(0, t(0), &send(1, "r1"));
+    monitor.lock_lost(0);
+    monitor.command(1, t(1), &send(1, "r1"));
+    assert!(monitor.violations().is_empty(), "{:?}", monitor.violations());
+    assert_eq!(monitor.lock_loss_overlaps(), 1);
+    // Once process 0 locks again, its sends are judged as ever.
+    monitor.command(0, t(2), &Command::Io(Io::LockStore { op: StoreOpId(9) }));
+    monitor.command(0, t(3), &send(2, "r1"));
+    assert_eq!(monitor.violations().len(), 1, "{:?}", monitor.violations());
+    assert_eq!(monitor.violations()[0].invariant, Invariant::C1);
+}
+
+#[test]
 fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
     use freshen_core::session::TransportFailure;
     let config = SessionConfig::default();

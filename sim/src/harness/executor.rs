@@ -5,6 +5,12 @@ use super::*;
 
 impl World {
     pub(super) fn input(&mut self, p: usize, event: Event) {
+        if let Some(until) = self.process(p).paused_until {
+            // A stalled process handles it once it resumes.
+            let incarnation = self.process(p).incarnation;
+            self.schedule(until, Pending::Input { incarnation, event });
+            return;
+        }
         note_at!(self, p, "{} {event:?}", self.now);
         let now = self.now;
         self.shared_monitor.event(p, now, &event);
@@ -43,6 +49,8 @@ impl World {
                 let pause =
                     Duration::from_secs(1 + self.rng.below(2 * self.config.authority.access_ttl.as_secs().max(1)));
                 self.suspend(pause);
+            } else if self.process(p).paused_until.is_none() && self.chance(self.config.faults.pause, "pause") {
+                self.pause(p);
             }
         }
     }
@@ -51,7 +59,7 @@ impl World {
         let incarnation = self.process(p).incarnation;
         match command {
             Command::Io(Io::LoadStore { op } | Io::LockStore { op }) => {
-                let at = self.now.saturating_add(self.config.store_latency);
+                let at = self.store_answer_at();
                 if self.chance(self.config.faults.store_load_fail, "store_load_fail") {
                     let outcome = StoreOutcome::Failed { landed: None };
                     self.schedule(at, Pending::StoreDone { incarnation, op, outcome });
@@ -66,8 +74,8 @@ impl World {
                 }
             }
             Command::Io(Io::UnlockStore) => self.leave_lock(incarnation),
-            Command::Io(Io::Persist { op, session }) => self.write(p, op, StoreWrite::Put(session.encode())),
-            Command::Io(Io::ClearStore { op }) => self.write(p, op, StoreWrite::Delete),
+            Command::Io(Io::Persist { op, session }) => self.write(p, op, StoreChange::Put(session.encode())),
+            Command::Io(Io::ClearStore { op }) => self.write(p, op, StoreChange::Delete),
             Command::Io(Io::SendRefresh { id, refresh_token, dpop, .. }) => {
                 self.send_refresh(incarnation, id, refresh_token, dpop);
             }

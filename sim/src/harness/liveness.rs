@@ -26,6 +26,7 @@ impl World {
         // Healed: a suspended client wakes first, then one last caller must be
         // answered and the session must settle within the bounds.
         self.wake();
+        self.end_pauses();
         let wait_bound = self.config.session.wait_bound();
         let end = safety_end.saturating_add(self.config.liveness_phase).max(self.now.saturating_add(wait_bound * 2));
         let last_call_at = end.saturating_sub(wait_bound + Duration::from_secs(5));

@@ -90,6 +90,7 @@ impl World {
             Pending::ResourceArrives { incarnation, caller, grant, healthy, retried_at } => {
                 return self.serve_resource(incarnation, caller, &grant, healthy, retried_at);
             }
+            Pending::LockReleased { holder, fence, cause } => return self.database_releases(holder, fence, cause),
             other => other,
         };
         let Some(pending) = self.client_frozen(pending) else { return };
@@ -98,7 +99,9 @@ impl World {
             | Pending::RefreshFailed { incarnation, .. }
             | Pending::StoreDone { incarnation, .. }
             | Pending::ResourceAnswered { incarnation, .. }
-            | Pending::RevocationAnswered { incarnation, .. } => self.process_of(*incarnation),
+            | Pending::RevocationAnswered { incarnation, .. }
+            | Pending::Input { incarnation, .. }
+            | Pending::ProcessResumes { incarnation } => self.process_of(*incarnation),
             _ => None,
         };
         match (pending, addressee) {
@@ -122,6 +125,15 @@ impl World {
                 self.input(p, Event::RefreshFailed { id, failure });
             }
             (Pending::StoreDone { op, outcome, .. }, Some(p)) => self.store_done(p, op, outcome),
+            (Pending::Input { mut event, .. }, Some(p)) => {
+                // The driver reads the wall clock as it hands over a store's
+                // answer: after the stall, not when the store answered.
+                if let Event::StoreLoaded { unix_now, .. } | Event::StoreLocked { unix_now, .. } = &mut event {
+                    *unix_now = wall_at(self.now);
+                }
+                self.input(p, event);
+            }
+            (Pending::ProcessResumes { .. }, Some(p)) => self.resume(p),
             (Pending::RevocationAnswered { id, .. }, Some(p)) => self.input(p, Event::RevocationEnded { id }),
             (Pending::ResourceAnswered { caller, generation, ok: false, .. }, Some(p)) => {
                 self.stats.unauthorized += 1;
@@ -148,6 +160,9 @@ impl World {
                 }
                 note!(self, "{} resume", self.now);
                 for p in 0..self.processes.len() {
+                    if self.process(p).paused_until.is_some() {
+                        continue;
+                    }
                     let now = self.session_now(p);
                     self.process_mut(p).session.handle_timeout(now);
                     self.drain(p);

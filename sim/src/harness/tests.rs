@@ -435,3 +435,108 @@ fn a_lock_holder_that_dies_mid_refresh_frees_the_lock_for_the_others() {
         }
     }
 }
+
+// Workers sharing a database (`WorldConfig::database`).
+
+fn database(configure: impl FnOnce(&mut WorldConfig)) -> World {
+    processes(2, |c| {
+        c.database = Some(crate::world::Database { lock_hold: Duration::from_secs(10), slow: Duration::ZERO });
+        // Long enough for an answer held up 20 s to be waited for.
+        c.session.request_timeout = Duration::from_secs(30);
+        c.trace = true;
+        configure(c);
+    })
+}
+
+/// Process 0 refreshes under the lock, its answer held up 20 s; the lock
+/// is taken from it 1 s in (`lose_lock`), and process 1 forces a refresh
+/// 2 s in, under the lock the database gave it.
+fn lose_lock_mid_refresh(w: &mut World, lose_lock: impl FnOnce(&mut World)) {
+    w.want_token_at(1);
+    w.run_for(Duration::from_secs(1));
+    w.script([Fate::Delay(Duration::from_secs(20))]);
+    w.force_refresh_at(0);
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.stats().refreshes_sent, 1);
+    lose_lock(w);
+    w.run_for(Duration::from_secs(2));
+    w.force_refresh_at(1);
+    w.run_for(Duration::from_secs(120));
+    w.want_token_at(0);
+    w.want_token_at(1);
+    w.run_for(Duration::from_secs(60));
+    w.finish();
+}
+
+#[test]
+fn a_worker_that_loses_its_lock_mid_refresh_is_fenced_and_adopts_the_next_holders_tokens() {
+    let mut w = database(|c| {
+        c.authority.grace = Duration::from_secs(600);
+        c.authority.grace_reuses = 10;
+    });
+    lose_lock_mid_refresh(&mut w, |w| w.cut_lock_connection(Duration::from_secs(1)));
+    assert_clean(&w);
+    let stats = w.stats();
+    assert_eq!((stats.locks_lost, stats.fenced_writes), (1, 1), "{stats:?}");
+    assert!(stats.lock_loss_overlaps >= 1, "{stats:?}");
+    assert_eq!(w.authority().stats().reuse_detections, 0);
+    // Both hold what process 1 wrote, and the store holds it too.
+    let held = |p| match w.session_of(p).state() {
+        StateView::Valid { generation, .. } => *generation,
+        other => panic!("process {p}: {other}"),
+    };
+    assert_eq!(held(0), held(1));
+    assert_eq!(w.stored().map(|s| s.generation), Some(held(0)));
+}
+
+#[test]
+fn without_grace_a_lost_lock_can_end_the_session_and_the_logout_rules_accept_it() {
+    let mut w = database(|c| c.authority.grace = Duration::ZERO);
+    lose_lock_mid_refresh(&mut w, |w| w.cut_lock_connection(Duration::from_secs(1)));
+    assert_clean(&w);
+    assert_eq!(w.authority().stats().reuse_detections, 1);
+    assert!(w.session_of(1).state().needs_login(), "{}", w.session_of(1).state());
+    assert!(w.stored().is_none(), "the late write brought the session back");
+}
+
+#[test]
+fn a_worker_stalled_past_the_lock_bound_loses_its_lock_and_its_late_write_is_fenced() {
+    let mut w = database(|c| {
+        c.authority.grace = Duration::from_secs(600);
+        c.authority.grace_reuses = 10;
+    });
+    lose_lock_mid_refresh(&mut w, |w| w.stall(0));
+    assert_clean(&w);
+    let stats = w.stats();
+    assert_eq!((stats.locks_lost, stats.fenced_writes), (1, 1), "{stats:?}");
+    assert_eq!(stats.faults.get("pause"), None, "scripted, not sampled");
+}
+
+#[test]
+fn without_fencing_the_late_write_replaces_the_newer_tokens_and_f1_says_so() {
+    let mut w = database(|c| {
+        c.authority.grace = Duration::from_secs(600);
+        c.authority.grace_reuses = 10;
+        c.session.plant = Some(freshen_core::session::Plant::NoFencing);
+    });
+    lose_lock_mid_refresh(&mut w, |w| w.cut_lock_connection(Duration::from_secs(1)));
+    let broken: Vec<Invariant> = w.violations().iter().map(|v| v.invariant).collect();
+    assert_eq!(broken, vec![Invariant::F1]);
+}
+
+#[test]
+fn a_database_that_keeps_a_dead_holders_lock_blocks_the_others_and_liveness_says_so() {
+    for plant in [None, Some(freshen_core::session::Plant::LockNotReleasedOnDeath)] {
+        let mut w = database(|c| c.session.plant = plant);
+        w.want_token_at(1);
+        w.run_for(Duration::from_secs(1));
+        until_refresh(&mut w);
+        w.crash_with(false);
+        w.heal();
+        let broken: Vec<Invariant> = w.violations().iter().map(|v| v.invariant).collect();
+        match plant {
+            None => assert_eq!(broken, vec![]),
+            Some(_) => assert!(broken.contains(&Invariant::C5), "{broken:?}"),
+        }
+    }
+}

@@ -62,6 +62,7 @@ pub(super) fn verdict(
             revoked: false,
             suspended: false,
             refusal: last_refusal(&audit, &client),
+            lock_lost: None,
         };
         let healed = Healed {
             process: &host.name,
