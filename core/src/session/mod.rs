@@ -482,6 +482,10 @@ struct StoreSync {
     next_op: StoreOpId,
     in_flight: Option<(StoreOpId, StoreOp)>,
     holds: Holds,
+    /// What the store was known to hold before a failed write made it
+    /// unknown: a store found empty that last held a session was cleared by
+    /// another process.
+    known_before_failure: Holds,
     failures: u32,
     retry_at: Option<MonoTime>,
     /// The most failures in a row before waiters are failed.
@@ -529,6 +533,7 @@ impl Session {
                 next_op: StoreOpId(1),
                 in_flight: None,
                 holds: Holds::Unknown,
+                known_before_failure: Holds::Unknown,
                 failures: 0,
                 retry_at: None,
                 attempts: store_attempts,

@@ -169,7 +169,7 @@ impl Session {
             // session back (its token's successor may have been stored and
             // spent meanwhile: C2). Found by fuzzing (`shared_session_ops`
             // regression input `late-answer-after-the-store-was-cleared-elsewhere`).
-            None if held.answered_unlocked && matches!(self.store.holds, Holds::Session(_)) => {
+            None if held.answered_unlocked && matches!(self.store.last_known(), Holds::Session(_)) => {
                 self.log_out(LogoutCause::EndedElsewhere);
             }
             stored => {
@@ -370,9 +370,13 @@ impl Session {
         };
         self.store.in_flight = None;
         let read = matches!(kind, StoreOp::Load | StoreOp::Lock);
-        if !read && error != StoreError::Fenced {
-            // A failed write may or may not have happened (a fenced one did
-            // not: the store holds what it held, or newer).
+        if !read {
+            // A failed write may or may not have happened; a fenced one did
+            // not, but another process took the lock since and may have
+            // written: either way, what the store holds is unknown until read.
+            if self.store.holds != Holds::Unknown {
+                self.store.known_before_failure = self.store.holds;
+            }
             self.store.holds = Holds::Unknown;
         }
         if error == StoreError::Fenced && self.store.locked {
@@ -523,6 +527,12 @@ impl Session {
 }
 
 impl StoreSync {
+    /// What the store holds, or if a failed write made that unknown, what
+    /// it held before.
+    pub(super) fn last_known(&self) -> Holds {
+        if self.holds == Holds::Unknown { self.known_before_failure } else { self.holds }
+    }
+
     /// Failed `attempts` times in a row: waiters stop waiting for the store,
     /// though writes go on being retried at the slowest backoff.
     pub(super) fn exhausted(&self) -> bool {

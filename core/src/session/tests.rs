@@ -985,13 +985,20 @@ fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
 
 /// A refresh whose write is fenced off (the lock was lost meanwhile); then
 /// the lock is taken again, and the store holds `found`.
-fn fenced_then_relocked(found: Option<StoredSession>) -> (Harness, Vec<Command>) {
+/// A shared session whose first refresh is out under the lock (generation 1,
+/// refresh token `r1`).
+fn refreshing_under_the_lock() -> (Harness, RefreshId) {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
     h.want(1);
     let op = lock_op(&h);
     locked(&mut h, op, Some(stored(1, "r1", None)));
     let (id, ..) = h.last_refresh();
-    h.answer(id, success("a2", Some("r2"), 3600));
+    (h, id)
+}
+
+/// The write in flight is fenced; the machine lets the lock go and, after
+/// its backoff, asks for a new one.
+fn fence_the_write_and_relock(h: &mut Harness) -> StoreOpId {
     let (write, _) = h.last_persist();
     let out = h.handle(Event::StoreFailed { op: write, error: StoreError::Fenced });
     assert!(unlocked(&out), "the lost lock was kept: {out:?}");
@@ -999,7 +1006,13 @@ fn fenced_then_relocked(found: Option<StoredSession>) -> (Harness, Vec<Command>)
     let retry_at = h.session.poll_timeout().expect("a retry").at;
     let out = h.advance_to(retry_at);
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::LockStore { .. }))), "no new lock: {out:?}");
-    let op = lock_op(&h);
+    lock_op(h)
+}
+
+fn fenced_then_relocked(found: Option<StoredSession>) -> (Harness, Vec<Command>) {
+    let (mut h, id) = refreshing_under_the_lock();
+    h.answer(id, success("a2", Some("r2"), 3600));
+    let op = fence_the_write_and_relock(&mut h);
     let out = locked(&mut h, op, found);
     (h, out)
 }
@@ -1028,30 +1041,42 @@ fn a_fenced_write_is_made_again_only_under_a_new_lock_after_reading_the_store() 
 /// (C1): the one in flight is waited for.
 #[test]
 fn a_lock_lost_while_an_attempt_is_out_sends_no_second_attempt_until_the_first_is_answered() {
-    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
-    h.want(1);
-    let op = lock_op(&h);
-    locked(&mut h, op, Some(stored(1, "r1", None)));
-    let (first, ..) = h.last_refresh();
+    let (mut h, first) = refreshing_under_the_lock();
     h.advance_to(h.now.saturating_add(Duration::from_secs(9)));
     // No rotation, and a lifetime spent by the time the answer came.
     let out = h.answer(first, success("a2", None, 12));
     let sends = |out: &[Command]| out.iter().filter(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))).count();
     assert_eq!(sends(&out), 1, "the spent token is refreshed at once: {out:?}");
     let (second, ..) = h.last_refresh();
-    let (write, _) = h.last_persist();
-    let out = h.handle(Event::StoreFailed { op: write, error: StoreError::Fenced });
-    assert!(unlocked(&out), "{out:?}");
-    let retry_at = h.session.poll_timeout().expect("a retry").at;
-    let out = h.advance_to(retry_at);
-    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::LockStore { .. }))), "no new lock: {out:?}");
-    let op = lock_op(&h);
+    let op = fence_the_write_and_relock(&mut h);
     // Another worker's token, inside its refresh margin.
     let expiring = UnixTime::from_secs(UNIX_ZERO).saturating_add(Duration::from_secs(9 + 30));
     let out = locked(&mut h, op, Some(stored(7, "r7", Some(expiring))));
     assert_eq!(sends(&out), 0, "a second attempt while {second} is out: {out:?}");
     let out = h.answer(second, success("a3", None, 3600));
     assert_eq!(sends(&out), 0, "{out:?}");
+}
+
+/// Found by tier 2's database worlds (seed 321): the user logged out while
+/// a login's write was out; the write was fenced (the lock lost), and the
+/// machine, counting the store as holding what it last read (nothing), never
+/// cleared what another process had written meanwhile (C4).
+#[test]
+fn a_logout_whose_pending_write_was_fenced_clears_the_store_under_a_new_lock() {
+    let mut h = Harness::new(shared());
+    let op = h.load_op();
+    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    let login =
+        NewSession::issued(AccessToken::new("a-login"), Duration::from_secs(3600), RefreshToken::new("r-login"), h.now);
+    h.handle(Event::LoggedIn { caller: CallerId(90), session: login });
+    let op = lock_op(&h);
+    // The store is empty under the lock: the login is written into it.
+    locked(&mut h, op, None);
+    h.handle(Event::LogoutRequested);
+    let op = fence_the_write_and_relock(&mut h);
+    // Another process wrote meanwhile: the logout clears it.
+    let out = locked(&mut h, op, Some(stored(7, "r7", None)));
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))), "{out:?}");
 }
 
 #[test]
