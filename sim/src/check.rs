@@ -180,6 +180,34 @@ pub struct LogoutEvidence {
     pub lock_lost: Option<Database>,
 }
 
+/// Whether the app itself revoked the grant a session held: it revoked a
+/// token (a user's logout, in another process of the app) and no reuse
+/// detection came since. Where a database took a lock from a live worker,
+/// that logout can run under the worker's refresh and revoke the family it
+/// is rotating: its refresh is then refused as `Revoked`, which the user
+/// asked for. Feed it the authority's audit, in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevokedByTheApp(bool);
+
+impl RevokedByTheApp {
+    /// One audit entry, for `client`'s grants.
+    pub fn observe(&mut self, entry: &Audit, client: &str) {
+        match (&entry.op, &entry.outcome) {
+            (AuditOp::Revoke { client: by, .. }, AuditOutcome::Revoked) if by == client => self.0 = true,
+            (AuditOp::Refresh { client: by, .. }, AuditOutcome::Refused(Refusal::ReuseDetected)) if by == client => {
+                self.0 = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a refusal `refusal` of the session's refresh came from the
+    /// app's own revocation.
+    pub fn explains(self, refusal: Option<Refusal>) -> bool {
+        self.0 && refusal == Some(Refusal::Revoked)
+    }
+}
+
 /// Judges a logout by L1 and L2. A lock a database took from a live
 /// worker is a cause, unless the server's grace covers it.
 pub fn judge_logout(

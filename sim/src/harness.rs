@@ -295,6 +295,8 @@ pub struct World {
     authority_monitor: AuthorityMonitor,
     /// What the world knows about the current login, for the logout rules.
     evidence: LogoutEvidence,
+    /// Whether the app revoked its grant (a logout) since the last reuse detection.
+    revoked_by_the_app: crate::check::RevokedByTheApp,
     /// A login is on its way for a session that ran out of tokens.
     login_pending: bool,
     /// No random caller arrives after this (set by the liveness phase).
@@ -387,6 +389,7 @@ impl World {
             shared_monitor: SharedStoreMonitor::new(&config.session),
             authority_monitor: AuthorityMonitor::new(&config.authority),
             evidence: LogoutEvidence::default(),
+            revoked_by_the_app: crate::check::RevokedByTheApp::default(),
             login_pending: false,
             demand_until: None,
             first_received_by: BTreeMap::new(),

@@ -233,6 +233,15 @@ struct Outcome {
     trace: Vec<String>,
 }
 
+/// Whether a world shares a database, and if so whether its server's grace
+/// covers a lost lock.
+fn database_kind(config: &WorldConfig) -> Option<bool> {
+    config.database.map(|database| {
+        config.authority.grace >= database.covering_grace(&config.session)
+            && config.authority.grace_reuses >= Database::covering_reuses(&config.session)
+    })
+}
+
 fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome {
     match tier {
         Tier::One => {
@@ -242,10 +251,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             }
             config.trace = trace;
             let (processes, bound, login) = (config.processes, config.dpop, config.login);
-            let database = config.database.map(|database| {
-                config.authority.grace >= database.covering_grace(&config.session)
-                    && config.authority.grace_reuses >= Database::covering_reuses(&config.session)
-            });
+            let database = database_kind(&config);
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
@@ -287,8 +293,8 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 processes: config.processes,
                 bound: config.dpop,
                 login: config.login,
-                database: None,
-                fleet: [0; 3],
+                database: database_kind(&config),
+                fleet: [outcome.locks_lost, outcome.fenced_writes, outcome.lock_loss_overlaps],
                 refreshes: outcome.refreshes,
                 granted: outcome.granted,
                 failed: outcome.failed,

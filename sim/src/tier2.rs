@@ -27,7 +27,7 @@ use crate::authority::{AuditOp, AuditOutcome, Refusal};
 use crate::check::{
     AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed,
 };
-use crate::faulty_store::{FaultyMemoryStore, FaultyStore, StoreFaults};
+use crate::faulty_store::{FaultyStore, StoreFaults};
 use crate::harness::logout_name;
 use crate::world::{Demand, Faults, LoginGrant, Start, WorldConfig, dpop_key_from};
 use bytes::Bytes;
@@ -48,6 +48,7 @@ use hyper_util::rt::TokioIo;
 use crate::http::{State, answer, paths};
 
 mod client;
+mod database;
 mod host;
 mod server;
 mod verdict;
@@ -55,6 +56,7 @@ mod verdict;
 use verdict::verdict;
 
 use client::{ConnectPacer, TurmoilTransport, send};
+use database::{AppStore, Database, HostStore};
 use host::{Host, Watch, client_id, run_host};
 use server::{SERVER_CONNECTION_DEADLINE, ServerFaults, serve};
 
@@ -84,6 +86,14 @@ pub struct Outcome {
     pub faults: BTreeMap<&'static str, u64>,
     /// The most connections one client host opened.
     pub most_connects: u64,
+    /// The first app's database, if it has one: locks it took from live
+    /// workers, writes it fenced off, and refreshes C1 or C2 would have
+    /// flagged where a lock was lost.
+    pub locks_lost: u64,
+    /// See `locks_lost`.
+    pub fenced_writes: u64,
+    /// See `locks_lost`.
+    pub lock_loss_overlaps: u64,
     /// The trace, when asked for.
     pub trace: Vec<String>,
 }
@@ -127,7 +137,8 @@ pub fn run(config: &WorldConfig, seed: u64) -> Outcome {
         Ok(())
     });
     let schedule = fault_schedule(config, hosts.len(), &mut rng);
-    let mut run = Run { counts: BTreeMap::new(), crashes: vec![0; hosts.len()], host_failure: None };
+    let mut run =
+        Run { counts: BTreeMap::new(), crashes: vec![0; hosts.len()], host_failure: None, crashes_due: Vec::new() };
     run.drive(&mut sim, config, &hosts, &faults, schedule);
     verdict(config, &state, &faults, &hosts, run, total)
 }
@@ -201,13 +212,18 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
             }
             None => stored,
         };
-        let memory = if config.start == Start::Empty { MemoryStore::new() } else { MemoryStore::holding(&stored) };
+        let holding = (config.start != Start::Empty).then_some(&stored);
+        let memory = holding.map_or_else(MemoryStore::new, MemoryStore::holding);
         // The store lives outside the hosts, so it survives their crashes; its
         // lock is the app's, and a crashed host's guard dies with its runtime,
         // as an OS file lock dies with its process.
-        let faults = StoreFaults::seeded(rng.next_u64()).with_write_failures(config.faults.store_write_fail);
-        let store: FaultyMemoryStore = FaultyStore::new(memory, Arc::new(faults));
+        let faults = Arc::new(StoreFaults::seeded(rng.next_u64()).with_write_failures(config.faults.store_write_fail));
         let shared = Arc::new(Mutex::new(SharedStoreMonitor::new(&config.session)));
+        // The first app's processes may share a database instead.
+        let database = match config.database {
+            Some(_) if app == 0 => Database::new(config, holding, rng.next_u64(), Arc::clone(&shared)),
+            _ => None,
+        };
         let processes = if app == 0 { config.processes.max(1) } else { 1 };
         for process in 0..processes {
             let name = if process == 0 { client_id(app) } else { format!("{}-{process}", client_id(app)) };
@@ -215,7 +231,13 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                 index: hosts.len(),
                 app,
                 name: name.clone(),
-                store: store.clone(),
+                store: HostStore::new(
+                    database
+                        .as_ref()
+                        .map_or_else(|| AppStore::Memory(memory.clone()), |db| AppStore::Database(db.handle(process))),
+                    Arc::clone(&faults),
+                ),
+                database: database.clone(),
                 watch: Arc::new(Watch {
                     name,
                     process,
@@ -291,6 +313,9 @@ struct Run {
     counts: BTreeMap<&'static str, u64>,
     crashes: Vec<u64>,
     host_failure: Option<Violation>,
+    /// Crashes of database workers waiting for their host to hold the
+    /// lock, each with the time it happens anyway.
+    crashes_due: Vec<(Duration, usize)>,
 }
 
 impl Run {
@@ -309,7 +334,23 @@ impl Run {
         loop {
             let elapsed = sim.elapsed();
             while let Some((_, action)) = schedule.next_if(|(at, _)| *at <= elapsed) {
-                self.apply(sim, hosts, action);
+                match action {
+                    // A worker sharing a database dies while it holds the
+                    // lock (the case its release on death is for), if it
+                    // takes the lock within 20 s and before the world heals.
+                    Action::Crash(i) if hosts.get(i).is_some_and(|host| host.database.is_some()) => {
+                        let latest = (elapsed + Duration::from_secs(20)).min(config.safety_phase);
+                        self.crashes_due.push((latest, i));
+                    }
+                    action => self.apply(sim, hosts, action),
+                }
+            }
+            let holds = |i: usize| hosts.get(i).is_some_and(|host| host.holds_the_lock());
+            let (due, waiting): (Vec<_>, Vec<_>) =
+                self.crashes_due.iter().partition(|(latest, i)| *latest <= elapsed || holds(*i));
+            self.crashes_due = waiting;
+            for (_, i) in due {
+                self.apply(sim, hosts, Action::Crash(i));
             }
             if !healed && elapsed >= config.safety_phase {
                 healed = true;
@@ -347,6 +388,9 @@ impl Run {
             Action::Crash(i) => {
                 if let Some(host) = hosts.get(i) {
                     host.watch.crashed();
+                    if let Some(database) = &host.database {
+                        database.died(host.watch.process);
+                    }
                 }
                 sim.bounce(name(i));
                 if let Some(count) = self.crashes.get_mut(i) {
@@ -379,6 +423,9 @@ fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], faults: &ServerFaults) 
     }
     for host in hosts {
         host.store.faults().quiet(true);
+        if let Some(database) = &host.database {
+            database.heal();
+        }
         host.faulty.store(false, Ordering::Release);
     }
 }

@@ -46,7 +46,10 @@ fn sample_login(config: &mut WorldConfig, rng: &mut SplitMix64) {
 /// those talk to a server whose grace covers a lost lock, as a fleet's
 /// should: there, a lost lock must cost no session. Drawn last, and only for
 /// shared stores, so every other world is what it was before.
-fn sample_database(config: &mut WorldConfig, rng: &mut SplitMix64) {
+///
+/// `pause_max` is the most stalls per thousand: tier 1 draws one per command
+/// boundary, tier 2 one per write under the lock.
+fn sample_database(config: &mut WorldConfig, rng: &mut SplitMix64, pause_max: u64) {
     if !config.session.shared_store || !rng.chance(1, 2) {
         return;
     }
@@ -54,7 +57,7 @@ fn sample_database(config: &mut WorldConfig, rng: &mut SplitMix64) {
         Database { lock_hold: Duration::from_secs(5 + rng.below(56)), slow: Duration::from_millis(rng.below(3_000)) };
     let mut rate = |max: u64| if rng.chance(1, 2) { rng.below(max + 1) as u16 } else { 0 };
     config.faults.lock_lost = rate(100);
-    config.faults.pause = rate(6);
+    config.faults.pause = rate(pause_max);
     config.faults.slow_store = rate(200);
     if rng.chance(1, 3) {
         let authority = &mut config.authority;
@@ -150,10 +153,10 @@ pub struct Faults {
     /// mid-refresh and still write); the database notices within the lock's
     /// bound and releases the lock.
     pub lock_lost: u16,
-    /// A database store (tier 1: per command boundary; tier 2: a switch, each
-    /// process stalls once or twice): a worker stalls (a GC or VM pause)
-    /// longer than the lock's bound, so the database releases a lock it
-    /// holds; it resumes as if nothing happened.
+    /// A database store (tier 1: per command boundary; tier 2: per write
+    /// under the lock, which waits it out): a worker stalls (a GC or VM
+    /// pause) longer than the lock's bound, so the database releases a lock
+    /// it holds; it resumes as if nothing happened.
     pub pause: u16,
     /// A database store (both tiers): an operation is slow, by up to
     /// [`Database::slow`] more than the store's latency.
@@ -393,7 +396,7 @@ impl WorldConfig {
         }
         sample_dpop(&mut config, &mut rng);
         sample_login(&mut config, &mut rng);
-        sample_database(&mut config, &mut rng);
+        sample_database(&mut config, &mut rng, 6);
         config
     }
 
@@ -459,6 +462,7 @@ impl WorldConfig {
             config.authority.dpop_nonce_lifetime = Some(Duration::from_secs(60 + rng.below(540)));
         }
         sample_login(&mut config, &mut rng);
+        sample_database(&mut config, &mut rng, 100);
         config
     }
 

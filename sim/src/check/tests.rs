@@ -640,3 +640,39 @@ fn the_shared_store_monitor_catches_a_token_replayed_after_another_process_store
     m.command(2, t(600), &send("r1"));
     assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C2]);
 }
+
+#[test]
+fn a_refusal_after_the_apps_own_revocation_is_explained_by_it_and_one_after_reuse_is_not() {
+    let mut a = Authority::new(AuthorityConfig::default(), 1).with_audit();
+    let login = a.login(t(0), "app", None);
+    let token = login.refresh_token.expose_secret().to_owned();
+    // Another process logs the user out: the family is revoked under this one's refresh.
+    a.revoke(t(10), "app", &token).unwrap();
+    let _ = a.refresh(t(20), "app", None, &token, None);
+    let mut revoked = RevokedByTheApp::default();
+    let mut last = None;
+    for entry in a.take_audit() {
+        revoked.observe(&entry, "app");
+        if let AuditOutcome::Refused(refusal) = entry.outcome {
+            last = Some(refusal);
+        }
+    }
+    assert_eq!(last, Some(Refusal::Revoked));
+    assert!(revoked.explains(last));
+    // Another app's revocation explains nothing here.
+    assert!(!RevokedByTheApp::default().explains(last));
+    // A family ended by reuse detection is the race's, not the user's.
+    let mut b = Authority::new(AuthorityConfig::default(), 2).with_audit();
+    let login = b.login(t(0), "app", None);
+    let other = b.login(t(0), "app", None);
+    b.revoke(t(5), "app", other.refresh_token.expose_secret()).unwrap();
+    reuse_outside_grace_of(&mut b, login.refresh_token.expose_secret());
+    let mut revoked = RevokedByTheApp::default();
+    b.take_audit().iter().for_each(|entry| revoked.observe(entry, "app"));
+    assert!(!revoked.explains(Some(Refusal::Revoked)));
+}
+
+fn reuse_outside_grace_of(a: &mut Authority, token: &str) {
+    let _ = a.refresh(t(1000), "app", None, token, None);
+    let _ = a.refresh(t(60_000), "app", None, token, None);
+}

@@ -109,8 +109,9 @@ impl World {
             Command::StateChanged(view) if view.needs_login() => {
                 let cause = view.logout_cause().unwrap_or(LogoutCause::NoSession);
                 *self.stats.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
-                let judged =
-                    judge_logout(&self.config.session, &self.config.authority, &cause, self.evidence, self.now);
+                let mut evidence = self.evidence;
+                evidence.revoked |= self.revoked_by_the_app.explains(evidence.refusal);
+                let judged = judge_logout(&self.config.session, &self.config.authority, &cause, evidence, self.now);
                 self.extra.extend(judged.err());
                 // The user logs in again a while later, so the run goes on.
                 if self.config.demand.is_some() {

@@ -321,6 +321,7 @@ impl World {
             if let crate::authority::AuditOutcome::Refused(refusal) = entry.outcome {
                 self.evidence.refusal = Some(refusal);
             }
+            self.revoked_by_the_app.observe(&entry, CLIENT_ID);
             self.authority_monitor.observe(&entry);
         }
     }

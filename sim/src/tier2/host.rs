@@ -92,7 +92,9 @@ pub(super) struct Host {
     /// The app it belongs to: its client id, store and token family.
     pub(super) app: usize,
     pub(super) name: String,
-    pub(super) store: FaultyMemoryStore,
+    pub(super) store: HostStore,
+    /// The database the app's processes share, if they share one.
+    pub(super) database: Option<Arc<Database>>,
     pub(super) watch: Arc<Watch>,
     pub(super) incarnation: AtomicU32,
     pub(super) granted: AtomicU64,
@@ -125,6 +127,11 @@ pub(super) struct Host {
 }
 
 impl Host {
+    /// Whether this process holds its app's database lock.
+    pub(super) fn holds_the_lock(&self) -> bool {
+        self.database.as_ref().is_some_and(|database| database.holds(self.watch.process))
+    }
+
     /// This host's wall clock: the simulation's, stepped by the world.
     pub(super) fn wall(&self) -> UnixTime {
         let now = sim_wall_clock();
@@ -144,7 +151,7 @@ pub(super) fn client_id(app: usize) -> String {
 
 /// One caller: a token (now and then a forced refresh), the resource, and
 /// one retry after a 401.
-pub(super) async fn caller(session: Session<TurmoilTransport, FaultyMemoryStore>, host: Arc<Host>, forced: bool) {
+pub(super) async fn caller(session: Session<TurmoilTransport, HostStore>, host: Arc<Host>, forced: bool) {
     let healed = host.healed.load(Ordering::Acquire);
     let answer = if forced { session.refresh().await } else { session.access_token().await };
     let token = match answer {
@@ -228,11 +235,7 @@ async fn retry_with_nonce(host: &Host, token: &freshen::Token, nonce: Option<&Dp
 
 /// The user logs out, then logs in again half a minute later, by the
 /// world's [`LoginGrant`].
-pub(super) async fn log_out_and_back_in(
-    session: Session<TurmoilTransport, FaultyMemoryStore>,
-    host: Arc<Host>,
-    log_out: bool,
-) {
+pub(super) async fn log_out_and_back_in(session: Session<TurmoilTransport, HostStore>, host: Arc<Host>, log_out: bool) {
     /// Ends the "login under way" mark however the task ends.
     struct Running(Arc<std::sync::atomic::AtomicBool>);
     impl Drop for Running {
@@ -273,7 +276,7 @@ pub(super) async fn log_out_and_back_in(
 /// the answer read as a login grant's, the tokens logged in with the time
 /// the request was sent.
 async fn log_in_by_exchange(
-    session: &Session<TurmoilTransport, FaultyMemoryStore>,
+    session: &Session<TurmoilTransport, HostStore>,
     host: &Host,
     attempt: u32,
     body: String,
@@ -315,7 +318,7 @@ async fn log_in_by_exchange(
 /// and approves it on another device (a few tries over the same faulty
 /// network, a few seconds apart) while the session polls.
 async fn log_in_by_device(
-    session: &Session<TurmoilTransport, FaultyMemoryStore>,
+    session: &Session<TurmoilTransport, HostStore>,
     host: &Arc<Host>,
     attempt: u32,
     key: Option<DpopKey>,
@@ -351,7 +354,7 @@ async fn log_in_by_device(
 /// authorization endpoint (the user approves at once), its redirect read by
 /// the core as the driver's loopback listener reads it, the code exchanged.
 async fn log_in_by_code(
-    session: &Session<TurmoilTransport, FaultyMemoryStore>,
+    session: &Session<TurmoilTransport, HostStore>,
     host: &Host,
     attempt: u32,
     key: Option<DpopKey>,

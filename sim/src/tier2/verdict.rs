@@ -14,7 +14,7 @@ pub(super) fn verdict(
     run: Run,
     total: Duration,
 ) -> Outcome {
-    let Run { mut counts, crashes, host_failure } = run;
+    let Run { mut counts, crashes, host_failure, .. } = run;
     let mut extra: Vec<Violation> = host_failure.into_iter().collect();
     let mut outcome = Outcome { refreshes: state.stats().refreshes, ..Outcome::default() };
     for (kind, count) in faults.counts.lock().map(|c| c.clone()).unwrap_or_default() {
@@ -40,6 +40,17 @@ pub(super) fn verdict(
             *counts.entry("store_write_fail").or_default() += host.store.faults().failed();
             if let Ok(shared) = host.watch.shared.lock() {
                 outcome.violations.extend_from_slice(shared.violations());
+                outcome.lock_loss_overlaps += shared.lock_loss_overlaps();
+            }
+            if let Some(database) = &host.database {
+                let report = database.report();
+                for (kind, count) in report.faults {
+                    *counts.entry(kind).or_default() += count;
+                }
+                outcome.locks_lost += report.locks_lost;
+                outcome.fenced_writes += report.fenced_writes;
+                outcome.violations.extend(report.violations);
+                outcome.trace.extend(report.lines.into_iter().filter(|_| config.trace));
             }
         }
         if let Ok(mut monitor) = host.watch.monitor.lock() {
@@ -59,10 +70,15 @@ pub(super) fn verdict(
                 .iter()
                 .filter(|other| other.app == host.app)
                 .any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
-            revoked: false,
+            revoked: {
+                let mut revoked = crate::check::RevokedByTheApp::default();
+                audit.iter().for_each(|entry| revoked.observe(entry, &client));
+                revoked.explains(last_refusal(&audit, &client))
+            },
             suspended: false,
             refusal: last_refusal(&audit, &client),
-            lock_lost: None,
+            // The app's database took a lock from a live process.
+            lock_lost: host.database.as_ref().filter(|database| database.report().locks_lost > 0).and(config.database),
         };
         let healed = Healed {
             process: &host.name,
