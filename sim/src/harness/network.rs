@@ -91,6 +91,17 @@ impl World {
                 return self.serve_resource(incarnation, caller, &grant, healthy, retried_at);
             }
             Pending::LockReleased { holder, fence, cause } => return self.database_releases(holder, fence, cause),
+            // A stall that ends while the whole machine sleeps just ends: the
+            // wake-up ticks every process. (Frozen with the rest instead, the
+            // stall would outlast its end, and inputs deferred to that end
+            // would be deferred to the past again and again: a busy loop
+            // found by a fresh range, seed 1765571248.)
+            Pending::ProcessResumes { incarnation } if self.suspended_until.is_some() => {
+                if let Some(p) = self.process_of(incarnation) {
+                    self.process_mut(p).paused_until = None;
+                }
+                return;
+            }
             other => other,
         };
         let Some(pending) = self.client_frozen(pending) else { return };

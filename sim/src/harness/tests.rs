@@ -302,10 +302,12 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 
 /// Campaign seeds that once failed, replayed whole: 3142297 woke from a
 /// suspend to a timed-out last attempt, unlocked the shared store and let
-/// another process replay the token that attempt's answer had rotated (L2).
+/// another process replay the token that attempt's answer had rotated (L2);
+/// 1765571248 (a database world) had a worker's stall end while the whole
+/// machine slept, and looped past the step bound (C9).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
-    const ONCE_FAILED: &[u64] = &[3_142_297];
+    const ONCE_FAILED: &[u64] = &[3_142_297, 1_765_571_248];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
         w.run();
