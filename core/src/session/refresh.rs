@@ -434,10 +434,18 @@ impl Session {
         let now = self.now;
         let timeout = self.config.request_timeout;
         let straggler = self.straggler;
+        let lock_lost = self.locks_store() && !self.store.locked;
         let State::Refreshing(tokens, cycle) = &mut self.state else { return };
         if let Some((_, deadline)) = straggler {
             // C1: wait until the abandoned attempt is answered or dead.
             cycle.phase = Phase::Backoff { until: deadline };
+            return;
+        }
+        if lock_lost {
+            // The lock went with a fenced write: no attempt goes out until a
+            // new one is held and the store read under it (which may hold
+            // another process's newer tokens).
+            cycle.phase = Phase::Locking;
             return;
         }
         let Some(refresh_token) = tokens.refresh.clone() else {

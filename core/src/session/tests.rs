@@ -1079,6 +1079,27 @@ fn a_logout_whose_pending_write_was_fenced_clears_the_store_under_a_new_lock() {
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))), "{out:?}");
 }
 
+/// Found by tier 1's database worlds (seeds 1765572686, 10683552470): the
+/// write of one attempt's result was fenced while the next attempt was out;
+/// when that attempt timed out, the cycle sent its retry while the new lock
+/// was still being waited for, beside another process's refresh (C1).
+#[test]
+fn after_a_fenced_write_no_attempt_goes_out_until_a_new_lock_is_held() {
+    let (mut h, first) = refreshing_under_the_lock();
+    h.advance_to(h.now.saturating_add(Duration::from_secs(9)));
+    h.answer(first, success("a2", None, 12));
+    let (second, ..) = h.last_refresh();
+    assert_ne!(second, first, "the spent token is refreshed at once");
+    let lock = fence_the_write_and_relock(&mut h);
+    // The attempt out times out; the lock has not come yet.
+    h.handle(Event::RefreshFailed { id: second, failure: TransportFailure::Timeout });
+    let out = h.advance_to(h.now.saturating_add(Duration::from_secs(20)));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "sent without the lock: {out:?}");
+    // Under the new lock the store still holds what this process read: it refreshes.
+    let out = locked(&mut h, lock, Some(stored(1, "r1", None)));
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{out:?}");
+}
+
 #[test]
 fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_lock() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
