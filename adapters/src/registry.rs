@@ -37,7 +37,13 @@ struct Inner<T, S> {
     transport: T,
     open: Box<OpenStore<S>>,
     idle_after: Duration,
-    live: Mutex<HashMap<Arc<str>, Entry<T, S>>>,
+    live: Mutex<Live<T, S>>,
+}
+
+/// The sessions in memory, and whether [`Sessions::shutdown`] has begun.
+struct Live<T, S> {
+    sessions: HashMap<Arc<str>, Entry<T, S>>,
+    shut_down: bool,
 }
 
 struct Entry<T, S> {
@@ -85,7 +91,7 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
             transport,
             open: Box::new(open),
             idle_after: idle_after.max(Duration::from_millis(1)),
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Live { sessions: HashMap::new(), shut_down: false }),
         });
         tokio::spawn(sweep(Arc::downgrade(&inner)));
         Self { inner }
@@ -103,11 +109,15 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
     /// inside a tokio runtime, as [`Session::start`] does.
     ///
     /// # Errors
-    /// The configuration cannot start a session ([`Session::start`]'s errors).
+    /// The configuration cannot start a session ([`Session::start`]'s errors);
+    /// [`Error::Shutdown`] after [`Sessions::shutdown`].
     pub fn session(&self, key: &str) -> Result<Session<T, S>, Error> {
         let now = Instant::now();
         let mut live = self.inner.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = live.get_mut(key) {
+        if live.shut_down {
+            return Err(Error::Shutdown);
+        }
+        if let Some(entry) = live.sessions.get_mut(key) {
             entry.last_used = now;
             // A key whose store held nothing when its session started may
             // have been logged in since by another worker (onboarding): its
@@ -120,7 +130,7 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
         }
         let config = self.inner.config.clone().with_name(key);
         let session = Session::start(config, self.inner.transport.clone(), (self.inner.open)(key))?;
-        live.insert(key.into(), Entry { session: session.clone(), last_used: now, started: now });
+        live.sessions.insert(key.into(), Entry { session: session.clone(), last_used: now, started: now });
         Ok(session)
     }
 
@@ -134,7 +144,24 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
 
     /// How many sessions are in memory now.
     pub fn live(&self) -> usize {
-        self.inner.live.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.inner.live.lock().unwrap_or_else(PoisonError::into_inner).sessions.len()
+    }
+
+    /// Shuts every session down ([`Session::shutdown`], all at once), for a
+    /// process about to exit: refreshes already sent are waited for and
+    /// written, nothing new starts, and no session starts again
+    /// ([`Sessions::session`] then fails with [`Error::Shutdown`]).
+    pub async fn shutdown(&self) {
+        let sessions: Vec<Session<T, S>> = {
+            let mut live = self.inner.live.lock().unwrap_or_else(PoisonError::into_inner);
+            live.shut_down = true;
+            live.sessions.drain().map(|(_, entry)| entry.session).collect()
+        };
+        let mut stopping = tokio::task::JoinSet::new();
+        for session in sessions {
+            stopping.spawn(async move { session.shutdown().await });
+        }
+        while stopping.join_next().await.is_some() {}
     }
 
     /// Drops the sessions that are idle now; returns how many went. The
@@ -147,6 +174,7 @@ impl<T: Transport + Clone, S: Store> Sessions<T, S> {
 impl<T: Transport, S: Store> Inner<T, S> {
     fn drop_idle(&self, now: Instant) -> usize {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = &mut live.sessions;
         let before = live.len();
         live.retain(|_, entry| {
             let idle = now.saturating_duration_since(entry.last_used) >= self.idle_after;

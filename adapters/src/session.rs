@@ -177,9 +177,12 @@ struct Shared<T, S> {
     /// Wakes the driver: new I/O is queued, or the timer changed.
     kick: Notify,
     state: watch::Sender<StateView>,
-    /// Every handle is gone: finish what is in flight, then stop.
+    /// Every handle is gone, or [`Session::shutdown`] was called: nothing
+    /// new goes out, what is in flight lands, then the driver stops.
     closing: AtomicBool,
     in_flight: AtomicUsize,
+    /// Set once the driver has stopped.
+    stopped: watch::Sender<bool>,
     /// The shared store's cross-process lock, as the machine last asked for it.
     store_lock: Mutex<LockSlot>,
     /// The token endpoint as errors show it (no query, no user information).
@@ -325,6 +328,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             state,
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            stopped: watch::Sender::new(false),
             store_lock: Mutex::new(LockSlot::default()),
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
@@ -490,6 +494,38 @@ impl<T: Transport, S: Store> Session<T, S> {
         let _ = finished.await;
     }
 
+    /// Stops the session, for a process about to exit, without losing a
+    /// rotation.
+    ///
+    /// A process that exits while a refresh is out loses the refresh token
+    /// the server rotated to: the server has spent the old one, and the new
+    /// one dies with the process (with reuse detection, a later replay of the
+    /// old one can end the session for every process sharing it). After
+    /// `shutdown` nothing new goes to the token endpoint or takes the store's
+    /// lock; a refresh already sent is waited for (at most the request
+    /// timeout) and its tokens written to the store; then the driver stops,
+    /// releases the store's lock if it held it, and every waiting caller gets
+    /// [`Error::Shutdown`]. A token still valid is handed out afterwards;
+    /// anything that would wait gets [`Error::Shutdown`]. It stops the
+    /// session for every clone of this handle.
+    ///
+    /// Not waited for: a write that fails during shutdown is not retried
+    /// (the store keeps its previous tokens, as after an exit).
+    ///
+    /// ```no_run
+    /// # async fn run(session: freshen::AnySession) {
+    /// // ... the service runs; on SIGTERM:
+    /// session.shutdown().await;
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.kick.notify_one();
+        let mut stopped = self.shared.stopped.subscribe();
+        // The sender lives in `shared`, which this handle keeps alive.
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+
     /// The state now, without waiting: never behind an answer this session
     /// gave (a caller told it is logged out finds `LoggedOut` here). While
     /// tokens are held, [`StateView::renewal`] tells an outage (and when the
@@ -586,8 +622,17 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
         }
         let closing = shared.closing.load(Ordering::Acquire);
         if closing && shared.in_flight.load(Ordering::Acquire) == 0 {
-            debug!("last handle dropped and nothing in flight: driver stops");
-            return;
+            // A task queues the I/O its answer asks for before it counts
+            // itself done, so what it queued is seen here.
+            let queued = shared.coordinator.take_io();
+            if queued.is_empty() {
+                debug!("closing and nothing in flight: driver stops");
+                break;
+            }
+            for io in queued {
+                execute(&shared, io);
+            }
+            continue;
         }
         // While closing, no new work is started from timers; answers in flight still land.
         let deadline = if closing { None } else { shared.coordinator.poll_timeout() };
@@ -608,10 +653,22 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
             }
         }
     }
+    // A lock the machine still held (a cycle parked between attempts) goes
+    // now, not when the process ends.
+    let released = shared.store_lock.lock().ok().map(|mut slot| mem::take(&mut *slot));
+    drop(released);
+    shared.coordinator.close();
+    shared.stopped.send_replace(true);
 }
 
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
+    if shared.closing.load(Ordering::Acquire) && matches!(io, Io::SendRefresh { .. } | Io::LockStore { .. }) {
+        // Closing: nothing new is presented to the server or locked (the
+        // machine's next step would come from a timer that no longer fires).
+        debug!("closing: a new refresh attempt or store lock is not started");
+        return;
+    }
     match io {
         Io::SendRefresh { id, refresh_token, attempt, dpop } => {
             let span = info_span!("refresh", refresh = %id, attempt, dpop = dpop.is_some());

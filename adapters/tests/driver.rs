@@ -86,6 +86,66 @@ async fn dropping_every_handle_mid_refresh_still_writes_the_rotation() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_the_refresh_out_and_writes_its_rotation() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    transport.hold();
+    settle().await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "the refresh started at load");
+    let waiter = {
+        let session = session.clone();
+        tokio::spawn(async move { session.access_token().await })
+    };
+    let shutdown = {
+        let session = session.clone();
+        tokio::spawn(async move { session.shutdown().await })
+    };
+    settle().await;
+    assert!(!shutdown.is_finished(), "shutdown returned with the rotated token still out");
+    // Asked while shutting down: it would go out once the answer lands.
+    let forced = {
+        let session = session.clone();
+        tokio::spawn(async move { session.refresh().await })
+    };
+    settle().await;
+    transport.release(2);
+    shutdown.await.unwrap();
+    assert!(matches!(forced.await.unwrap(), Err(Error::Shutdown)), "a refresh started while shutting down");
+    assert_eq!(store.generation(), Some(Generation(2)), "the rotation was written before shutdown returned");
+    assert_eq!(waiter.await.unwrap().unwrap().generation(), Generation(2), "the answer in flight still lands");
+    // Still valid: handed out. A forced refresh would go out: refused.
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(2));
+    assert!(matches!(session.refresh().await, Err(Error::Shutdown)));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_shutdown_nothing_starts_and_nobody_waits() {
+    let (session, transport, store) = session(AuthorityConfig::default(), Some(Duration::from_secs(300)));
+    settle().await;
+    session.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(transport.refreshes.load(SeqCst), 0, "the timer refreshed ahead after shutdown");
+    assert!(matches!(session.access_token().await, Err(Error::Shutdown)), "the token died; nothing may wait");
+    assert!(matches!(session.refresh().await, Err(Error::Shutdown)));
+    tokio::time::timeout(Duration::from_secs(1), session.log_out()).await.expect("a logout after shutdown waited");
+    assert_eq!(store.generation(), Some(Generation(1)), "nothing was written or cleared");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_no_longer_than_the_request_timeout_for_an_answer() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    transport.hang(true);
+    settle().await;
+    let started = tokio::time::Instant::now();
+    session.shutdown().await;
+    let waited = started.elapsed();
+    let timeout = support::config().session.request_timeout;
+    assert!(waited <= timeout, "shutdown waited {waited:?}, beyond the request timeout {timeout:?}");
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "no retry went out while shutting down");
+    assert_eq!(store.generation(), Some(Generation(1)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn logout_during_a_refresh_fails_waiters_revokes_and_clears() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
     let mut state = session.watch_state();

@@ -109,3 +109,15 @@ async fn a_key_logged_in_elsewhere_after_its_first_use_is_found() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(sessions.access_token("late").await.is_ok(), "the key kept its first answer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_every_session_and_starts_no_more() {
+    let (sessions, transport) = registry(&["a", "b"]);
+    let a = sessions.session("a").unwrap();
+    sessions.access_token("b").await.unwrap();
+    sessions.shutdown().await;
+    assert_eq!(sessions.live(), 0);
+    assert!(matches!(sessions.session("a"), Err(freshen::Error::Shutdown)));
+    assert!(matches!(a.refresh().await, Err(freshen::Error::Shutdown)), "a handle kept from before was not stopped");
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+}

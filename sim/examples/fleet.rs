@@ -153,6 +153,10 @@ async fn worker(url: &str, args: &[String]) -> Result<ExitCode, Error> {
     }
     let logged_out =
         (0..tenants).filter(|&t| sessions.session(&tenant(t)).is_ok_and(|s| s.state().needs_login())).count();
+    // Refreshes still out would die with the process, their rotated tokens
+    // with them: another worker's replay of the old ones, past the grace
+    // window's replays, would then revoke those tenants.
+    sessions.shutdown().await;
     println!(
         "pid {} ok {ok} refused {refused} failed {failed} tenants logged out {logged_out} fenced writes {}",
         std::process::id(),

@@ -108,6 +108,8 @@ async fn child(args: &[String]) -> Result<ExitCode, Error> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A refresh still out would die with the process, its rotated token with it.
+    session.shutdown().await;
     let state = session.state();
     println!("pid {} ok {ok} refused {refused} failed {failed} state {state}", std::process::id());
     Ok(if state.needs_login() { ExitCode::from(3) } else { ExitCode::SUCCESS })

@@ -60,6 +60,8 @@ struct Inner<W> {
     /// number: [`Command::LogoutFinished`] answers them up to a number.
     logouts_requested: u64,
     logouts_waiting: Vec<(u64, W)>,
+    /// The driver has stopped ([`Coordinator::close`]): nothing more is handled.
+    closed: bool,
 }
 
 impl<W> Inner<W> {
@@ -71,6 +73,7 @@ impl<W> Inner<W> {
             next_caller: 1,
             logouts_requested: 0,
             logouts_waiting: Vec::new(),
+            closed: false,
         }
     }
 }
@@ -201,6 +204,18 @@ impl<W: Waker> Coordinator<W> {
         lock(&self.inner).machine.state().clone()
     }
 
+    /// The driver has stopped: every caller still waiting, and every later
+    /// one, is let go unanswered (its waker dropped, which it reads as a
+    /// shutdown), and no input reaches the machine again.
+    pub(crate) fn close(&self) {
+        let released = {
+            let mut inner = lock(&self.inner);
+            inner.closed = true;
+            (mem::take(&mut inner.waiting), mem::take(&mut inner.logouts_waiting))
+        };
+        drop(released);
+    }
+
     /// How many callers wait (for tests and metrics).
     pub(crate) fn waiting(&self) -> usize {
         lock(&self.inner).waiting.len()
@@ -215,7 +230,15 @@ impl<W: Waker> Coordinator<W> {
         let mut woken = Vec::new();
         {
             let mut inner = lock(&self.inner);
-            match prepare(&mut inner) {
+            let event = prepare(&mut inner);
+            if inner.closed {
+                // Whoever just registered is let go: no driver will answer.
+                let released = (mem::take(&mut inner.waiting), mem::take(&mut inner.logouts_waiting));
+                drop(inner);
+                drop(released);
+                return;
+            }
+            match event {
                 Some(event) => {
                     #[cfg(feature = "_internal_test_exports")]
                     if let Some(observer) = &self.observer {
