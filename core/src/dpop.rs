@@ -25,6 +25,7 @@
 //! ```
 
 use core::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -56,9 +57,12 @@ pub const MAX_NONCE_BYTES: usize = 512;
 pub struct InvalidKey;
 
 /// A session's DPoP key pair (P-256, signing ES256). Its secret half is
-/// wiped when it drops and never shown by `Debug`.
+/// wiped when it drops and never shown by `Debug`. Clones share one key (a
+/// reference count): every grant of a bound session carries it.
 #[derive(Clone)]
-pub struct DpopKey {
+pub struct DpopKey(Arc<KeyPair>);
+
+struct KeyPair {
     signing: SigningKey,
     /// The public key as a JWK with only its required members, in the order
     /// RFC 7638 hashes them: the proof header's `jwk` and the thumbprint's input.
@@ -86,12 +90,12 @@ impl DpopKey {
             URL_SAFE_NO_PAD.encode(x),
             URL_SAFE_NO_PAD.encode(y)
         );
-        Ok(Self { signing, public_jwk })
+        Ok(Self(Arc::new(KeyPair { signing, public_jwk })))
     }
 
     /// The secret scalar, for the store only.
     pub fn expose_secret_bytes(&self) -> Zeroizing<[u8; KEY_BYTES]> {
-        let mut field = self.signing.to_bytes();
+        let mut field = self.0.signing.to_bytes();
         let mut bytes = Zeroizing::new([0; KEY_BYTES]);
         bytes.copy_from_slice(&field);
         field.as_mut_slice().zeroize();
@@ -100,18 +104,18 @@ impl DpopKey {
 
     /// The public key as a JWK (`{"crv":"P-256","kty":"EC","x":…,"y":…}`).
     pub fn public_jwk(&self) -> &str {
-        &self.public_jwk
+        &self.0.public_jwk
     }
 
     /// The JWK SHA-256 thumbprint (RFC 7638), base64url: what a server binds
     /// tokens to (`cnf.jkt`), and a name for the key in traces.
     pub fn thumbprint(&self) -> String {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(self.public_jwk.as_bytes()))
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.public_jwk.as_bytes()))
     }
 
     /// A proof for one request.
     pub fn proof(&self, claims: &ProofClaims<'_>) -> DpopProof {
-        let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{}}}"#, self.public_jwk);
+        let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{}}}"#, self.0.public_jwk);
         let mut body = Map::new();
         body.insert("jti".into(), URL_SAFE_NO_PAD.encode(claims.jti).into());
         body.insert("htm".into(), claims.method.into());
@@ -125,7 +129,7 @@ impl DpopKey {
         }
         let body = Value::Object(body).to_string();
         let mut jwt = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(body));
-        let signature: Signature = self.signing.sign(jwt.as_bytes());
+        let signature: Signature = self.0.signing.sign(jwt.as_bytes());
         jwt.push('.');
         jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
         DpopProof(jwt)

@@ -6,19 +6,24 @@
 //! revealing it.
 
 use core::fmt;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
 macro_rules! secret_token {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// Cloning shares the bytes (a reference count), so handing one
+        /// token to many callers copies nothing; they are zeroed when the
+        /// last clone goes.
         #[derive(Clone)]
-        pub struct $name(SecretString);
+        pub struct $name(Arc<SecretString>);
 
         impl $name {
             /// Wraps a token value.
             pub fn new(value: impl Into<String>) -> Self {
-                Self(SecretString::from(value.into()))
+                Self(Arc::new(SecretString::from(value.into())))
             }
 
             /// The token bytes. Call this only where they go on the wire or into the store.
@@ -46,7 +51,7 @@ macro_rules! secret_token {
 
         impl From<SecretString> for $name {
             fn from(secret: SecretString) -> Self {
-                Self(secret)
+                Self(Arc::new(secret))
             }
         }
     };
@@ -155,5 +160,13 @@ mod tests {
         assert_eq!(TokenType::parse(" bearer "), TokenType::Bearer);
         assert_eq!(TokenType::parse("DPoP"), TokenType::DPoP);
         assert_eq!(TokenType::parse("MAC"), TokenType::Other("mac".into()));
+    }
+
+    #[test]
+    fn a_cloned_token_shares_its_bytes() {
+        let token = AccessToken::new("canary-access-token");
+        let clone = token.clone();
+        assert_eq!(token.expose_secret().as_ptr(), clone.expose_secret().as_ptr(), "the clone copied the token");
+        assert!(clone.same_as(&token));
     }
 }

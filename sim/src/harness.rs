@@ -30,7 +30,7 @@ use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId
 use freshen_core::oauth::{self, Classified};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{
-    AccessGrant, Command, Event, FailReason, Io, LogoutCause, NewSession, ProofNeeded, Session, SessionConfig,
+    AccessGrant, Callers, Command, Event, FailReason, Io, LogoutCause, NewSession, ProofNeeded, Session, SessionConfig,
     StoreError, TransportFailure,
 };
 use freshen_core::stored::StoredSession;

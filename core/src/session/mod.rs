@@ -45,8 +45,8 @@ use std::collections::VecDeque;
 
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use types::{
-    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, ProofNeeded,
-    Renewal, StateView, StoreError, Timeout, TransportFailure,
+    AccessGrant, AttemptFailure, Callers, CallersIntoIter, Command, Event, FailReason, Ignored, Io, LogoutCause,
+    NewSession, ProofNeeded, Renewal, StateView, StoreError, Timeout, TransportFailure,
 };
 
 use crate::dpop::{DpopKey, DpopNonce, MAX_NONCE_RETRIES};
@@ -197,6 +197,8 @@ impl Plant {
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
+    /// `config.wait_bound()`, worked out once: every caller's deadline adds it.
+    wait_bound: Duration,
     rng: SplitMix64,
     /// The latest time seen; input time never moves it back.
     now: MonoTime,
@@ -523,6 +525,7 @@ impl Session {
         config.validate()?;
         let store_attempts = config.store_backoff.attempts;
         let mut session = Self {
+            wait_bound: config.wait_bound(),
             config,
             rng: SplitMix64::new(seed),
             now,
@@ -645,7 +648,7 @@ impl Session {
             }
             Event::RevocationEnded { id } => self.on_revocation_ended(id),
             Event::LoggedIn { caller, session } if session.binding_mismatch() => {
-                self.outbox.fail(vec![caller], FailReason::DpopMismatch);
+                self.outbox.fail(Callers::from([caller]), FailReason::DpopMismatch);
             }
             Event::LoggedIn { caller, session } => {
                 self.on_logged_in(session);
@@ -659,7 +662,7 @@ impl Session {
     pub fn handle_timeout(&mut self, now: MonoTime) {
         self.advance(now);
         let now = self.now;
-        let mut expired = Vec::new();
+        let mut expired = Callers::default();
         while let Some(waiter) = self.waiters.front().filter(|w| w.deadline <= now) {
             expired.push(waiter.caller);
             self.waiters.pop_front();
@@ -799,12 +802,12 @@ impl Session {
 
     fn add_waiter(&mut self, caller: CallerId, needs: Needs) {
         if self.waiters.len() >= self.config.max_waiters {
-            self.outbox.fail(vec![caller], FailReason::TooManyWaiters);
+            self.outbox.fail(Callers::from([caller]), FailReason::TooManyWaiters);
             return;
         }
         // Demand revives a store that gave up: it may work again now.
         self.store.revive();
-        let deadline = self.now.saturating_add(self.config.wait_bound());
+        let deadline = self.now.saturating_add(self.wait_bound);
         self.waiters.push_back(Waiter { caller, deadline, needs });
     }
 

@@ -411,7 +411,7 @@ impl Session {
         // only for the store (C3).
         let ended = self.cycles_started;
         let usable = tokens.usable_at(now);
-        let mut failed = Vec::new();
+        let mut failed = Callers::default();
         self.waiters.retain(|waiter| {
             let served_by_this = match waiter.needs {
                 Needs::Any | Needs::NoRefreshInFlight => !usable,
@@ -639,7 +639,7 @@ impl Outbox {
         }
     }
 
-    pub(super) fn fail(&mut self, callers: Vec<CallerId>, reason: FailReason) {
+    pub(super) fn fail(&mut self, callers: Callers, reason: FailReason) {
         if !callers.is_empty() {
             self.commands.push_back(Command::Fail { callers, reason });
         }

@@ -99,7 +99,8 @@ impl Session {
         };
         let store_gave_up = self.store.exhausted();
         let login_stored = durable || self.planted(Plant::LoginAnsweredBeforeStored);
-        let (mut granted, mut stored, mut unstored, mut refused) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut granted, mut stored, mut unstored, mut refused) =
+            (Callers::default(), Callers::default(), Callers::default(), Callers::default());
         self.waiters.retain(|waiter| {
             if !waiter.wants_token() {
                 match (login_stored, store_gave_up) {

@@ -104,7 +104,7 @@ fn c3_catches_a_grant_before_the_store_held_it() {
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
     m.command(t(0), &Command::Io(Io::Persist { op: StoreOpId(1), session: stored(1, "r1") }));
     m.command(t(0), &Command::StateChanged(StateView::Valid { generation: Generation(1), renewal: Renewal::Ready }));
-    m.command(t(0), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
+    m.command(t(0), &Command::Grant { callers: [CallerId(1)].into(), grant: grant(1, None) });
     assert_eq!(found(m.violations()), vec![Invariant::C3]);
 }
 
@@ -116,7 +116,7 @@ fn u1_catches_an_answer_the_state_does_not_show_yet() {
     m.event(t(10), &Event::LogoutRequested);
     m.command(
         t(10),
-        &Command::Fail { callers: vec![CallerId(1)], reason: FailReason::LoggedOut(LogoutCause::Requested) },
+        &Command::Fail { callers: [CallerId(1)].into(), reason: FailReason::LoggedOut(LogoutCause::Requested) },
     );
     m.command(t(10), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
     assert_eq!(found(m.violations()), vec![Invariant::U1]);
@@ -126,7 +126,7 @@ fn u1_catches_an_answer_the_state_does_not_show_yet() {
     load(&mut m, 1);
     m.command(t(20), &Command::StateChanged(StateView::Expired { generation: Generation(1), renewal: Renewal::Ready }));
     m.event(t(20), &Event::TokenWanted { caller: CallerId(2) });
-    m.command(t(20), &Command::Grant { callers: vec![CallerId(2)], grant: grant(1, None) });
+    m.command(t(20), &Command::Grant { callers: [CallerId(2)].into(), grant: grant(1, None) });
     assert_eq!(found(m.violations()), vec![Invariant::U1]);
 }
 
@@ -147,11 +147,11 @@ fn u3_catches_a_failure_repeated_without_a_new_cycle() {
         t(10_000),
         &Command::StateChanged(StateView::Expired { generation: Generation(1), renewal: Renewal::Ready }),
     );
-    m.command(t(10_000), &Command::Fail { callers: vec![CallerId(1)], reason: unavailable() });
+    m.command(t(10_000), &Command::Fail { callers: [CallerId(1)].into(), reason: unavailable() });
     assert!(m.violations().is_empty(), "its own cycle failed it: {:?}", m.violations());
     // A caller after the failed cycle is told the old failure without a new attempt.
     m.event(t(11_000), &Event::TokenWanted { caller: CallerId(2) });
-    m.command(t(11_000), &Command::Fail { callers: vec![CallerId(2)], reason: unavailable() });
+    m.command(t(11_000), &Command::Fail { callers: [CallerId(2)].into(), reason: unavailable() });
     assert_eq!(found(m.violations()), vec![Invariant::U3]);
 }
 
@@ -167,13 +167,13 @@ fn u3_accepts_a_failure_the_server_asked_to_hold() {
     });
     answer(&mut m, 50, 1, limited);
     m.command(t(50), &Command::StateChanged(StateView::Expired { generation: Generation(1), renewal: Renewal::Ready }));
-    m.command(t(50), &Command::Fail { callers: vec![CallerId(1)], reason: unavailable() });
+    m.command(t(50), &Command::Fail { callers: [CallerId(1)].into(), reason: unavailable() });
     m.event(t(60_000), &Event::TokenWanted { caller: CallerId(2) });
-    m.command(t(60_000), &Command::Fail { callers: vec![CallerId(2)], reason: unavailable() });
+    m.command(t(60_000), &Command::Fail { callers: [CallerId(2)].into(), reason: unavailable() });
     assert!(m.violations().is_empty(), "{:?}", m.violations());
     // Once the server's wait is over, a new caller needs a new cycle.
     m.event(t(121_000), &Event::TokenWanted { caller: CallerId(3) });
-    m.command(t(121_000), &Command::Fail { callers: vec![CallerId(3)], reason: unavailable() });
+    m.command(t(121_000), &Command::Fail { callers: [CallerId(3)].into(), reason: unavailable() });
     assert_eq!(found(m.violations()), vec![Invariant::U3]);
 }
 
@@ -182,13 +182,13 @@ fn u1_accepts_the_state_first() {
     let mut m = monitor();
     load(&mut m, 1);
     m.event(t(10), &Event::TokenWanted { caller: CallerId(1) });
-    m.command(t(10), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, None) });
+    m.command(t(10), &Command::Grant { callers: [CallerId(1)].into(), grant: grant(1, None) });
     m.event(t(20), &Event::TokenWanted { caller: CallerId(2) });
     m.event(t(20), &Event::LogoutRequested);
     m.command(t(20), &Command::StateChanged(StateView::LoggedOut { cause: LogoutCause::Requested }));
     m.command(
         t(20),
-        &Command::Fail { callers: vec![CallerId(2)], reason: FailReason::LoggedOut(LogoutCause::Requested) },
+        &Command::Fail { callers: [CallerId(2)].into(), reason: FailReason::LoggedOut(LogoutCause::Requested) },
     );
     assert!(m.violations().is_empty(), "{:?}", m.violations());
 }
@@ -237,7 +237,7 @@ fn c5_catches_a_waiter_held_too_long_and_a_double_answer() {
     m.event(t(0), &Event::TokenWanted { caller: CallerId(1) });
     let late = MonoTime::ZERO.saturating_add(SessionConfig::default().wait_bound() + Duration::from_millis(1));
     m.step_end(late, None);
-    m.command(late, &Command::Fail { callers: vec![CallerId(1)], reason: FailReason::TimedOut });
+    m.command(late, &Command::Fail { callers: [CallerId(1)].into(), reason: FailReason::TimedOut });
     assert_eq!(found(m.violations()), vec![Invariant::C5, Invariant::C5]);
 }
 
@@ -305,7 +305,7 @@ fn c7_catches_a_grant_past_its_usable_time() {
     let mut m = monitor();
     load(&mut m, 1);
     m.event(t(1000), &Event::TokenWanted { caller: CallerId(1) });
-    m.command(t(1000), &Command::Grant { callers: vec![CallerId(1)], grant: grant(1, Some(1000)) });
+    m.command(t(1000), &Command::Grant { callers: [CallerId(1)].into(), grant: grant(1, Some(1000)) });
     assert_eq!(found(m.violations()), vec![Invariant::C7]);
 }
 

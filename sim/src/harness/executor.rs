@@ -160,7 +160,7 @@ impl World {
     }
 
     /// Callers got `grant`: each uses it at the resource.
-    fn grant(&mut self, p: usize, incarnation: u32, callers: Vec<CallerId>, grant: &AccessGrant) {
+    fn grant(&mut self, p: usize, incarnation: u32, callers: Callers, grant: &AccessGrant) {
         for caller in callers {
             self.stats.granted += 1;
             self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
