@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use freshen_core::dpop::DpopKey;
 use freshen_core::ids::{CallerId, RefreshId, StoreOpId};
 use freshen_core::oauth::{self, Client, TokenResponse};
-use freshen_core::session::{Event, Io, NewSession, ProofNeeded, SessionConfig, StateView, TransportFailure};
+use freshen_core::session::{Event, Io, NewSession, ProofNeeded, SessionConfig, StateView, Timeout, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::MonoTime;
 
@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Environment;
 use crate::Error;
 use crate::clock::Clock;
-use crate::coordinator::{Answer, Coordinator, Outcome, StateSink, Waker};
+use crate::coordinator::{Answer, Coordinator, Outcome, StateSink, Waker, WallNow};
 use crate::stats::{Count, Counters, Stats};
 use crate::store::{BoxStore, Store, StoreLock};
 use crate::token::Token;
@@ -311,13 +311,15 @@ impl<T: Transport, S: Store> Session<T, S> {
             }
             publisher.send_replace(view.clone());
         });
+        let wall_clock = environment.wall_clock().clone();
+        let wall: WallNow = Box::new(move || wall_clock.now());
         #[cfg(feature = "_internal_test_exports")]
         let coordinator = match environment.observer() {
-            Some(observer) => Coordinator::observed(machine, on_state, Arc::clone(observer)),
-            None => Coordinator::new(machine, on_state),
+            Some(observer) => Coordinator::observed(machine, on_state, wall, Arc::clone(observer)),
+            None => Coordinator::new(machine, on_state, wall),
         };
         #[cfg(not(feature = "_internal_test_exports"))]
-        let coordinator = Coordinator::new(machine, on_state);
+        let coordinator = Coordinator::new(machine, on_state, wall);
         let shared = Arc::new(Shared {
             coordinator,
             transport,
@@ -352,10 +354,32 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// An access token, waiting for a refresh only when none is usable. Many
     /// callers at once cause one refresh.
     pub async fn access_token(&self) -> Result<Token, Error> {
-        if let Some(published) = self.shared.coordinator.fast(self.shared.now()) {
-            return Ok(Token(published));
+        if let Some(token) = self.shared.coordinator.fast() {
+            return Ok(token);
         }
         self.wait(|coordinator, now, waker| coordinator.want(now, waker)).await
+    }
+
+    /// Lends a usable access token to `f` and returns what `f` returns:
+    /// [`Session::access_token`] without handing out a handle of its own.
+    /// While the token is valid nothing is cloned or counted, so threads
+    /// that call it at once never write a shared cache line; otherwise it
+    /// waits for a token as `access_token` does.
+    ///
+    /// ```no_run
+    /// # async fn call(session: freshen::AnySession) -> Result<(), freshen::Error> {
+    /// let header = session.with_token(|token| token.authorization().cloned()).await??;
+    /// # let _ = header;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_token<R>(&self, f: impl FnOnce(&Token) -> R) -> Result<R, Error> {
+        let mut f = Some(f);
+        let lent = self.shared.coordinator.with_fast(|token| f.take().map(|f| f(token)));
+        if let Some(Some(answer)) = lent {
+            return Ok(answer);
+        }
+        let token = self.wait(|coordinator, now, waker| coordinator.want(now, waker)).await?;
+        f.map(|f| f(&token)).ok_or(Error::Shutdown)
     }
 
     /// After a resource answered 401 to `rejected`: a token to retry with,
@@ -589,8 +613,13 @@ impl<T: Transport, S: Store> Session<T, S> {
         let caller = register(&self.shared.coordinator, self.shared.now(), waker);
         self.shared.kick.notify_one();
         // If this future is dropped, the caller is forgotten; the refresh goes on.
-        let _cancel = CancelOnDrop { coordinator: &self.shared.coordinator, caller };
-        match answer.await {
+        let cancel = CancelOnDrop { coordinator: &self.shared.coordinator, caller };
+        let answered = answer.await;
+        // Answered (or let go): the coordinator has already forgotten the
+        // caller, and a herd of thousands released at once does not queue
+        // on its lock again just to be told so.
+        core::mem::forget(cancel);
+        match answered {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(reason)) => {
                 self.shared.counters.add(Count::CallerFailed);
@@ -635,7 +664,7 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
             continue;
         }
         // While closing, no new work is started from timers; answers in flight still land.
-        let deadline = if closing { None } else { shared.coordinator.poll_timeout() };
+        let deadline = if closing { None } else { next_timer(&shared.coordinator) };
         let sleep = async {
             match deadline {
                 Some(due) => tokio::time::sleep_until(shared.instant(due.at)).await,
@@ -659,6 +688,19 @@ async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
     drop(released);
     shared.coordinator.close();
     shared.stopped.send_replace(true);
+}
+
+/// When the driver's timer fires next: the machine's own timer, or the
+/// moment the published token stops being usable, whichever comes first (the
+/// fast path reads no monotonic clock; the machine withdraws the token then).
+fn next_timer(coordinator: &Coordinator<oneshot::Sender<Outcome>>) -> Option<Timeout> {
+    let machine = coordinator.poll_timeout();
+    let withdraw =
+        coordinator.published_until().map(|at| Timeout { at, reason: "the published token stops being usable" });
+    match (machine, withdraw) {
+        (Some(machine), Some(withdraw)) => Some(if withdraw.at < machine.at { withdraw } else { machine }),
+        (machine, withdraw) => machine.or(withdraw),
+    }
 }
 
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.

@@ -19,34 +19,33 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A value readers take without a lock or a task: the fast path.
 ///
-/// Every reader takes its own `Arc` of the value, and an `Arc` clone is an
-/// atomic increment of a count shared by all its clones: with one `Arc`, every
-/// thread would write the same cache line on every read. So the snapshot holds
-/// one copy of the value per shard (as many as the machine has threads, made
-/// once per store, which is once per refresh), and each thread reads its own.
+/// A reader that keeps the value clones it, and for a value behind an `Arc`
+/// that is an atomic increment of a count shared by all its clones: with one
+/// `Arc`, every thread would write the same cache line on every read. So the
+/// snapshot holds one copy of the value per shard (as many as the machine has
+/// threads, made once per store, which is once per refresh), and each thread
+/// reads its own. A reader that only borrows ([`Snapshot::with`]) writes
+/// nothing at all.
 #[cfg(not(freshen_loom))]
 #[derive(Debug)]
-pub(crate) struct Snapshot<T>(arc_swap::ArcSwapOption<Box<[Arc<T>]>>);
+pub(crate) struct Snapshot<T>(arc_swap::ArcSwapOption<Box<[T]>>);
 
 #[cfg(not(freshen_loom))]
-impl<T: Clone> Snapshot<T> {
+impl<T> Snapshot<T> {
     pub(crate) fn empty() -> Self {
         Self(arc_swap::ArcSwapOption::empty())
     }
 
-    pub(crate) fn load(&self) -> Option<Arc<T>> {
-        // `load` borrows without touching a shared count; only the shard's
-        // `Arc` is cloned.
+    /// Lends this thread's copy to `f`. `load` borrows without touching a
+    /// shared count.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
         let shards = self.0.load();
-        let shards = shards.as_ref()?;
-        shards.get(shard::this_thread() % shards.len()).cloned()
+        f(shards.as_ref().and_then(|shards| shards.get(shard::this_thread() % shards.len())))
     }
 
-    pub(crate) fn store(&self, value: Option<T>) {
-        let shards = value.map(|value| {
-            let copies: Box<[Arc<T>]> = (0..shard::count()).map(|_| Arc::new(value.clone())).collect();
-            Arc::new(copies)
-        });
+    /// Publishes a value, `copy` making each shard's copy (`None` withdraws it).
+    pub(crate) fn store(&self, copy: Option<impl Fn() -> T>) {
+        let shards = copy.map(|copy| Arc::new((0..shard::count()).map(|_| copy()).collect::<Box<[T]>>()));
         self.0.store(shards);
     }
 }
@@ -76,7 +75,7 @@ mod shard {
 /// observable behaviour (a reader sees the old or the new value, whole).
 #[cfg(freshen_loom)]
 #[derive(Debug)]
-pub(crate) struct Snapshot<T>(Mutex<Option<Arc<T>>>);
+pub(crate) struct Snapshot<T>(Mutex<Option<T>>);
 
 #[cfg(freshen_loom)]
 impl<T> Snapshot<T> {
@@ -84,11 +83,11 @@ impl<T> Snapshot<T> {
         Self(Mutex::new(None))
     }
 
-    pub(crate) fn load(&self) -> Option<Arc<T>> {
-        lock(&self.0).clone()
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        f(lock(&self.0).as_ref())
     }
 
-    pub(crate) fn store(&self, value: Option<T>) {
-        *lock(&self.0) = value.map(Arc::new);
+    pub(crate) fn store(&self, copy: Option<impl Fn() -> T>) {
+        *lock(&self.0) = copy.map(|copy| copy());
     }
 }

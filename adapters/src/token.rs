@@ -7,7 +7,6 @@ use freshen_core::dpop::DpopKey;
 use freshen_core::dpop::{DpopNonce, DpopProof};
 use freshen_core::ids::Generation;
 use freshen_core::session::AccessGrant;
-#[cfg(not(freshen_loom))]
 use freshen_core::time::UnixTime;
 use freshen_core::token::TokenType;
 use http::HeaderValue;
@@ -24,14 +23,17 @@ pub(crate) struct Published {
     /// `Bearer <token>`, marked sensitive so http never prints it; `None`
     /// when the token holds bytes a header cannot.
     header: Option<HeaderValue>,
+    /// For a published token: the wall time from which the fast path
+    /// refuses it even if the driver's timer has not withdrawn it yet.
+    pub(crate) refuse_from: Option<UnixTime>,
 }
 
 impl Published {
-    pub(crate) fn new(grant: AccessGrant) -> Self {
+    pub(crate) fn new(grant: AccessGrant, refuse_from: Option<UnixTime>) -> Self {
         // A bound token is presented as `DPoP`, with a proof beside it (RFC 9449 §7.1).
         let scheme = if grant.dpop_key.is_some() { "DPoP " } else { "Bearer " };
         let header = crate::scrub::sensitive_header([scheme, grant.access_token.expose_secret()]).ok();
-        Self { grant, header }
+        Self { grant, header, refuse_from }
     }
 }
 

@@ -120,15 +120,42 @@ async fn shutdown_waits_for_the_refresh_out_and_writes_its_rotation() {
 
 #[tokio::test(start_paused = true)]
 async fn after_shutdown_nothing_starts_and_nobody_waits() {
-    let (session, transport, store) = session(AuthorityConfig::default(), Some(Duration::from_secs(300)));
+    // Five minutes left, on a wall clock that follows tokio's: with the
+    // driver stopped, no timer withdraws the token; the wall clock refuses it.
+    let (session, transport, _) = session_on_a_steppable_clock();
     settle().await;
     session.shutdown().await;
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(1), "a valid token is handed out");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(transport.refreshes.load(SeqCst), 0, "the timer refreshed ahead after shutdown");
     assert!(matches!(session.access_token().await, Err(Error::Shutdown)), "the token died; nothing may wait");
     assert!(matches!(session.refresh().await, Err(Error::Shutdown)));
     tokio::time::timeout(Duration::from_secs(1), session.log_out()).await.expect("a logout after shutdown waited");
-    assert_eq!(store.generation(), Some(Generation(1)), "nothing was written or cleared");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fast_path_stops_handing_out_a_token_at_its_usable_time_while_a_refresh_is_held() {
+    // Five minutes left; the refresh ahead of expiry starts a minute early
+    // and is held (for less than its long request timeout).
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let store = support::FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(300))));
+    let mut config = support::config();
+    config.session.request_timeout = Duration::from_secs(200);
+    let session = support::start(config, transport.clone(), store);
+    transport.hold();
+    tokio::time::sleep(Duration::from_secs(250)).await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "the refresh ahead started");
+    let token = session.with_token(|token| token.generation()).await.unwrap();
+    assert_eq!(token, Generation(1), "still usable: lent from the fast path");
+    tokio::time::sleep(Duration::from_secs(80)).await;
+    let caller = {
+        let session = session.clone();
+        tokio::spawn(async move { session.with_token(|token| token.generation()).await })
+    };
+    settle().await;
+    assert!(!caller.is_finished(), "a token past its usable time was handed out");
+    transport.release(1);
+    assert_eq!(caller.await.unwrap().unwrap(), Generation(2));
 }
 
 #[tokio::test(start_paused = true)]

@@ -132,7 +132,7 @@ pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes
     for _ in 0..sizes.rounds {
         freshen.push(timed_tasks(runtime, threads, acquires, session, move |session| async move {
             for _ in 0..acquires {
-                black_box(session.access_token().await.is_ok());
+                black_box(session.with_token(|token| black_box(token).generation()).await.is_ok());
             }
         }));
         baseline.push(timed_tasks(runtime, threads, acquires, &lock, move |lock| async move {
@@ -163,6 +163,92 @@ where
     started.elapsed().as_nanos() as f64 / operations as f64
 }
 
+/// Nanoseconds per acquire through [`Session::access_token`], which hands
+/// out a handle of its own (an `Arc` clone), on one task: the median of
+/// `sizes.rounds` rounds. Context for the borrowing fast path.
+pub fn fastpath_owned(runtime: &Runtime, session: &BenchSession, sizes: Sizes) -> f64 {
+    let acquires = sizes.acquires;
+    let mut rounds: Vec<f64> = (0..sizes.rounds)
+        .map(|_| {
+            timed_tasks(runtime, 1, acquires, session, move |session| async move {
+                for _ in 0..acquires {
+                    black_box(session.access_token().await.is_ok());
+                }
+            })
+        })
+        .collect();
+    median(&mut rounds)
+}
+
+/// Runs `count` operations of one kind, for an instruction count under
+/// callgrind: `fastpath` (the borrowing acquire), `fastpath_owned`
+/// (`access_token`), or `step` (the core machine's step).
+pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
+    match operation {
+        "step" => {
+            let mut step = machine_step()?;
+            for _ in 0..count {
+                step();
+            }
+        }
+        "fastpath" | "fastpath_owned" => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let session = runtime.block_on(valid_session("http://127.0.0.1:9/token".into(), ACCESS_TOKEN))?;
+            let owned = operation == "fastpath_owned";
+            runtime.block_on(async {
+                for _ in 0..count {
+                    if owned {
+                        black_box(session.access_token().await.is_ok());
+                    } else {
+                        black_box(session.with_token(|token| black_box(token).generation()).await.is_ok());
+                    }
+                }
+            });
+        }
+        other => return Err(format!("no operation {other}").into()),
+    }
+    Ok(())
+}
+
+/// Instructions per operation of `operation` ([`run_operations`]), counted
+/// by callgrind over two runs of this program that differ only in how many
+/// operations they run, so setup and teardown cancel out. `None` when
+/// valgrind is not installed.
+pub fn instructions_per_operation(operation: &str) -> Result<Option<f64>, BenchError> {
+    const FEW: u64 = 20_000;
+    const MANY: u64 = 220_000;
+    let program = std::env::current_exe()?;
+    let mut counts = Vec::new();
+    for count in [FEW, MANY] {
+        let output = match std::process::Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&program)
+            .args(["--operations", operation, &count.to_string()])
+            .output()
+        {
+            Ok(output) => output,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        if !output.status.success() {
+            return Err(
+                format!("callgrind run of {operation} failed: {}", String::from_utf8_lossy(&output.stderr)).into()
+            );
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let collected = stderr
+            .lines()
+            .find_map(|line| line.split("Collected :").nth(1))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .ok_or("callgrind printed no instruction count")?;
+        counts.push(collected);
+    }
+    match counts[..] {
+        [few, many] => Ok(Some(many.saturating_sub(few) as f64 / (MANY - FEW) as f64)),
+        _ => Err("callgrind did not run twice".into()),
+    }
+}
+
 /// Heap allocations per acquire on the fast path, and per baseline acquire.
 pub fn fastpath_allocs(runtime: &Runtime, session: &BenchSession, acquires: u64) -> (f64, f64) {
     let lock = baseline_lock(ACCESS_TOKEN);
@@ -170,6 +256,7 @@ pub fn fastpath_allocs(runtime: &Runtime, session: &BenchSession, acquires: u64)
     let freshen = runtime.block_on(async {
         let before = alloc::on_this_thread();
         for _ in 0..acquires {
+            black_box(session.with_token(|token| black_box(token).generation()).await.is_ok());
             black_box(session.access_token().await.is_ok());
         }
         alloc::on_this_thread() - before
@@ -187,6 +274,22 @@ pub fn fastpath_allocs(runtime: &Runtime, session: &BenchSession, acquires: u64)
 /// The core machine alone, in steady state: a caller asks a valid session for
 /// a token and every command is drained. Nanoseconds and allocations per step.
 pub fn step(steps: u64) -> Result<(f64, f64), BenchError> {
+    let mut step = machine_step()?;
+    let mut run = |count: u64| {
+        for _ in 0..count {
+            step();
+        }
+    };
+    run(steps / 10); // warm up
+    let started = Instant::now();
+    let ((), allocations) = alloc::counted(|| run(steps));
+    let nanos = started.elapsed().as_nanos() as f64;
+    Ok((nanos / steps as f64, allocations as f64 / steps as f64))
+}
+
+/// One step of the core machine on a valid session, as a closure: a new
+/// caller asks for a token and every command is drained.
+fn machine_step() -> Result<impl FnMut(), BenchError> {
     use freshen::core::session::{Session as Machine, SessionConfig};
     let unix_now = UnixTime::from_secs(1_800_000_000);
     let mut machine = Machine::new(SessionConfig::default(), 1, MonoTime::ZERO, unix_now)?;
@@ -202,20 +305,13 @@ pub fn step(steps: u64) -> Result<(f64, f64), BenchError> {
     while machine.poll_command().is_some() {}
     let now = MonoTime::from_secs(1);
     let mut caller = 0;
-    let mut run = |count: u64| {
-        for _ in 0..count {
-            caller += 1;
-            machine.handle(now, Event::TokenWanted { caller: CallerId(caller) });
-            while let Some(command) = machine.poll_command() {
-                drop(black_box(command));
-            }
+    Ok(move || {
+        caller += 1;
+        machine.handle(now, Event::TokenWanted { caller: CallerId(caller) });
+        while let Some(command) = machine.poll_command() {
+            drop(black_box(command));
         }
-    };
-    run(steps / 10); // warm up
-    let started = Instant::now();
-    let ((), allocations) = alloc::counted(|| run(steps));
-    let nanos = started.elapsed().as_nanos() as f64;
-    Ok((nanos / steps as f64, allocations as f64 / steps as f64))
+    })
 }
 
 /// What a thundering herd cost.

@@ -10,10 +10,23 @@ use freshen_bench::{BenchError, Sizes};
 use freshen_sim::http::paths;
 
 fn main() -> ExitCode {
-    let sizes = match std::env::args().nth(1).as_deref() {
-        None => Sizes::FULL,
-        Some("--quick") => Sizes::QUICK,
-        Some(_) => {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => Sizes::FULL,
+        ["--quick"] => Sizes::QUICK,
+        // Run under callgrind by `instructions_per_operation`.
+        ["--operations", operation, count] => {
+            let result =
+                count.parse().map_err(Into::into).and_then(|count| freshen_bench::run_operations(operation, count));
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("freshen-bench: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {
             eprintln!("usage: freshen-bench [--quick]");
             return ExitCode::from(2);
         }
@@ -46,6 +59,10 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("fastpath_ratio={:.2}", ratio_1.min(ratio_2));
     println!("fastpath_ratio_1t={ratio_1:.2}");
     println!("fastpath_ratio_2t={ratio_2:.2}");
+    println!("fastpath_ns_1t={freshen_1:.1}");
+    let owned = freshen_bench::fastpath_owned(&runtime, &session, sizes);
+    println!("# access_token (an owned handle, an Arc clone) on one thread: {owned:.1} ns");
+    println!("fastpath_owned_ns_1t={owned:.1}");
     let (allocs, baseline_allocs) = freshen_bench::fastpath_allocs(&runtime, &session, sizes.acquires);
     println!("# allocations per acquire: freshen {allocs} vs RwLock+clone {baseline_allocs}");
     println!("fastpath_allocs={allocs}");
@@ -54,6 +71,16 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     let (step_ns, step_allocs) = freshen_bench::step(sizes.steps)?;
     println!("step_ns={step_ns:.1}");
     println!("step_allocs={step_allocs}");
+    for (key, operation) in [
+        ("fastpath_instructions", "fastpath"),
+        ("fastpath_owned_instructions", "fastpath_owned"),
+        ("step_instructions", "step"),
+    ] {
+        match freshen_bench::instructions_per_operation(operation)? {
+            Some(count) => println!("{key}={count:.0}"),
+            None => println!("# {key}: valgrind is not installed"),
+        }
+    }
 
     for (key, callers) in [("herd_refreshes_1k", 1_000), ("herd_refreshes_10k", 10_000)] {
         let herd = runtime.block_on(freshen_bench::herd(callers))?;

@@ -55,7 +55,7 @@ fn coordinator() -> Arc<Coordinator<Slot>> {
 
 fn coordinator_with(config: SessionConfig) -> Arc<Coordinator<Slot>> {
     let machine = Session::new(config, 1, MonoTime::ZERO, UnixTime::from_secs(1_000)).unwrap();
-    Arc::new(Coordinator::new(machine, Box::new(|_| {})))
+    Arc::new(Coordinator::new(machine, Box::new(|_| {}), Box::new(|| UnixTime::from_secs(1_000))))
 }
 
 fn spent_session() -> StoredSession {
@@ -229,7 +229,7 @@ fn loom_logout_racing_a_refresh() {
             Err(reason) => assert_eq!(reason, FailReason::LoggedOut(LogoutCause::Requested)),
         }
         assert_eq!(coordinator.state(), StateView::LoggedOut { cause: LogoutCause::Requested });
-        assert!(coordinator.fast(MonoTime::ZERO).is_none(), "nothing is handed out after logout");
+        assert!(coordinator.fast().is_none(), "nothing is handed out after logout");
         assert_eq!(coordinator.waiting(), 0);
     });
 }

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 
 use freshen_core::ids::{CallerId, Generation};
 use freshen_core::session::{Command, Event, FailReason, Io, NewSession, Session, StateView, Timeout};
-use freshen_core::time::MonoTime;
+use freshen_core::time::{MonoTime, UnixTime};
 
 use crate::sync::{Arc, Mutex, Snapshot, lock};
-use crate::token::Published;
+use crate::token::{Published, Token};
 
 /// What a waiter receives.
 pub(crate) type Outcome = Result<Answer, FailReason>;
@@ -50,6 +50,17 @@ pub trait Observer: Send + Sync + core::fmt::Debug {
 /// the callers whose answers that state explains (U1).
 pub(crate) type StateSink = Box<dyn Fn(&StateView) + Send + Sync>;
 
+/// Reads the wall clock: the fast path's check against a timer that fired
+/// late (see [`Coordinator::fast`]).
+pub(crate) type WallNow = Box<dyn Fn() -> UnixTime + Send + Sync>;
+
+/// How much earlier than its usable time, on the wall clock, the fast path
+/// stops handing out a published token by itself: the coarse wall clock's
+/// lag (a tick, a few milliseconds) with room to spare. Until the driver's
+/// timer withdraws it, a caller in this gap takes the machine's path, which
+/// grants it if it is still usable.
+const WALL_SLACK: core::time::Duration = core::time::Duration::from_millis(50);
+
 #[derive(Debug)]
 struct Inner<W> {
     machine: Session,
@@ -81,8 +92,9 @@ impl<W> Inner<W> {
 /// See the [module docs](self).
 pub(crate) struct Coordinator<W> {
     inner: Mutex<Inner<W>>,
-    published: Snapshot<Published>,
+    published: Snapshot<Token>,
     on_state: StateSink,
+    wall: WallNow,
     #[cfg(feature = "_internal_test_exports")]
     observer: Option<std::sync::Arc<dyn Observer>>,
 }
@@ -95,11 +107,12 @@ impl<W> core::fmt::Debug for Coordinator<W> {
 
 impl<W: Waker> Coordinator<W> {
     /// A coordinator around `machine` that publishes every state to `on_state`.
-    pub(crate) fn new(machine: Session, on_state: StateSink) -> Self {
+    pub(crate) fn new(machine: Session, on_state: StateSink, wall: WallNow) -> Self {
         let coordinator = Self {
             inner: Mutex::new(Inner::new(machine)),
             published: Snapshot::empty(),
             on_state,
+            wall,
             #[cfg(feature = "_internal_test_exports")]
             observer: None,
         };
@@ -109,21 +122,51 @@ impl<W: Waker> Coordinator<W> {
 
     /// A coordinator whose every input and command `observer` sees.
     #[cfg(feature = "_internal_test_exports")]
-    pub(crate) fn observed(machine: Session, on_state: StateSink, observer: std::sync::Arc<dyn Observer>) -> Self {
+    pub(crate) fn observed(
+        machine: Session,
+        on_state: StateSink,
+        wall: WallNow,
+        observer: std::sync::Arc<dyn Observer>,
+    ) -> Self {
         let coordinator = Self {
             inner: Mutex::new(Inner::new(machine)),
             published: Snapshot::empty(),
             on_state,
+            wall,
             observer: Some(observer),
         };
         coordinator.with_machine(MonoTime::ZERO, |_| None);
         coordinator
     }
 
-    /// The fast path: the published token, if it may still be handed out at
-    /// `now`. No lock, no task.
-    pub(crate) fn fast(&self, now: MonoTime) -> Option<Arc<Published>> {
-        self.published.load().filter(|p| p.grant.usable_at(now))
+    /// The fast path: the published token, if it may still be handed out.
+    /// No lock, no task, no monotonic clock: the machine withdraws the token
+    /// when it stops being usable, on the driver's timer
+    /// ([`Coordinator::published_until`]). A timer can fire late (a busy
+    /// runtime, or a suspend, which stops the monotonic clock the timers run
+    /// on), so the token is also refused once the wall clock, which runs on
+    /// through a suspend, reaches its usable time less [`WALL_SLACK`].
+    pub(crate) fn fast(&self) -> Option<Token> {
+        self.with_fast(Token::clone)
+    }
+
+    /// [`Coordinator::fast`], lending the token to `f` instead of handing
+    /// out a clone: nothing is written to memory any other thread reads.
+    pub(crate) fn with_fast<R>(&self, f: impl FnOnce(&Token) -> R) -> Option<R> {
+        self.published.with(|token| {
+            let token = token?;
+            match token.0.refuse_from {
+                Some(refuse_from) if (self.wall)() >= refuse_from => None,
+                _ => Some(f(token)),
+            }
+        })
+    }
+
+    /// When the published token stops being usable, if one is published and
+    /// its lifetime is known: the driver's timer fires then, so the machine
+    /// withdraws it even when none of its own timers is due (during a refresh).
+    pub(crate) fn published_until(&self) -> Option<MonoTime> {
+        self.published.with(|token| token?.0.grant.usable_until)
     }
 
     /// Registers a caller who needs a token; `waker` gets the answer (perhaps
@@ -257,7 +300,7 @@ impl<W: Waker> Coordinator<W> {
                 }
                 match command {
                     Command::Grant { callers, grant } => {
-                        let published = Arc::new(Published::new(grant));
+                        let published = Arc::new(Published::new(grant, None));
                         for caller in callers {
                             if let Some(waker) = inner.waiting.remove(&caller) {
                                 woken.push((waker, Ok(Answer::Token(Arc::clone(&published)))));
@@ -278,7 +321,19 @@ impl<W: Waker> Coordinator<W> {
                             }
                         }
                     }
-                    Command::Publish(grant) => self.published.store(grant.map(Published::new)),
+                    Command::Publish(grant) => {
+                        let published = grant.map(|grant| {
+                            // The usable time on the wall clock, for a timer that fires late.
+                            let refuse_from = grant.usable_until.map(|until| {
+                                let left = until.saturating_duration_since(now).saturating_sub(WALL_SLACK);
+                                (self.wall)().saturating_add(left)
+                            });
+                            // One copy per shard, each with its own header: readers
+                            // on different threads count different `Arc`s and `Bytes`.
+                            move || Token(Arc::new(Published::new(grant.clone(), refuse_from)))
+                        });
+                        self.published.store(published);
+                    }
                     Command::Io(io) => inner.io.push(io),
                     Command::LogoutFinished { requests } => {
                         let (finished, waiting) = mem::take(&mut inner.logouts_waiting)
