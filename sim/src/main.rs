@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use freshen_core::session::Plant;
 use freshen_sim::check::Violation;
@@ -20,7 +20,7 @@ use freshen_sim::harness::{World, WorldStats};
 use freshen_sim::world::{Database, LoginGrant, WorldConfig};
 
 const USAGE: &str = "\
-usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
+usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
        freshen-sim --seed S [--tier 1|2] [--plant NAME] [--log]
        freshen-sim plants
        freshen-sim --help | --version
@@ -29,6 +29,9 @@ usage: freshen-sim [--seeds N] [--first S] [--tier 1|2] [--plant NAME] [--thread
                          [--device-interval S] [--dpop-nonce-lifetime S]
 
   --seeds N     seeds to run (default 1000)
+  --seconds S   run seeds until S seconds have passed (seeds in progress then
+                finish), for a CI budgeted by time; with --seeds, whichever
+                comes first
   --first S     first seed of the range (default 0)
   --tier T      run only tier 1 (the pure machine and authority in a discrete-event
                 world: breadth) or tier 2 (the real driver over hyper on turmoil: depth);
@@ -159,6 +162,10 @@ impl Tier {
 #[derive(Debug)]
 struct Options {
     seeds: u64,
+    /// `--seeds` was given: the range is bounded even with a time budget.
+    seeds_given: bool,
+    /// Stop taking seeds after this much time.
+    budget: Option<Duration>,
     first: u64,
     tier: Option<Tier>,
     replay: Option<u64>,
@@ -170,15 +177,32 @@ struct Options {
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut options =
-        Options { seeds: 1000, first: 0, tier: None, replay: None, plant: None, threads, fail_fast: false, log: false };
+    let mut options = Options {
+        seeds: 1000,
+        seeds_given: false,
+        budget: None,
+        first: 0,
+        tier: None,
+        replay: None,
+        plant: None,
+        threads,
+        fail_fast: false,
+        log: false,
+    };
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         let number =
             |name: &str, text: String| text.parse::<u64>().map_err(|_| format!("{name}: not a number: {text}"));
         match flag.as_str() {
-            "--seeds" => options.seeds = number("--seeds", value("--seeds")?)?,
+            "--seeds" => {
+                options.seeds = number("--seeds", value("--seeds")?)?;
+                options.seeds_given = true;
+            }
+            "--seconds" => {
+                let seconds = number("--seconds", value("--seconds")?)?;
+                options.budget = Some(Duration::from_secs(seconds.max(1)));
+            }
             "--first" => options.first = number("--first", value("--first")?)?,
             "--seed" => options.replay = Some(number("--seed", value("--seed")?)?),
             "--tier" => {
@@ -359,9 +383,12 @@ fn replay(tier: Tier, seed: u64, plant: Option<Plant>) -> ExitCode {
 /// interleaved, a tier-2 seed before every ten of tier 1: a bug only one tier
 /// sees is met early (`--fail-fast` stops within seconds), and the long
 /// tier-2 seeds all start early, so none runs alone at the end.
-fn jobs(options: &Options) -> Vec<(Tier, u64)> {
+fn jobs(options: &Options) -> Jobs {
+    if options.budget.is_some() && !options.seeds_given {
+        return Jobs::Endless { first: options.first, tier: options.tier };
+    }
     let range = |count: u64| options.first..options.first.saturating_add(count);
-    match options.tier {
+    Jobs::Listed(match options.tier {
         Some(tier) => range(options.seeds).map(|seed| (tier, seed)).collect(),
         None => {
             let deep = (options.seeds / 20).max(1).min(options.seeds);
@@ -375,12 +402,48 @@ fn jobs(options: &Options) -> Vec<(Tier, u64)> {
             jobs.extend(tier1);
             jobs
         }
+    })
+}
+
+/// The seeds a campaign runs, by position.
+enum Jobs {
+    Listed(Vec<(Tier, u64)>),
+    /// Until the time budget runs out: the chosen tier's seeds in order, or
+    /// by default one tier-2 seed before every nineteen of tier 1 (the same
+    /// one in twenty as a counted campaign).
+    Endless {
+        first: u64,
+        tier: Option<Tier>,
+    },
+}
+
+impl Jobs {
+    fn get(&self, index: u64) -> Option<(Tier, u64)> {
+        match self {
+            Self::Listed(jobs) => usize::try_from(index).ok().and_then(|i| jobs.get(i)).copied(),
+            Self::Endless { first, tier: Some(tier) } => Some((*tier, first.checked_add(index)?)),
+            Self::Endless { first, tier: None } => {
+                let (block, position) = (index / 20, index % 20);
+                match position {
+                    0 => Some((Tier::Two, first.checked_add(block)?)),
+                    _ => Some((Tier::One, first.checked_add(block * 19 + position - 1)?)),
+                }
+            }
+        }
+    }
+
+    /// How many there are, when that is known.
+    fn total(&self) -> Option<u64> {
+        match self {
+            Self::Listed(jobs) => Some(jobs.len() as u64),
+            Self::Endless { .. } => None,
+        }
     }
 }
 
 fn campaign(options: &Options) -> ExitCode {
     let jobs = jobs(options);
-    let total = jobs.len() as u64;
+    let total = jobs.total();
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let outcomes = Mutex::new(Vec::new());
@@ -391,9 +454,9 @@ fn campaign(options: &Options) -> ExitCode {
     std::thread::scope(|scope| {
         for _ in 0..options.threads {
             scope.spawn(|| {
-                while let Some(&(tier, seed)) = usize::try_from(next.fetch_add(1, Ordering::Relaxed))
-                    .ok()
-                    .filter(|_| !caught.load(Ordering::Relaxed))
+                let in_time = || options.budget.is_none_or(|budget| started.elapsed() < budget);
+                while let Some((tier, seed)) = Some(next.fetch_add(1, Ordering::Relaxed))
+                    .filter(|_| !caught.load(Ordering::Relaxed) && in_time())
                     .and_then(|i| jobs.get(i))
                 {
                     let began = Instant::now();
@@ -408,8 +471,8 @@ fn campaign(options: &Options) -> ExitCode {
                         all.push(outcome);
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if progress && (finished.is_multiple_of(10) || finished == total) {
-                        draw_progress(finished, total);
+                    if progress && (finished.is_multiple_of(10) || Some(finished) == total) {
+                        draw_progress(finished, total, started.elapsed());
                     }
                 }
             });
@@ -424,12 +487,17 @@ fn campaign(options: &Options) -> ExitCode {
     summarize(options, &outcomes, &busy, started.elapsed().as_secs_f64())
 }
 
-fn draw_progress(done: u64, total: u64) {
+fn draw_progress(done: u64, total: Option<u64>, elapsed: Duration) {
     const WIDTH: u64 = 40;
-    let filled = (done * WIDTH / total.max(1)) as usize;
-    let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
     let mut err = std::io::stderr().lock();
-    let _ = write!(err, "\r[{bar}] {done}/{total} seeds");
+    let _ = match total {
+        Some(total) => {
+            let filled = (done * WIDTH / total.max(1)).min(WIDTH) as usize;
+            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
+            write!(err, "\r[{bar}] {done}/{total} seeds")
+        }
+        None => write!(err, "\r{done} seeds in {} s", elapsed.as_secs()),
+    };
     let _ = err.flush();
 }
 
@@ -594,7 +662,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_usage() {
-        for bad in ["--seeds", "--seeds x", "--seeds 0", "--plant nope", "--tier 3", "--frobnicate"] {
+        for bad in ["--seeds", "--seeds x", "--seeds 0", "--seconds x", "--plant nope", "--tier 3", "--frobnicate"] {
             assert!(parse(args(bad)).is_err(), "{bad}");
         }
     }
@@ -617,8 +685,11 @@ mod tests {
     #[test]
     fn the_default_campaign_runs_both_tiers() {
         let o = parse(args("--seeds 1000")).unwrap();
-        let jobs = jobs(&o);
+        let listed = jobs(&o);
+        assert_eq!(listed.total(), Some(1000));
+        let jobs: Vec<(Tier, u64)> = (0..1000).map_while(|i| listed.get(i)).collect();
         assert_eq!(jobs.len(), 1000);
+        assert_eq!(listed.get(1000), None);
         assert_eq!(jobs.iter().filter(|(t, _)| *t == Tier::Two).count(), 50);
         // Each tier's seeds are the same as ever, in order; the tiers interleave.
         let seeds = |tier| jobs.iter().filter(|(t, _)| *t == tier).map(|(_, seed)| *seed).collect::<Vec<_>>();
@@ -626,5 +697,25 @@ mod tests {
         assert_eq!(seeds(Tier::One), (0..950).collect::<Vec<_>>());
         assert_eq!(&jobs[..3], [(Tier::Two, 0), (Tier::One, 0), (Tier::One, 1)]);
         assert!(jobs[550..].iter().all(|(t, _)| *t == Tier::One), "450 short seeds follow the last long one");
+    }
+
+    #[test]
+    fn a_time_budget_runs_seeds_endlessly_one_in_twenty_in_tier_2() {
+        let o = parse(args("--seconds 60 --first 100")).unwrap();
+        assert_eq!(o.budget, Some(Duration::from_secs(60)));
+        let endless = jobs(&o);
+        assert_eq!(endless.total(), None);
+        let jobs: Vec<(Tier, u64)> = (0..20_000).map_while(|i| endless.get(i)).collect();
+        let seeds = |tier| jobs.iter().filter(|(t, _)| *t == tier).map(|(_, seed)| *seed).collect::<Vec<_>>();
+        assert_eq!(seeds(Tier::Two), (100..1100).collect::<Vec<_>>());
+        assert_eq!(seeds(Tier::One), (100..19_100).collect::<Vec<_>>());
+        // With a tier, or with a seed count, as told.
+        let tier1 = jobs_of("--seconds 5 --tier 1 --first 3");
+        assert_eq!((tier1.total(), tier1.get(0), tier1.get(9)), (None, Some((Tier::One, 3)), Some((Tier::One, 12))));
+        assert_eq!(jobs_of("--seconds 5 --seeds 40").total(), Some(40));
+    }
+
+    fn jobs_of(line: &str) -> Jobs {
+        jobs(&parse(args(line)).unwrap())
     }
 }
