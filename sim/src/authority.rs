@@ -23,11 +23,14 @@ use core::time::Duration;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
+use digested::DigestedMap;
+
 use secrecy::SecretString;
 use serde_json::json;
 
 pub mod code;
 pub mod device;
+mod digested;
 pub mod dpop;
 
 pub use dpop::Proof;
@@ -428,17 +431,12 @@ struct AccessRecord {
 pub struct Authority {
     config: AuthorityConfig,
     rng: SplitMix64,
-    families: BTreeMap<FamilyId, Family>,
-    refresh_tokens: BTreeMap<String, RefreshRecord>,
-    access_tokens: BTreeMap<String, AccessRecord>,
+    families: DigestedMap<FamilyId, Family>,
+    refresh_tokens: DigestedMap<String, RefreshRecord>,
+    access_tokens: DigestedMap<String, AccessRecord>,
     issued: u64,
     stats: AuthorityStats,
     audit: Option<Vec<Audit>>,
-    /// The digest after the last audited operation: the next one's "before".
-    /// Only audited operations and minting change state, so it stays true in
-    /// between (and were that ever broken, the next refusal would report a
-    /// change: the check fails loudly, never silently).
-    last_digest: Option<u64>,
     plant: Option<AuthorityPlant>,
     /// Device logins by device code ([`device`]); outside the digest, since
     /// only their redemption (a login) changes what a token accepts.
@@ -471,13 +469,12 @@ impl Authority {
         Self {
             config,
             rng: SplitMix64::new(seed),
-            families: BTreeMap::new(),
-            refresh_tokens: BTreeMap::new(),
-            access_tokens: BTreeMap::new(),
+            families: DigestedMap::default(),
+            refresh_tokens: DigestedMap::default(),
+            access_tokens: DigestedMap::default(),
             issued: 0,
             stats: AuthorityStats::default(),
             audit: None,
-            last_digest: None,
             plant: None,
             device_logins: BTreeMap::new(),
             codes: BTreeMap::new(),
@@ -613,24 +610,19 @@ impl Authority {
         }
         let family_end = family.created_at.saturating_add(self.config.family_lifetime);
         if now >= record.expires_at || now >= family_end {
-            if self.plant == Some(AuthorityPlant::RefusalRenews)
-                && let Some(record) = self.refresh_tokens.get_mut(token)
-            {
-                record.expires_at = now.saturating_add(self.config.refresh_ttl);
+            if self.plant == Some(AuthorityPlant::RefusalRenews) {
+                let renewed = now.saturating_add(self.config.refresh_ttl);
+                self.refresh_tokens.update(token, |record| record.expires_at = renewed);
             }
             return Err(Refusal::Expired);
         }
         if !self.config.rotation {
             // The same refresh token stays; its lifetime slides.
             let expires_at = now.saturating_add(self.config.refresh_ttl).min(family_end);
-            if let Some(record) = self.refresh_tokens.get_mut(token) {
-                record.expires_at = expires_at;
-            }
+            self.refresh_tokens.update(token, |record| record.expires_at = expires_at);
             let (access, expires_in) = self.issue_access(now, family_id);
-            let previous = self
-                .refresh_tokens
-                .get_mut(token)
-                .map(|record| core::mem::replace(&mut record.access, access.expose_secret().to_owned()));
+            let current = access.expose_secret().to_owned();
+            let previous = self.refresh_tokens.update(token, |record| core::mem::replace(&mut record.access, current));
             self.replace_access(previous);
             return Ok(Issued {
                 family: family_id,
@@ -645,15 +637,14 @@ impl Authority {
             let issued = self.issue_pair(now, family_id);
             self.replace_access(previous);
             let access_expires_at = now.saturating_add(issued.expires_in);
-            if let Some(record) = self.refresh_tokens.get_mut(token) {
-                record.consumed = Some(Consumed {
-                    at: now,
-                    replays: 0,
-                    access: issued.access_token.expose_secret().to_owned(),
-                    refresh: issued.refresh_token.expose_secret().to_owned(),
-                    access_expires_at,
-                });
-            }
+            let consumed = Consumed {
+                at: now,
+                replays: 0,
+                access: issued.access_token.expose_secret().to_owned(),
+                refresh: issued.refresh_token.expose_secret().to_owned(),
+                access_expires_at,
+            };
+            self.refresh_tokens.update(token, |record| record.consumed = Some(consumed));
             return Ok(issued);
         };
         let in_grace =
@@ -677,9 +668,11 @@ impl Authority {
                 },
                 GraceReplay::FreshPair => self.issue_pair(now, family_id),
             };
-            if let Some(Some(consumed)) = self.refresh_tokens.get_mut(token).map(|r| r.consumed.as_mut()) {
-                consumed.replays += 1;
-            }
+            self.refresh_tokens.update(token, |record| {
+                if let Some(consumed) = &mut record.consumed {
+                    consumed.replays += 1;
+                }
+            });
             return Ok(issued);
         }
         if !self.config.reuse_detection {
@@ -719,8 +712,8 @@ impl Authority {
                 self.stats.revocations += 1;
             }
             self.revoke_family(family);
-        } else if let Some(record) = self.access_tokens.get_mut(token) {
-            record.revoked = true;
+        } else {
+            self.access_tokens.update(token, |record| record.revoked = true);
         }
         Ok(())
     }
@@ -752,13 +745,9 @@ impl Authority {
     }
 
     fn revoke_family(&mut self, family: FamilyId) {
-        if let Some(f) = self.families.get_mut(&family) {
-            f.revoked = true;
-        }
+        self.families.update(&family, |f| f.revoked = true);
         if self.plant != Some(AuthorityPlant::DetectionSparesAccess) {
-            for record in self.access_tokens.values_mut().filter(|r| r.family == family) {
-                record.revoked = true;
-            }
+            self.access_tokens.update_where(|r| r.family == family, |record| record.revoked = true);
         }
     }
 
@@ -785,8 +774,8 @@ impl Authority {
         if !self.config.revoke_previous_access {
             return;
         }
-        if let Some(record) = previous.and_then(|access| self.access_tokens.get_mut(&access)) {
-            record.replaced = true;
+        if let Some(access) = previous {
+            self.access_tokens.update(access.as_str(), |record| record.replaced = true);
         }
     }
 
@@ -799,28 +788,27 @@ impl Authority {
 
     fn mint(&mut self, kind: &str) -> String {
         self.issued += 1;
-        // Codes are minted outside audited operations: the next one's
-        // "before" is taken afresh.
-        self.last_digest = None;
         format!("{}_{kind}_{}_{:016x}", self.config.token_prefix, self.issued, self.rng.next_u64())
     }
 
     /// A fingerprint of the whole state, taken before and after each audited
     /// operation so the audit can say whether it changed anything (A6). It
     /// covers everything on purpose: an operation cannot change state behind
-    /// the check's back. See [`StateHasher`] for why not SipHash.
+    /// the check's back. Each map keeps its own running digest
+    /// ([`digested`]), so this costs nothing per token issued.
     fn digest(&self) -> u64 {
         let mut hasher = StateHasher::default();
-        (&self.families, &self.refresh_tokens, &self.access_tokens, self.issued).hash(&mut hasher);
+        for part in [self.families.digest(), self.refresh_tokens.digest(), self.access_tokens.digest(), self.issued] {
+            hasher.write_u64(part);
+        }
         hasher.finish()
     }
 
     fn audited<T>(&mut self, now: MonoTime, op: AuditOp, body: impl FnOnce(&mut Self) -> (AuditOutcome, T)) -> T {
-        let before = self.audit.is_some().then(|| self.last_digest.unwrap_or_else(|| self.digest()));
+        let before = self.audit.is_some().then(|| self.digest());
         let (outcome, result) = body(self);
         if let Some(before) = before {
             let after = self.digest();
-            self.last_digest = Some(after);
             let state_changed = after != before;
             if let Some(audit) = &mut self.audit {
                 audit.push(Audit { at: now, op, outcome, state_changed });

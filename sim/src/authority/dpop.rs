@@ -102,9 +102,7 @@ impl Authority {
     pub fn bind(&mut self, now: MonoTime, family: FamilyId, jkt: &str) {
         let op = AuditOp::Bind { family, jkt: jkt.to_owned() };
         self.audited(now, op, |this| {
-            if let Some(f) = this.families.get_mut(&family) {
-                f.jkt = Some(jkt.to_owned());
-            }
+            this.families.update(&family, |f| f.jkt = Some(jkt.to_owned()));
             (AuditOutcome::Bound, ())
         });
     }
