@@ -882,6 +882,10 @@ mod tests {
         assert_eq!(callers.clone().into_iter().collect::<Vec<_>>(), [CallerId(3), CallerId(1), CallerId(2)]);
         assert_eq!(callers.clone().into_iter().len(), 3);
         assert_eq!(Callers::from([CallerId(3), CallerId(1), CallerId(2)]), callers);
-        assert_eq!(format!("{callers:?}"), format!("{:?}", vec![CallerId(3), CallerId(1), CallerId(2)]), "reads as a Vec did");
+        assert_eq!(
+            format!("{callers:?}"),
+            format!("{:?}", vec![CallerId(3), CallerId(1), CallerId(2)]),
+            "reads as a Vec did"
+        );
     }
 }
