@@ -215,8 +215,8 @@ pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
 /// operations they run, so setup and teardown cancel out. `None` when
 /// valgrind is not installed.
 pub fn instructions_per_operation(operation: &str) -> Result<Option<f64>, BenchError> {
-    const FEW: u64 = 20_000;
-    const MANY: u64 = 220_000;
+    const FEW: u64 = 10_000;
+    const MANY: u64 = 110_000;
     let program = std::env::current_exe()?;
     let mut counts = Vec::new();
     for count in [FEW, MANY] {
