@@ -373,13 +373,13 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// # Ok(()) }
     /// ```
     pub async fn with_token<R>(&self, f: impl FnOnce(&Token) -> R) -> Result<R, Error> {
-        let mut f = Some(f);
-        let lent = self.shared.coordinator.with_fast(|token| f.take().map(|f| f(token)));
-        if let Some(Some(answer)) = lent {
-            return Ok(answer);
+        match self.shared.coordinator.lend(f) {
+            Ok(answer) => Ok(answer),
+            Err(f) => {
+                let token = self.wait(|coordinator, now, waker| coordinator.want(now, waker)).await?;
+                Ok(f(&token))
+            }
         }
-        let token = self.wait(|coordinator, now, waker| coordinator.want(now, waker)).await?;
-        f.map(|f| f(&token)).ok_or(Error::Shutdown)
     }
 
     /// After a resource answered 401 to `rejected`: a token to retry with,

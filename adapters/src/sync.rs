@@ -36,8 +36,8 @@ impl<T> Snapshot<T> {
         Self(arc_swap::ArcSwapOption::empty())
     }
 
-    /// Lends this thread's copy to `f`. `load` borrows without touching a
-    /// shared count.
+    /// Lends this thread's copy to `f`. `arc_swap`'s `load` borrows the
+    /// shards without touching a shared count.
     pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
         let shards = self.0.load();
         f(shards.as_ref().and_then(|shards| shards.get(shard::this_thread() % shards.len())))

@@ -17,7 +17,7 @@ use crate::sync::Arc;
 
 /// A granted token, shared by every caller of the same generation: handing it
 /// out clones an `Arc`, never the token.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Published {
     pub(crate) grant: AccessGrant,
     /// `Bearer <token>`, marked sensitive so http never prints it; `None`

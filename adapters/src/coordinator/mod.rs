@@ -147,18 +147,16 @@ impl<W: Waker> Coordinator<W> {
     /// on), so the token is also refused once the wall clock, which runs on
     /// through a suspend, reaches its usable time less [`WALL_SLACK`].
     pub(crate) fn fast(&self) -> Option<Token> {
-        self.with_fast(Token::clone)
+        self.lend(Token::clone).ok()
     }
 
     /// [`Coordinator::fast`], lending the token to `f` instead of handing
     /// out a clone: nothing is written to memory any other thread reads.
-    pub(crate) fn with_fast<R>(&self, f: impl FnOnce(&Token) -> R) -> Option<R> {
-        self.published.with(|token| {
-            let token = token?;
-            match token.0.refuse_from {
-                Some(refuse_from) if (self.wall)() >= refuse_from => None,
-                _ => Some(f(token)),
-            }
+    /// `f` comes back unused when there is no token to lend.
+    pub(crate) fn lend<R, F: FnOnce(&Token) -> R>(&self, f: F) -> Result<R, F> {
+        self.published.with(|token| match token {
+            Some(token) if token.0.refuse_from.is_none_or(|refuse_from| (self.wall)() < refuse_from) => Ok(f(token)),
+            _ => Err(f),
         })
     }
 
