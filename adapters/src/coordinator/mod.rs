@@ -345,6 +345,12 @@ impl<W: Waker> Coordinator<W> {
                     Command::StateChanged(view) => (self.on_state)(&view),
                 }
             }
+            // The machine withdraws a token once its usable time has come; if
+            // it ever did not, the driver's timer for it would fire again at
+            // once, for ever. Withdrawn here too: callers then ask the machine.
+            if self.published_until().is_some_and(|until| until <= now) {
+                self.published.store(None::<fn() -> Token>);
+            }
             #[cfg(feature = "_internal_test_exports")]
             if let Some(observer) = &self.observer {
                 observer.step_end(now, inner.machine.poll_timeout().map(|due| due.at));

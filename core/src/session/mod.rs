@@ -132,11 +132,17 @@ pub enum Plant {
     /// died, was cut off or stalled, until it unlocks (breaks C5: the other
     /// workers wait for it forever).
     LockNotReleasedOnDeath,
+    /// Publishes a token again only when its generation changes, not when
+    /// its usable time moves (read again from a shared store, or found to
+    /// die sooner): the fast path keeps the stale usable time (breaks C7:
+    /// the driver's withdrawal timer fires at once for ever; or U8: a token
+    /// handed out past its death).
+    PublishesByGeneration,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 21] = [
+    pub const ALL: [Plant; 22] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -158,6 +164,7 @@ impl Plant {
         Plant::ProvesKeyBeforeStored,
         Plant::NoFencing,
         Plant::LockNotReleasedOnDeath,
+        Plant::PublishesByGeneration,
     ];
 
     /// The name used on command lines.
@@ -184,6 +191,7 @@ impl Plant {
             Plant::ProvesKeyBeforeStored => "proves-key-before-stored",
             Plant::NoFencing => "no-fencing",
             Plant::LockNotReleasedOnDeath => "lock-not-released-on-death",
+            Plant::PublishesByGeneration => "publishes-by-generation",
         }
     }
 
@@ -225,8 +233,8 @@ pub struct Session {
     nonce_retries: u32,
     /// Input that made no sense any more (see [`Session::ignored`]).
     ignored: Ignored,
-    /// What the last [`Command::Publish`] offered.
-    published: Option<Generation>,
+    /// What the last [`Command::Publish`] offered: its generation and usable time.
+    published: Option<(Generation, Option<MonoTime>)>,
     view: StateView,
     /// Refresh tokens of grants that a login replaced, each with the login's
     /// generation. Revoked only once the store no longer needs them (it holds

@@ -138,10 +138,17 @@ impl Session {
         let offer = self
             .tokens()
             .filter(|t| t.usable_at(now) && (grant_before_persist || self.store.holds == Holds::Session(t.generation)));
-        let generation = offer.map(|t| t.generation);
-        if generation != self.published {
+        // The same generation can change its usable time (read again from a
+        // shared store, or found to die sooner by a late answer): the driver's
+        // fast path and its withdrawal timer go by the published one, so it
+        // is published again.
+        let mut offered = offer.map(|t| (t.generation, t.expiry.map(|e| e.usable_until)));
+        if self.planted(Plant::PublishesByGeneration) && offered.map(|o| o.0) == self.published.map(|p| p.0) {
+            offered = self.published;
+        }
+        if offered != self.published {
             let grant = offer.and_then(|t| t.grant_at(now));
-            self.published = generation;
+            self.published = offered;
             self.outbox.commands.push_back(Command::Publish(grant));
         }
     }

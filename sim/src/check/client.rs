@@ -94,6 +94,10 @@ pub struct ClientMonitor {
     /// (its issued lifetime counted from the first presentation of its
     /// refresh token that may have committed), for U8.
     usable_at_most: BTreeMap<Fingerprint, MonoTime>,
+    /// The token the last `Publish` offered the fast path (its access token,
+    /// generation and usable time): the driver hands it out, without asking
+    /// the machine, until the next `Publish`.
+    published: Option<(Fingerprint, Generation, Option<MonoTime>)>,
     /// Callers retrying after a 401: while a refresh is out, it may kill the
     /// token they would be handed (U8).
     retrying: BTreeSet<CallerId>,
@@ -145,6 +149,7 @@ impl ClientMonitor {
             asked_before_known: BTreeSet::new(),
             kept_since: BTreeMap::new(),
             usable_at_most: BTreeMap::new(),
+            published: None,
             retrying: BTreeSet::new(),
             awaits_user: BTreeMap::new(),
             told_this_step: None,
@@ -188,6 +193,7 @@ impl ClientMonitor {
         self.asked_before_known.clear();
         self.kept_since.clear();
         self.usable_at_most.clear();
+        self.published = None;
         self.retrying.clear();
         self.awaits_user.clear();
         self.told_this_step = None;
@@ -454,7 +460,10 @@ impl ClientMonitor {
                     self.store_failed(now, op);
                 }
             }
-            Command::Publish(Some(grant)) => self.handed_out(now, grant, None),
+            Command::Publish(Some(grant)) => {
+                self.published = Some((grant.access_token.fingerprint(), grant.generation, grant.usable_until));
+                self.handed_out(now, grant, None);
+            }
             Command::Grant { grant, callers } => self.handed_out(now, grant, Some(callers)),
             Command::LoginStored { callers, generation } => {
                 for caller in callers {
@@ -472,7 +481,27 @@ impl ClientMonitor {
                 self.revocations.insert(*id, now);
             }
             Command::LogoutFinished { requests } => self.logout_finished(now, *requests),
-            Command::Publish(None) => {}
+            Command::Publish(None) => self.published = None,
+        }
+    }
+
+    /// What the fast path hands out must be what the machine holds usable:
+    /// published again whenever its usable time moves. A usable time left
+    /// behind, earlier than the machine's, makes the driver's withdrawal
+    /// timer fire at once, step after step (a driver spinning at 100 % CPU);
+    /// one later than what the machine has learned hands out a token past
+    /// its death, unseen by the machine.
+    fn check_published(&mut self, now: MonoTime) {
+        let Some((access, generation, Some(until))) = self.published else { return };
+        if until <= now {
+            let detail = format!("{generation} is still published after its usable time {until}");
+            self.violate(Invariant::C7, now, detail);
+            self.published = None;
+        } else if let Some(at_most) = self.usable_at_most.get(&access).filter(|at_most| until > **at_most) {
+            let detail =
+                format!("{generation} is published usable until {until}, past what the session learned ({at_most})");
+            self.violate(Invariant::U8, now, detail);
+            self.published = None;
         }
     }
 
@@ -711,6 +740,7 @@ impl ClientMonitor {
             self.violate(Invariant::C4, now, format!("{count} callers still wait after logout"));
             self.waiting.clear();
         }
+        self.check_published(now);
         self.check_clearing(now);
         self.dpop.step_end(now, &mut self.violations);
         let bound = self.config.wait_bound();
