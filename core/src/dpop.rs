@@ -25,7 +25,7 @@
 //! ```
 
 use core::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -66,7 +66,25 @@ struct KeyPair {
     signing: SigningKey,
     /// The public key as a JWK with only its required members, in the order
     /// RFC 7638 hashes them: the proof header's `jwk` and the thumbprint's input.
-    public_jwk: String,
+    /// Worked out when first needed: it costs a scalar multiplication, and a
+    /// key decoded from every store read is mostly compared and dropped.
+    public_jwk: OnceLock<String>,
+}
+
+impl KeyPair {
+    fn public_jwk(&self) -> &str {
+        self.public_jwk.get_or_init(|| {
+            let point = self.signing.verifying_key().to_encoded_point(false);
+            // A valid secret scalar is never zero, so its point is never the
+            // identity, which alone has no coordinates.
+            let (x, y) = (point.x().map(|x| x.as_slice()), point.y().map(|y| y.as_slice()));
+            format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                URL_SAFE_NO_PAD.encode(x.unwrap_or_default()),
+                URL_SAFE_NO_PAD.encode(y.unwrap_or_default())
+            )
+        })
+    }
 }
 
 impl DpopKey {
@@ -82,15 +100,10 @@ impl DpopKey {
         if bytes.len() != KEY_BYTES {
             return Err(InvalidKey);
         }
+        // `from_slice` refuses zero and anything not below the group's order:
+        // every scalar it takes has a public key.
         let signing = SigningKey::from_slice(bytes).map_err(|_| InvalidKey)?;
-        let point = signing.verifying_key().to_encoded_point(false);
-        let (Some(x), Some(y)) = (point.x(), point.y()) else { return Err(InvalidKey) };
-        let public_jwk = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            URL_SAFE_NO_PAD.encode(x),
-            URL_SAFE_NO_PAD.encode(y)
-        );
-        Ok(Self(Arc::new(KeyPair { signing, public_jwk })))
+        Ok(Self(Arc::new(KeyPair { signing, public_jwk: OnceLock::new() })))
     }
 
     /// The secret scalar, for the store only.
@@ -104,18 +117,18 @@ impl DpopKey {
 
     /// The public key as a JWK (`{"crv":"P-256","kty":"EC","x":…,"y":…}`).
     pub fn public_jwk(&self) -> &str {
-        &self.0.public_jwk
+        self.0.public_jwk()
     }
 
     /// The JWK SHA-256 thumbprint (RFC 7638), base64url: what a server binds
     /// tokens to (`cnf.jkt`), and a name for the key in traces.
     pub fn thumbprint(&self) -> String {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.public_jwk.as_bytes()))
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.public_jwk().as_bytes()))
     }
 
     /// A proof for one request.
     pub fn proof(&self, claims: &ProofClaims<'_>) -> DpopProof {
-        let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{}}}"#, self.0.public_jwk);
+        let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{}}}"#, self.0.public_jwk());
         let mut body = Map::new();
         body.insert("jti".into(), URL_SAFE_NO_PAD.encode(claims.jti).into());
         body.insert("htm".into(), claims.method.into());
