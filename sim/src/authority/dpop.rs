@@ -8,13 +8,13 @@
 
 use std::collections::VecDeque;
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use freshen_core::dpop::{access_token_hash, htu};
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::AccessToken;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, VerifyingKey};
+use p256::ecdsa::VerifyingKey;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -171,12 +171,15 @@ pub fn verify(
     }
     let (x, y) = (coordinate("x")?, coordinate("y")?);
     let point = p256::EncodedPoint::from_affine_coordinates(x.as_slice().into(), y.as_slice().into(), false);
-    let key = VerifyingKey::from_encoded_point(&point).map_err(|_| InvalidProof::Header)?;
+    // A point off the curve is a bad header, not a bad signature.
+    VerifyingKey::from_encoded_point(&point).map_err(|_| InvalidProof::Header)?;
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| InvalidProof::Malformed)?;
-    let signature = Signature::from_slice(&signature).map_err(|_| InvalidProof::Signature)?;
     let signed = text.len() - text.rsplit('.').next().map_or(0, str::len) - 1;
     let input = text.get(..signed).ok_or(InvalidProof::Malformed)?;
-    key.verify(input.as_bytes(), &signature).map_err(|_| InvalidProof::Signature)?;
+    // JWS ES256 signatures are r || s, 64 bytes: AWS-LC's "fixed" encoding.
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_bytes())
+        .verify(input.as_bytes(), &signature)
+        .map_err(|_| InvalidProof::Signature)?;
     if field(&claims, "htm") != method || field(&claims, "htu").as_str() != Some(htu(url)) {
         return Err(InvalidProof::WrongRequest);
     }
