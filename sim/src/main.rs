@@ -28,7 +28,7 @@ usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant N
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
                          [--device-interval S] [--dpop-nonce-lifetime S]
 
-  --seeds N     seeds to run (default 1000)
+  --seeds N     seeds to run (default 2000)
   --seconds S   run seeds until S seconds have passed (seeds in progress then
                 finish), for a CI budgeted by time; with --seeds, whichever
                 comes first
@@ -178,7 +178,7 @@ struct Options {
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut options = Options {
-        seeds: 1000,
+        seeds: 2000,
         seeds_given: false,
         budget: None,
         first: 0,

@@ -143,12 +143,23 @@ pub fn run(config: &WorldConfig, seed: u64) -> Outcome {
     verdict(config, &state, &faults, &hosts, run, total)
 }
 
+/// How far simulated time moves per step of the simulation. Every host's
+/// runtime is polled once per tick whether or not anything happens, so this
+/// sets the cost of a quiet second (a world is mostly quiet seconds); within
+/// a tick each host's own timers still fire at their exact instants. 20 ms
+/// is below every timeout and backoff the sessions use (the shortest, the
+/// store's first retry, is 50 ms) and within the network's own latency
+/// (1–40 ms, rounded up to ticks): a request and its answer take at least
+/// two ticks. It was 5 ms until issue 17: 2–3× slower, with no planted bug
+/// caught later.
+const TICK: Duration = Duration::from_millis(20);
+
 /// The simulated network, seeded.
 fn network(config: &WorldConfig, rng: &mut SplitMix64, total: Duration) -> turmoil::Sim<'static> {
     turmoil::Builder::new()
         .rng_seed(rng.next_u64())
         .simulation_duration(total + Duration::from_secs(60))
-        .tick_duration(Duration::from_millis(5))
+        .tick_duration(TICK)
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(40))
         // Bursts open many connections at once; the default backlog (64) would overflow.

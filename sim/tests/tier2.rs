@@ -92,6 +92,34 @@ fn every_planted_bug_is_caught_through_the_real_driver() {
     }
 }
 
+/// Tier-2 seed 18 (as sampled since issue 17) reads its generation back
+/// from the shared store with a later usable time. The machine republished
+/// only a new generation, so the driver's timer for the published token's
+/// usable time fired at the stale time again and again: the run never ended
+/// (a real driver would spin at 100 % CPU). The machine now publishes the
+/// token again; planted back, the monitor says so, and the driver's own
+/// guard withdraws the stale token, so the run still ends.
+#[test]
+fn a_token_whose_usable_time_moves_is_published_again() {
+    use freshen_sim::check::{Invariant, Plant};
+    let seed = 18;
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let clean = run(&WorldConfig::sampled_tier2(seed), seed);
+        let planted = run(&WorldConfig::sampled_tier2(seed).with_plant(Plant::PublishesByGeneration), seed);
+        let _ = send.send((clean, planted));
+    });
+    let (clean, planted) =
+        receive.recv_timeout(Duration::from_secs(600)).expect("tier-2 seed 18 never ended: a driver's timer spins");
+    assert!(clean.violations.is_empty(), "{:?}", clean.violations);
+    assert!(clean.refreshes > 0, "seed 18 no longer refreshes: pick another seed whose usable time moves");
+    assert!(
+        planted.violations.iter().any(|v| v.invariant == Invariant::C7),
+        "the stale publication went unseen: {:?}",
+        planted.violations
+    );
+}
+
 /// Tier-2 seed 50176 (and 60173) once panicked turmoil after 67,500 callers:
 /// a client host's ephemeral ports wrapped around to a port whose earlier
 /// connection the server still held, its FIN lost to a partition. The world
