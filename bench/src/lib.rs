@@ -479,18 +479,44 @@ pub async fn middleware(requests: usize) -> Result<[f64; 4], BenchError> {
 }
 
 /// Campaign seeds per second in tier 1 and in tier 2, on every core, as the
-/// campaign runs them (seeds `0..count`).
-pub fn sim_seeds_per_s(tier1: u64, tier2: u64) -> (f64, f64) {
-    let one = parallel_seeds(tier1, |seed| {
+/// campaign runs them (seeds `0..count`), and what tier 2 simulated per
+/// second.
+pub fn sim_throughput(tier1: u64, tier2: u64) -> SimThroughput {
+    let tier1_seeds_per_s = parallel_seeds(tier1, |seed| {
         let mut world = World::new(WorldConfig::sampled(seed), seed);
         world.run();
         black_box(world.violations().len());
     });
-    let two = parallel_seeds(tier2, |seed| {
+    let (callers, faults) = (AtomicU64::new(0), AtomicU64::new(0));
+    let tier2_seeds_per_s = parallel_seeds(tier2, |seed| {
         let config = WorldConfig::sampled_tier2(seed);
-        black_box(freshen_sim::tier2::run(&config, seed).violations.len());
+        let outcome = freshen_sim::tier2::run(&config, seed);
+        callers.fetch_add(outcome.granted + outcome.failed, Ordering::Relaxed);
+        faults.fetch_add(outcome.faults.values().sum(), Ordering::Relaxed);
+        black_box(outcome.violations.len());
     });
-    (one, two)
+    // Seeds per second times what the seeds held, per seed: per wall second.
+    let per_second = |total: &AtomicU64| total.load(Ordering::Relaxed) as f64 * tier2_seeds_per_s / tier2.max(1) as f64;
+    SimThroughput {
+        tier1_seeds_per_s,
+        tier2_seeds_per_s,
+        tier2_callers_per_s: per_second(&callers),
+        tier2_faults_per_s: per_second(&faults),
+    }
+}
+
+/// What [`sim_throughput`] measured, on all cores.
+#[derive(Clone, Copy, Debug)]
+pub struct SimThroughput {
+    /// Tier-1 campaign seeds per second.
+    pub tier1_seeds_per_s: f64,
+    /// Tier-2 campaign seeds per second.
+    pub tier2_seeds_per_s: f64,
+    /// Tier-2 callers (granted or failed) simulated per wall second: what a
+    /// world size cannot change, unlike seeds per second.
+    pub tier2_callers_per_s: f64,
+    /// Tier-2 faults injected per wall second.
+    pub tier2_faults_per_s: f64,
 }
 
 fn parallel_seeds(count: u64, run: impl Fn(u64) + Sync) -> f64 {

@@ -110,9 +110,11 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("fleet_token_p99_us={:.2}", fleet.token_p99_us);
     drop(runtime);
 
-    let (tier1, tier2) = freshen_bench::sim_seeds_per_s(sizes.tier1_seeds, sizes.tier2_seeds);
-    println!("sim_tier1_seeds_per_s={tier1:.1}");
-    println!("sim_tier2_seeds_per_s={tier2:.2}");
+    let sim = freshen_bench::sim_throughput(sizes.tier1_seeds, sizes.tier2_seeds);
+    println!("sim_tier1_seeds_per_s={:.1}", sim.tier1_seeds_per_s);
+    println!("sim_tier2_seeds_per_s={:.2}", sim.tier2_seeds_per_s);
+    println!("sim_tier2_callers_per_s={:.0}", sim.tier2_callers_per_s);
+    println!("sim_tier2_faults_per_s={:.1}", sim.tier2_faults_per_s);
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
