@@ -73,6 +73,8 @@ struct Inner<W> {
     logouts_waiting: Vec<(u64, W)>,
     /// The driver has stopped ([`Coordinator::close`]): nothing more is handled.
     closed: bool,
+    /// The usable time of the token published last, if any.
+    published_until: Option<MonoTime>,
 }
 
 impl<W> Inner<W> {
@@ -85,6 +87,7 @@ impl<W> Inner<W> {
             logouts_requested: 0,
             logouts_waiting: Vec::new(),
             closed: false,
+            published_until: None,
         }
     }
 }
@@ -164,7 +167,7 @@ impl<W: Waker> Coordinator<W> {
     /// its lifetime is known: the driver's timer fires then, so the machine
     /// withdraws it even when none of its own timers is due (during a refresh).
     pub(crate) fn published_until(&self) -> Option<MonoTime> {
-        self.published.with(|token| token?.0.grant.usable_until)
+        lock(&self.inner).published_until
     }
 
     /// Registers a caller who needs a token; `waker` gets the answer (perhaps
@@ -320,6 +323,7 @@ impl<W: Waker> Coordinator<W> {
                         }
                     }
                     Command::Publish(grant) => {
+                        inner.published_until = grant.as_ref().and_then(|grant| grant.usable_until);
                         let published = grant.map(|grant| {
                             // The usable time on the wall clock, for a timer that fires late.
                             let refuse_from = grant.usable_until.map(|until| {
@@ -348,7 +352,8 @@ impl<W: Waker> Coordinator<W> {
             // The machine withdraws a token once its usable time has come; if
             // it ever did not, the driver's timer for it would fire again at
             // once, for ever. Withdrawn here too: callers then ask the machine.
-            if self.published_until().is_some_and(|until| until <= now) {
+            if inner.published_until.is_some_and(|until| until <= now) {
+                inner.published_until = None;
                 self.published.store(None::<fn() -> Token>);
             }
             #[cfg(feature = "_internal_test_exports")]
