@@ -29,6 +29,7 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p256::SecretKey;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 use secrecy::zeroize::{Zeroize as _, Zeroizing};
@@ -63,18 +64,25 @@ pub struct InvalidKey;
 pub struct DpopKey(Arc<KeyPair>);
 
 struct KeyPair {
-    signing: SigningKey,
+    /// The secret scalar alone: checked, but with no public key worked out.
+    secret: SecretKey,
+    /// The signing key, which holds the public key too: made when first
+    /// needed, since that is a scalar multiplication, and a key decoded from
+    /// every read of a store is mostly compared and dropped.
+    signing: OnceLock<SigningKey>,
     /// The public key as a JWK with only its required members, in the order
     /// RFC 7638 hashes them: the proof header's `jwk` and the thumbprint's input.
-    /// Worked out when first needed: it costs a scalar multiplication, and a
-    /// key decoded from every store read is mostly compared and dropped.
     public_jwk: OnceLock<String>,
 }
 
 impl KeyPair {
+    fn signing(&self) -> &SigningKey {
+        self.signing.get_or_init(|| SigningKey::from(&self.secret))
+    }
+
     fn public_jwk(&self) -> &str {
         self.public_jwk.get_or_init(|| {
-            let point = self.signing.verifying_key().to_encoded_point(false);
+            let point = self.signing().verifying_key().to_encoded_point(false);
             // A valid secret scalar is never zero, so its point is never the
             // identity, which alone has no coordinates.
             let (x, y) = (point.x().map(|x| x.as_slice()), point.y().map(|y| y.as_slice()));
@@ -102,13 +110,13 @@ impl DpopKey {
         }
         // `from_slice` refuses zero and anything not below the group's order:
         // every scalar it takes has a public key.
-        let signing = SigningKey::from_slice(bytes).map_err(|_| InvalidKey)?;
-        Ok(Self(Arc::new(KeyPair { signing, public_jwk: OnceLock::new() })))
+        let secret = SecretKey::from_slice(bytes).map_err(|_| InvalidKey)?;
+        Ok(Self(Arc::new(KeyPair { secret, signing: OnceLock::new(), public_jwk: OnceLock::new() })))
     }
 
     /// The secret scalar, for the store only.
     pub fn expose_secret_bytes(&self) -> Zeroizing<[u8; KEY_BYTES]> {
-        let mut field = self.0.signing.to_bytes();
+        let mut field = self.0.secret.to_bytes();
         let mut bytes = Zeroizing::new([0; KEY_BYTES]);
         bytes.copy_from_slice(&field);
         field.as_mut_slice().zeroize();
@@ -142,7 +150,7 @@ impl DpopKey {
         }
         let body = Value::Object(body).to_string();
         let mut jwt = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(body));
-        let signature: Signature = self.0.signing.sign(jwt.as_bytes());
+        let signature: Signature = self.0.signing().sign(jwt.as_bytes());
         jwt.push('.');
         jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
         DpopProof(jwt)
