@@ -185,7 +185,16 @@ impl Session {
         self.nonce_retries += 1;
         let now = self.now;
         let timeout = self.config.request_timeout;
+        let lock_lost = self.locks_store() && !self.store.locked;
         let State::Refreshing(tokens, cycle) = &mut self.state else { return };
+        if lock_lost {
+            // The lock went with a fenced write while this attempt was out:
+            // it goes again only under a new lock, after the store is read
+            // under it, as any attempt does (C1 across processes; tier-1
+            // seed 1114259).
+            cycle.phase = Phase::Locking;
+            return;
+        }
         let Some(refresh_token) = tokens.refresh.clone() else { return };
         let proof = tokens.proof_needed(&self.dpop_nonce, unproven);
         let id = self.outbox.send_refresh(now, refresh_token, cycle.attempt, self.cycles_started, proof);

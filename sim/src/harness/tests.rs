@@ -304,10 +304,17 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// suspend to a timed-out last attempt, unlocked the shared store and let
 /// another process replay the token that attempt's answer had rotated (L2);
 /// 1765571248 (a database world) had a worker's stall end while the whole
-/// machine slept, and looped past the step bound (C9).
+/// machine slept, and looped past the step bound (C9). The deep run of
+/// issue 17 found 1114259 (and 1106132, 1115276, 1188120): a bound worker
+/// whose lock went with a fenced write answered its attempt's nonce
+/// challenge by sending it again without the lock, beside the new holder's
+/// attempt (C1); and 1053226 (and 1232882), where the checker owed such a
+/// challenge a retry although a new lock had been taken since (D2, the
+/// checker's error).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
-    const ONCE_FAILED: &[u64] = &[3_142_297, 1_765_571_248];
+    const ONCE_FAILED: &[u64] =
+        &[3_142_297, 1_765_571_248, 1_114_259, 1_106_132, 1_115_276, 1_188_120, 1_053_226, 1_232_882];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
         w.run();

@@ -28,6 +28,10 @@ pub(super) struct DpopMonitor {
     last_bound: Option<BoundAttempt>,
     /// A challenge the machine must answer before its step ends.
     owed: Option<BoundAttempt>,
+    /// The process let go of the store's lock (a fenced write takes it
+    /// away) and has not taken it again: an attempt still out is answered
+    /// only under a new lock, so its challenge is owed no retry at once.
+    unlocked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -48,12 +52,20 @@ impl DpopMonitor {
         self.writing.clear();
         self.last_bound = None;
         self.owed = None;
+        self.unlocked = false;
     }
 
     pub(super) fn event(&mut self, now: MonoTime, event: &Event, refreshing: bool, timeout: Duration) {
         match event {
-            Event::StoreLoaded { stored: Some(stored), .. } | Event::StoreLocked { stored: Some(stored), .. } => {
-                if let Some(key) = &stored.dpop_key {
+            Event::StoreLoaded { stored, .. } | Event::StoreLocked { stored, .. } => {
+                if matches!(event, Event::StoreLocked { .. }) {
+                    // A lock taken while an attempt is out (the one before it
+                    // lost): what is read under it decides the next attempt,
+                    // so the one out is owed no retry at once.
+                    self.unlocked = false;
+                    self.last_bound = None;
+                }
+                if let Some(key) = stored.as_ref().and_then(|stored| stored.dpop_key.as_ref()) {
                     self.durable_keys.insert(key_id(key));
                 }
             }
@@ -72,7 +84,7 @@ impl DpopMonitor {
                 let in_flight = self.last_bound.as_ref().filter(|sent| {
                     sent.id == *id && now < sent.at.saturating_add(timeout) && sent.retries < MAX_NONCE_RETRIES
                 });
-                if let Some(sent) = in_flight.filter(|_| refreshing) {
+                if let Some(sent) = in_flight.filter(|_| refreshing && !self.unlocked) {
                     self.owed = Some(BoundAttempt { nonce: Some(nonce.clone()), ..sent.clone() });
                 }
             }
@@ -85,6 +97,7 @@ impl DpopMonitor {
             Command::Io(Io::Persist { op, session }) => {
                 self.writing.insert(*op, session.dpop_key.as_ref().map(key_id));
             }
+            Command::Io(Io::UnlockStore) => self.unlocked = true,
             Command::Io(Io::SendRefresh { id, refresh_token, attempt, dpop }) => {
                 let token = refresh_token.fingerprint();
                 let owed = self.owed.take();
