@@ -20,7 +20,7 @@ use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
 use crate::scrub::{ScrubbedJson, json_bound};
 use crate::time::UnixTime;
-use crate::token::{AccessToken, RefreshToken, TokenType};
+use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
 /// The schema version this build writes. It reads this one and every earlier one.
 pub const SCHEMA_VERSION: u64 = 3;
@@ -72,6 +72,12 @@ pub struct StoredSession {
     /// bearer sessions. Kept in the same blob as the tokens, so that one
     /// write makes both durable and no bound token is ever stored without it.
     pub dpop_key: Option<DpopKey>,
+    /// The login these tokens descend from (a digest of its first refresh
+    /// token), kept through every refresh. After a write whose outcome was
+    /// unknown, it tells a session whether the store holds a later rotation
+    /// of its own login (adopted) or another grant (which its login
+    /// replaces); generations alone cannot tell. `None` when unknown.
+    pub(crate) lineage: Option<Fingerprint>,
 }
 
 /// Why a stored blob could not be read. Never contains the blob's bytes.
@@ -106,6 +112,7 @@ impl StoredSession {
             refresh_token,
             scope: None,
             dpop_key: None,
+            lineage: None,
         }
     }
 
@@ -187,6 +194,9 @@ impl StoredSession {
             URL_SAFE_NO_PAD.encode_string(secret.as_slice(), &mut key);
             object.insert("dpop_key", key.as_str());
         }
+        if let Some(lineage) = self.lineage {
+            object.insert("lineage", lineage.bits());
+        }
         let texts = object.iter().flat_map(|(key, value)| [Some(key.as_str()), value.as_str()]).flatten();
         object.write_into(json_bound(texts, object.len()))
     }
@@ -235,6 +245,9 @@ impl StoredSession {
             None => None,
             Some(value) => Some(dpop_key(value).ok_or(DecodeError::InvalidField("dpop_key"))?),
         };
+        // Advisory (an optional field of schema 3, ignored by builds before
+        // it): one that cannot be read is unknown, never a lost session.
+        let lineage = optional(&object, "lineage").and_then(Value::as_u64).map(Fingerprint::from_bits);
         // A bound token without its key must never be sent unbound; a key
         // beside bearer tokens binds nothing: either is a broken blob.
         match (token_type == TokenType::DPoP, dpop_key.is_some()) {
@@ -251,6 +264,7 @@ impl StoredSession {
             refresh_token: refresh_token.map(RefreshToken::new),
             scope,
             dpop_key,
+            lineage,
         })
     }
 }
@@ -306,6 +320,20 @@ mod tests {
         StoredSession::pair(AccessToken::new("canary-access"), RefreshToken::new("canary-refresh"))
             .with_access_expiry(UnixTime::from_secs(1_800_000_000), Duration::from_secs(3600))
             .with_scope("read write")
+    }
+
+    /// The login a session descends from survives a write and a read; a
+    /// lineage that cannot be read is unknown, not a lost session.
+    #[test]
+    fn lineage_round_trips_and_an_unreadable_one_is_unknown() {
+        let mut stored = sample();
+        stored.lineage = Some(RefreshToken::new("canary-login").fingerprint());
+        let blob = stored.encode();
+        let back = StoredSession::decode(blob.expose_secret().as_bytes()).unwrap();
+        assert_eq!(back.lineage, stored.lineage);
+        let unreadable = br#"{"v":3,"generation":1,"token_type":"Bearer","refresh_token":"r","lineage":"x"}"#;
+        assert_eq!(StoredSession::decode(unreadable).unwrap().lineage, None);
+        assert_eq!(StoredSession::decode(sample().encode().expose_secret().as_bytes()).unwrap().lineage, None);
     }
 
     #[test]

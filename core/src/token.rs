@@ -92,6 +92,15 @@ impl Fingerprint {
         }
         Self(hash)
     }
+
+    /// Its 64 bits, as a stored blob keeps them.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
 }
 
 impl fmt::Display for Fingerprint {

@@ -170,6 +170,11 @@ pub struct LogoutEvidence {
     /// The client slept (a suspended laptop) since its session began: a
     /// retry cycle it was in stretched past every bound, grace included.
     pub suspended: bool,
+    /// A process stalled (a GC or VM pause) while its refresh cycle ran: as
+    /// a suspend does, the stall stretched that cycle past every bound, and
+    /// answers that came meanwhile are read only after the attempts its
+    /// timers sent on waking (tier-1 seed 1173623).
+    pub stalled_refreshing: bool,
     /// Someone revoked the grant (the user, from their account page; an admin).
     pub revoked: bool,
     /// The authority's last refusal of this client's refresh.
@@ -244,7 +249,11 @@ pub fn judge_logout(
             Invariant::L2,
             format!("logged out ({:?}) with no lost answer, lost lock, crash, revocation or expiry", evidence.refusal),
         )
-    } else if (!lost || grace_covers_retries) && grace_covers_lock && !evidence.suspended {
+    } else if (!lost || grace_covers_retries)
+        && grace_covers_lock
+        && !evidence.suspended
+        && !evidence.stalled_refreshing
+    {
         let what = if lock_lost.is_some() { "a lost lock" } else { "a lost answer" };
         violation(Invariant::L1, format!("{what} ended the session though grace is {:?}", authority.grace))
     } else {

@@ -397,6 +397,8 @@ struct TokenSet {
     /// These tokens come from a login in this process: until written, they
     /// are newer than anything the store holds, whatever its generation says.
     from_login: bool,
+    /// The login these tokens descend from (see [`StoredSession`]'s field).
+    lineage: Option<Fingerprint>,
     /// These tokens come from a late answer adopted while this process did
     /// not hold the shared store's lock: another process may since have
     /// redeemed the same refresh token under the lock and written a newer

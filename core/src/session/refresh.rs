@@ -298,6 +298,7 @@ impl Session {
             // lost answer is why.
             answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
             from_login: false,
+            lineage: old.lineage,
             answered_unlocked: self.locks_store() && !self.store.locked,
             dpop_key: old.dpop_key,
         });
@@ -542,6 +543,7 @@ impl Session {
         )
         .bound_to(new.dpop_key);
         tokens.from_login = true;
+        tokens.lineage = tokens.refresh.as_ref().map(RefreshToken::fingerprint);
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);

@@ -149,8 +149,13 @@ impl Session {
             return;
         };
         let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));
-        // A login not yet written is the user's latest word: nothing stored outranks it.
-        let unwritten_login = held.from_login && !ours_durable;
+        // A login not yet written is the user's latest word: nothing stored
+        // outranks it, but a later rotation of that very login does (its
+        // write landed although reported failed, and another process
+        // refreshed it since; writing the login over that would bring back a
+        // spent token: C2, tier-1 seed 1218751).
+        let descends_from_ours = held.lineage.is_some() && stored.as_ref().is_some_and(|s| s.lineage == held.lineage);
+        let unwritten_login = held.from_login && !ours_durable && !descends_from_ours;
         let theirs_newer = !unwritten_login && stored.as_ref().is_some_and(|s| self.written_since(held, s));
         let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
         match stored {
@@ -302,6 +307,7 @@ impl Session {
             let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
+        let lineage = stored.lineage;
         let mut tokens = TokenSet::arrived(
             generation(stored.generation),
             stored.access_token,
@@ -312,6 +318,7 @@ impl Session {
             self.outbox.next_refresh,
         )
         .bound_to(stored.dpop_key);
+        tokens.lineage = lineage;
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens
     }
@@ -522,6 +529,7 @@ impl Session {
             refresh_token: tokens.refresh.clone(),
             scope: tokens.scope.clone(),
             dpop_key: tokens.dpop_key.clone(),
+            lineage: tokens.lineage,
         }
     }
 }

@@ -825,6 +825,38 @@ fn a_rejected_refresh_fails_callers_but_keeps_the_session() {
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::ClearStore { .. }))));
 }
 
+/// An attempt whose answer was lost may have been redeemed: only presenting
+/// the token again within the server's grace gets its successor back. When
+/// the cycle then ends some other way (here a rejection of the client), the
+/// token goes again at the paced retry, not at its refresh window, which can
+/// open after the grace has ended (tier-1 seed 1147893, L1). Without a lost
+/// answer, the window stands.
+#[test]
+fn a_token_maybe_redeemed_unseen_is_presented_again_before_its_window() {
+    let error = OAuthError { status: 401, code: "invalid_client".into(), description: None };
+    for answer_lost in [true, false] {
+        let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+        h.handle(Event::RefreshWanted { caller: CallerId(1) });
+        if answer_lost {
+            h.advance_to(MonoTime::from_secs(12));
+        }
+        let (id, token, attempt) = h.last_refresh();
+        assert_eq!((token.as_str(), attempt), ("r1", if answer_lost { 2 } else { 1 }));
+        h.answer(id, Classified::Rejected(Rejected::Error(error.clone())));
+        let rejected_at = h.now;
+        let next = h.session.poll_timeout().expect("a timer");
+        let paced = rejected_at.saturating_add(config().backoff.max);
+        if answer_lost {
+            assert_eq!((next.at, next.reason), (paced, "the refresh window opens"));
+            h.advance_to(next.at);
+            let (_, token, attempt) = h.last_refresh();
+            assert_eq!((token.as_str(), attempt), ("r1", 1), "a new cycle presents the token again");
+        } else {
+            assert!(next.at > MonoTime::from_secs(3000), "the window stands: {next:?}");
+        }
+    }
+}
+
 #[test]
 fn nonsense_input_is_ignored() {
     let mut h = Harness::loaded(config(), None);

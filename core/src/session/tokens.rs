@@ -31,6 +31,7 @@ impl TokenSet {
             last_failure: None,
             answer_lost: false,
             from_login: false,
+            lineage: None,
             answered_unlocked: false,
             dpop_key: None,
         }
@@ -77,14 +78,22 @@ impl TokenSet {
     }
 
     /// When a proactive refresh is due (never without a refresh token): after
-    /// a failed cycle, no sooner than its paced background retry.
+    /// a failed cycle, no sooner than its paced background retry. A token that
+    /// an attempt whose answer was lost may have redeemed is due at that
+    /// retry even before its window: only presenting it again within the
+    /// server's grace gets its successor back, and the window can open after
+    /// the grace has ended (L1; tier-1 seed 1147893).
     pub(super) fn refresh_due_at(&self) -> Option<MonoTime> {
         self.refresh.as_ref()?;
         let due = self.expiry?.refresh_at;
         if self.awaits_user() {
             return None;
         }
-        Some(self.last_failure.as_ref().map_or(due, |f| due.max(f.proactive_at)))
+        Some(match &self.last_failure {
+            None => due,
+            Some(failure) if self.answer_lost => failure.proactive_at,
+            Some(failure) => due.max(failure.proactive_at),
+        })
     }
 
     /// The last cycle asked for the user's interaction (see

@@ -9,7 +9,7 @@
 //! later, whether or not that holder knows.
 
 use super::*;
-use freshen_core::session::Plant;
+use freshen_core::session::{Plant, StateView};
 
 impl World {
     /// Life `incarnation` lets go of the store's lock, or stops waiting for it.
@@ -117,6 +117,9 @@ impl World {
         let until = self.now.saturating_add(Duration::from_millis(hold + 1 + self.rng.below(2 * hold)));
         let incarnation = self.process(p).incarnation;
         self.process_mut(p).paused_until = Some(until);
+        if matches!(self.process(p).session.state(), StateView::Refreshing { .. }) {
+            self.evidence.stalled_refreshing = true;
+        }
         note_at!(self, p, "{} stalls until {until}", self.now);
         self.schedule(until, Pending::ProcessResumes { incarnation });
         if self.lock_holder == Some(incarnation) {

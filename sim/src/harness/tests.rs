@@ -310,11 +310,31 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// challenge by sending it again without the lock, beside the new holder's
 /// attempt (C1); and 1053226 (and 1232882), where the checker owed such a
 /// challenge a retry although a new lock had been taken since (D2, the
-/// checker's error).
+/// checker's error). Its second half: 1147893 (and 1049913, 1218123,
+/// 1218536), where a cycle that lost an answer ended on a rejection of the
+/// client and its token waited for its refresh window, past the server's
+/// grace (L1); 1218751, where a login whose write landed though reported
+/// failed was written again over another worker's rotation of it (C2); and
+/// 1173623, a worker stalled through its whole cycle, which the checker
+/// blamed on the client (L1, the checker's error).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
-    const ONCE_FAILED: &[u64] =
-        &[3_142_297, 1_765_571_248, 1_114_259, 1_106_132, 1_115_276, 1_188_120, 1_053_226, 1_232_882];
+    const ONCE_FAILED: &[u64] = &[
+        3_142_297,
+        1_765_571_248,
+        1_114_259,
+        1_106_132,
+        1_115_276,
+        1_188_120,
+        1_053_226,
+        1_232_882,
+        1_147_893,
+        1_049_913,
+        1_218_123,
+        1_218_536,
+        1_218_751,
+        1_173_623,
+    ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
         w.run();

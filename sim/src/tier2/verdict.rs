@@ -76,6 +76,9 @@ pub(super) fn verdict(
                 revoked.explains(last_refusal(&audit, &client))
             },
             suspended: false,
+            // Tier 2's workers stall inside a store call (the lock's bound
+            // passes), not for whole minutes of a refresh cycle.
+            stalled_refreshing: false,
             refusal: last_refusal(&audit, &client),
             // The app's database took a lock from a live process.
             lock_lost: host.database.as_ref().filter(|database| database.report().locks_lost > 0).and(config.database),
