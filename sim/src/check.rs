@@ -234,7 +234,9 @@ pub fn judge_logout(
         }
         _ => {}
     }
-    let lost = evidence.lost_answer || *after_lost_response;
+    // A stall during a cycle defers the answers the process reads, past
+    // their attempts' deadlines: they came too late, as lost ones do.
+    let lost = evidence.lost_answer || *after_lost_response || evidence.stalled_refreshing;
     let grace_covers_retries =
         authority.grace >= session.refresh_cycle_bound() && authority.grace_reuses > session.backoff.attempts;
     let lock_lost = evidence.lock_lost;

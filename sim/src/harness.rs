@@ -194,6 +194,9 @@ struct Process {
     held_fence: Option<u64>,
     /// A stalled process (a GC or VM pause) handles nothing until then.
     paused_until: Option<MonoTime>,
+    /// A process that resumed runs at least until then before it can stall
+    /// again: it first handles what arrived while it stood still.
+    stall_free_until: MonoTime,
 }
 
 /// A process's view of time: the machine's monotonic clock stops while it
@@ -382,6 +385,7 @@ impl World {
                     in_flight_write: None,
                     held_fence: None,
                     paused_until: None,
+                    stall_free_until: MonoTime::ZERO,
                 }
             })
             .collect();

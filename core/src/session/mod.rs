@@ -606,6 +606,9 @@ impl Session {
     /// [`Session::ignored`].
     pub fn handle(&mut self, now: MonoTime, event: Event) {
         self.advance(now);
+        // A deadline due at this very instant is kept here: the timer for it
+        // comes after this input, and no sooner than a millisecond on.
+        self.fail_expired_waiters();
         if let Event::RefreshCompleted { id, .. } | Event::RefreshFailed { id, .. } = &event {
             if !self.outbox.first_answer(*id) {
                 self.ignore("a second answer to one refresh attempt");
@@ -672,12 +675,7 @@ impl Session {
     pub fn handle_timeout(&mut self, now: MonoTime) {
         self.advance(now);
         let now = self.now;
-        let mut expired = Callers::default();
-        while let Some(waiter) = self.waiters.front().filter(|w| w.deadline <= now) {
-            expired.push(waiter.caller);
-            self.waiters.pop_front();
-        }
-        self.outbox.fail(expired, FailReason::TimedOut);
+        self.fail_expired_waiters();
         if self.straggler.is_some_and(|(_, deadline)| deadline <= now) {
             self.straggler = None;
         }
@@ -768,6 +766,16 @@ impl Session {
         // to just after now keeps a driver from busy-looping even if one is not.
         let floor = self.now.saturating_add(Duration::from_millis(1));
         next.map(|due| Timeout { at: due.at.max(floor), ..due })
+    }
+
+    /// Callers whose deadline has come are told they timed out.
+    fn fail_expired_waiters(&mut self) {
+        let mut expired = Callers::default();
+        while let Some(waiter) = self.waiters.front().filter(|w| w.deadline <= self.now) {
+            expired.push(waiter.caller);
+            self.waiters.pop_front();
+        }
+        self.outbox.fail(expired, FailReason::TimedOut);
     }
 
     fn advance(&mut self, now: MonoTime) {

@@ -265,14 +265,18 @@ impl Session {
             },
         };
         let kept = old.holds_refresh(&refresh);
-        // The lifetime counts from the first attempt that presented this
-        // token: the answer may be a grace replay of what the server issued
-        // then (U8). An attempt too old to be remembered counts from the
-        // origin, which is conservative.
+        // A rotation's lifetime counts from the first attempt that presented
+        // this token: the answer may be a grace replay of what the server
+        // issued then (U8). An attempt too old to be remembered counts from
+        // the origin, which is conservative. An answer that keeps the token
+        // is no replay (a replay carries the rotated token): it counts from
+        // its own attempt. Counted from an earlier one whose answer was lost,
+        // every answer of a server that never rotates came already spent, and
+        // the session refreshed back to back (tier-1 seed 1755559).
         let sent = self.outbox.sent(id);
         let sent_at = sent.map_or(MonoTime::ZERO, |s| s.at);
         let cycle = sent.map_or(0, |s| s.cycle);
-        let first_send = old.first_send.filter(|_| !self.planted(Plant::LifetimeFromLastAttempt));
+        let first_send = old.first_send.filter(|_| !kept && !self.planted(Plant::LifetimeFromLastAttempt));
         let base = first_send.map_or(sent_at, |first| first.min(sent_at)).min(now);
         let expiry = response.lifetime.map(|lifetime| Expiry::issued(base, lifetime, &self.config, &mut self.rng));
         self.state = State::Valid(TokenSet {

@@ -857,6 +857,54 @@ fn a_token_maybe_redeemed_unseen_is_presented_again_before_its_window() {
     }
 }
 
+/// An answer that keeps the refresh token (a server that does not rotate)
+/// is no grace replay of an earlier attempt: its lifetime counts from its own
+/// attempt, not from one whose answer was lost. Counted from that one, every
+/// answer of such a server came already spent and the session refreshed back
+/// to back (tier-1 seed 1755559). A rotation still counts from the first
+/// attempt that presented the token (U8).
+#[test]
+fn a_kept_refresh_token_counts_its_answer_from_its_own_attempt() {
+    for (rotated, counts_from_first) in [(None, false), (Some("r2"), true)] {
+        let mut h = Harness::loaded(config(), Some(Duration::from_secs(3600)));
+        h.handle(Event::RefreshWanted { caller: CallerId(1) });
+        // The first attempt's answer is lost: the second goes after its 10 s deadline.
+        h.advance_to(MonoTime::from_secs(12));
+        let (id, _, attempt) = h.last_refresh();
+        assert_eq!(attempt, 2);
+        h.answer(id, success("a2", Some(rotated.unwrap_or("r1")), 300));
+        persisted(&mut h);
+        let usable_until = h
+            .latest(
+                |c| match c {
+                    Command::Publish(Some(grant)) => Some(grant.usable_until),
+                    _ => None,
+                },
+                "a publication",
+            )
+            .expect("a known lifetime");
+        // 300 s less the 5 s safety margin, from the first attempt (0 s) or the second (after 10 s).
+        if counts_from_first {
+            assert_eq!(usable_until, MonoTime::from_secs(295));
+        } else {
+            assert!(usable_until > MonoTime::from_secs(305), "{usable_until}");
+        }
+    }
+}
+
+/// A caller's deadline that falls at the very instant of another input is
+/// kept by that input's step, not by the timer after it, which cannot fire
+/// before the next millisecond (tier-1 seed 1755559, C5).
+#[test]
+fn a_deadline_due_with_an_input_is_kept_by_that_input() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let deadline = MonoTime::ZERO.saturating_add(h.session.config().wait_bound());
+    h.now = deadline;
+    let out = h.want(2);
+    assert!(failed(&out).contains(&(CallerId(1), FailReason::TimedOut)), "{out:?}");
+}
+
 #[test]
 fn nonsense_input_is_ignored() {
     let mut h = Harness::loaded(config(), None);

@@ -49,7 +49,10 @@ impl World {
                 let pause =
                     Duration::from_secs(1 + self.rng.below(2 * self.config.authority.access_ttl.as_secs().max(1)));
                 self.suspend(pause);
-            } else if self.process(p).paused_until.is_none() && self.chance(self.config.faults.pause, "pause") {
+            } else if self.process(p).paused_until.is_none()
+                && self.now >= self.process(p).stall_free_until
+                && self.chance(self.config.faults.pause, "pause")
+            {
                 self.pause(p);
             }
         }

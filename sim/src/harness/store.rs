@@ -147,7 +147,15 @@ impl World {
 
     /// A stalled process resumes: its timers fall due, its inputs follow.
     pub(super) fn resume(&mut self, p: usize) {
-        self.process_mut(p).paused_until = None;
+        // Stalls come apart (a pause, then a run of work): one sampled at
+        // each input of the backlog would stall it again at once, and again
+        // on every resume, deferring a backlog that only grows (a loop past
+        // the step bound, seed 1723481).
+        let running = self.config.database.map_or(Duration::ZERO, |database| database.lock_hold);
+        let stall_free_until = self.now.saturating_add(running);
+        let process = self.process_mut(p);
+        process.paused_until = None;
+        process.stall_free_until = stall_free_until;
         note_at!(self, p, "{} resumes", self.now);
         let now = self.session_now(p);
         self.process_mut(p).session.handle_timeout(now);

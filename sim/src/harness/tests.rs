@@ -316,7 +316,14 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// grace (L1); 1218751, where a login whose write landed though reported
 /// failed was written again over another worker's rotation of it (C2); and
 /// 1173623, a worker stalled through its whole cycle, which the checker
-/// blamed on the client (L1, the checker's error).
+/// blamed on the client (L1, the checker's error). The full million: 1755559,
+/// a server that never rotates, where every answer after a lost one came
+/// already spent and the session refreshed back to back (and a caller's
+/// deadline due with another input was kept a millisecond late, C5);
+/// 1723481, a worker stalled again at once on every resume, deferring a
+/// growing backlog past the step bound (C9, the world's error); 1379243,
+/// answers read late after a stall, which the checker did not count as lost
+/// (L2, the checker's error).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
     const ONCE_FAILED: &[u64] = &[
@@ -334,6 +341,9 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         1_218_536,
         1_218_751,
         1_173_623,
+        1_755_559,
+        1_723_481,
+        1_379_243,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
