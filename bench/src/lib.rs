@@ -325,6 +325,68 @@ pub struct Herd {
     pub release_max_us: f64,
 }
 
+/// How [`herd_without_a_session`] releases its waiters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Each waiter through its own oneshot channel, sent one after another
+    /// by one thread: what the coordinator does, without the session.
+    Oneshots,
+    /// One `tokio::sync::watch` publication that every waiter reads: the
+    /// broadcast design.
+    Broadcast,
+}
+
+/// [`herd`]'s release without a session, on the same runtime: `callers`
+/// tasks wait and are released at once, measured as [`herd`] measures them
+/// (microseconds from the release to each task's wake, the 99th
+/// percentile). With [`Release::Oneshots`] it is the floor: no session can
+/// release its waiters sooner than the runtime runs them.
+pub async fn herd_without_a_session(callers: usize, release: Release) -> Result<f64, BenchError> {
+    let ready = Arc::new(AtomicU64::new(0));
+    let (publish, published) = tokio::sync::watch::channel(false);
+    let mut senders = Vec::with_capacity(callers);
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (send, receive) = tokio::sync::oneshot::channel::<()>();
+            senders.push(send);
+            let (mut published, ready) = (published.clone(), Arc::clone(&ready));
+            tokio::spawn(async move {
+                ready.fetch_add(1, Ordering::Relaxed);
+                let released = match release {
+                    Release::Oneshots => receive.await.is_ok(),
+                    Release::Broadcast => published.changed().await.is_ok(),
+                };
+                (released, Instant::now())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Ordering::Relaxed) < callers as u64 {
+        if Instant::now() > deadline {
+            return Err("the herd's callers never all waited".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let released_at = Instant::now();
+    match release {
+        Release::Oneshots => {
+            if senders.into_iter().map(|send| send.send(())).any(|sent| sent.is_err()) {
+                return Err("a waiter of the herd left before its release".into());
+            }
+        }
+        Release::Broadcast => publish.send(true)?,
+    }
+    let mut latencies = Vec::with_capacity(callers);
+    for task in tasks {
+        let (released, at) = task.await?;
+        if !released {
+            return Err("a waiter of the herd was not released".into());
+        }
+        latencies.push(at.saturating_duration_since(released_at).as_secs_f64() * 1e6);
+    }
+    Ok(quantile(&mut latencies, 0.99))
+}
+
 /// A transport whose token requests wait at a gate, and which notes when the
 /// answer came back.
 #[derive(Clone, Debug)]
@@ -417,8 +479,9 @@ impl Arm {
 
 /// Median request latency, in microseconds, of each [`Arm`] (in
 /// [`Arm::ALL`]'s order), all against the same loopback server, interleaved
-/// request by request with the order rotating, after a warm-up.
-pub async fn middleware(requests: usize) -> Result<[f64; 4], BenchError> {
+/// request by request with the order rotating, after a warm-up: one set of
+/// medians for each of `rounds` rounds, which share the `requests` per arm.
+pub async fn middleware(requests: usize, rounds: usize) -> Result<Vec<[f64; 4]>, BenchError> {
     let mut authority = AuthorityConfig::default();
     authority.access_ttl = Duration::from_secs(3600);
     let server = Server::loopback(authority, 1).await?;
@@ -465,17 +528,21 @@ pub async fn middleware(requests: usize) -> Result<[f64; 4], BenchError> {
             once(arm).await?;
         }
     }
-    let mut samples: [Vec<f64>; 4] = Default::default();
-    for i in 0..requests {
-        // Rotate the order, so no arm always follows the same other.
-        for k in 0..Arm::ALL.len() {
-            let index = (i + k) % Arm::ALL.len();
-            if let (Some(arm), Some(sample)) = (Arm::ALL.get(index), samples.get_mut(index)) {
-                sample.push(once(*arm).await?);
+    let mut medians = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let mut samples: [Vec<f64>; 4] = Default::default();
+        for i in 0..requests / rounds.max(1) {
+            // Rotate the order, so no arm always follows the same other.
+            for k in 0..Arm::ALL.len() {
+                let index = (i + k) % Arm::ALL.len();
+                if let (Some(arm), Some(sample)) = (Arm::ALL.get(index), samples.get_mut(index)) {
+                    sample.push(once(*arm).await?);
+                }
             }
         }
+        medians.push(samples.map(|mut s| median(&mut s)));
     }
-    Ok(samples.map(|mut s| median(&mut s)))
+    Ok(medians)
 }
 
 /// Campaign seeds per second in tier 1 and in tier 2, on every core, as the

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use freshen_bench::{BenchError, Sizes};
+use freshen_bench::{BenchError, Release, Sizes};
 use freshen_sim::http::paths;
 
 fn main() -> ExitCode {
@@ -39,6 +39,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Rounds of the middleware comparison: its ratio is reported as their
+/// median and their worst, since one round can land on a noisy moment.
+const MIDDLEWARE_ROUNDS: usize = 5;
 
 fn run(sizes: Sizes) -> Result<(), BenchError> {
     let started = Instant::now();
@@ -88,17 +92,36 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
         println!("{key}={}", herd.refreshes);
         if callers == 10_000 {
             println!("herd_release_p99_us={:.0}", herd.release_p99_us);
+            let floor = runtime.block_on(freshen_bench::herd_without_a_session(callers, Release::Oneshots))?;
+            let broadcast = runtime.block_on(freshen_bench::herd_without_a_session(callers, Release::Broadcast))?;
+            println!(
+                "# {callers} tasks without a session, p99: one oneshot each {floor:.0} us (the floor), one watch publication {broadcast:.0} us"
+            );
+            println!("herd_floor_p99_us={floor:.0}");
+            println!("herd_broadcast_p99_us={broadcast:.0}");
+            println!("herd_release_ratio={:.2}", herd.release_p99_us / floor);
         }
     }
 
-    let [raw, empty, through, authorized] = runtime.block_on(freshen_bench::middleware(sizes.requests))?;
-    println!(
-        "# median request, us: raw reqwest {raw:.1}; empty reqwest-middleware chain {empty:.1}; \
-         AuthMiddleware {through:.1}; AuthorizedClient {authorized:.1}"
-    );
-    println!("middleware_ratio={:.3}", through / raw);
-    println!("middleware_empty_chain_ratio={:.3}", empty / raw);
-    println!("authorized_client_ratio={:.3}", authorized / raw);
+    let rounds = runtime.block_on(freshen_bench::middleware(sizes.requests, MIDDLEWARE_ROUNDS))?;
+    let median_of = |values: &[f64]| freshen_bench::median(&mut values.to_vec());
+    let (mut through, mut empty, mut authorized) = (Vec::new(), Vec::new(), Vec::new());
+    for (round, [raw, empty_chain, middleware, client]) in rounds.iter().enumerate() {
+        println!(
+            "# round {round}, median request, us: raw reqwest {raw:.1}; empty reqwest-middleware chain {empty_chain:.1}; \
+             AuthMiddleware {middleware:.1}; AuthorizedClient {client:.1}"
+        );
+        through.push(middleware / raw);
+        empty.push(empty_chain / raw);
+        authorized.push(client / raw);
+    }
+    println!("middleware_ratio={:.3}", median_of(&through));
+    println!("middleware_ratio_worst={:.3}", through.iter().copied().fold(0.0, f64::max));
+    println!("middleware_empty_chain_ratio={:.3}", median_of(&empty));
+    // freshen's own share beyond the framework: the middleware minus the empty chain.
+    let own: Vec<f64> = through.iter().zip(&empty).map(|(through, empty)| through - empty).collect();
+    println!("middleware_own_share={:.4}", median_of(&own));
+    println!("authorized_client_ratio={:.3}", median_of(&authorized));
 
     let fleet = freshen_bench::fleet(&runtime, sizes.fleet_sessions, sizes.fleet_lookups)?;
     println!(
