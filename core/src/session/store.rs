@@ -101,7 +101,9 @@ impl Session {
         };
         !tokens.stored_as(stored)
             && !self.holds_what_ours_rotated(tokens, stored)
-            && (stored.generation > tokens.generation || (self.locks_store() && changed_since_known))
+            && (rotated_past(tokens, stored)
+                || stored.generation > tokens.generation
+                || (self.locks_store() && changed_since_known))
     }
 
     /// Whether `stored` holds the refresh token that the answer these tokens
@@ -575,4 +577,17 @@ impl StoreSync {
         self.retry_at = Some(now.saturating_add(jittered(rng, *backoff, self.failures)));
         self.exhausted()
     }
+}
+
+/// Whether `stored` is a later rotation of the very tokens held, which no
+/// answer of this session's has replaced since it took them (from a login or
+/// the store): same lineage, another refresh token. A lineage only moves
+/// forward in the store, so it is newer whatever its number; numbers start
+/// again after a logout elsewhere and may tie with ours or fall below them
+/// (C2, tier-1 seed 1623718: a tie, and the spent token written back).
+fn rotated_past(tokens: &TokenSet, stored: &StoredSession) -> bool {
+    tokens.answered_by.is_none()
+        && tokens.lineage.is_some()
+        && stored.lineage == tokens.lineage
+        && !same_refresh(&stored.refresh_token, &tokens.refresh)
 }

@@ -1180,6 +1180,38 @@ fn after_a_fenced_write_no_attempt_goes_out_until_a_new_lock_is_held() {
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{out:?}");
 }
 
+/// Found by tier 1's database worlds (seed 1623718): a rejected process
+/// took over another process's login from the store, renumbered above what
+/// it had seen (2); its write was fenced. Meanwhile the login's own process
+/// rotated it twice, numbering from its own count, and reached 2 as well.
+/// Under the new lock the tie hid the rotation: the taken-over token, spent,
+/// was written back and presented (C2). A later rotation of the same
+/// lineage is newer whatever its number.
+#[test]
+fn a_later_rotation_of_the_lineage_held_is_newer_whatever_its_number() {
+    let (mut h, id) = refreshing_under_the_lock();
+    h.answer(id, invalid_grant());
+    let op = h.load_op();
+    let lineage = Some(RefreshToken::new("r-login").fingerprint());
+    let login = StoredSession { lineage, ..stored(1, "r-login", Some(UnixTime::from_secs(UNIX_ZERO))) };
+    h.handle(Event::StoreLoaded { op, stored: Some(login), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    assert_eq!(h.last_refresh().1, "r-login", "the login taken over is refreshed");
+    let (_, written) = h.last_persist();
+    assert_eq!(written.generation, Generation(2), "renumbered above the generation seen");
+    let op = fence_the_write_and_relock(&mut h);
+    let rotated = StoredSession { lineage, ..stored(2, "r-login-3", Some(UnixTime::from_secs(UNIX_ZERO + 3600))) };
+    let out = locked(&mut h, op, Some(rotated));
+    let spent_again = |c: &Command| match c {
+        Command::Io(Io::Persist { session, .. }) => {
+            session.refresh_token.as_ref().is_some_and(|r| r.expose_secret() == "r-login")
+        }
+        Command::Io(Io::SendRefresh { refresh_token, .. }) => refresh_token.expose_secret() == "r-login",
+        _ => false,
+    };
+    assert!(!out.iter().any(spent_again), "the spent token came back: {out:?}");
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
+}
+
 #[test]
 fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_lock() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
