@@ -312,6 +312,9 @@ pub struct World {
     issued_at: BTreeMap<freshen_core::token::Fingerprint, MonoTime>,
     /// Every refresh the authority served, for U8.
     redemptions: Vec<Redemption>,
+    /// Per refresh token presented: how many of the server's successes for
+    /// it the client never read (each spent one grace replay).
+    unread_successes: BTreeMap<freshen_core::token::Fingerprint, u32>,
     extra: Vec<Violation>,
     trace: Vec<String>,
     stats: WorldStats,
@@ -400,6 +403,7 @@ impl World {
             cross_life_replays: std::collections::BTreeSet::new(),
             issued_at: BTreeMap::new(),
             redemptions: Vec::new(),
+            unread_successes: BTreeMap::new(),
             config,
             seed,
             rng,

@@ -538,10 +538,14 @@ fn l1_catches_a_lost_answer_that_grace_should_have_saved() {
         LogoutEvidence { lost_answer: true, refusal: Some(Refusal::ReuseDetected), ..LogoutEvidence::default() };
     let judged = judge_logout(&session, &authority, &rejected(true), evidence, t(0));
     assert_eq!(judged.unwrap_err().invariant, Invariant::L1);
-    // A client asleep, or stalled while refreshing, stretched its cycle past the grace.
-    for evidence in
-        [LogoutEvidence { suspended: true, ..evidence }, LogoutEvidence { stalled_refreshing: true, ..evidence }]
-    {
+    // A client asleep, or stalled while refreshing, stretched its cycle past
+    // the grace; answers lost over more than one cycle spent more replays
+    // than grace for one covers.
+    for evidence in [
+        LogoutEvidence { suspended: true, ..evidence },
+        LogoutEvidence { stalled_refreshing: true, ..evidence },
+        LogoutEvidence { lost_beyond_a_cycle: true, ..evidence },
+    ] {
         assert!(judge_logout(&session, &authority, &rejected(true), evidence, t(0)).is_ok(), "{evidence:?}");
     }
     // A shorter grace does not promise that.

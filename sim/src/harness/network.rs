@@ -226,6 +226,7 @@ impl World {
         fate: Fate,
         sent_at: MonoTime,
     ) {
+        let mut redeemed = false;
         let (status, mut headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
             Fate::ServerError => (503, vec![], SecretString::from("<html>503 Service Unavailable</html>")),
             Fate::RateLimited(wait) => {
@@ -238,6 +239,7 @@ impl World {
             _ => {
                 let result = self.authority.refresh(self.now, CLIENT_ID, None, token.expose_secret(), proof);
                 self.observe_authority();
+                redeemed = result.is_ok();
                 match result {
                     Ok(issued) => {
                         self.note_issued_to(&issued.access_token, incarnation);
@@ -271,6 +273,12 @@ impl World {
             self.evidence.lost_answer = true;
             if let Some(last) = self.redemptions.last_mut().filter(|r| r.at == self.now && r.life == incarnation) {
                 last.answer_lost = true;
+            }
+            if redeemed {
+                let unread = self.unread_successes.entry(token.fingerprint()).or_default();
+                *unread += 1;
+                // More than one cycle's attempts: more than grace sized for one cycle covers.
+                self.evidence.lost_beyond_a_cycle |= *unread > self.config.session.backoff.attempts;
             }
         }
         let body = match fate {

@@ -344,6 +344,8 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         1_755_559,
         1_723_481,
         1_379_243,
+        1_623_718,
+        1_931_014,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);

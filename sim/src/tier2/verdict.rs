@@ -79,6 +79,9 @@ pub(super) fn verdict(
             // Tier 2's workers stall inside a store call (the lock's bound
             // passes), not for whole minutes of a refresh cycle.
             stalled_refreshing: false,
+            // Not counted here: tier 2 holds its worlds to grace covering
+            // every loss (stricter; no seed has needed the excuse).
+            lost_beyond_a_cycle: false,
             refusal: last_refusal(&audit, &client),
             // The app's database took a lock from a live process.
             lock_lost: host.database.as_ref().filter(|database| database.report().locks_lost > 0).and(config.database),
