@@ -59,6 +59,8 @@ pub struct Sizes {
     pub fleet_sessions: usize,
     /// Token lookups timed among them.
     pub fleet_lookups: usize,
+    /// DPoP proofs made by each signer.
+    pub dpop_proofs: u64,
 }
 
 impl Sizes {
@@ -72,6 +74,7 @@ impl Sizes {
         tier2_seeds: 6,
         fleet_sessions: 10_000,
         fleet_lookups: 20_000,
+        dpop_proofs: 200,
     };
     /// Tighter figures, a few minutes.
     pub const FULL: Self = Self {
@@ -83,6 +86,7 @@ impl Sizes {
         tier2_seeds: 40,
         fleet_sessions: 100_000,
         fleet_lookups: 200_000,
+        dpop_proofs: 2_000,
     };
 }
 
@@ -269,6 +273,34 @@ pub fn fastpath_allocs(runtime: &Runtime, session: &BenchSession, acquires: u64)
         alloc::on_this_thread() - before
     });
     (freshen as f64 / acquires as f64, baseline as f64 / acquires as f64)
+}
+
+/// Nanoseconds per DPoP proof of a resource request, signed by freshen (AWS-LC)
+/// and by the core's own signer (p256, pure Rust; the only one before), in
+/// interleaved rounds of one run: what a bound request costs its caller.
+pub fn dpop_proofs(proofs: u64) -> Result<(f64, f64), BenchError> {
+    let key = freshen::dpop::DpopKey::from_bytes(&[7; freshen::core::dpop::KEY_BYTES]).map_err(|_| "no key")?;
+    let token = freshen::core::token::AccessToken::new(ACCESS_TOKEN);
+    let (url, now) = ("https://api.example/v1/items", UnixTime::from_secs(1_800_000_000));
+    // The first proof of each works out the public key: not what a request pays.
+    black_box(freshen::dpop::proof(&key, "GET", url, now, None, Some(&token))?);
+    let (mut freshen_ns, mut core_ns) = (Vec::new(), Vec::new());
+    let per_round = (proofs / 10).max(1);
+    for _ in 0..10 {
+        let started = Instant::now();
+        for _ in 0..per_round {
+            black_box(freshen::dpop::proof(&key, "GET", url, now, None, Some(&token))?);
+        }
+        freshen_ns.push(started.elapsed().as_nanos() as f64 / per_round as f64);
+        let started = Instant::now();
+        for jti in 0..per_round {
+            let claims = freshen::dpop::ProofClaims::new("GET", url, now, u128::from(jti).to_le_bytes())
+                .with_access_token(&token);
+            black_box(key.proof(&claims));
+        }
+        core_ns.push(started.elapsed().as_nanos() as f64 / per_round as f64);
+    }
+    Ok((median(&mut freshen_ns), median(&mut core_ns)))
 }
 
 /// The core machine alone, in steady state: a caller asks a valid session for

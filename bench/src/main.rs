@@ -86,6 +86,15 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
         }
     }
 
+    let (freshen_proof, core_proof) = freshen_bench::dpop_proofs(sizes.dpop_proofs)?;
+    println!(
+        "# DPoP proof of a resource request, us: freshen (AWS-LC) {:.1}; the core's p256 signer {:.1}",
+        freshen_proof / 1e3,
+        core_proof / 1e3
+    );
+    println!("dpop_proof_us={:.1}", freshen_proof / 1e3);
+    println!("dpop_proof_ratio={:.1}", core_proof / freshen_proof);
+
     for (key, callers) in [("herd_refreshes_1k", 1_000), ("herd_refreshes_10k", 10_000)] {
         let herd = runtime.block_on(freshen_bench::herd(callers))?;
         println!("# herd of {callers}: release p99 {:.0} us, last {:.0} us", herd.release_p99_us, herd.release_max_us);

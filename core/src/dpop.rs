@@ -9,7 +9,8 @@
 //!
 //! Building a proof is pure: the caller passes the time and the unique id,
 //! and signatures are deterministic (RFC 6979), so a simulation replays the
-//! same bytes.
+//! same bytes. An adapter may sign the same [`DpopKey::signing_input`]
+//! itself, faster, with nonces from the OS (`freshen` does, with AWS-LC).
 //!
 //! ```
 //! use freshen_core::dpop::{DpopKey, ProofClaims};
@@ -24,6 +25,7 @@
 //! # Ok::<(), freshen_core::dpop::InvalidKey>(())
 //! ```
 
+use core::any::Any;
 use core::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -42,6 +44,9 @@ use crate::token::AccessToken;
 
 /// The length of a key's secret scalar.
 pub const KEY_BYTES: usize = 32;
+
+/// The length of an ES256 signature (r and s, 32 bytes each).
+pub const SIGNATURE_BYTES: usize = 64;
 
 /// How many `use_dpop_nonce` challenges in a row one request is sent again
 /// for. A server asks once when its nonce changed; one that keeps asking is
@@ -73,6 +78,9 @@ struct KeyPair {
     /// The public key as a JWK with only its required members, in the order
     /// RFC 7638 hashes them: the proof header's `jwk` and the thumbprint's input.
     public_jwk: OnceLock<String>,
+    /// A signer for this key that an adapter made ([`DpopKey::adapter_signer`]),
+    /// kept with the key so that it is made once.
+    adapter_signer: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl KeyPair {
@@ -111,7 +119,12 @@ impl DpopKey {
         // `from_slice` refuses zero and anything not below the group's order:
         // every scalar it takes has a public key.
         let secret = SecretKey::from_slice(bytes).map_err(|_| InvalidKey)?;
-        Ok(Self(Arc::new(KeyPair { secret, signing: OnceLock::new(), public_jwk: OnceLock::new() })))
+        Ok(Self(Arc::new(KeyPair {
+            secret,
+            signing: OnceLock::new(),
+            public_jwk: OnceLock::new(),
+            adapter_signer: OnceLock::new(),
+        })))
     }
 
     /// The secret scalar, for the store only.
@@ -134,8 +147,19 @@ impl DpopKey {
         URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.public_jwk().as_bytes()))
     }
 
-    /// A proof for one request.
+    /// A proof for one request, signed here: deterministic (RFC 6979), so
+    /// a simulation replays the same bytes.
     pub fn proof(&self, claims: &ProofClaims<'_>) -> DpopProof {
+        let signing_input = self.signing_input(claims);
+        let signature: Signature = self.0.signing().sign(signing_input.as_bytes());
+        Self::signed(signing_input, &signature.to_bytes().into())
+    }
+
+    /// What a proof's signature covers (its header and claims, base64url,
+    /// joined by a dot), for a signer outside the core: the adapters sign
+    /// with AWS-LC, which is many times faster than the pure-Rust signer
+    /// here but draws its nonces from the OS.
+    pub fn signing_input(&self, claims: &ProofClaims<'_>) -> String {
         let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{}}}"#, self.0.public_jwk());
         let mut body = Map::new();
         body.insert("jti".into(), URL_SAFE_NO_PAD.encode(claims.jti).into());
@@ -149,11 +173,25 @@ impl DpopKey {
             body.insert("ath".into(), access_token_hash(token).into());
         }
         let body = Value::Object(body).to_string();
-        let mut jwt = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(body));
-        let signature: Signature = self.0.signing().sign(jwt.as_bytes());
-        jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
-        DpopProof(jwt)
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(body))
+    }
+
+    /// The proof whose [`signing_input`](Self::signing_input) carries
+    /// `signature`: ES256, the two 32-byte big-endian halves r and s.
+    pub fn signed(mut signing_input: String, signature: &[u8; SIGNATURE_BYTES]) -> DpopProof {
+        signing_input.push('.');
+        signing_input.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        DpopProof(signing_input)
+    }
+
+    /// The signer an adapter keeps for this key: made by `make` from the
+    /// secret scalar on first use, then shared by every clone of the key.
+    /// `None` if the signer kept is of another type.
+    pub fn adapter_signer<T: Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(&Zeroizing<[u8; KEY_BYTES]>) -> T,
+    ) -> Option<&T> {
+        self.0.adapter_signer.get_or_init(|| Box::new(make(&self.expose_secret_bytes()))).downcast_ref::<T>()
     }
 }
 
