@@ -40,6 +40,7 @@ use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Command, Event, LogoutCause, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::token::{Fingerprint, RefreshToken};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -125,6 +126,7 @@ pub fn run(config: &WorldConfig, seed: u64) -> Outcome {
         rng: Mutex::new(rng.fork()),
         counts: Mutex::new(BTreeMap::new()),
         dropped_for: Mutex::new(BTreeMap::new()),
+        dropped_successes: Mutex::new(BTreeMap::new()),
     });
     start_authority(&mut sim, &state, &faults);
     let hosts = client_hosts(config, &state, &mut rng);

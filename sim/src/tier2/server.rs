@@ -11,6 +11,9 @@ pub(super) struct ServerFaults {
     pub(super) counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Clients whose refresh answer was dropped after the server committed.
     pub(super) dropped_for: Mutex<BTreeMap<String, u64>>,
+    /// Per client and refresh token presented: successes dropped (each spent
+    /// one grace replay the client never learnt of).
+    pub(super) dropped_successes: Mutex<BTreeMap<(String, Fingerprint), u32>>,
 }
 
 impl ServerFaults {
@@ -74,10 +77,16 @@ pub(super) async fn serve(
         }
         let response = answer(state, &parts.method, target, &parts.headers, &body);
         if faults.draw(rates.drop_response, "drop_after_commit") {
-            let client = form_urlencoded::parse(&body)
-                .find(|(k, _)| k == "client_id")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
+            let field = |name: &str| {
+                form_urlencoded::parse(&body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).unwrap_or_default()
+            };
+            let client = field("client_id");
+            if response.status() == StatusCode::OK
+                && let Ok(mut dropped) = faults.dropped_successes.lock()
+            {
+                let token = RefreshToken::new(field("refresh_token")).fingerprint();
+                *dropped.entry((client.clone(), token)).or_default() += 1;
+            }
             if let Ok(mut dropped) = faults.dropped_for.lock() {
                 *dropped.entry(client).or_default() += 1;
             }

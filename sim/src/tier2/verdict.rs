@@ -30,6 +30,7 @@ pub(super) fn verdict(
     }
     outcome.violations.extend_from_slice(authority_monitor.violations());
     let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
+    let dropped_successes = faults.dropped_successes.lock().map(|d| d.clone()).unwrap_or_default();
     for host in hosts {
         outcome.most_connects = outcome.most_connects.max(host.pacer.connects.load(Ordering::Relaxed));
         outcome.granted += host.granted.load(Ordering::Relaxed);
@@ -79,9 +80,11 @@ pub(super) fn verdict(
             // Tier 2's workers stall inside a store call (the lock's bound
             // passes), not for whole minutes of a refresh cycle.
             stalled_refreshing: false,
-            // Not counted here: tier 2 holds its worlds to grace covering
-            // every loss (stricter; no seed has needed the excuse).
-            lost_beyond_a_cycle: false,
+            // Only dropped answers are counted (not ones that came too late):
+            // tier 2 excuses less than tier 1 does.
+            lost_beyond_a_cycle: dropped_successes
+                .iter()
+                .any(|((by, _), count)| *by == client && *count > config.session.backoff.attempts),
             refusal: last_refusal(&audit, &client),
             // The app's database took a lock from a live process.
             lock_lost: host.database.as_ref().filter(|database| database.report().locks_lost > 0).and(config.database),
