@@ -31,6 +31,7 @@
 //! * Transient failures back off; `invalid_grant` (by default) re-reads the
 //!   store once, in case another process rotated the token, then logs out.
 
+mod callers;
 mod config;
 mod logout;
 mod refresh;
@@ -43,10 +44,11 @@ use core::mem;
 use core::time::Duration;
 use std::collections::VecDeque;
 
+pub use callers::{Callers, CallersIntoIter};
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use types::{
-    AccessGrant, AttemptFailure, Callers, CallersIntoIter, Command, Event, FailReason, Ignored, Io, LogoutCause,
-    NewSession, ProofNeeded, Renewal, StateView, StoreError, Timeout, TransportFailure,
+    AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, ProofNeeded,
+    Renewal, StateView, StoreError, Timeout, TransportFailure,
 };
 
 use crate::dpop::{DpopKey, DpopNonce, MAX_NONCE_RETRIES};
