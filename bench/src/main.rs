@@ -95,22 +95,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("dpop_proof_us={:.1}", freshen_proof / 1e3);
     println!("dpop_proof_ratio={:.1}", core_proof / freshen_proof);
 
-    for (key, callers) in [("herd_refreshes_1k", 1_000), ("herd_refreshes_10k", 10_000)] {
-        let herd = runtime.block_on(freshen_bench::herd(callers))?;
-        println!("# herd of {callers}: release p99 {:.0} us, last {:.0} us", herd.release_p99_us, herd.release_max_us);
-        println!("{key}={}", herd.refreshes);
-        if callers == 10_000 {
-            println!("herd_release_p99_us={:.0}", herd.release_p99_us);
-            let floor = runtime.block_on(freshen_bench::herd_without_a_session(callers, Release::Oneshots))?;
-            let broadcast = runtime.block_on(freshen_bench::herd_without_a_session(callers, Release::Broadcast))?;
-            println!(
-                "# {callers} tasks without a session, p99: one oneshot each {floor:.0} us (the floor), one watch publication {broadcast:.0} us"
-            );
-            println!("herd_floor_p99_us={floor:.0}");
-            println!("herd_broadcast_p99_us={broadcast:.0}");
-            println!("herd_release_ratio={:.2}", herd.release_p99_us / floor);
-        }
-    }
+    herd(&runtime)?;
 
     let rounds = runtime.block_on(freshen_bench::middleware(sizes.requests, MIDDLEWARE_ROUNDS))?;
     let median_of = |values: &[f64]| freshen_bench::median(&mut values.to_vec());
@@ -148,5 +133,27 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("sim_tier2_callers_per_s={:.0}", sim.tier2_callers_per_s);
     println!("sim_tier2_faults_per_s={:.1}", sim.tier2_faults_per_s);
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The herd: one refresh for 1,000 and for 10,000 callers, and how fast the
+/// 10,000 are released against the runtime's own floor.
+fn herd(runtime: &tokio::runtime::Runtime) -> Result<(), BenchError> {
+    for (key, callers) in [("herd_refreshes_1k", 1_000), ("herd_refreshes_10k", 10_000)] {
+        let herd = runtime.block_on(freshen_bench::herd(callers))?;
+        println!("# herd of {callers}: release p99 {:.0} us, last {:.0} us", herd.release_p99_us, herd.release_max_us);
+        println!("{key}={}", herd.refreshes);
+        if callers == 10_000 {
+            println!("herd_release_p99_us={:.0}", herd.release_p99_us);
+            let floor = runtime.block_on(freshen_bench::herd_without_a_session(callers, Release::Oneshots))?;
+            let broadcast = runtime.block_on(freshen_bench::herd_without_a_session(callers, Release::Broadcast))?;
+            println!(
+                "# {callers} tasks without a session, p99: one oneshot each {floor:.0} us (the floor), one watch publication {broadcast:.0} us"
+            );
+            println!("herd_floor_p99_us={floor:.0}");
+            println!("herd_broadcast_p99_us={broadcast:.0}");
+            println!("herd_release_ratio={:.2}", herd.release_p99_us / floor);
+        }
+    }
     Ok(())
 }

@@ -119,16 +119,7 @@ impl World {
             // Random demand ends with the last caller of the liveness phase, so
             // every caller has its whole bound before the verdict.
             (Pending::CallerArrives, _) if self.demand_until.is_some_and(|until| self.now > until) => {}
-            (Pending::CallerArrives, _) => {
-                // A burst draws its size; one caller at a time draws nothing.
-                let burst = self.config.demand.map_or(1, |demand| demand.burst);
-                let callers = if burst > 1 { 1 + self.rng.below(burst) } else { 1 };
-                for _ in 0..callers {
-                    self.caller_arrives();
-                }
-                let next = self.next_arrival();
-                self.schedule(next, Pending::CallerArrives);
-            }
+            (Pending::CallerArrives, _) => self.callers_arrive(),
             (Pending::RefreshAnswered { id, outcome, dpop_nonce, .. }, Some(p)) => {
                 self.input(p, Event::RefreshCompleted { id, outcome, dpop_nonce });
             }
@@ -165,22 +156,40 @@ impl World {
             }
             // Only the latest resume wakes the client.
             (Pending::Resume, _) if self.suspended_until.is_some_and(|until| until <= self.now) => {
-                self.suspended_until = None;
-                if let Some(since) = self.asleep_since.take() {
-                    self.asleep_before = self.asleep_before.saturating_add(self.now.saturating_duration_since(since));
-                }
-                note!(self, "{} resume", self.now);
-                for p in 0..self.processes.len() {
-                    if self.process(p).paused_until.is_some() {
-                        continue;
-                    }
-                    let now = self.session_now(p);
-                    self.process_mut(p).session.handle_timeout(now);
-                    self.drain(p);
-                }
+                self.machine_resumes()
             }
             // Addressed to an incarnation that crashed.
             _ => {}
+        }
+    }
+
+    /// The next callers arrive (a burst draws its size; one caller at a time
+    /// draws nothing), and the arrival after them is scheduled.
+    fn callers_arrive(&mut self) {
+        let burst = self.config.demand.map_or(1, |demand| demand.burst);
+        let callers = if burst > 1 { 1 + self.rng.below(burst) } else { 1 };
+        for _ in 0..callers {
+            self.caller_arrives();
+        }
+        let next = self.next_arrival();
+        self.schedule(next, Pending::CallerArrives);
+    }
+
+    /// The whole machine wakes from a suspend: every process not stalled
+    /// sees its timers at once.
+    fn machine_resumes(&mut self) {
+        self.suspended_until = None;
+        if let Some(since) = self.asleep_since.take() {
+            self.asleep_before = self.asleep_before.saturating_add(self.now.saturating_duration_since(since));
+        }
+        note!(self, "{} resume", self.now);
+        for p in 0..self.processes.len() {
+            if self.process(p).paused_until.is_some() {
+                continue;
+            }
+            let now = self.session_now(p);
+            self.process_mut(p).session.handle_timeout(now);
+            self.drain(p);
         }
     }
 
