@@ -461,3 +461,53 @@ fn a_lifetime_counts_from_the_first_unsettled_attempt_even_once_it_is_forgotten(
     assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
     assert!(driver.trace().iter().any(|line| line.contains("usable_until: Some(t+595.500s)")), "{:#?}", driver.trace());
 }
+
+/// Found by the shared-store property the day the lineage began to order
+/// stored rotations (stop 32): a login's refresh token, presented four
+/// times with every answer lost, was rotated by the last answer, which came
+/// late and malformed, its new refresh token salvaged. Under the next lock
+/// the store still held the login; the new rule took that for a later
+/// rotation of the lineage (no answer had replaced the tokens: a salvage
+/// was not counted as one) and presented the spent token (C2). A salvaged
+/// rotation is an answer's.
+#[test]
+fn a_salvaged_rotation_is_newer_than_its_stored_predecessor() {
+    let ops = [
+        Op::Force,
+        Op::StoreOk,
+        Op::StoreOk,
+        Op::Login { lifetime: 1, age: 0 },
+        Op::StoreOk,
+        Op::Advance { millis: 4370 },
+        Op::Advance { millis: 39472 },
+        Op::Want,
+        Op::Answer { back: 0, outcome: Outcome::Salvage },
+    ];
+    run_shared_without_violations(&ops);
+}
+
+/// Found by the shared-store property at 30,000 cases (stop 32): a cycle
+/// waited for the lock while a late answer to the previous cycle asked for
+/// the user's interaction; the forced refresh that kept a cycle going
+/// timed out before the lock came, and the cycle presented the token anyway
+/// (U6). A cycle that gets the lock re-checks that it may still present.
+#[test]
+fn a_cycle_whose_force_gave_up_waiting_for_the_lock_does_not_ask_again() {
+    let ops = [
+        Op::Login { lifetime: 1, age: 0 },
+        Op::StoreOk,
+        Op::StoreOk,
+        Op::Force,
+        Op::StoreOk,
+        Op::Advance { millis: 50842 },
+        Op::Force,
+        Op::Want,
+        Op::Advance { millis: 49975 },
+        Op::Answer { back: 0, outcome: Outcome::Interaction },
+        Op::Advance { millis: 88759 },
+        Op::Advance { millis: 41616 },
+        Op::TransportFail { back: 0, unknown: false },
+        Op::Invalidate,
+    ];
+    run_shared_without_violations(&ops);
+}

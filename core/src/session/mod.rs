@@ -238,6 +238,10 @@ struct TokenSet {
     cycle: u64,
     /// The attempt whose answer brought these tokens, if one did.
     answered_by: Option<RefreshId>,
+    /// The refresh token came from a server's answer that was otherwise
+    /// unusable (a rotation salvaged from a malformed success): like
+    /// `answered_by`, it may be newer than anything stored.
+    salvaged: bool,
     /// When the first attempt presenting `refresh` went out. An answer to any
     /// later attempt may be a grace replay of what the server issued then (the
     /// same access token, its clock already running), so lifetimes count from

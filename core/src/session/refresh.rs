@@ -290,6 +290,7 @@ impl Session {
             refresh_first: false,
             cycle,
             answered_by: Some(id),
+            salvaged: false,
             // A kept token may still be redeemed by an attempt out with it,
             // whose answer may yet be a rotation: the next lifetime counts
             // from that attempt. One already answered (a 503, say) cannot
@@ -321,6 +322,7 @@ impl Session {
         if let Some(tokens) = self.tokens_mut() {
             tokens.generation = generation;
             tokens.refresh = Some(rotated);
+            tokens.salvaged = true;
             tokens.first_send = None;
             tokens.presented_since = next_refresh;
             tokens.answer_lost = false;

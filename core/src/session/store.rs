@@ -197,9 +197,27 @@ impl Session {
                     }
                 }
                 if locking {
-                    self.send_next_attempt();
+                    self.present_if_still_wanted();
                 }
             }
+        }
+    }
+
+    /// A cycle that waited for the lock presents its token only if it still
+    /// may: a late answer may have asked for the user's interaction meanwhile
+    /// and the forced refresh that would override that may have given up
+    /// (U6; found by the shared-store property at 30,000 cases:
+    /// `a_cycle_whose_force_gave_up_waiting_for_the_lock_does_not_ask_again`).
+    fn present_if_still_wanted(&mut self) {
+        let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
+        let awaiting_user = self
+            .tokens()
+            .filter(|t| t.awaits_user() && !forced)
+            .and_then(|t| t.last_failure.as_ref())
+            .map(|f| f.reason.clone());
+        match awaiting_user {
+            Some(reason) => self.end_cycle(reason, None),
+            None => self.send_next_attempt(),
         }
     }
 
@@ -584,9 +602,13 @@ impl StoreSync {
 /// the store): same lineage, another refresh token. A lineage only moves
 /// forward in the store, so it is newer whatever its number; numbers start
 /// again after a logout elsewhere and may tie with ours or fall below them
-/// (C2, tier-1 seed 1623718: a tie, and the spent token written back).
+/// (C2, tier-1 seed 1623718: a tie, and the spent token written back). A
+/// rotation salvaged from a malformed answer is an answer too (the
+/// shared-store property found the rule taking a stored predecessor over
+/// one: `a_salvaged_rotation_is_newer_than_its_stored_predecessor`).
 fn rotated_past(tokens: &TokenSet, stored: &StoredSession) -> bool {
     tokens.answered_by.is_none()
+        && !tokens.salvaged
         && tokens.lineage.is_some()
         && stored.lineage == tokens.lineage
         && !same_refresh(&stored.refresh_token, &tokens.refresh)

@@ -26,6 +26,7 @@ impl TokenSet {
             refresh_first: false,
             cycle: 0,
             answered_by: None,
+            salvaged: false,
             first_send: None,
             presented_since,
             last_failure: None,
