@@ -56,7 +56,7 @@ mod verdict;
 
 use verdict::verdict;
 
-use client::{ConnectPacer, TurmoilTransport, send};
+use client::{ConnectPacer, SERVER_BACKLOG, TurmoilTransport, send};
 use database::{AppStore, Database, HostStore};
 use host::{Host, Watch, client_id, run_host};
 use server::{SERVER_CONNECTION_DEADLINE, ServerFaults, serve};
@@ -165,7 +165,7 @@ fn network(config: &WorldConfig, rng: &mut SplitMix64, total: Duration) -> turmo
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(40))
         // Bursts open many connections at once; the default backlog (64) would overflow.
-        .tcp_capacity(8192)
+        .tcp_capacity(SERVER_BACKLOG)
         .ephemeral_ports(config.ephemeral_ports.0..=config.ephemeral_ports.1)
         .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
         .build()
@@ -203,6 +203,7 @@ fn start_authority(sim: &mut turmoil::Sim<'_>, state: &Arc<State>, faults: &Arc<
 /// store. Each app's store starts as `config.start` says.
 fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Vec<Arc<Host>> {
     let mut hosts: Vec<Arc<Host>> = Vec::new();
+    let host_count = config.apps.saturating_sub(1) + config.processes.max(1);
     for app in 0..config.apps {
         let issued = state.login(&client_id(app));
         // Spent: issued a lifetime ago, so it expires as the world starts.
@@ -269,7 +270,7 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                 faulty: std::sync::atomic::AtomicBool::new(true),
                 logouts: AtomicU64::new(0),
                 wall_step: Arc::default(),
-                pacer: Arc::new(ConnectPacer::for_ports(config.ephemeral_ports)),
+                pacer: Arc::new(ConnectPacer::for_ports(config.ephemeral_ports, host_count)),
                 needs_login: std::sync::atomic::AtomicBool::new(false),
                 relogin_running: Arc::default(),
                 dpop_keys: config.dpop.then(|| Mutex::new(SplitMix64::new(rng.next_u64()))),
@@ -375,18 +376,30 @@ impl Run {
                     host.healed.store(true, Ordering::Release);
                 }
             }
-            match sim.step() {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(error) => {
-                    self.host_failure = Some(Violation {
-                        invariant: Invariant::C9,
-                        at: MonoTime::from_elapsed(sim.elapsed()),
-                        detail: format!("a host failed: {error}"),
-                    });
-                    break;
+            // turmoil panics outside any host when the world breaks one of
+            // its limits (a full backlog, a port still connected): that is a
+            // violation of this seed, reported with it, never the end of a
+            // campaign (a tier-2 deep run died of one, seed unknown).
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
+            let failure = match stepped {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => continue,
+                Ok(Err(error)) => format!("a host failed: {error}"),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default();
+                    format!("the simulated network panicked: {message}")
                 }
-            }
+            };
+            self.host_failure = Some(Violation {
+                invariant: Invariant::C9,
+                at: MonoTime::from_elapsed(sim.elapsed()),
+                detail: failure,
+            });
+            break;
         }
     }
 

@@ -7,6 +7,8 @@ use super::*;
 /// HTTP client with a timeout does. Longer than the sessions' own request
 /// timeout, so refreshes are governed by the session, as in an app.
 pub(super) const CLIENT_REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+/// The server's backlog: connections turmoil queues for it to accept.
+pub(super) const SERVER_BACKLOG: usize = 8192;
 /// The pacer's window: a client socket's longest life, then the server's
 /// longest hold of the same connection, and a second for the latencies.
 pub(super) const PACER_WINDOW: Duration =
@@ -25,8 +27,18 @@ pub(super) const PACER_WINDOW: Duration =
 /// side ([`SERVER_CONNECTION_DEADLINE`]) and its FIN has arrived. Ordinary
 /// worlds open far fewer connections (tier 2's default campaign never reaches
 /// the bound), so the pacer only ever delays a pathological burst.
+///
+/// It also bounds the connections a host has open at once, as an HTTP
+/// client's pool does: turmoil queues every connection the server has not
+/// accepted yet and panics once [`SERVER_BACKLOG`] are queued (a real stack
+/// drops the excess and the clients retry), and a host that released
+/// thousands of waiting callers in one instant, each with its own request,
+/// could queue that many within a tick. The hosts' bounds add up to less
+/// than the backlog.
 #[derive(Debug)]
 pub(super) struct ConnectPacer {
+    /// Connections this host may have open at once.
+    pub(super) open: tokio::sync::Semaphore,
     /// The most connections per window.
     pub(super) per_window: u32,
     /// The current window's start and the connections opened in it.
@@ -36,10 +48,12 @@ pub(super) struct ConnectPacer {
 }
 
 impl ConnectPacer {
-    /// A pacer for a host whose ephemeral ports are `first..=last`.
-    pub(super) fn for_ports((first, last): (u16, u16)) -> Self {
+    /// A pacer for one of `hosts` client hosts whose ephemeral ports are
+    /// `first..=last`.
+    pub(super) fn for_ports((first, last): (u16, u16), hosts: usize) -> Self {
         let ports = u32::from(last.saturating_sub(first)) + 1;
         Self {
+            open: tokio::sync::Semaphore::new((SERVER_BACKLOG / hosts.max(1)).max(1)),
             per_window: ((ports - 1) / 4).max(1),
             window: Mutex::new((Duration::ZERO, 0)),
             connects: AtomicU64::new(0),
@@ -75,6 +89,7 @@ pub(super) async fn send(
     pacer: &ConnectPacer,
     request: Request<Full<Bytes>>,
 ) -> Result<http::Response<Bytes>, TransportFailure> {
+    let _open = pacer.open.acquire().await.map_err(|_| TransportFailure::NotSent)?;
     pacer.admit().await;
     match tokio::time::timeout(CLIENT_REQUEST_DEADLINE, exchange(request)).await {
         Ok(answer) => answer,
