@@ -699,6 +699,11 @@ impl Session {
         self.waiters.push_back(Waiter { caller, deadline, needs });
     }
 
+    /// A forced refresh (the app's word that the user acted) still waits.
+    fn forced_refresh_waiting(&self) -> bool {
+        self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)))
+    }
+
     /// The refresh cycle running now, if any.
     fn running_cycle(&self) -> Option<u64> {
         matches!(self.state, State::Refreshing(..)).then_some(self.cycles_started)

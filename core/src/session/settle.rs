@@ -24,7 +24,7 @@ impl Session {
                         .iter()
                         .any(|w| w.wants_token() && !(usable && tokens.satisfies(w.needs, None, false)));
                 // A forced refresh is the app's answer to a request for interaction.
-                let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
+                let forced = self.forced_refresh_waiting();
                 let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
                 wanted && tokens.refresh.is_some() && !held && self.straggler.is_none() && self.key_durable(tokens)
             }

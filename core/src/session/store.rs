@@ -209,7 +209,7 @@ impl Session {
     /// (U6; found by the shared-store property at 30,000 cases:
     /// `a_cycle_whose_force_gave_up_waiting_for_the_lock_does_not_ask_again`).
     fn present_if_still_wanted(&mut self) {
-        let forced = self.waiters.iter().any(|w| matches!(w.needs, Needs::CycleFrom(_)));
+        let forced = self.forced_refresh_waiting();
         let awaiting_user = self
             .tokens()
             .filter(|t| t.awaits_user() && !forced)
@@ -607,8 +607,7 @@ impl StoreSync {
 /// shared-store property found the rule taking a stored predecessor over
 /// one: `a_salvaged_rotation_is_newer_than_its_stored_predecessor`).
 fn rotated_past(tokens: &TokenSet, stored: &StoredSession) -> bool {
-    tokens.answered_by.is_none()
-        && !tokens.salvaged
+    !tokens.came_from_an_answer()
         && tokens.lineage.is_some()
         && stored.lineage == tokens.lineage
         && !same_refresh(&stored.refresh_token, &tokens.refresh)

@@ -66,6 +66,13 @@ impl TokenSet {
         self.dpop_key.clone().filter(|_| !unproven).map(|key| ProofNeeded { key, nonce: nonce.clone() })
     }
 
+    /// Whether a server's answer brought the refresh token held (a
+    /// refresh, or a rotation salvaged from an unusable one), rather than a
+    /// login or the store.
+    pub(super) fn came_from_an_answer(&self) -> bool {
+        self.answered_by.is_some() || self.salvaged
+    }
+
     /// Whether the refresh token held is `token`.
     pub(super) fn holds_refresh(&self, token: &RefreshToken) -> bool {
         self.refresh.as_ref().is_some_and(|held| held.same_as(token))
