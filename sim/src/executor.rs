@@ -1,7 +1,8 @@
 //! One session machine driven by hand under the client checker: one input at
 //! a time, every command recorded and shown to the [`ClientMonitor`], store
-//! work answered at once or held for the test to answer. The property tests
-//! and the fuzz fixture are built on it; tier 1's world carries out the same
+//! work answered at once or held for the test to answer. The tests of the
+//! machine's single rules (`tests/session_rules.rs`), the property tests and
+//! the fuzz fixture are built on it; tier 1's world carries out the same
 //! commands for several processes over a network (`harness`).
 
 use std::collections::VecDeque;
@@ -40,6 +41,15 @@ pub enum StoreAnswer {
     Corrupt,
 }
 
+/// Whether [`Executor::commands`] keeps the commands carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandLog {
+    /// They are checked and carried out, not kept.
+    Off,
+    /// Every one is kept, from the first (tests of single rules).
+    Kept,
+}
+
 /// See the [module docs](self).
 #[derive(Debug)]
 pub struct Executor {
@@ -63,11 +73,14 @@ pub struct Executor {
     pub generation: Generation,
     /// Each input and command as a line, when asked for (C8 compares two).
     pub trace: Option<Vec<String>>,
+    /// Every command, in order, with [`CommandLog::Kept`].
+    pub commands: Option<Vec<Command>>,
 }
 
 impl Executor {
     /// A machine started at time zero whose store holds `blob`, with the wall
-    /// clock at `unix_origin` then; its first commands are carried out.
+    /// clock at `unix_origin` then; its first commands are carried out (and
+    /// kept, if `log` says so).
     ///
     /// # Errors
     /// The configuration is invalid.
@@ -77,6 +90,7 @@ impl Executor {
         unix_origin: UnixTime,
         blob: Option<Vec<u8>>,
         store: StoreAnswers,
+        log: CommandLog,
     ) -> Result<Self, ConfigError> {
         let session = Session::new(config.clone(), seed, MonoTime::ZERO, unix_origin)?;
         let mut executor = Self {
@@ -91,6 +105,7 @@ impl Executor {
             granted: Vec::new(),
             generation: Generation(0),
             trace: None,
+            commands: (log == CommandLog::Kept).then(Vec::new),
         };
         executor.drain();
         Ok(executor)
@@ -171,6 +186,9 @@ impl Executor {
             let now = self.now;
             self.note(|| format!("{now} {:?}", traced(&command)));
             self.monitor.command(now, &command);
+            if let Some(commands) = &mut self.commands {
+                commands.push(command.clone());
+            }
             match command {
                 Command::Io(Io::SendRefresh { id, refresh_token, .. }) => self.sent.push((id, refresh_token)),
                 Command::Io(Io::UnlockStore | Io::Revoke { .. }) => {}

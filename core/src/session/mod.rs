@@ -709,6 +709,3 @@ impl Session {
         matches!(self.state, State::Refreshing(..)).then_some(self.cycles_started)
     }
 }
-
-#[cfg(test)]
-mod tests;
