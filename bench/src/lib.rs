@@ -9,7 +9,7 @@ pub mod alloc;
 
 use std::error::Error;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -368,13 +368,26 @@ pub enum Release {
     Broadcast,
 }
 
+/// Returns once `waiting()` counts all `callers` (checked every millisecond,
+/// for at most a minute): a herd is released only when it has gathered.
+async fn all_waiting(waiting: impl Fn() -> usize, callers: usize) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while waiting() < callers {
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {callers} callers of the herd waited", waiting()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
 /// [`herd`]'s release without a session, on the same runtime: `callers`
 /// tasks wait and are released at once, measured as [`herd`] measures them
 /// (microseconds from the release to each task's wake, the 99th
 /// percentile). With [`Release::Oneshots`] it is the floor: no session can
 /// release its waiters sooner than the runtime runs them.
 pub async fn herd_without_a_session(callers: usize, release: Release) -> Result<f64, BenchError> {
-    let ready = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicUsize::new(0));
     let (publish, published) = tokio::sync::watch::channel(false);
     let mut senders = Vec::with_capacity(callers);
     let tasks: Vec<_> = (0..callers)
@@ -392,13 +405,7 @@ pub async fn herd_without_a_session(callers: usize, release: Release) -> Result<
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready.load(Ordering::Relaxed) < callers as u64 {
-        if Instant::now() > deadline {
-            return Err("the herd's callers never all waited".into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    all_waiting(|| ready.load(Ordering::Relaxed), callers).await?;
     let released_at = Instant::now();
     match release {
         Release::Oneshots => {
@@ -463,13 +470,7 @@ pub async fn herd(callers: usize) -> Result<Herd, BenchError> {
         })
         .collect();
     // Every caller waits on the one refresh before the gate opens.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while session.waiting() < callers {
-        if Instant::now() > deadline {
-            return Err(format!("only {} of {callers} callers waited", session.waiting()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    all_waiting(|| session.waiting(), callers).await?;
     gate.add_permits(callers);
     let mut released = Vec::with_capacity(callers);
     for task in tasks {
