@@ -155,6 +155,18 @@ fn a_crashed_lock_holders_request_is_not_counted_in_flight() {
     assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
 }
 
+/// Seed 1003832 (the 10,000-seed deep run): one worker's requested logout
+/// revoked the family while another worker held a sibling from a grace
+/// replay; that worker's refresh was refused `Revoked`, which the app asked
+/// for, but the verdict took the app's last refusal, a later login's nonce
+/// challenge, and blamed a lost lock (L1).
+#[test]
+fn a_logout_the_app_asked_for_elsewhere_is_not_blamed_on_a_lost_lock() {
+    let seed = 1_003_832;
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

@@ -106,10 +106,19 @@ pub(super) fn verdict(
     outcome
 }
 
-/// The authority's last refusal of a refresh from `client`, if any.
+/// The authority's last refusal of a refresh from `client`, if any. A
+/// nonce challenge is not one: it asks for the same attempt again and never
+/// ends a session (D2), so it must not hide the refusal that did (tier-2
+/// seed 1003832: another process's logout revoked the family, and the
+/// `Revoked` that ended this one was masked by a later login's first
+/// challenge, so the logout was blamed on a lost lock).
 fn last_refusal(audit: &[crate::authority::Audit], client: &str) -> Option<Refusal> {
     audit.iter().rev().find_map(|entry| match (&entry.op, &entry.outcome) {
-        (AuditOp::Refresh { client: c, .. }, AuditOutcome::Refused(refusal)) if c == client => Some(*refusal),
+        (AuditOp::Refresh { client: c, .. }, AuditOutcome::Refused(refusal))
+            if c == client && *refusal != Refusal::UseDpopNonce =>
+        {
+            Some(*refusal)
+        }
         _ => None,
     })
 }
