@@ -93,14 +93,9 @@ impl Session {
     /// cannot tell. The same refresh token under another number is the same
     /// rotation (a grace replay of one pair): this session's view of it is
     /// kept, as it may know an earlier presentation, and so an earlier death.
-    /// After a failed write, what the store held before it is what this
-    /// session last knew: a fenced write never landed, and an answer it
-    /// carried may be older than what the lock's next holder wrote (C2,
-    /// tier-1 seed 2098901: a stalled process's late answer written back
-    /// over two later rotations of the same login).
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
         let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
-        let changed_since_known = match self.store.last_known() {
+        let changed_since_known = match self.store.holds {
             Holds::Session(known) => known == tokens.generation || (known != stored.generation && !same_rotation),
             Holds::Unknown | Holds::Empty => false,
         };
