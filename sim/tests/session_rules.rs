@@ -62,10 +62,15 @@ impl Harness {
     /// A session loaded from a store holding generation 1 whose access token
     /// expires `lifetime` from now (`None`: unknown).
     fn loaded(config: SessionConfig, lifetime: Option<Duration>) -> Self {
+        Self::loaded_from(config, stored(1, "r1", None), lifetime)
+    }
+
+    /// Loaded from `stored`, its access token freshly issued for `lifetime`.
+    fn loaded_from(config: SessionConfig, mut stored: StoredSession, lifetime: Option<Duration>) -> Self {
         let mut h = Self::new(config);
         let op = h.load_op();
         // Freshly issued: it expires `lifetime` from now, which is also its issued lifetime.
-        let mut stored = stored(1, "r1", lifetime.map(|l| UnixTime::from_secs(UNIX_ZERO).saturating_add(l)));
+        stored.access_expires_at = lifetime.map(|l| UnixTime::from_secs(UNIX_ZERO).saturating_add(l));
         stored.access_lifetime = lifetime;
         h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO) });
         h
@@ -1139,10 +1144,15 @@ fn a_newer_generation_found_under_the_lock_is_adopted_instead_of_refreshing() {
 /// A shared session whose first refresh is out under the lock (generation 1,
 /// refresh token `r1`).
 fn refreshing_under_the_lock() -> (Harness, RefreshId) {
-    let mut h = Harness::loaded(shared(), Some(Duration::ZERO));
+    refreshing_under_the_lock_from(stored(1, "r1", None))
+}
+
+/// A refresh of `held`, found under the lock, is out.
+fn refreshing_under_the_lock_from(held: StoredSession) -> (Harness, RefreshId) {
+    let mut h = Harness::loaded_from(shared(), held.clone(), Some(Duration::ZERO));
     h.want(1);
     let op = lock_op(&h);
-    locked(&mut h, op, Some(stored(1, "r1", None)));
+    locked(&mut h, op, Some(held));
     let (id, ..) = h.last_refresh();
     (h, id)
 }
@@ -1161,7 +1171,13 @@ fn fence_the_write_and_relock(h: &mut Harness) -> StoreOpId {
 }
 
 fn fenced_then_relocked(found: Option<StoredSession>) -> (Harness, Vec<Command>) {
-    let (mut h, id) = refreshing_under_the_lock();
+    fenced_then_relocked_from(stored(1, "r1", None), found)
+}
+
+/// `held` is refreshed under the lock, the answer's write is fenced, and
+/// the store holds `found` under the next lock.
+fn fenced_then_relocked_from(held: StoredSession, found: Option<StoredSession>) -> (Harness, Vec<Command>) {
+    let (mut h, id) = refreshing_under_the_lock_from(held);
     h.answer(id, success("a2", Some("r2"), 3600));
     let op = fence_the_write_and_relock(&mut h);
     let out = locked(&mut h, op, found);
@@ -1178,6 +1194,24 @@ fn a_fenced_write_is_made_again_only_under_a_new_lock_after_reading_the_store() 
     let (_, out) = fenced_then_relocked(Some(stored(7, "r7", Some(UnixTime::from_secs(UNIX_ZERO + 3600)))));
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. } | Io::SendRefresh { .. }))), "{out:?}");
     assert_eq!(granted(&out), vec![(CallerId(1), Generation(7))]);
+    // A rotation of the same login with a number that ties with ours (each
+    // process numbers above what it saw): still adopted, never overwritten
+    // by the answer the fenced write carried (C2, tier-1 seed 2098901, where
+    // the rotation written back was two behind and its successor was
+    // presented next).
+    let held = descended_from("r0", stored(1, "r1", None));
+    let elsewhere = descended_from("r0", stored(2, "r2-elsewhere", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+    let (_, out) = fenced_then_relocked_from(held.clone(), Some(elsewhere));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. } | Io::SendRefresh { .. }))), "{out:?}");
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
+    // Another login under that number is not a rotation of ours: the store
+    // held ours before, so nothing says it is newer (U9, tier-2 seed
+    // 1007077: a login's first rotation, its write fenced, lost to an older
+    // login stored elsewhere).
+    let other_login = descended_from("r0-other", stored(2, "r2-other", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+    let (h, out) = fenced_then_relocked_from(held, Some(other_login));
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "{out:?}");
+    assert_eq!(h.last_persist().1.refresh_token.unwrap().expose_secret(), "r2");
     // Another process logged out meanwhile: the late tokens do not bring the session back.
     let (h, out) = fenced_then_relocked(None);
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "{out:?}");

@@ -167,6 +167,20 @@ fn a_logout_the_app_asked_for_elsewhere_is_not_blamed_on_a_lost_lock() {
     assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
 }
 
+/// Seeds that a rule for tier-1 seed 2098901 got wrong: taking what the
+/// store held before a fenced write as what the session last knew, for any
+/// login, let another login stored elsewhere win over the rotation of this
+/// host's own latest login: 1007077 told the user their login was stored
+/// while the store held the other one (U9); 1005671 wrote a superseded
+/// token back (C2, C3). The rule now holds only within one login.
+#[test]
+fn another_login_stored_meanwhile_does_not_win_over_a_rotation_of_ours() {
+    for seed in [1_007_077, 1_005_671] {
+        let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+        assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    }
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

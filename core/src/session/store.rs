@@ -93,9 +93,21 @@ impl Session {
     /// cannot tell. The same refresh token under another number is the same
     /// rotation (a grace replay of one pair): this session's view of it is
     /// kept, as it may know an earlier presentation, and so an earlier death.
+    ///
+    /// A failed write leaves the store unknown, but not wholly: it holds the
+    /// tokens written, or (if the write never landed, as a fenced one never
+    /// does) what it held before or what another process wrote since. So
+    /// for a rotation of the login held, what the store held before the
+    /// write still tells whether another process rotated it meanwhile: a late
+    /// answer must not be written back over later rotations of its own
+    /// login (C2, tier-1 seed 2098901). Another login stored meanwhile gets
+    /// no such weight: a login here, or its rotation not yet written, is the
+    /// user's latest word (U9, tier-2 seed 1007077).
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
         let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
-        let changed_since_known = match self.store.holds {
+        let same_login = tokens.lineage.is_some() && stored.lineage == tokens.lineage;
+        let known = if same_login { self.store.last_known() } else { self.store.holds };
+        let changed_since_known = match known {
             Holds::Session(known) => known == tokens.generation || (known != stored.generation && !same_rotation),
             Holds::Unknown | Holds::Empty => false,
         };

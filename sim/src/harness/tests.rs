@@ -323,7 +323,12 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// 1723481, a worker stalled again at once on every resume, deferring a
 /// growing backlog past the step bound (C9, the world's error); 1379243,
 /// answers read late after a stall, which the checker did not count as lost
-/// (L2, the checker's error).
+/// (L2, the checker's error). The million again, fixed: 1623718, a stored
+/// rotation tying with a taken-over login's number (C2); 1931014, more lost
+/// answers to one token than a cycle's attempts (L1, the checker's error).
+/// A tier-1 spot check of 100,000 later seeds: 2098901, a stalled worker's
+/// late answer, its write fenced, written again under the next lock over two
+/// later rotations of the same login (C2).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
     const ONCE_FAILED: &[u64] = &[
@@ -346,6 +351,7 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         1_379_243,
         1_623_718,
         1_931_014,
+        2_098_901,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
