@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use freshen::core::oauth::{self, Classified, Client};
+use freshen::core::oauth::Client;
 use freshen::core::session::SessionConfig;
 use freshen::middleware::AuthMiddleware;
 use freshen::store::FileStore;
-use freshen::transport::{HttpResponse, ReqwestTransport};
+use freshen::transport::ReqwestTransport;
 use freshen::{Config, Session};
 use freshen_sim::http::{Server, paths};
 
@@ -122,16 +122,7 @@ async fn log_in(server: &Server, path: &Path) -> Result<(), Error> {
         .with_session(SessionConfig::default().with_shared_store(true));
     let store = FileStore::new(path);
     let session = Session::start(config, ReqwestTransport::new()?, store.clone())?;
-    let sent_at = std::time::Instant::now();
-    let login = reqwest::Client::new()
-        .post(server.url(paths::TOKEN))
-        .form(&[("grant_type", "password"), ("client_id", CLIENT), ("username", "alice"), ("password", "x")])
-        .send()
-        .await?;
-    let response = HttpResponse::new(login.status().as_u16(), [], login.bytes().await?.to_vec());
-    let Classified::Success(tokens) = response.classify(&oauth::Policy::default(), freshen::system_clock()) else {
-        return Err("the login was refused".into());
-    };
+    let (tokens, sent_at) = server.password_login(CLIENT).await?;
     // Resolves once the login is in the file: the other processes find it there.
     session.log_in_sent_at(tokens, sent_at).await?;
     Ok(())

@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use freshen::core::oauth::{self, Classified, Client};
+use freshen::core::oauth::Client;
 use freshen::core::session::SessionConfig;
 use freshen::middleware::AuthMiddleware;
 use freshen::store::MemoryStore;
-use freshen::transport::{HttpResponse, ReqwestTransport};
+use freshen::transport::ReqwestTransport;
 use freshen::{Config, Session};
 use freshen_sim::authority::AuthorityConfig;
 use freshen_sim::http::{Server, paths};
@@ -36,19 +36,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_session(session_config);
     let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::new())?;
 
-    // Log in (the test server's password grant stands in for a browser login).
-    let sent_at = std::time::Instant::now();
-    let login = reqwest::Client::new()
-        .post(server.url(paths::TOKEN))
-        .form(&[("grant_type", "password"), ("client_id", CLIENT), ("username", "alice"), ("password", "x")])
-        .send()
-        .await?;
-    let response = HttpResponse::new(login.status().as_u16(), [], login.bytes().await?.to_vec());
-    let Classified::Success(tokens) =
-        response.classify(&oauth::Policy::default(), freshen::core::time::UnixTime::EPOCH)
-    else {
-        return Err("the login was refused".into());
-    };
+    // Log in. The test server's password grant stands in for a browser
+    // login here; `Session::start_code_login` and `start_device_login` run
+    // the real flows, and tokens from any other flow are handed over this way.
+    let (tokens, sent_at) = server.password_login(CLIENT).await?;
     session.log_in_sent_at(tokens, sent_at).await?;
 
     // 200 requests through the middleware, spread over three lifetimes (5.5 s).

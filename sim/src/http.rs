@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::authority::{Authority, AuthorityConfig, AuthorityStats, Issued};
 use bytes::Bytes;
+use freshen_core::oauth::{Classified, Policy, TokenResponse};
 use freshen_core::time::MonoTime;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -226,6 +227,62 @@ impl Server {
     /// The authority and its counters.
     pub fn state(&self) -> &Arc<State> {
         &self.state
+    }
+
+    /// Logs `client` in over HTTP with this server's password grant, a
+    /// stand-in for a browser login (a real server should not offer that
+    /// grant): the tokens, and when the request was sent, for
+    /// [`freshen::Session::log_in_sent_at`].
+    pub async fn password_login(&self, client: &str) -> Result<(TokenResponse, std::time::Instant), LoginError> {
+        let sent_at = std::time::Instant::now();
+        let login = reqwest::Client::new()
+            .post(self.url(paths::TOKEN))
+            .form(&[("grant_type", "password"), ("client_id", client), ("username", "alice"), ("password", "x")])
+            .send()
+            .await?;
+        let status = login.status().as_u16();
+        let response = freshen::transport::HttpResponse::new(status, [], login.bytes().await?.to_vec());
+        match response.classify(&Policy::default(), freshen::system_clock()) {
+            Classified::Success(tokens) => Ok((tokens, sent_at)),
+            _ => Err(LoginError::Refused { status }),
+        }
+    }
+}
+
+/// Why [`Server::password_login`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// The request did not reach the server, or its answer was cut off.
+    Http(reqwest::Error),
+    /// The server answered with something other than tokens.
+    Refused {
+        /// The answer's HTTP status.
+        status: u16,
+    },
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(error) => write!(f, "the login request failed: {error}"),
+            Self::Refused { status } => write!(f, "the login was refused (HTTP {status})"),
+        }
+    }
+}
+
+impl std::error::Error for LoginError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Http(error) => Some(error),
+            Self::Refused { .. } => None,
+        }
+    }
+}
+
+impl From<reqwest::Error> for LoginError {
+    fn from(error: reqwest::Error) -> Self {
+        Self::Http(error)
     }
 }
 
