@@ -591,8 +591,8 @@ pub fn sim_throughput(tier1: u64, tier2: u64) -> SimThroughput {
     let tier2_seeds_per_s = parallel_seeds(tier2, |seed| {
         let config = WorldConfig::sampled_tier2(seed);
         let outcome = freshen_sim::tier2::run(&config, seed);
-        callers.fetch_add(outcome.granted + outcome.failed, Ordering::Relaxed);
-        faults.fetch_add(outcome.faults.values().sum(), Ordering::Relaxed);
+        callers.fetch_add(outcome.tally.granted + outcome.tally.failed, Ordering::Relaxed);
+        faults.fetch_add(outcome.tally.faults.values().sum(), Ordering::Relaxed);
         black_box(outcome.violations.len());
     });
     // Seeds per second times what the seeds held, per seed: per wall second.

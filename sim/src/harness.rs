@@ -37,7 +37,7 @@ use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::{RefreshToken, TokenType};
 
-use crate::world::{Faults, LoginGrant, Start, WorldConfig, dpop_key_from};
+use crate::world::{Faults, LoginGrant, Start, Tally, WorldConfig, dpop_key_from};
 pub use config::{CLIENT_ID, Fate, StoreFate};
 
 /// How a caller's request ended.
@@ -55,12 +55,8 @@ pub enum CallerOutcome {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorldStats {
-    /// Refresh requests the session sent.
-    pub refreshes_sent: u64,
-    /// Callers answered with a token.
-    pub granted: u64,
-    /// Callers failed.
-    pub failed: u64,
+    /// What both tiers count: refreshes sent, callers, logouts, faults, the database's locks.
+    pub tally: Tally,
     /// Resource requests refused with 401.
     pub unauthorized: u64,
     /// Retries after a 401 that were refused too (the caller's request failed for good).
@@ -68,22 +64,10 @@ pub struct WorldStats {
     /// Access tokens a grace replay handed to another life than the one they
     /// were first issued to (see `World::note_issued_to`).
     pub cross_life_replays: u64,
-    /// Logouts, by cause (Debug name).
-    pub logouts: BTreeMap<String, u64>,
-    /// Faults injected, by kind.
-    pub faults: BTreeMap<&'static str, u64>,
     /// Client crashes.
     pub crashes: u64,
     /// Logins by an authorization code (each with its own PKCE verifier).
     pub logins_by_code: u64,
-    /// Locks the database released while their holder lived and believed
-    /// it held them (its connection cut, or the worker stalled).
-    pub locks_lost: u64,
-    /// Writes the database refused because their writer's lock was lost.
-    pub fenced_writes: u64,
-    /// Refreshes C1 or C2 across workers would have flagged, where a
-    /// worker's lock was lost (see [`SharedStoreMonitor::lock_lost`]).
-    pub lock_loss_overlaps: u64,
     /// Steps taken.
     pub steps: u64,
 }
@@ -631,7 +615,7 @@ impl World {
                 self.drain(p);
             }
         }
-        self.stats.lock_loss_overlaps = self.shared_monitor.lock_loss_overlaps();
+        self.stats.tally.lock_loss_overlaps = self.shared_monitor.lock_loss_overlaps();
         if self.stats.steps >= self.config.max_steps {
             self.extra.push(Violation {
                 invariant: Invariant::C9,
@@ -650,9 +634,9 @@ impl World {
             "seed {} state {} refreshes {} granted {} failed {} crashes {} violations {}",
             self.seed,
             self.session().state(),
-            self.stats.refreshes_sent,
-            self.stats.granted,
-            self.stats.failed,
+            self.stats.tally.refreshes,
+            self.stats.tally.granted,
+            self.stats.tally.failed,
             self.stats.crashes,
             self.violations().len()
         );

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use freshen_core::session::Plant;
 use freshen_sim::check::Violation;
 use freshen_sim::harness::{World, WorldStats};
-use freshen_sim::world::{Database, LoginGrant, WorldConfig};
+use freshen_sim::world::{Database, LoginGrant, Tally, WorldConfig};
 
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
@@ -245,14 +245,7 @@ struct Outcome {
     /// Its shared store is a database; and whether its server's grace
     /// covers a lost lock (then a lost lock must cost no session).
     database: Option<bool>,
-    /// What the database did: locks lost by live workers, writes fenced,
-    /// refreshes of two workers at once where a lock was lost.
-    fleet: [u64; 3],
-    refreshes: u64,
-    granted: u64,
-    failed: u64,
-    faults: BTreeMap<String, u64>,
-    logouts: BTreeMap<String, u64>,
+    tally: Tally,
     violations: Vec<Violation>,
     trace: Vec<String>,
 }
@@ -279,30 +272,15 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
-            let mut faults: BTreeMap<String, u64> = stats.faults.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+            let mut tally = stats.tally.clone();
             if stats.crashes > 0 {
-                faults.insert("crash".into(), stats.crashes);
+                tally.faults.insert("crash", stats.crashes);
             }
             let mut trace = world.trace().to_vec();
             if !trace.is_empty() {
                 trace.push(world.summary());
             }
-            Outcome {
-                tier,
-                seed,
-                processes,
-                bound,
-                login,
-                database,
-                fleet: [stats.locks_lost, stats.fenced_writes, stats.lock_loss_overlaps],
-                refreshes: stats.refreshes_sent,
-                granted: stats.granted,
-                failed: stats.failed,
-                faults,
-                logouts: stats.logouts.clone(),
-                violations: world.violations(),
-                trace,
-            }
+            Outcome { tier, seed, processes, bound, login, database, tally, violations: world.violations(), trace }
         }
         Tier::Two => {
             let mut config = WorldConfig::sampled_tier2(seed);
@@ -318,12 +296,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
                 bound: config.dpop,
                 login: config.login,
                 database: database_kind(&config),
-                fleet: [outcome.locks_lost, outcome.fenced_writes, outcome.lock_loss_overlaps],
-                refreshes: outcome.refreshes,
-                granted: outcome.granted,
-                failed: outcome.failed,
-                faults: outcome.faults.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-                logouts: outcome.logouts,
+                tally: outcome.tally,
                 violations: outcome.violations,
                 trace: outcome.trace,
             }
@@ -366,10 +339,10 @@ fn replay(tier: Tier, seed: u64, plant: Option<Plant>) -> ExitCode {
     println!(
         "tier {} seed {seed}: refreshes {} granted {} failed {} logouts {:?} violations {}",
         tier.number(),
-        outcome.refreshes,
-        outcome.granted,
-        outcome.failed,
-        outcome.logouts,
+        outcome.tally.refreshes,
+        outcome.tally.granted,
+        outcome.tally.failed,
+        outcome.tally.logouts,
         outcome.violations.len()
     );
     for violation in &outcome.violations {
@@ -502,19 +475,9 @@ fn draw_progress(done: u64, total: Option<u64>, elapsed: Duration) {
 }
 
 fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>, seconds: f64) -> ExitCode {
-    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut logouts: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut refreshes, mut granted, mut failed) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     for outcome in outcomes {
-        for (kind, count) in &outcome.faults {
-            *faults.entry(kind).or_default() += count;
-        }
-        for (cause, count) in &outcome.logouts {
-            *logouts.entry(cause).or_default() += count;
-        }
-        refreshes += outcome.refreshes;
-        granted += outcome.granted;
-        failed += outcome.failed;
+        tally.add(&outcome.tally);
     }
     let failing: Vec<&Outcome> = outcomes.iter().filter(|o| !o.violations.is_empty()).collect();
     let violations: usize = failing.iter().map(|o| o.violations.len()).sum();
@@ -542,19 +505,16 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
             println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
         }
     }
-    println!("{:<40} {:>12}", "refreshes sent", refreshes);
-    println!("{:<40} {:>12}", "callers granted", granted);
-    println!("{:<40} {:>12}", "callers failed", failed);
-    let fleet =
-        outcomes.iter().fold([0u64; 3], |sum, o| [sum[0] + o.fleet[0], sum[1] + o.fleet[1], sum[2] + o.fleet[2]]);
-    let [locks_lost, fenced, overlaps] = fleet;
-    println!("{:<40} {:>12}", "database: locks lost by live workers", locks_lost);
-    println!("{:<40} {:>12}", "database: writes fenced off", fenced);
-    println!("{:<40} {:>12}", "database: overlaps where a lock was lost", overlaps);
-    for (kind, count) in &faults {
+    println!("{:<40} {:>12}", "refreshes sent", tally.refreshes);
+    println!("{:<40} {:>12}", "callers granted", tally.granted);
+    println!("{:<40} {:>12}", "callers failed", tally.failed);
+    println!("{:<40} {:>12}", "database: locks lost by live workers", tally.locks_lost);
+    println!("{:<40} {:>12}", "database: writes fenced off", tally.fenced_writes);
+    println!("{:<40} {:>12}", "database: overlaps where a lock was lost", tally.lock_loss_overlaps);
+    for (kind, count) in &tally.faults {
         println!("{:<40} {:>12}", format!("faults: {kind}"), count);
     }
-    for (cause, count) in &logouts {
+    for (cause, count) in &tally.logouts {
         println!("{:<40} {:>12}", format!("logouts: {cause}"), count);
     }
     println!("{:<40} {:>12}", "violations", violations);

@@ -29,7 +29,7 @@ use crate::check::{
 };
 use crate::faulty_store::{FaultyStore, StoreFaults};
 use crate::harness::logout_name;
-use crate::world::{Demand, Faults, LoginGrant, Start, WorldConfig, dpop_key_from};
+use crate::world::{Demand, Faults, LoginGrant, Start, Tally, WorldConfig, dpop_key_from};
 use bytes::Bytes;
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, Transport, TransportError};
@@ -75,26 +75,11 @@ fn sim_wall_clock() -> UnixTime {
 pub struct Outcome {
     /// Invariant violations, client and authority.
     pub violations: Vec<Violation>,
-    /// Refreshes the authority served.
-    pub refreshes: u64,
-    /// Callers that got a token.
-    pub granted: u64,
-    /// Callers that got none.
-    pub failed: u64,
-    /// Logouts by cause.
-    pub logouts: BTreeMap<String, u64>,
-    /// Faults injected, by kind.
-    pub faults: BTreeMap<&'static str, u64>,
+    /// What both tiers count: refreshes the authority served, callers,
+    /// logouts, faults, and the first app's database's locks, if it has one.
+    pub tally: Tally,
     /// The most connections one client host opened.
     pub most_connects: u64,
-    /// The first app's database, if it has one: locks it took from live
-    /// workers, writes it fenced off, and refreshes C1 or C2 would have
-    /// flagged where a lock was lost.
-    pub locks_lost: u64,
-    /// See `locks_lost`.
-    pub fenced_writes: u64,
-    /// See `locks_lost`.
-    pub lock_loss_overlaps: u64,
     /// The trace, when asked for.
     pub trace: Vec<String>,
 }

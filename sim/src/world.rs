@@ -12,6 +12,7 @@
 //! live shorter.
 
 use core::time::Duration;
+use std::collections::BTreeMap;
 
 use freshen_core::dpop::DpopKey;
 use freshen_core::rng::SplitMix64;
@@ -532,5 +533,48 @@ fn sample_grace_replay(rng: &mut SplitMix64) -> GraceReplay {
         0 => GraceReplay::SamePair,
         1 => GraceReplay::FreshPair,
         _ => GraceReplay::SamePairFullLifetime,
+    }
+}
+
+/// What a run counted, in either tier: the campaign's figures for one seed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tally {
+    /// Refreshes: sent by the sessions (tier 1), served by the authority (tier 2).
+    pub refreshes: u64,
+    /// Callers that got a token.
+    pub granted: u64,
+    /// Callers that got none.
+    pub failed: u64,
+    /// Logouts, by cause.
+    pub logouts: BTreeMap<String, u64>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Locks a database released while their holder lived and believed it
+    /// held them (its connection cut, or the worker stalled); in tier 2,
+    /// the first app's database.
+    pub locks_lost: u64,
+    /// Writes a database refused because their writer's lock was lost.
+    pub fenced_writes: u64,
+    /// Refreshes C1 or C2 across workers would have flagged, where a
+    /// worker's lock was lost (see `SharedStoreMonitor::lock_loss_overlaps`).
+    pub lock_loss_overlaps: u64,
+}
+
+impl Tally {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.refreshes += other.refreshes;
+        self.granted += other.granted;
+        self.failed += other.failed;
+        for (cause, count) in &other.logouts {
+            *self.logouts.entry(cause.clone()).or_default() += count;
+        }
+        for (kind, count) in &other.faults {
+            *self.faults.entry(kind).or_default() += count;
+        }
+        self.locks_lost += other.locks_lost;
+        self.fenced_writes += other.fenced_writes;
+        self.lock_loss_overlaps += other.lock_loss_overlaps;
     }
 }

@@ -22,10 +22,14 @@ fn sampled_worlds_keep_every_invariant() {
         let outcome = run(&short(seed), seed);
         println!(
             "seed {seed}: refreshes {} granted {} failed {} logouts {:?} faults {:?}",
-            outcome.refreshes, outcome.granted, outcome.failed, outcome.logouts, outcome.faults
+            outcome.tally.refreshes,
+            outcome.tally.granted,
+            outcome.tally.failed,
+            outcome.tally.logouts,
+            outcome.tally.faults
         );
         assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
-        assert!(outcome.granted > 0);
+        assert!(outcome.tally.granted > 0);
     }
 }
 
@@ -44,11 +48,14 @@ fn database_worlds_lose_locks_and_fence_late_writes_without_a_violation() {
         let outcome = run(&config, seed);
         println!(
             "seed {seed}: locks lost {} writes fenced {} overlaps {} faults {:?}",
-            outcome.locks_lost, outcome.fenced_writes, outcome.lock_loss_overlaps, outcome.faults
+            outcome.tally.locks_lost,
+            outcome.tally.fenced_writes,
+            outcome.tally.lock_loss_overlaps,
+            outcome.tally.faults
         );
         assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
-        locks_lost += outcome.locks_lost;
-        fenced += outcome.fenced_writes;
+        locks_lost += outcome.tally.locks_lost;
+        fenced += outcome.tally.fenced_writes;
     }
     assert!(locks_lost > 0 && fenced > 0, "locks lost {locks_lost}, writes fenced {fenced}");
 }
@@ -112,7 +119,7 @@ fn a_token_whose_usable_time_moves_is_published_again() {
     let (clean, planted) =
         receive.recv_timeout(Duration::from_secs(600)).expect("tier-2 seed 18 never ended: a driver's timer spins");
     assert!(clean.violations.is_empty(), "{:?}", clean.violations);
-    assert!(clean.refreshes > 0, "seed 18 no longer refreshes: pick another seed whose usable time moves");
+    assert!(clean.tally.refreshes > 0, "seed 18 no longer refreshes: pick another seed whose usable time moves");
     assert!(
         planted.violations.iter().any(|v| v.invariant == Invariant::C7),
         "the stale publication went unseen: {:?}",

@@ -71,7 +71,7 @@ impl World {
             LoginGrant::Code => {
                 let (code, verifier, issued) = self.code_login();
                 if issued.is_some() && self.rng.chance(u64::from(self.config.faults.drop_response), 1000) {
-                    *self.stats.faults.entry("login_answer_lost").or_default() += 1;
+                    *self.stats.tally.faults.entry("login_answer_lost").or_default() += 1;
                     let again = self.authority.redeem_code(now, CLIENT_ID, &code, CODE_REDIRECT, &verifier);
                     note!(
                         self,

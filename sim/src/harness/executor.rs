@@ -100,7 +100,7 @@ impl World {
                 let relogin = matches!(reason, FailReason::MissingRefreshToken | FailReason::InteractionRequired(_))
                     && !self.login_pending;
                 for caller in callers {
-                    self.stats.failed += 1;
+                    self.stats.tally.failed += 1;
                     self.outcomes.insert(caller, CallerOutcome::Failed(reason.clone()));
                 }
                 if relogin && self.config.demand.is_some() {
@@ -111,7 +111,7 @@ impl World {
             }
             Command::StateChanged(view) if view.needs_login() => {
                 let cause = view.logout_cause().unwrap_or(LogoutCause::NoSession);
-                *self.stats.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+                *self.stats.tally.logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
                 let mut evidence = self.evidence;
                 evidence.revoked |= self.revoked_by_the_app.explains(evidence.refusal);
                 let judged = judge_logout(&self.config.session, &self.config.authority, &cause, evidence, self.now);
@@ -134,7 +134,7 @@ impl World {
         refresh_token: RefreshToken,
         dpop: Option<ProofNeeded>,
     ) {
-        self.stats.refreshes_sent += 1;
+        self.stats.tally.refreshes += 1;
         // Tier 1 has no wire: the proof is what the server's rules read of
         // it (the signature itself is tier 2's and `serve`'s to check).
         let proof = dpop.map(|needed| {
@@ -165,7 +165,7 @@ impl World {
     /// Callers got `grant`: each uses it at the resource.
     fn grant(&mut self, p: usize, incarnation: u32, callers: Callers, grant: &AccessGrant) {
         for caller in callers {
-            self.stats.granted += 1;
+            self.stats.tally.granted += 1;
             self.outcomes.insert(caller, CallerOutcome::Granted(grant.generation));
             let (latency, healthy) = self.latency();
             // C7 speaks of a healthy network and a known expiry.

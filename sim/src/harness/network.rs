@@ -33,7 +33,7 @@ impl World {
     pub(super) fn chance(&mut self, per_mille: u16, kind: &'static str) -> bool {
         let hit = per_mille > 0 && self.rng.chance(u64::from(per_mille), 1000);
         if hit {
-            *self.stats.faults.entry(kind).or_default() += 1;
+            *self.stats.tally.faults.entry(kind).or_default() += 1;
         }
         hit
     }
@@ -258,7 +258,7 @@ impl World {
                     }
                     Err(refusal) => {
                         if refusal == Refusal::UseDpopNonce {
-                            *self.stats.faults.entry("dpop_nonce_challenge").or_default() += 1;
+                            *self.stats.tally.faults.entry("dpop_nonce_challenge").or_default() += 1;
                         }
                         (400, vec![], SecretString::from(Refusal::to_json(refusal)))
                     }

@@ -84,7 +84,7 @@ impl World {
         note!(self, "{} the database releases life {holder}'s lock: {cause}", self.now);
         if let Some(p) = self.process_of(holder) {
             // It lives, and believes it holds the lock.
-            self.stats.locks_lost += 1;
+            self.stats.tally.locks_lost += 1;
             self.evidence.lock_lost = self.config.database;
             self.shared_monitor.lock_lost(p);
         }
@@ -198,7 +198,7 @@ impl World {
     pub(super) fn land(&mut self, write: StoreWrite) -> bool {
         if let Some(fence) = write.fence {
             if fence != self.fence && !self.planted(Plant::NoFencing) {
-                self.stats.fenced_writes += 1;
+                self.stats.tally.fenced_writes += 1;
                 note!(self, "{} the database fences off a write under lock {fence} (now {})", self.now, self.fence);
                 return false;
             }

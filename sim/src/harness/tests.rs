@@ -39,13 +39,13 @@ fn callers(w: &mut World, every: Duration, total: Duration) -> Vec<CallerId> {
 
 /// Runs to the moment the session sends its next (proactive) refresh.
 fn until_refresh(w: &mut World) {
-    let sent = w.stats().refreshes_sent;
+    let sent = w.stats().tally.refreshes;
     for _ in 0..1000 {
         // Messages (the initial load) may be due before any timer is armed.
         let next =
             w.session().poll_timeout().map(|due| due.at).unwrap_or(w.now().saturating_add(Duration::from_millis(10)));
         w.run_until(next);
-        if w.stats().refreshes_sent > sent {
+        if w.stats().tally.refreshes > sent {
             return;
         }
     }
@@ -62,7 +62,7 @@ fn a_quiet_hour_refreshes_ahead_of_every_expiry() {
     // 300 s tokens refreshed 60-75 s early: 14 or 15 refreshes in an hour, each served once.
     let served = w.authority().stats().refreshes;
     assert!((14..=16).contains(&served), "{served}");
-    assert_eq!(served, w.stats().refreshes_sent);
+    assert_eq!(served, w.stats().tally.refreshes);
     assert_eq!(w.stats().unauthorized, 0, "no caller ever used an expired token");
 }
 
@@ -119,7 +119,7 @@ fn a_lost_request_is_retried_with_the_same_token() {
     until_refresh(&mut w);
     w.run_for(Duration::from_secs(40));
     assert_clean(&w);
-    assert_eq!(w.stats().refreshes_sent, 3);
+    assert_eq!(w.stats().tally.refreshes, 3);
     assert_eq!(w.authority().stats().refreshes, 1);
     assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
 }
@@ -155,7 +155,7 @@ fn server_errors_and_rate_limits_back_off_then_succeed() {
     until_refresh(&mut w);
     w.run_for(Duration::from_secs(30));
     assert_clean(&w);
-    assert_eq!(w.stats().refreshes_sent, 4);
+    assert_eq!(w.stats().tally.refreshes, 4);
     assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
 }
 
@@ -222,7 +222,7 @@ fn a_crash_at_any_command_boundary_keeps_every_invariant() {
             w.run();
             assert_clean(&w);
             assert_eq!(w.stats().crashes, 1, "count {count}");
-            let logouts = &w.stats().logouts;
+            let logouts = &w.stats().tally.logouts;
             if grace.is_zero() {
                 assert!(logouts.keys().all(|cause| cause.starts_with("rejected")), "count {count}: {logouts:?}");
             } else {
@@ -262,7 +262,7 @@ fn a_revoked_grant_ends_the_session_without_a_401_loop() {
     assert!(matches!(w.session().state(), StateView::LoggedOut { cause: LogoutCause::RefreshTokenRejected { .. } }));
     // Each request is retried at most once.
     assert!(w.stats().unauthorized <= all.len() as u64, "{} 401s for {} callers", w.stats().unauthorized, all.len());
-    assert_eq!(w.stats().refreshes_sent, 1);
+    assert_eq!(w.stats().tally.refreshes, 1);
 }
 
 #[test]
@@ -504,7 +504,7 @@ fn lose_lock_mid_refresh(w: &mut World, lose_lock: impl FnOnce(&mut World)) {
     w.script([Fate::Delay(Duration::from_secs(20))]);
     w.force_refresh_at(0);
     w.run_for(Duration::from_millis(100));
-    assert_eq!(w.stats().refreshes_sent, 1);
+    assert_eq!(w.stats().tally.refreshes, 1);
     lose_lock(w);
     w.run_for(Duration::from_secs(2));
     w.force_refresh_at(1);
@@ -524,8 +524,8 @@ fn a_worker_that_loses_its_lock_mid_refresh_is_fenced_and_adopts_the_next_holder
     lose_lock_mid_refresh(&mut w, |w| w.cut_lock_connection(Duration::from_secs(1)));
     assert_clean(&w);
     let stats = w.stats();
-    assert_eq!((stats.locks_lost, stats.fenced_writes), (1, 1), "{stats:?}");
-    assert!(stats.lock_loss_overlaps >= 1, "{stats:?}");
+    assert_eq!((stats.tally.locks_lost, stats.tally.fenced_writes), (1, 1), "{stats:?}");
+    assert!(stats.tally.lock_loss_overlaps >= 1, "{stats:?}");
     assert_eq!(w.authority().stats().reuse_detections, 0);
     // Both hold what process 1 wrote, and the store holds it too.
     let held = |p| match w.session_of(p).state() {
@@ -555,8 +555,8 @@ fn a_worker_stalled_past_the_lock_bound_loses_its_lock_and_its_late_write_is_fen
     lose_lock_mid_refresh(&mut w, |w| w.stall(0));
     assert_clean(&w);
     let stats = w.stats();
-    assert_eq!((stats.locks_lost, stats.fenced_writes), (1, 1), "{stats:?}");
-    assert_eq!(stats.faults.get("pause"), None, "scripted, not sampled");
+    assert_eq!((stats.tally.locks_lost, stats.tally.fenced_writes), (1, 1), "{stats:?}");
+    assert_eq!(stats.tally.faults.get("pause"), None, "scripted, not sampled");
 }
 
 #[test]

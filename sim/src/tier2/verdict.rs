@@ -16,7 +16,8 @@ pub(super) fn verdict(
 ) -> Outcome {
     let Run { mut counts, crashes, host_failure, .. } = run;
     let mut extra: Vec<Violation> = host_failure.into_iter().collect();
-    let mut outcome = Outcome { refreshes: state.stats().refreshes, ..Outcome::default() };
+    let mut outcome = Outcome::default();
+    outcome.tally.refreshes = state.stats().refreshes;
     for (kind, count) in faults.counts.lock().map(|c| c.clone()).unwrap_or_default() {
         *counts.entry(kind).or_default() += count;
     }
@@ -33,23 +34,23 @@ pub(super) fn verdict(
     let dropped_successes = faults.dropped_successes.lock().map(|d| d.clone()).unwrap_or_default();
     for host in hosts {
         outcome.most_connects = outcome.most_connects.max(host.pacer.connects.load(Ordering::Relaxed));
-        outcome.granted += host.granted.load(Ordering::Relaxed);
-        outcome.failed += host.failed.load(Ordering::Relaxed);
+        outcome.tally.granted += host.granted.load(Ordering::Relaxed);
+        outcome.tally.failed += host.failed.load(Ordering::Relaxed);
         *counts.entry("logout").or_default() += host.logouts.load(Ordering::Relaxed);
         // What the app's processes share is counted once, with its first process.
         if host.watch.process == 0 {
             *counts.entry("store_write_fail").or_default() += host.store.faults().failed();
             if let Ok(shared) = host.watch.shared.lock() {
                 outcome.violations.extend_from_slice(shared.violations());
-                outcome.lock_loss_overlaps += shared.lock_loss_overlaps();
+                outcome.tally.lock_loss_overlaps += shared.lock_loss_overlaps();
             }
             if let Some(database) = &host.database {
                 let report = database.report();
                 for (kind, count) in report.faults {
                     *counts.entry(kind).or_default() += count;
                 }
-                outcome.locks_lost += report.locks_lost;
-                outcome.fenced_writes += report.fenced_writes;
+                outcome.tally.locks_lost += report.locks_lost;
+                outcome.tally.fenced_writes += report.fenced_writes;
                 outcome.violations.extend(report.violations);
                 outcome.trace.extend(report.lines.into_iter().filter(|_| config.trace));
             }
@@ -60,7 +61,7 @@ pub(super) fn verdict(
         }
         let last = host.last_state.lock().ok().and_then(|s| s.clone());
         for (cause, count) in host.watch.logouts.lock().map(|l| l.clone()).unwrap_or_default() {
-            *outcome.logouts.entry(cause).or_default() += count;
+            *outcome.tally.logouts.entry(cause).or_default() += count;
         }
         let at = MonoTime::from_elapsed(total);
         let client = client_id(host.app);
@@ -102,7 +103,7 @@ pub(super) fn verdict(
         }
     }
     outcome.violations.extend(extra);
-    outcome.faults = counts;
+    outcome.tally.faults = counts;
     outcome
 }
 
