@@ -66,6 +66,16 @@ impl SharedStoreMonitor {
         }
     }
 
+    /// A refresh broke `invariant`: a violation, unless a lost lock
+    /// `excused` it (the process could not know), then counted as an overlap.
+    fn flag(&mut self, excused: bool, invariant: Invariant, at: MonoTime, detail: impl FnOnce() -> String) {
+        if excused {
+            self.lock_loss_overlaps += 1;
+        } else {
+            self.violations.push(Violation { invariant, at, detail: detail() });
+        }
+    }
+
     /// Refreshes C1 or C2 would have reported but for a lost lock.
     pub fn lock_loss_overlaps(&self) -> u64 {
         self.lock_loss_overlaps
@@ -125,26 +135,14 @@ impl SharedStoreMonitor {
                     .find(|((p, _), (at, _, _))| *p != process && now < at.saturating_add(timeout))
                     .map(|((p, other), (_, _, other_lockless))| (*p, *other, *other_lockless));
                 if let Some((p, other, other_lockless)) = other {
-                    if lockless || other_lockless {
-                        self.lock_loss_overlaps += 1;
-                    } else {
-                        self.violations.push(Violation {
-                            invariant: Invariant::C1,
-                            at: now,
-                            detail: format!("process {process} sent {id} while process {p}'s {other} was in flight"),
-                        });
-                    }
+                    self.flag(lockless || other_lockless, Invariant::C1, now, || {
+                        format!("process {process} sent {id} while process {p}'s {other} was in flight")
+                    });
                 }
                 if self.durably_superseded.contains(&token) {
-                    if lockless {
-                        self.lock_loss_overlaps += 1;
-                    } else {
-                        self.violations.push(Violation {
-                            invariant: Invariant::C2,
-                            at: now,
-                            detail: format!("process {process} sent {id} with {token}, whose successor the store held"),
-                        });
-                    }
+                    self.flag(lockless, Invariant::C2, now, || {
+                        format!("process {process} sent {id} with {token}, whose successor the store held")
+                    });
                 }
                 self.in_flight.insert((process, *id), (now, token, lockless));
             }
