@@ -2,8 +2,9 @@
 //! a time, every command recorded and shown to the [`ClientMonitor`], store
 //! work answered at once or held for the test to answer. The tests of the
 //! machine's single rules (`tests/session_rules.rs`), the property tests and
-//! the fuzz fixture are built on it; tier 1's world carries out the same
-//! commands for several processes over a network (`harness`).
+//! the fuzz fixture are built on it. Each process of tier 1's world is a
+//! [`Watched`] machine too, whose commands the world carries out over its
+//! network, store and lock (`harness`).
 
 use std::collections::VecDeque;
 
@@ -50,13 +51,50 @@ pub enum CommandLog {
     Kept,
 }
 
-/// See the [module docs](self).
+/// A session machine and the client checker watching it: every input,
+/// every command and the end of every step pass the checker on their way.
+/// The [`Executor`] drives one; so does each process of tier 1's world.
 #[derive(Debug)]
-pub struct Executor {
+pub struct Watched {
     /// The machine.
     pub session: Session,
     /// The checker watching every input and command.
     pub monitor: ClientMonitor,
+}
+
+impl Watched {
+    /// `session`, watched by a checker for `config`.
+    pub fn new(session: Session, config: &SessionConfig) -> Self {
+        Self { session, monitor: ClientMonitor::new(config) }
+    }
+
+    /// Hands the machine `event` at its own time `session_now`; the checker
+    /// sees it at `now` (the world's time, which a suspend may put ahead).
+    pub fn handle(&mut self, now: MonoTime, session_now: MonoTime, event: Event) {
+        self.monitor.event(now, &event);
+        self.session.handle(session_now, event);
+    }
+
+    /// The machine's next command, once the checker has seen it at `now`.
+    pub fn next_command(&mut self, now: MonoTime) -> Option<Command> {
+        let command = self.session.poll_command()?;
+        self.monitor.command(now, &command);
+        Some(command)
+    }
+
+    /// The step is over at `now`: the checker sees when the machine's timer
+    /// falls due, `lag` later on the world's clock than on its own.
+    pub fn step_end(&mut self, now: MonoTime, lag: core::time::Duration) {
+        let next = self.session.poll_timeout().map(|due| due.at.saturating_add(lag));
+        self.monitor.step_end(now, next);
+    }
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct Executor {
+    /// The machine and its checker.
+    pub machine: Watched,
     /// The machine's time.
     pub now: MonoTime,
     unix_origin: UnixTime,
@@ -94,8 +132,7 @@ impl Executor {
     ) -> Result<Self, ConfigError> {
         let session = Session::new(config.clone(), seed, MonoTime::ZERO, unix_origin)?;
         let mut executor = Self {
-            session,
-            monitor: ClientMonitor::new(config),
+            machine: Watched::new(session, config),
             now: MonoTime::ZERO,
             unix_origin,
             blob,
@@ -137,8 +174,7 @@ impl Executor {
     fn feed(&mut self, event: Event) {
         let now = self.now;
         self.note(|| format!("{now} {event:?}"));
-        self.monitor.event(now, &event);
-        self.session.handle(now, event);
+        self.machine.handle(now, now, event);
     }
 
     /// Hands the machine `event`, then carries out what it asks.
@@ -152,7 +188,7 @@ impl Executor {
     pub fn timeout(&mut self, at: MonoTime) {
         let now = self.now;
         self.note(|| format!("{now} timeout"));
-        self.session.handle_timeout(at);
+        self.machine.session.handle_timeout(at);
         self.drain();
     }
 
@@ -161,7 +197,7 @@ impl Executor {
     pub fn advance(&mut self, by: core::time::Duration) {
         let until = self.now.saturating_add(by);
         for _ in 0..MAX_COMMANDS_PER_INPUT {
-            match self.session.poll_timeout().map(|due| due.at) {
+            match self.machine.session.poll_timeout().map(|due| due.at) {
                 Some(at) if at <= until => {
                     self.now = at;
                     self.timeout(at);
@@ -170,7 +206,7 @@ impl Executor {
             }
         }
         self.now = until;
-        self.session.handle_timeout(until);
+        self.machine.session.handle_timeout(until);
         self.drain();
     }
 
@@ -180,12 +216,11 @@ impl Executor {
     /// After [`MAX_COMMANDS_PER_INPUT`] commands: a runaway.
     pub fn drain(&mut self) {
         let mut count = 0;
-        while let Some(command) = self.session.poll_command() {
+        while let Some(command) = self.machine.next_command(self.now) {
             count += 1;
             assert!(count < MAX_COMMANDS_PER_INPUT, "runaway: {command:?}");
             let now = self.now;
             self.note(|| format!("{now} {:?}", traced(&command)));
-            self.monitor.command(now, &command);
             if let Some(commands) = &mut self.commands {
                 commands.push(command.clone());
             }
@@ -212,7 +247,7 @@ impl Executor {
                 | Command::StateChanged(_) => {}
             }
         }
-        self.monitor.step_end(self.now, self.session.poll_timeout().map(|due| due.at));
+        self.machine.step_end(self.now, core::time::Duration::ZERO);
     }
 
     /// Answers the oldest held store operation as `answer` says, if one waits.

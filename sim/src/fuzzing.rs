@@ -156,7 +156,7 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
         return Err("the first refresh presented another token".into());
     }
     fixture.input(Event::RefreshCompleted { id, outcome: classified.clone(), dpop_nonce: None });
-    let state = fixture.session.state().clone();
+    let state = fixture.machine.session.state().clone();
     let granted = fixture.granted.contains(&CallerId(1));
     let terminal = matches!(classified, Classified::Terminal(_));
 
@@ -177,7 +177,7 @@ pub fn refresh_answered_with(response: &Response<'_>) -> Result<Aftermath, Strin
             }
         }
     }
-    let violations = fixture.monitor.violations();
+    let violations = fixture.machine.monitor.violations();
     if !violations.is_empty() {
         return Err(violations_text(violations));
     }
@@ -282,14 +282,14 @@ fn next_refresh_presents(fixture: &mut Fixture, expected: &RefreshToken) -> Resu
                     Err("the next refresh presented a token other than the one kept".into())
                 };
             }
-            let Some(at) = fixture.session.poll_timeout().map(|due| due.at) else { break };
+            let Some(at) = fixture.machine.session.poll_timeout().map(|due| due.at) else { break };
             fixture.now = fixture.now.max(at);
             let now = fixture.now;
             fixture.timeout(now);
         }
         fixture.now = fixture.now.saturating_add(MAX_RETRY_AFTER + Duration::from_secs(3600));
     }
-    Err(format!("no later refresh, in state {}", fixture.session.state()))
+    Err(format!("no later refresh, in state {}", fixture.machine.session.state()))
 }
 
 // ---------------------------------------------------------------------------
@@ -327,7 +327,7 @@ pub fn session_loaded_from(blob: &[u8]) -> Result<StateView, String> {
     }
     let mut fixture = loading(Some(blob.to_vec()), UnixTime::from_secs(1_800_000_000))?;
     fixture.input(Event::TokenWanted { caller: CallerId(1) });
-    let state = fixture.session.state().clone();
+    let state = fixture.machine.session.state().clone();
     match (&decoded, &state) {
         (Err(error), StateView::LoggedOut { cause: LogoutCause::StoredSessionUnreadable(why) }) if why == error => {
             if fixture.blob.as_deref() != Some(blob) {
@@ -351,7 +351,7 @@ pub fn session_loaded_from(blob: &[u8]) -> Result<StateView, String> {
         }
         (Ok(_), _) => return Err(format!("a readable blob left the session {state}")),
     }
-    let violations = fixture.monitor.violations();
+    let violations = fixture.machine.monitor.violations();
     if !violations.is_empty() {
         return Err(violations_text(violations));
     }

@@ -22,8 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::authority::{Authority, PolicyRefusal, Proof, Refusal};
 use crate::check::{
-    AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed,
-    judge_logout,
+    AuthorityMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed, judge_logout,
 };
 use freshen_core::dpop::DpopNonce;
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
@@ -37,6 +36,7 @@ use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::{RefreshToken, TokenType};
 
+use crate::executor::Watched;
 use crate::world::{Faults, LoginGrant, Start, Tally, WorldConfig, dpop_key_from};
 pub use config::{CLIENT_ID, Fate, StoreFate};
 
@@ -163,14 +163,14 @@ struct Redemption {
 /// One client process: its session and what dies with it.
 #[derive(Debug)]
 struct Process {
-    session: Session,
+    /// This life's machine and its checker.
+    machine: Watched,
     /// Turns the machine's clock readings into this life's session time, as
     /// freshen's driver does.
     clock: ProcessClock,
     /// Names this life of the process, unique across the world: messages
     /// addressed to an earlier life are dropped.
     incarnation: u32,
-    monitor: ClientMonitor,
     retried: BTreeMap<CallerId, bool>,
     in_flight_write: Option<StoreWrite>,
     /// The fence of the database lock this life was last granted, until it
@@ -364,10 +364,9 @@ impl World {
             .map(|index| {
                 let seed = if index == 0 { session_seed } else { rng.next_u64() };
                 Process {
-                    session: Self::boot(&config.session, seed, now),
+                    machine: Watched::new(Self::boot(&config.session, seed, now), &config.session),
                     clock: ProcessClock::boot(&config.session, now, now.elapsed()),
                     incarnation: index as u32,
-                    monitor: ClientMonitor::new(&config.session),
                     retried: BTreeMap::new(),
                     in_flight_write: None,
                     held_fence: None,
@@ -455,7 +454,7 @@ impl World {
 
     /// The (first process's) session.
     pub fn session(&self) -> &Session {
-        &self.process(0).session
+        &self.process(0).machine.session
     }
 
     /// How many client processes share the store.
@@ -465,7 +464,7 @@ impl World {
 
     /// Process `p`'s session.
     pub fn session_of(&self, p: usize) -> &Session {
-        &self.process(p).session
+        &self.process(p).machine.session
     }
 
     #[expect(clippy::indexing_slicing, reason = "the world has at least one process, and `p` is clamped to it")]
@@ -511,7 +510,8 @@ impl World {
 
     /// Every violation found so far, client and authority.
     pub fn violations(&self) -> Vec<Violation> {
-        let mut all: Vec<Violation> = self.processes.iter().flat_map(|p| p.monitor.violations().to_vec()).collect();
+        let mut all: Vec<Violation> =
+            self.processes.iter().flat_map(|p| p.machine.monitor.violations().to_vec()).collect();
         all.extend_from_slice(self.shared_monitor.violations());
         all.extend_from_slice(self.authority_monitor.violations());
         all.extend_from_slice(&self.extra);
@@ -581,7 +581,7 @@ impl World {
         }
         let timers =
             self.processes.iter().enumerate().filter(|(_, process)| process.paused_until.is_none()).filter_map(
-                |(p, process)| Some((process.session.poll_timeout()?.at.saturating_add(process.clock.lag), p)),
+                |(p, process)| Some((process.machine.session.poll_timeout()?.at.saturating_add(process.clock.lag), p)),
             );
         timers.min()
     }
@@ -611,7 +611,7 @@ impl World {
             } else if let Some((_, p)) = timer {
                 note_at!(self, p, "{} timeout", self.now);
                 let now = self.session_now(p);
-                self.process_mut(p).session.handle_timeout(now);
+                self.process_mut(p).machine.session.handle_timeout(now);
                 self.drain(p);
             }
         }

@@ -261,7 +261,7 @@ impl Driver {
 
     /// Everything answered promptly and correctly until every bound has passed.
     fn heal(&mut self) {
-        let end = self.x.now.saturating_add(self.x.session.config().wait_bound() * 3);
+        let end = self.x.now.saturating_add(self.x.machine.session.config().wait_bound() * 3);
         let mut answered = self.x.sent.len();
         while self.x.now < end {
             // A healthy store answers at once; a session that keeps asking is livelocked.
@@ -284,7 +284,7 @@ impl Driver {
             self.x.answer_store(StoreAnswer::Done);
         }
         let now = self.x.now;
-        self.x.monitor.finish(now, true);
+        self.x.machine.monitor.finish(now, true);
     }
 
     fn trace(&self) -> &[String] {
@@ -292,7 +292,7 @@ impl Driver {
     }
 
     fn violations(&self) -> Vec<Violation> {
-        self.x.monitor.violations().to_vec()
+        self.x.machine.monitor.violations().to_vec()
     }
 }
 

@@ -77,7 +77,7 @@ impl Harness {
     }
 
     fn session(&self) -> &Session {
-        &self.executor.session
+        &self.executor.machine.session
     }
 
     fn now(&self) -> MonoTime {
@@ -179,7 +179,7 @@ impl Harness {
 /// of C1–C9 on the way to what the test asserts.
 impl Drop for Harness {
     fn drop(&mut self) {
-        let violations = self.executor.monitor.violations();
+        let violations = self.executor.machine.monitor.violations();
         if !std::thread::panicking() {
             assert!(violations.is_empty(), "the checker found {violations:?}");
         }

@@ -131,10 +131,10 @@ impl World {
         let session = Self::boot(&self.config.session, seed, self.now);
         let clock = ProcessClock::boot(&self.config.session, self.now, self.monotonic());
         let process = self.process_mut(p);
-        process.monitor.crash();
+        process.machine.monitor.crash();
         process.retried.clear();
         process.incarnation = incarnation;
-        process.session = session;
+        process.machine.session = session;
         process.clock = clock;
         process.held_fence = None;
         process.paused_until = None;

@@ -15,19 +15,16 @@ impl World {
         let now = self.now;
         self.shared_monitor.event(p, now, &event);
         let session_now = self.session_now(p);
-        let process = self.process_mut(p);
-        process.monitor.event(now, &event);
-        process.session.handle(session_now, event);
+        self.process_mut(p).machine.handle(now, session_now, event);
         self.drain(p);
     }
 
     /// Carries out every command process `p`'s session queued.
     pub(super) fn drain(&mut self, p: usize) {
-        while let Some(command) = self.process_mut(p).session.poll_command() {
+        let now = self.now;
+        while let Some(command) = self.process_mut(p).machine.next_command(now) {
             note_at!(self, p, "{}   -> {:?}", self.now, crate::check::traced(&command));
-            let now = self.now;
             self.shared_monitor.command(p, now, &command);
-            self.process_mut(p).monitor.command(now, &command);
             self.execute(p, command);
             self.commands_seen += 1;
             if self.crash_at_command == Some(self.commands_seen) {
@@ -37,10 +34,8 @@ impl World {
                 return;
             }
         }
-        let process = self.process(p);
-        let next = process.session.poll_timeout().map(|due| due.at.saturating_add(process.clock.lag));
-        let now = self.now;
-        self.process_mut(p).monitor.step_end(now, next);
+        let process = self.process_mut(p);
+        process.machine.step_end(now, process.clock.lag);
         // Faults at command boundaries.
         if self.suspended_until.is_none() {
             if self.chance(self.config.faults.crash, "crash") {

@@ -93,7 +93,7 @@ impl World {
     pub fn finish(&mut self) {
         let now = self.now;
         for process in &mut self.processes {
-            process.monitor.finish(now, true);
+            process.machine.monitor.finish(now, true);
         }
     }
 }

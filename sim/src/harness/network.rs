@@ -188,7 +188,7 @@ impl World {
                 continue;
             }
             let now = self.session_now(p);
-            self.process_mut(p).session.handle_timeout(now);
+            self.process_mut(p).machine.session.handle_timeout(now);
             self.drain(p);
         }
     }

@@ -117,7 +117,7 @@ impl World {
         let until = self.now.saturating_add(Duration::from_millis(hold + 1 + self.rng.below(2 * hold)));
         let incarnation = self.process(p).incarnation;
         self.process_mut(p).paused_until = Some(until);
-        if matches!(self.process(p).session.state(), StateView::Refreshing { .. }) {
+        if matches!(self.process(p).machine.session.state(), StateView::Refreshing { .. }) {
             self.evidence.stalled_refreshing = true;
         }
         note_at!(self, p, "{} stalls until {until}", self.now);
@@ -158,7 +158,7 @@ impl World {
         process.stall_free_until = stall_free_until;
         note_at!(self, p, "{} resumes", self.now);
         let now = self.session_now(p);
-        self.process_mut(p).session.handle_timeout(now);
+        self.process_mut(p).machine.session.handle_timeout(now);
         self.drain(p);
     }
 
