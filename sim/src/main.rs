@@ -543,7 +543,8 @@ fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>
 }
 
 /// Sends every tracing event of freshen's own crates, at trace level, to
-/// stderr (the network simulator's own chatter stays at info).
+/// stderr (the network simulator's own chatter stays at info). Without the
+/// machine's time: the log of a seed replays byte for byte, as its trace does.
 fn install_log() {
     use tracing_subscriber::layer::SubscriberExt as _;
     let targets = tracing_subscriber::filter::Targets::new()
@@ -551,7 +552,7 @@ fn install_log() {
         .with_target("freshen", tracing::Level::TRACE)
         .with_target("freshen_core", tracing::Level::TRACE)
         .with_target("freshen_sim", tracing::Level::TRACE);
-    let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().without_time().with_ansi(false).with_writer(std::io::stderr);
     let subscriber = tracing_subscriber::registry().with(layer).with(targets);
     // It fails only when a subscriber is already set, and nothing else sets one.
     let _ = tracing::subscriber::set_global_default(subscriber);

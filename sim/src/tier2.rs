@@ -170,12 +170,19 @@ fn start_authority(sim: &mut turmoil::Sim<'_>, state: &Arc<State>, faults: &Arc<
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
-                        async move { serve(&state, &faults, request).await }
+                        async move {
+                            let mut response = serve(&state, &faults, request).await?;
+                            response.headers_mut().insert(http::header::DATE, http_date(state.wall()));
+                            Ok::<_, server::Dropped>(response)
+                        }
                     });
                     // One request per connection, closed by the deadline at the
-                    // latest (see `ConnectPacer` for why both matter).
+                    // latest (see `ConnectPacer` for why both matter). The
+                    // `Date` header is the simulation's (hyper's own reads the
+                    // machine's clock: a replay would differ in it).
                     let connection = hyper::server::conn::http1::Builder::new()
                         .keep_alive(false)
+                        .auto_date_header(false)
                         .serve_connection(TokioIo::new(stream), service);
                     let _ = tokio::time::timeout(SERVER_CONNECTION_DEADLINE, connection).await;
                 });
@@ -439,4 +446,11 @@ fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], faults: &ServerFaults) 
         }
         host.faulty.store(false, Ordering::Release);
     }
+}
+
+/// `at` as an HTTP date (IMF-fixdate), for the `Date` header.
+fn http_date(at: UnixTime) -> http::HeaderValue {
+    let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + at.since_epoch());
+    // An IMF-fixdate is ASCII; the fallback is never taken.
+    http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
