@@ -136,6 +136,12 @@ impl DpopKey {
         bytes
     }
 
+    /// Whether `other` holds the same secret scalar (compared in constant
+    /// time): a key read back from the store is mostly the one held.
+    pub fn is_same_key(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.secret == other.0.secret
+    }
+
     /// The public key as a JWK (`{"crv":"P-256","kty":"EC","x":…,"y":…}`).
     pub fn public_jwk(&self) -> &str {
         self.0.public_jwk()
@@ -357,6 +363,14 @@ mod tests {
         let expected = URL_SAFE_NO_PAD.encode(Sha256::digest(key.public_jwk().as_bytes()));
         assert_eq!(key.thumbprint(), expected);
         assert_ne!(DpopKey::from_bytes(&[8; KEY_BYTES]).unwrap().thumbprint(), expected);
+    }
+
+    #[test]
+    fn two_decodes_of_one_secret_are_the_same_key() {
+        let key = key();
+        let again = DpopKey::from_bytes(&*key.expose_secret_bytes()).unwrap();
+        assert!(key.is_same_key(&again) && again.is_same_key(&key) && key.is_same_key(&key.clone()));
+        assert!(!key.is_same_key(&DpopKey::from_bytes(&[8; KEY_BYTES]).unwrap()));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::authority::{Authority, PolicyRefusal, Proof, Refusal};
 use crate::check::{
     AuthorityMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed, judge_logout,
 };
-use freshen_core::dpop::DpopNonce;
+use freshen_core::dpop::{DpopKey, DpopNonce};
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{self, Classified};
 use freshen_core::rng::SplitMix64;
@@ -39,6 +39,7 @@ use freshen_core::token::{RefreshToken, TokenType};
 use crate::executor::Watched;
 use crate::world::{Faults, LoginGrant, Start, Tally, WorldConfig, dpop_key_from};
 pub use config::{CLIENT_ID, Fate, StoreFate};
+use queue::Queue;
 
 /// How a caller's request ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +248,11 @@ pub struct World {
     rng: SplitMix64,
     /// Where the world's DPoP keys come from (see [`dpop_key_from`]).
     dpop_keys: SplitMix64,
+    /// Every key the world's logins made, as first made. A process reads
+    /// its key back from the store as a new value, which would work out its
+    /// public key again (a scalar multiplication) for the thumbprint the
+    /// world's server reads from a proof; the one made first already has.
+    keys_made: Vec<DpopKey>,
     /// DPoP proofs sent so far: each one's id.
     proofs_sent: u64,
     now: MonoTime,
@@ -262,8 +268,7 @@ pub struct World {
     /// fence under which what it holds was written.
     fence: u64,
     written_under: u64,
-    queue: BTreeMap<(MonoTime, u64), Pending>,
-    sequence: u64,
+    queue: Queue<Pending>,
     next_caller: u64,
     outcomes: BTreeMap<CallerId, CallerOutcome>,
     scripted: VecDeque<Fate>,
@@ -342,6 +347,7 @@ impl World {
         // Keys come from a generator of their own: a world that binds draws
         // nothing from the others.
         let mut dpop_keys = SplitMix64::new(seed ^ 0xD90F_5EED_0000_0001);
+        let mut keys_made = Vec::new();
         let blob = (config.start != Start::Empty).then(|| {
             let issued = authority.login(now, CLIENT_ID, None);
             let stored = match config.start {
@@ -353,6 +359,7 @@ impl World {
             let stored = match config.dpop.then(|| dpop_key_from(&mut dpop_keys)) {
                 Some(key) => {
                     authority.bind(now, issued.family, &key.thumbprint());
+                    keys_made.push(key.clone());
                     stored.with_dpop_key(key)
                 }
                 None => stored,
@@ -391,6 +398,7 @@ impl World {
             seed,
             rng,
             dpop_keys,
+            keys_made,
             proofs_sent: 0,
             now,
             processes,
@@ -401,8 +409,7 @@ impl World {
             lock_waiters: VecDeque::new(),
             fence: 0,
             written_under: 0,
-            queue: BTreeMap::new(),
-            sequence: 0,
+            queue: Queue::new(),
             next_caller: 1,
             outcomes: BTreeMap::new(),
             scripted: VecDeque::new(),
@@ -589,7 +596,7 @@ impl World {
     /// Runs until `until` (or the step bound), delivering whatever is due.
     pub fn run_until(&mut self, until: MonoTime) {
         while self.stats.steps < self.config.max_steps {
-            let next_message = self.queue.keys().next().map(|(at, _)| *at);
+            let next_message = self.queue.next_at();
             let timer = self.next_timer();
             let next_timer = timer.map(|(at, _)| at);
             let next = match (next_message, next_timer) {
@@ -605,7 +612,7 @@ impl World {
             self.stats.steps += 1;
             self.now = self.now.max(next);
             if next_message == Some(next) {
-                if let Some((_, pending)) = self.queue.pop_first() {
+                if let Some(pending) = self.queue.pop() {
                     self.deliver(pending);
                 }
             } else if let Some((_, p)) = timer {
@@ -670,6 +677,7 @@ mod config;
 mod executor;
 mod liveness;
 mod network;
+mod queue;
 mod store;
 
 #[cfg(test)]

@@ -1784,3 +1784,22 @@ fn a_login_whose_type_and_key_disagree_is_refused_and_the_session_kept() {
     assert!(failed(&out).is_empty());
     assert!(h.last_persist().1.dpop_key.is_some());
 }
+
+#[test]
+fn a_key_read_back_from_the_store_is_the_instance_already_held() {
+    // It keeps what it worked out (its public key, a scalar multiplication;
+    // an adapter's signer) rather than making it again on its next proof.
+    let held = stored(1, "r1", None).with_dpop_key(dpop_key());
+    let (mut h, id) = refreshing_under_the_lock_from(held);
+    let proved_with = last_proof(&h).2.expect("a bound refresh carries a proof").key;
+    h.answer(id, dpop_success("a2", "r2", 3600));
+    let op = fence_the_write_and_relock(&mut h);
+    // Another process rotated the same login meanwhile: a fresh decode of the same key.
+    let found = stored(7, "r7", Some(UnixTime::from_secs(UNIX_ZERO + 3600))).with_dpop_key(dpop_key());
+    let out = locked(&mut h, op, Some(found));
+    let Some(Command::Grant { grant, .. }) = out.iter().find(|c| matches!(c, Command::Grant { .. })) else {
+        panic!("a grant: {out:?}");
+    };
+    let granted_key = grant.dpop_key.clone().expect("a bound grant carries its key");
+    assert!(std::ptr::eq(granted_key.public_jwk(), proved_with.public_jwk()), "the key was made again");
+}

@@ -340,6 +340,14 @@ impl Session {
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
         let lineage = stored.lineage;
+        // The key held, when the store holds it too: it keeps what it has
+        // worked out (its public key, a scalar multiplication; an adapter's
+        // signer) instead of making it again on the next proof.
+        let held_key = self.tokens().and_then(|held| held.dpop_key.as_ref());
+        let dpop_key = stored.dpop_key.map(|key| match held_key {
+            Some(held) if held.is_same_key(&key) => held.clone(),
+            _ => key,
+        });
         let mut tokens = TokenSet::arrived(
             generation(stored.generation),
             stored.access_token,
@@ -349,7 +357,7 @@ impl Session {
             expiry,
             self.outbox.next_refresh,
         )
-        .bound_to(stored.dpop_key);
+        .bound_to(dpop_key);
         tokens.lineage = lineage;
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens

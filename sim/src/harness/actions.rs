@@ -36,6 +36,7 @@ impl World {
         let key = self.config.dpop.then(|| dpop_key_from(&mut self.dpop_keys));
         if let Some(key) = &key {
             self.authority.bind(self.now, issued.family, &key.thumbprint());
+            self.keys_made.push(key.clone());
         }
         self.observe_authority();
         self.issued_at.entry(issued.access_token.fingerprint()).or_insert(self.now);

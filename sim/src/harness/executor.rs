@@ -121,6 +121,13 @@ impl World {
         }
     }
 
+    /// `key`'s thumbprint, worked out once per key the world made rather
+    /// than once per value a process decoded (see `keys_made`).
+    fn thumbprint_of(&self, key: &DpopKey) -> String {
+        let made = self.keys_made.iter().find(|made| made.is_same_key(key));
+        made.unwrap_or(key).thumbprint()
+    }
+
     /// A refresh request leaves: its fate and latency are drawn now.
     fn send_refresh(
         &mut self,
@@ -135,7 +142,7 @@ impl World {
         let proof = dpop.map(|needed| {
             self.proofs_sent += 1;
             Proof {
-                jkt: needed.key.thumbprint(),
+                jkt: self.thumbprint_of(&needed.key),
                 jti: format!("jti-{}", self.proofs_sent),
                 nonce: needed.nonce.map(|n| n.as_str().to_owned()),
             }
