@@ -26,8 +26,7 @@ impl World {
     }
 
     pub(super) fn schedule(&mut self, at: MonoTime, pending: Pending) {
-        self.sequence += 1;
-        self.queue.insert((at, self.sequence), pending);
+        self.queue.push(at, pending);
     }
 
     pub(super) fn chance(&mut self, per_mille: u16, kind: &'static str) -> bool {

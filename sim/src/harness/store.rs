@@ -264,11 +264,8 @@ impl World {
     pub(super) fn land_store_work(&mut self) {
         const ROUNDS: usize = 8;
         for _ in 0..ROUNDS {
-            let next_store_answer = self
-                .queue
-                .iter()
-                .find(|(_, pending)| matches!(pending, Pending::StoreDone { .. } | Pending::Input { .. }))
-                .map(|((at, _), _)| *at);
+            let next_store_answer =
+                self.queue.earliest(|pending| matches!(pending, Pending::StoreDone { .. } | Pending::Input { .. }));
             match next_store_answer {
                 Some(at) => self.run_until(at),
                 None => break,
