@@ -51,6 +51,10 @@ enum Answer {
 #[derive(Debug)]
 pub struct ClientMonitor {
     config: SessionConfig,
+    /// C5's bounds on a caller's wait and a logout's, worked out once: they
+    /// are checked after every step.
+    wait_bound: Duration,
+    logout_bound: Duration,
     sent: BTreeMap<RefreshId, Sent>,
     superseded: BTreeSet<Fingerprint>,
     /// Superseded tokens whose successor reached the store: they stay
@@ -128,6 +132,8 @@ impl ClientMonitor {
     pub fn new(config: &SessionConfig) -> Self {
         Self {
             config: config.clone(),
+            wait_bound: config.wait_bound(),
+            logout_bound: config.logout_bound(),
             sent: BTreeMap::new(),
             superseded: BTreeSet::new(),
             durably_superseded: BTreeSet::new(),
@@ -743,7 +749,7 @@ impl ClientMonitor {
         self.check_published(now);
         self.check_clearing(now);
         self.dpop.step_end(now, &mut self.violations);
-        let bound = self.config.wait_bound();
+        let bound = self.wait_bound;
         let late: Vec<_> =
             self.waiting.iter().filter(|(_, since)| since.saturating_add(bound) < now).map(|(c, _)| *c).collect();
         for caller in late {

@@ -22,7 +22,7 @@ impl ClientMonitor {
         }
         self.logouts.1 = self.logouts.1.max(requests);
         let since = self.logout_since.take();
-        let overdue = since.is_some_and(|since| since.saturating_add(self.config.logout_bound()) <= now);
+        let overdue = since.is_some_and(|since| since.saturating_add(self.logout_bound) <= now);
         if overdue || !matches!(self.state, StateView::LoggedOut { .. }) {
             // Waited its bound, or a login overtook the logout: nothing is
             // left to wait for.
@@ -68,7 +68,7 @@ impl ClientMonitor {
     /// C5: a logout is told it finished by its bound at the latest, so an
     /// app that exits after a logout (a CLI) never hangs on it.
     pub(super) fn check_logout_bound(&mut self, now: MonoTime) {
-        let bound = self.config.logout_bound();
+        let bound = self.logout_bound;
         if let Some(since) = self.logout_since.filter(|since| since.saturating_add(bound) < now) {
             self.logout_since = None;
             self.violate(Invariant::C5, now, format!("a logout asked at {since} waited longer than {bound:?}"));
