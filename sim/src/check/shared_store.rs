@@ -23,7 +23,9 @@ pub struct SharedStoreMonitor {
     /// Processes whose lock a database released while they believed they held it.
     lockless: BTreeSet<usize>,
     lock_loss_overlaps: u64,
-    successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
+    /// The tokens each rotated token was answered for: once it is written,
+    /// they are superseded durably.
+    predecessors_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
     pending_writes: BTreeMap<(usize, StoreOpId), Fingerprint>,
     durably_superseded: BTreeSet<Fingerprint>,
     violations: Vec<Violation>,
@@ -37,7 +39,7 @@ impl SharedStoreMonitor {
             in_flight: BTreeMap::new(),
             lockless: BTreeSet::new(),
             lock_loss_overlaps: 0,
-            successor_of: BTreeMap::new(),
+            predecessors_of: BTreeMap::new(),
             pending_writes: BTreeMap::new(),
             durably_superseded: BTreeSet::new(),
             violations: Vec::new(),
@@ -94,7 +96,7 @@ impl SharedStoreMonitor {
                     _ => None,
                 };
                 if let Some(successor) = successor.filter(|s| *s != token) {
-                    self.successor_of.entry(token).or_default().insert(successor);
+                    self.predecessors_of.entry(successor).or_default().insert(token);
                 }
             }
             Event::RefreshFailed { id, .. } => {
@@ -106,13 +108,10 @@ impl SharedStoreMonitor {
             // logout is revoked).
             Event::LoggedIn { .. } | Event::LogoutRequested => self.in_flight.retain(|(p, _), _| *p != process),
             Event::StoreWritten { op } => {
-                if let Some(written) = self.pending_writes.remove(&(process, *op)) {
-                    let predecessors = self
-                        .successor_of
-                        .iter()
-                        .filter(|(_, successors)| successors.contains(&written))
-                        .map(|(old, _)| *old);
-                    self.durably_superseded.extend(predecessors.collect::<Vec<_>>());
+                if let Some(predecessors) =
+                    self.pending_writes.remove(&(process, *op)).and_then(|written| self.predecessors_of.get(&written))
+                {
+                    self.durably_superseded.extend(predecessors.iter().copied());
                 }
             }
             Event::StoreFailed { op, .. } => {
