@@ -55,6 +55,10 @@ usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant N
                 --dpop-nonce-lifetime S requires the server's nonce in every proof, a new
                 one every S seconds
 
+A campaign writes its summary to stdout when it ends. While it runs, stderr
+shows a progress bar on a terminal and a line a minute elsewhere, and names
+each of the first 20 violating seeds, with its replay command, as it ends.
+
 exit status: 0 no invariant violated, 1 a violation (seed and replay command printed), 2 usage error";
 
 /// `freshen-sim serve`: the reference authority on a real port, for manual use.
@@ -421,8 +425,8 @@ fn campaign(options: &Options) -> ExitCode {
     let done = AtomicU64::new(0);
     let outcomes = Mutex::new(Vec::new());
     let busy: Mutex<BTreeMap<Tier, f64>> = Mutex::new(BTreeMap::new());
-    let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
+    let progress = Progress::new(started, total, options.plant);
     let caught = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..options.threads {
@@ -440,38 +444,101 @@ fn campaign(options: &Options) -> ExitCode {
                     if let Ok(mut busy) = busy.lock() {
                         *busy.entry(tier).or_default() += began.elapsed().as_secs_f64();
                     }
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    progress.seed_ended(finished, &outcome);
                     if let Ok(mut all) = outcomes.lock() {
                         all.push(outcome);
-                    }
-                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if progress && (finished.is_multiple_of(10) || Some(finished) == total) {
-                        draw_progress(finished, total, started.elapsed());
                     }
                 }
             });
         }
     });
-    if progress {
-        eprintln!();
-    }
+    progress.end();
     let mut outcomes = outcomes.into_inner().unwrap_or_default();
     outcomes.sort_by_key(|o| (o.tier, o.seed));
     let busy = busy.into_inner().unwrap_or_default();
     summarize(options, &outcomes, &busy, started.elapsed().as_secs_f64())
 }
 
-fn draw_progress(done: u64, total: Option<u64>, elapsed: Duration) {
-    const WIDTH: u64 = 40;
-    let mut err = std::io::stderr().lock();
-    let _ = match total {
-        Some(total) => {
-            let filled = (done * WIDTH / total.max(1)).min(WIDTH) as usize;
-            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
-            write!(err, "\r[{bar}] {done}/{total} seeds")
+/// What a campaign says on stderr while it runs: a bar on a terminal, and
+/// elsewhere (a CI log, a deep run left alone) a line a minute. A seed that
+/// violates an invariant is named as soon as it ends (the first few), so a
+/// run stopped before its summary still leaves what it found.
+struct Progress {
+    terminal: bool,
+    started: Instant,
+    total: Option<u64>,
+    plant: Option<Plant>,
+    /// Violating seeds so far, and when the last line a minute was written.
+    failing: AtomicU64,
+    last_line: Mutex<Instant>,
+}
+
+impl Progress {
+    const LINE_EVERY: Duration = Duration::from_secs(60);
+    /// Violating seeds named as they end; the summary lists them all.
+    const NAMED_AT_MOST: u64 = 20;
+
+    fn new(started: Instant, total: Option<u64>, plant: Option<Plant>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        Self { terminal, started, total, plant, failing: AtomicU64::new(0), last_line: Mutex::new(started) }
+    }
+
+    fn seed_ended(&self, finished: u64, outcome: &Outcome) {
+        let failing = match outcome.violations.first() {
+            Some(first) => {
+                let failing = self.failing.fetch_add(1, Ordering::Relaxed) + 1;
+                if failing <= Self::NAMED_AT_MOST {
+                    let (tier, seed) = (outcome.tier.number(), outcome.seed);
+                    let replay = replay_command(&Invocation::current(), outcome.tier, seed, self.plant);
+                    self.say(&format!("freshen-sim: tier {tier} seed {seed} violated: {first}\n  replay: {replay}"));
+                }
+                failing
+            }
+            None => self.failing.load(Ordering::Relaxed),
+        };
+        let elapsed = self.started.elapsed();
+        if self.terminal {
+            if finished.is_multiple_of(10) || Some(finished) == self.total {
+                self.draw_bar(finished, elapsed);
+            }
+        } else if let Ok(mut last) = self.last_line.lock()
+            && last.elapsed() >= Self::LINE_EVERY
+        {
+            *last = Instant::now();
+            let of = self.total.map(|total| format!("/{total}")).unwrap_or_default();
+            eprintln!("freshen-sim: {finished}{of} seeds in {} s, {failing} violating", elapsed.as_secs());
         }
-        None => write!(err, "\r{done} seeds in {} s", elapsed.as_secs()),
-    };
-    let _ = err.flush();
+    }
+
+    /// A line of its own, above the bar on a terminal.
+    fn say(&self, line: &str) {
+        if self.terminal {
+            eprintln!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn draw_bar(&self, done: u64, elapsed: Duration) {
+        const WIDTH: u64 = 40;
+        let mut err = std::io::stderr().lock();
+        let _ = match self.total {
+            Some(total) => {
+                let filled = (done * WIDTH / total.max(1)).min(WIDTH) as usize;
+                let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
+                write!(err, "\r[{bar}] {done}/{total} seeds")
+            }
+            None => write!(err, "\r{done} seeds in {} s", elapsed.as_secs()),
+        };
+        let _ = err.flush();
+    }
+
+    fn end(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
 }
 
 fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>, seconds: f64) -> ExitCode {

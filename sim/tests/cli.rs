@@ -36,6 +36,16 @@ fn a_failing_campaign_lists_every_failing_seed_and_a_replay_command_that_works_a
     let program = env!("CARGO_BIN_EXE_freshen-sim");
     assert!(stdout.contains(&format!("replay it with: {program} --seed 0 --plant grant-before-persist")), "{stdout}");
     assert!(stdout.contains("  tier 1 (3): 0 1 2"), "{stdout}");
+    // Each is named on stderr as soon as it ends, so a run stopped before
+    // its summary still tells what it found.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for seed in 0..3 {
+        assert!(stderr.contains(&format!("freshen-sim: tier 1 seed {seed} violated: ")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("  replay: {program} --seed {seed} --plant grant-before-persist")),
+            "{stderr}"
+        );
+    }
 }
 
 #[cfg(unix)]
