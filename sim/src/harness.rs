@@ -65,8 +65,6 @@ pub struct WorldStats {
     /// Access tokens a grace replay handed to another life than the one they
     /// were first issued to (see `World::note_issued_to`).
     pub cross_life_replays: u64,
-    /// Client crashes.
-    pub crashes: u64,
     /// Logins by an authorization code (each with its own PKCE verifier).
     pub logins_by_code: u64,
     /// Steps taken.
@@ -644,7 +642,7 @@ impl World {
             self.stats.tally.refreshes,
             self.stats.tally.granted,
             self.stats.tally.failed,
-            self.stats.crashes,
+            self.stats.tally.fault_count("crash"),
             self.violations().len()
         );
         line

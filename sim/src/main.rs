@@ -276,10 +276,7 @@ fn run_seed(tier: Tier, seed: u64, plant: Option<Plant>, trace: bool) -> Outcome
             let mut world = World::new(config, seed);
             world.run();
             let stats: &WorldStats = world.stats();
-            let mut tally = stats.tally.clone();
-            if stats.crashes > 0 {
-                tally.faults.insert("crash", stats.crashes);
-            }
+            let tally = stats.tally.clone();
             let mut trace = world.trace().to_vec();
             if !trace.is_empty() {
                 trace.push(world.summary());

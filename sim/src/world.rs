@@ -562,6 +562,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Faults of `kind` injected (`"crash"`, `"clock_jump"`, …).
+    pub fn fault_count(&self, kind: &str) -> u64 {
+        self.faults.get(kind).copied().unwrap_or(0)
+    }
+
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Self) {
         self.refreshes += other.refreshes;

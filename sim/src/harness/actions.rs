@@ -117,7 +117,7 @@ impl World {
     /// Process `p` crashes and restarts, as [`World::crash_with`]; the OS
     /// releases its lock.
     pub fn crash_with_at(&mut self, p: usize, write_lands: bool) {
-        self.stats.crashes += 1;
+        self.count_fault("crash");
         if let Some(write) = self.process_mut(p).in_flight_write.take().filter(|_| write_lands) {
             self.land(write);
         }

@@ -38,7 +38,8 @@ impl World {
         process.machine.step_end(now, process.clock.lag);
         // Faults at command boundaries.
         if self.suspended_until.is_none() {
-            if self.chance(self.config.faults.crash, "crash") {
+            // Counted where every crash is, sampled or scripted.
+            if self.draw(self.config.faults.crash) {
                 self.crash_process(p);
             } else if self.chance(self.config.faults.clock_jump, "clock_jump") {
                 let pause =

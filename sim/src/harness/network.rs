@@ -29,12 +29,22 @@ impl World {
         self.queue.push(at, pending);
     }
 
+    /// Whether a fault of `kind` strikes now, counted if it does.
     pub(super) fn chance(&mut self, per_mille: u16, kind: &'static str) -> bool {
-        let hit = per_mille > 0 && self.rng.chance(u64::from(per_mille), 1000);
+        let hit = self.draw(per_mille);
         if hit {
-            *self.stats.tally.faults.entry(kind).or_default() += 1;
+            self.count_fault(kind);
         }
         hit
+    }
+
+    /// Whether an event with this chance in a thousand happens now.
+    pub(super) fn draw(&mut self, per_mille: u16) -> bool {
+        per_mille > 0 && self.rng.chance(u64::from(per_mille), 1000)
+    }
+
+    pub(super) fn count_fault(&mut self, kind: &'static str) {
+        *self.stats.tally.faults.entry(kind).or_default() += 1;
     }
 
     pub(super) fn latency(&mut self) -> (Duration, bool) {

@@ -221,7 +221,7 @@ fn a_crash_at_any_command_boundary_keeps_every_invariant() {
             w.crash_at_command(count);
             w.run();
             assert_clean(&w);
-            assert_eq!(w.stats().crashes, 1, "count {count}");
+            assert_eq!(w.stats().tally.fault_count("crash"), 1, "count {count}");
             let logouts = &w.stats().tally.logouts;
             if grace.is_zero() {
                 assert!(logouts.keys().all(|cause| cause.starts_with("rejected")), "count {count}: {logouts:?}");
