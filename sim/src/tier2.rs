@@ -112,6 +112,8 @@ pub fn run(config: &WorldConfig, seed: u64) -> Outcome {
         counts: Mutex::new(BTreeMap::new()),
         dropped_for: Mutex::new(BTreeMap::new()),
         dropped_successes: Mutex::new(BTreeMap::new()),
+        clock_offset: config.server_clock_offset,
+        rate_limited: AtomicU64::new(0),
     });
     start_authority(&mut sim, &state, &faults);
     let hosts = client_hosts(config, &state, &mut rng);
@@ -172,7 +174,8 @@ fn start_authority(sim: &mut turmoil::Sim<'_>, state: &Arc<State>, faults: &Arc<
                         let (state, faults) = (Arc::clone(&state), Arc::clone(&faults));
                         async move {
                             let mut response = serve(&state, &faults, request).await?;
-                            response.headers_mut().insert(http::header::DATE, http_date(state.wall()));
+                            let date = http_date(faults.clock(state.wall()));
+                            response.headers_mut().entry(http::header::DATE).or_insert(date);
                             Ok::<_, server::Dropped>(response)
                         }
                     });
@@ -248,7 +251,11 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                     name,
                     process,
                     shared: Arc::clone(&shared),
-                    monitor: Mutex::new(ClientMonitor::new(&config.session)),
+                    monitor: Mutex::new({
+                        let mut monitor = ClientMonitor::new(&config.session);
+                        monitor.expect_retry_after(server::RATE_LIMIT_WAIT);
+                        monitor
+                    }),
                     trace: config.trace.then(|| Mutex::new(Vec::new())),
                     logouts: Mutex::new(BTreeMap::new()),
                 }),

@@ -304,6 +304,12 @@ pub struct WorldConfig {
     /// Each tier-2 process's ephemeral ports (first, last): a small range
     /// makes them wrap around often.
     pub ephemeral_ports: (u16, u16),
+    /// Seconds the token endpoint's clock runs ahead of the world's (behind,
+    /// when negative), as real servers' clocks do (tier 2). Its `Date`
+    /// header reads that clock, and so does every other 429's
+    /// `Retry-After`, given as an HTTP-date: only a client that reads the
+    /// date against the server's own `Date` waits what the server asked.
+    pub server_clock_offset: i64,
     /// Keep a printable trace.
     pub trace: bool,
     /// The most steps a run may take (tier 1).
@@ -340,6 +346,7 @@ impl WorldConfig {
             processes: 1,
             apps: 1,
             ephemeral_ports: EPHEMERAL_PORTS,
+            server_clock_offset: 0,
             trace: false,
             max_steps: 1_000_000,
             dpop: false,
@@ -470,6 +477,10 @@ impl WorldConfig {
         }
         sample_login(&mut config, &mut rng);
         sample_database(&mut config, &mut rng, 100);
+        // Half the servers' clocks are off by up to an hour either way.
+        if rng.chance(1, 2) {
+            config.server_clock_offset = rng.below(2 * 3600 + 1) as i64 - 3600;
+        }
         config
     }
 

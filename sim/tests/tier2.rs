@@ -203,3 +203,26 @@ fn scan() {
     }
     println!("{bad} bad of {n} in {:?}", t.elapsed());
 }
+
+/// A server whose clock is off by most of an hour, answering half the
+/// refreshes with 429s: every other one gives its `Retry-After` as an
+/// HTTP-date on that clock. Each must be read as the 2 s the server asked
+/// (the checker holds every session to it), which only reading the date
+/// against the server's own `Date` gives.
+#[test]
+fn a_retry_after_date_is_read_against_the_servers_clock() {
+    for (seed, offset) in [(3, 2_700), (4, -3_000)] {
+        let mut config = short(seed);
+        config.server_clock_offset = offset;
+        config.faults.rate_limit = 500;
+        config.authority.access_ttl = Duration::from_secs(20);
+        config.safety_phase = Duration::from_secs(240);
+        config.trace = true;
+        let outcome = run(&config, seed);
+        assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+        let read = outcome.trace.iter().filter(|line| line.contains("RateLimited, retry_after: Some(2s)")).count();
+        let asked = outcome.tally.fault_count("rate_limit");
+        println!("seed {seed}, server clock {offset:+} s: {asked} 429s, {read} read by a session");
+        assert!(read >= 4, "seed {seed}: {read} 429s read ({asked} sent)");
+    }
+}

@@ -55,6 +55,9 @@ pub struct ClientMonitor {
     /// are checked after every step.
     wait_bound: Duration,
     logout_bound: Duration,
+    /// What every 429 of this world's server asks to wait, when it asks
+    /// the same each time (see [`ClientMonitor::expect_retry_after`]).
+    retry_after_asked: Option<Duration>,
     sent: BTreeMap<RefreshId, Sent>,
     superseded: BTreeSet<Fingerprint>,
     /// Superseded tokens whose successor reached the store: they stay
@@ -134,6 +137,7 @@ impl ClientMonitor {
             config: config.clone(),
             wait_bound: config.wait_bound(),
             logout_bound: config.logout_bound(),
+            retry_after_asked: None,
             sent: BTreeMap::new(),
             superseded: BTreeSet::new(),
             durably_superseded: BTreeSet::new(),
@@ -334,7 +338,23 @@ impl ClientMonitor {
         self.awaiting_logout = None;
     }
 
+    /// C6: every 429 the server sends asks to wait `wait` (in seconds, or as
+    /// an HTTP-date with its `Date`, on its own clock, which may be far from
+    /// the client's): the session must read exactly that. The backoff
+    /// checks take the wait the session read; this holds that reading to
+    /// what the server asked.
+    pub fn expect_retry_after(&mut self, wait: Duration) {
+        self.retry_after_asked = Some(wait);
+    }
+
     fn refresh_answered(&mut self, now: MonoTime, id: RefreshId, outcome: &Classified) {
+        if let (Some(asked), Classified::Transient(Transient { cause: TransientCause::RateLimited, retry_after })) =
+            (self.retry_after_asked, outcome)
+            && *retry_after != Some(asked)
+        {
+            let detail = format!("{id} was asked to wait {asked:?} (429) and read {retry_after:?}");
+            self.violate(Invariant::C6, now, detail);
+        }
         let Some(sent) = self.sent.get_mut(&id) else { return };
         let token = sent.token;
         let answer = match outcome {

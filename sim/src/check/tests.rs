@@ -90,6 +90,25 @@ fn c1_allows_a_retry_after_the_deadline() {
 }
 
 #[test]
+fn c6_holds_the_wait_read_from_a_429_to_the_one_the_server_asked() {
+    let limited = |seconds| {
+        Classified::Transient(Transient {
+            cause: freshen_core::oauth::TransientCause::RateLimited,
+            retry_after: Some(Duration::from_secs(seconds)),
+        })
+    };
+    let mut m = monitor();
+    m.expect_retry_after(Duration::from_secs(2));
+    send(&mut m, 0, 1, "r1", 1);
+    answer(&mut m, 50, 1, limited(2));
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+    // A date read against the client's clock, an hour off the server's.
+    send(&mut m, 2_100, 2, "r1", 2);
+    answer(&mut m, 2_150, 2, limited(3_602));
+    assert_eq!(found(m.violations()), vec![Invariant::C6]);
+}
+
+#[test]
 fn c2_catches_a_superseded_token_sent_again() {
     let mut m = monitor();
     send(&mut m, 0, 1, "r1", 1);

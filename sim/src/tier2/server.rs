@@ -14,9 +14,47 @@ pub(super) struct ServerFaults {
     /// Per client and refresh token presented: successes dropped (each spent
     /// one grace replay the client never learnt of).
     pub(super) dropped_successes: Mutex<BTreeMap<(String, Fingerprint), u32>>,
+    /// Seconds this server's clock runs ahead of the world's
+    /// ([`WorldConfig::server_clock_offset`]).
+    pub(super) clock_offset: i64,
+    /// 429s answered so far: every other one gives its wait as an HTTP-date.
+    pub(super) rate_limited: AtomicU64,
 }
 
+/// What every 429 asks a client to wait, in seconds or as a date: the
+/// client checker holds each session to it ([`ClientMonitor::expect_retry_after`]).
+pub(super) const RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
+
 impl ServerFaults {
+    /// This server's clock, at the world's wall time `wall`.
+    pub(super) fn clock(&self, wall: UnixTime) -> UnixTime {
+        let offset = Duration::from_secs(self.clock_offset.unsigned_abs());
+        match self.clock_offset {
+            0.. => wall.saturating_add(offset),
+            _ => UnixTime::from_since_epoch(wall.since_epoch().saturating_sub(offset)),
+        }
+    }
+
+    /// A 429 at the world's wall time `wall`, stamped with this server's
+    /// `Date`: its `Retry-After` in seconds, or every other time as a date
+    /// on the same clock (RFC 9110 §10.2.3 allows both).
+    fn rate_limited(&self, wall: UnixTime) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let now = self.clock(wall);
+        let as_date = self.rate_limited.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        let retry_after = if as_date {
+            // The date to the second, as `Date` is: the two differ by the wait exactly.
+            http_date(UnixTime::from_secs(now.as_secs()).saturating_add(RATE_LIMIT_WAIT))
+        } else {
+            header::HeaderValue::from(RATE_LIMIT_WAIT.as_secs())
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, retry_after);
+        headers.insert(header::DATE, http_date(now));
+        response
+    }
+
     pub(super) fn draw(&self, per_mille: u16, kind: &'static str) -> bool {
         let hit = per_mille > 0 && self.rng.lock().is_ok_and(|mut rng| rng.chance(u64::from(per_mille), 1000));
         if hit && let Ok(mut counts) = self.counts.lock() {
@@ -55,10 +93,7 @@ pub(super) async fn serve(
             return Ok(response);
         }
         if faults.draw(rates.rate_limit, "rate_limit") {
-            let mut response = http::Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
-            return Ok(response);
+            return Ok(faults.rate_limited(state.wall()));
         }
         if faults.draw(rates.policy_refusal, "policy_refusal") {
             use crate::authority::PolicyRefusal;
