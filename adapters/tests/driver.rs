@@ -173,6 +173,46 @@ async fn shutdown_waits_no_longer_than_the_request_timeout_for_an_answer() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_retries_a_failed_write_of_the_rotation() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    transport.hold();
+    settle().await;
+    let shutdown = {
+        let session = session.clone();
+        tokio::spawn(async move { session.shutdown().await })
+    };
+    settle().await;
+    // The answer lands after shutdown began; the first two writes of its tokens fail.
+    store.faults().fail_next_writes(2);
+    transport.release(1);
+    shutdown.await.unwrap();
+    assert_eq!(store.faults().writes(), 3, "the failed writes were not retried");
+    assert_eq!(store.generation(), Some(Generation(2)), "the rotation was lost at shutdown");
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_gives_up_on_a_store_that_keeps_failing_after_the_request_timeout() {
+    let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
+    transport.hold();
+    settle().await;
+    store.faults().fail_next_writes(usize::MAX);
+    let shutdown = {
+        let session = session.clone();
+        tokio::spawn(async move { session.shutdown().await })
+    };
+    settle().await;
+    let answered = tokio::time::Instant::now();
+    transport.release(1);
+    shutdown.await.unwrap();
+    let waited = answered.elapsed();
+    let timeout = support::config().session.request_timeout;
+    assert!(waited <= timeout + Duration::from_millis(100), "shutdown retried the store for {waited:?}");
+    assert!(store.faults().writes() > 4, "retried {} times", store.faults().writes());
+    assert_eq!(store.generation(), Some(Generation(1)), "the store keeps its previous tokens");
+}
+
+#[tokio::test(start_paused = true)]
 async fn logout_during_a_refresh_fails_waiters_revokes_and_clears() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
     let mut state = session.watch_state();

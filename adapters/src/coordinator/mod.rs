@@ -239,6 +239,10 @@ impl<W: Waker> Coordinator<W> {
         lock(&self.inner).machine.poll_timeout()
     }
 
+    pub(crate) fn store_write_owed(&self) -> bool {
+        lock(&self.inner).machine.store_write_owed()
+    }
+
     pub(crate) fn take_io(&self) -> Vec<Io> {
         std::mem::take(&mut lock(&self.inner).io)
     }

@@ -4,28 +4,47 @@
 use super::*;
 
 /// The driver: carries out the machine's I/O and fires its timer, until every
-/// handle is gone and nothing is in flight.
+/// handle is gone and nothing is in flight or owed to the store.
 pub(super) async fn drive<T: Transport, S: Store>(shared: Arc<Shared<T, S>>) {
+    // Closing, with nothing in flight: until when a write the store is owed
+    // (a rotation whose write failed) is still retried, at the store's
+    // backoff: as long again as an answer in flight is waited for. Bounded,
+    // so that a store that keeps failing does not hold up an exit.
+    let mut owed_writes_until: Option<MonoTime> = None;
     loop {
         for io in shared.coordinator.take_io() {
             execute(&shared, io);
         }
         let closing = shared.closing.load(Ordering::Acquire);
+        let mut retrying_owed_write = None;
         if closing && shared.in_flight.load(Ordering::Acquire) == 0 {
             // A task queues the I/O its answer asks for before it counts
             // itself done, so what it queued is seen here.
             let queued = shared.coordinator.take_io();
-            if queued.is_empty() {
-                debug!("closing and nothing in flight: driver stops");
+            if !queued.is_empty() {
+                for io in queued {
+                    execute(&shared, io);
+                }
+                continue;
+            }
+            let now = shared.now();
+            let until = *owed_writes_until.get_or_insert(now.saturating_add(shared.config.session.request_timeout));
+            if !shared.coordinator.store_write_owed() || now >= until {
+                debug!("closing, nothing in flight or owed to the store: driver stops");
                 break;
             }
-            for io in queued {
-                execute(&shared, io);
-            }
-            continue;
+            retrying_owed_write = Some(until);
         }
-        // While closing, no new work is started from timers; answers in flight still land.
-        let deadline = if closing { None } else { next_timer(&shared.coordinator) };
+        // While closing, no new work is started from timers (answers in
+        // flight still land), but a write the store is owed is retried.
+        let deadline = match (closing, retrying_owed_write) {
+            (false, _) => next_timer(&shared.coordinator),
+            (true, None) => None,
+            (true, Some(until)) => {
+                let bound = Timeout { at: until, reason: "shutdown stops retrying the store" };
+                Some(shared.coordinator.poll_timeout().filter(|due| due.at < until).unwrap_or(bound))
+            }
+        };
         let sleep = async {
             match deadline {
                 Some(due) => tokio::time::sleep_until(shared.instant(due.at)).await,

@@ -536,8 +536,10 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// anything that would wait gets [`Error::Shutdown`]. It stops the
     /// session for every clone of this handle.
     ///
-    /// Not waited for: a write that fails during shutdown is not retried
-    /// (the store keeps its previous tokens, as after an exit).
+    /// A write that fails meanwhile is retried at the store's backoff for up
+    /// to the request timeout more (without taking the store's lock again);
+    /// should it fail throughout, the store keeps its previous tokens, as
+    /// after an exit.
     ///
     /// ```no_run
     /// # async fn run(session: freshen::AnySession) {

@@ -457,6 +457,15 @@ impl Session {
         self.waiters.len()
     }
 
+    /// Whether the store is owed a write: tokens it does not hold yet (a
+    /// rotation whose write failed), or a logout's clear. A driver that is
+    /// stopping (its process shutting down) keeps firing the machine's timer
+    /// a while longer when this holds, so that the write is retried rather
+    /// than the rotation lost.
+    pub fn store_write_owed(&self) -> bool {
+        self.write_wanted().is_some()
+    }
+
     /// Input ignored so far: how much, and why the last was. A driver may
     /// trace it; nothing is dropped without a count.
     pub fn ignored(&self) -> Ignored {
