@@ -126,8 +126,13 @@ pub fn run(config: &WorldConfig, seed: u64) -> Outcome {
         Ok(())
     });
     let schedule = fault_schedule(config, hosts.len(), &mut rng);
-    let mut run =
-        Run { counts: BTreeMap::new(), crashes: vec![0; hosts.len()], host_failure: None, crashes_due: Vec::new() };
+    let mut run = Run {
+        counts: BTreeMap::new(),
+        crashes: vec![0; hosts.len()],
+        host_failure: None,
+        crashes_due: Vec::new(),
+        exits: SplitMix64::new(seed ^ 0x5107_D0E0_0000_0003),
+    };
     run.drive(&mut sim, config, &hosts, &faults, schedule);
     verdict(config, &state, &faults, &hosts, run, total)
 }
@@ -275,6 +280,8 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                 dpop_keys: config.dpop.then(|| Mutex::new(SplitMix64::new(rng.next_u64()))),
                 login: config.login,
                 logins: AtomicU32::new(0),
+                shutdown_asked: std::sync::atomic::AtomicBool::new(false),
+                shut_down: std::sync::atomic::AtomicBool::new(false),
             }));
         }
     }
@@ -329,6 +336,9 @@ struct Run {
     /// Crashes of database workers waiting for their host to hold the
     /// lock, each with the time it happens anyway.
     crashes_due: Vec<(Duration, usize)>,
+    /// Whether a process that is to die exits gracefully instead (half of
+    /// them): drawn apart from the seed's other draws.
+    exits: SplitMix64,
 }
 
 impl Run {
@@ -364,6 +374,11 @@ impl Run {
             self.crashes_due = waiting;
             for (_, i) in due {
                 self.apply(sim, hosts, Action::Crash(i));
+            }
+            for host in hosts {
+                if host.shut_down.swap(false, Ordering::AcqRel) {
+                    self.restart(sim, host);
+                }
             }
             if !healed && elapsed >= config.safety_phase {
                 healed = true;
@@ -402,6 +417,19 @@ impl Run {
         }
     }
 
+    /// A process whose session shut down has exited: the monitors learn it
+    /// as they learn of a crash (what it held in memory is gone), and the
+    /// world starts its next incarnation. Not counted as a crash: a
+    /// graceful exit loses nothing a later logout could be excused by.
+    fn restart(&mut self, sim: &mut turmoil::Sim<'_>, host: &Host) {
+        host.watch.crashed();
+        if let Some(database) = &host.database {
+            database.died(host.watch.process);
+        }
+        sim.bounce(host.name.clone());
+        *self.counts.entry("restart_after_shutdown").or_default() += 1;
+    }
+
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], action: Action) {
         let name = |i: usize| hosts.get(i).map_or_else(String::new, |h| h.name.clone());
         match action {
@@ -410,8 +438,18 @@ impl Run {
                 *self.counts.entry("partition").or_default() += 1;
             }
             Action::Repair(i) => sim.repair(name(i), AUTHORITY),
+            // A process that exits gracefully first shuts its session down
+            // (its refresh in flight answered and written, its lock let go),
+            // then the world starts it again (`Run::restart`).
+            Action::Crash(i) if hosts.get(i).is_some() && self.exits.chance(1, 2) => {
+                if let Some(host) = hosts.get(i) {
+                    host.shutdown_asked.store(true, Ordering::Release);
+                }
+                *self.counts.entry("shutdown").or_default() += 1;
+            }
             Action::Crash(i) => {
                 if let Some(host) = hosts.get(i) {
+                    host.shutdown_asked.store(false, Ordering::Release);
                     host.watch.crashed();
                     if let Some(database) = &host.database {
                         database.died(host.watch.process);

@@ -188,6 +188,20 @@ fn another_login_stored_meanwhile_does_not_win_over_a_rotation_of_ours() {
     }
 }
 
+/// Seed 147, once processes exited gracefully too: a worker asked to shut
+/// down while it waited for the database's lock got the lock, and its
+/// machine sent a refresh the closing driver then dropped unsent, told to
+/// nobody. The checker counted it in flight; the driver let the lock go,
+/// and the next worker's refresh seemed to overlap it (C1). The driver now
+/// answers what it does not start as not sent.
+#[test]
+fn a_refresh_not_started_at_shutdown_is_not_counted_in_flight() {
+    let seed = 147;
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    assert!(outcome.tally.fault_count("shutdown") > 0, "seed {seed} no longer shuts a process down");
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

@@ -85,11 +85,24 @@ fn next_timer(coordinator: &Coordinator<oneshot::Sender<Outcome>>) -> Option<Tim
 
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
-    if shared.closing.load(Ordering::Acquire) && matches!(io, Io::SendRefresh { .. } | Io::LockStore { .. }) {
-        // Closing: nothing new is presented to the server or locked (the
-        // machine's next step would come from a timer that no longer fires).
-        debug!("closing: a new refresh attempt or store lock is not started");
-        return;
+    if shared.closing.load(Ordering::Acquire) {
+        // Closing: nothing new is presented to the server or locked. The
+        // machine (and every observer) is told so at once, as a request
+        // that could not be sent and a store that could not be reached:
+        // otherwise it would count the attempt in flight, and another
+        // process taking the lock next would seem to overlap it.
+        let not_started = match io {
+            Io::SendRefresh { id, .. } => Some(Event::RefreshFailed { id, failure: TransportFailure::NotSent }),
+            Io::LockStore { op } => {
+                Some(Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable })
+            }
+            _ => None,
+        };
+        if let Some(event) = not_started {
+            debug!("closing: a new refresh attempt or store lock is not started");
+            shared.coordinator.handle(shared.now(), event);
+            return;
+        }
     }
     match io {
         Io::SendRefresh { id, refresh_token, attempt, dpop } => {

@@ -124,6 +124,11 @@ pub(super) struct Host {
     /// Logins started, for each login's own PKCE verifier, state and
     /// approval delay.
     pub(super) logins: AtomicU32,
+    /// The world asked the process to exit gracefully (as on SIGTERM: the
+    /// app calls `Session::shutdown`); taken by the host's loop.
+    pub(super) shutdown_asked: std::sync::atomic::AtomicBool,
+    /// Its session has shut down: the world restarts the process.
+    pub(super) shut_down: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -404,8 +409,8 @@ fn login_proof_id(host: &Host, attempt: u32, round: u32) -> [u8; 16] {
 pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) -> turmoil::Result {
     let incarnation = host.incarnation.fetch_add(1, Ordering::AcqRel);
     if incarnation > 0 {
-        // The monitors learned of the crash when it happened (`Watch::crashed`).
-        host.watch.line(|| format!("{} crash: incarnation {incarnation} starts", host.name));
+        // The monitors learned of the crash or exit when it happened (`Watch::crashed`).
+        host.watch.line(|| format!("{} restart: incarnation {incarnation} starts", host.name));
     }
     let session_config = config.session.clone();
     let freshen_config =
@@ -430,6 +435,13 @@ pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) ->
     let mean = u64::try_from(demand.mean_interval.as_millis()).unwrap_or(1000).max(1);
     loop {
         tokio::time::sleep(Duration::from_millis(1 + rng.below(2 * mean))).await;
+        if host.shutdown_asked.swap(false, Ordering::AcqRel) {
+            host.watch.line(|| format!("{} shutdown: incarnation {incarnation} exits", host.name));
+            session.shutdown().await;
+            host.shut_down.store(true, Ordering::Release);
+            // The process has exited; the world starts the next one.
+            return std::future::pending().await;
+        }
         if let Ok(mut last) = host.last_state.lock() {
             *last = Some(states.borrow_and_update().clone());
         }
