@@ -202,6 +202,24 @@ fn a_refresh_not_started_at_shutdown_is_not_counted_in_flight() {
     assert!(outcome.tally.fault_count("shutdown") > 0, "seed {seed} no longer shuts a process down");
 }
 
+/// Seed 3120 (stop 35's tier-2 run of seeds 400 on; it failed on the
+/// build before that stop too): a worker the database had stalled kept
+/// rotating in memory (forced refreshes, eight rotations) while its write
+/// of an earlier one hung; the write was fenced, and under its next lock
+/// the store held a grace replay of the rotation the worker itself had
+/// received first, written by another worker. The machine took that over
+/// as newer, dropped its eight later rotations, and presented the spent
+/// token (C2, U8). Any token an answer of its own rotated away is now
+/// older than what it holds, not only the last one.
+#[test]
+fn a_stalled_workers_own_later_rotations_win_over_a_replay_stored_meanwhile() {
+    // 3702, found by the same run, failed the same way (U8) and passes with the same fix.
+    for seed in [3120, 3702] {
+        let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+        assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    }
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

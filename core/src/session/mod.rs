@@ -159,6 +159,9 @@ struct SentRefresh {
     settled: bool,
     /// The refresh cycle it belongs to: the tokens its answer brings come from that cycle.
     cycle: u64,
+    /// Its answer brought another refresh token, which this session took:
+    /// the one it presented is behind the tokens held, whoever stores it.
+    rotated_away: bool,
 }
 
 /// Why a store answer was ignored: it answers an operation the machine no

@@ -273,6 +273,10 @@ impl Session {
         // its own attempt. Counted from an earlier one whose answer was lost,
         // every answer of a server that never rotates came already spent, and
         // the session refreshed back to back (tier-1 seed 1755559).
+        let rotated_away = refresh.fingerprint();
+        if let Some(sent) = self.outbox.recent_sends.iter_mut().find(|sent| sent.id == id) {
+            sent.rotated_away = sent.presented != rotated_away;
+        }
         let sent = self.outbox.sent(id);
         let sent_at = sent.map_or(MonoTime::ZERO, |s| s.at);
         let cycle = sent.map_or(0, |s| s.cycle);
@@ -603,13 +607,27 @@ impl Outbox {
             self.recent_sends.pop_front();
         }
         let presented = refresh_token.fingerprint();
-        self.recent_sends.push_back(SentRefresh { id, at: now, presented, answered: false, settled: false, cycle });
+        self.recent_sends.push_back(SentRefresh {
+            id,
+            at: now,
+            presented,
+            answered: false,
+            settled: false,
+            cycle,
+            rotated_away: false,
+        });
         self.commands.push_back(Command::Io(Io::SendRefresh { id, refresh_token, attempt, dpop }));
         id
     }
 
     pub(super) fn sent(&self, id: RefreshId) -> Option<&SentRefresh> {
         self.recent_sends.iter().find(|sent| sent.id == id)
+    }
+
+    /// Whether an answer this session took rotated away from `presented`
+    /// (as far as the bounded memory of sends reaches).
+    pub(super) fn rotated_away_from(&self, presented: Fingerprint) -> bool {
+        self.recent_sends.iter().any(|sent| sent.rotated_away && sent.presented == presented)
     }
 
     /// The earliest attempt from `since` on (other than `except`) that may

@@ -118,19 +118,20 @@ impl Session {
                 || (self.locks_store() && changed_since_known))
     }
 
-    /// Whether `stored` holds the refresh token that the answer these tokens
-    /// came from rotated away: it is older than them whatever its number
-    /// (another process may have written it again, renumbered), and taking
-    /// it would present a token whose successor this session holds (C2).
-    /// Found by fuzzing (`shared_session_ops` regression input
-    /// `a-renumbered-predecessor-is-not-newer`).
+    /// Whether `stored` holds a refresh token that an answer this session
+    /// took rotated away: it is older than the tokens held whatever its
+    /// number (another process may have written it again, renumbered), and
+    /// taking it would present a token whose successor this session holds
+    /// (C2). Found by fuzzing for the answer these tokens came from
+    /// (`shared_session_ops` regression input `a-renumbered-predecessor-is-not-newer`);
+    /// tier-2 seed 3120 had it eight rotations back: a stalled worker kept
+    /// rotating while its write hung, and another worker stored a grace
+    /// replay of the first of those rotations meanwhile.
     fn holds_what_ours_rotated(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
-        let Some(predecessor) = tokens.answered_by.and_then(|id| self.outbox.sent(id)).map(|sent| sent.presented)
-        else {
-            return false;
-        };
-        stored.refresh_token.as_ref().is_some_and(|theirs| theirs.fingerprint() == predecessor)
-            && tokens.refresh.as_ref().is_none_or(|ours| ours.fingerprint() != predecessor)
+        let Some(theirs) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) else { return false };
+        let ours = tokens.refresh.as_ref().map(RefreshToken::fingerprint);
+        let predecessor = tokens.answered_by.and_then(|id| self.outbox.sent(id)).map(|sent| sent.presented);
+        ours != Some(theirs) && (predecessor == Some(theirs) || self.outbox.rotated_away_from(theirs))
     }
 
     /// The store's cross-process lock is held and the store was read under
