@@ -69,6 +69,13 @@ fn sim_wall_clock() -> UnixTime {
     UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default())
 }
 
+/// `wall` moved by `secs` seconds, forward or back: a clock that runs
+/// ahead of or behind the world's (a server's offset, a host's step).
+fn shifted(wall: UnixTime, secs: i64) -> UnixTime {
+    let by = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 { wall.saturating_add(by) } else { UnixTime::from_since_epoch(wall.since_epoch().saturating_sub(by)) }
+}
+
 /// What one tier-2 world did.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]

@@ -1320,6 +1320,36 @@ fn a_later_rotation_of_the_lineage_held_is_newer_whatever_its_number() {
     assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
 }
 
+/// Tier-2 seed 3120: a worker kept rotating (forced refreshes) while
+/// another wrote a grace replay of one of its earlier rotations, numbered
+/// above everything. Under the next lock that token is older than what the
+/// worker holds, however many rotations back its answer was: it is spent,
+/// and presenting it trips reuse detection (C2). Only the token the last
+/// answer rotated away used to count.
+#[test]
+fn a_stored_token_any_answer_of_ours_rotated_away_is_older_whatever_its_number() {
+    let login = descended_from("r0", stored(1, "r1", None));
+    let (mut h, id) = refreshing_under_the_lock_from(login);
+    h.answer(id, success("a2", Some("r2"), 3600));
+    persisted(&mut h);
+    for rotation in 3..=4 {
+        h.handle(Event::RefreshWanted { caller: CallerId(rotation) });
+        let op = lock_op(&h);
+        let (_, written) = h.last_persist();
+        locked(&mut h, op, Some(written));
+        let (id, token, _) = h.last_refresh();
+        assert_eq!(token, format!("r{}", rotation - 1));
+        h.answer(id, success(&format!("a{rotation}"), Some(&format!("r{rotation}")), 3600));
+        persisted(&mut h);
+    }
+    h.handle(Event::RefreshWanted { caller: CallerId(5) });
+    let op = lock_op(&h);
+    let replay_of_the_first = descended_from("r0", stored(9, "r2", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+    let out = locked(&mut h, op, Some(replay_of_the_first));
+    assert!(!granted(&out).iter().any(|(_, generation)| *generation == Generation(9)), "took the spent token: {out:?}");
+    assert_eq!(h.last_refresh().1, "r4", "the forced refresh presents the newest token held");
+}
+
 #[test]
 fn a_newer_but_spent_generation_is_refreshed_with_its_own_token_under_the_same_lock() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));

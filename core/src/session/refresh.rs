@@ -92,7 +92,7 @@ impl Session {
                 }
             }
             Classified::Malformed(malformed) => {
-                let salvaged = current && self.salvage(malformed.salvaged_refresh_token);
+                let salvaged = current && self.salvage(id, malformed.salvaged_refresh_token);
                 if self.in_flight(id) {
                     self.attempt_failed(AttemptFailure::Malformed(malformed.reason), !salvaged, None);
                 }
@@ -273,10 +273,7 @@ impl Session {
         // its own attempt. Counted from an earlier one whose answer was lost,
         // every answer of a server that never rotates came already spent, and
         // the session refreshed back to back (tier-1 seed 1755559).
-        let rotated_away = refresh.fingerprint();
-        if let Some(sent) = self.outbox.recent_sends.iter_mut().find(|sent| sent.id == id) {
-            sent.rotated_away = sent.presented != rotated_away;
-        }
+        self.outbox.note_answer(id, &refresh);
         let sent = self.outbox.sent(id);
         let sent_at = sent.map_or(MonoTime::ZERO, |s| s.at);
         let cycle = sent.map_or(0, |s| s.cycle);
@@ -317,10 +314,11 @@ impl Session {
     /// Keeps a rotated refresh token found in an unusable answer: the server
     /// issued it, so it replaces the one held, and is written before anything
     /// else. Returns whether it did.
-    pub(super) fn salvage(&mut self, rotated: Option<RefreshToken>) -> bool {
+    pub(super) fn salvage(&mut self, id: RefreshId, rotated: Option<RefreshToken>) -> bool {
         let Some(rotated) = rotated.filter(|r| self.tokens().is_some_and(|t| !t.holds_refresh(r))) else {
             return false;
         };
+        self.outbox.note_answer(id, &rotated);
         let generation = self.next_generation();
         let next_refresh = self.outbox.next_refresh;
         if let Some(tokens) = self.tokens_mut() {
@@ -622,6 +620,16 @@ impl Outbox {
 
     pub(super) fn sent(&self, id: RefreshId) -> Option<&SentRefresh> {
         self.recent_sends.iter().find(|sent| sent.id == id)
+    }
+
+    /// Records the refresh token that answer `id` left this session holding:
+    /// if it is not the one the attempt presented, the answer rotated that
+    /// one away.
+    pub(super) fn note_answer(&mut self, id: RefreshId, held: &RefreshToken) {
+        let held = held.fingerprint();
+        if let Some(sent) = self.recent_sends.iter_mut().find(|sent| sent.id == id) {
+            sent.rotated_away = sent.presented != held;
+        }
     }
 
     /// Whether an answer this session took rotated away from `presented`

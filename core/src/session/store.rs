@@ -130,8 +130,7 @@ impl Session {
     fn holds_what_ours_rotated(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
         let Some(theirs) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) else { return false };
         let ours = tokens.refresh.as_ref().map(RefreshToken::fingerprint);
-        let predecessor = tokens.answered_by.and_then(|id| self.outbox.sent(id)).map(|sent| sent.presented);
-        ours != Some(theirs) && (predecessor == Some(theirs) || self.outbox.rotated_away_from(theirs))
+        ours != Some(theirs) && self.outbox.rotated_away_from(theirs)
     }
 
     /// The store's cross-process lock is held and the store was read under

@@ -139,14 +139,7 @@ impl Host {
 
     /// This host's wall clock: the simulation's, stepped by the world.
     pub(super) fn wall(&self) -> UnixTime {
-        let now = sim_wall_clock();
-        let by = self.wall_step.load(Ordering::Acquire);
-        let secs = Duration::from_secs(by.unsigned_abs());
-        if by >= 0 {
-            now.saturating_add(secs)
-        } else {
-            UnixTime::from_since_epoch(now.since_epoch().saturating_sub(secs))
-        }
+        shifted(sim_wall_clock(), self.wall_step.load(Ordering::Acquire))
     }
 }
 

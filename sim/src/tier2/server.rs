@@ -28,11 +28,7 @@ pub(super) const RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
 impl ServerFaults {
     /// This server's clock, at the world's wall time `wall`.
     pub(super) fn clock(&self, wall: UnixTime) -> UnixTime {
-        let offset = Duration::from_secs(self.clock_offset.unsigned_abs());
-        match self.clock_offset {
-            0.. => wall.saturating_add(offset),
-            _ => UnixTime::from_since_epoch(wall.since_epoch().saturating_sub(offset)),
-        }
+        shifted(wall, self.clock_offset)
     }
 
     /// A 429 at the world's wall time `wall`, stamped with this server's
