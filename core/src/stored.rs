@@ -102,7 +102,7 @@ pub enum DecodeError {
 }
 
 impl StoredSession {
-    fn with_tokens(access_token: Option<AccessToken>, refresh_token: Option<RefreshToken>) -> Self {
+    pub(crate) fn with_tokens(access_token: Option<AccessToken>, refresh_token: Option<RefreshToken>) -> Self {
         Self {
             generation: Generation(1),
             access_token,

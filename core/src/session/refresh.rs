@@ -540,18 +540,13 @@ impl Session {
             let issued = (!new.issued_lifetime_unknown).then_some(lifetime);
             Expiry::plan(base.saturating_add(lifetime), issued, &self.config, &mut self.rng)
         });
-        let mut tokens = TokenSet::arrived(
-            generation,
-            new.access_token,
-            new.token_type,
-            new.scope,
-            new.refresh_token,
-            expiry,
-            self.outbox.next_refresh,
-        )
-        .bound_to(new.dpop_key);
+        let mut login = StoredSession::with_tokens(new.access_token, new.refresh_token);
+        login.token_type = new.token_type;
+        login.scope = new.scope;
+        login.dpop_key = new.dpop_key;
+        login.lineage = login.refresh_token.as_ref().map(RefreshToken::fingerprint);
+        let mut tokens = TokenSet::arrived(generation, login, expiry, self.outbox.next_refresh);
         tokens.from_login = true;
-        tokens.lineage = tokens.refresh.as_ref().map(RefreshToken::fingerprint);
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);

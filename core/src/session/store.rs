@@ -339,26 +339,16 @@ impl Session {
             let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
-        let lineage = stored.lineage;
+        let mut stored = stored;
         // The key held, when the store holds it too: it keeps what it has
         // worked out (its public key, a scalar multiplication; an adapter's
         // signer) instead of making it again on the next proof.
         let held_key = self.tokens().and_then(|held| held.dpop_key.as_ref());
-        let dpop_key = stored.dpop_key.map(|key| match held_key {
+        stored.dpop_key = stored.dpop_key.map(|key| match held_key {
             Some(held) if held.is_same_key(&key) => held.clone(),
             _ => key,
         });
-        let mut tokens = TokenSet::arrived(
-            generation(stored.generation),
-            stored.access_token,
-            stored.token_type,
-            stored.scope,
-            stored.refresh_token,
-            expiry,
-            self.outbox.next_refresh,
-        )
-        .bound_to(dpop_key);
-        tokens.lineage = lineage;
+        let mut tokens = TokenSet::arrived(generation(stored.generation), stored, expiry, self.outbox.next_refresh);
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens
     }

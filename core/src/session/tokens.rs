@@ -3,24 +3,21 @@
 use super::*;
 
 impl TokenSet {
-    /// Tokens that arrived from outside a refresh (a login, the store), not
-    /// yet presented: refreshes from `presented_since` on may carry them.
-    /// Bound tokens get their key with [`TokenSet::bound_to`].
+    /// Tokens that arrived from outside a refresh (a login, the store), in
+    /// the form the store keeps them, not yet presented: refreshes from
+    /// `presented_since` on may carry them.
     pub(super) fn arrived(
         generation: Generation,
-        access: Option<AccessToken>,
-        token_type: TokenType,
-        scope: Option<String>,
-        refresh: Option<RefreshToken>,
+        tokens: StoredSession,
         expiry: Option<Expiry>,
         presented_since: RefreshId,
     ) -> Self {
         Self {
             generation,
-            access,
-            token_type,
-            scope,
-            refresh,
+            access: tokens.access_token,
+            token_type: tokens.token_type,
+            scope: tokens.scope,
+            refresh: tokens.refresh_token,
             expiry,
             access_rejected: false,
             refresh_first: false,
@@ -32,16 +29,10 @@ impl TokenSet {
             last_failure: None,
             answer_lost: false,
             from_login: false,
-            lineage: None,
+            lineage: tokens.lineage,
             answered_unlocked: false,
-            dpop_key: None,
+            dpop_key: tokens.dpop_key,
         }
-    }
-
-    /// Bound by DPoP to `key` (`None`: bearer tokens).
-    pub(super) fn bound_to(mut self, key: Option<DpopKey>) -> Self {
-        self.dpop_key = key;
-        self
     }
 
     /// Whether `stored` is these tokens, as this session wrote or read them.
