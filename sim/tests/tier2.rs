@@ -225,6 +225,21 @@ fn a_stalled_workers_own_later_rotations_win_over_a_replay_stored_meanwhile() {
     }
 }
 
+/// Seed 1025884 (stop 36's run of seeds 1,020,000 on, 14,929 violations):
+/// another worker walked this worker's chain of rotations again through
+/// grace replays and wrote each link back, renumbered above what this one
+/// held. The first link it wrote had been rotated away by this worker 33
+/// sends earlier, past the memory of sends that said so: the worker took
+/// it as newer, and from then on presented spent tokens (C2). Rotated-away
+/// tokens are now remembered apart from the sends, 256 of them.
+#[test]
+fn a_token_rotated_away_long_ago_and_stored_again_is_still_older() {
+    let seed = 1_025_884;
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    assert!(outcome.tally.refreshes > 500, "seed {seed} no longer rotates long enough to test this");
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

@@ -144,6 +144,13 @@ struct Outbox {
     /// each went out (its answer's lifetime counts from there) and whether it
     /// was answered (one request gets one answer; a second is a duplicate).
     recent_sends: VecDeque<SentRefresh>,
+    /// Refresh tokens an answer this session took rotated away, newest
+    /// last, at most [`ROTATED_AWAY_REMEMBERED`]: each is behind the tokens
+    /// held, whoever stores it again (another process may walk the same
+    /// chain through grace replays and write each link back, renumbered).
+    /// Kept apart from the sends, and longer: tier-2 seed 1025884 wrote back
+    /// a token rotated away 33 sends earlier, past the sends' memory.
+    rotated_away: VecDeque<Fingerprint>,
 }
 
 #[derive(Debug)]
@@ -159,9 +166,6 @@ struct SentRefresh {
     settled: bool,
     /// The refresh cycle it belongs to: the tokens its answer brings come from that cycle.
     cycle: u64,
-    /// Its answer brought another refresh token, which this session took:
-    /// the one it presented is behind the tokens held, whoever stores it.
-    rotated_away: bool,
 }
 
 /// Why a store answer was ignored: it answers an operation the machine no
@@ -170,6 +174,9 @@ const STALE_STORE_ANSWER: &str = "a store answer to an operation no longer await
 
 /// How many send times are remembered for answers that arrive late.
 const RECENT_SENDS: usize = 32;
+
+/// How many rotated-away refresh tokens are remembered (8 bytes each).
+const ROTATED_AWAY_REMEMBERED: usize = 256;
 
 #[derive(Debug)]
 struct Waiter {
@@ -428,6 +435,7 @@ impl Session {
                 next_revocation: RevocationId(1),
                 revocations: VecDeque::new(),
                 recent_sends: VecDeque::new(),
+                rotated_away: VecDeque::new(),
             },
             last_generation: Generation(0),
             straggler: None,

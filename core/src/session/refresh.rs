@@ -600,15 +600,7 @@ impl Outbox {
             self.recent_sends.pop_front();
         }
         let presented = refresh_token.fingerprint();
-        self.recent_sends.push_back(SentRefresh {
-            id,
-            at: now,
-            presented,
-            answered: false,
-            settled: false,
-            cycle,
-            rotated_away: false,
-        });
+        self.recent_sends.push_back(SentRefresh { id, at: now, presented, answered: false, settled: false, cycle });
         self.commands.push_back(Command::Io(Io::SendRefresh { id, refresh_token, attempt, dpop }));
         id
     }
@@ -622,15 +614,22 @@ impl Outbox {
     /// one away.
     pub(super) fn note_answer(&mut self, id: RefreshId, held: &RefreshToken) {
         let held = held.fingerprint();
-        if let Some(sent) = self.recent_sends.iter_mut().find(|sent| sent.id == id) {
-            sent.rotated_away = sent.presented != held;
+        let Some(presented) = self.sent(id).map(|sent| sent.presented).filter(|presented| *presented != held) else {
+            return;
+        };
+        if self.rotated_away.contains(&presented) {
+            return;
         }
+        if self.rotated_away.len() == ROTATED_AWAY_REMEMBERED {
+            self.rotated_away.pop_front();
+        }
+        self.rotated_away.push_back(presented);
     }
 
     /// Whether an answer this session took rotated away from `presented`
-    /// (as far as the bounded memory of sends reaches).
+    /// (as far as the bounded memory reaches).
     pub(super) fn rotated_away_from(&self, presented: Fingerprint) -> bool {
-        self.recent_sends.iter().any(|sent| sent.rotated_away && sent.presented == presented)
+        self.rotated_away.contains(&presented)
     }
 
     /// The earliest attempt from `since` on (other than `except`) that may
