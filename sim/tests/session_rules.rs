@@ -327,45 +327,6 @@ fn a_loaded_session_is_published_and_granted_at_once() {
     assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(1))]);
 }
 
-/// Tier-2 seeds 1013806 and 1015269: a process restarted with its wall
-/// clock stepped back minutes read a token issued for 24 s as having 283 s
-/// left, and handed it out although it was past its refresh margin. More
-/// left than the issued lifetime means the clock reads behind the one that
-/// wrote the token: it is refreshed first. Clocks that differ by less than
-/// `expiry_safety` change nothing.
-#[test]
-fn a_stored_token_with_more_left_than_it_was_issued_with_is_refreshed_first() {
-    let lifetime = Duration::from_secs(24);
-    let load = |left: u64, access_lifetime: Option<Duration>| {
-        let mut blob = stored(1, "r1", Some(UnixTime::from_secs(UNIX_ZERO + left)));
-        blob.access_lifetime = access_lifetime;
-        let mut h = Harness::new(config());
-        let op = h.load_op();
-        h.handle(Event::StoreLoaded { op, stored: Some(blob), unix_now: UnixTime::from_secs(UNIX_ZERO) });
-        h
-    };
-    let mut behind = load(283, Some(lifetime));
-    let out = behind.want(1);
-    assert!(granted(&out).is_empty(), "handed out a token from the future: {out:?}");
-    assert_eq!(sends(&out), 1, "{out:?}");
-    // Within the clock drift allowed for, or with no lifetime to judge by, it is served.
-    let drift = config().expiry_safety.as_secs();
-    for (left, access_lifetime) in [(24 + drift, Some(lifetime)), (283, None)] {
-        let mut h = load(left, access_lifetime);
-        let out = h.want(1);
-        assert_eq!(granted(&out), vec![(CallerId(1), Generation(1))], "{left} s left of {access_lifetime:?}");
-    }
-    // Nothing has more left than it was issued with: the published token
-    // is usable for at most its lifetime (less the expiry safety).
-    let mut h = load(28, Some(lifetime));
-    h.want(1);
-    let usable_until = h.log().iter().find_map(|c| match c {
-        Command::Publish(Some(grant)) => grant.usable_until,
-        _ => None,
-    });
-    assert!(usable_until.is_some_and(|until| until <= MonoTime::from_secs(24)), "{usable_until:?}");
-}
-
 #[test]
 fn many_callers_on_an_expired_token_cause_exactly_one_refresh() {
     let mut h = Harness::loaded(config(), None);

@@ -330,25 +330,13 @@ impl Session {
     ) -> TokenSet {
         let (anchor_mono, anchor_unix) = self.wall_anchor;
         let max_lifetime = self.config.policy.max_lifetime;
-        // Margins are judged by the lifetime it was issued with, not by what is left.
-        let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
-        let left_on_this_clock = stored.access_expires_at.map(|at| at.saturating_duration_since(anchor_unix));
-        // More left than it was issued with: by this wall clock the token was
-        // issued in the future, so the clock reads behind the one that wrote
-        // it (stepped back, or another host's), by more than clocks may
-        // drift. How much of it is left cannot be known: it is refreshed
-        // before it is handed out (U2; tier-2 seeds 1013806 and 1015269, a
-        // process restarted with its clock stepped back minutes read a 24 s
-        // token as 283 s).
-        let from_the_future = stored.refresh_token.is_some()
-            && matches!((left_on_this_clock, lifetime),
-                (Some(left), Some(lifetime)) if left > lifetime.saturating_add(self.config.expiry_safety));
-        let expiry = left_on_this_clock.map(|left| {
-            // Measured from the anchor; a stored blob is untrusted, so the
-            // same cap applies as on the wire, and nothing has more left
-            // than it was issued with.
-            let remaining = left.min(lifetime.unwrap_or(max_lifetime));
+        let expiry = stored.access_expires_at.map(|at| {
+            // Remaining lifetime on the wall clock, measured from the anchor;
+            // a stored blob is untrusted, so the same cap applies as on the wire.
+            let remaining = at.saturating_duration_since(anchor_unix).min(max_lifetime);
             let expires_at = anchor_mono.min(self.now).saturating_add(remaining);
+            // Margins are judged by the lifetime it was issued with, not by what is left.
+            let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
         let mut stored = stored;
@@ -361,7 +349,7 @@ impl Session {
             _ => key,
         });
         let mut tokens = TokenSet::arrived(generation(stored.generation), stored, expiry, self.outbox.next_refresh);
-        tokens.refresh_first = from_the_future || self.adopted_past_refresh_point(&tokens);
+        tokens.refresh_first = self.adopted_past_refresh_point(&tokens);
         tokens
     }
 
