@@ -1328,11 +1328,28 @@ fn a_later_rotation_of_the_lineage_held_is_newer_whatever_its_number() {
 /// answer rotated away used to count.
 #[test]
 fn a_stored_token_any_answer_of_ours_rotated_away_is_older_whatever_its_number() {
+    a_replay_of_the_first_rotation_is_older_after(4);
+}
+
+/// Tier-2 seed 1025884 (its world replays in `tier2.rs`, ~50 s): the replay
+/// of the first link came back 33 rotations later, past the 32 sends the
+/// machine remembers; rotated-away tokens used to be remembered only with
+/// their sends, and the worker took the spent token as newer (C2).
+#[test]
+fn a_token_rotated_away_more_sends_ago_than_are_remembered_is_still_older() {
+    a_replay_of_the_first_rotation_is_older_after(40);
+}
+
+/// Logs in with `r1`, rotates `rotations` times under the lock (forced
+/// refreshes, each answer written), then finds in the store a grace replay
+/// of the first rotation (`r2`) numbered above everything: it must be
+/// judged spent, and the newest token held presented.
+fn a_replay_of_the_first_rotation_is_older_after(rotations: u64) {
     let login = descended_from("r0", stored(1, "r1", None));
     let (mut h, id) = refreshing_under_the_lock_from(login);
     h.answer(id, success("a2", Some("r2"), 3600));
     persisted(&mut h);
-    for rotation in 3..=4 {
+    for rotation in 3..=rotations {
         h.handle(Event::RefreshWanted { caller: CallerId(rotation) });
         let op = lock_op(&h);
         let (_, written) = h.last_persist();
@@ -1342,12 +1359,16 @@ fn a_stored_token_any_answer_of_ours_rotated_away_is_older_whatever_its_number()
         h.answer(id, success(&format!("a{rotation}"), Some(&format!("r{rotation}")), 3600));
         persisted(&mut h);
     }
-    h.handle(Event::RefreshWanted { caller: CallerId(5) });
+    h.handle(Event::RefreshWanted { caller: CallerId(rotations + 1) });
     let op = lock_op(&h);
-    let replay_of_the_first = descended_from("r0", stored(9, "r2", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+    let replay = rotations + 5;
+    let replay_of_the_first = descended_from("r0", stored(replay, "r2", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
     let out = locked(&mut h, op, Some(replay_of_the_first));
-    assert!(!granted(&out).iter().any(|(_, generation)| *generation == Generation(9)), "took the spent token: {out:?}");
-    assert_eq!(h.last_refresh().1, "r4", "the forced refresh presents the newest token held");
+    assert!(
+        !granted(&out).iter().any(|(_, generation)| *generation == Generation(replay)),
+        "took the spent token: {out:?}"
+    );
+    assert_eq!(h.last_refresh().1, format!("r{rotations}"), "the forced refresh presents the newest token held");
 }
 
 #[test]

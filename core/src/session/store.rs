@@ -325,7 +325,7 @@ impl Session {
 
     pub(super) fn tokens_from_store(
         &mut self,
-        stored: StoredSession,
+        mut stored: StoredSession,
         generation: impl FnOnce(Generation) -> Generation,
     ) -> TokenSet {
         let (anchor_mono, anchor_unix) = self.wall_anchor;
@@ -339,7 +339,6 @@ impl Session {
             let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
         });
-        let mut stored = stored;
         // The key held, when the store holds it too: it keeps what it has
         // worked out (its public key, a scalar multiplication; an adapter's
         // signer) instead of making it again on the next proof.
