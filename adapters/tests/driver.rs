@@ -454,3 +454,77 @@ async fn the_handle_counts_refreshes_failures_waits_and_logouts() {
     session.log_out().await;
     assert_eq!(session.stats().logouts, 1);
 }
+
+/// A session whose stored token has five minutes left, with at most
+/// `max_waiters` callers waiting in the machine.
+fn session_with_waiters(
+    max_waiters: usize,
+) -> (freshen::Session<support::AuthorityTransport, support::FaultyMemoryStore>, support::AuthorityTransport) {
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let store = support::FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(300))));
+    let mut config = support::config();
+    config.session.max_waiters = max_waiters;
+    (support::start(config, transport.clone(), store), transport)
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_access_token_lends_a_valid_token_at_once_and_never_waits() {
+    let (session, transport) = session_with_waiters(10);
+    // The driver has not run yet: the store is still being read.
+    assert!(session.try_access_token().is_none(), "a token before the store was read");
+    assert_eq!(session.state(), StateView::Loading);
+    settle().await;
+    for _ in 0..1000 {
+        assert_eq!(session.try_with_token(|token| token.generation()), Some(Generation(1)));
+    }
+    let token = session.try_access_token().unwrap();
+    assert_eq!(token.generation(), Generation(1));
+    assert_eq!(session.waiting(), 0);
+    assert_eq!(session.stats().waits, 0, "a synchronous try counted as a wait");
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+}
+
+/// A spent token that nothing renews (invalidated after a resource's 401,
+/// with no caller since): a synchronous try cannot wait, but starts the one
+/// refresh a waiting caller would have started; trying again and again
+/// while it runs adds nothing to the machine (a real caller still finds
+/// room among two waiters).
+#[tokio::test(start_paused = true)]
+async fn try_access_token_on_a_spent_token_starts_one_refresh_and_adds_no_waiters() {
+    let (session, transport) = session_with_waiters(2);
+    settle().await;
+    let token = session.try_access_token().unwrap();
+    session.invalidate(&token);
+    settle().await;
+    assert_eq!(transport.refreshes.load(SeqCst), 0, "an invalidated token is renewed for the next caller, not before");
+    transport.hold();
+    for _ in 0..1000 {
+        assert!(session.try_access_token().is_none(), "handed out the invalidated token");
+    }
+    settle().await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "the tries started one refresh");
+    assert_eq!(session.state(), StateView::Refreshing { generation: Generation(1) });
+    let caller = {
+        let session = session.clone();
+        tokio::spawn(async move { session.access_token().await })
+    };
+    settle().await;
+    transport.release(1);
+    assert_eq!(caller.await.unwrap().unwrap().generation(), Generation(2), "the tries left no room to wait");
+    assert_eq!(session.try_with_token(|token| token.generation()), Some(Generation(2)));
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_access_token_without_a_session_starts_nothing() {
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let session = support::start(support::config(), transport.clone(), support::FaultyMemoryStore::default());
+    settle().await;
+    assert_eq!(session.state(), StateView::NoSession);
+    for _ in 0..100 {
+        assert!(session.try_access_token().is_none());
+    }
+    settle().await;
+    assert_eq!(session.state(), StateView::NoSession);
+    assert_eq!(transport.refreshes.load(SeqCst), 0);
+}

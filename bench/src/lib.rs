@@ -126,17 +126,34 @@ pub fn baseline_lock(access_token: &str) -> Arc<RwLock<Option<String>>> {
     Arc::new(RwLock::new(Some(access_token.to_owned())))
 }
 
-/// Nanoseconds per acquire for freshen and for the baseline, each the median
-/// of `sizes.rounds` rounds that alternate between the two; `threads` tasks
+/// Nanoseconds per acquire on a valid session, each the median of
+/// `sizes.rounds` rounds that alternate between the three; `threads` tasks
 /// acquire at once, each `sizes.acquires` times.
-pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes: Sizes) -> (f64, f64) {
+#[derive(Clone, Copy, Debug)]
+pub struct Fastpath {
+    /// freshen's borrowing acquire, `with_token(..).await`.
+    pub freshen: f64,
+    /// freshen's synchronous borrowing acquire, `try_with_token(..)`, in
+    /// the same kind of task: what a caller that need not wait pays.
+    pub freshen_sync: f64,
+    /// The hand-written baseline: a tokio `RwLock` read and a clone.
+    pub baseline: f64,
+}
+
+/// Times [`Fastpath`]'s three acquires in interleaved rounds of one run.
+pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes: Sizes) -> Fastpath {
     let lock = baseline_lock(ACCESS_TOKEN);
     let acquires = sizes.acquires;
-    let (mut freshen, mut baseline) = (Vec::new(), Vec::new());
+    let (mut freshen, mut freshen_sync, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..sizes.rounds {
         freshen.push(timed_tasks(runtime, threads, acquires, session, move |session| async move {
             for _ in 0..acquires {
                 black_box(session.with_token(|token| black_box(token).generation()).await.is_ok());
+            }
+        }));
+        freshen_sync.push(timed_tasks(runtime, threads, acquires, session, move |session| async move {
+            for _ in 0..acquires {
+                black_box(session.try_with_token(|token| black_box(token).generation()).is_some());
             }
         }));
         baseline.push(timed_tasks(runtime, threads, acquires, &lock, move |lock| async move {
@@ -145,7 +162,7 @@ pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes
             }
         }));
     }
-    (median(&mut freshen), median(&mut baseline))
+    Fastpath { freshen: median(&mut freshen), freshen_sync: median(&mut freshen_sync), baseline: median(&mut baseline) }
 }
 
 /// Runs `threads` tasks at once, each given its own clone of `shared`, and
@@ -185,8 +202,9 @@ pub fn fastpath_owned(runtime: &Runtime, session: &BenchSession, sizes: Sizes) -
 }
 
 /// Runs `count` operations of one kind, for an instruction count under
-/// callgrind: `fastpath` (the borrowing acquire), `fastpath_owned`
-/// (`access_token`), or `step` (the core machine's step).
+/// callgrind: `fastpath` (the borrowing acquire), `fastpath_sync`
+/// (`try_with_token`), `fastpath_owned` (`access_token`), or `step` (the
+/// core machine's step).
 pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
     match operation {
         "step" => {
@@ -195,17 +213,18 @@ pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
                 step();
             }
         }
-        "fastpath" | "fastpath_owned" => {
+        "fastpath" | "fastpath_sync" | "fastpath_owned" => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let session = runtime.block_on(valid_session("http://127.0.0.1:9/token".into(), ACCESS_TOKEN))?;
-            let owned = operation == "fastpath_owned";
             runtime.block_on(async {
                 for _ in 0..count {
-                    if owned {
-                        black_box(session.access_token().await.is_ok());
-                    } else {
-                        black_box(session.with_token(|token| black_box(token).generation()).await.is_ok());
-                    }
+                    match operation {
+                        "fastpath_owned" => black_box(session.access_token().await.is_ok()),
+                        "fastpath_sync" => {
+                            black_box(session.try_with_token(|token| black_box(token).generation()).is_some())
+                        }
+                        _ => black_box(session.with_token(|token| black_box(token).generation()).await.is_ok()),
+                    };
                 }
             });
         }
@@ -261,6 +280,7 @@ pub fn fastpath_allocs(runtime: &Runtime, session: &BenchSession, acquires: u64)
         let before = alloc::on_this_thread();
         for _ in 0..acquires {
             black_box(session.with_token(|token| black_box(token).generation()).await.is_ok());
+            black_box(session.try_with_token(|token| black_box(token).generation()).is_some());
             black_box(session.access_token().await.is_ok());
         }
         alloc::on_this_thread() - before

@@ -54,16 +54,19 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
         format!("http://127.0.0.1:9{}", paths::TOKEN),
         freshen_bench::ACCESS_TOKEN,
     ))?;
-    let (freshen_1, baseline_1) = freshen_bench::fastpath(&runtime, &session, 1, sizes);
-    let (freshen_2, baseline_2) = freshen_bench::fastpath(&runtime, &session, 2, sizes);
+    let one = freshen_bench::fastpath(&runtime, &session, 1, sizes);
+    let two = freshen_bench::fastpath(&runtime, &session, 2, sizes);
     println!(
-        "# fast path, ns per acquire: freshen {freshen_1:.1} vs RwLock+clone {baseline_1:.1} (1 thread); {freshen_2:.1} vs {baseline_2:.1} (2 threads)"
+        "# fast path, ns per acquire: freshen {:.1} (synchronous {:.1}) vs RwLock+clone {:.1} (1 thread); {:.1} vs {:.1} (2 threads)",
+        one.freshen, one.freshen_sync, one.baseline, two.freshen, two.baseline
     );
-    let (ratio_1, ratio_2) = (baseline_1 / freshen_1, baseline_2 / freshen_2);
+    let (ratio_1, ratio_2) = (one.baseline / one.freshen, two.baseline / two.freshen);
     println!("fastpath_ratio={:.2}", ratio_1.min(ratio_2));
     println!("fastpath_ratio_1t={ratio_1:.2}");
     println!("fastpath_ratio_2t={ratio_2:.2}");
-    println!("fastpath_ns_1t={freshen_1:.1}");
+    println!("fastpath_ns_1t={:.1}", one.freshen);
+    println!("fastpath_sync_ratio_1t={:.2}", one.baseline / one.freshen_sync);
+    println!("fastpath_sync_ns_1t={:.1}", one.freshen_sync);
     let owned = freshen_bench::fastpath_owned(&runtime, &session, sizes);
     println!("# access_token (an owned handle, an Arc clone) on one thread: {owned:.1} ns");
     println!("fastpath_owned_ns_1t={owned:.1}");
@@ -77,6 +80,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("step_allocs={step_allocs}");
     for (key, operation) in [
         ("fastpath_instructions", "fastpath"),
+        ("fastpath_sync_instructions", "fastpath_sync"),
         ("fastpath_owned_instructions", "fastpath_owned"),
         ("step_instructions", "step"),
     ] {

@@ -176,6 +176,13 @@ impl<W: Waker> Coordinator<W> {
         self.register(Some(waker), |caller| Event::TokenWanted { caller }, now)
     }
 
+    /// A caller who needs a token but does not wait for it (a synchronous
+    /// `try_` that found none): the machine starts what a waiting caller's
+    /// arrival would start; its answer goes nowhere.
+    pub(crate) fn want_unwaited(&self, now: MonoTime) {
+        self.register(None, |caller| Event::TokenWanted { caller }, now);
+    }
+
     /// A resource refused a token of `generation`: the caller wants one retry.
     pub(crate) fn unauthorized(&self, now: MonoTime, generation: Generation, waker: W) -> CallerId {
         self.register(Some(waker), |caller| Event::Unauthorized { caller, generation }, now)

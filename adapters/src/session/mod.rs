@@ -385,6 +385,47 @@ impl<T: Transport, S: Store> Session<T, S> {
         }
     }
 
+    /// A usable access token now, or `None` at once: for code that cannot
+    /// wait, such as a synchronous interceptor (tonic's) or a UI thread. The
+    /// session refreshes ahead of expiry on its own, so a healthy session
+    /// answers `Some`. `None` when no token is usable this instant: the
+    /// store is still being read, a refresh runs past the token's usable
+    /// time, or only a login helps ([`Session::state`] says which). A `None`
+    /// for a spent token that nothing renews starts the refresh a waiting
+    /// caller would have started, so a later call finds its result.
+    ///
+    /// ```no_run
+    /// # fn call(session: &freshen::AnySession) {
+    /// match session.try_access_token() {
+    ///     Some(token) => { let _header = token.authorization(); }
+    ///     None => { /* no token this instant: fail this request, or await `access_token` */ }
+    /// }
+    /// # }
+    /// ```
+    pub fn try_access_token(&self) -> Option<Token> {
+        self.try_with_token(Token::clone)
+    }
+
+    /// [`Session::try_access_token`], lending the token to `f` as
+    /// [`Session::with_token`] does: nothing is cloned or written.
+    pub fn try_with_token<R>(&self, f: impl FnOnce(&Token) -> R) -> Option<R> {
+        match self.shared.coordinator.lend(f) {
+            Ok(answer) => Some(answer),
+            Err(_) => {
+                // Only where a caller's arrival would start work: a caller
+                // that tries again and again while a refresh runs adds nothing.
+                // (The state's guard is let go first: the machine's step publishes to it.)
+                let now = self.shared.now();
+                let renews = self.shared.state.borrow().renews_for_a_caller_at(now);
+                if renews {
+                    self.shared.coordinator.want_unwaited(now);
+                    self.shared.kick.notify_one();
+                }
+                None
+            }
+        }
+    }
+
     /// After a resource answered 401 to `rejected`: a token to retry with,
     /// once. If `rejected` is the current token this starts a refresh; if it is
     /// older, the current one comes back at once.

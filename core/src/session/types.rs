@@ -674,6 +674,17 @@ pub enum Renewal {
 }
 
 impl Renewal {
+    /// Whether a caller arriving at `now` starts a refresh cycle.
+    pub fn starts_a_cycle_at(&self, now: MonoTime) -> bool {
+        match self {
+            Self::Ready => true,
+            Self::Failing { retry_at, .. } | Self::Misconfigured { retry_at, .. } => {
+                retry_at.is_none_or(|at| at <= now)
+            }
+            Self::InteractionRequired(_) | Self::NoRefreshToken => false,
+        }
+    }
+
     /// Whether this is what callers told `reason` are to find in the state:
     /// the failure of the last cycle, or the lack of a refresh token (U7).
     pub fn explains(&self, reason: &FailReason) -> bool {
@@ -716,6 +727,20 @@ impl StateView {
         }
     }
 
+    /// Whether a caller who finds no usable token at `now` would set the
+    /// session to work: no refresh or store read runs, and one may start
+    /// (tokens are held, no backoff, `Retry-After` or cooldown is in force,
+    /// and more than a login helps). A caller that cannot wait
+    /// registers only then, so calling again and again adds nothing.
+    pub fn renews_for_a_caller_at(&self, now: MonoTime) -> bool {
+        match self {
+            // Valid, but no token was usable: the machine looks again.
+            Self::Valid { .. } => true,
+            Self::Expired { renewal, .. } => renewal.starts_a_cycle_at(now),
+            Self::Loading | Self::NoSession | Self::Refreshing { .. } | Self::LoggedOut { .. } => false,
+        }
+    }
+
     /// The generation of the tokens held, if any.
     pub fn generation(&self) -> Option<Generation> {
         match self {
@@ -755,6 +780,34 @@ impl fmt::Display for Renewal {
             }
             Self::InteractionRequired(error) => write!(f, "the user must act ({error})"),
             Self::NoRefreshToken => f.write_str("no refresh token; a login renews the session"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_that_cannot_wait_sets_work_going_only_where_a_refresh_may_start() {
+        let now = MonoTime::ZERO.saturating_add(Duration::from_secs(100));
+        let failing =
+            |retry_at| Renewal::Failing { failure: AttemptFailure::Transport(TransportFailure::Timeout), retry_at };
+        let expired = |renewal| StateView::Expired { generation: Generation(3), renewal };
+        assert!(expired(Renewal::Ready).renews_for_a_caller_at(now));
+        assert!(expired(failing(None)).renews_for_a_caller_at(now), "a failure is not cached");
+        assert!(expired(failing(Some(now))).renews_for_a_caller_at(now));
+        let later = now.saturating_add(Duration::from_secs(1));
+        assert!(!expired(failing(Some(later))).renews_for_a_caller_at(now), "inside the server's Retry-After");
+        assert!(!expired(Renewal::NoRefreshToken).renews_for_a_caller_at(now));
+        assert!(StateView::Valid { generation: Generation(3), renewal: Renewal::Ready }.renews_for_a_caller_at(now));
+        for busy_or_ended in [
+            StateView::Loading,
+            StateView::NoSession,
+            StateView::Refreshing { generation: Generation(3) },
+            StateView::LoggedOut { cause: LogoutCause::Requested },
+        ] {
+            assert!(!busy_or_ended.renews_for_a_caller_at(now), "{busy_or_ended}");
         }
     }
 }
