@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use freshen::Error;
+use freshen::store::Store as _;
 use freshen_core::ids::Generation;
 use freshen_core::session::{LogoutCause, StateView, TransportFailure};
 use freshen_sim::authority::AuthorityConfig;
@@ -527,4 +528,52 @@ async fn try_access_token_without_a_session_starts_nothing() {
     settle().await;
     assert_eq!(session.state(), StateView::NoSession);
     assert_eq!(transport.refreshes.load(SeqCst), 0);
+}
+
+/// A wall clock stepped forward while a refresh is out reads as a suspend:
+/// the session's clock jumps past the attempt's deadline, so the machine
+/// gives the attempt up, though the request is still out and the server has
+/// taken it (tier-2 seed 1031887: another process then presented the same
+/// refresh token). Until that request ends, the session sends no other
+/// request and keeps the store's lock, so nobody presents that token again.
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_stepped_forward_mid_refresh_sends_nothing_more_and_keeps_the_lock_until_the_request_ends() {
+    let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+    let store = support::FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(300))));
+    let mut config = support::config();
+    config.session.shared_store = true;
+    let (wall_clock, jump) = jumping_wall_clock();
+    let environment = support::environment().with_wall_clock(wall_clock);
+    let session = freshen::Session::start_in(config, transport.clone(), store.clone(), environment).unwrap();
+    settle().await;
+    transport.hold();
+    let forced = {
+        let session = session.clone();
+        tokio::spawn(async move { session.refresh().await })
+    };
+    settle().await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "the forced refresh is out, its answer held");
+    jump.store(113, SeqCst);
+    // Another forced refresh reads the session's clock, which finds the step.
+    let caller = {
+        let session = session.clone();
+        tokio::spawn(async move { session.refresh().await })
+    };
+    // Within the request timeout (10 s): the machine has given up every attempt.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "a request went out beside the one still out");
+    assert!(forced.is_finished(), "the machine did not give the cycle up");
+    let elsewhere = tokio::time::timeout(Duration::from_millis(500), store.lock()).await;
+    assert!(elsewhere.is_err(), "the store's lock was let go with a request out");
+    // The answer comes: the late rotation is adopted, and the lock goes.
+    transport.release(1);
+    settle().await;
+    assert!(matches!(session.state(), StateView::Valid { generation: Generation(2), .. }), "{:?}", session.state());
+    // The second forced refresh goes out now (its answer held): once it is
+    // over too, nothing is out and the lock is free.
+    let second = caller.await.unwrap();
+    assert!(!matches!(second, Err(Error::LoggedOut(_))), "{second:?}");
+    let elsewhere = tokio::time::timeout(Duration::from_secs(1), store.lock()).await;
+    assert!(matches!(elsewhere, Ok(Ok(_))), "the lock was kept after the requests ended");
+    assert_eq!(transport.refreshes.load(SeqCst), 2);
 }

@@ -17,7 +17,7 @@ use crate::world::Database;
 use freshen_core::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use freshen_core::oauth::{Classified, Transient, TransientCause};
 pub use freshen_core::session::Plant;
-use freshen_core::session::{Command, Event, FailReason, Io, LogoutCause, SessionConfig, StateView};
+use freshen_core::session::{Command, Event, FailReason, Io, LogoutCause, SessionConfig, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
 use freshen_core::time::{MonoTime, UnixTime};
 use freshen_core::token::{Fingerprint, RefreshToken};

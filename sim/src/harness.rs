@@ -517,7 +517,7 @@ impl World {
     pub fn violations(&self) -> Vec<Violation> {
         let mut all: Vec<Violation> =
             self.processes.iter().flat_map(|p| p.machine.monitor.violations().to_vec()).collect();
-        all.extend_from_slice(self.shared_monitor.violations());
+        all.extend(self.shared_monitor.violations());
         all.extend_from_slice(self.authority_monitor.violations());
         all.extend_from_slice(&self.extra);
         all

@@ -236,6 +236,21 @@ fn a_token_rotated_away_long_ago_and_stored_again_is_still_older() {
     assert!(outcome.tally.refreshes > 500, "seed {seed} no longer rotates long enough to test this");
 }
 
+/// Seed 1031887 (stop 37's run of seeds 1,030,000 on, C1): a process's
+/// wall clock was stepped 113 s forward while its refresh was out. The
+/// session's clock reads such a step as a suspend and jumped past the
+/// attempt's deadline, so the machine gave the attempt up and let the lock
+/// go, and another process presented the same refresh token while the
+/// request was still out. The driver now sends nothing more and keeps the
+/// lock until that request ends. (The checker now also counts a process's
+/// own requests in flight on the world's clock.)
+#[test]
+fn a_wall_clock_stepped_forward_mid_refresh_lets_nobody_present_its_token_again() {
+    let seed = 1_031_887;
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

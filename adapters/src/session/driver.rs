@@ -107,8 +107,17 @@ pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io
     match io {
         Io::SendRefresh { id, refresh_token, attempt, dpop } => {
             let span = info_span!("refresh", refresh = %id, attempt, dpop = dpop.is_some());
+            if !RefreshesOut::start(shared) {
+                let _entered = span.enter();
+                debug!("an earlier refresh request is still out (this clock jumped ahead of it): not sent");
+                shared
+                    .coordinator
+                    .handle(shared.now(), Event::RefreshFailed { id, failure: TransportFailure::NotSent });
+                return;
+            }
             spawn_io(shared, span, |shared| async move {
                 let event = send_refresh(&shared, id, &refresh_token, dpop.as_ref()).await;
+                RefreshesOut::end(&shared);
                 shared.coordinator.handle(shared.now(), event);
             });
         }
@@ -155,7 +164,13 @@ pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io
         Io::UnlockStore => {
             // Dropping the slot's sender ends a wait the machine gave up.
             let released = shared.store_lock.lock().ok().map(|mut slot| mem::take(&mut *slot));
-            debug!(held = released.is_some_and(|slot| slot.held.is_some()), "store unlocked");
+            let held = released.and_then(|slot| slot.held);
+            let was_held = held.is_some();
+            if held.is_some_and(|lock| RefreshesOut::keep(shared, lock)) {
+                debug!("store unlocked for the session; its lock is kept until the refresh request out ends");
+            } else {
+                debug!(held = was_held, "store unlocked");
+            }
         }
         Io::Persist { op, session } => {
             let generation = session.generation;
@@ -243,6 +258,63 @@ async fn send_refresh<T: Transport, S: Store>(
     event
 }
 
+/// Refresh requests on the wire, and the store's lock kept for them.
+///
+/// The machine judges an attempt's deadline on the session's clock, which a
+/// wall clock stepped forward moves ahead (it reads as a suspend), so it may
+/// give up a request the transport still has out, and the server may still
+/// answer. Until that request ends (answered, failed, or timed out on the
+/// transport's own clock, at most `request_timeout` later), no other request
+/// of this session goes out, and the store's lock is not let go: no process
+/// presents the token that request carried while the server may still
+/// rotate it (C1 across processes, on real time).
+#[derive(Default)]
+pub(super) struct RefreshesOut {
+    count: usize,
+    /// The lock the machine let go of while a request was out.
+    kept_lock: Option<StoreLock>,
+}
+
+impl RefreshesOut {
+    /// Counts a request about to go out; false (and nothing counted) while another is out.
+    fn start<T, S>(shared: &Shared<T, S>) -> bool {
+        let Ok(mut out) = shared.refreshes_out.lock() else { return true };
+        if out.count > 0 {
+            return false;
+        }
+        out.count += 1;
+        true
+    }
+
+    /// A request ended: the lock kept for it goes once none is out.
+    fn end<T, S>(shared: &Shared<T, S>) {
+        let released = shared.refreshes_out.lock().ok().and_then(|mut out| {
+            out.count = out.count.saturating_sub(1);
+            if out.count == 0 { out.kept_lock.take() } else { None }
+        });
+        if released.is_some() {
+            debug!("the refresh request out ended: the store's lock kept for it is let go");
+        }
+    }
+
+    /// Keeps `lock` while a request is out; true if kept, else it is let go here.
+    fn keep<T, S>(shared: &Shared<T, S>, lock: StoreLock) -> bool {
+        match shared.refreshes_out.lock() {
+            Ok(mut out) if out.count > 0 => {
+                out.kept_lock = Some(lock);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The lock kept for a request still out, for this session's next lock:
+    /// it is this process's already, and waiting for it would wait on itself.
+    fn take_kept<T, S>(shared: &Shared<T, S>) -> Option<StoreLock> {
+        shared.refreshes_out.lock().ok().and_then(|mut out| out.kept_lock.take())
+    }
+}
+
 /// The store's cross-process lock as the machine last asked for it: the
 /// `LockStore` it waits for or holds, until `UnlockStore` empties the slot.
 #[derive(Default)]
@@ -262,13 +334,16 @@ async fn lock_and_read<T: Transport, S: Store>(
     op: StoreOpId,
     given_up: oneshot::Receiver<()>,
 ) -> Option<Event> {
-    let locked = tokio::select! {
-        biased;
-        locked = shared.store.lock() => locked,
-        _ = given_up => {
-            debug!("the wait for the store's lock was given up");
-            return None;
-        }
+    let locked = match RefreshesOut::take_kept(shared) {
+        Some(kept) => Ok(kept),
+        None => tokio::select! {
+            biased;
+            locked = shared.store.lock() => locked,
+            _ = given_up => {
+                debug!("the wait for the store's lock was given up");
+                return None;
+            }
+        },
     };
     let lock = match locked {
         Ok(lock) => lock,

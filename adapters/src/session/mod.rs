@@ -39,7 +39,7 @@ use crate::transport::{BoxTransport, Transport, TransportError};
 use std::sync::Arc;
 
 mod driver;
-use driver::{LockSlot, drive};
+use driver::{LockSlot, RefreshesOut, drive};
 
 /// Everything a session needs to know besides its transport and store.
 #[derive(Clone, Debug)]
@@ -188,6 +188,8 @@ struct Shared<T, S> {
     stopped: watch::Sender<bool>,
     /// The shared store's cross-process lock, as the machine last asked for it.
     store_lock: Mutex<LockSlot>,
+    /// Refresh requests on the wire, and the store's lock kept for them.
+    refreshes_out: Mutex<RefreshesOut>,
     /// The token endpoint as errors show it (no query, no user information).
     token_endpoint_shown: String,
     /// The transport's error for the last refresh attempt that went
@@ -335,6 +337,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             in_flight: AtomicUsize::new(0),
             stopped: watch::Sender::new(false),
             store_lock: Mutex::new(LockSlot::default()),
+            refreshes_out: Mutex::new(RefreshesOut::default()),
             token_endpoint_shown,
             last_transport_error: Mutex::new(None),
             counters,

@@ -3,7 +3,9 @@
 use super::*;
 
 /// Checks C1 and C2 across processes that share one store (and so one token
-/// family): at most one refresh in flight among them, and no process presents
+/// family): at most one refresh in flight among them, on the world's clock
+/// (a process's own requests too: its clock may jump ahead of a request it
+/// still has out), and no process presents
 /// a refresh token whose successor another process already wrote to the
 /// store. Each process keeps its own [`ClientMonitor`] for the rest; feed this
 /// one the same events and commands, named by process, on one clock.
@@ -28,6 +30,11 @@ pub struct SharedStoreMonitor {
     predecessors_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
     pending_writes: BTreeMap<(usize, StoreOpId), Fingerprint>,
     durably_superseded: BTreeSet<Fingerprint>,
+    /// What a send broke (and whether a lost lock excused it), judged when
+    /// the machine sent it and counted once the request went out: a driver
+    /// that refuses to send it (`NotSent`: an earlier request of its own is
+    /// still out) put nothing on the wire.
+    judged_sends: BTreeMap<(usize, RefreshId), Vec<(bool, Violation)>>,
     violations: Vec<Violation>,
 }
 
@@ -42,13 +49,16 @@ impl SharedStoreMonitor {
             predecessors_of: BTreeMap::new(),
             pending_writes: BTreeMap::new(),
             durably_superseded: BTreeSet::new(),
+            judged_sends: BTreeMap::new(),
             violations: Vec::new(),
         }
     }
 
-    /// Violations found so far.
-    pub fn violations(&self) -> &[Violation] {
-        &self.violations
+    /// Violations found so far (with those of sends whose fate is not known yet).
+    pub fn violations(&self) -> Vec<Violation> {
+        let judged = self.judged_sends.values().flatten();
+        let pending = judged.filter(|(excused, _)| !excused).map(|(_, violation)| violation);
+        self.violations.iter().chain(pending).cloned().collect()
     }
 
     /// `process` died: its requests can no longer be acted on by it, and its
@@ -70,23 +80,35 @@ impl SharedStoreMonitor {
 
     /// A refresh broke `invariant`: a violation, unless a lost lock
     /// `excused` it (the process could not know), then counted as an overlap.
-    fn flag(&mut self, excused: bool, invariant: Invariant, at: MonoTime, detail: impl FnOnce() -> String) {
+    fn flag(&mut self, excused: bool, violation: Violation) {
         if excused {
             self.lock_loss_overlaps += 1;
         } else {
-            self.violations.push(Violation { invariant, at, detail: detail() });
+            self.violations.push(violation);
         }
     }
 
     /// Refreshes C1 or C2 would have reported but for a lost lock.
     pub fn lock_loss_overlaps(&self) -> u64 {
-        self.lock_loss_overlaps
+        let pending = self.judged_sends.values().flatten().filter(|(excused, _)| *excused).count();
+        self.lock_loss_overlaps + pending as u64
+    }
+
+    /// The send of `process`'s `id` went out (`sent`) or was refused by
+    /// its driver: what it broke counts, or nothing does.
+    fn send_fate(&mut self, process: usize, id: RefreshId, sent: bool) {
+        for (excused, violation) in self.judged_sends.remove(&(process, id)).into_iter().flatten() {
+            if sent {
+                self.flag(excused, violation);
+            }
+        }
     }
 
     /// An input `process` is about to handle at `now`.
     pub fn event(&mut self, process: usize, _now: MonoTime, event: &Event) {
         match event {
             Event::RefreshCompleted { id, outcome, .. } => {
+                self.send_fate(process, *id, true);
                 let Some((_, token, _)) = self.in_flight.remove(&(process, *id)) else { return };
                 let successor = match outcome {
                     Classified::Success(response) => response.refresh_token.as_ref().map(|r| r.fingerprint()),
@@ -99,7 +121,8 @@ impl SharedStoreMonitor {
                     self.predecessors_of.entry(successor).or_default().insert(token);
                 }
             }
-            Event::RefreshFailed { id, .. } => {
+            Event::RefreshFailed { id, failure } => {
+                self.send_fate(process, *id, *failure != TransportFailure::NotSent);
                 self.in_flight.remove(&(process, *id));
             }
             // A login or a logout ends the session in that process: a refresh
@@ -128,20 +151,28 @@ impl SharedStoreMonitor {
                 let token = refresh_token.fingerprint();
                 let timeout = self.request_timeout;
                 let lockless = self.lockless.contains(&process);
+                // Its own requests count too: on this clock a request is out
+                // until it is answered or the timeout has really passed, even
+                // where the process's own clock jumped ahead of it (a wall
+                // clock stepped forward reads as a suspend).
+                // One that no lost lock excuses, if there is one.
                 let other = self
                     .in_flight
                     .iter()
-                    .find(|((p, _), (at, _, _))| *p != process && now < at.saturating_add(timeout))
+                    .filter(|(_, (at, _, _))| now < at.saturating_add(timeout))
+                    .min_by_key(|(_, (_, _, other_lockless))| *other_lockless)
                     .map(|((p, other), (_, _, other_lockless))| (*p, *other, *other_lockless));
+                let mut judged = Vec::new();
                 if let Some((p, other, other_lockless)) = other {
-                    self.flag(lockless || other_lockless, Invariant::C1, now, || {
-                        format!("process {process} sent {id} while process {p}'s {other} was in flight")
-                    });
+                    let detail = format!("process {process} sent {id} while process {p}'s {other} was in flight");
+                    judged.push((lockless || other_lockless, Violation { invariant: Invariant::C1, at: now, detail }));
                 }
                 if self.durably_superseded.contains(&token) {
-                    self.flag(lockless, Invariant::C2, now, || {
-                        format!("process {process} sent {id} with {token}, whose successor the store held")
-                    });
+                    let detail = format!("process {process} sent {id} with {token}, whose successor the store held");
+                    judged.push((lockless, Violation { invariant: Invariant::C2, at: now, detail }));
+                }
+                if !judged.is_empty() {
+                    self.judged_sends.insert((process, *id), judged);
                 }
                 self.in_flight.insert((process, *id), (now, token, lockless));
             }

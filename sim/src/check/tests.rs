@@ -636,7 +636,6 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
         })
     };
     m.command(0, t(0), &send(1));
-    // The same process again is its own monitor's business; another one is not.
     m.command(1, t(1_000), &send(1));
     assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C1]);
     // Once the first is answered (or dead), another may go.
@@ -646,6 +645,33 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
     m.command(1, t(1_000), &send(1));
     m.command(2, t(1_000 + config.request_timeout.as_millis() as u64), &send(1));
     assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+/// On the world's clock a request is out until it is answered or its
+/// timeout has really passed, whatever the process's own clock says (a wall
+/// clock stepped forward moves it ahead: tier-2 seed 1031887). A send its
+/// driver refused (`NotSent`) put nothing on the wire.
+#[test]
+fn the_shared_store_monitor_counts_a_processs_own_request_out_and_not_a_send_refused() {
+    use freshen_core::session::TransportFailure;
+    let config = SessionConfig::default();
+    let send = |id| {
+        Command::Io(Io::SendRefresh {
+            id: RefreshId(id),
+            refresh_token: RefreshToken::new("r1"),
+            attempt: 1,
+            dpop: None,
+        })
+    };
+    let mut m = SharedStoreMonitor::new(&config);
+    m.command(0, t(0), &send(1));
+    m.command(0, t(2_000), &send(2));
+    m.event(0, t(2_000), &Event::RefreshFailed { id: RefreshId(2), failure: TransportFailure::NotSent });
+    assert!(m.violations().is_empty(), "a send refused by its driver counted: {:?}", m.violations());
+    m.command(0, t(3_000), &send(3));
+    assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C1], "not yet answered");
+    m.event(0, t(3_100), &Event::RefreshFailed { id: RefreshId(3), failure: TransportFailure::Interrupted });
+    assert_eq!(m.violations().len(), 1, "it went out: it stays counted");
 }
 
 #[test]

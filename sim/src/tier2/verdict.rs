@@ -41,7 +41,7 @@ pub(super) fn verdict(
         if host.watch.process == 0 {
             *counts.entry("store_write_fail").or_default() += host.store.faults().failed();
             if let Ok(shared) = host.watch.shared.lock() {
-                outcome.violations.extend_from_slice(shared.violations());
+                outcome.violations.extend(shared.violations());
                 outcome.tally.lock_loss_overlaps += shared.lock_loss_overlaps();
             }
             if let Some(database) = &host.database {
