@@ -13,6 +13,11 @@ fn t(ms: u64) -> MonoTime {
     MonoTime::from_millis(ms)
 }
 
+/// Attempt `id` of a refresh presenting `r1`.
+fn send_r1(id: u64) -> Command {
+    Command::Io(Io::SendRefresh { id: RefreshId(id), refresh_token: RefreshToken::new("r1"), attempt: 1, dpop: None })
+}
+
 fn monitor() -> ClientMonitor {
     ClientMonitor::new(&SessionConfig::default())
 }
@@ -624,26 +629,17 @@ fn the_shared_store_monitor_counts_overlaps_where_a_lock_was_lost_instead_of_rep
 
 #[test]
 fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
-    use freshen_core::session::TransportFailure;
     let config = SessionConfig::default();
     let mut m = SharedStoreMonitor::new(&config);
-    let send = |id| {
-        Command::Io(Io::SendRefresh {
-            id: RefreshId(id),
-            refresh_token: RefreshToken::new("r1"),
-            attempt: 1,
-            dpop: None,
-        })
-    };
-    m.command(0, t(0), &send(1));
-    m.command(1, t(1_000), &send(1));
+    m.command(0, t(0), &send_r1(1));
+    m.command(1, t(1_000), &send_r1(1));
     assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C1]);
     // Once the first is answered (or dead), another may go.
     let mut m = SharedStoreMonitor::new(&config);
-    m.command(0, t(0), &send(1));
+    m.command(0, t(0), &send_r1(1));
     m.event(0, t(500), &Event::RefreshFailed { id: RefreshId(1), failure: TransportFailure::Timeout });
-    m.command(1, t(1_000), &send(1));
-    m.command(2, t(1_000 + config.request_timeout.as_millis() as u64), &send(1));
+    m.command(1, t(1_000), &send_r1(1));
+    m.command(2, t(1_000 + config.request_timeout.as_millis() as u64), &send_r1(1));
     assert!(m.violations().is_empty(), "{:?}", m.violations());
 }
 
@@ -653,22 +649,13 @@ fn the_shared_store_monitor_catches_two_processes_refreshing_at_once() {
 /// driver refused (`NotSent`) put nothing on the wire.
 #[test]
 fn the_shared_store_monitor_counts_a_processs_own_request_out_and_not_a_send_refused() {
-    use freshen_core::session::TransportFailure;
     let config = SessionConfig::default();
-    let send = |id| {
-        Command::Io(Io::SendRefresh {
-            id: RefreshId(id),
-            refresh_token: RefreshToken::new("r1"),
-            attempt: 1,
-            dpop: None,
-        })
-    };
     let mut m = SharedStoreMonitor::new(&config);
-    m.command(0, t(0), &send(1));
-    m.command(0, t(2_000), &send(2));
+    m.command(0, t(0), &send_r1(1));
+    m.command(0, t(2_000), &send_r1(2));
     m.event(0, t(2_000), &Event::RefreshFailed { id: RefreshId(2), failure: TransportFailure::NotSent });
     assert!(m.violations().is_empty(), "a send refused by its driver counted: {:?}", m.violations());
-    m.command(0, t(3_000), &send(3));
+    m.command(0, t(3_000), &send_r1(3));
     assert_eq!(m.violations().iter().map(|v| v.invariant).collect::<Vec<_>>(), [Invariant::C1], "not yet answered");
     m.event(0, t(3_100), &Event::RefreshFailed { id: RefreshId(3), failure: TransportFailure::Interrupted });
     assert_eq!(m.violations().len(), 1, "it went out: it stays counted");
