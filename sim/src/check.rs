@@ -288,12 +288,40 @@ pub struct Healed<'a> {
     /// world leaves it ended (tier 1 logs the user in again and asks once
     /// more, so it never leaves a session ended here).
     pub evidence: Option<LogoutEvidence>,
+    /// Callers told the session had ended, in a session that went on (the
+    /// user logged in again): not counted in `unserved`.
+    pub told_ended: Option<ToldEnded>,
+}
+
+/// Callers told, after healing, that the session had ended: right if the
+/// logout is one the rules accept (the user must log in again first), as for
+/// a session left ended (tier-2 seed 1037012: a write held up past the lock's
+/// bound ended the session just after the world healed, and the app's other
+/// processes answered "logged out" until the user's next login landed).
+///
+/// The excuse lasts as long as the user takes to log in again: callers told
+/// later than `login_bound` after the session ended here (or after the world
+/// healed, if it ended before) waited on a login that should have landed (the
+/// `lock-not-released-on-death` plant leaves every login waiting on a lock).
+#[derive(Clone, Debug)]
+pub struct ToldEnded {
+    /// How many callers were told.
+    pub callers: u64,
+    /// When the last of them was told.
+    pub last_told_at: MonoTime,
+    /// The logout to judge: for callers told another process ended the
+    /// session, the rejection that ended it there, if one did.
+    pub cause: LogoutCause,
+    /// When this process saw its session end, or the world healed if later.
+    pub ended_at: MonoTime,
+    /// How long the user takes to log in again in a healed world.
+    pub login_bound: Duration,
 }
 
 /// The liveness rule after healing (C5 with L1 and L2): once faults stop and
-/// every bound has passed, callers are served. A session left ended must have
-/// ended for a cause the logout rules accept; otherwise any unserved caller
-/// is a violation.
+/// every bound has passed, callers are served. A session left ended, or one
+/// whose callers were told it had ended, must have ended for a cause the
+/// logout rules accept; otherwise any unserved caller is a violation.
 ///
 /// # Errors
 /// The violation, naming the process.
@@ -310,17 +338,46 @@ pub fn judge_healed(
     };
     match ended {
         Some((cause, evidence)) => judge_logout(session, authority, &cause, evidence, at).map_err(named),
-        None if healed.unserved > 0 => Err(named(Violation {
-            invariant: Invariant::C5,
-            at,
-            detail: format!(
-                "after healing, {} caller(s) got no token (the last: {}) in state {}",
-                healed.unserved,
-                healed.last_unserved.as_deref().unwrap_or("never answered"),
-                healed.state.map_or_else(|| "unknown".to_owned(), ToString::to_string),
-            ),
-        })),
-        None => Ok(()),
+        None => {
+            // Without the world's evidence a logout excuses nobody.
+            let told_unexcused = match (&healed.told_ended, healed.evidence) {
+                (Some(told), Some(evidence)) => {
+                    let late = told.last_told_at.saturating_duration_since(told.ended_at);
+                    if late > told.login_bound {
+                        return Err(named(Violation {
+                            invariant: Invariant::C5,
+                            at,
+                            detail: format!(
+                                "after healing, {} caller(s) were told the session had ended, the last {late:?} after \
+                                 it ended, past the {:?} a login takes",
+                                told.callers, told.login_bound
+                            ),
+                        }));
+                    }
+                    judge_logout(session, authority, &told.cause, evidence, at).map_err(named)?;
+                    0
+                }
+                (Some(told), None) => told.callers,
+                (None, _) => 0,
+            };
+            let unserved = healed.unserved + told_unexcused;
+            if unserved == 0 {
+                return Ok(());
+            }
+            let last = match &healed.last_unserved {
+                Some(last) => last.as_str(),
+                None if healed.unserved == 0 => "told the session had ended",
+                None => "never answered",
+            };
+            Err(named(Violation {
+                invariant: Invariant::C5,
+                at,
+                detail: format!(
+                    "after healing, {unserved} caller(s) got no token (the last: {last}) in state {}",
+                    healed.state.map_or_else(|| "unknown".to_owned(), ToString::to_string),
+                ),
+            }))
+        }
     }
 }
 

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use crate::authority::{AuditOp, AuditOutcome, Refusal};
 use crate::check::{
-    AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, Violation, judge_healed,
+    AuthorityMonitor, ClientMonitor, Healed, Invariant, LogoutEvidence, SharedStoreMonitor, ToldEnded, Violation,
+    judge_healed,
 };
 use crate::faulty_store::{FaultyStore, StoreFaults};
 use crate::harness::logout_name;
@@ -270,11 +271,14 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                     }),
                     trace: config.trace.then(|| Mutex::new(Vec::new())),
                     logouts: Mutex::new(BTreeMap::new()),
+                    last_logout: Mutex::new(None),
                 }),
                 incarnation: AtomicU32::new(0),
                 granted: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 failed_after_heal: AtomicU64::new(0),
+                told_ended_after_heal: AtomicU64::new(0),
+                last_told_ended: Mutex::new(None),
                 last_unserved: Mutex::new(None),
                 healed: std::sync::atomic::AtomicBool::new(false),
                 last_state: Mutex::new(None),

@@ -251,6 +251,22 @@ fn a_wall_clock_stepped_forward_mid_refresh_lets_nobody_present_its_token_again(
     assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
 }
 
+/// Tier-2 seed 1037012 (C5 after healing, found by a deep run): a database
+/// worker's write of a rotation was held up past the lock's bound, and the
+/// worker that took the lock presented the older token still stored; reuse
+/// detection revoked the family (a lost-lock hazard no grace covers in this
+/// world). The rejection that ended the session landed just after the world
+/// healed, and the app's other processes told their callers "logged out"
+/// until the user logged in again. The verdict now judges the logout those
+/// callers were told of, as it judges a session left ended.
+#[test]
+fn callers_told_of_an_accepted_logout_after_healing_are_not_unserved() {
+    let seed = 1_037_012;
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    assert!(outcome.tally.logouts.get("rejected").is_some_and(|n| *n > 0), "{:?}", outcome.tally.logouts);
+}
+
 #[test]
 #[ignore = "a wider scan, run by hand"]
 fn scan() {

@@ -531,7 +531,14 @@ fn l2_catches_a_logout_with_no_cause_in_the_world() {
 fn the_healed_verdict_catches_an_unserved_caller_unless_the_session_ended_for_an_accepted_cause() {
     let (session, authority) = (SessionConfig::default(), AuthorityConfig::default());
     let valid = StateView::Valid { generation: Generation(3), renewal: Renewal::Ready };
-    let served = Healed { process: "client-0", unserved: 0, last_unserved: None, state: Some(&valid), evidence: None };
+    let served = Healed {
+        process: "client-0",
+        unserved: 0,
+        last_unserved: None,
+        state: Some(&valid),
+        evidence: None,
+        told_ended: None,
+    };
     assert!(judge_healed(&session, &authority, &served, t(0)).is_ok());
     // A caller unserved in a healed world whose session goes on: C5, named.
     let unserved = Healed { unserved: 2, last_unserved: Some("timed out".into()), ..served.clone() };
@@ -548,6 +555,40 @@ fn the_healed_verdict_catches_an_unserved_caller_unless_the_session_ended_for_an
     // A world that logs the user in again gives no evidence: an ended state is no excuse.
     let relogged = Healed { evidence: None, ..left_ended };
     assert_eq!(judge_healed(&session, &authority, &relogged, t(0)).unwrap_err().invariant, Invariant::C5);
+    // Callers told the session had ended, in a session that went on (the
+    // user logged in again): the logout rules judge what they were told of.
+    let told = Some(ToldEnded {
+        callers: 3,
+        last_told_at: MonoTime::from_secs(50),
+        cause: rejected(false),
+        ended_at: MonoTime::from_secs(10),
+        login_bound: Duration::from_secs(40),
+    });
+    let told_of_a_crash = Healed {
+        told_ended: told.clone(),
+        evidence: Some(LogoutEvidence { crashed: true, ..no_cause }),
+        ..served.clone()
+    };
+    assert!(judge_healed(&session, &authority, &told_of_a_crash, t(0)).is_ok());
+    let told_of_no_cause = Healed { evidence: Some(no_cause), ..told_of_a_crash.clone() };
+    assert_eq!(judge_healed(&session, &authority, &told_of_no_cause, t(0)).unwrap_err().invariant, Invariant::L2);
+    // Other unserved callers still count beside excused ones.
+    let and_one_timed_out = Healed { unserved: 1, last_unserved: Some("timed out".into()), ..told_of_a_crash.clone() };
+    assert_eq!(judge_healed(&session, &authority, &and_one_timed_out, t(0)).unwrap_err().invariant, Invariant::C5);
+    // A login that should have landed by then: the excuse has run out.
+    let told_too_late = Healed {
+        told_ended: told.clone().map(|told| ToldEnded { last_told_at: MonoTime::from_secs(51), ..told }),
+        ..told_of_a_crash.clone()
+    };
+    let violation = judge_healed(&session, &authority, &told_too_late, t(0)).unwrap_err();
+    assert!(violation.invariant == Invariant::C5 && violation.detail.contains("past the 40s"), "{violation}");
+    // Without the world's evidence, callers told of a logout are unserved.
+    let told_without_evidence = Healed { evidence: None, ..told_of_a_crash };
+    let violation = judge_healed(&session, &authority, &told_without_evidence, t(0)).unwrap_err();
+    assert!(
+        violation.detail.contains("3 caller(s)") && violation.detail.contains("told the session had ended"),
+        "{violation}"
+    );
 }
 
 #[test]

@@ -83,6 +83,7 @@ impl World {
                 last_unserved,
                 state: Some(state),
                 evidence: None,
+                told_ended: None,
             };
             let judged = judge_healed(&self.config.session, &self.config.authority, &healed, self.now);
             self.extra.extend(judged.err());

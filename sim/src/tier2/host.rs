@@ -15,6 +15,9 @@ pub(super) struct Watch {
     pub(super) monitor: Mutex<ClientMonitor>,
     pub(super) trace: Option<Mutex<Vec<String>>>,
     pub(super) logouts: Mutex<BTreeMap<String, u64>>,
+    /// This process's last logout, on the world's clock: when the user's
+    /// wait for a login began here.
+    pub(super) last_logout: Mutex<Option<(MonoTime, LogoutCause)>>,
 }
 
 impl Watch {
@@ -58,12 +61,15 @@ impl Observer for Watch {
         if let Ok(mut shared) = self.shared.lock() {
             shared.command(self.process, world_time(now), command);
         }
-        if let Some(cause) = match command {
-            Command::StateChanged(view) => view.logout_cause(),
-            _ => None,
-        } && let Ok(mut logouts) = self.logouts.lock()
+        if let Command::StateChanged(view) = command
+            && let Some(cause) = view.logout_cause()
         {
-            *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+            if let Ok(mut logouts) = self.logouts.lock() {
+                *logouts.entry(logout_name(&cause).to_owned()).or_default() += 1;
+            }
+            if let Ok(mut last) = self.last_logout.lock() {
+                *last = Some((world_time(now), cause));
+            }
         }
         if let Ok(mut monitor) = self.monitor.lock() {
             monitor.command(now, command);
@@ -103,6 +109,10 @@ pub(super) struct Host {
     pub(super) failed_after_heal: AtomicU64,
     /// How the last of those callers was answered.
     pub(super) last_unserved: Mutex<Option<String>>,
+    /// After the network healed: callers told the session had ended, and
+    /// the last logout they were told of (judged by the logout rules).
+    pub(super) told_ended_after_heal: AtomicU64,
+    pub(super) last_told_ended: Mutex<Option<(MonoTime, LogoutCause)>>,
     pub(super) healed: std::sync::atomic::AtomicBool,
     pub(super) last_state: Mutex<Option<StateView>>,
     /// Whether the safety phase's faults still run.
@@ -164,9 +174,16 @@ pub(super) async fn caller(session: Session<TurmoilTransport, HostStore>, host: 
         Err(error) => {
             host.failed.fetch_add(1, Ordering::Relaxed);
             if healed && host.healed.load(Ordering::Acquire) {
-                host.failed_after_heal.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = host.last_unserved.lock() {
-                    *last = Some(error.to_string());
+                if let freshen::Error::LoggedOut(cause) = error {
+                    host.told_ended_after_heal.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = host.last_told_ended.lock() {
+                        *last = Some((world_time(MonoTime::ZERO), cause));
+                    }
+                } else {
+                    host.failed_after_heal.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = host.last_unserved.lock() {
+                        *last = Some(error.to_string());
+                    }
                 }
             }
             return;
@@ -231,6 +248,16 @@ async fn retry_with_nonce(host: &Host, token: &freshen::Token, nonce: Option<&Dp
     }
 }
 
+/// How long the user waits after a logout before logging in again.
+const RELOGIN_PAUSE: Duration = Duration::from_secs(30);
+
+/// How long a login takes once a session has ended, in a healed world: the
+/// user's pause, the host's next round (a few seconds), then the slowest
+/// login, the device grant's (reading the code for up to 21 s, up to three
+/// approvals 5 s apart, two polling intervals, one slowed down, the write).
+/// Seed 1037012's logins took 53 and 55 s.
+pub(super) const LOGIN_BOUND: Duration = RELOGIN_PAUSE.saturating_add(Duration::from_secs(90));
+
 /// The user logs out, then logs in again half a minute later, by the
 /// world's [`LoginGrant`].
 pub(super) async fn log_out_and_back_in(session: Session<TurmoilTransport, HostStore>, host: Arc<Host>, log_out: bool) {
@@ -245,7 +272,7 @@ pub(super) async fn log_out_and_back_in(session: Session<TurmoilTransport, HostS
     if log_out {
         session.log_out().await;
     }
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(RELOGIN_PAUSE).await;
     // A bound world logs in with a new key from the world's seed.
     let key = host.dpop_keys.as_ref().and_then(|keys| keys.lock().ok().map(|mut keys| dpop_key_from(&mut keys)));
     // Each login attempt of the host has its own number: its proofs' ids,

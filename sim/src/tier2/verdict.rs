@@ -96,6 +96,7 @@ pub(super) fn verdict(
             last_unserved: host.last_unserved.lock().ok().and_then(|last| last.clone()),
             state: last.as_ref(),
             evidence: Some(evidence),
+            told_ended: told_ended(host, hosts, MonoTime::from_elapsed(config.safety_phase)),
         };
         extra.extend(judge_healed(&config.session, &config.authority, &healed, at).err());
         if let Some(trace) = &host.watch.trace {
@@ -105,6 +106,35 @@ pub(super) fn verdict(
     outcome.violations.extend(extra);
     outcome.tally.faults = counts;
     outcome
+}
+
+/// The callers `host` told, after healing, that the session had ended, and
+/// the logout to judge for them: the one they were told of, or, for "ended
+/// in another process", the app's latest rejection (the logout that emptied
+/// the shared store; none if the user logged out there).
+fn told_ended(host: &Host, hosts: &[Arc<Host>], healed_at: MonoTime) -> Option<ToldEnded> {
+    let callers = host.told_ended_after_heal.load(Ordering::Relaxed);
+    let (last_told_at, told) =
+        host.last_told_ended.lock().ok().and_then(|last| last.clone()).filter(|_| callers > 0)?;
+    let last_logout = |host: &Host| host.watch.last_logout.lock().ok().and_then(|last| last.clone());
+    let cause = match told {
+        LogoutCause::EndedElsewhere | LogoutCause::NoSession => hosts
+            .iter()
+            .filter(|other| other.app == host.app)
+            .filter_map(|other| last_logout(other))
+            .filter(|(_, cause)| matches!(cause, LogoutCause::RefreshTokenRejected { .. }))
+            .max_by_key(|(at, _)| *at)
+            .map_or(told, |(_, rejection)| rejection),
+        told => told,
+    };
+    let ended_here = last_logout(host).map_or(MonoTime::ZERO, |(at, _)| at);
+    Some(ToldEnded {
+        callers,
+        last_told_at,
+        cause,
+        ended_at: ended_here.max(healed_at),
+        login_bound: super::host::LOGIN_BOUND,
+    })
 }
 
 /// The authority's last refusal of a refresh from `client`, if any. A
