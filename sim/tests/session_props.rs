@@ -442,6 +442,10 @@ fn logging_out_a_login_never_written_revokes_at_once_and_finishes() {
 fn a_lifetime_counts_from_the_first_unsettled_attempt_even_once_it_is_forgotten() {
     let ops = [
         Op::Login { lifetime: 1, age: 0 },
+        // The load, then the login's write: a refresh presents only what
+        // the store holds (since stop 38).
+        Op::StoreOk,
+        Op::StoreOk,
         Op::Advance { millis: 28195 },
         Op::Advance { millis: 81993 },
         Op::Advance { millis: 113180 },

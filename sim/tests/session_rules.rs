@@ -824,21 +824,23 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
     );
     h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     let stale = stored(58, "r-logged-out", None);
-    h.handle(Event::StoreLoaded { op: load, stored: Some(stale.clone()), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    h.handle(Event::StoreLoaded { op: load, stored: Some(stale), unix_now: UnixTime::from_secs(UNIX_ZERO) });
     let StateView::Valid { generation, .. } = h.session().state().clone() else { panic!("{}", h.session().state()) };
     assert!(generation > Generation(58), "the login holds {generation}, not above the stale blob");
-    // The login's write fails; the server rejects the login's token; the
-    // re-read finds the stale blob and must not adopt it.
+    // The login's write fails and a caller's token is refused. Until stop 38
+    // the login's token was refreshed at once, rejected, and the re-read
+    // found the stale blob (which must not be adopted); now no refresh
+    // presents a token the store does not hold (C3): the login is written
+    // again first, and the stale blob is gone.
     let (op, _) = h.last_persist();
     h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
-    h.handle(Event::Unauthorized { caller: CallerId(1), generation });
-    let (id, refresh, _) = h.last_refresh();
-    assert_eq!(refresh, "r-login");
-    h.answer(id, invalid_grant());
+    let out = h.handle(Event::Unauthorized { caller: CallerId(1), generation });
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{out:?}");
     h.advance_to(at(2_000));
-    let op = h.load_op();
-    h.handle(Event::StoreLoaded { op, stored: Some(stale), unix_now: UnixTime::from_secs(UNIX_ZERO) });
-    assert!(matches!(h.session().state(), StateView::LoggedOut { .. }), "{}", h.session().state());
+    let (op, written) = h.last_persist();
+    assert_eq!(written.refresh_token.unwrap().expose_secret(), "r-login");
+    let out = h.handle(Event::StoreWritten { op });
+    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{out:?}");
     assert_eq!(h.last_refresh().1, "r-login", "the stale token was sent");
 }
 
@@ -1853,4 +1855,33 @@ fn a_key_read_back_from_the_store_is_the_instance_already_held() {
     };
     let granted_key = grant.dpop_key.clone().expect("a bound grant carries its key");
     assert!(std::ptr::eq(granted_key.public_jwk(), proved_with.public_jwk()), "the key was made again");
+}
+
+/// Tier-2 seed 1037012's shape: a rotation's write hangs (a database worker
+/// stalled past the lock's bound). A forced refresh, and the refresh ahead
+/// of expiry, wait for it: the store's older token is what another process,
+/// or this one after a crash, presents next, and each rotation on top of an
+/// unwritten one moves it further out of the server's grace (C3). An answer
+/// that keeps the token needs no wait: the store holds that token already.
+#[test]
+fn no_refresh_presents_a_rotation_whose_write_is_still_out() {
+    let (mut h, first) = refreshing_under_the_lock();
+    h.answer(first, success("a2", Some("r2"), 3600));
+    let (write, _) = h.last_persist();
+    let sends = |out: &[Command]| out.iter().filter(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))).count();
+    let out = h.handle(Event::RefreshWanted { caller: CallerId(2) });
+    assert_eq!(sends(&out), 0, "r2 presented before it was written: {out:?}");
+    // Past the refresh point too: still nothing until the write lands.
+    let out = h.advance_to(h.now().saturating_add(Duration::from_secs(3590)));
+    assert_eq!(sends(&out), 0, "{out:?}");
+    let out = h.handle(Event::StoreWritten { op: write });
+    assert_eq!(sends(&out), 1, "{out:?}");
+    assert_eq!(h.last_refresh().1, "r2");
+    // An answer that keeps r2 leaves the store's token current: a forced
+    // refresh goes out while that answer's write is out.
+    let (second, ..) = h.last_refresh();
+    h.answer(second, success("a3", None, 3600));
+    let out = h.handle(Event::RefreshWanted { caller: CallerId(3) });
+    assert_eq!(sends(&out), 1, "{out:?}");
+    assert_eq!(h.last_refresh().1, "r2");
 }

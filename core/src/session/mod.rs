@@ -273,6 +273,10 @@ struct TokenSet {
     /// These tokens come from a login in this process: until written, they
     /// are newer than anything the store holds, whatever its generation says.
     from_login: bool,
+    /// The store has held `refresh` (read from it, or written with an
+    /// earlier generation that an answer keeping the token replaced): a
+    /// refresh presenting it moves nothing the store holds out of date.
+    refresh_stored: bool,
     /// The login these tokens descend from (see [`StoredSession`]'s field).
     lineage: Option<Fingerprint>,
     /// These tokens come from a late answer adopted while this process did

@@ -80,11 +80,15 @@ pub enum Plant {
     /// the driver's withdrawal timer fires at once for ever; or U8: a token
     /// handed out past its death).
     PublishesByGeneration,
+    /// Refreshes tokens whose write has not landed (breaks C3: the store
+    /// keeps a token rotated away again and again, which another process,
+    /// or this one after a crash, presents next).
+    RefreshesUnwritten,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 22] = [
+    pub const ALL: [Plant; 23] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -107,6 +111,7 @@ impl Plant {
         Plant::NoFencing,
         Plant::LockNotReleasedOnDeath,
         Plant::PublishesByGeneration,
+        Plant::RefreshesUnwritten,
     ];
 
     /// The name used on command lines.
@@ -134,6 +139,7 @@ impl Plant {
             Plant::NoFencing => "no-fencing",
             Plant::LockNotReleasedOnDeath => "lock-not-released-on-death",
             Plant::PublishesByGeneration => "publishes-by-generation",
+            Plant::RefreshesUnwritten => "refreshes-unwritten",
         }
     }
 

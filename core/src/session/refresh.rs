@@ -304,6 +304,7 @@ impl Session {
             // lost answer is why.
             answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
             from_login: false,
+            refresh_stored: kept && (old.refresh_stored || self.store.holds == Holds::Session(old.generation)),
             lineage: old.lineage,
             answered_unlocked: self.locks_store() && !self.store.locked,
             dpop_key: old.dpop_key,
@@ -325,6 +326,7 @@ impl Session {
             tokens.generation = generation;
             tokens.refresh = Some(rotated);
             tokens.salvaged = true;
+            tokens.refresh_stored = false;
             tokens.first_send = None;
             tokens.presented_since = next_refresh;
             tokens.answer_lost = false;
@@ -547,6 +549,7 @@ impl Session {
         login.lineage = login.refresh_token.as_ref().map(RefreshToken::fingerprint);
         let mut tokens = TokenSet::arrived(generation, login, expiry, self.outbox.next_refresh);
         tokens.from_login = true;
+        tokens.refresh_stored = false;
         // The grant the login replaces: the tokens held, or those of a logout
         // whose clear never landed (still owed a revocation, and still stored).
         tokens.refresh_first = self.adopted_past_refresh_point(&tokens);

@@ -26,7 +26,7 @@ impl Session {
                 // A forced refresh is the app's answer to a request for interaction.
                 let forced = self.forced_refresh_waiting();
                 let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
-                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none() && self.key_durable(tokens)
+                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none() && self.presentable(tokens)
             }
             _ => false,
         };
@@ -53,13 +53,26 @@ impl Session {
         self.settle_logout();
     }
 
-    /// A DPoP key proves nothing before the store holds it (D3): a bound
-    /// login is written before its first refresh, as it is before its
-    /// first grant (C3). Tokens from the store or a refresh carry a key
-    /// that was durable already.
-    fn key_durable(&self, tokens: &TokenSet) -> bool {
-        let unwritten_login = tokens.from_login && self.store.holds != Holds::Session(tokens.generation);
-        tokens.dpop_key.is_none() || !unwritten_login || self.planted(Plant::ProvesKeyBeforeStored)
+    /// Write-ahead for refreshes (C3): a refresh presents only a refresh
+    /// token the store holds, as a grant hands out only stored tokens (an
+    /// answer that kept the token changes nothing here). A rotation whose write
+    /// is still out (or failed) is not built on: the older token the store
+    /// holds is what another process, or this one after a crash, presents
+    /// next, and each rotation on top of it moves that token further out
+    /// of the grace a server gives replays (tier-2 seed 1037012: two
+    /// rotations went out while one write hung past the lock's bound).
+    /// Callers lose nothing, since nothing is handed out before its write
+    /// lands. A bound login's key proves nothing before it is stored (D3).
+    fn presentable(&self, tokens: &TokenSet) -> bool {
+        if tokens.refresh_stored || self.store.holds == Holds::Session(tokens.generation) {
+            return true;
+        }
+        if tokens.from_login {
+            tokens.dpop_key.is_none() && self.planted(Plant::RefreshesUnwritten)
+                || self.planted(Plant::ProvesKeyBeforeStored)
+        } else {
+            self.planted(Plant::RefreshesUnwritten)
+        }
     }
 
     pub(super) fn answer_waiters(&mut self) {
@@ -93,6 +106,10 @@ impl Session {
         } else if tokens.refresh.is_none() {
             // Nothing can renew it: the user must log in again.
             Some(FailReason::MissingRefreshToken)
+        } else if !durable && self.store.exhausted() {
+            // Nothing is handed out or refreshed before the store holds it:
+            // a store that gave up serves nobody.
+            Some(FailReason::StoreUnavailable)
         } else {
             // No refresh runs for a waiter it could serve: only a hold stops one.
             tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())

@@ -5,7 +5,8 @@ use super::*;
 impl TokenSet {
     /// Tokens that arrived from outside a refresh (a login, the store), in
     /// the form the store keeps them, not yet presented: refreshes from
-    /// `presented_since` on may carry them.
+    /// `presented_since` on may carry them. Counted as the store's: a login
+    /// says it is not.
     pub(super) fn arrived(
         generation: Generation,
         tokens: StoredSession,
@@ -29,6 +30,7 @@ impl TokenSet {
             last_failure: None,
             answer_lost: false,
             from_login: false,
+            refresh_stored: true,
             lineage: tokens.lineage,
             answered_unlocked: false,
             dpop_key: tokens.dpop_key,

@@ -65,6 +65,9 @@ pub struct ClientMonitor {
     durably_superseded: BTreeSet<Fingerprint>,
     /// Successors received per token, to mark durability when they are written.
     successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
+    /// Refresh tokens this life received (a rotation, a login) that the
+    /// store is not known to hold: a cycle must not start with one (C3).
+    unwritten: BTreeSet<Fingerprint>,
     dead: BTreeSet<Fingerprint>,
     awaiting_logout: Option<MonoTime>,
     durable: BTreeSet<Generation>,
@@ -142,6 +145,7 @@ impl ClientMonitor {
             superseded: BTreeSet::new(),
             durably_superseded: BTreeSet::new(),
             successor_of: BTreeMap::new(),
+            unwritten: BTreeSet::new(),
             dead: BTreeSet::new(),
             awaiting_logout: None,
             durable: BTreeSet::new(),
@@ -192,6 +196,7 @@ impl ClientMonitor {
         self.logged_out = None;
         self.awaiting_logout = None;
         self.successor_of.clear();
+        self.unwritten.clear();
         // What the old process learned of dead tokens died with it; its
         // successor may present the stored token once more.
         self.dead.clear();
@@ -257,6 +262,7 @@ impl ClientMonitor {
                     self.durable.insert(generation);
                     self.store = StoreModel::Holds(generation);
                     if let Some(refresh) = refresh {
+                        self.unwritten.remove(&refresh);
                         let predecessors: Vec<_> = self
                             .successor_of
                             .iter()
@@ -305,6 +311,7 @@ impl ClientMonitor {
                     // A live token another process stored may replace a
                     // rejected one: the rejection no longer demands a logout.
                     if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
+                        self.unwritten.remove(&token);
                         let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
                         if fresh && self.latest_token() != Some(token) {
                             self.awaiting_logout = None;
@@ -331,6 +338,9 @@ impl ClientMonitor {
             if left <= least_margin(&self.config, issued) {
                 self.inside_margin.insert(access.fingerprint());
             }
+        }
+        if let Some(refresh) = &new.refresh_token {
+            self.unwritten.insert(refresh.fingerprint());
         }
         // A new session: refreshes of the one it replaces are not its own (C1 is per session).
         self.sent.clear();
@@ -414,7 +424,15 @@ impl ClientMonitor {
         };
         if let Some(successor) = successor.filter(|s| *s != token) {
             self.superseded.insert(token);
-            self.successor_of.entry(token).or_default().insert(successor);
+            // A grace replay of a rotation already received (and maybe
+            // written since) is no new token. One salvaged from a malformed
+            // answer is presented at once, written or not: the session has
+            // no access token from it, and a cycle waiting for the lock
+            // when it comes presents it (the write goes out beside it).
+            let news = self.successor_of.entry(token).or_default().insert(successor);
+            if news && matches!(outcome, Classified::Success(_)) {
+                self.unwritten.insert(successor);
+            }
         }
         match outcome {
             Classified::InteractionRequired(_) => {
@@ -659,6 +677,14 @@ impl ClientMonitor {
         }
         if self.dead.contains(&token) {
             self.violate(Invariant::C6, now, format!("{id} presented {token}, which was declared dead"));
+        }
+        // Write-ahead for refreshes: the store's token is what another
+        // process, or this one after a crash, presents next; a cycle that
+        // rotates past an unwritten token moves it further out of any grace.
+        // Only a cycle's first attempt is held to it: the later ones present
+        // what the first did, or a token salvaged within the cycle.
+        if attempt == 1 && self.unwritten.contains(&token) {
+            self.violate(Invariant::C3, now, format!("{id} presented {token} before the store held it"));
         }
         // A forced refresh is the app's word that the user acted (or that it
         // wants to try once more): it may present the token again.
