@@ -1885,3 +1885,30 @@ fn no_refresh_presents_a_rotation_whose_write_is_still_out() {
     assert_eq!(sends(&out), 1, "{out:?}");
     assert_eq!(h.last_refresh().1, "r2");
 }
+
+/// A store that gave up while a rotation is unwritten: no refresh builds on
+/// it (C3), so a caller finding the unwritten token expired is told the
+/// store is unavailable once the store gives up again, not left to time out.
+#[test]
+fn a_store_that_gave_up_on_an_expired_unwritten_rotation_tells_callers_at_once() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (id, ..) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 300));
+    let attempts = h.session().config().store_backoff.attempts;
+    let fail_every_write = |h: &mut Harness| {
+        let mut out = Vec::new();
+        for _ in 0..attempts {
+            let (op, _) = h.last_persist();
+            out.extend(h.handle(Event::StoreFailed { op, error: StoreError::Unavailable }));
+            out.extend(h.advance_to(h.now().saturating_add(Duration::from_secs(2))));
+        }
+        out
+    };
+    assert_eq!(failed(&fail_every_write(&mut h)), vec![(CallerId(1), FailReason::StoreUnavailable)]);
+    h.advance_to(h.now().saturating_add(Duration::from_secs(400)));
+    let mut out = h.want(2);
+    out.extend(fail_every_write(&mut h));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{out:?}");
+    assert_eq!(failed(&out), vec![(CallerId(2), FailReason::StoreUnavailable)]);
+}
