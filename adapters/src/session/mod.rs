@@ -443,7 +443,10 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// token (or why there is none). A forced refresh asked while another
     /// refresh runs waits for it and then refreshes with its result: under
     /// refresh-token rotation, two forced refreshes rotate twice and never
-    /// present one refresh token twice.
+    /// present one refresh token twice. One asked while the store is still
+    /// writing the last rotation waits for that write: no refresh presents a
+    /// token the store does not hold, so what another process (or this one,
+    /// restarted) finds there is never more than one rotation old.
     pub async fn refresh(&self) -> Result<Token, Error> {
         self.wait(|coordinator, now, waker| coordinator.refresh_wanted(now, waker)).await
     }
