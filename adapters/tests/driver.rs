@@ -285,6 +285,27 @@ async fn log_out_returns_at_the_sessions_bound_when_the_store_never_answers() {
     assert!(store.inner().peek().is_some(), "the clear never landed: the store was hung");
 }
 
+/// A rotation whose write hangs is not built on: a second forced refresh
+/// sends nothing while the first one's write is out, so the store's token
+/// (what another process, or this one restarted, presents next) stays one
+/// rotation behind, not two.
+#[tokio::test(start_paused = true)]
+async fn a_forced_refresh_waits_for_the_last_rotations_write() {
+    let (session, transport, store) = session(AuthorityConfig::default(), Some(Duration::from_secs(3600)));
+    session.access_token().await.unwrap();
+    let stored = store.inner().peek().unwrap().unwrap().refresh_token.unwrap();
+    store.faults().hang_writes(true);
+    let bound = support::config().session.wait_bound();
+    let first = tokio::time::timeout(bound * 2, session.refresh()).await.expect("the caller's bound holds");
+    assert!(first.is_err(), "a token handed out before its write: {first:?}");
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    let second = tokio::time::timeout(bound * 2, session.refresh()).await.expect("the caller's bound holds");
+    assert!(second.is_err(), "{second:?}");
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "a rotation presented while its write was out");
+    let still = store.inner().peek().unwrap().unwrap().refresh_token.unwrap();
+    assert_eq!(still.expose_secret(), stored.expose_secret());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_store_write_is_retried_before_the_token_is_handed_out() {
     let (session, transport, store) = session(AuthorityConfig::default(), SPENT);
