@@ -217,6 +217,12 @@ fn wall_at(now: MonoTime) -> UnixTime {
     UnixTime::from_secs(UNIX_START).saturating_add(now.elapsed())
 }
 
+/// `at` as an HTTP-date (IMF-fixdate, to the second), as servers write
+/// `Date` and a dated `Retry-After`.
+pub(crate) fn http_date(at: UnixTime) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + at.since_epoch())
+}
+
 #[derive(Debug)]
 enum StoreOutcome {
     Loaded(Option<SecretString>),
@@ -302,6 +308,8 @@ pub struct World {
     /// Per refresh token presented: how many of the server's successes for
     /// it the client never read (each spent one grace replay).
     unread_successes: BTreeMap<freshen_core::token::Fingerprint, u32>,
+    /// 429s served: every other one gives its wait as an HTTP-date.
+    rate_limited: u64,
     extra: Vec<Violation>,
     trace: Vec<String>,
     stats: WorldStats,
@@ -392,6 +400,7 @@ impl World {
             issued_at: BTreeMap::new(),
             redemptions: Vec::new(),
             unread_successes: BTreeMap::new(),
+            rate_limited: 0,
             config,
             seed,
             rng,

@@ -506,7 +506,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[Arc<Host>], faults: &ServerFaults) 
 
 /// `at` as an HTTP date (IMF-fixdate), for the `Date` header.
 fn http_date(at: UnixTime) -> http::HeaderValue {
-    let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + at.since_epoch());
+    let text = crate::harness::http_date(at);
     // An IMF-fixdate is ASCII; the fallback is never taken.
     http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }

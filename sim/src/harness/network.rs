@@ -235,6 +235,36 @@ impl World {
         self.schedule(self.now.saturating_add(latency), answer);
     }
 
+    /// A 429's headers: its `Retry-After` in seconds, or every other time
+    /// as an HTTP-date with the server's `Date` (RFC 9110 §10.2.3 allows
+    /// both). Tier 1's server keeps the world's clock (tier 2's are off by
+    /// up to an hour); the date is to the second, as `Date` is, so the two
+    /// differ by the wait exactly, while a client that read the date
+    /// against its own clock would read a fraction of a second less.
+    fn rate_limited(&mut self, wait: Duration) -> Vec<(&'static str, Vec<u8>)> {
+        self.rate_limited += 1;
+        if self.rate_limited % 2 == 1 {
+            return vec![("Retry-After", wait.as_secs().to_string().into_bytes())];
+        }
+        let server_now = UnixTime::from_secs(wall_at(self.now).as_secs());
+        let retry_at = server_now.saturating_add(wait);
+        vec![("Retry-After", http_date(retry_at).into_bytes()), ("Date", http_date(server_now).into_bytes())]
+    }
+
+    /// C6: the wait a 429 asked is the one the session reads, in either form.
+    fn check_wait_read(&mut self, asked: Duration, outcome: &Classified) {
+        let read = match outcome {
+            Classified::Transient(oauth::Transient { cause: oauth::TransientCause::RateLimited, retry_after }) => {
+                *retry_after
+            }
+            _ => None,
+        };
+        if read != Some(asked) {
+            let detail = format!("a 429 asked to wait {asked:?} and the session read {read:?}");
+            self.extra.push(Violation { invariant: Invariant::C6, at: self.now, detail });
+        }
+    }
+
     pub(super) fn serve_refresh(
         &mut self,
         incarnation: u32,
@@ -247,9 +277,7 @@ impl World {
         let mut redeemed = false;
         let (status, mut headers, body): (u16, Vec<(&str, Vec<u8>)>, SecretString) = match fate {
             Fate::ServerError => (503, vec![], SecretString::from("<html>503 Service Unavailable</html>")),
-            Fate::RateLimited(wait) => {
-                (429, vec![("Retry-After", wait.as_secs().to_string().into_bytes())], SecretString::from(""))
-            }
+            Fate::RateLimited(wait) => (429, self.rate_limited(wait), SecretString::from("")),
             Fate::PolicyRefusal(refusal) => {
                 let (status, body) = refusal.response();
                 (status, vec![], SecretString::from(body))
@@ -308,6 +336,9 @@ impl World {
         let response = oauth::Response { status, headers: &headers, body: body.expose_secret().as_bytes() };
         let unix_now = wall_at(self.now);
         let outcome = oauth::classify(&self.config.session.policy, &response, Some(unix_now));
+        if let Fate::RateLimited(wait) = fate {
+            self.check_wait_read(wait, &outcome);
+        }
         let dpop_nonce = response.dpop_nonce();
         let at = match fate {
             Fate::Delay(extra) => at.saturating_add(extra),

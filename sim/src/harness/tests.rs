@@ -159,6 +159,21 @@ fn server_errors_and_rate_limits_back_off_then_succeed() {
     assert_eq!(w.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
 }
 
+/// Every other 429 gives its wait as an HTTP-date with the server's `Date`:
+/// both are read as the wait asked (the world checks it: C6), and the
+/// trace shows it.
+#[test]
+fn a_rate_limit_wait_is_read_the_same_in_seconds_and_as_a_date() {
+    let mut w = world(|c| c.trace = true);
+    w.script([Fate::RateLimited(Duration::from_secs(3)), Fate::RateLimited(Duration::from_secs(7))]);
+    until_refresh(&mut w);
+    w.run_for(Duration::from_secs(30));
+    assert_clean(&w);
+    let waits: Vec<_> = w.trace().iter().filter(|line| line.contains("RateLimited")).cloned().collect();
+    assert_eq!(waits.len(), 2, "{waits:#?}");
+    assert!(waits[0].contains("retry_after: Some(3s)") && waits[1].contains("retry_after: Some(7s)"), "{waits:#?}");
+}
+
 #[test]
 fn a_mangled_answer_after_the_server_committed_is_saved_by_grace() {
     let mut w = world(|_| {});
