@@ -18,7 +18,7 @@
 //! authority's host; `client.rs` the transport and store the drivers use;
 //! `host.rs` one client process and its callers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -272,6 +272,7 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
                     trace: config.trace.then(|| Mutex::new(Vec::new())),
                     logouts: Mutex::new(BTreeMap::new()),
                     last_logout: Mutex::new(None),
+                    read_in_answers: Mutex::new(BTreeSet::new()),
                 }),
                 incarnation: AtomicU32::new(0),
                 granted: AtomicU64::new(0),

@@ -18,6 +18,10 @@ pub(super) struct Watch {
     /// This process's last logout, on the world's clock: when the user's
     /// wait for a login began here.
     pub(super) last_logout: Mutex<Option<(MonoTime, LogoutCause)>>,
+    /// Tokens this process read in refresh answers (access and refresh, a
+    /// salvaged one included): an answer the server committed that no
+    /// process of the app read was lost, whatever lost it.
+    pub(super) read_in_answers: Mutex<BTreeSet<Fingerprint>>,
 }
 
 impl Watch {
@@ -48,6 +52,21 @@ impl Watch {
 impl Observer for Watch {
     fn event(&self, now: MonoTime, event: &Event) {
         self.line(|| format!("{} {now} {event:?}", self.name));
+        if let Event::RefreshCompleted { outcome, .. } = event {
+            let read = match outcome {
+                Classified::Success(response) => [
+                    Some(response.access_token.fingerprint()),
+                    response.refresh_token.as_ref().map(RefreshToken::fingerprint),
+                ],
+                Classified::Malformed(malformed) => {
+                    [None, malformed.salvaged_refresh_token.as_ref().map(RefreshToken::fingerprint)]
+                }
+                _ => [None, None],
+            };
+            if let Ok(mut answers) = self.read_in_answers.lock() {
+                answers.extend(read.into_iter().flatten());
+            }
+        }
         if let Ok(mut shared) = self.shared.lock() {
             shared.event(self.process, world_time(now), event);
         }

@@ -66,7 +66,7 @@ pub(super) fn verdict(
         let at = MonoTime::from_elapsed(total);
         let client = client_id(host.app);
         let evidence = LogoutEvidence {
-            lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0,
+            lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0 || answer_unread(&audit, host, hosts),
             // The app's family is shared: any of its processes' crashes counts.
             crashed: hosts
                 .iter()
@@ -134,6 +134,28 @@ fn told_ended(host: &Host, hosts: &[Arc<Host>], healed_at: MonoTime) -> Option<T
         cause,
         ended_at: ended_here.max(healed_at),
         login_bound: super::host::LOGIN_BOUND,
+    })
+}
+
+/// Whether the authority issued tokens to a refresh of `host`'s app that
+/// none of its processes read: the answer was lost, by a dropped
+/// connection, a partition, or a transport that gave up waiting (tier-2
+/// seed 1046724: an answer that outlasted the request timeout, the
+/// process's retries unsent, and another process presenting the rotated
+/// token to reuse detection).
+fn answer_unread(audit: &[crate::authority::Audit], host: &Host, hosts: &[Arc<Host>]) -> bool {
+    let client = client_id(host.app);
+    let mut read = BTreeSet::new();
+    for process in hosts.iter().filter(|process| process.app == host.app) {
+        if let Ok(answers) = process.watch.read_in_answers.lock() {
+            read.extend(answers.iter().copied());
+        }
+    }
+    audit.iter().any(|entry| match (&entry.op, &entry.outcome) {
+        (AuditOp::Refresh { client: c, .. }, AuditOutcome::Issued { access, refresh, .. }) if *c == client => {
+            !read.contains(access) && !read.contains(refresh)
+        }
+        _ => false,
     })
 }
 
