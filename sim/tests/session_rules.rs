@@ -170,6 +170,19 @@ impl Harness {
         )
     }
 
+    /// Fails each write the store tries until it gives up: what each write
+    /// carried, and every command issued meanwhile.
+    fn fail_writes_until_the_store_gives_up(&mut self) -> (Vec<StoredSession>, Vec<Command>) {
+        let (mut written, mut out) = (Vec::new(), Vec::new());
+        for _ in 0..self.session().config().store_backoff.attempts {
+            let (op, session) = self.last_persist();
+            written.push(session);
+            out.extend(self.handle(Event::StoreFailed { op, error: StoreError::Unavailable }));
+            out.extend(self.advance_to(self.now().saturating_add(Duration::from_secs(2))));
+        }
+        (written, out)
+    }
+
     fn answer(&mut self, id: RefreshId, outcome: Classified) -> Vec<Command> {
         self.handle(Event::RefreshCompleted { id, outcome, dpop_nonce: None })
     }
@@ -346,12 +359,20 @@ fn many_callers_on_an_expired_token_cause_exactly_one_refresh() {
     assert!(callers.iter().all(|(_, g)| *g == Generation(2)));
 }
 
-#[test]
-fn tokens_are_written_before_anyone_gets_them() {
+/// Caller 1's 401 for the loaded token (r1, no expiry) started a refresh,
+/// answered with a rotation to r2 whose write is now out: the harness, and
+/// what that answer issued.
+fn rotated_to_r2_after_a_401() -> (Harness, Vec<Command>) {
     let mut h = Harness::loaded(config(), None);
     h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
     let (id, ..) = h.last_refresh();
     let out = h.answer(id, success("a2", Some("r2"), 300));
+    (h, out)
+}
+
+#[test]
+fn tokens_are_written_before_anyone_gets_them() {
+    let (mut h, out) = rotated_to_r2_after_a_401();
     assert!(granted(&out).is_empty());
     assert!(!out.iter().any(|c| matches!(c, Command::Publish(Some(_)))));
     let (op, session) = h.last_persist();
@@ -363,17 +384,10 @@ fn tokens_are_written_before_anyone_gets_them() {
 
 #[test]
 fn a_failing_store_is_retried_and_never_drops_the_rotated_token() {
-    let mut h = Harness::loaded(config(), None);
-    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
-    let (id, ..) = h.last_refresh();
-    h.answer(id, success("a2", Some("r2"), 300));
-    let attempts = h.session().config().store_backoff.attempts;
-    let mut out = Vec::new();
-    for _ in 0..attempts {
-        let (op, session) = h.last_persist();
+    let (mut h, _) = rotated_to_r2_after_a_401();
+    let (written, out) = h.fail_writes_until_the_store_gives_up();
+    for session in written {
         assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
-        out = h.handle(Event::StoreFailed { op, error: StoreError::Unavailable });
-        out.extend(h.advance_to(h.now().saturating_add(Duration::from_secs(2))));
     }
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::StoreUnavailable)]);
     // The next caller revives the store; the rotated token is still what is written and sent.
@@ -387,10 +401,7 @@ fn a_failing_store_is_retried_and_never_drops_the_rotated_token() {
 
 #[test]
 fn a_401_for_an_older_generation_retries_with_the_current_token() {
-    let mut h = Harness::loaded(config(), None);
-    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
-    let (id, ..) = h.last_refresh();
-    h.answer(id, success("a2", Some("r2"), 300));
+    let (mut h, _) = rotated_to_r2_after_a_401();
     persisted(&mut h);
     let out = h.handle(Event::Unauthorized { caller: CallerId(2), generation: Generation(1) });
     assert_eq!(granted(&out), vec![(CallerId(2), Generation(2))]);
@@ -1891,24 +1902,12 @@ fn no_refresh_presents_a_rotation_whose_write_is_still_out() {
 /// store is unavailable once the store gives up again, not left to time out.
 #[test]
 fn a_store_that_gave_up_on_an_expired_unwritten_rotation_tells_callers_at_once() {
-    let mut h = Harness::loaded(config(), None);
-    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
-    let (id, ..) = h.last_refresh();
-    h.answer(id, success("a2", Some("r2"), 300));
-    let attempts = h.session().config().store_backoff.attempts;
-    let fail_every_write = |h: &mut Harness| {
-        let mut out = Vec::new();
-        for _ in 0..attempts {
-            let (op, _) = h.last_persist();
-            out.extend(h.handle(Event::StoreFailed { op, error: StoreError::Unavailable }));
-            out.extend(h.advance_to(h.now().saturating_add(Duration::from_secs(2))));
-        }
-        out
-    };
-    assert_eq!(failed(&fail_every_write(&mut h)), vec![(CallerId(1), FailReason::StoreUnavailable)]);
+    let (mut h, _) = rotated_to_r2_after_a_401();
+    let (_, out) = h.fail_writes_until_the_store_gives_up();
+    assert_eq!(failed(&out), vec![(CallerId(1), FailReason::StoreUnavailable)]);
     h.advance_to(h.now().saturating_add(Duration::from_secs(400)));
     let mut out = h.want(2);
-    out.extend(fail_every_write(&mut h));
+    out.extend(h.fail_writes_until_the_store_gives_up().1);
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "{out:?}");
     assert_eq!(failed(&out), vec![(CallerId(2), FailReason::StoreUnavailable)]);
 }

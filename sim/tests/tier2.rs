@@ -16,6 +16,14 @@ fn short(seed: u64) -> WorldConfig {
     config
 }
 
+/// Runs the sampled tier-2 world of `seed` (a regression seed) and asserts
+/// it keeps every invariant.
+fn sampled_without_violations(seed: u64) -> freshen_sim::tier2::Outcome {
+    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
+    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    outcome
+}
+
 #[test]
 fn sampled_worlds_keep_every_invariant() {
     for seed in 0..6 {
@@ -158,8 +166,7 @@ fn ports_that_wrap_around_meet_no_stale_connection() {
 #[test]
 fn a_crashed_lock_holders_request_is_not_counted_in_flight() {
     let seed = 70681;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    sampled_without_violations(seed);
 }
 
 /// Seed 1003832 (the 10,000-seed deep run): one worker's requested logout
@@ -170,8 +177,7 @@ fn a_crashed_lock_holders_request_is_not_counted_in_flight() {
 #[test]
 fn a_logout_the_app_asked_for_elsewhere_is_not_blamed_on_a_lost_lock() {
     let seed = 1_003_832;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    sampled_without_violations(seed);
 }
 
 /// Seeds that a rule for tier-1 seed 2098901 got wrong: taking what the
@@ -183,8 +189,7 @@ fn a_logout_the_app_asked_for_elsewhere_is_not_blamed_on_a_lost_lock() {
 #[test]
 fn another_login_stored_meanwhile_does_not_win_over_a_rotation_of_ours() {
     for seed in [1_007_077, 1_005_671] {
-        let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-        assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+        sampled_without_violations(seed);
     }
 }
 
@@ -197,8 +202,7 @@ fn another_login_stored_meanwhile_does_not_win_over_a_rotation_of_ours() {
 #[test]
 fn a_refresh_not_started_at_shutdown_is_not_counted_in_flight() {
     let seed = 147;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    let outcome = sampled_without_violations(seed);
     assert!(outcome.tally.fault_count("shutdown") > 0, "seed {seed} no longer shuts a process down");
 }
 
@@ -216,8 +220,7 @@ fn a_stalled_workers_own_later_rotations_win_over_a_replay_stored_meanwhile() {
     // 3702, found by the same run, failed the same way (U8); 1012581, from
     // the run of seeds 1,010,000 on, with C2, C3 and U5. Both pass with the fix.
     for seed in [3120, 3702, 1_012_581] {
-        let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-        assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+        sampled_without_violations(seed);
     }
 }
 
@@ -231,8 +234,7 @@ fn a_stalled_workers_own_later_rotations_win_over_a_replay_stored_meanwhile() {
 #[test]
 fn a_token_rotated_away_long_ago_and_stored_again_is_still_older() {
     let seed = 1_025_884;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    let outcome = sampled_without_violations(seed);
     assert!(outcome.tally.refreshes > 500, "seed {seed} no longer rotates long enough to test this");
 }
 
@@ -247,8 +249,7 @@ fn a_token_rotated_away_long_ago_and_stored_again_is_still_older() {
 #[test]
 fn a_wall_clock_stepped_forward_mid_refresh_lets_nobody_present_its_token_again() {
     let seed = 1_031_887;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    sampled_without_violations(seed);
 }
 
 /// Tier-2 seed 1037012 (C5 after healing, found by a deep run): a database
@@ -262,8 +263,7 @@ fn a_wall_clock_stepped_forward_mid_refresh_lets_nobody_present_its_token_again(
 #[test]
 fn callers_told_of_an_accepted_logout_after_healing_are_not_unserved() {
     let seed = 1_037_012;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    let outcome = sampled_without_violations(seed);
     assert!(outcome.tally.logouts.get("rejected").is_some_and(|n| *n > 0), "{:?}", outcome.tally.logouts);
 }
 
@@ -277,8 +277,7 @@ fn callers_told_of_an_accepted_logout_after_healing_are_not_unserved() {
 #[test]
 fn an_answer_the_server_committed_and_nobody_read_was_lost() {
     let seed = 1_046_724;
-    let outcome = run(&WorldConfig::sampled_tier2(seed), seed);
-    assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+    let outcome = sampled_without_violations(seed);
     assert_eq!(outcome.tally.logouts.get("rejected"), Some(&1), "{:?}", outcome.tally.logouts);
 }
 

@@ -99,14 +99,15 @@ impl Session {
         let grant = tokens.grant_at(now);
         let running = self.running_cycle();
         let straggling = self.straggler.is_some();
+        let store_gave_up = self.store.exhausted();
         // What a waiter no token serves now is told, when nothing will serve it soon.
         let blocked = if let State::Refreshing(_, cycle) = &self.state {
             // A lock that cannot be had is a store that cannot be used.
-            (matches!(cycle.phase, Phase::Locking) && self.store.exhausted()).then_some(FailReason::StoreUnavailable)
+            (matches!(cycle.phase, Phase::Locking) && store_gave_up).then_some(FailReason::StoreUnavailable)
         } else if tokens.refresh.is_none() {
             // Nothing can renew it: the user must log in again.
             Some(FailReason::MissingRefreshToken)
-        } else if !durable && self.store.exhausted() {
+        } else if !durable && store_gave_up {
             // Nothing is handed out or refreshed before the store holds it:
             // a store that gave up serves nobody.
             Some(FailReason::StoreUnavailable)
@@ -114,7 +115,6 @@ impl Session {
             // No refresh runs for a waiter it could serve: only a hold stops one.
             tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
         };
-        let store_gave_up = self.store.exhausted();
         let login_stored = durable || self.planted(Plant::LoginAnsweredBeforeStored);
         let (mut granted, mut stored, mut unstored, mut refused) =
             (Callers::default(), Callers::default(), Callers::default(), Callers::default());
