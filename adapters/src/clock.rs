@@ -9,7 +9,9 @@
 //! against the time that really passed. A wall clock stepped forward (by hand,
 //! or NTP) reads the same way: tokens then look older than they are, which
 //! costs an early refresh, never a dead token. A wall clock stepped back is
-//! ignored. Tokio's timers run on the monotonic clock and fire late after a
+//! ignored here; a stored expiry written on this boot is read by the boot
+//! clock ([`BootClock`]), so a step between a write and a read cannot make a
+//! token look fresher than it is. Tokio's timers run on the monotonic clock and fire late after a
 //! suspend; the next reading (a caller, or that timer) catches up.
 
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -17,7 +19,7 @@ use core::time::Duration;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use freshen_core::time::{ClockGain, GainChange, MonoTime, SleepDetector, UnixTime};
+use freshen_core::time::{BootId, BootTime, ClockGain, GainChange, MonoTime, SleepDetector, UnixTime};
 use tokio::time::Instant;
 
 /// Reads the wall clock (see [`Environment::with_wall_clock`](crate::Environment::with_wall_clock)).
@@ -59,11 +61,67 @@ pub fn system_clock() -> UnixTime {
     UnixTime::from_since_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }
 
+/// Reads the boot clock (see [`Environment::with_boot_clock`](crate::Environment::with_boot_clock)):
+/// `None` where the platform has none.
+#[derive(Clone)]
+pub struct BootClock(Arc<dyn Fn() -> Option<BootTime> + Send + Sync>);
+
+impl BootClock {
+    /// A boot clock read by `read`.
+    pub fn new(read: impl Fn() -> Option<BootTime> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+
+    /// The time now, if there is a boot clock.
+    pub fn now(&self) -> Option<BootTime> {
+        (self.0)()
+    }
+}
+
+impl core::fmt::Debug for BootClock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("BootClock")
+    }
+}
+
+/// The system's boot clock: [`Environment::system`](crate::Environment::system)'s.
+/// On Linux, `CLOCK_BOOTTIME` (it counts suspends and is never stepped) on
+/// the boot `/proc/sys/kernel/random/boot_id` names. Elsewhere `None`: a
+/// stored expiry is then read by the wall clock alone, so a wall clock set
+/// back between a write and a read can make a token look fresher than it is
+/// (its first use then gets a 401, and the session refreshes).
+pub fn system_boot_clock() -> Option<BootTime> {
+    #[cfg(target_os = "linux")]
+    {
+        static BOOT: std::sync::OnceLock<Option<BootId>> = std::sync::OnceLock::new();
+        let boot = (*BOOT.get_or_init(linux_boot_id))?;
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        if let (Ok(secs), Ok(nanos)) = (u64::try_from(now.tv_sec), u32::try_from(now.tv_nsec)) {
+            return Some(BootTime::new(boot, Duration::new(secs, nanos)));
+        }
+    }
+    None
+}
+
+/// This boot's id: its UUID's two halves folded into 64 bits. Read once,
+/// and at most a line of it.
+#[cfg(target_os = "linux")]
+fn linux_boot_id() -> Option<BootId> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let file = std::fs::File::open("/proc/sys/kernel/random/boot_id").ok()?;
+    file.take(64).read_to_string(&mut text).ok()?;
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    let bits = u128::from_str_radix(&hex, 16).ok()?;
+    Some(BootId::from_bits((bits >> 64) as u64 ^ bits as u64))
+}
+
 /// See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Clock {
     origin: Instant,
     wall: WallClock,
+    boot: BootClock,
     wall_origin: UnixTime,
     /// Wall time minus monotonic time since the origins, at the last reading (ns).
     last_gain: AtomicI64,
@@ -72,13 +130,18 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    pub(crate) fn new(wall: WallClock) -> Self {
+    pub(crate) fn new(wall: WallClock, boot: BootClock) -> Self {
         let wall_origin = wall.now();
-        Self { origin: Instant::now(), wall, wall_origin, last_gain: AtomicI64::new(0), slept: AtomicU64::new(0) }
+        let (last_gain, slept) = (AtomicI64::new(0), AtomicU64::new(0));
+        Self { origin: Instant::now(), wall, boot, wall_origin, last_gain, slept }
     }
 
     pub(crate) fn wall(&self) -> UnixTime {
         self.wall.now()
+    }
+
+    pub(crate) fn boot(&self) -> Option<BootTime> {
+        self.boot.now()
     }
 
     /// The session's time: monotonic, plus every suspend seen so far. The

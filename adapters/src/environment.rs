@@ -3,10 +3,10 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::SystemTime;
 
-use crate::clock::{WallClock, system_clock};
+use crate::clock::{BootClock, WallClock, system_boot_clock, system_clock};
 
 /// Where a session gets what is not configuration: the seed its jitter is
-/// drawn from and the wall clock it reads. An app never needs one:
+/// drawn from and the clocks it reads. An app never needs one:
 /// [`Session::start`](crate::Session::start) uses [`Environment::system`].
 /// Tests and simulations pass their own to
 /// [`Session::start_in`](crate::Session::start_in), so a run replays.
@@ -23,22 +23,24 @@ use crate::clock::{WallClock, system_clock};
 pub struct Environment {
     seed: Option<u64>,
     wall_clock: WallClock,
+    boot_clock: BootClock,
     #[cfg(feature = "_internal_test_exports")]
     observer: Option<std::sync::Arc<dyn crate::coordinator::Observer>>,
 }
 
 impl Environment {
-    /// The operating system's: a seed drawn afresh, and the system's wall clock.
+    /// The operating system's: a seed drawn afresh, and the system's clocks.
     pub fn system() -> Self {
         Self {
             seed: None,
             wall_clock: WallClock::new(system_clock),
+            boot_clock: BootClock::new(system_boot_clock),
             #[cfg(feature = "_internal_test_exports")]
             observer: None,
         }
     }
 
-    /// The system's wall clock, with jitter drawn from `seed`.
+    /// The system's clocks, with jitter drawn from `seed`.
     pub fn seeded(seed: u64) -> Self {
         Self { seed: Some(seed), ..Self::system() }
     }
@@ -48,6 +50,15 @@ impl Environment {
     #[must_use]
     pub fn with_wall_clock(mut self, wall_clock: WallClock) -> Self {
         self.wall_clock = wall_clock;
+        self
+    }
+
+    /// Reads this boot clock: a stored expiry written on this boot is read
+    /// by it rather than by the wall clock, which may have been set back
+    /// since the write (see [`BootClock`]).
+    #[must_use]
+    pub fn with_boot_clock(mut self, boot_clock: BootClock) -> Self {
+        self.boot_clock = boot_clock;
         self
     }
 
@@ -63,6 +74,10 @@ impl Environment {
 
     pub(crate) fn wall_clock(&self) -> &WallClock {
         &self.wall_clock
+    }
+
+    pub(crate) fn boot_clock(&self) -> &BootClock {
+        &self.boot_clock
     }
 
     /// Lets `observer` see every input and command of the machine (the

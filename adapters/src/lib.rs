@@ -78,7 +78,7 @@ pub mod tower;
 pub mod transport;
 
 #[cfg(not(freshen_loom))]
-pub use clock::{WallClock, system_clock};
+pub use clock::{BootClock, WallClock, system_boot_clock, system_clock};
 #[cfg(feature = "_internal_test_exports")]
 #[doc(hidden)]
 pub use coordinator::Observer;

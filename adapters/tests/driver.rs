@@ -431,6 +431,39 @@ async fn a_wall_clock_stepped_back_changes_nothing() {
     assert_eq!(transport.refreshes.load(SeqCst), 0);
 }
 
+/// A process that restarts after the wall clock was set back reads the
+/// blob its predecessor wrote on this boot by the boot clock: a token 20 s
+/// from expiry (inside the 60 s margin) is refreshed first, though the wall
+/// clock gives it 620 s. Without a boot clock (as on platforms that have
+/// none) only the wall clock can read it, and the token is handed out.
+#[tokio::test(start_paused = true)]
+async fn a_restart_after_the_wall_clock_was_set_back_reads_this_boots_blob_by_the_boot_clock() {
+    use freshen::core::time::{BootId, BootTime};
+    let origin = tokio::time::Instant::now();
+    let boot_clock = freshen::BootClock::new(move || {
+        Some(BootTime::new(BootId::from_bits(7), Duration::from_secs(3600) + origin.elapsed()))
+    });
+    let restarted = |boot_clock: freshen::BootClock| async move {
+        let transport = support::AuthorityTransport::new(AuthorityConfig::default());
+        let store = support::FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(3600))));
+        let (wall_clock, jump) = jumping_wall_clock();
+        let environment =
+            || support::environment().with_wall_clock(wall_clock.clone()).with_boot_clock(boot_clock.clone());
+        let first =
+            freshen::Session::start_in(support::config(), transport.clone(), store.clone(), environment()).unwrap();
+        // A forced refresh: the driver writes a 300 s token, with its expiry on both clocks.
+        assert_eq!(first.refresh().await.unwrap().generation(), Generation(2));
+        first.shutdown().await;
+        tokio::time::sleep(Duration::from_secs(280)).await;
+        jump.store(-600, SeqCst);
+        let second = freshen::Session::start_in(support::config(), transport.clone(), store, environment()).unwrap();
+        let token = second.access_token().await.unwrap();
+        (token.generation(), transport.refreshes.load(SeqCst))
+    };
+    assert_eq!(restarted(boot_clock).await, (Generation(3), 2), "handed out a token inside its margin");
+    assert_eq!(restarted(freshen::BootClock::new(|| None)).await, (Generation(2), 1));
+}
+
 /// What an app keeps in a struct field (or an axum `State`): one session type,
 /// whatever transport and store are behind it.
 #[tokio::test(start_paused = true)]

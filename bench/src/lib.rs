@@ -353,7 +353,7 @@ fn machine_step() -> Result<impl FnMut(), BenchError> {
         }
     }
     let op = load.ok_or("the machine did not load its store")?;
-    machine.handle(MonoTime::ZERO, Event::StoreLoaded { op, stored: Some(stored), unix_now });
+    machine.handle(MonoTime::ZERO, Event::StoreLoaded { op, stored: Some(stored), unix_now, boot_now: None });
     while machine.poll_command().is_some() {}
     let now = MonoTime::from_secs(1);
     let mut caller = 0;

@@ -52,7 +52,7 @@
 //!     while let Some(command) = session.poll_command() {
 //!         match command {
 //!             Command::Io(Io::LoadStore { op }) => {
-//!                 inputs.push(Event::StoreLoaded { op, stored: Some(stored.clone()), unix_now });
+//!                 inputs.push(Event::StoreLoaded { op, stored: Some(stored.clone()), unix_now, boot_now: None });
 //!             }
 //!             Command::Io(Io::Persist { op, .. } | Io::ClearStore { op }) => {
 //!                 inputs.push(Event::StoreWritten { op });

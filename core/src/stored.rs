@@ -19,7 +19,7 @@ use crate::dpop::{DpopKey, KEY_BYTES};
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
 use crate::scrub::{ScrubbedJson, json_bound};
-use crate::time::UnixTime;
+use crate::time::{BootId, BootTime, UnixTime};
 use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
 /// The schema version this build writes. It reads this one and every earlier one.
@@ -59,6 +59,12 @@ pub struct StoredSession {
     pub token_type: TokenType,
     /// When the access token expires, on the wall clock; `None` when unknown.
     pub access_expires_at: Option<UnixTime>,
+    /// When it expires on the boot clock of the machine that wrote it. A
+    /// reader on the same boot goes by this instead of the wall clock, which
+    /// may have been set back since the write (the token would look fresher
+    /// than it is). `None` when unknown, or written where the platform has
+    /// no boot clock.
+    pub access_expires_boot: Option<BootTime>,
     /// The lifetime the access token was issued with (`expires_in`). It is
     /// what decides how early a token is refreshed: a restored token is
     /// judged by it, not by what is left of it. `None` when unknown (blobs
@@ -108,6 +114,7 @@ impl StoredSession {
             access_token,
             token_type: TokenType::Bearer,
             access_expires_at: None,
+            access_expires_boot: None,
             access_lifetime: None,
             refresh_token,
             scope: None,
@@ -178,6 +185,10 @@ impl StoredSession {
         if let Some(at) = self.access_expires_at {
             object.insert("access_expires_at_ms", millis(at.since_epoch()));
         }
+        if let Some(at) = self.access_expires_boot {
+            object.insert("boot_id", at.boot().bits());
+            object.insert("access_expires_boot_ms", millis(at.since_boot()));
+        }
         if let Some(lifetime) = self.access_lifetime {
             object.insert("access_lifetime_ms", millis(lifetime));
         }
@@ -226,6 +237,14 @@ impl StoredSession {
         };
         let access_expires_at = duration("access_expires_at_ms")?.map(UnixTime::from_since_epoch);
         let access_lifetime = duration("access_lifetime_ms")?.filter(|_| version >= 2);
+        // Advisory, like the lineage: one that cannot be read leaves the wall clock to go by.
+        let access_expires_boot = match (
+            optional(&object, "boot_id").and_then(Value::as_u64),
+            optional(&object, "access_expires_boot_ms").and_then(Value::as_u64),
+        ) {
+            (Some(boot), Some(ms)) => Some(BootTime::new(BootId::from_bits(boot), Duration::from_millis(ms))),
+            _ => None,
+        };
         let scope = match optional(&object, "scope") {
             None => None,
             Some(value) => Some(value.as_str().ok_or(DecodeError::InvalidField("scope"))?.to_owned()),
@@ -260,6 +279,7 @@ impl StoredSession {
             access_token: access_token.map(AccessToken::new),
             token_type,
             access_expires_at,
+            access_expires_boot,
             access_lifetime,
             refresh_token: refresh_token.map(RefreshToken::new),
             scope,
@@ -334,6 +354,24 @@ mod tests {
         let unreadable = br#"{"v":3,"generation":1,"token_type":"Bearer","refresh_token":"r","lineage":"x"}"#;
         assert_eq!(StoredSession::decode(unreadable).unwrap().lineage, None);
         assert_eq!(StoredSession::decode(sample().encode().expose_secret().as_bytes()).unwrap().lineage, None);
+    }
+
+    /// The boot-clock expiry survives a write and a read; half of one, or
+    /// one that cannot be read, is unknown, not a lost session.
+    #[test]
+    fn a_boot_clock_expiry_round_trips_and_an_unreadable_one_is_unknown() {
+        let mut stored = sample();
+        let at = BootTime::new(BootId::from_bits(u64::MAX - 7), Duration::from_millis(86_400_123));
+        stored.access_expires_boot = Some(at);
+        let back = StoredSession::decode(stored.encode().expose_secret().as_bytes()).unwrap();
+        assert_eq!(back.access_expires_boot, Some(at));
+        for unreadable in [
+            &br#"{"v":3,"generation":1,"refresh_token":"r","boot_id":7}"#[..],
+            br#"{"v":3,"generation":1,"refresh_token":"r","boot_id":"x","access_expires_boot_ms":5}"#,
+            br#"{"v":3,"generation":1,"refresh_token":"r","boot_id":7,"access_expires_boot_ms":-5}"#,
+        ] {
+            assert_eq!(StoredSession::decode(unreadable).unwrap().access_expires_boot, None);
+        }
     }
 
     #[test]

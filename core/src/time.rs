@@ -111,6 +111,65 @@ impl UnixTime {
     }
 }
 
+/// Which boot of which machine a [`BootTime`] counts from (on Linux, from
+/// `/proc/sys/kernel/random/boot_id`). Readings of different boots do not
+/// compare.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct BootId(u64);
+
+impl BootId {
+    /// The boot these bits name.
+    pub const fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+
+    /// Its bits, as a stored blob keeps them.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}
+
+/// A reading of the boot clock: the time since the machine booted, counting
+/// suspends, never stepped (Linux's `CLOCK_BOOTTIME`). A wall clock can be
+/// set back between a write and a read (by hand, by NTP, by a virtual
+/// machine's host), and a stored expiry read through it then looks later
+/// than it is; two boot-clock readings of one boot differ by exactly the
+/// time between them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BootTime {
+    boot: BootId,
+    since_boot: Duration,
+}
+
+impl BootTime {
+    /// `since_boot` after boot `boot` began.
+    pub const fn new(boot: BootId, since_boot: Duration) -> Self {
+        Self { boot, since_boot }
+    }
+
+    /// The boot this reading counts from.
+    pub const fn boot(self) -> BootId {
+        self.boot
+    }
+
+    /// The time since that boot began.
+    pub const fn since_boot(self) -> Duration {
+        self.since_boot
+    }
+
+    /// `self + d`, saturating.
+    #[must_use]
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self { since_boot: self.since_boot.saturating_add(d), ..self }
+    }
+
+    /// How long after `earlier` this is (zero when `earlier` is later), or
+    /// `None` when the two count from different boots.
+    pub fn duration_since(self, earlier: Self) -> Option<Duration> {
+        (self.boot == earlier.boot).then(|| self.since_boot.saturating_sub(earlier.since_boot))
+    }
+}
+
 /// How far the wall clock has run ahead of the monotonic one since their
 /// origins, in nanoseconds (negative: behind). A suspend grows it by the time
 /// slept: the monotonic clock (`CLOCK_MONOTONIC`, `Instant`) stops while the

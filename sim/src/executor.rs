@@ -7,11 +7,12 @@
 //! network, store and lock (`harness`).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use freshen_core::ids::{CallerId, Generation, RefreshId};
 use freshen_core::session::{Command, ConfigError, Event, Io, Session, SessionConfig, StoreError};
 use freshen_core::stored::{DecodeError, StoredSession};
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::{BootId, BootTime, MonoTime, UnixTime};
 use freshen_core::token::RefreshToken;
 use secrecy::ExposeSecret;
 
@@ -20,6 +21,9 @@ use crate::check::{ClientMonitor, traced};
 /// Commands carried out for one input before it counts as a runaway: one
 /// input answered by thousands of commands is a bug, not a session.
 pub const MAX_COMMANDS_PER_INPUT: usize = 10_000;
+
+/// The boot the executor's machine runs on.
+const EXECUTOR_BOOT: u64 = 0xB007;
 
 /// When the store answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +164,12 @@ impl Executor {
         self.unix_origin.saturating_add(self.now.elapsed())
     }
 
+    /// The boot clock, in step with the machine's: the machine booted an
+    /// hour before the session's time began.
+    pub fn boot_now(&self) -> Option<BootTime> {
+        Some(BootTime::new(BootId::from_bits(EXECUTOR_BOOT), Duration::from_secs(3600) + self.now.elapsed()))
+    }
+
     /// The session the store holds, if it holds a readable one.
     pub fn stored(&self) -> Option<StoredSession> {
         self.blob.as_deref().and_then(|blob| StoredSession::decode(blob).ok())
@@ -261,15 +271,15 @@ impl Executor {
 
     /// The store's answer to `io`.
     fn carry_out(&mut self, io: Io, answer: StoreAnswer) -> Option<Event> {
-        let unix_now = self.unix_now();
+        let (unix_now, boot_now) = (self.unix_now(), self.boot_now());
         let loaded = |blob: &Option<Vec<u8>>| blob.as_deref().map(StoredSession::decode).transpose();
         Some(match (io, answer) {
             (Io::LoadStore { op }, StoreAnswer::Done) => match loaded(&self.blob) {
-                Ok(stored) => Event::StoreLoaded { op, stored, unix_now },
+                Ok(stored) => Event::StoreLoaded { op, stored, unix_now, boot_now },
                 Err(error) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
             },
             (Io::LockStore { op }, StoreAnswer::Done) => match loaded(&self.blob) {
-                Ok(stored) => Event::StoreLocked { op, stored, unix_now },
+                Ok(stored) => Event::StoreLocked { op, stored, unix_now, boot_now },
                 Err(error) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
             },
             (Io::LoadStore { op } | Io::LockStore { op }, StoreAnswer::Corrupt) => {

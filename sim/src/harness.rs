@@ -33,7 +33,7 @@ use freshen_core::session::{
     StoreError, TransportFailure,
 };
 use freshen_core::stored::StoredSession;
-use freshen_core::time::{MonoTime, SleepDetector, UnixTime};
+use freshen_core::time::{BootId, BootTime, MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::{RefreshToken, TokenType};
 
 use crate::executor::Watched;
@@ -201,20 +201,32 @@ struct ProcessClock {
 }
 
 impl ProcessClock {
-    fn boot(config: &SessionConfig, now: MonoTime, monotonic: Duration) -> Self {
+    fn boot(config: &SessionConfig, now: MonoTime, monotonic: Duration, wall: UnixTime) -> Self {
         let threshold = if config.plant == Some(freshen_core::session::Plant::MissesSuspends) {
             Duration::MAX
         } else {
             Duration::ZERO
         };
-        let detector = SleepDetector::new(wall_at(now), threshold);
+        let detector = SleepDetector::new(wall, threshold);
         Self { detector, booted_at: now, monotonic_at_boot: monotonic, lag: Duration::ZERO }
     }
 }
 
-/// The wall clock at world time `now`.
+/// The wall clock at world time `now`, as the authority reads it (the
+/// machine's may have been set back since: [`World::machine_wall`]).
 fn wall_at(now: MonoTime) -> UnixTime {
     UnixTime::from_secs(UNIX_START).saturating_add(now.elapsed())
+}
+
+/// The boot the world's machine runs on, and how long it had been up when
+/// the world began.
+const MACHINE_BOOT: BootId = BootId::from_bits(0xB007_0001);
+const UPTIME_AT_START: Duration = Duration::from_secs(3600);
+
+/// The machine's boot clock at world time `now`: it counts suspends, and
+/// nobody sets it.
+fn boot_at(now: MonoTime) -> BootTime {
+    BootTime::new(MACHINE_BOOT, UPTIME_AT_START.saturating_add(now.elapsed()))
 }
 
 /// `at` as an HTTP-date (IMF-fixdate, to the second), as servers write
@@ -287,6 +299,8 @@ pub struct World {
     asleep_since: Option<MonoTime>,
     asleep_before: Duration,
     clock_jumped: bool,
+    /// How far the machine's wall clock has been set back, in all.
+    wall_behind: Duration,
     shared_monitor: SharedStoreMonitor,
     authority_monitor: AuthorityMonitor,
     /// What the world knows about the current login, for the logout rules.
@@ -361,7 +375,10 @@ impl World {
                 Start::AccessOnly => StoredSession::access_only(issued.access_token),
                 Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
             };
-            let stored = stored.with_access_expiry(UnixTime::from_secs(UNIX_START), issued.expires_in);
+            let mut stored = stored.with_access_expiry(UnixTime::from_secs(UNIX_START), issued.expires_in);
+            if config.start_on_this_boot {
+                stored.access_expires_boot = Some(boot_at(now.saturating_add(issued.expires_in)));
+            }
             let stored = match config.dpop.then(|| dpop_key_from(&mut dpop_keys)) {
                 Some(key) => {
                     authority.bind(now, issued.family, &key.thumbprint());
@@ -377,8 +394,8 @@ impl World {
             .map(|index| {
                 let seed = if index == 0 { session_seed } else { rng.next_u64() };
                 Process {
-                    machine: Watched::new(Self::boot(&config.session, seed, now), &config.session),
-                    clock: ProcessClock::boot(&config.session, now, now.elapsed()),
+                    machine: Watched::new(Self::boot(&config.session, seed, now, wall_at(now)), &config.session),
+                    clock: ProcessClock::boot(&config.session, now, now.elapsed(), wall_at(now)),
                     incarnation: index as u32,
                     retried: BTreeMap::new(),
                     in_flight_write: None,
@@ -427,6 +444,7 @@ impl World {
             asleep_since: None,
             asleep_before: Duration::ZERO,
             clock_jumped: false,
+            wall_behind: Duration::ZERO,
             extra: Vec::new(),
             trace: Vec::new(),
             stats: WorldStats::default(),
@@ -441,13 +459,17 @@ impl World {
         world
     }
 
-    fn boot(config: &SessionConfig, seed: u64, now: MonoTime) -> Session {
-        let unix_now = wall_at(now);
+    fn boot(config: &SessionConfig, seed: u64, now: MonoTime, unix_now: UnixTime) -> Session {
         match Session::new(config.clone(), seed, now, unix_now) {
             Ok(session) => session,
             // The world is built from validated configurations only.
             Err(error) => unreachable_config(error),
         }
+    }
+
+    /// The machine's wall clock: the world's, less every step back.
+    pub(super) fn machine_wall(&self) -> UnixTime {
+        UnixTime::from_since_epoch(wall_at(self.now).since_epoch().saturating_sub(self.wall_behind))
     }
 
     /// The machine's monotonic clock: the world's time less every suspend.
@@ -458,7 +480,7 @@ impl World {
 
     /// Process `p`'s session time now, read through its clock.
     pub(super) fn session_now(&mut self, p: usize) -> MonoTime {
-        let (monotonic, wall, world_now) = (self.monotonic(), wall_at(self.now), self.now);
+        let (monotonic, wall, world_now) = (self.monotonic(), self.machine_wall(), self.now);
         let clock = &mut self.process_mut(p).clock;
         let since_boot = monotonic.saturating_sub(clock.monotonic_at_boot);
         let now = clock.booted_at.saturating_add(clock.detector.observe(since_boot, wall).elapsed());

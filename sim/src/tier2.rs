@@ -40,7 +40,7 @@ use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Command, Event, LogoutCause, StateView, TransportFailure};
 use freshen_core::stored::StoredSession;
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::{BootId, BootTime, MonoTime, UnixTime};
 use freshen_core::token::{Fingerprint, RefreshToken};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -68,6 +68,16 @@ const PORT: u16 = 80;
 /// Wall time inside the simulation.
 fn sim_wall_clock() -> UnixTime {
     UnixTime::from_since_epoch(turmoil::since_epoch().unwrap_or_default())
+}
+
+/// How long each host had been up when the world began.
+const UPTIME_AT_START: Duration = Duration::from_secs(3600);
+
+/// Host `index`'s boot clock when the world's wall clock reads `wall`:
+/// every host is a machine of its own, and none reboots.
+fn boot_clock_at(index: usize, wall: UnixTime) -> BootTime {
+    let since_start = wall.saturating_duration_since(UnixTime::from_secs(1_800_000_000));
+    BootTime::new(BootId::from_bits(0xB007_0000 + index as u64), UPTIME_AT_START.saturating_add(since_start))
 }
 
 /// `wall` moved by `secs` seconds, forward or back: a clock that runs
@@ -213,6 +223,7 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     let host_count = config.apps.saturating_sub(1) + config.processes.max(1);
     for app in 0..config.apps {
+        let first_host = hosts.len();
         let issued = state.login(&client_id(app));
         // Spent: issued a lifetime ago, so it expires as the world starts.
         let issued_at = UnixTime::from_secs(1_800_000_000).since_epoch().saturating_sub(if config.start_spent {
@@ -225,7 +236,11 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
             Start::AccessOnly => StoredSession::access_only(issued.access_token),
             Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
         };
-        let stored = stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in);
+        let mut stored = stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in);
+        if config.start_on_this_boot {
+            // Written by an earlier run of the app's first process.
+            stored.access_expires_boot = stored.access_expires_at.map(|at| boot_clock_at(first_host, at));
+        }
         let stored = match config.dpop.then(|| dpop_key_from(rng)) {
             Some(key) => {
                 let now = state.now();

@@ -310,6 +310,16 @@ pub struct WorldConfig {
     /// `Retry-After`, given as an HTTP-date: only a client that reads the
     /// date against the server's own `Date` waits what the server asked.
     pub server_clock_offset: i64,
+    /// Tier 1: a clock jump sets the machine's wall clock back (by hand, by
+    /// NTP, a virtual machine restored) instead of suspending the machine.
+    /// Read through the stepped clock, a stored expiry looks later than it
+    /// is; the boot clock does not move.
+    pub wall_steps_back: bool,
+    /// The stored session at start was written on this boot (of the app's
+    /// first process's machine, in tier 2): it
+    /// carries the boot clock's expiry beside the wall clock's. Otherwise it
+    /// was written before a reboot, and only the wall clock can read it.
+    pub start_on_this_boot: bool,
     /// Keep a printable trace.
     pub trace: bool,
     /// The most steps a run may take (tier 1).
@@ -347,6 +357,8 @@ impl WorldConfig {
             apps: 1,
             ephemeral_ports: EPHEMERAL_PORTS,
             server_clock_offset: 0,
+            wall_steps_back: false,
+            start_on_this_boot: true,
             trace: false,
             max_steps: 1_000_000,
             dpop: false,
@@ -405,6 +417,11 @@ impl WorldConfig {
         sample_dpop(&mut config, &mut rng);
         sample_login(&mut config, &mut rng);
         sample_database(&mut config, &mut rng, 6);
+        // From a generator of their own, so the worlds drawn before them
+        // stay the same worlds.
+        let mut clocks = SplitMix64::new(seed ^ 0xB007_C10C_0000_0001);
+        config.wall_steps_back = clocks.chance(1, 2);
+        config.start_on_this_boot = clocks.chance(2, 3);
         config
     }
 
@@ -481,6 +498,7 @@ impl WorldConfig {
         if rng.chance(1, 2) {
             config.server_clock_offset = rng.below(2 * 3600 + 1) as i64 - 3600;
         }
+        config.start_on_this_boot = SplitMix64::new(seed ^ 0xB007_C10C_0000_0002).chance(2, 3);
         config
     }
 
@@ -530,6 +548,11 @@ impl WorldConfig {
             Plant::NonceChallengeBacksOff => {
                 self.dpop = true;
                 self.authority.dpop_nonce_lifetime = Some(Duration::from_secs(30));
+            }
+            // A wall clock that is set back, under blobs the boot clock can read.
+            Plant::IgnoresBootClock => {
+                self.wall_steps_back = true;
+                self.start_on_this_boot = true;
             }
             _ => {}
         }

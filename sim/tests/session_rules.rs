@@ -14,7 +14,7 @@ use freshen_core::oauth::{
 };
 use freshen_core::session::*;
 use freshen_core::stored::{DecodeError, StoredSession};
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::{BootId, BootTime, MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken, TokenType};
 use freshen_sim::executor::{CommandLog, Executor, StoreAnswers};
 
@@ -72,7 +72,12 @@ impl Harness {
         // Freshly issued: it expires `lifetime` from now, which is also its issued lifetime.
         stored.access_expires_at = lifetime.map(|l| UnixTime::from_secs(UNIX_ZERO).saturating_add(l));
         stored.access_lifetime = lifetime;
-        h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+        h.handle(Event::StoreLoaded {
+            op,
+            stored: Some(stored),
+            unix_now: UnixTime::from_secs(UNIX_ZERO),
+            boot_now: None,
+        });
         h
     }
 
@@ -214,7 +219,7 @@ fn stored(generation: u64, refresh: &str, access_expires_at: Option<UnixTime>) -
 fn descended_from(login: &str, stored: StoredSession) -> StoredSession {
     let mut h = Harness::new(config());
     let op = h.load_op();
-    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
     let new =
         NewSession::issued(AccessToken::new("a-login"), Duration::from_secs(60), RefreshToken::new(login), h.now());
     h.handle(Event::LoggedIn { caller: CallerId(1), session: new });
@@ -290,7 +295,8 @@ fn starts_by_loading_and_an_empty_store_means_no_session() {
     // A caller before the load waits for it.
     assert!(h.want(1).is_empty());
     let op = h.load_op();
-    let out = h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    let out =
+        h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
     assert_eq!(failed(&out), vec![(CallerId(1), FailReason::LoggedOut(LogoutCause::NoSession))]);
     // Not "logged out": nothing ended, there was no session yet.
     assert_eq!(h.session().state(), &StateView::NoSession);
@@ -597,7 +603,12 @@ fn a_rejection_rereads_the_store_once_then_logs_out_and_clears() {
         [Command::Io(Io::LoadStore { op }), ..] => *op,
         other => panic!("expected a re-read, got {other:?}"),
     };
-    let out = h.handle(Event::StoreLoaded { op, stored: Some(stored(1, "r1", None)), unix_now: UnixTime::EPOCH });
+    let out = h.handle(Event::StoreLoaded {
+        op,
+        stored: Some(stored(1, "r1", None)),
+        unix_now: UnixTime::EPOCH,
+        boot_now: None,
+    });
     let cause = LogoutCause::RefreshTokenRejected {
         error: OAuthError { status: 400, code: "invalid_grant".into(), description: None },
         after_lost_response: true,
@@ -610,6 +621,47 @@ fn a_rejection_rereads_the_store_once_then_logs_out_and_clears() {
     assert_eq!(failed(&h.want(2)), vec![(CallerId(2), FailReason::LoggedOut(cause))]);
 }
 
+/// A wall clock set back 10 minutes since a blob was written makes its
+/// token, 30 s from expiry (inside the 60 s margin), look 630 s from it.
+/// Written on this boot, the blob is read by the boot clock, which nobody
+/// sets: the token is refreshed before anyone gets it, and the next write
+/// carries the boot clock's expiry too. A blob of another boot can only be
+/// read by the wall clock.
+#[test]
+fn a_stored_expiry_written_on_this_boot_is_read_by_the_boot_clock() {
+    let this_boot = BootId::from_bits(42);
+    let boot_now = BootTime::new(this_boot, Duration::from_secs(1000));
+    let loaded = |config: SessionConfig, written_on: BootId| {
+        let mut h = Harness::new(config);
+        let op = h.load_op();
+        let mut blob = stored(1, "r1", Some(UnixTime::from_secs(UNIX_ZERO + 30)));
+        blob.access_lifetime = Some(Duration::from_secs(300));
+        blob.access_expires_boot = Some(BootTime::new(written_on, Duration::from_secs(1030)));
+        let unix_now = UnixTime::from_secs(UNIX_ZERO - 600);
+        h.handle(Event::StoreLoaded { op, stored: Some(blob), unix_now, boot_now: Some(boot_now) });
+        h
+    };
+    let mut h = loaded(config(), this_boot);
+    assert_eq!(h.session().state(), &StateView::Expired { generation: Generation(1), renewal: Renewal::Ready });
+    assert!(granted(&h.want(1)).is_empty(), "a token inside its margin was handed out");
+    let (id, token, _) = h.last_refresh();
+    assert_eq!(token, "r1");
+    h.answer(id, success("a2", Some("r2"), 300));
+    let (_, written) = h.last_persist();
+    assert_eq!(written.access_expires_boot, Some(boot_now.saturating_add(Duration::from_secs(300))));
+    assert_eq!(written.access_expires_at, Some(UnixTime::from_secs(UNIX_ZERO - 300)));
+
+    let valid = StateView::Valid { generation: Generation(1), renewal: Renewal::Ready };
+    assert_eq!(loaded(config(), BootId::from_bits(41)).session().state(), &valid);
+    // Planted (the wall clock alone), this boot's blob looks fresh too, and
+    // the checker says so.
+    let planted = tweaked(config(), |c| c.plant = Some(Plant::IgnoresBootClock));
+    let mut h = loaded(planted, this_boot);
+    assert_eq!(h.session().state(), &valid);
+    let found = h.executor.machine.monitor.take_violations();
+    assert!(found.iter().any(|v| v.invariant == freshen_sim::check::Invariant::U2), "{found:?}");
+}
+
 #[test]
 fn a_rejection_adopts_a_token_another_process_stored() {
     let mut h = Harness::loaded(config(), None);
@@ -618,7 +670,12 @@ fn a_rejection_adopts_a_token_another_process_stored() {
     h.answer(id, invalid_grant());
     let op = h.load_op();
     let fresh = stored(5, "r-other", Some(UnixTime::from_secs(UNIX_ZERO + 600)));
-    let out = h.handle(Event::StoreLoaded { op, stored: Some(fresh), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    let out = h.handle(Event::StoreLoaded {
+        op,
+        stored: Some(fresh),
+        unix_now: UnixTime::from_secs(UNIX_ZERO),
+        boot_now: None,
+    });
     assert_eq!(granted(&out), vec![(CallerId(1), Generation(5))]);
     assert_eq!(h.session().state(), &StateView::Valid { generation: Generation(5), renewal: Renewal::Ready });
 }
@@ -835,7 +892,12 @@ fn a_login_during_the_load_outranks_what_the_store_held() {
     );
     h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
     let stale = stored(58, "r-logged-out", None);
-    h.handle(Event::StoreLoaded { op: load, stored: Some(stale), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    h.handle(Event::StoreLoaded {
+        op: load,
+        stored: Some(stale),
+        unix_now: UnixTime::from_secs(UNIX_ZERO),
+        boot_now: None,
+    });
     let StateView::Valid { generation, .. } = h.session().state().clone() else { panic!("{}", h.session().state()) };
     assert!(generation > Generation(58), "the login holds {generation}, not above the stale blob");
     // The login's write fails and a caller's token is refused. Until stop 38
@@ -882,7 +944,12 @@ fn an_unavailable_store_is_retried_then_fails_callers_and_recovers_on_demand() {
     assert_eq!(h.session().state(), &StateView::Loading);
     h.want(2);
     let op = h.load_op();
-    let out = h.handle(Event::StoreLoaded { op, stored: Some(stored(1, "r1", None)), unix_now: UnixTime::EPOCH });
+    let out = h.handle(Event::StoreLoaded {
+        op,
+        stored: Some(stored(1, "r1", None)),
+        unix_now: UnixTime::EPOCH,
+        boot_now: None,
+    });
     assert_eq!(granted(&out), vec![(CallerId(2), Generation(1))]);
 }
 
@@ -1005,7 +1072,7 @@ fn nonsense_input_is_ignored() {
     h.handle(Event::RefreshFailed { id: RefreshId(0), failure: TransportFailure::Timeout });
     h.handle(Event::StoreWritten { op: StoreOpId(77) });
     h.handle(Event::StoreFailed { op: StoreOpId(78), error: StoreError::Unavailable });
-    h.handle(Event::StoreLoaded { op: StoreOpId(79), stored: None, unix_now: UnixTime::EPOCH });
+    h.handle(Event::StoreLoaded { op: StoreOpId(79), stored: None, unix_now: UnixTime::EPOCH, boot_now: None });
     assert_eq!(h.log().len(), before);
     assert_eq!(h.session().state(), &StateView::Valid { generation: Generation(1), renewal: Renewal::Ready });
 }
@@ -1075,7 +1142,7 @@ fn lock_op(h: &Harness) -> StoreOpId {
 }
 
 fn locked(h: &mut Harness, op: StoreOpId, stored: Option<StoredSession>) -> Vec<Command> {
-    h.handle(Event::StoreLocked { op, stored, unix_now: UnixTime::from_secs(UNIX_ZERO) })
+    h.handle(Event::StoreLocked { op, stored, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None })
 }
 
 #[test]
@@ -1263,7 +1330,7 @@ fn a_lock_lost_while_an_attempt_is_out_sends_no_second_attempt_until_the_first_i
 fn a_logout_whose_pending_write_was_fenced_clears_the_store_under_a_new_lock() {
     let mut h = Harness::new(shared());
     let op = h.load_op();
-    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
     let login = NewSession::issued(
         AccessToken::new("a-login"),
         Duration::from_secs(3600),
@@ -1315,7 +1382,7 @@ fn a_later_rotation_of_the_lineage_held_is_newer_whatever_its_number() {
     h.answer(id, invalid_grant());
     let op = h.load_op();
     let login = descended_from("r-login", stored(1, "r-login", Some(UnixTime::from_secs(UNIX_ZERO))));
-    h.handle(Event::StoreLoaded { op, stored: Some(login), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    h.handle(Event::StoreLoaded { op, stored: Some(login), unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
     assert_eq!(h.last_refresh().1, "r-login", "the login taken over is refreshed");
     let (_, written) = h.last_persist();
     assert_eq!(written.generation, Generation(2), "renumbered above the generation seen");
@@ -1734,7 +1801,7 @@ fn bound_and_refreshing() -> Harness {
     let op = h.load_op();
     let mut stored = stored(1, "r1", Some(UnixTime::from_secs(UNIX_ZERO + 300))).with_dpop_key(dpop_key());
     stored.access_lifetime = Some(Duration::from_secs(300));
-    h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO) });
+    h.handle(Event::StoreLoaded { op, stored: Some(stored), unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
     let out = h.want(1);
     let grant = match out.iter().find(|c| matches!(c, Command::Grant { .. })) {
         Some(Command::Grant { grant, .. }) => grant.clone(),

@@ -93,9 +93,18 @@ fn every_planted_bug_is_caught_through_the_real_driver() {
     // (seed 419) and tier 2's callers almost never do. A token whose usable
     // time moves within its generation is rare in these short worlds: tier 1
     // catches it often, and `a_token_whose_usable_time_moves_is_published_again`
-    // through the real driver.
+    // through the real driver. A stored expiry read by the wall clock after
+    // it was set back needs a restart in between: tier 1 catches it (seed
+    // 5), tier 2 at seeds 1013806 and 1047247
+    // (`a_wall_clock_set_back_before_a_restart_is_read_by_the_boot_clock`).
     let tier_1s = |plant: &Plant| {
-        matches!(plant, Plant::MissesSuspends | Plant::ProvesKeyBeforeStored | Plant::PublishesByGeneration)
+        matches!(
+            plant,
+            Plant::MissesSuspends
+                | Plant::ProvesKeyBeforeStored
+                | Plant::PublishesByGeneration
+                | Plant::IgnoresBootClock
+        )
     };
     for plant in Plant::ALL.into_iter().filter(|plant| !tier_1s(plant)) {
         let caught = (0..60).find(|seed| {
@@ -279,6 +288,26 @@ fn an_answer_the_server_committed_and_nobody_read_was_lost() {
     let seed = 1_046_724;
     let outcome = sampled_without_violations(seed);
     assert_eq!(outcome.tally.logouts.get("rejected"), Some(&1), "{:?}", outcome.tally.logouts);
+}
+
+/// Tier-2 seeds 1013806 and 1047247 (U2, found by deep runs): a process
+/// restarted after its wall clock was set back (5½ and 6 minutes) read a
+/// stored token by that clock as fresh, and handed it out though it was
+/// inside its refresh margin or dead. Its blob was written on the same boot,
+/// so the boot clock, which nobody steps, reads it right. Planted back (the
+/// wall clock alone), both fail again.
+#[test]
+fn a_wall_clock_set_back_before_a_restart_is_read_by_the_boot_clock() {
+    use freshen_sim::check::{Invariant, Plant};
+    for seed in [1_013_806, 1_047_247] {
+        sampled_without_violations(seed);
+        let planted = run(&WorldConfig::sampled_tier2(seed).with_plant(Plant::IgnoresBootClock), seed);
+        assert!(
+            planted.violations.iter().any(|v| v.invariant == Invariant::U2),
+            "seed {seed}: {:?}",
+            planted.violations
+        );
+    }
 }
 
 #[test]

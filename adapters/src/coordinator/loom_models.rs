@@ -105,13 +105,19 @@ fn drive(coordinator: &Coordinator<Slot>, progress: &Progress, participants: usi
         }
         for io in io {
             let event = match io {
-                Io::LoadStore { op } => {
-                    Event::StoreLoaded { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
-                }
+                Io::LoadStore { op } => Event::StoreLoaded {
+                    op,
+                    stored: Some(spent_session()),
+                    unix_now: UnixTime::from_secs(1_000),
+                    boot_now: None,
+                },
                 // The models run one process: its lock is always free.
-                Io::LockStore { op } => {
-                    Event::StoreLocked { op, stored: Some(spent_session()), unix_now: UnixTime::from_secs(1_000) }
-                }
+                Io::LockStore { op } => Event::StoreLocked {
+                    op,
+                    stored: Some(spent_session()),
+                    unix_now: UnixTime::from_secs(1_000),
+                    boot_now: None,
+                },
                 Io::Persist { op, .. } | Io::ClearStore { op } => Event::StoreWritten { op },
                 Io::SendRefresh { id, .. } => {
                     refreshes += 1;

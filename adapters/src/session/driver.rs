@@ -141,7 +141,7 @@ pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io
             let event = match shared.store.load().await {
                 Ok(stored) => {
                     info!(found = stored.is_some(), "store loaded");
-                    Event::StoreLoaded { op, stored, unix_now: shared.clock.wall() }
+                    Event::StoreLoaded { op, stored, unix_now: shared.clock.wall(), boot_now: shared.clock.boot() }
                 }
                 Err(error) => {
                     warn!(%error, "store load failed");
@@ -364,7 +364,7 @@ async fn lock_and_read<T: Transport, S: Store>(
     match shared.store.load().await {
         Ok(stored) => {
             debug!(found = stored.is_some(), "store locked and read");
-            Some(Event::StoreLocked { op, stored, unix_now: shared.clock.wall() })
+            Some(Event::StoreLocked { op, stored, unix_now: shared.clock.wall(), boot_now: shared.clock.boot() })
         }
         Err(error) => {
             warn!(%error, "store read under the lock failed; the lock is released");

@@ -303,7 +303,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             crate::error::check_endpoint("authorization", url, config.plain_http_allowed)?;
         }
         let seed = environment.draw_seed();
-        let clock = Clock::new(environment.wall_clock().clone());
+        let clock = Clock::new(environment.wall_clock().clone(), environment.boot_clock().clone());
         let machine = freshen_core::session::Session::new(config.session.clone(), seed, MonoTime::ZERO, clock.wall())?;
         let (state, _) = watch::channel(machine.state().clone());
         let publisher = state.clone();

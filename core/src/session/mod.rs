@@ -48,6 +48,7 @@ use std::collections::VecDeque;
 pub use callers::{Callers, CallersIntoIter};
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use plant::Plant;
+use store::ClockAnchor;
 pub use types::{
     AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, ProofNeeded,
     Renewal, StateView, StoreError, Timeout, TransportFailure,
@@ -60,7 +61,7 @@ use crate::oauth::{
 };
 use crate::rng::SplitMix64;
 use crate::stored::StoredSession;
-use crate::time::{MonoTime, UnixTime};
+use crate::time::{BootTime, MonoTime, UnixTime};
 use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
 /// The session machine. See the [module docs](self).
@@ -72,8 +73,8 @@ pub struct Session {
     rng: SplitMix64,
     /// The latest time seen; input time never moves it back.
     now: MonoTime,
-    /// A point known on both clocks, to turn wall-clock expiries into monotonic ones.
-    wall_anchor: (MonoTime, UnixTime),
+    /// A moment known on every clock, to turn stored expiries into session time and back.
+    anchor: ClockAnchor,
     state: State,
     /// Callers waiting, oldest first. Deadlines are arrival + a constant, so
     /// they are in order too.
@@ -419,7 +420,7 @@ impl Session {
             config,
             rng: SplitMix64::new(seed),
             now,
-            wall_anchor: (now, unix_now),
+            anchor: ClockAnchor::new(now, unix_now, None),
             state: State::Loading,
             waiters: VecDeque::new(),
             store: StoreSync {
@@ -540,8 +541,12 @@ impl Session {
                     self.ignore("a failure of an attempt no longer in flight");
                 }
             }
-            Event::StoreLoaded { op, stored, unix_now } => self.on_store_loaded(op, stored, unix_now),
-            Event::StoreLocked { op, stored, unix_now } => self.on_store_locked(op, stored, unix_now),
+            Event::StoreLoaded { op, stored, unix_now, boot_now } => {
+                self.on_store_loaded(op, stored, ClockAnchor::new(self.now, unix_now, boot_now));
+            }
+            Event::StoreLocked { op, stored, unix_now, boot_now } => {
+                self.on_store_locked(op, stored, ClockAnchor::new(self.now, unix_now, boot_now));
+            }
             Event::StoreWritten { op } => self.on_store_written(op),
             Event::StoreFailed { op, error } => self.on_store_failed(op, error),
             Event::LogoutRequested => {

@@ -84,11 +84,15 @@ pub enum Plant {
     /// keeps a token rotated away again and again, which another process,
     /// or this one after a crash, presents next).
     RefreshesUnwritten,
+    /// Reads a stored expiry by the wall clock alone, even when it was
+    /// written on this boot (breaks U2: after the wall clock was set back, a
+    /// token inside its refresh margin, or dead, looks fresh).
+    IgnoresBootClock,
 }
 
 impl Plant {
     /// Every plant, for campaigns.
-    pub const ALL: [Plant; 23] = [
+    pub const ALL: [Plant; 24] = [
         Plant::NoSingleFlight,
         Plant::GrantBeforePersist,
         Plant::LogoutKeepsStorage,
@@ -112,6 +116,7 @@ impl Plant {
         Plant::LockNotReleasedOnDeath,
         Plant::PublishesByGeneration,
         Plant::RefreshesUnwritten,
+        Plant::IgnoresBootClock,
     ];
 
     /// The name used on command lines.
@@ -140,6 +145,7 @@ impl Plant {
             Plant::LockNotReleasedOnDeath => "lock-not-released-on-death",
             Plant::PublishesByGeneration => "publishes-by-generation",
             Plant::RefreshesUnwritten => "refreshes-unwritten",
+            Plant::IgnoresBootClock => "ignores-boot-clock",
         }
     }
 

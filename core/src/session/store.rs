@@ -14,13 +14,13 @@ impl Session {
             || matches!(self.store.in_flight, Some((_, StoreOp::Persist(g))) if g == generation)
     }
 
-    pub(super) fn on_store_loaded(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
+    pub(super) fn on_store_loaded(&mut self, op: StoreOpId, stored: Option<StoredSession>, anchor: ClockAnchor) {
         if self.store.in_flight != Some((op, StoreOp::Load)) {
             self.ignore(STALE_STORE_ANSWER);
             return;
         }
         self.store.succeeded();
-        self.wall_anchor = (self.now, unix_now);
+        self.anchor = anchor;
         match &self.state {
             State::Loading => match stored {
                 None => self.state = State::LoggedOut(LogoutCause::NoSession),
@@ -135,14 +135,14 @@ impl Session {
 
     /// The store's cross-process lock is held and the store was read under
     /// it, so what it holds is the truth until the lock is released.
-    pub(super) fn on_store_locked(&mut self, op: StoreOpId, stored: Option<StoredSession>, unix_now: UnixTime) {
+    pub(super) fn on_store_locked(&mut self, op: StoreOpId, stored: Option<StoredSession>, anchor: ClockAnchor) {
         if self.store.in_flight != Some((op, StoreOp::Lock)) {
             self.ignore(STALE_STORE_ANSWER);
             return;
         }
         self.store.succeeded();
         self.store.locked = true;
-        self.wall_anchor = (self.now, unix_now);
+        self.anchor = anchor;
         if let State::Refreshing(_, Cycle { phase: Phase::Rereading { after, .. }, .. }) = &self.state {
             if op >= *after {
                 self.reread(stored);
@@ -328,13 +328,11 @@ impl Session {
         mut stored: StoredSession,
         generation: impl FnOnce(Generation) -> Generation,
     ) -> TokenSet {
-        let (anchor_mono, anchor_unix) = self.wall_anchor;
         let max_lifetime = self.config.policy.max_lifetime;
-        let expiry = stored.access_expires_at.map(|at| {
-            // Remaining lifetime on the wall clock, measured from the anchor;
-            // a stored blob is untrusted, so the same cap applies as on the wire.
-            let remaining = at.saturating_duration_since(anchor_unix).min(max_lifetime);
-            let expires_at = anchor_mono.min(self.now).saturating_add(remaining);
+        let by_boot_clock = !self.planted(Plant::IgnoresBootClock);
+        let expiry = self.anchor.left_of(&stored, by_boot_clock).map(|left| {
+            // A stored blob is untrusted: the same cap applies as on the wire.
+            let expires_at = self.anchor.now.min(self.now).saturating_add(left.min(max_lifetime));
             // Margins are judged by the lifetime it was issued with, not by what is left.
             let lifetime = stored.access_lifetime.map(|lifetime| lifetime.min(max_lifetime));
             Expiry::plan(expires_at, lifetime, &self.config, &mut self.rng)
@@ -546,14 +544,13 @@ impl Session {
     }
 
     pub(super) fn to_stored(&self, tokens: &TokenSet) -> StoredSession {
-        let (anchor_mono, anchor_unix) = self.wall_anchor;
+        let expires_at = tokens.expiry.map(|e| self.anchor.stored_expiry(e.expires_at));
         StoredSession {
             generation: tokens.generation,
             access_token: tokens.access.clone(),
             token_type: tokens.token_type.clone(),
-            access_expires_at: tokens
-                .expiry
-                .map(|e| anchor_unix.saturating_add(e.expires_at.saturating_duration_since(anchor_mono))),
+            access_expires_at: expires_at.map(|(wall, _)| wall),
+            access_expires_boot: expires_at.and_then(|(_, boot)| boot),
             access_lifetime: tokens.expiry.and_then(|e| e.lifetime),
             refresh_token: tokens.refresh.clone(),
             scope: tokens.scope.clone(),
@@ -620,4 +617,38 @@ fn rotated_past(tokens: &TokenSet, stored: &StoredSession) -> bool {
         && tokens.lineage.is_some()
         && stored.lineage == tokens.lineage
         && !same_refresh(&stored.refresh_token, &tokens.refresh)
+}
+
+/// A moment read on the session's clock, the wall clock and, where the
+/// platform has one, the boot clock: it turns a stored expiry into session
+/// time and back. Taken at every read of the store, so a blob is read by
+/// clocks read with it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ClockAnchor {
+    pub(super) now: MonoTime,
+    unix: UnixTime,
+    boot: Option<BootTime>,
+}
+
+impl ClockAnchor {
+    pub(super) fn new(now: MonoTime, unix: UnixTime, boot: Option<BootTime>) -> Self {
+        Self { now, unix, boot }
+    }
+
+    /// How long after this moment `stored`'s access token expires: by the
+    /// boot clock when it was written on this boot (a wall clock set back
+    /// since the write cannot make it look fresher), else by the wall clock.
+    fn left_of(&self, stored: &StoredSession, by_boot_clock: bool) -> Option<Duration> {
+        let by_boot = match (stored.access_expires_boot, self.boot) {
+            (Some(expires), Some(now)) if by_boot_clock => expires.duration_since(now),
+            _ => None,
+        };
+        by_boot.or_else(|| stored.access_expires_at.map(|at| at.saturating_duration_since(self.unix)))
+    }
+
+    /// Session time `expires_at` on the wall clock and the boot clock, for the store.
+    fn stored_expiry(&self, expires_at: MonoTime) -> (UnixTime, Option<BootTime>) {
+        let after = expires_at.saturating_duration_since(self.now);
+        (self.unix.saturating_add(after), self.boot.map(|boot| boot.saturating_add(after)))
+    }
 }

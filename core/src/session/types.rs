@@ -7,7 +7,7 @@ use crate::dpop::{DpopKey, DpopNonce};
 use crate::ids::{CallerId, Generation, RefreshId, RevocationId, StoreOpId};
 use crate::oauth::{Classified, MalformedReason, OAuthError, Rejected, TokenResponse, TransientCause};
 use crate::stored::{DecodeError, StoredSession};
-use crate::time::{MonoTime, UnixTime};
+use crate::time::{BootTime, MonoTime, UnixTime};
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
 use super::callers::Callers;
@@ -76,6 +76,10 @@ pub enum Event {
         stored: Option<StoredSession>,
         /// The wall clock now, to turn a stored expiry back into monotonic time.
         unix_now: UnixTime,
+        /// The boot clock now, where the platform has one: a stored expiry
+        /// written on this boot is read by it, whatever the wall clock did
+        /// since the write.
+        boot_now: Option<BootTime>,
     },
     /// [`Io::LockStore`] `op` holds the store's cross-process lock, and
     /// the store was read under it. This is how the machine learns that
@@ -90,6 +94,8 @@ pub enum Event {
         stored: Option<StoredSession>,
         /// The wall clock now, as for [`Event::StoreLoaded`].
         unix_now: UnixTime,
+        /// The boot clock now, as for [`Event::StoreLoaded`].
+        boot_now: Option<BootTime>,
     },
     /// [`Io::Persist`] or [`Io::ClearStore`] `op` is durable.
     StoreWritten {

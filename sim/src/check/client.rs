@@ -2,6 +2,10 @@
 
 use super::*;
 use freshen_core::session::{AccessGrant, NewSession};
+use freshen_core::time::BootTime;
+
+/// A store read's wall-clock and boot-clock readings.
+type Clocks = (UnixTime, Option<BootTime>);
 
 mod dpop;
 mod logout;
@@ -182,6 +186,11 @@ impl ClientMonitor {
         &self.violations
     }
 
+    /// Every violation found so far, leaving none: for a test that expects one.
+    pub fn take_violations(&mut self) -> Vec<Violation> {
+        std::mem::take(&mut self.violations)
+    }
+
     fn violate(&mut self, invariant: Invariant, at: MonoTime, detail: String) {
         self.violations.push(Violation { invariant, at, detail });
     }
@@ -203,7 +212,9 @@ impl ClientMonitor {
         self.store = StoreModel::Unknown;
         self.state = StateView::Loading;
         self.unserved_since_arrival.clear();
+        // Its successor judges each token by the clocks it reads the store with.
         self.seen_access.clear();
+        self.inside_margin.clear();
         self.forced.clear();
         self.asked_before_known.clear();
         self.kept_since.clear();
@@ -253,8 +264,9 @@ impl ClientMonitor {
                     sent.answered.get_or_insert((now, Answer::Transient { retry_after: None }));
                 }
             }
-            Event::StoreLoaded { op, stored, unix_now } | Event::StoreLocked { op, stored, unix_now } => {
-                self.store_read(now, *op, stored.as_ref(), *unix_now);
+            Event::StoreLoaded { op, stored, unix_now, boot_now }
+            | Event::StoreLocked { op, stored, unix_now, boot_now } => {
+                self.store_read(now, *op, stored.as_ref(), (*unix_now, *boot_now));
             }
             Event::StoreWritten { op } => match self.pending_store.remove(op) {
                 Some((PendingStore::Persist(generation), refresh)) => {
@@ -301,7 +313,7 @@ impl ClientMonitor {
     }
 
     /// The store was read (loaded, or locked and read): what it holds now.
-    fn store_read(&mut self, now: MonoTime, op: StoreOpId, stored: Option<&StoredSession>, unix_now: UnixTime) {
+    fn store_read(&mut self, now: MonoTime, op: StoreOpId, stored: Option<&StoredSession>, clocks: Clocks) {
         if self.pending_store.remove(&op).is_some() {
             self.store_failures = (0, now);
             self.store = match stored {
@@ -317,7 +329,7 @@ impl ClientMonitor {
                             self.awaiting_logout = None;
                         }
                     }
-                    self.note_refresh_first(stored, unix_now, now);
+                    self.note_refresh_first(stored, clocks, now);
                     StoreModel::Holds(stored.generation)
                 }
                 None => StoreModel::Empty,
@@ -728,15 +740,18 @@ impl ClientMonitor {
 
     /// U2: remembers a stored access token that has its refresh margin or
     /// less left (by the lifetime it was issued with) and a refresh token to
-    /// renew it with: it must be refreshed before anyone gets it.
-    fn note_refresh_first(&mut self, stored: &StoredSession, unix_now: UnixTime, unix_now_mono: MonoTime) {
-        let (Some(access), Some(expires_at), Some(_)) =
-            (&stored.access_token, stored.access_expires_at, &stored.refresh_token)
+    /// renew it with: it must be refreshed before anyone gets it. What is
+    /// left is what the session can know: by the boot clock when the blob
+    /// was written on this boot (whatever the wall clock did since), else by
+    /// the wall clock as it reads now.
+    fn note_refresh_first(&mut self, stored: &StoredSession, (unix_now, boot_now): Clocks, now: MonoTime) {
+        let by_boot = stored.access_expires_boot.zip(boot_now).and_then(|(at, now)| at.duration_since(now));
+        let by_wall = stored.access_expires_at.map(|at| at.saturating_duration_since(unix_now));
+        let (Some(access), Some(left), Some(_)) = (&stored.access_token, by_boot.or(by_wall), &stored.refresh_token)
         else {
             return;
         };
-        let left = expires_at.saturating_duration_since(unix_now);
-        let first_sight = self.seen_access.insert(access.fingerprint(), unix_now_mono).is_none();
+        let first_sight = self.seen_access.insert(access.fingerprint(), now).is_none();
         if first_sight && left <= least_margin(&self.config, stored.access_lifetime) {
             self.inside_margin.insert(access.fingerprint());
         }

@@ -66,6 +66,7 @@ fn load(m: &mut ClientMonitor, generation: u64) {
         op: StoreOpId(1),
         stored: Some(stored(generation, "r1")),
         unix_now: freshen_core::time::UnixTime::EPOCH,
+        boot_now: None,
     };
     m.event(t(0), &event);
     m.command(

@@ -129,8 +129,8 @@ impl World {
         self.shared_monitor.crash(p);
         note_at!(self, p, "{} crash: incarnation {} starts", self.now, incarnation);
         let seed = self.rng.next_u64();
-        let session = Self::boot(&self.config.session, seed, self.now);
-        let clock = ProcessClock::boot(&self.config.session, self.now, self.monotonic());
+        let session = Self::boot(&self.config.session, seed, self.now, self.machine_wall());
+        let clock = ProcessClock::boot(&self.config.session, self.now, self.monotonic(), self.machine_wall());
         let process = self.process_mut(p);
         process.machine.monitor.crash();
         process.retried.clear();
@@ -159,6 +159,15 @@ impl World {
         self.suspended_until = Some(resume);
         note!(self, "{} suspend until {resume}", self.now);
         self.schedule(resume, Pending::Resume);
+    }
+
+    /// The machine's wall clock is set back `by` (by hand, by NTP): stored
+    /// expiries read through it look later than they are, until the boot
+    /// clock says otherwise.
+    pub fn step_wall_back(&mut self, by: Duration) {
+        self.clock_jumped = true;
+        self.wall_behind = self.wall_behind.saturating_add(by);
+        note!(self, "{} wall clock set back {by:?}", self.now);
     }
 
     /// Nobody uses a sleeping client: runs until a suspended client resumes.

@@ -44,7 +44,7 @@ impl World {
             } else if self.chance(self.config.faults.clock_jump, "clock_jump") {
                 let pause =
                     Duration::from_secs(1 + self.rng.below(2 * self.config.authority.access_ttl.as_secs().max(1)));
-                self.suspend(pause);
+                if self.config.wall_steps_back { self.step_wall_back(pause) } else { self.suspend(pause) }
             } else if self.process(p).paused_until.is_none()
                 && self.now >= self.process(p).stall_free_until
                 && self.chance(self.config.faults.pause, "pause")

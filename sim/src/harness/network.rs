@@ -139,8 +139,10 @@ impl World {
             (Pending::Input { mut event, .. }, Some(p)) => {
                 // The driver reads the wall clock as it hands over a store's
                 // answer: after the stall, not when the store answered.
-                if let Event::StoreLoaded { unix_now, .. } | Event::StoreLocked { unix_now, .. } = &mut event {
-                    *unix_now = wall_at(self.now);
+                if let Event::StoreLoaded { unix_now, boot_now, .. } | Event::StoreLocked { unix_now, boot_now, .. } =
+                    &mut event
+                {
+                    (*unix_now, *boot_now) = (self.machine_wall(), Some(boot_at(self.now)));
                 }
                 self.input(p, event);
             }
@@ -334,7 +336,7 @@ impl World {
         };
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
         let response = oauth::Response { status, headers: &headers, body: body.expose_secret().as_bytes() };
-        let unix_now = wall_at(self.now);
+        let unix_now = self.machine_wall();
         let outcome = oauth::classify(&self.config.session.policy, &response, Some(unix_now));
         if let Fate::RateLimited(wait) = fate {
             self.check_wait_read(wait, &outcome);

@@ -230,13 +230,13 @@ impl World {
         let locked = matches!(outcome, StoreOutcome::Locked(_));
         let event = match outcome {
             StoreOutcome::Loaded(blob) | StoreOutcome::Locked(blob) => {
-                let unix_now = wall_at(self.now);
+                let (unix_now, boot_now) = (self.machine_wall(), Some(boot_at(self.now)));
                 match blob.map(|b| StoredSession::decode(b.expose_secret().as_bytes())) {
                     Some(Err(error)) => Event::StoreFailed { op, error: StoreError::Corrupt(error) },
-                    Some(Ok(stored)) if locked => Event::StoreLocked { op, stored: Some(stored), unix_now },
-                    None if locked => Event::StoreLocked { op, stored: None, unix_now },
-                    Some(Ok(stored)) => Event::StoreLoaded { op, stored: Some(stored), unix_now },
-                    None => Event::StoreLoaded { op, stored: None, unix_now },
+                    Some(Ok(stored)) if locked => Event::StoreLocked { op, stored: Some(stored), unix_now, boot_now },
+                    None if locked => Event::StoreLocked { op, stored: None, unix_now, boot_now },
+                    Some(Ok(stored)) => Event::StoreLoaded { op, stored: Some(stored), unix_now, boot_now },
+                    None => Event::StoreLoaded { op, stored: None, unix_now, boot_now },
                 }
             }
             StoreOutcome::Written { write } => {

@@ -170,6 +170,11 @@ impl Host {
     pub(super) fn wall(&self) -> UnixTime {
         shifted(sim_wall_clock(), self.wall_step.load(Ordering::Acquire))
     }
+
+    /// This host's boot clock: nobody steps it.
+    pub(super) fn boot(&self) -> Option<BootTime> {
+        Some(boot_clock_at(self.index, sim_wall_clock()))
+    }
 }
 
 pub(super) fn client_id(app: usize) -> String {
@@ -461,8 +466,11 @@ pub(super) async fn run_host(config: WorldConfig, seed: u64, host: Arc<Host>) ->
             .with_plain_http_allowed();
     let clock_host = Arc::clone(&host);
     let wall_clock = freshen::WallClock::new(move || clock_host.wall());
+    let boot_host = Arc::clone(&host);
+    let boot_clock = freshen::BootClock::new(move || boot_host.boot());
     let environment = Environment::seeded(seed ^ (host.index as u64) << 32 ^ u64::from(incarnation))
         .with_wall_clock(wall_clock)
+        .with_boot_clock(boot_clock)
         .with_observer(Arc::clone(&host.watch) as Arc<dyn Observer>);
     let transport = TurmoilTransport { pacer: Arc::clone(&host.pacer) };
     let session =
