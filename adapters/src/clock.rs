@@ -187,3 +187,19 @@ impl Clock {
         self.origin + at.elapsed().saturating_sub(slept)
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Linux has a boot clock: it names this boot, the same one on every
+    /// reading, and runs forward.
+    #[test]
+    fn linux_reads_the_boot_clock_of_this_boot() {
+        let first = system_boot_clock().expect("Linux has CLOCK_BOOTTIME and a boot_id");
+        let second = system_boot_clock().expect("read twice");
+        assert_eq!(first.boot(), second.boot());
+        assert!(first.since_boot() > Duration::ZERO);
+        assert!(second.since_boot() >= first.since_boot());
+    }
+}
