@@ -53,6 +53,9 @@ pub struct State {
     /// `None` in a turmoil simulation: time is the simulation's.
     origin: Option<Instant>,
     resource_hits: Mutex<u64>,
+    /// The resource server's record of proof ids (RFC 9449 §11.1): a proof
+    /// presented twice is refused, as at the token endpoint.
+    resource_proofs: Mutex<crate::authority::dpop::SeenJti>,
     /// How long the token endpoint holds an answer after it committed.
     token_answer_delay: Mutex<Duration>,
     /// Answers the token endpoint gives instead of the authority's, in order.
@@ -99,6 +102,7 @@ impl State {
             authority: Mutex::new(Authority::new(config, seed).with_audit()),
             origin: None,
             resource_hits: Mutex::new(0),
+            resource_proofs: Mutex::default(),
             token_answer_delay: Mutex::new(Duration::ZERO),
             scripted: Mutex::new(VecDeque::new()),
             last_token_request: Mutex::new(None),
@@ -110,6 +114,7 @@ impl State {
             authority: Mutex::new(authority),
             origin: Some(Instant::now()),
             resource_hits: Mutex::new(0),
+            resource_proofs: Mutex::default(),
             token_answer_delay: Mutex::new(Duration::ZERO),
             scripted: Mutex::new(VecDeque::new()),
             last_token_request: Mutex::new(None),

@@ -337,6 +337,20 @@ async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
     let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
     let answer = client.send(client.get(server.url(paths::RESOURCE))).await.unwrap();
     assert_eq!(answer.status(), 200, "a bound token with its proof");
+    // A proof is good for one request (RFC 9449 §11.1): sent again, refused.
+    let url = server.url(paths::RESOURCE);
+    let proof = token.dpop_proof("GET", &url, freshen::system_clock(), None).unwrap().unwrap();
+    let send = || {
+        reqwest::Client::new()
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, token.authorization().unwrap().clone())
+            .header("dpop", proof.expose())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200, "a fresh proof");
+    let replayed = send().await.unwrap();
+    assert_eq!(replayed.status(), 401, "a proof sent twice");
+    assert!(replayed.headers()[reqwest::header::WWW_AUTHENTICATE].to_str().unwrap().contains("invalid_dpop_proof"));
     let as_bearer = reqwest::Client::new()
         .get(server.url(paths::RESOURCE))
         .bearer_auth(token.expose_secret())

@@ -45,7 +45,7 @@ pub(crate) struct SeenJti(VecDeque<(MonoTime, String)>);
 
 impl SeenJti {
     /// Records `jti` at `now`; false when it was seen within the window.
-    fn first_use(&mut self, now: MonoTime, jti: &str) -> bool {
+    pub(crate) fn first_use(&mut self, now: MonoTime, jti: &str) -> bool {
         while self.0.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= JTI_WINDOW) {
             self.0.pop_front();
         }

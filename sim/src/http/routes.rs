@@ -224,7 +224,17 @@ pub(super) fn resource(
         with_nonce(&mut challenge, nonce);
         return challenge;
     }
-    let proven_by = proof.and_then(Result::ok).map(|proof| proof.jkt);
+    let proof = proof.and_then(Result::ok);
+    let replayed = proof
+        .as_ref()
+        .is_some_and(|proof| state.resource_proofs.lock().is_ok_and(|mut seen| !seen.first_use(now, &proof.jti)));
+    if replayed {
+        let mut refused = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
+        let value = header::HeaderValue::from_static("DPoP error=\"invalid_dpop_proof\"");
+        refused.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        return refused;
+    }
+    let proven_by = proof.map(|proof| proof.jkt);
     let valid = path == paths::RESOURCE && {
         let mut authority = state.authority();
         match authority.validate(now, token) {
