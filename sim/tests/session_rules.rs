@@ -1500,6 +1500,54 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
     assert!(out.iter().any(|c| matches!(c, Command::Io(Io::UnlockStore))), "{out:?}");
 }
 
+/// Tier-2 seed 1052175 (C2): a login's write failed but had landed; other
+/// processes refreshed the login, its family ended, and the user logged in
+/// again there. Under this process's next lock the store held that other
+/// login. The login here is no longer the user's latest word: the session
+/// adopts what the store holds, tells the login's caller it is stored (as
+/// newer tokens that replaced it), and neither writes the login back nor
+/// presents its refresh token, which may be spent. A fenced write never
+/// lands, so after one the login still outranks what the store holds.
+#[test]
+fn a_login_whose_failed_write_may_have_landed_yields_to_a_login_stored_since() {
+    let relocked_after = |failures: &[StoreError]| {
+        let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
+        let login = NewSession::issued(
+            AccessToken::new("a-login"),
+            Duration::from_secs(3600),
+            RefreshToken::new("r-login"),
+            h.now(),
+        );
+        h.handle(Event::LoggedIn { caller: CallerId(90), session: login });
+        let op = lock_op(&h);
+        locked(&mut h, op, Some(stored(1, "r1", None)));
+        for error in failures {
+            let (write, _) = h.last_persist();
+            h.handle(Event::StoreFailed { op: write, error: error.clone() });
+            h.advance_to(h.now().saturating_add(Duration::from_secs(2)));
+        }
+        let op = lock_op(&h);
+        let other = descended_from("r-other", stored(7, "r7-other", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+        let out = locked(&mut h, op, Some(other));
+        (h, out)
+    };
+    let presents_the_login = |h: &Harness| {
+        h.log().iter().any(|c| {
+            matches!(c, Command::Io(Io::SendRefresh { refresh_token, .. }) if refresh_token.expose_secret() == "r-login")
+        })
+    };
+    let (h, out) = relocked_after(&[StoreError::Unavailable, StoreError::Fenced]);
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "wrote the login back: {out:?}");
+    assert!(!presents_the_login(&h));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::LoginStored { generation: Generation(7), .. })),
+        "the login's caller is told what the store holds: {out:?}"
+    );
+    // Fenced only: the login never landed, and is written over the other.
+    let (h, _) = relocked_after(&[StoreError::Fenced]);
+    assert_eq!(h.last_persist().1.refresh_token.unwrap().expose_secret(), "r-login");
+}
+
 #[test]
 fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));

@@ -290,6 +290,19 @@ fn an_answer_the_server_committed_and_nobody_read_was_lost() {
     assert_eq!(outcome.tally.logouts.get("rejected"), Some(&1), "{:?}", outcome.tally.logouts);
 }
 
+/// Tier-2 seed 1052175 (C2, found by a deep run): a worker's login write
+/// failed but had landed; the other workers refreshed that login, its
+/// family ended, and the user logged in again elsewhere. Under its next
+/// lock the worker found that other login, counted its own as never
+/// written (the user's latest word), wrote it back and presented its spent
+/// refresh token: reuse detection, a logout, and a cleared store. A login
+/// whose write may have landed now yields to a session stored since.
+#[test]
+fn a_login_whose_failed_write_landed_is_not_written_back_over_a_later_login() {
+    let outcome = sampled_without_violations(1_052_175);
+    assert!(outcome.tally.logouts.is_empty(), "{:?}", outcome.tally.logouts);
+}
+
 /// Tier-2 seeds 1013806 and 1047247 (U2, found by deep runs): a process
 /// restarted after its wall clock was set back (5½ and 6 minutes) read a
 /// stored token by that clock as fresh, and handed it out though it was

@@ -274,6 +274,10 @@ struct TokenSet {
     /// These tokens come from a login in this process: until written, they
     /// are newer than anything the store holds, whatever its generation says.
     from_login: bool,
+    /// A write of these tokens failed in a way that may have landed them
+    /// all the same (any failure but a fenced write): another process may
+    /// then have read them, rotated them, and replaced them since.
+    write_may_have_landed: bool,
     /// The store has held `refresh` (read from it, or written with an
     /// earlier generation that an answer keeping the token replaced): a
     /// refresh presenting it moves nothing the store holds out of date.

@@ -304,6 +304,7 @@ impl Session {
             // lost answer is why.
             answer_lost: old.answer_lost && (kept || self.straggler.is_some()),
             from_login: false,
+            write_may_have_landed: false,
             refresh_stored: kept && (old.refresh_stored || self.store.holds == Holds::Session(old.generation)),
             lineage: old.lineage,
             answered_unlocked: self.locks_store() && !self.store.locked,

@@ -169,8 +169,22 @@ impl Session {
         // refreshed it since; writing the login over that would bring back a
         // spent token: C2, tier-1 seed 1218751).
         let descends_from_ours = held.lineage.is_some() && stored.as_ref().is_some_and(|s| s.lineage == held.lineage);
-        let unwritten_login = held.from_login && !ours_durable && !descends_from_ours;
-        let theirs_newer = !unwritten_login && stored.as_ref().is_some_and(|s| self.written_since(held, s));
+        // Unless the login's write failed in a way that may have landed it:
+        // then another process may have read it, rotated it and replaced it
+        // with another login since, and anything the store holds that it
+        // did not hold before that write came after it. Writing the login
+        // back would bring back a token perhaps spent (C2, tier-2 seed
+        // 1052175: the rotations went on elsewhere, then the family ended,
+        // and the user logged in again there).
+        let replaced_since_our_write = held.from_login
+            && held.write_may_have_landed
+            && !descends_from_ours
+            && stored
+                .as_ref()
+                .is_some_and(|s| !held.stored_as(s) && self.store.known_before_failure != Holds::Session(s.generation));
+        let unwritten_login = held.from_login && !ours_durable && !descends_from_ours && !replaced_since_our_write;
+        let theirs_newer = !unwritten_login
+            && stored.as_ref().is_some_and(|s| replaced_since_our_write || self.written_since(held, s));
         let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
         match stored {
             // Another process refreshed (or logged in) since this one last
@@ -412,6 +426,12 @@ impl Session {
                 self.store.known_before_failure = self.store.holds;
             }
             self.store.holds = Holds::Unknown;
+        }
+        if let StoreOp::Persist(written) = kind
+            && error != StoreError::Fenced
+            && let Some(tokens) = self.tokens_mut().filter(|tokens| tokens.generation == written)
+        {
+            tokens.write_may_have_landed = true;
         }
         if error == StoreError::Fenced && self.store.locked {
             // The lock was lost: the next write takes a new one and reads

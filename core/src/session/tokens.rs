@@ -30,6 +30,7 @@ impl TokenSet {
             last_failure: None,
             answer_lost: false,
             from_login: false,
+            write_may_have_landed: false,
             refresh_stored: true,
             lineage: tokens.lineage,
             answered_unlocked: false,
