@@ -125,6 +125,17 @@ impl Harness {
         out
     }
 
+    /// `caller` logs in now: `a-login` for an hour, renewed by `r-login`.
+    fn log_in(&mut self, caller: u64) -> Vec<Command> {
+        let login = NewSession::issued(
+            AccessToken::new("a-login"),
+            Duration::from_secs(3600),
+            RefreshToken::new("r-login"),
+            self.now(),
+        );
+        self.handle(Event::LoggedIn { caller: CallerId(caller), session: login })
+    }
+
     /// Hands the machine `event` stamped `at`, which may be in its past (a
     /// clock that stepped back); the test's time stays where it is.
     fn handle_at(&mut self, at: MonoTime, event: Event) -> Vec<Command> {
@@ -1331,13 +1342,7 @@ fn a_logout_whose_pending_write_was_fenced_clears_the_store_under_a_new_lock() {
     let mut h = Harness::new(shared());
     let op = h.load_op();
     h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
-    let login = NewSession::issued(
-        AccessToken::new("a-login"),
-        Duration::from_secs(3600),
-        RefreshToken::new("r-login"),
-        h.now(),
-    );
-    h.handle(Event::LoggedIn { caller: CallerId(90), session: login });
+    h.log_in(90);
     let op = lock_op(&h);
     // The store is empty under the lock: the login is written into it.
     locked(&mut h, op, None);
@@ -1480,13 +1485,7 @@ fn an_empty_store_under_the_lock_means_another_process_logged_out() {
 #[test]
 fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds() {
     let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
-    let new = NewSession::issued(
-        AccessToken::new("a-login"),
-        Duration::from_secs(3600),
-        RefreshToken::new("r-login"),
-        h.now(),
-    );
-    let out = h.handle(Event::LoggedIn { caller: CallerId(90), session: new });
+    let out = h.log_in(90);
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "wrote without the lock: {out:?}");
     let op = lock_op(&h);
     // Another process wrote generation 9 meanwhile.
@@ -1512,13 +1511,7 @@ fn a_login_is_written_under_the_lock_above_whatever_generation_the_store_holds()
 fn a_login_whose_failed_write_may_have_landed_yields_to_a_login_stored_since() {
     let relocked_after = |failures: &[StoreError]| {
         let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
-        let login = NewSession::issued(
-            AccessToken::new("a-login"),
-            Duration::from_secs(3600),
-            RefreshToken::new("r-login"),
-            h.now(),
-        );
-        h.handle(Event::LoggedIn { caller: CallerId(90), session: login });
+        h.log_in(90);
         let op = lock_op(&h);
         locked(&mut h, op, Some(stored(1, "r1", None)));
         for error in failures {
