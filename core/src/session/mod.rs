@@ -37,6 +37,7 @@ mod logout;
 mod plant;
 mod refresh;
 mod settle;
+mod state_view;
 mod store;
 mod tokens;
 mod types;
@@ -48,10 +49,11 @@ use std::collections::VecDeque;
 pub use callers::{Callers, CallersIntoIter};
 pub use config::{Backoff, ConfigError, SessionConfig};
 pub use plant::Plant;
+pub use state_view::{Renewal, StateView};
 use store::ClockAnchor;
 pub use types::{
     AccessGrant, AttemptFailure, Command, Event, FailReason, Ignored, Io, LogoutCause, NewSession, ProofNeeded,
-    Renewal, StateView, StoreError, Timeout, TransportFailure,
+    StoreError, Timeout, TransportFailure,
 };
 
 use crate::dpop::{DpopKey, DpopNonce, MAX_NONCE_RETRIES};
