@@ -36,7 +36,7 @@ pub enum StateView {
         /// The generation being replaced.
         generation: Generation,
     },
-    /// Terminal until [`Event::LoggedIn`]: send the user to the login screen.
+    /// Terminal until [`Event::LoggedIn`](super::Event::LoggedIn): send the user to the login screen.
     LoggedOut {
         /// Why.
         cause: LogoutCause,
