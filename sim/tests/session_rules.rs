@@ -964,8 +964,9 @@ fn an_unavailable_store_is_retried_then_fails_callers_and_recovers_on_demand() {
     assert_eq!(granted(&out), vec![(CallerId(2), Generation(1))]);
 }
 
-#[test]
-fn a_salvaged_refresh_token_is_kept_written_and_used() {
+/// A 401 sends a refresh whose answer is unusable (no access token) but
+/// carries the rotated refresh token `r2`, which the session salvages.
+fn salvaged_r2_after_a_401() -> Harness {
     let mut h = Harness::loaded(config(), None);
     h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
     let (id, ..) = h.last_refresh();
@@ -975,10 +976,32 @@ fn a_salvaged_refresh_token_is_kept_written_and_used() {
         salvaged_refresh_token: Some(RefreshToken::new("r2")),
     };
     h.answer(id, Classified::Malformed(malformed));
+    h
+}
+
+#[test]
+fn a_salvaged_refresh_token_is_kept_written_and_used() {
+    let mut h = salvaged_r2_after_a_401();
     let (_, session) = h.last_persist();
     assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r2");
     persisted(&mut h);
     h.advance_to(h.session().poll_timeout().map(|due| due.at).unwrap());
+    let (_, token, attempt) = h.last_refresh();
+    assert_eq!((token.as_str(), attempt), ("r2", 2));
+}
+
+/// Write-ahead holds within a cycle too: a rotation salvaged from an
+/// unusable answer is presented only once the store holds it (a crash
+/// before the write would leave the store with the token the server rotated
+/// away, which the next process presents). With its write still out when the
+/// backoff ends, the next attempt waits, and goes out as the write lands.
+#[test]
+fn a_salvaged_refresh_token_is_presented_only_once_written() {
+    let mut h = salvaged_r2_after_a_401();
+    let (write, _) = h.last_persist();
+    h.advance_to(h.now().saturating_add(Duration::from_secs(20)));
+    assert_eq!(sends(h.log()), 1, "presented before its write landed: {:?}", h.log());
+    h.handle(Event::StoreWritten { op: write });
     let (_, token, attempt) = h.last_refresh();
     assert_eq!((token.as_str(), attempt), ("r2", 2));
 }
@@ -1453,6 +1476,11 @@ fn a_replay_of_the_first_rotation_is_older_after(rotations: u64) {
         !granted(&out).iter().any(|(_, generation)| *generation == Generation(replay)),
         "took the spent token: {out:?}"
     );
+    // Ours outranks the replay: written over it first (write-ahead), then presented.
+    let (_, written) = h.last_persist();
+    assert_eq!(written.refresh_token.map(|r| r.expose_secret().to_owned()), Some(format!("r{rotations}")));
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "presented before written: {out:?}");
+    persisted(&mut h);
     assert_eq!(h.last_refresh().1, format!("r{rotations}"), "the forced refresh presents the newest token held");
 }
 

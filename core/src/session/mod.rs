@@ -350,6 +350,11 @@ enum Phase {
     Backoff {
         until: MonoTime,
     },
+    /// The next attempt waits for the write of the refresh token it will
+    /// present: one salvaged from an unusable answer within the cycle
+    /// (write-ahead, C3; a crash before the write would leave the store
+    /// with the token the server rotated away). The store's answer moves it on.
+    AwaitingWrite,
     /// A terminal answer came; the store is re-read before logging out. Only
     /// a load issued from `after` on counts: an older one may predate the
     /// other process's write.
@@ -584,7 +589,7 @@ impl Session {
             State::Refreshing(_, cycle) => match cycle.phase {
                 Phase::InFlight { id, deadline } => (deadline <= now).then_some(Some(id)),
                 Phase::Backoff { until } => (until <= now).then_some(None),
-                Phase::Locking | Phase::Rereading { .. } => None,
+                Phase::Locking | Phase::AwaitingWrite | Phase::Rereading { .. } => None,
             },
             _ => None,
         };
@@ -639,7 +644,7 @@ impl Session {
             State::Refreshing(_, cycle) => match cycle.phase {
                 Phase::InFlight { deadline, .. } => consider(Some(deadline), "the refresh attempt's deadline"),
                 Phase::Backoff { until } => consider(Some(until), "the backoff ends"),
-                Phase::Locking | Phase::Rereading { .. } => {}
+                Phase::Locking | Phase::AwaitingWrite | Phase::Rereading { .. } => {}
             },
             State::Valid(tokens) => {
                 // No refresh starts while an abandoned attempt is out (C1): the

@@ -456,6 +456,7 @@ impl Session {
         let timeout = self.config.request_timeout;
         let straggler = self.straggler;
         let lock_lost = self.locks_store() && !self.store.locked;
+        let presentable = matches!(&self.state, State::Refreshing(tokens, _) if self.presentable(tokens));
         let State::Refreshing(tokens, cycle) = &mut self.state else { return };
         if let Some((_, deadline)) = straggler {
             // C1: wait until the abandoned attempt is answered or dead.
@@ -467,6 +468,10 @@ impl Session {
             // new one is held and the store read under it (which may hold
             // another process's newer tokens).
             cycle.phase = Phase::Locking;
+            return;
+        }
+        if !presentable {
+            cycle.phase = Phase::AwaitingWrite;
             return;
         }
         let Some(refresh_token) = tokens.refresh.clone() else {

@@ -9,6 +9,10 @@ impl Session {
     /// holds, and reports what changed. Runs after every input.
     pub(super) fn settle(&mut self) {
         let now = self.now;
+        if matches!(&self.state, State::Refreshing(tokens, Cycle { phase: Phase::AwaitingWrite, .. }) if self.presentable(tokens))
+        {
+            self.send_next_attempt();
+        }
         if let State::Valid(tokens) = &self.state
             && !tokens.usable_at(now)
         {
@@ -63,7 +67,7 @@ impl Session {
     /// rotations went out while one write hung past the lock's bound).
     /// Callers lose nothing, since nothing is handed out before its write
     /// lands. A bound login's key proves nothing before it is stored (D3).
-    fn presentable(&self, tokens: &TokenSet) -> bool {
+    pub(super) fn presentable(&self, tokens: &TokenSet) -> bool {
         if tokens.refresh_stored || self.store.holds == Holds::Session(tokens.generation) {
             return true;
         }
@@ -103,7 +107,8 @@ impl Session {
         // What a waiter no token serves now is told, when nothing will serve it soon.
         let blocked = if let State::Refreshing(_, cycle) = &self.state {
             // A lock that cannot be had is a store that cannot be used.
-            (matches!(cycle.phase, Phase::Locking) && store_gave_up).then_some(FailReason::StoreUnavailable)
+            (matches!(cycle.phase, Phase::Locking | Phase::AwaitingWrite) && store_gave_up)
+                .then_some(FailReason::StoreUnavailable)
         } else if tokens.refresh.is_none() {
             // Nothing can renew it: the user must log in again.
             Some(FailReason::MissingRefreshToken)

@@ -436,11 +436,8 @@ impl ClientMonitor {
             self.superseded.insert(token);
             // A grace replay of a rotation already received (and maybe
             // written since) is no new token. One salvaged from a malformed
-            // answer is presented at once, written or not: the session has
-            // no access token from it, and a cycle waiting for the lock
-            // when it comes presents it (the write goes out beside it).
-            let news = self.successor_of.entry(token).or_default().insert(successor);
-            if news && matches!(outcome, Classified::Success(_)) {
+            // answer is held to the same rule: written before presented.
+            if self.successor_of.entry(token).or_default().insert(successor) {
                 self.unwritten.insert(successor);
             }
         }
@@ -691,9 +688,9 @@ impl ClientMonitor {
         // Write-ahead for refreshes: the store's token is what another
         // process, or this one after a crash, presents next; a cycle that
         // rotates past an unwritten token moves it further out of any grace.
-        // Only a cycle's first attempt is held to it: the later ones present
-        // what the first did, or a token salvaged within the cycle.
-        if attempt == 1 && self.unwritten.contains(&token) {
+        // Every attempt is held to it: a later one presents what the first
+        // did, or a token salvaged within the cycle, once written.
+        if self.unwritten.contains(&token) {
             self.violate(Invariant::C3, now, format!("{id} presented {token} before the store held it"));
         }
         // A forced refresh is the app's word that the user acted (or that it
