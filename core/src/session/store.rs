@@ -105,6 +105,17 @@ impl Session {
     /// user's latest word (U9, tier-2 seed 1007077).
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
         let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
+        // The very pair held, written again under another number (by a
+        // process that read it back): nothing newer. Adopting it would answer
+        // a forced refresh with the token held before it asked (U5; the
+        // `shared_session_ops` regression input `the-pair-held-renumbered-is-not-newer`).
+        let same_access = match (&stored.access_token, &tokens.access) {
+            (Some(theirs), Some(ours)) => theirs.same_as(ours),
+            (theirs, ours) => theirs.is_none() && ours.is_none(),
+        };
+        if same_rotation && same_access {
+            return false;
+        }
         let same_login = tokens.lineage.is_some() && stored.lineage == tokens.lineage;
         let known = if same_login { self.store.last_known() } else { self.store.holds };
         let changed_since_known = match known {
