@@ -70,6 +70,9 @@ pub struct ClientMonitor {
     /// Refresh tokens this life received (a rotation, a login) that the
     /// store is not known to hold: a cycle must not start with one (C3).
     unwritten: BTreeSet<Fingerprint>,
+    /// Refresh tokens the store was seen to hold (read or written): a late
+    /// answer that carries one again brings no unwritten token.
+    once_stored: BTreeSet<Fingerprint>,
     dead: BTreeSet<Fingerprint>,
     awaiting_logout: Option<MonoTime>,
     durable: BTreeSet<Generation>,
@@ -148,6 +151,7 @@ impl ClientMonitor {
             durably_superseded: BTreeSet::new(),
             successor_of: BTreeMap::new(),
             unwritten: BTreeSet::new(),
+            once_stored: BTreeSet::new(),
             dead: BTreeSet::new(),
             awaiting_logout: None,
             durable: BTreeSet::new(),
@@ -273,6 +277,7 @@ impl ClientMonitor {
                     self.store = StoreModel::Holds(generation);
                     if let Some(refresh) = refresh {
                         self.unwritten.remove(&refresh);
+                        self.once_stored.insert(refresh);
                         let predecessors: Vec<_> = self
                             .successor_of
                             .iter()
@@ -322,6 +327,7 @@ impl ClientMonitor {
                     // rejected one: the rejection no longer demands a logout.
                     if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {
                         self.unwritten.remove(&token);
+                        self.once_stored.insert(token);
                         let fresh = !self.dead.contains(&token) && !self.superseded.contains(&token);
                         if fresh && self.latest_token() != Some(token) {
                             self.awaiting_logout = None;
@@ -435,9 +441,10 @@ impl ClientMonitor {
         if let Some(successor) = successor.filter(|s| *s != token) {
             self.superseded.insert(token);
             // A grace replay of a rotation already received (and maybe
-            // written since) is no new token. One salvaged from a malformed
-            // answer is held to the same rule: written before presented.
-            if self.successor_of.entry(token).or_default().insert(successor) {
+            // written since), or already read from the store, is no new
+            // token. One salvaged from a malformed answer is held to the
+            // same rule: written before presented.
+            if self.successor_of.entry(token).or_default().insert(successor) && !self.once_stored.contains(&successor) {
                 self.unwritten.insert(successor);
             }
         }
