@@ -370,18 +370,15 @@ impl World {
         let mut keys_made = Vec::new();
         let blob = (config.start != Start::Empty).then(|| {
             let issued = authority.login(now, CLIENT_ID, None);
-            let stored = match config.start {
-                Start::RefreshOnly => StoredSession::refresh_only(issued.refresh_token),
-                Start::AccessOnly => StoredSession::access_only(issued.access_token),
-                Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
-            };
-            let mut stored = stored.with_access_expiry(UnixTime::from_secs(UNIX_START), issued.expires_in);
+            let family = issued.family;
+            let expires_in = issued.expires_in;
+            let mut stored = config.start.blob(issued, UnixTime::from_secs(UNIX_START));
             if config.start_on_this_boot {
-                stored.access_expires_boot = Some(boot_at(now.saturating_add(issued.expires_in)));
+                stored.access_expires_boot = Some(boot_at(now.saturating_add(expires_in)));
             }
             let stored = match config.dpop.then(|| dpop_key_from(&mut dpop_keys)) {
                 Some(key) => {
-                    authority.bind(now, issued.family, &key.thumbprint());
+                    authority.bind(now, family, &key.thumbprint());
                     keys_made.push(key.clone());
                     stored.with_dpop_key(key)
                 }

@@ -231,12 +231,8 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
         } else {
             Duration::ZERO
         });
-        let stored = match config.start {
-            Start::RefreshOnly => StoredSession::refresh_only(issued.refresh_token),
-            Start::AccessOnly => StoredSession::access_only(issued.access_token),
-            Start::Empty | Start::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
-        };
-        let mut stored = stored.with_access_expiry(UnixTime::from_since_epoch(issued_at), issued.expires_in);
+        let family = issued.family;
+        let mut stored = config.start.blob(issued, UnixTime::from_since_epoch(issued_at));
         if config.start_on_this_boot {
             // Written by an earlier run of the app's first process.
             stored.access_expires_boot = stored.access_expires_at.map(|at| boot_clock_at(first_host, at));
@@ -244,7 +240,7 @@ fn client_hosts(config: &WorldConfig, state: &State, rng: &mut SplitMix64) -> Ve
         let stored = match config.dpop.then(|| dpop_key_from(rng)) {
             Some(key) => {
                 let now = state.now();
-                state.authority().bind(now, issued.family, &key.thumbprint());
+                state.authority().bind(now, family, &key.thumbprint());
                 stored.with_dpop_key(key)
             }
             None => stored,

@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use freshen_core::dpop::DpopKey;
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Plant, SessionConfig};
+use freshen_core::stored::StoredSession;
+use freshen_core::time::UnixTime;
 
-use crate::authority::{AuthorityConfig, AuthorityPlant, GraceReplay};
+use crate::authority::{AuthorityConfig, AuthorityPlant, GraceReplay, Issued};
 
 /// A third of the worlds bind their sessions by DPoP; half of those talk to
 /// a server that requires its nonce in every proof, changed every 30 s to
@@ -211,6 +213,20 @@ pub enum Start {
     RefreshOnly,
     /// An access token alone: served while usable, then a login is needed.
     AccessOnly,
+}
+
+impl Start {
+    /// The blob a world starts from, made of a login's tokens issued at
+    /// `issued_at` on the wall clock (a world that starts empty builds one
+    /// too, and stores nothing).
+    pub fn blob(self, issued: Issued, issued_at: UnixTime) -> StoredSession {
+        let stored = match self {
+            Self::RefreshOnly => StoredSession::refresh_only(issued.refresh_token),
+            Self::AccessOnly => StoredSession::access_only(issued.access_token),
+            Self::Empty | Self::Pair => StoredSession::pair(issued.access_token, issued.refresh_token),
+        };
+        stored.with_access_expiry(issued_at, issued.expires_in)
+    }
 }
 
 /// A store shared by workers through a database (as `PostgresStore`): a
