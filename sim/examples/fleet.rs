@@ -42,7 +42,7 @@ use freshen::{Config, Session, Sessions, StoredSession};
 use freshen_sim::authority::FamilyId;
 use freshen_sim::http::{Server, paths};
 
-use common::{Error, SHORTEST_LIFETIME_MS, number};
+use common::{Error, RunFlags, count};
 
 const CLIENT: &str = "fleet-example";
 /// How long a lock may sit idle before the database takes it back.
@@ -50,11 +50,9 @@ const LOCK_HOLD: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Options {
+    run: RunFlags,
     workers: usize,
     tenants: usize,
-    seconds: u64,
-    lifetime: Duration,
-    grace: Duration,
     experiment: Option<Experiment>,
 }
 
@@ -65,33 +63,19 @@ enum Experiment {
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        workers: 4,
-        tenants: 100,
-        seconds: 20,
-        lifetime: Duration::from_secs(4),
-        grace: Duration::ZERO,
-        experiment: None,
-    };
-    let mut args = args.iter();
-    while let Some(flag) = args.next() {
-        let mut count = |most: usize| -> Result<usize, String> {
-            Ok(usize::try_from(number(flag, &mut args)?).map_err(|e| e.to_string())?.clamp(1, most))
-        };
-        match flag.as_str() {
-            "--workers" => options.workers = count(32)?,
-            "--tenants" => options.tenants = count(10_000)?,
-            "--seconds" => options.seconds = number(flag, &mut args)?.clamp(1, 3600),
-            "--lifetime-ms" => {
-                options.lifetime = Duration::from_millis(number(flag, &mut args)?.max(SHORTEST_LIFETIME_MS));
-            }
-            "--grace" => options.grace = Duration::from_secs(number(flag, &mut args)?),
-            "--kill-holder" => options.experiment = Some(Experiment::Kill),
-            "--stall-holder" => options.experiment = Some(Experiment::Stall),
+    let mut run = RunFlags::new(20, Duration::from_secs(4));
+    let (mut workers, mut tenants, mut experiment) = (4, 100, None);
+    common::read_flags(args, &mut run, |flag, args| {
+        match flag {
+            "--workers" => workers = count(flag, args, 32)?,
+            "--tenants" => tenants = count(flag, args, 10_000)?,
+            "--kill-holder" => experiment = Some(Experiment::Kill),
+            "--stall-holder" => experiment = Some(Experiment::Stall),
             other => return Err(format!("unknown argument {other}")),
         }
-    }
-    Ok(options)
+        Ok(())
+    })?;
+    Ok(Options { run, workers, tenants, experiment })
 }
 
 fn main() -> ExitCode {
@@ -273,7 +257,7 @@ fn signal(pid: u32, name: &str) -> Result<(), Error> {
 }
 
 async fn parent(url: &str, options: Options) -> Result<ExitCode, Error> {
-    let server = Server::loopback(common::strict_authority(options.lifetime, options.grace), 1).await?;
+    let server = Server::loopback(common::strict_authority(options.run.lifetime, options.run.grace), 1).await?;
     let table = format!("fleet_example_{}", std::process::id());
     let db = database(url, &table)?;
     db.migrate().await?;
@@ -290,7 +274,7 @@ async fn parent(url: &str, options: Options) -> Result<ExitCode, Error> {
         server.url(paths::RESOURCE),
         table.clone(),
         options.tenants.to_string(),
-        options.seconds.to_string(),
+        options.run.seconds.to_string(),
     ];
     let mut workers = common::spawn_children(options.workers, &worker_args)?;
     let struck = match options.experiment {
@@ -312,7 +296,7 @@ async fn parent(url: &str, options: Options) -> Result<ExitCode, Error> {
         print!("  {}", if line.is_empty() { "(killed)\n".into() } else { line });
     }
     let stats = server.state().stats();
-    let (least, most) = common::expiries_spanned(elapsed, options.lifetime);
+    let (least, most) = common::expiries_spanned(elapsed, options.run.lifetime);
     let per_tenant: Vec<(u64, bool)> =
         families.iter().map(|family| server.state().authority().family_refreshes(*family)).collect();
     let mut spread: BTreeMap<u64, usize> = BTreeMap::new();
@@ -348,7 +332,7 @@ async fn parent(url: &str, options: Options) -> Result<ExitCode, Error> {
         );
         let survived = revoked == 0;
         let fenced_ok = options.experiment != Some(Experiment::Stall) || fenced > 0 || !survived;
-        if (options.grace.is_zero() || survived) && fenced_ok {
+        if (options.run.grace.is_zero() || survived) && fenced_ok {
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!("with a grace period the tenant must survive, and a stalled holder's late write must be fenced");

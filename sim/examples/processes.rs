@@ -36,43 +36,29 @@ use freshen::transport::ReqwestTransport;
 use freshen::{Config, Session};
 use freshen_sim::http::{Server, paths};
 
-use common::{Error, SHORTEST_LIFETIME_MS, number};
+use common::{Error, RunFlags, count};
 
 const CLIENT: &str = "processes-example";
 
 #[derive(Debug)]
 struct Options {
+    run: RunFlags,
     processes: usize,
-    seconds: u64,
-    lifetime: Duration,
-    grace: Duration,
     kill_holder: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        processes: 4,
-        seconds: 15,
-        lifetime: Duration::from_secs(3),
-        grace: Duration::ZERO,
-        kill_holder: false,
-    };
-    let mut args = args.iter();
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "--processes" => {
-                options.processes = usize::try_from(number(flag, &mut args)?).map_err(|e| e.to_string())?.clamp(1, 64);
-            }
-            "--seconds" => options.seconds = number(flag, &mut args)?.clamp(1, 3600),
-            "--lifetime-ms" => {
-                options.lifetime = Duration::from_millis(number(flag, &mut args)?.max(SHORTEST_LIFETIME_MS));
-            }
-            "--grace" => options.grace = Duration::from_secs(number(flag, &mut args)?),
-            "--kill-holder" => options.kill_holder = true,
+    let mut run = RunFlags::new(15, Duration::from_secs(3));
+    let (mut processes, mut kill_holder) = (4, false);
+    common::read_flags(args, &mut run, |flag, args| {
+        match flag {
+            "--processes" => processes = count(flag, args, 64)?,
+            "--kill-holder" => kill_holder = true,
             other => return Err(format!("unknown argument {other}")),
         }
-    }
-    Ok(options)
+        Ok(())
+    })?;
+    Ok(Options { run, processes, kill_holder })
 }
 
 fn main() -> ExitCode {
@@ -190,7 +176,7 @@ async fn kill_holder(server: &Server, lock_file: &Path, children: &mut [Child], 
 }
 
 async fn parent(options: Options) -> Result<ExitCode, Error> {
-    let server = Server::loopback(common::strict_authority(options.lifetime, options.grace), 1).await?;
+    let server = Server::loopback(common::strict_authority(options.run.lifetime, options.run.grace), 1).await?;
     if options.kill_holder {
         server.state().set_token_answer_delay(Duration::from_millis(800));
     }
@@ -206,7 +192,7 @@ async fn parent(options: Options) -> Result<ExitCode, Error> {
         server.url(paths::TOKEN),
         server.url(paths::RESOURCE),
         path.display().to_string(),
-        options.seconds.to_string(),
+        options.run.seconds.to_string(),
     ];
     let mut children = common::spawn_children(options.processes, &child_args)?;
     let kill = if options.kill_holder {
@@ -232,7 +218,7 @@ async fn parent(options: Options) -> Result<ExitCode, Error> {
         print!("  {}", if line.is_empty() { "(killed)\n".into() } else { line });
     }
     let stats = server.state().stats();
-    let (least, most) = common::expiries_spanned(elapsed, options.lifetime);
+    let (least, most) = common::expiries_spanned(elapsed, options.run.lifetime);
     println!(
         "{} processes for {:.1} s: refreshes {} (expiries the run spans: {least}..={most}), refused {}, \
          reuse detections {}, logged out {logged_out}, survivors {survivors}",
@@ -253,7 +239,7 @@ async fn parent(options: Options) -> Result<ExitCode, Error> {
         );
         let survived = logged_out == 0 && survivors == options.processes - 1;
         println!("the session {}", if survived { "survived" } else { "ended" });
-        if options.grace.is_zero() || survived {
+        if options.run.grace.is_zero() || survived {
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!("with a grace window the session must survive its lock holder's death");

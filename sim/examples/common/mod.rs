@@ -44,6 +44,54 @@ pub fn number<'a>(flag: &str, args: &mut impl Iterator<Item = &'a String>) -> Re
     text.parse().map_err(|_| format!("{flag}: not a number: {text}"))
 }
 
+/// The number after `flag`, as a count from 1 to `most`.
+pub fn count<'a>(flag: &str, args: &mut impl Iterator<Item = &'a String>, most: usize) -> Result<usize, String> {
+    Ok(usize::try_from(number(flag, args)?).map_err(|e| e.to_string())?.clamp(1, most))
+}
+
+/// The flags every multi-process example takes: how long it runs, the
+/// access tokens' lifetime and the authority's grace window.
+#[derive(Debug)]
+pub struct RunFlags {
+    pub seconds: u64,
+    pub lifetime: Duration,
+    pub grace: Duration,
+}
+
+impl RunFlags {
+    /// Defaults: no grace window, so a token presented twice ends the session.
+    pub fn new(seconds: u64, lifetime: Duration) -> Self {
+        Self { seconds, lifetime, grace: Duration::ZERO }
+    }
+
+    /// Reads `flag`'s value if it is one of these flags; `Ok(false)` if not.
+    pub fn read<'a>(&mut self, flag: &str, args: &mut impl Iterator<Item = &'a String>) -> Result<bool, String> {
+        match flag {
+            "--seconds" => self.seconds = number(flag, args)?.clamp(1, 3600),
+            "--lifetime-ms" => self.lifetime = Duration::from_millis(number(flag, args)?.max(SHORTEST_LIFETIME_MS)),
+            "--grace" => self.grace = Duration::from_secs(number(flag, args)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Reads `args`: these flags into `run`, any other through `other`, which
+/// refuses a flag it does not know.
+pub fn read_flags<'a>(
+    args: &'a [String],
+    run: &mut RunFlags,
+    mut other: impl FnMut(&str, &mut std::slice::Iter<'a, String>) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        if !run.read(flag, &mut args)? {
+            other(flag, &mut args)?;
+        }
+    }
+    Ok(())
+}
+
 /// The authority under which two processes refreshing one token end its
 /// session: rotation and reuse detection on, `grace` (none by default).
 pub fn strict_authority(lifetime: Duration, grace: Duration) -> AuthorityConfig {
