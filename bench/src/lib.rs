@@ -228,7 +228,19 @@ pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
                 }
             });
         }
-        other => return Err(format!("no operation {other}").into()),
+        other => {
+            let arm = other.strip_prefix("request_").and_then(Arm::named);
+            let arm = arm.ok_or_else(|| format!("no operation {other}"))?;
+            // One thread: the count does not depend on which worker ran what.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let arms = Arms::new().await?;
+                for _ in 0..count {
+                    arms.once(arm).await?;
+                }
+                Ok::<_, BenchError>(())
+            })?;
+        }
     }
     Ok(())
 }
@@ -237,12 +249,10 @@ pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
 /// by callgrind over two runs of this program that differ only in how many
 /// operations they run, so setup and teardown cancel out. `None` when
 /// valgrind is not installed.
-pub fn instructions_per_operation(operation: &str) -> Result<Option<f64>, BenchError> {
-    const FEW: u64 = 10_000;
-    const MANY: u64 = 110_000;
+pub fn instructions_per_operation(operation: &str, few: u64, many: u64) -> Result<Option<f64>, BenchError> {
     let program = std::env::current_exe()?;
     let mut counts = Vec::new();
-    for count in [FEW, MANY] {
+    for count in [few, many] {
         let output = match std::process::Command::new("valgrind")
             .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
             .arg(&program)
@@ -267,7 +277,7 @@ pub fn instructions_per_operation(operation: &str) -> Result<Option<f64>, BenchE
         counts.push(collected);
     }
     match counts[..] {
-        [few, many] => Ok(Some(many.saturating_sub(few) as f64 / (MANY - FEW) as f64)),
+        [at_few, at_many] => Ok(Some(at_many.saturating_sub(at_few) as f64 / many.saturating_sub(few).max(1) as f64)),
         _ => Err("callgrind did not run twice".into()),
     }
 }
@@ -530,55 +540,86 @@ impl Arm {
     pub const ALL: [Self; 4] = [Self::Raw, Self::EmptyChain, Self::AuthMiddleware, Self::AuthorizedClient];
 }
 
+impl Arm {
+    /// The arm named `name` (as `run_operations` takes it).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|arm| arm.name() == name)
+    }
+
+    /// Its name in figures and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::EmptyChain => "empty_chain",
+            Self::AuthMiddleware => "auth_middleware",
+            Self::AuthorizedClient => "authorized_client",
+        }
+    }
+}
+
+/// One client per [`Arm`], all against one loopback server, with a session
+/// that holds a token valid for the whole run.
+struct Arms {
+    raw: reqwest::Client,
+    empty: reqwest_middleware::ClientWithMiddleware,
+    through: reqwest_middleware::ClientWithMiddleware,
+    authorized: AuthorizedClient<ReqwestTransport, MemoryStore>,
+    url: String,
+    header: reqwest::header::HeaderValue,
+    _server: Server,
+}
+
+impl Arms {
+    async fn new() -> Result<Self, BenchError> {
+        let mut authority = AuthorityConfig::default();
+        authority.access_ttl = Duration::from_secs(3600);
+        let server = Server::loopback(authority, 1).await?;
+        let issued = server.state().login(CLIENT);
+        let access = issued.access_token.expose_secret().to_owned();
+        let expires_at = system_clock().saturating_add(Duration::from_secs(3000));
+        let stored = blob(&access, issued.refresh_token.expose_secret(), expires_at)?;
+        let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
+        let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::holding(&stored))?;
+        Ok(Self {
+            raw: reqwest::Client::new(),
+            empty: reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build(),
+            through: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(AuthMiddleware::new(session.clone()))
+                .build(),
+            authorized: AuthorizedClient::new(reqwest::Client::new(), session),
+            url: server.url(paths::RESOURCE),
+            header: reqwest::header::HeaderValue::from_str(&format!("Bearer {access}"))?,
+            _server: server,
+        })
+    }
+
+    /// One request through `arm`, read to its end: its latency in µs.
+    async fn once(&self, arm: Arm) -> Result<f64, BenchError> {
+        let (url, auth) = (&self.url, reqwest::header::AUTHORIZATION);
+        let started = Instant::now();
+        let response = match arm {
+            Arm::Raw => self.raw.get(url).header(auth, self.header.clone()).send().await?,
+            Arm::EmptyChain => self.empty.get(url).header(auth, self.header.clone()).send().await?,
+            Arm::AuthMiddleware => self.through.get(url).send().await?,
+            Arm::AuthorizedClient => {
+                self.authorized.execute(self.authorized.request(reqwest::Method::GET, url).build()?).await?
+            }
+        };
+        let ok = response.status().is_success();
+        response.bytes().await?;
+        if ok { Ok(started.elapsed().as_secs_f64() * 1e6) } else { Err(format!("{arm:?} was refused").into()) }
+    }
+}
+
 /// Median request latency, in microseconds, of each [`Arm`] (in
 /// [`Arm::ALL`]'s order), all against the same loopback server, interleaved
 /// request by request with the order rotating, after a warm-up: one set of
 /// medians for each of `rounds` rounds, which share the `requests` per arm.
 pub async fn middleware(requests: usize, rounds: usize) -> Result<Vec<[f64; 4]>, BenchError> {
-    let mut authority = AuthorityConfig::default();
-    authority.access_ttl = Duration::from_secs(3600);
-    let server = Server::loopback(authority, 1).await?;
-    let issued = server.state().login(CLIENT);
-    let access = issued.access_token.expose_secret().to_owned();
-    let stored =
-        blob(&access, issued.refresh_token.expose_secret(), system_clock().saturating_add(Duration::from_secs(3000)))?;
-    let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
-    let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::holding(&stored))?;
-    let header = reqwest::header::HeaderValue::from_str(&format!("Bearer {access}"))?;
-    let raw = reqwest::Client::new();
-    let empty = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
-    let through = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(AuthMiddleware::new(session.clone()))
-        .build();
-    let authorized = AuthorizedClient::new(reqwest::Client::new(), session);
-    let url = server.url(paths::RESOURCE);
-    let auth = reqwest::header::AUTHORIZATION;
-
-    let once = |arm: Arm| {
-        let (raw, empty, through, authorized, url, header, auth) =
-            (&raw, &empty, &through, &authorized, &url, &header, &auth);
-        async move {
-            let started = Instant::now();
-            let response = match arm {
-                Arm::Raw => raw.get(url).header(auth, header.clone()).send().await?,
-                Arm::EmptyChain => empty.get(url).header(auth, header.clone()).send().await?,
-                Arm::AuthMiddleware => through.get(url).send().await?,
-                Arm::AuthorizedClient => {
-                    authorized.execute(authorized.request(reqwest::Method::GET, url).build()?).await?
-                }
-            };
-            let ok = response.status().is_success();
-            response.bytes().await?;
-            if ok {
-                Ok::<_, BenchError>(started.elapsed().as_secs_f64() * 1e6)
-            } else {
-                Err(format!("{arm:?} was refused").into())
-            }
-        }
-    };
+    let arms = Arms::new().await?;
     for _ in 0..requests / 10 {
         for arm in Arm::ALL {
-            once(arm).await?;
+            arms.once(arm).await?;
         }
     }
     let mut medians = Vec::with_capacity(rounds);
@@ -589,13 +630,20 @@ pub async fn middleware(requests: usize, rounds: usize) -> Result<Vec<[f64; 4]>,
             for k in 0..Arm::ALL.len() {
                 let index = (i + k) % Arm::ALL.len();
                 if let (Some(arm), Some(sample)) = (Arm::ALL.get(index), samples.get_mut(index)) {
-                    sample.push(once(*arm).await?);
+                    sample.push(arms.once(*arm).await?);
                 }
             }
         }
         medians.push(samples.map(|mut s| median(&mut s)));
     }
     Ok(medians)
+}
+
+/// User-space instructions per request through `arm`, client and loopback
+/// server together (callgrind; see [`instructions_per_operation`]): the
+/// middleware comparison without the machine's noise. `None` without valgrind.
+pub fn request_instructions(arm: Arm) -> Result<Option<f64>, BenchError> {
+    instructions_per_operation(&format!("request_{}", arm.name()), 100, 600)
 }
 
 /// Campaign seeds per second in tier 1 and in tier 2, on every core, as the

@@ -84,7 +84,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
         ("fastpath_owned_instructions", "fastpath_owned"),
         ("step_instructions", "step"),
     ] {
-        match freshen_bench::instructions_per_operation(operation)? {
+        match freshen_bench::instructions_per_operation(operation, 10_000, 110_000)? {
             Some(count) => println!("{key}={count:.0}"),
             None => println!("# {key}: valgrind is not installed"),
         }
@@ -120,6 +120,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     let own: Vec<f64> = through.iter().zip(&empty).map(|(through, empty)| through - empty).collect();
     println!("middleware_own_share={:.4}", median_of(&own));
     println!("authorized_client_ratio={:.3}", median_of(&authorized));
+    middleware_instructions()?;
 
     let fleet = freshen_bench::fleet(&runtime, sizes.fleet_sessions, sizes.fleet_lookups)?;
     println!(
@@ -137,6 +138,32 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("sim_tier2_callers_per_s={:.0}", sim.tier2_callers_per_s);
     println!("sim_tier2_faults_per_s={:.1}", sim.tier2_faults_per_s);
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The middleware comparison in instructions, which do not move with the
+/// machine's noise: user space of client and loopback server together.
+fn middleware_instructions() -> Result<(), BenchError> {
+    use freshen_bench::Arm;
+    let mut counts = Vec::new();
+    for arm in [Arm::Raw, Arm::EmptyChain, Arm::AuthMiddleware] {
+        match freshen_bench::request_instructions(arm)? {
+            Some(count) => counts.push(count),
+            None => {
+                println!("# middleware instructions: valgrind is not installed");
+                return Ok(());
+            }
+        }
+    }
+    if let [raw, empty, through] = counts[..] {
+        println!(
+            "# instructions per request: raw reqwest {raw:.0}; empty chain {empty:.0}; AuthMiddleware {through:.0}"
+        );
+        println!("middleware_instructions={through:.0}");
+        println!("middleware_instruction_ratio={:.3}", through / raw);
+        println!("middleware_own_instructions={:.0}", through - empty);
+        println!("middleware_own_instruction_share={:.4}", (through - empty) / raw);
+    }
     Ok(())
 }
 
