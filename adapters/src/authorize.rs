@@ -50,25 +50,33 @@ fn origin(url: &str) -> &str {
     url.get(..end).unwrap_or(url)
 }
 
-/// Puts `token` in the `Authorization` header (marked sensitive) of a
-/// `method` request to `url`, and, for a bound token, a fresh proof in the
-/// `DPoP` header, with the server's latest nonce.
-pub(crate) fn authorize<T: Transport, S: Store>(
-    headers: &mut http::HeaderMap,
+/// A fresh proof of `token`'s key for a `method` request to `url`, with
+/// the server's latest nonce, for the `DPoP` header; `None` for a bearer
+/// token (no clock read, no lock: nothing more on the fast path).
+pub(crate) fn dpop_header<T: Transport, S: Store>(
     token: &Token,
     method: &str,
     url: &str,
     session: &Session<T, S>,
-) -> Result<(), Error> {
-    headers.insert(http::header::AUTHORIZATION, token.authorization()?.clone());
+) -> Result<Option<http::HeaderValue>, Error> {
     if token.dpop_key().is_none() {
-        // A bearer token: no clock read, no lock, nothing more on the fast path.
-        return Ok(());
+        return Ok(None);
     }
     let (now, nonces) = session.proof_parts();
-    if let Some(proof) = token.dpop_proof(method, url, now, nonces.get(url).as_ref())? {
-        let value = crate::scrub::sensitive_header([proof.expose()]).map_err(|_| Error::InvalidToken)?;
-        headers.insert("dpop", value);
+    let Some(proof) = token.dpop_proof(method, url, now, nonces.get(url).as_ref())? else { return Ok(None) };
+    crate::scrub::sensitive_header([proof.expose()]).map(Some).map_err(|_| Error::InvalidToken)
+}
+
+/// Puts `token` in the `Authorization` header (marked sensitive), and its
+/// proof ([`dpop_header`]), if it has one, in the `DPoP` header.
+pub(crate) fn authorize(
+    headers: &mut http::HeaderMap,
+    token: &Token,
+    proof: Option<http::HeaderValue>,
+) -> Result<(), Error> {
+    headers.insert(http::header::AUTHORIZATION, token.authorization()?.clone());
+    if let Some(proof) = proof {
+        headers.insert("dpop", proof);
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument as _;
 
-use crate::authorize::{authorize, heed_nonce, prepare_retry, record_answer, request_span};
+use crate::authorize::{authorize, dpop_header, heed_nonce, prepare_retry, record_answer, request_span};
 use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session, Token};
@@ -33,25 +33,22 @@ enum Next401 {
     Retry(Request, Generation),
 }
 
-/// The method and URL a request was sent to, which its proofs name.
-struct Target {
-    method: String,
-    url: String,
+/// Authorizes `request` with `token`. A proof names the request's method
+/// and URL, read from the request itself: nothing is copied for a bearer
+/// token.
+fn authorize_request<T: Transport, S: Store>(
+    request: &mut Request,
+    token: &Token,
+    session: &Session<T, S>,
+) -> Result<(), Error> {
+    let proof = dpop_header(token, request.method().as_str(), request.url().as_str(), session)?;
+    authorize(request.headers_mut(), token, proof)
 }
 
-impl Target {
-    fn of(request: &Request) -> Self {
-        Self { method: request.method().as_str().to_owned(), url: request.url().as_str().to_owned() }
-    }
-
-    fn authorize<T: Transport, S: Store>(
-        &self,
-        request: &mut Request,
-        token: &Token,
-        session: &Session<T, S>,
-    ) -> Result<(), Error> {
-        authorize(request.headers_mut(), token, &self.method, &self.url, session)
-    }
+/// Reads the server's answer for a DPoP nonce (see [`heed_nonce`]), keyed
+/// by the URL that answered.
+fn heed_answer<T: Transport, S: Store>(session: &Session<T, S>, response: &Response) -> bool {
+    heed_nonce(session, response.url().as_str(), response.status(), response.headers())
 }
 
 /// The shared decision: keep the answer, retry once with the server's DPoP
@@ -61,20 +58,19 @@ async fn after_first<T: Transport, S: Store>(
     response: Response,
     replay: Option<Request>,
     used: &Token,
-    target: &Target,
 ) -> Result<Next401, Error> {
-    let challenged = heed_nonce(session, &target.url, response.status(), response.headers());
+    let challenged = heed_answer(session, &response);
     if challenged && used.dpop_key().is_some() {
         // The token is good: the server wants its nonce in the proof.
         let Some(mut replay) = replay else { return Ok(Next401::Done(response)) };
-        target.authorize(&mut replay, used, session)?;
+        authorize_request(&mut replay, used, session)?;
         return Ok(Next401::Retry(replay, used.generation()));
     }
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(Next401::Done(response));
     }
     let (mut replay, fresh) = prepare_retry(session, used, replay).await?;
-    target.authorize(&mut replay, &fresh, session)?;
+    authorize_request(&mut replay, &fresh, session)?;
     Ok(Next401::Retry(replay, fresh.generation()))
 }
 
@@ -102,11 +98,10 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
         let span = request_span();
         async {
             let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
-            let target = Target::of(&request);
-            target.authorize(&mut request, &token, &self.session).map_err(reqwest_middleware::Error::middleware)?;
+            authorize_request(&mut request, &token, &self.session).map_err(reqwest_middleware::Error::middleware)?;
             let replay = request.try_clone();
             let response = next.clone().run(request, extensions).await?;
-            let response = match after_first(&self.session, response, replay, &token, &target)
+            let response = match after_first(&self.session, response, replay, &token)
                 .await
                 .map_err(reqwest_middleware::Error::middleware)?
             {
@@ -117,7 +112,7 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
                 Next401::Retry(replay, generation) => {
                     record_answer(generation, true);
                     let response = next.run(replay, extensions).await?;
-                    heed_nonce(&self.session, &target.url, response.status(), response.headers());
+                    heed_answer(&self.session, &response);
                     response
                 }
             };
@@ -181,11 +176,10 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
     pub async fn execute(&self, mut request: Request) -> Result<Response, ClientError> {
         async {
             let token = self.session.access_token().await?;
-            let target = Target::of(&request);
-            target.authorize(&mut request, &token, &self.session)?;
+            authorize_request(&mut request, &token, &self.session)?;
             let replay = request.try_clone();
             let response = self.client.execute(request).await?;
-            let response = match after_first(&self.session, response, replay, &token, &target).await? {
+            let response = match after_first(&self.session, response, replay, &token).await? {
                 Next401::Done(response) => {
                     record_answer(token.generation(), false);
                     response
@@ -193,7 +187,7 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
                 Next401::Retry(replay, generation) => {
                     record_answer(generation, true);
                     let response = self.client.execute(replay).await?;
-                    heed_nonce(&self.session, &target.url, response.status(), response.headers());
+                    heed_answer(&self.session, &response);
                     response
                 }
             };

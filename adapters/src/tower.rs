@@ -41,7 +41,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument as _;
 
-use crate::authorize::{authorize, heed_nonce, prepare_retry, record_answer, request_span};
+use crate::authorize::{authorize, dpop_header, heed_nonce, prepare_retry, record_answer, request_span};
 use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session};
@@ -196,7 +196,7 @@ where
         let (method, url) = (request.method().as_str().to_owned(), request.uri().to_string());
         let send = async move {
             let token = session.access_token().await?;
-            authorize(request.headers_mut(), &token, &method, &url, &session)?;
+            authorize(request.headers_mut(), &token, dpop_header(&token, &method, &url, &session)?)?;
             let response = inner.call(request).await.map_err(AuthError::Inner)?;
             let challenged = heed_nonce(&session, &url, response.status(), response.headers());
             // Once more at most: after a DPoP nonce challenge with the same
@@ -210,7 +210,7 @@ where
             };
             let response = match retry {
                 Some((mut replay, with)) => {
-                    authorize(replay.headers_mut(), &with, &method, &url, &session)?;
+                    authorize(replay.headers_mut(), &with, dpop_header(&with, &method, &url, &session)?)?;
                     poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
                     let response = inner.call(replay).await.map_err(AuthError::Inner)?;
                     heed_nonce(&session, &url, response.status(), response.headers());
