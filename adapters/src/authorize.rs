@@ -50,6 +50,11 @@ fn origin(url: &str) -> &str {
     url.get(..end).unwrap_or(url)
 }
 
+/// The headers of RFC 9449, named once: a name given as text is parsed
+/// again on every request.
+const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+
 /// A fresh proof of `token`'s key for a `method` request to `url`, with
 /// the server's latest nonce, for the `DPoP` header; `None` for a bearer
 /// token (no clock read, no lock: nothing more on the fast path).
@@ -76,7 +81,7 @@ pub(crate) fn authorize(
 ) -> Result<(), Error> {
     headers.insert(http::header::AUTHORIZATION, token.authorization()?.clone());
     if let Some(proof) = proof {
-        headers.insert("dpop", proof);
+        headers.insert(DPOP, proof);
     }
     Ok(())
 }
@@ -92,7 +97,7 @@ pub(crate) fn heed_nonce<T: Transport, S: Store>(
     status: http::StatusCode,
     headers: &http::HeaderMap,
 ) -> bool {
-    let Some(nonce) = headers.get("dpop-nonce").and_then(|value| DpopNonce::parse(value.as_bytes())) else {
+    let Some(nonce) = headers.get(DPOP_NONCE).and_then(|value| DpopNonce::parse(value.as_bytes())) else {
         return false;
     };
     session.proof_parts().1.set(url, nonce);
