@@ -6,6 +6,9 @@
 //! freshen-bench` runs the same comparisons under divan.
 
 pub mod alloc;
+mod middleware;
+
+pub use middleware::{Arm, middleware, request_instructions};
 
 use std::error::Error;
 use std::hint::black_box;
@@ -18,7 +21,6 @@ use freshen::core::oauth::{Client, FormRequest};
 use freshen::core::session::{Command, Event, Io, TransportFailure};
 use freshen::core::stored::StoredSession;
 use freshen::core::time::{MonoTime, UnixTime};
-use freshen::middleware::{AuthMiddleware, AuthorizedClient};
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, ReqwestTransport, Transport, TransportError};
 use freshen::{Config, Session, system_clock};
@@ -234,7 +236,7 @@ pub fn run_operations(operation: &str, count: u64) -> Result<(), BenchError> {
             // One thread: the count does not depend on which worker ran what.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
-                let arms = Arms::new().await?;
+                let arms = middleware::Arms::new().await?;
                 for _ in 0..count {
                     arms.once(arm).await?;
                 }
@@ -519,131 +521,6 @@ pub async fn herd(callers: usize) -> Result<Herd, BenchError> {
         release_p99_us: quantile(&mut latencies, 0.99),
         release_max_us,
     })
-}
-
-/// The ways a request reaches the protected resource in [`middleware`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arm {
-    /// Plain reqwest with a static `Authorization` header: the baseline.
-    Raw,
-    /// reqwest-middleware with no middleware at all, and the static header:
-    /// what the middleware framework costs by itself.
-    EmptyChain,
-    /// reqwest-middleware with freshen's `AuthMiddleware`.
-    AuthMiddleware,
-    /// freshen's own `AuthorizedClient`, without reqwest-middleware.
-    AuthorizedClient,
-}
-
-impl Arm {
-    /// Every arm, the baseline first.
-    pub const ALL: [Self; 4] = [Self::Raw, Self::EmptyChain, Self::AuthMiddleware, Self::AuthorizedClient];
-}
-
-impl Arm {
-    /// The arm named `name` (as `run_operations` takes it).
-    pub fn named(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|arm| arm.name() == name)
-    }
-
-    /// Its name in figures and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Raw => "raw",
-            Self::EmptyChain => "empty_chain",
-            Self::AuthMiddleware => "auth_middleware",
-            Self::AuthorizedClient => "authorized_client",
-        }
-    }
-}
-
-/// One client per [`Arm`], all against one loopback server, with a session
-/// that holds a token valid for the whole run.
-struct Arms {
-    raw: reqwest::Client,
-    empty: reqwest_middleware::ClientWithMiddleware,
-    through: reqwest_middleware::ClientWithMiddleware,
-    authorized: AuthorizedClient<ReqwestTransport, MemoryStore>,
-    url: String,
-    header: reqwest::header::HeaderValue,
-    _server: Server,
-}
-
-impl Arms {
-    async fn new() -> Result<Self, BenchError> {
-        let mut authority = AuthorityConfig::default();
-        authority.access_ttl = Duration::from_secs(3600);
-        let server = Server::loopback(authority, 1).await?;
-        let issued = server.state().login(CLIENT);
-        let access = issued.access_token.expose_secret().to_owned();
-        let expires_at = system_clock().saturating_add(Duration::from_secs(3000));
-        let stored = blob(&access, issued.refresh_token.expose_secret(), expires_at)?;
-        let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT));
-        let session = Session::start(config, ReqwestTransport::new()?, MemoryStore::holding(&stored))?;
-        Ok(Self {
-            raw: reqwest::Client::new(),
-            empty: reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build(),
-            through: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-                .with(AuthMiddleware::new(session.clone()))
-                .build(),
-            authorized: AuthorizedClient::new(reqwest::Client::new(), session),
-            url: server.url(paths::RESOURCE),
-            header: reqwest::header::HeaderValue::from_str(&format!("Bearer {access}"))?,
-            _server: server,
-        })
-    }
-
-    /// One request through `arm`, read to its end: its latency in µs.
-    async fn once(&self, arm: Arm) -> Result<f64, BenchError> {
-        let (url, auth) = (&self.url, reqwest::header::AUTHORIZATION);
-        let started = Instant::now();
-        let response = match arm {
-            Arm::Raw => self.raw.get(url).header(auth, self.header.clone()).send().await?,
-            Arm::EmptyChain => self.empty.get(url).header(auth, self.header.clone()).send().await?,
-            Arm::AuthMiddleware => self.through.get(url).send().await?,
-            Arm::AuthorizedClient => {
-                self.authorized.execute(self.authorized.request(reqwest::Method::GET, url).build()?).await?
-            }
-        };
-        let ok = response.status().is_success();
-        response.bytes().await?;
-        if ok { Ok(started.elapsed().as_secs_f64() * 1e6) } else { Err(format!("{arm:?} was refused").into()) }
-    }
-}
-
-/// Median request latency, in microseconds, of each [`Arm`] (in
-/// [`Arm::ALL`]'s order), all against the same loopback server, interleaved
-/// request by request with the order rotating, after a warm-up: one set of
-/// medians for each of `rounds` rounds, which share the `requests` per arm.
-pub async fn middleware(requests: usize, rounds: usize) -> Result<Vec<[f64; 4]>, BenchError> {
-    let arms = Arms::new().await?;
-    for _ in 0..requests / 10 {
-        for arm in Arm::ALL {
-            arms.once(arm).await?;
-        }
-    }
-    let mut medians = Vec::with_capacity(rounds);
-    for _ in 0..rounds.max(1) {
-        let mut samples: [Vec<f64>; 4] = Default::default();
-        for i in 0..requests / rounds.max(1) {
-            // Rotate the order, so no arm always follows the same other.
-            for k in 0..Arm::ALL.len() {
-                let index = (i + k) % Arm::ALL.len();
-                if let (Some(arm), Some(sample)) = (Arm::ALL.get(index), samples.get_mut(index)) {
-                    sample.push(arms.once(*arm).await?);
-                }
-            }
-        }
-        medians.push(samples.map(|mut s| median(&mut s)));
-    }
-    Ok(medians)
-}
-
-/// User-space instructions per request through `arm`, client and loopback
-/// server together (callgrind; see [`instructions_per_operation`]): the
-/// middleware comparison without the machine's noise. `None` without valgrind.
-pub fn request_instructions(arm: Arm) -> Result<Option<f64>, BenchError> {
-    instructions_per_operation(&format!("request_{}", arm.name()), 100, 600)
 }
 
 /// Campaign seeds per second in tier 1 and in tier 2, on every core, as the

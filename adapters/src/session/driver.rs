@@ -85,24 +85,8 @@ fn next_timer(coordinator: &Coordinator<oneshot::Sender<Outcome>>) -> Option<Tim
 
 /// Runs one piece of I/O on its own task; its answer goes back to the machine.
 pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io) {
-    if shared.closing.load(Ordering::Acquire) {
-        // Closing: nothing new is presented to the server or locked. The
-        // machine (and every observer) is told so at once, as a request
-        // that could not be sent and a store that could not be reached:
-        // otherwise it would count the attempt in flight, and another
-        // process taking the lock next would seem to overlap it.
-        let not_started = match io {
-            Io::SendRefresh { id, .. } => Some(Event::RefreshFailed { id, failure: TransportFailure::NotSent }),
-            Io::LockStore { op } => {
-                Some(Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable })
-            }
-            _ => None,
-        };
-        if let Some(event) = not_started {
-            debug!("closing: a new refresh attempt or store lock is not started");
-            shared.coordinator.handle(shared.now(), event);
-            return;
-        }
+    if shared.closing.load(Ordering::Acquire) && refused_while_closing(shared, &io) {
+        return;
     }
     match io {
         Io::SendRefresh { id, refresh_token, attempt, dpop } => {
@@ -110,9 +94,8 @@ pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io
             if !RefreshesOut::start(shared) {
                 let _entered = span.enter();
                 debug!("an earlier refresh request is still out (this clock jumped ahead of it): not sent");
-                shared
-                    .coordinator
-                    .handle(shared.now(), Event::RefreshFailed { id, failure: TransportFailure::NotSent });
+                let not_sent = Event::RefreshFailed { id, failure: TransportFailure::NotSent };
+                shared.coordinator.handle(shared.now(), not_sent);
                 return;
             }
             spawn_io(shared, span, |shared| async move {
@@ -196,6 +179,24 @@ pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io
             shared.coordinator.handle(shared.now(), event);
         }),
     }
+}
+
+/// While closing, nothing new is presented to the server or locked. The
+/// machine (and every observer) is told so at once, as a request that
+/// could not be sent and a store that could not be reached: otherwise it
+/// would count the attempt in flight, and another process taking the lock
+/// next would seem to overlap it. Whether `io` was refused so.
+fn refused_while_closing<T: Transport, S: Store>(shared: &Shared<T, S>, io: &Io) -> bool {
+    let not_started = match *io {
+        Io::SendRefresh { id, .. } => Event::RefreshFailed { id, failure: TransportFailure::NotSent },
+        Io::LockStore { op } => Event::StoreFailed { op, error: freshen_core::session::StoreError::Unavailable },
+        Io::Revoke { .. } | Io::LoadStore { .. } | Io::UnlockStore | Io::Persist { .. } | Io::ClearStore { .. } => {
+            return false;
+        }
+    };
+    debug!("closing: a new refresh attempt or store lock is not started");
+    shared.coordinator.handle(shared.now(), not_started);
+    true
 }
 
 /// One refresh attempt over the transport, bounded by the session's
