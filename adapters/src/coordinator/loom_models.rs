@@ -1,7 +1,8 @@
 //! loom models of the coordination unit: every interleaving (up to the
 //! preemption bound) of callers, the driver answering I/O, cancellation and
 //! logout. Run with
-//! `RUSTFLAGS="--cfg freshen_loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p freshen --lib --release loom`.
+//! `RUSTFLAGS="--cfg freshen_loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p freshen --lib --release loom -- --test-threads 1`
+//! (one model at a time is faster: two at once contend for memory).
 
 use freshen_core::ids::Generation;
 use freshen_core::oauth::{Classified, TokenResponse};
