@@ -18,22 +18,22 @@ macro_rules! secret_token {
         /// token to many callers copies nothing; they are zeroed when the
         /// last clone goes.
         #[derive(Clone)]
-        pub struct $name(Arc<SecretString>);
+        pub struct $name(Arc<Held>);
 
         impl $name {
             /// Wraps a token value.
             pub fn new(value: impl Into<String>) -> Self {
-                Self(Arc::new(SecretString::from(value.into())))
+                Self::from(SecretString::from(value.into()))
             }
 
             /// The token bytes. Call this only where they go on the wire or into the store.
             pub fn expose_secret(&self) -> &str {
-                self.0.expose_secret()
+                self.0.secret.expose_secret()
             }
 
             /// A short, stable, non-reversible name for this token, for traces.
             pub fn fingerprint(&self) -> Fingerprint {
-                Fingerprint::of(self.expose_secret())
+                self.0.fingerprint
             }
 
             /// True when both hold the same bytes. Not constant-time: use it to
@@ -51,10 +51,25 @@ macro_rules! secret_token {
 
         impl From<SecretString> for $name {
             fn from(secret: SecretString) -> Self {
-                Self(Arc::new(secret))
+                Self(Arc::new(Held::new(secret)))
             }
         }
     };
+}
+
+/// A token's bytes with their fingerprint, worked out once: traces, the
+/// machine's comparisons and the checkers name a token by it many times
+/// over its life, and each digest is a pass over every byte.
+struct Held {
+    secret: SecretString,
+    fingerprint: Fingerprint,
+}
+
+impl Held {
+    fn new(secret: SecretString) -> Self {
+        let fingerprint = Fingerprint::of(secret.expose_secret());
+        Self { secret, fingerprint }
+    }
 }
 
 secret_token!(
