@@ -465,8 +465,11 @@ impl ClientMonitor {
         }
         if let Some(callers) = callers {
             let timeout = self.config.request_timeout;
-            let in_flight = self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout));
-            if let (Some(caller), Some((id, _))) = (callers.iter().find(|c| self.retrying.contains(c)), in_flight) {
+            // The sends are looked through only for a retrying caller: there are many of them, and few retries.
+            if let Some(caller) = callers.iter().find(|c| self.retrying.contains(c))
+                && let Some((id, _)) =
+                    self.sent.iter().find(|(_, s)| s.answered.is_none() && now < s.at.saturating_add(timeout))
+            {
                 let detail = format!(
                     "{caller}'s retry after a 401 got {} while {id}, which may kill it, was out",
                     grant.generation
