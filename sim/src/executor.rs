@@ -64,12 +64,23 @@ pub struct Watched {
     pub session: Session,
     /// The checker watching every input and command.
     pub monitor: ClientMonitor,
+    /// When the machine's timer fell due as the last step ended, on its own
+    /// clock: a world asks after every event, and the machine changes only
+    /// in steps, each of which ends in [`Watched::step_end`].
+    due: Option<MonoTime>,
 }
 
 impl Watched {
     /// `session`, watched by a checker for `config`.
     pub fn new(session: Session, config: &SessionConfig) -> Self {
-        Self { session, monitor: ClientMonitor::new(config) }
+        let due = session.poll_timeout().map(|due| due.at);
+        Self { session, monitor: ClientMonitor::new(config), due }
+    }
+
+    /// When the machine's timer falls due ([`Session::poll_timeout`]) as of
+    /// the last step's end; a machine replaced since must end a step first.
+    pub fn due(&self) -> Option<MonoTime> {
+        self.due
     }
 
     /// Hands the machine `event` at its own time `session_now`; the checker
@@ -89,8 +100,8 @@ impl Watched {
     /// The step is over at `now`: the checker sees when the machine's timer
     /// falls due, `lag` later on the world's clock than on its own.
     pub fn step_end(&mut self, now: MonoTime, lag: core::time::Duration) {
-        let next = self.session.poll_timeout().map(|due| due.at.saturating_add(lag));
-        self.monitor.step_end(now, next);
+        self.due = self.session.poll_timeout().map(|due| due.at);
+        self.monitor.step_end(now, self.due.map(|due| due.saturating_add(lag)));
     }
 }
 

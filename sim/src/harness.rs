@@ -79,14 +79,14 @@ enum Pending {
         id: RefreshId,
         token: RefreshToken,
         /// The DPoP proof it carries, as the server's rules see it.
-        proof: Option<Proof>,
+        proof: Option<Box<Proof>>,
         fate: Fate,
         sent_at: MonoTime,
     },
     RefreshAnswered {
         incarnation: u32,
         id: RefreshId,
-        outcome: Classified,
+        outcome: Box<Classified>,
         dpop_nonce: Option<DpopNonce>,
     },
     RefreshFailed {
@@ -109,7 +109,7 @@ enum Pending {
     /// An input for a stalled process, handled once it resumes.
     Input {
         incarnation: u32,
-        event: Event,
+        event: Box<Event>,
     },
     /// A stalled process resumes.
     ProcessResumes {
@@ -612,10 +612,12 @@ impl World {
         if self.suspended_until.is_some() {
             return None;
         }
-        let timers =
-            self.processes.iter().enumerate().filter(|(_, process)| process.paused_until.is_none()).filter_map(
-                |(p, process)| Some((process.machine.session.poll_timeout()?.at.saturating_add(process.clock.lag), p)),
-            );
+        let timers = self
+            .processes
+            .iter()
+            .enumerate()
+            .filter(|(_, process)| process.paused_until.is_none())
+            .filter_map(|(p, process)| Some((process.machine.due()?.saturating_add(process.clock.lag), p)));
         timers.min()
     }
 

@@ -8,7 +8,7 @@ impl World {
         if let Some(until) = self.process(p).paused_until {
             // A stalled process handles it once it resumes.
             let incarnation = self.process(p).incarnation;
-            self.schedule(until, Pending::Input { incarnation, event });
+            self.schedule(until, Pending::Input { incarnation, event: Box::new(event) });
             return;
         }
         note_at!(self, p, "{} {event:?}", self.now);
@@ -142,11 +142,11 @@ impl World {
         // it (the signature itself is tier 2's and `serve`'s to check).
         let proof = dpop.map(|needed| {
             self.proofs_sent += 1;
-            Proof {
+            Box::new(Proof {
                 jkt: self.thumbprint_of(&needed.key),
                 jti: format!("jti-{}", self.proofs_sent),
                 nonce: needed.nonce.map(|n| n.as_str().to_owned()),
-            }
+            })
         });
         let fate = self.fate();
         let (latency, _) = self.latency();

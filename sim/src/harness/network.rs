@@ -88,7 +88,7 @@ impl World {
         // Server-side arrivals happen whatever the client does.
         let pending = match pending {
             Pending::RefreshArrives { incarnation, id, token, proof, fate, sent_at } => {
-                return self.serve_refresh(incarnation, id, &token, proof.as_ref(), fate, sent_at);
+                return self.serve_refresh(incarnation, id, &token, proof.as_deref(), fate, sent_at);
             }
             Pending::RevokeArrives { incarnation, id, token, latency } => {
                 let _ = self.authority.revoke(self.now, CLIENT_ID, token.expose_secret());
@@ -130,7 +130,7 @@ impl World {
             (Pending::CallerArrives, _) if self.demand_until.is_some_and(|until| self.now > until) => {}
             (Pending::CallerArrives, _) => self.callers_arrive(),
             (Pending::RefreshAnswered { id, outcome, dpop_nonce, .. }, Some(p)) => {
-                self.input(p, Event::RefreshCompleted { id, outcome, dpop_nonce });
+                self.input(p, Event::RefreshCompleted { id, outcome: *outcome, dpop_nonce });
             }
             (Pending::RefreshFailed { id, failure, .. }, Some(p)) => {
                 self.input(p, Event::RefreshFailed { id, failure });
@@ -140,11 +140,11 @@ impl World {
                 // The driver reads the wall clock as it hands over a store's
                 // answer: after the stall, not when the store answered.
                 if let Event::StoreLoaded { unix_now, boot_now, .. } | Event::StoreLocked { unix_now, boot_now, .. } =
-                    &mut event
+                    &mut *event
                 {
                     (*unix_now, *boot_now) = (self.machine_wall(), Some(boot_at(self.now)));
                 }
-                self.input(p, event);
+                self.input(p, *event);
             }
             (Pending::ProcessResumes { .. }, Some(p)) => self.resume(p),
             (Pending::RevocationAnswered { id, .. }, Some(p)) => self.input(p, Event::RevocationEnded { id }),
@@ -347,11 +347,15 @@ impl World {
             _ => at,
         };
         if fate == Fate::DuplicateResponse {
-            let again =
-                Pending::RefreshAnswered { incarnation, id, outcome: outcome.clone(), dpop_nonce: dpop_nonce.clone() };
+            let again = Pending::RefreshAnswered {
+                incarnation,
+                id,
+                outcome: Box::new(outcome.clone()),
+                dpop_nonce: dpop_nonce.clone(),
+            };
             self.schedule(at.saturating_add(self.config.latency), again);
         }
-        self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome, dpop_nonce });
+        self.schedule(at, Pending::RefreshAnswered { incarnation, id, outcome: Box::new(outcome), dpop_nonce });
     }
 
     /// Records which life first received an access token. A grace replay can
