@@ -11,7 +11,7 @@ use freshen_core::dpop::DpopNonce;
 use freshen_core::ids::Generation;
 
 use crate::store::Store;
-use crate::transport::Transport;
+use crate::transport::{DPOP, Transport};
 use crate::{Error, Session, Token};
 
 /// The most resource servers whose DPoP nonce is remembered; the one heard
@@ -50,9 +50,7 @@ fn origin(url: &str) -> &str {
     url.get(..end).unwrap_or(url)
 }
 
-/// The headers of RFC 9449, named once: a name given as text is parsed
-/// again on every request.
-const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+/// The nonce header of RFC 9449 (the proof's is [`DPOP`]).
 const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
 
 /// A fresh proof of `token`'s key for a `method` request to `url`, with

@@ -16,6 +16,11 @@ pub use crate::error::TransportError;
 use freshen_core::time::UnixTime;
 use secrecy::zeroize::Zeroize as _;
 
+/// The proof header of RFC 9449, named once for the token endpoint and the
+/// resource requests: a name given as text is parsed again on every request.
+#[cfg(any(feature = "reqwest", feature = "middleware", feature = "tower"))]
+pub(crate) const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+
 /// Response headers the core reads; others are dropped at the door.
 const KEPT_HEADERS: [&str; 4] = ["retry-after", "date", "www-authenticate", "dpop-nonce"];
 
@@ -169,7 +174,7 @@ impl Transport for ReqwestTransport {
         if let Some(proof) = form.expose_dpop() {
             let value = crate::scrub::sensitive_header([proof])
                 .map_err(|error| TransportError::new(TransportFailure::NotSent, error))?;
-            request = request.header("dpop", value);
+            request = request.header(DPOP, value);
         }
         let mut response = request.send().await.map_err(failure)?;
         let status = response.status().as_u16();
