@@ -437,6 +437,27 @@ fn refreshes_ahead_of_expiry_and_keeps_serving_meanwhile() {
     assert_eq!(granted(&h.want(1)), vec![(CallerId(1), Generation(1))]);
 }
 
+/// While a forced refresh's caller waits for the new token, callers the
+/// held token serves are granted it at once, one by one, and the waiter is
+/// answered when the refresh lands: each arrival is judged alone (the machine
+/// does not judge the waiters it kept again while nothing they wait on has
+/// changed), and nobody is skipped or answered twice.
+#[test]
+fn arrivals_behind_a_kept_waiter_are_each_answered_at_once() {
+    let mut h = Harness::loaded(config(), Some(Duration::from_secs(300)));
+    h.handle(Event::RefreshWanted { caller: CallerId(1) });
+    assert_eq!(sends(h.log()), 1);
+    for caller in 2..=50 {
+        assert_eq!(granted(&h.want(caller)), vec![(CallerId(caller), Generation(1))], "caller {caller}");
+    }
+    assert_eq!(h.session().waiting(), 1, "the forced refresh's caller still waits");
+    let (id, ..) = h.last_refresh();
+    h.answer(id, success("a2", Some("r2"), 300));
+    let out = persisted(&mut h);
+    assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
+    assert_eq!(h.session().waiting(), 0);
+}
+
 #[test]
 fn short_lifetimes_shrink_the_margins() {
     // 20 s lifetime: safety min(5, 20/4) = 5 s, margin min(60, 20/2) = 10 s.

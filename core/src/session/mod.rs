@@ -79,8 +79,15 @@ pub struct Session {
     anchor: ClockAnchor,
     state: State,
     /// Callers waiting, oldest first. Deadlines are arrival + a constant, so
-    /// they are in order too.
+    /// they are in order too, and so are their numbers.
     waiters: VecDeque<Waiter>,
+    /// The number the next waiter gets.
+    next_waiter: u64,
+    /// What the waiters numbered up to `.1` were last judged by: all of them
+    /// still waiting were kept. While it holds they would be kept again, so
+    /// answering looks only at later ones (a herd waiting through a refresh
+    /// was judged whole on every arrival: quadratic in the herd).
+    waiters_kept: Option<(settle::Verdicts, u64)>,
     store: StoreSync,
     outbox: Outbox,
     /// The highest generation this machine has seen or made.
@@ -186,6 +193,8 @@ struct Waiter {
     caller: CallerId,
     deadline: MonoTime,
     needs: Needs,
+    /// Its place in arrival order (see `Session::waiters_kept`).
+    number: u64,
 }
 
 impl Waiter {
@@ -434,6 +443,8 @@ impl Session {
             anchor: ClockAnchor::new(now, unix_now, None),
             state: State::Loading,
             waiters: VecDeque::new(),
+            next_waiter: 0,
+            waiters_kept: None,
             store: StoreSync {
                 next_op: StoreOpId(1),
                 in_flight: None,
@@ -736,7 +747,9 @@ impl Session {
         // Demand revives a store that gave up: it may work again now.
         self.store.revive();
         let deadline = self.now.saturating_add(self.wait_bound);
-        self.waiters.push_back(Waiter { caller, deadline, needs });
+        let number = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.push_back(Waiter { caller, deadline, needs, number });
     }
 
     /// A forced refresh (the app's word that the user acted) still waits.

@@ -121,27 +121,70 @@ impl Session {
             tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
         };
         let login_stored = durable || self.planted(Plant::LoginAnsweredBeforeStored);
-        let (mut granted, mut stored, mut unstored, mut refused) =
-            (Callers::default(), Callers::default(), Callers::default(), Callers::default());
-        self.waiters.retain(|waiter| {
+        // Made only where waiters stay or stayed: a step that answers its
+        // one caller at once never needs it.
+        let verdicts = || Verdicts {
+            login_stored,
+            store_gave_up,
+            durable,
+            grantable: grant.is_some(),
+            cycle: tokens.cycle,
+            running,
+            straggling,
+            blocked: blocked.is_some(),
+        };
+        // What becomes of one waiter: answered (and how), or kept waiting.
+        let judge = |waiter: &Waiter| -> Option<Answered> {
             if !waiter.wants_token() {
-                match (login_stored, store_gave_up) {
-                    (true, _) => stored.push(waiter.caller),
-                    (false, true) => unstored.push(waiter.caller),
-                    (false, false) => return true,
-                }
-                return false;
+                return match (login_stored, store_gave_up) {
+                    (true, _) => Some(Answered::Stored),
+                    (false, true) => Some(Answered::Unstored),
+                    (false, false) => None,
+                };
             }
             let served = grant.is_some() && tokens.satisfies(waiter.needs, running, straggling);
             match (served, durable) {
-                (true, true) => granted.push(waiter.caller),
-                (true, false) if store_gave_up => unstored.push(waiter.caller),
-                (true, false) => return true,
-                (false, _) if blocked.is_some() => refused.push(waiter.caller),
-                (false, _) => return true,
+                (true, true) => Some(Answered::Granted),
+                (true, false) if store_gave_up => Some(Answered::Unstored),
+                (true, false) => None,
+                (false, _) if blocked.is_some() => Some(Answered::Refused),
+                (false, _) => None,
             }
-            false
-        });
+        };
+        let (mut granted, mut stored, mut unstored, mut refused) =
+            (Callers::default(), Callers::default(), Callers::default(), Callers::default());
+        let mut answer = |waiter: &Waiter| match judge(waiter) {
+            None => true,
+            Some(answered) => {
+                let to = match answered {
+                    Answered::Granted => &mut granted,
+                    Answered::Stored => &mut stored,
+                    Answered::Unstored => &mut unstored,
+                    Answered::Refused => &mut refused,
+                };
+                to.push(waiter.caller);
+                false
+            }
+        };
+        // Waiters kept under the same verdicts would be kept again: only
+        // those that came since are judged, in order, as a full pass would.
+        let first_unjudged = match self.waiters_kept {
+            Some((kept, up_to)) if kept == verdicts() => self.waiters.partition_point(|w| w.number <= up_to),
+            _ => 0,
+        };
+        if first_unjudged == 0 {
+            self.waiters.retain(|waiter| answer(waiter));
+        } else {
+            let mut index = first_unjudged;
+            while let Some(waiter) = self.waiters.get(index) {
+                if answer(waiter) {
+                    index += 1;
+                } else {
+                    self.waiters.remove(index);
+                }
+            }
+        }
+        self.waiters_kept = self.waiters.back().map(|last| (verdicts(), last.number));
         if !stored.is_empty() {
             self.outbox.commands.push_back(Command::LoginStored { callers: stored, generation: tokens.generation });
         }
@@ -209,4 +252,27 @@ impl Session {
             State::LoggedOut(cause) => StateView::LoggedOut { cause: cause.clone() },
         }
     }
+}
+
+/// Everything [`Session::answer_waiters`] judges a waiter by, besides the
+/// waiter's own needs: equal verdicts judge every waiter alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Verdicts {
+    login_stored: bool,
+    store_gave_up: bool,
+    durable: bool,
+    grantable: bool,
+    cycle: u64,
+    running: Option<u64>,
+    straggling: bool,
+    blocked: bool,
+}
+
+/// How a waiter was answered.
+#[derive(Clone, Copy)]
+enum Answered {
+    Granted,
+    Stored,
+    Unstored,
+    Refused,
 }
