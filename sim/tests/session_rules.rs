@@ -1590,6 +1590,40 @@ fn a_login_whose_failed_write_may_have_landed_yields_to_a_login_stored_since() {
     assert_eq!(h.last_persist().1.refresh_token.unwrap().expose_secret(), "r-login");
 }
 
+/// Tier-1 seed 8010096 (U9): a login's write failed (perhaps landed), then
+/// was fenced; under the next lock the store held a rotation of the login it
+/// held before the write. That is the earlier login moving on elsewhere, no
+/// sign that this one landed: had it landed, the other process would have
+/// adopted it rather than rotate the earlier one. The login is still the
+/// user's latest word: it is written, and its caller is told so only then.
+#[test]
+fn a_login_whose_failed_write_finds_the_earlier_login_rotated_is_still_written() {
+    let mut h = Harness::loaded(shared(), Some(Duration::from_secs(3600)));
+    h.log_in(90);
+    let op = lock_op(&h);
+    locked(&mut h, op, Some(descended_from("r-first", stored(1, "r1", None))));
+    for error in [StoreError::Unavailable, StoreError::Fenced] {
+        let (write, _) = h.last_persist();
+        h.handle(Event::StoreFailed { op: write, error });
+        h.advance_to(h.now().saturating_add(Duration::from_secs(2)));
+    }
+    let op = lock_op(&h);
+    let rotated = descended_from("r-first", stored(2, "r2", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+    let out = locked(&mut h, op, Some(rotated));
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::LoginStored { .. })),
+        "the login's caller is told it is stored before it is: {out:?}"
+    );
+    let (write, session) = h.last_persist();
+    assert_eq!(session.refresh_token.as_ref().unwrap().expose_secret(), "r-login");
+    assert!(session.generation > Generation(2), "{:?}", session.generation);
+    let out = h.handle(Event::StoreWritten { op: write });
+    assert!(
+        out.iter().any(|c| matches!(c, Command::LoginStored { generation, .. } if *generation == session.generation)),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));

@@ -395,10 +395,16 @@ struct StoreSync {
     next_op: StoreOpId,
     in_flight: Option<(StoreOpId, StoreOp)>,
     holds: Holds,
+    /// The login (lineage) of the session `holds` names, where known.
+    holds_lineage: Option<Fingerprint>,
     /// What the store was known to hold before a failed write made it
     /// unknown: a store found empty that last held a session was cleared by
     /// another process.
     known_before_failure: Holds,
+    /// The login of the session `known_before_failure` names, where known:
+    /// a rotation of it found later is that login moving on, not a sign
+    /// that the failed write landed (U9, tier-1 seed 8010096).
+    lineage_before_failure: Option<Fingerprint>,
     failures: u32,
     retry_at: Option<MonoTime>,
     /// The most failures in a row before waiters are failed.
@@ -449,7 +455,9 @@ impl Session {
                 next_op: StoreOpId(1),
                 in_flight: None,
                 holds: Holds::Unknown,
+                holds_lineage: None,
                 known_before_failure: Holds::Unknown,
+                lineage_before_failure: None,
                 failures: 0,
                 retry_at: None,
                 attempts: store_attempts,

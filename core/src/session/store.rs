@@ -25,7 +25,7 @@ impl Session {
             State::Loading => match stored {
                 None => self.state = State::LoggedOut(LogoutCause::NoSession),
                 Some(stored) => {
-                    self.store.holds = Holds::Session(stored.generation);
+                    self.store.holds_session(&stored);
                     self.last_generation = self.last_generation.max(stored.generation);
                     let tokens = self.tokens_from_store(stored, |generation| generation);
                     self.state = State::Valid(tokens);
@@ -162,7 +162,7 @@ impl Session {
         }
         let Some(held) = self.tokens() else {
             // Logged out: the lock is for clearing the store.
-            self.store.holds = if stored.is_some() { Holds::Unknown } else { Holds::Empty };
+            self.store.set_holds(if stored.is_some() { Holds::Unknown } else { Holds::Empty }, None);
             // Another process cleared it first: no process can refresh the
             // token any more, so the revocation the clear would have released
             // is due now (else the logout would wait for it forever).
@@ -187,12 +187,18 @@ impl Session {
         // back would bring back a token perhaps spent (C2, tier-2 seed
         // 1052175: the rotations went on elsewhere, then the family ended,
         // and the user logged in again there).
+        // What the store held before the write, or a rotation of that login
+        // (its lineage), is no sign of the write: that login moved on while
+        // ours never landed (U9, tier-1 seed 8010096: a fenced login would
+        // otherwise be answered as stored with another process's session).
         let replaced_since_our_write = held.from_login
             && held.write_may_have_landed
             && !descends_from_ours
-            && stored
-                .as_ref()
-                .is_some_and(|s| !held.stored_as(s) && self.store.known_before_failure != Holds::Session(s.generation));
+            && stored.as_ref().is_some_and(|s| {
+                !held.stored_as(s)
+                    && self.store.known_before_failure != Holds::Session(s.generation)
+                    && (s.lineage.is_none() || s.lineage != self.store.lineage_before_failure)
+            });
         let unwritten_login = held.from_login && !ours_durable && !descends_from_ours && !replaced_since_our_write;
         let theirs_newer = !unwritten_login
             && stored.as_ref().is_some_and(|s| replaced_since_our_write || self.written_since(held, s));
@@ -218,10 +224,10 @@ impl Session {
             }
             stored => {
                 let same = stored.as_ref().is_some_and(|s| held.stored_as(s));
-                self.store.holds = match &stored {
-                    None => Holds::Empty,
-                    Some(s) => Holds::Session(s.generation),
-                };
+                match &stored {
+                    None => self.store.set_holds(Holds::Empty, None),
+                    Some(s) => self.store.holds_session(s),
+                }
                 // Ours is newer (a login, or a rotation not yet written): it
                 // must outrank what the store holds, then be written.
                 if let Some(stored) = stored.filter(|_| !same) {
@@ -265,7 +271,7 @@ impl Session {
         // An attempt still out (sent under a lock lost since) counts as in
         // flight until answered or dead: the adopted token waits for it (C1).
         self.abandon_in_flight(None);
-        self.store.holds = Holds::Session(stored.generation);
+        self.store.holds_session(&stored);
         self.last_generation = self.last_generation.max(stored.generation);
         let mut tokens = self.tokens_from_store(stored, |generation| generation);
         self.keep_what_ours_knew(&mut tokens);
@@ -286,7 +292,7 @@ impl Session {
         let generation = if durable { stored.generation } else { self.next_generation() };
         self.last_generation = self.last_generation.max(generation);
         if durable {
-            self.store.holds = Holds::Session(generation);
+            self.store.holds_session(&stored);
         }
         let mut tokens = self.tokens_from_store(stored, |_| generation);
         self.keep_what_ours_knew(&mut tokens);
@@ -388,12 +394,15 @@ impl Session {
             self.ignore(STALE_STORE_ANSWER);
             return;
         };
-        self.store.holds = match kind {
-            StoreOp::Persist(generation) => Holds::Session(generation),
-            StoreOp::Clear => Holds::Empty,
+        match kind {
+            StoreOp::Persist(generation) => {
+                let lineage = self.tokens().filter(|t| t.generation == generation).and_then(|t| t.lineage);
+                self.store.set_holds(Holds::Session(generation), lineage);
+            }
+            StoreOp::Clear => self.store.set_holds(Holds::Empty, None),
             // A load or lock answered as a write: nothing was written.
-            StoreOp::Load | StoreOp::Lock => self.store.holds,
-        };
+            StoreOp::Load | StoreOp::Lock => {}
+        }
         if matches!(kind, StoreOp::Load | StoreOp::Lock) {
             self.store.in_flight = None;
             return;
@@ -435,8 +444,9 @@ impl Session {
             // written: either way, what the store holds is unknown until read.
             if self.store.holds != Holds::Unknown {
                 self.store.known_before_failure = self.store.holds;
+                self.store.lineage_before_failure = self.store.holds_lineage;
             }
-            self.store.holds = Holds::Unknown;
+            self.store.set_holds(Holds::Unknown, None);
         }
         if let StoreOp::Persist(written) = kind
             && error != StoreError::Fenced
@@ -592,6 +602,16 @@ impl Session {
 }
 
 impl StoreSync {
+    pub(super) fn set_holds(&mut self, holds: Holds, lineage: Option<Fingerprint>) {
+        self.holds = holds;
+        self.holds_lineage = lineage;
+    }
+
+    /// The store holds `stored` (read there, adopted from there, or written).
+    pub(super) fn holds_session(&mut self, stored: &StoredSession) {
+        self.set_holds(Holds::Session(stored.generation), stored.lineage);
+    }
+
     /// What the store holds, or if a failed write made that unknown, what
     /// it held before.
     pub(super) fn last_known(&self) -> Holds {

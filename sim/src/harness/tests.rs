@@ -343,7 +343,11 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// answers to one token than a cycle's attempts (L1, the checker's error).
 /// A tier-1 spot check of 100,000 later seeds: 2098901, a stalled worker's
 /// late answer, its write fenced, written again under the next lock over two
-/// later rotations of the same login (C2).
+/// later rotations of the same login (C2). 200,000 seeds on from
+/// 8,000,000: 8010096, a login whose write failed (perhaps landed), then was
+/// fenced, found a rotation of the login stored before it and took it for
+/// proof that its own write had landed and been replaced: its caller was told
+/// the login was stored (U9).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
     const ONCE_FAILED: &[u64] = &[
@@ -367,6 +371,7 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         1_623_718,
         1_931_014,
         2_098_901,
+        8_010_096,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
