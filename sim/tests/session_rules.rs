@@ -1339,14 +1339,22 @@ fn a_fenced_write_is_made_again_only_under_a_new_lock_after_reading_the_store() 
     let (_, out) = fenced_then_relocked_from(held.clone(), Some(elsewhere));
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. } | Io::SendRefresh { .. }))), "{out:?}");
     assert_eq!(granted(&out), vec![(CallerId(1), Generation(2))]);
-    // Another login under that number is not a rotation of ours: the store
-    // held ours before, so nothing says it is newer (U9, tier-2 seed
-    // 1007077: a login's first rotation, its write fenced, lost to an older
-    // login stored elsewhere).
-    let other_login = descended_from("r0-other", stored(2, "r2-other", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
-    let (h, out) = fenced_then_relocked_from(held, Some(other_login));
-    assert!(out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "{out:?}");
-    assert_eq!(h.last_persist().1.refresh_token.unwrap().expose_secret(), "r2");
+    // Another login, under any number: written under a later lock than the
+    // one our answer came under, while the store still held our predecessor
+    // for others to present (a grace replay hands out our very successor,
+    // which they may have rotated before a logout and this login). It is
+    // adopted; the fenced rotation is neither written back nor presented
+    // (C2, tier-2 seed 1068575).
+    for number in [2, 9] {
+        let other_login =
+            descended_from("r0-other", stored(number, "r-other", Some(UnixTime::from_secs(UNIX_ZERO + 3600))));
+        let (h, out) = fenced_then_relocked_from(held.clone(), Some(other_login));
+        assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. } | Io::SendRefresh { .. }))), "{out:?}");
+        assert_eq!(granted(&out), vec![(CallerId(1), Generation(number))]);
+        assert!(!h.log().iter().any(|c| {
+            matches!(c, Command::Io(Io::SendRefresh { refresh_token, .. }) if refresh_token.expose_secret() == "r2")
+        }));
+    }
     // Another process logged out meanwhile: the late tokens do not bring the session back.
     let (h, out) = fenced_then_relocked(None);
     assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "{out:?}");

@@ -303,6 +303,20 @@ fn a_login_whose_failed_write_landed_is_not_written_back_over_a_later_login() {
     assert!(outcome.tally.logouts.is_empty(), "{:?}", outcome.tally.logouts);
 }
 
+/// Tier-2 seed 1068575 (C2, found by a fresh-seed run): a worker stalled
+/// with its rotation's write out; the database gave the lock away and
+/// fenced the write. The next holder read the predecessor, still stored,
+/// presented it, and got the same successor (a grace replay), which it
+/// rotated on; the user then logged out and in again there. Under its next
+/// lock the stalled worker found that new login, took it for an older word
+/// than its own rotation, wrote its rotation back and presented its spent
+/// token. A rotation answered under a lost lock now yields to another login
+/// stored since.
+#[test]
+fn a_rotation_answered_under_a_lost_lock_yields_to_a_login_stored_since() {
+    sampled_without_violations(1_068_575);
+}
+
 /// Tier-2 seeds 1013806 and 1047247 (U2, found by deep runs): a process
 /// restarted after its wall clock was set back (5½ and 6 minutes) read a
 /// stored token by that clock as fresh, and handed it out though it was

@@ -101,8 +101,9 @@ impl Session {
     /// write still tells whether another process rotated it meanwhile: a late
     /// answer must not be written back over later rotations of its own
     /// login (C2, tier-1 seed 2098901). Another login stored meanwhile gets
-    /// no such weight: a login here, or its rotation not yet written, is the
-    /// user's latest word (U9, tier-2 seed 1007077).
+    /// no such weight here: a login here, or its rotation not yet written, is
+    /// the user's latest word (U9, tier-2 seed 1007077), unless that rotation
+    /// was answered under a lock lost since (`on_store_locked`).
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
         let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
         // The very pair held, written again under another number (by a
@@ -200,8 +201,25 @@ impl Session {
                     && (s.lineage.is_none() || s.lineage != self.store.lineage_before_failure)
             });
         let unwritten_login = held.from_login && !ours_durable && !descends_from_ours && !replaced_since_our_write;
+        // A rotation answered under a lock lost before its write landed: the
+        // store went on holding its predecessor for the next holder, which
+        // may have presented it (a grace replay hands out this very
+        // successor) and rotated on. Another login stored since was written
+        // under a later lock, after a logout may have ended that family:
+        // it is the later word, and this rotation, perhaps spent, is not
+        // written back (C2, tier-2 seed 1068575). Not while a login here
+        // still waits to be stored: that login is the user's latest word (U9).
+        let late_rotation_under_another_login = |s: &StoredSession| {
+            held.answered_unlocked
+                && !held.from_login
+                && held.lineage.is_some()
+                && s.lineage != held.lineage
+                && !self.waiters.iter().any(|w| !w.wants_token())
+        };
         let theirs_newer = !unwritten_login
-            && stored.as_ref().is_some_and(|s| replaced_since_our_write || self.written_since(held, s));
+            && stored.as_ref().is_some_and(|s| {
+                replaced_since_our_write || late_rotation_under_another_login(s) || self.written_since(held, s)
+            });
         let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
         match stored {
             // Another process refreshed (or logged in) since this one last
