@@ -26,9 +26,10 @@ pub const MAX_COMMANDS_PER_INPUT: usize = 10_000;
 const EXECUTOR_BOOT: u64 = 0xB007;
 
 /// When the store answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StoreAnswers {
     /// Every store operation succeeds at once, within the step that asked.
+    #[default]
     AtOnce,
     /// Store operations wait in [`Executor::pending_store`] until
     /// [`Executor::answer_store`] answers the oldest.
@@ -47,12 +48,31 @@ pub enum StoreAnswer {
 }
 
 /// Whether [`Executor::commands`] keeps the commands carried out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CommandLog {
     /// They are checked and carried out, not kept.
+    #[default]
     Off,
     /// Every one is kept, from the first (tests of single rules).
     Kept,
+}
+
+/// Where an [`Executor`]'s machine starts: its seed, the wall clock and the
+/// store at time zero, and how the store and the log behave. The defaults
+/// are seed 0, the Unix epoch, an empty store that answers at once, and no
+/// command log.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// Drives the machine's random choices ([`Session::new`]).
+    pub seed: u64,
+    /// The wall clock at time zero.
+    pub unix_origin: UnixTime,
+    /// What the store holds: one blob of bytes, as a keyring holds it.
+    pub blob: Option<Vec<u8>>,
+    /// When the store answers.
+    pub store: StoreAnswers,
+    /// Whether every command is kept.
+    pub log: CommandLog,
 }
 
 /// A session machine and the client checker watching it: every input,
@@ -131,20 +151,13 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// A machine started at time zero whose store holds `blob`, with the wall
-    /// clock at `unix_origin` then; its first commands are carried out (and
-    /// kept, if `log` says so).
+    /// A machine for `config` started at time zero as `setup` says; its
+    /// first commands are carried out (and kept, if `setup.log` says so).
     ///
     /// # Errors
     /// The configuration is invalid.
-    pub fn new(
-        config: &SessionConfig,
-        seed: u64,
-        unix_origin: UnixTime,
-        blob: Option<Vec<u8>>,
-        store: StoreAnswers,
-        log: CommandLog,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(config: &SessionConfig, setup: Setup) -> Result<Self, ConfigError> {
+        let Setup { seed, unix_origin, blob, store, log } = setup;
         let session = Session::new(config.clone(), seed, MonoTime::ZERO, unix_origin)?;
         let mut executor = Self {
             machine: Watched::new(session, config),

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret as _;
 
 use crate::authority::{Authority, AuthorityConfig, AuthorityPlant, GraceReplay};
 use crate::check::{AuthorityMonitor, Violation};
-use crate::executor::{CommandLog, Executor, StoreAnswers};
+use crate::executor::{Executor, Setup};
 use crate::harness::{Fate, StoreFate, World};
 use crate::world::{Start, WorldConfig};
 use freshen_core::ids::CallerId;
@@ -251,8 +251,8 @@ type Fixture = Executor;
 
 /// A session that will load `blob` from its store.
 fn loading(blob: Option<Vec<u8>>, unix_now: UnixTime) -> Result<Fixture, String> {
-    Executor::new(&SessionConfig::default(), 7, unix_now, blob, StoreAnswers::AtOnce, CommandLog::Off)
-        .map_err(|e| e.to_string())
+    let setup = Setup { seed: 7, unix_origin: unix_now, blob, ..Setup::default() };
+    Executor::new(&SessionConfig::default(), setup).map_err(|e| e.to_string())
 }
 
 /// A session loaded from a store that holds `refresh` and an expired access token.

@@ -16,7 +16,7 @@ use freshen_core::session::{Event, NewSession, SessionConfig, TransportFailure};
 use freshen_core::time::UnixTime;
 use freshen_core::token::{AccessToken, RefreshToken};
 use freshen_sim::check::{Plant, Violation, same_trace};
-use freshen_sim::executor::{CommandLog, Executor, StoreAnswer, StoreAnswers};
+use freshen_sim::executor::{Executor, Setup, StoreAnswer, StoreAnswers};
 use proptest::prelude::*;
 
 /// Cases per property; `FRESHEN_PROPTEST_CASES` raises it for a deeper run.
@@ -125,9 +125,8 @@ impl Driver {
     fn new(config: SessionConfig, seed: u64) -> Self {
         let blob = br#"{"v":1,"generation":1,"access_token":"a0","refresh_token":"r0"}"#.to_vec();
         let unix_origin = UnixTime::from_secs(1_800_000_000);
-        let mut x = Executor::new(&config, seed, unix_origin, Some(blob), StoreAnswers::Held, CommandLog::Off)
-            .unwrap()
-            .traced();
+        let setup = Setup { seed, unix_origin, blob: Some(blob), store: StoreAnswers::Held, ..Setup::default() };
+        let mut x = Executor::new(&config, setup).unwrap().traced();
         x.generation = freshen_core::ids::Generation(1);
         Self { x, next_caller: 1, minted: 0 }
     }

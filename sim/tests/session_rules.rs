@@ -16,7 +16,7 @@ use freshen_core::session::*;
 use freshen_core::stored::{DecodeError, StoredSession};
 use freshen_core::time::{BootId, BootTime, MonoTime, UnixTime};
 use freshen_core::token::{AccessToken, RefreshToken, TokenType};
-use freshen_sim::executor::{CommandLog, Executor, StoreAnswers};
+use freshen_sim::executor::{CommandLog, Executor, Setup, StoreAnswers};
 
 const UNIX_ZERO: u64 = 1_800_000_000;
 
@@ -51,9 +51,14 @@ struct Harness {
 
 impl Harness {
     fn new(config: SessionConfig) -> Self {
-        let executor =
-            Executor::new(&config, 7, UnixTime::from_secs(UNIX_ZERO), None, StoreAnswers::Held, CommandLog::Kept)
-                .expect("a valid configuration");
+        let setup = Setup {
+            seed: 7,
+            unix_origin: UnixTime::from_secs(UNIX_ZERO),
+            store: StoreAnswers::Held,
+            log: CommandLog::Kept,
+            ..Setup::default()
+        };
+        let executor = Executor::new(&config, setup).expect("a valid configuration");
         let mut h = Self { executor, seen: 0 };
         h.took();
         h
