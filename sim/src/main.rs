@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use freshen_core::session::Plant;
@@ -31,7 +32,8 @@ usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant N
   --seeds N     seeds to run (default 2000)
   --seconds S   run seeds until S seconds have passed (seeds in progress then
                 finish), for a CI budgeted by time; with --seeds, whichever
-                comes first
+                comes first. Ctrl-C or SIGTERM stops a campaign the same way,
+                summary included (a second one quits at once)
   --first S     first seed of the range (default 0)
   --tier T      run only tier 1 (the pure machine and authority in a discrete-event
                 world: breadth) or tier 2 (the real driver over hyper on turmoil: depth);
@@ -59,7 +61,8 @@ A campaign writes its summary to stdout when it ends. While it runs, stderr
 shows a progress bar on a terminal and a line a minute elsewhere, and names
 each of the first 20 violating seeds, with its replay command, as it ends.
 
-exit status: 0 no invariant violated, 1 a violation (seed and replay command printed), 2 usage error";
+exit status: 0 no invariant violated, 1 a violation (seed and replay command printed), 2 usage error,
+130 stopped by Ctrl-C or SIGTERM before its seeds ran, with no violation";
 
 /// `freshen-sim serve`: the reference authority on a real port, for manual use.
 fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
@@ -415,7 +418,41 @@ impl Jobs {
     }
 }
 
+/// Listens for Ctrl-C and SIGTERM from now on, on a thread of its own: the
+/// first sets the returned flag (a campaign then starts no new seed, lets
+/// those in progress finish and prints its summary); a second ends the
+/// process at once. `None` (no flag to set) where signals cannot be heard.
+fn stop_on_interrupt() -> Option<Arc<AtomicBool>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    // Listening before the campaign says it started: a signal sent as soon
+    // as that line is read (a CI's timeout, a test) must find the handler.
+    let first = {
+        let _inside = runtime.enter();
+        Interrupted::listen()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("freshen-sim interrupt".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                first.wait().await;
+                stopping.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "\nfreshen-sim: interrupted: no new seed starts; the summary follows the seeds in progress \
+                     (interrupt again to quit at once)"
+                );
+                Interrupted::listen().wait().await;
+                std::process::exit(130);
+            });
+        })
+        .ok()?;
+    Some(stop)
+}
+
 fn campaign(options: &Options) -> ExitCode {
+    let stop = stop_on_interrupt();
+    let interrupted = || stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed));
     let jobs = jobs(options);
     let total = jobs.total();
     let next = AtomicU64::new(0);
@@ -424,13 +461,17 @@ fn campaign(options: &Options) -> ExitCode {
     let busy: Mutex<BTreeMap<Tier, f64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     let progress = Progress::new(started, total, options.plant);
+    progress.say(&format!(
+        "freshen-sim: running seeds from {} on {} threads (Ctrl-C stops with a summary)",
+        options.first, options.threads
+    ));
     let caught = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..options.threads {
             scope.spawn(|| {
                 let in_time = || options.budget.is_none_or(|budget| started.elapsed() < budget);
                 while let Some((tier, seed)) = Some(next.fetch_add(1, Ordering::Relaxed))
-                    .filter(|_| !caught.load(Ordering::Relaxed) && in_time())
+                    .filter(|_| !caught.load(Ordering::Relaxed) && !interrupted() && in_time())
                     .and_then(|i| jobs.get(i))
                 {
                     let began = Instant::now();
@@ -454,7 +495,14 @@ fn campaign(options: &Options) -> ExitCode {
     let mut outcomes = outcomes.into_inner().unwrap_or_default();
     outcomes.sort_by_key(|o| (o.tier, o.seed));
     let busy = busy.into_inner().unwrap_or_default();
-    summarize(options, &outcomes, &busy, started.elapsed().as_secs_f64())
+    let code = summarize(options, &outcomes, &busy, started.elapsed().as_secs_f64());
+    match (code == ExitCode::SUCCESS, interrupted()) {
+        (true, true) => {
+            println!("stopped by a signal after {} seeds", outcomes.len());
+            ExitCode::from(130)
+        }
+        _ => code,
+    }
 }
 
 /// What a campaign says on stderr while it runs: a bar on a terminal, and

@@ -48,6 +48,13 @@ fn a_failing_campaign_lists_every_failing_seed_and_a_replay_command_that_works_a
     }
 }
 
+/// Sends SIGTERM to the process `pid`, as a service manager or `kill` does.
+#[cfg(unix)]
+fn terminate(pid: u32) {
+    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+}
+
 #[cfg(unix)]
 #[test]
 fn serve_prints_its_summary_on_sigterm() {
@@ -55,9 +62,35 @@ fn serve_prints_its_summary_on_sigterm() {
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("reference authority on http://127.0.0.1:"), "{first}");
-    let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    assert!(killed.success());
+    terminate(server.id());
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(server.wait().unwrap().success());
     assert!(rest.iter().any(|line| line == "refreshes served: 0"), "{rest:?}");
+}
+
+/// A long campaign stopped by SIGTERM (a CI's timeout, a user's Ctrl-C is
+/// SIGINT, handled alike) still prints its summary for the seeds it ran, and
+/// says it was stopped: exit status 130, not success, as its seeds did not
+/// all run.
+#[cfg(unix)]
+#[test]
+fn a_campaign_stopped_by_sigterm_prints_its_summary() {
+    let mut campaign = sim()
+        .args(["--seeds", "1000000", "--tier", "1", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(campaign.stderr.take().unwrap()).lines();
+    let first = stderr.next().unwrap().unwrap();
+    assert!(first.starts_with("freshen-sim: running seeds from 0 on 1 threads"), "{first}");
+    terminate(campaign.id());
+    let rest: Vec<String> = stderr.map(Result::unwrap).collect();
+    let out = campaign.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{rest:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The summary, for however many seeds ran before the signal (perhaps none).
+    assert!(stdout.contains("violations "), "{stdout}");
+    assert!(stdout.contains("stopped by a signal after "), "{stdout}");
+    assert!(rest.iter().any(|line| line.contains("interrupted")), "{rest:?}");
 }
