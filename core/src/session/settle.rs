@@ -79,33 +79,21 @@ impl Session {
         }
     }
 
-    pub(super) fn answer_waiters(&mut self) {
-        if self.waiters.is_empty() {
-            return;
-        }
-        let now = self.now;
-        let tokens = match &self.state {
-            State::LoggedOut(cause) => {
-                let callers = self.waiters.drain(..).map(|w| w.caller).collect();
-                self.outbox.fail(callers, FailReason::LoggedOut(cause.clone()));
-                return;
-            }
-            State::Loading => {
-                if self.store.exhausted() {
-                    let callers = self.waiters.drain(..).map(|w| w.caller).collect();
-                    self.outbox.fail(callers, FailReason::StoreUnavailable);
-                }
-                return;
-            }
-            State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => tokens,
+    /// Logged out, every waiter is told why; still loading, waiters wait
+    /// for the store, unless it gave up.
+    fn answer_waiters_without_tokens(&mut self) {
+        let reason = match &self.state {
+            State::LoggedOut(cause) => FailReason::LoggedOut(cause.clone()),
+            State::Loading if self.store.exhausted() => FailReason::StoreUnavailable,
+            State::Loading | State::Valid(_) | State::Expired(_) | State::Refreshing(..) => return,
         };
-        let durable = self.planted(Plant::GrantBeforePersist) || self.store.holds == Holds::Session(tokens.generation);
-        let grant = tokens.grant_at(now);
-        let running = self.running_cycle();
-        let straggling = self.straggler.is_some();
-        let store_gave_up = self.store.exhausted();
-        // What a waiter no token serves now is told, when nothing will serve it soon.
-        let blocked = if let State::Refreshing(_, cycle) = &self.state {
+        let callers = self.waiters.drain(..).map(|w| w.caller).collect();
+        self.outbox.fail(callers, reason);
+    }
+
+    /// What a waiter no token serves now is told, when nothing will serve it soon.
+    fn blocked(&self, tokens: &TokenSet, durable: bool, store_gave_up: bool) -> Option<FailReason> {
+        if let State::Refreshing(_, cycle) = &self.state {
             // A lock that cannot be had is a store that cannot be used.
             (matches!(cycle.phase, Phase::Locking | Phase::AwaitingWrite) && store_gave_up)
                 .then_some(FailReason::StoreUnavailable)
@@ -118,8 +106,25 @@ impl Session {
             Some(FailReason::StoreUnavailable)
         } else {
             // No refresh runs for a waiter it could serve: only a hold stops one.
-            tokens.last_failure.as_ref().filter(|_| tokens.held_at(now)).map(|f| f.reason.clone())
+            tokens.last_failure.as_ref().filter(|_| tokens.held_at(self.now)).map(|f| f.reason.clone())
+        }
+    }
+
+    pub(super) fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let tokens = match &self.state {
+            State::LoggedOut(_) | State::Loading => return self.answer_waiters_without_tokens(),
+            State::Valid(tokens) | State::Expired(tokens) | State::Refreshing(tokens, _) => tokens,
         };
+        let durable = self.planted(Plant::GrantBeforePersist) || self.store.holds == Holds::Session(tokens.generation);
+        let grant = tokens.grant_at(now);
+        let running = self.running_cycle();
+        let straggling = self.straggler.is_some();
+        let store_gave_up = self.store.exhausted();
+        let blocked = self.blocked(tokens, durable, store_gave_up);
         let login_stored = durable || self.planted(Plant::LoginAnsweredBeforeStored);
         // Made only where waiters stay or stayed: a step that answers its
         // one caller at once never needs it.

@@ -175,51 +175,7 @@ impl Session {
             return;
         };
         let (generation, ours_durable) = (held.generation, self.store.holds == Holds::Session(held.generation));
-        // A login not yet written is the user's latest word: nothing stored
-        // outranks it, but a later rotation of that very login does (its
-        // write landed although reported failed, and another process
-        // refreshed it since; writing the login over that would bring back a
-        // spent token: C2, tier-1 seed 1218751).
-        let descends_from_ours = held.lineage.is_some() && stored.as_ref().is_some_and(|s| s.lineage == held.lineage);
-        // Unless the login's write failed in a way that may have landed it:
-        // then another process may have read it, rotated it and replaced it
-        // with another login since, and anything the store holds that it
-        // did not hold before that write came after it. Writing the login
-        // back would bring back a token perhaps spent (C2, tier-2 seed
-        // 1052175: the rotations went on elsewhere, then the family ended,
-        // and the user logged in again there).
-        // What the store held before the write, or a rotation of that login
-        // (its lineage), is no sign of the write: that login moved on while
-        // ours never landed (U9, tier-1 seed 8010096: a fenced login would
-        // otherwise be answered as stored with another process's session).
-        let replaced_since_our_write = held.from_login
-            && held.write_may_have_landed
-            && !descends_from_ours
-            && stored.as_ref().is_some_and(|s| {
-                !held.stored_as(s)
-                    && self.store.known_before_failure != Holds::Session(s.generation)
-                    && (s.lineage.is_none() || s.lineage != self.store.lineage_before_failure)
-            });
-        let unwritten_login = held.from_login && !ours_durable && !descends_from_ours && !replaced_since_our_write;
-        // A rotation answered under a lock lost before its write landed: the
-        // store went on holding its predecessor for the next holder, which
-        // may have presented it (a grace replay hands out this very
-        // successor) and rotated on. Another login stored since was written
-        // under a later lock, after a logout may have ended that family:
-        // it is the later word, and this rotation, perhaps spent, is not
-        // written back (C2, tier-2 seed 1068575). Not while a login here
-        // still waits to be stored: that login is the user's latest word (U9).
-        let late_rotation_under_another_login = |s: &StoredSession| {
-            held.answered_unlocked
-                && !held.from_login
-                && held.lineage.is_some()
-                && s.lineage != held.lineage
-                && !self.waiters.iter().any(|w| !w.wants_token())
-        };
-        let theirs_newer = !unwritten_login
-            && stored.as_ref().is_some_and(|s| {
-                replaced_since_our_write || late_rotation_under_another_login(s) || self.written_since(held, s)
-            });
+        let theirs_newer = stored.as_ref().is_some_and(|s| self.locked_read_outranks(held, s));
         let locking = matches!(self.state, State::Refreshing(_, Cycle { phase: Phase::Locking, .. }));
         match stored {
             // Another process refreshed (or logged in) since this one last
@@ -262,6 +218,56 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Whether `stored`, read under a new lock, outranks the tokens held
+    /// (which are then adopted, never written over it).
+    fn locked_read_outranks(&self, held: &TokenSet, stored: &StoredSession) -> bool {
+        let ours_durable = self.store.holds == Holds::Session(held.generation);
+        // A login not yet written is the user's latest word: nothing stored
+        // outranks it, but a later rotation of that very login does (its
+        // write landed although reported failed, and another process
+        // refreshed it since; writing the login over that would bring back a
+        // spent token: C2, tier-1 seed 1218751).
+        let descends_from_ours = held.lineage.is_some() && stored.lineage == held.lineage;
+        // Unless the login's write failed in a way that may have landed it:
+        // then another process may have read it, rotated it and replaced it
+        // with another login since, and anything the store holds that it
+        // did not hold before that write came after it. Writing the login
+        // back would bring back a token perhaps spent (C2, tier-2 seed
+        // 1052175: the rotations went on elsewhere, then the family ended,
+        // and the user logged in again there). What the store held before
+        // the write, or a rotation of that login (its lineage), is no sign
+        // of the write: that login moved on while ours never landed (U9,
+        // tier-1 seed 8010096: a fenced login would otherwise be answered as
+        // stored with another process's session).
+        let replaced_since_our_write = held.from_login
+            && held.write_may_have_landed
+            && !descends_from_ours
+            && !held.stored_as(stored)
+            && self.store.known_before_failure != Holds::Session(stored.generation)
+            && (stored.lineage.is_none() || stored.lineage != self.store.lineage_before_failure);
+        let unwritten_login = held.from_login && !ours_durable && !descends_from_ours && !replaced_since_our_write;
+        !unwritten_login
+            && (replaced_since_our_write
+                || self.late_rotation_under_another_login(held, stored)
+                || self.written_since(held, stored))
+    }
+
+    /// A rotation answered under a lock lost before its write landed: the
+    /// store went on holding its predecessor for the next holder, which may
+    /// have presented it (a grace replay hands out this very successor) and
+    /// rotated on. Another login stored since was written under a later
+    /// lock, after a logout may have ended that family: it is the later
+    /// word, and this rotation, perhaps spent, is not written back (C2,
+    /// tier-2 seed 1068575). Not while a login here still waits to be
+    /// stored: that login is the user's latest word (U9).
+    fn late_rotation_under_another_login(&self, held: &TokenSet, stored: &StoredSession) -> bool {
+        held.answered_unlocked
+            && !held.from_login
+            && held.lineage.is_some()
+            && stored.lineage != held.lineage
+            && !self.waiters.iter().any(|w| !w.wants_token())
     }
 
     /// A cycle that waited for the lock presents its token only if it still
