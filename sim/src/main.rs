@@ -462,7 +462,7 @@ fn campaign(options: &Options) -> ExitCode {
     let started = Instant::now();
     let progress = Progress::new(started, total, options.plant);
     progress.say(&format!(
-        "freshen-sim: running seeds from {} on {} threads (Ctrl-C stops with a summary)",
+        "freshen-sim: running seeds from {}, {} at a time (Ctrl-C stops with a summary)",
         options.first, options.threads
     ));
     let caught = std::sync::atomic::AtomicBool::new(false);

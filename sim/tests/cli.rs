@@ -83,7 +83,7 @@ fn a_campaign_stopped_by_sigterm_prints_its_summary() {
         .unwrap();
     let mut stderr = BufReader::new(campaign.stderr.take().unwrap()).lines();
     let first = stderr.next().unwrap().unwrap();
-    assert!(first.starts_with("freshen-sim: running seeds from 0 on 1 threads"), "{first}");
+    assert!(first.starts_with("freshen-sim: running seeds from 0, 1 at a time"), "{first}");
     terminate(campaign.id());
     let rest: Vec<String> = stderr.map(Result::unwrap).collect();
     let out = campaign.wait_with_output().unwrap();
