@@ -3,6 +3,7 @@
 use super::*;
 use contract::{Clocks, least_margin};
 use freshen_core::session::{AccessGrant, NewSession};
+use freshen_core::token::AccessToken;
 use refresh::{Answer, Sent};
 
 mod contract;
@@ -23,8 +24,20 @@ enum PendingStore {
     Load,
     /// The lock, and a read under it.
     Lock,
-    Persist(Generation),
+    /// A write of a generation, with its tokens ([`tokens_of`]).
+    Persist(Generation, Option<Fingerprint>),
     Clear,
+}
+
+/// What names a stored session's tokens: its access token, unique to each
+/// login and refresh (its refresh token where it has none). The same tokens
+/// written again under another number are the same tokens.
+fn tokens_of(stored: &StoredSession) -> Option<Fingerprint> {
+    stored
+        .access_token
+        .as_ref()
+        .map(AccessToken::fingerprint)
+        .or(stored.refresh_token.as_ref().map(RefreshToken::fingerprint))
 }
 
 /// Checks C1–C7 and C9 over one session's events and commands. Feed it every
@@ -58,6 +71,13 @@ pub struct ClientMonitor {
     dead: BTreeSet<Fingerprint>,
     awaiting_logout: Option<MonoTime>,
     durable: BTreeSet<Generation>,
+    /// The tokens (by [`tokens_of`]) each generation last named in the
+    /// store, and when each set of tokens was first seen durable: a login is
+    /// told stored only with tokens first durable at or after it (U9).
+    /// Generations alone cannot say so: after a logout elsewhere another
+    /// process numbers its login from the start again.
+    durable_tokens: BTreeMap<Generation, Fingerprint>,
+    first_durable: BTreeMap<Fingerprint, MonoTime>,
     pending_store: BTreeMap<StoreOpId, (PendingStore, Option<Fingerprint>)>,
     store: StoreModel,
     /// Store operations failed in a row, and when the last one failed.
@@ -108,11 +128,8 @@ pub struct ClientMonitor {
     awaits_user: BTreeMap<Fingerprint, Generation>,
     /// Why callers were failed in this step, when the state must say it (U7).
     told_this_step: Option<FailReason>,
-    /// Callers waiting for their login to be stored, with the newest
-    /// generation seen before it: the login's tokens are newer (U9).
-    logins: BTreeMap<CallerId, Generation>,
-    /// The newest generation the session showed or wrote.
-    newest_generation: Generation,
+    /// Callers waiting for their login to be stored, with when they logged in (U9).
+    logins: BTreeMap<CallerId, MonoTime>,
     /// Logouts requested and answered as finished in this life.
     logouts: (u64, u64),
     /// When the oldest logout not answered yet was requested.
@@ -141,6 +158,8 @@ impl ClientMonitor {
             dead: BTreeSet::new(),
             awaiting_logout: None,
             durable: BTreeSet::new(),
+            durable_tokens: BTreeMap::new(),
+            first_durable: BTreeMap::new(),
             pending_store: BTreeMap::new(),
             store: StoreModel::Unknown,
             store_failures: (0, MonoTime::ZERO),
@@ -161,7 +180,6 @@ impl ClientMonitor {
             awaits_user: BTreeMap::new(),
             told_this_step: None,
             logins: BTreeMap::new(),
-            newest_generation: Generation(0),
             logouts: (0, 0),
             logout_since: None,
             revocations: BTreeMap::new(),
@@ -213,8 +231,6 @@ impl ClientMonitor {
         self.awaits_user.clear();
         self.told_this_step = None;
         self.logins.clear();
-        // Its successor numbers generations from what it reads.
-        self.newest_generation = Generation(0);
         self.logouts = (0, 0);
         self.logout_since = None;
         self.revocations.clear();
@@ -258,9 +274,9 @@ impl ClientMonitor {
                 self.store_read(now, *op, stored.as_ref(), (*unix_now, *boot_now));
             }
             Event::StoreWritten { op } => match self.pending_store.remove(op) {
-                Some((PendingStore::Persist(generation), refresh)) => {
+                Some((PendingStore::Persist(generation, tokens), refresh)) => {
                     self.store_failures = (0, now);
-                    self.durable.insert(generation);
+                    self.made_durable(now, generation, tokens);
                     self.store = StoreModel::Holds(generation);
                     if let Some(refresh) = refresh {
                         self.unwritten.remove(&refresh);
@@ -308,7 +324,7 @@ impl ClientMonitor {
             self.store_failures = (0, now);
             self.store = match stored {
                 Some(stored) => {
-                    self.durable.insert(stored.generation);
+                    self.made_durable(now, stored.generation, tokens_of(stored));
                     self.awaits_user.retain(|_, held| *held >= stored.generation);
                     // A live token another process stored may replace a
                     // rejected one: the rejection no longer demands a logout.
@@ -328,6 +344,15 @@ impl ClientMonitor {
         }
     }
 
+    /// The store holds `generation`, naming `tokens`, as of `now`.
+    fn made_durable(&mut self, now: MonoTime, generation: Generation, tokens: Option<Fingerprint>) {
+        self.durable.insert(generation);
+        if let Some(tokens) = tokens {
+            self.durable_tokens.insert(generation, tokens);
+            self.first_durable.entry(tokens).or_insert(now);
+        }
+    }
+
     /// `caller` waits from `now` on, unless it already did.
     fn waits(&mut self, caller: CallerId, now: MonoTime) {
         self.waiting.entry(caller).or_insert(now);
@@ -337,7 +362,7 @@ impl ClientMonitor {
     /// `caller` logged in with `new`: a new session begins.
     fn logged_in(&mut self, now: MonoTime, caller: CallerId, new: &NewSession) {
         self.waits(caller, now);
-        self.logins.insert(caller, self.newest_generation);
+        self.logins.insert(caller, now);
         if let Some(access) = &new.access_token {
             self.seen_access.entry(access.fingerprint()).or_insert(now);
         }
@@ -378,7 +403,6 @@ impl ClientMonitor {
                 self.refresh_sent(now, *id, refresh_token.fingerprint(), *attempt);
             }
             Command::Io(Io::Persist { op, session }) => {
-                self.newest_generation = self.newest_generation.max(session.generation);
                 let token = session.refresh_token.as_ref().map(RefreshToken::fingerprint);
                 if self.logged_out.as_ref().is_some_and(LogoutCause::clears_store) {
                     self.violate(Invariant::C4, now, format!("persisted {} after logout", session.generation));
@@ -386,7 +410,8 @@ impl ClientMonitor {
                 if let Some(token) = token.filter(|t| self.superseded.contains(t)) {
                     self.violate(Invariant::C3, now, format!("persisted superseded refresh token {token}"));
                 }
-                self.pending_store.insert(*op, (PendingStore::Persist(session.generation), token));
+                let persist = PendingStore::Persist(session.generation, tokens_of(session));
+                self.pending_store.insert(*op, (persist, token));
             }
             Command::Io(Io::ClearStore { op }) => {
                 self.pending_store.insert(*op, (PendingStore::Clear, None));
@@ -419,8 +444,11 @@ impl ClientMonitor {
             Command::Grant { grant, callers } => self.handed_out(now, grant, Some(callers)),
             Command::LoginStored { callers, generation } => {
                 for caller in callers {
-                    let before = self.logins.remove(caller);
-                    if !self.durable.contains(generation) || before.is_some_and(|before| *generation <= before) {
+                    let logged_in_at = self.logins.remove(caller);
+                    let first_durable =
+                        self.durable_tokens.get(generation).and_then(|tokens| self.first_durable.get(tokens));
+                    let older = logged_in_at.zip(first_durable).is_some_and(|(login, first)| *first < login);
+                    if !self.durable.contains(generation) || older {
                         let detail = format!("told {caller} its login is stored, but the store does not hold it yet");
                         self.violate(Invariant::U9, now, detail);
                     }
@@ -552,9 +580,6 @@ impl ClientMonitor {
 
     /// The state callers read changed to `view`.
     fn state_changed(&mut self, now: MonoTime, view: &StateView) {
-        if let Some(generation) = view.generation() {
-            self.newest_generation = self.newest_generation.max(generation);
-        }
         if matches!(view, StateView::Refreshing { .. }) {
             self.unserved_since_arrival.clear();
         }

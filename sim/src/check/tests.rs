@@ -762,3 +762,43 @@ fn reuse_outside_grace_of(a: &mut Authority, token: &str) {
     let _ = a.refresh(t(1000), "app", None, token, None);
     let _ = a.refresh(t(60_000), "app", None, token, None);
 }
+
+/// U9 judges a login's answer by the tokens told stored, not by their
+/// number: the session held before the login is not its answer, whatever
+/// its number; another login stored since is (newer tokens, "or newer
+/// ones"), even when numbered from the start again after a logout elsewhere
+/// (tier-1 seed 8411277, which the number alone flagged).
+#[test]
+fn u9_catches_a_login_told_stored_with_the_tokens_it_replaced() {
+    let log_in = |m: &mut ClientMonitor, at: u64| {
+        let session = freshen_core::session::NewSession::issued(
+            AccessToken::new("a-login"),
+            Duration::from_secs(300),
+            RefreshToken::new("r-login"),
+            t(at),
+        );
+        m.event(t(at), &Event::LoggedIn { caller: CallerId(9), session });
+    };
+    let told_stored = |m: &mut ClientMonitor, at: u64, generation: u64| {
+        let view = StateView::Valid { generation: Generation(generation), renewal: Renewal::Ready };
+        m.command(t(at), &Command::StateChanged(view));
+        m.command(t(at), &Command::LoginStored { callers: [CallerId(9)].into(), generation: Generation(generation) });
+    };
+    // Told stored with the session loaded before the login.
+    let mut m = monitor();
+    load(&mut m, 5);
+    log_in(&mut m, 10);
+    told_stored(&mut m, 20, 5);
+    assert_eq!(found(m.violations()), vec![Invariant::U9]);
+    // Told stored with another login read under the lock since, numbered lower.
+    let mut m = monitor();
+    load(&mut m, 5);
+    log_in(&mut m, 10);
+    m.command(t(15), &Command::Io(Io::LockStore { op: StoreOpId(2) }));
+    let mut other = StoredSession::pair(AccessToken::new("a-other"), RefreshToken::new("r-other"));
+    other.generation = Generation(2);
+    let unix_now = freshen_core::time::UnixTime::EPOCH;
+    m.event(t(15), &Event::StoreLocked { op: StoreOpId(2), stored: Some(other), unix_now, boot_now: None });
+    told_stored(&mut m, 15, 2);
+    assert_eq!(found(m.violations()), vec![]);
+}
