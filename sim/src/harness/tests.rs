@@ -350,7 +350,8 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// the login was stored (U9). 8411277: a login told stored with another
 /// process's later login, numbered from the start again after a logout
 /// elsewhere, which the checker took for older tokens by its number (U9, the
-/// checker's error).
+/// checker's error; and 8751429, where two processes had each numbered a
+/// session g347).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
     const ONCE_FAILED: &[u64] = &[
@@ -376,6 +377,7 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         2_098_901,
         8_010_096,
         8_411_277,
+        8_751_429,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
