@@ -1637,6 +1637,70 @@ fn a_login_whose_failed_write_finds_the_earlier_login_rotated_is_still_written()
     );
 }
 
+/// Whether `out` hands the access token `access` to a caller or publishes it.
+fn hands_out(out: &[Command], access: &str) -> bool {
+    out.iter().any(|c| match c {
+        Command::Grant { grant, .. } | Command::Publish(Some(grant)) => grant.access_token.expose_secret() == access,
+        _ => false,
+    })
+}
+
+/// Tier-1 seed 1337 (C3): at a server that does not rotate, a refresh's
+/// write was fenced; under the next lock the store held the other
+/// process's refresh of the same token under the same number, with another
+/// access token. That is not this session's pair: the machine took it for
+/// its own, thought its access token stored and handed it out unwritten.
+/// Now the pair it holds is renumbered and written first.
+#[test]
+fn a_fenced_refresh_at_a_server_that_does_not_rotate_is_written_before_it_is_handed_out() {
+    let (mut h, id) = refreshing_under_the_lock();
+    h.answer(id, success("a-ours", Some("r1"), 3600));
+    let op = fence_the_write_and_relock(&mut h);
+    let theirs = stored(2, "r1", Some(UnixTime::from_secs(UNIX_ZERO + 3600)));
+    let out = locked(&mut h, op, Some(theirs));
+    assert!(!hands_out(&out, "a-ours"), "handed out before it was written: {out:?}");
+    let (write, session) = h.last_persist();
+    assert_eq!(session.access_token.as_ref().unwrap().expose_secret(), "a-ours");
+    assert!(session.generation > Generation(2), "{:?}", session.generation);
+    let out = h.handle(Event::StoreWritten { op: write });
+    assert!(hands_out(&out, "a-ours"), "{out:?}");
+}
+
+/// Tier-1 seed 1310 (C3): at a server that does not rotate, an answer came
+/// after its cycle had given the lock up; meanwhile another process
+/// refreshed the same token under the lock and stored its pair, numbered
+/// as this one would number the late answer. The stored pair was written
+/// under the lock since, from the same token: it is adopted, and the late
+/// access token (which a server that deletes the previous access token on
+/// refresh has already killed) is neither handed out nor written.
+#[test]
+fn a_late_answer_at_a_server_that_does_not_rotate_adopts_the_pair_stored_since() {
+    let one_attempt =
+        tweaked(shared(), |c| c.backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8), 1));
+    let mut h = Harness::loaded(one_attempt, Some(Duration::ZERO));
+    h.want(1);
+    let op = lock_op(&h);
+    locked(&mut h, op, Some(stored(1, "r1", None)));
+    let (id, ..) = h.last_refresh();
+    h.executor.now = MonoTime::from_secs(400);
+    h.fire(h.now());
+    let window_closes = h.session().poll_timeout().unwrap();
+    assert!(unlocked(&h.advance_to(window_closes.at)), "the lock outlived the window");
+    let out = h.answer(id, success("a-late", Some("r1"), 3600));
+    assert!(!hands_out(&out, "a-late"), "handed out before the lock: {out:?}");
+    h.want(2);
+    let op = lock_op(&h);
+    let theirs = stored(2, "r1", Some(UnixTime::from_secs(UNIX_ZERO + 3600)));
+    let out = locked(&mut h, op, Some(theirs));
+    assert!(!hands_out(&out, "a-late"), "the late pair was taken for the stored one: {out:?}");
+    assert!(hands_out(&out, "a2"), "{out:?}");
+    assert!(
+        !h.log().iter().any(|c| matches!(c, Command::Io(Io::Persist { session, .. })
+            if session.access_token.as_ref().is_some_and(|a| a.expose_secret() == "a-late"))),
+        "the late pair was written over the one stored since"
+    );
+}
+
 #[test]
 fn a_lock_that_cannot_be_had_fails_waiters_as_store_unavailable_and_is_retried() {
     let mut h = Harness::loaded(shared(), Some(Duration::ZERO));

@@ -317,6 +317,18 @@ fn a_rotation_answered_under_a_lost_lock_yields_to_a_login_stored_since() {
     sampled_without_violations(1_068_575);
 }
 
+/// Tier-2 seed 93 (C3, found once C3 was judged by the tokens rather than
+/// their number): at a server that does not rotate and deletes the previous
+/// access token on refresh, a worker's late answer and another worker's
+/// refresh of the same token were stored as one number. The worker took
+/// the stored pair for its own, handed its unwritten (and deleted) access
+/// token to a herd of callers, and every one of them got a 401. A late
+/// answer now adopts the pair stored since.
+#[test]
+fn a_late_answer_at_a_server_that_does_not_rotate_yields_to_the_pair_stored_since() {
+    sampled_without_violations(93);
+}
+
 /// Tier-2 seeds 1013806 and 1047247 (U2, found by deep runs): a process
 /// restarted after its wall clock was set back (5½ and 6 minutes) read a
 /// stored token by that clock as fresh, and handed it out though it was

@@ -90,9 +90,11 @@ impl Session {
     /// what this session last knew the store held (its own tokens, or what it
     /// last read there): once a logout elsewhere emptied the store,
     /// generations start again from whoever logs in next, so a number alone
-    /// cannot tell. The same refresh token under another number is the same
-    /// rotation (a grace replay of one pair): this session's view of it is
-    /// kept, as it may know an earlier presentation, and so an earlier death.
+    /// cannot tell. The very pair held under another number is no newer (a
+    /// grace replay of one pair, or a process that read it back): this
+    /// session's view of it is kept, as it may know an earlier presentation,
+    /// and so an earlier death. The same refresh token with another access
+    /// token is a later refresh at a server that does not rotate.
     ///
     /// A failed write leaves the store unknown, but not wholly: it holds the
     /// tokens written, or (if the write never landed, as a fenced one never
@@ -105,26 +107,20 @@ impl Session {
     /// the user's latest word (U9, tier-2 seed 1007077), unless that rotation
     /// was answered under a lock lost since (`on_store_locked`).
     pub(super) fn written_since(&self, tokens: &TokenSet, stored: &StoredSession) -> bool {
-        let same_rotation = stored.refresh_token.as_ref().is_some_and(|stored| tokens.holds_refresh(stored));
         // The very pair held, written again under another number (by a
         // process that read it back): nothing newer. Adopting it would answer
         // a forced refresh with the token held before it asked (U5; the
         // `shared_session_ops` regression input `the-pair-held-renumbered-is-not-newer`).
-        let same_access = match (&stored.access_token, &tokens.access) {
-            (Some(theirs), Some(ours)) => theirs.same_as(ours),
-            (theirs, ours) => theirs.is_none() && ours.is_none(),
-        };
-        if same_rotation && same_access {
+        if tokens.same_pair(stored) {
             return false;
         }
         let same_login = tokens.lineage.is_some() && stored.lineage == tokens.lineage;
         let known = if same_login { self.store.last_known() } else { self.store.holds };
         let changed_since_known = match known {
-            Holds::Session(known) => known == tokens.generation || (known != stored.generation && !same_rotation),
+            Holds::Session(known) => known == tokens.generation || known != stored.generation,
             Holds::Unknown | Holds::Empty => false,
         };
-        !tokens.stored_as(stored)
-            && !self.holds_what_ours_rotated(tokens, stored)
+        !self.holds_what_ours_rotated(tokens, stored)
             && (rotated_past(tokens, stored)
                 || stored.generation > tokens.generation
                 || (self.locks_store() && changed_since_known))

@@ -40,7 +40,21 @@ impl TokenSet {
 
     /// Whether `stored` is these tokens, as this session wrote or read them.
     pub(super) fn stored_as(&self, stored: &StoredSession) -> bool {
-        stored.generation == self.generation && same_refresh(&stored.refresh_token, &self.refresh)
+        stored.generation == self.generation && self.same_pair(stored)
+    }
+
+    /// Whether `stored` holds this very pair, whatever its number. The
+    /// access token counts: a server that does not rotate answers every
+    /// refresh with the same refresh token and a new access token, so two
+    /// processes may hold one refresh token under one number with different
+    /// access tokens (tier-1 seeds 1310 and 1337: the other process's pair
+    /// was taken for this one's, which was then handed out unstored, C3).
+    pub(super) fn same_pair(&self, stored: &StoredSession) -> bool {
+        let same_access = match (&stored.access_token, &self.access) {
+            (Some(theirs), Some(ours)) => theirs.same_as(ours),
+            (theirs, ours) => theirs.is_none() && ours.is_none(),
+        };
+        same_access && same_refresh(&stored.refresh_token, &self.refresh)
     }
 
     /// Whether these tokens may serve a waiter with `needs`, while cycle
