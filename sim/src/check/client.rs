@@ -522,7 +522,10 @@ impl ClientMonitor {
                 self.violate(Invariant::U5, now, detail);
             }
         }
-        if !self.durable.contains(&grant.generation) {
+        // By the tokens, not their number: two processes number their
+        // sessions apart, and a number another process stored says nothing
+        // of this one's unstored tokens.
+        if !self.first_durable.contains_key(&access) {
             self.violate(Invariant::C3, now, format!("handed out {} before the store held it", grant.generation));
         }
         if self.logged_out.is_some() {

@@ -134,6 +134,26 @@ fn c3_catches_a_grant_before_the_store_held_it() {
 }
 
 #[test]
+fn c3_catches_a_grant_of_tokens_stored_only_under_their_number() {
+    // The store holds g1 (another login's tokens); this session then hands
+    // out its own g1, whose tokens it never wrote: the same number says
+    // nothing of them.
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.event(t(10), &Event::TokenWanted { caller: CallerId(1) });
+    let mut unstored = grant(1, None);
+    unstored.access_token = AccessToken::new("a-unstored");
+    m.command(t(10), &Command::Grant { callers: [CallerId(1)].into(), grant: unstored });
+    assert_eq!(found(m.violations()), vec![Invariant::C3]);
+    // The tokens the store holds pass.
+    let mut m = monitor();
+    load(&mut m, 1);
+    m.event(t(10), &Event::TokenWanted { caller: CallerId(1) });
+    m.command(t(10), &Command::Grant { callers: [CallerId(1)].into(), grant: grant(1, None) });
+    assert_eq!(found(m.violations()), vec![]);
+}
+
+#[test]
 fn u1_catches_an_answer_the_state_does_not_show_yet() {
     let mut m = monitor();
     load(&mut m, 1);
