@@ -737,6 +737,35 @@ fn a_late_success_for_an_earlier_attempt_is_adopted_and_its_straggler_waited_for
     assert_eq!(h.last_refresh().1, "r2");
 }
 
+/// Tier-1 seed 9220947 (L2): a refresh was out when the machine slept; it
+/// woke past the attempt's deadline (the retry's backoff began), slept
+/// again, and woke to the backoff's end and the answer at once. The timer
+/// came first: the retry presented the token the waiting answer had
+/// rotated, outside the server's grace, and reuse detection ended the
+/// family. An attempt whose deadline was slept through now counts as in
+/// flight for a window from each wake.
+#[test]
+fn a_deadline_slept_through_leaves_the_waiting_answer_first_go() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    let (first, ..) = h.last_refresh();
+    // Two wakes, far past the attempt's deadline and the backoff's end.
+    for wake in [64, 128] {
+        h.executor.now = MonoTime::from_secs(wake);
+        let out = h.fire(h.now());
+        assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::SendRefresh { .. }))), "at {wake} s: {out:?}");
+    }
+    h.answer(first, success("a2", Some("r2"), 300));
+    persisted(&mut h);
+    assert_eq!(sends(h.log()), 1, "r1 was presented again");
+    assert_eq!(h.session().state(), &StateView::Valid { generation: Generation(2), renewal: Renewal::Ready });
+    // A retry after a deadline the process was awake for goes out as before.
+    h.handle(Event::Unauthorized { caller: CallerId(2), generation: Generation(2) });
+    let deadline = h.session().poll_timeout().unwrap().at;
+    h.advance_to(deadline.saturating_add(Duration::from_secs(1)));
+    assert_eq!(sends(h.log()), 3, "no retry after an awake deadline");
+}
+
 #[test]
 fn logout_revokes_clears_and_fails_everyone() {
     let mut h = Harness::loaded(config(), None);

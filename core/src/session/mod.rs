@@ -598,12 +598,21 @@ impl Session {
 
     /// Fires whatever timers are due at `now`. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: MonoTime) {
+        // Timers slept through (a suspend, a stalled process) fire on waking
+        // beside inputs that came meanwhile: an answer to an attempt whose
+        // deadline passed in the sleep may be waiting to be read. Such an
+        // attempt counts as in flight for a window from the wake, so that no
+        // retry presents its token first (L2, tier-1 seed 9220947: the
+        // retry presented a token the waiting answer had rotated, outside
+        // the server's grace, and reuse detection ended the family).
+        let woke_late = self.poll_timeout().is_some_and(|due| due.at.saturating_add(LATE_ANSWER_WINDOW) < now);
         self.advance(now);
         let now = self.now;
         self.fail_expired_waiters();
-        if self.straggler.is_some_and(|(_, deadline)| deadline <= now) {
-            self.straggler = None;
-        }
+        self.straggler = match self.straggler {
+            Some((id, _)) if woke_late => Some((id, now.saturating_add(LATE_ANSWER_WINDOW))),
+            straggler => straggler.filter(|(_, deadline)| now < *deadline),
+        };
         let due = match &self.state {
             State::Refreshing(_, cycle) => match cycle.phase {
                 Phase::InFlight { id, deadline } => (deadline <= now).then_some(Some(id)),
@@ -615,14 +624,15 @@ impl Session {
         match due {
             Some(Some(timed_out)) => {
                 self.attempt_failed(AttemptFailure::Transport(TransportFailure::Timeout), true, None);
-                if !matches!(self.state, State::Refreshing(..)) {
-                    // The cycle ended on this deadline, but the driver's own
-                    // timeout fires just after it, and after a suspend both
-                    // fire on waking beside an answer already received: until
-                    // the attempt is reported or the window closes, it counts
-                    // as in flight, and a shared store's lock stays held for
-                    // its answer. Unlocked at once, another process would
-                    // present the token that answer rotated (L2).
+                if woke_late || !matches!(self.state, State::Refreshing(..)) {
+                    // The cycle ended on this deadline (or it was slept
+                    // through), but the driver's own timeout fires just after
+                    // it, and after a suspend both fire on waking beside an
+                    // answer already received: until the attempt is reported
+                    // or the window closes, it counts as in flight, and a
+                    // shared store's lock stays held for its answer. Unlocked
+                    // at once, another process would present the token that
+                    // answer rotated (L2).
                     self.straggler = Some((timed_out, now.saturating_add(LATE_ANSWER_WINDOW)));
                 }
             }
