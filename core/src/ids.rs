@@ -42,7 +42,11 @@ id!(
 );
 id!(
     /// Names one token set. Each new set (refresh, login, or one adopted from the
-    /// store) has a higher generation than the one it replaces.
+    /// store) has a higher generation than the one it replaces. Numbers order
+    /// the tokens of one process's session, nothing more: processes sharing a
+    /// store number apart (two may each hold a g7 with different tokens), and
+    /// after another process logs out and in again the stored numbers start
+    /// over, so an app may see a lower generation follow a higher one.
     Generation,
     "g"
 );
