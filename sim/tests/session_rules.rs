@@ -766,6 +766,25 @@ fn a_deadline_slept_through_leaves_the_waiting_answer_first_go() {
     assert_eq!(sends(h.log()), 3, "no retry after an awake deadline");
 }
 
+/// A driver that fires its timers late every time (one that polls every
+/// few seconds instead of arming a timer) looks like one waking from a
+/// suspend at every call: the window restarted at each wake must not hold
+/// an abandoned attempt in flight forever, or no retry would ever go out.
+#[test]
+fn a_driver_that_is_always_late_still_retries() {
+    let mut h = Harness::loaded(config(), None);
+    h.handle(Event::Unauthorized { caller: CallerId(1), generation: Generation(1) });
+    for poll in 1..=20 {
+        h.executor.now = MonoTime::from_secs(10 + 5 * poll);
+        h.fire(h.now());
+        if sends(h.log()) > 1 {
+            assert!(poll <= 5, "the retry waited {poll} polls");
+            return;
+        }
+    }
+    panic!("no retry in 20 polls 5 s apart");
+}
+
 #[test]
 fn logout_revokes_clears_and_fails_everyone() {
     let mut h = Harness::loaded(config(), None);

@@ -96,6 +96,11 @@ pub struct Session {
     /// ended its cycle: it counts as in flight until answered or past its
     /// deadline, so no new refresh starts alongside it (C1).
     straggler: Option<(RefreshId, MonoTime)>,
+    /// How many wakes have restarted the straggler's window, at most
+    /// [`MAX_STRAGGLER_WAKES`]: a driver late at every call (one that polls
+    /// rather than arms a timer) looks like one waking at every call, and
+    /// would otherwise hold the straggler in flight forever.
+    straggler_wakes: u8,
     /// Refresh cycles started so far; the running one, if any, is this number.
     cycles_started: u64,
     /// The token endpoint's latest DPoP nonce: the next proofs carry it.
@@ -130,6 +135,11 @@ const MAX_REPLACED_GRANTS: usize = 4;
 /// the machine's, and for an answer read on waking from a suspend; short
 /// enough that a lost answer holds nobody back for long.
 const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(1);
+
+/// The most wakes an abandoned attempt's answer window restarts for: two
+/// cover a sleep ended and begun again before the answer was read (tier-1
+/// seed 9220947), and a driver always late still retries within a few calls.
+const MAX_STRAGGLER_WAKES: u8 = 2;
 
 /// The most revocations a logout waits for; past it, the oldest is not waited for.
 const MAX_REVOCATIONS_AWAITED: usize = 8;
@@ -474,6 +484,7 @@ impl Session {
             },
             last_generation: Generation(0),
             straggler: None,
+            straggler_wakes: 0,
             cycles_started: 0,
             dpop_nonce: None,
             nonce_retries: 0,
@@ -610,7 +621,10 @@ impl Session {
         let now = self.now;
         self.fail_expired_waiters();
         self.straggler = match self.straggler {
-            Some((id, _)) if woke_late => Some((id, now.saturating_add(LATE_ANSWER_WINDOW))),
+            Some((id, _)) if woke_late && self.straggler_wakes < MAX_STRAGGLER_WAKES => {
+                self.straggler_wakes += 1;
+                Some((id, now.saturating_add(LATE_ANSWER_WINDOW)))
+            }
             straggler => straggler.filter(|(_, deadline)| now < *deadline),
         };
         let due = match &self.state {
@@ -633,7 +647,7 @@ impl Session {
                     // shared store's lock stays held for its answer. Unlocked
                     // at once, another process would present the token that
                     // answer rotated (L2).
-                    self.straggler = Some((timed_out, now.saturating_add(LATE_ANSWER_WINDOW)));
+                    self.abandon(timed_out, now.saturating_add(LATE_ANSWER_WINDOW));
                 }
             }
             Some(None) => self.send_next_attempt(),

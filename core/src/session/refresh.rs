@@ -495,8 +495,15 @@ impl Session {
         if let State::Refreshing(_, Cycle { phase: Phase::InFlight { id, deadline }, .. }) = &self.state
             && Some(*id) != answered
         {
-            self.straggler = Some((*id, *deadline));
+            self.abandon(*id, *deadline);
         }
+    }
+
+    /// Attempt `id` is abandoned in flight: it counts as in flight until
+    /// answered or `until` (C1).
+    pub(super) fn abandon(&mut self, id: RefreshId, until: MonoTime) {
+        self.straggler = Some((id, until));
+        self.straggler_wakes = 0;
     }
 
     pub(super) fn start_cycle(&mut self) {
