@@ -92,9 +92,10 @@ pub struct Session {
     outbox: Outbox,
     /// The highest generation this machine has seen or made.
     last_generation: Generation,
-    /// An attempt abandoned in flight when an earlier attempt's late success
-    /// ended its cycle: it counts as in flight until answered or past its
-    /// deadline, so no new refresh starts alongside it (C1).
+    /// An attempt abandoned in flight (an earlier attempt's late success
+    /// ended its cycle, or its deadline ended the cycle or passed in a
+    /// sleep): it counts as in flight until answered or past its window, so
+    /// no new refresh starts alongside it (C1).
     straggler: Option<(RefreshId, MonoTime)>,
     /// How many wakes have restarted the straggler's window, at most
     /// [`MAX_STRAGGLER_WAKES`]: a driver late at every call (one that polls
