@@ -180,6 +180,9 @@ struct Process {
     /// A process that resumed runs at least until then before it can stall
     /// again: it first handles what arrived while it stood still.
     stall_free_until: MonoTime,
+    /// When this process's session last ended (the logout judged then): a
+    /// caller told so, whose user has logged in again since, is owed a token.
+    logged_out_at: Option<MonoTime>,
 }
 
 /// A process's view of time: the machine's monotonic clock stops while it
@@ -399,6 +402,7 @@ impl World {
                     held_fence: None,
                     paused_until: None,
                     stall_free_until: MonoTime::ZERO,
+                    logged_out_at: None,
                 }
             })
             .collect();

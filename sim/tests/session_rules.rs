@@ -70,6 +70,14 @@ impl Harness {
         Self::loaded_from(config, stored(1, "r1", None), lifetime)
     }
 
+    /// A session that found the store empty: no session until a login.
+    fn empty(config: SessionConfig) -> Self {
+        let mut h = Self::new(config);
+        let op = h.load_op();
+        h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
+        h
+    }
+
     /// Loaded from `stored`, its access token freshly issued for `lifetime`.
     fn loaded_from(config: SessionConfig, mut stored: StoredSession, lifetime: Option<Duration>) -> Self {
         let mut h = Self::new(config);
@@ -233,9 +241,7 @@ fn stored(generation: u64, refresh: &str, access_expires_at: Option<UnixTime>) -
 /// `login` writes them: which login tokens descend from is the machine's own
 /// record, kept only in blobs it wrote.
 fn descended_from(login: &str, stored: StoredSession) -> StoredSession {
-    let mut h = Harness::new(config());
-    let op = h.load_op();
-    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
+    let mut h = Harness::empty(config());
     let new =
         NewSession::issued(AccessToken::new("a-login"), Duration::from_secs(60), RefreshToken::new(login), h.now());
     h.handle(Event::LoggedIn { caller: CallerId(1), session: new });
@@ -1444,9 +1450,7 @@ fn a_lock_lost_while_an_attempt_is_out_sends_no_second_attempt_until_the_first_i
 /// cleared what another process had written meanwhile (C4).
 #[test]
 fn a_logout_whose_pending_write_was_fenced_clears_the_store_under_a_new_lock() {
-    let mut h = Harness::new(shared());
-    let op = h.load_op();
-    h.handle(Event::StoreLoaded { op, stored: None, unix_now: UnixTime::from_secs(UNIX_ZERO), boot_now: None });
+    let mut h = Harness::empty(shared());
     h.log_in(90);
     let op = lock_op(&h);
     // The store is empty under the lock: the login is written into it.
@@ -1683,6 +1687,45 @@ fn a_login_whose_failed_write_finds_the_earlier_login_rotated_is_still_written()
         out.iter().any(|c| matches!(c, Command::LoginStored { generation, .. } if *generation == session.generation)),
         "{out:?}"
     );
+}
+
+/// Tier-1 seed 10070490 (C2): a login into an empty store stalled with its
+/// write out; the write landed though reported failed, another process took
+/// the lock, refreshed the login twice and, its family ended, emptied the
+/// store. This process's retry was fenced, and under its next lock the store
+/// was empty. Writing the login back and refreshing it presented a token
+/// whose successor the store had held. Whether the write landed cannot be
+/// told from an empty store, so the login counts as ended elsewhere and its
+/// caller is told so. Fenced only, the write never landed: the login is
+/// written as ever.
+#[test]
+fn a_login_whose_failed_write_may_have_landed_finds_the_store_emptied_and_has_ended() {
+    let relocked_empty_after = |failures: &[StoreError]| {
+        let mut h = Harness::empty(shared());
+        h.log_in(90);
+        let op = lock_op(&h);
+        locked(&mut h, op, None);
+        for error in failures {
+            let (write, _) = h.last_persist();
+            h.handle(Event::StoreFailed { op: write, error: error.clone() });
+            h.advance_to(h.now().saturating_add(Duration::from_secs(2)));
+        }
+        let op = lock_op(&h);
+        let out = locked(&mut h, op, None);
+        (h, out)
+    };
+    let (h, out) = relocked_empty_after(&[StoreError::Unavailable, StoreError::Fenced]);
+    assert!(!out.iter().any(|c| matches!(c, Command::Io(Io::Persist { .. }))), "wrote the login back: {out:?}");
+    assert_eq!(sends(h.log()), 0, "presented the login's token: {:?}", h.log());
+    assert!(
+        failed(&out).contains(&(CallerId(90), FailReason::LoggedOut(LogoutCause::EndedElsewhere))),
+        "the login's caller is told its session ended: {out:?}"
+    );
+    assert_eq!(h.session().state().logout_cause(), Some(LogoutCause::EndedElsewhere));
+    // Fenced only: the login never landed, and is written.
+    let (h, _) = relocked_empty_after(&[StoreError::Fenced]);
+    assert_eq!(h.last_persist().1.refresh_token.unwrap().expose_secret(), "r-login");
+    assert!(h.session().state().logout_cause().is_none());
 }
 
 /// Whether `out` hands the access token `access` to a caller or publishes it.

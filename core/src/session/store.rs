@@ -192,6 +192,17 @@ impl Session {
             None if held.answered_unlocked && matches!(self.store.last_known(), Holds::Session(_)) => {
                 self.log_out(LogoutCause::EndedElsewhere);
             }
+            // A login whose write may have landed though reported failed,
+            // under a lock another process took since, finds the store empty:
+            // that process may have read the login, rotated it and logged out
+            // (the only way a store is emptied). Writing the login back and
+            // refreshing it would present a token whose successor the store
+            // held (C2, tier-1 seed 10070490). Whether the write landed cannot
+            // be told now, so the login counts as ended elsewhere: the user
+            // logs in again, which is safe either way.
+            None if held.from_login && held.write_may_have_landed && held.answered_unlocked => {
+                self.log_out(LogoutCause::EndedElsewhere);
+            }
             stored => {
                 let same = stored.as_ref().is_some_and(|s| held.stored_as(s));
                 match &stored {

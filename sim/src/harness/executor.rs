@@ -112,6 +112,7 @@ impl World {
                 evidence.revoked |= self.revoked_by_the_app.explains(evidence.refusal);
                 let judged = judge_logout(&self.config.session, &self.config.authority, &cause, evidence, self.now);
                 self.extra.extend(judged.err());
+                self.process_mut(p).logged_out_at = Some(self.now);
                 // The user logs in again a while later, so the run goes on.
                 if self.config.demand.is_some() {
                     let at = self.now.saturating_add(Duration::from_secs(30));

@@ -43,8 +43,15 @@ impl World {
         let mut again = false;
         for p in processes.clone() {
             let caller = last.get(p).copied().unwrap_or(CallerId(0));
-            let logged_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))))
-                && self.session_of(p).state().needs_login();
+            let told_logged_out = matches!(self.outcome(caller), Some(CallerOutcome::Failed(FailReason::LoggedOut(_))));
+            let needs_login = self.session_of(p).state().needs_login();
+            let logged_out = told_logged_out && needs_login;
+            // The session ended after the caller asked (a refresh already out
+            // was refused: tier-1 seed 10327160, a rotation lost in a crash
+            // before healing), and the user's login landed before this check.
+            // The logout was judged; the session goes on, so ask again.
+            let logged_in_since =
+                told_logged_out && !needs_login && self.process(p).logged_out_at.is_some_and(|at| at >= last_call_at);
             // Nothing but the user can renew these: no refresh token left, or
             // the server asked for the user's interaction.
             let ran_out = matches!(
@@ -56,6 +63,11 @@ impl World {
                 // revoked, or ended by another process); the logout was judged
                 // when it happened. A fresh login must then work.
                 self.log_in_at(p);
+                if let Some(slot) = last.get_mut(p) {
+                    *slot = self.want_token_at(p);
+                }
+                again = true;
+            } else if logged_in_since {
                 if let Some(slot) = last.get_mut(p) {
                     *slot = self.want_token_at(p);
                 }

@@ -357,7 +357,12 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// number, and one process took the other's pair for its own and handed out
 /// its unwritten access token (C3). 9220947, in a fresh run from
 /// 9,200,000: a refresh's deadline slept through twice, and the retry sent
-/// on waking before the answer already waiting was read (L2).
+/// on waking before the answer already waiting was read (L2). From
+/// 9,690,000: 10070490, a login whose write landed though reported failed,
+/// rotated and ended elsewhere, then written back into the emptied store and
+/// its spent token presented (C2); 10327160, a last caller told of a logout
+/// (a rotation lost in a crash) whose user had logged in again before the
+/// check, which the world counted unserved (C5, the world's error).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
     const ONCE_FAILED: &[u64] = &[
@@ -388,6 +393,8 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         1_337,
         1_672,
         9_220_947,
+        10_070_490,
+        10_327_160,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
