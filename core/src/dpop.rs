@@ -78,6 +78,9 @@ struct KeyPair {
     /// The public key as a JWK with only its required members, in the order
     /// RFC 7638 hashes them: the proof header's `jwk` and the thumbprint's input.
     public_jwk: OnceLock<String>,
+    /// The JWK thumbprint, hashed once: a key names itself often (traces,
+    /// bindings), and each hash would cost more than the rest of a lookup.
+    thumbprint: OnceLock<String>,
     /// A signer for this key that an adapter made ([`DpopKey::adapter_signer`]),
     /// kept with the key so that it is made once.
     adapter_signer: OnceLock<Box<dyn Any + Send + Sync>>,
@@ -123,6 +126,7 @@ impl DpopKey {
             secret,
             signing: OnceLock::new(),
             public_jwk: OnceLock::new(),
+            thumbprint: OnceLock::new(),
             adapter_signer: OnceLock::new(),
         })))
     }
@@ -150,7 +154,8 @@ impl DpopKey {
     /// The JWK SHA-256 thumbprint (RFC 7638), base64url: what a server binds
     /// tokens to (`cnf.jkt`), and a name for the key in traces.
     pub fn thumbprint(&self) -> String {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.public_jwk().as_bytes()))
+        let pair = &self.0;
+        pair.thumbprint.get_or_init(|| URL_SAFE_NO_PAD.encode(Sha256::digest(pair.public_jwk().as_bytes()))).clone()
     }
 
     /// A proof for one request, signed here: deterministic (RFC 6979), so

@@ -37,7 +37,7 @@ use freshen_core::time::{BootId, BootTime, MonoTime, SleepDetector, UnixTime};
 use freshen_core::token::{RefreshToken, TokenType};
 
 use crate::executor::Watched;
-use crate::world::{Faults, LoginGrant, Start, Tally, WorldConfig, dpop_key_from};
+use crate::world::{Faults, LoginGrant, PooledDpopKeys, Start, Tally, WorldConfig};
 pub use config::{CLIENT_ID, Fate, StoreFate};
 use queue::Queue;
 
@@ -265,8 +265,8 @@ pub struct World {
     config: WorldConfig,
     seed: u64,
     rng: SplitMix64,
-    /// Where the world's DPoP keys come from (see [`dpop_key_from`]).
-    dpop_keys: SplitMix64,
+    /// Where the world's DPoP keys come from.
+    dpop_keys: PooledDpopKeys,
     /// Every key the world's logins made, as first made. A process reads
     /// its key back from the store as a new value, which would work out its
     /// public key again (a scalar multiplication) for the thumbprint the
@@ -369,7 +369,7 @@ impl World {
         let now = MonoTime::ZERO;
         // Keys come from a generator of their own: a world that binds draws
         // nothing from the others.
-        let mut dpop_keys = SplitMix64::new(seed ^ 0xD90F_5EED_0000_0001);
+        let mut dpop_keys = PooledDpopKeys::starting_at(SplitMix64::new(seed ^ 0xD90F_5EED_0000_0001).next_u64());
         let mut keys_made = Vec::new();
         let blob = (config.start != Start::Empty).then(|| {
             let issued = authority.login(now, CLIENT_ID, None);
@@ -379,7 +379,7 @@ impl World {
             if config.start_on_this_boot {
                 stored.access_expires_boot = Some(boot_at(now.saturating_add(expires_in)));
             }
-            let stored = match config.dpop.then(|| dpop_key_from(&mut dpop_keys)) {
+            let stored = match config.dpop.then(|| dpop_keys.next_key()) {
                 Some(key) => {
                     authority.bind(now, family, &key.thumbprint());
                     keys_made.push(key.clone());

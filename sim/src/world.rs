@@ -13,6 +13,7 @@
 
 use core::time::Duration;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use freshen_core::dpop::DpopKey;
 use freshen_core::rng::SplitMix64;
@@ -99,6 +100,44 @@ pub fn dpop_key_from(keys: &mut SplitMix64) -> DpopKey {
     }
     // Eight invalid draws in a row do not happen; a fixed valid key keeps the world going.
     DpopKey::from_bytes(&[7; 32]).unwrap_or_else(|_| unreachable!("seven is a valid P-256 scalar"))
+}
+
+/// How many DPoP keys tier 1's worlds share. Making a key's public half is a
+/// scalar multiplication (about 1.6 M instructions): while every login made
+/// a key of its own, that was 13 % of a tier-1 campaign's instructions. The
+/// pool's keys are made once per process, when first taken. A world takes
+/// consecutive keys from a start of its own, so its keys are distinct unless
+/// it logs in more than this many times.
+const DPOP_KEY_POOL: usize = 256;
+
+/// A world's DPoP keys: consecutive keys of the process's pool (see
+/// [`DPOP_KEY_POOL`]) from a start the world drew. Which key a login binds
+/// to is a name only; that two logins of one world never share one is what
+/// the binding checks need.
+#[derive(Debug)]
+pub struct PooledDpopKeys {
+    next: usize,
+}
+
+impl PooledDpopKeys {
+    /// The keys from pool position `draw` (modulo the pool's size) on.
+    pub fn starting_at(draw: u64) -> Self {
+        Self { next: (draw % DPOP_KEY_POOL as u64) as usize }
+    }
+
+    /// The next key: made the first time any world in this process takes it.
+    pub fn next_key(&mut self) -> DpopKey {
+        static POOL: [OnceLock<DpopKey>; DPOP_KEY_POOL] = [const { OnceLock::new() }; DPOP_KEY_POOL];
+        let index = self.next % DPOP_KEY_POOL;
+        self.next = (index + 1) % DPOP_KEY_POOL;
+        let make = || {
+            let key = dpop_key_from(&mut SplitMix64::new(0xD90F_9001_u64 ^ index as u64));
+            // Worked out here, once: every world's binding names the key by it.
+            key.thumbprint();
+            key
+        };
+        POOL.get(index).map_or_else(make, |slot| slot.get_or_init(make).clone())
+    }
 }
 
 /// Every client host's ephemeral ports in tier 2, unless a world says otherwise.

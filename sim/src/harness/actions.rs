@@ -33,7 +33,7 @@ impl World {
             return;
         };
         // A bound login proved a key of its own, which the family is bound to.
-        let key = self.config.dpop.then(|| dpop_key_from(&mut self.dpop_keys));
+        let key = self.config.dpop.then(|| self.dpop_keys.next_key());
         if let Some(key) = &key {
             self.authority.bind(self.now, issued.family, &key.thumbprint());
             self.keys_made.push(key.clone());
