@@ -32,33 +32,56 @@ impl ScrubbedJson {
     pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
         serde_json::from_slice(bytes).ok().map(Self)
     }
+}
 
-    /// An object built by hand (to be encoded with [`ScrubbedJson::write_into`]).
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
+/// A value of a [`JsonField`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum JsonValue<'a> {
+    Text(&'a str),
+    Number(u64),
+}
 
-    /// Sets `key` to `value`.
-    pub(crate) fn insert(&mut self, key: &str, value: impl Into<Value>) {
-        self.0.insert(key.to_owned(), value.into());
-    }
+/// One member of an object written by [`write_object`]: its key and value,
+/// if present.
+pub(crate) type JsonField<'a> = (&'static str, Option<JsonValue<'a>>);
 
-    /// Encodes the object into a buffer of `capacity` bytes, which must bound
-    /// its encoding (see [`json_bound`]), so the buffer is never reallocated.
-    pub(crate) fn write_into(&self, capacity: usize) -> SecretString {
-        let mut buffer = Vec::with_capacity(capacity);
-        match serde_json::to_writer(&mut buffer, &self.0) {
-            Ok(()) => debug_assert_eq!(buffer.capacity(), capacity, "json_bound was not a bound"),
-            // Unreachable: a map of JSON values always encodes into a Vec.
-            Err(_) => buffer.zeroize(),
+/// Writes the object of the present `fields`, in their order, straight into
+/// one buffer sized from an upper bound ([`json_bound`]) and then made a
+/// secret: nothing is built in between, and the buffer never grows, so no
+/// copy of a token is left behind.
+pub(crate) fn write_object(fields: &[JsonField<'_>]) -> SecretString {
+    let present = || fields.iter().filter_map(|(key, value)| value.map(|value| (*key, value)));
+    let texts = present().flat_map(|(key, value)| match value {
+        JsonValue::Text(text) => [Some(key), Some(text)],
+        JsonValue::Number(_) => [Some(key), None],
+    });
+    let capacity = json_bound(texts.flatten(), fields.len());
+    let mut buffer = Vec::with_capacity(capacity);
+    let mut written = Ok(());
+    buffer.push(b'{');
+    for (index, (key, value)) in present().enumerate() {
+        if index > 0 {
+            buffer.push(b',');
         }
-        match String::from_utf8(buffer) {
-            Ok(text) => into_secret(text),
-            // Unreachable: serde_json writes UTF-8.
-            Err(error) => {
-                error.into_bytes().zeroize();
-                SecretString::default()
-            }
+        written = written.and_then(|()| serde_json::to_writer(&mut buffer, key));
+        buffer.push(b':');
+        written = written.and_then(|()| match value {
+            JsonValue::Text(text) => serde_json::to_writer(&mut buffer, text),
+            JsonValue::Number(number) => serde_json::to_writer(&mut buffer, &number),
+        });
+    }
+    buffer.push(b'}');
+    match written {
+        Ok(()) => debug_assert_eq!(buffer.capacity(), capacity, "json_bound was not a bound"),
+        // Unreachable: strings and numbers always encode into a Vec.
+        Err(_) => buffer.zeroize(),
+    }
+    match String::from_utf8(buffer) {
+        Ok(text) => into_secret(text),
+        // Unreachable: serde_json writes UTF-8.
+        Err(error) => {
+            error.into_bytes().zeroize();
+            SecretString::default()
         }
     }
 }
@@ -132,24 +155,32 @@ mod tests {
     #[test]
     fn an_object_round_trips_within_its_bound() {
         let token = "tok\"en\u{1}";
-        let mut object = ScrubbedJson::new();
-        object.insert("access_token", token);
-        object.insert("generation", 7);
-        let encoded = object.write_into(json_bound(["access_token", token], 1));
+        let fields = [
+            ("access_token", Some(JsonValue::Text(token))),
+            ("absent", None),
+            ("generation", Some(JsonValue::Number(7))),
+        ];
+        let encoded = write_object(&fields);
+        assert_eq!(encoded.expose_secret(), r#"{"access_token":"tok\"en\u0001","generation":7}"#);
         let parsed = ScrubbedJson::parse(encoded.expose_secret().as_bytes()).unwrap();
         assert_eq!(parsed.get("access_token").and_then(Value::as_str), Some(token));
+        assert_eq!(write_object(&[]).expose_secret(), "{}");
     }
 
     proptest::proptest! {
         #[test]
         fn the_bounds_hold_for_any_text(text in ".{0,64}", bytes in proptest::collection::vec(0u8..32, 0..64)) {
             let controls = String::from_utf8(bytes).unwrap();
-            let mut object = ScrubbedJson::new();
-            object.insert("a", text.as_str());
-            object.insert(&controls, controls.as_str());
-            object.insert("n", u64::MAX);
-            let encoded = serde_json::to_vec(&*object).unwrap();
-            proptest::prop_assert!(encoded.len() <= json_bound(["a", &text, &controls, &controls], 1));
+            // `write_object` itself asserts (in debug builds) that its buffer never grew.
+            let fields = [
+                ("a", Some(JsonValue::Text(&text))),
+                ("b", Some(JsonValue::Text(&controls))),
+                ("n", Some(JsonValue::Number(u64::MAX))),
+            ];
+            let encoded = write_object(&fields);
+            let parsed = ScrubbedJson::parse(encoded.expose_secret().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(parsed.get("b").and_then(Value::as_str), Some(controls.as_str()));
+            proptest::prop_assert!(encoded.expose_secret().len() <= json_bound(["a", &text, "b", &controls, "n"], 3));
             let form: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair(&text, &controls)
                 .finish();

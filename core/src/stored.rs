@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::dpop::{DpopKey, KEY_BYTES};
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
-use crate::scrub::{ScrubbedJson, json_bound};
+use crate::scrub::{JsonValue, ScrubbedJson, write_object};
 use crate::time::{BootId, BootTime, UnixTime};
 use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
@@ -173,43 +173,33 @@ impl StoredSession {
     /// Encodes the blob (schema [`SCHEMA_VERSION`]). It holds tokens, so it
     /// comes back as a secret.
     pub fn encode(&self) -> SecretString {
-        // Wiped when it drops, and written into a buffer sized up front: no
-        // copy of a token is left behind (see `scrub`).
-        let mut object = ScrubbedJson::new();
-        object.insert("v", SCHEMA_VERSION);
-        object.insert("generation", self.generation.0);
-        object.insert("token_type", self.token_type.as_str());
-        if let Some(access) = &self.access_token {
-            object.insert("access_token", access.expose_secret());
-        }
-        if let Some(at) = self.access_expires_at {
-            object.insert("access_expires_at_ms", millis(at.since_epoch()));
-        }
-        if let Some(at) = self.access_expires_boot {
-            object.insert("boot_id", at.boot().bits());
-            object.insert("access_expires_boot_ms", millis(at.since_boot()));
-        }
-        if let Some(lifetime) = self.access_lifetime {
-            object.insert("access_lifetime_ms", millis(lifetime));
-        }
-        if let Some(refresh) = &self.refresh_token {
-            object.insert("refresh_token", refresh.expose_secret());
-        }
-        if let Some(scope) = &self.scope {
-            object.insert("scope", scope.as_str());
-        }
         // Base64url of the secret scalar, in a buffer wiped when it drops.
         let mut key = Zeroizing::new(String::with_capacity(KEY_TEXT_BYTES));
         if let Some(dpop_key) = &self.dpop_key {
-            let secret = dpop_key.expose_secret_bytes();
-            URL_SAFE_NO_PAD.encode_string(secret.as_slice(), &mut key);
-            object.insert("dpop_key", key.as_str());
+            URL_SAFE_NO_PAD.encode_string(dpop_key.expose_secret_bytes().as_slice(), &mut key);
         }
-        if let Some(lineage) = self.lineage {
-            object.insert("lineage", lineage.bits());
+        fn text(value: Option<&str>) -> Option<JsonValue<'_>> {
+            value.map(JsonValue::Text)
         }
-        let texts = object.iter().flat_map(|(key, value)| [Some(key.as_str()), value.as_str()]).flatten();
-        object.write_into(json_bound(texts, object.len()))
+        let number = |value: Option<u64>| value.map(JsonValue::Number);
+        let expires_boot = self.access_expires_boot;
+        // Written straight into a buffer sized up front and wiped when it
+        // drops: no copy of a token is left behind (see `scrub`). The keys
+        // are in alphabetical order, as blobs have always been written.
+        write_object(&[
+            ("access_expires_at_ms", number(self.access_expires_at.map(|at| millis(at.since_epoch())))),
+            ("access_expires_boot_ms", number(expires_boot.map(|at| millis(at.since_boot())))),
+            ("access_lifetime_ms", number(self.access_lifetime.map(millis))),
+            ("access_token", text(self.access_token.as_ref().map(AccessToken::expose_secret))),
+            ("boot_id", number(expires_boot.map(|at| at.boot().bits()))),
+            ("dpop_key", text(self.dpop_key.as_ref().map(|_| key.as_str()))),
+            ("generation", number(Some(self.generation.0))),
+            ("lineage", number(self.lineage.map(Fingerprint::bits))),
+            ("refresh_token", text(self.refresh_token.as_ref().map(RefreshToken::expose_secret))),
+            ("scope", text(self.scope.as_deref())),
+            ("token_type", text(Some(self.token_type.as_str()))),
+            ("v", number(Some(SCHEMA_VERSION))),
+        ])
     }
 
     /// Decodes a blob written by [`StoredSession::encode`] of this or an
@@ -372,6 +362,32 @@ mod tests {
         ] {
             assert_eq!(StoredSession::decode(unreadable).unwrap().access_expires_boot, None);
         }
+    }
+
+    /// The bytes a blob with every field is written as: the same as before
+    /// blobs were written field by field (keys in alphabetical order, as
+    /// serde_json's map wrote them), so what stores hold does not change.
+    #[test]
+    fn a_blob_is_written_as_it_always_was() {
+        let mut stored = sample().with_dpop_key(DpopKey::from_bytes(&[7; 32]).unwrap());
+        stored.access_token = Some(AccessToken::new("canary-\"access\u{1}"));
+        stored.lineage = Some(RefreshToken::new("canary-login").fingerprint());
+        let at = BootTime::new(BootId::from_bits(u64::MAX - 7), Duration::from_millis(86_400_123));
+        stored.access_expires_boot = Some(at);
+        stored.generation = Generation(u64::MAX);
+        let written = concat!(
+            r#"{"access_expires_at_ms":1800003600000,"access_expires_boot_ms":86400123,"access_lifetime_ms":3600000,"#,
+            r#""access_token":"canary-\"access\u0001","boot_id":18446744073709551608,"#,
+            r#""dpop_key":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc","generation":18446744073709551615,"#,
+            r#""lineage":9793107416702638113,"refresh_token":"canary-refresh","scope":"read write","#,
+            r#""token_type":"DPoP","v":3}"#,
+        );
+        assert_eq!(stored.encode().expose_secret(), written);
+        let bare = StoredSession::refresh_only(RefreshToken::new("r"));
+        assert_eq!(
+            bare.encode().expose_secret(),
+            r#"{"generation":1,"refresh_token":"r","token_type":"Bearer","v":3}"#
+        );
     }
 
     #[test]
