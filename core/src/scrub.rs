@@ -18,8 +18,11 @@
 //! The `freed-memory` test crate checks all of this with an allocator that
 //! scans every freed block for canary tokens.
 
+use std::borrow::Cow;
+
 use secrecy::SecretString;
 use secrecy::zeroize::Zeroize;
+use serde_core::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// A parsed JSON object whose every string (keys included) is wiped when it
@@ -119,6 +122,139 @@ impl Drop for ScrubbedJson {
     }
 }
 
+/// A JSON value read by [`read_fields`]: a string or a number an object's
+/// field held, or what else it was. A string with escapes had to be copied
+/// out of the input: that copy is wiped when the value drops.
+#[derive(Debug)]
+pub(crate) enum Scalar<'a> {
+    Null,
+    Text(Cow<'a, str>),
+    /// A non-negative integer that fits in 64 bits.
+    Number(u64),
+    /// Anything else: another number, a boolean, an array or an object.
+    Other,
+}
+
+impl Scalar<'_> {
+    pub(crate) fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::Number(number) => Some(*number),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+}
+
+impl Drop for Scalar<'_> {
+    fn drop(&mut self) {
+        if let Self::Text(Cow::Owned(text)) = self {
+            text.zeroize();
+        }
+    }
+}
+
+/// The fields `names` of the JSON object `bytes`, in that order (`None`:
+/// absent; of a key given twice, the last). Other fields are skipped
+/// unread, and nothing is built for them: a stored blob is read this way
+/// without a map, a `String` per key, or a copy of an unescaped token.
+/// `None` when `bytes` are not one JSON object.
+pub(crate) fn read_fields<'a, const N: usize>(bytes: &'a [u8], names: &[&str; N]) -> Option<[Option<Scalar<'a>>; N]> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let fields = deserializer.deserialize_map(FieldsVisitor { names }).ok()?;
+    deserializer.end().ok()?;
+    Some(fields)
+}
+
+struct FieldsVisitor<'n, const N: usize> {
+    names: &'n [&'n str; N],
+}
+
+impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, N> {
+    type Value = [Option<Scalar<'de>>; N];
+
+    fn expecting(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = [const { None }; N];
+        while let Some(key) = map.next_key::<Scalar<'de>>()? {
+            let slot = key.as_str().and_then(|key| self.names.iter().position(|name| *name == key));
+            match slot.and_then(|index| fields.get_mut(index)) {
+                Some(field) => *field = Some(map.next_value::<Scalar<'de>>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_u64<E: de::Error>(self, number: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(number))
+    }
+
+    fn visit_i64<E: de::Error>(self, number: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(number).map_or(Scalar::Other, Scalar::Number))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+}
+
 /// An upper bound on the JSON encoding of an object whose string keys and
 /// values are `texts` plus at most `fields` numbers, `null`s and punctuation:
 /// each byte of a string escapes to at most six (`\u001f`).
@@ -186,6 +322,94 @@ mod tests {
                 .finish();
             proptest::prop_assert!(form.len() <= form_bound([text.as_str(), controls.as_str()]));
         }
+    }
+
+    /// What serde_json's own map says a field holds: the oracle for [`read_fields`].
+    fn as_the_map_reads_it(object: &Map<String, Value>, name: &str) -> Option<String> {
+        object.get(name).map(|value| match value {
+            Value::Null => "null".to_owned(),
+            Value::String(text) => format!("text {text:?}"),
+            Value::Number(number) if number.as_u64().is_some() => format!("number {number}"),
+            _ => "other".to_owned(),
+        })
+    }
+
+    fn as_read(scalar: Option<&Scalar<'_>>) -> Option<String> {
+        scalar.map(|scalar| match scalar {
+            Scalar::Null => "null".to_owned(),
+            Scalar::Text(text) => format!("text {:?}", text.as_ref()),
+            Scalar::Number(number) => format!("number {number}"),
+            Scalar::Other => "other".to_owned(),
+        })
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+            Just("18446744073709551616".to_owned()),
+            Just("1.0".to_owned()),
+            ".{0,12}".prop_map(|text| serde_json::to_string(&text).unwrap()),
+            Just(r#""tok\"en\u0041""#.to_owned()),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|members| {
+                    let members: Vec<String> = members.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever an object holds (any type, unknown and repeated keys,
+        /// escaped keys), each field reads as serde_json's map holds it; and
+        /// what is not one object is not read at all.
+        #[test]
+        fn fields_read_as_serde_jsons_map_holds_them(
+            members in proptest::collection::vec(
+                (proptest::prop_oneof![
+                    proptest::strategy::Just("v".to_owned()),
+                    proptest::strategy::Just("scope".to_owned()),
+                    proptest::strategy::Just("\\u0076".to_owned()),
+                    "[a-z]{1,2}",
+                ], json_value()),
+                0..8,
+            ),
+            top in json_value(),
+        ) {
+            let names = ["v", "scope", "a", "zz"];
+            let members: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let object = format!("{{{}}}", members.join(","));
+            for bytes in [object.as_bytes(), top.as_bytes()] {
+                let oracle: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
+                let read = read_fields(bytes, &names);
+                proptest::prop_assert_eq!(read.is_some(), oracle.is_some(), "{}", String::from_utf8_lossy(bytes));
+                if let (Some(read), Some(oracle)) = (read, oracle) {
+                    for (name, field) in names.iter().zip(&read) {
+                        proptest::prop_assert_eq!(as_read(field.as_ref()), as_the_map_reads_it(&oracle, name));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one difference from serde_json's map: nesting deeper than its
+    /// limit of 128 in a field that is skipped is skipped, not refused.
+    #[test]
+    fn a_deeply_nested_field_that_is_skipped_is_no_error() {
+        let deep = format!(r#"{{"v":3,"x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(serde_json::from_slice::<Map<String, Value>>(deep.as_bytes()).is_err());
+        let [v] = read_fields(deep.as_bytes(), &["v"]).unwrap();
+        assert_eq!(v.and_then(|v| v.as_u64()), Some(3));
+        assert!(read_fields(b"[1]", &["v"]).is_none());
+        assert!(read_fields(br#"{"v":1} trailing"#, &["v"]).is_none());
     }
 
     #[test]

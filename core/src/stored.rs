@@ -12,13 +12,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::SecretString;
 use secrecy::zeroize::Zeroizing;
-use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::dpop::{DpopKey, KEY_BYTES};
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
-use crate::scrub::{JsonValue, ScrubbedJson, write_object};
+use crate::scrub::{JsonValue, Scalar, read_fields, write_object};
 use crate::time::{BootId, BootTime, UnixTime};
 use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
@@ -210,7 +209,7 @@ impl StoredSession {
         if bytes.len() > MAX_BLOB_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        let object = ScrubbedJson::parse(bytes).ok_or(DecodeError::NotAnObject)?;
+        let object = read_fields(bytes, &FIELDS).map(Fields).ok_or(DecodeError::NotAnObject)?;
         let version = required(&object, "v")?.as_u64().ok_or(DecodeError::InvalidField("v"))?;
         if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
@@ -229,8 +228,8 @@ impl StoredSession {
         let access_lifetime = duration("access_lifetime_ms")?.filter(|_| version >= 2);
         // Advisory, like the lineage: one that cannot be read leaves the wall clock to go by.
         let access_expires_boot = match (
-            optional(&object, "boot_id").and_then(Value::as_u64),
-            optional(&object, "access_expires_boot_ms").and_then(Value::as_u64),
+            optional(&object, "boot_id").and_then(Scalar::as_u64),
+            optional(&object, "access_expires_boot_ms").and_then(Scalar::as_u64),
         ) {
             (Some(boot), Some(ms)) => Some(BootTime::new(BootId::from_bits(boot), Duration::from_millis(ms))),
             _ => None,
@@ -256,7 +255,7 @@ impl StoredSession {
         };
         // Advisory (an optional field of schema 3, ignored by builds before
         // it): one that cannot be read is unknown, never a lost session.
-        let lineage = optional(&object, "lineage").and_then(Value::as_u64).map(Fingerprint::from_bits);
+        let lineage = optional(&object, "lineage").and_then(Scalar::as_u64).map(Fingerprint::from_bits);
         // A bound token without its key must never be sent unbound; a key
         // beside bearer tokens binds nothing: either is a broken blob.
         match (token_type == TokenType::DPoP, dpop_key.is_some()) {
@@ -282,7 +281,7 @@ impl StoredSession {
 /// The length of a key's base64url text.
 const KEY_TEXT_BYTES: usize = (KEY_BYTES * 4).div_ceil(3);
 
-fn dpop_key(value: &Value) -> Option<DpopKey> {
+fn dpop_key(value: &Scalar<'_>) -> Option<DpopKey> {
     let text = value.as_str().filter(|text| text.len() == KEY_TEXT_BYTES)?;
     let mut bytes = Zeroizing::new([0; KEY_BYTES]);
     let written = URL_SAFE_NO_PAD.decode_slice(text, &mut *bytes).ok()?;
@@ -293,16 +292,43 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Every field a blob of any schema may hold: what decoding reads (the
+/// rest is skipped unread).
+const FIELDS: [&str; 12] = [
+    "v",
+    "generation",
+    "token_type",
+    "access_token",
+    "access_expires_at_ms",
+    "access_expires_boot_ms",
+    "boot_id",
+    "access_lifetime_ms",
+    "refresh_token",
+    "scope",
+    "dpop_key",
+    "lineage",
+];
+
+/// A blob's [`FIELDS`] as read.
+struct Fields<'a>([Option<Scalar<'a>>; FIELDS.len()]);
+
+impl Fields<'_> {
+    fn get(&self, field: &str) -> Option<&Scalar<'_>> {
+        let index = FIELDS.iter().position(|name| *name == field)?;
+        self.0.get(index)?.as_ref()
+    }
+}
+
 /// A field that may be absent; `null` counts as absent.
-fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+fn optional<'a>(object: &'a Fields<'_>, field: &str) -> Option<&'a Scalar<'a>> {
     object.get(field).filter(|value| !value.is_null())
 }
 
-fn required<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value, DecodeError> {
+fn required<'a>(object: &'a Fields<'_>, field: &'static str) -> Result<&'a Scalar<'a>, DecodeError> {
     object.get(field).ok_or(DecodeError::MissingField(field))
 }
 
-fn token<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, DecodeError> {
+fn token<'a>(object: &'a Fields<'_>, field: &'static str) -> Result<&'a str, DecodeError> {
     let text = required(object, field)?.as_str().ok_or(DecodeError::InvalidField(field))?;
     if text.is_empty() || text.len() > MAX_TOKEN_BYTES {
         return Err(DecodeError::InvalidField(field));
