@@ -34,14 +34,12 @@
 use core::fmt;
 use core::time::Duration;
 
-use serde_json::Value;
-
 use crate::dpop::MAX_NONCE_RETRIES;
 use crate::oauth::{
     Classified, Client, FormRequest, Malformed, MalformedReason, OAuthError, Rejected, Response, TokenResponse,
     Transient, TransientCause, authenticated, form_buffer, oauth_error,
 };
-use crate::scrub::ScrubbedJson;
+use crate::scrub::{JsonFields, Scalar};
 use crate::session::TransportFailure;
 use crate::time::MonoTime;
 use crate::token::DeviceCode;
@@ -139,6 +137,19 @@ pub fn token_request(client: &Client, device_code: &DeviceCode) -> FormRequest {
     authenticated(client, form)
 }
 
+/// The fields of a device authorization response that are read: the rest are skipped.
+const AUTHORIZATION_FIELDS: [&str; 9] = [
+    "error",
+    "error_description",
+    "device_code",
+    "user_code",
+    "verification_uri",
+    "verification_url",
+    "verification_uri_complete",
+    "expires_in",
+    "interval",
+];
+
 /// Reads a device authorization response. Bounded like [`classify`](crate::oauth::classify):
 /// at most [`MAX_BODY_BYTES`](crate::oauth::MAX_BODY_BYTES) are parsed, and no field is trusted
 /// beyond its documented range.
@@ -146,8 +157,11 @@ pub fn token_request(client: &Client, device_code: &DeviceCode) -> FormRequest {
 /// # Errors
 /// The server refused, or answered something that cannot start a login.
 pub fn parse_authorization(response: &Response<'_>) -> Result<DeviceAuthorization, StartError> {
-    let object =
-        if response.body.len() > crate::oauth::MAX_BODY_BYTES { None } else { ScrubbedJson::parse(response.body) };
+    let object = if response.body.len() > crate::oauth::MAX_BODY_BYTES {
+        None
+    } else {
+        JsonFields::read(response.body, &AUTHORIZATION_FIELDS)
+    };
     if let Some(error) = object.as_ref().and_then(|o| oauth_error(response.status, o)) {
         return Err(StartError::Refused(error));
     }
@@ -158,7 +172,7 @@ pub fn parse_authorization(response: &Response<'_>) -> Result<DeviceAuthorizatio
     let text = |name: &'static str| {
         object
             .get(name)
-            .and_then(Value::as_str)
+            .and_then(Scalar::as_str)
             .filter(|text| !text.is_empty() && text.len() <= MAX_FIELD_BYTES)
             .ok_or(StartError::Malformed(name))
     };
@@ -178,7 +192,7 @@ pub fn parse_authorization(response: &Response<'_>) -> Result<DeviceAuthorizatio
     let verification_uri_complete = text("verification_uri_complete").ok().filter(|uri| is_web_uri(uri));
     let expires_in = seconds(object.get("expires_in")).ok_or(StartError::Malformed("expires_in"))?;
     let interval = match object.get("interval") {
-        None | Some(Value::Null) => DEFAULT_INTERVAL,
+        None | Some(Scalar::Null) => DEFAULT_INTERVAL,
         some => seconds(some).ok_or(StartError::Malformed("interval"))?,
     };
     Ok(DeviceAuthorization {
@@ -197,10 +211,10 @@ fn is_web_uri(text: &str) -> bool {
 
 /// A whole number of seconds, at least one, given as a number or a numeric
 /// string; at most [`MAX_EXPIRES_IN`], past which a login has expired anyway.
-fn seconds(value: Option<&Value>) -> Option<Duration> {
+fn seconds(value: Option<&Scalar<'_>>) -> Option<Duration> {
     let seconds = match value? {
-        Value::Number(number) => number.as_u64(),
-        Value::String(text) => text.trim().parse::<u64>().ok(),
+        Scalar::Number(number) => Some(*number),
+        Scalar::Text(text) => text.trim().parse::<u64>().ok(),
         _ => None,
     }?;
     (seconds >= 1).then(|| Duration::from_secs(seconds.min(MAX_EXPIRES_IN.as_secs())))

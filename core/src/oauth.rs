@@ -36,10 +36,9 @@ use core::time::Duration;
 use base64::Engine as _;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Map, Value};
 
 use crate::dpop::{DpopNonce, DpopProof};
-use crate::scrub::{ScrubbedJson, form_bound, into_secret};
+use crate::scrub::{JsonFields, Scalar, form_bound, into_secret};
 use crate::time::UnixTime;
 use crate::token::{AccessToken, RefreshToken, TokenType};
 
@@ -372,7 +371,8 @@ pub fn classify(policy: &Policy, response: &Response<'_>, unix_now: Option<UnixT
         408 => return transient(TransientCause::RequestTimeout),
         _ => {}
     }
-    let object = if response.body.len() > MAX_BODY_BYTES { None } else { ScrubbedJson::parse(response.body) };
+    let object =
+        if response.body.len() > MAX_BODY_BYTES { None } else { JsonFields::read(response.body, &RESPONSE_FIELDS) };
 
     if let Some(error) = object.as_ref().and_then(|o| oauth_error(status, o)) {
         return classify_error(policy, error, retry_after);
@@ -433,13 +433,19 @@ fn describes_retry(description: &str) -> bool {
         .any(|phrase| lower.contains(phrase))
 }
 
-pub(crate) fn oauth_error(status: u16, object: &Map<String, Value>) -> Option<OAuthError> {
+/// The fields of a token endpoint's answer that are read: the rest are skipped.
+const RESPONSE_FIELDS: [&str; 7] =
+    ["error", "error_description", "refresh_token", "access_token", "token_type", "expires_in", "scope"];
+
+/// An OAuth error in an answer whose fields read include `error` and
+/// `error_description`.
+pub(crate) fn oauth_error<const N: usize>(status: u16, object: &JsonFields<'_, N>) -> Option<OAuthError> {
     let code = object.get("error")?.as_str()?;
     let code = printable(code, false);
     if code.is_empty() {
         return None;
     }
-    let description = object.get("error_description").and_then(Value::as_str).map(|d| printable(d, true));
+    let description = object.get("error_description").and_then(Scalar::as_str).map(|d| printable(d, true));
     Some(OAuthError { status, code, description })
 }
 
@@ -449,11 +455,11 @@ fn printable(text: &str, spaces: bool) -> String {
     text.chars().filter(|c| c.is_ascii_graphic() || (spaces && *c == ' ')).take(MAX_ERROR_TEXT).collect()
 }
 
-fn token_response(policy: &Policy, status: u16, object: &Map<String, Value>) -> Classified {
+fn token_response(policy: &Policy, status: u16, object: &JsonFields<'_, { RESPONSE_FIELDS.len() }>) -> Classified {
     // The refresh token is read first: whatever else is wrong, a rotated refresh
     // token the server issued must not be lost.
     let refresh_token = match object.get("refresh_token") {
-        None | Some(Value::Null) => None,
+        None | Some(Scalar::Null) => None,
         Some(value) => match token_text(value) {
             Some(token) => Some(RefreshToken::new(token)),
             None => return malformed(status, MalformedReason::InvalidRefreshToken, None),
@@ -465,7 +471,7 @@ fn token_response(policy: &Policy, status: u16, object: &Map<String, Value>) -> 
     let Some(access) = token_text(access) else {
         return malformed(status, MalformedReason::InvalidAccessToken, refresh_token);
     };
-    let token_type = match object.get("token_type").and_then(Value::as_str) {
+    let token_type = match object.get("token_type").and_then(Scalar::as_str) {
         Some(text) => TokenType::parse(text),
         // RFC 6749 requires token_type, yet some servers omit it; bearer is what they mean.
         None => TokenType::Bearer,
@@ -478,23 +484,21 @@ fn token_response(policy: &Policy, status: u16, object: &Map<String, Value>) -> 
         token_type,
         lifetime: lifetime(object.get("expires_in"), policy.max_lifetime),
         refresh_token,
-        scope: object.get("scope").and_then(Value::as_str).map(|s| printable(s, true)),
+        scope: object.get("scope").and_then(Scalar::as_str).map(|s| printable(s, true)),
     })
 }
 
-fn token_text(value: &Value) -> Option<&str> {
+fn token_text<'a>(value: &'a Scalar<'_>) -> Option<&'a str> {
     let text = value.as_str()?;
     (!text.is_empty() && text.len() <= MAX_TOKEN_BYTES).then_some(text)
 }
 
 /// Applies the `expires_in` rule from the module docs.
-fn lifetime(value: Option<&Value>, max: Duration) -> Option<Duration> {
+fn lifetime(value: Option<&Scalar<'_>>, max: Duration) -> Option<Duration> {
     let seconds = match value? {
-        Value::Number(number) => match number.as_u64() {
-            Some(whole) => Some(whole),
-            None => number.as_f64().and_then(whole_seconds),
-        },
-        Value::String(text) => {
+        Scalar::Number(whole) => Some(*whole),
+        Scalar::Float(number) => whole_seconds(*number),
+        Scalar::Text(text) => {
             let text = text.trim();
             match text.parse::<u64>() {
                 Ok(whole) => Some(whole),

@@ -1,12 +1,14 @@
 //! Buffers that held secrets are wiped before their memory is freed.
 //!
 //! `secrecy` wipes the token types when they drop. What it cannot see are the
-//! transient copies on the way: the JSON a token response is parsed into,
-//! the blob a session is written as, a form being built. Two rules keep
+//! transient copies on the way: the JSON a token response is read from,
+//! the blob a session is written as, a form being built. Three rules keep
 //! those from leaving token bytes in freed memory:
 //!
-//! - every buffer that holds a secret is wiped when it drops
-//!   ([`ScrubbedJson`], `Zeroizing`, [`into_secret`]);
+//! - JSON is read in place: [`JsonFields`] borrows the strings it keeps
+//!   from the input, which the caller owns (and wipes, if it is a secret);
+//! - every buffer that holds a secret is wiped when it drops (an escaped
+//!   string [`JsonFields`] had to copy, `Zeroizing`, [`into_secret`]);
 //! - no such buffer ever grows: a `String` or `Vec` that outgrows its
 //!   capacity is moved by the allocator, and the old block is freed as it
 //!   is. Buffers are sized up front from an upper bound ([`json_bound`],
@@ -23,19 +25,6 @@ use std::borrow::Cow;
 use secrecy::SecretString;
 use secrecy::zeroize::Zeroize;
 use serde_core::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
-
-/// A parsed JSON object whose every string (keys included) is wiped when it
-/// drops: token responses and stored blobs are read through it.
-#[derive(Debug, Default)]
-pub(crate) struct ScrubbedJson(Map<String, Value>);
-
-impl ScrubbedJson {
-    /// Parses `bytes` as a JSON object; `None` when they are not one.
-    pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok().map(Self)
-    }
-}
 
 /// A value of a [`JsonField`].
 #[derive(Clone, Copy, Debug)]
@@ -89,40 +78,7 @@ pub(crate) fn write_object(fields: &[JsonField<'_>]) -> SecretString {
     }
 }
 
-impl core::ops::Deref for ScrubbedJson {
-    type Target = Map<String, Value>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl Drop for ScrubbedJson {
-    fn drop(&mut self) {
-        // Iterative, so a deeply nested value cannot exhaust the stack (the
-        // parser already bounds nesting at 128).
-        let mut pending: Vec<Value> = Vec::new();
-        for (mut key, value) in core::mem::take(&mut self.0) {
-            key.zeroize();
-            pending.push(value);
-        }
-        while let Some(value) = pending.pop() {
-            match value {
-                Value::String(mut text) => text.zeroize(),
-                Value::Array(items) => pending.extend(items),
-                Value::Object(object) => {
-                    for (mut key, value) in object {
-                        key.zeroize();
-                        pending.push(value);
-                    }
-                }
-                Value::Null | Value::Bool(_) | Value::Number(_) => {}
-            }
-        }
-    }
-}
-
-/// A JSON value read by [`read_fields`]: a string or a number an object's
+/// A JSON value read by [`JsonFields`]: a string or a number an object's
 /// field held, or what else it was. A string with escapes had to be copied
 /// out of the input: that copy is wiped when the value drops.
 #[derive(Debug)]
@@ -131,7 +87,9 @@ pub(crate) enum Scalar<'a> {
     Text(Cow<'a, str>),
     /// A non-negative integer that fits in 64 bits.
     Number(u64),
-    /// Anything else: another number, a boolean, an array or an object.
+    /// Any other number (negative, fractional or too large), as a float.
+    Float(f64),
+    /// Anything else: a boolean, an array or an object.
     Other,
 }
 
@@ -163,23 +121,39 @@ impl Drop for Scalar<'_> {
     }
 }
 
-/// The fields `names` of the JSON object `bytes`, in that order (`None`:
-/// absent; of a key given twice, the last). Other fields are skipped
-/// unread, and nothing is built for them: a stored blob is read this way
-/// without a map, a `String` per key, or a copy of an unescaped token.
-/// `None` when `bytes` are not one JSON object.
-pub(crate) fn read_fields<'a, const N: usize>(bytes: &'a [u8], names: &[&str; N]) -> Option<[Option<Scalar<'a>>; N]> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let fields = deserializer.deserialize_map(FieldsVisitor { names }).ok()?;
-    deserializer.end().ok()?;
-    Some(fields)
+/// The fields `names` of one JSON object read from untrusted bytes (of a
+/// key given twice, the last). Other fields are skipped unread, and
+/// nothing is built for them: no map, no `String` per key, and no copy of
+/// an unescaped token. Token responses, device authorizations and stored
+/// blobs are read this way.
+#[derive(Debug)]
+pub(crate) struct JsonFields<'a, const N: usize> {
+    names: &'static [&'static str; N],
+    values: [Option<Scalar<'a>>; N],
 }
 
-struct FieldsVisitor<'n, const N: usize> {
-    names: &'n [&'n str; N],
+impl<'a, const N: usize> JsonFields<'a, N> {
+    /// `None` when `bytes` are not one JSON object.
+    pub(crate) fn read(bytes: &'a [u8], names: &'static [&'static str; N]) -> Option<Self> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let values = deserializer.deserialize_map(FieldsVisitor { names }).ok()?;
+        deserializer.end().ok()?;
+        Some(Self { names, values })
+    }
+
+    /// The field `name` (one of the names read), if the object held it.
+    pub(crate) fn get(&self, name: &str) -> Option<&Scalar<'a>> {
+        let index = self.names.iter().position(|known| *known == name);
+        debug_assert!(index.is_some(), "{name} is not a field read");
+        self.values.get(index?)?.as_ref()
+    }
 }
 
-impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, N> {
+struct FieldsVisitor<const N: usize> {
+    names: &'static [&'static str; N],
+}
+
+impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<N> {
     type Value = [Option<Scalar<'de>>; N];
 
     fn expecting(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -229,11 +203,11 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<Self::Value, E> {
-        Ok(u64::try_from(number).map_or(Scalar::Other, Scalar::Number))
+        Ok(u64::try_from(number).map_or(Scalar::Float(number as f64), Scalar::Number))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
+    fn visit_f64<E: de::Error>(self, number: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(number))
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
@@ -285,6 +259,7 @@ pub(crate) fn into_secret(mut text: String) -> SecretString {
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret as _;
+    use serde_json::{Map, Value};
 
     use super::*;
 
@@ -298,8 +273,8 @@ mod tests {
         ];
         let encoded = write_object(&fields);
         assert_eq!(encoded.expose_secret(), r#"{"access_token":"tok\"en\u0001","generation":7}"#);
-        let parsed = ScrubbedJson::parse(encoded.expose_secret().as_bytes()).unwrap();
-        assert_eq!(parsed.get("access_token").and_then(Value::as_str), Some(token));
+        let parsed = JsonFields::read(encoded.expose_secret().as_bytes(), &["access_token"]).unwrap();
+        assert_eq!(parsed.get("access_token").and_then(Scalar::as_str), Some(token));
         assert_eq!(write_object(&[]).expose_secret(), "{}");
     }
 
@@ -314,8 +289,8 @@ mod tests {
                 ("n", Some(JsonValue::Number(u64::MAX))),
             ];
             let encoded = write_object(&fields);
-            let parsed = ScrubbedJson::parse(encoded.expose_secret().as_bytes()).unwrap();
-            proptest::prop_assert_eq!(parsed.get("b").and_then(Value::as_str), Some(controls.as_str()));
+            let parsed = JsonFields::read(encoded.expose_secret().as_bytes(), &["b"]).unwrap();
+            proptest::prop_assert_eq!(parsed.get("b").and_then(Scalar::as_str), Some(controls.as_str()));
             proptest::prop_assert!(encoded.expose_secret().len() <= json_bound(["a", &text, "b", &controls, "n"], 3));
             let form: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair(&text, &controls)
@@ -324,12 +299,13 @@ mod tests {
         }
     }
 
-    /// What serde_json's own map says a field holds: the oracle for [`read_fields`].
+    /// What serde_json's own map says a field holds: the oracle for [`JsonFields`].
     fn as_the_map_reads_it(object: &Map<String, Value>, name: &str) -> Option<String> {
         object.get(name).map(|value| match value {
             Value::Null => "null".to_owned(),
             Value::String(text) => format!("text {text:?}"),
             Value::Number(number) if number.as_u64().is_some() => format!("number {number}"),
+            Value::Number(number) => format!("float {:?}", number.as_f64()),
             _ => "other".to_owned(),
         })
     }
@@ -339,6 +315,7 @@ mod tests {
             Scalar::Null => "null".to_owned(),
             Scalar::Text(text) => format!("text {:?}", text.as_ref()),
             Scalar::Number(number) => format!("number {number}"),
+            Scalar::Float(number) => format!("float {:?}", Some(*number)),
             Scalar::Other => "other".to_owned(),
         })
     }
@@ -384,16 +361,16 @@ mod tests {
             ),
             top in json_value(),
         ) {
-            let names = ["v", "scope", "a", "zz"];
+            const NAMES: [&str; 4] = ["v", "scope", "a", "zz"];
             let members: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
             let object = format!("{{{}}}", members.join(","));
             for bytes in [object.as_bytes(), top.as_bytes()] {
                 let oracle: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
-                let read = read_fields(bytes, &names);
+                let read = JsonFields::read(bytes, &NAMES);
                 proptest::prop_assert_eq!(read.is_some(), oracle.is_some(), "{}", String::from_utf8_lossy(bytes));
                 if let (Some(read), Some(oracle)) = (read, oracle) {
-                    for (name, field) in names.iter().zip(&read) {
-                        proptest::prop_assert_eq!(as_read(field.as_ref()), as_the_map_reads_it(&oracle, name));
+                    for name in NAMES {
+                        proptest::prop_assert_eq!(as_read(read.get(name)), as_the_map_reads_it(&oracle, name));
                     }
                 }
             }
@@ -406,10 +383,10 @@ mod tests {
     fn a_deeply_nested_field_that_is_skipped_is_no_error() {
         let deep = format!(r#"{{"v":3,"x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
         assert!(serde_json::from_slice::<Map<String, Value>>(deep.as_bytes()).is_err());
-        let [v] = read_fields(deep.as_bytes(), &["v"]).unwrap();
-        assert_eq!(v.and_then(|v| v.as_u64()), Some(3));
-        assert!(read_fields(b"[1]", &["v"]).is_none());
-        assert!(read_fields(br#"{"v":1} trailing"#, &["v"]).is_none());
+        let read = JsonFields::read(deep.as_bytes(), &["v"]).unwrap();
+        assert_eq!(read.get("v").and_then(Scalar::as_u64), Some(3));
+        assert!(JsonFields::read(b"[1]", &["v"]).is_none());
+        assert!(JsonFields::read(br#"{"v":1} trailing"#, &["v"]).is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::dpop::{DpopKey, KEY_BYTES};
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
-use crate::scrub::{JsonValue, Scalar, read_fields, write_object};
+use crate::scrub::{JsonFields, JsonValue, Scalar, write_object};
 use crate::time::{BootId, BootTime, UnixTime};
 use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
@@ -209,7 +209,7 @@ impl StoredSession {
         if bytes.len() > MAX_BLOB_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        let object = read_fields(bytes, &FIELDS).map(Fields).ok_or(DecodeError::NotAnObject)?;
+        let object = JsonFields::read(bytes, &FIELDS).ok_or(DecodeError::NotAnObject)?;
         let version = required(&object, "v")?.as_u64().ok_or(DecodeError::InvalidField("v"))?;
         if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
@@ -310,14 +310,7 @@ const FIELDS: [&str; 12] = [
 ];
 
 /// A blob's [`FIELDS`] as read.
-struct Fields<'a>([Option<Scalar<'a>>; FIELDS.len()]);
-
-impl Fields<'_> {
-    fn get(&self, field: &str) -> Option<&Scalar<'_>> {
-        let index = FIELDS.iter().position(|name| *name == field)?;
-        self.0.get(index)?.as_ref()
-    }
-}
+type Fields<'a> = JsonFields<'a, { FIELDS.len() }>;
 
 /// A field that may be absent; `null` counts as absent.
 fn optional<'a>(object: &'a Fields<'_>, field: &str) -> Option<&'a Scalar<'a>> {
