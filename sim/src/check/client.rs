@@ -123,9 +123,9 @@ pub struct ClientMonitor {
     /// token they would be handed (U8).
     retrying: BTreeSet<CallerId>,
     /// Refresh tokens the server refused pending the user's interaction (U6),
-    /// with the generation the session held then: tokens adopted later (a
-    /// login, or a newer generation from the store) start afresh.
-    awaits_user: BTreeMap<Fingerprint, Generation>,
+    /// with the generation the session held then and when: tokens adopted
+    /// later (a login, or a newer generation from the store) start afresh.
+    awaits_user: BTreeMap<Fingerprint, (Generation, MonoTime)>,
     /// Why callers were failed in this step, when the state must say it (U7).
     told_this_step: Option<FailReason>,
     /// Callers waiting for their login to be stored, with when they logged in (U9).
@@ -325,7 +325,18 @@ impl ClientMonitor {
             self.store = match stored {
                 Some(stored) => {
                     self.made_durable(now, stored.generation, tokens_of(stored));
-                    self.awaits_user.retain(|_, held| *held >= stored.generation);
+                    self.awaits_user.retain(|_, (held, _)| *held >= stored.generation);
+                    // At a server that does not rotate, another process may
+                    // have refreshed the very token since, with success: an
+                    // access token this one had not seen when it was refused
+                    // beside it is the server's later word (tier-1 seed
+                    // 11328399: both processes numbered that session g140).
+                    if let (Some(refresh), Some(access)) = (&stored.refresh_token, &stored.access_token) {
+                        let first_seen = self.seen_access.get(&access.fingerprint()).copied();
+                        self.awaits_user.retain(|token, (_, refused_at)| {
+                            *token != refresh.fingerprint() || first_seen.is_some_and(|seen| seen <= *refused_at)
+                        });
+                    }
                     // A live token another process stored may replace a
                     // rejected one: the rejection no longer demands a logout.
                     if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {

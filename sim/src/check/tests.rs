@@ -153,6 +153,34 @@ fn c3_catches_a_grant_of_tokens_stored_only_under_their_number() {
     assert_eq!(found(m.violations()), vec![]);
 }
 
+/// U6 at a server that does not rotate: a token refused pending the user's
+/// interaction is not presented again, unless the store shows the server
+/// has since refreshed it with success (another process's new access token
+/// beside it). The other process may number that session as this one
+/// numbered its own (tier-1 seed 11328399): the number proves nothing.
+#[test]
+fn u6_lifts_a_refusal_only_once_the_store_shows_the_token_refreshed_since() {
+    let presents_again_after_reading = |access: &str| {
+        let mut m = monitor();
+        load(&mut m, 1);
+        m.command(t(5), &Command::Publish(Some(grant(1, None))));
+        send(&mut m, 10, 1, "r1", 1);
+        let refusal = OAuthError { status: 400, code: "interaction_required".into(), description: None };
+        answer(&mut m, 20, 1, Classified::InteractionRequired(refusal));
+        m.command(t(30), &Command::Io(Io::LockStore { op: StoreOpId(2) }));
+        let mut read = stored(1, "r1");
+        read.access_token = Some(AccessToken::new(access));
+        let unix_now = freshen_core::time::UnixTime::EPOCH;
+        m.event(t(30), &Event::StoreLocked { op: StoreOpId(2), stored: Some(read), unix_now, boot_now: None });
+        send(&mut m, 40, 2, "r1", 1);
+        found(m.violations())
+    };
+    // The pair the session held when refused: the token still awaits the user.
+    assert_eq!(presents_again_after_reading("a"), vec![Invariant::U6]);
+    // A pair another process got by refreshing the token since.
+    assert_eq!(presents_again_after_reading("a-theirs"), vec![]);
+}
+
 #[test]
 fn u1_catches_an_answer_the_state_does_not_show_yet() {
     let mut m = monitor();

@@ -167,7 +167,7 @@ impl ClientMonitor {
         match outcome {
             Classified::InteractionRequired(_) => {
                 let held = self.state.generation().unwrap_or(Generation(0));
-                self.awaits_user.insert(token, held);
+                self.awaits_user.insert(token, (held, now));
             }
             // The server's later word on the token replaces the request.
             Classified::Success(_) | Classified::Rejected(_) | Classified::Terminal(_) => {
