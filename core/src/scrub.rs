@@ -26,28 +26,28 @@ use secrecy::SecretString;
 use secrecy::zeroize::Zeroize;
 use serde_core::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// A value of a [`JsonField`].
+/// A value of a [`Member`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum JsonValue<'a> {
+pub(crate) enum MemberValue<'a> {
     Text(&'a str),
     Number(u64),
 }
 
 /// One member of an object written by [`write_object`]: its key and value,
 /// if present.
-pub(crate) type JsonField<'a> = (&'static str, Option<JsonValue<'a>>);
+pub(crate) type Member<'a> = (&'static str, Option<MemberValue<'a>>);
 
-/// Writes the object of the present `fields`, in their order, straight into
+/// Writes the object of the present `members`, in their order, straight into
 /// one buffer sized from an upper bound ([`json_bound`]) and then made a
 /// secret: nothing is built in between, and the buffer never grows, so no
 /// copy of a token is left behind.
-pub(crate) fn write_object(fields: &[JsonField<'_>]) -> SecretString {
-    let present = || fields.iter().filter_map(|(key, value)| value.map(|value| (*key, value)));
+pub(crate) fn write_object(members: &[Member<'_>]) -> SecretString {
+    let present = || members.iter().filter_map(|(key, value)| value.map(|value| (*key, value)));
     let texts = present().flat_map(|(key, value)| match value {
-        JsonValue::Text(text) => [Some(key), Some(text)],
-        JsonValue::Number(_) => [Some(key), None],
+        MemberValue::Text(text) => [Some(key), Some(text)],
+        MemberValue::Number(_) => [Some(key), None],
     });
-    let capacity = json_bound(texts.flatten(), fields.len());
+    let capacity = json_bound(texts.flatten(), members.len());
     let mut buffer = Vec::with_capacity(capacity);
     let mut written = Ok(());
     buffer.push(b'{');
@@ -58,8 +58,8 @@ pub(crate) fn write_object(fields: &[JsonField<'_>]) -> SecretString {
         written = written.and_then(|()| serde_json::to_writer(&mut buffer, key));
         buffer.push(b':');
         written = written.and_then(|()| match value {
-            JsonValue::Text(text) => serde_json::to_writer(&mut buffer, text),
-            JsonValue::Number(number) => serde_json::to_writer(&mut buffer, &number),
+            MemberValue::Text(text) => serde_json::to_writer(&mut buffer, text),
+            MemberValue::Number(number) => serde_json::to_writer(&mut buffer, &number),
         });
     }
     buffer.push(b'}');
@@ -267,9 +267,9 @@ mod tests {
     fn an_object_round_trips_within_its_bound() {
         let token = "tok\"en\u{1}";
         let fields = [
-            ("access_token", Some(JsonValue::Text(token))),
+            ("access_token", Some(MemberValue::Text(token))),
             ("absent", None),
-            ("generation", Some(JsonValue::Number(7))),
+            ("generation", Some(MemberValue::Number(7))),
         ];
         let encoded = write_object(&fields);
         assert_eq!(encoded.expose_secret(), r#"{"access_token":"tok\"en\u0001","generation":7}"#);
@@ -284,9 +284,9 @@ mod tests {
             let controls = String::from_utf8(bytes).unwrap();
             // `write_object` itself asserts (in debug builds) that its buffer never grew.
             let fields = [
-                ("a", Some(JsonValue::Text(&text))),
-                ("b", Some(JsonValue::Text(&controls))),
-                ("n", Some(JsonValue::Number(u64::MAX))),
+                ("a", Some(MemberValue::Text(&text))),
+                ("b", Some(MemberValue::Text(&controls))),
+                ("n", Some(MemberValue::Number(u64::MAX))),
             ];
             let encoded = write_object(&fields);
             let parsed = JsonFields::read(encoded.expose_secret().as_bytes(), &["b"]).unwrap();

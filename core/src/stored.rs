@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::dpop::{DpopKey, KEY_BYTES};
 use crate::ids::Generation;
 use crate::oauth::MAX_TOKEN_BYTES;
-use crate::scrub::{JsonFields, JsonValue, Scalar, write_object};
+use crate::scrub::{JsonFields, MemberValue, Scalar, write_object};
 use crate::time::{BootId, BootTime, UnixTime};
 use crate::token::{AccessToken, Fingerprint, RefreshToken, TokenType};
 
@@ -177,10 +177,10 @@ impl StoredSession {
         if let Some(dpop_key) = &self.dpop_key {
             URL_SAFE_NO_PAD.encode_string(dpop_key.expose_secret_bytes().as_slice(), &mut key);
         }
-        fn text(value: Option<&str>) -> Option<JsonValue<'_>> {
-            value.map(JsonValue::Text)
+        fn text(value: Option<&str>) -> Option<MemberValue<'_>> {
+            value.map(MemberValue::Text)
         }
-        let number = |value: Option<u64>| value.map(JsonValue::Number);
+        let number = |value: Option<u64>| value.map(MemberValue::Number);
         let expires_boot = self.access_expires_boot;
         // Written straight into a buffer sized up front and wiped when it
         // drops: no copy of a token is left behind (see `scrub`). The keys
