@@ -183,24 +183,22 @@ impl Session {
             Some(stored) if theirs_newer && held.answered_unlocked => self.adopt_locked(stored),
             // Another process logged out: the session this one held ended there.
             None if locking && ours_durable => self.log_out(LogoutCause::EndedElsewhere),
-            // Ours came from a late answer outside the lock, and the store,
-            // which held a session this one knew, is empty now: another
-            // process logged out since. The late answer must not bring the
-            // session back (its token's successor may have been stored and
-            // spent meanwhile: C2). Found by fuzzing (`shared_session_ops`
-            // regression input `late-answer-after-the-store-was-cleared-elsewhere`).
-            None if held.answered_unlocked && matches!(self.store.last_known(), Holds::Session(_)) => {
-                self.log_out(LogoutCause::EndedElsewhere);
-            }
-            // A login whose write may have landed though reported failed,
-            // under a lock another process took since, finds the store empty:
-            // that process may have read the login, rotated it and logged out
-            // (the only way a store is emptied). Writing the login back and
-            // refreshing it would present a token whose successor the store
-            // held (C2, tier-1 seed 10070490). Whether the write landed cannot
-            // be told now, so the login counts as ended elsewhere: the user
-            // logs in again, which is safe either way.
-            None if held.from_login && held.write_may_have_landed && held.answered_unlocked => {
+            // Ours came under a lock another process has taken since (a late
+            // answer outside it, or a write fenced off), and the store is
+            // empty now, though it held a session this one knew, or this
+            // one's login, whose write may have landed though reported
+            // failed: another process logged out since, the only way a store
+            // is emptied. Ours must not bring the session back: its token's
+            // successor may have been stored and spent meanwhile (C2; found
+            // by fuzzing, `shared_session_ops` regression input
+            // `late-answer-after-the-store-was-cleared-elsewhere`, and for a
+            // login by tier-1 seed 10070490). Whether a login's write landed
+            // cannot be told from an empty store, so it counts as ended
+            // elsewhere: the user logs in again, which is safe either way.
+            None if held.answered_unlocked
+                && (matches!(self.store.last_known(), Holds::Session(_))
+                    || (held.from_login && held.write_may_have_landed)) =>
+            {
                 self.log_out(LogoutCause::EndedElsewhere);
             }
             stored => {

@@ -325,18 +325,19 @@ impl ClientMonitor {
             self.store = match stored {
                 Some(stored) => {
                     self.made_durable(now, stored.generation, tokens_of(stored));
-                    self.awaits_user.retain(|_, (held, _)| *held >= stored.generation);
-                    // At a server that does not rotate, another process may
-                    // have refreshed the very token since, with success: an
-                    // access token this one had not seen when it was refused
-                    // beside it is the server's later word (tier-1 seed
-                    // 11328399: both processes numbered that session g140).
-                    if let (Some(refresh), Some(access)) = (&stored.refresh_token, &stored.access_token) {
-                        let first_seen = self.seen_access.get(&access.fingerprint()).copied();
-                        self.awaits_user.retain(|token, (_, refused_at)| {
-                            *token != refresh.fingerprint() || first_seen.is_some_and(|seen| seen <= *refused_at)
-                        });
-                    }
+                    // A newer generation starts afresh; so does, at a server
+                    // that does not rotate, the very token refreshed since by
+                    // another process with success: an access token this one
+                    // had not seen when refused, beside it, is the server's
+                    // later word (tier-1 seed 11328399: both processes
+                    // numbered that session g140).
+                    let refresh = stored.refresh_token.as_ref().map(RefreshToken::fingerprint);
+                    let first_seen = stored.access_token.as_ref().map(|a| self.seen_access.get(&a.fingerprint()));
+                    self.awaits_user.retain(|token, (held, refused_at)| {
+                        let refreshed_since = refresh == Some(*token)
+                            && first_seen.is_some_and(|seen| seen.is_none_or(|seen| seen > refused_at));
+                        *held >= stored.generation && !refreshed_since
+                    });
                     // A live token another process stored may replace a
                     // rejected one: the rejection no longer demands a logout.
                     if let Some(token) = stored.refresh_token.as_ref().map(RefreshToken::fingerprint) {

@@ -63,11 +63,8 @@ impl World {
                 // revoked, or ended by another process); the logout was judged
                 // when it happened. A fresh login must then work.
                 self.log_in_at(p);
-                if let Some(slot) = last.get_mut(p) {
-                    *slot = self.want_token_at(p);
-                }
-                again = true;
-            } else if logged_in_since {
+            }
+            if logged_out || ran_out || logged_in_since {
                 if let Some(slot) = last.get_mut(p) {
                     *slot = self.want_token_at(p);
                 }
