@@ -20,6 +20,7 @@
 pub mod authority;
 pub mod check;
 pub mod executor;
+mod fast_hash;
 #[cfg(feature = "tier2")]
 pub mod faulty_store;
 pub mod fuzzing;

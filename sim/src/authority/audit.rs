@@ -92,50 +92,6 @@ pub enum AuditOutcome {
     Bound,
 }
 
-/// A fast non-cryptographic hasher (the Fx multiply-rotate scheme) for
-/// [`Authority::digest`]. The digest hashes every token the authority ever
-/// issued, twice per operation; with SipHash that was most of a simulation's
-/// time. Only accidental equality matters here, never an adversary.
-#[derive(Default)]
-pub(super) struct StateHasher(u64);
-
-impl StateHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for StateHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let mut tail = [0; 8];
-        let rest = chunks.remainder();
-        if let Some(head) = tail.get_mut(..rest.len()) {
-            head.copy_from_slice(rest);
-        }
-        self.add(u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 56));
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.add(word);
-    }
-
-    fn write_usize(&mut self, word: usize) {
-        self.add(word as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 impl AuditOutcome {
     pub(super) fn issued(issued: &Issued) -> Self {
         Self::Issued {

@@ -8,34 +8,38 @@
 //! map lends its values mutably only through [`DigestedMap::update`], which
 //! takes the entry's hash out before the change and puts it back after, so
 //! no change escapes the digest.
+//!
+//! The entries sit in a hash map keyed by the same deterministic hasher (a
+//! lookup hashes the key once instead of comparing token texts down a
+//! tree): nothing reads them in an order that could reach a trace, and the
+//! digest is a sum, the same in any order.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher as _};
 
-use super::StateHasher;
+use crate::fast_hash::{FastHasher, FastMap};
 
 /// See the [module docs](self).
 #[derive(Clone, Debug)]
 pub(crate) struct DigestedMap<K, V> {
-    map: BTreeMap<K, V>,
+    map: FastMap<K, V>,
     digest: u64,
 }
 
 impl<K, V> Default for DigestedMap<K, V> {
     fn default() -> Self {
-        Self { map: BTreeMap::new(), digest: 0 }
+        Self { map: FastMap::default(), digest: 0 }
     }
 }
 
 fn entry_hash<K: Hash + ?Sized, V: Hash>(key: &K, value: &V) -> u64 {
-    let mut hasher = StateHasher::default();
+    let mut hasher = FastHasher::default();
     key.hash(&mut hasher);
     value.hash(&mut hasher);
     hasher.finish()
 }
 
-impl<K: Ord + Hash, V: Hash> DigestedMap<K, V> {
+impl<K: Eq + Hash, V: Hash> DigestedMap<K, V> {
     /// The digest of every entry.
     pub(crate) fn digest(&self) -> u64 {
         self.digest
@@ -44,7 +48,7 @@ impl<K: Ord + Hash, V: Hash> DigestedMap<K, V> {
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Eq + Hash + ?Sized,
     {
         self.map.get(key)
     }
@@ -69,10 +73,10 @@ impl<K: Ord + Hash, V: Hash> DigestedMap<K, V> {
     pub(crate) fn update<Q, R>(&mut self, key: &Q, change: impl FnOnce(&mut V) -> R) -> Option<R>
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Eq + Hash + ?Sized,
     {
-        let (key, value) =
-            self.map.range_mut::<Q, _>((core::ops::Bound::Included(key), core::ops::Bound::Included(key))).next()?;
+        // `Borrow` promises `key` hashes as the stored key does.
+        let value = self.map.get_mut(key)?;
         self.digest = self.digest.wrapping_sub(entry_hash(key, value));
         let result = change(value);
         self.digest = self.digest.wrapping_add(entry_hash(key, value));

@@ -212,3 +212,29 @@ fn nonces_are_required_fresh_and_a_challenge_consumes_nothing() {
     let late = a.refresh(t(130), CLIENT, None, next.refresh_token.expose_secret(), Some(&proof("k", "4", first)));
     assert_eq!(late.unwrap_err(), Refusal::UseDpopNonce);
 }
+
+#[test]
+fn a_token_answer_is_written_as_serde_json_printed_it() {
+    for (access, refresh, dpop_bound) in [
+        ("auth_at_1_00ab", "auth_rt_2_00cd", false),
+        ("a b", "r\"q", true),
+        ("a\\b", "r", true),
+        ("\u{1}ünïcode", "\n\t", false),
+    ] {
+        let issued = Issued {
+            family: FamilyId(3),
+            access_token: AccessToken::new(access),
+            refresh_token: RefreshToken::new(refresh),
+            expires_in: Duration::from_secs(3600),
+            dpop_bound,
+        };
+        let printed = json!({
+            "access_token": access,
+            "token_type": if dpop_bound { "DPoP" } else { "Bearer" },
+            "expires_in": 3600,
+            "refresh_token": refresh,
+        })
+        .to_string();
+        assert_eq!(issued.to_json().expose_secret(), printed);
+    }
+}

@@ -2,6 +2,7 @@
 //! a DPoP binding, seen where the server sees it).
 
 use super::*;
+use crate::fast_hash::{FastMap, FastSet};
 
 #[derive(Clone, Debug)]
 struct IssuedRefresh {
@@ -27,11 +28,11 @@ struct IssuedFamily {
 #[derive(Debug)]
 pub struct AuthorityMonitor {
     config: AuthorityConfig,
-    families: BTreeMap<FamilyId, IssuedFamily>,
-    refresh: BTreeMap<Fingerprint, IssuedRefresh>,
-    access: BTreeMap<Fingerprint, (FamilyId, MonoTime)>,
+    families: FastMap<FamilyId, IssuedFamily>,
+    refresh: FastMap<Fingerprint, IssuedRefresh>,
+    access: FastMap<Fingerprint, (FamilyId, MonoTime)>,
     /// Every authorization and device code that started a family (A8).
-    redeemed_grants: BTreeSet<Fingerprint>,
+    redeemed_grants: FastSet<Fingerprint>,
     violations: Vec<Violation>,
 }
 
@@ -40,10 +41,10 @@ impl AuthorityMonitor {
     pub fn new(config: &AuthorityConfig) -> Self {
         Self {
             config: config.clone(),
-            families: BTreeMap::new(),
-            refresh: BTreeMap::new(),
-            access: BTreeMap::new(),
-            redeemed_grants: BTreeSet::new(),
+            families: FastMap::default(),
+            refresh: FastMap::default(),
+            access: FastMap::default(),
+            redeemed_grants: FastSet::default(),
             violations: Vec::new(),
         }
     }

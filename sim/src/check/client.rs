@@ -1,6 +1,7 @@
 //! C1–C9, U1–U9 and D2–D3 over one session's inputs and outputs.
 
 use super::*;
+use crate::fast_hash::{FastMap, FastSet};
 use contract::{Clocks, least_margin};
 use freshen_core::session::{AccessGrant, NewSession};
 use freshen_core::token::AccessToken;
@@ -56,19 +57,19 @@ pub struct ClientMonitor {
     /// the same each time (see [`ClientMonitor::expect_retry_after`]).
     retry_after_asked: Option<Duration>,
     sent: BTreeMap<RefreshId, Sent>,
-    superseded: BTreeSet<Fingerprint>,
+    superseded: FastSet<Fingerprint>,
     /// Superseded tokens whose successor reached the store: they stay
     /// superseded across a crash.
-    durably_superseded: BTreeSet<Fingerprint>,
+    durably_superseded: FastSet<Fingerprint>,
     /// Successors received per token, to mark durability when they are written.
     successor_of: BTreeMap<Fingerprint, BTreeSet<Fingerprint>>,
     /// Refresh tokens this life received (a rotation, a login) that the
     /// store is not known to hold: a cycle must not start with one (C3).
-    unwritten: BTreeSet<Fingerprint>,
+    unwritten: FastSet<Fingerprint>,
     /// Refresh tokens the store was seen to hold (read or written): a late
     /// answer that carries one again brings no unwritten token.
-    once_stored: BTreeSet<Fingerprint>,
-    dead: BTreeSet<Fingerprint>,
+    once_stored: FastSet<Fingerprint>,
+    dead: FastSet<Fingerprint>,
     awaiting_logout: Option<MonoTime>,
     durable: BTreeSet<Generation>,
     /// The tokens (by [`tokens_of`]) each generation last named in the
@@ -77,7 +78,7 @@ pub struct ClientMonitor {
     /// Generations alone cannot say so: after a logout elsewhere another
     /// process numbers its login from the start again.
     durable_tokens: BTreeMap<Generation, Fingerprint>,
-    first_durable: BTreeMap<Fingerprint, MonoTime>,
+    first_durable: FastMap<Fingerprint, MonoTime>,
     pending_store: BTreeMap<StoreOpId, (PendingStore, Option<Fingerprint>)>,
     store: StoreModel,
     /// Store operations failed in a row, and when the last one failed.
@@ -92,36 +93,36 @@ pub struct ClientMonitor {
     state: StateView,
     /// Callers that arrived while no refresh cycle ran, and none has started
     /// since: failing one of them as "unavailable" repeats an old failure.
-    unserved_since_arrival: BTreeSet<CallerId>,
+    unserved_since_arrival: FastSet<CallerId>,
     /// Until when a failure may be repeated without a new cycle: the server's
     /// `Retry-After`, or the configured cooldown after a failed cycle.
     failure_excused_until: MonoTime,
     /// Access tokens adopted inside their refresh margin: never to be handed out (U2).
-    inside_margin: BTreeSet<Fingerprint>,
+    inside_margin: FastSet<Fingerprint>,
     /// Access tokens this life of the session has seen (from a refresh, a
     /// login or the store): U2 judges a token when it first comes from the
     /// store; reading it back later (under a shared store's lock) adopts nothing.
-    seen_access: BTreeMap<Fingerprint, MonoTime>,
+    seen_access: FastMap<Fingerprint, MonoTime>,
     /// Callers that forced a refresh, and when they asked.
-    forced: BTreeMap<CallerId, MonoTime>,
+    forced: FastMap<CallerId, MonoTime>,
     /// Callers that asked while the store was being read or written: the
     /// session could not yet know whether it holds a refresh token, so U4
     /// lets them wait for the answer.
-    asked_before_known: BTreeSet<CallerId>,
+    asked_before_known: FastSet<CallerId>,
     /// Per refresh token the server kept (answered without rotating), when:
     /// presentations before it cannot be replayed by a later rotation.
-    kept_since: BTreeMap<Fingerprint, MonoTime>,
+    kept_since: FastMap<Fingerprint, MonoTime>,
     /// The latest each access token learned from a refresh may be used
     /// (its issued lifetime counted from the first presentation of its
     /// refresh token that may have committed), for U8.
-    usable_at_most: BTreeMap<Fingerprint, MonoTime>,
+    usable_at_most: FastMap<Fingerprint, MonoTime>,
     /// The token the last `Publish` offered the fast path (its access token,
     /// generation and usable time): the driver hands it out, without asking
     /// the machine, until the next `Publish`.
     published: Option<(Fingerprint, Generation, Option<MonoTime>)>,
     /// Callers retrying after a 401: while a refresh is out, it may kill the
     /// token they would be handed (U8).
-    retrying: BTreeSet<CallerId>,
+    retrying: FastSet<CallerId>,
     /// Refresh tokens the server refused pending the user's interaction (U6),
     /// with the generation the session held then and when: tokens adopted
     /// later (a login, or a newer generation from the store) start afresh.
@@ -150,16 +151,16 @@ impl ClientMonitor {
             logout_bound: config.logout_bound(),
             retry_after_asked: None,
             sent: BTreeMap::new(),
-            superseded: BTreeSet::new(),
-            durably_superseded: BTreeSet::new(),
+            superseded: FastSet::default(),
+            durably_superseded: FastSet::default(),
             successor_of: BTreeMap::new(),
-            unwritten: BTreeSet::new(),
-            once_stored: BTreeSet::new(),
-            dead: BTreeSet::new(),
+            unwritten: FastSet::default(),
+            once_stored: FastSet::default(),
+            dead: FastSet::default(),
             awaiting_logout: None,
             durable: BTreeSet::new(),
             durable_tokens: BTreeMap::new(),
-            first_durable: BTreeMap::new(),
+            first_durable: FastMap::default(),
             pending_store: BTreeMap::new(),
             store: StoreModel::Unknown,
             store_failures: (0, MonoTime::ZERO),
@@ -167,16 +168,16 @@ impl ClientMonitor {
             waiting_floor: None,
             logged_out: None,
             state: StateView::Loading,
-            unserved_since_arrival: BTreeSet::new(),
+            unserved_since_arrival: FastSet::default(),
             failure_excused_until: MonoTime::ZERO,
-            inside_margin: BTreeSet::new(),
-            seen_access: BTreeMap::new(),
-            forced: BTreeMap::new(),
-            asked_before_known: BTreeSet::new(),
-            kept_since: BTreeMap::new(),
-            usable_at_most: BTreeMap::new(),
+            inside_margin: FastSet::default(),
+            seen_access: FastMap::default(),
+            forced: FastMap::default(),
+            asked_before_known: FastSet::default(),
+            kept_since: FastMap::default(),
+            usable_at_most: FastMap::default(),
             published: None,
-            retrying: BTreeSet::new(),
+            retrying: FastSet::default(),
             awaits_user: BTreeMap::new(),
             told_this_step: None,
             logins: BTreeMap::new(),

@@ -391,7 +391,7 @@ impl World {
     }
 
     pub(super) fn observe_authority(&mut self) {
-        for entry in self.authority.take_audit() {
+        for entry in self.authority.drain_audit() {
             if let crate::authority::AuditOutcome::Refused(refusal) = entry.outcome {
                 self.evidence.refusal = Some(refusal);
             }
