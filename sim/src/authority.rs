@@ -140,10 +140,10 @@ pub struct Issued {
 impl Issued {
     /// The RFC 6749 §5.1 response body.
     ///
-    /// Written member by member, in the order `serde_json`'s map keeps
-    /// (alphabetical), as it was when a `json!` value was built and printed
-    /// (a fifth of that cost): a mangled answer cuts the same bytes, so
-    /// traces replay unchanged.
+    /// Written member by member, byte for byte as a `json!` value printed it
+    /// (keys in the alphabetical order of `serde_json`'s map) at a fraction
+    /// of the cost: a mangled answer cuts the same bytes, so traces replay
+    /// unchanged.
     pub fn to_json(&self) -> SecretString {
         let (access, refresh) = (self.access_token.expose_secret(), self.refresh_token.expose_secret());
         let mut body = String::with_capacity(96 + access.len() + refresh.len());
@@ -160,7 +160,7 @@ impl Issued {
 /// Appends `text` as a JSON string: as it is when nothing in it needs an
 /// escape (every token the authority mints), else as `serde_json` escapes it.
 fn push_json_string(body: &mut String, text: &str) {
-    if text.bytes().all(|byte| byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' || byte == b' ') {
+    if text.bytes().all(|byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\') {
         body.push('"');
         body.push_str(text);
         body.push('"');
@@ -448,15 +448,16 @@ impl Authority {
         (redeemed as u64, self.families.get(&family).is_some_and(|f| f.revoked))
     }
 
-    /// The operations recorded since the last call.
-    pub fn take_audit(&mut self) -> Vec<Audit> {
-        self.audit.as_mut().map(core::mem::take).unwrap_or_default()
-    }
-
-    /// The same entries, drained in place: the audit keeps its buffer, so a
-    /// world that reads it after every operation allocates nothing for it.
+    /// The operations recorded since the last call, taken out in order. The
+    /// audit keeps its buffer, so a world that reads it after every
+    /// operation allocates nothing for it.
     pub fn drain_audit(&mut self) -> impl Iterator<Item = Audit> + '_ {
         self.audit.iter_mut().flat_map(|audit| audit.drain(..))
+    }
+
+    /// [`Authority::drain_audit`], collected.
+    pub fn take_audit(&mut self) -> Vec<Audit> {
+        self.drain_audit().collect()
     }
 
     /// Starts a family for `client` (a login or any grant that begins a session).

@@ -470,7 +470,7 @@ pub fn run_authority(
             }
             AuthorityOp::Advance { secs } => now = now.saturating_add(Duration::from_secs(secs)),
         }
-        for entry in authority.take_audit() {
+        for entry in authority.drain_audit() {
             monitor.observe(&entry);
         }
     }
