@@ -28,20 +28,23 @@ use serde_core::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Seq
 
 /// A value of a [`Member`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum MemberValue<'a> {
+pub enum MemberValue<'a> {
+    /// A JSON string.
     Text(&'a str),
+    /// A non-negative integer.
     Number(u64),
 }
 
 /// One member of an object written by [`write_object`]: its key and value,
 /// if present.
-pub(crate) type Member<'a> = (&'static str, Option<MemberValue<'a>>);
+pub type Member<'a> = (&'static str, Option<MemberValue<'a>>);
 
 /// Writes the object of the present `members`, in their order, straight into
 /// one buffer sized from an upper bound ([`json_bound`]) and then made a
 /// secret: nothing is built in between, and the buffer never grows, so no
-/// copy of a token is left behind.
-pub(crate) fn write_object(members: &[Member<'_>]) -> SecretString {
+/// copy of a token is left behind. The bytes are `serde_json`'s compact
+/// printing of the same members.
+pub fn write_object(members: &[Member<'_>]) -> SecretString {
     let present = || members.iter().filter_map(|(key, value)| value.map(|value| (*key, value)));
     let texts = present().flat_map(|(key, value)| match value {
         MemberValue::Text(text) => [Some(key), Some(text)],
@@ -55,10 +58,10 @@ pub(crate) fn write_object(members: &[Member<'_>]) -> SecretString {
         if index > 0 {
             buffer.push(b',');
         }
-        written = written.and_then(|()| serde_json::to_writer(&mut buffer, key));
+        written = written.and_then(|()| write_string(&mut buffer, key));
         buffer.push(b':');
         written = written.and_then(|()| match value {
-            MemberValue::Text(text) => serde_json::to_writer(&mut buffer, text),
+            MemberValue::Text(text) => write_string(&mut buffer, text),
             MemberValue::Number(number) => serde_json::to_writer(&mut buffer, &number),
         });
     }
@@ -75,6 +78,20 @@ pub(crate) fn write_object(members: &[Member<'_>]) -> SecretString {
             error.into_bytes().zeroize();
             SecretString::default()
         }
+    }
+}
+
+/// Writes `text` as a JSON string: copied as it is when nothing in it needs
+/// an escape (printable ASCII but `"` and `\`: every token and key in
+/// practice), else escaped by `serde_json`. The same bytes either way.
+fn write_string(buffer: &mut Vec<u8>, text: &str) -> serde_json::Result<()> {
+    if text.bytes().all(|byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\') {
+        buffer.push(b'"');
+        buffer.extend_from_slice(text.as_bytes());
+        buffer.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(buffer, text)
     }
 }
 
@@ -262,6 +279,15 @@ mod tests {
     use serde_json::{Map, Value};
 
     use super::*;
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for text in ["plain_token-1.~", "with space", "a\"quote", "a\\backslash", "t\u{7f}ab\t", "ünï"] {
+            let encoded = write_object(&[("k", Some(MemberValue::Text(text)))]);
+            let expected = format!("{{\"k\":{}}}", serde_json::to_string(text).unwrap());
+            assert_eq!(encoded.expose_secret(), expected, "{text:?}");
+        }
+    }
 
     #[test]
     fn an_object_round_trips_within_its_bound() {
