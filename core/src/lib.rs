@@ -96,13 +96,16 @@ pub mod rng;
 #[cfg(not(feature = "_internal_test_exports"))]
 #[allow(unreachable_pub, dead_code)]
 mod rng;
-// The testkit's reference authority writes its JSON answers with the
-// core's writer, so the feature that is not for applications exports it.
-#[cfg(feature = "_internal_test_exports")]
-pub mod scrub;
-#[cfg(not(feature = "_internal_test_exports"))]
+// Its JSON writer is public (below) only under the feature that is not for
+// applications.
 #[allow(unreachable_pub)]
 mod scrub;
+/// The core's JSON object writer, which the testkit's reference authority
+/// writes its token answers with. Not for applications.
+#[cfg(feature = "_internal_test_exports")]
+pub mod json {
+    pub use crate::scrub::{Member, MemberValue, write_object};
+}
 pub mod session;
 pub mod stored;
 pub mod time;

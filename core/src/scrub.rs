@@ -40,7 +40,7 @@ pub enum MemberValue<'a> {
 pub type Member<'a> = (&'static str, Option<MemberValue<'a>>);
 
 /// Writes the object of the present `members`, in their order, straight into
-/// one buffer sized from an upper bound ([`json_bound`]) and then made a
+/// one buffer sized from an upper bound (`json_bound`) and then made a
 /// secret: nothing is built in between, and the buffer never grows, so no
 /// copy of a token is left behind. The bytes are `serde_json`'s compact
 /// printing of the same members.

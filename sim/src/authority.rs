@@ -38,8 +38,8 @@ use crate::fast_hash::FastHasher;
 pub use audit::{Audit, AuditOp, AuditOutcome};
 pub use dpop::Proof;
 
+use freshen_core::json::{MemberValue, write_object};
 use freshen_core::rng::SplitMix64;
-use freshen_core::scrub::{MemberValue, write_object};
 use freshen_core::time::MonoTime;
 use freshen_core::token::{AccessToken, Fingerprint, RefreshToken};
 
