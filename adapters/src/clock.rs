@@ -24,17 +24,28 @@ use tokio::time::Instant;
 
 /// Reads the wall clock (see [`Environment::with_wall_clock`](crate::Environment::with_wall_clock)).
 #[derive(Clone)]
-pub struct WallClock(Arc<dyn Fn() -> UnixTime + Send + Sync>);
+pub struct WallClock(Option<Arc<dyn Fn() -> UnixTime + Send + Sync>>);
 
 impl WallClock {
     /// A wall clock read by `read`.
     pub fn new(read: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
-        Self(Arc::new(read))
+        Self(Some(Arc::new(read)))
+    }
+
+    /// The system's wall clock, [`system_clock`]: read by a direct call, not
+    /// through a function pointer, because every acquire on the fast path
+    /// reads it.
+    pub fn system() -> Self {
+        Self(None)
     }
 
     /// The time now.
+    #[inline]
     pub fn now(&self) -> UnixTime {
-        (self.0)()
+        match &self.0 {
+            None => system_clock(),
+            Some(read) => read(),
+        }
     }
 }
 
@@ -50,6 +61,7 @@ impl core::fmt::Debug for WallClock {
 /// driver reads it on every acquire to notice a suspend. A few milliseconds are
 /// far finer than anything the wall clock serves (stored expiries, HTTP dates
 /// with one-second resolution, suspends of seconds).
+#[inline]
 pub fn system_clock() -> UnixTime {
     #[cfg(target_os = "linux")]
     {
@@ -191,6 +203,23 @@ impl Clock {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// The default wall clock is the system's, read directly: it agrees
+    /// with `SystemTime` to within the coarse clock's tick, and a clock the
+    /// app supplies is still the one read.
+    #[test]
+    fn the_system_wall_clock_is_the_systems_and_a_supplied_one_is_read() {
+        let system =
+            UnixTime::from_since_epoch(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+        let read = WallClock::system().now();
+        let apart = if read > system {
+            read.since_epoch() - system.since_epoch()
+        } else {
+            system.since_epoch() - read.since_epoch()
+        };
+        assert!(apart < Duration::from_secs(1), "the system wall clock is {apart:?} from SystemTime");
+        assert_eq!(WallClock::new(|| UnixTime::from_secs(7)).now(), UnixTime::from_secs(7));
+    }
 
     /// Linux has a boot clock: it names this boot, the same one on every
     /// reading, and runs forward.

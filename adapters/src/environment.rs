@@ -3,7 +3,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::SystemTime;
 
-use crate::clock::{BootClock, WallClock, system_boot_clock, system_clock};
+use crate::clock::{BootClock, WallClock, system_boot_clock};
 
 /// Where a session gets what is not configuration: the seed its jitter is
 /// drawn from and the clocks it reads. An app never needs one:
@@ -33,7 +33,7 @@ impl Environment {
     pub fn system() -> Self {
         Self {
             seed: None,
-            wall_clock: WallClock::new(system_clock),
+            wall_clock: WallClock::system(),
             boot_clock: BootClock::new(system_boot_clock),
             #[cfg(feature = "_internal_test_exports")]
             observer: None,

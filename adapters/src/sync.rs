@@ -38,6 +38,7 @@ impl<T> Snapshot<T> {
 
     /// Lends this thread's copy to `f`. `arc_swap`'s `load` borrows the
     /// shards without touching a shared count.
+    #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
         let shards = self.0.load();
         f(shards.as_ref().and_then(|shards| shards.get(shard::this_thread())))
@@ -52,6 +53,7 @@ impl<T> Snapshot<T> {
 
 #[cfg(not(freshen_loom))]
 mod shard {
+    use std::cell::Cell;
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -63,13 +65,24 @@ mod shard {
 
     /// This thread's shard, below [`count`]: handed out in turn, so threads
     /// spread over the shards, and reduced once per thread, not per read (a
-    /// division costs more than the rest of a read's lookup).
+    /// division costs more than the rest of a read's lookup). The thread-local
+    /// is a constant-initialized `Cell` with "none yet" as its start, so a read
+    /// is one load from thread storage, with no lazy-init state to check.
+    #[inline]
     pub(super) fn this_thread() -> usize {
+        const UNASSIGNED: usize = usize::MAX;
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
-            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % count();
+            static SHARD: Cell<usize> = const { Cell::new(UNASSIGNED) };
         }
-        SHARD.with(|shard| *shard)
+        SHARD.with(|shard| match shard.get() {
+            UNASSIGNED => {
+                let assigned = NEXT.fetch_add(1, Ordering::Relaxed) % count();
+                shard.set(assigned);
+                assigned
+            }
+            assigned => assigned,
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use freshen_core::token::{AccessToken, RefreshToken};
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
-use super::{Answer, Coordinator, Outcome, Waker};
+use super::{Answer, Coordinator, Outcome, Waker, WallClock};
 use crate::sync::Arc;
 
 /// A waiting caller under loom: a slot and a condition variable.
@@ -56,7 +56,7 @@ fn coordinator() -> Arc<Coordinator<Slot>> {
 
 fn coordinator_with(config: SessionConfig) -> Arc<Coordinator<Slot>> {
     let machine = Session::new(config, 1, MonoTime::ZERO, UnixTime::from_secs(1_000)).unwrap();
-    Arc::new(Coordinator::new(machine, Box::new(|_| {}), Box::new(|| UnixTime::from_secs(1_000))))
+    Arc::new(Coordinator::new(machine, Box::new(|_| {}), WallClock::new(|| UnixTime::from_secs(1_000))))
 }
 
 fn spent_session() -> StoredSession {

@@ -12,8 +12,12 @@ use std::collections::BTreeMap;
 
 use freshen_core::ids::{CallerId, Generation};
 use freshen_core::session::{Command, Event, FailReason, Io, NewSession, Session, StateView, Timeout};
-use freshen_core::time::{MonoTime, UnixTime};
+use freshen_core::time::MonoTime;
+#[cfg(freshen_loom)]
+use freshen_core::time::UnixTime;
 
+#[cfg(not(freshen_loom))]
+use crate::clock::WallClock;
 use crate::sync::{Arc, Mutex, Snapshot, lock};
 use crate::token::{Published, Token};
 
@@ -50,9 +54,28 @@ pub trait Observer: Send + Sync + core::fmt::Debug {
 /// the callers whose answers that state explains (U1).
 pub(crate) type StateSink = Box<dyn Fn(&StateView) + Send + Sync>;
 
-/// Reads the wall clock: the fast path's check against a timer that fired
-/// late (see [`Coordinator::fast`]).
-pub(crate) type WallNow = Box<dyn Fn() -> UnixTime + Send + Sync>;
+/// Under loom, which leaves out the clock module (it reads tokio's clock),
+/// the wall clock is a plain function.
+#[cfg(freshen_loom)]
+pub(crate) struct WallClock(fn() -> UnixTime);
+
+#[cfg(freshen_loom)]
+impl WallClock {
+    pub(crate) fn new(read: fn() -> UnixTime) -> Self {
+        Self(read)
+    }
+
+    fn now(&self) -> UnixTime {
+        (self.0)()
+    }
+}
+
+#[cfg(freshen_loom)]
+impl core::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("WallClock")
+    }
+}
 
 /// How much earlier than its usable time, on the wall clock, the fast path
 /// stops handing out a published token by itself: the coarse wall clock's
@@ -97,7 +120,7 @@ pub(crate) struct Coordinator<W> {
     inner: Mutex<Inner<W>>,
     published: Snapshot<Token>,
     on_state: StateSink,
-    wall: WallNow,
+    wall: WallClock,
     #[cfg(feature = "_internal_test_exports")]
     observer: Option<std::sync::Arc<dyn Observer>>,
 }
@@ -110,7 +133,7 @@ impl<W> core::fmt::Debug for Coordinator<W> {
 
 impl<W: Waker> Coordinator<W> {
     /// A coordinator around `machine` that publishes every state to `on_state`.
-    pub(crate) fn new(machine: Session, on_state: StateSink, wall: WallNow) -> Self {
+    pub(crate) fn new(machine: Session, on_state: StateSink, wall: WallClock) -> Self {
         let coordinator = Self {
             inner: Mutex::new(Inner::new(machine)),
             published: Snapshot::empty(),
@@ -128,7 +151,7 @@ impl<W: Waker> Coordinator<W> {
     pub(crate) fn observed(
         machine: Session,
         on_state: StateSink,
-        wall: WallNow,
+        wall: WallClock,
         observer: std::sync::Arc<dyn Observer>,
     ) -> Self {
         let coordinator = Self {
@@ -156,9 +179,10 @@ impl<W: Waker> Coordinator<W> {
     /// [`Coordinator::fast`], lending the token to `f` instead of handing
     /// out a clone: nothing is written to memory any other thread reads.
     /// `f` comes back unused when there is no token to lend.
+    #[inline]
     pub(crate) fn lend<R, F: FnOnce(&Token) -> R>(&self, f: F) -> Result<R, F> {
         self.published.with(|token| match token {
-            Some(token) if token.0.refuse_from.is_none_or(|refuse_from| (self.wall)() < refuse_from) => Ok(f(token)),
+            Some(token) if token.0.refuse_from.is_none_or(|refuse_from| self.wall.now() < refuse_from) => Ok(f(token)),
             _ => Err(f),
         })
     }
@@ -339,7 +363,7 @@ impl<W: Waker> Coordinator<W> {
                             // The usable time on the wall clock, for a timer that fires late.
                             let refuse_from = grant.usable_until.map(|until| {
                                 let left = until.saturating_duration_since(now).saturating_sub(WALL_SLACK);
-                                (self.wall)().saturating_add(left)
+                                self.wall.now().saturating_add(left)
                             });
                             // One copy per shard, each with its own header: readers
                             // on different threads count different `Arc`s and `Bytes`.

@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Environment;
 use crate::Error;
 use crate::clock::Clock;
-use crate::coordinator::{Answer, Coordinator, Outcome, StateSink, Waker, WallNow};
+use crate::coordinator::{Answer, Coordinator, Outcome, StateSink, Waker};
 use crate::stats::{Count, Counters, Stats};
 use crate::store::{BoxStore, Store, StoreLock};
 use crate::token::Token;
@@ -316,8 +316,7 @@ impl<T: Transport, S: Store> Session<T, S> {
             }
             publisher.send_replace(view.clone());
         });
-        let wall_clock = environment.wall_clock().clone();
-        let wall: WallNow = Box::new(move || wall_clock.now());
+        let wall = environment.wall_clock().clone();
         #[cfg(feature = "_internal_test_exports")]
         let coordinator = match environment.observer() {
             Some(observer) => Coordinator::observed(machine, on_state, wall, Arc::clone(observer)),
