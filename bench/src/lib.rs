@@ -140,13 +140,25 @@ pub struct Fastpath {
     pub freshen_sync: f64,
     /// The hand-written baseline: a tokio `RwLock` read and a clone.
     pub baseline: f64,
+    /// The coarse wall clock read alone ([`system_clock`]), which every
+    /// acquire makes: it refuses a token past its usable time even when the
+    /// timer that withdraws it fires late, or the machine was suspended.
+    pub clock: f64,
+    /// The floor of any acquire that keeps that guarantee and frees a
+    /// replaced token at once: the clock read plus one `arc_swap` load of a
+    /// snapshot like freshen's (an atomic exchange into this thread's debt
+    /// slot, which is what lets a writer free the old value safely).
+    pub floor: f64,
 }
 
 /// Times [`Fastpath`]'s three acquires in interleaved rounds of one run.
 pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes: Sizes) -> Fastpath {
     let lock = baseline_lock(ACCESS_TOKEN);
     let acquires = sizes.acquires;
+    let snapshot = Arc::new(arc_swap::ArcSwapOption::from_pointee(vec![ACCESS_TOKEN.to_owned()].into_boxed_slice()));
+    let usable_until = system_clock().saturating_add(Duration::from_secs(3600));
     let (mut freshen, mut freshen_sync, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut clock, mut floor) = (Vec::new(), Vec::new());
     for _ in 0..sizes.rounds {
         freshen.push(timed_tasks(runtime, threads, acquires, session, move |session| async move {
             for _ in 0..acquires {
@@ -163,8 +175,26 @@ pub fn fastpath(runtime: &Runtime, session: &BenchSession, threads: usize, sizes
                 black_box(lock.read().await.clone());
             }
         }));
+        clock.push(timed_tasks(runtime, threads, acquires, &(), move |()| async move {
+            for _ in 0..acquires {
+                black_box(black_box(system_clock()) < usable_until);
+            }
+        }));
+        floor.push(timed_tasks(runtime, threads, acquires, &snapshot, move |snapshot| async move {
+            for _ in 0..acquires {
+                let shards = snapshot.load();
+                let token = shards.as_ref().and_then(|shards| shards.first());
+                black_box(token.filter(|_| system_clock() < usable_until).map(|token| black_box(token).len()));
+            }
+        }));
     }
-    Fastpath { freshen: median(&mut freshen), freshen_sync: median(&mut freshen_sync), baseline: median(&mut baseline) }
+    Fastpath {
+        freshen: median(&mut freshen),
+        freshen_sync: median(&mut freshen_sync),
+        baseline: median(&mut baseline),
+        clock: median(&mut clock),
+        floor: median(&mut floor),
+    }
 }
 
 /// Runs `threads` tasks at once, each given its own clone of `shared`, and

@@ -67,6 +67,14 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("fastpath_ns_1t={:.1}", one.freshen);
     println!("fastpath_sync_ratio_1t={:.2}", one.baseline / one.freshen_sync);
     println!("fastpath_sync_ns_1t={:.1}", one.freshen_sync);
+    println!(
+        "# the floor, ns: the coarse wall clock {:.1} and with a snapshot load {:.1} (1 thread); {:.1} and {:.1} (2 threads)",
+        one.clock, one.floor, two.clock, two.floor
+    );
+    println!("fastpath_clock_ns_1t={:.1}", one.clock);
+    println!("fastpath_floor_ns_1t={:.1}", one.floor);
+    println!("fastpath_floor_ratio_1t={:.2}", one.baseline / one.floor);
+    println!("fastpath_floor_ratio_2t={:.2}", two.baseline / two.floor);
     let owned = freshen_bench::fastpath_owned(&runtime, &session, sizes);
     println!("# access_token (an owned handle, an Arc clone) on one thread: {owned:.1} ns");
     println!("fastpath_owned_ns_1t={owned:.1}");
