@@ -7,6 +7,8 @@
 //! Exit status: 0 no invariant violated, 1 a violation, 2 a usage error.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool reports on its terminal
 
+mod summary;
+
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -19,6 +21,7 @@ use freshen_core::session::Plant;
 use freshen_sim::check::Violation;
 use freshen_sim::harness::{World, WorldStats};
 use freshen_sim::world::{Database, LoginGrant, Tally, WorldConfig};
+use summary::Summary;
 
 /// Every world allocates on nearly every event (deliveries, commands,
 /// checker entries): under mimalloc a tier-1 seed costs 5.6 % fewer
@@ -367,44 +370,50 @@ fn replay(tier: Tier, seed: u64, plant: Option<Plant>) -> ExitCode {
 /// sees is met early (`--fail-fast` stops within seconds), and the long
 /// tier-2 seeds all start early, so none runs alone at the end.
 fn jobs(options: &Options) -> Jobs {
-    if options.budget.is_some() && !options.seeds_given {
-        return Jobs::Endless { first: options.first, tier: options.tier };
+    match (options.budget, options.seeds_given) {
+        (Some(_), false) => Jobs::Endless { first: options.first, tier: options.tier },
+        _ => Jobs::Counted { first: options.first, count: options.seeds, tier: options.tier },
     }
-    let range = |count: u64| options.first..options.first.saturating_add(count);
-    Jobs::Listed(match options.tier {
-        Some(tier) => range(options.seeds).map(|seed| (tier, seed)).collect(),
-        None => {
-            let deep = (options.seeds / 20).max(1).min(options.seeds);
-            let broad = options.seeds - deep;
-            let mut tier1 = range(broad).map(|seed| (Tier::One, seed));
-            let mut jobs = Vec::new();
-            for seed in range(deep) {
-                jobs.push((Tier::Two, seed));
-                jobs.extend(tier1.by_ref().take(10));
-            }
-            jobs.extend(tier1);
-            jobs
-        }
-    })
 }
 
-/// The seeds a campaign runs, by position.
+/// The seeds a campaign runs, by position: worked out from the position, not
+/// listed, so a campaign of any size holds no list of its seeds.
 enum Jobs {
-    Listed(Vec<(Tier, u64)>),
+    /// `count` seeds from `first`: all in the chosen tier, or the counted
+    /// interleaving of [`jobs`].
+    Counted { first: u64, count: u64, tier: Option<Tier> },
     /// Until the time budget runs out: the chosen tier's seeds in order, or
     /// by default one tier-2 seed before every nineteen of tier 1 (the same
     /// one in twenty as a counted campaign).
-    Endless {
-        first: u64,
-        tier: Option<Tier>,
-    },
+    Endless { first: u64, tier: Option<Tier> },
 }
 
 impl Jobs {
     fn get(&self, index: u64) -> Option<(Tier, u64)> {
-        match self {
-            Self::Listed(jobs) => usize::try_from(index).ok().and_then(|i| jobs.get(i)).copied(),
-            Self::Endless { first, tier: Some(tier) } => Some((*tier, first.checked_add(index)?)),
+        match *self {
+            Self::Counted { count, .. } if index >= count => None,
+            Self::Counted { first, tier: Some(tier), .. } | Self::Endless { first, tier: Some(tier) } => {
+                Some((tier, first.checked_add(index)?))
+            }
+            Self::Counted { first, count, tier: None } => {
+                // One seed in twenty in tier 2 (at least one), each before a
+                // block of ten tier-1 seeds, and the rest of tier 1 after them.
+                // (A campaign of fewer than twenty seeds has one tier-2 seed
+                // and a block cut short by `count`.)
+                const PER_BLOCK: u64 = 10;
+                let deep = (count / 20).clamp(1, count);
+                let interleaved = deep * (PER_BLOCK + 1);
+                let (tier, offset) = if index < interleaved {
+                    let (block, position) = (index / (PER_BLOCK + 1), index % (PER_BLOCK + 1));
+                    match position {
+                        0 => (Tier::Two, block),
+                        _ => (Tier::One, block * PER_BLOCK + position - 1),
+                    }
+                } else {
+                    (Tier::One, deep * PER_BLOCK + (index - interleaved))
+                };
+                Some((tier, first.checked_add(offset)?))
+            }
             Self::Endless { first, tier: None } => {
                 let (block, position) = (index / 20, index % 20);
                 match position {
@@ -415,10 +424,9 @@ impl Jobs {
         }
     }
 
-    /// How many there are, when that is known.
     fn total(&self) -> Option<u64> {
         match self {
-            Self::Listed(jobs) => Some(jobs.len() as u64),
+            Self::Counted { count, .. } => Some(*count),
             Self::Endless { .. } => None,
         }
     }
@@ -463,7 +471,7 @@ fn campaign(options: &Options) -> ExitCode {
     let total = jobs.total();
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
-    let outcomes = Mutex::new(Vec::new());
+    let summary = Mutex::new(Summary::default());
     let busy: Mutex<BTreeMap<Tier, f64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     let progress = Progress::new(started, total, options.plant);
@@ -490,21 +498,20 @@ fn campaign(options: &Options) -> ExitCode {
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                     progress.seed_ended(finished, &outcome);
-                    if let Ok(mut all) = outcomes.lock() {
-                        all.push(outcome);
+                    if let Ok(mut summary) = summary.lock() {
+                        summary.add(outcome);
                     }
                 }
             });
         }
     });
     progress.end();
-    let mut outcomes = outcomes.into_inner().unwrap_or_default();
-    outcomes.sort_by_key(|o| (o.tier, o.seed));
+    let summary = summary.into_inner().unwrap_or_default();
     let busy = busy.into_inner().unwrap_or_default();
-    let code = summarize(options, &outcomes, &busy, started.elapsed().as_secs_f64());
+    let code = summary.report(options, &busy, started.elapsed().as_secs_f64());
     match (code == ExitCode::SUCCESS, interrupted()) {
         (true, true) => {
-            println!("stopped by a signal after {} seeds", outcomes.len());
+            println!("stopped by a signal after {} seeds", summary.seeds());
             ExitCode::from(130)
         }
         _ => code,
@@ -588,74 +595,6 @@ impl Progress {
     fn end(&self) {
         if self.terminal {
             eprintln!();
-        }
-    }
-}
-
-fn summarize(options: &Options, outcomes: &[Outcome], busy: &BTreeMap<Tier, f64>, seconds: f64) -> ExitCode {
-    let mut tally = Tally::default();
-    for outcome in outcomes {
-        tally.add(&outcome.tally);
-    }
-    let failing: Vec<&Outcome> = outcomes.iter().filter(|o| !o.violations.is_empty()).collect();
-    let violations: usize = failing.iter().map(|o| o.violations.len()).sum();
-    let plant = options.plant.map_or("none", Plant::name);
-    println!("freshen-sim campaign: seeds from {}, plant {plant}, {} threads", options.first, options.threads);
-    for tier in [Tier::One, Tier::Two] {
-        let count = outcomes.iter().filter(|o| o.tier == tier).count();
-        if count > 0 {
-            // Seeds per second of one thread's work, times the threads that shared it.
-            let rate =
-                count as f64 / busy.get(&tier).copied().unwrap_or(seconds).max(f64::EPSILON) * options.threads as f64;
-            let shared = outcomes.iter().filter(|o| o.tier == tier && o.processes > 1).count();
-            println!("{:<40} {:>12}", format!("seeds (tier {})", tier.number()), count);
-            println!("{:<40} {:>12}", format!("  with 2-4 processes on one store (tier {})", tier.number()), shared);
-            let bound = outcomes.iter().filter(|o| o.tier == tier && o.bound).count();
-            println!("{:<40} {:>12}", format!("  bound by DPoP (tier {})", tier.number()), bound);
-            for (grant, name) in [(LoginGrant::Device, "device"), (LoginGrant::Code, "code + PKCE")] {
-                let logging_in = outcomes.iter().filter(|o| o.tier == tier && o.login == grant).count();
-                println!("{:<40} {:>12}", format!("  logging in by {name} (tier {})", tier.number()), logging_in);
-            }
-            let databases = outcomes.iter().filter(|o| o.tier == tier && o.database.is_some()).count();
-            println!("{:<40} {:>12}", format!("  sharing a database (tier {})", tier.number()), databases);
-            let covered = outcomes.iter().filter(|o| o.tier == tier && o.database == Some(true)).count();
-            println!("{:<40} {:>12}", format!("    whose grace covers a lost lock (tier {})", tier.number()), covered);
-            println!("{:<40} {:>12.1}", format!("seeds per second (tier {})", tier.number()), rate);
-        }
-    }
-    println!("{:<40} {:>12}", "refreshes sent", tally.refreshes);
-    println!("{:<40} {:>12}", "callers granted", tally.granted);
-    println!("{:<40} {:>12}", "callers failed", tally.failed);
-    println!("{:<40} {:>12}", "database: locks lost by live workers", tally.locks_lost);
-    println!("{:<40} {:>12}", "database: writes fenced off", tally.fenced_writes);
-    println!("{:<40} {:>12}", "database: overlaps where a lock was lost", tally.lock_loss_overlaps);
-    for (kind, count) in &tally.faults {
-        println!("{:<40} {:>12}", format!("faults: {kind}"), count);
-    }
-    for (cause, count) in &tally.logouts {
-        println!("{:<40} {:>12}", format!("logouts: {cause}"), count);
-    }
-    println!("{:<40} {:>12}", "violations", violations);
-    println!("{:<40} {:>12.1}", "wall time (s)", seconds);
-    match failing.first() {
-        None => ExitCode::SUCCESS,
-        Some(first) => {
-            println!();
-            println!("{} of {} seeds violated an invariant; the first:", failing.len(), outcomes.len());
-            for violation in first.violations.iter().take(5) {
-                println!("  tier {} seed {}: {violation}", first.tier.number(), first.seed);
-            }
-            let invocation = Invocation::current();
-            println!("replay it with: {}", replay_command(&invocation, first.tier, first.seed, options.plant));
-            println!("every failing seed:");
-            for tier in [Tier::One, Tier::Two] {
-                let seeds: Vec<String> =
-                    failing.iter().filter(|o| o.tier == tier).map(|o| o.seed.to_string()).collect();
-                if !seeds.is_empty() {
-                    println!("  tier {} ({}): {}", tier.number(), seeds.len(), seeds.join(" "));
-                }
-            }
-            ExitCode::from(1)
         }
     }
 }
@@ -776,6 +715,37 @@ mod tests {
         assert_eq!(seeds(Tier::One), (0..950).collect::<Vec<_>>());
         assert_eq!(&jobs[..3], [(Tier::Two, 0), (Tier::One, 0), (Tier::One, 1)]);
         assert!(jobs[550..].iter().all(|(t, _)| *t == Tier::One), "450 short seeds follow the last long one");
+    }
+
+    /// The seeds are worked out from their position, not listed: they are
+    /// the ones a list built block by block gives, for every campaign size
+    /// (tiny ones included), and a campaign of a billion seeds costs no
+    /// memory to describe.
+    #[test]
+    fn a_counted_campaign_works_its_seeds_out_as_a_list_would_give_them() {
+        let listed = |first: u64, count: u64| {
+            let deep = (count / 20).max(1).min(count);
+            let mut tier1 = (first..first + count - deep).map(|seed| (Tier::One, seed));
+            let mut jobs = Vec::new();
+            for seed in first..first + deep {
+                jobs.push((Tier::Two, seed));
+                jobs.extend(tier1.by_ref().take(10));
+            }
+            jobs.extend(tier1);
+            jobs
+        };
+        for count in (1..=450).chain([999, 1000, 1001, 2000, 4321]) {
+            let counted = jobs_of(&format!("--seeds {count} --first 7"));
+            let worked_out: Vec<_> = (0..count).map_while(|i| counted.get(i)).collect();
+            assert_eq!(worked_out, listed(7, count), "{count} seeds");
+            assert_eq!(counted.get(count), None);
+        }
+        let huge = jobs_of("--seeds 1000000000");
+        assert_eq!(
+            (huge.total(), huge.get(0), huge.get(999_999_999)),
+            (Some(1_000_000_000), Some((Tier::Two, 0)), Some((Tier::One, 949_999_999)))
+        );
+        assert_eq!(jobs_of(&format!("--first {} --seeds 5 --tier 1", u64::MAX)).get(1), None, "past the last seed");
     }
 
     #[test]
