@@ -367,3 +367,94 @@ async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
     // The thief's attempt consumed nothing: the session refreshes on.
     session.refresh().await.unwrap();
 }
+
+/// A resource server on a loopback port that asks for a DPoP nonce (RFC 9449
+/// §9) once: its first answer is a `use_dpop_nonce` challenge with nonce
+/// `n1`; every later request must carry a valid proof with that nonce and
+/// the bound token. Returns its URL and its request count.
+async fn nonce_demanding_resource() -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/me", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (seen, resource_url) = (calls.clone(), url.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (seen, url) = (seen.clone(), resource_url.clone());
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let call = seen.fetch_add(1, Ordering::SeqCst);
+                let token = AccessToken::new("bound-access");
+                let proof = freshen_sim::authority::dpop::verify(
+                    request.headers()["dpop"].as_bytes(),
+                    request.method().as_str(),
+                    &url,
+                    freshen::system_clock(),
+                    Some(&token),
+                );
+                let authorization = request.headers()[http::header::AUTHORIZATION].to_str().unwrap().to_owned();
+                let mut response = http::Response::new(http_body_util::Full::<bytes::Bytes>::default());
+                let proof = proof.expect("a valid proof of this request, naming the token");
+                assert_eq!(authorization, "DPoP bound-access", "the same token, retry or not");
+                if call == 0 {
+                    assert_eq!(proof.nonce, None);
+                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                    let headers = response.headers_mut();
+                    headers.insert(http::header::WWW_AUTHENTICATE, "DPoP error=\"use_dpop_nonce\"".parse().unwrap());
+                    headers.insert("dpop-nonce", "n1".parse().unwrap());
+                } else {
+                    assert_eq!(proof.nonce.as_deref(), Some("n1"), "the retry carries the server's nonce");
+                }
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    (url, calls)
+}
+
+/// A session whose stored token is bound to a key and valid for an hour.
+fn bound_session() -> Session<ReqwestTransport, MemoryStore> {
+    let key = freshen::dpop::DpopKey::from_bytes(&[9; 32]).unwrap();
+    let stored = StoredSession::pair(AccessToken::new("bound-access"), RefreshToken::new("bound-refresh"))
+        .with_access_expiry(freshen::system_clock(), Duration::from_secs(3600))
+        .with_dpop_key(key);
+    let config = Config::new("http://127.0.0.1:9/token", Client::public(CLIENT));
+    let store = MemoryStore::holding(&stored);
+    Session::start_in(config, ReqwestTransport::new().unwrap(), store, Environment::seeded(1)).unwrap()
+}
+
+/// A resource server's nonce challenge is answered once, with the same token
+/// and the server's nonce, through the middleware and the plain wrapper
+/// alike; the session is not told (the token is good), and a request whose
+/// body cannot be sent twice gets the challenge back as it came.
+#[tokio::test]
+async fn a_resource_nonce_challenge_is_retried_once_with_the_same_token_and_the_nonce() {
+    use std::sync::atomic::Ordering;
+    let session = bound_session();
+    let (url, calls) = nonce_demanding_resource().await;
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()))
+        .build();
+    assert_eq!(api.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one challenge, one retry");
+    // The nonce is remembered: the next request carries it at once.
+    assert_eq!(api.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(session.stats().refresh_attempts, 0, "the session was not told: the token is good");
+
+    let session = bound_session();
+    let (url, calls) = nonce_demanding_resource().await;
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
+    assert_eq!(client.send(client.get(&url)).await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one challenge, one retry");
+    assert_eq!(session.stats().refresh_attempts, 0);
+
+    let session = bound_session();
+    let (url, calls) = nonce_demanding_resource().await;
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(AuthMiddleware::new(session)).build();
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"payload"))]);
+    let answer = api.get(&url).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    assert_eq!((answer.status(), calls.load(Ordering::SeqCst)), (reqwest::StatusCode::UNAUTHORIZED, 1), "sent once");
+}
