@@ -26,11 +26,12 @@ use crate::store::Store;
 use crate::transport::Transport;
 use crate::{Error, Session, Token};
 
-/// What to do after the first answer.
-enum Next401 {
-    Done(Response),
-    /// Retry with a token of this generation.
-    Retry(Request, Generation),
+/// What the first answer asks for: the request once more, with the same
+/// token and the server's DPoP nonce, or with a fresh token after a 401.
+#[derive(Clone, Copy)]
+enum Retry {
+    WithNonce,
+    WithFreshToken,
 }
 
 /// Authorizes `request` with `token`. A proof names the request's method
@@ -51,27 +52,36 @@ fn heed_answer<T: Transport, S: Store>(session: &Session<T, S>, response: &Respo
     heed_nonce(session, response.url().as_str(), response.status(), response.headers())
 }
 
-/// The shared decision: keep the answer, retry once with the server's DPoP
-/// nonce, or retry once with a fresh token.
-async fn after_first<T: Transport, S: Store>(
+/// Reads the first answer (a DPoP nonce it carries is remembered) and says
+/// whether it asks for the request again: a nonce challenge to a bound token,
+/// or a 401. Synchronous, so the usual final answer is decided without
+/// moving the response through the retry's future.
+fn retry_wanted<T: Transport, S: Store>(session: &Session<T, S>, response: &Response, used: &Token) -> Option<Retry> {
+    if heed_answer(session, response) && used.dpop_key().is_some() {
+        // The token is good: the server wants its nonce in the proof.
+        return Some(Retry::WithNonce);
+    }
+    (response.status() == StatusCode::UNAUTHORIZED).then_some(Retry::WithFreshToken)
+}
+
+/// The request to send again for `retry`, authorized, with the generation
+/// of the token it carries; `None` when the first answer stands (a nonce
+/// challenge to a request whose body cannot be sent twice).
+async fn retry_request<T: Transport, S: Store>(
     session: &Session<T, S>,
-    response: Response,
+    retry: Retry,
     replay: Option<Request>,
     used: &Token,
-) -> Result<Next401, Error> {
-    let challenged = heed_answer(session, &response);
-    if challenged && used.dpop_key().is_some() {
-        // The token is good: the server wants its nonce in the proof.
-        let Some(mut replay) = replay else { return Ok(Next401::Done(response)) };
-        authorize_request(&mut replay, used, session)?;
-        return Ok(Next401::Retry(replay, used.generation()));
-    }
-    if response.status() != StatusCode::UNAUTHORIZED {
-        return Ok(Next401::Done(response));
-    }
-    let (mut replay, fresh) = prepare_retry(session, used, replay).await?;
-    authorize_request(&mut replay, &fresh, session)?;
-    Ok(Next401::Retry(replay, fresh.generation()))
+) -> Result<Option<(Request, Generation)>, Error> {
+    let (mut replay, token) = match retry {
+        Retry::WithNonce => match replay {
+            Some(replay) => (replay, used.clone()),
+            None => return Ok(None),
+        },
+        Retry::WithFreshToken => prepare_retry(session, used, replay).await?,
+    };
+    authorize_request(&mut replay, &token, session)?;
+    Ok(Some((replay, token.generation())))
 }
 
 /// reqwest-middleware support: `ClientBuilder::new(client).with(AuthMiddleware::new(session))`.
@@ -101,15 +111,18 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
             authorize_request(&mut request, &token, &self.session).map_err(reqwest_middleware::Error::middleware)?;
             let replay = request.try_clone();
             let response = next.clone().run(request, extensions).await?;
-            let response = match after_first(&self.session, response, replay, &token)
-                .await
-                .map_err(reqwest_middleware::Error::middleware)?
-            {
-                Next401::Done(response) => {
+            let retry = match retry_wanted(&self.session, &response, &token) {
+                None => None,
+                Some(retry) => retry_request(&self.session, retry, replay, &token)
+                    .await
+                    .map_err(reqwest_middleware::Error::middleware)?,
+            };
+            let response = match retry {
+                None => {
                     record_answer(token.generation(), false);
                     response
                 }
-                Next401::Retry(replay, generation) => {
+                Some((replay, generation)) => {
                     record_answer(generation, true);
                     let response = next.run(replay, extensions).await?;
                     heed_answer(&self.session, &response);
@@ -179,12 +192,16 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
             authorize_request(&mut request, &token, &self.session)?;
             let replay = request.try_clone();
             let response = self.client.execute(request).await?;
-            let response = match after_first(&self.session, response, replay, &token).await? {
-                Next401::Done(response) => {
+            let retry = match retry_wanted(&self.session, &response, &token) {
+                None => None,
+                Some(retry) => retry_request(&self.session, retry, replay, &token).await?,
+            };
+            let response = match retry {
+                None => {
                     record_answer(token.generation(), false);
                     response
                 }
-                Next401::Retry(replay, generation) => {
+                Some((replay, generation)) => {
                     record_answer(generation, true);
                     let response = self.client.execute(replay).await?;
                     heed_answer(&self.session, &response);
