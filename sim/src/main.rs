@@ -424,6 +424,7 @@ impl Jobs {
         }
     }
 
+    /// How many there are, when that is known.
     fn total(&self) -> Option<u64> {
         match self {
             Self::Counted { count, .. } => Some(*count),
