@@ -322,6 +322,8 @@ fn scripted_response(scripted: Scripted) -> Response<Full<Bytes>> {
 
 mod routes;
 
+pub use routes::resource_nonce_challenge;
+
 fn oauth_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
     respond(status, "application/json", serde_json::json!({ "error": code }).to_string())
 }

@@ -393,18 +393,15 @@ async fn nonce_demanding_resource() -> (String, std::sync::Arc<std::sync::atomic
                     Some(&token),
                 );
                 let authorization = request.headers()[http::header::AUTHORIZATION].to_str().unwrap().to_owned();
-                let mut response = http::Response::new(http_body_util::Full::<bytes::Bytes>::default());
                 let proof = proof.expect("a valid proof of this request, naming the token");
                 assert_eq!(authorization, "DPoP bound-access", "the same token, retry or not");
-                if call == 0 {
+                let response = if call == 0 {
                     assert_eq!(proof.nonce, None);
-                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
-                    let headers = response.headers_mut();
-                    headers.insert(http::header::WWW_AUTHENTICATE, "DPoP error=\"use_dpop_nonce\"".parse().unwrap());
-                    headers.insert("dpop-nonce", "n1".parse().unwrap());
+                    freshen_sim::http::resource_nonce_challenge("n1")
                 } else {
                     assert_eq!(proof.nonce.as_deref(), Some("n1"), "the retry carries the server's nonce");
-                }
+                    http::Response::new(http_body_util::Full::<bytes::Bytes>::default())
+                };
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);

@@ -145,16 +145,13 @@ async fn a_bound_token_is_proven_and_a_nonce_challenge_is_retried_with_the_nonce
             let token = freshen_core::token::AccessToken::new("bound-access");
             let proof = verify(request.headers()["dpop"].as_bytes(), "GET", url, freshen::system_clock(), Some(&token));
             let proof = proof.expect("a valid proof of this request, naming the token");
-            let mut response = http::Response::new(Full::<Bytes>::default());
-            if call == 0 {
+            let response = if call == 0 {
                 assert_eq!(proof.nonce, None);
-                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
-                let headers = response.headers_mut();
-                headers.insert(http::header::WWW_AUTHENTICATE, "DPoP error=\"use_dpop_nonce\"".parse().unwrap());
-                headers.insert("dpop-nonce", "n1".parse().unwrap());
+                freshen_sim::http::resource_nonce_challenge("n1")
             } else {
                 assert_eq!(proof.nonce.as_deref(), Some("n1"), "the retry carries the server's nonce");
-            }
+                http::Response::new(Full::<Bytes>::default())
+            };
             Ok::<_, std::convert::Infallible>(response)
         }
     });

@@ -59,6 +59,16 @@ fn with_nonce(response: &mut Response<Full<Bytes>>, nonce: &str) {
     }
 }
 
+/// A resource server's DPoP nonce challenge (RFC 9449 §9): a 401 naming
+/// `use_dpop_nonce`, with the nonce to put in the next proof.
+pub fn resource_nonce_challenge(nonce: &str) -> Response<Full<Bytes>> {
+    let mut challenge = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
+    let value = header::HeaderValue::from_static("DPoP error=\"use_dpop_nonce\"");
+    challenge.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    with_nonce(&mut challenge, nonce);
+    challenge
+}
+
 /// A grant that starts a family (a login) with a proof binds it to the
 /// proof's key, once the proof's nonce and id are good.
 fn bound_login(
@@ -218,11 +228,7 @@ pub(super) fn resource(
     });
     if let (Some(Err(InvalidProof::Stale)), Some(nonce)) = (&proof, &nonce) {
         // As at the token endpoint: a nonce vouches for a proof's age.
-        let mut challenge = respond(StatusCode::UNAUTHORIZED, "text/plain", "");
-        let value = header::HeaderValue::from_static("DPoP error=\"use_dpop_nonce\"");
-        challenge.headers_mut().insert(header::WWW_AUTHENTICATE, value);
-        with_nonce(&mut challenge, nonce);
-        return challenge;
+        return resource_nonce_challenge(nonce);
     }
     let proof = proof.and_then(Result::ok);
     let replayed = proof
