@@ -84,6 +84,85 @@ async fn retry_request<T: Transport, S: Store>(
     Ok(Some((replay, token.generation())))
 }
 
+/// How a request goes out: through the rest of a reqwest-middleware chain,
+/// or straight from a `reqwest::Client`. It is all [`AuthMiddleware`] and
+/// [`AuthorizedClient`] differ in; [`send_authorized`] is their one flow.
+trait SendRequest {
+    /// How sending fails.
+    type Error;
+    /// Sends `request` (the first time, or the one retry).
+    fn send(&mut self, request: Request) -> impl Future<Output = Result<Response, Self::Error>> + Send;
+}
+
+/// Why [`send_authorized`] failed: no token, or the request itself.
+enum Failure<E> {
+    Session(Error),
+    Send(E),
+}
+
+impl<E> From<Error> for Failure<E> {
+    fn from(error: Error) -> Self {
+        Self::Session(error)
+    }
+}
+
+/// Sends `request` with a token from `session`, and once more if the answer
+/// asks for it ([`retry_wanted`]), in an `authorized_request` span.
+fn send_authorized<'a, T: Transport, S: Store, C: SendRequest>(
+    session: &'a Session<T, S>,
+    mut request: Request,
+    client: &'a mut C,
+) -> impl Future<Output = Result<Response, Failure<C::Error>>> + 'a {
+    async move {
+        let token = session.access_token().await?;
+        authorize_request(&mut request, &token, session)?;
+        let replay = request.try_clone();
+        let response = client.send(request).await.map_err(Failure::Send)?;
+        let retry = match retry_wanted(session, &response, &token) {
+            None => None,
+            // Boxed: the rare retry's future would otherwise swell every request's.
+            Some(retry) => Box::pin(retry_request(session, retry, replay, &token)).await?,
+        };
+        let response = match retry {
+            None => {
+                record_answer(token.generation(), false);
+                response
+            }
+            Some((replay, generation)) => {
+                record_answer(generation, true);
+                let response = client.send(replay).await.map_err(Failure::Send)?;
+                heed_answer(session, &response);
+                response
+            }
+        };
+        tracing::debug!(status = response.status().as_u16(), "authorized request answered");
+        Ok(response)
+    }
+    .instrument(request_span())
+}
+
+/// The rest of a reqwest-middleware chain, after [`AuthMiddleware`].
+struct RestOfChain<'a, 'e> {
+    next: Next<'a>,
+    extensions: &'e mut http::Extensions,
+}
+
+impl SendRequest for RestOfChain<'_, '_> {
+    type Error = reqwest_middleware::Error;
+
+    fn send(&mut self, request: Request) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send {
+        self.next.clone().run(request, self.extensions)
+    }
+}
+
+impl SendRequest for &reqwest::Client {
+    type Error = reqwest::Error;
+
+    fn send(&mut self, request: Request) -> impl Future<Output = reqwest::Result<Response>> + Send {
+        self.execute(request)
+    }
+}
+
 /// reqwest-middleware support: `ClientBuilder::new(client).with(AuthMiddleware::new(session))`.
 #[derive(Debug)]
 pub struct AuthMiddleware<T, S> {
@@ -101,39 +180,16 @@ impl<T, S> AuthMiddleware<T, S> {
 impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
     async fn handle(
         &self,
-        mut request: Request,
+        request: Request,
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let span = request_span();
-        async {
-            let token = self.session.access_token().await.map_err(reqwest_middleware::Error::middleware)?;
-            authorize_request(&mut request, &token, &self.session).map_err(reqwest_middleware::Error::middleware)?;
-            let replay = request.try_clone();
-            let response = next.clone().run(request, extensions).await?;
-            let retry = match retry_wanted(&self.session, &response, &token) {
-                None => None,
-                Some(retry) => retry_request(&self.session, retry, replay, &token)
-                    .await
-                    .map_err(reqwest_middleware::Error::middleware)?,
-            };
-            let response = match retry {
-                None => {
-                    record_answer(token.generation(), false);
-                    response
-                }
-                Some((replay, generation)) => {
-                    record_answer(generation, true);
-                    let response = next.run(replay, extensions).await?;
-                    heed_answer(&self.session, &response);
-                    response
-                }
-            };
-            tracing::debug!(status = response.status().as_u16(), "authorized request answered");
-            Ok(response)
-        }
-        .instrument(span)
-        .await
+        send_authorized(&self.session, request, &mut RestOfChain { next, extensions }).await.map_err(|failure| {
+            match failure {
+                Failure::Session(error) => reqwest_middleware::Error::middleware(error),
+                Failure::Send(error) => error,
+            }
+        })
     }
 }
 
@@ -186,32 +242,10 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
     }
 
     /// Sends `request` with a token, retrying once after a 401.
-    pub async fn execute(&self, mut request: Request) -> Result<Response, ClientError> {
-        async {
-            let token = self.session.access_token().await?;
-            authorize_request(&mut request, &token, &self.session)?;
-            let replay = request.try_clone();
-            let response = self.client.execute(request).await?;
-            let retry = match retry_wanted(&self.session, &response, &token) {
-                None => None,
-                Some(retry) => retry_request(&self.session, retry, replay, &token).await?,
-            };
-            let response = match retry {
-                None => {
-                    record_answer(token.generation(), false);
-                    response
-                }
-                Some((replay, generation)) => {
-                    record_answer(generation, true);
-                    let response = self.client.execute(replay).await?;
-                    heed_answer(&self.session, &response);
-                    response
-                }
-            };
-            tracing::debug!(status = response.status().as_u16(), "authorized request answered");
-            Ok(response)
-        }
-        .instrument(request_span())
-        .await
+    pub async fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        send_authorized(&self.session, request, &mut &self.client).await.map_err(|failure| match failure {
+            Failure::Session(error) => ClientError::Session(error),
+            Failure::Send(error) => ClientError::Http(error),
+        })
     }
 }
