@@ -69,9 +69,13 @@ impl KeyringStore {
     #[cfg(target_os = "linux")]
     #[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
     pub fn secret_service(service: impl Into<String>, user: impl Into<String>) -> Result<Self, StoreError> {
-        let credentials = zbus_secret_service_keyring_store::Store::new()
-            .map_err(|_| StoreError::Unavailable("no Secret Service on the session bus"))?;
-        Self::new(credentials, service, user).probed(Probe::Read)
+        Self::platform(
+            zbus_secret_service_keyring_store::Store::new(),
+            "no Secret Service on the session bus",
+            service,
+            user,
+            Probe::Read,
+        )
     }
 
     /// The entry in the kernel's keyutils (headless servers). Written and
@@ -81,9 +85,13 @@ impl KeyringStore {
     #[cfg(target_os = "linux")]
     #[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
     pub fn keyutils(service: impl Into<String>, user: impl Into<String>) -> Result<Self, StoreError> {
-        let credentials = linux_keyutils_keyring_store::Store::new()
-            .map_err(|_| StoreError::Unavailable("kernel keyutils unavailable"))?;
-        Self::new(credentials, service, user).probed(Probe::Write)
+        Self::platform(
+            linux_keyutils_keyring_store::Store::new(),
+            "kernel keyutils unavailable",
+            service,
+            user,
+            Probe::Write,
+        )
     }
 
     /// The entry in the macOS login Keychain. Read once here, so a keychain
@@ -91,9 +99,13 @@ impl KeyringStore {
     #[cfg(target_os = "macos")]
     #[cfg_attr(docsrs, doc(cfg(target_os = "macos")))]
     pub fn keychain(service: impl Into<String>, user: impl Into<String>) -> Result<Self, StoreError> {
-        let credentials = apple_native_keyring_store::keychain::Store::new()
-            .map_err(|_| StoreError::Unavailable("the macOS Keychain is unavailable"))?;
-        Self::new(credentials, service, user).probed(Probe::Read)
+        Self::platform(
+            apple_native_keyring_store::keychain::Store::new(),
+            "the macOS Keychain is unavailable",
+            service,
+            user,
+            Probe::Read,
+        )
     }
 
     /// The entry in the Windows Credential Manager. Read once here, so a
@@ -101,9 +113,27 @@ impl KeyringStore {
     #[cfg(target_os = "windows")]
     #[cfg_attr(docsrs, doc(cfg(target_os = "windows")))]
     pub fn credential_manager(service: impl Into<String>, user: impl Into<String>) -> Result<Self, StoreError> {
-        let credentials = windows_native_keyring_store::Store::new()
-            .map_err(|_| StoreError::Unavailable("the Windows Credential Manager is unavailable"))?;
-        Self::new(credentials, service, user).probed(Probe::Read)
+        Self::platform(
+            windows_native_keyring_store::Store::new(),
+            "the Windows Credential Manager is unavailable",
+            service,
+            user,
+            Probe::Read,
+        )
+    }
+
+    /// The entry `service`/`user` in a platform's keyring, once `probe`
+    /// found it working; `missing` says why when the keyring is not there.
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+    fn platform<K: keyring_core::api::CredentialStoreApi + Send + Sync + 'static>(
+        credentials: keyring_core::Result<Arc<K>>,
+        missing: &'static str,
+        service: impl Into<String>,
+        user: impl Into<String>,
+        probe: Probe,
+    ) -> Result<Self, StoreError> {
+        let credentials = credentials.map_err(|_| StoreError::Unavailable(missing))?;
+        Self::new(credentials, service, user).probed(probe)
     }
 
     /// Tries the keyring once, so one that cannot work fails at construction.
