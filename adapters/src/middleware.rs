@@ -114,9 +114,11 @@ fn send_authorized<'a, T: Transport, S: Store, C: SendRequest>(
     client: &'a mut C,
 ) -> impl Future<Output = Result<Response, Failure<C::Error>>> + 'a {
     async move {
+        // Copied before it carries a token: the copy is authorized afresh if
+        // it is sent, and a request without headers of its own copies none.
+        let replay = request.try_clone();
         let token = session.access_token().await?;
         authorize_request(&mut request, &token, session)?;
-        let replay = request.try_clone();
         let response = client.send(request).await.map_err(Failure::Send)?;
         let retry = match retry_wanted(session, &response, &token) {
             None => None,
