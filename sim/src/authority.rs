@@ -91,6 +91,13 @@ pub struct AuthorityConfig {
     /// the previous) nonce in every proof, a new one every `lifetime`;
     /// `None` requires none (proofs are still checked for replays).
     pub dpop_nonce_lifetime: Option<Duration>,
+    /// The resource server requires the nonce too (RFC 9449 §9): any proof
+    /// without the current (or previous) one is answered with a nonce
+    /// challenge, and every answer to a proof names the current nonce.
+    /// Off: it challenges only a proof too old to stand without a nonce.
+    /// Either way a proof that names a nonce must name a fresh one. Only
+    /// with [`AuthorityConfig::dpop_nonce_lifetime`].
+    pub resource_requires_dpop_nonce: bool,
 }
 
 impl Default for AuthorityConfig {
@@ -108,6 +115,7 @@ impl Default for AuthorityConfig {
             token_prefix: "frsh".to_owned(),
             device_interval: Duration::from_secs(5),
             dpop_nonce_lifetime: None,
+            resource_requires_dpop_nonce: false,
         }
     }
 }

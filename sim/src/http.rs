@@ -46,13 +46,20 @@ pub mod paths {
     pub const DEVICE: &str = "/device";
 }
 
+/// What the protected resources counted.
+#[derive(Debug, Default)]
+struct ResourceCounts {
+    requests: u64,
+    nonce_challenges: u64,
+}
+
 /// The authority behind the server, with its clock and counters.
 #[derive(Debug)]
 pub struct State {
     authority: Mutex<Authority>,
     /// `None` in a turmoil simulation: time is the simulation's.
     origin: Option<Instant>,
-    resource_hits: Mutex<u64>,
+    resource_counts: Mutex<ResourceCounts>,
     /// The resource server's record of proof ids (RFC 9449 §11.1): a proof
     /// presented twice is refused, as at the token endpoint.
     resource_proofs: Mutex<crate::authority::dpop::SeenJti>,
@@ -101,7 +108,7 @@ impl State {
         Arc::new(Self {
             authority: Mutex::new(Authority::new(config, seed).with_audit()),
             origin: None,
-            resource_hits: Mutex::new(0),
+            resource_counts: Mutex::default(),
             resource_proofs: Mutex::default(),
             token_answer_delay: Mutex::new(Duration::ZERO),
             scripted: Mutex::new(VecDeque::new()),
@@ -113,7 +120,7 @@ impl State {
         Arc::new(Self {
             authority: Mutex::new(authority),
             origin: Some(Instant::now()),
-            resource_hits: Mutex::new(0),
+            resource_counts: Mutex::default(),
             resource_proofs: Mutex::default(),
             token_answer_delay: Mutex::new(Duration::ZERO),
             scripted: Mutex::new(VecDeque::new()),
@@ -175,7 +182,18 @@ impl State {
 
     /// Requests the protected resources received.
     pub fn resource_hits(&self) -> u64 {
-        self.resource_hits.lock().map(|h| *h).unwrap_or_default()
+        self.resource_counts.lock().map(|counts| counts.requests).unwrap_or_default()
+    }
+
+    /// Of those, the ones answered with a DPoP nonce challenge.
+    pub fn resource_nonce_challenges(&self) -> u64 {
+        self.resource_counts.lock().map(|counts| counts.nonce_challenges).unwrap_or_default()
+    }
+
+    fn count_resource_request(&self, count: impl FnOnce(&mut ResourceCounts)) {
+        if let Ok(mut counts) = self.resource_counts.lock() {
+            count(&mut counts);
+        }
     }
 
     /// Starts a session for `client` (what a login would do).

@@ -36,7 +36,7 @@ usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant N
        freshen-sim --help | --version
        freshen-sim serve [--port P] [--access-ttl S] [--refresh-ttl S] [--family-lifetime S]
                          [--grace S] [--grace-reuses N] [--fresh-pair] [--no-rotation] [--no-reuse-detection]
-                         [--device-interval S] [--dpop-nonce-lifetime S]
+                         [--device-interval S] [--dpop-nonce-lifetime S] [--resource-requires-nonce]
 
   --seeds N     seeds to run (default 2000)
   --seconds S   run seeds until S seconds have passed (seeds in progress then
@@ -64,7 +64,8 @@ usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant N
                 (user_code=..&decision=approve|deny: the user's side of a device login).
                 A login with a DPoP proof binds its grant to the proof's key (RFC 9449);
                 --dpop-nonce-lifetime S requires the server's nonce in every proof, a new
-                one every S seconds
+                one every S seconds; --resource-requires-nonce requires it at /resource
+                too (otherwise the resource asks for it only when a proof is too old)
 
 A campaign writes its summary to stdout when it ends. While it runs, stderr
 shows a progress bar on a terminal and a line a minute elsewhere, and names
@@ -98,6 +99,7 @@ fn serve(args: impl Iterator<Item = String>) -> Result<(), String> {
             "--no-reuse-detection" => config.reuse_detection = false,
             "--device-interval" => config.device_interval = seconds("--device-interval")?,
             "--dpop-nonce-lifetime" => config.dpop_nonce_lifetime = Some(seconds("--dpop-nonce-lifetime")?),
+            "--resource-requires-nonce" => config.resource_requires_dpop_nonce = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());

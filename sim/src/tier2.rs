@@ -35,7 +35,7 @@ use bytes::Bytes;
 use freshen::store::MemoryStore;
 use freshen::transport::{HttpResponse, Transport, TransportError};
 use freshen::{Config, Environment, Observer, Session};
-use freshen_core::dpop::{DpopNonce, ProofClaims};
+use freshen_core::dpop::ProofClaims;
 use freshen_core::oauth::{Client, FormRequest, MAX_BODY_BYTES};
 use freshen_core::rng::SplitMix64;
 use freshen_core::session::{Command, Event, LogoutCause, StateView, TransportFailure};

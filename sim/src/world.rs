@@ -554,6 +554,12 @@ impl WorldConfig {
             config.server_clock_offset = rng.below(2 * 3600 + 1) as i64 - 3600;
         }
         config.start_on_this_boot = SplitMix64::new(seed ^ 0xB007_C10C_0000_0002).chance(2, 3);
+        // Half the bound worlds' resource servers require the nonce in every
+        // proof, as some real ones do: then every caller's first request to
+        // it is challenged unless the session remembered its nonce. Drawn on
+        // a stream of its own, so the rest of each world is what it was.
+        config.authority.resource_requires_dpop_nonce =
+            config.dpop && SplitMix64::new(seed ^ 0x0000_4E0C_E000_0003).chance(1, 2);
         config
     }
 

@@ -299,15 +299,13 @@ async fn a_refused_code_login_is_a_typed_error() {
     assert!(session.access_token().await.unwrap_err().needs_login());
 }
 
-/// A DPoP-bound code login against the reference authority over real HTTP
-/// (what `freshen-sim serve` runs), with nonces required: the login binds
-/// the grant to the session's key, a refresh is challenged for the nonce
-/// and proven, the resource takes the token only with a proof, and the
-/// refresh token without the key is refused.
-#[tokio::test]
-async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
+/// A DPoP-bound code login against the reference authority over real
+/// HTTP, with nonces required at the token endpoint (and at the resource
+/// too, when `resource_requires_nonce`): the session, its store, and the server.
+async fn bound_login(resource_requires_nonce: bool) -> (Server, Session<ReqwestTransport, MemoryStore>, MemoryStore) {
     let mut authority = AuthorityConfig::default();
     authority.dpop_nonce_lifetime = Some(Duration::from_secs(60));
+    authority.resource_requires_dpop_nonce = resource_requires_nonce;
     let server = Server::loopback(authority, 5).await.unwrap();
     let store = MemoryStore::new();
     let config = Config::new(server.url(paths::TOKEN), Client::public(CLIENT))
@@ -327,6 +325,16 @@ async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
     let (page, finished) = tokio::join!(user, login.finish());
     assert_eq!(page, 200);
     finished.unwrap();
+    (server, session, store)
+}
+
+/// What `freshen-sim serve` runs, bound: the login binds the grant to the
+/// session's key, a refresh is challenged for the nonce and proven, the
+/// resource takes the token only with a proof, and the refresh token
+/// without the key is refused.
+#[tokio::test]
+async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
+    let (server, session, store) = bound_login(false).await;
     let stored = store.peek().unwrap().unwrap();
     assert_eq!(stored.token_type, freshen_core::token::TokenType::DPoP);
     assert!(stored.dpop_key.is_some(), "the key is stored with the tokens");
@@ -366,6 +374,45 @@ async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
     assert!(stolen.text().await.unwrap().contains("invalid_grant"));
     // The thief's attempt consumed nothing: the session refreshes on.
     session.refresh().await.unwrap();
+}
+
+/// A resource server that requires its nonce in every proof (RFC 9449 §9)
+/// challenges the client's first request; the client sends it again with
+/// the nonce and remembers it, so the next request is not challenged. A
+/// proof naming a nonce the server no longer has is challenged too.
+#[tokio::test]
+async fn a_resource_that_requires_its_nonce_challenges_once_and_the_nonce_is_remembered() {
+    let (server, session, _store) = bound_login(true).await;
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone());
+    let state = server.state();
+    let first = client.send(client.get(server.url(paths::RESOURCE))).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().contains_key("dpop-nonce"), "every answer to a proof names the nonce");
+    assert_eq!((state.resource_hits(), state.resource_nonce_challenges()), (2, 1), "challenged, then sent with it");
+    let second = client.send(client.get(server.url(paths::RESOURCE))).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!((state.resource_hits(), state.resource_nonce_challenges()), (3, 1), "the nonce was remembered");
+
+    let token = session.access_token().await.unwrap();
+    let url = server.url(paths::RESOURCE);
+    let send_with = |nonce: Option<&str>| {
+        let nonce = nonce.map(|nonce| freshen_core::dpop::DpopNonce::parse(nonce.as_bytes()).unwrap());
+        let proof = token.dpop_proof("GET", &url, freshen::system_clock(), nonce.as_ref()).unwrap().unwrap();
+        reqwest::Client::new()
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, token.authorization().unwrap().clone())
+            .header("dpop", proof.expose())
+            .send()
+    };
+    for (nonce, why) in
+        [(None, "a proof without a nonce"), (Some("n0-0"), "a proof naming a nonce the server does not have")]
+    {
+        let refused = send_with(nonce).await.unwrap();
+        assert_eq!(refused.status(), 401, "{why}");
+        assert!(refused.headers()[reqwest::header::WWW_AUTHENTICATE].to_str().unwrap().contains("use_dpop_nonce"));
+        let current = refused.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+        assert_eq!(send_with(Some(&current)).await.unwrap().status(), 200, "{why}, then with the nonce");
+    }
 }
 
 /// A resource server on a loopback port that asks for a DPoP nonce (RFC 9449

@@ -79,6 +79,13 @@ impl Authority {
         self.nonce_of_period(now, 0)
     }
 
+    /// Whether `nonce` is the current or the previous one (a proof made just
+    /// before a change still stands); `false` for none, or with nonces off.
+    pub fn dpop_nonce_is_fresh(&self, now: MonoTime, nonce: Option<&str>) -> bool {
+        let fresh = [self.nonce_of_period(now, 0), self.nonce_of_period(now, 1)];
+        nonce.is_some_and(|nonce| fresh.iter().flatten().any(|fresh| fresh == nonce))
+    }
+
     fn nonce_of_period(&self, now: MonoTime, back: u64) -> Option<String> {
         let lifetime = self.config.dpop_nonce_lifetime?.as_millis().max(1);
         let period = (now.elapsed().as_millis() / lifetime) as u64;
@@ -92,11 +99,8 @@ impl Authority {
     /// [`Refusal::UseDpopNonce`]: not the current (or previous) nonce;
     /// [`Refusal::DpopProofReplayed`]: its id was seen lately.
     pub fn check_proof(&mut self, now: MonoTime, proof: &Proof) -> Result<(), Refusal> {
-        if self.config.dpop_nonce_lifetime.is_some() {
-            let fresh = [self.nonce_of_period(now, 0), self.nonce_of_period(now, 1)];
-            if !fresh.iter().flatten().any(|nonce| proof.nonce.as_deref() == Some(nonce.as_str())) {
-                return Err(Refusal::UseDpopNonce);
-            }
+        if self.config.dpop_nonce_lifetime.is_some() && !self.dpop_nonce_is_fresh(now, proof.nonce.as_deref()) {
+            return Err(Refusal::UseDpopNonce);
         }
         if !self.seen_jti.first_use(now, &proof.jti) {
             return Err(Refusal::DpopProofReplayed);

@@ -211,9 +211,7 @@ pub(super) fn resource(
     path: &str,
     headers: &http::HeaderMap,
 ) -> Response<Full<Bytes>> {
-    if let Ok(mut hits) = state.resource_hits.lock() {
-        *hits += 1;
-    }
+    state.count_resource_request(|counts| counts.requests += 1);
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (token, as_dpop) = match (authorization.strip_prefix("Bearer "), authorization.strip_prefix("DPoP ")) {
         (Some(token), _) => (token, false),
@@ -222,15 +220,51 @@ pub(super) fn resource(
     };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     let url = format!("http://{host}{path}");
-    let nonce = state.authority().dpop_nonce(now);
+    let (nonce, nonce_required) = {
+        let authority = state.authority();
+        (authority.dpop_nonce(now), authority.config().resource_requires_dpop_nonce)
+    };
     let proof = headers.get("dpop").map(|proof| {
         dpop::verify(proof.as_bytes(), method.as_str(), &url, state.wall(), Some(&AccessToken::new(token)))
     });
-    if let (Some(Err(InvalidProof::Stale)), Some(nonce)) = (&proof, &nonce) {
-        // As at the token endpoint: a nonce vouches for a proof's age.
-        return resource_nonce_challenge(nonce);
+    if let (Some(proof), Some(nonce)) = (&proof, &nonce) {
+        // As at the token endpoint: a nonce vouches for a proof's age, so a
+        // stale proof is asked for one, and a proof that names one must
+        // name a fresh one. A server that requires it asks every proof.
+        let challenged = match proof {
+            Err(InvalidProof::Stale) => true,
+            Ok(proof) => {
+                (nonce_required || proof.nonce.is_some())
+                    && !state.authority().dpop_nonce_is_fresh(now, proof.nonce.as_deref())
+            }
+            Err(_) => false,
+        };
+        if challenged {
+            state.count_resource_request(|counts| counts.nonce_challenges += 1);
+            return resource_nonce_challenge(nonce);
+        }
     }
-    let proof = proof.and_then(Result::ok);
+    let proven = proof.is_some();
+    let mut response = judge_resource_request(state, now, path, token, as_dpop, proof.and_then(Result::ok));
+    if nonce_required
+        && proven
+        && let Some(nonce) = &nonce
+    {
+        with_nonce(&mut response, nonce);
+    }
+    response
+}
+
+/// The resource's answer to a request whose proof (if any) is not stale:
+/// 200 for a valid token presented as its family requires, 401 otherwise.
+fn judge_resource_request(
+    state: &State,
+    now: MonoTime,
+    path: &str,
+    token: &str,
+    as_dpop: bool,
+    proof: Option<Proof>,
+) -> Response<Full<Bytes>> {
     let replayed = proof
         .as_ref()
         .is_some_and(|proof| state.resource_proofs.lock().is_ok_and(|mut seen| !seen.first_use(now, &proof.jti)));

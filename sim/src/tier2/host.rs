@@ -2,8 +2,13 @@
 //! and logouts, and the watch that feeds the checker.
 
 use super::*;
+use freshen::tower::AuthLayer;
 use freshen_core::dpop::DpopKey;
 use freshen_core::oauth::Classified;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower_layer::Layer as _;
+use tower_service::Service;
 
 /// Runs the client checker over a driver, and keeps its trace.
 #[derive(Debug)]
@@ -181,13 +186,16 @@ pub(super) fn client_id(app: usize) -> String {
     format!("client-{app}")
 }
 
-/// One caller: a token (now and then a forced refresh), the resource, and
-/// one retry after a 401.
+/// One caller: a token (now and then a forced refresh), then the resource
+/// through freshen's tower layer, as an app's client reaches it: the layer
+/// proves bound requests, follows the resource server's DPoP nonces and
+/// retries once after a 401. It takes the token just granted: no time
+/// passes between the two.
 pub(super) async fn caller(session: Session<TurmoilTransport, HostStore>, host: Arc<Host>, forced: bool) {
     let healed = host.healed.load(Ordering::Acquire);
     let answer = if forced { session.refresh().await } else { session.access_token().await };
-    let token = match answer {
-        Ok(token) => token,
+    match answer {
+        Ok(_) => {}
         Err(freshen::Error::MissingRefreshToken | freshen::Error::InteractionRequired(_)) => {
             // An access token alone has run out, or the server wants the user
             // to act: the app sends the user to log in.
@@ -212,63 +220,40 @@ pub(super) async fn caller(session: Session<TurmoilTransport, HostStore>, host: 
             }
             return;
         }
-    };
+    }
     host.granted.fetch_add(1, Ordering::Relaxed);
-    let mut token = token;
-    for attempt in 0..2 {
-        let Ok(bearer) = token.authorization().cloned() else { return };
-        let mut request =
-            Request::get(paths::RESOURCE).header(header::HOST, AUTHORITY).header(header::AUTHORIZATION, bearer);
-        // A bound token goes with a proof of this request by its key.
-        let url = format!("http://{AUTHORITY}{}", paths::RESOURCE);
-        match token.dpop_proof("GET", &url, host.wall(), None) {
-            Ok(Some(proof)) => request = request.header("dpop", proof.expose()),
-            Ok(None) => {}
-            Err(_) => return,
-        }
-        let Ok(request) = request.body(Full::new(Bytes::new())) else { return };
-        match send(&host.pacer, request).await {
-            // A DPoP nonce challenge: the token is good; once more with the nonce.
-            Ok(response) if nonce_challenge(&response) => {
-                let nonce = response.headers().get("dpop-nonce").and_then(|v| DpopNonce::parse(v.as_bytes()));
-                retry_with_nonce(&host, &token, nonce.as_ref()).await;
-                return;
-            }
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
-                match session.retry_token(&token).await {
-                    Ok(fresh) => token = fresh,
-                    Err(_) => return,
-                }
-            }
-            _ => return,
-        }
+    let request = Request::get(format!("http://{AUTHORITY}{}", paths::RESOURCE))
+        .header(header::HOST, AUTHORITY)
+        .body(Full::new(Bytes::new()));
+    let Ok(request) = request else { return };
+    let mut resource = AuthLayer::new(session).layer(ResourceClient(Arc::clone(&host.pacer)));
+    if std::future::poll_fn(|cx| resource.poll_ready(cx)).await.is_ok() {
+        // Its answer is the app's business: the verdict judges the grants.
+        let _ = resource.call(request).await;
     }
 }
 
-/// Whether a resource's 401 is a DPoP nonce challenge (RFC 9449 §9).
-fn nonce_challenge(response: &http::Response<Bytes>) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED
-        && response
-            .headers()
-            .get(header::WWW_AUTHENTICATE)
-            .is_some_and(|v| v.as_bytes().windows(14).any(|w| w == b"use_dpop_nonce"))
-}
+/// The resource server as a tower service: each request goes out as
+/// [`send`] sends it, paced with this host's other connections. The layer
+/// proves the absolute URL; the wire carries the path, with `Host`.
+#[derive(Clone)]
+struct ResourceClient(Arc<ConnectPacer>);
 
-/// The resource request once more, with the resource server's nonce.
-async fn retry_with_nonce(host: &Host, token: &freshen::Token, nonce: Option<&DpopNonce>) {
-    let url = format!("http://{AUTHORITY}{}", paths::RESOURCE);
-    let (Ok(bearer), Ok(Some(proof))) =
-        (token.authorization().cloned(), token.dpop_proof("GET", &url, host.wall(), nonce))
-    else {
-        return;
-    };
-    let request = Request::get(paths::RESOURCE)
-        .header(header::HOST, AUTHORITY)
-        .header(header::AUTHORIZATION, bearer)
-        .header("dpop", proof.expose())
-        .body(Full::new(Bytes::new()));
-    if let Ok(request) = request {
-        let _ = send(&host.pacer, request).await;
+impl Service<Request<Full<Bytes>>> for ResourceClient {
+    type Response = http::Response<Bytes>;
+    type Error = TransportFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        if let Some(path) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = path.into();
+        }
+        let pacer = Arc::clone(&self.0);
+        Box::pin(async move { send(&pacer, request).await })
     }
 }
 

@@ -30,6 +30,7 @@ pub(super) fn verdict(
         }
     }
     outcome.violations.extend_from_slice(authority_monitor.violations());
+    *counts.entry("resource_nonce_challenge").or_default() += state.resource_nonce_challenges();
     let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
     let dropped_successes = faults.dropped_successes.lock().map(|d| d.clone()).unwrap_or_default();
     for host in hosts {
