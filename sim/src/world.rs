@@ -111,7 +111,7 @@ pub fn dpop_key_from(keys: &mut SplitMix64) -> DpopKey {
 const DPOP_KEY_POOL: usize = 256;
 
 /// A world's DPoP keys: consecutive keys of the process's pool (see
-/// [`DPOP_KEY_POOL`]) from a start the world drew. Which key a login binds
+/// `DPOP_KEY_POOL`) from a start the world drew. Which key a login binds
 /// to is a name only; that two logins of one world never share one is what
 /// the binding checks need.
 #[derive(Debug)]
