@@ -2,10 +2,11 @@
 //! library), folded in seed by seed as each one ends. Its memory does not
 //! grow with the seeds run: a campaign budgeted by `--seconds` may run
 //! millions, and keeping every seed's outcome until the end cost about a
-//! kilobyte a seed (its tally's maps). Only a violating seed's number is
-//! kept, and the violations of the one the summary names.
+//! kilobyte a seed (its tally's maps). Only the numbers of the first
+//! violating seeds are kept (the lowest [`LISTED_FAILING`] of each tier;
+//! the rest are counted), and the violations of the one the summary names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
 use freshen_core::session::Plant;
@@ -17,18 +18,39 @@ use crate::{Invocation, Options, Outcome, Tier, replay_command};
 /// Violations printed for the seed the summary names.
 const SHOWN_VIOLATIONS: usize = 5;
 
+/// Failing seeds listed per tier, the lowest first: a planted campaign of
+/// millions of seeds fails nearly every one, and its list would grow with them.
+const LISTED_FAILING: usize = 1_000;
+
 /// What the seeds run so far add up to.
 #[derive(Default)]
 pub(crate) struct Summary {
     tiers: BTreeMap<Tier, TierCounts>,
     tally: Tally,
     violations: usize,
-    /// Every seed that violated an invariant.
-    failing: Vec<(Tier, u64)>,
+    /// The seeds that violated an invariant, by tier.
+    failing: BTreeMap<Tier, FailingSeeds>,
     /// The first of them in the order the summary lists seeds (tier, then
     /// seed), whatever order the threads ended them in, with its first
     /// violations.
     first_failing: Option<(Tier, u64, Vec<Violation>)>,
+}
+
+/// A tier's failing seeds: how many, and the lowest of them.
+#[derive(Default)]
+struct FailingSeeds {
+    count: usize,
+    lowest: BTreeSet<u64>,
+}
+
+impl FailingSeeds {
+    fn add(&mut self, seed: u64) {
+        self.count += 1;
+        self.lowest.insert(seed);
+        if self.lowest.len() > LISTED_FAILING {
+            self.lowest.pop_last();
+        }
+    }
 }
 
 /// Seeds of one tier, and how many of them had each kind of world.
@@ -59,7 +81,7 @@ impl Summary {
             return;
         }
         self.violations += outcome.violations.len();
-        self.failing.push((outcome.tier, outcome.seed));
+        self.failing.entry(outcome.tier).or_default().add(outcome.seed);
         let earlier =
             self.first_failing.as_ref().is_none_or(|(tier, seed, _)| (outcome.tier, outcome.seed) < (*tier, *seed));
         if earlier {
@@ -113,22 +135,38 @@ impl Summary {
             return ExitCode::SUCCESS;
         };
         println!();
-        println!("{} of {} seeds violated an invariant; the first:", self.failing.len(), self.seeds());
+        let failing: usize = self.failing.values().map(|seeds| seeds.count).sum();
+        println!("{failing} of {} seeds violated an invariant; the first:", self.seeds());
         for violation in violations {
             println!("  tier {} seed {first_seed}: {violation}", first_tier.number());
         }
         let invocation = Invocation::current();
         println!("replay it with: {}", replay_command(&invocation, *first_tier, *first_seed, options.plant));
         println!("every failing seed:");
-        let mut failing = self.failing.clone();
-        failing.sort_unstable();
-        for tier in [Tier::One, Tier::Two] {
-            let seeds: Vec<String> =
-                failing.iter().filter(|(t, _)| *t == tier).map(|(_, seed)| seed.to_string()).collect();
-            if !seeds.is_empty() {
-                println!("  tier {} ({}): {}", tier.number(), seeds.len(), seeds.join(" "));
-            }
+        for (tier, seeds) in &self.failing {
+            let listed: Vec<String> = seeds.lowest.iter().map(u64::to_string).collect();
+            let unlisted = seeds.count - seeds.lowest.len();
+            let more = if unlisted > 0 { format!(" and {unlisted} more") } else { String::new() };
+            println!("  tier {} ({}): {}{more}", tier.number(), seeds.count, listed.join(" "));
         }
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tier_lists_its_lowest_failing_seeds_and_counts_the_rest() {
+        let mut seeds = FailingSeeds::default();
+        let total = LISTED_FAILING as u64 + 500;
+        // In the order threads might end them: high and low interleaved.
+        for seed in (0..total).map(|i| if i % 2 == 0 { total - 1 - i / 2 } else { i / 2 }) {
+            seeds.add(seed);
+        }
+        assert_eq!(seeds.count, total as usize);
+        assert_eq!(seeds.lowest.len(), LISTED_FAILING, "bounded");
+        assert!(seeds.lowest.iter().copied().eq(0..LISTED_FAILING as u64), "the lowest are the ones kept");
     }
 }
