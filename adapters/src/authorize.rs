@@ -84,17 +84,23 @@ pub(crate) fn authorize(
     Ok(())
 }
 
-/// Reads a resource server's answer to a request to `url`: a nonce it
-/// sent replaces the one remembered, and says whether the answer is a
-/// nonce challenge (a 401 with `error="use_dpop_nonce"`, RFC 9449 §9),
-/// which is answered by sending the request again with the nonce, the
-/// token unchanged (the session is not told: the token is good).
+/// Reads a resource server's answer to a request to `url` that carried
+/// `token`: a nonce it sent replaces the one remembered, and says whether
+/// the answer is a nonce challenge (a 401 with `error="use_dpop_nonce"`,
+/// RFC 9449 §9), which is answered by sending the request again with the
+/// nonce, the token unchanged (the session is not told: the token is
+/// good). Only a bound token's request has a proof for a nonce to go in:
+/// a bearer token's answer is not read at all.
 pub(crate) fn heed_nonce<T: Transport, S: Store>(
     session: &Session<T, S>,
+    token: &Token,
     url: &str,
     status: http::StatusCode,
     headers: &http::HeaderMap,
 ) -> bool {
+    if token.dpop_key().is_none() {
+        return false;
+    }
     let Some(nonce) = headers.get(DPOP_NONCE).and_then(|value| DpopNonce::parse(value.as_bytes())) else {
         return false;
     };

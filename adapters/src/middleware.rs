@@ -15,7 +15,6 @@
 //! them back. Each request runs in an `authorized_request` span that records
 //! the token's generation and whether the request was retried after a 401.
 
-use freshen_core::ids::Generation;
 use http::StatusCode;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
@@ -46,10 +45,10 @@ fn authorize_request<T: Transport, S: Store>(
     authorize(request.headers_mut(), token, proof)
 }
 
-/// Reads the server's answer for a DPoP nonce (see [`heed_nonce`]), keyed
-/// by the URL that answered.
-fn heed_answer<T: Transport, S: Store>(session: &Session<T, S>, response: &Response) -> bool {
-    heed_nonce(session, response.url().as_str(), response.status(), response.headers())
+/// Reads the server's answer to a request that carried `token` for a DPoP
+/// nonce (see [`heed_nonce`]), keyed by the URL that answered.
+fn heed_answer<T: Transport, S: Store>(session: &Session<T, S>, token: &Token, response: &Response) -> bool {
+    heed_nonce(session, token, response.url().as_str(), response.status(), response.headers())
 }
 
 /// Reads the first answer (a DPoP nonce it carries is remembered) and says
@@ -57,22 +56,22 @@ fn heed_answer<T: Transport, S: Store>(session: &Session<T, S>, response: &Respo
 /// or a 401. Synchronous, so the usual final answer is decided without
 /// moving the response through the retry's future.
 fn retry_wanted<T: Transport, S: Store>(session: &Session<T, S>, response: &Response, used: &Token) -> Option<Retry> {
-    if heed_answer(session, response) && used.dpop_key().is_some() {
+    if heed_answer(session, used, response) {
         // The token is good: the server wants its nonce in the proof.
         return Some(Retry::WithNonce);
     }
     (response.status() == StatusCode::UNAUTHORIZED).then_some(Retry::WithFreshToken)
 }
 
-/// The request to send again for `retry`, authorized, with the generation
-/// of the token it carries; `None` when the first answer stands (a nonce
+/// The request to send again for `retry`, authorized, with the token it
+/// carries; `None` when the first answer stands (a nonce
 /// challenge to a request whose body cannot be sent twice).
 async fn retry_request<T: Transport, S: Store>(
     session: &Session<T, S>,
     retry: Retry,
     replay: Option<Request>,
     used: &Token,
-) -> Result<Option<(Request, Generation)>, Error> {
+) -> Result<Option<(Request, Token)>, Error> {
     let (mut replay, token) = match retry {
         Retry::WithNonce => match replay {
             Some(replay) => (replay, used.clone()),
@@ -81,7 +80,7 @@ async fn retry_request<T: Transport, S: Store>(
         Retry::WithFreshToken => prepare_retry(session, used, replay).await?,
     };
     authorize_request(&mut replay, &token, session)?;
-    Ok(Some((replay, token.generation())))
+    Ok(Some((replay, token)))
 }
 
 /// How a request goes out: through the rest of a reqwest-middleware chain,
@@ -130,10 +129,10 @@ fn send_authorized<'a, T: Transport, S: Store, C: SendRequest>(
                 record_answer(token.generation(), false);
                 response
             }
-            Some((replay, generation)) => {
-                record_answer(generation, true);
+            Some((replay, with)) => {
+                record_answer(with.generation(), true);
                 let response = client.send(replay).await.map_err(Failure::Send)?;
-                heed_answer(session, &response);
+                heed_answer(session, &with, &response);
                 response
             }
         };

@@ -198,10 +198,10 @@ where
             let token = session.access_token().await?;
             authorize(request.headers_mut(), &token, dpop_header(&token, &method, &url, &session)?)?;
             let response = inner.call(request).await.map_err(AuthError::Inner)?;
-            let challenged = heed_nonce(&session, &url, response.status(), response.headers());
+            let challenged = heed_nonce(&session, &token, &url, response.status(), response.headers());
             // Once more at most: after a DPoP nonce challenge with the same
             // token (it is good), after any other 401 with a fresh one.
-            let retry = if challenged && token.dpop_key().is_some() {
+            let retry = if challenged {
                 replay.map(|replay| (replay, token.clone()))
             } else if response.status() == StatusCode::UNAUTHORIZED {
                 Some(prepare_retry(&session, &token, replay).await?)
@@ -213,7 +213,7 @@ where
                     authorize(replay.headers_mut(), &with, dpop_header(&with, &method, &url, &session)?)?;
                     poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
                     let response = inner.call(replay).await.map_err(AuthError::Inner)?;
-                    heed_nonce(&session, &url, response.status(), response.headers());
+                    heed_nonce(&session, &with, &url, response.status(), response.headers());
                     record_answer(with.generation(), true);
                     response
                 }
