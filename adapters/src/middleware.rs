@@ -64,8 +64,8 @@ fn retry_wanted<T: Transport, S: Store>(session: &Session<T, S>, response: &Resp
 }
 
 /// The request to send again for `retry`, authorized, with the token it
-/// carries; `None` when the first answer stands (a nonce
-/// challenge to a request whose body cannot be sent twice).
+/// carries; `None` when the first answer stands (a nonce challenge to a
+/// request whose body cannot be sent twice).
 async fn retry_request<T: Transport, S: Store>(
     session: &Session<T, S>,
     retry: Retry,

@@ -189,8 +189,9 @@ pub(super) fn client_id(app: usize) -> String {
 /// One caller: a token (now and then a forced refresh), then the resource
 /// through freshen's tower layer, as an app's client reaches it: the layer
 /// proves bound requests, follows the resource server's DPoP nonces and
-/// retries once after a 401. It takes the token just granted: no time
-/// passes between the two.
+/// retries once after a 401. It takes the published token, which is the
+/// one just granted unless it was withdrawn at once (no simulated time
+/// passes between the two).
 pub(super) async fn caller(session: Session<TurmoilTransport, HostStore>, host: Arc<Host>, forced: bool) {
     let healed = host.healed.load(Ordering::Acquire);
     let answer = if forced { session.refresh().await } else { session.access_token().await };
