@@ -65,7 +65,7 @@ usage: freshen-sim [--seeds N | --seconds S] [--first S] [--tier 1|2] [--plant N
                 A login with a DPoP proof binds its grant to the proof's key (RFC 9449);
                 --dpop-nonce-lifetime S requires the server's nonce in every proof, a new
                 one every S seconds; --resource-requires-nonce requires it at /resource
-                too (otherwise the resource asks for it only when a proof is too old)
+                too (otherwise the resource asks only a proof too old or naming an old one)
 
 A campaign writes its summary to stdout when it ends. While it runs, stderr
 shows a progress bar on a terminal and a line a minute elsewhere, and names
