@@ -44,7 +44,7 @@ use tracing::Instrument as _;
 use crate::authorize::{authorize, dpop_header, heed_nonce, prepare_retry, record_answer, request_span};
 use crate::store::Store;
 use crate::transport::Transport;
-use crate::{Error, Session};
+use crate::{Error, Session, Token};
 
 /// How the layer gets a second copy of a request, to send it again after a
 /// 401; `None` when it cannot (the request is then sent once).
@@ -115,6 +115,21 @@ impl<E> AuthError<E> {
             Self::Inner(_) => None,
         }
     }
+}
+
+/// Authorizes `request` with `token` (and a proof of it, for a bound token),
+/// and gives back its URL for reading the answer's DPoP nonce: written out
+/// only for a bound token, since a bearer token needs no proof and its
+/// answer is not read for a nonce (an empty string then, not allocated).
+fn authorize_for<B, T: Transport, S: Store>(
+    request: &mut Request<B>,
+    token: &Token,
+    session: &Session<T, S>,
+) -> Result<String, Error> {
+    let url = if token.dpop_key().is_some() { request.uri().to_string() } else { String::new() };
+    let proof = dpop_header(token, request.method().as_str(), &url, session)?;
+    authorize(request.headers_mut(), token, proof)?;
+    Ok(url)
 }
 
 /// Authorizes every request with a session's tokens (see the [module docs](self)).
@@ -193,10 +208,9 @@ where
         let fresh_inner = self.inner.clone();
         let mut inner = core::mem::replace(&mut self.inner, fresh_inner);
         let session = self.session.clone();
-        let (method, url) = (request.method().as_str().to_owned(), request.uri().to_string());
         let send = async move {
             let token = session.access_token().await?;
-            authorize(request.headers_mut(), &token, dpop_header(&token, &method, &url, &session)?)?;
+            let url = authorize_for(&mut request, &token, &session)?;
             let response = inner.call(request).await.map_err(AuthError::Inner)?;
             let challenged = heed_nonce(&session, &token, &url, response.status(), response.headers());
             // Once more at most: after a DPoP nonce challenge with the same
@@ -210,7 +224,7 @@ where
             };
             let response = match retry {
                 Some((mut replay, with)) => {
-                    authorize(replay.headers_mut(), &with, dpop_header(&with, &method, &url, &session)?)?;
+                    let url = authorize_for(&mut replay, &with, &session)?;
                     poll_fn(|cx| inner.poll_ready(cx)).await.map_err(AuthError::Inner)?;
                     let response = inner.call(replay).await.map_err(AuthError::Inner)?;
                     heed_nonce(&session, &with, &url, response.status(), response.headers());
