@@ -8,7 +8,9 @@
 //! it hands back. A resource server's DPoP nonce challenge is retried once
 //! instead, with the same token and the server's nonce. A second 401 is
 //! returned as it is: there is no 401 loop. A request whose body cannot be
-//! cloned is sent once; its 401 comes back as [`Error::UnauthorizedNotRetried`].
+//! cloned is sent once; its 401 comes back as [`Error::UnauthorizedNotRetried`],
+//! and so does every 401 of a client made [`without_retry`](AuthMiddleware::without_retry)
+//! (no copy of each request is kept for a retry then).
 //!
 //! Through reqwest-middleware, the session's errors arrive as
 //! `reqwest_middleware::Error::Middleware`; [`Error::from_middleware`] gets
@@ -106,16 +108,18 @@ impl<E> From<Error> for Failure<E> {
 }
 
 /// Sends `request` with a token from `session`, and once more if the answer
-/// asks for it ([`retry_wanted`]), in an `authorized_request` span.
+/// asks for it ([`retry_wanted`]) and `retry` allows, in an
+/// `authorized_request` span.
 fn send_authorized<'a, T: Transport, S: Store, C: SendRequest>(
     session: &'a Session<T, S>,
     mut request: Request,
     client: &'a mut C,
+    retry: bool,
 ) -> impl Future<Output = Result<Response, Failure<C::Error>>> + 'a {
     async move {
         // Copied before it carries a token: the copy is authorized afresh if
         // it is sent, and a request without headers of its own copies none.
-        let replay = request.try_clone();
+        let replay = if retry { request.try_clone() } else { None };
         let token = session.access_token().await?;
         authorize_request(&mut request, &token, session)?;
         let response = client.send(request).await.map_err(Failure::Send)?;
@@ -168,12 +172,23 @@ impl SendRequest for &reqwest::Client {
 #[derive(Debug)]
 pub struct AuthMiddleware<T, S> {
     session: Session<T, S>,
+    retry: bool,
 }
 
 impl<T, S> AuthMiddleware<T, S> {
     /// Middleware that authorizes requests with `session`'s tokens.
     pub fn new(session: Session<T, S>) -> Self {
-        Self { session }
+        Self { session, retry: true }
+    }
+
+    /// Sends every request once: a 401 tells the session its token was
+    /// refused (the next request gets a fresh one) and comes back as
+    /// [`Error::UnauthorizedNotRetried`], and no copy of a request is kept
+    /// for a retry. For apps that resend on their own terms.
+    #[must_use]
+    pub fn without_retry(mut self) -> Self {
+        self.retry = false;
+        self
     }
 }
 
@@ -185,11 +200,10 @@ impl<T: Transport, S: Store> Middleware for AuthMiddleware<T, S> {
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        send_authorized(&self.session, request, &mut RestOfChain { next, extensions }).await.map_err(|failure| {
-            match failure {
-                Failure::Session(error) => reqwest_middleware::Error::middleware(error),
-                Failure::Send(error) => error,
-            }
+        let chain = &mut RestOfChain { next, extensions };
+        send_authorized(&self.session, request, chain, self.retry).await.map_err(|failure| match failure {
+            Failure::Session(error) => reqwest_middleware::Error::middleware(error),
+            Failure::Send(error) => error,
         })
     }
 }
@@ -212,12 +226,20 @@ pub enum ClientError {
 pub struct AuthorizedClient<T, S> {
     client: reqwest::Client,
     session: Session<T, S>,
+    retry: bool,
 }
 
 impl<T: Transport, S: Store> AuthorizedClient<T, S> {
     /// Wraps `client`.
     pub fn new(client: reqwest::Client, session: Session<T, S>) -> Self {
-        Self { client, session }
+        Self { client, session, retry: true }
+    }
+
+    /// Sends every request once, as [`AuthMiddleware::without_retry`] does.
+    #[must_use]
+    pub fn without_retry(mut self) -> Self {
+        self.retry = false;
+        self
     }
 
     /// Starts a request (then pass it to [`AuthorizedClient::send`], or
@@ -242,9 +264,10 @@ impl<T: Transport, S: Store> AuthorizedClient<T, S> {
         self.execute(request.build()?).await
     }
 
-    /// Sends `request` with a token, retrying once after a 401.
+    /// Sends `request` with a token, retrying once after a 401 (unless
+    /// made [`without_retry`](AuthorizedClient::without_retry)).
     pub async fn execute(&self, request: Request) -> Result<Response, ClientError> {
-        send_authorized(&self.session, request, &mut &self.client).await.map_err(|failure| match failure {
+        send_authorized(&self.session, request, &mut &self.client, self.retry).await.map_err(|failure| match failure {
             Failure::Session(error) => ClientError::Session(error),
             Failure::Send(error) => ClientError::Http(error),
         })

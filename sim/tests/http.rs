@@ -131,6 +131,30 @@ async fn a_body_that_cannot_be_cloned_is_sent_once_and_its_401_is_an_error() {
     assert_eq!(server.state().resource_hits(), 1);
 }
 
+/// Made `without_retry`, both clients send a request once and keep no copy
+/// of it: a 401 is an error, and the session, told the token was refused,
+/// refreshes for the next request.
+#[tokio::test]
+async fn a_client_without_retry_sends_once_and_the_next_request_gets_a_fresh_token() {
+    let (server, session, _) = setup().await;
+    let Generation(first) = session.access_token().await.unwrap().generation();
+    let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(session.clone()).without_retry())
+        .build();
+    let error = api.get(server.url(paths::ALWAYS_401)).send().await.unwrap_err();
+    assert_eq!(Error::from_middleware(&error), Some(&Error::UnauthorizedNotRetried), "{error}");
+    assert_eq!(server.state().resource_hits(), 1, "sent once");
+    let refreshed = session.access_token().await.unwrap();
+    assert_eq!(refreshed.generation(), Generation(first + 1), "the refused token was replaced");
+
+    let client = AuthorizedClient::new(reqwest::Client::new(), session.clone()).without_retry();
+    let request = client.request(reqwest::Method::GET, server.url(paths::ALWAYS_401)).build().unwrap();
+    assert!(matches!(client.execute(request).await, Err(ClientError::Session(Error::UnauthorizedNotRetried))));
+    assert_eq!(server.state().resource_hits(), 2, "sent once");
+    assert_eq!(session.access_token().await.unwrap().generation(), Generation(first + 2));
+    assert_eq!(client.send(client.get(server.url(paths::RESOURCE))).await.unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn the_plain_wrapper_does_the_same_without_middleware() {
     let (server, session, _) = setup().await;
