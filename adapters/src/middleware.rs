@@ -184,7 +184,9 @@ impl<T, S> AuthMiddleware<T, S> {
     /// Sends every request once: a 401 tells the session its token was
     /// refused (the next request gets a fresh one) and comes back as
     /// [`Error::UnauthorizedNotRetried`], and no copy of a request is kept
-    /// for a retry. For apps that resend on their own terms.
+    /// for a retry. A resource's DPoP nonce challenge comes back as the
+    /// response it is; its nonce is remembered for the next request. For
+    /// apps that resend on their own terms.
     #[must_use]
     pub fn without_retry(mut self) -> Self {
         self.retry = false;
