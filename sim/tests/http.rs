@@ -400,6 +400,19 @@ async fn a_dpop_bound_login_refreshes_and_calls_the_resource_with_proofs() {
     session.refresh().await.unwrap();
 }
 
+/// A client that does not retry gets a resource's nonce challenge back as
+/// it came, and its next request carries the nonce.
+#[tokio::test]
+async fn without_retry_a_nonce_challenge_is_answered_as_it_came_and_the_nonce_kept() {
+    let (server, session, _store) = bound_login(true).await;
+    let client = AuthorizedClient::new(reqwest::Client::new(), session).without_retry();
+    let challenged = client.send(client.get(server.url(paths::RESOURCE))).await.unwrap();
+    assert_eq!(challenged.status(), 401);
+    assert!(challenged.headers()[reqwest::header::WWW_AUTHENTICATE].to_str().unwrap().contains("use_dpop_nonce"));
+    assert_eq!(client.send(client.get(server.url(paths::RESOURCE))).await.unwrap().status(), 200);
+    assert_eq!((server.state().resource_hits(), server.state().resource_nonce_challenges()), (2, 1));
+}
+
 /// A resource server that requires its nonce in every proof (RFC 9449 §9)
 /// challenges the client's first request; the client sends it again with
 /// the nonce and remembers it, so the next request is not challenged. A
