@@ -410,21 +410,30 @@ impl<T: Transport, S: Store> Session<T, S> {
 
     /// [`Session::try_access_token`], lending the token to `f` as
     /// [`Session::with_token`] does: nothing is cloned or written.
+    #[inline]
     pub fn try_with_token<R>(&self, f: impl FnOnce(&Token) -> R) -> Option<R> {
         match self.shared.coordinator.lend(f) {
             Ok(answer) => Some(answer),
             Err(_) => {
-                // Only where a caller's arrival would start work: a caller
-                // that tries again and again while a refresh runs adds nothing.
-                // (The state's guard is let go first: the machine's step publishes to it.)
-                let now = self.shared.now();
-                let renews = self.shared.state.borrow().renews_for_a_caller_at(now);
-                if renews {
-                    self.shared.coordinator.want_unwaited(now);
-                    self.shared.kick.notify_one();
-                }
+                self.renew_for_a_caller_that_does_not_wait();
                 None
             }
+        }
+    }
+
+    /// What [`Session::try_with_token`] does when it finds no token: out of
+    /// line, so the fast path it leaves carries none of its code.
+    #[cold]
+    #[inline(never)]
+    fn renew_for_a_caller_that_does_not_wait(&self) {
+        // Only where a caller's arrival would start work: a caller
+        // that tries again and again while a refresh runs adds nothing.
+        // (The state's guard is let go first: the machine's step publishes to it.)
+        let now = self.shared.now();
+        let renews = self.shared.state.borrow().renews_for_a_caller_at(now);
+        if renews {
+            self.shared.coordinator.want_unwaited(now);
+            self.shared.kick.notify_one();
         }
     }
 
