@@ -90,6 +90,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
         ("fastpath_instructions", "fastpath"),
         ("fastpath_sync_instructions", "fastpath_sync"),
         ("fastpath_owned_instructions", "fastpath_owned"),
+        ("fastpath_floor_instructions", "fastpath_floor"),
         ("step_instructions", "step"),
     ] {
         match freshen_bench::instructions_per_operation(operation, 10_000, 110_000)? {
@@ -111,15 +112,16 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
 
     let rounds = runtime.block_on(freshen_bench::middleware(sizes.requests, MIDDLEWARE_ROUNDS))?;
     let median_of = |values: &[f64]| freshen_bench::median(&mut values.to_vec());
-    let (mut through, mut empty, mut authorized) = (Vec::new(), Vec::new(), Vec::new());
-    for (round, [raw, empty_chain, middleware, client]) in rounds.iter().enumerate() {
+    let (mut through, mut empty, mut authorized, mut floor) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (round, [raw, empty_chain, middleware, client, static_retrying]) in rounds.iter().enumerate() {
         println!(
             "# round {round}, median request, us: raw reqwest {raw:.1}; empty reqwest-middleware chain {empty_chain:.1}; \
-             AuthMiddleware {middleware:.1}; AuthorizedClient {client:.1}"
+             AuthMiddleware {middleware:.1}; AuthorizedClient {client:.1}; a static retrying middleware {static_retrying:.1}"
         );
         through.push(middleware / raw);
         empty.push(empty_chain / raw);
         authorized.push(client / raw);
+        floor.push((static_retrying - empty_chain) / raw);
     }
     println!("middleware_ratio={:.3}", median_of(&through));
     println!("middleware_ratio_worst={:.3}", through.iter().copied().fold(0.0, f64::max));
@@ -127,6 +129,8 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     // freshen's own share beyond the framework: the middleware minus the empty chain.
     let own: Vec<f64> = through.iter().zip(&empty).map(|(through, empty)| through - empty).collect();
     println!("middleware_own_share={:.4}", median_of(&own));
+    // The same for the least any middleware with the one retry must do.
+    println!("middleware_floor_share={:.4}", median_of(&floor));
     println!("authorized_client_ratio={:.3}", median_of(&authorized));
     middleware_instructions()?;
 
@@ -154,7 +158,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
 fn middleware_instructions() -> Result<(), BenchError> {
     use freshen_bench::Arm;
     let mut counts = Vec::new();
-    for arm in [Arm::Raw, Arm::EmptyChain, Arm::AuthMiddleware] {
+    for arm in [Arm::Raw, Arm::EmptyChain, Arm::AuthMiddleware, Arm::StaticRetrying] {
         match freshen_bench::request_instructions(arm)? {
             Some(count) => counts.push(count),
             None => {
@@ -163,14 +167,16 @@ fn middleware_instructions() -> Result<(), BenchError> {
             }
         }
     }
-    if let [raw, empty, through] = counts[..] {
+    if let [raw, empty, through, floor] = counts[..] {
         println!(
-            "# instructions per request: raw reqwest {raw:.0}; empty chain {empty:.0}; AuthMiddleware {through:.0}"
+            "# instructions per request: raw reqwest {raw:.0}; empty chain {empty:.0}; AuthMiddleware {through:.0}; \
+             a static retrying middleware {floor:.0}"
         );
         println!("middleware_instructions={through:.0}");
         println!("middleware_instruction_ratio={:.3}", through / raw);
         println!("middleware_own_instructions={:.0}", through - empty);
         println!("middleware_own_instruction_share={:.4}", (through - empty) / raw);
+        println!("middleware_floor_own_instructions={:.0}", floor - empty);
     }
     Ok(())
 }
