@@ -27,6 +27,13 @@ pub struct Stats {
     pub callers_failed: u64,
     /// Times the session ended (logged out, by the user or the server).
     pub logouts: u64,
+    /// Access tokens reported refused by a resource (a 401), through
+    /// [`Session::retry_token`](crate::Session::retry_token) or
+    /// [`Session::invalidate`](crate::Session::invalidate), which the
+    /// middleware and the tower layer call for you. Against a server that
+    /// deletes the previous access token on refresh, every process sharing a
+    /// store sees one after another process refreshes.
+    pub tokens_refused: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -39,6 +46,7 @@ pub(crate) struct Counters {
     waits: AtomicU64,
     callers_failed: AtomicU64,
     logouts: AtomicU64,
+    tokens_refused: AtomicU64,
 }
 
 /// One thing a session counts.
@@ -51,6 +59,7 @@ pub(crate) enum Count {
     Wait,
     CallerFailed,
     Logout,
+    TokenRefused,
 }
 
 impl Counters {
@@ -63,6 +72,7 @@ impl Counters {
             Count::Wait => (&self.waits, "freshen_waits_total"),
             Count::CallerFailed => (&self.callers_failed, "freshen_callers_failed_total"),
             Count::Logout => (&self.logouts, "freshen_logouts_total"),
+            Count::TokenRefused => (&self.tokens_refused, "freshen_tokens_refused_total"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -79,6 +89,7 @@ impl Counters {
             waits: read(&self.waits),
             callers_failed: read(&self.callers_failed),
             logouts: read(&self.logouts),
+            tokens_refused: read(&self.tokens_refused),
         }
     }
 }

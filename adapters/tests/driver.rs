@@ -340,6 +340,7 @@ async fn a_401_for_the_current_token_refreshes_and_for_an_old_one_does_not() {
     let again = session.retry_token(&first).await.unwrap();
     assert_eq!(again.generation(), Generation(2));
     assert_eq!(transport.refreshes.load(SeqCst), 1);
+    assert_eq!(session.stats().tokens_refused, 2, "each 401 is counted, also one for an old token");
 }
 
 #[tokio::test(start_paused = true)]
@@ -487,7 +488,7 @@ async fn sessions_over_different_stores_share_one_type() {
 }
 
 /// The counts an app reads from the handle: refreshes, their failures, waits,
-/// failed callers and logouts.
+/// failed callers, refused tokens and logouts.
 #[tokio::test(start_paused = true)]
 async fn the_handle_counts_refreshes_failures_waits_and_logouts() {
     let (session, transport, _) = session(AuthorityConfig::default(), Some(Duration::ZERO));
@@ -500,7 +501,9 @@ async fn the_handle_counts_refreshes_failures_waits_and_logouts() {
 
     let attempts = support::config().session.backoff.attempts;
     transport.fail_next(vec![TransportFailure::NotSent; attempts as usize]);
+    assert_eq!(session.stats().tokens_refused, 0);
     session.invalidate(&token);
+    assert_eq!(session.stats().tokens_refused, 1);
     assert!(session.access_token().await.is_err());
     let stats = session.stats();
     assert_eq!(stats.refresh_attempts, 1 + u64::from(attempts));

@@ -75,6 +75,35 @@ async fn sessions_sharing_a_store_refresh_once_between_them() {
     assert!(after.accepted);
 }
 
+/// A server that deletes the previous access token on refresh (Django OAuth
+/// Toolkit): after one process refreshes, the other's token is refused. Its
+/// retry refreshes under the lock after reading the store, so it adopts the
+/// other's tokens and sends nothing: one refresh between them, as the
+/// README says.
+#[tokio::test(start_paused = true)]
+async fn a_token_deleted_by_another_process_s_refresh_is_replaced_from_the_store() {
+    let mut authority = strict();
+    authority.revoke_previous_access = true;
+    let transport = AuthorityTransport::new(authority);
+    let store = FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(3600))));
+    let [first, second] = [1, 2].map(|seed| {
+        let mut config = config();
+        config.session.shared_store = true;
+        Session::start_in(config, transport.clone(), store.clone(), Environment::seeded(seed)).unwrap()
+    });
+    let held = second.access_token().await.unwrap();
+    let refreshed = first.refresh().await.unwrap();
+    assert_eq!(transport.refreshes.load(SeqCst), 1);
+    let now = transport.now();
+    assert!(transport.state.authority().validate(now, held.expose_secret()).is_err(), "the server deleted it");
+
+    let replaced = second.retry_token(&held).await.unwrap();
+    assert_eq!(replaced.generation(), refreshed.generation(), "the other process's token, from the store");
+    assert_eq!(transport.refreshes.load(SeqCst), 1, "and no second refresh");
+    assert!(transport.state.authority().validate(transport.now(), replaced.expose_secret()).is_ok());
+    assert_eq!(second.stats().tokens_refused, 1);
+}
+
 /// The control: without the lock, the same stampede replays the spent token
 /// and the server revokes the family. This is the bug the lock prevents.
 #[tokio::test(start_paused = true)]

@@ -105,6 +105,7 @@ async fn the_middleware_attaches_the_token_and_retries_a_401_once() {
     assert_eq!(response.status(), 200);
     assert_eq!(server.state().resource_hits() - hits, 2, "one 401, one retry");
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(3));
+    assert_eq!(session.stats().tokens_refused, 1, "the 401 is counted");
 }
 
 #[tokio::test]
@@ -152,6 +153,7 @@ async fn a_client_without_retry_sends_once_and_the_next_request_gets_a_fresh_tok
     assert!(matches!(client.execute(request).await, Err(ClientError::Session(Error::UnauthorizedNotRetried))));
     assert_eq!(server.state().resource_hits(), 2, "sent once");
     assert_eq!(session.access_token().await.unwrap().generation(), Generation(first + 2));
+    assert_eq!(session.stats().tokens_refused, 2, "each refused token is counted");
     assert_eq!(client.send(client.get(server.url(paths::RESOURCE))).await.unwrap().status(), 200);
 }
 

@@ -444,6 +444,7 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// killed the current token along with the refused one.
     pub async fn retry_token(&self, rejected: &Token) -> Result<Token, Error> {
         let generation = rejected.generation();
+        self.shared.counters.add(Count::TokenRefused);
         self.wait(move |coordinator, now, waker| coordinator.unauthorized(now, generation, waker)).await
     }
 
@@ -463,6 +464,7 @@ impl<T: Transport, S: Store> Session<T, S> {
     /// not be retried): the next caller gets a refreshed token. A token that
     /// is no longer the current one changes nothing.
     pub fn invalidate(&self, token: &Token) {
+        self.shared.counters.add(Count::TokenRefused);
         self.shared.coordinator.invalidated(self.shared.now(), token.generation());
         self.shared.kick.notify_one();
     }
