@@ -320,9 +320,14 @@ impl Session {
         let durable = stored.generation > self.last_generation;
         let generation = if durable { stored.generation } else { self.next_generation() };
         self.last_generation = self.last_generation.max(generation);
-        if durable {
-            self.store.holds_session(&stored);
-        }
+        // What the store holds now, also when ours is renumbered above it and
+        // not yet durable: if the write of ours then fails, this is what the
+        // store held before it. Left at an older blob of another login, a
+        // later blob under that same number looked like nothing had changed,
+        // and a late rotation of ours was written over its successor (C2,
+        // tier-1 seed 15632305: numbers had started again after a logout
+        // elsewhere).
+        self.store.holds_session(&stored);
         let mut tokens = self.tokens_from_store(stored, |_| generation);
         self.keep_what_ours_knew(&mut tokens);
         tokens.cycle = self.cycles_started;

@@ -367,7 +367,12 @@ fn sampled_campaign_worlds_keep_every_invariant() {
 /// refreshed with success by another process a second later at a server
 /// that does not rotate, which the checker still held awaiting the user
 /// because both processes had numbered the session g140 (U6, the checker's
-/// error).
+/// error). From 15,436,805: 15632305, a worker stalled past its lock, its
+/// login ended and another begun elsewhere meanwhile; it took that login
+/// from the store under a number above its own, its write of it was fenced,
+/// and under the next lock the other worker's rotation of it, stored under
+/// the very number the first worker had last written for the old login,
+/// looked unchanged: the late rotation was written over its successor (C2).
 #[test]
 fn campaign_seeds_that_once_failed_stay_clean() {
     const ONCE_FAILED: &[u64] = &[
@@ -401,6 +406,7 @@ fn campaign_seeds_that_once_failed_stay_clean() {
         10_070_490,
         10_327_160,
         11_328_399,
+        15_632_305,
     ];
     for &seed in ONCE_FAILED {
         let mut w = World::new(WorldConfig::sampled(seed), seed);
