@@ -4,6 +4,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::SystemTime;
 
 use crate::clock::{BootClock, WallClock, system_boot_clock};
+use crate::setters::setters;
 
 /// Where a session gets what is not configuration: the seed its jitter is
 /// drawn from and the clocks it reads. An app never needs one:
@@ -45,23 +46,6 @@ impl Environment {
         Self { seed: Some(seed), ..Self::system() }
     }
 
-    /// Reads this wall clock: it carries expiries across restarts, dates
-    /// HTTP answers, and notices a suspend (see [`WallClock`]).
-    #[must_use]
-    pub fn with_wall_clock(mut self, wall_clock: WallClock) -> Self {
-        self.wall_clock = wall_clock;
-        self
-    }
-
-    /// Reads this boot clock: a stored expiry written on this boot is read
-    /// by it rather than by the wall clock, which may have been set back
-    /// since the write (see [`BootClock`]).
-    #[must_use]
-    pub fn with_boot_clock(mut self, boot_clock: BootClock) -> Self {
-        self.boot_clock = boot_clock;
-        self
-    }
-
     /// The seed jitter is drawn from, when one was chosen.
     pub fn seed(&self) -> Option<u64> {
         self.seed
@@ -95,6 +79,16 @@ impl Environment {
         self.observer.as_ref()
     }
 }
+
+setters! { Environment {
+    /// Reads this wall clock: it carries expiries across restarts, dates
+    /// HTTP answers, and notices a suspend (see [`WallClock`]).
+    with_wall_clock(wall_clock: WallClock) => wall_clock = wall_clock;
+    /// Reads this boot clock: a stored expiry written on this boot is read
+    /// by it rather than by the wall clock, which may have been set back
+    /// since the write (see [`BootClock`]).
+    with_boot_clock(boot_clock: BootClock) => boot_clock = boot_clock;
+}}
 
 impl Default for Environment {
     fn default() -> Self {

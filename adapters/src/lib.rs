@@ -42,6 +42,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(not(freshen_loom))]
+mod any;
 #[cfg(all(not(freshen_loom), any(feature = "middleware", feature = "tower")))]
 mod authorize;
 #[cfg(not(freshen_loom))]
@@ -66,6 +68,8 @@ mod scrub;
 #[cfg(not(freshen_loom))]
 mod session;
 #[cfg(not(freshen_loom))]
+mod setters;
+#[cfg(not(freshen_loom))]
 mod stats;
 #[cfg(not(freshen_loom))]
 pub mod store;
@@ -77,6 +81,8 @@ pub mod tower;
 #[cfg(not(freshen_loom))]
 pub mod transport;
 
+#[cfg(not(freshen_loom))]
+pub use any::AnySession;
 #[cfg(not(freshen_loom))]
 pub use clock::{BootClock, WallClock, system_boot_clock, system_clock};
 #[cfg(feature = "_internal_test_exports")]
@@ -96,7 +102,7 @@ pub use registry::Sessions;
 #[cfg(not(freshen_loom))]
 pub use secrecy;
 #[cfg(not(freshen_loom))]
-pub use session::{AnySession, Config, Session};
+pub use session::{Config, Session};
 #[cfg(not(freshen_loom))]
 pub use stats::Stats;
 pub use token::Token;

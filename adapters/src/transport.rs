@@ -4,7 +4,6 @@
 //! core reads and a body cut at [`MAX_BODY_BYTES`](oauth::MAX_BODY_BYTES). It never logs bodies. The
 //! session is generic over it, so a simulation can plug in its own network.
 
-use core::fmt;
 use core::future::Future;
 
 use freshen_core::dpop::DpopNonce;
@@ -12,6 +11,7 @@ use freshen_core::oauth::{self, Classified, FormRequest, Policy};
 #[cfg(feature = "reqwest")]
 use freshen_core::session::TransportFailure;
 
+pub use crate::any::BoxTransport;
 pub use crate::error::TransportError;
 use freshen_core::time::UnixTime;
 use secrecy::zeroize::Zeroize as _;
@@ -85,49 +85,6 @@ pub trait Transport: Send + Sync + 'static {
         url: &str,
         form: &FormRequest,
     ) -> impl Future<Output = Result<HttpResponse, TransportError>> + Send;
-}
-
-/// Any [`Transport`] behind one type, so that sessions over different
-/// transports share a type ([`AnySession`](crate::AnySession)): a struct
-/// field, an axum `State`. Costs one allocation per request.
-pub struct BoxTransport(Box<dyn DynTransport>);
-
-impl BoxTransport {
-    /// Boxes `transport`.
-    pub fn new(transport: impl Transport) -> Self {
-        Self(Box::new(transport))
-    }
-}
-
-impl fmt::Debug for BoxTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BoxTransport")
-    }
-}
-
-/// [`Transport`] with its future boxed, so it can be a trait object.
-trait DynTransport: Send + Sync + 'static {
-    fn post_form<'a>(
-        &'a self,
-        url: &'a str,
-        form: &'a FormRequest,
-    ) -> core::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, TransportError>> + Send + 'a>>;
-}
-
-impl<T: Transport> DynTransport for T {
-    fn post_form<'a>(
-        &'a self,
-        url: &'a str,
-        form: &'a FormRequest,
-    ) -> core::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, TransportError>> + Send + 'a>> {
-        Box::pin(Transport::post_form(self, url, form))
-    }
-}
-
-impl Transport for BoxTransport {
-    async fn post_form(&self, url: &str, form: &FormRequest) -> Result<HttpResponse, TransportError> {
-        self.0.post_form(url, form).await
-    }
 }
 
 /// A [`Transport`] over reqwest. HTTPS needs the `rustls` feature (on by

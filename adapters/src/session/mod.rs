@@ -32,10 +32,11 @@ use crate::Environment;
 use crate::Error;
 use crate::clock::Clock;
 use crate::coordinator::{Answer, Coordinator, Outcome, StateSink, Waker};
+use crate::setters::setters;
 use crate::stats::{Count, Counters, Stats};
-use crate::store::{BoxStore, Store, StoreLock};
+use crate::store::{Store, StoreLock};
 use crate::token::Token;
-use crate::transport::{BoxTransport, Transport, TransportError};
+use crate::transport::{Transport, TransportError};
 use std::sync::Arc;
 
 mod driver;
@@ -49,10 +50,24 @@ pub struct Config {
     pub token_endpoint: String,
     /// The revocation endpoint (RFC 7009), for logout; `None` skips revocation.
     pub revocation_endpoint: Option<String>,
+    /// The authorization endpoint (RFC 6749 §3.1), for
+    /// [`Session::start_code_login`]; `None` when the app logs in otherwise.
+    pub authorization_endpoint: Option<String>,
+    /// The device authorization endpoint (RFC 8628 §3.1), for
+    /// [`Session::start_device_login`]; `None` when the app logs in otherwise.
+    pub device_authorization_endpoint: Option<String>,
+    /// The authorization server's issuer identifier (its discovery
+    /// document's `issuer`): a login's redirect that names another server
+    /// is refused (RFC 9207, the mix-up defense). `None` checks nothing.
+    pub issuer: Option<String>,
     /// The client and how it authenticates (none for public clients, basic or post).
     pub client: Client,
     /// A scope to request on refresh; `None` keeps the granted one.
     pub scope: Option<String>,
+    /// Bind the session's tokens to a key on this device (DPoP, RFC 9449;
+    /// see [`dpop`](crate::dpop)): the login flows make the key and prove
+    /// it. Off: bearer tokens.
+    pub dpop: bool,
     /// Refresh margin and jitter, backoff, request timeout, what counts as terminal.
     pub session: SessionConfig,
     /// How this session is named in its `freshen` tracing span (a tenant, an
@@ -62,20 +77,6 @@ pub struct Config {
     /// and simulations on private networks). Off: tokens travel only over
     /// https, or over http to this machine.
     pub plain_http_allowed: bool,
-    /// The device authorization endpoint (RFC 8628 §3.1), for
-    /// [`Session::start_device_login`]; `None` when the app logs in otherwise.
-    pub device_authorization_endpoint: Option<String>,
-    /// The authorization endpoint (RFC 6749 §3.1), for
-    /// [`Session::start_code_login`]; `None` when the app logs in otherwise.
-    pub authorization_endpoint: Option<String>,
-    /// The authorization server's issuer identifier (its discovery
-    /// document's `issuer`): a login's redirect that names another server
-    /// is refused (RFC 9207, the mix-up defense). `None` checks nothing.
-    pub issuer: Option<String>,
-    /// Bind the session's tokens to a key on this device (DPoP, RFC 9449;
-    /// see [`dpop`](crate::dpop)): the login flows make the key and prove
-    /// it. Off: bearer tokens.
-    pub dpop: bool,
 }
 
 impl Config {
@@ -86,83 +87,41 @@ impl Config {
         Self {
             token_endpoint: token_endpoint.into(),
             revocation_endpoint: None,
+            authorization_endpoint: None,
+            device_authorization_endpoint: None,
+            issuer: None,
             client,
             scope: None,
+            dpop: false,
             session: SessionConfig::default(),
             name: None,
             plain_http_allowed: false,
-            device_authorization_endpoint: None,
-            authorization_endpoint: None,
-            issuer: None,
-            dpop: false,
         }
     }
+}
 
-    /// Binds the tokens of every login to a key on this device (DPoP; see
-    /// [`Config::dpop`]).
-    #[must_use]
-    pub fn with_dpop(mut self) -> Self {
-        self.dpop = true;
-        self
-    }
-
-    /// Refuses login redirects from any other issuer (see [`Config::issuer`]).
-    #[must_use]
-    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
-        self.issuer = Some(issuer.into());
-        self
-    }
-
+setters! { Config {
+    /// Revokes at this endpoint on logout.
+    with_revocation_endpoint(url: impl Into<String>) => revocation_endpoint = Some(url.into());
     /// Logs in with the authorization code grant and PKCE at this endpoint
     /// (see [`Session::start_code_login`]).
-    #[must_use]
-    pub fn with_authorization_endpoint(mut self, url: impl Into<String>) -> Self {
-        self.authorization_endpoint = Some(url.into());
-        self
-    }
-
+    with_authorization_endpoint(url: impl Into<String>) => authorization_endpoint = Some(url.into());
     /// Logs in with the device flow at this endpoint (see [`Session::start_device_login`]).
-    #[must_use]
-    pub fn with_device_authorization_endpoint(mut self, url: impl Into<String>) -> Self {
-        self.device_authorization_endpoint = Some(url.into());
-        self
-    }
-
-    /// Revokes at this endpoint on logout.
-    #[must_use]
-    pub fn with_revocation_endpoint(mut self, url: impl Into<String>) -> Self {
-        self.revocation_endpoint = Some(url.into());
-        self
-    }
-
-    /// Uses this session configuration.
-    #[must_use]
-    pub fn with_session(mut self, session: SessionConfig) -> Self {
-        self.session = session;
-        self
-    }
-
+    with_device_authorization_endpoint(url: impl Into<String>) => device_authorization_endpoint = Some(url.into());
+    /// Refuses login redirects from any other issuer (see [`Config::issuer`]).
+    with_issuer(issuer: impl Into<String>) => issuer = Some(issuer.into());
     /// Asks for this scope on every refresh (by default the granted one is kept).
-    #[must_use]
-    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Some(scope.into());
-        self
-    }
-
+    with_scope(scope: impl Into<String>) => scope = Some(scope.into());
+    /// Binds the tokens of every login to a key on this device (DPoP; see
+    /// [`Config::dpop`]).
+    with_dpop() => dpop = true;
+    /// Uses this session configuration.
+    with_session(session: SessionConfig) => session = session;
     /// Names the session in its tracing span (see [`Config::name`]).
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
+    with_name(name: impl Into<String>) => name = Some(name.into());
     /// Accepts plain `http` endpoints on any host (see [`Config::plain_http_allowed`]).
-    #[must_use]
-    pub fn with_plain_http_allowed(mut self) -> Self {
-        self.plain_http_allowed = true;
-        self
-    }
-}
+    with_plain_http_allowed() => plain_http_allowed = true;
+}}
 
 impl Waker for oneshot::Sender<Outcome> {
     fn wake(self, outcome: Outcome) {
@@ -215,29 +174,6 @@ impl<T, S> Shared<T, S> {
         if let Ok(mut last) = self.last_transport_error.lock() {
             *last = error;
         }
-    }
-}
-
-/// A session over any transport and store, as one type: for struct fields,
-/// axum `State` and the like, where spelling `Session<T, S>` is a burden.
-/// Made by [`Session::start_any`].
-pub type AnySession = Session<BoxTransport, BoxStore>;
-
-impl AnySession {
-    /// Starts a session over `transport` and `store` (see [`Session::start`]),
-    /// erasing their types.
-    pub fn start_any(config: Config, transport: impl Transport, store: impl Store) -> Result<Self, Error> {
-        Self::start_any_in(config, transport, store, Environment::system())
-    }
-
-    /// [`AnySession::start_any`] in a chosen [`Environment`] (see [`Session::start_in`]).
-    pub fn start_any_in(
-        config: Config,
-        transport: impl Transport,
-        store: impl Store,
-        environment: Environment,
-    ) -> Result<Self, Error> {
-        Session::start_in(config, BoxTransport::new(transport), BoxStore::new(store), environment)
     }
 }
 

@@ -21,6 +21,8 @@ use freshen_core::stored::{DecodeError, StoredSession};
 use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
 
+pub use crate::any::BoxStore;
+
 #[cfg(feature = "file-store")]
 mod file;
 #[cfg(feature = "keyring")]
@@ -168,69 +170,5 @@ impl Store for MemoryStore {
 
     async fn lock(&self) -> Result<StoreLock, StoreError> {
         Ok(StoreLock::new(Arc::clone(&self.lock).lock_owned().await))
-    }
-}
-
-/// Any [`Store`] behind one type, so that sessions over different stores
-/// share a type ([`AnySession`](crate::AnySession)). Costs one allocation
-/// per store operation.
-pub struct BoxStore(Box<dyn DynStore>);
-
-impl BoxStore {
-    /// Boxes `store`.
-    pub fn new(store: impl Store) -> Self {
-        Self(Box::new(store))
-    }
-}
-
-impl fmt::Debug for BoxStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BoxStore")
-    }
-}
-
-type Boxed<'a, T> = core::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// [`Store`] with its futures boxed, so it can be a trait object.
-trait DynStore: Send + Sync + 'static {
-    fn load(&self) -> Boxed<'_, Option<StoredSession>>;
-    fn save<'a>(&'a self, session: &'a StoredSession) -> Boxed<'a, ()>;
-    fn clear(&self) -> Boxed<'_, ()>;
-    fn lock(&self) -> Boxed<'_, StoreLock>;
-}
-
-impl<S: Store> DynStore for S {
-    fn load(&self) -> Boxed<'_, Option<StoredSession>> {
-        Box::pin(Store::load(self))
-    }
-
-    fn save<'a>(&'a self, session: &'a StoredSession) -> Boxed<'a, ()> {
-        Box::pin(Store::save(self, session))
-    }
-
-    fn clear(&self) -> Boxed<'_, ()> {
-        Box::pin(Store::clear(self))
-    }
-
-    fn lock(&self) -> Boxed<'_, StoreLock> {
-        Box::pin(Store::lock(self))
-    }
-}
-
-impl Store for BoxStore {
-    fn load(&self) -> impl Future<Output = Result<Option<StoredSession>, StoreError>> + Send {
-        self.0.load()
-    }
-
-    async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
-        self.0.save(session).await
-    }
-
-    fn clear(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.0.clear()
-    }
-
-    fn lock(&self) -> impl Future<Output = Result<StoreLock, StoreError>> + Send {
-        self.0.lock()
     }
 }

@@ -45,6 +45,7 @@ use tokio_postgres::NoTls;
 use tracing::warn;
 
 use super::{Store, StoreError, StoreLock};
+use crate::setters::setters;
 
 /// The application name of lock connections (`pg_stat_activity`), followed
 /// by `:` and the holder's process id, so that an operator can tell them from
@@ -89,42 +90,20 @@ impl Default for PostgresSettings {
     }
 }
 
-impl PostgresSettings {
+setters! { PostgresSettings {
     /// Sets [`PostgresSettings::table`] (letters, digits and `_` only).
-    #[must_use]
-    pub fn with_table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
-        self
-    }
-
+    with_table(table: impl Into<String>) => table = table.into();
     /// Sets [`PostgresSettings::lock_hold`].
-    #[must_use]
-    pub fn with_lock_hold(mut self, bound: Duration) -> Self {
-        self.lock_hold = bound;
-        self
-    }
-
+    with_lock_hold(bound: Duration) => lock_hold = bound;
     /// Sets [`PostgresSettings::lock_wait`].
-    #[must_use]
-    pub fn with_lock_wait(mut self, bound: Duration) -> Self {
-        self.lock_wait = bound;
-        self
-    }
-
+    with_lock_wait(bound: Duration) => lock_wait = bound;
     /// Sets [`PostgresSettings::statement_timeout`].
-    #[must_use]
-    pub fn with_statement_timeout(mut self, bound: Duration) -> Self {
-        self.statement_timeout = bound;
-        self
-    }
-
-    /// Sets [`PostgresSettings::pool_size`].
-    #[must_use]
-    pub fn with_pool_size(mut self, size: usize) -> Self {
-        self.pool_size = size.max(1);
-        self
-    }
-}
+    with_statement_timeout(bound: Duration) => statement_timeout = bound;
+    /// Sets [`PostgresSettings::keepalive_idle`].
+    with_keepalive_idle(idle: Duration) => keepalive_idle = idle;
+    /// Sets [`PostgresSettings::pool_size`] (at least 1).
+    with_pool_size(size: usize) => pool_size = size.max(1);
+}}
 
 /// Why a [`Postgres`] handle could not be made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
