@@ -50,38 +50,7 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
     println!("# {threads} cores; {sizes:?}");
 
-    let session = runtime.block_on(freshen_bench::valid_session(
-        format!("http://127.0.0.1:9{}", paths::TOKEN),
-        freshen_bench::ACCESS_TOKEN,
-    ))?;
-    let one = freshen_bench::fastpath(&runtime, &session, 1, sizes);
-    let two = freshen_bench::fastpath(&runtime, &session, 2, sizes);
-    println!(
-        "# fast path, ns per acquire: freshen {:.1} (synchronous {:.1}) vs RwLock+clone {:.1} (1 thread); {:.1} vs {:.1} (2 threads)",
-        one.freshen, one.freshen_sync, one.baseline, two.freshen, two.baseline
-    );
-    let (ratio_1, ratio_2) = (one.baseline / one.freshen, two.baseline / two.freshen);
-    println!("fastpath_ratio={:.2}", ratio_1.min(ratio_2));
-    println!("fastpath_ratio_1t={ratio_1:.2}");
-    println!("fastpath_ratio_2t={ratio_2:.2}");
-    println!("fastpath_ns_1t={:.1}", one.freshen);
-    println!("fastpath_sync_ratio_1t={:.2}", one.baseline / one.freshen_sync);
-    println!("fastpath_sync_ns_1t={:.1}", one.freshen_sync);
-    println!(
-        "# the floor, ns: the coarse wall clock {:.1} and with a snapshot load {:.1} (1 thread); {:.1} and {:.1} (2 threads)",
-        one.clock, one.floor, two.clock, two.floor
-    );
-    println!("fastpath_clock_ns_1t={:.1}", one.clock);
-    println!("fastpath_floor_ns_1t={:.1}", one.floor);
-    println!("fastpath_floor_ratio_1t={:.2}", one.baseline / one.floor);
-    println!("fastpath_floor_ratio_2t={:.2}", two.baseline / two.floor);
-    let owned = freshen_bench::fastpath_owned(&runtime, &session, sizes);
-    println!("# access_token (an owned handle, an Arc clone) on one thread: {owned:.1} ns");
-    println!("fastpath_owned_ns_1t={owned:.1}");
-    let (allocs, baseline_allocs) = freshen_bench::fastpath_allocs(&runtime, &session, sizes.acquires);
-    println!("# allocations per acquire: freshen {allocs} vs RwLock+clone {baseline_allocs}");
-    println!("fastpath_allocs={allocs}");
-    drop(session);
+    fast_path(&runtime, sizes)?;
 
     let (step_ns, step_allocs) = freshen_bench::step(sizes.steps)?;
     println!("step_ns={step_ns:.1}");
@@ -110,6 +79,68 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
 
     herd(&runtime)?;
 
+    middleware(&runtime, sizes)?;
+
+    let fleet = freshen_bench::fleet(&runtime, sizes.fleet_sessions, sizes.fleet_lookups)?;
+    println!(
+        "# fleet of {} sessions: token p99 {:.2} us through the registry vs {:.2} us through one session held",
+        sizes.fleet_sessions, fleet.token_p99_us, fleet.single_p99_us
+    );
+    println!("sessions_idle_bytes={:.0}", fleet.idle_bytes);
+    println!("sessions_active_bytes={:.0}", fleet.active_bytes);
+    println!("fleet_token_p99_us={:.2}", fleet.token_p99_us);
+    drop(runtime);
+
+    let sim = freshen_bench::sim_throughput(sizes.tier1_seeds, sizes.tier2_seeds);
+    println!("sim_tier1_seeds_per_s={:.1}", sim.tier1_seeds_per_s);
+    println!("sim_tier2_seeds_per_s={:.2}", sim.tier2_seeds_per_s);
+    println!("sim_tier2_callers_per_s={:.0}", sim.tier2_callers_per_s);
+    println!("sim_tier2_faults_per_s={:.1}", sim.tier2_faults_per_s);
+    println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// An acquire against `RwLock<Option<String>>` + clone, on one thread and
+/// two, with the floor any acquire must pay; its instructions and allocations.
+fn fast_path(runtime: &tokio::runtime::Runtime, sizes: Sizes) -> Result<(), BenchError> {
+    let session = runtime.block_on(freshen_bench::valid_session(
+        format!("http://127.0.0.1:9{}", paths::TOKEN),
+        freshen_bench::ACCESS_TOKEN,
+    ))?;
+    let one = freshen_bench::fastpath(runtime, &session, 1, sizes);
+    let two = freshen_bench::fastpath(runtime, &session, 2, sizes);
+    println!(
+        "# fast path, ns per acquire: freshen {:.1} (synchronous {:.1}) vs RwLock+clone {:.1} (1 thread); {:.1} vs {:.1} (2 threads)",
+        one.freshen, one.freshen_sync, one.baseline, two.freshen, two.baseline
+    );
+    let (ratio_1, ratio_2) = (one.baseline / one.freshen, two.baseline / two.freshen);
+    println!("fastpath_ratio={:.2}", ratio_1.min(ratio_2));
+    println!("fastpath_ratio_1t={ratio_1:.2}");
+    println!("fastpath_ratio_2t={ratio_2:.2}");
+    println!("fastpath_ns_1t={:.1}", one.freshen);
+    println!("fastpath_sync_ratio_1t={:.2}", one.baseline / one.freshen_sync);
+    println!("fastpath_sync_ns_1t={:.1}", one.freshen_sync);
+    println!(
+        "# the floor, ns: the coarse wall clock {:.1} and with a snapshot load {:.1} (1 thread); {:.1} and {:.1} (2 threads)",
+        one.clock, one.floor, two.clock, two.floor
+    );
+    println!("fastpath_clock_ns_1t={:.1}", one.clock);
+    println!("fastpath_floor_ns_1t={:.1}", one.floor);
+    println!("fastpath_floor_ratio_1t={:.2}", one.baseline / one.floor);
+    println!("fastpath_floor_ratio_2t={:.2}", two.baseline / two.floor);
+    let owned = freshen_bench::fastpath_owned(runtime, &session, sizes);
+    println!("# access_token (an owned handle, an Arc clone) on one thread: {owned:.1} ns");
+    println!("fastpath_owned_ns_1t={owned:.1}");
+    let (allocs, baseline_allocs) = freshen_bench::fastpath_allocs(runtime, &session, sizes.acquires);
+    println!("# allocations per acquire: freshen {allocs} vs RwLock+clone {baseline_allocs}");
+    println!("fastpath_allocs={allocs}");
+    drop(session);
+    Ok(())
+}
+
+/// `AuthMiddleware`, `AuthorizedClient` and the static retrying floor
+/// against raw reqwest and an empty chain, in interleaved rounds.
+fn middleware(runtime: &tokio::runtime::Runtime, sizes: Sizes) -> Result<(), BenchError> {
     let rounds = runtime.block_on(freshen_bench::middleware(sizes.requests, MIDDLEWARE_ROUNDS))?;
     let median_of = |values: &[f64]| freshen_bench::median(&mut values.to_vec());
     let (mut through, mut empty, mut authorized) = (Vec::new(), Vec::new(), Vec::new());
@@ -137,23 +168,6 @@ fn run(sizes: Sizes) -> Result<(), BenchError> {
     println!("middleware_floor_ratio_worst={:.3}", floor.iter().copied().fold(0.0, f64::max));
     println!("authorized_client_ratio={:.3}", median_of(&authorized));
     middleware_instructions()?;
-
-    let fleet = freshen_bench::fleet(&runtime, sizes.fleet_sessions, sizes.fleet_lookups)?;
-    println!(
-        "# fleet of {} sessions: token p99 {:.2} us through the registry vs {:.2} us through one session held",
-        sizes.fleet_sessions, fleet.token_p99_us, fleet.single_p99_us
-    );
-    println!("sessions_idle_bytes={:.0}", fleet.idle_bytes);
-    println!("sessions_active_bytes={:.0}", fleet.active_bytes);
-    println!("fleet_token_p99_us={:.2}", fleet.token_p99_us);
-    drop(runtime);
-
-    let sim = freshen_bench::sim_throughput(sizes.tier1_seeds, sizes.tier2_seeds);
-    println!("sim_tier1_seeds_per_s={:.1}", sim.tier1_seeds_per_s);
-    println!("sim_tier2_seeds_per_s={:.2}", sim.tier2_seeds_per_s);
-    println!("sim_tier2_callers_per_s={:.0}", sim.tier2_callers_per_s);
-    println!("sim_tier2_faults_per_s={:.1}", sim.tier2_faults_per_s);
-    println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
