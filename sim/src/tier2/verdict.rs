@@ -31,8 +31,13 @@ pub(super) fn verdict(
     }
     outcome.violations.extend_from_slice(authority_monitor.violations());
     *counts.entry("resource_nonce_challenge").or_default() += state.resource_nonce_challenges();
-    let dropped = faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default();
-    let dropped_successes = faults.dropped_successes.lock().map(|d| d.clone()).unwrap_or_default();
+    let known = RunEvidence {
+        audit: &audit,
+        hosts,
+        crashes: &crashes,
+        dropped: faults.dropped_for.lock().map(|d| d.clone()).unwrap_or_default(),
+        dropped_successes: faults.dropped_successes.lock().map(|d| d.clone()).unwrap_or_default(),
+    };
     for host in hosts {
         outcome.most_connects = outcome.most_connects.max(host.pacer.connects.load(Ordering::Relaxed));
         outcome.tally.granted += host.granted.load(Ordering::Relaxed);
@@ -65,32 +70,7 @@ pub(super) fn verdict(
             *outcome.tally.logouts.entry(cause).or_default() += count;
         }
         let at = MonoTime::from_elapsed(total);
-        let client = client_id(host.app);
-        let evidence = LogoutEvidence {
-            lost_answer: dropped.get(&client).copied().unwrap_or(0) > 0 || answer_unread(&audit, host, hosts),
-            // The app's family is shared: any of its processes' crashes counts.
-            crashed: hosts
-                .iter()
-                .filter(|other| other.app == host.app)
-                .any(|p| crashes.get(p.index).is_some_and(|c| *c > 0)),
-            revoked: {
-                let mut revoked = crate::check::RevokedByTheApp::default();
-                audit.iter().for_each(|entry| revoked.observe(entry, &client));
-                revoked.explains(last_refusal(&audit, &client))
-            },
-            suspended: false,
-            // Tier 2's workers stall inside a store call (the lock's bound
-            // passes), not for whole minutes of a refresh cycle.
-            stalled_refreshing: false,
-            // Only dropped answers are counted (not ones that came too late):
-            // tier 2 excuses less than tier 1 does.
-            lost_beyond_a_cycle: dropped_successes
-                .iter()
-                .any(|((by, _), count)| *by == client && *count > config.session.backoff.attempts),
-            refusal: last_refusal(&audit, &client),
-            // The app's database took a lock from a live process.
-            lock_lost: host.database.as_ref().filter(|database| database.report().locks_lost > 0).and(config.database),
-        };
+        let evidence = logout_evidence(config, host, &known);
         let healed = Healed {
             process: &host.name,
             unserved: host.failed_after_heal.load(Ordering::Relaxed),
@@ -107,6 +87,50 @@ pub(super) fn verdict(
     outcome.violations.extend(extra);
     outcome.tally.faults = counts;
     outcome
+}
+
+/// What the whole run knows of lost answers, crashes and refusals, read
+/// once for every host's [`LogoutEvidence`].
+struct RunEvidence<'a> {
+    audit: &'a [crate::authority::Audit],
+    hosts: &'a [Arc<Host>],
+    crashes: &'a [u64],
+    dropped: BTreeMap<String, u64>,
+    dropped_successes: BTreeMap<(String, Fingerprint), u32>,
+}
+
+/// What explains a logout `host`'s callers were told of: the faults its
+/// app met that may end a session without a bug.
+fn logout_evidence(config: &WorldConfig, host: &Host, known: &RunEvidence<'_>) -> LogoutEvidence {
+    let client = client_id(host.app);
+    LogoutEvidence {
+        lost_answer: known.dropped.get(&client).copied().unwrap_or(0) > 0
+            || answer_unread(known.audit, host, known.hosts),
+        // The app's family is shared: any of its processes' crashes counts.
+        crashed: known
+            .hosts
+            .iter()
+            .filter(|other| other.app == host.app)
+            .any(|p| known.crashes.get(p.index).is_some_and(|c| *c > 0)),
+        revoked: {
+            let mut revoked = crate::check::RevokedByTheApp::default();
+            known.audit.iter().for_each(|entry| revoked.observe(entry, &client));
+            revoked.explains(last_refusal(known.audit, &client))
+        },
+        suspended: false,
+        // Tier 2's workers stall inside a store call (the lock's bound
+        // passes), not for whole minutes of a refresh cycle.
+        stalled_refreshing: false,
+        // Only dropped answers are counted (not ones that came too late):
+        // tier 2 excuses less than tier 1 does.
+        lost_beyond_a_cycle: known
+            .dropped_successes
+            .iter()
+            .any(|((by, _), count)| *by == client && *count > config.session.backoff.attempts),
+        refusal: last_refusal(known.audit, &client),
+        // The app's database took a lock from a live process.
+        lock_lost: host.database.as_ref().filter(|database| database.report().locks_lost > 0).and(config.database),
+    }
 }
 
 /// The callers `host` told, after healing, that the session had ended, and
