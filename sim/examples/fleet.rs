@@ -319,31 +319,8 @@ async fn parent(url: &str, options: Options) -> Result<ExitCode, Error> {
         stats.reuse_detections,
     );
     if let Some(struck) = &struck {
-        let verb =
-            if options.experiment == Some(Experiment::Kill) { "killed (SIGKILL)" } else { "stopped (SIGSTOP, 4 s)" };
-        println!(
-            "{verb} pid {} at {:.2} s while it held tenant-{}'s lock mid-refresh; another worker's refresh of that tenant \
-             reached the authority {} later; tenant-{} {}",
-            struck.pid,
-            struck.at.as_secs_f64(),
-            struck.tenant,
-            struck.next_refresh_after.map_or("never".into(), |d| format!("{} ms", d.as_millis())),
-            struck.tenant,
-            if per_tenant.get(struck.tenant).is_some_and(|(_, revoked)| *revoked) { "was revoked" } else { "survived" },
-        );
-        let survived = revoked == 0;
-        // A late write is fenced only if another worker took the lock while the holder was stopped; on a
-        // starved machine nobody may have, and then the holder's write is rightly its own.
-        let taken_during_stall = struck.next_refresh_after.is_some_and(|after| after < 2 * LOCK_HOLD);
-        let fenced_ok = options.experiment != Some(Experiment::Stall) || !taken_during_stall || fenced > 0 || !survived;
-        if (options.run.grace.is_zero() || survived) && fenced_ok {
-            return Ok(ExitCode::SUCCESS);
-        }
-        eprintln!(
-            "with a grace period the tenant must survive, and a stalled holder's late write must be fenced when \
-             another worker refreshed its tenant during the stall"
-        );
-        return Ok(ExitCode::FAILURE);
+        let revoked_tenant = per_tenant.get(struck.tenant).is_some_and(|(_, revoked)| *revoked);
+        return Ok(judge_strike(&options, struck, revoked_tenant, revoked == 0, fenced));
     }
     if options.experiment.is_some() {
         eprintln!("no worker was ever seen holding a lock mid-refresh");
@@ -357,6 +334,35 @@ async fn parent(url: &str, options: Options) -> Result<ExitCode, Error> {
         && off == 0
         && outputs.iter().all(|o| o.status.success());
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// An experiment's verdict: `struck`'s tenant must survive when the
+/// authority keeps a grace period (`survived`: no family was revoked), and a
+/// stalled holder's late write must be fenced.
+fn judge_strike(options: &Options, struck: &Struck, revoked_tenant: bool, survived: bool, fenced: u64) -> ExitCode {
+    let verb = if options.experiment == Some(Experiment::Kill) { "killed (SIGKILL)" } else { "stopped (SIGSTOP, 4 s)" };
+    println!(
+        "{verb} pid {} at {:.2} s while it held tenant-{}'s lock mid-refresh; another worker's refresh of that tenant \
+         reached the authority {} later; tenant-{} {}",
+        struck.pid,
+        struck.at.as_secs_f64(),
+        struck.tenant,
+        struck.next_refresh_after.map_or("never".into(), |d| format!("{} ms", d.as_millis())),
+        struck.tenant,
+        if revoked_tenant { "was revoked" } else { "survived" },
+    );
+    // A late write is fenced only if another worker took the lock while the holder was stopped; on a
+    // starved machine nobody may have, and then the holder's write is rightly its own.
+    let taken_during_stall = struck.next_refresh_after.is_some_and(|after| after < 2 * LOCK_HOLD);
+    let fenced_ok = options.experiment != Some(Experiment::Stall) || !taken_during_stall || fenced > 0 || !survived;
+    if (options.run.grace.is_zero() || survived) && fenced_ok {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "with a grace period the tenant must survive, and a stalled holder's late write must be fenced when \
+         another worker refreshed its tenant during the stall"
+    );
+    ExitCode::FAILURE
 }
 
 async fn drop_table(url: &str, table: &str) {
