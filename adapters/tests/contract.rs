@@ -227,16 +227,8 @@ async fn rule_5_forced_refreshes_are_chained_under_rotation() {
 
     // Two at once: the second waits for the first and presents its result.
     transport.hold();
-    let first = {
-        let session = session.clone();
-        tokio::spawn(async move { session.refresh().await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = {
-        let session = session.clone();
-        tokio::spawn(async move { session.refresh().await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = support::refresh_in_background(&session).await;
+    let second = support::refresh_in_background(&session).await;
     transport.release(2);
     assert_eq!(first.await.unwrap().unwrap().generation(), Generation(3));
     assert_eq!(second.await.unwrap().unwrap().generation(), Generation(4));
@@ -305,11 +297,7 @@ async fn rule_8_a_401_retry_during_a_refresh_waits_for_it() {
     // Another refresh is in flight; the server has committed it (and deleted
     // `current`), its answer is held.
     transport.hold();
-    let forced = {
-        let session = session.clone();
-        tokio::spawn(async move { session.refresh().await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let forced = support::refresh_in_background(&session).await;
     assert!(!accepted(&transport, &current), "the server deleted it");
     // A request with the old token came back 401: its one retry must not get
     // `current`.

@@ -329,6 +329,20 @@ fn a_late_answer_at_a_server_that_does_not_rotate_yields_to_the_pair_stored_sinc
     sampled_without_violations(93);
 }
 
+/// Tier-2 seed 1108555 (C1, found by a deep run): three processes on the
+/// database store, at a server that does not rotate. A process whose lock
+/// the database had taken back (its write stalled) answered a refresh and
+/// chained a forced one at once, which its stored refresh token allowed;
+/// its write was fenced while that request was out. The driver kept the
+/// lost lock for the request and reused it for the next write instead of
+/// waiting for the lock again, so it refreshed beside the new holder. A
+/// fenced write now lets the lost lock go (the driver test
+/// `a_lock_lost_while_a_refresh_is_out_is_taken_again_not_reused` isolates it).
+#[test]
+fn a_lock_lost_while_a_refresh_is_out_is_not_reused() {
+    sampled_without_violations(1_108_555);
+}
+
 /// Tier-2 seeds 1013806 and 1047247 (U2, found by deep runs): a process
 /// restarted after its wall clock was set back (5½ and 6 minutes) read a
 /// stored token by that clock as fresh, and handed it out though it was

@@ -158,27 +158,44 @@ pub(super) fn execute<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, io: Io
         Io::Persist { op, session } => {
             let generation = session.generation;
             spawn_io(shared, info_span!("store", %op, %generation), |shared| async move {
-                let event = match shared.store.save(&session).await {
-                    Ok(()) => Event::StoreWritten { op },
-                    Err(error) => {
-                        warn!(%error, "store write failed; the tokens stay in memory and the write is retried");
-                        Event::StoreFailed { op, error: error.into() }
-                    }
-                };
-                shared.coordinator.handle(shared.now(), event);
+                let written = shared.store.save(&session).await;
+                let failed = "store write failed; the tokens stay in memory and the write is retried";
+                written_answer(&shared, op, written, failed);
             });
         }
         Io::ClearStore { op } => spawn_io(shared, info_span!("store", %op), |shared| async move {
-            let event = match shared.store.clear().await {
-                Ok(()) => Event::StoreWritten { op },
-                Err(error) => {
-                    warn!(%error, "store clear failed; it is retried");
-                    Event::StoreFailed { op, error: error.into() }
-                }
-            };
-            shared.coordinator.handle(shared.now(), event);
+            let cleared = shared.store.clear().await;
+            written_answer(&shared, op, cleared, "store clear failed; it is retried");
         }),
     }
+}
+
+/// Tells the machine how a write or clear ended. A write refused as
+/// [`Fenced`](crate::store::StoreError::Fenced) means another process has
+/// taken the store's lock since this one got it: the lock this session holds
+/// (or keeps for a refresh request still out) is dead, and is let go here,
+/// before the machine hears of it, so that its next `LockStore` waits for the
+/// lock again instead of reusing the dead one and refreshing beside the new
+/// holder (C1 across processes; tier-2 seed 1108555).
+fn written_answer<T, S>(
+    shared: &Shared<T, S>,
+    op: StoreOpId,
+    result: Result<(), crate::store::StoreError>,
+    failed: &'static str,
+) {
+    let event = match result {
+        Ok(()) => Event::StoreWritten { op },
+        Err(error) => {
+            warn!(%error, "{failed}");
+            if matches!(error, crate::store::StoreError::Fenced) {
+                let held = shared.store_lock.lock().ok().and_then(|mut slot| slot.held.take());
+                let kept = RefreshesOut::take_kept(shared);
+                debug!(held = held.is_some(), kept = kept.is_some(), "the lost lock is let go");
+            }
+            Event::StoreFailed { op, error: error.into() }
+        }
+    };
+    shared.coordinator.handle(shared.now(), event);
 }
 
 /// While closing, nothing new is presented to the server or locked. The

@@ -193,3 +193,18 @@ pub fn session(
     let session = start(config(), transport.clone(), store.clone());
     (session, transport, store)
 }
+
+/// A forced refresh on a task of its own, given 100 ms (paused time) to get
+/// its request out, or to queue behind the one out, before the test goes on.
+pub async fn refresh_in_background<T, S>(
+    session: &Session<T, S>,
+) -> tokio::task::JoinHandle<Result<freshen::Token, freshen::Error>>
+where
+    T: freshen::transport::Transport,
+    S: freshen::store::Store,
+{
+    let session = session.clone();
+    let refresh = tokio::spawn(async move { session.refresh().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    refresh
+}
