@@ -111,6 +111,29 @@ async fn a_write_under_a_lost_lock_is_fenced_off() {
     assert_eq!(kept.access_token.unwrap().expose_secret(), "at-next");
 }
 
+/// A handle whose lock was lost takes the lock again before the lost one is
+/// dropped (a driver keeping it for a request still out): dropping the lost
+/// lock leaves the new lock's fence in place, so that once the new lock is
+/// lost too, the handle's writes are still fenced off. Clearing the fence on
+/// any drop made them unconditional: they overwrote the next holder's.
+#[tokio::test]
+async fn a_lost_lock_dropped_late_leaves_the_new_locks_fence() {
+    let Some(db) = database("t_late_drop", PostgresSettings::default()).await else { return };
+    let store = db.store("k");
+    store.save(&session(3, "start")).await.unwrap();
+    let lost = store.lock().await.unwrap();
+    cut_lock_holder("t_late_drop", "k").await;
+    let relocked = locks_within(&store, Duration::from_secs(5)).await.expect("the cut lock was released");
+    drop(lost);
+    cut_lock_holder("t_late_drop", "k").await;
+    let next = db.store("k");
+    let _held = locks_within(&next, Duration::from_secs(5)).await.expect("the cut lock was released");
+    next.save(&session(4, "next")).await.unwrap();
+    assert_eq!(store.save(&session(5, "stale")).await, Err(StoreError::Fenced));
+    assert_eq!(loaded(&next).await, Some(Generation(4)));
+    drop(relocked);
+}
+
 #[tokio::test]
 async fn a_cleared_session_keeps_its_fence() {
     let Some(db) = database("t_cleared", PostgresSettings::default()).await else { return };

@@ -366,11 +366,16 @@ struct HeldLock {
     heartbeat: tokio::task::JoinHandle<()>,
     connection: tokio::task::JoinHandle<()>,
     fence: Arc<Mutex<Option<i64>>>,
+    /// The fence this lock raised: a lock lost and dropped late leaves a
+    /// newer lock's fence in the slot alone.
+    own_fence: i64,
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        if let Ok(mut fence) = self.fence.lock() {
+        if let Ok(mut fence) = self.fence.lock()
+            && *fence == Some(self.own_fence)
+        {
             *fence = None;
         }
         // Ends the connection at once (the server releases the lock when it
@@ -451,7 +456,8 @@ impl Store for PostgresStore {
                     *held = Some(fence);
                 }
                 let heartbeat = tokio::spawn(heartbeat(client, self.db.inner.settings.lock_hold));
-                Ok(StoreLock::new(HeldLock { heartbeat, connection, fence: Arc::clone(&self.fence) }))
+                let fence_slot = Arc::clone(&self.fence);
+                Ok(StoreLock::new(HeldLock { heartbeat, connection, fence: fence_slot, own_fence: fence }))
             }
             Err(error) => {
                 connection.abort();

@@ -267,7 +267,11 @@ struct HeldLock {
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        if let Ok(mut held) = self.held.lock() {
+        // As `PostgresStore`'s: a lost lock dropped late leaves a newer
+        // lock's fence alone.
+        if let Ok(mut held) = self.held.lock()
+            && *held == Some(self.fence)
+        {
             *held = None;
         }
         let dead = self.db.with_row(|row| row.dead == Some(self.fence));
