@@ -691,14 +691,11 @@ impl Session {
                 Phase::Locking | Phase::AwaitingWrite | Phase::Rereading { .. } => {}
             },
             State::Valid(tokens) => {
-                // No refresh starts while an abandoned attempt is out (C1), or
-                // before the tokens are presentable (their write lands first):
-                // the straggler's window, above, or the store's answer wakes the
-                // session instead; a window already open would otherwise be due
-                // at once, again and again (a driver woken every millisecond
-                // while another process held the store's lock: the
-                // bound_session_ops fuzz input `refresh-window-while-unwritten`).
-                if self.straggler.is_none() && self.presentable(tokens) {
+                // Offered only while it could start a refresh: otherwise the
+                // straggler's window, above, or the store's answer wakes the
+                // session, and an open window would be due again and again
+                // (the bound_session_ops input `refresh-window-while-unwritten`).
+                if self.refresh_may_start(tokens) {
                     consider(tokens.refresh_due_at(), "the refresh window opens");
                 }
                 consider(tokens.expiry.map(|e| e.usable_until), "the access token stops being usable");

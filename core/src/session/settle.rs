@@ -30,7 +30,7 @@ impl Session {
                 // A forced refresh is the app's answer to a request for interaction.
                 let forced = self.forced_refresh_waiting();
                 let held = tokens.held_at(now) && !(forced && tokens.awaits_user());
-                wanted && tokens.refresh.is_some() && !held && self.straggler.is_none() && self.presentable(tokens)
+                wanted && !held && self.refresh_may_start(tokens)
             }
             _ => false,
         };
@@ -55,6 +55,16 @@ impl Session {
         }
         self.settle_store();
         self.settle_logout();
+    }
+
+    /// Whether a refresh may start on `tokens` now, whatever wants it: not
+    /// without a refresh token, not while an abandoned attempt is out (C1),
+    /// not before the tokens are presentable. `settle` starts a refresh only
+    /// then, and `poll_timeout` offers the refresh window only then: one
+    /// rule, since a window offered that cannot start a refresh is due again
+    /// at once, and a driver is woken every millisecond.
+    pub(super) fn refresh_may_start(&self, tokens: &TokenSet) -> bool {
+        tokens.refresh.is_some() && self.straggler.is_none() && self.presentable(tokens)
     }
 
     /// Write-ahead for refreshes (C3): a refresh presents only a refresh
