@@ -285,7 +285,8 @@ async fn send_refresh<T: Transport, S: Store>(
 /// transport's own clock, at most `request_timeout` later), no other request
 /// of this session goes out, and the store's lock is not let go: no process
 /// presents the token that request carried while the server may still
-/// rotate it (C1 across processes, on real time).
+/// rotate it (C1 across processes, on real time). A lock that a fenced
+/// write shows lost is not kept: it excludes nobody (see `written_answer`).
 #[derive(Default)]
 pub(super) struct RefreshesOut {
     count: usize,
