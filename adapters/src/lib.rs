@@ -52,6 +52,8 @@ mod clock;
 #[cfg_attr(freshen_loom, allow(dead_code))]
 mod coordinator;
 #[cfg(not(freshen_loom))]
+pub mod discovery;
+#[cfg(not(freshen_loom))]
 pub mod dpop;
 #[cfg(not(freshen_loom))]
 mod environment;

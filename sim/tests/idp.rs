@@ -49,22 +49,39 @@ enum Binding {
     Dpop,
 }
 
-fn session(url: &str, store: MemoryStore, binding: Binding) -> Session<ReqwestTransport, MemoryStore> {
-    let mut config = Config::new(format!("{url}/token"), Client::public(CLIENT))
-        .with_revocation_endpoint(format!("{url}/token/revocation"))
-        .with_authorization_endpoint(format!("{url}/auth"))
-        .with_device_authorization_endpoint(format!("{url}/device/auth"))
-        .with_issuer(url);
+/// A session configured from the server's published metadata alone, as an
+/// app that knows only the issuer would.
+async fn session(url: &str, store: MemoryStore, binding: Binding) -> Session<ReqwestTransport, MemoryStore> {
+    let mut config = Config::discover(url, Client::public(CLIENT)).await.expect("the server's metadata");
     if binding == Binding::Dpop {
         config = config.with_dpop();
     }
     Session::start_in(config, ReqwestTransport::new().unwrap(), store, Environment::seeded(3)).unwrap()
 }
 
+/// Discovery reads the certified server's metadata: every endpoint the
+/// session uses, and the issuer, as its own routes name them.
+#[tokio::test]
+async fn the_servers_metadata_names_every_endpoint() {
+    let Some(url) = idp().await else { return };
+    let metadata = freshen::discovery::fetch(&reqwest::Client::new(), &url).await.unwrap();
+    assert!(metadata.supports_dpop(), "{:?}", metadata.dpop_algorithms());
+    let config = metadata.config(Client::public(CLIENT));
+    assert_eq!(config.issuer, Some(url.clone()));
+    assert_eq!(config.token_endpoint, format!("{url}/token"));
+    assert_eq!(config.revocation_endpoint, Some(format!("{url}/token/revocation")));
+    assert_eq!(config.authorization_endpoint, Some(format!("{url}/auth")));
+    assert_eq!(config.device_authorization_endpoint, Some(format!("{url}/device/auth")));
+    // Another issuer's name for the same server is refused (RFC 8414 §3.3).
+    let other = url.replace("127.0.0.1", "localhost");
+    let refused = freshen::discovery::fetch(&reqwest::Client::new(), &other).await;
+    assert!(matches!(refused, Err(freshen::discovery::DiscoveryError::IssuerMismatch { .. })), "{refused:?}");
+}
+
 /// A session logged in with the code flow through the server's real authorization endpoint.
 async fn logged_in(url: &str, binding: Binding) -> (Session<ReqwestTransport, MemoryStore>, MemoryStore) {
     let store = MemoryStore::new();
-    let session = session(url, store.clone(), binding);
+    let session = session(url, store.clone(), binding).await;
     let login = session.start_code_login(Some("openid offline_access")).await.unwrap();
     let (page, finished) = tokio::join!(browser().get(login.authorization_url()).send(), login.finish());
     assert_eq!(page.unwrap().status(), 200, "the loopback page");
@@ -180,7 +197,7 @@ async fn a_device_login_is_approved_through_the_servers_forms() {
 
 async fn device_login(url: &str, binding: Binding) -> (Session<ReqwestTransport, MemoryStore>, MemoryStore) {
     let store = MemoryStore::new();
-    let session = session(url, store.clone(), binding);
+    let session = session(url, store.clone(), binding).await;
     let login = session.start_device_login(Some("openid offline_access")).await.unwrap();
     let page = login.verification_uri_complete().expect("oidc-provider gives the complete URI").to_owned();
     let user = async {
