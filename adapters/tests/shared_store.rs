@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use freshen::store::{FileStore, Store, StoreError};
 use freshen::{Environment, Session};
+use freshen_core::ids::Generation;
 use freshen_core::stored::DecodeError;
 use freshen_sim::authority::AuthorityConfig;
 use support::{AuthorityTransport, FaultyMemoryStore, config};
@@ -245,65 +246,19 @@ async fn concurrent_file_store_writes_in_one_process_do_not_collide() {
     one.clear().await.unwrap();
 }
 
-/// A store whose lock is fenced as `PostgresStore`'s is: each lock raises the
-/// fence, and a write under a lock another process has taken since (the test
-/// says so with [`FencingStore::taken_elsewhere`]) is refused `Fenced`.
-#[derive(Clone, Default)]
-struct FencingStore {
-    inner: freshen::store::MemoryStore,
-    /// (the store's fence, the fence of the lock this handle last took)
-    fences: std::sync::Arc<std::sync::Mutex<(u64, u64)>>,
-    locks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl FencingStore {
-    /// Another process took the lock after this handle's lock was lost.
-    fn taken_elsewhere(&self) {
-        self.fences.lock().unwrap().0 += 1;
-    }
-
-    fn fenced(&self) -> bool {
-        let (store, held) = *self.fences.lock().unwrap();
-        held != 0 && held != store
-    }
-}
-
-impl Store for FencingStore {
-    async fn load(&self) -> Result<Option<freshen_core::stored::StoredSession>, StoreError> {
-        self.inner.load().await
-    }
-
-    async fn save(&self, session: &freshen_core::stored::StoredSession) -> Result<(), StoreError> {
-        if self.fenced() { Err(StoreError::Fenced) } else { self.inner.save(session).await }
-    }
-
-    async fn clear(&self) -> Result<(), StoreError> {
-        if self.fenced() { Err(StoreError::Fenced) } else { self.inner.clear().await }
-    }
-
-    async fn lock(&self) -> Result<freshen::store::StoreLock, StoreError> {
-        let lock = self.inner.lock().await?;
-        self.locks.fetch_add(1, SeqCst);
-        let mut fences = self.fences.lock().unwrap();
-        fences.0 += 1;
-        fences.1 = fences.0;
-        Ok(lock)
-    }
-}
-
 /// A write refused `Fenced` while a refresh request is still out (a forced
 /// refresh chained behind the one answered, sent at once because the server
 /// does not rotate: the refresh token it carries is stored already): the
-/// lock is lost, so the next write waits for the store's lock again. Reusing the lost one (kept for the
-/// request out) let this process refresh beside the lock's new holder
-/// (tier-2 seed 1108555, C1), and every write under it was fenced again.
+/// lock is lost, so the next write waits for the store's lock again.
+/// Reusing the lost one (kept for the request out) let this process refresh
+/// beside the lock's new holder (tier-2 seed 1108555, C1), and every write
+/// under it was fenced again.
 #[tokio::test(start_paused = true)]
 async fn a_lock_lost_while_a_refresh_is_out_is_taken_again_not_reused() {
     let mut keeps_its_refresh_token = strict();
     keeps_its_refresh_token.rotation = false;
     let transport = AuthorityTransport::new(keeps_its_refresh_token);
-    let store = FencingStore::default();
-    store.inner.save(&transport.login(Some(Duration::from_secs(3600)))).await.unwrap();
+    let store = FaultyMemoryStore::holding(&transport.login(Some(Duration::from_secs(3600))));
     let mut config = config();
     config.session.shared_store = true;
     let session = Session::start_in(config, transport.clone(), store.clone(), Environment::seeded(1)).unwrap();
@@ -312,21 +267,21 @@ async fn a_lock_lost_while_a_refresh_is_out_is_taken_again_not_reused() {
     transport.hold();
     let first = support::refresh_in_background(&session).await;
     let second = support::refresh_in_background(&session).await;
-    assert_eq!(store.locks.load(SeqCst), 1, "the first refresh runs under the lock");
-    store.taken_elsewhere();
+    assert_eq!(store.faults().locks(), 1, "the first refresh runs under the lock");
+    store.faults().lose_lock();
 
     // The first answer: its write is fenced while the chained refresh is out.
     transport.release(1);
     assert_eq!(first.await.unwrap().unwrap().generation().0, 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(transport.refreshes.load(SeqCst), 2, "the chained refresh is still out, and alone");
-    assert_eq!(store.locks.load(SeqCst), 2, "the lost lock was reused, not taken again");
-    assert_eq!(store.inner.peek().unwrap().unwrap().generation.0, 2, "written under the new lock");
+    assert_eq!(store.faults().locks(), 2, "the lost lock was reused, not taken again");
+    assert_eq!(store.generation(), Some(Generation(2)), "written under the new lock");
 
     transport.release(1);
     assert_eq!(second.await.unwrap().unwrap().generation().0, 3);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(store.inner.peek().unwrap().unwrap().generation.0, 3);
+    assert_eq!(store.generation(), Some(Generation(3)));
     let stats = transport.state.authority().stats();
     assert_eq!((stats.refreshes, stats.refusals, stats.reuse_detections), (2, 0, 0));
 }

@@ -51,8 +51,10 @@ pub struct StoreFaults {
     quiet: AtomicBool,
     hung_writes: AtomicBool,
     scripted_writes: AtomicUsize,
+    lock_lost: AtomicBool,
     failed: AtomicU64,
     writes: AtomicU64,
+    locks: AtomicU64,
 }
 
 /// How one operation fails, if it does.
@@ -79,8 +81,10 @@ impl StoreFaults {
             quiet: AtomicBool::new(false),
             hung_writes: AtomicBool::new(false),
             scripted_writes: AtomicUsize::new(0),
+            lock_lost: AtomicBool::new(false),
             failed: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            locks: AtomicU64::new(0),
         }
     }
 
@@ -116,6 +120,19 @@ impl StoreFaults {
         self.scripted_writes.store(n, Ordering::SeqCst);
     }
 
+    /// The lock taken last is lost, as a database's is when its holder
+    /// stalls past its bound and another process takes it: saves and
+    /// clears are refused [`StoreError::Fenced`] (nothing lands) until a
+    /// lock is taken again. Shared by every handle, as the faults are.
+    pub fn lose_lock(&self) {
+        self.lock_lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Locks taken so far.
+    pub fn locks(&self) -> u64 {
+        self.locks.load(Ordering::Relaxed)
+    }
+
     /// Operations failed so far, dice and script.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
@@ -130,6 +147,19 @@ impl StoreFaults {
         if self.hung_writes.load(Ordering::SeqCst) {
             core::future::pending::<()>().await;
         }
+    }
+
+    fn fenced(&self) -> Result<(), StoreError> {
+        if self.lock_lost.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Fenced);
+        }
+        Ok(())
+    }
+
+    fn locked(&self) {
+        self.locks.fetch_add(1, Ordering::Relaxed);
+        self.lock_lost.store(false, Ordering::SeqCst);
     }
 
     fn roll_write(&self) -> Option<Fault> {
@@ -242,16 +272,20 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
         self.faults.hang_if_asked().await;
+        self.faults.fenced()?;
         self.run(self.faults.roll_write(), self.inner.save(session)).await
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
         self.faults.hang_if_asked().await;
+        self.faults.fenced()?;
         self.run(self.faults.roll_write(), self.inner.clear()).await
     }
 
     async fn lock(&self) -> Result<StoreLock, StoreError> {
-        self.run(self.faults.roll_read(), self.inner.lock()).await
+        let lock = self.run(self.faults.roll_read(), self.inner.lock()).await?;
+        self.faults.locked();
+        Ok(lock)
     }
 }
 
@@ -283,6 +317,22 @@ mod tests {
             store.save(&session(3)).await.unwrap();
             assert_eq!(store.generation(), Some(Generation(3)));
             assert_eq!((store.faults().writes(), store.faults().failed()), (3, 2));
+        });
+    }
+
+    #[test]
+    fn a_lost_lock_fences_writes_until_the_lock_is_taken_again() {
+        block_on(async {
+            let store = FaultyMemoryStore::holding(&session(1));
+            let lost = store.lock().await.unwrap();
+            store.faults().lose_lock();
+            assert_eq!(store.save(&session(2)).await, Err(StoreError::Fenced));
+            assert_eq!(store.clear().await, Err(StoreError::Fenced));
+            assert_eq!(store.generation(), Some(Generation(1)), "nothing landed");
+            drop(lost);
+            let _again = store.lock().await.unwrap();
+            store.save(&session(3)).await.unwrap();
+            assert_eq!((store.faults().locks(), store.faults().failed()), (2, 2));
         });
     }
 
