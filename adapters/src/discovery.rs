@@ -193,19 +193,13 @@ pub fn metadata_urls(issuer: &str) -> Result<[String; 2], DiscoveryError> {
     ])
 }
 
-/// An absolute `https` URL, or `http` on a loopback host (development
-/// servers and tests), with no user information.
+/// An endpoint a session would accept at start (`https`, or plain `http`
+/// only to a loopback host: the one rule, `check_endpoint`), and without
+/// user information, which a server has no reason to publish.
 fn secure_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else { return false };
-    let Some(authority) = uri.authority() else { return false };
-    if authority.as_str().contains('@') {
-        return false;
-    }
-    match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => matches!(authority.host(), "127.0.0.1" | "localhost" | "[::1]"),
-        _ => false,
-    }
+    let user_info = uri.authority().is_some_and(|authority| authority.as_str().contains('@'));
+    !user_info && crate::error::check_endpoint("discovered", url, false).is_ok()
 }
 
 /// An untrusted string, cut for an error message.

@@ -130,4 +130,6 @@ fn metadata_urls_follow_both_specifications() {
         assert!(matches!(metadata_urls(invalid), Err(DiscoveryError::InvalidIssuer(_))), "{invalid}");
     }
     assert!(metadata_urls("http://localhost:8080").is_ok(), "loopback http, for development");
+    assert!(metadata_urls("http://[::1]:8080").is_ok(), "any loopback address, as Session::start allows");
+    assert!(metadata_urls("http://127.0.0.2").is_ok(), "any loopback address, as Session::start allows");
 }
